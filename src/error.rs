@@ -1,0 +1,139 @@
+//! The crate error, the one errno table and the one exit-code table.
+//!
+//! Every variant names the file (or KMS) it is about and the cause in words; no variant
+//! carries a third-party type, so dependencies can change without breaking callers.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{}: {op}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: io::Error,
+    },
+
+    #[error("{}: wrong passphrase (or the keystore was altered)", .0.display())]
+    WrongPassphrase(PathBuf),
+
+    #[error("{}: not an envelopefs volume: {reason}", path.display())]
+    NotAVolume { path: PathBuf, reason: String },
+
+    #[error("{}: directory is not empty; init needs an empty or missing directory", .0.display())]
+    NotEmpty(PathBuf),
+
+    #[error("{}: corrupt: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+
+    #[error("{}: unsupported: {reason}", path.display())]
+    Unsupported { path: PathBuf, reason: String },
+
+    #[error("{}: integrity error: {reason}", path.display())]
+    Integrity { path: PathBuf, reason: String },
+
+    #[error("{}: metadata store: {reason}", path.display())]
+    Store { path: PathBuf, reason: String },
+
+    #[error("KMS {uri}: {reason}")]
+    Kms { uri: String, reason: String },
+
+    #[error("passphrase: {0}")]
+    Passphrase(String),
+
+    #[error("{}: no such file or directory", .0.display())]
+    NotFound(PathBuf),
+
+    #[error("{}: already exists", .0.display())]
+    Exists(PathBuf),
+
+    #[error("{}: is a directory", .0.display())]
+    IsDir(PathBuf),
+
+    #[error("{}: not a directory", .0.display())]
+    NotDir(PathBuf),
+
+    #[error("{}: directory not empty", .0.display())]
+    DirNotEmpty(PathBuf),
+
+    #[error("{}: file name too long", .0.display())]
+    NameTooLong(PathBuf),
+
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+impl Error {
+    /// An I/O error about `path` while doing `op`.
+    pub fn io(path: impl AsRef<Path>, op: &'static str, source: io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            op,
+            source,
+        }
+    }
+
+    pub fn corrupt(path: impl AsRef<Path>, reason: impl Into<String>) -> Self {
+        Error::Corrupt {
+            path: path.as_ref().to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn integrity(path: impl AsRef<Path>, reason: impl Into<String>) -> Self {
+        Error::Integrity {
+            path: path.as_ref().to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The errno a file-system caller (FUSE) sees for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc_errno::EIO),
+            Error::NotFound(_) => libc_errno::ENOENT,
+            Error::Exists(_) => libc_errno::EEXIST,
+            Error::IsDir(_) => libc_errno::EISDIR,
+            Error::NotDir(_) => libc_errno::ENOTDIR,
+            Error::DirNotEmpty(_) => libc_errno::ENOTEMPTY,
+            Error::NameTooLong(_) => libc_errno::ENAMETOOLONG,
+            Error::InvalidArgument(_) => libc_errno::EINVAL,
+            Error::WrongPassphrase(_) | Error::Passphrase(_) => libc_errno::EACCES,
+            _ => libc_errno::EIO,
+        }
+    }
+
+    /// The process exit code for this error (documented in `docs/OPERATIONS.md`).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::WrongPassphrase(_) => 10,
+            Error::NotAVolume { .. } => 11,
+            Error::Corrupt { .. } | Error::Store { .. } => 12,
+            Error::Unsupported { .. } => 13,
+            Error::Integrity { .. } => 14,
+            Error::Kms { .. } => 15,
+            Error::Io { .. } => 16,
+            Error::Passphrase(_) => 17,
+            Error::NotEmpty(_) => 18,
+            _ => 1,
+        }
+    }
+}
+
+/// The errno values we use (Linux numbers; stable ABI), kept here so the table above is
+/// the only place that knows them.
+mod libc_errno {
+    pub const ENOENT: i32 = 2;
+    pub const EIO: i32 = 5;
+    pub const EACCES: i32 = 13;
+    pub const EEXIST: i32 = 17;
+    pub const ENOTDIR: i32 = 20;
+    pub const EISDIR: i32 = 21;
+    pub const EINVAL: i32 = 22;
+    pub const ENAMETOOLONG: i32 = 36;
+    pub const ENOTEMPTY: i32 = 39;
+}

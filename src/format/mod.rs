@@ -1,0 +1,52 @@
+//! On-disk bytes: the volume header, the keystore file, object (file/directory) headers,
+//! the written-block bitmap and the offset arithmetic of data files.
+//!
+//! Pure encode/decode: canonical (one encoding per value; trailing bytes are an error),
+//! versioned, little-endian fixed-width integers only. Calls no cipher; `docs/FORMAT.md` is
+//! the specification this module implements.
+
+mod bitmap;
+mod codec;
+mod keystore;
+mod layout;
+mod object;
+mod volume;
+
+pub use bitmap::WrittenBits;
+pub use keystore::{KdfParams, KeystoreFile};
+pub use layout::Layout;
+pub use object::{ObjectHeader, ObjectKind, OBJECT_HEADER_LEN};
+pub use volume::{CipherKind, VolumeHeader, FEATURES_KNOWN};
+
+/// Why bytes could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Not what it should be: wrong magic, truncated, trailing bytes, out-of-range field.
+    Corrupt(String),
+    /// Well-formed but from a format version or with features this build does not know.
+    Unsupported(String),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Corrupt(r) | DecodeError::Unsupported(r) => f.write_str(r),
+        }
+    }
+}
+
+impl DecodeError {
+    /// Attach the file the bytes came from.
+    pub fn at(self, path: &std::path::Path) -> crate::Error {
+        match self {
+            DecodeError::Corrupt(reason) => crate::Error::Corrupt {
+                path: path.to_path_buf(),
+                reason,
+            },
+            DecodeError::Unsupported(reason) => crate::Error::Unsupported {
+                path: path.to_path_buf(),
+                reason,
+            },
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The volume header (`CIPHERDIR/envelopefs.conf`).
+
+use super::codec::{put_var_bytes, Reader};
+use super::DecodeError;
+
+const MAGIC: &[u8; 8] = b"EVFSVOL\0";
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u16 = 1;
+/// Feature bits this build understands (none yet); any other bit refuses to open.
+pub const FEATURES_KNOWN: u32 = 0;
+/// Extent sizes allowed: 4 KiB (one block) ..= 16 MiB, powers of two.
+const EXTENT_SHIFT_MIN: u8 = 12;
+const EXTENT_SHIFT_MAX: u8 = 24;
+const KMS_URI_MAX: usize = 2048;
+const WRAPPED_KEK_MAX: usize = 4096;
+const WRAPPED_NAME_KEY_LEN: usize = 60;
+
+/// The data cipher of a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CipherKind {
+    Aes256GcmSiv,
+    Aes256Xts,
+}
+
+impl CipherKind {
+    pub fn code(self) -> u8 {
+        match self {
+            CipherKind::Aes256GcmSiv => 1,
+            CipherKind::Aes256Xts => 2,
+        }
+    }
+
+    pub fn from_code(c: u8) -> Option<Self> {
+        match c {
+            1 => Some(CipherKind::Aes256GcmSiv),
+            2 => Some(CipherKind::Aes256Xts),
+            _ => None,
+        }
+    }
+
+    /// The name used on the command line and in `status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CipherKind::Aes256GcmSiv => "aes-256-gcm-siv",
+            CipherKind::Aes256Xts => "aes-256-xts",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        [CipherKind::Aes256GcmSiv, CipherKind::Aes256Xts]
+            .into_iter()
+            .find(|c| c.name() == s)
+    }
+}
+
+/// Everything `envelopefs.conf` holds. No secret is in plaintext: the KEK is wrapped by the
+/// KMS root, the name key by the KEK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeHeader {
+    pub features: u32,
+    pub volume_id: [u8; 16],
+    pub cipher: CipherKind,
+    pub extent_shift: u8,
+    pub kek_id: [u8; 16],
+    pub kms_uri: String,
+    pub wrapped_kek: Vec<u8>,
+    pub wrapped_name_key: Vec<u8>,
+}
+
+impl VolumeHeader {
+    pub fn extent_size(&self) -> u64 {
+        1u64 << self.extent_shift
+    }
+
+    /// Whether `shift` is an allowed extent size exponent.
+    pub fn valid_extent_shift(shift: u8) -> bool {
+        (EXTENT_SHIFT_MIN..=EXTENT_SHIFT_MAX).contains(&shift)
+    }
+
+    /// The fields that decide how data is interpreted, bound (as AAD) into the wrapped name
+    /// key so that editing any of them makes the volume refuse to open:
+    /// `"EVFSHDR1" || u16 version || u32 features || volume_id || cipher || extent_shift || kek_id`.
+    pub fn binding(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(48);
+        out.extend_from_slice(b"EVFSHDR1");
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&self.features.to_le_bytes());
+        out.extend_from_slice(&self.volume_id);
+        out.push(self.cipher.code());
+        out.push(self.extent_shift);
+        out.extend_from_slice(&self.kek_id);
+        out
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&self.features.to_le_bytes());
+        out.extend_from_slice(&self.volume_id);
+        out.push(self.cipher.code());
+        out.push(self.extent_shift);
+        out.extend_from_slice(&self.kek_id);
+        put_var_bytes(&mut out, self.kms_uri.as_bytes());
+        put_var_bytes(&mut out, &self.wrapped_kek);
+        put_var_bytes(&mut out, &self.wrapped_name_key);
+        out
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(buf, "volume header");
+        if &r.array::<8>("magic")? != MAGIC {
+            return Err(r.corrupt("bad magic (not an envelopefs volume header)".into()));
+        }
+        let version = r.u16("version")?;
+        if version != FORMAT_VERSION {
+            return Err(DecodeError::Unsupported(format!(
+                "volume format version {version}; this build reads version {FORMAT_VERSION}"
+            )));
+        }
+        let features = r.u32("features")?;
+        if features & !FEATURES_KNOWN != 0 {
+            return Err(DecodeError::Unsupported(format!(
+                "volume uses feature flags {:#x} this build does not know",
+                features & !FEATURES_KNOWN
+            )));
+        }
+        let volume_id = r.array("volume id")?;
+        let code = r.u8("cipher")?;
+        let cipher = CipherKind::from_code(code)
+            .ok_or_else(|| r.corrupt(format!("unknown cipher code {code}")))?;
+        let extent_shift = r.u8("extent shift")?;
+        if !Self::valid_extent_shift(extent_shift) {
+            return Err(r.corrupt(format!(
+                "extent shift {extent_shift} outside {EXTENT_SHIFT_MIN}..={EXTENT_SHIFT_MAX}"
+            )));
+        }
+        let kek_id = r.array("KEK id")?;
+        let uri = r.var_bytes("KMS URI", 1, KMS_URI_MAX)?;
+        let kms_uri = String::from_utf8(uri.to_vec())
+            .map_err(|_| r.corrupt("KMS URI is not UTF-8".into()))?;
+        let wrapped_kek = r.var_bytes("wrapped KEK", 1, WRAPPED_KEK_MAX)?.to_vec();
+        let wrapped_name_key = r
+            .var_bytes(
+                "wrapped name key",
+                WRAPPED_NAME_KEY_LEN,
+                WRAPPED_NAME_KEY_LEN,
+            )?
+            .to_vec();
+        r.finish()?;
+        Ok(VolumeHeader {
+            features,
+            volume_id,
+            cipher,
+            extent_shift,
+            kek_id,
+            kms_uri,
+            wrapped_kek,
+            wrapped_name_key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> VolumeHeader {
+        VolumeHeader {
+            features: 0,
+            volume_id: [1; 16],
+            cipher: CipherKind::Aes256GcmSiv,
+            extent_shift: 20,
+            kek_id: [2; 16],
+            kms_uri: "local:keystore".into(),
+            wrapped_kek: vec![3; 60],
+            wrapped_name_key: vec![4; 60],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let h = sample();
+        assert_eq!(VolumeHeader::decode(&h.encode()).unwrap(), h);
+    }
+
+    #[test]
+    fn every_truncation_and_trailing_byte_is_an_error() {
+        let bytes = sample().encode();
+        for n in 0..bytes.len() {
+            assert!(VolumeHeader::decode(&bytes[..n]).is_err(), "prefix {n}");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(matches!(
+            VolumeHeader::decode(&long),
+            Err(DecodeError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn newer_version_and_unknown_features_are_unsupported() {
+        let mut b = sample().encode();
+        b[8] = 2;
+        assert!(matches!(
+            VolumeHeader::decode(&b),
+            Err(DecodeError::Unsupported(_))
+        ));
+        let mut b = sample().encode();
+        b[10] = 1;
+        assert!(matches!(
+            VolumeHeader::decode(&b),
+            Err(DecodeError::Unsupported(_))
+        ));
+    }
+}

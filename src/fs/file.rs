@@ -1,0 +1,546 @@
+//! Open encrypted files: logical size, per-extent keys and written bits, and the data path.
+//!
+//! Ordering invariant (crash safety): the store never refers to data that is not durable.
+//! Additions (a new extent's wrapped DEK, newly written blocks, a larger size) are kept in
+//! memory and committed only after the data file has been synced (on fsync, close and
+//! truncate). Removals (truncation, deletion) are committed before the data is cut. After any
+//! crash, every block the store calls written decrypts under the DEK the store holds.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::backend::DataFile;
+use super::blocks::{open_run, seal_run, BlockKey};
+use super::volume::Core;
+use crate::crypto::{fill_random, BlockAad, DataCipher, BLOCK_SIZE, GCM_SIV_NONCE};
+use crate::format::{Layout, WrittenBits};
+use crate::keys::FileId;
+use crate::store::{Change, ExtentRecord, FileRecord};
+use crate::{Error, Result};
+
+const BLOCK: u64 = BLOCK_SIZE as u64;
+
+/// One extent's key material as stored: wrapped only.
+struct Extent {
+    kek_id: [u8; 16],
+    wrapped: Vec<u8>,
+    written: WrittenBits,
+    /// Changed since the last commit.
+    dirty: bool,
+}
+
+struct Inner {
+    size: u64,
+    extents: BTreeMap<u64, Extent>,
+    /// Size or extent set changed since the last commit.
+    meta_dirty: bool,
+    /// Data written since the last data sync.
+    data_dirty: bool,
+    /// The last link is gone; records are deleted when the last handle closes.
+    unlinked: bool,
+}
+
+/// The shared state of one open file (all handles and hardlinks share it).
+pub(super) struct FileState {
+    pub(super) id: FileId,
+    core: Arc<Core>,
+    data: Box<dyn DataFile>,
+    /// The plaintext path, for error messages.
+    name: RwLock<PathBuf>,
+    inner: RwLock<Inner>,
+}
+
+impl FileState {
+    /// Builds the state of file `id` from its store record. A file without a record is an
+    /// empty file that has never been flushed — unless its data file holds blocks, which
+    /// means the record was lost.
+    pub(super) fn load(
+        core: Arc<Core>,
+        id: FileId,
+        data: Box<dyn DataFile>,
+        name: PathBuf,
+    ) -> Result<FileState> {
+        let layout = core.layout;
+        let (size, extents) = match core.store.load(&id)? {
+            Some((FileRecord { size, .. }, recs)) => (size, recs),
+            None => {
+                let len = data
+                    .len()
+                    .map_err(|e| Error::io(&name, "stat data file", e))?;
+                if len > layout.physical_len(0) {
+                    return Err(Error::integrity(
+                        &name,
+                        "the metadata store has no record of this file's keys",
+                    ));
+                }
+                (0, Vec::new())
+            }
+        };
+        let mut map = BTreeMap::new();
+        for ExtentRecord {
+            index,
+            kek_id,
+            wrapped,
+            written,
+        } in extents
+        {
+            let written =
+                WrittenBits::from_bytes(written, layout.blocks_per_extent()).ok_or_else(|| {
+                    Error::corrupt(
+                        core.store.path(),
+                        format!("{}: extent {index} bitmap size", name.display()),
+                    )
+                })?;
+            map.insert(
+                index,
+                Extent {
+                    kek_id,
+                    wrapped,
+                    written,
+                    dirty: false,
+                },
+            );
+        }
+        let inner = Inner {
+            size,
+            extents: map,
+            meta_dirty: false,
+            data_dirty: false,
+            unlinked: false,
+        };
+        Ok(FileState {
+            id,
+            core,
+            data,
+            name: RwLock::new(name),
+            inner: RwLock::new(inner),
+        })
+    }
+
+    pub(super) fn size(&self) -> u64 {
+        self.read_inner().size
+    }
+
+    pub(super) fn set_name(&self, name: PathBuf) {
+        *self.name.write().unwrap_or_else(|p| p.into_inner()) = name;
+    }
+
+    pub(super) fn mark_unlinked(&self) {
+        self.write_inner().unlinked = true;
+    }
+
+    pub(super) fn is_unlinked(&self) -> bool {
+        self.read_inner().unlinked
+    }
+
+    fn name(&self) -> PathBuf {
+        self.name.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn read_inner(&self) -> RwLockReadGuard<'_, Inner> {
+        // Every mutation of `Inner` completes before any call that can panic, so a poisoned
+        // lock still guards consistent state.
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_inner(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn aad(&self) -> BlockAad {
+        BlockAad {
+            volume_id: *self.core.keys.volume_id(),
+            file_id: self.id,
+            block_index: 0,
+        }
+    }
+
+    pub(super) fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let inner = self.read_inner();
+        if offset >= inner.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let len = (buf.len() as u64).min(inner.size - offset) as usize;
+        let blocks = Layout::block_range(offset, len as u64);
+        let mut plain = vec![0u8; (blocks.end - blocks.start) as usize * BLOCK_SIZE];
+        self.load_blocks(&inner, blocks.start, &mut plain)?;
+        let skip = (offset - blocks.start * BLOCK) as usize;
+        buf[..len].copy_from_slice(&plain[skip..skip + len]);
+        Ok(len)
+    }
+
+    /// Decrypts blocks `first..first + plain.len()/4096` into `plain` (holes read as zeros).
+    fn load_blocks(&self, inner: &Inner, first: u64, plain: &mut [u8]) -> Result<()> {
+        let layout = self.core.layout;
+        let n = plain.len() / BLOCK_SIZE;
+        let ciphers = self.ciphers_for_read(inner, first, n)?;
+        let keys: Vec<BlockKey<'_>> = ciphers.iter().map(|c| c.as_deref()).collect();
+        let Some(last_written) = keys.iter().rposition(Option::is_some) else {
+            plain.fill(0);
+            return Ok(());
+        };
+        let slot = layout.slot_size() as usize;
+        let mut slots = vec![0u8; n * slot];
+        let got = self
+            .data
+            .read_at(
+                &mut slots[..(last_written + 1) * slot],
+                layout.slot_offset(first),
+            )
+            .map_err(|e| Error::io(self.name(), "read", e))?;
+        if got < (last_written + 1) * slot {
+            let missing = first + (got / slot) as u64;
+            return Err(Error::integrity(
+                self.name(),
+                format!("block {missing} is missing from the data file (truncated?)"),
+            ));
+        }
+        open_run(&keys, self.aad(), first, slot, &slots, plain).map_err(|block| {
+            tracing::error!(file = %self.name().display(), block, "block failed authentication");
+            Error::integrity(
+                self.name(),
+                format!("block {block} failed authentication (tampered or corrupt)"),
+            )
+        })
+    }
+
+    /// The cipher of each block in `first..first+n`, `None` for blocks never written.
+    fn ciphers_for_read(
+        &self,
+        inner: &Inner,
+        first: u64,
+        n: usize,
+    ) -> Result<Vec<Option<Arc<DataCipher>>>> {
+        let layout = self.core.layout;
+        let mut out = Vec::with_capacity(n);
+        let mut current: Option<(u64, Option<Arc<DataCipher>>)> = None;
+        for b in first..first + n as u64 {
+            let (e, bit) = layout.extent_of(b);
+            let Some(ext) = inner.extents.get(&e).filter(|x| x.written.get(bit)) else {
+                out.push(None);
+                continue;
+            };
+            if current.as_ref().map(|(ce, _)| *ce) != Some(e) {
+                current = Some((e, Some(self.unwrap_dek(e, ext)?)));
+            }
+            out.push(current.as_ref().and_then(|(_, c)| c.clone()));
+        }
+        Ok(out)
+    }
+
+    fn unwrap_dek(&self, e: u64, ext: &Extent) -> Result<Arc<DataCipher>> {
+        if ext.kek_id != *self.core.keys.kek_id() {
+            return Err(Error::integrity(
+                self.name(),
+                format!("extent {e} is wrapped under an unknown KEK"),
+            ));
+        }
+        self.core.keys.dek(&self.id, e, &ext.wrapped).map_err(|_| {
+            tracing::error!(file = %self.name().display(), extent = e, "wrapped DEK failed to unwrap");
+            Error::integrity(self.name(), format!("the wrapped key of extent {e} does not authenticate"))
+        })
+    }
+
+    pub(super) fn write_at(&self, offset: u64, data: &[u8]) -> Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= i64::MAX as u64)
+            .ok_or_else(|| Error::InvalidArgument("write beyond the maximum file size".into()))?;
+        let mut inner = self.write_inner();
+        self.write_locked(&mut inner, offset, end, data)
+    }
+
+    fn write_locked(&self, inner: &mut Inner, offset: u64, end: u64, data: &[u8]) -> Result<usize> {
+        let layout = self.core.layout;
+        let blocks = Layout::block_range(offset, data.len() as u64);
+        let n = (blocks.end - blocks.start) as usize;
+        let mut plain = vec![0u8; n * BLOCK_SIZE];
+        // Read-modify-write of partially covered edge blocks.
+        if offset % BLOCK != 0 {
+            self.load_blocks(inner, blocks.start, &mut plain[..BLOCK_SIZE])?;
+        }
+        if end % BLOCK != 0 && (n > 1 || offset % BLOCK == 0) {
+            self.load_blocks(inner, blocks.end - 1, &mut plain[(n - 1) * BLOCK_SIZE..])?;
+        }
+        let skip = (offset - blocks.start * BLOCK) as usize;
+        plain[skip..skip + data.len()].copy_from_slice(data);
+
+        let ciphers = self.ciphers_for_write(inner, blocks.start, n)?;
+        let keys: Vec<&DataCipher> = ciphers.iter().map(|c| c.as_ref()).collect();
+        let slot = layout.slot_size() as usize;
+        let mut nonces = vec![0u8; n * GCM_SIV_NONCE];
+        fill_random(&mut nonces);
+        let mut slots = vec![0u8; n * slot];
+        seal_run(
+            &keys,
+            self.aad(),
+            blocks.start,
+            &nonces,
+            &plain,
+            &mut slots,
+            slot,
+        );
+        self.data
+            .write_all_at(&slots, layout.slot_offset(blocks.start))
+            .map_err(|e| Error::io(self.name(), "write", e))?;
+
+        for b in blocks.clone() {
+            let (e, bit) = layout.extent_of(b);
+            let ext = inner
+                .extents
+                .get_mut(&e)
+                .expect("ciphers_for_write created every extent");
+            if !ext.written.get(bit) {
+                ext.written.set(bit);
+                ext.dirty = true;
+                inner.meta_dirty = true;
+            }
+        }
+        if end > inner.size {
+            inner.size = end;
+            inner.meta_dirty = true;
+        }
+        inner.data_dirty = true;
+        Ok(data.len())
+    }
+
+    /// The cipher of each block in `first..first+n`, creating a DEK for extents without one.
+    fn ciphers_for_write(
+        &self,
+        inner: &mut Inner,
+        first: u64,
+        n: usize,
+    ) -> Result<Vec<Arc<DataCipher>>> {
+        let layout = self.core.layout;
+        let mut out = Vec::with_capacity(n);
+        let mut current: Option<(u64, Arc<DataCipher>)> = None;
+        for b in first..first + n as u64 {
+            let (e, _) = layout.extent_of(b);
+            if current.as_ref().map(|(ce, _)| *ce) != Some(e) {
+                let cipher = match inner.extents.get(&e) {
+                    Some(ext) => self.unwrap_dek(e, ext)?,
+                    None => {
+                        let (wrapped, cipher) = self.core.keys.new_dek(&self.id, e);
+                        let ext = Extent {
+                            kek_id: *self.core.keys.kek_id(),
+                            wrapped,
+                            written: WrittenBits::new(layout.blocks_per_extent()),
+                            dirty: true,
+                        };
+                        inner.extents.insert(e, ext);
+                        inner.meta_dirty = true;
+                        cipher
+                    }
+                };
+                current = Some((e, cipher));
+            }
+            out.push(current.as_ref().expect("set above").1.clone());
+        }
+        Ok(out)
+    }
+
+    pub(super) fn set_len(&self, new_size: u64) -> Result<()> {
+        if new_size > i64::MAX as u64 {
+            return Err(Error::InvalidArgument(
+                "size beyond the maximum file size".into(),
+            ));
+        }
+        let mut inner = self.write_inner();
+        if new_size >= inner.size {
+            // Growing adds a hole: nothing to write, only the size changes.
+            if new_size > inner.size {
+                inner.size = new_size;
+                inner.meta_dirty = true;
+            }
+            return Ok(());
+        }
+        let layout = self.core.layout;
+        let keep_blocks = Layout::blocks_for(new_size);
+        // Bytes past the new end inside the last kept block must read as zeros if the file
+        // grows again: re-seal that block with its tail zeroed.
+        let b = new_size / BLOCK;
+        let (e, bit) = layout.extent_of(b);
+        if new_size % BLOCK != 0 && inner.extents.get(&e).is_some_and(|x| x.written.get(bit)) {
+            let mut block = vec![0u8; BLOCK_SIZE];
+            self.load_blocks(&inner, b, &mut block)?;
+            block[(new_size % BLOCK) as usize..].fill(0);
+            self.write_locked(&mut inner, b * BLOCK, (b + 1) * BLOCK, &block)?;
+        }
+        let keep_extents = keep_blocks.div_ceil(layout.blocks_per_extent());
+        inner.extents.retain(|&e, _| e < keep_extents);
+        self.core.keys.forget(&self.id, keep_extents);
+        if keep_extents > 0 {
+            let last = keep_extents - 1;
+            if let Some(ext) = inner.extents.get_mut(&last) {
+                let from = (keep_blocks - layout.first_block(last)) as usize;
+                if ext.written.count() > 0 {
+                    ext.written.clear_from(from);
+                    ext.dirty = true;
+                }
+            }
+        }
+        inner.size = new_size;
+        inner.meta_dirty = true;
+        // Commit the removal before cutting the data, so the store never names a block that
+        // is gone.
+        self.commit(
+            &mut inner,
+            &[Change::DropExtentsFrom {
+                file: &self.id,
+                first: keep_extents,
+            }],
+        )?;
+        self.data
+            .set_len(layout.physical_len(keep_blocks))
+            .map_err(|e| Error::io(self.name(), "truncate data file", e))
+    }
+
+    /// fsync: data, then the metadata that refers to it.
+    pub(super) fn sync(&self) -> Result<()> {
+        let mut inner = self.write_inner();
+        if inner.data_dirty && !inner.meta_dirty {
+            self.data
+                .sync_data()
+                .map_err(|e| Error::io(self.name(), "fsync", e))?;
+            inner.data_dirty = false;
+            return Ok(());
+        }
+        self.commit(&mut inner, &[])
+    }
+
+    /// On last close: commit what is pending, or delete everything if the file is gone.
+    pub(super) fn release(&self) -> Result<()> {
+        let mut inner = self.write_inner();
+        if inner.unlinked {
+            self.core
+                .store
+                .apply(&[Change::DeleteFile { id: &self.id }])?;
+            self.core.keys.forget(&self.id, 0);
+            inner.extents.clear();
+            inner.meta_dirty = false;
+            return Ok(());
+        }
+        self.commit(&mut inner, &[])
+    }
+
+    /// Syncs the data file, then commits pending metadata plus `extra` in one transaction.
+    fn commit(&self, inner: &mut Inner, extra: &[Change<'_>]) -> Result<()> {
+        if !inner.meta_dirty && extra.is_empty() {
+            return Ok(());
+        }
+        if inner.data_dirty {
+            self.data
+                .sync_data()
+                .map_err(|e| Error::io(self.name(), "fsync", e))?;
+            inner.data_dirty = false;
+        }
+        let cipher = self.core.cipher_code;
+        let mut changes = vec![Change::PutFile {
+            id: &self.id,
+            size: inner.size,
+            cipher,
+        }];
+        changes.extend_from_slice(extra);
+        for (&index, ext) in inner.extents.iter().filter(|(_, x)| x.dirty) {
+            changes.push(Change::PutExtent {
+                file: &self.id,
+                index,
+                kek_id: &ext.kek_id,
+                wrapped: &ext.wrapped,
+                written: ext.written.as_bytes(),
+            });
+        }
+        self.core.store.apply(&changes)?;
+        drop(changes);
+        for ext in inner.extents.values_mut() {
+            ext.dirty = false;
+        }
+        inner.meta_dirty = false;
+        Ok(())
+    }
+}
+
+/// An open file. Reads and writes go through the volume's keys; `close` commits what is
+/// pending (dropping the handle does the same, logging any error).
+pub struct FileHandle {
+    pub(super) state: Arc<FileState>,
+    pub(super) core: Arc<Core>,
+    pub(super) writable: bool,
+    pub(super) released: bool,
+}
+
+impl std::fmt::Debug for FileHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileHandle")
+            .field("name", &self.state.name())
+            .field("writable", &self.writable)
+            .finish()
+    }
+}
+
+impl FileHandle {
+    /// Reads up to `buf.len()` bytes at `offset`; fewer at end of file.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.state.read_at(offset, buf)
+    }
+
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<usize> {
+        self.check_writable()?;
+        self.state.write_at(offset, data)
+    }
+
+    /// Truncates or extends the file.
+    pub fn set_len(&self, size: u64) -> Result<()> {
+        self.check_writable()?;
+        self.state.set_len(size)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.state.size()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// fsync(2): everything written so far survives a crash.
+    pub fn sync(&self) -> Result<()> {
+        self.state.sync()
+    }
+
+    /// The file's id (its object header id; shared by hardlinks).
+    pub fn file_id(&self) -> FileId {
+        self.state.id
+    }
+
+    pub fn close(mut self) -> Result<()> {
+        self.released = true;
+        self.core.release(&self.state)
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(Error::io(
+                self.state.name(),
+                "write",
+                std::io::Error::from_raw_os_error(9),
+            ))
+        }
+    }
+}
+
+impl Drop for FileHandle {
+    fn drop(&mut self) {
+        if !self.released {
+            if let Err(e) = self.core.release(&self.state) {
+                tracing::error!(error = %e, "closing a file handle failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Filesystem semantics without FUSE: volumes, directories with encrypted names, and
+//! encrypted files read and written through per-extent DEKs.
+//!
+//! Owns: the backing tree under `CIPHERDIR/data`, open-file state (logical size, extent
+//! keys, written-block bitmaps), read-modify-write of partial blocks, rayon-parallel block
+//! crypto, and the ordering between data writes and store commits. It combines `keys`,
+//! `format` and `store`, and never imports `fuser`: everything here is testable without a
+//! mount.
+
+mod backend;
+mod blocks;
+mod file;
+mod names;
+mod volume;
+
+pub use backend::DataFile;
+pub use file::FileHandle;
+pub use volume::{DirEntry, EntryKind, InitOptions, Stat, Volume, VolumeInfo};

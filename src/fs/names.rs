@@ -1,0 +1,188 @@
+//! Encrypted names in the backing tree.
+//!
+//! A backing entry's name is `base64url(E_name(dir_id, name))` (no padding). If that is
+//! longer than 255 bytes, the backing name is `~` + `base64url(SHA-256(ciphertext))` and the
+//! full ciphertext is kept in the store's `long_names` table. Every backing directory holds a
+//! `.dirid` object header with the random id its children's names are bound to, so renaming
+//! a directory never rewrites its children.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+use crate::crypto::{NameCipher, NamePurpose};
+use crate::format::{ObjectHeader, ObjectKind};
+use crate::store::Store;
+use crate::{Error, Result};
+
+/// The directory id file in every backing directory. Encrypted names never start with '.'.
+pub(super) const DIRID_FILE: &str = ".dirid";
+/// Longest plaintext name (POSIX NAME_MAX).
+pub(super) const NAME_MAX: usize = 255;
+/// Longest backing name we create.
+const BACKING_NAME_MAX: usize = 255;
+const LONG_PREFIX: u8 = b'~';
+
+/// A plaintext name's form in the backing directory.
+pub(super) struct Encoded {
+    pub backing: OsString,
+    /// For hashed names: (hash, full ciphertext) to keep in the store.
+    pub long: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+pub(super) fn encode(names: &NameCipher, dir_id: &[u8; 16], name: &OsStr) -> Result<Encoded> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty()
+        || bytes == b"."
+        || bytes == b".."
+        || bytes.contains(&b'/')
+        || bytes.contains(&0)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "invalid file name {name:?}"
+        )));
+    }
+    if bytes.len() > NAME_MAX {
+        return Err(Error::NameTooLong(name.into()));
+    }
+    let sealed = names.encrypt(NamePurpose::Entry, dir_id, bytes);
+    let text = URL_SAFE_NO_PAD.encode(&sealed);
+    if text.len() <= BACKING_NAME_MAX {
+        return Ok(Encoded {
+            backing: text.into(),
+            long: None,
+        });
+    }
+    let hash = Sha256::digest(&sealed).to_vec();
+    let mut backing = vec![LONG_PREFIX];
+    backing.extend_from_slice(URL_SAFE_NO_PAD.encode(&hash).as_bytes());
+    Ok(Encoded {
+        backing: OsString::from_vec(backing),
+        long: Some((hash, sealed)),
+    })
+}
+
+/// The plaintext name of backing entry `backing` in directory `dir_id`; `None` for entries
+/// that are not names (the `.dirid` file, temporary files).
+pub(super) fn decode(
+    names: &NameCipher,
+    store: &Store,
+    dir_id: &[u8; 16],
+    backing: &OsStr,
+    dir: &Path,
+) -> Result<Option<OsString>> {
+    let b = backing.as_bytes();
+    if b.first() == Some(&b'.') {
+        return Ok(None);
+    }
+    let sealed = if b.first() == Some(&LONG_PREFIX) {
+        let hash = URL_SAFE_NO_PAD
+            .decode(&b[1..])
+            .map_err(|_| bad_name(dir, backing))?;
+        store.long_name(dir_id, &hash)?.ok_or_else(|| {
+            Error::integrity(
+                dir.join(backing),
+                "long name has no record in the metadata store",
+            )
+        })?
+    } else {
+        URL_SAFE_NO_PAD
+            .decode(b)
+            .map_err(|_| bad_name(dir, backing))?
+    };
+    let plain = names
+        .decrypt(NamePurpose::Entry, dir_id, &sealed)
+        .map_err(|_| bad_name(dir, backing))?;
+    Ok(Some(OsString::from_vec(plain)))
+}
+
+fn bad_name(dir: &Path, backing: &OsStr) -> Error {
+    Error::integrity(
+        dir.join(backing),
+        "encrypted name does not authenticate (renamed or tampered)",
+    )
+}
+
+/// Reads the id of backing directory `dir`.
+pub(super) fn read_dir_id(dir: &Path) -> Result<[u8; 16]> {
+    let path = dir.join(DIRID_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| match e.raw_os_error() {
+        Some(2) => Error::integrity(&path, "directory id file is missing"),
+        Some(20) => Error::NotDir(dir.to_path_buf()),
+        _ => Error::io(&path, "read", e),
+    })?;
+    match ObjectHeader::decode(&bytes).map_err(|e| e.at(&path))? {
+        ObjectHeader {
+            kind: ObjectKind::Directory,
+            id,
+        } => Ok(id),
+        _ => Err(Error::corrupt(&path, "not a directory id")),
+    }
+}
+
+/// Writes a fresh `.dirid` into the (new, empty) backing directory `dir`.
+pub(super) fn write_dir_id(dir: &Path, id: [u8; 16]) -> Result<()> {
+    let path = dir.join(DIRID_FILE);
+    let header = ObjectHeader {
+        kind: ObjectKind::Directory,
+        id,
+    }
+    .encode();
+    std::fs::write(&path, header).map_err(|e| Error::io(&path, "write", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Key256;
+
+    #[test]
+    fn short_and_long_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("m.db")).unwrap();
+        let names = NameCipher::new(&Key256::generate());
+        let id = [5u8; 16];
+        let e = encode(&names, &id, OsStr::new("hello.txt")).unwrap();
+        assert!(e.long.is_none());
+        assert_eq!(
+            decode(&names, &store, &id, &e.backing, dir.path())
+                .unwrap()
+                .unwrap(),
+            "hello.txt"
+        );
+        let long = "x".repeat(255);
+        let e = encode(&names, &id, OsStr::new(&long)).unwrap();
+        let (hash, sealed) = e.long.clone().unwrap();
+        assert!(e.backing.len() <= 255);
+        store
+            .apply(&[crate::store::Change::PutLongName {
+                dir: &id,
+                hash: &hash,
+                name: &sealed,
+            }])
+            .unwrap();
+        assert_eq!(
+            decode(&names, &store, &id, &e.backing, dir.path())
+                .unwrap()
+                .unwrap(),
+            OsString::from(long)
+        );
+        assert!(matches!(
+            encode(&names, &id, OsStr::new(&"y".repeat(256))),
+            Err(Error::NameTooLong(_))
+        ));
+        assert!(encode(&names, &id, OsStr::new("a/b")).is_err());
+        assert!(decode(
+            &names,
+            &store,
+            &[6; 16],
+            &encode(&names, &id, OsStr::new("a")).unwrap().backing,
+            dir.path()
+        )
+        .is_err());
+    }
+}

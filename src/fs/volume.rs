@@ -1,0 +1,674 @@
+//! A volume: creating and opening `CIPHERDIR`, and the namespace operations on it.
+//!
+//! `CIPHERDIR/envelopefs.conf` (volume header), `CIPHERDIR/meta.db` (sidecar store),
+//! `CIPHERDIR/data/` (the encrypted tree), and, for the default embedded KMS,
+//! `CIPHERDIR/keystore`. The header is written last at `init`, so its presence marks a
+//! complete volume.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::file::{FileHandle, FileState};
+use super::names::{self, Encoded, DIRID_FILE};
+use crate::crypto::{random_array, DataCipher, Key256, Key512};
+use crate::durable;
+use crate::format::{
+    CipherKind, KdfParams, Layout, ObjectHeader, ObjectKind, VolumeHeader, OBJECT_HEADER_LEN,
+};
+use crate::keys::{FileId, KeyRing};
+use crate::kms::{self, Kms};
+use crate::secret::Secrets;
+use crate::store::{Change, Store};
+use crate::{Error, Result};
+
+pub const HEADER_FILE: &str = "envelopefs.conf";
+pub const STORE_FILE: &str = "meta.db";
+pub const DATA_DIR: &str = "data";
+const DEFAULT_KMS: &str = "local:keystore";
+
+/// Options for `init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub cipher: CipherKind,
+    /// log2 of the extent size (20 = 1 MiB).
+    pub extent_shift: u8,
+    /// `None`: the embedded keystore inside CIPHERDIR.
+    pub kms_uri: Option<String>,
+    pub kdf: KdfParams,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            cipher: CipherKind::Aes256GcmSiv,
+            extent_shift: 20,
+            kms_uri: None,
+            kdf: KdfParams::DEFAULT,
+        }
+    }
+}
+
+/// What `status` shows about an unmounted volume (no secret needed).
+#[derive(Debug, Clone)]
+pub struct VolumeInfo {
+    pub header: VolumeHeader,
+    pub files: u64,
+    pub extents: u64,
+}
+
+/// Parts shared by the volume and its open files.
+pub(super) struct Core {
+    pub(super) keys: KeyRing,
+    pub(super) store: Store,
+    pub(super) layout: Layout,
+    pub(super) cipher_code: u8,
+    data_dir: PathBuf,
+    root_id: [u8; 16],
+    /// Open files by id, with their handle count.
+    open: Mutex<HashMap<FileId, (Arc<FileState>, usize)>>,
+}
+
+impl Core {
+    fn open_table(&self) -> std::sync::MutexGuard<'_, HashMap<FileId, (Arc<FileState>, usize)>> {
+        // Entries are inserted and removed whole, so a poisoned table is still consistent.
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One handle of `state` is gone; the last one commits (or deletes) and leaves the table.
+    pub(super) fn release(&self, state: &Arc<FileState>) -> Result<()> {
+        let mut table = self.open_table();
+        let last = match table.get_mut(&state.id) {
+            Some((_, count)) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            Some(_) => true,
+            None => return Ok(()),
+        };
+        if last {
+            table.remove(&state.id);
+            return state.release();
+        }
+        Ok(())
+    }
+}
+
+/// An open, unlocked volume.
+pub struct Volume {
+    core: Arc<Core>,
+    cipherdir: PathBuf,
+    header: VolumeHeader,
+}
+
+impl std::fmt::Debug for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Volume")
+            .field("cipherdir", &self.cipherdir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The kind of a directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Directory,
+    Symlink,
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: OsString,
+    pub kind: EntryKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mode: u32,
+    pub nlink: u64,
+}
+
+/// A plaintext path resolved to its place in the backing tree.
+struct Resolved {
+    parent: PathBuf,
+    parent_id: [u8; 16],
+    encoded: Encoded,
+    plain: PathBuf,
+}
+
+impl Resolved {
+    fn backing(&self) -> PathBuf {
+        self.parent.join(&self.encoded.backing)
+    }
+}
+
+impl Volume {
+    /// Creates a new volume in `cipherdir` (missing or empty).
+    pub fn init(
+        cipherdir: &Path,
+        opts: &InitOptions,
+        secrets: &dyn Secrets,
+    ) -> Result<VolumeHeader> {
+        if !VolumeHeader::valid_extent_shift(opts.extent_shift) {
+            return Err(Error::InvalidArgument(
+                "extent size must be a power of two from 4K to 16M".into(),
+            ));
+        }
+        let created_dir = match fs::read_dir(cipherdir) {
+            Ok(mut entries) => {
+                if entries.next().is_some() {
+                    return Err(Error::NotEmpty(cipherdir.to_path_buf()));
+                }
+                false
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(cipherdir)
+                    .map_err(|e| Error::io(cipherdir, "create directory", e))?;
+                true
+            }
+            Err(e) => return Err(Error::io(cipherdir, "read directory", e)),
+        };
+        let result = Self::init_in(cipherdir, opts, secrets);
+        if result.is_err() {
+            // Leave nothing half-made behind: the directory was empty (or absent) before.
+            let _ = if created_dir {
+                fs::remove_dir_all(cipherdir)
+            } else {
+                empty_dir(cipherdir)
+            };
+        }
+        result
+    }
+
+    fn init_in(
+        cipherdir: &Path,
+        opts: &InitOptions,
+        secrets: &dyn Secrets,
+    ) -> Result<VolumeHeader> {
+        let uri = opts
+            .kms_uri
+            .clone()
+            .unwrap_or_else(|| DEFAULT_KMS.to_string());
+        let kms = kms::create(&uri, cipherdir, secrets, opts.kdf)?;
+        let mut header = VolumeHeader {
+            features: 0,
+            volume_id: random_array(),
+            cipher: opts.cipher,
+            extent_shift: opts.extent_shift,
+            kek_id: [0; 16],
+            kms_uri: uri,
+            wrapped_kek: Vec::new(),
+            wrapped_name_key: Vec::new(),
+        };
+        KeyRing::generate(kms.as_ref(), &mut header)?;
+        drop(Store::create(&cipherdir.join(STORE_FILE))?);
+        let data = cipherdir.join(DATA_DIR);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&data)
+            .map_err(|e| Error::io(&data, "create directory", e))?;
+        names::write_dir_id(&data, random_array())?;
+        durable::sync_dir(&data)?;
+        durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)?;
+        Ok(header)
+    }
+
+    /// Reads the volume header of `cipherdir` (no secret needed).
+    pub fn read_header(cipherdir: &Path) -> Result<VolumeHeader> {
+        let path = cipherdir.join(HEADER_FILE);
+        if !cipherdir.is_dir() {
+            return Err(Error::NotAVolume {
+                path: cipherdir.into(),
+                reason: "no such directory".into(),
+            });
+        }
+        let bytes = fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotAVolume {
+                path: cipherdir.into(),
+                reason: format!("{HEADER_FILE} is missing"),
+            },
+            _ => Error::io(&path, "read", e),
+        })?;
+        VolumeHeader::decode(&bytes).map_err(|e| e.at(&path))
+    }
+
+    /// Header and store counts of an unmounted volume.
+    pub fn info(cipherdir: &Path) -> Result<VolumeInfo> {
+        let header = Self::read_header(cipherdir)?;
+        let (files, extents) = Store::open(&cipherdir.join(STORE_FILE))?.counts()?;
+        Ok(VolumeInfo {
+            header,
+            files,
+            extents,
+        })
+    }
+
+    /// Opens `cipherdir`, asking `secrets` for what its KMS needs.
+    pub fn open(cipherdir: &Path, secrets: &dyn Secrets) -> Result<Volume> {
+        let header = Self::read_header(cipherdir)?;
+        let kms = kms::open(&header.kms_uri, cipherdir, secrets)?;
+        Self::open_with_kms(cipherdir, header, kms.as_ref())
+    }
+
+    /// Opens `cipherdir` with an already-connected KMS.
+    pub fn open_with_kms(cipherdir: &Path, header: VolumeHeader, kms: &dyn Kms) -> Result<Volume> {
+        let keys = KeyRing::unlock(kms, &header, &cipherdir.join(HEADER_FILE))?;
+        let store = Store::open(&cipherdir.join(STORE_FILE))?;
+        let data_dir = cipherdir.join(DATA_DIR);
+        let root_id = names::read_dir_id(&data_dir)?;
+        let slot = match header.cipher {
+            CipherKind::Aes256GcmSiv => DataCipher::gcm_siv(&Key256::generate()).slot_size(),
+            CipherKind::Aes256Xts => DataCipher::xts(&Key512::generate()).slot_size(),
+        };
+        let core = Core {
+            keys,
+            store,
+            layout: Layout::new(slot, header.extent_shift),
+            cipher_code: header.cipher.code(),
+            data_dir,
+            root_id,
+            open: Mutex::new(HashMap::new()),
+        };
+        Ok(Volume {
+            core: Arc::new(core),
+            cipherdir: cipherdir.to_path_buf(),
+            header,
+        })
+    }
+
+    pub fn header(&self) -> &VolumeHeader {
+        &self.header
+    }
+
+    pub fn cipherdir(&self) -> &Path {
+        &self.cipherdir
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.core.store
+    }
+
+    pub fn keys(&self) -> &KeyRing {
+        &self.core.keys
+    }
+
+    /// Walks `path`'s parent directories (decrypting nothing: names are encrypted forward).
+    fn resolve(&self, path: &Path) -> Result<Resolved> {
+        let mut parts: Vec<&OsStr> = Vec::new();
+        for c in path.components() {
+            match c {
+                Component::RootDir | Component::CurDir => {}
+                Component::Normal(n) => parts.push(n),
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "{}: path must not contain '..'",
+                        path.display()
+                    )))
+                }
+            }
+        }
+        let (last, dirs) = parts
+            .split_last()
+            .ok_or_else(|| Error::InvalidArgument("the root has no name".into()))?;
+        let mut dir = self.core.data_dir.clone();
+        let mut dir_id = self.core.root_id;
+        for (i, d) in dirs.iter().enumerate() {
+            let enc = names::encode(self.core.keys.names(), &dir_id, d)?;
+            dir.push(&enc.backing);
+            let so_far: PathBuf = dirs[..=i].iter().collect();
+            dir_id = match fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => names::read_dir_id(&dir)?,
+                Ok(_) => return Err(Error::NotDir(so_far)),
+                Err(_) => return Err(Error::NotFound(so_far)),
+            };
+        }
+        let encoded =
+            names::encode(self.core.keys.names(), &dir_id, last).map_err(|e| match e {
+                Error::NameTooLong(_) => Error::NameTooLong(path.to_path_buf()),
+                other => other,
+            })?;
+        Ok(Resolved {
+            parent: dir,
+            parent_id: dir_id,
+            encoded,
+            plain: path.to_path_buf(),
+        })
+    }
+
+    /// Records a hashed long name in the store (before the backing entry exists).
+    fn remember_name(&self, r: &Resolved) -> Result<()> {
+        match &r.encoded.long {
+            Some((hash, sealed)) => self.core.store.apply(&[Change::PutLongName {
+                dir: &r.parent_id,
+                hash,
+                name: sealed,
+            }]),
+            None => Ok(()),
+        }
+    }
+
+    fn forget_name(&self, r: &Resolved) -> Result<()> {
+        match &r.encoded.long {
+            Some((hash, _)) => self.core.store.apply(&[Change::DeleteLongName {
+                dir: &r.parent_id,
+                hash,
+            }]),
+            None => Ok(()),
+        }
+    }
+
+    /// Creates a new, empty file (fails if `path` exists) and opens it for writing.
+    pub fn create(&self, path: &Path, mode: u32) -> Result<FileHandle> {
+        let r = self.resolve(path)?;
+        let backing = r.backing();
+        self.remember_name(&r)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&backing)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Error::Exists(path.into()),
+                _ => Error::io(path, "create", e),
+            })?;
+        let id = random_array();
+        let header = ObjectHeader {
+            kind: ObjectKind::File,
+            id,
+        }
+        .encode();
+        std::os::unix::fs::FileExt::write_all_at(&file, &header, 0)
+            .map_err(|e| Error::io(path, "write header", e))?;
+        self.attach(id, Box::new(file), r.plain, true)
+    }
+
+    /// Opens an existing file.
+    pub fn open_file(&self, path: &Path, writable: bool) -> Result<FileHandle> {
+        let r = self.resolve(path)?;
+        let backing = r.backing();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(&backing)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::NotFound(path.into()),
+                _ if e.raw_os_error() == Some(21) => Error::IsDir(path.into()),
+                _ => Error::io(path, "open", e),
+            })?;
+        if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+            return Err(Error::IsDir(path.into()));
+        }
+        let id = read_file_id(&file, path)?;
+        self.attach(id, Box::new(file), r.plain, writable)
+    }
+
+    fn attach(
+        &self,
+        id: FileId,
+        file: Box<dyn super::DataFile>,
+        plain: PathBuf,
+        writable: bool,
+    ) -> Result<FileHandle> {
+        let mut table = self.core.open_table();
+        let state = match table.get_mut(&id) {
+            Some((state, count)) => {
+                *count += 1;
+                state.clone()
+            }
+            None => {
+                let state = Arc::new(FileState::load(self.core.clone(), id, file, plain)?);
+                table.insert(id, (state.clone(), 1));
+                state
+            }
+        };
+        Ok(FileHandle {
+            state,
+            core: self.core.clone(),
+            writable,
+            released: false,
+        })
+    }
+
+    /// Removes a file's name; its keys go with its last link and last open handle.
+    pub fn unlink(&self, path: &Path) -> Result<()> {
+        let r = self.resolve(path)?;
+        let backing = r.backing();
+        let meta = fs::symlink_metadata(&backing).map_err(|_| Error::NotFound(path.into()))?;
+        if meta.is_dir() {
+            return Err(Error::IsDir(path.into()));
+        }
+        let id = if meta.is_file() {
+            Some(read_file_id(
+                &fs::File::open(&backing).map_err(|e| Error::io(path, "open", e))?,
+                path,
+            )?)
+        } else {
+            None
+        };
+        fs::remove_file(&backing).map_err(|e| Error::io(path, "unlink", e))?;
+        self.forget_name(&r)?;
+        if let (Some(id), 1) = (id, meta.nlink()) {
+            self.drop_file(&id)?;
+        }
+        Ok(())
+    }
+
+    /// The last link of file `id` is gone: delete its keys now, or at its last close.
+    fn drop_file(&self, id: &FileId) -> Result<()> {
+        let table = self.core.open_table();
+        match table.get(id) {
+            Some((state, _)) => {
+                state.mark_unlinked();
+                Ok(())
+            }
+            None => {
+                drop(table);
+                self.core.store.apply(&[Change::DeleteFile { id }])?;
+                self.core.keys.forget(id, 0);
+                Ok(())
+            }
+        }
+    }
+
+    /// Renames `from` to `to`, replacing a file at `to`. No data or key is rewritten.
+    pub fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        let rf = self.resolve(from)?;
+        let rt = self.resolve(to)?;
+        let (bf, bt) = (rf.backing(), rt.backing());
+        fs::symlink_metadata(&bf).map_err(|_| Error::NotFound(from.into()))?;
+        let replaced = match fs::symlink_metadata(&bt) {
+            Ok(m) if m.is_file() && m.nlink() == 1 => Some(read_file_id(
+                &fs::File::open(&bt).map_err(|e| Error::io(to, "open", e))?,
+                to,
+            )?),
+            _ => None,
+        };
+        self.remember_name(&rt)?;
+        fs::rename(&bf, &bt).map_err(|e| match e.raw_os_error() {
+            Some(39) => Error::DirNotEmpty(to.into()),
+            Some(20) => Error::NotDir(to.into()),
+            Some(21) => Error::IsDir(to.into()),
+            _ => Error::io(from, "rename", e),
+        })?;
+        self.forget_name(&rf)?;
+        if let Some(id) = replaced {
+            self.drop_file(&id)?;
+        }
+        if let Ok(f) = fs::File::open(&bt) {
+            if let Ok(id) = read_file_id(&f, to) {
+                if let Some((state, _)) = self.core.open_table().get(&id) {
+                    state.set_name(to.to_path_buf());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn mkdir(&self, path: &Path, mode: u32) -> Result<()> {
+        let r = self.resolve(path)?;
+        let backing = r.backing();
+        self.remember_name(&r)?;
+        fs::DirBuilder::new()
+            .mode(mode | 0o300)
+            .create(&backing)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Error::Exists(path.into()),
+                _ => Error::io(path, "mkdir", e),
+            })?;
+        names::write_dir_id(&backing, random_array())
+    }
+
+    pub fn rmdir(&self, path: &Path) -> Result<()> {
+        let r = self.resolve(path)?;
+        let backing = r.backing();
+        let entries = fs::read_dir(&backing).map_err(|e| match e.raw_os_error() {
+            Some(2) => Error::NotFound(path.into()),
+            Some(20) => Error::NotDir(path.into()),
+            _ => Error::io(path, "read directory", e),
+        })?;
+        if entries.flatten().any(|e| e.file_name() != DIRID_FILE) {
+            return Err(Error::DirNotEmpty(path.into()));
+        }
+        fs::remove_file(backing.join(DIRID_FILE)).map_err(|e| Error::io(path, "rmdir", e))?;
+        fs::remove_dir(&backing).map_err(|e| Error::io(path, "rmdir", e))?;
+        self.forget_name(&r)
+    }
+
+    /// The entries of directory `path` (`""` or `"/"` is the root), names decrypted.
+    pub fn readdir(&self, path: &Path) -> Result<Vec<DirEntry>> {
+        let (dir, dir_id) = if path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::CurDir))
+        {
+            (self.core.data_dir.clone(), self.core.root_id)
+        } else {
+            let r = self.resolve(path)?;
+            let b = r.backing();
+            let id = match fs::symlink_metadata(&b) {
+                Ok(m) if m.is_dir() => names::read_dir_id(&b)?,
+                Ok(_) => return Err(Error::NotDir(path.into())),
+                Err(_) => return Err(Error::NotFound(path.into())),
+            };
+            (b, id)
+        };
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| Error::io(path, "read directory", e))? {
+            let entry = entry.map_err(|e| Error::io(path, "read directory", e))?;
+            let Some(name) = names::decode(
+                self.core.keys.names(),
+                &self.core.store,
+                &dir_id,
+                &entry.file_name(),
+                &dir,
+            )?
+            else {
+                continue;
+            };
+            let kind = entry.file_type().map(kind_of).unwrap_or(EntryKind::Other);
+            out.push(DirEntry { name, kind });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub fn stat(&self, path: &Path) -> Result<Stat> {
+        let r = self.resolve(path)?;
+        let backing = r.backing();
+        let meta = fs::symlink_metadata(&backing).map_err(|_| Error::NotFound(path.into()))?;
+        let kind = kind_of(meta.file_type());
+        let size = if kind == EntryKind::File {
+            let id = read_file_id(
+                &fs::File::open(&backing).map_err(|e| Error::io(path, "open", e))?,
+                path,
+            )?;
+            self.file_size(&id)?
+        } else {
+            0
+        };
+        Ok(Stat {
+            kind,
+            size,
+            mode: meta.mode() & 0o7777,
+            nlink: meta.nlink(),
+        })
+    }
+
+    fn file_size(&self, id: &FileId) -> Result<u64> {
+        if let Some((state, _)) = self.core.open_table().get(id) {
+            return Ok(state.size());
+        }
+        Ok(self
+            .core
+            .store
+            .load(id)?
+            .map(|(rec, _)| rec.size)
+            .unwrap_or(0))
+    }
+
+    /// Commits every open file's pending metadata (data synced first).
+    pub fn sync_all(&self) -> Result<()> {
+        let states: Vec<Arc<FileState>> = self
+            .core
+            .open_table()
+            .values()
+            .map(|(s, _)| s.clone())
+            .collect();
+        for s in states {
+            if !s.is_unlinked() {
+                s.sync()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn kind_of(t: fs::FileType) -> EntryKind {
+    if t.is_file() {
+        EntryKind::File
+    } else if t.is_dir() {
+        EntryKind::Directory
+    } else if t.is_symlink() {
+        EntryKind::Symlink
+    } else {
+        EntryKind::Other
+    }
+}
+
+/// The file id in a data file's object header.
+fn read_file_id(file: &fs::File, path: &Path) -> Result<FileId> {
+    let mut buf = [0u8; OBJECT_HEADER_LEN];
+    let got = super::DataFile::read_at(file, &mut buf, 0)
+        .map_err(|e| Error::io(path, "read header", e))?;
+    match ObjectHeader::decode(&buf[..got]).map_err(|e| e.at(path))? {
+        ObjectHeader {
+            kind: ObjectKind::File,
+            id,
+        } => Ok(id),
+        _ => Err(Error::corrupt(path, "data file has a directory header")),
+    }
+}
+
+/// Removes everything inside `dir` (used to undo a failed `init` in a directory that was
+/// empty before).
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let p = entry?.path();
+        if p.is_dir() {
+            fs::remove_dir_all(&p)?;
+        } else {
+            fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! envelopefs: an encrypted file system built on envelope encryption.
+//!
+//! Module map (see `docs/ARCHITECTURE.md` for the dependency rule):
+//! - [`crypto`], [`format`]: leaves — primitives and on-disk bytes.
+//! - [`kms`]: root keys (the `Kms` trait and its backends).
+//! - [`keys`]: the key hierarchy; the only holder of unwrapped KEKs, DEKs and the name key.
+//! - [`store`]: the sidecar metadata store; sees wrapped keys only.
+//! - [`fs`]: filesystem semantics on top of keys, format and storage; no FUSE.
+//! - [`secret`]: where passphrases come from (file, command, terminal).
+#![deny(unsafe_code)]
+
+pub mod crypto;
+mod durable;
+pub mod error;
+pub mod format;
+pub mod fs;
+pub mod keys;
+pub mod kms;
+pub mod secret;
+pub mod store;
+
+pub use error::{Error, Result};

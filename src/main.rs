@@ -1,0 +1,215 @@
+//! The `envelopefs` command line: parses arguments, calls the library, maps errors to the
+//! exit codes documented in `docs/OPERATIONS.md`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use envelopefs::format::{CipherKind, KdfParams};
+use envelopefs::fs::{InitOptions, Volume};
+use envelopefs::kms::{self, LocalKeystore};
+use envelopefs::secret::PassSource;
+use envelopefs::{Error, Result};
+
+/// An encrypted file system built on envelope encryption: a DEK per file extent, wrapped by
+/// a per-volume KEK, wrapped by a root key in a KMS.
+#[derive(Parser)]
+#[command(name = "envelopefs", version, about, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new encrypted volume in CIPHERDIR (missing or empty).
+    Init {
+        cipherdir: PathBuf,
+        /// Root key location: local:PATH (embedded passphrase keystore; relative paths are
+        /// inside CIPHERDIR). Default: local:keystore.
+        #[arg(long, value_name = "URI")]
+        kms: Option<String>,
+        /// Data cipher: aes-256-gcm-siv (authenticated, default) or aes-256-xts
+        /// (length-preserving, no integrity).
+        #[arg(long, default_value = "aes-256-gcm-siv", value_parser = parse_cipher)]
+        cipher: CipherKind,
+        /// Bytes per extent (one DEK each): a power of two from 4K to 16M.
+        #[arg(long, default_value = "1M", value_parser = parse_extent_size)]
+        extent_size: u8,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+    /// Change the passphrase of the embedded keystore (re-seals the root key; nothing else
+    /// changes).
+    Passwd {
+        cipherdir: PathBuf,
+        #[command(flatten)]
+        pass: PassArgs,
+        /// Read the new passphrase from the first line of FILE.
+        #[arg(long, value_name = "FILE")]
+        new_passfile: Option<PathBuf>,
+        /// Get the new passphrase from the first line COMMAND prints.
+        #[arg(long, value_name = "COMMAND")]
+        new_extpass: Option<String>,
+    },
+    /// Show a volume's header and metadata counts (no passphrase needed).
+    Status {
+        cipherdir: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Passphrase sources. Secrets are never taken from the command line itself.
+#[derive(Args)]
+struct PassArgs {
+    /// Read the passphrase from the first line of FILE (else ENVELOPEFS_PASSFILE, else a
+    /// terminal prompt).
+    #[arg(long, value_name = "FILE")]
+    passfile: Option<PathBuf>,
+    /// Get the passphrase from the first line COMMAND prints on stdout.
+    #[arg(long, value_name = "COMMAND")]
+    extpass: Option<String>,
+}
+
+impl PassArgs {
+    fn source(self) -> PassSource {
+        PassSource {
+            passfile: self.passfile,
+            extpass: self.extpass,
+            env_var: Some("ENVELOPEFS_PASSFILE"),
+        }
+    }
+}
+
+fn parse_cipher(s: &str) -> std::result::Result<CipherKind, String> {
+    CipherKind::from_name(s)
+        .ok_or_else(|| format!("unknown cipher {s:?}: use aes-256-gcm-siv or aes-256-xts"))
+}
+
+/// "1M", "64K", "4096" → log2 of the size.
+fn parse_extent_size(s: &str) -> std::result::Result<u8, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 1u64 << 20),
+        _ => (s, 1),
+    };
+    let bytes = num
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("bad size {s:?}"))?;
+    if !bytes.is_power_of_two() {
+        return Err(format!("extent size {s} is not a power of two"));
+    }
+    let shift = bytes.trailing_zeros() as u8;
+    if !envelopefs::format::VolumeHeader::valid_extent_shift(shift) {
+        return Err(format!("extent size {s} outside 4K..16M"));
+    }
+    Ok(shift)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "envelopefs=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("envelopefs: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Init {
+            cipherdir,
+            kms,
+            cipher,
+            extent_size,
+            pass,
+        } => {
+            let opts = InitOptions {
+                cipher,
+                extent_shift: extent_size,
+                kms_uri: kms,
+                kdf: KdfParams::DEFAULT,
+            };
+            let header = Volume::init(&cipherdir, &opts, &pass.source())?;
+            println!(
+                "Created envelopefs volume {} in {} ({}, {} KiB extents, root key {}).",
+                hex(&header.volume_id),
+                cipherdir.display(),
+                header.cipher.name(),
+                header.extent_size() / 1024,
+                header.kms_uri
+            );
+            Ok(())
+        }
+        Command::Passwd {
+            cipherdir,
+            pass,
+            new_passfile,
+            new_extpass,
+        } => {
+            let header = Volume::read_header(&cipherdir)?;
+            let path = kms::local_keystore_path(&header.kms_uri, &cipherdir).map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "passwd works on local: keystores only; this volume uses {}",
+                    header.kms_uri
+                ))
+            })?;
+            let new = PassSource {
+                passfile: new_passfile,
+                extpass: new_extpass,
+                env_var: None,
+            };
+            LocalKeystore::change_passphrase(&path, &pass.source(), &new, KdfParams::DEFAULT)?;
+            println!("Passphrase of {} changed.", path.display());
+            Ok(())
+        }
+        Command::Status { cipherdir, json } => status(&cipherdir, json),
+    }
+}
+
+fn status(cipherdir: &Path, json: bool) -> Result<()> {
+    let info = Volume::info(cipherdir)?;
+    let h = &info.header;
+    if json {
+        let v = serde_json::json!({
+            "cipherdir": cipherdir.display().to_string(),
+            "mounted": false,
+            "format_version": 1,
+            "volume_id": hex(&h.volume_id),
+            "cipher": h.cipher.name(),
+            "extent_size": h.extent_size(),
+            "kms_uri": h.kms_uri,
+            "kek_id": hex(&h.kek_id),
+            "files": info.files,
+            "wrapped_deks": info.extents,
+        });
+        println!("{v:#}");
+    } else {
+        println!("cipherdir:     {}", cipherdir.display());
+        println!("volume id:     {}", hex(&h.volume_id));
+        println!("cipher:        {}", h.cipher.name());
+        println!("extent size:   {} KiB", h.extent_size() / 1024);
+        println!("KMS:           {}", h.kms_uri);
+        println!("KEK id:        {}", hex(&h.kek_id));
+        println!("files:         {}", info.files);
+        println!("wrapped DEKs:  {}", info.extents);
+    }
+    Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -1,0 +1,401 @@
+//! The sidecar metadata store (`CIPHERDIR/meta.db`): SQLite in WAL mode with
+//! `secure_delete=ON`, so deleted wrapped keys are overwritten in the database file.
+//!
+//! Holds per-file records (logical size, cipher), per-extent wrapped DEKs with their
+//! written-block bitmaps, and the full ciphertext of names too long for the backing file
+//! system. It sees only wrapped keys and ciphertext. All changes go through [`Store::apply`],
+//! one transaction per call — never one per block.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::{Error, Result};
+
+/// `PRAGMA application_id`: "EVFS".
+const APPLICATION_ID: i64 = 0x4556_4653;
+/// `PRAGMA user_version`: the schema version this build writes and reads.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE files (
+    id     BLOB PRIMARY KEY,
+    size   INTEGER NOT NULL,
+    cipher INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE extents (
+    file_id BLOB NOT NULL,
+    idx     INTEGER NOT NULL,
+    kek_id  BLOB NOT NULL,
+    wrapped BLOB NOT NULL,
+    written BLOB NOT NULL,
+    PRIMARY KEY (file_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE long_names (
+    dir_id BLOB NOT NULL,
+    hash   BLOB NOT NULL,
+    name   BLOB NOT NULL,
+    PRIMARY KEY (dir_id, hash)
+) WITHOUT ROWID;
+";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    pub size: u64,
+    pub cipher: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtentRecord {
+    pub index: u64,
+    pub kek_id: [u8; 16],
+    pub wrapped: Vec<u8>,
+    pub written: Vec<u8>,
+}
+
+/// One change; a slice of them is applied atomically by [`Store::apply`].
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    PutFile {
+        id: &'a [u8; 16],
+        size: u64,
+        cipher: u8,
+    },
+    PutExtent {
+        file: &'a [u8; 16],
+        index: u64,
+        kek_id: &'a [u8; 16],
+        wrapped: &'a [u8],
+        written: &'a [u8],
+    },
+    /// Deletes the wrapped DEKs of extents `first..` (truncation).
+    DropExtentsFrom {
+        file: &'a [u8; 16],
+        first: u64,
+    },
+    /// Deletes the file record and every wrapped DEK of the file.
+    DeleteFile {
+        id: &'a [u8; 16],
+    },
+    PutLongName {
+        dir: &'a [u8; 16],
+        hash: &'a [u8],
+        name: &'a [u8],
+    },
+    DeleteLongName {
+        dir: &'a [u8; 16],
+        hash: &'a [u8],
+    },
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Creates a new, empty store at `path` (which must not exist).
+    pub fn create(path: &Path) -> Result<Store> {
+        if path.exists() {
+            return Err(Error::Exists(path.to_path_buf()));
+        }
+        let store = Self::connect(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )?;
+        // SQLite gives the WAL and shared-memory files the database file's mode.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| Error::io(path, "chmod", e))?;
+        {
+            let conn = store.lock();
+            let err = |e| store.err(e);
+            conn.execute_batch(SCHEMA).map_err(err)?;
+            conn.pragma_update(None, "application_id", APPLICATION_ID)
+                .map_err(err)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(err)?;
+        }
+        Ok(store)
+    }
+
+    /// Opens an existing store, checking that it is ours and of a schema this build reads.
+    pub fn open(path: &Path) -> Result<Store> {
+        if !path.is_file() {
+            return Err(Error::corrupt(path, "metadata store is missing"));
+        }
+        let store = Self::connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        {
+            let conn = store.lock();
+            let app: i64 = conn
+                .pragma_query_value(None, "application_id", |r| r.get(0))
+                .map_err(|e| store.err(e))?;
+            if app != APPLICATION_ID {
+                return Err(Error::corrupt(
+                    path,
+                    "not an envelopefs metadata store (application id mismatch)",
+                ));
+            }
+            let version: i64 = conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .map_err(|e| store.err(e))?;
+            if version != SCHEMA_VERSION {
+                return Err(Error::Unsupported {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "metadata schema version {version}; this build reads {SCHEMA_VERSION}"
+                    ),
+                });
+            }
+            conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))
+                .map_err(|e| store.err(e))
+                .and_then(|s| {
+                    if s == "ok" {
+                        Ok(())
+                    } else {
+                        Err(Error::corrupt(path, format!("integrity check: {s}")))
+                    }
+                })?;
+        }
+        Ok(store)
+    }
+
+    fn connect(path: &Path, flags: OpenFlags) -> Result<Store> {
+        let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(|e| Error::Store {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        let store = Store {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        };
+        {
+            let conn = store.lock();
+            let err = |e| store.err(e);
+            // Every commit is durable (synchronous=FULL) so fsync through the file system means
+            // what it says; deleted rows are overwritten (secure_delete) so removed wrapped DEKs do
+            // not linger in free pages.
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(err)?;
+            conn.pragma_update(None, "synchronous", "FULL")
+                .map_err(err)?;
+            conn.pragma_update(None, "secure_delete", "ON")
+                .map_err(err)?;
+            conn.busy_timeout(std::time::Duration::from_secs(10))
+                .map_err(err)?;
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The record and extents of file `id`, if the store has it.
+    pub fn load(&self, id: &[u8; 16]) -> Result<Option<(FileRecord, Vec<ExtentRecord>)>> {
+        let conn = self.lock();
+        let err = |e| self.err(e);
+        let rec = conn
+            .query_row(
+                "SELECT size, cipher FROM files WHERE id = ?1",
+                [&id[..]],
+                |r| {
+                    Ok(FileRecord {
+                        size: r.get::<_, i64>(0)? as u64,
+                        cipher: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(err)?;
+        let Some(rec) = rec else { return Ok(None) };
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT idx, kek_id, wrapped, written FROM extents WHERE file_id = ?1 ORDER BY idx",
+            )
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([&id[..]], |r| {
+                let kek: Vec<u8> = r.get(1)?;
+                Ok((r.get::<_, i64>(0)? as u64, kek, r.get(2)?, r.get(3)?))
+            })
+            .map_err(err)?;
+        let mut extents = Vec::new();
+        for row in rows {
+            let (index, kek, wrapped, written) = row.map_err(err)?;
+            let kek_id = <[u8; 16]>::try_from(kek.as_slice()).map_err(|_| {
+                Error::corrupt(&self.path, format!("extent {index} has a malformed KEK id"))
+            })?;
+            extents.push(ExtentRecord {
+                index,
+                kek_id,
+                wrapped,
+                written,
+            });
+        }
+        Ok(Some((rec, extents)))
+    }
+
+    /// The full encrypted name behind a hashed long name.
+    pub fn long_name(&self, dir: &[u8; 16], hash: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.lock()
+            .query_row(
+                "SELECT name FROM long_names WHERE dir_id = ?1 AND hash = ?2",
+                params![&dir[..], hash],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Applies `changes` in one durable transaction.
+    pub fn apply(&self, changes: &[Change<'_>]) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.lock();
+        let err = |e| self.err(e);
+        let tx = conn.transaction().map_err(err)?;
+        for c in changes {
+            match *c {
+                Change::PutFile { id, size, cipher } => tx
+                    .prepare_cached("INSERT OR REPLACE INTO files (id, size, cipher) VALUES (?1, ?2, ?3)")
+                    .and_then(|mut s| s.execute(params![&id[..], size as i64, cipher])),
+                Change::PutExtent { file, index, kek_id, wrapped, written } => tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO extents (file_id, idx, kek_id, wrapped, written) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .and_then(|mut s| s.execute(params![&file[..], index as i64, &kek_id[..], wrapped, written])),
+                Change::DropExtentsFrom { file, first } => tx
+                    .prepare_cached("DELETE FROM extents WHERE file_id = ?1 AND idx >= ?2")
+                    .and_then(|mut s| s.execute(params![&file[..], first as i64])),
+                Change::DeleteFile { id } => tx
+                    .execute("DELETE FROM extents WHERE file_id = ?1", [&id[..]])
+                    .and_then(|_| tx.execute("DELETE FROM files WHERE id = ?1", [&id[..]])),
+                Change::PutLongName { dir, hash, name } => tx.execute(
+                    "INSERT OR REPLACE INTO long_names (dir_id, hash, name) VALUES (?1, ?2, ?3)",
+                    params![&dir[..], hash, name],
+                ),
+                Change::DeleteLongName { dir, hash } => {
+                    tx.execute("DELETE FROM long_names WHERE dir_id = ?1 AND hash = ?2", params![&dir[..], hash])
+                }
+            }
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// (files, extents) recorded.
+    pub fn counts(&self) -> Result<(u64, u64)> {
+        let conn = self.lock();
+        let count = |sql: &str| {
+            conn.query_row(sql, [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(|e| self.err(e))
+        };
+        Ok((
+            count("SELECT count(*) FROM files")?,
+            count("SELECT count(*) FROM extents")?,
+        ))
+    }
+
+    /// Moves the WAL's contents into the database file and truncates the WAL.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.lock()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| self.err(e))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic mid-transaction rolls the transaction back when it is dropped; the
+        // connection itself stays consistent, so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn err(&self, e: rusqlite::Error) -> Error {
+        Error::Store {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_load_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let s = Store::create(&path).unwrap();
+        let id = [9u8; 16];
+        s.apply(&[
+            Change::PutFile {
+                id: &id,
+                size: 5000,
+                cipher: 1,
+            },
+            Change::PutExtent {
+                file: &id,
+                index: 0,
+                kek_id: &[1; 16],
+                wrapped: &[2; 60],
+                written: &[3; 32],
+            },
+            Change::PutExtent {
+                file: &id,
+                index: 1,
+                kek_id: &[1; 16],
+                wrapped: &[4; 60],
+                written: &[5; 32],
+            },
+        ])
+        .unwrap();
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        let (rec, ext) = s.load(&id).unwrap().unwrap();
+        assert_eq!(rec.size, 5000);
+        assert_eq!(ext.len(), 2);
+        assert_eq!(ext[1].wrapped, vec![4; 60]);
+        s.apply(&[Change::DropExtentsFrom {
+            file: &id,
+            first: 1,
+        }])
+        .unwrap();
+        assert_eq!(s.load(&id).unwrap().unwrap().1.len(), 1);
+        s.apply(&[Change::DeleteFile { id: &id }]).unwrap();
+        assert!(s.load(&id).unwrap().is_none());
+        assert_eq!(s.counts().unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn garbage_and_foreign_databases_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.db");
+        std::fs::write(&junk, vec![0x42; 8192]).unwrap();
+        assert!(matches!(
+            Store::open(&junk),
+            Err(Error::Store { .. }) | Err(Error::Corrupt { .. })
+        ));
+        let foreign = dir.path().join("foreign.db");
+        Connection::open(&foreign)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x)")
+            .unwrap();
+        assert!(matches!(Store::open(&foreign), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            Store::open(&dir.path().join("missing.db")),
+            Err(Error::Corrupt { .. })
+        ));
+    }
+}
