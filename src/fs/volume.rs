@@ -345,6 +345,11 @@ impl Volume {
         })
     }
 
+    /// Where `path` lives in the backing tree (its parent directories must exist).
+    pub fn backing_path(&self, path: &Path) -> Result<PathBuf> {
+        Ok(self.resolve(path)?.backing())
+    }
+
     /// Records a hashed long name in the store (before the backing entry exists).
     fn remember_name(&self, r: &Resolved) -> Result<()> {
         match &r.encoded.long {

@@ -158,6 +158,25 @@ impl KeyRing {
         Ok(cipher)
     }
 
+    /// A one-way commitment to the DEK behind `wrapped`: SHA-256 of the key bytes. Lets
+    /// tests and `fsck` tell keys apart without handling them; it cannot be inverted.
+    pub fn dek_fingerprint(
+        &self,
+        file: &FileId,
+        extent: u64,
+        wrapped: &[u8],
+    ) -> std::result::Result<[u8; 32], AuthError> {
+        use sha2::{Digest, Sha256};
+        let aad = self.dek_aad(file, extent);
+        let digest = match self.cipher {
+            CipherKind::Aes256GcmSiv => {
+                Sha256::digest(self.kek.unwrap::<32>(wrapped, &aad)?.expose())
+            }
+            CipherKind::Aes256Xts => Sha256::digest(self.kek.unwrap::<64>(wrapped, &aad)?.expose()),
+        };
+        Ok(digest.into())
+    }
+
     /// Drops cached ciphers of `file` from extent `from` on (truncation, deletion).
     pub fn forget(&self, file: &FileId, from: u64) {
         self.cache.remove_where(|(f, e)| f == file && *e >= from);

@@ -1,0 +1,117 @@
+//! Helpers shared by the integration tests: fast volumes in private temp dirs, a seeded
+//! PRNG, and byte patterns.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use envelopefs::format::{CipherKind, KdfParams};
+use envelopefs::fs::{InitOptions, Volume};
+use envelopefs::secret::Passphrase;
+use tempfile::TempDir;
+
+/// Cheap Argon2 parameters: the KDF is tested on its own; here it would only cost time.
+pub const FAST_KDF: KdfParams = KdfParams {
+    m_cost_kib: 64,
+    t_cost: 1,
+    p_cost: 1,
+};
+pub const PASS: &str = "test passphrase";
+
+pub fn pass() -> Passphrase {
+    Passphrase::new(PASS).unwrap()
+}
+
+/// A private temp dir, on tmpfs when available (fsync there is cheap, which keeps sweeps
+/// that commit thousands of times fast).
+pub fn scratch() -> TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(d) = tempfile::Builder::new()
+            .prefix("evfs-test-")
+            .tempdir_in(shm)
+        {
+            return d;
+        }
+    }
+    tempfile::Builder::new()
+        .prefix("evfs-test-")
+        .tempdir()
+        .unwrap()
+}
+
+pub fn opts(cipher: CipherKind, extent_shift: u8) -> InitOptions {
+    InitOptions {
+        cipher,
+        extent_shift,
+        kms_uri: None,
+        kdf: FAST_KDF,
+    }
+}
+
+/// A new volume at `<tmp>/vol`, opened.
+pub fn new_volume(cipher: CipherKind, extent_shift: u8) -> (TempDir, PathBuf, Volume) {
+    let tmp = scratch();
+    let dir = tmp.path().join("vol");
+    Volume::init(&dir, &opts(cipher, extent_shift), &pass()).unwrap();
+    let vol = Volume::open(&dir, &pass()).unwrap();
+    (tmp, dir, vol)
+}
+
+pub fn reopen(dir: &Path) -> Volume {
+    Volume::open(dir, &pass()).unwrap()
+}
+
+pub const CIPHERS: [CipherKind; 2] = [CipherKind::Aes256GcmSiv, CipherKind::Aes256Xts];
+
+/// splitmix64: a small deterministic PRNG for reproducible workloads.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// `len` pseudo-random bytes from `seed`.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    Rng(seed).fill(&mut v);
+    v
+}
+
+/// Every regular file below `dir`, recursively.
+pub fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Whether `needle` occurs in `hay`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
