@@ -48,7 +48,7 @@ impl BlockAad {
 /// feature).
 pub enum DataCipher {
     GcmSiv(Box<Aes256GcmSiv>),
-    Xts(Box<Xts128<Aes256>>),
+    Xts(Box<XtsAes256>),
 }
 
 impl DataCipher {
@@ -57,19 +57,7 @@ impl DataCipher {
     }
 
     pub fn xts(key: &Key512) -> Self {
-        let bytes = key.expose();
-        let (k1, k2) = bytes.split_at(32);
-        let c1 = Aes256::new(
-            <&[u8; 32]>::try_from(k1)
-                .expect("split_at(32) of 64 bytes")
-                .into(),
-        );
-        let c2 = Aes256::new(
-            <&[u8; 32]>::try_from(k2)
-                .expect("split_at(32) of 64 bytes")
-                .into(),
-        );
-        DataCipher::Xts(Box::new(Xts128::new(c1, c2)))
+        DataCipher::Xts(Box::new(XtsAes256::new(key)))
     }
 
     /// Bytes one block occupies on disk.
@@ -98,7 +86,7 @@ impl DataCipher {
             }
             DataCipher::Xts(xts) => {
                 slot.copy_from_slice(plain);
-                xts.encrypt_sector(slot, get_tweak_default(u128::from(aad.block_index)));
+                xts.encrypt_unit(slot, u128::from(aad.block_index));
             }
         }
     }
@@ -122,10 +110,31 @@ impl DataCipher {
             }
             DataCipher::Xts(xts) => {
                 plain.copy_from_slice(slot);
-                xts.decrypt_sector(plain, get_tweak_default(u128::from(aad.block_index)));
+                xts.decrypt_unit(plain, u128::from(aad.block_index));
                 Ok(())
             }
         }
+    }
+}
+
+/// XTS-AES-256 (IEEE 1619) over data units of 16 bytes or more.
+pub struct XtsAes256(Xts128<Aes256>);
+
+impl XtsAes256 {
+    pub fn new(key: &Key512) -> Self {
+        let (k1, k2) = key.expose().split_at(32);
+        let k1: &[u8; 32] = k1.try_into().expect("split_at(32) of 64 bytes");
+        let k2: &[u8; 32] = k2.try_into().expect("split_at(32) of 64 bytes");
+        XtsAes256(Xts128::new(Aes256::new(k1.into()), Aes256::new(k2.into())))
+    }
+
+    /// Encrypts one data unit in place; `index` is the data unit sequence number (tweak).
+    pub fn encrypt_unit(&self, unit: &mut [u8], index: u128) {
+        self.0.encrypt_sector(unit, get_tweak_default(index));
+    }
+
+    pub fn decrypt_unit(&self, unit: &mut [u8], index: u128) {
+        self.0.decrypt_sector(unit, get_tweak_default(index));
     }
 }
 

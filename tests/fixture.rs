@@ -1,0 +1,120 @@
+//! Volumes written by earlier versions must still open and read back their known contents.
+//! `tests/fixtures/v1-*` were made by format version 1 (`make_fixtures`, run by hand once).
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use envelopefs::format::CipherKind;
+use envelopefs::fs::Volume;
+use envelopefs::secret::Passphrase;
+use sha2::{Digest, Sha256};
+
+const FIXTURE_PASSPHRASE: &str = "envelopefs fixture v1";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// What every fixture holds: (path, content).
+fn contents() -> Vec<(String, Vec<u8>)> {
+    let mut sparse = vec![0u8; 200_004];
+    sparse[..4].copy_from_slice(b"head");
+    sparse[200_000..].copy_from_slice(b"tail");
+    vec![
+        ("hello.txt".into(), b"hello, envelopefs\n".to_vec()),
+        ("docs/pattern.bin".into(), pattern(42, 150_000)),
+        ("docs/sparse.bin".into(), sparse),
+        ("truncated.bin".into(), pattern(43, 5000)),
+        (format!("{}.txt", "long-name-".repeat(20)), b"long".to_vec()),
+    ]
+}
+
+/// Regenerates the fixtures; only when the format version changes (and then as new
+/// directories: old fixtures stay). `cargo test --test fixture -- --ignored make_fixtures`
+#[test]
+#[ignore]
+fn make_fixtures() {
+    for (name, cipher) in [
+        ("v1-gcm-siv", CipherKind::Aes256GcmSiv),
+        ("v1-xts", CipherKind::Aes256Xts),
+    ] {
+        let dir = fixtures().join(name);
+        assert!(
+            !dir.exists(),
+            "{} exists; fixtures are never rewritten",
+            dir.display()
+        );
+        let pass = Passphrase::new(FIXTURE_PASSPHRASE).unwrap();
+        Volume::init(&dir, &opts(cipher, 16), &pass).unwrap();
+        let vol = Volume::open(&dir, &pass).unwrap();
+        vol.mkdir(Path::new("docs"), 0o755).unwrap();
+        for (path, data) in contents() {
+            let f = vol.create(Path::new(&path), 0o644).unwrap();
+            if path == "docs/sparse.bin" {
+                f.write_at(0, b"head").unwrap();
+                f.write_at(200_000, b"tail").unwrap();
+            } else if path == "truncated.bin" {
+                f.write_at(0, &pattern(43, 70_000)).unwrap();
+                f.set_len(5000).unwrap();
+            } else {
+                f.write_at(0, &data).unwrap();
+            }
+            f.close().unwrap();
+        }
+        vol.store().checkpoint().unwrap();
+    }
+}
+
+fn check_fixture(name: &str) {
+    let tmp = scratch();
+    let dir = tmp.path().join(name);
+    copy_tree(&fixtures().join(name), &dir);
+    let vol = Volume::open(&dir, &Passphrase::new(FIXTURE_PASSPHRASE).unwrap())
+        .unwrap_or_else(|e| panic!("fixture {name} no longer opens: {e}"));
+    let mut listed: Vec<String> = vol
+        .readdir(Path::new(""))
+        .unwrap()
+        .iter()
+        .map(|e| e.name.to_string_lossy().into())
+        .collect();
+    listed.sort();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    for (path, data) in contents() {
+        let f = vol.open_file(Path::new(&path), false).unwrap();
+        assert_eq!(f.len(), data.len() as u64, "{name}/{path}: size");
+        let mut back = vec![0u8; data.len()];
+        assert_eq!(f.read_at(0, &mut back).unwrap(), data.len());
+        assert_eq!(
+            Sha256::digest(&back),
+            Sha256::digest(&data),
+            "{name}/{path}: content"
+        );
+    }
+    assert!(Volume::open(&dir, &Passphrase::new("wrong").unwrap()).is_err());
+}
+
+#[test]
+fn v1_gcm_siv_fixture_reads_back() {
+    check_fixture("v1-gcm-siv");
+}
+
+#[test]
+fn v1_xts_fixture_reads_back() {
+    check_fixture("v1-xts");
+}
