@@ -4,11 +4,10 @@
 //! block to its volume, file and position. AES-256-XTS slot: the 4096-byte ciphertext, with
 //! the block index as the IEEE 1619 tweak (data unit sequence number), no integrity.
 
-use aes::cipher::KeyInit;
+use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use aes::Aes256;
 use aes_gcm_siv::aead::AeadInOut;
 use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
-use xts_mode::{get_tweak_default, Xts128};
 
 use super::{AuthError, Key256, Key512};
 
@@ -117,24 +116,63 @@ impl DataCipher {
     }
 }
 
-/// XTS-AES-256 (IEEE 1619) over data units of 16 bytes or more.
-pub struct XtsAes256(Xts128<Aes256>);
+/// XTS-AES-256 (IEEE 1619) over data units that are a whole number of 16-byte AES blocks
+/// (ours are 4096 bytes, so ciphertext stealing is never needed).
+///
+/// Written here rather than taken from the `xts-mode` crate, which encrypts one AES block
+/// per call and so cannot use the pipelined AES-NI path (~0.2 GB/s against GB/s here); the
+/// tests check it against that crate and the IEEE 1619 vectors.
+pub struct XtsAes256 {
+    data: Aes256,
+    tweak: Aes256,
+}
+
+/// AES blocks handled per batch (tweaks for a batch live on the stack).
+const XTS_BATCH: usize = 32;
 
 impl XtsAes256 {
     pub fn new(key: &Key512) -> Self {
         let (k1, k2) = key.expose().split_at(32);
         let k1: &[u8; 32] = k1.try_into().expect("split_at(32) of 64 bytes");
         let k2: &[u8; 32] = k2.try_into().expect("split_at(32) of 64 bytes");
-        XtsAes256(Xts128::new(Aes256::new(k1.into()), Aes256::new(k2.into())))
+        XtsAes256 {
+            data: Aes256::new(k1.into()),
+            tweak: Aes256::new(k2.into()),
+        }
     }
 
-    /// Encrypts one data unit in place; `index` is the data unit sequence number (tweak).
+    /// Encrypts one data unit in place; `index` is the data unit sequence number.
     pub fn encrypt_unit(&self, unit: &mut [u8], index: u128) {
-        self.0.encrypt_sector(unit, get_tweak_default(index));
+        self.process(unit, index, |blocks| self.data.encrypt_blocks(blocks));
     }
 
     pub fn decrypt_unit(&self, unit: &mut [u8], index: u128) {
-        self.0.decrypt_sector(unit, get_tweak_default(index));
+        self.process(unit, index, |blocks| self.data.decrypt_blocks(blocks));
+    }
+
+    /// `C_j = E(P_j ^ T_j) ^ T_j` with `T_0 = E_k2(index)` and `T_{j+1} = T_j * x` in
+    /// GF(2^128) (little-endian, reduction polynomial x^128 + x^7 + x^2 + x + 1).
+    fn process(&self, unit: &mut [u8], index: u128, cipher: impl Fn(&mut [aes::Block])) {
+        let (blocks, rest) = aes::Block::slice_as_chunks_mut(unit);
+        assert!(
+            rest.is_empty() && !blocks.is_empty(),
+            "XTS units are whole AES blocks"
+        );
+        let mut t = aes::Block::from(index.to_le_bytes());
+        self.tweak.encrypt_block(&mut t);
+        let mut tweak = u128::from_le_bytes(t.0);
+        let mut tweaks = [0u128; XTS_BATCH];
+        for batch in blocks.chunks_mut(XTS_BATCH) {
+            for (block, slot) in batch.iter_mut().zip(tweaks.iter_mut()) {
+                *slot = tweak;
+                block.0 = (u128::from_le_bytes(block.0) ^ tweak).to_le_bytes();
+                tweak = (tweak << 1) ^ ((tweak >> 127) * 0x87);
+            }
+            cipher(batch);
+            for (block, t) in batch.iter_mut().zip(tweaks.iter()) {
+                block.0 = (u128::from_le_bytes(block.0) ^ t).to_le_bytes();
+            }
+        }
     }
 }
 
@@ -171,6 +209,29 @@ mod tests {
             let mut bad = slot.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
             assert_eq!(c.open(&aad(7), &bad, &mut out), Err(AuthError), "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn xts_matches_the_xts_mode_crate() {
+        use xts_mode::{get_tweak_default, Xts128};
+        for seed in 0u8..20 {
+            let key_bytes: [u8; 64] =
+                std::array::from_fn(|i| (i as u8).wrapping_mul(seed).wrapping_add(seed));
+            let ours = XtsAes256::new(&Key512::from_bytes(&key_bytes));
+            let (k1, k2) = key_bytes.split_at(32);
+            let k1: &[u8; 32] = k1.try_into().unwrap();
+            let k2: &[u8; 32] = k2.try_into().unwrap();
+            let theirs = Xts128::new(Aes256::new(k1.into()), Aes256::new(k2.into()));
+            let len = 16 * (1 + seed as usize * 17);
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7 + seed as usize) as u8).collect();
+            let index = u128::from(seed) * 0x0123_4567_89ab_cdef;
+            let (mut a, mut b) = (plain.clone(), plain.clone());
+            ours.encrypt_unit(&mut a, index);
+            theirs.encrypt_sector(&mut b, get_tweak_default(index));
+            assert_eq!(a, b, "seed {seed}");
+            ours.decrypt_unit(&mut a, index);
+            assert_eq!(a, plain);
         }
     }
 
