@@ -8,7 +8,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 
 pub trait DataFile: Send + Sync {
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
     /// Reads into `buf` from `offset` until `buf` is full or end of file; returns the bytes
     /// read.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
@@ -19,7 +19,7 @@ pub trait DataFile: Send + Sync {
 }
 
 impl DataFile for File {
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         self.metadata().map(|m| m.len())
     }
 

@@ -66,7 +66,7 @@ impl FileState {
             Some((FileRecord { size, .. }, recs)) => (size, recs),
             None => {
                 let len = data
-                    .len()
+                    .size()
                     .map_err(|e| Error::io(&name, "stat data file", e))?;
                 if len > layout.physical_len(0) {
                     return Err(Error::integrity(
@@ -260,10 +260,10 @@ impl FileState {
         let n = (blocks.end - blocks.start) as usize;
         let mut plain = vec![0u8; n * BLOCK_SIZE];
         // Read-modify-write of partially covered edge blocks.
-        if offset % BLOCK != 0 {
+        if !offset.is_multiple_of(BLOCK) {
             self.load_blocks(inner, blocks.start, &mut plain[..BLOCK_SIZE])?;
         }
-        if end % BLOCK != 0 && (n > 1 || offset % BLOCK == 0) {
+        if !end.is_multiple_of(BLOCK) && (n > 1 || offset.is_multiple_of(BLOCK)) {
             self.load_blocks(inner, blocks.end - 1, &mut plain[(n - 1) * BLOCK_SIZE..])?;
         }
         let skip = (offset - blocks.start * BLOCK) as usize;
@@ -364,7 +364,9 @@ impl FileState {
         // grows again: re-seal that block with its tail zeroed.
         let b = new_size / BLOCK;
         let (e, bit) = layout.extent_of(b);
-        if new_size % BLOCK != 0 && inner.extents.get(&e).is_some_and(|x| x.written.get(bit)) {
+        if !new_size.is_multiple_of(BLOCK)
+            && inner.extents.get(&e).is_some_and(|x| x.written.get(bit))
+        {
             let mut block = vec![0u8; BLOCK_SIZE];
             self.load_blocks(&inner, b, &mut block)?;
             block[(new_size % BLOCK) as usize..].fill(0);
