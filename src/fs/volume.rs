@@ -492,6 +492,9 @@ impl Volume {
         let rt = self.resolve(to)?;
         let (bf, bt) = (rf.backing(), rt.backing());
         fs::symlink_metadata(&bf).map_err(|_| Error::NotFound(from.into()))?;
+        if bf == bt {
+            return Ok(());
+        }
         let replaced = match fs::symlink_metadata(&bt) {
             Ok(m) if m.is_file() && m.nlink() == 1 => Some(read_file_id(
                 &fs::File::open(&bt).map_err(|e| Error::io(to, "open", e))?,
