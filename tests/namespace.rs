@@ -206,6 +206,19 @@ fn unlink_and_truncate_delete_wrapped_deks() {
     assert_eq!(fs::read_dir(dir.join("data")).unwrap().count(), 1);
 }
 
+fn wrapped_rows(dir: &Path) -> Vec<Vec<u8>> {
+    let c = rusqlite::Connection::open(dir.join("meta.db")).unwrap();
+    let mut s = c
+        .prepare("SELECT wrapped FROM extents ORDER BY idx")
+        .unwrap();
+    let rows = s
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    rows
+}
+
 #[test]
 fn rename_rewrites_neither_data_nor_keys_nor_children() {
     let (_tmp, dir, vol) = new_volume(CipherKind::Aes256GcmSiv, 16);
@@ -217,16 +230,7 @@ fn rename_rewrites_neither_data_nor_keys_nor_children() {
     let child = vol.backing_path(p("a/file")).unwrap();
     let child_name = child.file_name().unwrap().to_owned();
     let before = Sha256::digest(fs::read(&child).unwrap());
-    let rows_before: Vec<Vec<u8>> = {
-        let c = rusqlite::Connection::open(dir.join("meta.db")).unwrap();
-        let mut s = c
-            .prepare("SELECT wrapped FROM extents ORDER BY idx")
-            .unwrap();
-        s.query_map([], |r| r.get(0))
-            .unwrap()
-            .map(|r| r.unwrap())
-            .collect()
-    };
+    let rows_before = wrapped_rows(&dir);
     vol.rename(p("a"), p("b")).unwrap();
     let moved = vol.backing_path(p("b/file")).unwrap();
     assert_eq!(
@@ -236,16 +240,7 @@ fn rename_rewrites_neither_data_nor_keys_nor_children() {
     );
     assert_eq!(Sha256::digest(fs::read(&moved).unwrap()), before);
     vol.rename(p("b/file"), p("renamed")).unwrap();
-    let rows_after: Vec<Vec<u8>> = {
-        let c = rusqlite::Connection::open(dir.join("meta.db")).unwrap();
-        let mut s = c
-            .prepare("SELECT wrapped FROM extents ORDER BY idx")
-            .unwrap();
-        s.query_map([], |r| r.get(0))
-            .unwrap()
-            .map(|r| r.unwrap())
-            .collect()
-    };
+    let rows_after = wrapped_rows(&dir);
     assert_eq!(rows_before, rows_after);
     let mut back = vec![0u8; data.len()];
     vol.open_file(p("renamed"), false)
