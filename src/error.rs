@@ -65,6 +65,19 @@ pub enum Error {
 
     #[error("{0}")]
     InvalidArgument(String),
+
+    #[error("{}: {reason}", path.display())]
+    Mountpoint { path: PathBuf, reason: String },
+
+    #[error("{}: not an envelopefs mount", .0.display())]
+    NotMounted(PathBuf),
+
+    #[error("FUSE: {0}")]
+    Fuse(String),
+
+    /// An error the mount daemon reported before the mount was ready.
+    #[error("{message}")]
+    Daemon { code: u8, message: String },
 }
 
 impl Error {
@@ -119,6 +132,10 @@ impl Error {
             Error::Io { .. } => 16,
             Error::Passphrase(_) => 17,
             Error::NotEmpty(_) => 18,
+            Error::Mountpoint { .. } => 19,
+            Error::NotMounted(_) => 20,
+            Error::Fuse(_) => 21,
+            Error::Daemon { code, .. } => *code,
             _ => 1,
         }
     }

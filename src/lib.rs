@@ -10,13 +10,16 @@
 #![deny(unsafe_code)]
 
 pub mod crypto;
+pub mod daemon;
 mod durable;
 pub mod error;
 pub mod format;
 pub mod fs;
+pub mod fuse;
 pub mod keys;
 pub mod kms;
 pub mod secret;
 pub mod store;
+pub mod sys;
 
 pub use error::{Error, Result};

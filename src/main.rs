@@ -5,11 +5,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use envelopefs::daemon::MountRequest;
 use envelopefs::format::{CipherKind, KdfParams};
 use envelopefs::fs::{InitOptions, Volume};
 use envelopefs::kms::{self, LocalKeystore};
 use envelopefs::secret::PassSource;
 use envelopefs::{Error, Result};
+use std::ffi::OsString;
+use std::os::fd::AsFd;
 
 /// An encrypted file system built on envelope encryption: a DEK per file extent, wrapped by
 /// a per-volume KEK, wrapped by a root key in a KMS.
@@ -52,6 +55,34 @@ enum Command {
         #[arg(long, value_name = "COMMAND")]
         new_extpass: Option<String>,
     },
+    /// Mount CIPHERDIR's plaintext view on MOUNTPOINT. Returns once the mount is ready (the
+    /// daemon keeps serving it), or fails with the reason.
+    Mount {
+        cipherdir: PathBuf,
+        mountpoint: PathBuf,
+        /// Stay attached and log to stderr (RUST_LOG=envelopefs=debug for more).
+        #[arg(short, long)]
+        foreground: bool,
+        /// Mount read-only.
+        #[arg(long)]
+        read_only: bool,
+        /// Mount options, comma-separated: ro, rw, allow_other, passfile=FILE (the generic
+        /// fstab options defaults, auto, noauto, user, nouser, _netdev, nofail, x-* are accepted
+        /// and ignored).
+        #[arg(short = 'o', value_name = "OPTS")]
+        options: Vec<String>,
+        /// Worker threads serving requests.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        #[command(flatten)]
+        pass: PassArgs,
+        /// Internal: run as the detached daemon child of `mount`.
+        #[arg(long, hide = true)]
+        daemon_child: bool,
+    },
+    /// Unmount an envelopefs mount (like `fusermount3 -u`) and wait until its daemon has
+    /// committed everything and exited.
+    Umount { mountpoint: PathBuf },
     /// Show a volume's header and metadata counts (no passphrase needed).
     Status {
         cipherdir: PathBuf,
@@ -177,7 +208,128 @@ fn run(cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Status { cipherdir, json } => status(&cipherdir, json),
+        Command::Mount {
+            cipherdir,
+            mountpoint,
+            foreground,
+            read_only,
+            options,
+            threads,
+            pass,
+            daemon_child,
+        } => {
+            let mut pass = pass;
+            let mut req = MountRequest {
+                cipherdir,
+                mountpoint,
+                read_only,
+                allow_other: false,
+                threads,
+            };
+            parse_mount_options(&options, &mut req, &mut pass)?;
+            mount(req, foreground, daemon_child, pass)
+        }
+        Command::Umount { mountpoint } => {
+            envelopefs::daemon::unmount(&mountpoint, std::time::Duration::from_secs(30))?;
+            Ok(())
+        }
     }
+}
+
+/// Applies `-o` options; generic fstab options are accepted and ignored.
+fn parse_mount_options(
+    options: &[String],
+    req: &mut MountRequest,
+    pass: &mut PassArgs,
+) -> Result<()> {
+    const IGNORED: &[&str] = &[
+        "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail", "exec",
+        "noexec", "dev", "nodev", "suid", "nosuid", "atime", "noatime", "relatime", "async",
+    ];
+    for opt in options
+        .iter()
+        .flat_map(|o| o.split(','))
+        .filter(|o| !o.is_empty())
+    {
+        match opt.split_once('=') {
+            None if opt == "ro" => req.read_only = true,
+            None if opt == "rw" => req.read_only = false,
+            None if opt == "allow_other" => req.allow_other = true,
+            Some(("passfile", f)) => pass.passfile = Some(PathBuf::from(f)),
+            _ if IGNORED.contains(&opt) || opt.starts_with("x-") || opt.starts_with("comment=") => {
+            }
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown mount option {opt:?}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn mount(req: MountRequest, foreground: bool, daemon_child: bool, pass: PassArgs) -> Result<()> {
+    if daemon_child {
+        // Detached: our own session, no terminal. Errors before "ready" go back to the
+        // waiting parent through stdout, the status pipe; nothing else is written there.
+        let _ = nix::unistd::setsid();
+        let out = std::io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::io("", "status pipe", e))?;
+        let mut status = Some(envelopefs::daemon::StatusPipe::new(std::fs::File::from(
+            out,
+        )));
+        let result = envelopefs::daemon::passphrase_from_stdin().and_then(|p| {
+            envelopefs::daemon::serve(&req, &p, || {
+                if let Some(s) = status.take() {
+                    s.ready();
+                }
+            })
+        });
+        if let (Err(e), Some(s)) = (&result, status.take()) {
+            s.failed(e);
+        }
+        return result;
+    }
+    let req = envelopefs::daemon::preflight(&req)?;
+    if foreground {
+        return envelopefs::daemon::serve(&req, &pass.source(), || {
+            eprintln!(
+                "envelopefs: {} mounted on {}",
+                req.cipherdir.display(),
+                req.mountpoint.display()
+            );
+        });
+    }
+    let header = Volume::read_header(&req.cipherdir)?;
+    let passphrase = match kms::local_keystore_path(&header.kms_uri, &req.cipherdir) {
+        Ok(keystore) => Some(envelopefs::secret::Secrets::passphrase(
+            &pass.source(),
+            &keystore,
+            false,
+        )?),
+        Err(_) => None,
+    };
+    let mut args: Vec<OsString> = vec![
+        "mount".into(),
+        req.cipherdir.clone().into(),
+        req.mountpoint.clone().into(),
+    ];
+    args.extend([
+        "--foreground".into(),
+        "--daemon-child".into(),
+        "--threads".into(),
+        req.threads.to_string().into(),
+    ]);
+    if req.read_only {
+        args.push("--read-only".into());
+    }
+    if req.allow_other {
+        args.extend(["-o".into(), "allow_other".into()]);
+    }
+    let exe = std::env::current_exe().map_err(|e| Error::io("", "find own executable", e))?;
+    envelopefs::daemon::spawn_daemon(&exe, &args, passphrase.as_ref())
 }
 
 fn status(cipherdir: &Path, json: bool) -> Result<()> {

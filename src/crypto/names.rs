@@ -16,7 +16,7 @@ use super::{AuthError, Key256, GCM_SIV_TAG};
 pub enum NamePurpose {
     /// A directory entry name; context = the parent directory's id.
     Entry = 1,
-    /// A symlink target; context = the link's own directory id.
+    /// A symlink target (randomized; context = zero, so a link can move between directories).
     SymlinkTarget = 2,
     /// An extended attribute name; context = the file id.
     XattrName = 3,
@@ -67,6 +67,51 @@ impl NameCipher {
         self.0
             .decrypt_inout_detached(
                 &Nonce::default(),
+                &Self::aad(purpose, context),
+                (&mut out[..]).into(),
+                &tag,
+            )
+            .map_err(|_| AuthError)?;
+        Ok(out)
+    }
+}
+
+impl NameCipher {
+    /// Randomized sealing (`nonce || E(bytes) || tag`) for strings that need no lookup, such
+    /// as symlink targets: equal inputs do not encrypt equally.
+    pub fn seal_random(&self, purpose: NamePurpose, context: &[u8; 16], bytes: &[u8]) -> Vec<u8> {
+        let nonce: [u8; 12] = super::random_array();
+        let mut out = Vec::with_capacity(12 + bytes.len() + GCM_SIV_TAG);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(bytes);
+        let tag = self
+            .0
+            .encrypt_inout_detached(
+                &Nonce::from(nonce),
+                &Self::aad(purpose, context),
+                (&mut out[12..]).into(),
+            )
+            .expect("short strings are far below GCM-SIV limits");
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    pub fn open_random(
+        &self,
+        purpose: NamePurpose,
+        context: &[u8; 16],
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, AuthError> {
+        if sealed.len() < 12 + GCM_SIV_TAG {
+            return Err(AuthError);
+        }
+        let nonce = Nonce::try_from(&sealed[..12]).map_err(|_| AuthError)?;
+        let body_len = sealed.len() - GCM_SIV_TAG;
+        let tag = Tag::try_from(&sealed[body_len..]).map_err(|_| AuthError)?;
+        let mut out = sealed[12..body_len].to_vec();
+        self.0
+            .decrypt_inout_detached(
+                &nonce,
                 &Self::aad(purpose, context),
                 (&mut out[..]).into(),
                 &tag,

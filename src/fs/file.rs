@@ -401,6 +401,42 @@ impl FileState {
             .map_err(|e| Error::io(self.name(), "truncate data file", e))
     }
 
+    /// The first offset >= `offset` in a written block (SEEK_DATA), or ENXIO.
+    pub(super) fn seek_data(&self, offset: u64) -> Result<u64> {
+        self.seek(offset, true)
+    }
+
+    /// The first offset >= `offset` in a hole or at end of file (SEEK_HOLE), or ENXIO.
+    pub(super) fn seek_hole(&self, offset: u64) -> Result<u64> {
+        self.seek(offset, false)
+    }
+
+    fn seek(&self, offset: u64, data: bool) -> Result<u64> {
+        let inner = self.read_inner();
+        if offset >= inner.size {
+            return Err(Error::io(
+                self.name(),
+                "lseek",
+                std::io::Error::from_raw_os_error(6),
+            ));
+        }
+        let layout = self.core.layout;
+        let written = |b: u64| {
+            let (e, bit) = layout.extent_of(b);
+            inner.extents.get(&e).is_some_and(|x| x.written.get(bit))
+        };
+        let end = Layout::blocks_for(inner.size);
+        match (offset / BLOCK..end).find(|&b| written(b) == data) {
+            Some(b) => Ok((b * BLOCK).max(offset).min(inner.size)),
+            None if data => Err(Error::io(
+                self.name(),
+                "lseek",
+                std::io::Error::from_raw_os_error(6),
+            )),
+            None => Ok(inner.size),
+        }
+    }
+
     /// fsync: data, then the metadata that refers to it.
     pub(super) fn sync(&self) -> Result<()> {
         let mut inner = self.write_inner();
@@ -507,6 +543,16 @@ impl FileHandle {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// lseek(SEEK_DATA).
+    pub fn seek_data(&self, offset: u64) -> Result<u64> {
+        self.state.seek_data(offset)
+    }
+
+    /// lseek(SEEK_HOLE).
+    pub fn seek_hole(&self, offset: u64) -> Result<u64> {
+        self.state.seek_hole(offset)
     }
 
     /// fsync(2): everything written so far survives a crash.

@@ -10,9 +10,15 @@
 mod backend;
 mod blocks;
 mod file;
+mod inode_fs;
+mod meta;
 mod names;
 mod volume;
 
 pub use backend::DataFile;
 pub use file::FileHandle;
-pub use volume::{DirEntry, EntryKind, InitOptions, Stat, Volume, VolumeInfo};
+pub use inode_fs::{Caller, InodeFs, SetAttr, ROOT_INO};
+pub use meta::{Attr, RenameMode, SetTime, StatFs};
+pub use volume::{
+    DirEntry, EntryKind, InitOptions, Stat, Volume, VolumeInfo, DATA_DIR, HEADER_FILE, STORE_FILE,
+};

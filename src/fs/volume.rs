@@ -13,6 +13,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::file::{FileHandle, FileState};
+use super::meta::kind_of;
 use super::names::{self, Encoded, DIRID_FILE};
 use crate::crypto::{random_array, DataCipher, Key256, Key512};
 use crate::durable;
@@ -118,7 +119,10 @@ pub enum EntryKind {
     File,
     Directory,
     Symlink,
-    Other,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -343,6 +347,49 @@ impl Volume {
             encoded,
             plain: path.to_path_buf(),
         })
+    }
+
+    pub(super) fn is_root(path: &Path) -> bool {
+        path.components()
+            .all(|c| matches!(c, Component::RootDir | Component::CurDir))
+    }
+
+    pub(super) fn data_dir(&self) -> &Path {
+        &self.core.data_dir
+    }
+
+    /// The backing path for a new entry at `path`, its long name (if any) recorded.
+    pub(super) fn resolve_new(&self, path: &Path) -> Result<PathBuf> {
+        let r = self.resolve(path)?;
+        self.remember_name(&r)?;
+        Ok(r.backing())
+    }
+
+    /// The plaintext size of the data file at `backing`.
+    pub(super) fn size_of_backing(&self, backing: &Path, path: &Path) -> Result<u64> {
+        let id = read_file_id(
+            &fs::File::open(backing).map_err(|e| Error::io(path, "open", e))?,
+            path,
+        )?;
+        self.file_size(&id)
+    }
+
+    /// Runs a rename `f` of `from` to `to`, keeping long-name records right: the target's
+    /// name is recorded before, the source's dropped after (kept when the two are exchanged).
+    pub(super) fn with_long_names(
+        &self,
+        from: &Path,
+        to: &Path,
+        exchange: bool,
+        f: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let (rf, rt) = (self.resolve(from)?, self.resolve(to)?);
+        self.remember_name(&rt)?;
+        f()?;
+        if !exchange {
+            self.forget_name(&rf)?;
+        }
+        Ok(())
     }
 
     /// Where `path` lives in the backing tree (its parent directories must exist).
@@ -583,7 +630,10 @@ impl Volume {
             else {
                 continue;
             };
-            let kind = entry.file_type().map(kind_of).unwrap_or(EntryKind::Other);
+            let kind = entry
+                .file_type()
+                .map(kind_of)
+                .map_err(|e| Error::io(path, "read directory", e))?;
             out.push(DirEntry { name, kind });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -638,18 +688,6 @@ impl Volume {
             }
         }
         Ok(())
-    }
-}
-
-fn kind_of(t: fs::FileType) -> EntryKind {
-    if t.is_file() {
-        EntryKind::File
-    } else if t.is_dir() {
-        EntryKind::Directory
-    } else if t.is_symlink() {
-        EntryKind::Symlink
-    } else {
-        EntryKind::Other
     }
 }
 

@@ -1,0 +1,274 @@
+//! Mounting as a service: pre-flight checks, the daemon that serves a mount, the parent that
+//! waits until the mount is ready, signal handling, and unmounting.
+//!
+//! `envelopefs mount` (without `--foreground`) re-runs itself as a detached child, hands it
+//! the passphrase through a pipe (never argv), and returns only when the child reports
+//! "ready" or an error on its status pipe.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::fs::{InodeFs, Volume};
+use crate::fuse::{MountConfig, Mounted};
+use crate::secret::{Passphrase, Secrets};
+use crate::{Error, Result};
+
+/// Held by the daemon for as long as it serves a volume: one mount per volume.
+const LOCK_FILE: &str = ".envelopefs.lock";
+
+#[derive(Debug, Clone)]
+pub struct MountRequest {
+    pub cipherdir: PathBuf,
+    pub mountpoint: PathBuf,
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub threads: usize,
+}
+
+/// Checks what can be checked before asking for a passphrase; returns the request with
+/// canonical paths.
+pub fn preflight(req: &MountRequest) -> Result<MountRequest> {
+    Volume::read_header(&req.cipherdir)?;
+    let mnt = &req.mountpoint;
+    let meta = std::fs::metadata(mnt).map_err(|_| Error::Mountpoint {
+        path: mnt.clone(),
+        reason: "mountpoint does not exist".into(),
+    })?;
+    if !meta.is_dir() {
+        return Err(Error::Mountpoint {
+            path: mnt.clone(),
+            reason: "mountpoint is not a directory".into(),
+        });
+    }
+    let mountpoint = mnt
+        .canonicalize()
+        .map_err(|e| Error::io(mnt, "resolve", e))?;
+    if let Some(src) = mount_source(&mountpoint) {
+        return Err(Error::Mountpoint {
+            path: mountpoint,
+            reason: format!(
+                "mountpoint is busy: {} is already mounted there",
+                src.display()
+            ),
+        });
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err(Error::Fuse(
+            "/dev/fuse is missing: load the fuse module (modprobe fuse) or give the container --device /dev/fuse".into(),
+        ));
+    }
+    let cipherdir = req
+        .cipherdir
+        .canonicalize()
+        .map_err(|e| Error::io(&req.cipherdir, "resolve", e))?;
+    Ok(MountRequest {
+        cipherdir,
+        mountpoint,
+        ..req.clone()
+    })
+}
+
+/// Takes the volume's lock, or says who holds it.
+fn lock_volume(cipherdir: &Path) -> Result<Flock<File>> {
+    let path = cipherdir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, "open lock file", e))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| Error::Mountpoint {
+        path: cipherdir.to_path_buf(),
+        reason: "volume is already mounted (another envelopefs process holds it)".into(),
+    })
+}
+
+/// Serves the mount until it is unmounted (by `umount`, `fusermount3 -u`, SIGTERM, SIGINT
+/// or SIGHUP). `ready` is called once the mount is usable.
+pub fn serve(req: &MountRequest, secrets: &dyn Secrets, ready: impl FnOnce()) -> Result<()> {
+    // Signals are blocked before any thread exists, so only the signal thread receives them.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals
+        .thread_block()
+        .map_err(|e| Error::io("", "block signals", e.into()))?;
+    crate::sys::harden_process().map_err(|e| Error::io("", "harden process", e))?;
+
+    let _lock = lock_volume(&req.cipherdir)?;
+    let vol = Volume::open(&req.cipherdir, secrets)?;
+    let chown_new = nix::unistd::geteuid().is_root();
+    let fs = InodeFs::new(vol, req.read_only, chown_new)?;
+    let cfg = MountConfig {
+        read_only: req.read_only,
+        allow_other: req.allow_other,
+        fsname: req.cipherdir.display().to_string(),
+        threads: req.threads,
+    };
+    let mut mounted =
+        Mounted::new(fs, &req.mountpoint, &cfg).map_err(|e| fuse_error(&req.mountpoint, e))?;
+    let mut unmount = mounted.unmounter();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                tracing::info!("{sig:?}: unmounting");
+                if let Err(e) = unmount() {
+                    tracing::error!("unmount after {sig:?} failed: {e}");
+                }
+            }
+        })
+        .map_err(|e| Error::io("", "spawn signal thread", e))?;
+    tracing::info!(cipherdir = %req.cipherdir.display(), mountpoint = %req.mountpoint.display(), "mounted");
+    ready();
+    mounted.run().map_err(|e| Error::Fuse(e.to_string()))?;
+    tracing::info!("unmounted; keys zeroized");
+    Ok(())
+}
+
+fn fuse_error(mnt: &Path, e: std::io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(16) => Error::Mountpoint {
+            path: mnt.into(),
+            reason: "mountpoint is busy".into(),
+        },
+        Some(2) | Some(19) => Error::Fuse(format!(
+            "cannot mount ({e}): is fuse3 installed and /dev/fuse usable?"
+        )),
+        _ => Error::Fuse(format!("mounting {} failed: {e}", mnt.display())),
+    }
+}
+
+/// The daemon side of the status pipe: one line, "ready" or "error CODE MESSAGE".
+pub struct StatusPipe(File);
+
+impl StatusPipe {
+    pub fn new(f: File) -> Self {
+        StatusPipe(f)
+    }
+
+    pub fn ready(mut self) {
+        let _ = self.0.write_all(b"ready\n");
+    }
+
+    pub fn failed(mut self, e: &Error) {
+        let msg = e.to_string().replace('\n', " ");
+        let _ = writeln!(self.0, "error {} {msg}", e.exit_code());
+    }
+}
+
+/// Reads the passphrase the parent wrote to our stdin.
+pub fn passphrase_from_stdin() -> Result<Passphrase> {
+    let mut buf = zeroize::Zeroizing::new(Vec::new());
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::Passphrase(format!("reading from the parent: {e}")))?;
+    Passphrase::new(buf.to_vec())
+}
+
+/// Starts the daemon (`exe` with `args`), hands it `pass`, and waits for its status line.
+pub fn spawn_daemon(exe: &Path, args: &[OsString], pass: Option<&Passphrase>) -> Result<()> {
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| Error::io(exe, "start daemon", e))?;
+    {
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        if let Some(p) = pass {
+            stdin
+                .write_all(p.expose())
+                .map_err(|e| Error::io(exe, "hand over passphrase", e))?;
+        }
+    }
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(|e| Error::io(exe, "read daemon status", e))?;
+    let line = line.trim_end();
+    if line == "ready" {
+        return Ok(());
+    }
+    let _ = child.wait();
+    match line.strip_prefix("error ").and_then(|r| r.split_once(' ')) {
+        Some((code, msg)) => Err(Error::Daemon {
+            code: code.parse().unwrap_or(1),
+            message: msg.to_string(),
+        }),
+        None => Err(Error::Fuse(
+            "the mount daemon exited before the mount was ready".into(),
+        )),
+    }
+}
+
+/// The source of the FUSE mount at `mountpoint` (for envelopefs: CIPHERDIR), if there is one.
+pub fn mount_source(mountpoint: &Path) -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mountpoint.to_str()?;
+    info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let mnt = unescape(pre.split(' ').nth(4)?);
+        let mut post = post.split(' ');
+        let (fstype, source) = (post.next()?, post.next()?);
+        (mnt == want && fstype.starts_with("fuse")).then(|| PathBuf::from(unescape(source)))
+    })
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// Unmounts `mountpoint` and waits (up to `wait`) for its daemon to commit and exit.
+pub fn unmount(mountpoint: &Path, wait: Duration) -> Result<()> {
+    let mnt = mountpoint
+        .canonicalize()
+        .map_err(|_| Error::NotMounted(mountpoint.into()))?;
+    let source = mount_source(&mnt)
+        .filter(|src| src.join(crate::fs::HEADER_FILE).exists())
+        .ok_or_else(|| Error::NotMounted(mnt.clone()))?;
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mnt)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Fuse(format!("cannot run fusermount3 (is fuse3 installed?): {e}")))?;
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let reason = if msg.contains("busy") {
+            format!("mountpoint is busy (files are open): {msg}")
+        } else {
+            msg
+        };
+        return Err(Error::Mountpoint { path: mnt, reason });
+    }
+    // The daemon holds the volume lock until it has committed and zeroized its keys.
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        if let Ok(f) = OpenOptions::new().write(true).open(source.join(LOCK_FILE)) {
+            if Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok() {
+                return Ok(());
+            }
+        } else {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(Error::Fuse(format!(
+        "{} was unmounted but its daemon is still running after {wait:?}",
+        mnt.display()
+    )))
+}

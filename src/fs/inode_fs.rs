@@ -1,0 +1,419 @@
+//! The inode-addressed view of a volume that a kernel adapter (FUSE) needs: inode numbers
+//! to paths, open-file handles by number, and every operation in those terms.
+//!
+//! Inode numbers are the backing inode numbers (stable across mounts, shared by hardlinks);
+//! the root is always 1. Errors are the crate's; the adapter maps them with `Error::errno`.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::meta::{Attr, RenameMode, SetTime, StatFs};
+use super::volume::{EntryKind, Volume};
+use super::FileHandle;
+use crate::{Error, Result};
+
+pub const ROOT_INO: u64 = 1;
+
+/// Who is asking: new entries are given this owner when the daemon runs as root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Attribute changes of one `setattr` call.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+    /// The open file the change came through, if any.
+    pub fh: Option<u64>,
+}
+
+struct Node {
+    path: PathBuf,
+    lookups: u64,
+}
+
+pub struct InodeFs {
+    vol: Volume,
+    root_backing_ino: u64,
+    nodes: RwLock<HashMap<u64, Node>>,
+    handles: Mutex<HashMap<u64, Arc<FileHandle>>>,
+    next_fh: AtomicU64,
+    read_only: bool,
+    chown_new: bool,
+}
+
+impl std::fmt::Debug for InodeFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InodeFs")
+            .field("volume", &self.vol)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InodeFs {
+    /// `chown_new`: give new entries the caller's uid/gid (when the daemon runs as root).
+    pub fn new(vol: Volume, read_only: bool, chown_new: bool) -> Result<Self> {
+        let root = vol.getattr(Path::new(""))?;
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT_INO,
+            Node {
+                path: PathBuf::new(),
+                lookups: 1,
+            },
+        );
+        Ok(InodeFs {
+            vol,
+            root_backing_ino: root.ino,
+            nodes: RwLock::new(nodes),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            read_only,
+            chown_new,
+        })
+    }
+
+    pub fn volume(&self) -> &Volume {
+        &self.vol
+    }
+
+    fn path(&self, ino: u64) -> Result<PathBuf> {
+        self.nodes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ino)
+            .map(|n| n.path.clone())
+            .ok_or_else(|| Error::NotFound(PathBuf::from(format!("<inode {ino}>"))))
+    }
+
+    fn child(&self, parent: u64, name: &OsStr) -> Result<PathBuf> {
+        Ok(self.path(parent)?.join(name))
+    }
+
+    /// Attributes with the FUSE inode number, remembering `path` for it (one lookup).
+    fn remember(&self, path: PathBuf, mut attr: Attr) -> Attr {
+        if attr.ino == self.root_backing_ino {
+            attr.ino = ROOT_INO;
+            return attr;
+        }
+        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        let node = nodes.entry(attr.ino).or_insert(Node {
+            path: PathBuf::new(),
+            lookups: 0,
+        });
+        node.path = path;
+        node.lookups += 1;
+        attr
+    }
+
+    fn fuse_ino(&self, attr: &mut Attr) {
+        if attr.ino == self.root_backing_ino {
+            attr.ino = ROOT_INO;
+        }
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(Error::io(
+                "",
+                "write",
+                std::io::Error::from_raw_os_error(30),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn own(&self, path: &Path, caller: Caller) -> Result<()> {
+        if self.chown_new {
+            self.vol.chown(path, Some(caller.uid), Some(caller.gid))?;
+        }
+        Ok(())
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        let path = self.child(parent, name)?;
+        let attr = self.vol.getattr(&path)?;
+        Ok(self.remember(path, attr))
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(node) = nodes.get_mut(&ino) {
+            node.lookups = node.lookups.saturating_sub(n);
+            if node.lookups == 0 {
+                nodes.remove(&ino);
+            }
+        }
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        let mut attr = self.vol.getattr(&self.path(ino)?)?;
+        self.fuse_ino(&mut attr);
+        Ok(attr)
+    }
+
+    pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Attr> {
+        self.writable()?;
+        let path = self.path(ino)?;
+        if let Some(mode) = set.mode {
+            self.vol.chmod(&path, mode)?;
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            self.vol.chown(&path, set.uid, set.gid)?;
+        }
+        if let Some(size) = set.size {
+            match set.fh.and_then(|fh| self.handle(fh).ok()) {
+                Some(h) => h.set_len(size)?,
+                None => self.vol.truncate(&path, size)?,
+            }
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            self.vol.set_times(&path, set.atime, set.mtime)?;
+        }
+        self.getattr(ino)
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<OsString> {
+        self.vol.readlink(&self.path(ino)?)
+    }
+
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+        caller: Caller,
+    ) -> Result<Attr> {
+        self.writable()?;
+        let path = self.child(parent, name)?;
+        if mode & 0o170000 == 0o100000 {
+            self.vol.create(&path, mode & 0o7777)?.close()?;
+        } else {
+            self.vol.mknod(&path, mode, rdev)?;
+        }
+        self.own(&path, caller)?;
+        self.lookup(parent, name)
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Result<Attr> {
+        self.writable()?;
+        let path = self.child(parent, name)?;
+        self.vol.mkdir(&path, mode)?;
+        self.vol.chmod(&path, mode)?;
+        self.own(&path, caller)?;
+        self.lookup(parent, name)
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.writable()?;
+        let path = self.child(parent, name)?;
+        self.vol.unlink(&path)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.writable()?;
+        self.vol.rmdir(&self.child(parent, name)?)
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &Path,
+        caller: Caller,
+    ) -> Result<Attr> {
+        self.writable()?;
+        let path = self.child(parent, name)?;
+        self.vol.symlink(&path, target.as_os_str())?;
+        self.own(&path, caller)?;
+        self.lookup(parent, name)
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        mode: RenameMode,
+    ) -> Result<()> {
+        self.writable()?;
+        let (from, to) = (self.child(parent, name)?, self.child(new_parent, new_name)?);
+        self.vol.rename_with(&from, &to, mode)?;
+        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        let swap = |p: &Path, a: &Path, b: &Path| p.strip_prefix(a).ok().map(|rest| b.join(rest));
+        for node in nodes.values_mut() {
+            let moved = match mode {
+                RenameMode::Exchange => {
+                    swap(&node.path, &from, &to).or_else(|| swap(&node.path, &to, &from))
+                }
+                _ => swap(&node.path, &from, &to),
+            };
+            if let Some(p) = moved {
+                node.path = p;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) -> Result<Attr> {
+        self.writable()?;
+        let (from, to) = (self.path(ino)?, self.child(new_parent, new_name)?);
+        self.vol.link(&from, &to)?;
+        self.lookup(new_parent, new_name)
+    }
+
+    pub fn open(&self, ino: u64, write: bool) -> Result<u64> {
+        if write {
+            self.writable()?;
+        }
+        let h = self.vol.open_file(&self.path(ino)?, write)?;
+        Ok(self.add_handle(h))
+    }
+
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        caller: Caller,
+    ) -> Result<(Attr, u64)> {
+        self.writable()?;
+        let path = self.child(parent, name)?;
+        let h = self.vol.create(&path, mode & 0o7777)?;
+        self.own(&path, caller)?;
+        let attr = self.lookup(parent, name)?;
+        Ok((attr, self.add_handle(h)))
+    }
+
+    fn add_handle(&self, h: FileHandle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Arc::new(h));
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<FileHandle>> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| Error::io("", "file handle", std::io::Error::from_raw_os_error(9)))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let n = h.read_at(offset, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        Ok(self.handle(fh)?.write_at(offset, data)? as u32)
+    }
+
+    pub fn fsync(&self, fh: u64) -> Result<()> {
+        self.handle(fh)?.sync()
+    }
+
+    /// Closes `fh`; the last handle of a file commits its metadata.
+    pub fn release(&self, fh: u64) -> Result<()> {
+        let h = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
+        match h.map(Arc::try_unwrap) {
+            Some(Ok(h)) => h.close(),
+            // A read or write on this handle is still in flight; it closes when that ends.
+            Some(Err(_)) | None => Ok(()),
+        }
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        const KEEP_SIZE: i32 = 1;
+        let h = self.handle(fh)?;
+        if mode & !KEEP_SIZE != 0 {
+            return Err(Error::io(
+                "",
+                "fallocate",
+                std::io::Error::from_raw_os_error(95),
+            ));
+        }
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| Error::InvalidArgument("fallocate range overflows".into()))?;
+        if mode & KEEP_SIZE == 0 && end > h.len() {
+            h.set_len(end)?;
+        }
+        Ok(())
+    }
+
+    /// SEEK_DATA (3) / SEEK_HOLE (4) over written blocks; other whence values as usual.
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        let h = self.handle(fh)?;
+        let off =
+            u64::try_from(offset).map_err(|_| Error::InvalidArgument("negative offset".into()))?;
+        match whence {
+            3 => h.seek_data(off).map(|o| o as i64),
+            4 => h.seek_hole(off).map(|o| o as i64),
+            _ => Err(Error::InvalidArgument("unsupported whence".into())),
+        }
+    }
+
+    /// Entries of directory `ino` with their inode numbers ("." and ".." first).
+    pub fn readdir(&self, ino: u64) -> Result<Vec<(u64, EntryKind, OsString)>> {
+        let path = self.path(ino)?;
+        let mut out = vec![
+            (ino, EntryKind::Directory, OsString::from(".")),
+            (ino, EntryKind::Directory, OsString::from("..")),
+        ];
+        for e in self.vol.readdir(&path)? {
+            let ino = self.vol.getattr(&path.join(&e.name)).map(|mut a| {
+                self.fuse_ino(&mut a);
+                a.ino
+            })?;
+            out.push((ino, e.kind, e.name));
+        }
+        Ok(out)
+    }
+
+    pub fn statfs(&self) -> Result<StatFs> {
+        self.vol.statfs()
+    }
+
+    /// Commits everything pending (unmount).
+    pub fn sync_all(&self) -> Result<()> {
+        let handles: Vec<_> = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        for (_, h) in handles {
+            if let Ok(h) = Arc::try_unwrap(h) {
+                h.close()?;
+            }
+        }
+        self.vol.sync_all()
+    }
+}

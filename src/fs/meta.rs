@@ -1,0 +1,304 @@
+//! Attributes, ownership, times, special files, links and renames with flags: the
+//! namespace operations beyond plain files and directories.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchownat, Gid, Uid};
+
+use super::volume::{EntryKind, Volume};
+use crate::crypto::NamePurpose;
+use crate::{Error, Result};
+
+/// What `stat` shows for an entry (the size is the plaintext size).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    /// The backing inode number (stable across mounts; shared by hardlinks).
+    pub ino: u64,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    /// Permission bits (including setuid/setgid/sticky).
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+}
+
+/// A time to set: a given time, or now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetTime {
+    At(SystemTime),
+    Now,
+}
+
+/// How `rename` treats an existing target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenameMode {
+    /// Replace it (POSIX rename).
+    Replace,
+    /// Fail with `Exists` (RENAME_NOREPLACE).
+    NoReplace,
+    /// Swap the two entries atomically (RENAME_EXCHANGE).
+    Exchange,
+}
+
+/// File-system capacity, from the backing file system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// Maximum plaintext symlink target (its encoding must fit in PATH_MAX).
+const SYMLINK_MAX: usize = 3000;
+
+pub(super) fn kind_of(t: fs::FileType) -> EntryKind {
+    if t.is_file() {
+        EntryKind::File
+    } else if t.is_dir() {
+        EntryKind::Directory
+    } else if t.is_symlink() {
+        EntryKind::Symlink
+    } else if t.is_fifo() {
+        EntryKind::Fifo
+    } else if t.is_socket() {
+        EntryKind::Socket
+    } else if t.is_char_device() {
+        EntryKind::CharDevice
+    } else {
+        EntryKind::BlockDevice
+    }
+}
+
+fn time(secs: i64, nsecs: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsecs as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nsecs as u64)
+    }
+}
+
+fn errno(path: &Path, op: &'static str, e: nix::Error) -> Error {
+    Error::io(path, op, std::io::Error::from_raw_os_error(e as i32))
+}
+
+impl Volume {
+    /// Attributes of `path` (`""` is the root).
+    pub fn getattr(&self, path: &Path) -> Result<Attr> {
+        let backing = self.backing_or_root(path)?;
+        let meta = fs::symlink_metadata(&backing).map_err(|_| Error::NotFound(path.into()))?;
+        let kind = kind_of(meta.file_type());
+        let size = match kind {
+            EntryKind::File => self.size_of_backing(&backing, path)?,
+            EntryKind::Symlink => self.readlink(path)?.len() as u64,
+            EntryKind::Directory => 4096,
+            _ => 0,
+        };
+        Ok(Attr {
+            ino: meta.ino(),
+            kind,
+            size,
+            blocks: meta.blocks(),
+            atime: time(meta.atime(), meta.atime_nsec()),
+            mtime: time(meta.mtime(), meta.mtime_nsec()),
+            ctime: time(meta.ctime(), meta.ctime_nsec()),
+            perm: (meta.mode() & 0o7777) as u16,
+            nlink: meta.nlink() as u32,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            rdev: meta.rdev() as u32,
+        })
+    }
+
+    pub(super) fn backing_or_root(&self, path: &Path) -> Result<PathBuf> {
+        if Self::is_root(path) {
+            Ok(self.data_dir().to_path_buf())
+        } else {
+            self.backing_path(path)
+        }
+    }
+
+    pub fn chmod(&self, path: &Path, mode: u32) -> Result<()> {
+        let backing = self.backing_or_root(path)?;
+        fs::set_permissions(&backing, fs::Permissions::from_mode(mode & 0o7777))
+            .map_err(|e| Error::io(path, "chmod", e))
+    }
+
+    /// chown/lchown; `None` leaves that id unchanged.
+    pub fn chown(&self, path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
+        let backing = self.backing_or_root(path)?;
+        fchownat(
+            AT_FDCWD,
+            &backing,
+            uid.map(Uid::from_raw),
+            gid.map(Gid::from_raw),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| errno(path, "chown", e))
+    }
+
+    /// utimensat; `None` leaves that time unchanged.
+    pub fn set_times(
+        &self,
+        path: &Path,
+        atime: Option<SetTime>,
+        mtime: Option<SetTime>,
+    ) -> Result<()> {
+        let backing = self.backing_or_root(path)?;
+        let spec = |t: Option<SetTime>| match t {
+            None => TimeSpec::UTIME_OMIT,
+            Some(SetTime::Now) => TimeSpec::UTIME_NOW,
+            Some(SetTime::At(t)) => {
+                let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+                TimeSpec::new(d.as_secs() as i64, i64::from(d.subsec_nanos()))
+            }
+        };
+        utimensat(
+            AT_FDCWD,
+            &backing,
+            &spec(atime),
+            &spec(mtime),
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| errno(path, "utimensat", e))
+    }
+
+    /// Truncates or extends the file at `path`.
+    pub fn truncate(&self, path: &Path, size: u64) -> Result<()> {
+        let f = self.open_file(path, true)?;
+        f.set_len(size)?;
+        f.close()
+    }
+
+    /// Creates a symlink whose target is stored encrypted (random nonce: equal targets do not
+    /// look equal).
+    pub fn symlink(&self, path: &Path, target: &OsStr) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        if target.len() > SYMLINK_MAX {
+            return Err(Error::NameTooLong(path.into()));
+        }
+        let sealed = self.keys().names().seal_random(
+            NamePurpose::SymlinkTarget,
+            &[0; 16],
+            target.as_bytes(),
+        );
+        let r = self.resolve_new(path)?;
+        std::os::unix::fs::symlink(URL_SAFE_NO_PAD.encode(sealed), &r).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Error::Exists(path.into()),
+            _ => Error::io(path, "symlink", e),
+        })
+    }
+
+    pub fn readlink(&self, path: &Path) -> Result<std::ffi::OsString> {
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        let backing = self.backing_path(path)?;
+        let stored = fs::read_link(&backing).map_err(|e| match e.raw_os_error() {
+            Some(22) => Error::InvalidArgument(format!("{}: not a symlink", path.display())),
+            _ => Error::NotFound(path.into()),
+        })?;
+        let bad = || Error::integrity(path, "symlink target does not authenticate");
+        let sealed = URL_SAFE_NO_PAD
+            .decode(stored.as_os_str().as_bytes())
+            .map_err(|_| bad())?;
+        let plain = self
+            .keys()
+            .names()
+            .open_random(NamePurpose::SymlinkTarget, &[0; 16], &sealed)
+            .map_err(|_| bad())?;
+        Ok(std::ffi::OsString::from_vec(plain))
+    }
+
+    /// Creates a FIFO, socket or device node.
+    pub fn mknod(&self, path: &Path, mode: u32, rdev: u64) -> Result<()> {
+        let kind = SFlag::from_bits_truncate(mode & libc_s_ifmt());
+        let r = self.resolve_new(path)?;
+        mknod(&r, kind, Mode::from_bits_truncate(mode & 0o7777), rdev).map_err(|e| match e {
+            nix::Error::EEXIST => Error::Exists(path.into()),
+            e => errno(path, "mknod", e),
+        })
+    }
+
+    /// A new hard link `new` to the file at `existing` (they share the file id and keys).
+    pub fn link(&self, existing: &Path, new: &Path) -> Result<()> {
+        let from = self.backing_path(existing)?;
+        if fs::symlink_metadata(&from)
+            .map_err(|_| Error::NotFound(existing.into()))?
+            .is_dir()
+        {
+            return Err(Error::IsDir(existing.into()));
+        }
+        let to = self.resolve_new(new)?;
+        fs::hard_link(&from, &to).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Error::Exists(new.into()),
+            _ => Error::io(new, "link", e),
+        })
+    }
+
+    /// Renames with RENAME_NOREPLACE / RENAME_EXCHANGE semantics.
+    pub fn rename_with(&self, from: &Path, to: &Path, mode: RenameMode) -> Result<()> {
+        match mode {
+            RenameMode::Replace => self.rename(from, to),
+            RenameMode::NoReplace | RenameMode::Exchange => {
+                let (bf, bt) = (self.backing_path(from)?, self.backing_path(to)?);
+                let flags = if mode == RenameMode::Exchange {
+                    RenameFlags::RENAME_EXCHANGE
+                } else {
+                    RenameFlags::RENAME_NOREPLACE
+                };
+                self.with_long_names(from, to, mode == RenameMode::Exchange, || {
+                    renameat2(AT_FDCWD, &bf, AT_FDCWD, &bt, flags).map_err(|e| match e {
+                        nix::Error::EEXIST => Error::Exists(to.into()),
+                        nix::Error::ENOENT => {
+                            Error::NotFound(if fs::symlink_metadata(&bf).is_err() {
+                                from.into()
+                            } else {
+                                to.into()
+                            })
+                        }
+                        e => errno(from, "rename", e),
+                    })
+                })
+            }
+        }
+    }
+
+    pub fn statfs(&self) -> Result<StatFs> {
+        let s = nix::sys::statvfs::statvfs(self.data_dir())
+            .map_err(|e| errno(self.data_dir(), "statvfs", e))?;
+        Ok(StatFs {
+            blocks: s.blocks(),
+            bfree: s.blocks_free(),
+            bavail: s.blocks_available(),
+            files: s.files(),
+            ffree: s.files_free(),
+            bsize: s.block_size() as u32,
+            // Encrypted names are longer than plaintext ones; long ones are hashed, so the full
+            // NAME_MAX is available.
+            namelen: 255,
+            frsize: s.fragment_size() as u32,
+        })
+    }
+}
+
+fn libc_s_ifmt() -> u32 {
+    SFlag::S_IFMT.bits()
+}
