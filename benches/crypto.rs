@@ -8,18 +8,13 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use envelopefs::crypto::{BlockAad, DataCipher, Key256, Key512, KeyWrapper, BLOCK_SIZE};
 
 fn blocks(c: &mut Criterion) {
-    let aad = BlockAad {
-        volume_id: [1; 16],
-        file_id: [2; 16],
-        block_index: 3,
-    };
+    let aad = BlockAad { volume_id: [1; 16], file_id: [2; 16], block_index: 3 };
     let plain = vec![0x5Au8; BLOCK_SIZE];
     let mut g = c.benchmark_group("block");
     g.throughput(Throughput::Bytes(BLOCK_SIZE as u64));
-    for (name, cipher) in [
-        ("gcm-siv", DataCipher::gcm_siv(&Key256::generate())),
-        ("xts", DataCipher::xts(&Key512::generate())),
-    ] {
+    for (name, cipher) in
+        [("gcm-siv", DataCipher::gcm_siv(&Key256::generate())), ("xts", DataCipher::xts(&Key512::generate()))]
+    {
         let mut slot = vec![0u8; cipher.slot_size()];
         let mut out = vec![0u8; BLOCK_SIZE];
         g.bench_function(format!("seal/{name}"), |b| {
@@ -27,11 +22,7 @@ fn blocks(c: &mut Criterion) {
         });
         cipher.seal(&aad, &[7; 12], &plain, &mut slot);
         g.bench_function(format!("open/{name}"), |b| {
-            b.iter(|| {
-                cipher
-                    .open(black_box(&aad), black_box(&slot), &mut out)
-                    .unwrap()
-            })
+            b.iter(|| cipher.open(black_box(&aad), black_box(&slot), &mut out).unwrap())
         });
     }
     g.finish();
@@ -44,9 +35,7 @@ fn wrapping(c: &mut Criterion) {
     let wrapped = kek.wrap(&dek, &aad);
     let mut g = c.benchmark_group("dek");
     g.bench_function("wrap", |b| b.iter(|| kek.wrap(black_box(&dek), &aad)));
-    g.bench_function("unwrap", |b| {
-        b.iter(|| kek.unwrap::<32>(black_box(&wrapped), &aad).unwrap())
-    });
+    g.bench_function("unwrap", |b| b.iter(|| kek.unwrap::<32>(black_box(&wrapped), &aad).unwrap()));
     g.bench_function("unwrap+key-schedule", |b| {
         b.iter(|| DataCipher::gcm_siv(&kek.unwrap::<32>(black_box(&wrapped), &aad).unwrap()))
     });

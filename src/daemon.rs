@@ -37,42 +37,26 @@ pub struct MountRequest {
 pub fn preflight(req: &MountRequest) -> Result<MountRequest> {
     Volume::read_header(&req.cipherdir)?;
     let mnt = &req.mountpoint;
-    let meta = std::fs::metadata(mnt).map_err(|_| Error::Mountpoint {
-        path: mnt.clone(),
-        reason: "mountpoint does not exist".into(),
-    })?;
+    let meta = std::fs::metadata(mnt)
+        .map_err(|_| Error::Mountpoint { path: mnt.clone(), reason: "mountpoint does not exist".into() })?;
     if !meta.is_dir() {
-        return Err(Error::Mountpoint {
-            path: mnt.clone(),
-            reason: "mountpoint is not a directory".into(),
-        });
+        return Err(Error::Mountpoint { path: mnt.clone(), reason: "mountpoint is not a directory".into() });
     }
-    let mountpoint = mnt
-        .canonicalize()
-        .map_err(|e| Error::io(mnt, "resolve", e))?;
+    let mountpoint = mnt.canonicalize().map_err(|e| Error::io(mnt, "resolve", e))?;
     if let Some(src) = mount_source(&mountpoint) {
         return Err(Error::Mountpoint {
             path: mountpoint,
-            reason: format!(
-                "mountpoint is busy: {} is already mounted there",
-                src.display()
-            ),
+            reason: format!("mountpoint is busy: {} is already mounted there", src.display()),
         });
     }
     if !Path::new("/dev/fuse").exists() {
         return Err(Error::Fuse(
-            "/dev/fuse is missing: load the fuse module (modprobe fuse) or give the container --device /dev/fuse".into(),
+            "/dev/fuse is missing: load the fuse module (modprobe fuse) or give the container --device /dev/fuse"
+                .into(),
         ));
     }
-    let cipherdir = req
-        .cipherdir
-        .canonicalize()
-        .map_err(|e| Error::io(&req.cipherdir, "resolve", e))?;
-    Ok(MountRequest {
-        cipherdir,
-        mountpoint,
-        ..req.clone()
-    })
+    let cipherdir = req.cipherdir.canonicalize().map_err(|e| Error::io(&req.cipherdir, "resolve", e))?;
+    Ok(MountRequest { cipherdir, mountpoint, ..req.clone() })
 }
 
 /// Takes the volume's lock, or says who holds it.
@@ -98,9 +82,7 @@ pub fn serve(req: &MountRequest, secrets: &dyn Secrets, ready: impl FnOnce()) ->
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         signals.add(s);
     }
-    signals
-        .thread_block()
-        .map_err(|e| Error::io("", "block signals", e.into()))?;
+    signals.thread_block().map_err(|e| Error::io("", "block signals", e.into()))?;
     crate::sys::harden_process().map_err(|e| Error::io("", "harden process", e))?;
 
     let _lock = lock_volume(&req.cipherdir)?;
@@ -113,8 +95,7 @@ pub fn serve(req: &MountRequest, secrets: &dyn Secrets, ready: impl FnOnce()) ->
         fsname: req.cipherdir.display().to_string(),
         threads: req.threads,
     };
-    let mut mounted =
-        Mounted::new(fs, &req.mountpoint, &cfg).map_err(|e| fuse_error(&req.mountpoint, e))?;
+    let mut mounted = Mounted::new(fs, &req.mountpoint, &cfg).map_err(|e| fuse_error(&req.mountpoint, e))?;
     let mut unmount = mounted.unmounter();
     std::thread::Builder::new()
         .name("signals".into())
@@ -136,13 +117,8 @@ pub fn serve(req: &MountRequest, secrets: &dyn Secrets, ready: impl FnOnce()) ->
 
 fn fuse_error(mnt: &Path, e: std::io::Error) -> Error {
     match e.raw_os_error() {
-        Some(16) => Error::Mountpoint {
-            path: mnt.into(),
-            reason: "mountpoint is busy".into(),
-        },
-        Some(2) | Some(19) => Error::Fuse(format!(
-            "cannot mount ({e}): is fuse3 installed and /dev/fuse usable?"
-        )),
+        Some(16) => Error::Mountpoint { path: mnt.into(), reason: "mountpoint is busy".into() },
+        Some(2) | Some(19) => Error::Fuse(format!("cannot mount ({e}): is fuse3 installed and /dev/fuse usable?")),
         _ => Error::Fuse(format!("mounting {} failed: {e}", mnt.display())),
     }
 }
@@ -168,9 +144,7 @@ impl StatusPipe {
 /// Reads the passphrase the parent wrote to our stdin.
 pub fn passphrase_from_stdin() -> Result<Passphrase> {
     let mut buf = zeroize::Zeroizing::new(Vec::new());
-    std::io::stdin()
-        .read_to_end(&mut buf)
-        .map_err(|e| Error::Passphrase(format!("reading from the parent: {e}")))?;
+    std::io::stdin().read_to_end(&mut buf).map_err(|e| Error::Passphrase(format!("reading from the parent: {e}")))?;
     Passphrase::new(buf.to_vec())
 }
 
@@ -186,29 +160,20 @@ pub fn spawn_daemon(exe: &Path, args: &[OsString], pass: Option<&Passphrase>) ->
     {
         let mut stdin = child.stdin.take().expect("stdin is piped");
         if let Some(p) = pass {
-            stdin
-                .write_all(p.expose())
-                .map_err(|e| Error::io(exe, "hand over passphrase", e))?;
+            stdin.write_all(p.expose()).map_err(|e| Error::io(exe, "hand over passphrase", e))?;
         }
     }
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .map_err(|e| Error::io(exe, "read daemon status", e))?;
+    BufReader::new(stdout).read_line(&mut line).map_err(|e| Error::io(exe, "read daemon status", e))?;
     let line = line.trim_end();
     if line == "ready" {
         return Ok(());
     }
     let _ = child.wait();
     match line.strip_prefix("error ").and_then(|r| r.split_once(' ')) {
-        Some((code, msg)) => Err(Error::Daemon {
-            code: code.parse().unwrap_or(1),
-            message: msg.to_string(),
-        }),
-        None => Err(Error::Fuse(
-            "the mount daemon exited before the mount was ready".into(),
-        )),
+        Some((code, msg)) => Err(Error::Daemon { code: code.parse().unwrap_or(1), message: msg.to_string() }),
+        None => Err(Error::Fuse("the mount daemon exited before the mount was ready".into())),
     }
 }
 
@@ -226,17 +191,12 @@ pub fn mount_source(mountpoint: &Path) -> Option<PathBuf> {
 }
 
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
 /// Unmounts `mountpoint` and waits (up to `wait`) for its daemon to commit and exit.
 pub fn unmount(mountpoint: &Path, wait: Duration) -> Result<()> {
-    let mnt = mountpoint
-        .canonicalize()
-        .map_err(|_| Error::NotMounted(mountpoint.into()))?;
+    let mnt = mountpoint.canonicalize().map_err(|_| Error::NotMounted(mountpoint.into()))?;
     let source = mount_source(&mnt)
         .filter(|src| src.join(crate::fs::HEADER_FILE).exists())
         .ok_or_else(|| Error::NotMounted(mnt.clone()))?;
@@ -248,11 +208,7 @@ pub fn unmount(mountpoint: &Path, wait: Duration) -> Result<()> {
         .map_err(|e| Error::Fuse(format!("cannot run fusermount3 (is fuse3 installed?): {e}")))?;
     if !out.status.success() {
         let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        let reason = if msg.contains("busy") {
-            format!("mountpoint is busy (files are open): {msg}")
-        } else {
-            msg
-        };
+        let reason = if msg.contains("busy") { format!("mountpoint is busy (files are open): {msg}") } else { msg };
         return Err(Error::Mountpoint { path: mnt, reason });
     }
     // The daemon holds the volume lock until it has committed and zeroized its keys.
@@ -267,8 +223,5 @@ pub fn unmount(mountpoint: &Path, wait: Duration) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Err(Error::Fuse(format!(
-        "{} was unmounted but its daemon is still running after {wait:?}",
-        mnt.display()
-    )))
+    Err(Error::Fuse(format!("{} was unmounted but its daemon is still running after {wait:?}", mnt.display())))
 }

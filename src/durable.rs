@@ -11,13 +11,9 @@ use crate::{Error, Result};
 /// Writes `bytes` to a temporary file beside `path` (mode `mode`), syncs it, renames it over
 /// `path` and syncs the directory.
 pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::InvalidArgument(format!("{}: not a file path", path.display())))?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name =
+        path.file_name().ok_or_else(|| Error::InvalidArgument(format!("{}: not a file path", path.display())))?;
     let mut tmp_name = name.to_os_string();
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
@@ -28,8 +24,7 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .mode(mode)
         .open(&tmp)
         .map_err(|e| Error::io(&tmp, "create", e))?;
-    f.write_all(bytes)
-        .map_err(|e| Error::io(&tmp, "write", e))?;
+    f.write_all(bytes).map_err(|e| Error::io(&tmp, "write", e))?;
     f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
     drop(f);
     fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename into place", e))?;
@@ -38,7 +33,5 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 
 /// Makes a directory's entries (creations, renames, unlinks) durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, "fsync directory", e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, "fsync directory", e))
 }

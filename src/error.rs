@@ -12,11 +12,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     #[error("{}: {op}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        op: &'static str,
-        source: io::Error,
-    },
+    Io { path: PathBuf, op: &'static str, source: io::Error },
 
     #[error("{}: wrong passphrase (or the keystore was altered)", .0.display())]
     WrongPassphrase(PathBuf),
@@ -66,6 +62,12 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
 
+    #[error("{}: no such attribute", .0.display())]
+    NoAttribute(PathBuf),
+
+    #[error("not supported: {0}")]
+    NotSupported(String),
+
     #[error("{}: {reason}", path.display())]
     Mountpoint { path: PathBuf, reason: String },
 
@@ -83,25 +85,15 @@ pub enum Error {
 impl Error {
     /// An I/O error about `path` while doing `op`.
     pub fn io(path: impl AsRef<Path>, op: &'static str, source: io::Error) -> Self {
-        Error::Io {
-            path: path.as_ref().to_path_buf(),
-            op,
-            source,
-        }
+        Error::Io { path: path.as_ref().to_path_buf(), op, source }
     }
 
     pub fn corrupt(path: impl AsRef<Path>, reason: impl Into<String>) -> Self {
-        Error::Corrupt {
-            path: path.as_ref().to_path_buf(),
-            reason: reason.into(),
-        }
+        Error::Corrupt { path: path.as_ref().to_path_buf(), reason: reason.into() }
     }
 
     pub fn integrity(path: impl AsRef<Path>, reason: impl Into<String>) -> Self {
-        Error::Integrity {
-            path: path.as_ref().to_path_buf(),
-            reason: reason.into(),
-        }
+        Error::Integrity { path: path.as_ref().to_path_buf(), reason: reason.into() }
     }
 
     /// The errno a file-system caller (FUSE) sees for this error.
@@ -115,6 +107,9 @@ impl Error {
             Error::DirNotEmpty(_) => libc_errno::ENOTEMPTY,
             Error::NameTooLong(_) => libc_errno::ENAMETOOLONG,
             Error::InvalidArgument(_) => libc_errno::EINVAL,
+            Error::NoAttribute(_) => libc_errno::ENODATA,
+            Error::NotSupported(_) => libc_errno::EOPNOTSUPP,
+            Error::Mountpoint { .. } => libc_errno::EBUSY,
             Error::WrongPassphrase(_) | Error::Passphrase(_) => libc_errno::EACCES,
             _ => libc_errno::EIO,
         }
@@ -153,4 +148,7 @@ mod libc_errno {
     pub const EINVAL: i32 = 22;
     pub const ENAMETOOLONG: i32 = 36;
     pub const ENOTEMPTY: i32 = 39;
+    pub const EBUSY: i32 = 16;
+    pub const ENODATA: i32 = 61;
+    pub const EOPNOTSUPP: i32 = 95;
 }

@@ -106,17 +106,12 @@ struct PassArgs {
 
 impl PassArgs {
     fn source(self) -> PassSource {
-        PassSource {
-            passfile: self.passfile,
-            extpass: self.extpass,
-            env_var: Some("ENVELOPEFS_PASSFILE"),
-        }
+        PassSource { passfile: self.passfile, extpass: self.extpass, env_var: Some("ENVELOPEFS_PASSFILE") }
     }
 }
 
 fn parse_cipher(s: &str) -> std::result::Result<CipherKind, String> {
-    CipherKind::from_name(s)
-        .ok_or_else(|| format!("unknown cipher {s:?}: use aes-256-gcm-siv or aes-256-xts"))
+    CipherKind::from_name(s).ok_or_else(|| format!("unknown cipher {s:?}: use aes-256-gcm-siv or aes-256-xts"))
 }
 
 /// "1M", "64K", "4096" → log2 of the size.
@@ -126,11 +121,7 @@ fn parse_extent_size(s: &str) -> std::result::Result<u8, String> {
         Some((i, 'm' | 'M')) => (&s[..i], 1u64 << 20),
         _ => (s, 1),
     };
-    let bytes = num
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("bad size {s:?}"))?;
+    let bytes = num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(|| format!("bad size {s:?}"))?;
     if !bytes.is_power_of_two() {
         return Err(format!("extent size {s} is not a power of two"));
     }
@@ -144,8 +135,7 @@ fn parse_extent_size(s: &str) -> std::result::Result<u8, String> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "envelopefs=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "envelopefs=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -161,19 +151,8 @@ fn main() -> ExitCode {
 
 fn run(cmd: Command) -> Result<()> {
     match cmd {
-        Command::Init {
-            cipherdir,
-            kms,
-            cipher,
-            extent_size,
-            pass,
-        } => {
-            let opts = InitOptions {
-                cipher,
-                extent_shift: extent_size,
-                kms_uri: kms,
-                kdf: KdfParams::DEFAULT,
-            };
+        Command::Init { cipherdir, kms, cipher, extent_size, pass } => {
+            let opts = InitOptions { cipher, extent_shift: extent_size, kms_uri: kms, kdf: KdfParams::DEFAULT };
             let header = Volume::init(&cipherdir, &opts, &pass.source())?;
             println!(
                 "Created envelopefs volume {} in {} ({}, {} KiB extents, root key {}).",
@@ -185,12 +164,7 @@ fn run(cmd: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::Passwd {
-            cipherdir,
-            pass,
-            new_passfile,
-            new_extpass,
-        } => {
+        Command::Passwd { cipherdir, pass, new_passfile, new_extpass } => {
             let header = Volume::read_header(&cipherdir)?;
             let path = kms::local_keystore_path(&header.kms_uri, &cipherdir).map_err(|_| {
                 Error::InvalidArgument(format!(
@@ -198,34 +172,15 @@ fn run(cmd: Command) -> Result<()> {
                     header.kms_uri
                 ))
             })?;
-            let new = PassSource {
-                passfile: new_passfile,
-                extpass: new_extpass,
-                env_var: None,
-            };
+            let new = PassSource { passfile: new_passfile, extpass: new_extpass, env_var: None };
             LocalKeystore::change_passphrase(&path, &pass.source(), &new, KdfParams::DEFAULT)?;
             println!("Passphrase of {} changed.", path.display());
             Ok(())
         }
         Command::Status { cipherdir, json } => status(&cipherdir, json),
-        Command::Mount {
-            cipherdir,
-            mountpoint,
-            foreground,
-            read_only,
-            options,
-            threads,
-            pass,
-            daemon_child,
-        } => {
+        Command::Mount { cipherdir, mountpoint, foreground, read_only, options, threads, pass, daemon_child } => {
             let mut pass = pass;
-            let mut req = MountRequest {
-                cipherdir,
-                mountpoint,
-                read_only,
-                allow_other: false,
-                threads,
-            };
+            let mut req = MountRequest { cipherdir, mountpoint, read_only, allow_other: false, threads };
             parse_mount_options(&options, &mut req, &mut pass)?;
             mount(req, foreground, daemon_child, pass)
         }
@@ -237,32 +192,19 @@ fn run(cmd: Command) -> Result<()> {
 }
 
 /// Applies `-o` options; generic fstab options are accepted and ignored.
-fn parse_mount_options(
-    options: &[String],
-    req: &mut MountRequest,
-    pass: &mut PassArgs,
-) -> Result<()> {
+fn parse_mount_options(options: &[String], req: &mut MountRequest, pass: &mut PassArgs) -> Result<()> {
     const IGNORED: &[&str] = &[
-        "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail", "exec",
-        "noexec", "dev", "nodev", "suid", "nosuid", "atime", "noatime", "relatime", "async",
+        "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail", "exec", "noexec", "dev", "nodev",
+        "suid", "nosuid", "atime", "noatime", "relatime", "async",
     ];
-    for opt in options
-        .iter()
-        .flat_map(|o| o.split(','))
-        .filter(|o| !o.is_empty())
-    {
+    for opt in options.iter().flat_map(|o| o.split(',')).filter(|o| !o.is_empty()) {
         match opt.split_once('=') {
             None if opt == "ro" => req.read_only = true,
             None if opt == "rw" => req.read_only = false,
             None if opt == "allow_other" => req.allow_other = true,
             Some(("passfile", f)) => pass.passfile = Some(PathBuf::from(f)),
-            _ if IGNORED.contains(&opt) || opt.starts_with("x-") || opt.starts_with("comment=") => {
-            }
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "unknown mount option {opt:?}"
-                )))
-            }
+            _ if IGNORED.contains(&opt) || opt.starts_with("x-") || opt.starts_with("comment=") => {}
+            _ => return Err(Error::InvalidArgument(format!("unknown mount option {opt:?}"))),
         }
     }
     Ok(())
@@ -273,13 +215,8 @@ fn mount(req: MountRequest, foreground: bool, daemon_child: bool, pass: PassArgs
         // Detached: our own session, no terminal. Errors before "ready" go back to the
         // waiting parent through stdout, the status pipe; nothing else is written there.
         let _ = nix::unistd::setsid();
-        let out = std::io::stdout()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| Error::io("", "status pipe", e))?;
-        let mut status = Some(envelopefs::daemon::StatusPipe::new(std::fs::File::from(
-            out,
-        )));
+        let out = std::io::stdout().as_fd().try_clone_to_owned().map_err(|e| Error::io("", "status pipe", e))?;
+        let mut status = Some(envelopefs::daemon::StatusPipe::new(std::fs::File::from(out)));
         let result = envelopefs::daemon::passphrase_from_stdin().and_then(|p| {
             envelopefs::daemon::serve(&req, &p, || {
                 if let Some(s) = status.take() {
@@ -295,33 +232,16 @@ fn mount(req: MountRequest, foreground: bool, daemon_child: bool, pass: PassArgs
     let req = envelopefs::daemon::preflight(&req)?;
     if foreground {
         return envelopefs::daemon::serve(&req, &pass.source(), || {
-            eprintln!(
-                "envelopefs: {} mounted on {}",
-                req.cipherdir.display(),
-                req.mountpoint.display()
-            );
+            eprintln!("envelopefs: {} mounted on {}", req.cipherdir.display(), req.mountpoint.display());
         });
     }
     let header = Volume::read_header(&req.cipherdir)?;
     let passphrase = match kms::local_keystore_path(&header.kms_uri, &req.cipherdir) {
-        Ok(keystore) => Some(envelopefs::secret::Secrets::passphrase(
-            &pass.source(),
-            &keystore,
-            false,
-        )?),
+        Ok(keystore) => Some(envelopefs::secret::Secrets::passphrase(&pass.source(), &keystore, false)?),
         Err(_) => None,
     };
-    let mut args: Vec<OsString> = vec![
-        "mount".into(),
-        req.cipherdir.clone().into(),
-        req.mountpoint.clone().into(),
-    ];
-    args.extend([
-        "--foreground".into(),
-        "--daemon-child".into(),
-        "--threads".into(),
-        req.threads.to_string().into(),
-    ]);
+    let mut args: Vec<OsString> = vec!["mount".into(), req.cipherdir.clone().into(), req.mountpoint.clone().into()];
+    args.extend(["--foreground".into(), "--daemon-child".into(), "--threads".into(), req.threads.to_string().into()]);
     if req.read_only {
         args.push("--read-only".into());
     }

@@ -74,9 +74,7 @@ impl Secrets for PassSource {
 
 /// The first line of `path` (without its line ending).
 fn from_file(path: &Path) -> Result<Passphrase> {
-    let bytes = Zeroizing::new(
-        std::fs::read(path).map_err(|e| Error::Passphrase(format!("{}: {e}", path.display())))?,
-    );
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| Error::Passphrase(format!("{}: {e}", path.display())))?);
     first_line(&bytes).map_err(|e| Error::Passphrase(format!("{}: {e}", path.display())))
 }
 
@@ -91,10 +89,7 @@ fn from_command(cmd: &str) -> Result<Passphrase> {
         .map_err(|e| Error::Passphrase(format!("--extpass: cannot run: {e}")))?;
     let stdout = Zeroizing::new(out.stdout);
     if !out.status.success() {
-        return Err(Error::Passphrase(format!(
-            "--extpass command failed ({})",
-            out.status
-        )));
+        return Err(Error::Passphrase(format!("--extpass command failed ({})", out.status)));
     }
     first_line(&stdout).map_err(|e| Error::Passphrase(format!("--extpass: {e}")))
 }
@@ -106,13 +101,10 @@ fn from_terminal(keystore: &Path, new: bool) -> Result<Passphrase> {
         ))
     };
     let prompt = if new { "New passphrase" } else { "Passphrase" };
-    let first = Zeroizing::new(
-        rpassword::prompt_password(format!("{prompt} for {}: ", keystore.display()))
-            .map_err(no_tty)?,
-    );
+    let first =
+        Zeroizing::new(rpassword::prompt_password(format!("{prompt} for {}: ", keystore.display())).map_err(no_tty)?);
     if new {
-        let again =
-            Zeroizing::new(rpassword::prompt_password("Repeat passphrase: ").map_err(no_tty)?);
+        let again = Zeroizing::new(rpassword::prompt_password("Repeat passphrase: ").map_err(no_tty)?);
         if *first != *again {
             return Err(Error::Passphrase("the two passphrases differ".into()));
         }

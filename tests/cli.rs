@@ -32,10 +32,7 @@ fn init_status_passwd_and_their_errors() {
     std::fs::write(d.join("pass"), "first\n").unwrap();
     std::fs::write(d.join("pass2"), "second\n").unwrap();
 
-    let o = evfs(
-        &["init", "vol", "--passfile", "pass", "--extent-size", "64K"],
-        d,
-    );
+    let o = evfs(&["init", "vol", "--passfile", "pass", "--extent-size", "64K"], d);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("64 KiB extents"));
 
@@ -50,30 +47,10 @@ fn init_status_passwd_and_their_errors() {
     assert_eq!(v["extent_size"], 65536);
     assert_eq!(v["kms_uri"], "local:keystore");
 
-    let o = evfs(
-        &[
-            "passwd",
-            "vol",
-            "--passfile",
-            "pass2",
-            "--new-passfile",
-            "pass",
-        ],
-        d,
-    );
+    let o = evfs(&["passwd", "vol", "--passfile", "pass2", "--new-passfile", "pass"], d);
     assert_eq!(code(&o), 10, "wrong old passphrase");
     assert!(stderr(&o).contains("wrong passphrase"));
-    let o = evfs(
-        &[
-            "passwd",
-            "vol",
-            "--passfile",
-            "pass",
-            "--new-passfile",
-            "pass2",
-        ],
-        d,
-    );
+    let o = evfs(&["passwd", "vol", "--passfile", "pass", "--new-passfile", "pass2"], d);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let o = Command::new(env!("CARGO_BIN_EXE_envelopefs"))
         .args(["passwd", "vol", "--new-passfile", "pass"])
@@ -81,23 +58,8 @@ fn init_status_passwd_and_their_errors() {
         .current_dir(d)
         .output()
         .unwrap();
-    assert_eq!(
-        code(&o),
-        0,
-        "ENVELOPEFS_PASSFILE is honoured: {}",
-        stderr(&o)
-    );
-    let o = evfs(
-        &[
-            "passwd",
-            "vol",
-            "--extpass",
-            "echo first",
-            "--new-extpass",
-            "echo third",
-        ],
-        d,
-    );
+    assert_eq!(code(&o), 0, "ENVELOPEFS_PASSFILE is honoured: {}", stderr(&o));
+    let o = evfs(&["passwd", "vol", "--extpass", "echo first", "--new-extpass", "echo third"], d);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 
     let o = evfs(&["status", "missing"], d);
@@ -126,10 +88,7 @@ fn no_passphrase_source_is_a_clear_error() {
     let o = evfs(&["init", "v"], tmp.path());
     assert_eq!(code(&o), 17);
     assert!(stderr(&o).contains("--passfile"), "{}", stderr(&o));
-    assert!(
-        !tmp.path().join("v").exists(),
-        "a failed init leaves nothing behind"
-    );
+    assert!(!tmp.path().join("v").exists(), "a failed init leaves nothing behind");
 }
 
 #[test]

@@ -84,31 +84,17 @@ fn damaged_or_missing_store_is_a_clear_error() {
     let (_tmp, dir, data) = volume_with_file();
     let db = dir.join("meta.db");
     let orig = fs::read(&db).unwrap();
-    for bad in [
-        Vec::new(),
-        orig[..100].to_vec(),
-        pattern(8, orig.len()),
-        b"SQLite format 3\0garbage".to_vec(),
-    ] {
+    for bad in [Vec::new(), orig[..100].to_vec(), pattern(8, orig.len()), b"SQLite format 3\0garbage".to_vec()] {
         fs::write(&db, &bad).unwrap();
         let err = Volume::open(&dir, &pass()).unwrap_err();
-        assert!(
-            matches!(err, Error::Store { .. } | Error::Corrupt { .. }),
-            "{err:?}"
-        );
-        assert!(
-            err.to_string().contains("meta.db"),
-            "error must name the file: {err}"
-        );
+        assert!(matches!(err, Error::Store { .. } | Error::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("meta.db"), "error must name the file: {err}");
         let _ = fs::remove_file(dir.join("meta.db-wal"));
         let _ = fs::remove_file(dir.join("meta.db-shm"));
     }
     fs::remove_file(&db).unwrap();
     let err = Volume::open(&dir, &pass()).unwrap_err();
-    assert!(
-        err.to_string().contains("meta.db") && err.to_string().contains("missing"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("meta.db") && err.to_string().contains("missing"), "{err}");
     fs::write(&db, &orig).unwrap();
     assert_readable(&dir, &data);
 }
@@ -128,10 +114,7 @@ fn newer_format_version_and_unknown_features_are_refused_clearly() {
     feat[13] = 0x80;
     fs::write(&conf, &feat).unwrap();
     let err = Volume::open(&dir, &pass()).unwrap_err();
-    assert!(
-        matches!(err, Error::Unsupported { .. }) && err.to_string().contains("feature"),
-        "{err}"
-    );
+    assert!(matches!(err, Error::Unsupported { .. }) && err.to_string().contains("feature"), "{err}");
     fs::write(&conf, &orig).unwrap();
     assert_readable(&dir, &data);
 }
@@ -152,10 +135,7 @@ fn failed_init_leaves_nothing_behind() {
     let dir = tmp.path().join("vol");
     let mut o = opts(CipherKind::Aes256GcmSiv, 20);
     o.kms_uri = Some("aws-kms:alias/none".into());
-    assert!(matches!(
-        Volume::init(&dir, &o, &pass()),
-        Err(Error::Kms { .. })
-    ));
+    assert!(matches!(Volume::init(&dir, &o, &pass()), Err(Error::Kms { .. })));
     assert!(!dir.exists());
     o.kms_uri = Some("nonsense".into());
     assert!(Volume::init(&dir, &o, &pass()).is_err());
@@ -166,10 +146,7 @@ fn failed_init_leaves_nothing_behind() {
 fn missing_volume_parts_are_named() {
     let tmp = scratch();
     let err = Volume::open(&tmp.path().join("absent"), &pass()).unwrap_err();
-    assert!(
-        matches!(err, Error::NotAVolume { .. }) && err.exit_code() == 11,
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::NotAVolume { .. }) && err.exit_code() == 11, "{err:?}");
     let err = Volume::open(tmp.path(), &pass()).unwrap_err();
     assert!(err.to_string().contains("envelopefs.conf"), "{err}");
 
@@ -180,8 +157,5 @@ fn missing_volume_parts_are_named() {
     fs::rename(dir.join("keystore.moved"), dir.join("keystore")).unwrap();
     fs::remove_file(dir.join("data/.dirid")).unwrap();
     let err = Volume::open(&dir, &pass()).unwrap_err();
-    assert!(
-        matches!(err, Error::Integrity { .. }) && err.to_string().contains(".dirid"),
-        "{err}"
-    );
+    assert!(matches!(err, Error::Integrity { .. }) && err.to_string().contains(".dirid"), "{err}");
 }

@@ -50,16 +50,9 @@ fn contents() -> Vec<(String, Vec<u8>)> {
 #[test]
 #[ignore]
 fn make_fixtures() {
-    for (name, cipher) in [
-        ("v1-gcm-siv", CipherKind::Aes256GcmSiv),
-        ("v1-xts", CipherKind::Aes256Xts),
-    ] {
+    for (name, cipher) in [("v1-gcm-siv", CipherKind::Aes256GcmSiv), ("v1-xts", CipherKind::Aes256Xts)] {
         let dir = fixtures().join(name);
-        assert!(
-            !dir.exists(),
-            "{} exists; fixtures are never rewritten",
-            dir.display()
-        );
+        assert!(!dir.exists(), "{} exists; fixtures are never rewritten", dir.display());
         let pass = Passphrase::new(FIXTURE_PASSPHRASE).unwrap();
         Volume::init(&dir, &opts(cipher, 16), &pass).unwrap();
         let vol = Volume::open(&dir, &pass).unwrap();
@@ -87,12 +80,8 @@ fn check_fixture(name: &str) {
     copy_tree(&fixtures().join(name), &dir);
     let vol = Volume::open(&dir, &Passphrase::new(FIXTURE_PASSPHRASE).unwrap())
         .unwrap_or_else(|e| panic!("fixture {name} no longer opens: {e}"));
-    let mut listed: Vec<String> = vol
-        .readdir(Path::new(""))
-        .unwrap()
-        .iter()
-        .map(|e| e.name.to_string_lossy().into())
-        .collect();
+    let mut listed: Vec<String> =
+        vol.readdir(Path::new("")).unwrap().iter().map(|e| e.name.to_string_lossy().into()).collect();
     listed.sort();
     assert_eq!(listed.len(), 4, "{listed:?}");
     for (path, data) in contents() {
@@ -100,11 +89,7 @@ fn check_fixture(name: &str) {
         assert_eq!(f.len(), data.len() as u64, "{name}/{path}: size");
         let mut back = vec![0u8; data.len()];
         assert_eq!(f.read_at(0, &mut back).unwrap(), data.len());
-        assert_eq!(
-            Sha256::digest(&back),
-            Sha256::digest(&data),
-            "{name}/{path}: content"
-        );
+        assert_eq!(Sha256::digest(&back), Sha256::digest(&data), "{name}/{path}: content");
     }
     assert!(Volume::open(&dir, &Passphrase::new("wrong").unwrap()).is_err());
 }

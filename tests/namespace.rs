@@ -25,55 +25,23 @@ fn directory_operations_and_their_errors() {
     vol.mkdir(p("docs/deep"), 0o700).unwrap();
     vol.create(p("docs/a.txt"), 0o644).unwrap().close().unwrap();
     assert!(matches!(vol.mkdir(p("docs"), 0o755), Err(Error::Exists(_))));
-    assert!(matches!(
-        vol.create(p("docs/a.txt"), 0o644),
-        Err(Error::Exists(_))
-    ));
-    assert!(matches!(
-        vol.create(p("nope/a.txt"), 0o644),
-        Err(Error::NotFound(_))
-    ));
-    assert!(matches!(
-        vol.create(p("docs/a.txt/x"), 0o644),
-        Err(Error::NotDir(_))
-    ));
-    assert!(matches!(
-        vol.open_file(p("docs/none"), false),
-        Err(Error::NotFound(_))
-    ));
-    assert!(matches!(
-        vol.open_file(p("docs"), false),
-        Err(Error::IsDir(_))
-    ));
+    assert!(matches!(vol.create(p("docs/a.txt"), 0o644), Err(Error::Exists(_))));
+    assert!(matches!(vol.create(p("nope/a.txt"), 0o644), Err(Error::NotFound(_))));
+    assert!(matches!(vol.create(p("docs/a.txt/x"), 0o644), Err(Error::NotDir(_))));
+    assert!(matches!(vol.open_file(p("docs/none"), false), Err(Error::NotFound(_))));
+    assert!(matches!(vol.open_file(p("docs"), false), Err(Error::IsDir(_))));
     assert!(matches!(vol.unlink(p("docs")), Err(Error::IsDir(_))));
     assert!(matches!(vol.rmdir(p("docs")), Err(Error::DirNotEmpty(_))));
-    assert!(matches!(
-        vol.create(p(&"n".repeat(256)), 0o644),
-        Err(Error::NameTooLong(_))
-    ));
-    let names: Vec<(OsString, EntryKind)> = vol
-        .readdir(p("docs"))
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.name, e.kind))
-        .collect();
-    assert_eq!(
-        names,
-        vec![
-            ("a.txt".into(), EntryKind::File),
-            ("deep".into(), EntryKind::Directory)
-        ]
-    );
+    assert!(matches!(vol.create(p(&"n".repeat(256)), 0o644), Err(Error::NameTooLong(_))));
+    let names: Vec<(OsString, EntryKind)> =
+        vol.readdir(p("docs")).unwrap().into_iter().map(|e| (e.name, e.kind)).collect();
+    assert_eq!(names, vec![("a.txt".into(), EntryKind::File), ("deep".into(), EntryKind::Directory)]);
     assert_eq!(vol.stat(p("docs/a.txt")).unwrap().mode, 0o644);
     vol.rmdir(p("docs/deep")).unwrap();
     vol.unlink(p("docs/a.txt")).unwrap();
     vol.rmdir(p("docs")).unwrap();
     assert!(vol.readdir(p("/")).unwrap().is_empty());
-    assert_eq!(
-        fs::read_dir(dir.join("data")).unwrap().count(),
-        1,
-        "only .dirid remains"
-    );
+    assert_eq!(fs::read_dir(dir.join("data")).unwrap().count(), 1, "only .dirid remains");
 }
 
 #[test]
@@ -87,15 +55,9 @@ fn long_names_round_trip() {
     f.close().unwrap();
     drop(vol);
     let vol = reopen(&dir);
-    assert_eq!(
-        vol.readdir(p(&long)).unwrap()[0].name,
-        OsString::from("z".repeat(255))
-    );
+    assert_eq!(vol.readdir(p(&long)).unwrap()[0].name, OsString::from("z".repeat(255)));
     let mut buf = [0u8; 4];
-    vol.open_file(p(&inner), false)
-        .unwrap()
-        .read_at(0, &mut buf)
-        .unwrap();
+    vol.open_file(p(&inner), false).unwrap().read_at(0, &mut buf).unwrap();
     assert_eq!(&buf, b"long");
     for f in all_files(&dir.join("data")) {
         assert!(f.file_name().unwrap().len() <= 255);
@@ -131,9 +93,7 @@ fn backing_directory_holds_no_plaintext() {
             data.extend_from_slice(marker);
         }
         vol.mkdir(p("secret-directory-name"), 0o700).unwrap();
-        let f = vol
-            .create(p("secret-directory-name/secret-file-name.txt"), 0o600)
-            .unwrap();
+        let f = vol.create(p("secret-directory-name/secret-file-name.txt"), 0o600).unwrap();
         f.write_at(0, &data).unwrap();
         f.write_at(1_000_000, marker).unwrap();
         f.sync().unwrap();
@@ -142,11 +102,7 @@ fn backing_directory_holds_no_plaintext() {
         for file in all_files(&dir) {
             let bytes = fs::read(&file).unwrap();
             for needle in [&marker[..], b"secret-directory-name", b"secret-file-name"] {
-                assert!(
-                    !contains(&bytes, needle),
-                    "{} holds plaintext ({cipher:?})",
-                    file.display()
-                );
+                assert!(!contains(&bytes, needle), "{} holds plaintext ({cipher:?})", file.display());
             }
         }
     }
@@ -166,10 +122,7 @@ fn no_two_extents_share_a_dek() {
             let (_, extents) = vol.store().load(&id).unwrap().unwrap();
             assert_eq!(extents.len(), 6);
             for e in extents {
-                let fp = vol
-                    .keys()
-                    .dek_fingerprint(&id, e.index, &e.wrapped)
-                    .unwrap();
+                let fp = vol.keys().dek_fingerprint(&id, e.index, &e.wrapped).unwrap();
                 seen.insert(fp);
                 count += 1;
             }
@@ -187,11 +140,7 @@ fn unlink_and_truncate_delete_wrapped_deks() {
     let id = f.file_id();
     assert_eq!(vol.store().load(&id).unwrap().unwrap().1.len(), 5);
     f.set_len(65536 + 10).unwrap();
-    assert_eq!(
-        vol.store().load(&id).unwrap().unwrap().1.len(),
-        2,
-        "truncation drops extents 2.."
-    );
+    assert_eq!(vol.store().load(&id).unwrap().unwrap().1.len(), 2, "truncation drops extents 2..");
     let mut buf = vec![0u8; 20];
     assert_eq!(f.read_at(65536, &mut buf).unwrap(), 10);
 
@@ -208,14 +157,8 @@ fn unlink_and_truncate_delete_wrapped_deks() {
 
 fn wrapped_rows(dir: &Path) -> Vec<Vec<u8>> {
     let c = rusqlite::Connection::open(dir.join("meta.db")).unwrap();
-    let mut s = c
-        .prepare("SELECT wrapped FROM extents ORDER BY idx")
-        .unwrap();
-    let rows = s
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
+    let mut s = c.prepare("SELECT wrapped FROM extents ORDER BY idx").unwrap();
+    let rows = s.query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();
     rows
 }
 
@@ -233,20 +176,13 @@ fn rename_rewrites_neither_data_nor_keys_nor_children() {
     let rows_before = wrapped_rows(&dir);
     vol.rename(p("a"), p("b")).unwrap();
     let moved = vol.backing_path(p("b/file")).unwrap();
-    assert_eq!(
-        moved.file_name().unwrap(),
-        child_name,
-        "children keep their encrypted names"
-    );
+    assert_eq!(moved.file_name().unwrap(), child_name, "children keep their encrypted names");
     assert_eq!(Sha256::digest(fs::read(&moved).unwrap()), before);
     vol.rename(p("b/file"), p("renamed")).unwrap();
     let rows_after = wrapped_rows(&dir);
     assert_eq!(rows_before, rows_after);
     let mut back = vec![0u8; data.len()];
-    vol.open_file(p("renamed"), false)
-        .unwrap()
-        .read_at(0, &mut back)
-        .unwrap();
+    vol.open_file(p("renamed"), false).unwrap().read_at(0, &mut back).unwrap();
     assert!(back == data);
 
     // Rename over an existing file deletes the replaced file's keys.

@@ -28,22 +28,13 @@ fn sweep(cipher: CipherKind) {
         assert_eq!(f.len() as usize, expect_len, "size {size} off {off}");
         let n = f.read_at(0, &mut back).unwrap();
         assert_eq!(n, expect_len, "size {size} off {off}");
-        assert!(
-            back[..off.min(n)].iter().all(|&b| b == 0),
-            "hole before offset, size {size} off {off}"
-        );
-        assert!(
-            back[off.min(n)..n] == data[..size],
-            "content mismatch at size {size} off {off} ({cipher:?})"
-        );
+        assert!(back[..off.min(n)].iter().all(|&b| b == 0), "hole before offset, size {size} off {off}");
+        assert!(back[off.min(n)..n] == data[..size], "content mismatch at size {size} off {off} ({cipher:?})");
         // An unaligned read from the middle.
         if size > 2 {
             let n = f.read_at(off as u64 + 1, &mut back[..size - 2]).unwrap();
             assert_eq!(n, size - 2);
-            assert!(
-                back[..n] == data[1..size - 1],
-                "partial read at size {size} ({cipher:?})"
-            );
+            assert!(back[..n] == data[1..size - 1], "partial read at size {size} ({cipher:?})");
         }
     }
     f.close().unwrap();
@@ -100,10 +91,7 @@ fn model(cipher: CipherKind, seed: u64) {
                 let start = (off as usize).min(shadow.len());
                 let expect = &shadow[start..(start + len).min(shadow.len())];
                 assert_eq!(n, expect.len(), "step {step}: read length");
-                assert!(
-                    &buf[..n] == expect,
-                    "step {step}: read content ({cipher:?})"
-                );
+                assert!(&buf[..n] == expect, "step {step}: read content ({cipher:?})");
             }
             94..=96 => f.sync().unwrap(),
             _ => {

@@ -50,17 +50,8 @@ fn assert_integrity<T: std::fmt::Debug>(r: Result<T, Error>, what: &str) {
 fn flipped_bits_in_a_block_are_detected_and_other_blocks_stay_readable() {
     let (_tmp, dir, a, b) = setup(3);
     let path = backing(&dir, "a");
-    for offset in [
-        HDR + SLOT,
-        HDR + SLOT + 11,
-        HDR + SLOT + 12 + 2000,
-        HDR + 2 * SLOT - 1,
-    ] {
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
+    for offset in [HDR + SLOT, HDR + SLOT + 11, HDR + SLOT + 12 + 2000, HDR + 2 * SLOT - 1] {
+        let f = fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
         let mut byte = [0u8];
         f.read_exact_at(&mut byte, offset).unwrap();
         f.write_all_at(&[byte[0] ^ 0x10], offset).unwrap();
@@ -78,8 +69,7 @@ fn zeroed_written_block_is_an_integrity_error_not_a_hole() {
     let (_tmp, dir, _a, _b) = setup(3);
     let path = backing(&dir, "a");
     let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
-    f.write_all_at(&vec![0u8; SLOT as usize], HDR + SLOT)
-        .unwrap();
+    f.write_all_at(&vec![0u8; SLOT as usize], HDR + SLOT).unwrap();
     assert_integrity(read_block(&reopen(&dir), "a", 1), "zeroed block");
 }
 
@@ -87,16 +77,8 @@ fn zeroed_written_block_is_an_integrity_error_not_a_hole() {
 fn swapped_blocks_within_and_between_files_are_detected() {
     let (_tmp, dir, _a, _b) = setup(3);
     let (pa, pb) = (backing(&dir, "a"), backing(&dir, "b"));
-    let fa = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&pa)
-        .unwrap();
-    let fb = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&pb)
-        .unwrap();
+    let fa = fs::OpenOptions::new().read(true).write(true).open(&pa).unwrap();
+    let fb = fs::OpenOptions::new().read(true).write(true).open(&pb).unwrap();
     let slot = |f: &fs::File, i: u64| {
         let mut s = vec![0u8; SLOT as usize];
         f.read_exact_at(&mut s, HDR + i * SLOT).unwrap();
@@ -117,12 +99,7 @@ fn swapped_blocks_within_and_between_files_are_detected() {
 fn truncated_data_file_is_detected() {
     let (_tmp, dir, a, _b) = setup(3);
     let path = backing(&dir, "a");
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(HDR + SLOT + 100)
-        .unwrap();
+    fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(HDR + SLOT + 100).unwrap();
     let vol = reopen(&dir);
     assert_eq!(read_block(&vol, "a", 0).unwrap(), a[..4096]);
     assert_integrity(read_block(&vol, "a", 2), "missing block");
@@ -163,11 +140,7 @@ fn wrapped_dek_moved_to_another_extent_file_or_volume_fails_to_unwrap() {
     // 64 KiB extents, 40 blocks: extents 0, 1 and 2.
     let (_tmp, dir, _a, _b) = setup(40);
     let (ia, ib) = (file_id(&dir, "a"), file_id(&dir, "b"));
-    let (a0, a1, b0) = (
-        wrapped(&dir, &ia, 0),
-        wrapped(&dir, &ia, 1),
-        wrapped(&dir, &ib, 0),
-    );
+    let (a0, a1, b0) = (wrapped(&dir, &ia, 0), wrapped(&dir, &ia, 1), wrapped(&dir, &ib, 0));
 
     // Another extent of the same file.
     set_wrapped(&dir, &ia, 0, &a1);
@@ -200,19 +173,11 @@ fn edited_volume_header_refuses_to_open() {
     let conf = dir.join("envelopefs.conf");
     let orig = fs::read(&conf).unwrap();
     // Offsets: magic 8, version 2, features 4, volume id 16 → cipher at 30, extent shift at 31.
-    for (offset, value) in [
-        (30usize, 2u8),
-        (31, 17),
-        (14, orig[14] ^ 1),
-        (40, orig[40] ^ 1),
-    ] {
+    for (offset, value) in [(30usize, 2u8), (31, 17), (14, orig[14] ^ 1), (40, orig[40] ^ 1)] {
         let mut b = orig.clone();
         b[offset] = value;
         fs::write(&conf, &b).unwrap();
-        assert_integrity(
-            Volume::open(&dir, &pass()),
-            &format!("header byte {offset}"),
-        );
+        assert_integrity(Volume::open(&dir, &pass()), &format!("header byte {offset}"));
     }
     // The wrapped KEK (its last byte is just before the 2-byte length of the name key).
     let mut b = orig.clone();
@@ -229,17 +194,11 @@ fn renamed_backing_entries_do_not_decrypt() {
     let (_tmp, dir, vol) = new_volume(CipherKind::Aes256GcmSiv, 16);
     vol.mkdir(Path::new("d1"), 0o700).unwrap();
     vol.mkdir(Path::new("d2"), 0o700).unwrap();
-    vol.create(Path::new("d1/x"), 0o600)
-        .unwrap()
-        .close()
-        .unwrap();
+    vol.create(Path::new("d1/x"), 0o600).unwrap().close().unwrap();
     // Move the encrypted entry into another directory under the same encrypted name.
     let from = vol.backing_path(Path::new("d1/x")).unwrap();
     let d2 = vol.backing_path(Path::new("d2")).unwrap();
     fs::rename(&from, d2.join(from.file_name().unwrap())).unwrap();
-    assert_integrity(
-        vol.readdir(Path::new("d2")),
-        "name moved between directories",
-    );
+    assert_integrity(vol.readdir(Path::new("d2")), "name moved between directories");
     drop(dir);
 }

@@ -101,11 +101,10 @@ impl DataCipher {
                 let nonce = Nonce::try_from(&slot[..GCM_SIV_NONCE]).expect("12-byte nonce");
                 let tag = Tag::try_from(&slot[GCM_SIV_NONCE + BLOCK_SIZE..]).expect("16-byte tag");
                 plain.copy_from_slice(&slot[GCM_SIV_NONCE..GCM_SIV_NONCE + BLOCK_SIZE]);
-                aead.decrypt_inout_detached(&nonce, &aad.encode(), plain.into(), &tag)
-                    .map_err(|_| {
-                        plain.fill(0);
-                        AuthError
-                    })
+                aead.decrypt_inout_detached(&nonce, &aad.encode(), plain.into(), &tag).map_err(|_| {
+                    plain.fill(0);
+                    AuthError
+                })
             }
             DataCipher::Xts(xts) => {
                 plain.copy_from_slice(slot);
@@ -135,10 +134,7 @@ impl XtsAes256 {
         let (k1, k2) = key.expose().split_at(32);
         let k1: &[u8; 32] = k1.try_into().expect("split_at(32) of 64 bytes");
         let k2: &[u8; 32] = k2.try_into().expect("split_at(32) of 64 bytes");
-        XtsAes256 {
-            data: Aes256::new(k1.into()),
-            tweak: Aes256::new(k2.into()),
-        }
+        XtsAes256 { data: Aes256::new(k1.into()), tweak: Aes256::new(k2.into()) }
     }
 
     /// Encrypts one data unit in place; `index` is the data unit sequence number.
@@ -154,10 +150,7 @@ impl XtsAes256 {
     /// GF(2^128) (little-endian, reduction polynomial x^128 + x^7 + x^2 + x + 1).
     fn process(&self, unit: &mut [u8], index: u128, cipher: impl Fn(&mut [aes::Block])) {
         let (blocks, rest) = aes::Block::slice_as_chunks_mut(unit);
-        assert!(
-            rest.is_empty() && !blocks.is_empty(),
-            "XTS units are whole AES blocks"
-        );
+        assert!(rest.is_empty() && !blocks.is_empty(), "XTS units are whole AES blocks");
         let mut t = aes::Block::from(index.to_le_bytes());
         self.tweak.encrypt_block(&mut t);
         let mut tweak = u128::from_le_bytes(t.0);
@@ -181,11 +174,7 @@ mod tests {
     use super::*;
 
     fn aad(i: u64) -> BlockAad {
-        BlockAad {
-            volume_id: [1; 16],
-            file_id: [2; 16],
-            block_index: i,
-        }
+        BlockAad { volume_id: [1; 16], file_id: [2; 16], block_index: i }
     }
 
     #[test]
@@ -198,10 +187,7 @@ mod tests {
         c.open(&aad(7), &slot, &mut out).unwrap();
         assert_eq!(out, plain);
         assert_eq!(c.open(&aad(8), &slot, &mut out), Err(AuthError));
-        assert!(
-            out.iter().all(|&b| b == 0),
-            "failed open must not leak plaintext"
-        );
+        assert!(out.iter().all(|&b| b == 0), "failed open must not leak plaintext");
         let mut other_file = aad(7);
         other_file.file_id = [3; 16];
         assert_eq!(c.open(&other_file, &slot, &mut out), Err(AuthError));
@@ -216,8 +202,7 @@ mod tests {
     fn xts_matches_the_xts_mode_crate() {
         use xts_mode::{get_tweak_default, Xts128};
         for seed in 0u8..20 {
-            let key_bytes: [u8; 64] =
-                std::array::from_fn(|i| (i as u8).wrapping_mul(seed).wrapping_add(seed));
+            let key_bytes: [u8; 64] = std::array::from_fn(|i| (i as u8).wrapping_mul(seed).wrapping_add(seed));
             let ours = XtsAes256::new(&Key512::from_bytes(&key_bytes));
             let (k1, k2) = key_bytes.split_at(32);
             let k1: &[u8; 32] = k1.try_into().unwrap();

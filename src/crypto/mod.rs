@@ -10,9 +10,7 @@ mod key;
 mod names;
 mod wrap;
 
-pub use block::{
-    BlockAad, DataCipher, XtsAes256, BLOCK_SIZE, GCM_SIV_NONCE, GCM_SIV_OVERHEAD, GCM_SIV_TAG,
-};
+pub use block::{BlockAad, DataCipher, XtsAes256, BLOCK_SIZE, GCM_SIV_NONCE, GCM_SIV_OVERHEAD, GCM_SIV_TAG};
 pub use key::{Key256, Key512, SecretKey};
 pub use names::{NameCipher, NamePurpose};
 pub use wrap::KeyWrapper;

@@ -18,8 +18,10 @@ pub enum NamePurpose {
     Entry = 1,
     /// A symlink target (randomized; context = zero, so a link can move between directories).
     SymlinkTarget = 2,
-    /// An extended attribute name; context = the file id.
+    /// An extended attribute name; context = the file or directory id.
     XattrName = 3,
+    /// An extended attribute value (randomized); context = a hash of object id and name.
+    XattrValue = 4,
 }
 
 /// The name key, ready to use.
@@ -45,32 +47,18 @@ impl NameCipher {
         out.extend_from_slice(name);
         let tag = self
             .0
-            .encrypt_inout_detached(
-                &Nonce::default(),
-                &Self::aad(purpose, context),
-                (&mut out[..]).into(),
-            )
+            .encrypt_inout_detached(&Nonce::default(), &Self::aad(purpose, context), (&mut out[..]).into())
             .expect("names are far below GCM-SIV limits");
         out.extend_from_slice(&tag);
         out
     }
 
-    pub fn decrypt(
-        &self,
-        purpose: NamePurpose,
-        context: &[u8; 16],
-        sealed: &[u8],
-    ) -> Result<Vec<u8>, AuthError> {
+    pub fn decrypt(&self, purpose: NamePurpose, context: &[u8; 16], sealed: &[u8]) -> Result<Vec<u8>, AuthError> {
         let body_len = sealed.len().checked_sub(GCM_SIV_TAG).ok_or(AuthError)?;
         let tag = Tag::try_from(&sealed[body_len..]).map_err(|_| AuthError)?;
         let mut out = sealed[..body_len].to_vec();
         self.0
-            .decrypt_inout_detached(
-                &Nonce::default(),
-                &Self::aad(purpose, context),
-                (&mut out[..]).into(),
-                &tag,
-            )
+            .decrypt_inout_detached(&Nonce::default(), &Self::aad(purpose, context), (&mut out[..]).into(), &tag)
             .map_err(|_| AuthError)?;
         Ok(out)
     }
@@ -86,22 +74,13 @@ impl NameCipher {
         out.extend_from_slice(bytes);
         let tag = self
             .0
-            .encrypt_inout_detached(
-                &Nonce::from(nonce),
-                &Self::aad(purpose, context),
-                (&mut out[12..]).into(),
-            )
+            .encrypt_inout_detached(&Nonce::from(nonce), &Self::aad(purpose, context), (&mut out[12..]).into())
             .expect("short strings are far below GCM-SIV limits");
         out.extend_from_slice(&tag);
         out
     }
 
-    pub fn open_random(
-        &self,
-        purpose: NamePurpose,
-        context: &[u8; 16],
-        sealed: &[u8],
-    ) -> Result<Vec<u8>, AuthError> {
+    pub fn open_random(&self, purpose: NamePurpose, context: &[u8; 16], sealed: &[u8]) -> Result<Vec<u8>, AuthError> {
         if sealed.len() < 12 + GCM_SIV_TAG {
             return Err(AuthError);
         }
@@ -110,12 +89,7 @@ impl NameCipher {
         let tag = Tag::try_from(&sealed[body_len..]).map_err(|_| AuthError)?;
         let mut out = sealed[12..body_len].to_vec();
         self.0
-            .decrypt_inout_detached(
-                &nonce,
-                &Self::aad(purpose, context),
-                (&mut out[..]).into(),
-                &tag,
-            )
+            .decrypt_inout_detached(&nonce, &Self::aad(purpose, context), (&mut out[..]).into(), &tag)
             .map_err(|_| AuthError)?;
         Ok(out)
     }
@@ -131,14 +105,8 @@ mod tests {
         let a = c.encrypt(NamePurpose::Entry, &[1; 16], b"secret.txt");
         assert_eq!(a, c.encrypt(NamePurpose::Entry, &[1; 16], b"secret.txt"));
         assert_ne!(a, c.encrypt(NamePurpose::Entry, &[2; 16], b"secret.txt"));
-        assert_ne!(
-            a,
-            c.encrypt(NamePurpose::SymlinkTarget, &[1; 16], b"secret.txt")
-        );
-        assert_eq!(
-            c.decrypt(NamePurpose::Entry, &[1; 16], &a).unwrap(),
-            b"secret.txt"
-        );
+        assert_ne!(a, c.encrypt(NamePurpose::SymlinkTarget, &[1; 16], b"secret.txt"));
+        assert_eq!(c.decrypt(NamePurpose::Entry, &[1; 16], &a).unwrap(), b"secret.txt");
         assert!(c.decrypt(NamePurpose::Entry, &[2; 16], &a).is_err());
         assert!(c.decrypt(NamePurpose::Entry, &[1; 16], &a[..10]).is_err());
     }

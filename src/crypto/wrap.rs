@@ -38,11 +38,7 @@ impl KeyWrapper {
         out[GCM_SIV_NONCE..GCM_SIV_NONCE + N].copy_from_slice(key.expose());
         let tag = self
             .0
-            .encrypt_inout_detached(
-                &Nonce::from(*nonce),
-                aad,
-                (&mut out[GCM_SIV_NONCE..GCM_SIV_NONCE + N]).into(),
-            )
+            .encrypt_inout_detached(&Nonce::from(*nonce), aad, (&mut out[GCM_SIV_NONCE..GCM_SIV_NONCE + N]).into())
             .expect("key-sized plaintext is within GCM-SIV limits");
         out[GCM_SIV_NONCE + N..].copy_from_slice(&tag);
         out
@@ -50,11 +46,7 @@ impl KeyWrapper {
 
     /// Unwraps an `N`-byte key; a blob of the wrong length, or one that does not authenticate
     /// under this KEK and `aad`, is an [`AuthError`].
-    pub fn unwrap<const N: usize>(
-        &self,
-        wrapped: &[u8],
-        aad: &[u8],
-    ) -> Result<SecretKey<N>, AuthError> {
+    pub fn unwrap<const N: usize>(&self, wrapped: &[u8], aad: &[u8]) -> Result<SecretKey<N>, AuthError> {
         if wrapped.len() != Self::wrapped_len(N) {
             return Err(AuthError);
         }
@@ -62,9 +54,7 @@ impl KeyWrapper {
         let tag = Tag::try_from(&wrapped[GCM_SIV_NONCE + N..]).map_err(|_| AuthError)?;
         SecretKey::from_fill(|buf: &mut [u8; N]| {
             buf.copy_from_slice(&wrapped[GCM_SIV_NONCE..GCM_SIV_NONCE + N]);
-            self.0
-                .decrypt_inout_detached(&nonce, aad, (&mut buf[..]).into(), &tag)
-                .map_err(|_| AuthError)
+            self.0.decrypt_inout_detached(&nonce, aad, (&mut buf[..]).into(), &tag).map_err(|_| AuthError)
         })
     }
 }

@@ -14,15 +14,9 @@ impl<'a> Reader<'a> {
     }
 
     pub fn bytes(&mut self, n: usize, field: &str) -> Result<&'a [u8], DecodeError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.buf.len())
-            .ok_or_else(|| {
-                DecodeError::Corrupt(format!(
-                    "{} truncated at {field} (offset {})",
-                    self.what, self.pos
-                ))
+        let end =
+            self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(|| {
+                DecodeError::Corrupt(format!("{} truncated at {field} (offset {})", self.what, self.pos))
             })?;
         let out = &self.buf[self.pos..end];
         self.pos = end;
@@ -47,12 +41,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A `u16`-length-prefixed byte string whose length must lie in `min..=max`.
-    pub fn var_bytes(
-        &mut self,
-        field: &str,
-        min: usize,
-        max: usize,
-    ) -> Result<&'a [u8], DecodeError> {
+    pub fn var_bytes(&mut self, field: &str, min: usize, max: usize) -> Result<&'a [u8], DecodeError> {
         let len = usize::from(self.u16(field)?);
         if len < min || len > max {
             return Err(self.corrupt(format!("{field} length {len} outside {min}..={max}")));

@@ -22,19 +22,12 @@ pub struct KdfParams {
 
 impl KdfParams {
     /// 64 MiB, 3 passes, 1 lane (~0.2 s on this class of machine).
-    pub const DEFAULT: KdfParams = KdfParams {
-        m_cost_kib: 64 * 1024,
-        t_cost: 3,
-        p_cost: 1,
-    };
+    pub const DEFAULT: KdfParams = KdfParams { m_cost_kib: 64 * 1024, t_cost: 3, p_cost: 1 };
 
     /// Bounds accepted when reading a keystore, so a garbled file cannot ask for terabytes.
     fn check(&self) -> Result<(), String> {
         if !(8..=4 * 1024 * 1024).contains(&self.m_cost_kib) {
-            return Err(format!(
-                "Argon2 memory {} KiB out of range",
-                self.m_cost_kib
-            ));
+            return Err(format!("Argon2 memory {} KiB out of range", self.m_cost_kib));
         }
         if !(1..=64).contains(&self.t_cost) {
             return Err(format!("Argon2 passes {} out of range", self.t_cost));
@@ -82,30 +75,19 @@ impl KeystoreFile {
         }
         let version = r.u16("version")?;
         if version != VERSION {
-            return Err(DecodeError::Unsupported(format!(
-                "keystore version {version}; this build reads {VERSION}"
-            )));
+            return Err(DecodeError::Unsupported(format!("keystore version {version}; this build reads {VERSION}")));
         }
         let kdf_id = r.u8("kdf")?;
         if kdf_id != KDF_ARGON2ID {
             return Err(DecodeError::Unsupported(format!("keystore KDF {kdf_id}")));
         }
-        let kdf = KdfParams {
-            m_cost_kib: r.u32("m_cost")?,
-            t_cost: r.u32("t_cost")?,
-            p_cost: r.u32("p_cost")?,
-        };
+        let kdf = KdfParams { m_cost_kib: r.u32("m_cost")?, t_cost: r.u32("t_cost")?, p_cost: r.u32("p_cost")? };
         kdf.check().map_err(|e| r.corrupt(e))?;
         let salt = r.array("salt")?;
         let key_id = r.array("key id")?;
         let sealed = r.bytes(SEALED_LEN, "sealed root key")?.to_vec();
         r.finish()?;
-        Ok(KeystoreFile {
-            kdf,
-            salt,
-            key_id,
-            sealed,
-        })
+        Ok(KeystoreFile { kdf, salt, key_id, sealed })
     }
 }
 
@@ -115,12 +97,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_truncation() {
-        let k = KeystoreFile {
-            kdf: KdfParams::DEFAULT,
-            salt: [1; 16],
-            key_id: [2; 16],
-            sealed: vec![3; 60],
-        };
+        let k = KeystoreFile { kdf: KdfParams::DEFAULT, salt: [1; 16], key_id: [2; 16], sealed: vec![3; 60] };
         let b = k.encode();
         assert_eq!(KeystoreFile::decode(&b).unwrap(), k);
         for n in 0..b.len() {

@@ -18,10 +18,7 @@ impl Layout {
     /// `slot_size` bytes per stored block; extents of `1 << extent_shift` bytes.
     pub fn new(slot_size: usize, extent_shift: u8) -> Self {
         debug_assert!(extent_shift >= 12);
-        Layout {
-            slot_size: slot_size as u64,
-            blocks_per_extent: (1u64 << extent_shift) / BLOCK,
-        }
+        Layout { slot_size: slot_size as u64, blocks_per_extent: (1u64 << extent_shift) / BLOCK }
     }
 
     pub fn slot_size(&self) -> u64 {
@@ -39,10 +36,7 @@ impl Layout {
 
     /// The extent holding `block`, and the block's index inside it.
     pub fn extent_of(&self, block: u64) -> (u64, usize) {
-        (
-            block / self.blocks_per_extent,
-            (block % self.blocks_per_extent) as usize,
-        )
+        (block / self.blocks_per_extent, (block % self.blocks_per_extent) as usize)
     }
 
     /// First block of extent `extent`.

@@ -39,14 +39,8 @@ impl DecodeError {
     /// Attach the file the bytes came from.
     pub fn at(self, path: &std::path::Path) -> crate::Error {
         match self {
-            DecodeError::Corrupt(reason) => crate::Error::Corrupt {
-                path: path.to_path_buf(),
-                reason,
-            },
-            DecodeError::Unsupported(reason) => crate::Error::Unsupported {
-                path: path.to_path_buf(),
-                reason,
-            },
+            DecodeError::Corrupt(reason) => crate::Error::Corrupt { path: path.to_path_buf(), reason },
+            DecodeError::Unsupported(reason) => crate::Error::Unsupported { path: path.to_path_buf(), reason },
         }
     }
 }

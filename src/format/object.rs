@@ -60,9 +60,7 @@ impl ObjectHeader {
         }
         let flags = r.u16("flags")?;
         if flags != 0 {
-            return Err(DecodeError::Unsupported(format!(
-                "object header flags {flags:#x}"
-            )));
+            return Err(DecodeError::Unsupported(format!("object header flags {flags:#x}")));
         }
         let id = r.array("id")?;
         if r.array::<8>("reserved")? != [0; 8] {
@@ -79,24 +77,15 @@ mod tests {
 
     #[test]
     fn round_trip_and_rejects() {
-        let h = ObjectHeader {
-            kind: ObjectKind::File,
-            id: [7; 16],
-        };
+        let h = ObjectHeader { kind: ObjectKind::File, id: [7; 16] };
         let b = h.encode();
         assert_eq!(ObjectHeader::decode(&b).unwrap(), h);
         assert!(ObjectHeader::decode(&b[..31]).is_err());
         let mut bad = b;
         bad[5] = 9;
-        assert!(matches!(
-            ObjectHeader::decode(&bad),
-            Err(DecodeError::Unsupported(_))
-        ));
+        assert!(matches!(ObjectHeader::decode(&bad), Err(DecodeError::Unsupported(_))));
         let mut bad = b;
         bad[30] = 1;
-        assert!(matches!(
-            ObjectHeader::decode(&bad),
-            Err(DecodeError::Corrupt(_))
-        ));
+        assert!(matches!(ObjectHeader::decode(&bad), Err(DecodeError::Corrupt(_))));
     }
 }

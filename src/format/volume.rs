@@ -47,9 +47,7 @@ impl CipherKind {
     }
 
     pub fn from_name(s: &str) -> Option<Self> {
-        [CipherKind::Aes256GcmSiv, CipherKind::Aes256Xts]
-            .into_iter()
-            .find(|c| c.name() == s)
+        [CipherKind::Aes256GcmSiv, CipherKind::Aes256Xts].into_iter().find(|c| c.name() == s)
     }
 }
 
@@ -127,37 +125,20 @@ impl VolumeHeader {
         }
         let volume_id = r.array("volume id")?;
         let code = r.u8("cipher")?;
-        let cipher = CipherKind::from_code(code)
-            .ok_or_else(|| r.corrupt(format!("unknown cipher code {code}")))?;
+        let cipher = CipherKind::from_code(code).ok_or_else(|| r.corrupt(format!("unknown cipher code {code}")))?;
         let extent_shift = r.u8("extent shift")?;
         if !Self::valid_extent_shift(extent_shift) {
-            return Err(r.corrupt(format!(
-                "extent shift {extent_shift} outside {EXTENT_SHIFT_MIN}..={EXTENT_SHIFT_MAX}"
-            )));
+            return Err(
+                r.corrupt(format!("extent shift {extent_shift} outside {EXTENT_SHIFT_MIN}..={EXTENT_SHIFT_MAX}"))
+            );
         }
         let kek_id = r.array("KEK id")?;
         let uri = r.var_bytes("KMS URI", 1, KMS_URI_MAX)?;
-        let kms_uri = String::from_utf8(uri.to_vec())
-            .map_err(|_| r.corrupt("KMS URI is not UTF-8".into()))?;
+        let kms_uri = String::from_utf8(uri.to_vec()).map_err(|_| r.corrupt("KMS URI is not UTF-8".into()))?;
         let wrapped_kek = r.var_bytes("wrapped KEK", 1, WRAPPED_KEK_MAX)?.to_vec();
-        let wrapped_name_key = r
-            .var_bytes(
-                "wrapped name key",
-                WRAPPED_NAME_KEY_LEN,
-                WRAPPED_NAME_KEY_LEN,
-            )?
-            .to_vec();
+        let wrapped_name_key = r.var_bytes("wrapped name key", WRAPPED_NAME_KEY_LEN, WRAPPED_NAME_KEY_LEN)?.to_vec();
         r.finish()?;
-        Ok(VolumeHeader {
-            features,
-            volume_id,
-            cipher,
-            extent_shift,
-            kek_id,
-            kms_uri,
-            wrapped_kek,
-            wrapped_name_key,
-        })
+        Ok(VolumeHeader { features, volume_id, cipher, extent_shift, kek_id, kms_uri, wrapped_kek, wrapped_name_key })
     }
 }
 
@@ -192,25 +173,16 @@ mod tests {
         }
         let mut long = bytes.clone();
         long.push(0);
-        assert!(matches!(
-            VolumeHeader::decode(&long),
-            Err(DecodeError::Corrupt(_))
-        ));
+        assert!(matches!(VolumeHeader::decode(&long), Err(DecodeError::Corrupt(_))));
     }
 
     #[test]
     fn newer_version_and_unknown_features_are_unsupported() {
         let mut b = sample().encode();
         b[8] = 2;
-        assert!(matches!(
-            VolumeHeader::decode(&b),
-            Err(DecodeError::Unsupported(_))
-        ));
+        assert!(matches!(VolumeHeader::decode(&b), Err(DecodeError::Unsupported(_))));
         let mut b = sample().encode();
         b[10] = 1;
-        assert!(matches!(
-            VolumeHeader::decode(&b),
-            Err(DecodeError::Unsupported(_))
-        ));
+        assert!(matches!(VolumeHeader::decode(&b), Err(DecodeError::Unsupported(_))));
     }
 }

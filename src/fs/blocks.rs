@@ -29,22 +29,12 @@ pub(super) fn open_run(
                 Ok(())
             }
             Some(c) => c
-                .open(
-                    &BlockAad {
-                        block_index: block,
-                        ..aad
-                    },
-                    &slots[i * slot_size..(i + 1) * slot_size],
-                    out,
-                )
+                .open(&BlockAad { block_index: block, ..aad }, &slots[i * slot_size..(i + 1) * slot_size], out)
                 .map_err(|_| block),
         }
     };
     if keys.len() >= PARALLEL_MIN_BLOCKS {
-        plain
-            .par_chunks_mut(BLOCK_SIZE)
-            .enumerate()
-            .try_for_each(work)
+        plain.par_chunks_mut(BLOCK_SIZE).enumerate().try_for_each(work)
     } else {
         plain.chunks_mut(BLOCK_SIZE).enumerate().try_for_each(work)
     }
@@ -61,14 +51,10 @@ pub(super) fn seal_run(
     slot_size: usize,
 ) {
     let work = |(i, out): (usize, &mut [u8])| {
-        let nonce: &[u8; GCM_SIV_NONCE] = nonces[i * GCM_SIV_NONCE..(i + 1) * GCM_SIV_NONCE]
-            .try_into()
-            .expect("12-byte nonce chunk");
+        let nonce: &[u8; GCM_SIV_NONCE] =
+            nonces[i * GCM_SIV_NONCE..(i + 1) * GCM_SIV_NONCE].try_into().expect("12-byte nonce chunk");
         keys[i].seal(
-            &BlockAad {
-                block_index: first + i as u64,
-                ..aad
-            },
+            &BlockAad { block_index: first + i as u64, ..aad },
             nonce,
             &plain[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE],
             out,

@@ -55,67 +55,27 @@ impl FileState {
     /// Builds the state of file `id` from its store record. A file without a record is an
     /// empty file that has never been flushed — unless its data file holds blocks, which
     /// means the record was lost.
-    pub(super) fn load(
-        core: Arc<Core>,
-        id: FileId,
-        data: Box<dyn DataFile>,
-        name: PathBuf,
-    ) -> Result<FileState> {
+    pub(super) fn load(core: Arc<Core>, id: FileId, data: Box<dyn DataFile>, name: PathBuf) -> Result<FileState> {
         let layout = core.layout;
         let (size, extents) = match core.store.load(&id)? {
             Some((FileRecord { size, .. }, recs)) => (size, recs),
             None => {
-                let len = data
-                    .size()
-                    .map_err(|e| Error::io(&name, "stat data file", e))?;
+                let len = data.size().map_err(|e| Error::io(&name, "stat data file", e))?;
                 if len > layout.physical_len(0) {
-                    return Err(Error::integrity(
-                        &name,
-                        "the metadata store has no record of this file's keys",
-                    ));
+                    return Err(Error::integrity(&name, "the metadata store has no record of this file's keys"));
                 }
                 (0, Vec::new())
             }
         };
         let mut map = BTreeMap::new();
-        for ExtentRecord {
-            index,
-            kek_id,
-            wrapped,
-            written,
-        } in extents
-        {
-            let written =
-                WrittenBits::from_bytes(written, layout.blocks_per_extent()).ok_or_else(|| {
-                    Error::corrupt(
-                        core.store.path(),
-                        format!("{}: extent {index} bitmap size", name.display()),
-                    )
-                })?;
-            map.insert(
-                index,
-                Extent {
-                    kek_id,
-                    wrapped,
-                    written,
-                    dirty: false,
-                },
-            );
+        for ExtentRecord { index, kek_id, wrapped, written } in extents {
+            let written = WrittenBits::from_bytes(written, layout.blocks_per_extent()).ok_or_else(|| {
+                Error::corrupt(core.store.path(), format!("{}: extent {index} bitmap size", name.display()))
+            })?;
+            map.insert(index, Extent { kek_id, wrapped, written, dirty: false });
         }
-        let inner = Inner {
-            size,
-            extents: map,
-            meta_dirty: false,
-            data_dirty: false,
-            unlinked: false,
-        };
-        Ok(FileState {
-            id,
-            core,
-            data,
-            name: RwLock::new(name),
-            inner: RwLock::new(inner),
-        })
+        let inner = Inner { size, extents: map, meta_dirty: false, data_dirty: false, unlinked: false };
+        Ok(FileState { id, core, data, name: RwLock::new(name), inner: RwLock::new(inner) })
     }
 
     pub(super) fn size(&self) -> u64 {
@@ -149,11 +109,7 @@ impl FileState {
     }
 
     fn aad(&self) -> BlockAad {
-        BlockAad {
-            volume_id: *self.core.keys.volume_id(),
-            file_id: self.id,
-            block_index: 0,
-        }
+        BlockAad { volume_id: *self.core.keys.volume_id(), file_id: self.id, block_index: 0 }
     }
 
     pub(super) fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
@@ -184,10 +140,7 @@ impl FileState {
         let mut slots = vec![0u8; n * slot];
         let got = self
             .data
-            .read_at(
-                &mut slots[..(last_written + 1) * slot],
-                layout.slot_offset(first),
-            )
+            .read_at(&mut slots[..(last_written + 1) * slot], layout.slot_offset(first))
             .map_err(|e| Error::io(self.name(), "read", e))?;
         if got < (last_written + 1) * slot {
             let missing = first + (got / slot) as u64;
@@ -198,20 +151,12 @@ impl FileState {
         }
         open_run(&keys, self.aad(), first, slot, &slots, plain).map_err(|block| {
             tracing::error!(file = %self.name().display(), block, "block failed authentication");
-            Error::integrity(
-                self.name(),
-                format!("block {block} failed authentication (tampered or corrupt)"),
-            )
+            Error::integrity(self.name(), format!("block {block} failed authentication (tampered or corrupt)"))
         })
     }
 
     /// The cipher of each block in `first..first+n`, `None` for blocks never written.
-    fn ciphers_for_read(
-        &self,
-        inner: &Inner,
-        first: u64,
-        n: usize,
-    ) -> Result<Vec<Option<Arc<DataCipher>>>> {
+    fn ciphers_for_read(&self, inner: &Inner, first: u64, n: usize) -> Result<Vec<Option<Arc<DataCipher>>>> {
         let layout = self.core.layout;
         let mut out = Vec::with_capacity(n);
         let mut current: Option<(u64, Option<Arc<DataCipher>>)> = None;
@@ -231,10 +176,7 @@ impl FileState {
 
     fn unwrap_dek(&self, e: u64, ext: &Extent) -> Result<Arc<DataCipher>> {
         if ext.kek_id != *self.core.keys.kek_id() {
-            return Err(Error::integrity(
-                self.name(),
-                format!("extent {e} is wrapped under an unknown KEK"),
-            ));
+            return Err(Error::integrity(self.name(), format!("extent {e} is wrapped under an unknown KEK")));
         }
         self.core.keys.dek(&self.id, e, &ext.wrapped).map_err(|_| {
             tracing::error!(file = %self.name().display(), extent = e, "wrapped DEK failed to unwrap");
@@ -275,25 +217,14 @@ impl FileState {
         let mut nonces = vec![0u8; n * GCM_SIV_NONCE];
         fill_random(&mut nonces);
         let mut slots = vec![0u8; n * slot];
-        seal_run(
-            &keys,
-            self.aad(),
-            blocks.start,
-            &nonces,
-            &plain,
-            &mut slots,
-            slot,
-        );
+        seal_run(&keys, self.aad(), blocks.start, &nonces, &plain, &mut slots, slot);
         self.data
             .write_all_at(&slots, layout.slot_offset(blocks.start))
             .map_err(|e| Error::io(self.name(), "write", e))?;
 
         for b in blocks.clone() {
             let (e, bit) = layout.extent_of(b);
-            let ext = inner
-                .extents
-                .get_mut(&e)
-                .expect("ciphers_for_write created every extent");
+            let ext = inner.extents.get_mut(&e).expect("ciphers_for_write created every extent");
             if !ext.written.get(bit) {
                 ext.written.set(bit);
                 ext.dirty = true;
@@ -309,12 +240,7 @@ impl FileState {
     }
 
     /// The cipher of each block in `first..first+n`, creating a DEK for extents without one.
-    fn ciphers_for_write(
-        &self,
-        inner: &mut Inner,
-        first: u64,
-        n: usize,
-    ) -> Result<Vec<Arc<DataCipher>>> {
+    fn ciphers_for_write(&self, inner: &mut Inner, first: u64, n: usize) -> Result<Vec<Arc<DataCipher>>> {
         let layout = self.core.layout;
         let mut out = Vec::with_capacity(n);
         let mut current: Option<(u64, Arc<DataCipher>)> = None;
@@ -345,9 +271,7 @@ impl FileState {
 
     pub(super) fn set_len(&self, new_size: u64) -> Result<()> {
         if new_size > i64::MAX as u64 {
-            return Err(Error::InvalidArgument(
-                "size beyond the maximum file size".into(),
-            ));
+            return Err(Error::InvalidArgument("size beyond the maximum file size".into()));
         }
         let mut inner = self.write_inner();
         if new_size >= inner.size {
@@ -364,9 +288,7 @@ impl FileState {
         // grows again: re-seal that block with its tail zeroed.
         let b = new_size / BLOCK;
         let (e, bit) = layout.extent_of(b);
-        if !new_size.is_multiple_of(BLOCK)
-            && inner.extents.get(&e).is_some_and(|x| x.written.get(bit))
-        {
+        if !new_size.is_multiple_of(BLOCK) && inner.extents.get(&e).is_some_and(|x| x.written.get(bit)) {
             let mut block = vec![0u8; BLOCK_SIZE];
             self.load_blocks(&inner, b, &mut block)?;
             block[(new_size % BLOCK) as usize..].fill(0);
@@ -389,16 +311,8 @@ impl FileState {
         inner.meta_dirty = true;
         // Commit the removal before cutting the data, so the store never names a block that
         // is gone.
-        self.commit(
-            &mut inner,
-            &[Change::DropExtentsFrom {
-                file: &self.id,
-                first: keep_extents,
-            }],
-        )?;
-        self.data
-            .set_len(layout.physical_len(keep_blocks))
-            .map_err(|e| Error::io(self.name(), "truncate data file", e))
+        self.commit(&mut inner, &[Change::DropExtentsFrom { file: &self.id, first: keep_extents }])?;
+        self.data.set_len(layout.physical_len(keep_blocks)).map_err(|e| Error::io(self.name(), "truncate data file", e))
     }
 
     /// The first offset >= `offset` in a written block (SEEK_DATA), or ENXIO.
@@ -414,11 +328,7 @@ impl FileState {
     fn seek(&self, offset: u64, data: bool) -> Result<u64> {
         let inner = self.read_inner();
         if offset >= inner.size {
-            return Err(Error::io(
-                self.name(),
-                "lseek",
-                std::io::Error::from_raw_os_error(6),
-            ));
+            return Err(Error::io(self.name(), "lseek", std::io::Error::from_raw_os_error(6)));
         }
         let layout = self.core.layout;
         let written = |b: u64| {
@@ -428,11 +338,7 @@ impl FileState {
         let end = Layout::blocks_for(inner.size);
         match (offset / BLOCK..end).find(|&b| written(b) == data) {
             Some(b) => Ok((b * BLOCK).max(offset).min(inner.size)),
-            None if data => Err(Error::io(
-                self.name(),
-                "lseek",
-                std::io::Error::from_raw_os_error(6),
-            )),
+            None if data => Err(Error::io(self.name(), "lseek", std::io::Error::from_raw_os_error(6))),
             None => Ok(inner.size),
         }
     }
@@ -441,9 +347,7 @@ impl FileState {
     pub(super) fn sync(&self) -> Result<()> {
         let mut inner = self.write_inner();
         if inner.data_dirty && !inner.meta_dirty {
-            self.data
-                .sync_data()
-                .map_err(|e| Error::io(self.name(), "fsync", e))?;
+            self.data.sync_data().map_err(|e| Error::io(self.name(), "fsync", e))?;
             inner.data_dirty = false;
             return Ok(());
         }
@@ -454,9 +358,7 @@ impl FileState {
     pub(super) fn release(&self) -> Result<()> {
         let mut inner = self.write_inner();
         if inner.unlinked {
-            self.core
-                .store
-                .apply(&[Change::DeleteFile { id: &self.id }])?;
+            self.core.store.apply(&[Change::DeleteFile { id: &self.id }])?;
             self.core.keys.forget(&self.id, 0);
             inner.extents.clear();
             inner.meta_dirty = false;
@@ -471,17 +373,11 @@ impl FileState {
             return Ok(());
         }
         if inner.data_dirty {
-            self.data
-                .sync_data()
-                .map_err(|e| Error::io(self.name(), "fsync", e))?;
+            self.data.sync_data().map_err(|e| Error::io(self.name(), "fsync", e))?;
             inner.data_dirty = false;
         }
         let cipher = self.core.cipher_code;
-        let mut changes = vec![Change::PutFile {
-            id: &self.id,
-            size: inner.size,
-            cipher,
-        }];
+        let mut changes = vec![Change::PutFile { id: &self.id, size: inner.size, cipher }];
         changes.extend_from_slice(extra);
         for (&index, ext) in inner.extents.iter().filter(|(_, x)| x.dirty) {
             changes.push(Change::PutExtent {
@@ -513,10 +409,7 @@ pub struct FileHandle {
 
 impl std::fmt::Debug for FileHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileHandle")
-            .field("name", &self.state.name())
-            .field("writable", &self.writable)
-            .finish()
+        f.debug_struct("FileHandle").field("name", &self.state.name()).field("writable", &self.writable).finish()
     }
 }
 
@@ -574,11 +467,7 @@ impl FileHandle {
         if self.writable {
             Ok(())
         } else {
-            Err(Error::io(
-                self.state.name(),
-                "write",
-                std::io::Error::from_raw_os_error(9),
-            ))
+            Err(Error::io(self.state.name(), "write", std::io::Error::from_raw_os_error(9)))
         }
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use super::meta::{Attr, RenameMode, SetTime, StatFs};
 use super::volume::{EntryKind, Volume};
-use super::FileHandle;
+use super::{FileHandle, XattrMode};
 use crate::{Error, Result};
 
 pub const ROOT_INO: u64 = 1;
@@ -54,9 +54,7 @@ pub struct InodeFs {
 
 impl std::fmt::Debug for InodeFs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InodeFs")
-            .field("volume", &self.vol)
-            .finish_non_exhaustive()
+        f.debug_struct("InodeFs").field("volume", &self.vol).finish_non_exhaustive()
     }
 }
 
@@ -65,13 +63,7 @@ impl InodeFs {
     pub fn new(vol: Volume, read_only: bool, chown_new: bool) -> Result<Self> {
         let root = vol.getattr(Path::new(""))?;
         let mut nodes = HashMap::new();
-        nodes.insert(
-            ROOT_INO,
-            Node {
-                path: PathBuf::new(),
-                lookups: 1,
-            },
-        );
+        nodes.insert(ROOT_INO, Node { path: PathBuf::new(), lookups: 1 });
         Ok(InodeFs {
             vol,
             root_backing_ino: root.ino,
@@ -107,10 +99,7 @@ impl InodeFs {
             return attr;
         }
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
-        let node = nodes.entry(attr.ino).or_insert(Node {
-            path: PathBuf::new(),
-            lookups: 0,
-        });
+        let node = nodes.entry(attr.ino).or_insert(Node { path: PathBuf::new(), lookups: 0 });
         node.path = path;
         node.lookups += 1;
         attr
@@ -124,11 +113,7 @@ impl InodeFs {
 
     fn writable(&self) -> Result<()> {
         if self.read_only {
-            Err(Error::io(
-                "",
-                "write",
-                std::io::Error::from_raw_os_error(30),
-            ))
+            Err(Error::io("", "write", std::io::Error::from_raw_os_error(30)))
         } else {
             Ok(())
         }
@@ -191,14 +176,7 @@ impl InodeFs {
         self.vol.readlink(&self.path(ino)?)
     }
 
-    pub fn mknod(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        mode: u32,
-        rdev: u64,
-        caller: Caller,
-    ) -> Result<Attr> {
+    pub fn mknod(&self, parent: u64, name: &OsStr, mode: u32, rdev: u64, caller: Caller) -> Result<Attr> {
         self.writable()?;
         let path = self.child(parent, name)?;
         if mode & 0o170000 == 0o100000 {
@@ -230,13 +208,7 @@ impl InodeFs {
         self.vol.rmdir(&self.child(parent, name)?)
     }
 
-    pub fn symlink(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        target: &Path,
-        caller: Caller,
-    ) -> Result<Attr> {
+    pub fn symlink(&self, parent: u64, name: &OsStr, target: &Path, caller: Caller) -> Result<Attr> {
         self.writable()?;
         let path = self.child(parent, name)?;
         self.vol.symlink(&path, target.as_os_str())?;
@@ -244,14 +216,7 @@ impl InodeFs {
         self.lookup(parent, name)
     }
 
-    pub fn rename(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        new_parent: u64,
-        new_name: &OsStr,
-        mode: RenameMode,
-    ) -> Result<()> {
+    pub fn rename(&self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr, mode: RenameMode) -> Result<()> {
         self.writable()?;
         let (from, to) = (self.child(parent, name)?, self.child(new_parent, new_name)?);
         self.vol.rename_with(&from, &to, mode)?;
@@ -259,9 +224,7 @@ impl InodeFs {
         let swap = |p: &Path, a: &Path, b: &Path| p.strip_prefix(a).ok().map(|rest| b.join(rest));
         for node in nodes.values_mut() {
             let moved = match mode {
-                RenameMode::Exchange => {
-                    swap(&node.path, &from, &to).or_else(|| swap(&node.path, &to, &from))
-                }
+                RenameMode::Exchange => swap(&node.path, &from, &to).or_else(|| swap(&node.path, &to, &from)),
                 _ => swap(&node.path, &from, &to),
             };
             if let Some(p) = moved {
@@ -286,13 +249,7 @@ impl InodeFs {
         Ok(self.add_handle(h))
     }
 
-    pub fn create(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        mode: u32,
-        caller: Caller,
-    ) -> Result<(Attr, u64)> {
+    pub fn create(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Result<(Attr, u64)> {
         self.writable()?;
         let path = self.child(parent, name)?;
         let h = self.vol.create(&path, mode & 0o7777)?;
@@ -303,10 +260,7 @@ impl InodeFs {
 
     fn add_handle(&self, h: FileHandle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, Arc::new(h));
+        self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, Arc::new(h));
         fh
     }
 
@@ -337,11 +291,7 @@ impl InodeFs {
 
     /// Closes `fh`; the last handle of a file commits its metadata.
     pub fn release(&self, fh: u64) -> Result<()> {
-        let h = self
-            .handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh);
+        let h = self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh);
         match h.map(Arc::try_unwrap) {
             Some(Ok(h)) => h.close(),
             // A read or write on this handle is still in flight; it closes when that ends.
@@ -353,15 +303,9 @@ impl InodeFs {
         const KEEP_SIZE: i32 = 1;
         let h = self.handle(fh)?;
         if mode & !KEEP_SIZE != 0 {
-            return Err(Error::io(
-                "",
-                "fallocate",
-                std::io::Error::from_raw_os_error(95),
-            ));
+            return Err(Error::io("", "fallocate", std::io::Error::from_raw_os_error(95)));
         }
-        let end = offset
-            .checked_add(len)
-            .ok_or_else(|| Error::InvalidArgument("fallocate range overflows".into()))?;
+        let end = offset.checked_add(len).ok_or_else(|| Error::InvalidArgument("fallocate range overflows".into()))?;
         if mode & KEEP_SIZE == 0 && end > h.len() {
             h.set_len(end)?;
         }
@@ -371,8 +315,7 @@ impl InodeFs {
     /// SEEK_DATA (3) / SEEK_HOLE (4) over written blocks; other whence values as usual.
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
         let h = self.handle(fh)?;
-        let off =
-            u64::try_from(offset).map_err(|_| Error::InvalidArgument("negative offset".into()))?;
+        let off = u64::try_from(offset).map_err(|_| Error::InvalidArgument("negative offset".into()))?;
         match whence {
             3 => h.seek_data(off).map(|o| o as i64),
             4 => h.seek_hole(off).map(|o| o as i64),
@@ -383,10 +326,8 @@ impl InodeFs {
     /// Entries of directory `ino` with their inode numbers ("." and ".." first).
     pub fn readdir(&self, ino: u64) -> Result<Vec<(u64, EntryKind, OsString)>> {
         let path = self.path(ino)?;
-        let mut out = vec![
-            (ino, EntryKind::Directory, OsString::from(".")),
-            (ino, EntryKind::Directory, OsString::from("..")),
-        ];
+        let mut out =
+            vec![(ino, EntryKind::Directory, OsString::from(".")), (ino, EntryKind::Directory, OsString::from(".."))];
         for e in self.vol.readdir(&path)? {
             let ino = self.vol.getattr(&path.join(&e.name)).map(|mut a| {
                 self.fuse_ino(&mut a);
@@ -397,18 +338,37 @@ impl InodeFs {
         Ok(out)
     }
 
+    pub fn set_xattr(&self, ino: u64, name: &OsStr, value: &[u8], mode: XattrMode) -> Result<()> {
+        self.writable()?;
+        self.vol.set_xattr(&self.path(ino)?, name, value, mode)
+    }
+
+    pub fn get_xattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+        self.vol.get_xattr(&self.path(ino)?, name)
+    }
+
+    /// The names, each followed by a NUL byte (the listxattr(2) layout).
+    pub fn list_xattrs(&self, ino: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for n in self.vol.list_xattrs(&self.path(ino)?)? {
+            out.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(n.as_os_str()));
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn remove_xattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        self.writable()?;
+        self.vol.remove_xattr(&self.path(ino)?, name)
+    }
+
     pub fn statfs(&self) -> Result<StatFs> {
         self.vol.statfs()
     }
 
     /// Commits everything pending (unmount).
     pub fn sync_all(&self) -> Result<()> {
-        let handles: Vec<_> = self
-            .handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
+        let handles: Vec<_> = self.handles.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
         for (_, h) in handles {
             if let Ok(h) = Arc::try_unwrap(h) {
                 h.close()?;

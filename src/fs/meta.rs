@@ -157,12 +157,7 @@ impl Volume {
     }
 
     /// utimensat; `None` leaves that time unchanged.
-    pub fn set_times(
-        &self,
-        path: &Path,
-        atime: Option<SetTime>,
-        mtime: Option<SetTime>,
-    ) -> Result<()> {
+    pub fn set_times(&self, path: &Path, atime: Option<SetTime>, mtime: Option<SetTime>) -> Result<()> {
         let backing = self.backing_or_root(path)?;
         let spec = |t: Option<SetTime>| match t {
             None => TimeSpec::UTIME_OMIT,
@@ -172,14 +167,8 @@ impl Volume {
                 TimeSpec::new(d.as_secs() as i64, i64::from(d.subsec_nanos()))
             }
         };
-        utimensat(
-            AT_FDCWD,
-            &backing,
-            &spec(atime),
-            &spec(mtime),
-            UtimensatFlags::NoFollowSymlink,
-        )
-        .map_err(|e| errno(path, "utimensat", e))
+        utimensat(AT_FDCWD, &backing, &spec(atime), &spec(mtime), UtimensatFlags::NoFollowSymlink)
+            .map_err(|e| errno(path, "utimensat", e))
     }
 
     /// Truncates or extends the file at `path`.
@@ -196,11 +185,7 @@ impl Volume {
         if target.len() > SYMLINK_MAX {
             return Err(Error::NameTooLong(path.into()));
         }
-        let sealed = self.keys().names().seal_random(
-            NamePurpose::SymlinkTarget,
-            &[0; 16],
-            target.as_bytes(),
-        );
+        let sealed = self.keys().names().seal_random(NamePurpose::SymlinkTarget, &[0; 16], target.as_bytes());
         let r = self.resolve_new(path)?;
         std::os::unix::fs::symlink(URL_SAFE_NO_PAD.encode(sealed), &r).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => Error::Exists(path.into()),
@@ -216,14 +201,9 @@ impl Volume {
             _ => Error::NotFound(path.into()),
         })?;
         let bad = || Error::integrity(path, "symlink target does not authenticate");
-        let sealed = URL_SAFE_NO_PAD
-            .decode(stored.as_os_str().as_bytes())
-            .map_err(|_| bad())?;
-        let plain = self
-            .keys()
-            .names()
-            .open_random(NamePurpose::SymlinkTarget, &[0; 16], &sealed)
-            .map_err(|_| bad())?;
+        let sealed = URL_SAFE_NO_PAD.decode(stored.as_os_str().as_bytes()).map_err(|_| bad())?;
+        let plain =
+            self.keys().names().open_random(NamePurpose::SymlinkTarget, &[0; 16], &sealed).map_err(|_| bad())?;
         Ok(std::ffi::OsString::from_vec(plain))
     }
 
@@ -240,10 +220,7 @@ impl Volume {
     /// A new hard link `new` to the file at `existing` (they share the file id and keys).
     pub fn link(&self, existing: &Path, new: &Path) -> Result<()> {
         let from = self.backing_path(existing)?;
-        if fs::symlink_metadata(&from)
-            .map_err(|_| Error::NotFound(existing.into()))?
-            .is_dir()
-        {
+        if fs::symlink_metadata(&from).map_err(|_| Error::NotFound(existing.into()))?.is_dir() {
             return Err(Error::IsDir(existing.into()));
         }
         let to = self.resolve_new(new)?;
@@ -268,11 +245,7 @@ impl Volume {
                     renameat2(AT_FDCWD, &bf, AT_FDCWD, &bt, flags).map_err(|e| match e {
                         nix::Error::EEXIST => Error::Exists(to.into()),
                         nix::Error::ENOENT => {
-                            Error::NotFound(if fs::symlink_metadata(&bf).is_err() {
-                                from.into()
-                            } else {
-                                to.into()
-                            })
+                            Error::NotFound(if fs::symlink_metadata(&bf).is_err() { from.into() } else { to.into() })
                         }
                         e => errno(from, "rename", e),
                     })
@@ -282,8 +255,7 @@ impl Volume {
     }
 
     pub fn statfs(&self) -> Result<StatFs> {
-        let s = nix::sys::statvfs::statvfs(self.data_dir())
-            .map_err(|e| errno(self.data_dir(), "statvfs", e))?;
+        let s = nix::sys::statvfs::statvfs(self.data_dir()).map_err(|e| errno(self.data_dir(), "statvfs", e))?;
         Ok(StatFs {
             blocks: s.blocks(),
             bfree: s.blocks_free(),

@@ -14,11 +14,11 @@ mod inode_fs;
 mod meta;
 mod names;
 mod volume;
+mod xattr;
 
 pub use backend::DataFile;
 pub use file::FileHandle;
 pub use inode_fs::{Caller, InodeFs, SetAttr, ROOT_INO};
 pub use meta::{Attr, RenameMode, SetTime, StatFs};
-pub use volume::{
-    DirEntry, EntryKind, InitOptions, Stat, Volume, VolumeInfo, DATA_DIR, HEADER_FILE, STORE_FILE,
-};
+pub use volume::{DirEntry, EntryKind, InitOptions, Stat, Volume, VolumeInfo, DATA_DIR, HEADER_FILE, STORE_FILE};
+pub use xattr::XattrMode;

@@ -36,15 +36,8 @@ pub(super) struct Encoded {
 
 pub(super) fn encode(names: &NameCipher, dir_id: &[u8; 16], name: &OsStr) -> Result<Encoded> {
     let bytes = name.as_bytes();
-    if bytes.is_empty()
-        || bytes == b"."
-        || bytes == b".."
-        || bytes.contains(&b'/')
-        || bytes.contains(&0)
-    {
-        return Err(Error::InvalidArgument(format!(
-            "invalid file name {name:?}"
-        )));
+    if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') || bytes.contains(&0) {
+        return Err(Error::InvalidArgument(format!("invalid file name {name:?}")));
     }
     if bytes.len() > NAME_MAX {
         return Err(Error::NameTooLong(name.into()));
@@ -52,18 +45,12 @@ pub(super) fn encode(names: &NameCipher, dir_id: &[u8; 16], name: &OsStr) -> Res
     let sealed = names.encrypt(NamePurpose::Entry, dir_id, bytes);
     let text = URL_SAFE_NO_PAD.encode(&sealed);
     if text.len() <= BACKING_NAME_MAX {
-        return Ok(Encoded {
-            backing: text.into(),
-            long: None,
-        });
+        return Ok(Encoded { backing: text.into(), long: None });
     }
     let hash = Sha256::digest(&sealed).to_vec();
     let mut backing = vec![LONG_PREFIX];
     backing.extend_from_slice(URL_SAFE_NO_PAD.encode(&hash).as_bytes());
-    Ok(Encoded {
-        backing: OsString::from_vec(backing),
-        long: Some((hash, sealed)),
-    })
+    Ok(Encoded { backing: OsString::from_vec(backing), long: Some((hash, sealed)) })
 }
 
 /// The plaintext name of backing entry `backing` in directory `dir_id`; `None` for entries
@@ -80,31 +67,19 @@ pub(super) fn decode(
         return Ok(None);
     }
     let sealed = if b.first() == Some(&LONG_PREFIX) {
-        let hash = URL_SAFE_NO_PAD
-            .decode(&b[1..])
-            .map_err(|_| bad_name(dir, backing))?;
-        store.long_name(dir_id, &hash)?.ok_or_else(|| {
-            Error::integrity(
-                dir.join(backing),
-                "long name has no record in the metadata store",
-            )
-        })?
+        let hash = URL_SAFE_NO_PAD.decode(&b[1..]).map_err(|_| bad_name(dir, backing))?;
+        store
+            .long_name(dir_id, &hash)?
+            .ok_or_else(|| Error::integrity(dir.join(backing), "long name has no record in the metadata store"))?
     } else {
-        URL_SAFE_NO_PAD
-            .decode(b)
-            .map_err(|_| bad_name(dir, backing))?
+        URL_SAFE_NO_PAD.decode(b).map_err(|_| bad_name(dir, backing))?
     };
-    let plain = names
-        .decrypt(NamePurpose::Entry, dir_id, &sealed)
-        .map_err(|_| bad_name(dir, backing))?;
+    let plain = names.decrypt(NamePurpose::Entry, dir_id, &sealed).map_err(|_| bad_name(dir, backing))?;
     Ok(Some(OsString::from_vec(plain)))
 }
 
 fn bad_name(dir: &Path, backing: &OsStr) -> Error {
-    Error::integrity(
-        dir.join(backing),
-        "encrypted name does not authenticate (renamed or tampered)",
-    )
+    Error::integrity(dir.join(backing), "encrypted name does not authenticate (renamed or tampered)")
 }
 
 /// Reads the id of backing directory `dir`.
@@ -116,10 +91,7 @@ pub(super) fn read_dir_id(dir: &Path) -> Result<[u8; 16]> {
         _ => Error::io(&path, "read", e),
     })?;
     match ObjectHeader::decode(&bytes).map_err(|e| e.at(&path))? {
-        ObjectHeader {
-            kind: ObjectKind::Directory,
-            id,
-        } => Ok(id),
+        ObjectHeader { kind: ObjectKind::Directory, id } => Ok(id),
         _ => Err(Error::corrupt(&path, "not a directory id")),
     }
 }
@@ -127,11 +99,7 @@ pub(super) fn read_dir_id(dir: &Path) -> Result<[u8; 16]> {
 /// Writes a fresh `.dirid` into the (new, empty) backing directory `dir`.
 pub(super) fn write_dir_id(dir: &Path, id: [u8; 16]) -> Result<()> {
     let path = dir.join(DIRID_FILE);
-    let header = ObjectHeader {
-        kind: ObjectKind::Directory,
-        id,
-    }
-    .encode();
+    let header = ObjectHeader { kind: ObjectKind::Directory, id }.encode();
     std::fs::write(&path, header).map_err(|e| Error::io(&path, "write", e))
 }
 
@@ -148,41 +116,16 @@ mod tests {
         let id = [5u8; 16];
         let e = encode(&names, &id, OsStr::new("hello.txt")).unwrap();
         assert!(e.long.is_none());
-        assert_eq!(
-            decode(&names, &store, &id, &e.backing, dir.path())
-                .unwrap()
-                .unwrap(),
-            "hello.txt"
-        );
+        assert_eq!(decode(&names, &store, &id, &e.backing, dir.path()).unwrap().unwrap(), "hello.txt");
         let long = "x".repeat(255);
         let e = encode(&names, &id, OsStr::new(&long)).unwrap();
         let (hash, sealed) = e.long.clone().unwrap();
         assert!(e.backing.len() <= 255);
-        store
-            .apply(&[crate::store::Change::PutLongName {
-                dir: &id,
-                hash: &hash,
-                name: &sealed,
-            }])
-            .unwrap();
-        assert_eq!(
-            decode(&names, &store, &id, &e.backing, dir.path())
-                .unwrap()
-                .unwrap(),
-            OsString::from(long)
-        );
-        assert!(matches!(
-            encode(&names, &id, OsStr::new(&"y".repeat(256))),
-            Err(Error::NameTooLong(_))
-        ));
+        store.apply(&[crate::store::Change::PutLongName { dir: &id, hash: &hash, name: &sealed }]).unwrap();
+        assert_eq!(decode(&names, &store, &id, &e.backing, dir.path()).unwrap().unwrap(), OsString::from(long));
+        assert!(matches!(encode(&names, &id, OsStr::new(&"y".repeat(256))), Err(Error::NameTooLong(_))));
         assert!(encode(&names, &id, OsStr::new("a/b")).is_err());
-        assert!(decode(
-            &names,
-            &store,
-            &[6; 16],
-            &encode(&names, &id, OsStr::new("a")).unwrap().backing,
-            dir.path()
-        )
-        .is_err());
+        assert!(decode(&names, &store, &[6; 16], &encode(&names, &id, OsStr::new("a")).unwrap().backing, dir.path())
+            .is_err());
     }
 }

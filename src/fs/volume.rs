@@ -17,9 +17,7 @@ use super::meta::kind_of;
 use super::names::{self, Encoded, DIRID_FILE};
 use crate::crypto::{random_array, DataCipher, Key256, Key512};
 use crate::durable;
-use crate::format::{
-    CipherKind, KdfParams, Layout, ObjectHeader, ObjectKind, VolumeHeader, OBJECT_HEADER_LEN,
-};
+use crate::format::{CipherKind, KdfParams, Layout, ObjectHeader, ObjectKind, VolumeHeader, OBJECT_HEADER_LEN};
 use crate::keys::{FileId, KeyRing};
 use crate::kms::{self, Kms};
 use crate::secret::Secrets;
@@ -44,12 +42,7 @@ pub struct InitOptions {
 
 impl Default for InitOptions {
     fn default() -> Self {
-        InitOptions {
-            cipher: CipherKind::Aes256GcmSiv,
-            extent_shift: 20,
-            kms_uri: None,
-            kdf: KdfParams::DEFAULT,
-        }
+        InitOptions { cipher: CipherKind::Aes256GcmSiv, extent_shift: 20, kms_uri: None, kdf: KdfParams::DEFAULT }
     }
 }
 
@@ -107,9 +100,7 @@ pub struct Volume {
 
 impl std::fmt::Debug for Volume {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Volume")
-            .field("cipherdir", &self.cipherdir)
-            .finish_non_exhaustive()
+        f.debug_struct("Volume").field("cipherdir", &self.cipherdir).finish_non_exhaustive()
     }
 }
 
@@ -155,15 +146,9 @@ impl Resolved {
 
 impl Volume {
     /// Creates a new volume in `cipherdir` (missing or empty).
-    pub fn init(
-        cipherdir: &Path,
-        opts: &InitOptions,
-        secrets: &dyn Secrets,
-    ) -> Result<VolumeHeader> {
+    pub fn init(cipherdir: &Path, opts: &InitOptions, secrets: &dyn Secrets) -> Result<VolumeHeader> {
         if !VolumeHeader::valid_extent_shift(opts.extent_shift) {
-            return Err(Error::InvalidArgument(
-                "extent size must be a power of two from 4K to 16M".into(),
-            ));
+            return Err(Error::InvalidArgument("extent size must be a power of two from 4K to 16M".into()));
         }
         let created_dir = match fs::read_dir(cipherdir) {
             Ok(mut entries) => {
@@ -185,24 +170,13 @@ impl Volume {
         let result = Self::init_in(cipherdir, opts, secrets);
         if result.is_err() {
             // Leave nothing half-made behind: the directory was empty (or absent) before.
-            let _ = if created_dir {
-                fs::remove_dir_all(cipherdir)
-            } else {
-                empty_dir(cipherdir)
-            };
+            let _ = if created_dir { fs::remove_dir_all(cipherdir) } else { empty_dir(cipherdir) };
         }
         result
     }
 
-    fn init_in(
-        cipherdir: &Path,
-        opts: &InitOptions,
-        secrets: &dyn Secrets,
-    ) -> Result<VolumeHeader> {
-        let uri = opts
-            .kms_uri
-            .clone()
-            .unwrap_or_else(|| DEFAULT_KMS.to_string());
+    fn init_in(cipherdir: &Path, opts: &InitOptions, secrets: &dyn Secrets) -> Result<VolumeHeader> {
+        let uri = opts.kms_uri.clone().unwrap_or_else(|| DEFAULT_KMS.to_string());
         let kms = kms::create(&uri, cipherdir, secrets, opts.kdf)?;
         let mut header = VolumeHeader {
             features: 0,
@@ -217,10 +191,7 @@ impl Volume {
         KeyRing::generate(kms.as_ref(), &mut header)?;
         drop(Store::create(&cipherdir.join(STORE_FILE))?);
         let data = cipherdir.join(DATA_DIR);
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&data)
-            .map_err(|e| Error::io(&data, "create directory", e))?;
+        fs::DirBuilder::new().mode(0o700).create(&data).map_err(|e| Error::io(&data, "create directory", e))?;
         names::write_dir_id(&data, random_array())?;
         durable::sync_dir(&data)?;
         durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)?;
@@ -231,16 +202,12 @@ impl Volume {
     pub fn read_header(cipherdir: &Path) -> Result<VolumeHeader> {
         let path = cipherdir.join(HEADER_FILE);
         if !cipherdir.is_dir() {
-            return Err(Error::NotAVolume {
-                path: cipherdir.into(),
-                reason: "no such directory".into(),
-            });
+            return Err(Error::NotAVolume { path: cipherdir.into(), reason: "no such directory".into() });
         }
         let bytes = fs::read(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::NotAVolume {
-                path: cipherdir.into(),
-                reason: format!("{HEADER_FILE} is missing"),
-            },
+            std::io::ErrorKind::NotFound => {
+                Error::NotAVolume { path: cipherdir.into(), reason: format!("{HEADER_FILE} is missing") }
+            }
             _ => Error::io(&path, "read", e),
         })?;
         VolumeHeader::decode(&bytes).map_err(|e| e.at(&path))
@@ -250,11 +217,7 @@ impl Volume {
     pub fn info(cipherdir: &Path) -> Result<VolumeInfo> {
         let header = Self::read_header(cipherdir)?;
         let (files, extents) = Store::open(&cipherdir.join(STORE_FILE))?.counts()?;
-        Ok(VolumeInfo {
-            header,
-            files,
-            extents,
-        })
+        Ok(VolumeInfo { header, files, extents })
     }
 
     /// Opens `cipherdir`, asking `secrets` for what its KMS needs.
@@ -283,11 +246,7 @@ impl Volume {
             root_id,
             open: Mutex::new(HashMap::new()),
         };
-        Ok(Volume {
-            core: Arc::new(core),
-            cipherdir: cipherdir.to_path_buf(),
-            header,
-        })
+        Ok(Volume { core: Arc::new(core), cipherdir: cipherdir.to_path_buf(), header })
     }
 
     pub fn header(&self) -> &VolumeHeader {
@@ -313,17 +272,10 @@ impl Volume {
             match c {
                 Component::RootDir | Component::CurDir => {}
                 Component::Normal(n) => parts.push(n),
-                _ => {
-                    return Err(Error::InvalidArgument(format!(
-                        "{}: path must not contain '..'",
-                        path.display()
-                    )))
-                }
+                _ => return Err(Error::InvalidArgument(format!("{}: path must not contain '..'", path.display()))),
             }
         }
-        let (last, dirs) = parts
-            .split_last()
-            .ok_or_else(|| Error::InvalidArgument("the root has no name".into()))?;
+        let (last, dirs) = parts.split_last().ok_or_else(|| Error::InvalidArgument("the root has no name".into()))?;
         let mut dir = self.core.data_dir.clone();
         let mut dir_id = self.core.root_id;
         for (i, d) in dirs.iter().enumerate() {
@@ -336,22 +288,15 @@ impl Volume {
                 Err(_) => return Err(Error::NotFound(so_far)),
             };
         }
-        let encoded =
-            names::encode(self.core.keys.names(), &dir_id, last).map_err(|e| match e {
-                Error::NameTooLong(_) => Error::NameTooLong(path.to_path_buf()),
-                other => other,
-            })?;
-        Ok(Resolved {
-            parent: dir,
-            parent_id: dir_id,
-            encoded,
-            plain: path.to_path_buf(),
-        })
+        let encoded = names::encode(self.core.keys.names(), &dir_id, last).map_err(|e| match e {
+            Error::NameTooLong(_) => Error::NameTooLong(path.to_path_buf()),
+            other => other,
+        })?;
+        Ok(Resolved { parent: dir, parent_id: dir_id, encoded, plain: path.to_path_buf() })
     }
 
     pub(super) fn is_root(path: &Path) -> bool {
-        path.components()
-            .all(|c| matches!(c, Component::RootDir | Component::CurDir))
+        path.components().all(|c| matches!(c, Component::RootDir | Component::CurDir))
     }
 
     pub(super) fn data_dir(&self) -> &Path {
@@ -367,11 +312,13 @@ impl Volume {
 
     /// The plaintext size of the data file at `backing`.
     pub(super) fn size_of_backing(&self, backing: &Path, path: &Path) -> Result<u64> {
-        let id = read_file_id(
-            &fs::File::open(backing).map_err(|e| Error::io(path, "open", e))?,
-            path,
-        )?;
+        let id = self.file_id_of(backing, path)?;
         self.file_size(&id)
+    }
+
+    /// The file id in the object header of the data file at `backing`.
+    pub(super) fn file_id_of(&self, backing: &Path, path: &Path) -> Result<FileId> {
+        read_file_id(&fs::File::open(backing).map_err(|e| Error::io(path, "open", e))?, path)
     }
 
     /// Runs a rename `f` of `from` to `to`, keeping long-name records right: the target's
@@ -400,21 +347,16 @@ impl Volume {
     /// Records a hashed long name in the store (before the backing entry exists).
     fn remember_name(&self, r: &Resolved) -> Result<()> {
         match &r.encoded.long {
-            Some((hash, sealed)) => self.core.store.apply(&[Change::PutLongName {
-                dir: &r.parent_id,
-                hash,
-                name: sealed,
-            }]),
+            Some((hash, sealed)) => {
+                self.core.store.apply(&[Change::PutLongName { dir: &r.parent_id, hash, name: sealed }])
+            }
             None => Ok(()),
         }
     }
 
     fn forget_name(&self, r: &Resolved) -> Result<()> {
         match &r.encoded.long {
-            Some((hash, _)) => self.core.store.apply(&[Change::DeleteLongName {
-                dir: &r.parent_id,
-                hash,
-            }]),
+            Some((hash, _)) => self.core.store.apply(&[Change::DeleteLongName { dir: &r.parent_id, hash }]),
             None => Ok(()),
         }
     }
@@ -424,24 +366,15 @@ impl Volume {
         let r = self.resolve(path)?;
         let backing = r.backing();
         self.remember_name(&r)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&backing)
-            .map_err(|e| match e.kind() {
+        let file = OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(&backing).map_err(
+            |e| match e.kind() {
                 std::io::ErrorKind::AlreadyExists => Error::Exists(path.into()),
                 _ => Error::io(path, "create", e),
-            })?;
+            },
+        )?;
         let id = random_array();
-        let header = ObjectHeader {
-            kind: ObjectKind::File,
-            id,
-        }
-        .encode();
-        std::os::unix::fs::FileExt::write_all_at(&file, &header, 0)
-            .map_err(|e| Error::io(path, "write header", e))?;
+        let header = ObjectHeader { kind: ObjectKind::File, id }.encode();
+        std::os::unix::fs::FileExt::write_all_at(&file, &header, 0).map_err(|e| Error::io(path, "write header", e))?;
         self.attach(id, Box::new(file), r.plain, true)
     }
 
@@ -449,15 +382,11 @@ impl Volume {
     pub fn open_file(&self, path: &Path, writable: bool) -> Result<FileHandle> {
         let r = self.resolve(path)?;
         let backing = r.backing();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(&backing)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::NotFound(path.into()),
-                _ if e.raw_os_error() == Some(21) => Error::IsDir(path.into()),
-                _ => Error::io(path, "open", e),
-            })?;
+        let file = OpenOptions::new().read(true).write(writable).open(&backing).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound(path.into()),
+            _ if e.raw_os_error() == Some(21) => Error::IsDir(path.into()),
+            _ => Error::io(path, "open", e),
+        })?;
         if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
             return Err(Error::IsDir(path.into()));
         }
@@ -465,13 +394,7 @@ impl Volume {
         self.attach(id, Box::new(file), r.plain, writable)
     }
 
-    fn attach(
-        &self,
-        id: FileId,
-        file: Box<dyn super::DataFile>,
-        plain: PathBuf,
-        writable: bool,
-    ) -> Result<FileHandle> {
+    fn attach(&self, id: FileId, file: Box<dyn super::DataFile>, plain: PathBuf, writable: bool) -> Result<FileHandle> {
         let mut table = self.core.open_table();
         let state = match table.get_mut(&id) {
             Some((state, count)) => {
@@ -484,12 +407,7 @@ impl Volume {
                 state
             }
         };
-        Ok(FileHandle {
-            state,
-            core: self.core.clone(),
-            writable,
-            released: false,
-        })
+        Ok(FileHandle { state, core: self.core.clone(), writable, released: false })
     }
 
     /// Removes a file's name; its keys go with its last link and last open handle.
@@ -501,10 +419,7 @@ impl Volume {
             return Err(Error::IsDir(path.into()));
         }
         let id = if meta.is_file() {
-            Some(read_file_id(
-                &fs::File::open(&backing).map_err(|e| Error::io(path, "open", e))?,
-                path,
-            )?)
+            Some(read_file_id(&fs::File::open(&backing).map_err(|e| Error::io(path, "open", e))?, path)?)
         } else {
             None
         };
@@ -543,10 +458,9 @@ impl Volume {
             return Ok(());
         }
         let replaced = match fs::symlink_metadata(&bt) {
-            Ok(m) if m.is_file() && m.nlink() == 1 => Some(read_file_id(
-                &fs::File::open(&bt).map_err(|e| Error::io(to, "open", e))?,
-                to,
-            )?),
+            Ok(m) if m.is_file() && m.nlink() == 1 => {
+                Some(read_file_id(&fs::File::open(&bt).map_err(|e| Error::io(to, "open", e))?, to)?)
+            }
             _ => None,
         };
         self.remember_name(&rt)?;
@@ -574,13 +488,10 @@ impl Volume {
         let r = self.resolve(path)?;
         let backing = r.backing();
         self.remember_name(&r)?;
-        fs::DirBuilder::new()
-            .mode(mode | 0o300)
-            .create(&backing)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::AlreadyExists => Error::Exists(path.into()),
-                _ => Error::io(path, "mkdir", e),
-            })?;
+        fs::DirBuilder::new().mode(mode | 0o300).create(&backing).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Error::Exists(path.into()),
+            _ => Error::io(path, "mkdir", e),
+        })?;
         names::write_dir_id(&backing, random_array())
     }
 
@@ -595,6 +506,8 @@ impl Volume {
         if entries.flatten().any(|e| e.file_name() != DIRID_FILE) {
             return Err(Error::DirNotEmpty(path.into()));
         }
+        let dir_id = names::read_dir_id(&backing)?;
+        self.core.store.apply(&[Change::DeleteXattrs { object: &dir_id }])?;
         fs::remove_file(backing.join(DIRID_FILE)).map_err(|e| Error::io(path, "rmdir", e))?;
         fs::remove_dir(&backing).map_err(|e| Error::io(path, "rmdir", e))?;
         self.forget_name(&r)
@@ -602,10 +515,7 @@ impl Volume {
 
     /// The entries of directory `path` (`""` or `"/"` is the root), names decrypted.
     pub fn readdir(&self, path: &Path) -> Result<Vec<DirEntry>> {
-        let (dir, dir_id) = if path
-            .components()
-            .all(|c| matches!(c, Component::RootDir | Component::CurDir))
-        {
+        let (dir, dir_id) = if path.components().all(|c| matches!(c, Component::RootDir | Component::CurDir)) {
             (self.core.data_dir.clone(), self.core.root_id)
         } else {
             let r = self.resolve(path)?;
@@ -620,20 +530,12 @@ impl Volume {
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir).map_err(|e| Error::io(path, "read directory", e))? {
             let entry = entry.map_err(|e| Error::io(path, "read directory", e))?;
-            let Some(name) = names::decode(
-                self.core.keys.names(),
-                &self.core.store,
-                &dir_id,
-                &entry.file_name(),
-                &dir,
-            )?
+            let Some(name) =
+                names::decode(self.core.keys.names(), &self.core.store, &dir_id, &entry.file_name(), &dir)?
             else {
                 continue;
             };
-            let kind = entry
-                .file_type()
-                .map(kind_of)
-                .map_err(|e| Error::io(path, "read directory", e))?;
+            let kind = entry.file_type().map(kind_of).map_err(|e| Error::io(path, "read directory", e))?;
             out.push(DirEntry { name, kind });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -646,42 +548,24 @@ impl Volume {
         let meta = fs::symlink_metadata(&backing).map_err(|_| Error::NotFound(path.into()))?;
         let kind = kind_of(meta.file_type());
         let size = if kind == EntryKind::File {
-            let id = read_file_id(
-                &fs::File::open(&backing).map_err(|e| Error::io(path, "open", e))?,
-                path,
-            )?;
+            let id = read_file_id(&fs::File::open(&backing).map_err(|e| Error::io(path, "open", e))?, path)?;
             self.file_size(&id)?
         } else {
             0
         };
-        Ok(Stat {
-            kind,
-            size,
-            mode: meta.mode() & 0o7777,
-            nlink: meta.nlink(),
-        })
+        Ok(Stat { kind, size, mode: meta.mode() & 0o7777, nlink: meta.nlink() })
     }
 
     fn file_size(&self, id: &FileId) -> Result<u64> {
         if let Some((state, _)) = self.core.open_table().get(id) {
             return Ok(state.size());
         }
-        Ok(self
-            .core
-            .store
-            .load(id)?
-            .map(|(rec, _)| rec.size)
-            .unwrap_or(0))
+        Ok(self.core.store.load(id)?.map(|(rec, _)| rec.size).unwrap_or(0))
     }
 
     /// Commits every open file's pending metadata (data synced first).
     pub fn sync_all(&self) -> Result<()> {
-        let states: Vec<Arc<FileState>> = self
-            .core
-            .open_table()
-            .values()
-            .map(|(s, _)| s.clone())
-            .collect();
+        let states: Vec<Arc<FileState>> = self.core.open_table().values().map(|(s, _)| s.clone()).collect();
         for s in states {
             if !s.is_unlinked() {
                 s.sync()?;
@@ -694,13 +578,9 @@ impl Volume {
 /// The file id in a data file's object header.
 fn read_file_id(file: &fs::File, path: &Path) -> Result<FileId> {
     let mut buf = [0u8; OBJECT_HEADER_LEN];
-    let got = super::DataFile::read_at(file, &mut buf, 0)
-        .map_err(|e| Error::io(path, "read header", e))?;
+    let got = super::DataFile::read_at(file, &mut buf, 0).map_err(|e| Error::io(path, "read header", e))?;
     match ObjectHeader::decode(&buf[..got]).map_err(|e| e.at(path))? {
-        ObjectHeader {
-            kind: ObjectKind::File,
-            id,
-        } => Ok(id),
+        ObjectHeader { kind: ObjectKind::File, id } => Ok(id),
         _ => Err(Error::corrupt(path, "data file has a directory header")),
     }
 }

@@ -53,11 +53,7 @@ impl DekCache {
             }
             None => None,
         };
-        let counter = if hit.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
+        let counter = if hit.is_some() { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
         hit
     }

@@ -32,10 +32,7 @@ pub struct KeyRing {
 
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyRing")
-            .field("cipher", &self.cipher)
-            .field("kek_id", &self.kek_id)
-            .finish_non_exhaustive()
+        f.debug_struct("KeyRing").field("cipher", &self.cipher).field("kek_id", &self.kek_id).finish_non_exhaustive()
     }
 }
 
@@ -46,10 +43,7 @@ impl KeyRing {
         let kek = Key256::generate();
         let name_key = Key256::generate();
         header.kek_id = random_array();
-        let ctx = KmsContext {
-            volume_id: header.volume_id,
-            purpose: Purpose::Kek,
-        };
+        let ctx = KmsContext { volume_id: header.volume_id, purpose: Purpose::Kek };
         header.wrapped_kek = kms.wrap(&kek, &ctx).map_err(|e| kms_error(kms, e))?;
         let kek = KeyWrapper::new(&kek);
         header.wrapped_name_key = kek.wrap(&name_key, &header.binding());
@@ -59,25 +53,18 @@ impl KeyRing {
     /// For opening a volume: one KMS unwrap of the KEK, then the name key under the KEK
     /// (which also authenticates the header fields in [`VolumeHeader::binding`]).
     pub fn unlock(kms: &dyn Kms, header: &VolumeHeader, header_path: &Path) -> Result<KeyRing> {
-        let ctx = KmsContext {
-            volume_id: header.volume_id,
-            purpose: Purpose::Kek,
-        };
+        let ctx = KmsContext { volume_id: header.volume_id, purpose: Purpose::Kek };
         let kek = kms.unwrap(&header.wrapped_kek, &ctx).map_err(|e| match e {
-            KmsError::Rejected(r) => {
-                Error::integrity(header_path, format!("wrapped KEK refused by the KMS ({r})"))
-            }
+            KmsError::Rejected(r) => Error::integrity(header_path, format!("wrapped KEK refused by the KMS ({r})")),
             other => kms_error(kms, other),
         })?;
         let kek = KeyWrapper::new(&kek);
-        let name_key: Key256 = kek
-            .unwrap(&header.wrapped_name_key, &header.binding())
-            .map_err(|_| {
-                Error::integrity(
-                    header_path,
-                    "volume header fields or wrapped name key were altered (authentication failed)",
-                )
-            })?;
+        let name_key: Key256 = kek.unwrap(&header.wrapped_name_key, &header.binding()).map_err(|_| {
+            Error::integrity(
+                header_path,
+                "volume header fields or wrapped name key were altered (authentication failed)",
+            )
+        })?;
         Ok(Self::assemble(header, kek, &name_key))
     }
 
@@ -140,12 +127,7 @@ impl KeyRing {
 
     /// The cipher of `extent` of `file`, from the cache or by unwrapping `wrapped`. A wrapped
     /// key moved from another extent, file, volume or KEK fails here.
-    pub fn dek(
-        &self,
-        file: &FileId,
-        extent: u64,
-        wrapped: &[u8],
-    ) -> std::result::Result<Arc<DataCipher>, AuthError> {
+    pub fn dek(&self, file: &FileId, extent: u64, wrapped: &[u8]) -> std::result::Result<Arc<DataCipher>, AuthError> {
         if let Some(c) = self.cache.get(&(*file, extent)) {
             return Ok(c);
         }
@@ -169,9 +151,7 @@ impl KeyRing {
         use sha2::{Digest, Sha256};
         let aad = self.dek_aad(file, extent);
         let digest = match self.cipher {
-            CipherKind::Aes256GcmSiv => {
-                Sha256::digest(self.kek.unwrap::<32>(wrapped, &aad)?.expose())
-            }
+            CipherKind::Aes256GcmSiv => Sha256::digest(self.kek.unwrap::<32>(wrapped, &aad)?.expose()),
             CipherKind::Aes256Xts => Sha256::digest(self.kek.unwrap::<64>(wrapped, &aad)?.expose()),
         };
         Ok(digest.into())
@@ -184,8 +164,5 @@ impl KeyRing {
 }
 
 fn kms_error(kms: &dyn Kms, e: KmsError) -> Error {
-    Error::Kms {
-        uri: kms.uri().to_string(),
-        reason: e.to_string(),
-    }
+    Error::Kms { uri: kms.uri().to_string(), reason: e.to_string() }
 }

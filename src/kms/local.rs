@@ -23,10 +23,7 @@ pub struct LocalKeystore {
 
 impl std::fmt::Debug for LocalKeystore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalKeystore")
-            .field("uri", &self.uri)
-            .field("key_id", &hex(&self.key_id))
-            .finish()
+        f.debug_struct("LocalKeystore").field("uri", &self.uri).field("key_id", &hex(&self.key_id)).finish()
     }
 }
 
@@ -41,11 +38,7 @@ impl LocalKeystore {
         let root = Key256::generate();
         let file = seal(&root, random_array(), &pass, kdf, path)?;
         durable::replace_file(path, &file.encode(), 0o600)?;
-        Ok(LocalKeystore {
-            uri: uri.into(),
-            key_id: file.key_id,
-            root: KeyWrapper::new(&root),
-        })
+        Ok(LocalKeystore { uri: uri.into(), key_id: file.key_id, root: KeyWrapper::new(&root) })
     }
 
     /// Reads `path` and unseals the root key with the passphrase from `secrets`.
@@ -53,21 +46,12 @@ impl LocalKeystore {
         let file = read(path)?;
         let pass = secrets.passphrase(path, false)?;
         let root = unseal(&file, &pass, path)?;
-        Ok(LocalKeystore {
-            uri: uri.into(),
-            key_id: file.key_id,
-            root: KeyWrapper::new(&root),
-        })
+        Ok(LocalKeystore { uri: uri.into(), key_id: file.key_id, root: KeyWrapper::new(&root) })
     }
 
     /// Re-seals the root key under a new passphrase (and fresh salt); the root key, and so
     /// every volume under it, is unchanged.
-    pub fn change_passphrase(
-        path: &Path,
-        old: &dyn Secrets,
-        new: &dyn Secrets,
-        kdf: KdfParams,
-    ) -> Result<()> {
+    pub fn change_passphrase(path: &Path, old: &dyn Secrets, new: &dyn Secrets, kdf: KdfParams) -> Result<()> {
         let file = read(path)?;
         let root = unseal(&file, &old.passphrase(path, false)?, path)?;
         let new_pass = new.passphrase(path, true)?;
@@ -91,19 +75,16 @@ impl Kms for LocalKeystore {
 
     fn unwrap(&self, wrapped: &[u8], ctx: &KmsContext) -> std::result::Result<Key256, KmsError> {
         self.root.unwrap(wrapped, &ctx.aad()).map_err(|_| {
-            KmsError::Rejected(
-                "the wrapped key does not authenticate under this keystore's root key".into(),
-            )
+            KmsError::Rejected("the wrapped key does not authenticate under this keystore's root key".into())
         })
     }
 }
 
 fn read(path: &Path) -> Result<KeystoreFile> {
     let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::NotAVolume {
-            path: path.to_path_buf(),
-            reason: "keystore file is missing".into(),
-        },
+        std::io::ErrorKind::NotFound => {
+            Error::NotAVolume { path: path.to_path_buf(), reason: "keystore file is missing".into() }
+        }
         _ => Error::io(path, "read keystore", e),
     })?;
     KeystoreFile::decode(&bytes).map_err(|e| e.at(path))
@@ -118,19 +99,8 @@ fn derive(pass: &Passphrase, salt: &[u8; 16], kdf: KdfParams, path: &Path) -> Re
         .map_err(|e| Error::corrupt(path, format!("Argon2: {e}")))
 }
 
-fn seal(
-    root: &Key256,
-    key_id: [u8; 16],
-    pass: &Passphrase,
-    kdf: KdfParams,
-    path: &Path,
-) -> Result<KeystoreFile> {
-    let mut file = KeystoreFile {
-        kdf,
-        salt: random_array(),
-        key_id,
-        sealed: Vec::new(),
-    };
+fn seal(root: &Key256, key_id: [u8; 16], pass: &Passphrase, kdf: KdfParams, path: &Path) -> Result<KeystoreFile> {
+    let mut file = KeystoreFile { kdf, salt: random_array(), key_id, sealed: Vec::new() };
     let sealing = KeyWrapper::new(&derive(pass, &file.salt, kdf, path)?);
     file.sealed = sealing.wrap(root, &file.header_bytes());
     Ok(file)
@@ -138,9 +108,7 @@ fn seal(
 
 fn unseal(file: &KeystoreFile, pass: &Passphrase, path: &Path) -> Result<Key256> {
     let sealing = KeyWrapper::new(&derive(pass, &file.salt, file.kdf, path)?);
-    sealing
-        .unwrap(&file.sealed, &file.header_bytes())
-        .map_err(|_| Error::WrongPassphrase(PathBuf::from(path)))
+    sealing.unwrap(&file.sealed, &file.header_bytes()).map_err(|_| Error::WrongPassphrase(PathBuf::from(path)))
 }
 
 pub(crate) fn hex(b: &[u8]) -> String {
@@ -152,11 +120,7 @@ mod tests {
     use super::*;
     use crate::kms::Purpose;
 
-    const FAST: KdfParams = KdfParams {
-        m_cost_kib: 64,
-        t_cost: 1,
-        p_cost: 1,
-    };
+    const FAST: KdfParams = KdfParams { m_cost_kib: 64, t_cost: 1, p_cost: 1 };
 
     #[test]
     fn create_open_wrong_passphrase_and_passwd() {
@@ -164,36 +128,21 @@ mod tests {
         let path = dir.path().join("keystore");
         let pass = Passphrase::new("correct horse").unwrap();
         let ks = LocalKeystore::create("local:keystore", &path, &pass, FAST).unwrap();
-        let ctx = KmsContext {
-            volume_id: [1; 16],
-            purpose: Purpose::Kek,
-        };
+        let ctx = KmsContext { volume_id: [1; 16], purpose: Purpose::Kek };
         let kek = Key256::generate();
         let wrapped = ks.wrap(&kek, &ctx).unwrap();
 
         let wrong = Passphrase::new("wrong").unwrap();
-        assert!(matches!(
-            LocalKeystore::open("local:keystore", &path, &wrong),
-            Err(Error::WrongPassphrase(_))
-        ));
+        assert!(matches!(LocalKeystore::open("local:keystore", &path, &wrong), Err(Error::WrongPassphrase(_))));
 
         let again = LocalKeystore::open("local:keystore", &path, &pass).unwrap();
         assert_eq!(again.unwrap(&wrapped, &ctx).unwrap().expose(), kek.expose());
-        let other = KmsContext {
-            volume_id: [2; 16],
-            purpose: Purpose::Kek,
-        };
-        assert!(matches!(
-            again.unwrap(&wrapped, &other),
-            Err(KmsError::Rejected(_))
-        ));
+        let other = KmsContext { volume_id: [2; 16], purpose: Purpose::Kek };
+        assert!(matches!(again.unwrap(&wrapped, &other), Err(KmsError::Rejected(_))));
 
         let new = Passphrase::new("battery staple").unwrap();
         LocalKeystore::change_passphrase(&path, &pass, &new, FAST).unwrap();
-        assert!(matches!(
-            LocalKeystore::open("local:keystore", &path, &pass),
-            Err(Error::WrongPassphrase(_))
-        ));
+        assert!(matches!(LocalKeystore::open("local:keystore", &path, &pass), Err(Error::WrongPassphrase(_))));
         let after = LocalKeystore::open("local:keystore", &path, &new).unwrap();
         assert_eq!(after.unwrap(&wrapped, &ctx).unwrap().expose(), kek.expose());
         assert_eq!(after.key_id(), ks.key_id());

@@ -89,17 +89,14 @@ pub enum KmsUri {
 
 impl KmsUri {
     pub fn parse(uri: &str) -> Result<Self> {
-        let (scheme, rest) = uri
-            .split_once(':')
-            .ok_or_else(|| Error::InvalidArgument(format!("KMS URI {uri:?} has no scheme")))?;
+        let (scheme, rest) =
+            uri.split_once(':').ok_or_else(|| Error::InvalidArgument(format!("KMS URI {uri:?} has no scheme")))?;
         match scheme {
             "local" if !rest.is_empty() => Ok(KmsUri::Local(PathBuf::from(rest))),
             "local" => Err(Error::InvalidArgument("local: KMS URI needs a path".into())),
             "pkcs11" | "aws-kms" => Err(Error::Kms {
                 uri: uri.into(),
-                reason: format!(
-                    "the {scheme} backend is not available in this build of envelopefs"
-                ),
+                reason: format!("the {scheme} backend is not available in this build of envelopefs"),
             }),
             _ => Err(Error::InvalidArgument(format!(
                 "unknown KMS scheme {scheme:?} (expected local:, pkcs11: or aws-kms:)"
@@ -118,30 +115,16 @@ impl KmsUri {
 }
 
 /// Creates a new root (for `init`) and returns the KMS holding it.
-pub fn create(
-    uri: &str,
-    cipherdir: &Path,
-    secrets: &dyn Secrets,
-    kdf: KdfParams,
-) -> Result<Box<dyn Kms>> {
+pub fn create(uri: &str, cipherdir: &Path, secrets: &dyn Secrets, kdf: KdfParams) -> Result<Box<dyn Kms>> {
     match KmsUri::parse(uri)? {
-        KmsUri::Local(p) => Ok(Box::new(LocalKeystore::create(
-            uri,
-            &KmsUri::local_path(&p, cipherdir),
-            secrets,
-            kdf,
-        )?)),
+        KmsUri::Local(p) => Ok(Box::new(LocalKeystore::create(uri, &KmsUri::local_path(&p, cipherdir), secrets, kdf)?)),
     }
 }
 
 /// Opens the KMS a volume names.
 pub fn open(uri: &str, cipherdir: &Path, secrets: &dyn Secrets) -> Result<Box<dyn Kms>> {
     match KmsUri::parse(uri)? {
-        KmsUri::Local(p) => Ok(Box::new(LocalKeystore::open(
-            uri,
-            &KmsUri::local_path(&p, cipherdir),
-            secrets,
-        )?)),
+        KmsUri::Local(p) => Ok(Box::new(LocalKeystore::open(uri, &KmsUri::local_path(&p, cipherdir), secrets)?)),
     }
 }
 

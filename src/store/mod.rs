@@ -15,8 +15,9 @@ use crate::{Error, Result};
 
 /// `PRAGMA application_id`: "EVFS".
 const APPLICATION_ID: i64 = 0x4556_4653;
-/// `PRAGMA user_version`: the schema version this build writes and reads.
-const SCHEMA_VERSION: i64 = 1;
+/// `PRAGMA user_version`: the schema version this build writes. Version 1 (no `xattrs`
+/// table) is migrated on open.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE files (
@@ -37,6 +38,16 @@ CREATE TABLE long_names (
     hash   BLOB NOT NULL,
     name   BLOB NOT NULL,
     PRIMARY KEY (dir_id, hash)
+) WITHOUT ROWID;
+";
+
+/// Schema version 2: encrypted extended attributes.
+const SCHEMA_V2: &str = "
+CREATE TABLE xattrs (
+    object_id BLOB NOT NULL,
+    name      BLOB NOT NULL,
+    value     BLOB NOT NULL,
+    PRIMARY KEY (object_id, name)
 ) WITHOUT ROWID;
 ";
 
@@ -87,6 +98,10 @@ pub enum Change<'a> {
         dir: &'a [u8; 16],
         hash: &'a [u8],
     },
+    PutXattr { object: &'a [u8; 16], name: &'a [u8], value: &'a [u8] },
+    DeleteXattr { object: &'a [u8; 16], name: &'a [u8] },
+    /// Deletes every extended attribute of a directory (rmdir).
+    DeleteXattrs { object: &'a [u8; 16] },
 }
 
 pub struct Store {
@@ -96,9 +111,7 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -108,10 +121,7 @@ impl Store {
         if path.exists() {
             return Err(Error::Exists(path.to_path_buf()));
         }
-        let store = Self::connect(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
-        )?;
+        let store = Self::connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
         // SQLite gives the WAL and shared-memory files the database file's mode.
         std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .map_err(|e| Error::io(path, "chmod", e))?;
@@ -119,10 +129,9 @@ impl Store {
             let conn = store.lock();
             let err = |e| store.err(e);
             conn.execute_batch(SCHEMA).map_err(err)?;
-            conn.pragma_update(None, "application_id", APPLICATION_ID)
-                .map_err(err)?;
-            conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-                .map_err(err)?;
+            conn.execute_batch(SCHEMA_V2).map_err(err)?;
+            conn.pragma_update(None, "application_id", APPLICATION_ID).map_err(err)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(err)?;
         }
         Ok(store)
     }
@@ -135,63 +144,50 @@ impl Store {
         let store = Self::connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         {
             let conn = store.lock();
-            let app: i64 = conn
-                .pragma_query_value(None, "application_id", |r| r.get(0))
-                .map_err(|e| store.err(e))?;
+            let app: i64 = conn.pragma_query_value(None, "application_id", |r| r.get(0)).map_err(|e| store.err(e))?;
             if app != APPLICATION_ID {
-                return Err(Error::corrupt(
-                    path,
-                    "not an envelopefs metadata store (application id mismatch)",
-                ));
+                return Err(Error::corrupt(path, "not an envelopefs metadata store (application id mismatch)"));
             }
-            let version: i64 = conn
-                .pragma_query_value(None, "user_version", |r| r.get(0))
-                .map_err(|e| store.err(e))?;
+            let mut version: i64 =
+                conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(|e| store.err(e))?;
+            if version == 1 {
+                conn.execute_batch(&format!("BEGIN; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"))
+                    .map_err(|e| store.err(e))?;
+                version = 2;
+            }
             if version != SCHEMA_VERSION {
                 return Err(Error::Unsupported {
                     path: path.to_path_buf(),
-                    reason: format!(
-                        "metadata schema version {version}; this build reads {SCHEMA_VERSION}"
-                    ),
+                    reason: format!("metadata schema version {version}; this build reads {SCHEMA_VERSION}"),
                 });
             }
-            conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))
-                .map_err(|e| store.err(e))
-                .and_then(|s| {
+            conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)).map_err(|e| store.err(e)).and_then(
+                |s| {
                     if s == "ok" {
                         Ok(())
                     } else {
                         Err(Error::corrupt(path, format!("integrity check: {s}")))
                     }
-                })?;
+                },
+            )?;
         }
         Ok(store)
     }
 
     fn connect(path: &Path, flags: OpenFlags) -> Result<Store> {
         let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(|e| Error::Store {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        let store = Store {
-            conn: Mutex::new(conn),
-            path: path.to_path_buf(),
-        };
+            .map_err(|e| Error::Store { path: path.to_path_buf(), reason: e.to_string() })?;
+        let store = Store { conn: Mutex::new(conn), path: path.to_path_buf() };
         {
             let conn = store.lock();
             let err = |e| store.err(e);
             // Every commit is durable (synchronous=FULL) so fsync through the file system means
             // what it says; deleted rows are overwritten (secure_delete) so removed wrapped DEKs do
             // not linger in free pages.
-            conn.pragma_update(None, "journal_mode", "WAL")
-                .map_err(err)?;
-            conn.pragma_update(None, "synchronous", "FULL")
-                .map_err(err)?;
-            conn.pragma_update(None, "secure_delete", "ON")
-                .map_err(err)?;
-            conn.busy_timeout(std::time::Duration::from_secs(10))
-                .map_err(err)?;
+            conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+            conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+            conn.pragma_update(None, "secure_delete", "ON").map_err(err)?;
+            conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
         }
         Ok(store)
     }
@@ -205,23 +201,14 @@ impl Store {
         let conn = self.lock();
         let err = |e| self.err(e);
         let rec = conn
-            .query_row(
-                "SELECT size, cipher FROM files WHERE id = ?1",
-                [&id[..]],
-                |r| {
-                    Ok(FileRecord {
-                        size: r.get::<_, i64>(0)? as u64,
-                        cipher: r.get(1)?,
-                    })
-                },
-            )
+            .query_row("SELECT size, cipher FROM files WHERE id = ?1", [&id[..]], |r| {
+                Ok(FileRecord { size: r.get::<_, i64>(0)? as u64, cipher: r.get(1)? })
+            })
             .optional()
             .map_err(err)?;
         let Some(rec) = rec else { return Ok(None) };
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT idx, kek_id, wrapped, written FROM extents WHERE file_id = ?1 ORDER BY idx",
-            )
+            .prepare_cached("SELECT idx, kek_id, wrapped, written FROM extents WHERE file_id = ?1 ORDER BY idx")
             .map_err(err)?;
         let rows = stmt
             .query_map([&id[..]], |r| {
@@ -232,15 +219,9 @@ impl Store {
         let mut extents = Vec::new();
         for row in rows {
             let (index, kek, wrapped, written) = row.map_err(err)?;
-            let kek_id = <[u8; 16]>::try_from(kek.as_slice()).map_err(|_| {
-                Error::corrupt(&self.path, format!("extent {index} has a malformed KEK id"))
-            })?;
-            extents.push(ExtentRecord {
-                index,
-                kek_id,
-                wrapped,
-                written,
-            });
+            let kek_id = <[u8; 16]>::try_from(kek.as_slice())
+                .map_err(|_| Error::corrupt(&self.path, format!("extent {index} has a malformed KEK id")))?;
+            extents.push(ExtentRecord { index, kek_id, wrapped, written });
         }
         Ok(Some((rec, extents)))
     }
@@ -248,13 +229,31 @@ impl Store {
     /// The full encrypted name behind a hashed long name.
     pub fn long_name(&self, dir: &[u8; 16], hash: &[u8]) -> Result<Option<Vec<u8>>> {
         self.lock()
-            .query_row(
-                "SELECT name FROM long_names WHERE dir_id = ?1 AND hash = ?2",
-                params![&dir[..], hash],
-                |r| r.get(0),
-            )
+            .query_row("SELECT name FROM long_names WHERE dir_id = ?1 AND hash = ?2", params![&dir[..], hash], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(|e| self.err(e))
+    }
+
+    /// The encrypted value of extended attribute `name` (encrypted) of `object`.
+    pub fn xattr(&self, object: &[u8; 16], name: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.lock()
+            .query_row("SELECT value FROM xattrs WHERE object_id = ?1 AND name = ?2", params![&object[..], name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The encrypted names of every extended attribute of `object`.
+    pub fn xattr_names(&self, object: &[u8; 16]) -> Result<Vec<Vec<u8>>> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT name FROM xattrs WHERE object_id = ?1 ORDER BY name")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([&object[..]], |r| r.get(0)).map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<Vec<u8>>>>().map_err(|e| self.err(e))
     }
 
     /// Applies `changes` in one durable transaction.
@@ -280,7 +279,16 @@ impl Store {
                     .and_then(|mut s| s.execute(params![&file[..], first as i64])),
                 Change::DeleteFile { id } => tx
                     .execute("DELETE FROM extents WHERE file_id = ?1", [&id[..]])
+                    .and_then(|_| tx.execute("DELETE FROM xattrs WHERE object_id = ?1", [&id[..]]))
                     .and_then(|_| tx.execute("DELETE FROM files WHERE id = ?1", [&id[..]])),
+                Change::PutXattr { object, name, value } => tx.execute(
+                    "INSERT OR REPLACE INTO xattrs (object_id, name, value) VALUES (?1, ?2, ?3)",
+                    params![&object[..], name, value],
+                ),
+                Change::DeleteXattr { object, name } => {
+                    tx.execute("DELETE FROM xattrs WHERE object_id = ?1 AND name = ?2", params![&object[..], name])
+                }
+                Change::DeleteXattrs { object } => tx.execute("DELETE FROM xattrs WHERE object_id = ?1", [&object[..]]),
                 Change::PutLongName { dir, hash, name } => tx.execute(
                     "INSERT OR REPLACE INTO long_names (dir_id, hash, name) VALUES (?1, ?2, ?3)",
                     params![&dir[..], hash, name],
@@ -297,22 +305,14 @@ impl Store {
     /// (files, extents) recorded.
     pub fn counts(&self) -> Result<(u64, u64)> {
         let conn = self.lock();
-        let count = |sql: &str| {
-            conn.query_row(sql, [], |r| r.get::<_, i64>(0))
-                .map(|n| n as u64)
-                .map_err(|e| self.err(e))
-        };
-        Ok((
-            count("SELECT count(*) FROM files")?,
-            count("SELECT count(*) FROM extents")?,
-        ))
+        let count =
+            |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n as u64).map_err(|e| self.err(e));
+        Ok((count("SELECT count(*) FROM files")?, count("SELECT count(*) FROM extents")?))
     }
 
     /// Moves the WAL's contents into the database file and truncates the WAL.
     pub fn checkpoint(&self) -> Result<()> {
-        self.lock()
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .map_err(|e| self.err(e))
+        self.lock().query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(|e| self.err(e))
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -322,10 +322,7 @@ impl Store {
     }
 
     fn err(&self, e: rusqlite::Error) -> Error {
-        Error::Store {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        }
+        Error::Store { path: self.path.clone(), reason: e.to_string() }
     }
 }
 
@@ -340,25 +337,9 @@ mod tests {
         let s = Store::create(&path).unwrap();
         let id = [9u8; 16];
         s.apply(&[
-            Change::PutFile {
-                id: &id,
-                size: 5000,
-                cipher: 1,
-            },
-            Change::PutExtent {
-                file: &id,
-                index: 0,
-                kek_id: &[1; 16],
-                wrapped: &[2; 60],
-                written: &[3; 32],
-            },
-            Change::PutExtent {
-                file: &id,
-                index: 1,
-                kek_id: &[1; 16],
-                wrapped: &[4; 60],
-                written: &[5; 32],
-            },
+            Change::PutFile { id: &id, size: 5000, cipher: 1 },
+            Change::PutExtent { file: &id, index: 0, kek_id: &[1; 16], wrapped: &[2; 60], written: &[3; 32] },
+            Change::PutExtent { file: &id, index: 1, kek_id: &[1; 16], wrapped: &[4; 60], written: &[5; 32] },
         ])
         .unwrap();
         drop(s);
@@ -367,11 +348,7 @@ mod tests {
         assert_eq!(rec.size, 5000);
         assert_eq!(ext.len(), 2);
         assert_eq!(ext[1].wrapped, vec![4; 60]);
-        s.apply(&[Change::DropExtentsFrom {
-            file: &id,
-            first: 1,
-        }])
-        .unwrap();
+        s.apply(&[Change::DropExtentsFrom { file: &id, first: 1 }]).unwrap();
         assert_eq!(s.load(&id).unwrap().unwrap().1.len(), 1);
         s.apply(&[Change::DeleteFile { id: &id }]).unwrap();
         assert!(s.load(&id).unwrap().is_none());
@@ -383,19 +360,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let junk = dir.path().join("junk.db");
         std::fs::write(&junk, vec![0x42; 8192]).unwrap();
-        assert!(matches!(
-            Store::open(&junk),
-            Err(Error::Store { .. }) | Err(Error::Corrupt { .. })
-        ));
+        assert!(matches!(Store::open(&junk), Err(Error::Store { .. }) | Err(Error::Corrupt { .. })));
         let foreign = dir.path().join("foreign.db");
-        Connection::open(&foreign)
-            .unwrap()
-            .execute_batch("CREATE TABLE t(x)")
-            .unwrap();
+        Connection::open(&foreign).unwrap().execute_batch("CREATE TABLE t(x)").unwrap();
         assert!(matches!(Store::open(&foreign), Err(Error::Corrupt { .. })));
-        assert!(matches!(
-            Store::open(&dir.path().join("missing.db")),
-            Err(Error::Corrupt { .. })
-        ));
+        assert!(matches!(Store::open(&dir.path().join("missing.db")), Err(Error::Corrupt { .. })));
     }
 }

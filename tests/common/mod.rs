@@ -10,11 +10,7 @@ use envelopefs::secret::Passphrase;
 use tempfile::TempDir;
 
 /// Cheap Argon2 parameters: the KDF is tested on its own; here it would only cost time.
-pub const FAST_KDF: KdfParams = KdfParams {
-    m_cost_kib: 64,
-    t_cost: 1,
-    p_cost: 1,
-};
+pub const FAST_KDF: KdfParams = KdfParams { m_cost_kib: 64, t_cost: 1, p_cost: 1 };
 pub const PASS: &str = "test passphrase";
 
 pub fn pass() -> Passphrase {
@@ -26,26 +22,15 @@ pub fn pass() -> Passphrase {
 pub fn scratch() -> TempDir {
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
-        if let Ok(d) = tempfile::Builder::new()
-            .prefix("evfs-test-")
-            .tempdir_in(shm)
-        {
+        if let Ok(d) = tempfile::Builder::new().prefix("evfs-test-").tempdir_in(shm) {
             return d;
         }
     }
-    tempfile::Builder::new()
-        .prefix("evfs-test-")
-        .tempdir()
-        .unwrap()
+    tempfile::Builder::new().prefix("evfs-test-").tempdir().unwrap()
 }
 
 pub fn opts(cipher: CipherKind, extent_shift: u8) -> InitOptions {
-    InitOptions {
-        cipher,
-        extent_shift,
-        kms_uri: None,
-        kdf: FAST_KDF,
-    }
+    InitOptions { cipher, extent_shift, kms_uri: None, kdf: FAST_KDF }
 }
 
 /// A new volume at `<tmp>/vol`, opened.
