@@ -139,7 +139,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = match mount_helper_args() {
+        Some(args) => Cli::parse_from(args),
+        None => Cli::parse(),
+    };
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -189,6 +192,32 @@ fn run(cmd: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Called as `mount.envelopefs` / `mount.fuse.envelopefs` (by mount(8) for fstab entries and
+/// `mount -t fuse.envelopefs`): `SOURCE MOUNTPOINT [-o OPTS] [-n] [-s] [-v]` becomes
+/// `envelopefs mount SOURCE MOUNTPOINT -o OPTS`.
+fn mount_helper_args() -> Option<Vec<OsString>> {
+    let mut args = std::env::args_os();
+    let argv0 = PathBuf::from(args.next()?);
+    let name = argv0.file_name()?.to_str()?;
+    if !name.starts_with("mount.") {
+        return None;
+    }
+    let mut out: Vec<OsString> = vec!["envelopefs".into(), "mount".into()];
+    let mut rest = args.peekable();
+    while let Some(a) = rest.next() {
+        match a.to_str() {
+            Some("-o") => {
+                out.push("-o".into());
+                out.extend(rest.next());
+            }
+            // mount(8)'s own flags: fake, no-mtab, sloppy, verbose.
+            Some("-f" | "-n" | "-s" | "-v") => {}
+            _ => out.push(a),
+        }
+    }
+    Some(out)
 }
 
 /// Applies `-o` options; generic fstab options are accepted and ignored.

@@ -9,6 +9,8 @@ use envelopefs::fs::{InitOptions, Volume};
 use envelopefs::secret::Passphrase;
 use tempfile::TempDir;
 
+pub mod mount;
+
 /// Cheap Argon2 parameters: the KDF is tested on its own; here it would only cost time.
 pub const FAST_KDF: KdfParams = KdfParams { m_cost_kib: 64, t_cost: 1, p_cost: 1 };
 pub const PASS: &str = "test passphrase";
@@ -79,14 +81,14 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     v
 }
 
-/// Every regular file below `dir`, recursively.
+/// Every non-directory entry below `dir`, recursively (symlinks are not followed).
 pub fn all_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
-            if p.is_dir() {
+            if fs_is_dir(&p) {
                 stack.push(p);
             } else {
                 out.push(p);
@@ -94,6 +96,10 @@ pub fn all_files(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+fn fs_is_dir(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).map(|m| m.is_dir()).unwrap_or(false)
 }
 
 /// Whether `needle` occurs in `hay`.

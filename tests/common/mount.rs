@@ -1,0 +1,87 @@
+//! A real envelopefs mount for tests: its own temp dir, the real binary, unmounted in Drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use tempfile::TempDir;
+
+pub fn evfs(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_envelopefs"))
+        .args(args)
+        .env_remove("ENVELOPEFS_PASSFILE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+pub fn ok(o: &Output) {
+    assert!(o.status.success(), "envelopefs failed ({:?}): {}", o.status, String::from_utf8_lossy(&o.stderr));
+}
+
+pub struct MountFixture {
+    pub tmp: TempDir,
+    pub cipher: PathBuf,
+    pub mnt: PathBuf,
+    pub passfile: PathBuf,
+    mounted: bool,
+}
+
+impl MountFixture {
+    /// A new volume (`init_args` passed to init) mounted at `<tmp>/mnt`.
+    pub fn new(init_args: &[&str]) -> Self {
+        assert!(Path::new("/dev/fuse").exists(), "mount tests need /dev/fuse (CI provides it)");
+        let tmp = super::scratch();
+        let (cipher, mnt, passfile) = (tmp.path().join("cipher"), tmp.path().join("mnt"), tmp.path().join("pass"));
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::write(&passfile, "mount test passphrase\n").unwrap();
+        let mut args: Vec<&std::ffi::OsStr> = vec!["init".as_ref(), cipher.as_os_str(), "--passfile".as_ref(), passfile.as_os_str()];
+        args.extend(init_args.iter().map(std::ffi::OsStr::new));
+        ok(&evfs(&args));
+        let mut m = MountFixture { tmp, cipher, mnt, passfile, mounted: false };
+        m.mount();
+        m
+    }
+
+    pub fn mount(&mut self) {
+        ok(&self.try_mount(&[]));
+        self.mounted = true;
+    }
+
+    pub fn try_mount(&self, extra: &[&str]) -> Output {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "mount".as_ref(),
+            self.cipher.as_os_str(),
+            self.mnt.as_os_str(),
+            "--passfile".as_ref(),
+            self.passfile.as_os_str(),
+        ];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        evfs(&args)
+    }
+
+    pub fn unmount(&mut self) {
+        ok(&evfs(&["umount".as_ref(), self.mnt.as_os_str()]));
+        self.mounted = false;
+    }
+
+    pub fn remount(&mut self) {
+        self.unmount();
+        self.mount();
+    }
+
+    /// A path inside the mount.
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+}
+
+impl Drop for MountFixture {
+    fn drop(&mut self) {
+        if self.mounted {
+            let o = evfs(&["umount".as_ref(), self.mnt.as_os_str()]);
+            if !o.status.success() {
+                let _ = Command::new("fusermount3").arg("-uz").arg(&self.mnt).status();
+            }
+        }
+    }
+}

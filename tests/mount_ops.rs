@@ -1,0 +1,243 @@
+//! Every file-system operation through a real FUSE mount, with its error cases.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+
+use common::mount::MountFixture;
+use common::{all_files, contains, pattern};
+use nix::errno::Errno;
+
+fn errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    r.expect_err("expected an error").raw_os_error().expect("an OS error")
+}
+
+#[test]
+fn files_and_directories_with_their_errors() {
+    let m = MountFixture::new(&[]);
+    fs::create_dir(m.p("d")).unwrap();
+    fs::write(m.p("d/f"), b"hello").unwrap();
+    assert_eq!(fs::read(m.p("d/f")).unwrap(), b"hello");
+    let mut f = fs::OpenOptions::new().append(true).open(m.p("d/f")).unwrap();
+    f.write_all(b", world").unwrap();
+    drop(f);
+    assert_eq!(fs::read_to_string(m.p("d/f")).unwrap(), "hello, world");
+    assert_eq!(fs::metadata(m.p("d/f")).unwrap().len(), 12);
+
+    assert_eq!(errno(fs::read(m.p("nope"))), Errno::ENOENT as i32);
+    assert_eq!(errno(fs::create_dir(m.p("d"))), Errno::EEXIST as i32);
+    assert_eq!(errno(fs::OpenOptions::new().write(true).create_new(true).open(m.p("d/f"))), Errno::EEXIST as i32);
+    assert_eq!(errno(fs::remove_dir(m.p("d"))), Errno::ENOTEMPTY as i32);
+    assert_eq!(errno(fs::remove_file(m.p("d"))), Errno::EISDIR as i32);
+    assert_eq!(errno(fs::write(m.p("d/f/x"), b"")), Errno::ENOTDIR as i32);
+    assert_eq!(errno(fs::write(m.p(&"n".repeat(256)), b"")), Errno::ENAMETOOLONG as i32);
+    assert_eq!(errno(fs::rename(m.p("d/f"), m.tmp.path().join("outside"))), Errno::EXDEV as i32);
+    assert_eq!(errno(fs::OpenOptions::new().write(true).open(m.p("d"))), Errno::EISDIR as i32);
+
+    let names: Vec<_> = fs::read_dir(m.p("d")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec!["f"]);
+    fs::remove_file(m.p("d/f")).unwrap();
+    fs::remove_dir(m.p("d")).unwrap();
+    assert_eq!(fs::read_dir(&m.mnt).unwrap().count(), 0);
+
+    // 255-byte names work although their encrypted form is longer than the backing allows.
+    let long = "x".repeat(255);
+    fs::write(m.p(&long), b"long").unwrap();
+    assert_eq!(fs::read(m.p(&long)).unwrap(), b"long");
+    fs::create_dir(m.p("sub")).unwrap();
+    fs::rename(m.p(&long), m.p(&format!("sub/{long}"))).unwrap();
+    assert_eq!(fs::read(m.p(&format!("sub/{long}"))).unwrap(), b"long");
+}
+
+#[test]
+fn attributes_ownership_times_and_truncate() {
+    let m = MountFixture::new(&[]);
+    let p = m.p("f");
+    fs::write(&p, pattern(1, 10_000)).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o640);
+    std::os::unix::fs::chown(&p, Some(1234), Some(5678)).unwrap();
+    let md = fs::metadata(&p).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    fs::File::options().write(true).open(&p).unwrap().set_modified(t).unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().modified().unwrap(), t);
+    fs::File::options().write(true).open(&p).unwrap().set_len(100).unwrap();
+    assert_eq!(fs::read(&p).unwrap(), pattern(1, 10_000)[..100]);
+    fs::File::options().write(true).open(&p).unwrap().set_len(5000).unwrap();
+    let back = fs::read(&p).unwrap();
+    assert_eq!(back.len(), 5000);
+    assert!(back[100..].iter().all(|&b| b == 0), "extension reads as zeros");
+    // Ownership is kept across a remount.
+    drop(back);
+    let mut m = m;
+    m.remount();
+    let md = fs::metadata(m.p("f")).unwrap();
+    assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777, md.len()), (1234, 5678, 0o640, 5000));
+}
+
+#[test]
+fn links_special_files_and_xattrs() {
+    let mut m = MountFixture::new(&[]);
+    fs::write(m.p("target"), b"data").unwrap();
+    std::os::unix::fs::symlink("target", m.p("sym")).unwrap();
+    assert_eq!(fs::read_link(m.p("sym")).unwrap().to_str(), Some("target"));
+    assert_eq!(fs::read(m.p("sym")).unwrap(), b"data");
+    fs::hard_link(m.p("target"), m.p("hard")).unwrap();
+    assert_eq!(fs::metadata(m.p("hard")).unwrap().nlink(), 2);
+    fs::write(m.p("hard"), b"changed").unwrap();
+    assert_eq!(fs::read(m.p("target")).unwrap(), b"changed");
+    fs::remove_file(m.p("target")).unwrap();
+    assert_eq!(fs::read(m.p("hard")).unwrap(), b"changed", "the other link keeps the keys");
+
+    nix::unistd::mkfifo(&m.p("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&fs::symlink_metadata(m.p("fifo")).unwrap().file_type()));
+    let sock = std::os::unix::net::UnixListener::bind(m.p("sock")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_socket(&fs::symlink_metadata(m.p("sock")).unwrap().file_type()));
+    drop(sock);
+
+    use std::ffi::OsStr;
+    let set = |p: &std::path::Path, n: &str, v: &[u8]| {
+        nix_xattr(p, n, Some(v)).unwrap();
+    };
+    set(&m.p("hard"), "user.color", b"blue");
+    fs::create_dir(m.p("dir")).unwrap();
+    set(&m.p("dir"), "user.kind", b"folder");
+    assert_eq!(nix_xattr_get(&m.p("hard"), "user.color").unwrap(), b"blue");
+    assert_eq!(nix_xattr_get(&m.p("hard"), "user.none").unwrap_err(), Errno::ENODATA as i32);
+    assert_eq!(nix_xattr(&m.p("hard"), "trusted.x", Some(b"1")).unwrap_err(), Errno::EOPNOTSUPP as i32);
+    let _ = OsStr::new("");
+
+    m.remount();
+    assert_eq!(fs::read_link(m.p("sym")).unwrap().to_str(), Some("target"));
+    assert_eq!(nix_xattr_get(&m.p("hard"), "user.color").unwrap(), b"blue");
+    assert_eq!(nix_xattr_get(&m.p("dir"), "user.kind").unwrap(), b"folder");
+    nix_xattr(&m.p("hard"), "user.color", None).unwrap();
+    assert_eq!(nix_xattr_get(&m.p("hard"), "user.color").unwrap_err(), Errno::ENODATA as i32);
+}
+
+/// setxattr (Some) or removexattr (None) via Python's os module (no extra crate needed).
+fn nix_xattr(p: &std::path::Path, name: &str, value: Option<&[u8]>) -> Result<(), i32> {
+    let code = match value {
+        Some(v) => format!("os.setxattr({p:?}, {name:?}, bytes.fromhex('{}'))", hex::encode(v)),
+        None => format!("os.removexattr({p:?}, {name:?})"),
+    };
+    py(&code).map(|_| ())
+}
+
+fn nix_xattr_get(p: &std::path::Path, name: &str) -> Result<Vec<u8>, i32> {
+    py(&format!("sys.stdout.write(os.getxattr({p:?}, {name:?}).hex())")).map(|h| hex::decode(h.trim()).unwrap())
+}
+
+fn py(code: &str) -> Result<String, i32> {
+    let script = format!("import os, sys\ntry:\n    {code}\nexcept OSError as e:\n    sys.exit(100 + e.errno)\n");
+    let o = std::process::Command::new("python3").arg("-c").arg(script).output().unwrap();
+    match o.status.code() {
+        Some(0) => Ok(String::from_utf8(o.stdout).unwrap()),
+        Some(c) if c > 100 => Err(c - 100),
+        _ => panic!("python failed: {}", String::from_utf8_lossy(&o.stderr)),
+    }
+}
+
+#[test]
+fn rename_noreplace_and_exchange() {
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    let m = MountFixture::new(&[]);
+    fs::write(m.p("a"), b"A").unwrap();
+    fs::write(m.p("b"), b"B").unwrap();
+    assert_eq!(renameat2(AT_FDCWD, &m.p("a"), AT_FDCWD, &m.p("b"), RenameFlags::RENAME_NOREPLACE), Err(Errno::EEXIST));
+    renameat2(AT_FDCWD, &m.p("a"), AT_FDCWD, &m.p("b"), RenameFlags::RENAME_EXCHANGE).unwrap();
+    assert_eq!(fs::read(m.p("a")).unwrap(), b"B");
+    assert_eq!(fs::read(m.p("b")).unwrap(), b"A");
+    renameat2(AT_FDCWD, &m.p("a"), AT_FDCWD, &m.p("c"), RenameFlags::RENAME_NOREPLACE).unwrap();
+    assert_eq!(fs::read(m.p("c")).unwrap(), b"B");
+    fs::rename(m.p("c"), m.p("b")).unwrap();
+    assert_eq!(fs::read(m.p("b")).unwrap(), b"B");
+    assert_eq!(fs::read_dir(&m.mnt).unwrap().count(), 1);
+}
+
+#[test]
+fn statfs_access_fallocate_and_seek_data_hole() {
+    let m = MountFixture::new(&[]);
+    let st = nix::sys::statvfs::statvfs(&m.mnt).unwrap();
+    assert!(st.blocks() > 0 && st.name_max() == 255);
+    fs::write(m.p("f"), b"x").unwrap();
+    nix::unistd::access(&m.p("f"), nix::unistd::AccessFlags::R_OK).unwrap();
+    assert_eq!(nix::unistd::access(&m.p("none"), nix::unistd::AccessFlags::F_OK), Err(Errno::ENOENT));
+
+    let f = fs::OpenOptions::new().read(true).write(true).open(m.p("f")).unwrap();
+    nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), 0, 1 << 20).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 1 << 20);
+    f.write_all_at(b"data", 600_000).unwrap();
+    use nix::unistd::{lseek, Whence};
+    let data = lseek(&f, 4096, Whence::SeekData).unwrap();
+    assert_eq!(data, 598_016, "first written block at or after 4096");
+    let hole = lseek(&f, 600_000, Whence::SeekHole).unwrap();
+    assert_eq!(hole, 602_112);
+    assert_eq!(lseek(&f, 0, Whence::SeekHole).unwrap(), 4096);
+    let mut g = fs::File::open(m.p("f")).unwrap();
+    g.seek(SeekFrom::Start(600_000)).unwrap();
+    let mut b = [0u8; 4];
+    g.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"data");
+}
+
+#[test]
+fn no_plaintext_in_the_backing_directory_and_everything_back_after_remount() {
+    let mut m = MountFixture::new(&[]);
+    let marker = b"ENVELOPEFS-MOUNT-MARKER-93c1";
+    let content: Vec<u8> = marker.iter().copied().cycle().take(3 << 20).collect();
+    fs::create_dir_all(m.p("secret-dir-MARKER/nested")).unwrap();
+    fs::write(m.p("secret-dir-MARKER/nested/secret-name-MARKER.txt"), &content).unwrap();
+    std::os::unix::fs::symlink("link-target-MARKER", m.p("secret-dir-MARKER/link")).unwrap();
+    nix_xattr(&m.p("secret-dir-MARKER/nested/secret-name-MARKER.txt"), "user.MARKER", b"xattr-value-MARKER".as_ref().into()).unwrap();
+    m.unmount();
+    for f in all_files(&m.cipher) {
+        if let Ok(t) = fs::read_link(&f) {
+            assert!(!t.to_string_lossy().contains("MARKER"), "{} links to plaintext", f.display());
+            continue;
+        }
+        let bytes = fs::read(&f).unwrap();
+        for needle in [&marker[..], b"secret-dir-MARKER", b"secret-name-MARKER", b"link-target-MARKER", b"xattr-value-MARKER", b"user.MARKER"] {
+            assert!(!contains(&bytes, needle), "{} holds plaintext {:?}", f.display(), String::from_utf8_lossy(needle));
+        }
+        assert!(!f.to_string_lossy().contains("MARKER"));
+    }
+    m.mount();
+    assert_eq!(fs::read(m.p("secret-dir-MARKER/nested/secret-name-MARKER.txt")).unwrap(), content);
+    assert_eq!(fs::read_link(m.p("secret-dir-MARKER/link")).unwrap().to_str(), Some("link-target-MARKER"));
+    assert_eq!(nix_xattr_get(&m.p("secret-dir-MARKER/nested/secret-name-MARKER.txt"), "user.MARKER").unwrap(), b"xattr-value-MARKER");
+}
+
+#[test]
+fn concurrent_readers_and_writers_on_one_file() {
+    let m = MountFixture::new(&[]);
+    let path = m.p("shared");
+    fs::write(&path, vec![0u8; 8 << 20]).unwrap();
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let f = fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+                for i in 0..32u64 {
+                    let off = (i * 4 + t) * 65_536;
+                    let data = pattern(off, 65_536);
+                    f.write_all_at(&data, off).unwrap();
+                    let mut back = vec![0u8; 65_536];
+                    f.read_exact_at(&mut back, off).unwrap();
+                    assert!(back == data, "thread {t} range {i}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let all = fs::read(&path).unwrap();
+    for k in 0..128u64 {
+        let off = (k * 65_536) as usize;
+        assert!(all[off..off + 65_536] == pattern(k * 65_536, 65_536)[..], "range {k}");
+    }
+}
