@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sets up (only what is missing), builds envelopefs, and creates a demo volume on the
-# embedded passphrase keystore. Re-running it reuses the demo volume.
+# Sets up (only what is missing), builds envelopefs, creates a demo volume on the embedded
+# passphrase keystore and mounts it. Re-running it reuses the demo volume.
 #
 #   DEMO=./demo scripts/quickstart.sh
 set -euo pipefail
@@ -10,6 +10,7 @@ source scripts/lib/setup.sh
 DEMO=${DEMO:-$PWD/demo}
 ensure_rust
 ensure_apt gcc build-essential
+ensure_apt fusermount3 fuse3
 
 say "building envelopefs (release)"
 cargo build --release --locked
@@ -25,10 +26,21 @@ fi
 if [ ! -f "$DEMO/cipher/envelopefs.conf" ]; then
     "$BIN" init "$DEMO/cipher" --passfile "$PASSFILE"
 fi
-"$BIN" status "$DEMO/cipher"
+mkdir -p "$DEMO/plain"
+if grep -q " $DEMO/plain " /proc/self/mountinfo; then
+    say "already mounted"
+else
+    "$BIN" mount "$DEMO/cipher" "$DEMO/plain" --passfile "$PASSFILE"
+fi
+echo "Hello from envelopefs" > "$DEMO/plain/hello.txt"
 cat <<MSG
 
-Demo volume: $DEMO/cipher (passphrase in $PASSFILE)
-Try:  $BIN status $DEMO/cipher --json
-      $BIN passwd $DEMO/cipher --passfile $PASSFILE
+Mounted: $DEMO/plain  (plaintext view; everything written there is encrypted)
+Backing: $DEMO/cipher (what lands on disk: encrypted names and contents)
+Passphrase: $PASSFILE (demo only; real volumes use a prompt, --extpass or a KMS)
+
+Try:  ls -la $DEMO/plain $DEMO/cipher/data
+      $BIN status $DEMO/cipher
+Unmount:  $BIN umount $DEMO/plain      (or: fusermount3 -u $DEMO/plain)
+Remount:  $BIN mount $DEMO/cipher $DEMO/plain --passfile $PASSFILE
 MSG

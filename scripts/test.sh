@@ -7,6 +7,17 @@ source scripts/lib/setup.sh
 
 ensure_rust
 ensure_apt gcc build-essential
+# Mount tests: FUSE, and the real tools they drive.
+ensure_apt fusermount3 fuse3
+ensure_apt fio fio
+ensure_apt git git
+ensure_apt python3 python3
+ensure_apt unshare util-linux
+if ! command -v fsx >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/fsx" ]; then
+    say "cargo install fsx"
+    cargo install fsx --locked --quiet
+fi
+[ -e /dev/fuse ] || say "warning: /dev/fuse is missing; mount tests will fail (CI provides it)"
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -192,7 +192,12 @@ fn no_plaintext_in_the_backing_directory_and_everything_back_after_remount() {
     fs::create_dir_all(m.p("secret-dir-MARKER/nested")).unwrap();
     fs::write(m.p("secret-dir-MARKER/nested/secret-name-MARKER.txt"), &content).unwrap();
     std::os::unix::fs::symlink("link-target-MARKER", m.p("secret-dir-MARKER/link")).unwrap();
-    nix_xattr(&m.p("secret-dir-MARKER/nested/secret-name-MARKER.txt"), "user.MARKER", b"xattr-value-MARKER".as_ref().into()).unwrap();
+    nix_xattr(
+        &m.p("secret-dir-MARKER/nested/secret-name-MARKER.txt"),
+        "user.MARKER",
+        b"xattr-value-MARKER".as_ref().into(),
+    )
+    .unwrap();
     m.unmount();
     for f in all_files(&m.cipher) {
         if let Ok(t) = fs::read_link(&f) {
@@ -200,7 +205,14 @@ fn no_plaintext_in_the_backing_directory_and_everything_back_after_remount() {
             continue;
         }
         let bytes = fs::read(&f).unwrap();
-        for needle in [&marker[..], b"secret-dir-MARKER", b"secret-name-MARKER", b"link-target-MARKER", b"xattr-value-MARKER", b"user.MARKER"] {
+        for needle in [
+            &marker[..],
+            b"secret-dir-MARKER",
+            b"secret-name-MARKER",
+            b"link-target-MARKER",
+            b"xattr-value-MARKER",
+            b"user.MARKER",
+        ] {
             assert!(!contains(&bytes, needle), "{} holds plaintext {:?}", f.display(), String::from_utf8_lossy(needle));
         }
         assert!(!f.to_string_lossy().contains("MARKER"));
@@ -208,7 +220,10 @@ fn no_plaintext_in_the_backing_directory_and_everything_back_after_remount() {
     m.mount();
     assert_eq!(fs::read(m.p("secret-dir-MARKER/nested/secret-name-MARKER.txt")).unwrap(), content);
     assert_eq!(fs::read_link(m.p("secret-dir-MARKER/link")).unwrap().to_str(), Some("link-target-MARKER"));
-    assert_eq!(nix_xattr_get(&m.p("secret-dir-MARKER/nested/secret-name-MARKER.txt"), "user.MARKER").unwrap(), b"xattr-value-MARKER");
+    assert_eq!(
+        nix_xattr_get(&m.p("secret-dir-MARKER/nested/secret-name-MARKER.txt"), "user.MARKER").unwrap(),
+        b"xattr-value-MARKER"
+    );
 }
 
 #[test]

@@ -12,9 +12,8 @@ fn tool(name: &str) -> PathBuf {
     if let Some(p) = home_bin.filter(|p| p.exists()) {
         return p;
     }
-    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join(name))
-        .find(|p| p.exists());
+    let found =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).map(|d| d.join(name)).find(|p| p.exists());
     found.unwrap_or_else(|| panic!("{name} is not installed (scripts/test.sh installs it)"))
 }
 
@@ -32,7 +31,10 @@ fn run(cmd: &mut Command) -> String {
 #[test]
 fn fsx_100k_operations() {
     let m = MountFixture::new(&[]);
-    let out = run(Command::new(tool("fsx")).args(["-N", "100000", "-S", "20261122"]).arg(m.p("fsx.file")).current_dir(&m.mnt));
+    let out = run(Command::new(tool("fsx"))
+        .args(["-N", "100000", "-S", "20261122"])
+        .arg(m.p("fsx.file"))
+        .current_dir(&m.mnt));
     assert!(out.contains("A-OK") || out.is_empty(), "{out}");
 }
 

@@ -98,10 +98,19 @@ pub enum Change<'a> {
         dir: &'a [u8; 16],
         hash: &'a [u8],
     },
-    PutXattr { object: &'a [u8; 16], name: &'a [u8], value: &'a [u8] },
-    DeleteXattr { object: &'a [u8; 16], name: &'a [u8] },
+    PutXattr {
+        object: &'a [u8; 16],
+        name: &'a [u8],
+        value: &'a [u8],
+    },
+    DeleteXattr {
+        object: &'a [u8; 16],
+        name: &'a [u8],
+    },
     /// Deletes every extended attribute of a directory (rmdir).
-    DeleteXattrs { object: &'a [u8; 16] },
+    DeleteXattrs {
+        object: &'a [u8; 16],
+    },
 }
 
 pub struct Store {

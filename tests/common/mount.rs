@@ -34,7 +34,8 @@ impl MountFixture {
         let (cipher, mnt, passfile) = (tmp.path().join("cipher"), tmp.path().join("mnt"), tmp.path().join("pass"));
         std::fs::create_dir(&mnt).unwrap();
         std::fs::write(&passfile, "mount test passphrase\n").unwrap();
-        let mut args: Vec<&std::ffi::OsStr> = vec!["init".as_ref(), cipher.as_os_str(), "--passfile".as_ref(), passfile.as_os_str()];
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec!["init".as_ref(), cipher.as_os_str(), "--passfile".as_ref(), passfile.as_os_str()];
         args.extend(init_args.iter().map(std::ffi::OsStr::new));
         ok(&evfs(&args));
         let mut m = MountFixture { tmp, cipher, mnt, passfile, mounted: false };
