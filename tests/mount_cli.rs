@@ -61,8 +61,7 @@ fn mount_errors_are_one_clear_line_with_documented_codes() {
     assert_eq!(code(&o), 11);
     assert!(one_line(&o).contains("not an envelopefs volume"));
 
-    let o = m.try_mount(&[]);
-    assert_eq!(code(&o), 0);
+    m.mount();
     let o = m.try_mount(&[]);
     assert_eq!(code(&o), 19, "busy mountpoint");
     assert!(one_line(&o).contains("busy"));
@@ -78,8 +77,7 @@ fn mount_errors_are_one_clear_line_with_documented_codes() {
     assert_eq!(code(&o), 19, "volume already mounted elsewhere");
     assert!(one_line(&o).contains("already mounted"));
     assert!(!mounted(&other));
-    let o = evfs(&["umount".as_ref(), m.mnt.as_os_str()]);
-    assert_eq!(code(&o), 0);
+    m.unmount();
 
     let o = evfs(&[
         "mount".as_ref(),
@@ -166,12 +164,11 @@ fn daemon_drops_its_core_limit() {
     );
     let o = Command::new("bash").arg("-c").arg(&script).output().unwrap();
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    m.adopt();
     let pid = daemon_pid(&m.mnt);
     let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
     assert_eq!(core.split_whitespace().nth(4), Some("0"), "{core}");
-    let o = evfs(&["umount".as_ref(), m.mnt.as_os_str()]);
-    assert_eq!(code(&o), 0);
 }
 
 #[test]
@@ -200,8 +197,24 @@ fn mount_t_fuse_envelopefs_through_the_helper() {
         .output()
         .unwrap();
     assert!(o.status.success(), "mount -t fuse.envelopefs: {}", String::from_utf8_lossy(&o.stderr));
+    m.adopt();
     assert_eq!(fs::read(m.p("f")).unwrap(), b"via fstab");
-    let o = Command::new("umount").arg(&m.mnt).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    m.unmount();
     drop(helper);
+}
+
+#[test]
+fn plain_fusermount3_unmount_commits_and_ends_the_daemon() {
+    let mut m = MountFixture::new(&[]);
+    fs::write(m.p("kept"), b"written before fusermount3 -u").unwrap();
+    let pid = daemon_pid(&m.mnt);
+    let o = Command::new("fusermount3").arg("-u").arg(&m.mnt).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "daemon still running");
+    m.mount();
+    assert_eq!(fs::read(m.p("kept")).unwrap(), b"written before fusermount3 -u");
 }

@@ -256,3 +256,31 @@ fn concurrent_readers_and_writers_on_one_file() {
         assert!(all[off..off + 65_536] == pattern(k * 65_536, 65_536)[..], "range {k}");
     }
 }
+
+#[test]
+fn large_directories_list_with_attributes() {
+    let m = MountFixture::new(&[]);
+    fs::create_dir(m.p("many")).unwrap();
+    for i in 0..1500 {
+        fs::write(m.p(&format!("many/file-{i:04}")), vec![b'x'; i % 97]).unwrap();
+    }
+    let mut seen = 0;
+    for e in fs::read_dir(m.p("many")).unwrap() {
+        let e = e.unwrap();
+        let i: usize = e.file_name().to_str().unwrap()[5..].parse().unwrap();
+        assert_eq!(e.metadata().unwrap().len() as usize, i % 97);
+        seen += 1;
+    }
+    assert_eq!(seen, 1500);
+}
+
+#[test]
+fn read_only_mount_refuses_writes() {
+    let mut m = MountFixture::new(&[]);
+    fs::write(m.p("f"), b"before").unwrap();
+    m.unmount();
+    m.mount_with(&["--read-only"]);
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"before");
+    assert_eq!(errno(fs::write(m.p("f"), b"x")), Errno::EROFS as i32);
+    assert_eq!(errno(fs::create_dir(m.p("d"))), Errno::EROFS as i32);
+}

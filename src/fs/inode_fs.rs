@@ -362,6 +362,31 @@ impl InodeFs {
         self.vol.remove_xattr(&self.path(ino)?, name)
     }
 
+    /// Entries of directory `ino` with their attributes (readdirplus). The kernel counts a
+    /// lookup for every entry it receives: call [`Self::note_lookup`] for each one sent.
+    pub fn readdir_plus(&self, ino: u64) -> Result<Vec<(OsString, Attr)>> {
+        let path = self.path(ino)?;
+        let mut me = self.vol.getattr(&path)?;
+        self.fuse_ino(&mut me);
+        let mut out = vec![(OsString::from("."), me.clone()), (OsString::from(".."), me)];
+        for e in self.vol.readdir(&path)? {
+            let mut a = self.vol.getattr(&path.join(&e.name))?;
+            self.fuse_ino(&mut a);
+            out.push((e.name, a));
+        }
+        Ok(out)
+    }
+
+    /// Records that the kernel now holds a reference to entry `name` of `parent`.
+    pub fn note_lookup(&self, parent: u64, name: &OsStr, attr: &Attr) {
+        if attr.ino == ROOT_INO {
+            return;
+        }
+        if let Ok(path) = self.child(parent, name) {
+            self.remember(path, attr.clone());
+        }
+    }
+
     pub fn statfs(&self) -> Result<StatFs> {
         self.vol.statfs()
     }

@@ -44,7 +44,17 @@ impl MountFixture {
     }
 
     pub fn mount(&mut self) {
-        ok(&self.try_mount(&[]));
+        self.mount_with(&[]);
+    }
+
+    /// Mounts with extra `mount` arguments.
+    pub fn mount_with(&mut self, extra: &[&str]) {
+        ok(&self.try_mount(extra));
+        self.mounted = true;
+    }
+
+    /// Marks the volume as mounted by the test itself, so Drop unmounts it.
+    pub fn adopt(&mut self) {
         self.mounted = true;
     }
 
