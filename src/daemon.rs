@@ -59,8 +59,8 @@ pub fn preflight(req: &MountRequest) -> Result<MountRequest> {
     Ok(MountRequest { cipherdir, mountpoint, ..req.clone() })
 }
 
-/// Takes the volume's lock, or says who holds it.
-fn lock_volume(cipherdir: &Path) -> Result<Flock<File>> {
+/// Takes the volume's lock (held by a mount daemon or a rotation), or says who holds it.
+pub fn lock_volume(cipherdir: &Path) -> Result<Flock<File>> {
     let path = cipherdir.join(LOCK_FILE);
     let file = OpenOptions::new()
         .create(true)

@@ -83,6 +83,16 @@ enum Command {
     /// Unmount an envelopefs mount (like `fusermount3 -u`) and wait until its daemon has
     /// committed everything and exited.
     Umount { mountpoint: PathBuf },
+    /// Rotate keys of an unmounted volume. `--kek`: a new KEK; every DEK and the name key are
+    /// re-wrapped, no data is rewritten; interrupted runs are finished by running it again.
+    Rotate {
+        cipherdir: PathBuf,
+        /// Replace the key-encryption key.
+        #[arg(long, required = true)]
+        kek: bool,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
     /// Show a volume's header and metadata counts (no passphrase needed).
     Status {
         cipherdir: PathBuf,
@@ -187,6 +197,7 @@ fn run(cmd: Command) -> Result<()> {
             parse_mount_options(&options, &mut req, &mut pass)?;
             mount(req, foreground, daemon_child, pass)
         }
+        Command::Rotate { cipherdir, kek: _, pass } => rotate_kek(&cipherdir, pass),
         Command::Umount { mountpoint } => {
             envelopefs::daemon::unmount(&mountpoint, std::time::Duration::from_secs(30))?;
             Ok(())
@@ -218,6 +229,26 @@ fn mount_helper_args() -> Option<Vec<OsString>> {
         }
     }
     Some(out)
+}
+
+fn rotate_kek(cipherdir: &Path, pass: PassArgs) -> Result<()> {
+    use std::io::IsTerminal;
+    let _lock = envelopefs::daemon::lock_volume(cipherdir)?;
+    let header = Volume::read_header(cipherdir)?;
+    let kms = kms::open(&header.kms_uri, cipherdir, &pass.source())?;
+    let old = hex(&header.kek_id);
+    let vol = Volume::open_with_kms(cipherdir, header, kms.as_ref())?;
+    let tty = std::io::stderr().is_terminal();
+    let new = vol.rotate_kek(kms.as_ref(), &mut |done, total| {
+        if tty {
+            eprint!("\rre-wrapped {done}/{total} DEKs");
+        }
+    })?;
+    if tty {
+        eprintln!();
+    }
+    println!("KEK rotated: {old} -> {} (no data rewritten).", hex(&new.kek_id));
+    Ok(())
 }
 
 /// Applies `-o` options; generic fstab options are accepted and ignored.

@@ -175,10 +175,10 @@ impl FileState {
     }
 
     fn unwrap_dek(&self, e: u64, ext: &Extent) -> Result<Arc<DataCipher>> {
-        if ext.kek_id != *self.core.keys.kek_id() {
+        if !self.core.keys.knows_kek(&ext.kek_id) {
             return Err(Error::integrity(self.name(), format!("extent {e} is wrapped under an unknown KEK")));
         }
-        self.core.keys.dek(&self.id, e, &ext.wrapped).map_err(|_| {
+        self.core.keys.dek(&self.id, e, &ext.kek_id, &ext.wrapped).map_err(|_| {
             tracing::error!(file = %self.name().display(), extent = e, "wrapped DEK failed to unwrap");
             Error::integrity(self.name(), format!("the wrapped key of extent {e} does not authenticate"))
         })

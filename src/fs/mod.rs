@@ -13,6 +13,7 @@ mod file;
 mod inode_fs;
 mod meta;
 mod names;
+mod rotate;
 mod volume;
 mod xattr;
 

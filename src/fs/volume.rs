@@ -246,7 +246,9 @@ impl Volume {
             root_id,
             open: Mutex::new(HashMap::new()),
         };
-        Ok(Volume { core: Arc::new(core), cipherdir: cipherdir.to_path_buf(), header })
+        let vol = Volume { core: Arc::new(core), cipherdir: cipherdir.to_path_buf(), header };
+        vol.resume_pending_rotation(kms)?;
+        Ok(vol)
     }
 
     pub fn header(&self) -> &VolumeHeader {

@@ -8,7 +8,7 @@
 mod cache;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 pub use cache::{CacheStats, DekCache};
 
@@ -20,19 +20,33 @@ use crate::{Error, Result};
 /// Identity of a file's data: the random id in its object header.
 pub type FileId = [u8; 16];
 
+/// A key-encryption key with its id.
+struct Kek {
+    id: [u8; 16],
+    wrapper: KeyWrapper,
+}
+
 /// Unwrapped keys of one open volume.
 pub struct KeyRing {
     volume_id: [u8; 16],
     cipher: CipherKind,
-    kek_id: [u8; 16],
-    kek: KeyWrapper,
+    /// The KEK the volume header names; new DEKs are wrapped under it.
+    current: Kek,
+    /// During an interrupted or running `rotate --kek`: the KEK being rotated to. DEKs already
+    /// re-wrapped under it must stay readable.
+    pending: RwLock<Option<Arc<Kek>>>,
     names: NameCipher,
+    /// Kept (zeroized on drop) so a KEK rotation can re-wrap it.
+    name_key: Key256,
     cache: DekCache,
 }
 
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyRing").field("cipher", &self.cipher).field("kek_id", &self.kek_id).finish_non_exhaustive()
+        f.debug_struct("KeyRing")
+            .field("cipher", &self.cipher)
+            .field("kek_id", &self.current.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -47,7 +61,7 @@ impl KeyRing {
         header.wrapped_kek = kms.wrap(&kek, &ctx).map_err(|e| kms_error(kms, e))?;
         let kek = KeyWrapper::new(&kek);
         header.wrapped_name_key = kek.wrap(&name_key, &header.binding());
-        Ok(Self::assemble(header, kek, &name_key))
+        Ok(Self::assemble(header, kek, name_key))
     }
 
     /// For opening a volume: one KMS unwrap of the KEK, then the name key under the KEK
@@ -65,16 +79,17 @@ impl KeyRing {
                 "volume header fields or wrapped name key were altered (authentication failed)",
             )
         })?;
-        Ok(Self::assemble(header, kek, &name_key))
+        Ok(Self::assemble(header, kek, name_key))
     }
 
-    fn assemble(header: &VolumeHeader, kek: KeyWrapper, name_key: &Key256) -> KeyRing {
+    fn assemble(header: &VolumeHeader, kek: KeyWrapper, name_key: Key256) -> KeyRing {
         KeyRing {
             volume_id: header.volume_id,
             cipher: header.cipher,
-            kek_id: header.kek_id,
-            kek,
-            names: NameCipher::new(name_key),
+            current: Kek { id: header.kek_id, wrapper: kek },
+            pending: RwLock::new(None),
+            names: NameCipher::new(&name_key),
+            name_key,
             cache: DekCache::new(DekCache::DEFAULT_ENTRIES, DekCache::DEFAULT_MAX_AGE),
         }
     }
@@ -83,8 +98,33 @@ impl KeyRing {
         &self.volume_id
     }
 
+    /// The id of the KEK the header names (new DEKs are wrapped under it).
     pub fn kek_id(&self) -> &[u8; 16] {
-        &self.kek_id
+        &self.current.id
+    }
+
+    /// Whether DEKs wrapped under `id` can be opened (the current or the pending KEK).
+    pub fn knows_kek(&self, id: &[u8; 16]) -> bool {
+        *id == self.current.id || self.pending_kek().is_some_and(|k| k.id == *id)
+    }
+
+    fn pending_kek(&self) -> Option<Arc<Kek>> {
+        self.pending.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs `f` with the KEK named `id`.
+    fn with_kek<T>(
+        &self,
+        id: &[u8; 16],
+        f: impl FnOnce(&KeyWrapper) -> std::result::Result<T, AuthError>,
+    ) -> std::result::Result<T, AuthError> {
+        if *id == self.current.id {
+            return f(&self.current.wrapper);
+        }
+        match self.pending_kek() {
+            Some(k) if k.id == *id => f(&k.wrapper),
+            _ => Err(AuthError),
+        }
     }
 
     pub fn names(&self) -> &NameCipher {
@@ -96,28 +136,29 @@ impl KeyRing {
     }
 
     /// `"EVFSDEK1" || volume_id || file_id || u64le(extent) || kek_id`.
-    fn dek_aad(&self, file: &FileId, extent: u64) -> [u8; 64] {
+    fn dek_aad(&self, file: &FileId, extent: u64, kek_id: &[u8; 16]) -> [u8; 64] {
         let mut aad = [0u8; 64];
         aad[..8].copy_from_slice(b"EVFSDEK1");
         aad[8..24].copy_from_slice(&self.volume_id);
         aad[24..40].copy_from_slice(file);
         aad[40..48].copy_from_slice(&extent.to_le_bytes());
-        aad[48..].copy_from_slice(&self.kek_id);
+        aad[48..].copy_from_slice(kek_id);
         aad
     }
 
     /// A fresh random DEK for `extent` of `file`: its wrapped form (to store) and its cipher
     /// (cached, replacing any earlier key of that extent).
     pub fn new_dek(&self, file: &FileId, extent: u64) -> (Vec<u8>, Arc<DataCipher>) {
-        let aad = self.dek_aad(file, extent);
+        let aad = self.dek_aad(file, extent, &self.current.id);
+        let kek = &self.current.wrapper;
         let (wrapped, cipher) = match self.cipher {
             CipherKind::Aes256GcmSiv => {
                 let k = Key256::generate();
-                (self.kek.wrap(&k, &aad), DataCipher::gcm_siv(&k))
+                (kek.wrap(&k, &aad), DataCipher::gcm_siv(&k))
             }
             CipherKind::Aes256Xts => {
                 let k = Key512::generate();
-                (self.kek.wrap(&k, &aad), DataCipher::xts(&k))
+                (kek.wrap(&k, &aad), DataCipher::xts(&k))
             }
         };
         let cipher = Arc::new(cipher);
@@ -127,15 +168,23 @@ impl KeyRing {
 
     /// The cipher of `extent` of `file`, from the cache or by unwrapping `wrapped`. A wrapped
     /// key moved from another extent, file, volume or KEK fails here.
-    pub fn dek(&self, file: &FileId, extent: u64, wrapped: &[u8]) -> std::result::Result<Arc<DataCipher>, AuthError> {
+    pub fn dek(
+        &self,
+        file: &FileId,
+        extent: u64,
+        kek_id: &[u8; 16],
+        wrapped: &[u8],
+    ) -> std::result::Result<Arc<DataCipher>, AuthError> {
         if let Some(c) = self.cache.get(&(*file, extent)) {
             return Ok(c);
         }
-        let aad = self.dek_aad(file, extent);
-        let cipher = Arc::new(match self.cipher {
-            CipherKind::Aes256GcmSiv => DataCipher::gcm_siv(&self.kek.unwrap::<32>(wrapped, &aad)?),
-            CipherKind::Aes256Xts => DataCipher::xts(&self.kek.unwrap::<64>(wrapped, &aad)?),
-        });
+        let aad = self.dek_aad(file, extent, kek_id);
+        let cipher = Arc::new(self.with_kek(kek_id, |kek| {
+            Ok(match self.cipher {
+                CipherKind::Aes256GcmSiv => DataCipher::gcm_siv(&kek.unwrap::<32>(wrapped, &aad)?),
+                CipherKind::Aes256Xts => DataCipher::xts(&kek.unwrap::<64>(wrapped, &aad)?),
+            })
+        })?);
         self.cache.insert((*file, extent), cipher.clone());
         Ok(cipher)
     }
@@ -149,10 +198,11 @@ impl KeyRing {
         wrapped: &[u8],
     ) -> std::result::Result<[u8; 32], AuthError> {
         use sha2::{Digest, Sha256};
-        let aad = self.dek_aad(file, extent);
+        let aad = self.dek_aad(file, extent, &self.current.id);
+        let kek = &self.current.wrapper;
         let digest = match self.cipher {
-            CipherKind::Aes256GcmSiv => Sha256::digest(self.kek.unwrap::<32>(wrapped, &aad)?.expose()),
-            CipherKind::Aes256Xts => Sha256::digest(self.kek.unwrap::<64>(wrapped, &aad)?.expose()),
+            CipherKind::Aes256GcmSiv => Sha256::digest(kek.unwrap::<32>(wrapped, &aad)?.expose()),
+            CipherKind::Aes256Xts => Sha256::digest(kek.unwrap::<64>(wrapped, &aad)?.expose()),
         };
         Ok(digest.into())
     }
@@ -160,6 +210,67 @@ impl KeyRing {
     /// Drops cached ciphers of `file` from extent `from` on (truncation, deletion).
     pub fn forget(&self, file: &FileId, from: u64) {
         self.cache.remove_where(|(f, e)| f == file && *e >= from);
+    }
+}
+
+/// `rotate --kek`: the KEK being rotated to.
+impl KeyRing {
+    /// Starts a rotation: a fresh KEK and id, wrapped by the KMS root. Returns what to record
+    /// (id, wrapped form) before any DEK is re-wrapped.
+    pub fn begin_rotation(&self, kms: &dyn Kms) -> Result<([u8; 16], Vec<u8>)> {
+        let key = Key256::generate();
+        let id = random_array();
+        let ctx = KmsContext { volume_id: self.volume_id, purpose: Purpose::Kek };
+        let wrapped = kms.wrap(&key, &ctx).map_err(|e| kms_error(kms, e))?;
+        self.set_pending(id, KeyWrapper::new(&key));
+        Ok((id, wrapped))
+    }
+
+    /// Resumes a recorded rotation (one more KMS unwrap).
+    pub fn resume_rotation(&self, kms: &dyn Kms, id: [u8; 16], wrapped: &[u8], store_path: &Path) -> Result<()> {
+        if id == self.current.id {
+            return Ok(());
+        }
+        let ctx = KmsContext { volume_id: self.volume_id, purpose: Purpose::Kek };
+        let key = kms.unwrap(wrapped, &ctx).map_err(|e| match e {
+            KmsError::Rejected(r) => Error::integrity(store_path, format!("pending KEK refused by the KMS ({r})")),
+            other => kms_error(kms, other),
+        })?;
+        self.set_pending(id, KeyWrapper::new(&key));
+        Ok(())
+    }
+
+    fn set_pending(&self, id: [u8; 16], wrapper: KeyWrapper) {
+        *self.pending.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Kek { id, wrapper }));
+    }
+
+    /// Re-wraps one DEK from the KEK it is under to the pending KEK. The DEK is unwrapped only
+    /// inside this call and zeroized on return.
+    pub fn rewrap_dek(
+        &self,
+        file: &FileId,
+        extent: u64,
+        from: &[u8; 16],
+        wrapped: &[u8],
+    ) -> std::result::Result<([u8; 16], Vec<u8>), AuthError> {
+        let to = self.pending_kek().ok_or(AuthError)?;
+        let (old_aad, new_aad) = (self.dek_aad(file, extent, from), self.dek_aad(file, extent, &to.id));
+        let out = self.with_kek(from, |kek| {
+            Ok(match self.cipher {
+                CipherKind::Aes256GcmSiv => to.wrapper.wrap(&kek.unwrap::<32>(wrapped, &old_aad)?, &new_aad),
+                CipherKind::Aes256Xts => to.wrapper.wrap(&kek.unwrap::<64>(wrapped, &old_aad)?, &new_aad),
+            })
+        })?;
+        Ok((to.id, out))
+    }
+
+    /// The name key wrapped under the pending KEK for a header naming `new_kek_id`.
+    pub fn rewrap_name_key(&self, header: &VolumeHeader) -> std::result::Result<Vec<u8>, AuthError> {
+        let to = self.pending_kek().ok_or(AuthError)?;
+        if to.id != header.kek_id {
+            return Err(AuthError);
+        }
+        Ok(to.wrapper.wrap(&self.name_key, &header.binding()))
     }
 }
 

@@ -15,9 +15,9 @@ use crate::{Error, Result};
 
 /// `PRAGMA application_id`: "EVFS".
 const APPLICATION_ID: i64 = 0x4556_4653;
-/// `PRAGMA user_version`: the schema version this build writes. Version 1 (no `xattrs`
-/// table) is migrated on open.
-const SCHEMA_VERSION: i64 = 2;
+/// `PRAGMA user_version`: the schema version this build writes. Older versions are
+/// migrated on open (1 → 2 adds `xattrs`, 2 → 3 adds `meta`).
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE files (
@@ -38,6 +38,14 @@ CREATE TABLE long_names (
     hash   BLOB NOT NULL,
     name   BLOB NOT NULL,
     PRIMARY KEY (dir_id, hash)
+) WITHOUT ROWID;
+";
+
+/// Schema version 3: volume-level state, e.g. an unfinished KEK rotation.
+const SCHEMA_V3: &str = "
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
 ) WITHOUT ROWID;
 ";
 
@@ -63,6 +71,15 @@ pub struct ExtentRecord {
     pub kek_id: [u8; 16],
     pub wrapped: Vec<u8>,
     pub written: Vec<u8>,
+}
+
+/// One extent's wrapped DEK with its place (what a KEK rotation moves).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedDek {
+    pub file: [u8; 16],
+    pub index: u64,
+    pub kek_id: [u8; 16],
+    pub wrapped: Vec<u8>,
 }
 
 /// One change; a slice of them is applied atomically by [`Store::apply`].
@@ -107,6 +124,20 @@ pub enum Change<'a> {
         object: &'a [u8; 16],
         name: &'a [u8],
     },
+    PutMeta {
+        key: &'a str,
+        value: &'a [u8],
+    },
+    DeleteMeta {
+        key: &'a str,
+    },
+    /// Replaces one extent's wrapped DEK (KEK rotation); its written bits stay.
+    RewrapExtent {
+        file: &'a [u8; 16],
+        index: u64,
+        kek_id: &'a [u8; 16],
+        wrapped: &'a [u8],
+    },
     /// Deletes every extended attribute of a directory (rmdir).
     DeleteXattrs {
         object: &'a [u8; 16],
@@ -139,6 +170,7 @@ impl Store {
             let err = |e| store.err(e);
             conn.execute_batch(SCHEMA).map_err(err)?;
             conn.execute_batch(SCHEMA_V2).map_err(err)?;
+            conn.execute_batch(SCHEMA_V3).map_err(err)?;
             conn.pragma_update(None, "application_id", APPLICATION_ID).map_err(err)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(err)?;
         }
@@ -163,6 +195,11 @@ impl Store {
                 conn.execute_batch(&format!("BEGIN; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"))
                     .map_err(|e| store.err(e))?;
                 version = 2;
+            }
+            if version == 2 {
+                conn.execute_batch(&format!("BEGIN; {SCHEMA_V3} PRAGMA user_version = 3; COMMIT;"))
+                    .map_err(|e| store.err(e))?;
+                version = 3;
             }
             if version != SCHEMA_VERSION {
                 return Err(Error::Unsupported {
@@ -245,6 +282,36 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// A volume-level value (see `meta` keys in FORMAT.md).
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.lock()
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Up to `limit` extents whose DEK is not wrapped under `kek_id`.
+    pub fn extents_not_under(&self, kek_id: &[u8; 16], limit: usize) -> Result<Vec<WrappedDek>> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT file_id, idx, kek_id, wrapped FROM extents WHERE kek_id != ?1 LIMIT ?2")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![&kek_id[..], limit as i64], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, Vec<u8>>(2)?, r.get(3)?))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (f, i, k, w) = row.map_err(|e| self.err(e))?;
+            let (Ok(f), Ok(k)) = (<[u8; 16]>::try_from(f.as_slice()), <[u8; 16]>::try_from(k.as_slice())) else {
+                return Err(Error::corrupt(&self.path, "malformed file or KEK id in extents"));
+            };
+            out.push(WrappedDek { file: f, index: i, kek_id: k, wrapped: w });
+        }
+        Ok(out)
+    }
+
     /// The encrypted value of extended attribute `name` (encrypted) of `object`.
     pub fn xattr(&self, object: &[u8; 16], name: &[u8]) -> Result<Option<Vec<u8>>> {
         self.lock()
@@ -297,6 +364,13 @@ impl Store {
                 Change::DeleteXattr { object, name } => {
                     tx.execute("DELETE FROM xattrs WHERE object_id = ?1 AND name = ?2", params![&object[..], name])
                 }
+                Change::PutMeta { key, value } => {
+                    tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![key, value])
+                }
+                Change::DeleteMeta { key } => tx.execute("DELETE FROM meta WHERE key = ?1", [key]),
+                Change::RewrapExtent { file, index, kek_id, wrapped } => tx
+                    .prepare_cached("UPDATE extents SET kek_id = ?3, wrapped = ?4 WHERE file_id = ?1 AND idx = ?2")
+                    .and_then(|mut s| s.execute(params![&file[..], index as i64, &kek_id[..], wrapped])),
                 Change::DeleteXattrs { object } => tx.execute("DELETE FROM xattrs WHERE object_id = ?1", [&object[..]]),
                 Change::PutLongName { dir, hash, name } => tx.execute(
                     "INSERT OR REPLACE INTO long_names (dir_id, hash, name) VALUES (?1, ?2, ?3)",
@@ -317,6 +391,15 @@ impl Store {
         let count =
             |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n as u64).map_err(|e| self.err(e));
         Ok((count("SELECT count(*) FROM files")?, count("SELECT count(*) FROM extents")?))
+    }
+
+    /// Rebuilds the database into fresh pages and empties the WAL. `secure_delete` zeroes
+    /// deleted cells, but an UPDATE can leave a stale copy of the old cell in a page's
+    /// unallocated gap; after re-wrapping every DEK, this makes sure no old wrapped DEK or KEK
+    /// id survives in the file.
+    pub fn compact(&self) -> Result<()> {
+        self.lock().execute_batch("VACUUM").map_err(|e| self.err(e))?;
+        self.checkpoint()
     }
 
     /// Moves the WAL's contents into the database file and truncates the WAL.

@@ -1,0 +1,147 @@
+//! `rotate --kek`: every DEK re-wrapped, no data byte rewritten, resumable after SIGKILL.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use envelopefs::format::CipherKind;
+use envelopefs::fs::Volume;
+use sha2::{Digest, Sha256};
+
+const FILES: u64 = 10;
+const BLOCKS_PER_FILE: u64 = 1000;
+
+/// A volume with 4 KiB extents and FILES x BLOCKS_PER_FILE = 10,000 extents.
+fn big_volume() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = scratch();
+    let dir = tmp.path().join("vol");
+    Volume::init(&dir, &opts(CipherKind::Aes256GcmSiv, 12), &pass()).unwrap();
+    let vol = Volume::open(&dir, &pass()).unwrap();
+    for f in 0..FILES {
+        let h = vol.create(Path::new(&format!("f{f}")), 0o600).unwrap();
+        h.write_at(0, &pattern(f, (BLOCKS_PER_FILE * 4096) as usize)).unwrap();
+        h.close().unwrap();
+    }
+    assert_eq!(vol.store().counts().unwrap().1, FILES * BLOCKS_PER_FILE);
+    let passfile = tmp.path().join("pass");
+    fs::write(&passfile, format!("{PASS}\n")).unwrap();
+    (tmp, dir, passfile)
+}
+
+fn data_hashes(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    all_files(&dir.join("data"))
+        .into_iter()
+        .map(|p| (p.clone(), Sha256::digest(fs::read(&p).unwrap()).to_vec()))
+        .collect()
+}
+
+fn assert_all_readable(dir: &Path) {
+    let vol = reopen(dir);
+    for f in 0..FILES {
+        let h = vol.open_file(Path::new(&format!("f{f}")), false).unwrap();
+        let mut buf = vec![0u8; (BLOCKS_PER_FILE * 4096) as usize];
+        h.read_at(0, &mut buf).unwrap_or_else(|e| panic!("f{f} unreadable: {e}"));
+        assert!(buf == pattern(f, buf.len()), "f{f} content");
+    }
+}
+
+fn rotate_cmd(dir: &Path, passfile: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_envelopefs"));
+    c.arg("rotate").arg(dir).arg("--kek").arg("--passfile").arg(passfile).stdin(Stdio::null());
+    c
+}
+
+fn kek_ids_in_store(dir: &Path) -> Vec<Vec<u8>> {
+    let c = rusqlite::Connection::open(dir.join("meta.db")).unwrap();
+    let mut s = c.prepare("SELECT DISTINCT kek_id FROM extents").unwrap();
+    let ids = s.query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();
+    ids
+}
+
+/// Every byte of the store, its WAL and the header.
+fn metadata_bytes(dir: &Path) -> Vec<u8> {
+    ["meta.db", "meta.db-wal", "envelopefs.conf"]
+        .iter()
+        .flat_map(|f| fs::read(dir.join(f)).unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn rotate_kek_rewraps_10000_deks_and_rewrites_no_data() {
+    let (_tmp, dir, passfile) = big_volume();
+    let old = Volume::read_header(&dir).unwrap().kek_id;
+    let before = data_hashes(&dir);
+    let wrapped_before: Vec<Vec<u8>> = {
+        let c = rusqlite::Connection::open(dir.join("meta.db")).unwrap();
+        let mut s = c.prepare("SELECT wrapped FROM extents ORDER BY file_id, idx").unwrap();
+        let rows = s.query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();
+        rows
+    };
+    let o = rotate_cmd(&dir, &passfile).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let new = Volume::read_header(&dir).unwrap().kek_id;
+    assert_ne!(old, new);
+    assert_eq!(data_hashes(&dir), before, "data files must be byte-identical");
+    assert_eq!(kek_ids_in_store(&dir), vec![new.to_vec()]);
+    assert!(!contains(&metadata_bytes(&dir), &old), "the old KEK id is still in the store or header");
+    let bytes = metadata_bytes(&dir);
+    for w in wrapped_before.iter().step_by(97) {
+        assert!(!contains(&bytes, w), "an old wrapped DEK survived");
+    }
+    assert_all_readable(&dir);
+}
+
+#[test]
+fn killed_rotation_leaves_everything_readable_and_a_rerun_finishes() {
+    let (_tmp, dir, passfile) = big_volume();
+    let first = Volume::read_header(&dir).unwrap().kek_id;
+    let before = data_hashes(&dir);
+    // Time one full run, then cut the next runs at random points within that span.
+    let started = std::time::Instant::now();
+    assert!(rotate_cmd(&dir, &passfile).output().unwrap().status.success());
+    let span = (started.elapsed().as_millis() as u64).max(5);
+    let mut rng = Rng(0xC0FFEE);
+    let mut interrupted = 0;
+    let mut mid_rotation = 0;
+    for _ in 0..12 {
+        let mut child = rotate_cmd(&dir, &passfile).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(rng.below(span) + 1));
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().unwrap();
+        if !status.success() {
+            interrupted += 1;
+        }
+        assert_all_readable(&dir);
+        assert!(kek_ids_in_store(&dir).len() <= 2, "at most the old and the pending KEK");
+        if pending_records(&dir) > 0 {
+            mid_rotation += 1;
+        }
+    }
+    assert!(interrupted > 0 && mid_rotation > 0, "no run was cut mid-rotation; the test proves nothing");
+    let o = rotate_cmd(&dir, &passfile).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let last = Volume::read_header(&dir).unwrap().kek_id;
+    assert_eq!(kek_ids_in_store(&dir), vec![last.to_vec()], "one KEK at the end");
+    assert!(!contains(&metadata_bytes(&dir), &first));
+    assert_eq!(pending_records(&dir), 0, "no unfinished rotation recorded");
+    assert_eq!(data_hashes(&dir), before);
+    assert_all_readable(&dir);
+}
+
+fn pending_records(dir: &Path) -> i64 {
+    let c = rusqlite::Connection::open(dir.join("meta.db")).unwrap();
+    c.query_row("SELECT count(*) FROM meta", [], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn rotation_refuses_a_mounted_volume() {
+    let m = common::mount::MountFixture::new(&[]);
+    let o = rotate_cmd(&m.cipher, &m.passfile).output().unwrap();
+    assert_eq!(o.status.code(), Some(19));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already mounted"));
+}
