@@ -35,7 +35,7 @@ pub struct MountRequest {
 /// Checks what can be checked before asking for a passphrase; returns the request with
 /// canonical paths.
 pub fn preflight(req: &MountRequest) -> Result<MountRequest> {
-    Volume::read_header(&req.cipherdir)?;
+    Volume::read_live_header(&req.cipherdir)?;
     let mnt = &req.mountpoint;
     let meta = std::fs::metadata(mnt)
         .map_err(|_| Error::Mountpoint { path: mnt.clone(), reason: "mountpoint does not exist".into() })?;

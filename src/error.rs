@@ -77,6 +77,9 @@ pub enum Error {
     #[error("FUSE: {0}")]
     Fuse(String),
 
+    #[error("{}: this volume was shredded; its keys are destroyed and nothing in it can be decrypted", .0.display())]
+    Shredded(PathBuf),
+
     /// An error the mount daemon reported before the mount was ready.
     #[error("{message}")]
     Daemon { code: u8, message: String },
@@ -130,6 +133,7 @@ impl Error {
             Error::Mountpoint { .. } => 19,
             Error::NotMounted(_) => 20,
             Error::Fuse(_) => 21,
+            Error::Shredded(_) => 22,
             Error::Daemon { code, .. } => *code,
             _ => 1,
         }

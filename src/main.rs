@@ -93,6 +93,27 @@ enum Command {
         #[command(flatten)]
         pass: PassArgs,
     },
+    /// Crypto-shred an unmounted volume or files in it.
+    ///
+    /// `--volume` destroys every wrapped KEK copy and the volume's own keystore (O(1), needs
+    /// no passphrase): nothing in CIPHERDIR can be decrypted afterwards. `--file PATH...`
+    /// deletes the files with their wrapped DEKs, then rotates the KEK so stray copies of
+    /// their wrapped DEKs are useless.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["volume", "file"])))]
+    Shred {
+        cipherdir: PathBuf,
+        /// Destroy the whole volume's keys.
+        #[arg(long)]
+        volume: bool,
+        /// Files (paths inside the volume) to delete and shred.
+        #[arg(long, value_name = "PATH", num_args = 1..)]
+        file: Vec<PathBuf>,
+        /// Do not ask for confirmation (required without a terminal).
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
     /// Show a volume's header and metadata counts (no passphrase needed).
     Status {
         cipherdir: PathBuf,
@@ -115,8 +136,12 @@ struct PassArgs {
 }
 
 impl PassArgs {
-    fn source(self) -> PassSource {
-        PassSource { passfile: self.passfile, extpass: self.extpass, env_var: Some("ENVELOPEFS_PASSFILE") }
+    fn source(&self) -> PassSource {
+        PassSource {
+            passfile: self.passfile.clone(),
+            extpass: self.extpass.clone(),
+            env_var: Some("ENVELOPEFS_PASSFILE"),
+        }
     }
 }
 
@@ -198,6 +223,7 @@ fn run(cmd: Command) -> Result<()> {
             mount(req, foreground, daemon_child, pass)
         }
         Command::Rotate { cipherdir, kek: _, pass } => rotate_kek(&cipherdir, pass),
+        Command::Shred { cipherdir, volume, file, yes, pass } => shred(&cipherdir, volume, &file, yes, pass),
         Command::Umount { mountpoint } => {
             envelopefs::daemon::unmount(&mountpoint, std::time::Duration::from_secs(30))?;
             Ok(())
@@ -231,10 +257,51 @@ fn mount_helper_args() -> Option<Vec<OsString>> {
     Some(out)
 }
 
+fn shred(cipherdir: &Path, volume: bool, files: &[PathBuf], yes: bool, pass: PassArgs) -> Result<()> {
+    use std::io::{BufRead, IsTerminal};
+    let header = Volume::read_live_header(cipherdir)?;
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(Error::InvalidArgument("shred destroys keys for good: confirm with --yes".into()));
+        }
+        let what = if volume { "the whole volume".to_string() } else { format!("{} file(s)", files.len()) };
+        eprint!("Destroy the keys of {what} in {}? Nothing can undo it. Type 'yes': ", cipherdir.display());
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer).map_err(|e| Error::io("", "read answer", e))?;
+        if answer.trim() != "yes" {
+            return Err(Error::InvalidArgument("not confirmed; nothing was changed".into()));
+        }
+    }
+    let lock = envelopefs::daemon::lock_volume(cipherdir)?;
+    if volume {
+        let started = std::time::Instant::now();
+        let report = Volume::shred_volume(cipherdir)?;
+        println!(
+            "Volume {} shredded in {:.3?}: every wrapped KEK copy destroyed.",
+            hex(&header.volume_id),
+            started.elapsed()
+        );
+        match (report.root_destroyed, report.root_kept) {
+            (Some(ks), _) => println!("Root keystore {} overwritten and removed.", ks.display()),
+            (None, Some(uri)) => println!("Root {uri} is shared or external and was kept."),
+            _ => {}
+        }
+        return Ok(());
+    }
+    let vol = Volume::open(cipherdir, &pass.source())?;
+    for f in files {
+        vol.unlink(f)?;
+    }
+    drop(vol);
+    drop(lock);
+    println!("Deleted {} file(s) and their wrapped DEKs; rotating the KEK.", files.len());
+    rotate_kek(cipherdir, pass)
+}
+
 fn rotate_kek(cipherdir: &Path, pass: PassArgs) -> Result<()> {
     use std::io::IsTerminal;
     let _lock = envelopefs::daemon::lock_volume(cipherdir)?;
-    let header = Volume::read_header(cipherdir)?;
+    let header = Volume::read_live_header(cipherdir)?;
     let kms = kms::open(&header.kms_uri, cipherdir, &pass.source())?;
     let old = hex(&header.kek_id);
     let vol = Volume::open_with_kms(cipherdir, header, kms.as_ref())?;
@@ -325,6 +392,7 @@ fn status(cipherdir: &Path, json: bool) -> Result<()> {
             "extent_size": h.extent_size(),
             "kms_uri": h.kms_uri,
             "kek_id": hex(&h.kek_id),
+            "shredded": h.is_shredded(),
             "files": info.files,
             "wrapped_deks": info.extents,
         });
@@ -336,6 +404,9 @@ fn status(cipherdir: &Path, json: bool) -> Result<()> {
         println!("extent size:   {} KiB", h.extent_size() / 1024);
         println!("KMS:           {}", h.kms_uri);
         println!("KEK id:        {}", hex(&h.kek_id));
+        if h.is_shredded() {
+            println!("state:         SHREDDED (keys destroyed)");
+        }
         println!("files:         {}", info.files);
         println!("wrapped DEKs:  {}", info.extents);
     }

@@ -16,7 +16,7 @@ pub use bitmap::WrittenBits;
 pub use keystore::{KdfParams, KeystoreFile};
 pub use layout::Layout;
 pub use object::{ObjectHeader, ObjectKind, OBJECT_HEADER_LEN};
-pub use volume::{CipherKind, VolumeHeader, FEATURES_KNOWN};
+pub use volume::{CipherKind, VolumeHeader, FEATURES_KNOWN, FEATURE_SHREDDED};
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,8 +6,10 @@ use super::DecodeError;
 const MAGIC: &[u8; 8] = b"EVFSVOL\0";
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u16 = 1;
-/// Feature bits this build understands (none yet); any other bit refuses to open.
-pub const FEATURES_KNOWN: u32 = 0;
+/// Feature bit 0: the volume was shredded (`shred --volume`); its keys are destroyed.
+pub const FEATURE_SHREDDED: u32 = 1;
+/// Feature bits this build understands; any other bit refuses to open.
+pub const FEATURES_KNOWN: u32 = FEATURE_SHREDDED;
 /// Extent sizes allowed: 4 KiB (one block) ..= 16 MiB, powers of two.
 const EXTENT_SHIFT_MIN: u8 = 12;
 const EXTENT_SHIFT_MAX: u8 = 24;
@@ -66,6 +68,10 @@ pub struct VolumeHeader {
 }
 
 impl VolumeHeader {
+    pub fn is_shredded(&self) -> bool {
+        self.features & FEATURE_SHREDDED != 0
+    }
+
     pub fn extent_size(&self) -> u64 {
         1u64 << self.extent_shift
     }
@@ -182,7 +188,7 @@ mod tests {
         b[8] = 2;
         assert!(matches!(VolumeHeader::decode(&b), Err(DecodeError::Unsupported(_))));
         let mut b = sample().encode();
-        b[10] = 1;
+        b[10] = 2;
         assert!(matches!(VolumeHeader::decode(&b), Err(DecodeError::Unsupported(_))));
     }
 }

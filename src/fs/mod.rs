@@ -14,6 +14,7 @@ mod inode_fs;
 mod meta;
 mod names;
 mod rotate;
+mod shred;
 mod volume;
 mod xattr;
 
@@ -21,5 +22,6 @@ pub use backend::DataFile;
 pub use file::FileHandle;
 pub use inode_fs::{Caller, InodeFs, SetAttr, ROOT_INO};
 pub use meta::{Attr, RenameMode, SetTime, StatFs};
+pub use shred::ShredReport;
 pub use volume::{DirEntry, EntryKind, InitOptions, Stat, Volume, VolumeInfo, DATA_DIR, HEADER_FILE, STORE_FILE};
 pub use xattr::XattrMode;

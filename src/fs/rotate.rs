@@ -14,8 +14,8 @@ use crate::kms::Kms;
 use crate::store::Change;
 use crate::{Error, Result};
 
-const PENDING_ID: &str = "rotation.kek_id";
-const PENDING_WRAPPED: &str = "rotation.wrapped_kek";
+pub(super) const PENDING_ID: &str = "rotation.kek_id";
+pub(super) const PENDING_WRAPPED: &str = "rotation.wrapped_kek";
 /// DEKs re-wrapped per transaction.
 const BATCH: usize = 512;
 

@@ -213,6 +213,15 @@ impl Volume {
         VolumeHeader::decode(&bytes).map_err(|e| e.at(&path))
     }
 
+    /// The volume header, refusing a shredded volume.
+    pub fn read_live_header(cipherdir: &Path) -> Result<VolumeHeader> {
+        let header = Self::read_header(cipherdir)?;
+        if header.is_shredded() {
+            return Err(Error::Shredded(cipherdir.to_path_buf()));
+        }
+        Ok(header)
+    }
+
     /// Header and store counts of an unmounted volume.
     pub fn info(cipherdir: &Path) -> Result<VolumeInfo> {
         let header = Self::read_header(cipherdir)?;
@@ -222,13 +231,16 @@ impl Volume {
 
     /// Opens `cipherdir`, asking `secrets` for what its KMS needs.
     pub fn open(cipherdir: &Path, secrets: &dyn Secrets) -> Result<Volume> {
-        let header = Self::read_header(cipherdir)?;
+        let header = Self::read_live_header(cipherdir)?;
         let kms = kms::open(&header.kms_uri, cipherdir, secrets)?;
         Self::open_with_kms(cipherdir, header, kms.as_ref())
     }
 
     /// Opens `cipherdir` with an already-connected KMS.
     pub fn open_with_kms(cipherdir: &Path, header: VolumeHeader, kms: &dyn Kms) -> Result<Volume> {
+        if header.is_shredded() {
+            return Err(Error::Shredded(cipherdir.to_path_buf()));
+        }
         let keys = KeyRing::unlock(kms, &header, &cipherdir.join(HEADER_FILE))?;
         let store = Store::open(&cipherdir.join(STORE_FILE))?;
         let data_dir = cipherdir.join(DATA_DIR);

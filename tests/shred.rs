@@ -1,0 +1,115 @@
+//! Crypto-shredding: after `shred --volume` nothing decrypts, even with the passphrase; after
+//! `shred --file` the file's wrapped DEKs are gone and the KEK that wrapped them too.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+use envelopefs::format::{CipherKind, VolumeHeader};
+use envelopefs::fs::Volume;
+use envelopefs::Error;
+
+fn evfs(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_envelopefs")).args(args).current_dir(dir).stdin(Stdio::null()).output().unwrap()
+}
+
+/// A volume at `<tmp>/vol` with two files, and its passphrase file.
+fn volume(kms: Option<String>) -> (tempfile::TempDir, PathBuf) {
+    let tmp = scratch();
+    let dir = tmp.path().join("vol");
+    let mut o = opts(CipherKind::Aes256GcmSiv, 16);
+    o.kms_uri = kms;
+    Volume::init(&dir, &o, &pass()).unwrap();
+    let vol = Volume::open(&dir, &pass()).unwrap();
+    for (name, seed) in [("keep", 1), ("gone", 2)] {
+        let f = vol.create(Path::new(name), 0o600).unwrap();
+        f.write_at(0, &pattern(seed, 300_000)).unwrap();
+        f.close().unwrap();
+    }
+    fs::write(tmp.path().join("pass"), format!("{PASS}\n")).unwrap();
+    (tmp, dir)
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap().flatten() {
+        let t = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &t);
+        } else {
+            fs::copy(e.path(), &t).unwrap();
+        }
+    }
+}
+
+/// Clears the "shredded" flag in a copy's header, as an attacker would.
+fn unflag(dir: &Path) {
+    let conf = dir.join("envelopefs.conf");
+    let mut h = VolumeHeader::decode(&fs::read(&conf).unwrap()).unwrap();
+    h.features = 0;
+    fs::write(&conf, h.encode()).unwrap();
+}
+
+#[test]
+fn shredded_volume_cannot_be_opened_even_with_the_passphrase() {
+    let (tmp, dir) = volume(None);
+    let o = evfs(&["shred", "vol", "--volume"], tmp.path());
+    assert_eq!(o.status.code(), Some(1), "no --yes without a terminal");
+    assert!(Volume::open(&dir, &pass()).is_ok(), "an unconfirmed shred changes nothing");
+    let o = evfs(&["shred", "vol", "--volume", "--yes"], tmp.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(matches!(Volume::open(&dir, &pass()), Err(Error::Shredded(_))));
+    assert!(!dir.join("keystore").exists());
+
+    let copy = tmp.path().join("copy");
+    copy_tree(&dir, &copy);
+    unflag(&copy);
+    let err = Volume::open(&copy, &pass()).unwrap_err();
+    assert!(!matches!(err, Error::Shredded(_)), "the flag is gone, yet: {err}");
+    let o = evfs(&["mount", "vol", "mnt", "--passfile", "pass"], tmp.path());
+    assert_eq!(o.status.code(), Some(22));
+}
+
+#[test]
+fn shredding_with_a_shared_root_destroys_the_volume_keys_but_keeps_the_root() {
+    let tmp0 = scratch();
+    let shared = tmp0.path().join("shared-keystore");
+    let (tmp, dir) = volume(Some(format!("local:{}", shared.display())));
+    let o = evfs(&["shred", "vol", "--volume", "--yes"], tmp.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(shared.exists(), "a shared root is not this volume's to destroy");
+    let copy = tmp.path().join("copy");
+    copy_tree(&dir, &copy);
+    unflag(&copy);
+    let err = Volume::open(&copy, &pass()).unwrap_err();
+    assert!(matches!(err, Error::Integrity { .. }), "root and passphrase present, KEK destroyed: {err}");
+}
+
+#[test]
+fn shred_file_deletes_its_wrapped_deks_and_rotates_the_kek() {
+    let (tmp, dir) = volume(None);
+    let vol = Volume::open(&dir, &pass()).unwrap();
+    let id = vol.open_file(Path::new("gone"), false).unwrap().file_id();
+    let (_, extents) = vol.store().load(&id).unwrap().unwrap();
+    assert_eq!(extents.len(), 5);
+    let old_kek = vol.keys().kek_id().to_vec();
+    drop(vol);
+    let o = evfs(&["shred", "vol", "--file", "gone", "--yes", "--passfile", "pass"], tmp.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut everything = Vec::new();
+    for f in all_files(&dir) {
+        everything.extend(fs::read(&f).unwrap());
+    }
+    for e in &extents {
+        assert!(!contains(&everything, &e.wrapped), "a wrapped DEK of the shredded file survived");
+    }
+    assert!(!contains(&everything, &old_kek), "the KEK that wrapped them is gone too");
+    let vol = Volume::open(&dir, &pass()).unwrap();
+    assert!(matches!(vol.open_file(Path::new("gone"), false), Err(Error::NotFound(_))));
+    let mut back = vec![0u8; 300_000];
+    vol.open_file(Path::new("keep"), false).unwrap().read_at(0, &mut back).unwrap();
+    assert!(back == pattern(1, 300_000));
+}
