@@ -85,11 +85,16 @@ enum Command {
     Umount { mountpoint: PathBuf },
     /// Rotate keys of an unmounted volume. `--kek`: a new KEK; every DEK and the name key are
     /// re-wrapped, no data is rewritten; interrupted runs are finished by running it again.
+    /// `--rekey PATH...`: re-encrypt those files under fresh DEKs (for a leaked DEK).
+    #[command(group(clap::ArgGroup::new("mode").required(true).args(["kek", "rekey"])))]
     Rotate {
         cipherdir: PathBuf,
         /// Replace the key-encryption key.
-        #[arg(long, required = true)]
+        #[arg(long)]
         kek: bool,
+        /// Files (paths inside the volume) to re-encrypt under fresh DEKs.
+        #[arg(long, value_name = "PATH", num_args = 1..)]
+        rekey: Vec<PathBuf>,
         #[command(flatten)]
         pass: PassArgs,
     },
@@ -222,7 +227,16 @@ fn run(cmd: Command) -> Result<()> {
             parse_mount_options(&options, &mut req, &mut pass)?;
             mount(req, foreground, daemon_child, pass)
         }
-        Command::Rotate { cipherdir, kek: _, pass } => rotate_kek(&cipherdir, pass),
+        Command::Rotate { cipherdir, kek: true, pass, .. } => rotate_kek(&cipherdir, pass),
+        Command::Rotate { cipherdir, rekey, pass, .. } => {
+            let _lock = envelopefs::daemon::lock_volume(&cipherdir)?;
+            let vol = Volume::open(&cipherdir, &pass.source())?;
+            for path in &rekey {
+                let bytes = vol.rekey(path)?;
+                println!("{}: {bytes} bytes re-encrypted under fresh DEKs.", path.display());
+            }
+            Ok(())
+        }
         Command::Shred { cipherdir, volume, file, yes, pass } => shred(&cipherdir, volume, &file, yes, pass),
         Command::Umount { mountpoint } => {
             envelopefs::daemon::unmount(&mountpoint, std::time::Duration::from_secs(30))?;

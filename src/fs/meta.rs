@@ -89,7 +89,7 @@ pub(super) fn kind_of(t: fs::FileType) -> EntryKind {
     }
 }
 
-fn time(secs: i64, nsecs: i64) -> SystemTime {
+pub(super) fn time(secs: i64, nsecs: i64) -> SystemTime {
     if secs >= 0 {
         UNIX_EPOCH + Duration::new(secs as u64, nsecs as u32)
     } else {

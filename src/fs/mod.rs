@@ -13,6 +13,7 @@ mod file;
 mod inode_fs;
 mod meta;
 mod names;
+mod rekey;
 mod rotate;
 mod shred;
 mod volume;

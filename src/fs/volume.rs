@@ -378,18 +378,25 @@ impl Volume {
     /// Creates a new, empty file (fails if `path` exists) and opens it for writing.
     pub fn create(&self, path: &Path, mode: u32) -> Result<FileHandle> {
         let r = self.resolve(path)?;
-        let backing = r.backing();
         self.remember_name(&r)?;
-        let file = OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(&backing).map_err(
-            |e| match e.kind() {
-                std::io::ErrorKind::AlreadyExists => Error::Exists(path.into()),
-                _ => Error::io(path, "create", e),
-            },
-        )?;
+        self.create_backing(&r.backing(), r.plain, mode)
+    }
+
+    /// Creates the data file `backing` with a fresh file id and opens it (`plain` names it in
+    /// errors).
+    pub(super) fn create_backing(&self, backing: &Path, plain: PathBuf, mode: u32) -> Result<FileHandle> {
+        let file =
+            OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(backing).map_err(|e| match e
+                .kind()
+            {
+                std::io::ErrorKind::AlreadyExists => Error::Exists(plain.clone()),
+                _ => Error::io(&plain, "create", e),
+            })?;
         let id = random_array();
         let header = ObjectHeader { kind: ObjectKind::File, id }.encode();
-        std::os::unix::fs::FileExt::write_all_at(&file, &header, 0).map_err(|e| Error::io(path, "write header", e))?;
-        self.attach(id, Box::new(file), r.plain, true)
+        std::os::unix::fs::FileExt::write_all_at(&file, &header, 0)
+            .map_err(|e| Error::io(&plain, "write header", e))?;
+        self.attach(id, Box::new(file), plain, true)
     }
 
     /// Opens an existing file.

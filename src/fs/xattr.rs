@@ -104,6 +104,26 @@ impl Volume {
         Ok(out)
     }
 
+    /// Re-encrypts every extended attribute of object `from` for object `to` (rekey).
+    pub(super) fn copy_xattrs(&self, from: &[u8; 16], to: &[u8; 16], path: &Path) -> Result<()> {
+        let names = self.keys().names();
+        let bad = || Error::integrity(path, "extended attribute does not authenticate");
+        let mut rows = Vec::new();
+        for sealed in self.store().xattr_names(from)? {
+            let name = names.decrypt(NamePurpose::XattrName, from, &sealed).map_err(|_| bad())?;
+            let value = self.store().xattr(from, &sealed)?.ok_or_else(bad)?;
+            let value = names
+                .open_random(NamePurpose::XattrValue, &Self::value_context(from, &sealed), &value)
+                .map_err(|_| bad())?;
+            let new_name = names.encrypt(NamePurpose::XattrName, to, &name);
+            let new_value = names.seal_random(NamePurpose::XattrValue, &Self::value_context(to, &new_name), &value);
+            rows.push((new_name, new_value));
+        }
+        let changes: Vec<Change<'_>> =
+            rows.iter().map(|(n, v)| Change::PutXattr { object: to, name: n, value: v }).collect();
+        self.store().apply(&changes)
+    }
+
     pub fn remove_xattr(&self, path: &Path, name: &OsStr) -> Result<()> {
         let plain = user_name(name)?;
         let object = self.xattr_object(path)?;

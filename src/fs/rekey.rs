@@ -1,0 +1,95 @@
+//! `rotate --rekey PATH`: re-encrypt a file's data under fresh DEKs (for a leaked DEK).
+//!
+//! Crash-safe by construction: the data is copied into a new data file with a new file id
+//! (and so new DEKs) beside the old one, made durable, then renamed over it in one atomic
+//! step; only then are the old file's wrapped DEKs deleted. A crash leaves either the old
+//! file or the new one, never a mix.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use super::meta::time;
+use super::volume::Volume;
+use crate::store::Change;
+use crate::{durable, Error, Result};
+
+const COPY_CHUNK: usize = 1 << 20;
+
+impl Volume {
+    /// Re-encrypts the file at `path` under fresh DEKs; returns the number of bytes copied.
+    pub fn rekey(&self, path: &Path) -> Result<u64> {
+        let backing = self.backing_path(path)?;
+        let meta = fs::symlink_metadata(&backing).map_err(|_| Error::NotFound(path.into()))?;
+        if !meta.is_file() {
+            return Err(Error::InvalidArgument(format!("{}: only regular files can be rekeyed", path.display())));
+        }
+        if meta.nlink() > 1 {
+            return Err(Error::InvalidArgument(format!(
+                "{}: has {} hard links; rekeying would split them",
+                path.display(),
+                meta.nlink()
+            )));
+        }
+        let old = self.open_file(path, false)?;
+        let dir = backing.parent().expect("a backing path has a parent");
+        let tmp = dir.join(format!(".rekey-{:016x}", u64::from_le_bytes(crate::crypto::random_array())));
+        let new = self.create_backing(&tmp, path.to_path_buf(), meta.mode() & 0o7777)?;
+        let result = (|| {
+            let size = old.len();
+            let mut buf = vec![0u8; COPY_CHUNK];
+            // Copy only the data regions: holes stay holes.
+            let mut pos = 0;
+            while pos < size {
+                let Ok(start) = old.seek_data(pos) else { break };
+                let end = old.seek_hole(start)?;
+                let mut at = start;
+                while at < end {
+                    let n = ((end - at) as usize).min(COPY_CHUNK);
+                    old.read_at(at, &mut buf[..n])?;
+                    new.write_at(at, &buf[..n])?;
+                    at += n as u64;
+                }
+                pos = end;
+            }
+            new.set_len(size)?;
+            new.sync()?;
+            self.copy_xattrs(&old.file_id(), &new.file_id(), path)?;
+            nix::unistd::fchownat(
+                nix::fcntl::AT_FDCWD,
+                &tmp,
+                Some(nix::unistd::Uid::from_raw(meta.uid())),
+                Some(nix::unistd::Gid::from_raw(meta.gid())),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| Error::io(path, "chown", std::io::Error::from_raw_os_error(e as i32)))?;
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .map_err(|e| Error::io(path, "chmod", e))?;
+            let times = fs::FileTimes::new()
+                .set_accessed(time(meta.atime(), meta.atime_nsec()))
+                .set_modified(time(meta.mtime(), meta.mtime_nsec()));
+            fs::File::options()
+                .write(true)
+                .open(&tmp)
+                .and_then(|f| f.set_times(times))
+                .map_err(|e| Error::io(path, "utimens", e))?;
+            Ok(size)
+        })();
+        let (old_id, new_id) = (old.file_id(), new.file_id());
+        new.close()?;
+        old.close()?;
+        let size = match result {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                let _ = self.store().apply(&[Change::DeleteFile { id: &new_id }]);
+                return Err(e);
+            }
+        };
+        fs::rename(&tmp, &backing).map_err(|e| Error::io(path, "rename rekeyed file into place", e))?;
+        durable::sync_dir(dir)?;
+        self.store().apply(&[Change::DeleteFile { id: &old_id }])?;
+        self.keys().forget(&old_id, 0);
+        Ok(size)
+    }
+}

@@ -1,0 +1,97 @@
+//! `rotate --rekey`: a file's data re-encrypted under fresh DEKs, everything else kept.
+
+mod common;
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::*;
+use envelopefs::format::CipherKind;
+use envelopefs::fs::{Volume, XattrMode};
+
+fn fingerprints(vol: &Volume, name: &str) -> (HashSet<[u8; 32]>, Vec<Vec<u8>>) {
+    let id = vol.open_file(Path::new(name), false).unwrap().file_id();
+    let (_, extents) = vol.store().load(&id).unwrap().unwrap();
+    let fps = extents.iter().map(|e| vol.keys().dek_fingerprint(&id, e.index, &e.wrapped).unwrap()).collect();
+    (fps, extents.into_iter().map(|e| e.wrapped).collect())
+}
+
+#[test]
+fn rekey_replaces_every_dek_and_keeps_content_holes_and_attributes() {
+    for cipher in CIPHERS {
+        let (_tmp, dir, vol) = new_volume(cipher, 16);
+        let f = vol.create(Path::new("leaked"), 0o640).unwrap();
+        let head = pattern(1, 200_000);
+        f.write_at(0, &head).unwrap();
+        f.write_at(1_000_000, b"tail").unwrap();
+        f.close().unwrap();
+        vol.set_xattr(Path::new("leaked"), OsStr::new("user.tag"), b"keep me", XattrMode::Set).unwrap();
+        let backing = vol.backing_path(Path::new("leaked")).unwrap();
+        fs::set_permissions(&backing, fs::Permissions::from_mode(0o604)).unwrap();
+        let (old_fps, old_wrapped) = fingerprints(&vol, "leaked");
+        let old_bytes = fs::read(&backing).unwrap();
+
+        assert_eq!(vol.rekey(Path::new("leaked")).unwrap(), 1_000_004);
+
+        let (new_fps, _) = fingerprints(&vol, "leaked");
+        assert!(old_fps.is_disjoint(&new_fps), "{cipher:?}: a DEK survived the rekey");
+        assert_ne!(fs::read(&backing).unwrap(), old_bytes);
+        assert_eq!(fs::metadata(&backing).unwrap().mode() & 0o7777, 0o604);
+        let h = vol.open_file(Path::new("leaked"), false).unwrap();
+        let mut back = vec![0u8; 1_000_004];
+        h.read_at(0, &mut back).unwrap();
+        assert!(back[..200_000] == head[..] && back[1_000_000..] == *b"tail");
+        assert!(back[200_000..1_000_000].iter().all(|&b| b == 0));
+        assert_eq!(h.seek_hole(0).unwrap(), 200_704, "holes stay holes");
+        drop(h);
+        assert_eq!(vol.get_xattr(Path::new("leaked"), OsStr::new("user.tag")).unwrap(), b"keep me");
+        drop(vol);
+        vol_store_lacks(&dir, &old_wrapped);
+        assert_eq!(fs::read_dir(dir.join("data")).unwrap().count(), 2, "no temporary file left");
+    }
+}
+
+fn vol_store_lacks(dir: &Path, wrapped: &[Vec<u8>]) {
+    let vol = reopen(dir);
+    vol.store().checkpoint().unwrap();
+    let db = fs::read(dir.join("meta.db")).unwrap();
+    for w in wrapped {
+        assert!(!contains(&db, w), "an old wrapped DEK is still in the store");
+    }
+}
+
+#[test]
+fn rekey_refuses_hardlinked_files_and_directories() {
+    let (_tmp, _dir, vol) = new_volume(CipherKind::Aes256GcmSiv, 16);
+    vol.create(Path::new("a"), 0o600).unwrap().close().unwrap();
+    vol.link(Path::new("a"), Path::new("b")).unwrap();
+    assert!(vol.rekey(Path::new("a")).unwrap_err().to_string().contains("hard links"));
+    vol.mkdir(Path::new("d"), 0o700).unwrap();
+    assert!(vol.rekey(Path::new("d")).is_err());
+}
+
+#[test]
+fn rotate_rekey_from_the_command_line() {
+    let (tmp, dir, vol) = new_volume(CipherKind::Aes256GcmSiv, 16);
+    let f = vol.create(Path::new("x"), 0o600).unwrap();
+    f.write_at(0, &pattern(5, 70_000)).unwrap();
+    f.close().unwrap();
+    drop(vol);
+    fs::write(tmp.path().join("pass"), format!("{PASS}\n")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_envelopefs"))
+        .args(["rotate", "vol", "--rekey", "x", "--passfile", "pass"])
+        .current_dir(tmp.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("70000 bytes re-encrypted"));
+    let vol = reopen(&dir);
+    let mut back = vec![0u8; 70_000];
+    vol.open_file(Path::new("x"), false).unwrap().read_at(0, &mut back).unwrap();
+    assert!(back == pattern(5, 70_000));
+}
