@@ -15,8 +15,11 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::fs::{InodeFs, Volume};
+use crate::control;
+use crate::format::VolumeHeader;
+use crate::fs::{InodeFs, Volume, VolumeMonitor};
 use crate::fuse::{MountConfig, Mounted};
+use crate::kms::{self, CountingKms};
 use crate::secret::{Passphrase, Secrets};
 use crate::{Error, Result};
 
@@ -86,7 +89,10 @@ pub fn serve(req: &MountRequest, secrets: &dyn Secrets, ready: impl FnOnce()) ->
     crate::sys::harden_process().map_err(|e| Error::io("", "harden process", e))?;
 
     let _lock = lock_volume(&req.cipherdir)?;
-    let vol = Volume::open(&req.cipherdir, secrets)?;
+    let header = Volume::read_live_header(&req.cipherdir)?;
+    let kms = std::sync::Arc::new(CountingKms::new(kms::open(&header.kms_uri, &req.cipherdir, secrets)?));
+    let vol = Volume::open_with_kms(&req.cipherdir, header.clone(), kms.as_ref())?;
+    let _control = control_server(req, &header, vol.monitor(), kms);
     let chown_new = nix::unistd::geteuid().is_root();
     let fs = InodeFs::new(vol, req.read_only, chown_new)?;
     let cfg = MountConfig {
@@ -113,6 +119,46 @@ pub fn serve(req: &MountRequest, secrets: &dyn Secrets, ready: impl FnOnce()) ->
     mounted.run().map_err(|e| Error::Fuse(e.to_string()))?;
     tracing::info!("unmounted; keys zeroized");
     Ok(())
+}
+
+/// Starts the control socket; a mount without one still works (status then reads the disk).
+fn control_server(
+    req: &MountRequest,
+    header: &VolumeHeader,
+    monitor: VolumeMonitor,
+    kms: std::sync::Arc<CountingKms>,
+) -> Option<control::ControlServer> {
+    let (cipherdir, mountpoint, header_c) = (req.cipherdir.clone(), req.mountpoint.clone(), header.clone());
+    let started = std::time::Instant::now();
+    let status = move || {
+        let stats = monitor.stats();
+        let (files, deks) = stats.as_ref().map(|s| (s.files, s.wrapped_deks)).unwrap_or((0, 0));
+        let mut v = control::base_status(&cipherdir, &header_c, files, deks);
+        let (wraps, unwraps) = kms.calls();
+        v["mounted"] = true.into();
+        v["mountpoint"] = mountpoint.display().to_string().into();
+        v["pid"] = std::process::id().into();
+        v["mounted_seconds"] = started.elapsed().as_secs().into();
+        v["kms_calls"] = serde_json::json!({ "wrap": wraps, "unwrap": unwraps });
+        if let Ok(s) = stats {
+            let lookups = s.cache.hits + s.cache.misses;
+            v["open_files"] = s.open_files.into();
+            v["dek_cache"] = serde_json::json!({
+                "entries": s.cache.entries,
+                "hits": s.cache.hits,
+                "misses": s.cache.misses,
+                "hit_rate": if lookups == 0 { 0.0 } else { s.cache.hits as f64 / lookups as f64 },
+            });
+        }
+        v
+    };
+    match control::serve(&control::socket_path(&header.volume_id), status) {
+        Ok(server) => Some(server),
+        Err(e) => {
+            tracing::warn!("no control socket ({e}); status will read the disk");
+            None
+        }
+    }
 }
 
 fn fuse_error(mnt: &Path, e: std::io::Error) -> Error {

@@ -119,8 +119,10 @@ enum Command {
         #[command(flatten)]
         pass: PassArgs,
     },
-    /// Show a volume's header and metadata counts (no passphrase needed).
+    /// Show a volume's state (no passphrase needed): header, counts and, when mounted, the
+    /// daemon's KMS calls, DEK cache and open files.
     Status {
+        /// CIPHERDIR, or the MOUNTPOINT of a mounted volume.
         cipherdir: PathBuf,
         /// Machine-readable output.
         #[arg(long)]
@@ -393,36 +395,27 @@ fn mount(req: MountRequest, foreground: bool, daemon_child: bool, pass: PassArgs
     envelopefs::daemon::spawn_daemon(&exe, &args, passphrase.as_ref())
 }
 
-fn status(cipherdir: &Path, json: bool) -> Result<()> {
-    let info = Volume::info(cipherdir)?;
-    let h = &info.header;
+/// `status CIPHERDIR|MOUNTPOINT`: from the daemon when mounted, else from disk.
+fn status(target: &Path, json: bool) -> Result<()> {
+    let cipherdir = target
+        .canonicalize()
+        .ok()
+        .and_then(|t| envelopefs::daemon::mount_source(&t))
+        .filter(|src| src.join(envelopefs::fs::HEADER_FILE).exists())
+        .unwrap_or_else(|| target.to_path_buf());
+    let v = envelopefs::control::status(&cipherdir)?;
     if json {
-        let v = serde_json::json!({
-            "cipherdir": cipherdir.display().to_string(),
-            "mounted": false,
-            "format_version": 1,
-            "volume_id": hex(&h.volume_id),
-            "cipher": h.cipher.name(),
-            "extent_size": h.extent_size(),
-            "kms_uri": h.kms_uri,
-            "kek_id": hex(&h.kek_id),
-            "shredded": h.is_shredded(),
-            "files": info.files,
-            "wrapped_deks": info.extents,
-        });
         println!("{v:#}");
-    } else {
-        println!("cipherdir:     {}", cipherdir.display());
-        println!("volume id:     {}", hex(&h.volume_id));
-        println!("cipher:        {}", h.cipher.name());
-        println!("extent size:   {} KiB", h.extent_size() / 1024);
-        println!("KMS:           {}", h.kms_uri);
-        println!("KEK id:        {}", hex(&h.kek_id));
-        if h.is_shredded() {
-            println!("state:         SHREDDED (keys destroyed)");
-        }
-        println!("files:         {}", info.files);
-        println!("wrapped DEKs:  {}", info.extents);
+        return Ok(());
+    }
+    let Some(obj) = v.as_object() else { return Ok(()) };
+    for (k, val) in obj {
+        let shown = match val {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Object(_) => val.to_string(),
+            other => other.to_string(),
+        };
+        println!("{:<16} {shown}", format!("{}:", k.replace('_', " ")));
     }
     Ok(())
 }

@@ -218,3 +218,31 @@ fn plain_fusermount3_unmount_commits_and_ends_the_daemon() {
     m.mount();
     assert_eq!(fs::read(m.p("kept")).unwrap(), b"written before fusermount3 -u");
 }
+
+#[test]
+fn status_of_a_mounted_volume_shows_one_kms_unwrap_however_much_io() {
+    let mut m = MountFixture::new(&[]);
+    let data = common::pattern(9, 8 << 20);
+    for i in 0..8 {
+        fs::write(m.p(&format!("f{i}")), &data).unwrap();
+    }
+    for i in 0..8 {
+        assert!(fs::read(m.p(&format!("f{i}"))).unwrap() == data);
+    }
+    for target in [&m.mnt, &m.cipher] {
+        let o = evfs(&["status".as_ref(), target.as_os_str(), "--json".as_ref()]);
+        assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["mounted"], true);
+        assert_eq!(v["kms_calls"]["unwrap"], 1, "{v:#}");
+        assert_eq!(v["kms_calls"]["wrap"], 0);
+        assert_eq!(v["files"], 8);
+        assert_eq!(v["wrapped_deks"], 64);
+        assert!(v["dek_cache"]["entries"].as_u64().unwrap() > 0);
+    }
+    m.unmount();
+    let o = evfs(&["status".as_ref(), m.cipher.as_os_str(), "--json".as_ref()]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["mounted"], false);
+    assert_eq!(v["wrapped_deks"], 64);
+}

@@ -54,6 +54,40 @@ pub struct VolumeInfo {
     pub extents: u64,
 }
 
+/// A read-only view of an open volume's counters, usable while the volume itself is owned
+/// elsewhere (by the FUSE session).
+#[derive(Clone)]
+pub struct VolumeMonitor {
+    core: Arc<Core>,
+}
+
+impl std::fmt::Debug for VolumeMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VolumeMonitor").finish_non_exhaustive()
+    }
+}
+
+/// Counters of an open volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveStats {
+    pub files: u64,
+    pub wrapped_deks: u64,
+    pub open_files: usize,
+    pub cache: crate::keys::CacheStats,
+}
+
+impl VolumeMonitor {
+    pub fn stats(&self) -> Result<LiveStats> {
+        let (files, wrapped_deks) = self.core.store.counts()?;
+        Ok(LiveStats {
+            files,
+            wrapped_deks,
+            open_files: self.core.open_table().len(),
+            cache: self.core.keys.cache_stats(),
+        })
+    }
+}
+
 /// Parts shared by the volume and its open files.
 pub(super) struct Core {
     pub(super) keys: KeyRing,
@@ -261,6 +295,11 @@ impl Volume {
         let vol = Volume { core: Arc::new(core), cipherdir: cipherdir.to_path_buf(), header };
         vol.resume_pending_rotation(kms)?;
         Ok(vol)
+    }
+
+    /// A handle for reading this volume's counters from another thread.
+    pub fn monitor(&self) -> VolumeMonitor {
+        VolumeMonitor { core: self.core.clone() }
     }
 
     pub fn header(&self) -> &VolumeHeader {

@@ -80,6 +80,46 @@ pub trait Kms: Send + Sync + std::fmt::Debug {
     fn unwrap(&self, wrapped: &[u8], ctx: &KmsContext) -> std::result::Result<Key256, KmsError>;
 }
 
+/// A KMS that counts the calls made through it (for `status`: one unwrap per mount).
+#[derive(Debug)]
+pub struct CountingKms {
+    inner: Box<dyn Kms>,
+    wraps: std::sync::atomic::AtomicU64,
+    unwraps: std::sync::atomic::AtomicU64,
+}
+
+impl CountingKms {
+    pub fn new(inner: Box<dyn Kms>) -> Self {
+        CountingKms { inner, wraps: Default::default(), unwraps: Default::default() }
+    }
+
+    /// (wrap calls, unwrap calls) so far.
+    pub fn calls(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.wraps.load(Relaxed), self.unwraps.load(Relaxed))
+    }
+}
+
+impl Kms for CountingKms {
+    fn uri(&self) -> &str {
+        self.inner.uri()
+    }
+
+    fn key_id(&self) -> String {
+        self.inner.key_id()
+    }
+
+    fn wrap(&self, key: &Key256, ctx: &KmsContext) -> std::result::Result<Vec<u8>, KmsError> {
+        self.wraps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.wrap(key, ctx)
+    }
+
+    fn unwrap(&self, wrapped: &[u8], ctx: &KmsContext) -> std::result::Result<Key256, KmsError> {
+        self.unwraps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.unwrap(wrapped, ctx)
+    }
+}
+
 /// A parsed KMS URI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KmsUri {

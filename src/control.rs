@@ -1,0 +1,111 @@
+//! The control socket of a mounted volume and the `status` report.
+//!
+//! A mount daemon listens on `RUNTIME/<volume id>.sock` (mode 0600 in a 0700 directory,
+//! so only the mounting user can talk to it); `RUNTIME` is `ENVELOPEFS_RUNTIME_DIR` or
+//! `/run/envelopefs`. One request per connection: a line of JSON (`{"op":"status"}`), one
+//! line of JSON back. The socket carries no key material.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::format::VolumeHeader;
+use crate::fs::Volume;
+use crate::{Error, Result};
+
+pub fn runtime_dir() -> PathBuf {
+    std::env::var_os("ENVELOPEFS_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/run/envelopefs"))
+}
+
+pub fn socket_path(volume_id: &[u8; 16]) -> PathBuf {
+    runtime_dir().join(format!("{}.sock", hex(volume_id)))
+}
+
+/// The listening socket; removed when dropped (at unmount).
+#[derive(Debug)]
+pub struct ControlServer {
+    path: PathBuf,
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Starts answering `status` on `path` with whatever `status` returns at the time.
+pub fn serve(path: &Path, status: impl Fn() -> Value + Send + 'static) -> Result<ControlServer> {
+    let dir = path.parent().expect("socket paths have a parent");
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io(dir, "create", e))?;
+    let _ = std::fs::remove_file(path); // a stale socket of a killed daemon
+    let listener = UnixListener::bind(path).map_err(|e| Error::io(path, "bind control socket", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| Error::io(path, "chmod", e))?;
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let _ = answer(conn, &status);
+            }
+        })
+        .map_err(|e| Error::io(path, "spawn control thread", e))?;
+    Ok(ControlServer { path: path.to_path_buf() })
+}
+
+fn answer(conn: UnixStream, status: &impl Fn() -> Value) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new(&conn).read_line(&mut line)?;
+    let reply = match serde_json::from_str::<Value>(&line).ok().and_then(|v| v["op"].as_str().map(str::to_owned)) {
+        Some(op) if op == "status" => status(),
+        Some(op) => json!({"error": format!("unknown operation {op:?}")}),
+        None => json!({"error": "bad request"}),
+    };
+    let mut w = &conn;
+    writeln!(w, "{reply}")
+}
+
+/// Asks the daemon behind `path`; `None` if no daemon answers there.
+pub fn query(path: &Path, op: &str) -> Option<Value> {
+    let conn = UnixStream::connect(path).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut w = &conn;
+    writeln!(w, "{}", json!({ "op": op })).ok()?;
+    let mut line = String::new();
+    BufReader::new(&conn).read_line(&mut line).ok()?;
+    serde_json::from_str(&line).ok()
+}
+
+/// The fields every status report has, mounted or not.
+pub fn base_status(cipherdir: &Path, h: &VolumeHeader, files: u64, wrapped_deks: u64) -> Value {
+    json!({
+        "cipherdir": cipherdir.display().to_string(),
+        "mounted": false,
+        "format_version": 1,
+        "volume_id": hex(&h.volume_id),
+        "cipher": h.cipher.name(),
+        "extent_size": h.extent_size(),
+        "kms_uri": h.kms_uri,
+        "kek_id": hex(&h.kek_id),
+        "shredded": h.is_shredded(),
+        "files": files,
+        "wrapped_deks": wrapped_deks,
+    })
+}
+
+/// The status of the volume in `cipherdir`: from its daemon if mounted, else from disk.
+pub fn status(cipherdir: &Path) -> Result<Value> {
+    let header = Volume::read_header(cipherdir)?;
+    if let Some(v) = query(&socket_path(&header.volume_id), "status") {
+        return Ok(v);
+    }
+    let info = Volume::info(cipherdir)?;
+    Ok(base_status(cipherdir, &info.header, info.files, info.extents))
+}
+
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
