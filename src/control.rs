@@ -37,8 +37,9 @@ impl Drop for ControlServer {
     }
 }
 
-/// Starts answering `status` on `path` with whatever `status` returns at the time.
-pub fn serve(path: &Path, status: impl Fn() -> Value + Send + 'static) -> Result<ControlServer> {
+/// Starts answering requests on `path`: `handle(op)` returns the reply (`{"error": ...}` for
+/// operations it does not know).
+pub fn serve(path: &Path, handle: impl Fn(&str) -> Value + Send + 'static) -> Result<ControlServer> {
     let dir = path.parent().expect("socket paths have a parent");
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io(dir, "create", e))?;
     let _ = std::fs::remove_file(path); // a stale socket of a killed daemon
@@ -48,20 +49,19 @@ pub fn serve(path: &Path, status: impl Fn() -> Value + Send + 'static) -> Result
         .name("control".into())
         .spawn(move || {
             for conn in listener.incoming().flatten() {
-                let _ = answer(conn, &status);
+                let _ = answer(conn, &handle);
             }
         })
         .map_err(|e| Error::io(path, "spawn control thread", e))?;
     Ok(ControlServer { path: path.to_path_buf() })
 }
 
-fn answer(conn: UnixStream, status: &impl Fn() -> Value) -> std::io::Result<()> {
+fn answer(conn: UnixStream, handle: &impl Fn(&str) -> Value) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(&conn).read_line(&mut line)?;
     let reply = match serde_json::from_str::<Value>(&line).ok().and_then(|v| v["op"].as_str().map(str::to_owned)) {
-        Some(op) if op == "status" => status(),
-        Some(op) => json!({"error": format!("unknown operation {op:?}")}),
+        Some(op) => handle(&op),
         None => json!({"error": "bad request"}),
     };
     let mut w = &conn;
@@ -71,7 +71,8 @@ fn answer(conn: UnixStream, status: &impl Fn() -> Value) -> std::io::Result<()> 
 /// Asks the daemon behind `path`; `None` if no daemon answers there.
 pub fn query(path: &Path, op: &str) -> Option<Value> {
     let conn = UnixStream::connect(path).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    // Long operations (a rotation) answer when done.
+    conn.set_read_timeout(Some(Duration::from_secs(3600))).ok()?;
     let mut w = &conn;
     writeln!(w, "{}", json!({ "op": op })).ok()?;
     let mut line = String::new();

@@ -17,7 +17,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use crate::control;
 use crate::format::VolumeHeader;
-use crate::fs::{InodeFs, Volume, VolumeMonitor};
+use crate::fs::{InodeFs, Volume};
 use crate::fuse::{MountConfig, Mounted};
 use crate::kms::{self, CountingKms};
 use crate::secret::{Passphrase, Secrets};
@@ -91,8 +91,8 @@ pub fn serve(req: &MountRequest, secrets: &dyn Secrets, ready: impl FnOnce()) ->
     let _lock = lock_volume(&req.cipherdir)?;
     let header = Volume::read_live_header(&req.cipherdir)?;
     let kms = std::sync::Arc::new(CountingKms::new(kms::open(&header.kms_uri, &req.cipherdir, secrets)?));
-    let vol = Volume::open_with_kms(&req.cipherdir, header.clone(), kms.as_ref())?;
-    let _control = control_server(req, &header, vol.monitor(), kms);
+    let vol = std::sync::Arc::new(Volume::open_with_kms(&req.cipherdir, header.clone(), kms.as_ref())?);
+    let _control = control_server(req, &header, vol.clone(), kms);
     let chown_new = nix::unistd::geteuid().is_root();
     let fs = InodeFs::new(vol, req.read_only, chown_new)?;
     let cfg = MountConfig {
@@ -125,15 +125,18 @@ pub fn serve(req: &MountRequest, secrets: &dyn Secrets, ready: impl FnOnce()) ->
 fn control_server(
     req: &MountRequest,
     header: &VolumeHeader,
-    monitor: VolumeMonitor,
+    vol: std::sync::Arc<Volume>,
     kms: std::sync::Arc<CountingKms>,
 ) -> Option<control::ControlServer> {
-    let (cipherdir, mountpoint, header_c) = (req.cipherdir.clone(), req.mountpoint.clone(), header.clone());
+    let (cipherdir, mountpoint) = (req.cipherdir.clone(), req.mountpoint.clone());
+    let monitor = vol.monitor();
+    let vol_for_rotation = vol.clone();
     let started = std::time::Instant::now();
-    let status = move || {
+    let rotation = std::sync::Mutex::new(());
+    let status = move |kms: &CountingKms| {
         let stats = monitor.stats();
         let (files, deks) = stats.as_ref().map(|s| (s.files, s.wrapped_deks)).unwrap_or((0, 0));
-        let mut v = control::base_status(&cipherdir, &header_c, files, deks);
+        let mut v = control::base_status(&cipherdir, &vol.header(), files, deks);
         let (wraps, unwraps) = kms.calls();
         v["mounted"] = true.into();
         v["mountpoint"] = mountpoint.display().to_string().into();
@@ -152,7 +155,20 @@ fn control_server(
         }
         v
     };
-    match control::serve(&control::socket_path(&header.volume_id), status) {
+    let vol2 = vol_for_rotation;
+    let handle = move |op: &str| match op {
+        "status" => status(&kms),
+        "rotate-kek" => {
+            let _one_at_a_time = rotation.lock().unwrap_or_else(|p| p.into_inner());
+            let old = control::hex(&vol2.header().kek_id);
+            match vol2.rotate_kek(kms.as_ref(), &mut |_, _| {}) {
+                Ok(h) => serde_json::json!({ "old_kek_id": old, "kek_id": control::hex(&h.kek_id) }),
+                Err(e) => serde_json::json!({ "error": e.to_string(), "exit_code": e.exit_code() }),
+            }
+        }
+        other => serde_json::json!({ "error": format!("unknown operation {other:?}") }),
+    };
+    match control::serve(&control::socket_path(&header.volume_id), handle) {
         Ok(server) => Some(server),
         Err(e) => {
             tracing::warn!("no control socket ({e}); status will read the disk");

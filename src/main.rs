@@ -316,6 +316,19 @@ fn shred(cipherdir: &Path, volume: bool, files: &[PathBuf], yes: bool, pass: Pas
 
 fn rotate_kek(cipherdir: &Path, pass: PassArgs) -> Result<()> {
     use std::io::IsTerminal;
+    // A mounted volume rotates inside its daemon (which holds the keys), while in use.
+    let header = Volume::read_live_header(cipherdir)?;
+    if let Some(v) = envelopefs::control::query(&envelopefs::control::socket_path(&header.volume_id), "rotate-kek") {
+        if let Some(err) = v["error"].as_str() {
+            return Err(Error::Daemon { code: v["exit_code"].as_u64().unwrap_or(1) as u8, message: err.to_string() });
+        }
+        println!(
+            "KEK rotated while mounted: {} -> {} (no data rewritten).",
+            v["old_kek_id"].as_str().unwrap_or("?"),
+            v["kek_id"].as_str().unwrap_or("?")
+        );
+        return Ok(());
+    }
     let _lock = envelopefs::daemon::lock_volume(cipherdir)?;
     let header = Volume::read_live_header(cipherdir)?;
     let kms = kms::open(&header.kms_uri, cipherdir, &pass.source())?;

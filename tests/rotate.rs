@@ -139,9 +139,64 @@ fn pending_records(dir: &Path) -> i64 {
 }
 
 #[test]
-fn rotation_refuses_a_mounted_volume() {
-    let m = common::mount::MountFixture::new(&[]);
-    let o = rotate_cmd(&m.cipher, &m.passfile).output().unwrap();
-    assert_eq!(o.status.code(), Some(19));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("already mounted"));
+fn rotate_kek_while_mounted_with_reads_and_writes_going_on() {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let mut m = common::mount::MountFixture::new(&["--extent-size", "64K"]);
+    for i in 0..4u64 {
+        fs::write(m.p(&format!("f{i}")), pattern(i, 2 << 20)).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..3u64)
+        .map(|t| {
+            let (dir, stop) = (m.mnt.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let own = dir.join(format!("w{t}"));
+                let mut shadow = vec![0u8; 0];
+                let mut rng = Rng(t + 1);
+                let mut rounds = 0u64;
+                while !stop.load(Ordering::Relaxed) || rounds < 5 {
+                    rounds += 1;
+                    if rng.below(8) == 0 {
+                        fs::write(&own, b"").unwrap(); // truncate: drops every DEK of the file
+                        shadow.clear();
+                    }
+                    let f =
+                        fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&own).unwrap();
+                    let off = rng.below(600_000) as usize;
+                    let data = pattern(rng.next(), 1 + rng.below(200_000) as usize);
+                    f.write_all_at(&data, off as u64).unwrap();
+                    if shadow.len() < off + data.len() {
+                        shadow.resize(off + data.len(), 0);
+                    }
+                    shadow[off..off + data.len()].copy_from_slice(&data);
+                    f.sync_all().unwrap();
+                    assert!(fs::read(&own).unwrap() == shadow, "worker {t} round {rounds}");
+                    let i = rng.below(4);
+                    assert!(fs::read(dir.join(format!("f{i}"))).unwrap() == pattern(i, 2 << 20), "f{i}");
+                }
+                (own, shadow)
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        let o = rotate_cmd(&m.cipher, &m.passfile).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("while mounted"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<(PathBuf, Vec<u8>)> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    m.unmount();
+    let header = Volume::read_header(&m.cipher).unwrap();
+    assert_eq!(kek_ids_in_store(&m.cipher), vec![header.kek_id.to_vec()], "one KEK after the rotations");
+    m.mount();
+    for (own, shadow) in results {
+        let name = own.file_name().unwrap().to_owned();
+        assert!(fs::read(m.mnt.join(name)).unwrap() == shadow);
+    }
+    for i in 0..4u64 {
+        assert!(fs::read(m.p(&format!("f{i}"))).unwrap() == pattern(i, 2 << 20));
+    }
 }

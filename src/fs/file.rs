@@ -250,9 +250,9 @@ impl FileState {
                 let cipher = match inner.extents.get(&e) {
                     Some(ext) => self.unwrap_dek(e, ext)?,
                     None => {
-                        let (wrapped, cipher) = self.core.keys.new_dek(&self.id, e);
+                        let (kek_id, wrapped, cipher) = self.core.keys.new_dek(&self.id, e);
                         let ext = Extent {
-                            kek_id: *self.core.keys.kek_id(),
+                            kek_id,
                             wrapped,
                             written: WrittenBits::new(layout.blocks_per_extent()),
                             dirty: true,
@@ -354,6 +354,31 @@ impl FileState {
         self.commit(&mut inner, &[])
     }
 
+    /// Re-wraps in-memory DEKs that are not under the target KEK (a rotation is running or
+    /// just finished): only the dirty ones (`dirty_only`, before a commit) or all of them.
+    fn rewrap_to_target(&self, inner: &mut Inner, dirty_only: bool) -> Result<()> {
+        let target = self.core.keys.target_kek_id();
+        for (&e, ext) in inner.extents.iter_mut().filter(|(_, x)| x.kek_id != target && (x.dirty || !dirty_only)) {
+            let (kek_id, wrapped) =
+                self.core.keys.rewrap_dek(&self.id, e, &ext.kek_id, &ext.wrapped).map_err(|_| {
+                    Error::integrity(
+                        self.name.read().unwrap_or_else(|p| p.into_inner()).clone(),
+                        format!("the wrapped key of extent {e} does not authenticate"),
+                    )
+                })?;
+            ext.kek_id = kek_id;
+            ext.wrapped = wrapped;
+        }
+        Ok(())
+    }
+
+    /// Moves every in-memory DEK of this open file to the target KEK (KEK rotation). The store
+    /// rows are re-wrapped by the rotation itself; a later commit writes the same KEK.
+    pub(super) fn rewrap_all(&self) -> Result<()> {
+        let mut inner = self.write_inner();
+        self.rewrap_to_target(&mut inner, false)
+    }
+
     /// On last close: commit what is pending, or delete everything if the file is gone.
     pub(super) fn release(&self) -> Result<()> {
         let mut inner = self.write_inner();
@@ -376,6 +401,7 @@ impl FileState {
             self.data.sync_data().map_err(|e| Error::io(self.name(), "fsync", e))?;
             inner.data_dirty = false;
         }
+        self.rewrap_to_target(inner, true)?;
         let cipher = self.core.cipher_code;
         let mut changes = vec![Change::PutFile { id: &self.id, size: inner.size, cipher }];
         changes.extend_from_slice(extra);

@@ -43,7 +43,7 @@ struct Node {
 }
 
 pub struct InodeFs {
-    vol: Volume,
+    vol: Arc<Volume>,
     root_backing_ino: u64,
     nodes: RwLock<HashMap<u64, Node>>,
     handles: Mutex<HashMap<u64, Arc<FileHandle>>>,
@@ -60,7 +60,7 @@ impl std::fmt::Debug for InodeFs {
 
 impl InodeFs {
     /// `chown_new`: give new entries the caller's uid/gid (when the daemon runs as root).
-    pub fn new(vol: Volume, read_only: bool, chown_new: bool) -> Result<Self> {
+    pub fn new(vol: Arc<Volume>, read_only: bool, chown_new: bool) -> Result<Self> {
         let root = vol.getattr(Path::new(""))?;
         let mut nodes = HashMap::new();
         nodes.insert(ROOT_INO, Node { path: PathBuf::new(), lookups: 1 });

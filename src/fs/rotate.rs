@@ -40,9 +40,9 @@ impl Volume {
         }
     }
 
-    /// Rotates the KEK (or finishes an interrupted rotation). `progress(done, total)` is called
-    /// after every batch. Consumes the volume: reopen it to go on using it.
-    pub fn rotate_kek(self, kms: &dyn Kms, progress: &mut dyn FnMut(u64, u64)) -> Result<VolumeHeader> {
+    /// Rotates the KEK (or finishes an interrupted rotation), also while files are open and
+    /// in use (a mounted volume). `progress(done, total)` is called after every batch.
+    pub fn rotate_kek(&self, kms: &dyn Kms, progress: &mut dyn FnMut(u64, u64)) -> Result<VolumeHeader> {
         let (id, wrapped) = match self.pending_rotation()? {
             Some(p) => p,
             None => {
@@ -54,6 +54,8 @@ impl Volume {
                 (id, wrapped)
             }
         };
+        // From here new DEKs are wrapped under the new KEK; open files move theirs in memory.
+        drop(self.rewrap_open_files()?);
         let total = self.store().counts()?.1;
         let mut done = 0u64;
         loop {
@@ -69,14 +71,22 @@ impl Volume {
             let changes: Vec<Change<'_>> = batch
                 .iter()
                 .zip(&rewrapped)
-                .map(|(d, (kek_id, w))| Change::RewrapExtent { file: &d.file, index: d.index, kek_id, wrapped: w })
+                .map(|(d, (kek_id, w))| Change::RewrapExtent {
+                    file: &d.file,
+                    index: d.index,
+                    old: &d.wrapped,
+                    kek_id,
+                    wrapped: w,
+                })
                 .collect();
             self.store().apply(&changes)?;
             done += batch.len() as u64;
             progress(done.min(total), total);
         }
-        // Every DEK is under the new KEK: the header may now name it.
-        let mut header = self.header().clone();
+        // Every DEK is under the new KEK: the header may now name it. Opens wait meanwhile, so
+        // no file loads a row wrapped under the old KEK after it is gone.
+        let open_files = self.rewrap_open_files()?;
+        let mut header = self.header();
         if header.kek_id != id {
             header.kek_id = id;
             header.wrapped_kek = wrapped;
@@ -86,6 +96,9 @@ impl Volume {
                 .map_err(|_| Error::integrity(self.store().path(), "pending KEK is not loaded"))?;
             durable::replace_file(&self.cipherdir().join(HEADER_FILE), &header.encode(), 0o600)?;
         }
+        self.keys().promote_pending();
+        self.set_header(header.clone());
+        drop(open_files);
         self.store().apply(&[Change::DeleteMeta { key: PENDING_ID }, Change::DeleteMeta { key: PENDING_WRAPPED }])?;
         self.store().compact()?;
         Ok(header)

@@ -88,6 +88,9 @@ impl VolumeMonitor {
     }
 }
 
+/// The locked table of open files (by id, with their handle counts).
+pub(super) type OpenTable<'a> = std::sync::MutexGuard<'a, HashMap<FileId, (Arc<FileState>, usize)>>;
+
 /// Parts shared by the volume and its open files.
 pub(super) struct Core {
     pub(super) keys: KeyRing,
@@ -101,7 +104,7 @@ pub(super) struct Core {
 }
 
 impl Core {
-    fn open_table(&self) -> std::sync::MutexGuard<'_, HashMap<FileId, (Arc<FileState>, usize)>> {
+    fn open_table(&self) -> OpenTable<'_> {
         // Entries are inserted and removed whole, so a poisoned table is still consistent.
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -129,7 +132,8 @@ impl Core {
 pub struct Volume {
     core: Arc<Core>,
     cipherdir: PathBuf,
-    header: VolumeHeader,
+    /// Changes only when a KEK rotation finishes.
+    header: std::sync::RwLock<VolumeHeader>,
 }
 
 impl std::fmt::Debug for Volume {
@@ -292,7 +296,7 @@ impl Volume {
             root_id,
             open: Mutex::new(HashMap::new()),
         };
-        let vol = Volume { core: Arc::new(core), cipherdir: cipherdir.to_path_buf(), header };
+        let vol = Volume { core: Arc::new(core), cipherdir: cipherdir.to_path_buf(), header: header.into() };
         vol.resume_pending_rotation(kms)?;
         Ok(vol)
     }
@@ -302,8 +306,23 @@ impl Volume {
         VolumeMonitor { core: self.core.clone() }
     }
 
-    pub fn header(&self) -> &VolumeHeader {
-        &self.header
+    pub fn header(&self) -> VolumeHeader {
+        self.header.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(super) fn set_header(&self, h: VolumeHeader) {
+        *self.header.write().unwrap_or_else(|p| p.into_inner()) = h;
+    }
+
+    /// Moves the in-memory DEKs of every open file to the target KEK (rotation). Holds the
+    /// open-file table, so no file is opened meanwhile; returns that guard so the caller can
+    /// finish the switch before any new open.
+    pub(super) fn rewrap_open_files(&self) -> Result<OpenTable<'_>> {
+        let table = self.core.open_table();
+        for (state, _) in table.values() {
+            state.rewrap_all()?;
+        }
+        Ok(table)
     }
 
     pub fn cipherdir(&self) -> &Path {

@@ -30,8 +30,8 @@ struct Kek {
 pub struct KeyRing {
     volume_id: [u8; 16],
     cipher: CipherKind,
-    /// The KEK the volume header names; new DEKs are wrapped under it.
-    current: Kek,
+    /// The KEK the volume header names.
+    current: RwLock<Arc<Kek>>,
     /// During an interrupted or running `rotate --kek`: the KEK being rotated to. DEKs already
     /// re-wrapped under it must stay readable.
     pending: RwLock<Option<Arc<Kek>>>,
@@ -43,10 +43,7 @@ pub struct KeyRing {
 
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyRing")
-            .field("cipher", &self.cipher)
-            .field("kek_id", &self.current.id)
-            .finish_non_exhaustive()
+        f.debug_struct("KeyRing").field("cipher", &self.cipher).field("kek_id", &self.kek_id()).finish_non_exhaustive()
     }
 }
 
@@ -86,7 +83,7 @@ impl KeyRing {
         KeyRing {
             volume_id: header.volume_id,
             cipher: header.cipher,
-            current: Kek { id: header.kek_id, wrapper: kek },
+            current: RwLock::new(Arc::new(Kek { id: header.kek_id, wrapper: kek })),
             pending: RwLock::new(None),
             names: NameCipher::new(&name_key),
             name_key,
@@ -98,14 +95,29 @@ impl KeyRing {
         &self.volume_id
     }
 
-    /// The id of the KEK the header names (new DEKs are wrapped under it).
-    pub fn kek_id(&self) -> &[u8; 16] {
-        &self.current.id
+    fn current_kek(&self) -> Arc<Kek> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The KEK new DEKs are wrapped under: the pending one during a rotation, else the
+    /// current one.
+    fn target_kek(&self) -> Arc<Kek> {
+        self.pending_kek().unwrap_or_else(|| self.current_kek())
+    }
+
+    /// The id of the KEK the header names.
+    pub fn kek_id(&self) -> [u8; 16] {
+        self.current_kek().id
+    }
+
+    /// The id of the KEK new and re-wrapped DEKs go under.
+    pub fn target_kek_id(&self) -> [u8; 16] {
+        self.target_kek().id
     }
 
     /// Whether DEKs wrapped under `id` can be opened (the current or the pending KEK).
     pub fn knows_kek(&self, id: &[u8; 16]) -> bool {
-        *id == self.current.id || self.pending_kek().is_some_and(|k| k.id == *id)
+        self.current_kek().id == *id || self.pending_kek().is_some_and(|k| k.id == *id)
     }
 
     fn pending_kek(&self) -> Option<Arc<Kek>> {
@@ -118,8 +130,9 @@ impl KeyRing {
         id: &[u8; 16],
         f: impl FnOnce(&KeyWrapper) -> std::result::Result<T, AuthError>,
     ) -> std::result::Result<T, AuthError> {
-        if *id == self.current.id {
-            return f(&self.current.wrapper);
+        let current = self.current_kek();
+        if *id == current.id {
+            return f(&current.wrapper);
         }
         match self.pending_kek() {
             Some(k) if k.id == *id => f(&k.wrapper),
@@ -146,11 +159,12 @@ impl KeyRing {
         aad
     }
 
-    /// A fresh random DEK for `extent` of `file`: its wrapped form (to store) and its cipher
-    /// (cached, replacing any earlier key of that extent).
-    pub fn new_dek(&self, file: &FileId, extent: u64) -> (Vec<u8>, Arc<DataCipher>) {
-        let aad = self.dek_aad(file, extent, &self.current.id);
-        let kek = &self.current.wrapper;
+    /// A fresh random DEK for `extent` of `file`: the id of the KEK wrapping it, its wrapped
+    /// form (to store) and its cipher (cached, replacing any earlier key of that extent).
+    pub fn new_dek(&self, file: &FileId, extent: u64) -> ([u8; 16], Vec<u8>, Arc<DataCipher>) {
+        let target = self.target_kek();
+        let aad = self.dek_aad(file, extent, &target.id);
+        let kek = &target.wrapper;
         let (wrapped, cipher) = match self.cipher {
             CipherKind::Aes256GcmSiv => {
                 let k = Key256::generate();
@@ -163,7 +177,7 @@ impl KeyRing {
         };
         let cipher = Arc::new(cipher);
         self.cache.insert((*file, extent), cipher.clone());
-        (wrapped, cipher)
+        (target.id, wrapped, cipher)
     }
 
     /// The cipher of `extent` of `file`, from the cache or by unwrapping `wrapped`. A wrapped
@@ -198,8 +212,9 @@ impl KeyRing {
         wrapped: &[u8],
     ) -> std::result::Result<[u8; 32], AuthError> {
         use sha2::{Digest, Sha256};
-        let aad = self.dek_aad(file, extent, &self.current.id);
-        let kek = &self.current.wrapper;
+        let current = self.current_kek();
+        let aad = self.dek_aad(file, extent, &current.id);
+        let kek = &current.wrapper;
         let digest = match self.cipher {
             CipherKind::Aes256GcmSiv => Sha256::digest(kek.unwrap::<32>(wrapped, &aad)?.expose()),
             CipherKind::Aes256Xts => Sha256::digest(kek.unwrap::<64>(wrapped, &aad)?.expose()),
@@ -228,7 +243,7 @@ impl KeyRing {
 
     /// Resumes a recorded rotation (one more KMS unwrap).
     pub fn resume_rotation(&self, kms: &dyn Kms, id: [u8; 16], wrapped: &[u8], store_path: &Path) -> Result<()> {
-        if id == self.current.id {
+        if id == self.kek_id() {
             return Ok(());
         }
         let ctx = KmsContext { volume_id: self.volume_id, purpose: Purpose::Kek };
@@ -244,6 +259,14 @@ impl KeyRing {
         *self.pending.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Kek { id, wrapper }));
     }
 
+    /// The pending KEK becomes the current one (the header now names it); the old KEK is
+    /// dropped, and zeroized once no call still uses it.
+    pub fn promote_pending(&self) {
+        if let Some(p) = self.pending.write().unwrap_or_else(|p| p.into_inner()).take() {
+            *self.current.write().unwrap_or_else(|p| p.into_inner()) = p;
+        }
+    }
+
     /// Re-wraps one DEK from the KEK it is under to the pending KEK. The DEK is unwrapped only
     /// inside this call and zeroized on return.
     pub fn rewrap_dek(
@@ -253,7 +276,7 @@ impl KeyRing {
         from: &[u8; 16],
         wrapped: &[u8],
     ) -> std::result::Result<([u8; 16], Vec<u8>), AuthError> {
-        let to = self.pending_kek().ok_or(AuthError)?;
+        let to = self.target_kek();
         let (old_aad, new_aad) = (self.dek_aad(file, extent, from), self.dek_aad(file, extent, &to.id));
         let out = self.with_kek(from, |kek| {
             Ok(match self.cipher {

@@ -131,10 +131,12 @@ pub enum Change<'a> {
     DeleteMeta {
         key: &'a str,
     },
-    /// Replaces one extent's wrapped DEK (KEK rotation); its written bits stay.
+    /// Replaces one extent's wrapped DEK (KEK rotation) if it is still `old` (an extent
+    /// truncated and rewritten meanwhile keeps its new DEK); its written bits stay.
     RewrapExtent {
         file: &'a [u8; 16],
         index: u64,
+        old: &'a [u8],
         kek_id: &'a [u8; 16],
         wrapped: &'a [u8],
     },
@@ -368,9 +370,11 @@ impl Store {
                     tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![key, value])
                 }
                 Change::DeleteMeta { key } => tx.execute("DELETE FROM meta WHERE key = ?1", [key]),
-                Change::RewrapExtent { file, index, kek_id, wrapped } => tx
-                    .prepare_cached("UPDATE extents SET kek_id = ?3, wrapped = ?4 WHERE file_id = ?1 AND idx = ?2")
-                    .and_then(|mut s| s.execute(params![&file[..], index as i64, &kek_id[..], wrapped])),
+                Change::RewrapExtent { file, index, old, kek_id, wrapped } => tx
+                    .prepare_cached(
+                        "UPDATE extents SET kek_id = ?3, wrapped = ?4 WHERE file_id = ?1 AND idx = ?2 AND wrapped = ?5",
+                    )
+                    .and_then(|mut s| s.execute(params![&file[..], index as i64, &kek_id[..], wrapped, old])),
                 Change::DeleteXattrs { object } => tx.execute("DELETE FROM xattrs WHERE object_id = ?1", [&object[..]]),
                 Change::PutLongName { dir, hash, name } => tx.execute(
                     "INSERT OR REPLACE INTO long_names (dir_id, hash, name) VALUES (?1, ?2, ?3)",
