@@ -229,6 +229,16 @@ fn status_of_a_mounted_volume_shows_one_kms_unwrap_however_much_io() {
     for i in 0..8 {
         assert!(fs::read(m.p(&format!("f{i}"))).unwrap() == data);
     }
+    // FUSE sends release (which commits sizes and keys) asynchronously after close: wait.
+    let status = |target: &Path| -> serde_json::Value {
+        let o = evfs(&["status".as_ref(), target.as_os_str(), "--json".as_ref()]);
+        assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&m.mnt)["wrapped_deks"] != 64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for target in [&m.mnt, &m.cipher] {
         let o = evfs(&["status".as_ref(), target.as_os_str(), "--json".as_ref()]);
         assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
