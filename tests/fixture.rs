@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -16,19 +15,6 @@ const FIXTURE_PASSPHRASE: &str = "envelopefs fixture v1";
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            fs::copy(e.path(), &target).unwrap();
-        }
-    }
 }
 
 /// What every fixture holds: (path, content).

@@ -33,18 +33,6 @@ fn volume(kms: Option<String>) -> (tempfile::TempDir, PathBuf) {
     (tmp, dir)
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap().flatten() {
-        let t = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &t);
-        } else {
-            fs::copy(e.path(), &t).unwrap();
-        }
-    }
-}
-
 /// Clears the "shredded" flag in a copy's header, as an attacker would.
 fn unflag(dir: &Path) {
     let conf = dir.join("envelopefs.conf");
