@@ -86,9 +86,13 @@ enum Command {
     /// Rotate keys of an unmounted volume. `--kek`: a new KEK; every DEK and the name key are
     /// re-wrapped, no data is rewritten; interrupted runs are finished by running it again.
     /// `--rekey PATH...`: re-encrypt those files under fresh DEKs (for a leaked DEK).
-    #[command(group(clap::ArgGroup::new("mode").required(true).args(["kek", "rekey"])))]
+    /// `--root`: a new root key in the volume's own embedded keystore; the KEK is re-wrapped.
+    #[command(group(clap::ArgGroup::new("mode").required(true).args(["kek", "rekey", "root"])))]
     Rotate {
         cipherdir: PathBuf,
+        /// Replace the root key (embedded keystore inside CIPHERDIR; unmounted).
+        #[arg(long)]
+        root: bool,
         /// Replace the key-encryption key.
         #[arg(long)]
         kek: bool,
@@ -230,6 +234,12 @@ fn run(cmd: Command) -> Result<()> {
             mount(req, foreground, daemon_child, pass)
         }
         Command::Rotate { cipherdir, kek: true, pass, .. } => rotate_kek(&cipherdir, pass),
+        Command::Rotate { cipherdir, root: true, pass, .. } => {
+            let _lock = envelopefs::daemon::lock_volume(&cipherdir)?;
+            Volume::rotate_root(&cipherdir, &pass.source())?;
+            println!("Root key of {} rotated; the KEK was re-wrapped (no data or DEK changed).", cipherdir.display());
+            Ok(())
+        }
         Command::Rotate { cipherdir, rekey, pass, .. } => {
             let _lock = envelopefs::daemon::lock_volume(&cipherdir)?;
             let vol = Volume::open(&cipherdir, &pass.source())?;

@@ -200,3 +200,40 @@ fn rotate_kek_while_mounted_with_reads_and_writes_going_on() {
         assert!(fs::read(m.p(&format!("f{i}"))).unwrap() == pattern(i, 2 << 20));
     }
 }
+
+#[test]
+fn rotate_root_rewraps_the_kek_under_a_new_root_and_resumes() {
+    let (tmp, dir, passfile) = big_volume();
+    let before = data_hashes(&dir);
+    let header0 = Volume::read_header(&dir).unwrap();
+    let old_keystore = fs::read(dir.join("keystore")).unwrap();
+    let root_cmd = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_envelopefs"));
+        c.arg("rotate").arg(&dir).arg("--root").arg("--passfile").arg(&passfile).stdin(Stdio::null());
+        c.output().unwrap()
+    };
+    let o = root_cmd();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let header1 = Volume::read_header(&dir).unwrap();
+    assert_eq!(header1.kek_id, header0.kek_id, "the KEK itself is unchanged");
+    assert_ne!(header1.wrapped_kek, header0.wrapped_kek);
+    assert_ne!(fs::read(dir.join("keystore")).unwrap()[39..55], old_keystore[39..55], "new root key id");
+    assert_eq!(data_hashes(&dir), before);
+    assert_all_readable(&dir);
+
+    // The old keystore (e.g. an old backup of it) no longer opens the volume.
+    let new_keystore = fs::read(dir.join("keystore")).unwrap();
+    fs::write(dir.join("keystore"), &old_keystore).unwrap();
+    assert!(matches!(Volume::open(&dir, &pass()), Err(envelopefs::Error::Integrity { .. })));
+
+    // Interrupted after the header was written: the new root still waits as keystore.next.
+    fs::write(dir.join("keystore.next"), &new_keystore).unwrap();
+    let err = Volume::open(&dir, &pass()).unwrap_err().to_string();
+    assert!(err.contains("rotate --root"), "{err}");
+    let o = root_cmd();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!dir.join("keystore.next").exists());
+    assert_eq!(Volume::read_header(&dir).unwrap().wrapped_kek, header1.wrapped_kek, "finished, not redone");
+    assert_all_readable(&dir);
+    drop(tmp);
+}

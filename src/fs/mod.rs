@@ -14,6 +14,7 @@ mod inode_fs;
 mod meta;
 mod names;
 mod rekey;
+mod root;
 mod rotate;
 mod shred;
 mod volume;

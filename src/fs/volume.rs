@@ -271,7 +271,19 @@ impl Volume {
     pub fn open(cipherdir: &Path, secrets: &dyn Secrets) -> Result<Volume> {
         let header = Self::read_live_header(cipherdir)?;
         let kms = kms::open(&header.kms_uri, cipherdir, secrets)?;
-        Self::open_with_kms(cipherdir, header, kms.as_ref())
+        Self::open_with_kms(cipherdir, header.clone(), kms.as_ref()).map_err(|e| match e {
+            Error::Integrity { path, reason } if Self::root_rotation_interrupted(cipherdir, &header) => {
+                Error::Integrity {
+                    path,
+                    reason: format!("{reason}; a root rotation was interrupted: run `envelopefs rotate --root` again"),
+                }
+            }
+            e => e,
+        })
+    }
+
+    fn root_rotation_interrupted(cipherdir: &Path, header: &VolumeHeader) -> bool {
+        kms::local_keystore_path(&header.kms_uri, cipherdir).is_ok_and(|ks| super::root::next_keystore(&ks).exists())
     }
 
     /// Opens `cipherdir` with an already-connected KMS.

@@ -297,6 +297,29 @@ impl KeyRing {
     }
 }
 
+/// `rotate --root`: the volume's KEK, unwrapped by `from` and wrapped by `to` (a new root),
+/// without leaving this module. Returns the new wrapped KEK, or `None` if `from` does not
+/// hold the root that wrapped it.
+pub fn rewrap_kek(from: &dyn Kms, to: &dyn Kms, header: &VolumeHeader) -> Result<Option<Vec<u8>>> {
+    let ctx = KmsContext { volume_id: header.volume_id, purpose: Purpose::Kek };
+    let kek = match from.unwrap(&header.wrapped_kek, &ctx) {
+        Ok(k) => k,
+        Err(KmsError::Rejected(_)) => return Ok(None),
+        Err(e) => return Err(kms_error(from, e)),
+    };
+    to.wrap(&kek, &ctx).map(Some).map_err(|e| kms_error(to, e))
+}
+
+/// Whether `kms` holds the root that wrapped the header's KEK.
+pub fn root_matches(kms: &dyn Kms, header: &VolumeHeader) -> Result<bool> {
+    let ctx = KmsContext { volume_id: header.volume_id, purpose: Purpose::Kek };
+    match kms.unwrap(&header.wrapped_kek, &ctx) {
+        Ok(_) => Ok(true),
+        Err(KmsError::Rejected(_)) => Ok(false),
+        Err(e) => Err(kms_error(kms, e)),
+    }
+}
+
 fn kms_error(kms: &dyn Kms, e: KmsError) -> Error {
     Error::Kms { uri: kms.uri().to_string(), reason: e.to_string() }
 }
