@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::format::VolumeHeader;
+use crate::format::{hex, VolumeHeader};
 use crate::fs::Volume;
 use crate::{Error, Result};
 
@@ -105,8 +105,4 @@ pub fn status(cipherdir: &Path) -> Result<Value> {
     }
     let info = Volume::info(cipherdir)?;
     Ok(base_status(cipherdir, &info.header, info.files, info.extents))
-}
-
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -160,9 +160,9 @@ fn control_server(
         "status" => status(&kms),
         "rotate-kek" => {
             let _one_at_a_time = rotation.lock().unwrap_or_else(|p| p.into_inner());
-            let old = control::hex(&vol2.header().kek_id);
+            let old = crate::format::hex(&vol2.header().kek_id);
             match vol2.rotate_kek(kms.as_ref(), &mut |_, _| {}) {
-                Ok(h) => serde_json::json!({ "old_kek_id": old, "kek_id": control::hex(&h.kek_id) }),
+                Ok(h) => serde_json::json!({ "old_kek_id": old, "kek_id": crate::format::hex(&h.kek_id) }),
                 Err(e) => serde_json::json!({ "error": e.to_string(), "exit_code": e.exit_code() }),
             }
         }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use envelopefs::daemon::MountRequest;
-use envelopefs::format::{CipherKind, KdfParams};
+use envelopefs::format::{hex, CipherKind, KdfParams};
 use envelopefs::fs::{InitOptions, Volume};
 use envelopefs::kms::{self, LocalKeystore};
 use envelopefs::secret::PassSource;
@@ -441,8 +441,4 @@ fn status(target: &Path, json: bool) -> Result<()> {
         println!("{:<16} {shown}", format!("{}:", k.replace('_', " ")));
     }
     Ok(())
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -18,6 +18,11 @@ pub use layout::Layout;
 pub use object::{ObjectHeader, ObjectKind, OBJECT_HEADER_LEN};
 pub use volume::{CipherKind, VolumeHeader, FEATURES_KNOWN, FEATURE_SHREDDED};
 
+/// Lower-case hex of `b` (ids in status output and messages; never key material).
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// Why bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {

@@ -11,7 +11,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use super::{Kms, KmsContext, KmsError};
 use crate::crypto::{random_array, Key256, KeyWrapper};
 use crate::durable;
-use crate::format::{KdfParams, KeystoreFile};
+use crate::format::{hex, KdfParams, KeystoreFile};
 use crate::secret::{Passphrase, Secrets};
 use crate::{Error, Result};
 
@@ -109,10 +109,6 @@ fn seal(root: &Key256, key_id: [u8; 16], pass: &Passphrase, kdf: KdfParams, path
 fn unseal(file: &KeystoreFile, pass: &Passphrase, path: &Path) -> Result<Key256> {
     let sealing = KeyWrapper::new(&derive(pass, &file.salt, file.kdf, path)?);
     sealing.unwrap(&file.sealed, &file.header_bytes()).map_err(|_| Error::WrongPassphrase(PathBuf::from(path)))
-}
-
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]
