@@ -79,7 +79,7 @@ pub fn lock_volume(cipherdir: &Path) -> Result<Flock<File>> {
 
 /// Serves the mount until it is unmounted (by `umount`, `fusermount3 -u`, SIGTERM, SIGINT
 /// or SIGHUP). `ready` is called once the mount is usable.
-pub fn serve(req: &MountRequest, secrets: &dyn Secrets, ready: impl FnOnce()) -> Result<()> {
+pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()) -> Result<()> {
     // Signals are blocked before any thread exists, so only the signal thread receives them.
     let mut signals = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
@@ -90,7 +90,8 @@ pub fn serve(req: &MountRequest, secrets: &dyn Secrets, ready: impl FnOnce()) ->
 
     let _lock = lock_volume(&req.cipherdir)?;
     let header = Volume::read_live_header(&req.cipherdir)?;
-    let kms = std::sync::Arc::new(CountingKms::new(kms::open(&header.kms_uri, &req.cipherdir, secrets)?));
+    let kms = std::sync::Arc::new(CountingKms::new(kms::open(&header.kms_uri, &req.cipherdir, secrets.as_ref())?));
+    drop(secrets); // the passphrase is not kept for the life of the mount
     let vol = std::sync::Arc::new(Volume::open_with_kms(&req.cipherdir, header.clone(), kms.as_ref())?);
     let _control = control_server(req, &header, vol.clone(), kms);
     let chown_new = nix::unistd::geteuid().is_root();

@@ -384,7 +384,7 @@ fn mount(req: MountRequest, foreground: bool, daemon_child: bool, pass: PassArgs
         let out = std::io::stdout().as_fd().try_clone_to_owned().map_err(|e| Error::io("", "status pipe", e))?;
         let mut status = Some(envelopefs::daemon::StatusPipe::new(std::fs::File::from(out)));
         let result = envelopefs::daemon::passphrase_from_stdin().and_then(|p| {
-            envelopefs::daemon::serve(&req, &p, || {
+            envelopefs::daemon::serve(&req, Box::new(p), || {
                 if let Some(s) = status.take() {
                     s.ready();
                 }
@@ -397,7 +397,7 @@ fn mount(req: MountRequest, foreground: bool, daemon_child: bool, pass: PassArgs
     }
     let req = envelopefs::daemon::preflight(&req)?;
     if foreground {
-        return envelopefs::daemon::serve(&req, &pass.source(), || {
+        return envelopefs::daemon::serve(&req, Box::new(pass.source()), || {
             eprintln!("envelopefs: {} mounted on {}", req.cipherdir.display(), req.mountpoint.display());
         });
     }
