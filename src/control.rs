@@ -81,8 +81,10 @@ pub fn query(path: &Path, op: &str) -> Option<Value> {
 }
 
 /// The fields every status report has, mounted or not.
-pub fn base_status(cipherdir: &Path, h: &VolumeHeader, files: u64, wrapped_deks: u64) -> Value {
+pub fn base_status(cipherdir: &Path, h: &VolumeHeader, files: u64, wrapped_deks: u64, kek_since: Option<u64>) -> Value {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     json!({
+        "kek_age_seconds": kek_since.map(|t| now.saturating_sub(t)),
         "cipherdir": cipherdir.display().to_string(),
         "mounted": false,
         "format_version": 1,
@@ -104,5 +106,5 @@ pub fn status(cipherdir: &Path) -> Result<Value> {
         return Ok(v);
     }
     let info = Volume::info(cipherdir)?;
-    Ok(base_status(cipherdir, &info.header, info.files, info.extents))
+    Ok(base_status(cipherdir, &info.header, info.files, info.extents, info.kek_since))
 }

@@ -136,8 +136,9 @@ fn control_server(
     let rotation = std::sync::Mutex::new(());
     let status = move |kms: &CountingKms| {
         let stats = monitor.stats();
-        let (files, deks) = stats.as_ref().map(|s| (s.files, s.wrapped_deks)).unwrap_or((0, 0));
-        let mut v = control::base_status(&cipherdir, &vol.header(), files, deks);
+        let (files, deks, since) =
+            stats.as_ref().map(|s| (s.files, s.wrapped_deks, s.kek_since)).unwrap_or((0, 0, None));
+        let mut v = control::base_status(&cipherdir, &vol.header(), files, deks, since);
         let (wraps, unwraps) = kms.calls();
         v["mounted"] = true.into();
         v["mountpoint"] = mountpoint.display().to_string().into();

@@ -46,6 +46,7 @@ fn init_status_passwd_and_their_errors() {
     assert_eq!(v["cipher"], "aes-256-gcm-siv");
     assert_eq!(v["extent_size"], 65536);
     assert_eq!(v["kms_uri"], "local:keystore");
+    assert!(v["kek_age_seconds"].as_u64().is_some_and(|a| a < 3600), "{v}");
 
     let o = evfs(&["passwd", "vol", "--passfile", "pass2", "--new-passfile", "pass"], d);
     assert_eq!(code(&o), 10, "wrong old passphrase");

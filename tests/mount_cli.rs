@@ -246,6 +246,7 @@ fn status_of_a_mounted_volume_shows_one_kms_unwrap_however_much_io() {
         assert_eq!(v["mounted"], true);
         assert_eq!(v["kms_calls"]["unwrap"], 1, "{v:#}");
         assert_eq!(v["kms_calls"]["wrap"], 0);
+        assert!(v["kek_age_seconds"].is_u64());
         assert_eq!(v["files"], 8);
         assert_eq!(v["wrapped_deks"], 64);
         assert!(v["dek_cache"]["entries"].as_u64().unwrap() > 0);

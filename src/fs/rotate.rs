@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use super::volume::{Volume, HEADER_FILE};
+use super::volume::{unix_now, Volume, HEADER_FILE, KEK_SINCE};
 use crate::durable;
 use crate::format::VolumeHeader;
 use crate::kms::Kms;
@@ -99,7 +99,11 @@ impl Volume {
         self.keys().promote_pending();
         self.set_header(header.clone());
         drop(open_files);
-        self.store().apply(&[Change::DeleteMeta { key: PENDING_ID }, Change::DeleteMeta { key: PENDING_WRAPPED }])?;
+        self.store().apply(&[
+            Change::DeleteMeta { key: PENDING_ID },
+            Change::DeleteMeta { key: PENDING_WRAPPED },
+            Change::PutMeta { key: KEK_SINCE, value: &unix_now().to_le_bytes() },
+        ])?;
         self.store().compact()?;
         Ok(header)
     }

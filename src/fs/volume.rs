@@ -52,6 +52,8 @@ pub struct VolumeInfo {
     pub header: VolumeHeader,
     pub files: u64,
     pub extents: u64,
+    /// When the current KEK was made (Unix seconds), if recorded.
+    pub kek_since: Option<u64>,
 }
 
 /// A read-only view of an open volume's counters, usable while the volume itself is owned
@@ -70,6 +72,7 @@ impl std::fmt::Debug for VolumeMonitor {
 /// Counters of an open volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveStats {
+    pub kek_since: Option<u64>,
     pub files: u64,
     pub wrapped_deks: u64,
     pub open_files: usize,
@@ -80,12 +83,24 @@ impl VolumeMonitor {
     pub fn stats(&self) -> Result<LiveStats> {
         let (files, wrapped_deks) = self.core.store.counts()?;
         Ok(LiveStats {
+            kek_since: kek_since(&self.core.store)?,
             files,
             wrapped_deks,
             open_files: self.core.open_table().len(),
             cache: self.core.keys.cache_stats(),
         })
     }
+}
+
+/// `meta` key: when the current KEK was made (u64 LE Unix seconds).
+pub(super) const KEK_SINCE: &str = "kek.since";
+
+pub(super) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn kek_since(store: &Store) -> Result<Option<u64>> {
+    Ok(store.meta(KEK_SINCE)?.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map(u64::from_le_bytes))
 }
 
 /// The locked table of open files (by id, with their handle counts).
@@ -227,7 +242,9 @@ impl Volume {
             wrapped_name_key: Vec::new(),
         };
         KeyRing::generate(kms.as_ref(), &mut header)?;
-        drop(Store::create(&cipherdir.join(STORE_FILE))?);
+        let store = Store::create(&cipherdir.join(STORE_FILE))?;
+        store.apply(&[Change::PutMeta { key: KEK_SINCE, value: &unix_now().to_le_bytes() }])?;
+        drop(store);
         let data = cipherdir.join(DATA_DIR);
         fs::DirBuilder::new().mode(0o700).create(&data).map_err(|e| Error::io(&data, "create directory", e))?;
         names::write_dir_id(&data, random_array())?;
@@ -263,8 +280,9 @@ impl Volume {
     /// Header and store counts of an unmounted volume.
     pub fn info(cipherdir: &Path) -> Result<VolumeInfo> {
         let header = Self::read_header(cipherdir)?;
-        let (files, extents) = Store::open(&cipherdir.join(STORE_FILE))?.counts()?;
-        Ok(VolumeInfo { header, files, extents })
+        let store = Store::open(&cipherdir.join(STORE_FILE))?;
+        let (files, extents) = store.counts()?;
+        Ok(VolumeInfo { header, files, extents, kek_since: kek_since(&store)? })
     }
 
     /// Opens `cipherdir`, asking `secrets` for what its KMS needs.
