@@ -9,6 +9,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -25,14 +27,22 @@ pub fn socket_path(volume_id: &[u8; 16]) -> PathBuf {
     runtime_dir().join(format!("{}.sock", hex(volume_id)))
 }
 
-/// The listening socket; removed when dropped (at unmount).
+/// The listening socket. Dropping it (at unmount) stops its thread — and so drops the
+/// handler and everything it holds, such as the volume and its keys — and removes the socket.
 #[derive(Debug)]
 pub struct ControlServer {
     path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for ControlServer {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = UnixStream::connect(&self.path); // wake the accept loop
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -45,15 +55,20 @@ pub fn serve(path: &Path, handle: impl Fn(&str) -> Value + Send + 'static) -> Re
     let _ = std::fs::remove_file(path); // a stale socket of a killed daemon
     let listener = UnixListener::bind(path).map_err(|e| Error::io(path, "bind control socket", e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| Error::io(path, "chmod", e))?;
-    std::thread::Builder::new()
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_seen = stop.clone();
+    let thread = std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
             for conn in listener.incoming().flatten() {
+                if stop_seen.load(Ordering::SeqCst) {
+                    break;
+                }
                 let _ = answer(conn, &handle);
             }
         })
         .map_err(|e| Error::io(path, "spawn control thread", e))?;
-    Ok(ControlServer { path: path.to_path_buf() })
+    Ok(ControlServer { path: path.to_path_buf(), stop, thread: Some(thread) })
 }
 
 fn answer(conn: UnixStream, handle: &impl Fn(&str) -> Value) -> std::io::Result<()> {

@@ -93,7 +93,7 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     let kms = std::sync::Arc::new(CountingKms::new(kms::open(&header.kms_uri, &req.cipherdir, secrets.as_ref())?));
     drop(secrets); // the passphrase is not kept for the life of the mount
     let vol = std::sync::Arc::new(Volume::open_with_kms(&req.cipherdir, header.clone(), kms.as_ref())?);
-    let _control = control_server(req, &header, vol.clone(), kms);
+    let control = control_server(req, &header, vol.clone(), kms);
     let chown_new = nix::unistd::geteuid().is_root();
     let fs = InodeFs::new(vol, req.read_only, chown_new)?;
     let cfg = MountConfig {
@@ -117,7 +117,11 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
         .map_err(|e| Error::io("", "spawn signal thread", e))?;
     tracing::info!(cipherdir = %req.cipherdir.display(), mountpoint = %req.mountpoint.display(), "mounted");
     ready();
-    mounted.run().map_err(|e| Error::Fuse(e.to_string()))?;
+    let served = mounted.run().map_err(|e| Error::Fuse(e.to_string()));
+    // The control thread holds the last other reference to the volume: stopping it drops the
+    // volume, which zeroizes every key and closes (checkpoints) the store.
+    drop(control);
+    served?;
     tracing::info!("unmounted; keys zeroized");
     Ok(())
 }

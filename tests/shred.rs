@@ -125,6 +125,8 @@ fn rm_through_the_mount_leaves_no_trace_of_the_wrapped_deks() {
     assert_eq!(before.len(), 16);
     fs::remove_file(m.p("victim")).unwrap();
     m.unmount(); // closing the store checkpoints its WAL
+    let wal = fs::metadata(m.cipher.join("meta.db-wal")).map(|md| md.len()).unwrap_or(0);
+    assert_eq!(wal, 0, "the daemon must drop the volume (keys, store) before it exits");
     let left = rows(&m.cipher);
     assert_eq!(left.len(), 8, "only the kept file's DEKs remain");
     let gone: Vec<&Vec<u8>> = before.iter().filter(|w| !left.contains(w)).collect();
