@@ -134,15 +134,14 @@ fn control_server(
     kms: std::sync::Arc<CountingKms>,
 ) -> Option<control::ControlServer> {
     let (cipherdir, mountpoint) = (req.cipherdir.clone(), req.mountpoint.clone());
-    let monitor = vol.monitor();
-    let vol_for_rotation = vol.clone();
     let started = std::time::Instant::now();
     let rotation = std::sync::Mutex::new(());
+    let status_vol = vol.clone();
     let status = move |kms: &CountingKms| {
-        let stats = monitor.stats();
+        let stats = status_vol.live_stats();
         let (files, deks, since) =
             stats.as_ref().map(|s| (s.files, s.wrapped_deks, s.kek_since)).unwrap_or((0, 0, None));
-        let mut v = control::base_status(&cipherdir, &vol.header(), files, deks, since);
+        let mut v = control::base_status(&cipherdir, &status_vol.header(), files, deks, since);
         let (wraps, unwraps) = kms.calls();
         v["mounted"] = true.into();
         v["mountpoint"] = mountpoint.display().to_string().into();
@@ -161,13 +160,12 @@ fn control_server(
         }
         v
     };
-    let vol2 = vol_for_rotation;
     let handle = move |op: &str| match op {
         "status" => status(&kms),
         "rotate-kek" => {
             let _one_at_a_time = rotation.lock().unwrap_or_else(|p| p.into_inner());
-            let old = crate::format::hex(&vol2.header().kek_id);
-            match vol2.rotate_kek(kms.as_ref(), &mut |_, _| {}) {
+            let old = crate::format::hex(&vol.header().kek_id);
+            match vol.rotate_kek(kms.as_ref(), &mut |_, _| {}) {
                 Ok(h) => serde_json::json!({ "old_kek_id": old, "kek_id": crate::format::hex(&h.kek_id) }),
                 Err(e) => serde_json::json!({ "error": e.to_string(), "exit_code": e.exit_code() }),
             }

@@ -40,6 +40,14 @@ impl CipherKind {
         }
     }
 
+    /// Bytes one 4 KiB block occupies in a data file (FORMAT.md §5).
+    pub fn slot_size(self) -> usize {
+        match self {
+            CipherKind::Aes256GcmSiv => crate::crypto::BLOCK_SIZE + crate::crypto::GCM_SIV_OVERHEAD,
+            CipherKind::Aes256Xts => crate::crypto::BLOCK_SIZE,
+        }
+    }
+
     /// The name used on the command line and in `status`.
     pub fn name(self) -> &'static str {
         match self {

@@ -361,10 +361,7 @@ impl FileState {
         for (&e, ext) in inner.extents.iter_mut().filter(|(_, x)| x.kek_id != target && (x.dirty || !dirty_only)) {
             let (kek_id, wrapped) =
                 self.core.keys.rewrap_dek(&self.id, e, &ext.kek_id, &ext.wrapped).map_err(|_| {
-                    Error::integrity(
-                        self.name.read().unwrap_or_else(|p| p.into_inner()).clone(),
-                        format!("the wrapped key of extent {e} does not authenticate"),
-                    )
+                    Error::integrity(self.name(), format!("the wrapped key of extent {e} does not authenticate"))
                 })?;
             ext.kek_id = kek_id;
             ext.wrapped = wrapped;

@@ -329,10 +329,7 @@ impl InodeFs {
         let mut out =
             vec![(ino, EntryKind::Directory, OsString::from(".")), (ino, EntryKind::Directory, OsString::from(".."))];
         for e in self.vol.readdir(&path)? {
-            let ino = self.vol.getattr(&path.join(&e.name)).map(|mut a| {
-                self.fuse_ino(&mut a);
-                a.ino
-            })?;
+            let ino = if e.ino == self.root_backing_ino { ROOT_INO } else { e.ino };
             out.push((ino, e.kind, e.name));
         }
         Ok(out)

@@ -26,7 +26,6 @@ pub use inode_fs::{Caller, InodeFs, SetAttr, ROOT_INO};
 pub use meta::{Attr, RenameMode, SetTime, StatFs};
 pub use shred::ShredReport;
 pub use volume::{
-    DirEntry, EntryKind, InitOptions, LiveStats, Stat, Volume, VolumeInfo, VolumeMonitor, DATA_DIR, HEADER_FILE,
-    STORE_FILE,
+    DirEntry, EntryKind, InitOptions, LiveStats, Stat, Volume, VolumeInfo, DATA_DIR, HEADER_FILE, STORE_FILE,
 };
 pub use xattr::XattrMode;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use super::file::{FileHandle, FileState};
 use super::meta::kind_of;
 use super::names::{self, Encoded, DIRID_FILE};
-use crate::crypto::{random_array, DataCipher, Key256, Key512};
+use crate::crypto::random_array;
 use crate::durable;
 use crate::format::{CipherKind, KdfParams, Layout, ObjectHeader, ObjectKind, VolumeHeader, OBJECT_HEADER_LEN};
 use crate::keys::{FileId, KeyRing};
@@ -56,19 +56,6 @@ pub struct VolumeInfo {
     pub kek_since: Option<u64>,
 }
 
-/// A read-only view of an open volume's counters, usable while the volume itself is owned
-/// elsewhere (by the FUSE session).
-#[derive(Clone)]
-pub struct VolumeMonitor {
-    core: Arc<Core>,
-}
-
-impl std::fmt::Debug for VolumeMonitor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VolumeMonitor").finish_non_exhaustive()
-    }
-}
-
 /// Counters of an open volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveStats {
@@ -77,19 +64,6 @@ pub struct LiveStats {
     pub wrapped_deks: u64,
     pub open_files: usize,
     pub cache: crate::keys::CacheStats,
-}
-
-impl VolumeMonitor {
-    pub fn stats(&self) -> Result<LiveStats> {
-        let (files, wrapped_deks) = self.core.store.counts()?;
-        Ok(LiveStats {
-            kek_since: kek_since(&self.core.store)?,
-            files,
-            wrapped_deks,
-            open_files: self.core.open_table().len(),
-            cache: self.core.keys.cache_stats(),
-        })
-    }
 }
 
 /// `meta` key: when the current KEK was made (u64 LE Unix seconds).
@@ -173,6 +147,8 @@ pub enum EntryKind {
 pub struct DirEntry {
     pub name: OsString,
     pub kind: EntryKind,
+    /// The backing inode number.
+    pub ino: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -313,10 +289,7 @@ impl Volume {
         let store = Store::open(&cipherdir.join(STORE_FILE))?;
         let data_dir = cipherdir.join(DATA_DIR);
         let root_id = names::read_dir_id(&data_dir)?;
-        let slot = match header.cipher {
-            CipherKind::Aes256GcmSiv => DataCipher::gcm_siv(&Key256::generate()).slot_size(),
-            CipherKind::Aes256Xts => DataCipher::xts(&Key512::generate()).slot_size(),
-        };
+        let slot = header.cipher.slot_size();
         let core = Core {
             keys,
             store,
@@ -331,9 +304,16 @@ impl Volume {
         Ok(vol)
     }
 
-    /// A handle for reading this volume's counters from another thread.
-    pub fn monitor(&self) -> VolumeMonitor {
-        VolumeMonitor { core: self.core.clone() }
+    /// Counters for `status` (safe to call while the volume is in use).
+    pub fn live_stats(&self) -> Result<LiveStats> {
+        let (files, wrapped_deks) = self.core.store.counts()?;
+        Ok(LiveStats {
+            kek_since: kek_since(&self.core.store)?,
+            files,
+            wrapped_deks,
+            open_files: self.core.open_table().len(),
+            cache: self.core.keys.cache_stats(),
+        })
     }
 
     pub fn header(&self) -> VolumeHeader {
@@ -645,24 +625,18 @@ impl Volume {
                 continue;
             };
             let kind = entry.file_type().map(kind_of).map_err(|e| Error::io(path, "read directory", e))?;
-            out.push(DirEntry { name, kind });
+            out.push(DirEntry { name, kind, ino: std::os::unix::fs::DirEntryExt::ino(&entry) });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
+    /// The short form of [`Volume::getattr`]: kind, plaintext size of files (0 otherwise),
+    /// permission bits and link count.
     pub fn stat(&self, path: &Path) -> Result<Stat> {
-        let r = self.resolve(path)?;
-        let backing = r.backing();
-        let meta = fs::symlink_metadata(&backing).map_err(|_| Error::NotFound(path.into()))?;
-        let kind = kind_of(meta.file_type());
-        let size = if kind == EntryKind::File {
-            let id = read_file_id(&fs::File::open(&backing).map_err(|e| Error::io(path, "open", e))?, path)?;
-            self.file_size(&id)?
-        } else {
-            0
-        };
-        Ok(Stat { kind, size, mode: meta.mode() & 0o7777, nlink: meta.nlink() })
+        let a = self.getattr(path)?;
+        let size = if a.kind == EntryKind::File { a.size } else { 0 };
+        Ok(Stat { kind: a.kind, size, mode: u32::from(a.perm), nlink: u64::from(a.nlink) })
     }
 
     fn file_size(&self, id: &FileId) -> Result<u64> {
