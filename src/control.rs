@@ -2,8 +2,12 @@
 //!
 //! A mount daemon listens on `RUNTIME/<volume id>.sock` (mode 0600 in a 0700 directory,
 //! so only the mounting user can talk to it); `RUNTIME` is `ENVELOPEFS_RUNTIME_DIR` or
-//! `/run/envelopefs`. One request per connection: a line of JSON (`{"op":"status"}`), one
-//! line of JSON back. The socket carries no key material.
+//! `/run/envelopefs`. One request per connection: a line of JSON (`{"op":"status"}`, with
+//! arguments as further fields), one line of JSON back (`{"error": ..., "exit_code": ...}`
+//! on failure). The socket carries no key material.
+//!
+//! The runtime directory also holds each volume's wrapped per-boot scratch key
+//! (`<volume id>.scratch`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -27,6 +31,18 @@ pub fn socket_path(volume_id: &[u8; 16]) -> PathBuf {
     runtime_dir().join(format!("{}.sock", hex(volume_id)))
 }
 
+/// Where the wrapped per-boot scratch key of a volume lives.
+pub fn scratch_path(volume_id: &[u8; 16]) -> PathBuf {
+    runtime_dir().join(format!("{}.scratch", hex(volume_id)))
+}
+
+/// Creates the runtime directory (mode 0700) if it is missing.
+pub fn ensure_runtime_dir() -> Result<PathBuf> {
+    let dir = runtime_dir();
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| Error::io(&dir, "create", e))?;
+    Ok(dir)
+}
+
 /// The listening socket. Dropping it (at unmount) stops its thread — and so drops the
 /// handler and everything it holds, such as the volume and its keys — and removes the socket.
 #[derive(Debug)]
@@ -47,11 +63,10 @@ impl Drop for ControlServer {
     }
 }
 
-/// Starts answering requests on `path`: `handle(op)` returns the reply (`{"error": ...}` for
-/// operations it does not know).
-pub fn serve(path: &Path, handle: impl Fn(&str) -> Value + Send + 'static) -> Result<ControlServer> {
-    let dir = path.parent().expect("socket paths have a parent");
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io(dir, "create", e))?;
+/// Starts answering requests on `path`: `handle(op, request)` returns the reply
+/// (`{"error": ...}` for operations it does not know).
+pub fn serve(path: &Path, handle: impl Fn(&str, &Value) -> Value + Send + 'static) -> Result<ControlServer> {
+    ensure_runtime_dir()?;
     let _ = std::fs::remove_file(path); // a stale socket of a killed daemon
     let listener = UnixListener::bind(path).map_err(|e| Error::io(path, "bind control socket", e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| Error::io(path, "chmod", e))?;
@@ -71,25 +86,27 @@ pub fn serve(path: &Path, handle: impl Fn(&str) -> Value + Send + 'static) -> Re
     Ok(ControlServer { path: path.to_path_buf(), stop, thread: Some(thread) })
 }
 
-fn answer(conn: UnixStream, handle: &impl Fn(&str) -> Value) -> std::io::Result<()> {
+fn answer(conn: UnixStream, handle: &impl Fn(&str, &Value) -> Value) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(&conn).read_line(&mut line)?;
-    let reply = match serde_json::from_str::<Value>(&line).ok().and_then(|v| v["op"].as_str().map(str::to_owned)) {
-        Some(op) => handle(&op),
+    let request = serde_json::from_str::<Value>(&line).unwrap_or(Value::Null);
+    let reply = match request["op"].as_str() {
+        Some(op) => handle(op, &request),
         None => json!({"error": "bad request"}),
     };
     let mut w = &conn;
     writeln!(w, "{reply}")
 }
 
-/// Asks the daemon behind `path`; `None` if no daemon answers there.
-pub fn query(path: &Path, op: &str) -> Option<Value> {
+/// Sends `request` (`{"op": ..., args}`) to the daemon behind `path`; `None` if no daemon
+/// answers there.
+pub fn query(path: &Path, request: &Value) -> Option<Value> {
     let conn = UnixStream::connect(path).ok()?;
     // Long operations (a rotation) answer when done.
     conn.set_read_timeout(Some(Duration::from_secs(3600))).ok()?;
     let mut w = &conn;
-    writeln!(w, "{}", json!({ "op": op })).ok()?;
+    writeln!(w, "{request}").ok()?;
     let mut line = String::new();
     BufReader::new(&conn).read_line(&mut line).ok()?;
     serde_json::from_str(&line).ok()
@@ -117,9 +134,39 @@ pub fn base_status(cipherdir: &Path, h: &VolumeHeader, files: u64, wrapped_deks:
 /// The status of the volume in `cipherdir`: from its daemon if mounted, else from disk.
 pub fn status(cipherdir: &Path) -> Result<Value> {
     let header = Volume::read_header(cipherdir)?;
-    if let Some(v) = query(&socket_path(&header.volume_id), "status") {
+    if let Some(v) = query(&socket_path(&header.volume_id), &json!({"op": "status"})) {
         return Ok(v);
     }
     let info = Volume::info(cipherdir)?;
-    Ok(base_status(cipherdir, &info.header, info.files, info.extents, info.kek_since))
+    let mut v = base_status(cipherdir, &info.header, info.files, info.extents, info.kek_since);
+    v["scratch"] = scratch_json(&info.scratch, None);
+    Ok(v)
+}
+
+/// The `scratch` part of a status report: the directories and whether their key is loaded
+/// (mounted), or recorded in this boot's runtime directory (unmounted).
+pub fn scratch_json(s: &crate::fs::ScratchState, loaded: Option<bool>) -> Value {
+    let key = match (loaded, s.key_id) {
+        (_, None) => "none",
+        (Some(true), Some(_)) => "loaded",
+        (Some(false), Some(_)) => "not loaded",
+        (None, Some(_)) => "kept for a remount in this boot (or stale)",
+    };
+    json!({
+        "dirs": s.dirs.iter().map(|d| format!("/{}", d.display())).collect::<Vec<_>>(),
+        "key": key,
+    })
+}
+
+/// Turns a daemon's reply into a result.
+pub fn reply_result(v: Value) -> Result<Value> {
+    match v["error"].as_str() {
+        Some(err) => Err(Error::Daemon { code: v["exit_code"].as_u64().unwrap_or(1) as u8, message: err.to_string() }),
+        None => Ok(v),
+    }
+}
+
+/// A failed operation as a reply.
+pub fn error_reply(e: &Error) -> Value {
+    json!({ "error": e.to_string(), "exit_code": e.exit_code() })
 }

@@ -10,6 +10,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -33,6 +35,8 @@ pub struct MountRequest {
     pub read_only: bool,
     pub allow_other: bool,
     pub threads: usize,
+    /// Scratch directories (paths inside the volume; `/` for `--ephemeral`).
+    pub scratch: Vec<PathBuf>,
 }
 
 /// Checks what can be checked before asking for a passphrase; returns the request with
@@ -92,10 +96,17 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     let header = Volume::read_live_header(&req.cipherdir)?;
     let kms = std::sync::Arc::new(CountingKms::new(kms::open(&header.kms_uri, &req.cipherdir, secrets.as_ref())?));
     drop(secrets); // the passphrase is not kept for the life of the mount
-    let vol = std::sync::Arc::new(Volume::open_with_kms(&req.cipherdir, header.clone(), kms.as_ref())?);
-    let control = control_server(req, &header, vol.clone(), kms);
+    let vol = Arc::new(Volume::open_with_kms(&req.cipherdir, header.clone(), kms.as_ref())?);
+    let scratch_file = control::scratch_path(&header.volume_id);
+    control::ensure_runtime_dir()?;
+    let setup = vol.setup_scratch(kms.as_ref(), &req.scratch, &scratch_file, req.read_only)?;
+    if setup.stale_removed > 0 {
+        tracing::info!(entries = setup.stale_removed, "removed stale scratch of an earlier boot");
+    }
+    let keep_scratch = Arc::new(AtomicBool::new(req.read_only));
+    let control = control_server(req, &header, vol.clone(), kms, keep_scratch.clone());
     let chown_new = nix::unistd::geteuid().is_root();
-    let fs = InodeFs::new(vol, req.read_only, chown_new)?;
+    let fs = InodeFs::new(vol.clone(), req.read_only, chown_new)?;
     let cfg = MountConfig {
         read_only: req.read_only,
         allow_other: req.allow_other,
@@ -118,11 +129,17 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     tracing::info!(cipherdir = %req.cipherdir.display(), mountpoint = %req.mountpoint.display(), "mounted");
     ready();
     let served = mounted.run().map_err(|e| Error::Fuse(e.to_string()));
-    // The control thread holds the last other reference to the volume: stopping it drops the
-    // volume, which zeroizes every key and closes (checkpoints) the store.
+    // Scratch dies with the mount unless `umount --keep-scratch` asked otherwise (or the
+    // mount was read-only).
+    let destroyed = if keep_scratch.load(Ordering::SeqCst) { Ok(0) } else { vol.destroy_scratch(&scratch_file) };
+    // The control thread holds the last other reference to the volume: stopping it, then
+    // dropping ours, drops the volume, which zeroizes every key and closes (checkpoints) the
+    // store.
     drop(control);
+    drop(vol);
     served?;
-    tracing::info!("unmounted; keys zeroized");
+    let destroyed = destroyed?;
+    tracing::info!(scratch_entries_destroyed = destroyed, "unmounted; keys zeroized");
     Ok(())
 }
 
@@ -130,8 +147,9 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
 fn control_server(
     req: &MountRequest,
     header: &VolumeHeader,
-    vol: std::sync::Arc<Volume>,
-    kms: std::sync::Arc<CountingKms>,
+    vol: Arc<Volume>,
+    kms: Arc<CountingKms>,
+    keep_scratch: Arc<AtomicBool>,
 ) -> Option<control::ControlServer> {
     let (cipherdir, mountpoint) = (req.cipherdir.clone(), req.mountpoint.clone());
     let started = std::time::Instant::now();
@@ -148,6 +166,10 @@ fn control_server(
         v["pid"] = std::process::id().into();
         v["mounted_seconds"] = started.elapsed().as_secs().into();
         v["kms_calls"] = serde_json::json!({ "wrap": wraps, "unwrap": unwraps });
+        v["root_rotated_since_mount"] = status_vol.root_changed().unwrap_or(false).into();
+        let scratch = status_vol.scratch_state();
+        let loaded = scratch.key_id.is_some();
+        v["scratch"] = control::scratch_json(&scratch, Some(loaded));
         if let Ok(s) = stats {
             let lookups = s.cache.hits + s.cache.misses;
             v["open_files"] = s.open_files.into();
@@ -160,14 +182,46 @@ fn control_server(
         }
         v
     };
-    let handle = move |op: &str| match op {
+    let scratch_file = control::scratch_path(&header.volume_id);
+    let handle = move |op: &str, request: &serde_json::Value| match op {
         "status" => status(&kms),
         "rotate-kek" => {
             let _one_at_a_time = rotation.lock().unwrap_or_else(|p| p.into_inner());
             let old = crate::format::hex(&vol.header().kek_id);
             match vol.rotate_kek(kms.as_ref(), &mut |_, _| {}) {
                 Ok(h) => serde_json::json!({ "old_kek_id": old, "kek_id": crate::format::hex(&h.kek_id) }),
-                Err(e) => serde_json::json!({ "error": e.to_string(), "exit_code": e.exit_code() }),
+                Err(e) => control::error_reply(&e),
+            }
+        }
+        "rekey" => {
+            let paths = request["paths"].as_array().cloned().unwrap_or_default();
+            let mut done = Vec::new();
+            for p in paths.iter().filter_map(|p| p.as_str()) {
+                match vol.rekey(Path::new(p)) {
+                    Ok(bytes) => done.push(serde_json::json!({ "path": p, "bytes": bytes })),
+                    Err(e) => {
+                        let mut reply = control::error_reply(&e);
+                        reply["done"] = done.into();
+                        return reply;
+                    }
+                }
+            }
+            serde_json::json!({ "done": done })
+        }
+        "keep-scratch" => {
+            keep_scratch.store(true, Ordering::SeqCst);
+            serde_json::json!({ "keep_scratch": true })
+        }
+        "shred-volume" => {
+            // No rotation may write a fresh header after this.
+            let _one_at_a_time = rotation.lock().unwrap_or_else(|p| p.into_inner());
+            vol.keys().drop_scratch();
+            match Volume::shred_volume(vol.cipherdir(), &scratch_file) {
+                Ok(r) => serde_json::json!({
+                    "root_destroyed": r.root_destroyed.map(|p| p.display().to_string()),
+                    "root_kept": r.root_kept,
+                }),
+                Err(e) => control::error_reply(&e),
             }
         }
         other => serde_json::json!({ "error": format!("unknown operation {other:?}") }),
@@ -258,6 +312,22 @@ pub fn mount_source(mountpoint: &Path) -> Option<PathBuf> {
 
 fn unescape(s: &str) -> String {
     s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+/// Detaches `mountpoint` now (`fusermount3 -u -z`); its daemon exits when the last open
+/// file on it is closed.
+pub fn unmount_lazy(mountpoint: &Path) -> Result<()> {
+    let out = Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(mountpoint)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Fuse(format!("cannot run fusermount3 (is fuse3 installed?): {e}")))?;
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(Error::Mountpoint { path: mountpoint.into(), reason: msg });
+    }
+    Ok(())
 }
 
 /// Unmounts `mountpoint` and waits (up to `wait`) for its daemon to commit and exit.

@@ -1,5 +1,6 @@
 //! Durable whole-file writes: the one way small metadata files (volume header, keystore)
-//! are written, so a crash leaves either the old file or the new one, never a mix.
+//! are written, so a crash leaves either the old file or the new one, never a mix; and the
+//! lock that serializes writers of a volume's header across processes.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -34,4 +35,13 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 /// Makes a directory's entries (creations, renames, unlinks) durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, "fsync directory", e))
+}
+
+/// Held while a process rewrites a volume's header (KEK rotation, root rotation, shred): an
+/// exclusive `flock` on the CIPHERDIR directory itself, so a mount's daemon and a command
+/// run beside it never interleave. Waits for the current holder.
+pub fn lock_header(cipherdir: &Path) -> Result<nix::fcntl::Flock<File>> {
+    let dir = File::open(cipherdir).map_err(|e| Error::io(cipherdir, "open", e))?;
+    nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| Error::io(cipherdir, "lock volume header", e.into()))
 }

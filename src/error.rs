@@ -71,6 +71,12 @@ pub enum Error {
     #[error("{}: {reason}", path.display())]
     Mountpoint { path: PathBuf, reason: String },
 
+    #[error("{}: busy: {reason}", path.display())]
+    Busy { path: PathBuf, reason: String },
+
+    #[error("{}: cannot move or link across the boundary of a scratch directory", .0.display())]
+    CrossesScratch(PathBuf),
+
     #[error("{}: not an envelopefs mount", .0.display())]
     NotMounted(PathBuf),
 
@@ -112,7 +118,8 @@ impl Error {
             Error::InvalidArgument(_) => libc_errno::EINVAL,
             Error::NoAttribute(_) => libc_errno::ENODATA,
             Error::NotSupported(_) => libc_errno::EOPNOTSUPP,
-            Error::Mountpoint { .. } => libc_errno::EBUSY,
+            Error::Mountpoint { .. } | Error::Busy { .. } => libc_errno::EBUSY,
+            Error::CrossesScratch(_) => libc_errno::EXDEV,
             Error::WrongPassphrase(_) | Error::Passphrase(_) => libc_errno::EACCES,
             _ => libc_errno::EIO,
         }
@@ -130,7 +137,7 @@ impl Error {
             Error::Io { .. } => 16,
             Error::Passphrase(_) => 17,
             Error::NotEmpty(_) => 18,
-            Error::Mountpoint { .. } => 19,
+            Error::Mountpoint { .. } | Error::Busy { .. } => 19,
             Error::NotMounted(_) => 20,
             Error::Fuse(_) => 21,
             Error::Shredded(_) => 22,
@@ -147,6 +154,7 @@ mod libc_errno {
     pub const EIO: i32 = 5;
     pub const EACCES: i32 = 13;
     pub const EEXIST: i32 = 17;
+    pub const EXDEV: i32 = 18;
     pub const ENOTDIR: i32 = 20;
     pub const EISDIR: i32 = 21;
     pub const EINVAL: i32 = 22;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use envelopefs::control;
 use envelopefs::daemon::MountRequest;
 use envelopefs::format::{hex, CipherKind, KdfParams};
 use envelopefs::fs::{InitOptions, Volume};
@@ -74,6 +75,15 @@ enum Command {
         /// Worker threads serving requests.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Make SUBDIR (inside the volume; created if missing, must be empty otherwise) a
+        /// scratch directory: its files are keyed by a per-boot scratch key and are destroyed
+        /// at umount (unless --keep-scratch) and by a reboot. Repeatable.
+        #[arg(long, value_name = "SUBDIR")]
+        scratch: Vec<PathBuf>,
+        /// The whole mount is scratch (the volume must be empty): nothing written survives
+        /// umount or a reboot.
+        #[arg(long)]
+        ephemeral: bool,
         #[command(flatten)]
         pass: PassArgs,
         /// Internal: run as the detached daemon child of `mount`.
@@ -81,16 +91,22 @@ enum Command {
         daemon_child: bool,
     },
     /// Unmount an envelopefs mount (like `fusermount3 -u`) and wait until its daemon has
-    /// committed everything and exited.
-    Umount { mountpoint: PathBuf },
-    /// Rotate keys of an unmounted volume. `--kek`: a new KEK; every DEK and the name key are
-    /// re-wrapped, no data is rewritten; interrupted runs are finished by running it again.
-    /// `--rekey PATH...`: re-encrypt those files under fresh DEKs (for a leaked DEK).
+    /// committed everything, destroyed its scratch and exited.
+    Umount {
+        mountpoint: PathBuf,
+        /// Keep the scratch files and this boot's scratch key, for a remount before the next
+        /// reboot.
+        #[arg(long)]
+        keep_scratch: bool,
+    },
+    /// Rotate keys of a volume, mounted or not. `--kek`: a new KEK; every DEK and the name key
+    /// are re-wrapped, no data is rewritten; interrupted runs are finished by running it
+    /// again. `--rekey PATH...`: re-encrypt those files under fresh DEKs (for a leaked DEK).
     /// `--root`: a new root key in the volume's own embedded keystore; the KEK is re-wrapped.
     #[command(group(clap::ArgGroup::new("mode").required(true).args(["kek", "rekey", "root"])))]
     Rotate {
         cipherdir: PathBuf,
-        /// Replace the root key (embedded keystore inside CIPHERDIR; unmounted).
+        /// Replace the root key (embedded keystore inside CIPHERDIR).
         #[arg(long)]
         root: bool,
         /// Replace the key-encryption key.
@@ -102,12 +118,12 @@ enum Command {
         #[command(flatten)]
         pass: PassArgs,
     },
-    /// Crypto-shred an unmounted volume or files in it.
+    /// Crypto-shred a volume or files in it, mounted or not.
     ///
     /// `--volume` destroys every wrapped KEK copy and the volume's own keystore (O(1), needs
-    /// no passphrase): nothing in CIPHERDIR can be decrypted afterwards. `--file PATH...`
-    /// deletes the files with their wrapped DEKs, then rotates the KEK so stray copies of
-    /// their wrapped DEKs are useless.
+    /// no passphrase): nothing in CIPHERDIR can be decrypted afterwards; a mounted volume is
+    /// unmounted. `--file PATH...` deletes the files with their wrapped DEKs, then rotates
+    /// the KEK so stray copies of their wrapped DEKs are useless.
     #[command(group(clap::ArgGroup::new("what").required(true).args(["volume", "file"])))]
     Shred {
         cipherdir: PathBuf,
@@ -227,20 +243,55 @@ fn run(cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Status { cipherdir, json } => status(&cipherdir, json),
-        Command::Mount { cipherdir, mountpoint, foreground, read_only, options, threads, pass, daemon_child } => {
+        Command::Mount {
+            cipherdir,
+            mountpoint,
+            foreground,
+            read_only,
+            options,
+            threads,
+            mut scratch,
+            ephemeral,
+            pass,
+            daemon_child,
+        } => {
             let mut pass = pass;
-            let mut req = MountRequest { cipherdir, mountpoint, read_only, allow_other: false, threads };
+            if ephemeral {
+                scratch.push(PathBuf::from("/"));
+            }
+            let mut req = MountRequest { cipherdir, mountpoint, read_only, allow_other: false, threads, scratch };
             parse_mount_options(&options, &mut req, &mut pass)?;
             mount(req, foreground, daemon_child, pass)
         }
         Command::Rotate { cipherdir, kek: true, pass, .. } => rotate_kek(&cipherdir, pass),
         Command::Rotate { cipherdir, root: true, pass, .. } => {
-            let _lock = envelopefs::daemon::lock_volume(&cipherdir)?;
-            Volume::rotate_root(&cipherdir, &pass.source())?;
+            let header = Volume::read_live_header(&cipherdir)?;
+            // Beside a mount, the header lock alone serializes us with its daemon.
+            let _lock = match daemon_of(&header) {
+                Some(_) => None,
+                None => Some(envelopefs::daemon::lock_volume(&cipherdir)?),
+            };
+            Volume::rotate_root(&cipherdir, &pass.source(), &control::scratch_path(&header.volume_id))?;
             println!("Root key of {} rotated; the KEK was re-wrapped (no data or DEK changed).", cipherdir.display());
             Ok(())
         }
         Command::Rotate { cipherdir, rekey, pass, .. } => {
+            let header = Volume::read_live_header(&cipherdir)?;
+            if let Some(sock) = daemon_of(&header) {
+                let paths: Vec<String> = rekey.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+                let v = control::query(&sock, &serde_json::json!({ "op": "rekey", "paths": paths }))
+                    .ok_or_else(|| Error::Fuse("the mount's daemon did not answer".into()));
+                let v = v?;
+                for d in v["done"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}: {} bytes re-encrypted under fresh DEKs.",
+                        d["path"].as_str().unwrap_or("?"),
+                        d["bytes"]
+                    );
+                }
+                control::reply_result(v)?;
+                return Ok(());
+            }
             let _lock = envelopefs::daemon::lock_volume(&cipherdir)?;
             let vol = Volume::open(&cipherdir, &pass.source())?;
             for path in &rekey {
@@ -250,7 +301,15 @@ fn run(cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Shred { cipherdir, volume, file, yes, pass } => shred(&cipherdir, volume, &file, yes, pass),
-        Command::Umount { mountpoint } => {
+        Command::Umount { mountpoint, keep_scratch } => {
+            if keep_scratch {
+                let mnt = mountpoint.canonicalize().map_err(|_| Error::NotMounted(mountpoint.clone()))?;
+                let source =
+                    envelopefs::daemon::mount_source(&mnt).ok_or_else(|| Error::NotMounted(mountpoint.clone()))?;
+                let sock = daemon_of(&Volume::read_header(&source)?).ok_or_else(|| Error::NotMounted(mnt.clone()))?;
+                control::query(&sock, &serde_json::json!({ "op": "keep-scratch" }))
+                    .ok_or_else(|| Error::Fuse("the mount's daemon did not answer".into()))?;
+            }
             envelopefs::daemon::unmount(&mountpoint, std::time::Duration::from_secs(30))?;
             Ok(())
         }
@@ -298,20 +357,19 @@ fn shred(cipherdir: &Path, volume: bool, files: &[PathBuf], yes: bool, pass: Pas
             return Err(Error::InvalidArgument("not confirmed; nothing was changed".into()));
         }
     }
+    if let Some(sock) = daemon_of(&header) {
+        return shred_mounted(cipherdir, &sock, volume, files, pass);
+    }
     let lock = envelopefs::daemon::lock_volume(cipherdir)?;
     if volume {
         let started = std::time::Instant::now();
-        let report = Volume::shred_volume(cipherdir)?;
+        let report = Volume::shred_volume(cipherdir, &control::scratch_path(&header.volume_id))?;
         println!(
             "Volume {} shredded in {:.3?}: every wrapped KEK copy destroyed.",
             hex(&header.volume_id),
             started.elapsed()
         );
-        match (report.root_destroyed, report.root_kept) {
-            (Some(ks), _) => println!("Root keystore {} overwritten and removed.", ks.display()),
-            (None, Some(uri)) => println!("Root {uri} is shared or external and was kept."),
-            _ => {}
-        }
+        print_root_report(report.root_destroyed.map(|p| p.display().to_string()), report.root_kept);
         return Ok(());
     }
     let vol = Volume::open(cipherdir, &pass.source())?;
@@ -324,14 +382,68 @@ fn shred(cipherdir: &Path, volume: bool, files: &[PathBuf], yes: bool, pass: Pas
     rotate_kek(cipherdir, pass)
 }
 
+fn print_root_report(destroyed: Option<String>, kept: Option<String>) {
+    match (destroyed, kept) {
+        (Some(ks), _) => println!("Root keystore {ks} overwritten and removed."),
+        (None, Some(uri)) => println!("Root {uri} is shared or external and was kept."),
+        _ => {}
+    }
+}
+
+/// The control socket of the daemon serving the volume, if it is mounted.
+fn daemon_of(header: &envelopefs::format::VolumeHeader) -> Option<PathBuf> {
+    let sock = control::socket_path(&header.volume_id);
+    control::query(&sock, &serde_json::json!({ "op": "status" })).map(|_| sock)
+}
+
+/// `shred` on a mounted volume: through its daemon (which holds the keys) and its mount.
+fn shred_mounted(cipherdir: &Path, sock: &Path, volume: bool, files: &[PathBuf], pass: PassArgs) -> Result<()> {
+    let no_answer = || Error::Fuse("the mount's daemon did not answer".into());
+    let status = control::query(sock, &serde_json::json!({ "op": "status" })).ok_or_else(no_answer)?;
+    let mountpoint = PathBuf::from(status["mountpoint"].as_str().unwrap_or_default());
+    if volume {
+        let started = std::time::Instant::now();
+        let v = control::query(sock, &serde_json::json!({ "op": "shred-volume" })).ok_or_else(no_answer)?;
+        let v = control::reply_result(v)?;
+        println!(
+            "Volume {} shredded in {:.3?}: every wrapped KEK copy destroyed; unmounting {}.",
+            status["volume_id"].as_str().unwrap_or("?"),
+            started.elapsed(),
+            mountpoint.display()
+        );
+        print_root_report(v["root_destroyed"].as_str().map(str::to_owned), v["root_kept"].as_str().map(str::to_owned));
+        if let Err(e) = envelopefs::daemon::unmount(&mountpoint, std::time::Duration::from_secs(30)) {
+            // Files are open: detach the mount now; the daemon (and its keys in memory) goes
+            // when the last of them is closed.
+            envelopefs::daemon::unmount_lazy(&mountpoint)?;
+            println!("{e}; detached the mount lazily: its daemon exits when the last open file is closed.");
+        }
+        return Ok(());
+    }
+    if status["root_rotated_since_mount"].as_bool() == Some(true) {
+        return Err(Error::Busy {
+            path: cipherdir.to_path_buf(),
+            reason: "the root key was rotated since this volume was mounted: remount before shredding files \
+                     (the KEK rotation that follows needs the new root); nothing was deleted"
+                .into(),
+        });
+    }
+    // Deleting through the mount keeps the kernel's caches right; the daemon drops the keys.
+    for f in files {
+        let p = mountpoint.join(f.strip_prefix("/").unwrap_or(f));
+        std::fs::remove_file(&p).map_err(|e| Error::io(&p, "delete", e))?;
+    }
+    println!("Deleted {} file(s) and their wrapped DEKs; rotating the KEK.", files.len());
+    rotate_kek(cipherdir, pass)
+}
+
 fn rotate_kek(cipherdir: &Path, pass: PassArgs) -> Result<()> {
     use std::io::IsTerminal;
     // A mounted volume rotates inside its daemon (which holds the keys), while in use.
     let header = Volume::read_live_header(cipherdir)?;
-    if let Some(v) = envelopefs::control::query(&envelopefs::control::socket_path(&header.volume_id), "rotate-kek") {
-        if let Some(err) = v["error"].as_str() {
-            return Err(Error::Daemon { code: v["exit_code"].as_u64().unwrap_or(1) as u8, message: err.to_string() });
-        }
+    if let Some(v) = control::query(&control::socket_path(&header.volume_id), &serde_json::json!({"op": "rotate-kek"}))
+    {
+        let v = control::reply_result(v)?;
         println!(
             "KEK rotated while mounted: {} -> {} (no data rewritten).",
             v["old_kek_id"].as_str().unwrap_or("?"),
@@ -413,6 +525,9 @@ fn mount(req: MountRequest, foreground: bool, daemon_child: bool, pass: PassArgs
     }
     if req.allow_other {
         args.extend(["-o".into(), "allow_other".into()]);
+    }
+    for dir in &req.scratch {
+        args.extend(["--scratch".into(), dir.clone().into()]);
     }
     let exe = std::env::current_exe().map_err(|e| Error::io("", "find own executable", e))?;
     envelopefs::daemon::spawn_daemon(&exe, &args, passphrase.as_ref())

@@ -95,3 +95,44 @@ fn rotate_rekey_from_the_command_line() {
     vol.open_file(Path::new("x"), false).unwrap().read_at(0, &mut back).unwrap();
     assert!(back == pattern(5, 70_000));
 }
+
+#[test]
+fn rotate_rekey_while_mounted_refuses_open_files() {
+    use common::mount::{evfs, ok, MountFixture};
+    let mut m = MountFixture::new(&["--extent-size", "64K"]);
+    let data = pattern(9, 400_000);
+    fs::write(m.p("leaked"), &data).unwrap();
+    let rows = |dir: &Path| -> Vec<Vec<u8>> {
+        let c = rusqlite::Connection::open(dir.join("meta.db")).unwrap();
+        let mut s = c.prepare("SELECT wrapped FROM extents").unwrap();
+        let rows = s.query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();
+        rows
+    };
+    // FUSE commits at release, a moment after close returns.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while rows(&m.cipher).len() < 7 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let before: HashSet<Vec<u8>> = rows(&m.cipher).into_iter().collect();
+    assert_eq!(before.len(), 7);
+
+    let held = fs::File::open(m.p("leaked")).unwrap();
+    let o = evfs(&["rotate".as_ref(), m.cipher.as_os_str(), "--rekey".as_ref(), "/leaked".as_ref()]);
+    assert_eq!(o.status.code(), Some(19), "an open file is busy: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("open"));
+    drop(held);
+    // FUSE releases the handle a moment after close: busy until then.
+    let mut o = evfs(&["rotate".as_ref(), m.cipher.as_os_str(), "--rekey".as_ref(), "/leaked".as_ref()]);
+    while o.status.code() == Some(19) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        o = evfs(&["rotate".as_ref(), m.cipher.as_os_str(), "--rekey".as_ref(), "/leaked".as_ref()]);
+    }
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("400000 bytes re-encrypted"));
+    assert_eq!(fs::read(m.p("leaked")).unwrap(), data, "same content through the mount");
+    m.remount();
+    assert_eq!(fs::read(m.p("leaked")).unwrap(), data);
+    let after: HashSet<Vec<u8>> = rows(&m.cipher).into_iter().collect();
+    assert_eq!(after.len(), 7);
+    assert!(before.is_disjoint(&after), "every wrapped DEK was replaced");
+}

@@ -237,3 +237,45 @@ fn rotate_root_rewraps_the_kek_under_a_new_root_and_resumes() {
     assert_all_readable(&dir);
     drop(tmp);
 }
+
+#[test]
+fn rotate_root_while_mounted_keeps_the_mount_and_its_scratch_working() {
+    use common::mount::{evfs, ok, MountFixture};
+    let mut m = MountFixture::new(&[]);
+    m.unmount();
+    m.mount_with(&["--scratch", "tmp"]);
+    fs::write(m.p("p"), pattern(1, 100_000)).unwrap();
+    fs::write(m.p("tmp/s"), pattern(2, 100_000)).unwrap();
+    let wrapped0 = Volume::read_header(&m.cipher).unwrap().wrapped_kek;
+    let (cipher, passfile) = (m.cipher.clone(), m.passfile.clone());
+    let rotate = |what: &str| {
+        evfs(&["rotate".as_ref(), cipher.as_os_str(), what.as_ref(), "--passfile".as_ref(), passfile.as_os_str()])
+    };
+    ok(&rotate("--root"));
+    assert_ne!(Volume::read_header(&m.cipher).unwrap().wrapped_kek, wrapped0);
+    fs::write(m.p("after"), b"written after the root rotation").unwrap();
+    assert_eq!(fs::read(m.p("p")).unwrap(), pattern(1, 100_000));
+    // The daemon still holds the old root: a KEK wrapped under it would lock the volume out.
+    let o = rotate("--kek");
+    assert_eq!(o.status.code(), Some(19), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("remount"));
+    // A crash now: the scratch key was re-wrapped under the new root, so it still opens.
+    let pid = {
+        let o = evfs(&["status".as_ref(), m.mnt.as_os_str(), "--json".as_ref()]);
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["pid"].as_u64().unwrap()
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = Command::new("fusermount3").arg("-u").arg(&m.mnt).status();
+    m.mount();
+    assert_eq!(fs::read(m.p("tmp/s")).unwrap(), pattern(2, 100_000), "scratch survives the root rotation");
+    assert_eq!(fs::read(m.p("after")).unwrap(), b"written after the root rotation");
+    ok(&rotate("--kek"));
+    assert_eq!(fs::read(m.p("p")).unwrap(), pattern(1, 100_000));
+    m.remount();
+    assert!(!m.p("tmp/s").exists(), "the resumed scratch died with this umount");
+    assert_eq!(fs::read(m.p("p")).unwrap(), pattern(1, 100_000));
+}

@@ -138,3 +138,35 @@ fn rm_through_the_mount_leaves_no_trace_of_the_wrapped_deks() {
         }
     }
 }
+
+#[test]
+fn shred_works_on_a_mounted_volume() {
+    use common::mount::{evfs as run, ok, MountFixture};
+    let mut m = MountFixture::new(&["--extent-size", "64K"]);
+    fs::write(m.p("keep"), pattern(1, 200_000)).unwrap();
+    fs::write(m.p("gone"), pattern(2, 200_000)).unwrap();
+    let kek = |m: &MountFixture| {
+        let o = run(&["status".as_ref(), m.mnt.as_os_str(), "--json".as_ref()]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["kek_id"].as_str().unwrap().to_string()
+    };
+    let old_kek = kek(&m);
+    let o = run(&["shred".as_ref(), m.cipher.as_os_str(), "--file".as_ref(), "gone".as_ref(), "--yes".as_ref()]);
+    ok(&o);
+    assert!(!m.p("gone").exists());
+    assert_ne!(kek(&m), old_kek, "the KEK was rotated while mounted");
+    assert_eq!(fs::read(m.p("keep")).unwrap(), pattern(1, 200_000));
+
+    let o = run(&["shred".as_ref(), m.cipher.as_os_str(), "--volume".as_ref(), "--yes".as_ref()]);
+    ok(&o);
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(m.mnt.canonicalize().unwrap().to_str().unwrap()), "shred unmounts the volume");
+    m.disown();
+    let copy = m.tmp.path().join("copy");
+    copy_tree(&m.cipher, &copy);
+    unflag(&copy);
+    fs::write(m.tmp.path().join("p"), "mount test passphrase\n").unwrap();
+    let o = evfs(&["mount", "copy", "mnt", "--passfile", "p"], m.tmp.path());
+    assert!(!o.status.success(), "a copy taken after the shred must not open");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("keystore"), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -48,6 +48,8 @@ pub(super) struct FileState {
     data: Box<dyn DataFile>,
     /// The plaintext path, for error messages.
     name: RwLock<PathBuf>,
+    /// A scratch file: its DEKs are wrapped by the per-boot scratch key.
+    scratch: bool,
     inner: RwLock<Inner>,
 }
 
@@ -55,7 +57,13 @@ impl FileState {
     /// Builds the state of file `id` from its store record. A file without a record is an
     /// empty file that has never been flushed — unless its data file holds blocks, which
     /// means the record was lost.
-    pub(super) fn load(core: Arc<Core>, id: FileId, data: Box<dyn DataFile>, name: PathBuf) -> Result<FileState> {
+    pub(super) fn load(
+        core: Arc<Core>,
+        id: FileId,
+        data: Box<dyn DataFile>,
+        name: PathBuf,
+        scratch: bool,
+    ) -> Result<FileState> {
         let layout = core.layout;
         let (size, extents) = match core.store.load(&id)? {
             Some((FileRecord { size, .. }, recs)) => (size, recs),
@@ -75,7 +83,7 @@ impl FileState {
             map.insert(index, Extent { kek_id, wrapped, written, dirty: false });
         }
         let inner = Inner { size, extents: map, meta_dirty: false, data_dirty: false, unlinked: false };
-        Ok(FileState { id, core, data, name: RwLock::new(name), inner: RwLock::new(inner) })
+        Ok(FileState { id, core, data, name: RwLock::new(name), scratch, inner: RwLock::new(inner) })
     }
 
     pub(super) fn size(&self) -> u64 {
@@ -250,7 +258,10 @@ impl FileState {
                 let cipher = match inner.extents.get(&e) {
                     Some(ext) => self.unwrap_dek(e, ext)?,
                     None => {
-                        let (kek_id, wrapped, cipher) = self.core.keys.new_dek(&self.id, e);
+                        let (kek_id, wrapped, cipher) =
+                            self.core.keys.new_dek(&self.id, e, self.scratch).ok_or_else(|| {
+                                Error::integrity(self.name(), "the scratch key is gone (the volume is unmounting)")
+                            })?;
                         let ext = Extent {
                             kek_id,
                             wrapped,
@@ -357,6 +368,9 @@ impl FileState {
     /// Re-wraps in-memory DEKs that are not under the target KEK (a rotation is running or
     /// just finished): only the dirty ones (`dirty_only`, before a commit) or all of them.
     fn rewrap_to_target(&self, inner: &mut Inner, dirty_only: bool) -> Result<()> {
+        if self.scratch {
+            return Ok(()); // scratch DEKs stay under the scratch key
+        }
         let target = self.core.keys.target_kek_id();
         for (&e, ext) in inner.extents.iter_mut().filter(|(_, x)| x.kek_id != target && (x.dirty || !dirty_only)) {
             let (kek_id, wrapped) =

@@ -219,6 +219,7 @@ impl Volume {
 
     /// A new hard link `new` to the file at `existing` (they share the file id and keys).
     pub fn link(&self, existing: &Path, new: &Path) -> Result<()> {
+        self.check_scratch_move(existing, new)?;
         let from = self.backing_path(existing)?;
         if fs::symlink_metadata(&from).map_err(|_| Error::NotFound(existing.into()))?.is_dir() {
             return Err(Error::IsDir(existing.into()));
@@ -235,6 +236,7 @@ impl Volume {
         match mode {
             RenameMode::Replace => self.rename(from, to),
             RenameMode::NoReplace | RenameMode::Exchange => {
+                self.check_scratch_move(from, to)?;
                 let (bf, bt) = (self.backing_path(from)?, self.backing_path(to)?);
                 let flags = if mode == RenameMode::Exchange {
                     RenameFlags::RENAME_EXCHANGE

@@ -16,6 +16,7 @@ mod names;
 mod rekey;
 mod root;
 mod rotate;
+mod scratch;
 mod shred;
 mod volume;
 mod xattr;
@@ -24,6 +25,7 @@ pub use backend::DataFile;
 pub use file::FileHandle;
 pub use inode_fs::{Caller, InodeFs, SetAttr, ROOT_INO};
 pub use meta::{Attr, RenameMode, SetTime, StatFs};
+pub use scratch::{ScratchSetup, ScratchState};
 pub use shred::ShredReport;
 pub use volume::{
     DirEntry, EntryKind, InitOptions, LiveStats, Stat, Volume, VolumeInfo, DATA_DIR, HEADER_FILE, STORE_FILE,

@@ -31,6 +31,11 @@ impl Volume {
                 meta.nlink()
             )));
         }
+        let busy =
+            || Error::Busy { path: path.into(), reason: "the file is open or changed; close it and retry".into() };
+        if self.open_table().contains_key(&self.file_id_of(&backing, path)?) {
+            return Err(busy());
+        }
         let old = self.open_file(path, false)?;
         let dir = backing.parent().expect("a backing path has a parent");
         let tmp = dir.join(format!(".rekey-{:016x}", u64::from_le_bytes(crate::crypto::random_array())));
@@ -77,8 +82,21 @@ impl Volume {
         })();
         let (old_id, new_id) = (old.file_id(), new.file_id());
         new.close()?;
+        // Swap only if nobody opened or changed the file meanwhile (a mounted volume): the
+        // open table stays locked from the check to the rename, so no open slips in between.
+        let swapped = result.and_then(|size| {
+            let table = self.open_table();
+            let after = fs::symlink_metadata(&backing).map_err(|_| Error::NotFound(path.into()))?;
+            let unchanged = (after.ino(), after.size(), after.mtime(), after.mtime_nsec(), after.ctime_nsec())
+                == (meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec(), meta.ctime_nsec());
+            if table.get(&old_id).map(|(_, n)| *n) != Some(1) || !unchanged {
+                return Err(busy());
+            }
+            fs::rename(&tmp, &backing).map_err(|e| Error::io(path, "rename rekeyed file into place", e))?;
+            Ok(size)
+        });
         old.close()?;
-        let size = match result {
+        let size = match swapped {
             Ok(size) => size,
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
@@ -86,7 +104,6 @@ impl Volume {
                 return Err(e);
             }
         };
-        fs::rename(&tmp, &backing).map_err(|e| Error::io(path, "rename rekeyed file into place", e))?;
         durable::sync_dir(dir)?;
         self.store().apply(&[Change::DeleteFile { id: &old_id }])?;
         self.keys().forget(&old_id, 0);

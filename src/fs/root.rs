@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use super::rotate::PENDING_WRAPPED;
 use super::volume::{Volume, HEADER_FILE, STORE_FILE};
 use crate::format::{KeystoreFile, VolumeHeader};
-use crate::keys::{rewrap_kek, root_matches};
+use crate::keys::{rewrap_kek, rewrap_scratch, root_matches};
 use crate::kms::{self, LocalKeystore};
 use crate::secret::Secrets;
 use crate::store::Store;
@@ -27,7 +27,10 @@ pub fn next_keystore(keystore: &Path) -> PathBuf {
 impl Volume {
     /// Rotates the root key of a volume whose embedded keystore is its own (inside
     /// CIPHERDIR). The passphrase and the Argon2 parameters stay the same.
-    pub fn rotate_root(cipherdir: &Path, secrets: &dyn Secrets) -> Result<VolumeHeader> {
+    /// Works beside a mount too: the mount keeps its KEK in memory, and its runtime scratch
+    /// key (`scratch_file`, if any) is re-wrapped under the new root.
+    pub fn rotate_root(cipherdir: &Path, secrets: &dyn Secrets, scratch_file: &Path) -> Result<VolumeHeader> {
+        let _header_lock = durable::lock_header(cipherdir)?;
         let mut header = Self::read_live_header(cipherdir)?;
         let ks = kms::local_keystore_path(&header.kms_uri, cipherdir).map_err(|_| {
             Error::InvalidArgument(format!("rotate --root: {} is not an embedded keystore", header.kms_uri))
@@ -56,6 +59,9 @@ impl Volume {
             let new = LocalKeystore::create(&header.kms_uri, &next, &pass, kdf)?;
             header.wrapped_kek = rewrap_kek(&current, &new, &header)?
                 .ok_or_else(|| Error::integrity(cipherdir.join(HEADER_FILE), "wrapped KEK refused by the keystore"))?;
+            if let Some(rec) = rewrap_scratch(&current, &new, &header, scratch_file)? {
+                durable::replace_file(scratch_file, &rec.encode(), 0o600)?;
+            }
             durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)?;
         }
         std::fs::rename(&next, &ks).map_err(|e| Error::io(&ks, "rename new keystore into place", e))?;

@@ -40,9 +40,24 @@ impl Volume {
         }
     }
 
+    /// Whether the header on disk holds another wrapped KEK than when this volume was opened:
+    /// `rotate --root` ran beside a mount, whose KMS handle still holds the old root.
+    pub fn root_changed(&self) -> Result<bool> {
+        Ok(Self::read_live_header(self.cipherdir())?.wrapped_kek != self.header().wrapped_kek)
+    }
+
     /// Rotates the KEK (or finishes an interrupted rotation), also while files are open and
     /// in use (a mounted volume). `progress(done, total)` is called after every batch.
     pub fn rotate_kek(&self, kms: &dyn Kms, progress: &mut dyn FnMut(u64, u64)) -> Result<VolumeHeader> {
+        let _header_lock = durable::lock_header(self.cipherdir())?;
+        if self.root_changed()? {
+            // `rotate --root` ran beside this mount: `kms` holds the old root, and a KEK
+            // wrapped under it would not open the volume again.
+            return Err(Error::Busy {
+                path: self.cipherdir().to_path_buf(),
+                reason: "the root key was rotated since this volume was opened: remount, then rotate the KEK".into(),
+            });
+        }
         let (id, wrapped) = match self.pending_rotation()? {
             Some(p) => p,
             None => {
@@ -57,9 +72,11 @@ impl Volume {
         // From here new DEKs are wrapped under the new KEK; open files move theirs in memory.
         drop(self.rewrap_open_files()?);
         let total = self.store().counts()?.1;
+        // Scratch DEKs stay under the per-boot scratch key, mounted or not.
+        let scratch = self.recorded_scratch()?.key_id;
         let mut done = 0u64;
         loop {
-            let batch = self.store().extents_not_under(&id, BATCH)?;
+            let batch = self.store().extents_not_under(&id, scratch.as_ref(), BATCH)?;
             if batch.is_empty() {
                 break;
             }

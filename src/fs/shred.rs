@@ -33,9 +33,12 @@ fn overwrite_and_remove(path: &Path) -> Result<()> {
 }
 
 impl Volume {
-    /// Shreds the (unmounted) volume in `cipherdir`. Needs no passphrase: destroying keys
+    /// Shreds the volume in `cipherdir` (unmounted, or by its mount's daemon), and the
+    /// runtime copy of its scratch key (`scratch_file`). Needs no passphrase: destroying keys
     /// does not require them.
-    pub fn shred_volume(cipherdir: &Path) -> Result<ShredReport> {
+    pub fn shred_volume(cipherdir: &Path, scratch_file: &Path) -> Result<ShredReport> {
+        let _ = std::fs::remove_file(scratch_file);
+        let _header_lock = durable::lock_header(cipherdir)?;
         let mut header = Self::read_live_header(cipherdir)?;
         let conf = cipherdir.join(HEADER_FILE);
         // 1. The wrapped KEK and name key in the header: overwritten in place, then replaced by

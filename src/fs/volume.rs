@@ -54,6 +54,8 @@ pub struct VolumeInfo {
     pub extents: u64,
     /// When the current KEK was made (Unix seconds), if recorded.
     pub kek_since: Option<u64>,
+    /// Scratch that may exist (recorded in the store).
+    pub scratch: super::ScratchState,
 }
 
 /// Counters of an open volume.
@@ -90,6 +92,8 @@ pub(super) struct Core {
     root_id: [u8; 16],
     /// Open files by id, with their handle count.
     open: Mutex<HashMap<FileId, (Arc<FileState>, usize)>>,
+    /// Scratch directories of this mount (relative paths; `""` is the whole volume).
+    scratch_dirs: std::sync::RwLock<Vec<PathBuf>>,
 }
 
 impl Core {
@@ -258,7 +262,8 @@ impl Volume {
         let header = Self::read_header(cipherdir)?;
         let store = Store::open(&cipherdir.join(STORE_FILE))?;
         let (files, extents) = store.counts()?;
-        Ok(VolumeInfo { header, files, extents, kek_since: kek_since(&store)? })
+        let scratch = super::scratch::recorded(&store)?;
+        Ok(VolumeInfo { header, files, extents, kek_since: kek_since(&store)?, scratch })
     }
 
     /// Opens `cipherdir`, asking `secrets` for what its KMS needs.
@@ -298,6 +303,7 @@ impl Volume {
             data_dir,
             root_id,
             open: Mutex::new(HashMap::new()),
+            scratch_dirs: Default::default(),
         };
         let vol = Volume { core: Arc::new(core), cipherdir: cipherdir.to_path_buf(), header: header.into() };
         vol.resume_pending_rotation(kms)?;
@@ -333,6 +339,19 @@ impl Volume {
             state.rewrap_all()?;
         }
         Ok(table)
+    }
+
+    /// The table of open files, locked (no file opens or closes meanwhile).
+    pub(super) fn open_table(&self) -> OpenTable<'_> {
+        self.core.open_table()
+    }
+
+    pub(super) fn scratch_dirs(&self) -> Vec<PathBuf> {
+        self.core.scratch_dirs.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(super) fn set_scratch_dirs(&self, dirs: Vec<PathBuf>) {
+        *self.core.scratch_dirs.write().unwrap_or_else(|p| p.into_inner()) = dirs;
     }
 
     pub fn cipherdir(&self) -> &Path {
@@ -491,7 +510,8 @@ impl Volume {
                 state.clone()
             }
             None => {
-                let state = Arc::new(FileState::load(self.core.clone(), id, file, plain)?);
+                let scratch = self.is_scratch(&plain);
+                let state = Arc::new(FileState::load(self.core.clone(), id, file, plain, scratch)?);
                 table.insert(id, (state.clone(), 1));
                 state
             }
@@ -539,6 +559,7 @@ impl Volume {
 
     /// Renames `from` to `to`, replacing a file at `to`. No data or key is rewritten.
     pub fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        self.check_scratch_move(from, to)?;
         let rf = self.resolve(from)?;
         let rt = self.resolve(to)?;
         let (bf, bt) = (rf.backing(), rt.backing());
@@ -585,6 +606,11 @@ impl Volume {
     }
 
     pub fn rmdir(&self, path: &Path) -> Result<()> {
+        self.check_scratch_rmdir(path)?;
+        self.rmdir_unchecked(path)
+    }
+
+    pub(super) fn rmdir_unchecked(&self, path: &Path) -> Result<()> {
         let r = self.resolve(path)?;
         let backing = r.backing();
         let entries = fs::read_dir(&backing).map_err(|e| match e.raw_os_error() {

@@ -6,11 +6,13 @@
 //! [`DekCache`]. Callers get ciphers and wrapped bytes, never key bytes.
 
 mod cache;
+mod scratch;
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 pub use cache::{CacheStats, DekCache};
+pub use scratch::{boot_id, rewrap_scratch, ScratchLoad, ScratchRecord};
 
 use crate::crypto::{random_array, AuthError, DataCipher, Key256, Key512, KeyWrapper, NameCipher};
 use crate::format::{CipherKind, VolumeHeader};
@@ -35,6 +37,8 @@ pub struct KeyRing {
     /// During an interrupted or running `rotate --kek`: the KEK being rotated to. DEKs already
     /// re-wrapped under it must stay readable.
     pending: RwLock<Option<Arc<Kek>>>,
+    /// The per-boot scratch key, while scratch is in use (see [`scratch`]).
+    scratch: RwLock<Option<Arc<Kek>>>,
     names: NameCipher,
     /// Kept (zeroized on drop) so a KEK rotation can re-wrap it.
     name_key: Key256,
@@ -85,6 +89,7 @@ impl KeyRing {
             cipher: header.cipher,
             current: RwLock::new(Arc::new(Kek { id: header.kek_id, wrapper: kek })),
             pending: RwLock::new(None),
+            scratch: RwLock::new(None),
             names: NameCipher::new(&name_key),
             name_key,
             cache: DekCache::new(DekCache::DEFAULT_ENTRIES, DekCache::DEFAULT_MAX_AGE),
@@ -115,9 +120,14 @@ impl KeyRing {
         self.target_kek().id
     }
 
-    /// Whether DEKs wrapped under `id` can be opened (the current or the pending KEK).
+    /// Whether DEKs wrapped under `id` can be opened (the current, pending or scratch KEK).
     pub fn knows_kek(&self, id: &[u8; 16]) -> bool {
-        self.current_kek().id == *id || self.pending_kek().is_some_and(|k| k.id == *id)
+        self.current_kek().id == *id || self.pending_kek().is_some_and(|k| k.id == *id) || self.is_scratch_kek(id)
+    }
+
+    /// Whether `id` is the loaded scratch key's (its DEKs are never rotated to the KEK).
+    pub fn is_scratch_kek(&self, id: &[u8; 16]) -> bool {
+        self.scratch_kek().is_some_and(|k| k.id == *id)
     }
 
     fn pending_kek(&self) -> Option<Arc<Kek>> {
@@ -134,8 +144,9 @@ impl KeyRing {
         if *id == current.id {
             return f(&current.wrapper);
         }
-        match self.pending_kek() {
-            Some(k) if k.id == *id => f(&k.wrapper),
+        match (self.pending_kek(), self.scratch_kek()) {
+            (Some(k), _) if k.id == *id => f(&k.wrapper),
+            (_, Some(k)) if k.id == *id => f(&k.wrapper),
             _ => Err(AuthError),
         }
     }
@@ -159,10 +170,12 @@ impl KeyRing {
         aad
     }
 
-    /// A fresh random DEK for `extent` of `file`: the id of the KEK wrapping it, its wrapped
-    /// form (to store) and its cipher (cached, replacing any earlier key of that extent).
-    pub fn new_dek(&self, file: &FileId, extent: u64) -> ([u8; 16], Vec<u8>, Arc<DataCipher>) {
-        let target = self.target_kek();
+    /// A fresh random DEK for `extent` of `file`: the id of the KEK wrapping it (the scratch
+    /// key for a `scratch` file), its wrapped form (to store) and its cipher (cached,
+    /// replacing any earlier key of that extent). `None` if a scratch key is asked for and
+    /// none is loaded.
+    pub fn new_dek(&self, file: &FileId, extent: u64, scratch: bool) -> Option<([u8; 16], Vec<u8>, Arc<DataCipher>)> {
+        let target = if scratch { self.scratch_kek()? } else { self.target_kek() };
         let aad = self.dek_aad(file, extent, &target.id);
         let kek = &target.wrapper;
         let (wrapped, cipher) = match self.cipher {
@@ -177,7 +190,7 @@ impl KeyRing {
         };
         let cipher = Arc::new(cipher);
         self.cache.insert((*file, extent), cipher.clone());
-        (target.id, wrapped, cipher)
+        Some((target.id, wrapped, cipher))
     }
 
     /// The cipher of `extent` of `file`, from the cache or by unwrapping `wrapped`. A wrapped

@@ -21,15 +21,15 @@ use crate::{Error, Result};
 pub enum Purpose {
     /// The volume's key-encryption key.
     Kek,
-    /// The per-boot scratch key.
-    Scratch,
+    /// The per-boot scratch key of the boot with this id.
+    Scratch { boot_id: [u8; 16] },
 }
 
 impl Purpose {
     pub fn name(self) -> &'static str {
         match self {
             Purpose::Kek => "kek",
-            Purpose::Scratch => "scratch",
+            Purpose::Scratch { .. } => "scratch",
         }
     }
 }
@@ -42,11 +42,15 @@ pub struct KmsContext {
 }
 
 impl KmsContext {
-    /// `"EVFSKMS1" || volume_id || purpose name`: the AAD for backends that take bytes.
+    /// `"EVFSKMS1" || volume_id || purpose name [|| boot_id]`: the AAD for backends that
+    /// take bytes. A scratch key is bound to its boot.
     pub fn aad(&self) -> Vec<u8> {
         let mut out = b"EVFSKMS1".to_vec();
         out.extend_from_slice(&self.volume_id);
         out.extend_from_slice(self.purpose.name().as_bytes());
+        if let Purpose::Scratch { boot_id } = self.purpose {
+            out.extend_from_slice(&boot_id);
+        }
         out
     }
 }

@@ -292,14 +292,23 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Up to `limit` extents whose DEK is not wrapped under `kek_id`.
-    pub fn extents_not_under(&self, kek_id: &[u8; 16], limit: usize) -> Result<Vec<WrappedDek>> {
+    /// Up to `limit` extents whose DEK is wrapped neither under `kek_id` nor under `except`
+    /// (the scratch key, whose DEKs a KEK rotation leaves alone).
+    pub fn extents_not_under(
+        &self,
+        kek_id: &[u8; 16],
+        except: Option<&[u8; 16]>,
+        limit: usize,
+    ) -> Result<Vec<WrappedDek>> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare_cached("SELECT file_id, idx, kek_id, wrapped FROM extents WHERE kek_id != ?1 LIMIT ?2")
+            .prepare_cached(
+                "SELECT file_id, idx, kek_id, wrapped FROM extents WHERE kek_id != ?1 AND kek_id != ?2 LIMIT ?3",
+            )
             .map_err(|e| self.err(e))?;
+        let except = except.unwrap_or(kek_id);
         let rows = stmt
-            .query_map(params![&kek_id[..], limit as i64], |r| {
+            .query_map(params![&kek_id[..], &except[..], limit as i64], |r| {
                 Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, Vec<u8>>(2)?, r.get(3)?))
             })
             .map_err(|e| self.err(e))?;

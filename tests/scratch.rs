@@ -1,0 +1,240 @@
+//! The per-boot scratch key on real mounts: scratch files are readable while mounted and
+//! after a daemon crash in the same boot, and gone (unreadable, then cleaned up) after
+//! `umount` and after a reboot (simulated with another boot id).
+
+mod common;
+
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::mount::{ok, MountFixture};
+use common::{all_files, contains, pattern};
+use serde_json::Value;
+
+/// Runs the binary with extra environment variables.
+fn evfs_env(args: &[&std::ffi::OsStr], env: &[(&str, &Path)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_envelopefs"));
+    c.args(args).env_remove("ENVELOPEFS_PASSFILE").stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn status(target: &Path) -> Value {
+    let o = evfs_env(&["status".as_ref(), target.as_os_str(), "--json".as_ref()], &[]);
+    ok(&o);
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Where the daemon keeps the volume's wrapped scratch key.
+fn runtime_file(m: &MountFixture) -> PathBuf {
+    let id = status(&m.cipher)["volume_id"].as_str().unwrap().to_string();
+    let dir = std::env::var_os("ENVELOPEFS_RUNTIME_DIR").map(PathBuf::from).unwrap_or("/run/envelopefs".into());
+    dir.join(format!("{id}.scratch"))
+}
+
+/// SIGKILLs the mount's daemon and clears the dead mount, as after a crash.
+fn crash(m: &mut MountFixture) {
+    let pid = status(&m.mnt)["pid"].as_u64().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = Command::new("fusermount3").arg("-u").arg(&m.mnt).status();
+}
+
+fn kms_unwraps(v: &Value) -> u64 {
+    v["kms_calls"]["unwrap"].as_u64().unwrap()
+}
+
+/// Every wrapped DEK in the store (file id, wrapped bytes), read while no daemon writes.
+fn wrapped_deks(cipher: &Path) -> Vec<Vec<u8>> {
+    let conn = rusqlite::Connection::open(cipher.join("meta.db")).unwrap();
+    let mut stmt = conn.prepare("SELECT wrapped FROM extents").unwrap();
+    let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+fn backing_bytes(cipher: &Path) -> Vec<Vec<u8>> {
+    all_files(cipher).iter().map(|p| fs::read(p).unwrap()).collect()
+}
+
+#[test]
+fn scratch_lives_through_a_crash_in_the_same_boot_and_dies_with_umount() {
+    let mut m = MountFixture::new(&[]);
+    m.unmount();
+    m.mount_with(&["--scratch", "tmp"]);
+    let secret = pattern(7, 200_000);
+    fs::write(m.p("tmp/secret"), &secret).unwrap();
+    fs::create_dir(m.p("tmp/sub")).unwrap();
+    fs::write(m.p("tmp/sub/more"), b"more scratch").unwrap();
+    fs::write(m.p("kept"), b"persistent").unwrap();
+    let v = status(&m.mnt);
+    assert_eq!(v["scratch"]["dirs"], serde_json::json!(["/tmp"]));
+    assert_eq!(v["scratch"]["key"], "loaded");
+    assert_eq!((kms_unwraps(&v), v["kms_calls"]["wrap"].as_u64()), (1, Some(1)), "KEK unwrap + scratch key wrap");
+    let runtime = runtime_file(&m);
+    assert!(runtime.exists(), "the wrapped scratch key lives in the runtime directory");
+    assert!(!all_files(&m.cipher).iter().any(|p| contains(&fs::read(p).unwrap(), &fs::read(&runtime).unwrap())));
+
+    // A crash keeps scratch readable in this boot, through one more KMS unwrap.
+    crash(&mut m);
+    m.mount();
+    assert_eq!(fs::read(m.p("tmp/secret")).unwrap(), secret);
+    assert_eq!(fs::read(m.p("tmp/sub/more")).unwrap(), b"more scratch");
+    let v = status(&m.mnt);
+    assert_eq!(kms_unwraps(&v), 2, "KEK + scratch key, however much is read");
+    assert_eq!(v["scratch"]["key"], "loaded");
+
+    // `umount --keep-scratch` keeps it too.
+    ok(&evfs_env(&["umount".as_ref(), m.mnt.as_os_str(), "--keep-scratch".as_ref()], &[]));
+    assert!(runtime.exists());
+    m.mount();
+    assert_eq!(fs::read(m.p("tmp/secret")).unwrap(), secret);
+
+    // A plain umount destroys the key first, then the files and their wrapped DEKs.
+    let f = fs::File::open(m.p("tmp/secret")).unwrap();
+    drop(f);
+    m.unmount();
+    let deks_after = wrapped_deks(&m.cipher);
+    assert!(!runtime.exists(), "umount deletes the wrapped scratch key");
+    assert_eq!(deks_after.len(), 1, "only the persistent file's DEK is left");
+    m.mount();
+    assert_eq!(fs::read_dir(m.p("tmp")).unwrap().count(), 0, "scratch is empty after umount");
+    assert_eq!(fs::read(m.p("kept")).unwrap(), b"persistent");
+    assert_eq!(status(&m.mnt)["scratch"]["dirs"], serde_json::json!([]), "a mount without --scratch has none");
+}
+
+#[test]
+fn a_reboot_makes_scratch_unreadable_and_the_next_mount_removes_it() {
+    let mut m = MountFixture::new(&[]);
+    m.unmount();
+    m.mount_with(&["--scratch", "/cache/build"]);
+    fs::write(m.p("cache/build/obj"), pattern(3, 70_000)).unwrap();
+    fs::write(m.p("cache/persistent"), b"outside the scratch dir").unwrap();
+    ok(&evfs_env(&["umount".as_ref(), m.mnt.as_os_str(), "--keep-scratch".as_ref()], &[]));
+    let scratch_deks: Vec<Vec<u8>> = wrapped_deks(&m.cipher);
+    assert_eq!(scratch_deks.len(), 2);
+
+    // Another boot: same runtime directory (as if tmpfs survived), another boot id.
+    let boot = m.tmp.path().join("boot_id");
+    fs::write(&boot, "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0\n").unwrap();
+    let env = [("ENVELOPEFS_BOOT_ID_FILE", boot.as_path())];
+    let (cipher, mnt, passfile) = (m.cipher.clone(), m.mnt.clone(), m.passfile.clone());
+    let mount = |extra: &[&str]| {
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec!["mount".as_ref(), cipher.as_os_str(), mnt.as_os_str(), "--passfile".as_ref(), passfile.as_os_str()];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        evfs_env(&args, &env)
+    };
+    // Read-only, nothing is cleaned: the scratch file is there but cannot be read.
+    ok(&mount(&["--read-only"]));
+    m.adopt();
+    let err = fs::read(m.p("cache/build/obj")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(5), "EIO, never wrong data: {err}");
+    assert_eq!(fs::read(m.p("cache/persistent")).unwrap(), b"outside the scratch dir");
+    m.unmount();
+
+    ok(&mount(&[]));
+    m.adopt();
+    assert_eq!(fs::read_dir(m.p("cache/build")).unwrap().count(), 0, "stale scratch is removed at mount");
+    assert_eq!(fs::read(m.p("cache/persistent")).unwrap(), b"outside the scratch dir");
+    assert!(!runtime_file(&m).exists(), "the other boot's wrapped key is deleted");
+    m.unmount();
+    let left = backing_bytes(&m.cipher);
+    let deks = wrapped_deks(&m.cipher);
+    assert_eq!(deks.len(), 1);
+    for w in scratch_deks.iter().filter(|w| !deks.contains(w)) {
+        assert!(!left.iter().any(|f| contains(f, w)), "a stale scratch DEK survives in a backing file");
+    }
+}
+
+#[test]
+fn ephemeral_mount_needs_an_empty_volume_and_leaves_nothing() {
+    let mut m = MountFixture::new(&[]);
+    m.unmount();
+    m.mount_with(&["--ephemeral"]);
+    fs::create_dir_all(m.p("a/b")).unwrap();
+    fs::write(m.p("a/b/c"), pattern(1, 50_000)).unwrap();
+    fs::write(m.p("top"), b"top").unwrap();
+    assert_eq!(status(&m.mnt)["scratch"]["dirs"], serde_json::json!(["/"]));
+    m.unmount();
+    m.mount();
+    assert_eq!(fs::read_dir(&m.mnt).unwrap().count(), 0, "an ephemeral mount leaves nothing");
+    fs::write(m.p("precious"), b"keep me").unwrap();
+    m.unmount();
+
+    let o = m.try_mount(&["--ephemeral"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not empty"), "{}", String::from_utf8_lossy(&o.stderr));
+    m.mount();
+    assert_eq!(fs::read(m.p("precious")).unwrap(), b"keep me", "a refused --ephemeral changes nothing");
+    fs::create_dir(m.p("full")).unwrap();
+    fs::write(m.p("full/x"), b"x").unwrap();
+    m.unmount();
+    let o = m.try_mount(&["--scratch", "full"]);
+    assert_eq!(o.status.code(), Some(1), "a non-empty directory cannot become scratch");
+    m.mount();
+    assert_eq!(fs::read(m.p("full/x")).unwrap(), b"x");
+}
+
+#[test]
+fn nothing_moves_across_a_scratch_boundary() {
+    let mut m = MountFixture::new(&[]);
+    m.unmount();
+    m.mount_with(&["--scratch", "tmp"]);
+    fs::write(m.p("tmp/s"), b"scratch").unwrap();
+    fs::write(m.p("p"), b"persistent").unwrap();
+    fs::create_dir(m.p("tmp/d")).unwrap();
+    for (from, to) in [("tmp/s", "s"), ("p", "tmp/p"), ("tmp/d", "d")] {
+        let e = fs::rename(m.p(from), m.p(to)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(18), "{from} -> {to}: EXDEV, so mv copies: {e}");
+    }
+    assert_eq!(fs::hard_link(m.p("p"), m.p("tmp/link")).unwrap_err().raw_os_error(), Some(18));
+    assert_eq!(fs::rename(m.p("tmp"), m.p("tmp2")).unwrap_err().raw_os_error(), Some(16), "EBUSY");
+    fs::remove_file(m.p("tmp/s")).unwrap();
+    fs::remove_dir(m.p("tmp/d")).unwrap();
+    assert_eq!(fs::remove_dir(m.p("tmp")).unwrap_err().raw_os_error(), Some(16), "EBUSY");
+    fs::write(m.p("tmp/a"), b"a").unwrap();
+    fs::rename(m.p("tmp/a"), m.p("tmp/b")).unwrap();
+    assert_eq!(fs::read(m.p("tmp/b")).unwrap(), b"a", "renames inside scratch work");
+    // `mv` falls back to copy + delete: the copy is keyed like its new place.
+    let out = Command::new("mv").arg(m.p("tmp/b")).arg(m.p("moved")).output().unwrap();
+    assert!(out.status.success());
+    m.unmount();
+    m.mount();
+    assert_eq!(fs::read(m.p("moved")).unwrap(), b"a", "moved out of scratch = persistent");
+    assert_eq!(fs::read(m.p("p")).unwrap(), b"persistent");
+    assert!(fs::read_dir(m.p("tmp")).unwrap().next().is_none());
+}
+
+#[test]
+fn kek_rotation_leaves_scratch_keys_alone() {
+    let mut m = MountFixture::new(&["--extent-size", "64K"]);
+    m.unmount();
+    m.mount_with(&["--scratch", "tmp"]);
+    let (s, p) = (pattern(11, 300_000), pattern(12, 300_000));
+    fs::write(m.p("tmp/s"), &s).unwrap();
+    fs::write(m.p("p"), &p).unwrap();
+    let o = evfs_env(&["rotate".as_ref(), m.cipher.as_os_str(), "--kek".as_ref()], &[]);
+    ok(&o);
+    assert_eq!(fs::read(m.p("tmp/s")).unwrap(), s);
+    assert_eq!(fs::read(m.p("p")).unwrap(), p);
+    // Kept across an unmounted rotation too.
+    ok(&evfs_env(&["umount".as_ref(), m.mnt.as_os_str(), "--keep-scratch".as_ref()], &[]));
+    let o = evfs_env(
+        &["rotate".as_ref(), m.cipher.as_os_str(), "--kek".as_ref(), "--passfile".as_ref(), m.passfile.as_os_str()],
+        &[],
+    );
+    ok(&o);
+    m.mount();
+    assert_eq!(fs::read(m.p("tmp/s")).unwrap(), s, "scratch readable after two KEK rotations");
+    assert_eq!(fs::read(m.p("p")).unwrap(), p);
+    let err = fs::read(m.p("nope")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+}
