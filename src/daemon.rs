@@ -21,7 +21,7 @@ use crate::control;
 use crate::format::VolumeHeader;
 use crate::fs::{InodeFs, Volume};
 use crate::fuse::{MountConfig, Mounted};
-use crate::kms::{self, CountingKms};
+use crate::kms::{self, Audited};
 use crate::secret::{Passphrase, Secrets};
 use crate::{Error, Result};
 
@@ -94,7 +94,7 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
 
     let _lock = lock_volume(&req.cipherdir)?;
     let header = Volume::read_live_header(&req.cipherdir)?;
-    let kms = std::sync::Arc::new(CountingKms::new(kms::open(&header.kms_uri, &req.cipherdir, secrets.as_ref())?));
+    let kms = std::sync::Arc::new(kms::open(&header.kms_uri, &req.cipherdir, secrets.as_ref())?);
     drop(secrets); // the passphrase is not kept for the life of the mount
     let vol = Arc::new(Volume::open_with_kms(&req.cipherdir, header.clone(), kms.as_ref())?);
     let scratch_file = control::scratch_path(&header.volume_id);
@@ -148,14 +148,14 @@ fn control_server(
     req: &MountRequest,
     header: &VolumeHeader,
     vol: Arc<Volume>,
-    kms: Arc<CountingKms>,
+    kms: Arc<Audited>,
     keep_scratch: Arc<AtomicBool>,
 ) -> Option<control::ControlServer> {
     let (cipherdir, mountpoint) = (req.cipherdir.clone(), req.mountpoint.clone());
     let started = std::time::Instant::now();
     let rotation = std::sync::Mutex::new(());
     let status_vol = vol.clone();
-    let status = move |kms: &CountingKms| {
+    let status = move |kms: &Audited| {
         let stats = status_vol.live_stats();
         let (files, deks, since) =
             stats.as_ref().map(|s| (s.files, s.wrapped_deks, s.kek_since)).unwrap_or((0, 0, None));
@@ -216,11 +216,9 @@ fn control_server(
             // No rotation may write a fresh header after this.
             let _one_at_a_time = rotation.lock().unwrap_or_else(|p| p.into_inner());
             vol.keys().drop_scratch();
-            match Volume::shred_volume(vol.cipherdir(), &scratch_file) {
-                Ok(r) => serde_json::json!({
-                    "root_destroyed": r.root_destroyed.map(|p| p.display().to_string()),
-                    "root_kept": r.root_kept,
-                }),
+            let days = request["delete_root_after"].as_u64().map(|d| d as u32);
+            match Volume::shred_volume(vol.cipherdir(), &scratch_file, Some(kms.as_ref()), days) {
+                Ok(r) => serde_json::json!({ "root_destroyed": r.root_destroyed, "root_kept": r.root_kept }),
                 Err(e) => control::error_reply(&e),
             }
         }
@@ -261,11 +259,15 @@ impl StatusPipe {
     }
 }
 
-/// Reads the passphrase the parent wrote to our stdin.
-pub fn passphrase_from_stdin() -> Result<Passphrase> {
+/// Reads the secret (passphrase or PIN) the parent wrote to our stdin; none for roots that
+/// need none (their credentials come from the environment).
+pub fn secret_from_stdin() -> Result<Box<dyn Secrets>> {
     let mut buf = zeroize::Zeroizing::new(Vec::new());
     std::io::stdin().read_to_end(&mut buf).map_err(|e| Error::Passphrase(format!("reading from the parent: {e}")))?;
-    Passphrase::new(buf.to_vec())
+    if buf.is_empty() {
+        return Ok(Box::new(crate::secret::PassSource::default()));
+    }
+    Ok(Box::new(Passphrase::new(buf.to_vec())?))
 }
 
 /// Starts the daemon (`exe` with `args`), hands it `pass`, and waits for its status line.

@@ -19,6 +19,7 @@ pub mod fs;
 pub mod fuse;
 pub mod keys;
 pub mod kms;
+pub mod logging;
 pub mod secret;
 pub mod store;
 pub mod sys;

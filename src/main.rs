@@ -22,6 +22,13 @@ use std::os::fd::AsFd;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How long an HSM or KMS may stay unreachable (retrying with backoff) before a command
+    /// or mount fails, in seconds.
+    #[arg(long, global = true, value_name = "SECS", env = "ENVELOPEFS_KMS_TIMEOUT", default_value_t = 10.0)]
+    kms_timeout: f64,
+    /// Append an audit record (JSON line) of every KMS call to FILE.
+    #[arg(long, global = true, value_name = "FILE", env = "ENVELOPEFS_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -30,9 +37,16 @@ enum Command {
     Init {
         cipherdir: PathBuf,
         /// Root key location: local:PATH (embedded passphrase keystore; relative paths are
-        /// inside CIPHERDIR). Default: local:keystore.
+        /// inside CIPHERDIR; default local:keystore),
+        /// 'pkcs11:module=PATH;token=LABEL;object=KEYLABEL' (an AES key in an HSM token; PIN
+        /// from --pin-file or ENVELOPEFS_PIN_FILE), or aws-kms:KEY_ID_OR_ARN (AWS KMS API;
+        /// standard AWS credentials, region and AWS_ENDPOINT_URL_KMS).
         #[arg(long, value_name = "URI")]
         kms: Option<String>,
+        /// Generate the root key in the HSM (a non-extractable AES-256 key labelled KEYLABEL)
+        /// or KMS (a new symmetric key; the volume records its ARN).
+        #[arg(long)]
+        create_key: bool,
         /// Data cipher: aes-256-gcm-siv (authenticated, default) or aes-256-xts
         /// (length-preserving, no integrity).
         #[arg(long, default_value = "aes-256-gcm-siv", value_parser = parse_cipher)]
@@ -106,9 +120,16 @@ enum Command {
     #[command(group(clap::ArgGroup::new("mode").required(true).args(["kek", "rekey", "root"])))]
     Rotate {
         cipherdir: PathBuf,
-        /// Replace the root key (embedded keystore inside CIPHERDIR).
+        /// Replace the root key: a new embedded keystore key, a new HSM key object (--to, or
+        /// an automatic label), or a re-wrap under the KMS key's current material (or --to).
         #[arg(long)]
         root: bool,
+        /// With --root: the new root's KMS URI (same scheme or another).
+        #[arg(long, value_name = "URI", requires = "root")]
+        to: Option<String>,
+        /// With --root --to: generate the new root key there.
+        #[arg(long, requires = "root")]
+        create_key: bool,
         /// Replace the key-encryption key.
         #[arg(long)]
         kek: bool,
@@ -136,6 +157,10 @@ enum Command {
         /// Do not ask for confirmation (required without a terminal).
         #[arg(long)]
         yes: bool,
+        /// With --volume and an AWS KMS root made for this volume: schedule the key's
+        /// deletion after DAYS (7..=30). The volume is unreadable at once either way.
+        #[arg(long, value_name = "DAYS", requires = "volume", value_parser = clap::value_parser!(u32).range(7..=30))]
+        delete_root_after: Option<u32>,
         #[command(flatten)]
         pass: PassArgs,
     },
@@ -160,6 +185,10 @@ struct PassArgs {
     /// Get the passphrase from the first line COMMAND prints on stdout.
     #[arg(long, value_name = "COMMAND")]
     extpass: Option<String>,
+    /// Read an HSM token's user PIN from the first line of FILE (else ENVELOPEFS_PIN_FILE,
+    /// else a terminal prompt).
+    #[arg(long, value_name = "FILE")]
+    pin_file: Option<PathBuf>,
 }
 
 impl PassArgs {
@@ -168,6 +197,7 @@ impl PassArgs {
             passfile: self.passfile.clone(),
             extpass: self.extpass.clone(),
             env_var: Some("ENVELOPEFS_PASSFILE"),
+            pin_file: self.pin_file.clone(),
         }
     }
 }
@@ -195,16 +225,14 @@ fn parse_extent_size(s: &str) -> std::result::Result<u8, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "envelopefs=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = match mount_helper_args() {
         Some(args) => Cli::parse_from(args),
         None => Cli::parse(),
     };
+    if let Err(e) = setup(&cli) {
+        eprintln!("envelopefs: {e}");
+        return ExitCode::from(e.exit_code());
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -214,10 +242,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logging and the KMS timeout; both reach a mount's daemon through the environment.
+fn setup(cli: &Cli) -> Result<()> {
+    if !(cli.kms_timeout.is_finite() && cli.kms_timeout > 0.0) {
+        return Err(Error::InvalidArgument("--kms-timeout must be a positive number of seconds".into()));
+    }
+    kms::set_timeout(std::time::Duration::from_secs_f64(cli.kms_timeout));
+    std::env::set_var("ENVELOPEFS_KMS_TIMEOUT", cli.kms_timeout.to_string());
+    let audit = match &cli.audit_log {
+        Some(p) => {
+            let abs = std::path::absolute(p).map_err(|e| Error::io(p, "resolve", e))?;
+            std::env::set_var("ENVELOPEFS_AUDIT_LOG", &abs);
+            Some(abs)
+        }
+        None => None,
+    };
+    envelopefs::logging::init(audit.as_deref()).map_err(|e| Error::io(audit.unwrap_or_default(), "open audit log", e))
+}
+
 fn run(cmd: Command) -> Result<()> {
     match cmd {
-        Command::Init { cipherdir, kms, cipher, extent_size, pass } => {
-            let opts = InitOptions { cipher, extent_shift: extent_size, kms_uri: kms, kdf: KdfParams::DEFAULT };
+        Command::Init { cipherdir, kms, create_key, cipher, extent_size, pass } => {
+            let opts =
+                InitOptions { cipher, extent_shift: extent_size, kms_uri: kms, kdf: KdfParams::DEFAULT, create_key };
             let header = Volume::init(&cipherdir, &opts, &pass.source())?;
             println!(
                 "Created envelopefs volume {} in {} ({}, {} KiB extents, root key {}).",
@@ -237,7 +284,7 @@ fn run(cmd: Command) -> Result<()> {
                     header.kms_uri
                 ))
             })?;
-            let new = PassSource { passfile: new_passfile, extpass: new_extpass, env_var: None };
+            let new = PassSource { passfile: new_passfile, extpass: new_extpass, env_var: None, pin_file: None };
             LocalKeystore::change_passphrase(&path, &pass.source(), &new, KdfParams::DEFAULT)?;
             println!("Passphrase of {} changed.", path.display());
             Ok(())
@@ -264,15 +311,24 @@ fn run(cmd: Command) -> Result<()> {
             mount(req, foreground, daemon_child, pass)
         }
         Command::Rotate { cipherdir, kek: true, pass, .. } => rotate_kek(&cipherdir, pass),
-        Command::Rotate { cipherdir, root: true, pass, .. } => {
+        Command::Rotate { cipherdir, root: true, to, create_key, pass, .. } => {
             let header = Volume::read_live_header(&cipherdir)?;
             // Beside a mount, the header lock alone serializes us with its daemon.
             let _lock = match daemon_of(&header) {
                 Some(_) => None,
                 None => Some(envelopefs::daemon::lock_volume(&cipherdir)?),
             };
-            Volume::rotate_root(&cipherdir, &pass.source(), &control::scratch_path(&header.volume_id))?;
-            println!("Root key of {} rotated; the KEK was re-wrapped (no data or DEK changed).", cipherdir.display());
+            let scratch = control::scratch_path(&header.volume_id);
+            let is_local = header.kms_uri.starts_with("local:");
+            let new = match to {
+                None if is_local => Volume::rotate_root(&cipherdir, &pass.source(), &scratch)?,
+                to => Volume::rotate_root_kms(&cipherdir, &pass.source(), to.as_deref(), create_key, &scratch)?,
+            };
+            println!(
+                "Root key of {} rotated to {}; the KEK was re-wrapped (no data or DEK changed).",
+                cipherdir.display(),
+                new.kms_uri
+            );
             Ok(())
         }
         Command::Rotate { cipherdir, rekey, pass, .. } => {
@@ -300,7 +356,9 @@ fn run(cmd: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Shred { cipherdir, volume, file, yes, pass } => shred(&cipherdir, volume, &file, yes, pass),
+        Command::Shred { cipherdir, volume, file, yes, delete_root_after, pass } => {
+            shred(&cipherdir, volume, &file, yes, delete_root_after, pass)
+        }
         Command::Umount { mountpoint, keep_scratch } => {
             if keep_scratch {
                 let mnt = mountpoint.canonicalize().map_err(|_| Error::NotMounted(mountpoint.clone()))?;
@@ -342,7 +400,14 @@ fn mount_helper_args() -> Option<Vec<OsString>> {
     Some(out)
 }
 
-fn shred(cipherdir: &Path, volume: bool, files: &[PathBuf], yes: bool, pass: PassArgs) -> Result<()> {
+fn shred(
+    cipherdir: &Path,
+    volume: bool,
+    files: &[PathBuf],
+    yes: bool,
+    delete_root_after: Option<u32>,
+    pass: PassArgs,
+) -> Result<()> {
     use std::io::{BufRead, IsTerminal};
     let header = Volume::read_live_header(cipherdir)?;
     if !yes {
@@ -358,18 +423,32 @@ fn shred(cipherdir: &Path, volume: bool, files: &[PathBuf], yes: bool, pass: Pas
         }
     }
     if let Some(sock) = daemon_of(&header) {
-        return shred_mounted(cipherdir, &sock, volume, files, pass);
+        return shred_mounted(cipherdir, &sock, volume, files, delete_root_after, pass);
     }
     let lock = envelopefs::daemon::lock_volume(cipherdir)?;
     if volume {
         let started = std::time::Instant::now();
-        let report = Volume::shred_volume(cipherdir, &control::scratch_path(&header.volume_id))?;
+        let scratch = control::scratch_path(&header.volume_id);
+        // A root made for this volume in an HSM or KMS is destroyed too, if it can be reached
+        // (the PIN or credentials are needed for that, not for the shred itself).
+        let root = match kms::local_keystore_path(&header.kms_uri, cipherdir) {
+            Ok(_) => None,
+            Err(_) => match kms::open(&header.kms_uri, cipherdir, &pass.source()) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    eprintln!("envelopefs: cannot reach the root to destroy it: {e}");
+                    None
+                }
+            },
+        };
+        let report =
+            Volume::shred_volume(cipherdir, &scratch, root.as_ref().map(|k| k as &dyn kms::Kms), delete_root_after)?;
         println!(
             "Volume {} shredded in {:.3?}: every wrapped KEK copy destroyed.",
             hex(&header.volume_id),
             started.elapsed()
         );
-        print_root_report(report.root_destroyed.map(|p| p.display().to_string()), report.root_kept);
+        print_root_report(report.root_destroyed, report.root_kept);
         return Ok(());
     }
     let vol = Volume::open(cipherdir, &pass.source())?;
@@ -384,8 +463,8 @@ fn shred(cipherdir: &Path, volume: bool, files: &[PathBuf], yes: bool, pass: Pas
 
 fn print_root_report(destroyed: Option<String>, kept: Option<String>) {
     match (destroyed, kept) {
-        (Some(ks), _) => println!("Root keystore {ks} overwritten and removed."),
-        (None, Some(uri)) => println!("Root {uri} is shared or external and was kept."),
+        (Some(done), _) => println!("Root key: {done}."),
+        (None, Some(why)) => println!("Root key kept: {why}."),
         _ => {}
     }
 }
@@ -397,13 +476,21 @@ fn daemon_of(header: &envelopefs::format::VolumeHeader) -> Option<PathBuf> {
 }
 
 /// `shred` on a mounted volume: through its daemon (which holds the keys) and its mount.
-fn shred_mounted(cipherdir: &Path, sock: &Path, volume: bool, files: &[PathBuf], pass: PassArgs) -> Result<()> {
+fn shred_mounted(
+    cipherdir: &Path,
+    sock: &Path,
+    volume: bool,
+    files: &[PathBuf],
+    delete_root_after: Option<u32>,
+    pass: PassArgs,
+) -> Result<()> {
     let no_answer = || Error::Fuse("the mount's daemon did not answer".into());
     let status = control::query(sock, &serde_json::json!({ "op": "status" })).ok_or_else(no_answer)?;
     let mountpoint = PathBuf::from(status["mountpoint"].as_str().unwrap_or_default());
     if volume {
         let started = std::time::Instant::now();
-        let v = control::query(sock, &serde_json::json!({ "op": "shred-volume" })).ok_or_else(no_answer)?;
+        let req = serde_json::json!({ "op": "shred-volume", "delete_root_after": delete_root_after });
+        let v = control::query(sock, &req).ok_or_else(no_answer)?;
         let v = control::reply_result(v)?;
         println!(
             "Volume {} shredded in {:.3?}: every wrapped KEK copy destroyed; unmounting {}.",
@@ -455,9 +542,9 @@ fn rotate_kek(cipherdir: &Path, pass: PassArgs) -> Result<()> {
     let header = Volume::read_live_header(cipherdir)?;
     let kms = kms::open(&header.kms_uri, cipherdir, &pass.source())?;
     let old = hex(&header.kek_id);
-    let vol = Volume::open_with_kms(cipherdir, header, kms.as_ref())?;
+    let vol = Volume::open_with_kms(cipherdir, header, &kms)?;
     let tty = std::io::stderr().is_terminal();
-    let new = vol.rotate_kek(kms.as_ref(), &mut |done, total| {
+    let new = vol.rotate_kek(&kms, &mut |done, total| {
         if tty {
             eprint!("\rre-wrapped {done}/{total} DEKs");
         }
@@ -495,8 +582,8 @@ fn mount(req: MountRequest, foreground: bool, daemon_child: bool, pass: PassArgs
         let _ = nix::unistd::setsid();
         let out = std::io::stdout().as_fd().try_clone_to_owned().map_err(|e| Error::io("", "status pipe", e))?;
         let mut status = Some(envelopefs::daemon::StatusPipe::new(std::fs::File::from(out)));
-        let result = envelopefs::daemon::passphrase_from_stdin().and_then(|p| {
-            envelopefs::daemon::serve(&req, Box::new(p), || {
+        let result = envelopefs::daemon::secret_from_stdin().and_then(|secrets| {
+            envelopefs::daemon::serve(&req, secrets, || {
                 if let Some(s) = status.take() {
                     s.ready();
                 }
@@ -513,10 +600,16 @@ fn mount(req: MountRequest, foreground: bool, daemon_child: bool, pass: PassArgs
             eprintln!("envelopefs: {} mounted on {}", req.cipherdir.display(), req.mountpoint.display());
         });
     }
+    // The one secret the root needs goes to the daemon through a pipe: the keystore's
+    // passphrase or the token's PIN (AWS KMS credentials come from the environment).
     let header = Volume::read_header(&req.cipherdir)?;
-    let passphrase = match kms::local_keystore_path(&header.kms_uri, &req.cipherdir) {
-        Ok(keystore) => Some(envelopefs::secret::Secrets::passphrase(&pass.source(), &keystore, false)?),
-        Err(_) => None,
+    let passphrase = match kms::KmsUri::parse(&header.kms_uri)? {
+        kms::KmsUri::Local(_) => {
+            let keystore = kms::local_keystore_path(&header.kms_uri, &req.cipherdir)?;
+            Some(envelopefs::secret::Secrets::passphrase(&pass.source(), &keystore, false)?)
+        }
+        kms::KmsUri::Pkcs11 { token, .. } => Some(envelopefs::secret::Secrets::pin(&pass.source(), &token)?),
+        kms::KmsUri::AwsKms(_) => None,
     };
     let mut args: Vec<OsString> = vec!["mount".into(), req.cipherdir.clone().into(), req.mountpoint.clone().into()];
     args.extend(["--foreground".into(), "--daemon-child".into(), "--threads".into(), req.threads.to_string().into()]);

@@ -1,5 +1,6 @@
-//! Where passphrases come from: `--passfile`, `ENVELOPEFS_PASSFILE`, `--extpass CMD`, or a
-//! prompt on the terminal. Never from argv. Passphrases live only in zeroizing buffers.
+//! Where passphrases and PINs come from: `--passfile`, `ENVELOPEFS_PASSFILE`, `--extpass
+//! CMD`, or a prompt on the terminal; PINs from `--pin-file`, `ENVELOPEFS_PIN_FILE` or a
+//! prompt. Never from argv. Secrets live only in zeroizing buffers.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -32,15 +33,25 @@ impl std::fmt::Debug for Passphrase {
     }
 }
 
-/// Supplies secrets to KMS backends on demand (only the embedded keystore asks today).
+/// Supplies secrets to KMS backends on demand.
 pub trait Secrets {
     /// The passphrase protecting `keystore`. `new` is true when a passphrase is being set,
     /// so an interactive source asks twice.
     fn passphrase(&self, keystore: &Path, new: bool) -> Result<Passphrase>;
+
+    /// The user PIN of the PKCS#11 token `token`.
+    fn pin(&self, token: &str) -> Result<Passphrase> {
+        Err(Error::Passphrase(format!("no PIN source for token {token:?}: use --pin-file or ENVELOPEFS_PIN_FILE")))
+    }
 }
 
+/// A secret handed over whole (the mount daemon gets the passphrase or PIN through a pipe).
 impl Secrets for Passphrase {
     fn passphrase(&self, _keystore: &Path, _new: bool) -> Result<Passphrase> {
+        Passphrase::new(self.expose().to_vec())
+    }
+
+    fn pin(&self, _token: &str) -> Result<Passphrase> {
         Passphrase::new(self.expose().to_vec())
     }
 }
@@ -53,6 +64,8 @@ pub struct PassSource {
     pub extpass: Option<String>,
     /// Name of the environment variable consulted after the flags.
     pub env_var: Option<&'static str>,
+    /// `--pin-file` (else `ENVELOPEFS_PIN_FILE`, else a terminal prompt).
+    pub pin_file: Option<PathBuf>,
 }
 
 impl Secrets for PassSource {
@@ -69,6 +82,23 @@ impl Secrets for PassSource {
             }
         }
         from_terminal(keystore, new)
+    }
+
+    fn pin(&self, token: &str) -> Result<Passphrase> {
+        if let Some(file) = self.pin_file.clone().or_else(|| std::env::var_os("ENVELOPEFS_PIN_FILE").map(PathBuf::from))
+        {
+            return from_file(&file).map_err(|e| match e {
+                Error::Passphrase(m) => Error::Passphrase(format!("PIN: {m}")),
+                e => e,
+            });
+        }
+        let pin =
+            Zeroizing::new(rpassword::prompt_password(format!("User PIN for token {token:?}: ")).map_err(|e| {
+                Error::Passphrase(format!(
+                    "no PIN source: use --pin-file FILE or ENVELOPEFS_PIN_FILE, or run on a terminal ({e})"
+                ))
+            })?);
+        Passphrase::new(pin.as_bytes().to_vec())
     }
 }
 

@@ -1,19 +1,26 @@
-//! `rotate --root` for the embedded keystore: a new root key, the KEK re-wrapped under it.
-//! O(1) in data; DEKs and the name key are untouched.
+//! `rotate --root`: a new root key, the KEK re-wrapped under it. O(1) in data; DEKs and the
+//! name key are untouched.
 //!
-//! Order, so a crash at any point can be finished by running it again: the new keystore is
-//! written beside the old one (`keystore.next`), then the header with the KEK wrapped under
-//! it, then `keystore.next` is renamed over `keystore`.
+//! Embedded keystore, in an order that a rerun can finish after a crash at any point: the new
+//! keystore is written beside the old one (`keystore.next`), then the header with the KEK
+//! wrapped under it, then `keystore.next` is renamed over `keystore`.
+//!
+//! HSM and KMS roots (and moving any volume to another root with `--to`): the new root is
+//! opened (or its key generated), the KEK re-wrapped, the header written naming the new URI;
+//! then an old root key that was made for this volume is retired (HSM: destroyed). A crash
+//! before the header write leaves the volume on its old root (a generated key may be left
+//! unused in the token); after it, on the new one.
 
 use std::path::{Path, PathBuf};
 
 use super::rotate::PENDING_WRAPPED;
-use super::volume::{Volume, HEADER_FILE, STORE_FILE};
-use crate::format::{KeystoreFile, VolumeHeader};
+use super::volume::{Volume, HEADER_FILE, ROOT_OWNED, STORE_FILE};
+use crate::crypto::random_array;
+use crate::format::{hex, KdfParams, KeystoreFile, VolumeHeader};
 use crate::keys::{rewrap_kek, rewrap_scratch, root_matches};
-use crate::kms::{self, LocalKeystore};
+use crate::kms::{self, Kms, KmsUri, LocalKeystore};
 use crate::secret::Secrets;
-use crate::store::Store;
+use crate::store::{Change, Store};
 use crate::{durable, Error, Result};
 
 /// The keystore a root rotation is writing, beside the live one.
@@ -70,6 +77,84 @@ impl Volume {
     }
 }
 
+impl Volume {
+    /// Rotates an HSM/KMS root, or moves the volume to the root `to` (any scheme). Without
+    /// `to`: PKCS#11 generates a new key object beside the old one; AWS KMS re-wraps under
+    /// the same key, so the KEK is under its current key material (after an on-demand
+    /// rotation).
+    pub fn rotate_root_kms(
+        cipherdir: &Path,
+        secrets: &dyn Secrets,
+        to: Option<&str>,
+        create_key: bool,
+        scratch_file: &Path,
+    ) -> Result<VolumeHeader> {
+        let _header_lock = durable::lock_header(cipherdir)?;
+        let mut header = Self::read_live_header(cipherdir)?;
+        let store = Store::open(&cipherdir.join(STORE_FILE))?;
+        if store.meta(PENDING_WRAPPED)?.is_some() {
+            return Err(Error::InvalidArgument("a KEK rotation is unfinished: run `rotate --kek` first".into()));
+        }
+        let old_uri = header.kms_uri.clone();
+        let (new_uri, create) = match (to, KmsUri::parse(&old_uri)?) {
+            (Some(to), _) => (to.to_string(), create_key),
+            (None, KmsUri::Pkcs11 { module, token, object }) => {
+                let label = format!("{}-r{}", rotated_base(&object), hex(&random_array::<4>()));
+                (format!("pkcs11:module={};token={token};object={label}", module.display()), true)
+            }
+            (None, KmsUri::AwsKms(_)) => (old_uri.clone(), false),
+            (None, KmsUri::Local(_)) => return Self::rotate_root(cipherdir, secrets, scratch_file),
+        };
+        let from = kms::open(&old_uri, cipherdir, secrets)?;
+        let to = kms::create(&new_uri, cipherdir, secrets, KdfParams::DEFAULT, create)?;
+        header.wrapped_kek = rewrap_kek(&from, &to, &header)?
+            .ok_or_else(|| Error::integrity(cipherdir.join(HEADER_FILE), "wrapped KEK refused by the current root"))?;
+        if let Some(rec) = rewrap_scratch(&from, &to, &header, scratch_file)? {
+            durable::replace_file(scratch_file, &rec.encode(), 0o600)?;
+        }
+        header.kms_uri = to.uri().to_string();
+        durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)?;
+        // Retire the old root if it was this volume's own and is not the new one.
+        let owned_old = store.meta(ROOT_OWNED)?.is_some_and(|o| o == old_uri.as_bytes());
+        if create && !header.kms_uri.starts_with("local:") {
+            store.apply(&[Change::PutMeta { key: ROOT_OWNED, value: header.kms_uri.as_bytes() }])?;
+        } else if owned_old && header.kms_uri != old_uri {
+            store.apply(&[Change::DeleteMeta { key: ROOT_OWNED }])?;
+        }
+        if header.kms_uri != old_uri {
+            match kms::local_keystore_path(&old_uri, cipherdir) {
+                Ok(ks) if ks.starts_with(cipherdir) && ks.exists() => super::shred::overwrite_and_remove(&ks)?,
+                Ok(_) => {}
+                Err(_) if owned_old => {
+                    if let Err(e) = from.destroy_root(None) {
+                        tracing::warn!("the old root {old_uri} could not be destroyed: {e}");
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(header)
+    }
+}
+
+/// `label` without the `-rXXXXXXXX` suffix an earlier root rotation gave it.
+fn rotated_base(label: &str) -> &str {
+    match label.rsplit_once("-r") {
+        Some((base, suffix)) if suffix.len() == 8 && suffix.bytes().all(|b| b.is_ascii_hexdigit()) => base,
+        _ => label,
+    }
+}
+
 fn durable_read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(path, "read", e))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rotated_labels_keep_their_base() {
+        assert_eq!(super::rotated_base("vol-root"), "vol-root");
+        assert_eq!(super::rotated_base("vol-root-r0123abcd"), "vol-root");
+        assert_eq!(super::rotated_base("x-rzz"), "x-rzz");
+    }
 }

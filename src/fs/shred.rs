@@ -1,29 +1,31 @@
 //! `shred --volume`: destroy every copy of the wrapped KEK (and, where the root is the
-//! volume's own, the root key). O(1) in the volume's size: no data file is touched.
+//! volume's own, the root key: its keystore file, its HSM key object, or — scheduled — its
+//! cloud KMS key). O(1) in the volume's size: no data file is touched.
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::rotate::{PENDING_ID, PENDING_WRAPPED};
-use super::volume::{Volume, HEADER_FILE, STORE_FILE};
+use super::volume::{Volume, HEADER_FILE, ROOT_OWNED, STORE_FILE};
 use crate::crypto::fill_random;
 use crate::format::FEATURE_SHREDDED;
+use crate::kms::Kms;
 use crate::store::{Change, Store};
 use crate::{durable, kms, Error, Result};
 
 /// What a volume shred destroyed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShredReport {
-    /// The root keystore erased, if it was the volume's own.
-    pub root_destroyed: Option<PathBuf>,
-    /// A root that is shared (or held by a KMS) and was left alone.
+    /// The root key destroyed (or its deletion scheduled), if it was the volume's own.
+    pub root_destroyed: Option<String>,
+    /// Why the root was left alone (shared, not made for this volume, KMS unreachable).
     pub root_kept: Option<String>,
 }
 
 /// Overwrites `path` in place with random bytes and syncs, then unlinks it. Best effort
 /// against recovery: SSDs and copy-on-write file systems may keep the old blocks.
-fn overwrite_and_remove(path: &Path) -> Result<()> {
+pub(super) fn overwrite_and_remove(path: &Path) -> Result<()> {
     let len = std::fs::metadata(path).map_err(|e| Error::io(path, "stat", e))?.len() as usize;
     let mut noise = vec![0u8; len];
     fill_random(&mut noise);
@@ -34,9 +36,15 @@ fn overwrite_and_remove(path: &Path) -> Result<()> {
 
 impl Volume {
     /// Shreds the volume in `cipherdir` (unmounted, or by its mount's daemon), and the
-    /// runtime copy of its scratch key (`scratch_file`). Needs no passphrase: destroying keys
-    /// does not require them.
-    pub fn shred_volume(cipherdir: &Path, scratch_file: &Path) -> Result<ShredReport> {
+    /// runtime copy of its scratch key (`scratch_file`). Destroying the wrapped keys needs no
+    /// secret; an HSM/KMS root made for this volume is destroyed too when `root` (the open
+    /// KMS) is given — for a cloud KMS only with `delete_after_days`, as a scheduled deletion.
+    pub fn shred_volume(
+        cipherdir: &Path,
+        scratch_file: &Path,
+        root: Option<&dyn Kms>,
+        delete_after_days: Option<u32>,
+    ) -> Result<ShredReport> {
         let _ = std::fs::remove_file(scratch_file);
         let _header_lock = durable::lock_header(cipherdir)?;
         let mut header = Self::read_live_header(cipherdir)?;
@@ -57,15 +65,29 @@ impl Volume {
             store.apply(&[Change::DeleteMeta { key: PENDING_ID }, Change::DeleteMeta { key: PENDING_WRAPPED }])?;
             store.compact()?;
         }
-        // 3. The root, when it is this volume's own keystore.
+        // 3. The root, when it is this volume's own.
         let mut report = ShredReport { root_destroyed: None, root_kept: None };
-        match kms::local_keystore_path(&header.kms_uri, cipherdir) {
+        let uri = header.kms_uri.clone();
+        let owned = store.meta(ROOT_OWNED)?.is_some_and(|o| o == uri.as_bytes());
+        match kms::local_keystore_path(&uri, cipherdir) {
             Ok(ks) if ks.starts_with(cipherdir) && ks.exists() => {
                 overwrite_and_remove(&ks)?;
                 durable::sync_dir(cipherdir)?;
-                report.root_destroyed = Some(ks);
+                report.root_destroyed = Some(format!("keystore {} overwritten and removed", ks.display()));
             }
-            _ => report.root_kept = Some(header.kms_uri.clone()),
+            Ok(_) => report.root_kept = Some(format!("{uri} is shared with other volumes")),
+            Err(_) if !owned => report.root_kept = Some(format!("{uri} was not made for this volume")),
+            Err(_) => match root.map(|k| k.destroy_root(delete_after_days)) {
+                Some(Ok(Some(done))) => {
+                    store.apply(&[Change::DeleteMeta { key: ROOT_OWNED }])?;
+                    report.root_destroyed = Some(done);
+                }
+                Some(Ok(None)) => {
+                    report.root_kept = Some(format!("{uri}: pass --delete-root-after DAYS to schedule its deletion"))
+                }
+                Some(Err(e)) => report.root_kept = Some(format!("{uri}: could not destroy it: {e}")),
+                None => report.root_kept = Some(format!("{uri}: not reachable, so not destroyed")),
+            },
         }
         Ok(report)
     }

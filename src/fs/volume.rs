@@ -38,11 +38,19 @@ pub struct InitOptions {
     /// `None`: the embedded keystore inside CIPHERDIR.
     pub kms_uri: Option<String>,
     pub kdf: KdfParams,
+    /// Generate the root key in the HSM or KMS (else it must exist there).
+    pub create_key: bool,
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
-        InitOptions { cipher: CipherKind::Aes256GcmSiv, extent_shift: 20, kms_uri: None, kdf: KdfParams::DEFAULT }
+        InitOptions {
+            cipher: CipherKind::Aes256GcmSiv,
+            extent_shift: 20,
+            kms_uri: None,
+            kdf: KdfParams::DEFAULT,
+            create_key: false,
+        }
     }
 }
 
@@ -70,6 +78,9 @@ pub struct LiveStats {
 
 /// `meta` key: when the current KEK was made (u64 LE Unix seconds).
 pub(super) const KEK_SINCE: &str = "kek.since";
+/// `meta` key: the URI of an HSM/KMS root key made for this volume (so `shred --volume` may
+/// destroy it, and `rotate --root` retires it).
+pub(super) const ROOT_OWNED: &str = "root.owned";
 
 pub(super) fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -210,27 +221,42 @@ impl Volume {
 
     fn init_in(cipherdir: &Path, opts: &InitOptions, secrets: &dyn Secrets) -> Result<VolumeHeader> {
         let uri = opts.kms_uri.clone().unwrap_or_else(|| DEFAULT_KMS.to_string());
-        let kms = kms::create(&uri, cipherdir, secrets, opts.kdf)?;
+        let kms = kms::create(&uri, cipherdir, secrets, opts.kdf, opts.create_key)?;
         let mut header = VolumeHeader {
             features: 0,
             volume_id: random_array(),
             cipher: opts.cipher,
             extent_shift: opts.extent_shift,
             kek_id: [0; 16],
-            kms_uri: uri,
+            kms_uri: kms.uri().to_string(),
             wrapped_kek: Vec::new(),
             wrapped_name_key: Vec::new(),
         };
-        KeyRing::generate(kms.as_ref(), &mut header)?;
+        let created = (opts.create_key && !uri.starts_with("local:")).then(|| header.kms_uri.clone());
+        let result = Self::init_rest(cipherdir, &kms, &mut header, created.as_deref());
+        if let (Err(_), Some(_)) = (&result, &created) {
+            // Do not leave an orphan root key behind in the HSM or KMS.
+            let _ = kms.destroy_root(Some(7));
+        }
+        result?;
+        Ok(header)
+    }
+
+    /// Everything after the root: keys, store (recording a root made for this volume), the
+    /// data directory and, last, the header.
+    fn init_rest(cipherdir: &Path, kms: &dyn Kms, header: &mut VolumeHeader, created: Option<&str>) -> Result<()> {
+        KeyRing::generate(kms, header)?;
         let store = Store::create(&cipherdir.join(STORE_FILE))?;
         store.apply(&[Change::PutMeta { key: KEK_SINCE, value: &unix_now().to_le_bytes() }])?;
+        if let Some(uri) = created {
+            store.apply(&[Change::PutMeta { key: ROOT_OWNED, value: uri.as_bytes() }])?;
+        }
         drop(store);
         let data = cipherdir.join(DATA_DIR);
         fs::DirBuilder::new().mode(0o700).create(&data).map_err(|e| Error::io(&data, "create directory", e))?;
         names::write_dir_id(&data, random_array())?;
         durable::sync_dir(&data)?;
-        durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)?;
-        Ok(header)
+        durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)
     }
 
     /// Reads the volume header of `cipherdir` (no secret needed).
@@ -270,7 +296,7 @@ impl Volume {
     pub fn open(cipherdir: &Path, secrets: &dyn Secrets) -> Result<Volume> {
         let header = Self::read_live_header(cipherdir)?;
         let kms = kms::open(&header.kms_uri, cipherdir, secrets)?;
-        Self::open_with_kms(cipherdir, header.clone(), kms.as_ref()).map_err(|e| match e {
+        Self::open_with_kms(cipherdir, header.clone(), &kms).map_err(|e| match e {
             Error::Integrity { path, reason } if Self::root_rotation_interrupted(cipherdir, &header) => {
                 Error::Integrity {
                     path,

@@ -5,11 +5,17 @@
 //! data or names. The embedded passphrase keystore (`local:PATH`) is the default; PKCS#11
 //! and the AWS KMS API plug in behind the same trait.
 
+mod audit;
+#[cfg(feature = "aws-kms")]
+mod aws;
 mod local;
+mod pkcs11;
 
 use std::path::{Path, PathBuf};
 
+pub use audit::{set_timeout, timeout, Audited};
 pub use local::LocalKeystore;
+pub use pkcs11::Pkcs11Root;
 
 use crate::crypto::Key256;
 use crate::format::KdfParams;
@@ -82,45 +88,13 @@ pub trait Kms: Send + Sync + std::fmt::Debug {
     fn key_id(&self) -> String;
     fn wrap(&self, key: &Key256, ctx: &KmsContext) -> std::result::Result<Vec<u8>, KmsError>;
     fn unwrap(&self, wrapped: &[u8], ctx: &KmsContext) -> std::result::Result<Key256, KmsError>;
-}
 
-/// A KMS that counts the calls made through it (for `status`: one unwrap per mount).
-#[derive(Debug)]
-pub struct CountingKms {
-    inner: Box<dyn Kms>,
-    wraps: std::sync::atomic::AtomicU64,
-    unwraps: std::sync::atomic::AtomicU64,
-}
-
-impl CountingKms {
-    pub fn new(inner: Box<dyn Kms>) -> Self {
-        CountingKms { inner, wraps: Default::default(), unwraps: Default::default() }
-    }
-
-    /// (wrap calls, unwrap calls) so far.
-    pub fn calls(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (self.wraps.load(Relaxed), self.unwraps.load(Relaxed))
-    }
-}
-
-impl Kms for CountingKms {
-    fn uri(&self) -> &str {
-        self.inner.uri()
-    }
-
-    fn key_id(&self) -> String {
-        self.inner.key_id()
-    }
-
-    fn wrap(&self, key: &Key256, ctx: &KmsContext) -> std::result::Result<Vec<u8>, KmsError> {
-        self.wraps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.inner.wrap(key, ctx)
-    }
-
-    fn unwrap(&self, wrapped: &[u8], ctx: &KmsContext) -> std::result::Result<Key256, KmsError> {
-        self.unwraps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.inner.unwrap(wrapped, ctx)
+    /// Destroys the root key (`shred --volume` of a volume whose root is its own): at once
+    /// in an HSM; for a cloud KMS, scheduled after `delete_after_days` (and only when given).
+    /// Returns what was done, or `None` where this backend has nothing to destroy.
+    fn destroy_root(&self, delete_after_days: Option<u32>) -> std::result::Result<Option<String>, KmsError> {
+        let _ = delete_after_days;
+        Ok(None)
     }
 }
 
@@ -129,6 +103,10 @@ impl Kms for CountingKms {
 pub enum KmsUri {
     /// `local:PATH` — the embedded keystore; a relative PATH is relative to CIPHERDIR.
     Local(PathBuf),
+    /// `pkcs11:module=PATH;token=LABEL;object=KEYLABEL` — an AES key object in a token.
+    Pkcs11 { module: PathBuf, token: String, object: String },
+    /// `aws-kms:KEY_ID_OR_ARN` — a symmetric key of the AWS KMS API.
+    AwsKms(String),
 }
 
 impl KmsUri {
@@ -138,12 +116,33 @@ impl KmsUri {
         match scheme {
             "local" if !rest.is_empty() => Ok(KmsUri::Local(PathBuf::from(rest))),
             "local" => Err(Error::InvalidArgument("local: KMS URI needs a path".into())),
-            "pkcs11" | "aws-kms" => Err(Error::Kms {
-                uri: uri.into(),
-                reason: format!("the {scheme} backend is not available in this build of envelopefs"),
-            }),
+            "pkcs11" => Self::parse_pkcs11(uri, rest),
+            "aws-kms" if !rest.is_empty() => Ok(KmsUri::AwsKms(rest.to_string())),
+            "aws-kms" => Err(Error::InvalidArgument("aws-kms: KMS URI needs a key id or ARN".into())),
             _ => Err(Error::InvalidArgument(format!(
                 "unknown KMS scheme {scheme:?} (expected local:, pkcs11: or aws-kms:)"
+            ))),
+        }
+    }
+
+    fn parse_pkcs11(uri: &str, rest: &str) -> Result<Self> {
+        let (mut module, mut token, mut object) = (None, None, None);
+        for part in rest.split(';').filter(|p| !p.is_empty()) {
+            match part.split_once('=') {
+                Some(("module", v)) if !v.is_empty() => module = Some(PathBuf::from(v)),
+                Some(("token", v)) if !v.is_empty() => token = Some(v.to_string()),
+                Some(("object", v)) if !v.is_empty() => object = Some(v.to_string()),
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "{uri:?}: unknown or empty attribute {part:?} (expected module=, token=, object=)"
+                    )))
+                }
+            }
+        }
+        match (module, token, object) {
+            (Some(module), Some(token), Some(object)) => Ok(KmsUri::Pkcs11 { module, token, object }),
+            _ => Err(Error::InvalidArgument(format!(
+                "{uri:?}: a pkcs11: URI needs module=PATH;token=LABEL;object=KEYLABEL"
             ))),
         }
     }
@@ -158,23 +157,77 @@ impl KmsUri {
     }
 }
 
-/// Creates a new root (for `init`) and returns the KMS holding it.
-pub fn create(uri: &str, cipherdir: &Path, secrets: &dyn Secrets, kdf: KdfParams) -> Result<Box<dyn Kms>> {
-    match KmsUri::parse(uri)? {
-        KmsUri::Local(p) => Ok(Box::new(LocalKeystore::create(uri, &KmsUri::local_path(&p, cipherdir), secrets, kdf)?)),
-    }
+/// Creates a new root (for `init`; `create_key` makes the key in an HSM or KMS) and returns
+/// the KMS holding it. Its [`Kms::uri`] is what the header records (for `aws-kms` with
+/// `create_key`, the new key's ARN).
+pub fn create(uri: &str, cipherdir: &Path, secrets: &dyn Secrets, kdf: KdfParams, create_key: bool) -> Result<Audited> {
+    let inner: Box<dyn Kms> = match KmsUri::parse(uri)? {
+        KmsUri::Local(p) => Box::new(LocalKeystore::create(uri, &KmsUri::local_path(&p, cipherdir), secrets, kdf)?),
+        KmsUri::Pkcs11 { module, token, object } => {
+            Box::new(Pkcs11Root::open(uri, &module, &token, &object, secrets, create_key)?)
+        }
+        KmsUri::AwsKms(key) => aws_root(uri, &key, create_key)?,
+    };
+    Ok(Audited::new(inner))
 }
 
 /// Opens the KMS a volume names.
-pub fn open(uri: &str, cipherdir: &Path, secrets: &dyn Secrets) -> Result<Box<dyn Kms>> {
-    match KmsUri::parse(uri)? {
-        KmsUri::Local(p) => Ok(Box::new(LocalKeystore::open(uri, &KmsUri::local_path(&p, cipherdir), secrets)?)),
-    }
+pub fn open(uri: &str, cipherdir: &Path, secrets: &dyn Secrets) -> Result<Audited> {
+    let inner: Box<dyn Kms> = match KmsUri::parse(uri)? {
+        KmsUri::Local(p) => Box::new(LocalKeystore::open(uri, &KmsUri::local_path(&p, cipherdir), secrets)?),
+        KmsUri::Pkcs11 { module, token, object } => {
+            Box::new(Pkcs11Root::open(uri, &module, &token, &object, secrets, false)?)
+        }
+        KmsUri::AwsKms(key) => aws_root(uri, &key, false)?,
+    };
+    Ok(Audited::new(inner))
+}
+
+#[cfg(feature = "aws-kms")]
+fn aws_root(uri: &str, key: &str, create_key: bool) -> Result<Box<dyn Kms>> {
+    Ok(Box::new(aws::AwsKmsRoot::open(uri, key, create_key)?))
+}
+
+#[cfg(not(feature = "aws-kms"))]
+fn aws_root(uri: &str, _key: &str, _create_key: bool) -> Result<Box<dyn Kms>> {
+    Err(Error::Kms {
+        uri: uri.into(),
+        reason: "this build of envelopefs has no AWS KMS support: rebuild with `cargo build --features aws-kms`".into(),
+    })
 }
 
 /// The keystore file of a `local:` URI (for `passwd`); an error for other schemes.
 pub fn local_keystore_path(uri: &str, cipherdir: &Path) -> Result<PathBuf> {
     match KmsUri::parse(uri)? {
         KmsUri::Local(p) => Ok(KmsUri::local_path(&p, cipherdir)),
+        _ => Err(Error::InvalidArgument(format!("{uri} is not an embedded keystore"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_parse_or_say_why_not() {
+        assert_eq!(KmsUri::parse("local:keystore").unwrap(), KmsUri::Local("keystore".into()));
+        assert_eq!(
+            KmsUri::parse("pkcs11:module=/usr/lib/m.so;token=t 1;object=root").unwrap(),
+            KmsUri::Pkcs11 { module: "/usr/lib/m.so".into(), token: "t 1".into(), object: "root".into() }
+        );
+        assert_eq!(
+            KmsUri::parse("aws-kms:arn:aws:kms:us-east-1:1:key/abc").unwrap(),
+            KmsUri::AwsKms("arn:aws:kms:us-east-1:1:key/abc".into())
+        );
+        for bad in [
+            "keystore",
+            "local:",
+            "pkcs11:module=/m.so;token=t",
+            "pkcs11:module=/m.so;tok=t;object=o",
+            "aws-kms:",
+            "vault:x",
+        ] {
+            assert!(KmsUri::parse(bad).is_err(), "{bad}");
+        }
     }
 }

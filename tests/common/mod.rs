@@ -9,6 +9,7 @@ use envelopefs::fs::{InitOptions, Volume};
 use envelopefs::secret::Passphrase;
 use tempfile::TempDir;
 
+pub mod kms;
 pub mod mount;
 
 /// Cheap Argon2 parameters: the KDF is tested on its own; here it would only cost time.
@@ -32,7 +33,7 @@ pub fn scratch() -> TempDir {
 }
 
 pub fn opts(cipher: CipherKind, extent_shift: u8) -> InitOptions {
-    InitOptions { cipher, extent_shift, kms_uri: None, kdf: FAST_KDF }
+    InitOptions { cipher, extent_shift, kms_uri: None, kdf: FAST_KDF, create_key: false }
 }
 
 /// A new volume at `<tmp>/vol`, opened.

@@ -6,12 +6,17 @@ use std::process::{Command, Output, Stdio};
 use tempfile::TempDir;
 
 pub fn evfs(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_envelopefs"))
-        .args(args)
-        .env_remove("ENVELOPEFS_PASSFILE")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    evfs_env(args, &[])
+}
+
+/// Runs the binary with extra environment variables (a KMS's settings, say).
+pub fn evfs_env(args: &[&std::ffi::OsStr], env: &[(String, std::ffi::OsString)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_envelopefs"));
+    c.args(args).env_remove("ENVELOPEFS_PASSFILE").stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
 }
 
 pub fn ok(o: &Output) {
@@ -23,12 +28,19 @@ pub struct MountFixture {
     pub cipher: PathBuf,
     pub mnt: PathBuf,
     pub passfile: PathBuf,
+    /// Environment of every command the fixture runs.
+    pub env: Vec<(String, std::ffi::OsString)>,
     mounted: bool,
 }
 
 impl MountFixture {
     /// A new volume (`init_args` passed to init) mounted at `<tmp>/mnt`.
     pub fn new(init_args: &[&str]) -> Self {
+        Self::new_with(init_args, Vec::new())
+    }
+
+    /// A new volume whose commands all run with `env`.
+    pub fn new_with(init_args: &[&str], env: Vec<(String, std::ffi::OsString)>) -> Self {
         assert!(Path::new("/dev/fuse").exists(), "mount tests need /dev/fuse (CI provides it)");
         let tmp = super::scratch();
         let (cipher, mnt, passfile) = (tmp.path().join("cipher"), tmp.path().join("mnt"), tmp.path().join("pass"));
@@ -37,8 +49,8 @@ impl MountFixture {
         let mut args: Vec<&std::ffi::OsStr> =
             vec!["init".as_ref(), cipher.as_os_str(), "--passfile".as_ref(), passfile.as_os_str()];
         args.extend(init_args.iter().map(std::ffi::OsStr::new));
-        ok(&evfs(&args));
-        let mut m = MountFixture { tmp, cipher, mnt, passfile, mounted: false };
+        ok(&evfs_env(&args, &env));
+        let mut m = MountFixture { tmp, cipher, mnt, passfile, env, mounted: false };
         m.mount();
         m
     }
@@ -67,7 +79,12 @@ impl MountFixture {
             self.passfile.as_os_str(),
         ];
         args.extend(extra.iter().map(std::ffi::OsStr::new));
-        evfs(&args)
+        self.run(&args)
+    }
+
+    /// Runs the binary with this fixture's environment.
+    pub fn run(&self, args: &[&std::ffi::OsStr]) -> Output {
+        evfs_env(args, &self.env)
     }
 
     /// The volume was unmounted by other means (a shred): Drop has nothing to do.
@@ -76,7 +93,7 @@ impl MountFixture {
     }
 
     pub fn unmount(&mut self) {
-        ok(&evfs(&["umount".as_ref(), self.mnt.as_os_str()]));
+        ok(&self.run(&["umount".as_ref(), self.mnt.as_os_str()]));
         self.mounted = false;
     }
 
@@ -94,7 +111,7 @@ impl MountFixture {
 impl Drop for MountFixture {
     fn drop(&mut self) {
         if self.mounted {
-            let o = evfs(&["umount".as_ref(), self.mnt.as_os_str()]);
+            let o = self.run(&["umount".as_ref(), self.mnt.as_os_str()]);
             if !o.status.success() {
                 let _ = Command::new("fusermount3").arg("-uz").arg(&self.mnt).status();
             }

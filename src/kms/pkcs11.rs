@@ -1,0 +1,217 @@
+//! PKCS#11 roots (`pkcs11:module=PATH;token=LABEL;object=KEYLABEL`): an AES-256 key object in
+//! an HSM token wraps the KEK with AES-GCM inside the token; the key never leaves it.
+//!
+//! Wrapped form: `iv (12, from our CSPRNG) || ciphertext || tag (16)`, AAD = the KMS context
+//! (volume id, purpose). The root is generated in the token by `init --create-key` as
+//! `Token`, `Private`, `Sensitive` and not `Extractable`. PKCS#11 is initialised once per
+//! process and module, so every root of one module in a process shares that context.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as P11Error, RvError};
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use zeroize::Zeroizing;
+
+use super::{Kms, KmsContext, KmsError};
+use crate::crypto::{random_array, Key256};
+use crate::secret::Secrets;
+use crate::{Error, Result};
+
+const IV_LEN: usize = 12;
+const TAG_BITS: u64 = 128;
+
+/// The process's PKCS#11 contexts, one per module.
+fn context(module: &Path, uri: &str) -> Result<Pkcs11> {
+    static CONTEXTS: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+    let mut map = CONTEXTS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = map.get(module) {
+        return Ok(c.clone());
+    }
+    let kms_err = |reason: String| Error::Kms { uri: uri.into(), reason };
+    if !module.exists() {
+        return Err(kms_err(format!(
+            "PKCS#11 module {} does not exist (for SoftHSM2: apt-get install softhsm2)",
+            module.display()
+        )));
+    }
+    let ctx =
+        Pkcs11::new(module).map_err(|e| kms_err(format!("cannot load PKCS#11 module {}: {e}", module.display())))?;
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(kms_err(format!("cannot initialise PKCS#11 module {}: {e}", module.display()))),
+    }
+    map.insert(module.to_path_buf(), ctx.clone());
+    Ok(ctx)
+}
+
+pub struct Pkcs11Root {
+    uri: String,
+    token: String,
+    object: String,
+    key: ObjectHandle,
+    session: Mutex<Session>,
+}
+
+impl std::fmt::Debug for Pkcs11Root {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Root").field("uri", &self.uri).finish_non_exhaustive()
+    }
+}
+
+impl Pkcs11Root {
+    /// Logs in to `token` (PIN from `secrets`) and finds the AES key labelled `object`, or
+    /// generates it when `create` (refusing to replace an existing one).
+    pub fn open(
+        uri: &str,
+        module: &Path,
+        token: &str,
+        object: &str,
+        secrets: &dyn Secrets,
+        create: bool,
+    ) -> Result<Pkcs11Root> {
+        let kms_err = |reason: String| Error::Kms { uri: uri.into(), reason };
+        let ctx = context(module, uri)?;
+        let slots = ctx.get_slots_with_token().map_err(|e| kms_err(format!("listing tokens: {e}")))?;
+        let mut labels = Vec::new();
+        let mut slot = None;
+        for s in slots {
+            if let Ok(info) = ctx.get_token_info(s) {
+                if info.label().trim_end() == token {
+                    slot = Some(s);
+                }
+                labels.push(info.label().trim_end().to_string());
+            }
+        }
+        let slot = slot.ok_or_else(|| {
+            kms_err(format!("no token labelled {token:?} in {} (tokens: {})", module.display(), labels.join(", ")))
+        })?;
+        let session = ctx.open_rw_session(slot).map_err(|e| kms_err(format!("opening a session: {e}")))?;
+        let pin = secrets.pin(token)?;
+        let raw = cryptoki::types::RawAuthPin::new(Box::new(pin.expose().to_vec()));
+        match session.login_with_raw(UserType::User, &raw) {
+            Ok(()) | Err(P11Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(P11Error::Pkcs11(RvError::PinIncorrect, _)) => {
+                return Err(kms_err(format!("wrong PIN for token {token:?}")))
+            }
+            Err(P11Error::Pkcs11(RvError::PinLocked, _)) => {
+                return Err(kms_err(format!("the user PIN of token {token:?} is locked")))
+            }
+            Err(e) => return Err(kms_err(format!("login to token {token:?} failed: {e}"))),
+        }
+        let found = find_key(&session, object).map_err(|e| kms_err(format!("finding key {object:?}: {e}")))?;
+        let key = match (found, create) {
+            (Some(_), true) => {
+                return Err(kms_err(format!(
+                    "token {token:?} already has a key labelled {object:?}: use it (omit --create-key) or pick another label"
+                )))
+            }
+            (Some(k), false) => k,
+            (None, true) => generate_key(&session, object).map_err(|e| kms_err(format!("generating key: {e}")))?,
+            (None, false) => {
+                return Err(kms_err(format!(
+                    "token {token:?} has no AES key labelled {object:?} (init --create-key makes one)"
+                )))
+            }
+        };
+        Ok(Pkcs11Root {
+            uri: uri.into(),
+            token: token.into(),
+            object: object.into(),
+            key,
+            session: Mutex::new(session),
+        })
+    }
+
+    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
+        self.session.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn find_key(session: &Session, label: &str) -> cryptoki::error::Result<Option<ObjectHandle>> {
+    let found = session
+        .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Label(label.as_bytes().to_vec())])?;
+    Ok(found.into_iter().next())
+}
+
+fn generate_key(session: &Session, label: &str) -> cryptoki::error::Result<ObjectHandle> {
+    session.generate_key(
+        &Mechanism::AesKeyGen,
+        &[
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(true),
+            Attribute::ValueLen(32u64.into()),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ],
+    )
+}
+
+/// Errors from the token: a refusal of the data (bad tag: SoftHSM reports
+/// CKR_GENERAL_ERROR) or the token being unusable.
+fn classify(e: P11Error) -> KmsError {
+    match e {
+        P11Error::Pkcs11(
+            RvError::GeneralError
+            | RvError::EncryptedDataInvalid
+            | RvError::EncryptedDataLenRange
+            | RvError::DataInvalid
+            | RvError::DataLenRange,
+            _,
+        ) => KmsError::Rejected(format!("the wrapped key does not authenticate under this HSM key ({e})")),
+        other => KmsError::Unavailable(other.to_string()),
+    }
+}
+
+impl Kms for Pkcs11Root {
+    fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn key_id(&self) -> String {
+        format!("{}/{}", self.token, self.object)
+    }
+
+    fn wrap(&self, key: &Key256, ctx: &KmsContext) -> std::result::Result<Vec<u8>, KmsError> {
+        let mut iv: [u8; IV_LEN] = random_array();
+        let aad = ctx.aad();
+        let mut out = iv.to_vec();
+        let params =
+            GcmParams::new(&mut iv, &aad, TAG_BITS.into()).map_err(|e| KmsError::Unavailable(e.to_string()))?;
+        let sealed = self.session().encrypt(&Mechanism::AesGcm(params), self.key, key.expose()).map_err(classify)?;
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    fn unwrap(&self, wrapped: &[u8], ctx: &KmsContext) -> std::result::Result<Key256, KmsError> {
+        if wrapped.len() != IV_LEN + 32 + 16 {
+            return Err(KmsError::Rejected(format!("a wrapped key is {} bytes, not {}", wrapped.len(), IV_LEN + 48)));
+        }
+        let mut iv: [u8; IV_LEN] = wrapped[..IV_LEN].try_into().expect("length checked");
+        let aad = ctx.aad();
+        let params =
+            GcmParams::new(&mut iv, &aad, TAG_BITS.into()).map_err(|e| KmsError::Unavailable(e.to_string()))?;
+        let plain = Zeroizing::new(
+            self.session().decrypt(&Mechanism::AesGcm(params), self.key, &wrapped[IV_LEN..]).map_err(classify)?,
+        );
+        Key256::from_fill(|out| {
+            let bytes: &[u8; 32] = plain.as_slice().try_into().map_err(|_| ())?;
+            out.copy_from_slice(bytes);
+            Ok(())
+        })
+        .map_err(|()| KmsError::Rejected("the HSM returned a key of the wrong length".into()))
+    }
+
+    fn destroy_root(&self, _delete_after_days: Option<u32>) -> std::result::Result<Option<String>, KmsError> {
+        self.session().destroy_object(self.key).map_err(|e| KmsError::Unavailable(e.to_string()))?;
+        Ok(Some(format!("key object {:?} destroyed in token {:?}", self.object, self.token)))
+    }
+}

@@ -1,0 +1,144 @@
+//! Real roots of trust for tests: a SoftHSM2 token in a private directory, and a moto
+//! AWS-KMS-API server on a free loopback port. `scripts/test.sh` installs both; a test that
+//! finds them missing fails and says how to get them.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// A freshly initialised SoftHSM2 token (label "evfs", user PIN 1234) in its own directory.
+pub struct SoftHsm {
+    pub dir: TempDir,
+    pub token: String,
+}
+
+impl SoftHsm {
+    pub fn new() -> SoftHsm {
+        assert!(
+            Path::new(SOFTHSM_MODULE).exists(),
+            "{SOFTHSM_MODULE} is missing: run scripts/test.sh (it installs softhsm2)"
+        );
+        let dir = super::scratch();
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::create_dir(dir.path().join("tokens")).unwrap();
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                dir.path().join("tokens").display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("pin"), "1234\n").unwrap();
+        let out = Command::new("softhsm2-util")
+            .args(["--init-token", "--free", "--label", "evfs", "--so-pin", "0000", "--pin", "1234"])
+            .env("SOFTHSM2_CONF", &conf)
+            .output()
+            .expect("softhsm2-util runs");
+        assert!(out.status.success(), "softhsm2-util: {}", String::from_utf8_lossy(&out.stderr));
+        SoftHsm { dir, token: "evfs".into() }
+    }
+
+    pub fn uri(&self, object: &str) -> String {
+        format!("pkcs11:module={SOFTHSM_MODULE};token={};object={object}", self.token)
+    }
+
+    pub fn pin_file(&self) -> PathBuf {
+        self.dir.path().join("pin")
+    }
+
+    /// What every envelopefs command needs to reach the token.
+    pub fn env(&self) -> Vec<(String, OsString)> {
+        vec![
+            ("SOFTHSM2_CONF".into(), self.dir.path().join("softhsm2.conf").into()),
+            ("ENVELOPEFS_PIN_FILE".into(), self.pin_file().into()),
+        ]
+    }
+}
+
+/// A moto server (the AWS KMS API) on 127.0.0.1; stopped on drop.
+pub struct Moto {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+fn moto_server() -> PathBuf {
+    if let Some(p) = std::env::var_os("ENVELOPEFS_MOTO_SERVER") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/moto-venv/bin/moto_server")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One HTTP/1.0 request; the status line's code, if anything answers.
+fn http(port: u16, method: &str, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let bin = moto_server();
+        assert!(bin.exists(), "{} is missing: run scripts/test.sh (it installs moto in a venv)", bin.display());
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut m = Moto { port, child: Some(child) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http(port, "GET", "/moto-api/").is_none() {
+            assert!(Instant::now() < deadline, "moto_server did not start on port {port}");
+            if let Some(Ok(Some(status))) = m.child.as_mut().map(|c| c.try_wait()) {
+                panic!("moto_server exited: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        m
+    }
+
+    /// Stops the server (the KMS "goes away").
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// What every envelopefs command needs to reach this server (and nothing else).
+    pub fn env(&self) -> Vec<(String, OsString)> {
+        let none = OsString::from("/nonexistent");
+        vec![
+            ("AWS_ENDPOINT_URL_KMS".into(), format!("http://127.0.0.1:{}", self.port).into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+            ("AWS_CONFIG_FILE".into(), none.clone()),
+            ("AWS_SHARED_CREDENTIALS_FILE".into(), none),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ]
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,302 @@
+//! Real roots of trust on real mounts: a SoftHSM2 token (PKCS#11) and a moto server (the AWS
+//! KMS API), next to the embedded keystore: the volume life cycle, root rotation, shredding
+//! the root, refusals, a KMS that goes away, and one KMS unwrap per mount however much data
+//! moves (from `status --json` and from the audit log).
+
+mod common;
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::Path;
+#[cfg(feature = "aws-kms")]
+use std::time::{Duration, Instant};
+
+#[cfg(feature = "aws-kms")]
+use common::kms::Moto;
+use common::kms::SoftHsm;
+use common::mount::{ok, MountFixture};
+use common::{copy_tree, pattern};
+use envelopefs::format::VolumeHeader;
+use serde_json::Value;
+
+fn status(m: &MountFixture, target: &Path) -> Value {
+    let o = m.run(&["status".as_ref(), target.as_os_str(), "--json".as_ref()]);
+    ok(&o);
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn code(o: &std::process::Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn with_audit(mut env: Vec<(String, OsString)>, log: &Path) -> Vec<(String, OsString)> {
+    env.push(("ENVELOPEFS_AUDIT_LOG".into(), log.into()));
+    env
+}
+
+/// Audit records of process `pid`.
+fn audit_records(log: &Path, pid: u64) -> Vec<Value> {
+    fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("every audit line is JSON"))
+        .filter(|v| v["pid"].as_u64() == Some(pid))
+        .collect()
+}
+
+/// Writes and reads back 1 GiB through the mount, then checks that the daemon made exactly
+/// one KMS call, an unwrap, by its status and by the audit log.
+fn one_unwrap_for_a_gigabyte(m: &MountFixture, log: &Path) {
+    let chunk = pattern(42, 1 << 20);
+    let mut f = fs::File::create(m.p("big")).unwrap();
+    for i in 0..1024u32 {
+        let mut c = chunk.clone();
+        c[..4].copy_from_slice(&i.to_le_bytes());
+        f.write_all(&c).unwrap();
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    let mut f = fs::File::open(m.p("big")).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    for i in 0..1024u32 {
+        f.read_exact(&mut buf).unwrap();
+        assert_eq!(buf[..4], i.to_le_bytes());
+        assert!(buf[4..] == chunk[4..], "MiB {i} differs");
+    }
+    let v = status(m, &m.mnt);
+    assert_eq!(v["kms_calls"], serde_json::json!({"wrap": 0, "unwrap": 1}), "{}", v["kms_uri"]);
+    let records = audit_records(log, v["pid"].as_u64().unwrap());
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!((records[0]["op"].as_str(), records[0]["outcome"].as_str()), (Some("unwrap"), Some("ok")));
+    assert_eq!(records[0]["purpose"], "kek");
+    assert_eq!(records[0]["volume"], v["volume_id"]);
+    fs::remove_file(m.p("big")).unwrap();
+}
+
+#[test]
+fn embedded_keystore_mount_makes_one_unwrap_for_a_gigabyte() {
+    let tmp = common::scratch();
+    let log = tmp.path().join("audit.log");
+    let m = MountFixture::new_with(&[], with_audit(Vec::new(), &log));
+    one_unwrap_for_a_gigabyte(&m, &log);
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("mount test passphrase"), "no secret in the audit log");
+}
+
+#[test]
+fn pkcs11_root_init_mount_rotate_and_shred() {
+    let hsm = SoftHsm::new();
+    let log = hsm.dir.path().join("audit.log");
+    let uri = hsm.uri("vol-root");
+    let mut m = MountFixture::new_with(&["--kms", &uri, "--create-key"], with_audit(hsm.env(), &log));
+    let data = pattern(1, 300_000);
+    fs::write(m.p("f"), &data).unwrap();
+    m.remount();
+    assert_eq!(fs::read(m.p("f")).unwrap(), data);
+    assert_eq!(status(&m, &m.mnt)["kms_uri"], uri.as_str());
+
+    // The label is taken: --create-key refuses to make a second key under it.
+    let other = hsm.dir.path().join("other");
+    let o = m.run(&["init".as_ref(), other.as_os_str(), "--kms".as_ref(), uri.as_ref(), "--create-key".as_ref()]);
+    assert_eq!(code(&o), 15, "{}", stderr(&o));
+    assert!(stderr(&o).contains("already has a key"));
+    assert!(!other.exists(), "a failed init leaves nothing");
+
+    // rotate --root: a new key object; the old one (made for this volume) is destroyed.
+    m.unmount();
+    ok(&m.run(&["rotate".as_ref(), m.cipher.as_os_str(), "--root".as_ref()]));
+    let new_uri = VolumeHeader::decode(&fs::read(m.cipher.join("envelopefs.conf")).unwrap()).unwrap().kms_uri;
+    assert!(new_uri.starts_with(&format!("{uri}-r")), "{new_uri}");
+    let o = m.run(&["init".as_ref(), other.as_os_str(), "--kms".as_ref(), uri.as_ref()]);
+    assert_eq!(code(&o), 15);
+    assert!(stderr(&o).contains("has no AES key labelled \"vol-root\""), "{}", stderr(&o));
+    m.mount();
+    assert_eq!(fs::read(m.p("f")).unwrap(), data);
+
+    // shred --volume (mounted): the wrapped KEK and the key object are destroyed.
+    let o = m.run(&["shred".as_ref(), m.cipher.as_os_str(), "--volume".as_ref(), "--yes".as_ref()]);
+    ok(&o);
+    m.disown();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("destroyed in token"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = m.run(&["init".as_ref(), other.as_os_str(), "--kms".as_ref(), new_uri.as_ref()]);
+    assert!(stderr(&o).contains("has no AES key labelled"), "the root key object is gone: {}", stderr(&o));
+    let copy = hsm.dir.path().join("copy");
+    copy_tree(&m.cipher, &copy);
+    let conf = copy.join("envelopefs.conf");
+    let mut h = VolumeHeader::decode(&fs::read(&conf).unwrap()).unwrap();
+    h.features = 0;
+    fs::write(&conf, h.encode()).unwrap();
+    let o = m.run(&["mount".as_ref(), copy.as_os_str(), m.mnt.as_os_str()]);
+    assert_ne!(code(&o), 0, "a copy taken after the shred does not open");
+}
+
+#[test]
+fn pkcs11_wrong_pin_missing_token_and_module_are_clear_errors() {
+    let hsm = SoftHsm::new();
+    let mut m = MountFixture::new_with(&["--kms", &hsm.uri("k"), "--create-key"], hsm.env());
+    m.unmount();
+    let bad = hsm.dir.path().join("bad-pin");
+    fs::write(&bad, "9999\n").unwrap();
+    let o = m.try_mount(&["--pin-file", bad.to_str().unwrap()]);
+    assert_eq!(code(&o), 15);
+    assert!(stderr(&o).contains("wrong PIN"), "{}", stderr(&o));
+
+    let x = hsm.dir.path().join("x");
+    for (uri, says) in [
+        (format!("pkcs11:module={};token=nope;object=k", common::kms::SOFTHSM_MODULE), "no token labelled \"nope\""),
+        ("pkcs11:module=/nonexistent/lib.so;token=evfs;object=k".to_string(), "does not exist"),
+        ("pkcs11:module=/x.so;token=evfs".to_string(), "needs module=PATH;token=LABEL;object=KEYLABEL"),
+    ] {
+        let o = m.run(&["init".as_ref(), x.as_os_str(), "--kms".as_ref(), uri.as_ref(), "--create-key".as_ref()]);
+        assert_ne!(code(&o), 0);
+        assert!(stderr(&o).contains(says), "{uri}: {}", stderr(&o));
+        assert_eq!(stderr(&o).trim_end().lines().count(), 1);
+    }
+    m.mount();
+}
+
+#[test]
+fn pkcs11_mount_makes_one_unwrap_for_a_gigabyte() {
+    let hsm = SoftHsm::new();
+    let log = hsm.dir.path().join("audit.log");
+    let m = MountFixture::new_with(&["--kms", &hsm.uri("big"), "--create-key"], with_audit(hsm.env(), &log));
+    one_unwrap_for_a_gigabyte(&m, &log);
+}
+
+/// The ARN an `aws-kms:` volume's header names.
+#[cfg(feature = "aws-kms")]
+fn header_uri(cipher: &Path) -> String {
+    VolumeHeader::decode(&fs::read(cipher.join("envelopefs.conf")).unwrap()).unwrap().kms_uri
+}
+
+#[cfg(feature = "aws-kms")]
+#[test]
+fn aws_kms_root_init_mount_rotate_and_shred() {
+    let moto = Moto::start();
+    let mut m = MountFixture::new_with(&["--kms", "aws-kms:new", "--create-key"], moto.env());
+    let uri = header_uri(&m.cipher);
+    assert!(uri.starts_with("aws-kms:arn:aws:kms:us-east-1:"), "{uri}");
+    let data = pattern(3, 200_000);
+    fs::write(m.p("f"), &data).unwrap();
+    m.remount();
+    assert_eq!(fs::read(m.p("f")).unwrap(), data);
+
+    // Same key, fresh ciphertext (after an on-demand rotation, under the new material).
+    m.unmount();
+    let before = VolumeHeader::decode(&fs::read(m.cipher.join("envelopefs.conf")).unwrap()).unwrap().wrapped_kek;
+    ok(&m.run(&["rotate".as_ref(), m.cipher.as_os_str(), "--root".as_ref()]));
+    let after = VolumeHeader::decode(&fs::read(m.cipher.join("envelopefs.conf")).unwrap()).unwrap();
+    assert_eq!(after.kms_uri, uri);
+    assert_ne!(after.wrapped_kek, before);
+    // To a new key.
+    let o = m.run(&[
+        "rotate".as_ref(),
+        m.cipher.as_os_str(),
+        "--root".as_ref(),
+        "--to".as_ref(),
+        "aws-kms:second".as_ref(),
+        "--create-key".as_ref(),
+    ]);
+    ok(&o);
+    let moved = header_uri(&m.cipher);
+    assert!(moved.starts_with("aws-kms:arn:") && moved != uri, "{moved}");
+    m.mount();
+    assert_eq!(fs::read(m.p("f")).unwrap(), data);
+
+    let o = m.run(&[
+        "shred".as_ref(),
+        m.cipher.as_os_str(),
+        "--volume".as_ref(),
+        "--yes".as_ref(),
+        "--delete-root-after".as_ref(),
+        "7".as_ref(),
+    ]);
+    ok(&o);
+    m.disown();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("deletion of KMS key") && out.contains("scheduled"), "{out}");
+    // moto still decrypts with a key pending deletion (real AWS refuses): the copy must fail
+    // on the volume's side — its wrapped KEK is gone.
+    let copy = m.tmp.path().join("copy");
+    copy_tree(&m.cipher, &copy);
+    let conf = copy.join("envelopefs.conf");
+    let mut h = VolumeHeader::decode(&fs::read(&conf).unwrap()).unwrap();
+    h.features = 0;
+    fs::write(&conf, h.encode()).unwrap();
+    let o = m.run(&["mount".as_ref(), copy.as_os_str(), m.mnt.as_os_str()]);
+    assert_ne!(code(&o), 0, "a copy taken after the shred does not open");
+}
+
+#[cfg(feature = "aws-kms")]
+#[test]
+fn aws_kms_refuses_a_wrong_context_and_a_mount_outlives_the_kms() {
+    let mut moto = Moto::start();
+    let mut a = MountFixture::new_with(&["--kms", "aws-kms:new", "--create-key"], moto.env());
+    let uri = header_uri(&a.cipher);
+    let mut b = MountFixture::new_with(&["--kms", &uri], moto.env());
+    b.unmount();
+    // B's header with A's wrapped KEK: same KMS key, but the context names another volume.
+    let a_header = VolumeHeader::decode(&fs::read(a.cipher.join("envelopefs.conf")).unwrap()).unwrap();
+    let conf = b.cipher.join("envelopefs.conf");
+    let original = fs::read(&conf).unwrap();
+    let mut h = VolumeHeader::decode(&original).unwrap();
+    h.wrapped_kek = a_header.wrapped_kek.clone();
+    fs::write(&conf, h.encode()).unwrap();
+    let o = b.try_mount(&[]);
+    assert_eq!(code(&o), 14, "{}", stderr(&o));
+    assert!(stderr(&o).contains("refused by the KMS") && stderr(&o).contains("InvalidCiphertext"), "{}", stderr(&o));
+    fs::write(&conf, &original).unwrap();
+
+    // The KMS goes away after mount: reads and writes go on.
+    let data = pattern(4, 3 << 20);
+    fs::write(a.p("before"), &data).unwrap();
+    moto.stop();
+    fs::write(a.p("after"), &data).unwrap();
+    assert_eq!(fs::read(a.p("before")).unwrap(), data);
+    assert_eq!(fs::read(a.p("after")).unwrap(), data);
+    assert_eq!(status(&a, &a.mnt)["kms_calls"]["unwrap"], 1);
+    a.unmount();
+
+    // ... and before a mount: a clear error within the bound.
+    let started = Instant::now();
+    let o = a.try_mount(&["--kms-timeout", "2"]);
+    let took = started.elapsed();
+    assert_eq!(code(&o), 15, "{}", stderr(&o));
+    assert!(stderr(&o).contains("unavailable") && stderr(&o).contains("gave up"), "{}", stderr(&o));
+    assert!(took < Duration::from_secs(2 + 30), "bounded by --kms-timeout (took {took:?})");
+    assert_eq!(stderr(&o).trim_end().lines().count(), 1);
+}
+
+#[cfg(feature = "aws-kms")]
+#[test]
+fn aws_kms_mount_makes_one_unwrap_for_a_gigabyte() {
+    let moto = Moto::start();
+    let tmp = common::scratch();
+    let log = tmp.path().join("audit.log");
+    let m = MountFixture::new_with(&["--kms", "aws-kms:new", "--create-key"], with_audit(moto.env(), &log));
+    one_unwrap_for_a_gigabyte(&m, &log);
+}
+
+#[test]
+fn scratch_key_goes_through_the_hsm_too() {
+    let hsm = SoftHsm::new();
+    let mut m = MountFixture::new_with(&["--kms", &hsm.uri("s"), "--create-key"], hsm.env());
+    m.unmount();
+    m.mount_with(&["--scratch", "tmp"]);
+    fs::write(m.p("tmp/x"), b"scratch under an HSM root").unwrap();
+    let v = status(&m, &m.mnt);
+    assert_eq!(v["kms_calls"], serde_json::json!({"wrap": 1, "unwrap": 1}));
+    ok(&m.run(&["umount".as_ref(), m.mnt.as_os_str(), "--keep-scratch".as_ref()]));
+    m.mount();
+    assert_eq!(fs::read(m.p("tmp/x")).unwrap(), b"scratch under an HSM root");
+    assert_eq!(status(&m, &m.mnt)["kms_calls"]["unwrap"], 2);
+}
