@@ -17,6 +17,11 @@ if ! command -v fsx >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/fsx" ]; then
     say "cargo install fsx"
     cargo install fsx --locked --quiet
 fi
+# Real roots of trust: a SoftHSM2 token (PKCS#11) and moto's AWS-KMS-API server, both on
+# this machine only (tests start their own on private directories and loopback ports).
+ensure_apt softhsm2-util softhsm2
+ensure_moto "$PWD/target/moto-venv"
+export ENVELOPEFS_MOTO_SERVER="$PWD/target/moto-venv/bin/moto_server"
 [ -e /dev/fuse ] || say "warning: /dev/fuse is missing; mount tests will fail (CI provides it)"
 
 say "cargo fmt --check"
@@ -25,7 +30,7 @@ cargo fmt --all -- --check
 say "cargo clippy (all targets, all features, -D warnings)"
 cargo clippy --all-targets --all-features --locked -- -D warnings
 
-say "cargo test"
+say "cargo test (all features: the AWS KMS backend too)"
 cargo test --all-features --locked --no-fail-fast 2>&1 | tee /tmp/envelopefs-test.log
 # The benches must at least build (they are not run here: no timings in CI).
 cargo bench --no-run --locked >/dev/null 2>&1 || { say "benches do not build"; exit 1; }

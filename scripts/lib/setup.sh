@@ -37,3 +37,28 @@ ensure_rust() {
         done
     fi
 }
+
+# ensure_moto DIR: a venv at DIR with moto's AWS-KMS-API server (pinned), unless present.
+MOTO_VERSION=5.2.5
+ensure_moto() {
+    local venv=$1
+    [ -x "$venv/bin/moto_server" ] && return 0
+    say "installing moto[server]==$MOTO_VERSION in $venv"
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+        rm -rf "$venv"
+        ensure_apt_pkg python3-venv
+        python3 -m venv "$venv"
+    fi
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+}
+
+# ensure_apt_pkg PACKAGE: installs a package that has no command of its own to test for.
+ensure_apt_pkg() {
+    dpkg -s "$1" >/dev/null 2>&1 && return 0
+    if [ -z "$APT_UPDATED" ]; then
+        as_root apt-get update -qq
+        APT_UPDATED=1
+    fi
+    say "installing $1"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
+}
