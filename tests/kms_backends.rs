@@ -256,6 +256,13 @@ fn aws_kms_refuses_a_wrong_context_and_a_mount_outlives_the_kms() {
     assert!(stderr(&o).contains("refused by the KMS") && stderr(&o).contains("InvalidCiphertext"), "{}", stderr(&o));
     fs::write(&conf, &original).unwrap();
 
+    // A key that does not exist: a clear refusal, nothing created.
+    let x = a.tmp.path().join("x");
+    let o = a.run(&["init".as_ref(), x.as_os_str(), "--kms".as_ref(), "aws-kms:no-such-key".as_ref()]);
+    assert_eq!(code(&o), 15, "{}", stderr(&o));
+    assert!(stderr(&o).contains("NotFoundException"), "{}", stderr(&o));
+    assert!(!x.exists());
+
     // The KMS goes away after mount: reads and writes go on.
     let data = pattern(4, 3 << 20);
     fs::write(a.p("before"), &data).unwrap();

@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Benchmarks the mounted file system side by side, in one run and interleaved (each job on
+# every file system before the next job): plain ext4 (or whatever the work directory is on),
+# gocryptfs, and envelopefs with both ciphers.
+#
+# Jobs: sequential 1 MiB write (end_fsync) and read (cold: all caches dropped; warm: only the
+# mount's page cache dropped, the backing file cached), 4 KiB random read and write with
+# O_DIRECT at 1 and 4 jobs, and a small-file job (extract a tarball of ~25,000 files, `find |
+# wc -l`, `rm -rf`). Prints a markdown table with each figure's ratio to gocryptfs, the
+# daemons' CPU seconds and peak RSS, and envelopefs's KMS calls.
+#
+# Usage: scripts/bench-fio.sh [--size 1G] [--runtime 10] [--files 25000] [--dir DIR]
+# Needs root (to drop caches). DIR (default /var/tmp) must be on a real disk, not tmpfs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/setup.sh
+
+SIZE=1G RUNTIME=10 FILES=25000 BASE=/var/tmp
+while [ $# -gt 0 ]; do
+    case $1 in
+        --size) SIZE=$2; shift 2 ;;
+        --runtime) RUNTIME=$2; shift 2 ;;
+        --files) FILES=$2; shift 2 ;;
+        --dir) BASE=$2; shift 2 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        *) say "unknown argument $1"; exit 2 ;;
+    esac
+done
+[ "$(id -u)" -eq 0 ] || { say "run as root (dropping caches needs it)"; exit 1; }
+
+ensure_rust
+ensure_apt fusermount3 fuse3
+ensure_apt fio fio
+ensure_apt gocryptfs gocryptfs
+ensure_apt python3 python3
+say "cargo build --release"
+cargo build --release --locked --quiet
+EVFS=$PWD/target/release/envelopefs
+
+WORK=$(mktemp -d -p "$BASE" evfs-bench.XXXXXX)
+export ENVELOPEFS_RUNTIME_DIR=$WORK/run
+cleanup() {
+    for m in "$WORK"/mnt-*; do
+        mountpoint -q "$m" 2>/dev/null && fusermount3 -u "$m" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+echo "bench passphrase" > "$WORK/pass"
+
+# The file systems: name, directory to benchmark in, daemon pid (none for ext4).
+NAMES=(ext4 gocryptfs evfs-gcm-siv evfs-xts)
+declare -A DIR PID
+mkdir -p "$WORK/plain"
+DIR[ext4]=$WORK/plain
+mkdir -p "$WORK/gcipher" "$WORK/mnt-gocryptfs"
+gocryptfs -q -init -extpass "cat $WORK/pass" "$WORK/gcipher" >/dev/null
+gocryptfs -q -extpass "cat $WORK/pass" "$WORK/gcipher" "$WORK/mnt-gocryptfs"
+DIR[gocryptfs]=$WORK/mnt-gocryptfs
+PID[gocryptfs]=$(pgrep -n -f "gocryptfs.*$WORK/gcipher")
+for c in gcm-siv xts; do
+    mkdir -p "$WORK/mnt-evfs-$c"
+    "$EVFS" init "$WORK/cipher-$c" --cipher "aes-256-$c" --passfile "$WORK/pass" >/dev/null
+    "$EVFS" mount "$WORK/cipher-$c" "$WORK/mnt-evfs-$c" --passfile "$WORK/pass"
+    DIR[evfs-$c]=$WORK/mnt-evfs-$c
+    PID[evfs-$c]=$("$EVFS" status "$WORK/mnt-evfs-$c" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+done
+
+cpu_ticks() { # utime+stime of a pid, in clock ticks
+    [ -n "${1:-}" ] && awk '{print $14+$15}' "/proc/$1/stat" || echo 0
+}
+declare -A CPU
+for n in "${NAMES[@]}"; do CPU[$n]=0; done
+RESULTS=$WORK/results.tsv
+: > "$RESULTS"
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$RESULTS"; } # job fs value unit
+
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+
+# fio_job NAME FS ARGS...: runs fio in FS's directory, records MiB/s or IOPS.
+fio_job() {
+    local job=$1 fs=$2; shift 2
+    local before; before=$(cpu_ticks "${PID[$fs]:-}")
+    local out; out=$(fio --name="$job" --directory="${DIR[$fs]}" --output-format=json --group_reporting "$@")
+    CPU[$fs]=$(( ${CPU[$fs]} + $(cpu_ticks "${PID[$fs]:-}") - before ))
+    echo "$out" | python3 -c '
+import json, sys
+j = json.load(sys.stdin)["jobs"][0]
+kind = sys.argv[1]
+side = j["write"] if "write" in kind else j["read"]
+if "rand" in kind:
+    print("%.0f\tIOPS" % side["iops"])
+else:
+    print("%.0f\tMiB/s" % (side["bw"] / 1024))
+' "$job" | while IFS=$'\t' read -r v u; do record "$job" "$fs" "$v" "$u"; done
+}
+
+# timed JOB FS CMD...: records the wall time of CMD (run in FS's directory) in seconds.
+timed() {
+    local job=$1 fs=$2; shift 2
+    local before; before=$(cpu_ticks "${PID[$fs]:-}")
+    local t0 t1; t0=$(date +%s.%N)
+    (cd "${DIR[$fs]}" && "$@") >/dev/null
+    t1=$(date +%s.%N)
+    CPU[$fs]=$(( ${CPU[$fs]} + $(cpu_ticks "${PID[$fs]:-}") - before ))
+    record "$job" "$fs" "$(python3 -c "print('%.2f' % ($t1 - $t0))")" s
+}
+
+say "sequential write and read ($SIZE)"
+for fs in "${NAMES[@]}"; do
+    fio_job seq-write "$fs" --rw=write --bs=1M --size="$SIZE" --end_fsync=1 --filename=seq.dat
+done
+for fs in "${NAMES[@]}"; do
+    drop_caches
+    fio_job seq-read-cold "$fs" --rw=read --bs=1M --size="$SIZE" --filename=seq.dat
+done
+for fs in "${NAMES[@]}"; do
+    # Warm: the backing file is in the page cache; fio's invalidate (fadvise DONTNEED) drops
+    # only the mount's own cache of it. On ext4 that is the only cache, so keep it there.
+    cat "${DIR[$fs]}/seq.dat" >/dev/null
+    inv=1; [ "$fs" = ext4 ] && inv=0
+    fio_job seq-read-warm "$fs" --rw=read --bs=1M --size="$SIZE" --filename=seq.dat --invalidate=$inv
+done
+
+say "4 KiB random I/O, O_DIRECT, ${RUNTIME}s each"
+for rw in randread randwrite; do
+    for jobs in 1 4; do
+        for fs in "${NAMES[@]}"; do
+            fio_job "$rw-4k-${jobs}j" "$fs" --rw=$rw --bs=4k --direct=1 --ioengine=psync --numjobs=$jobs \
+                --size=256M --filename=rand.dat --runtime="$RUNTIME" --time_based
+        done
+    done
+done
+for fs in "${NAMES[@]}"; do rm -f "${DIR[$fs]}/seq.dat" "${DIR[$fs]}/rand.dat"; done
+
+say "small files: a tarball of $FILES files"
+python3 - "$WORK/small.tar" "$FILES" <<'EOF'
+import io, random, sys, tarfile
+path, n = sys.argv[1], int(sys.argv[2])
+rng = random.Random(20261122)
+with tarfile.open(path, "w") as t:
+    for i in range(n):
+        d = "d%03d/e%02d" % (i % 250, (i // 250) % 20)
+        size = min(int(rng.lognormvariate(8, 1.5)), 1 << 20)  # median ~3 KiB, like source trees
+        data = rng.randbytes(size)
+        info = tarfile.TarInfo("%s/f%05d.txt" % (d, i))
+        info.size = size
+        t.addfile(info, io.BytesIO(data))
+EOF
+for fs in "${NAMES[@]}"; do
+    sync
+    timed small-extract "$fs" sh -c "tar -xf '$WORK/small.tar' && sync"
+done
+for fs in "${NAMES[@]}"; do timed small-find "$fs" sh -c 'find . | wc -l'; done
+for fs in "${NAMES[@]}"; do timed small-rm "$fs" sh -c 'rm -rf ./d* && sync'; done
+
+# The report.
+hz=$(getconf CLK_TCK)
+for fs in "${NAMES[@]}"; do
+    [ -n "${PID[$fs]:-}" ] && record daemon-cpu "$fs" "$(python3 -c "print('%.1f' % (${CPU[$fs]} / $hz))")" "CPU s"
+    [ -n "${PID[$fs]:-}" ] && record daemon-peak-rss "$fs" \
+        "$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/${PID[$fs]}/status")" MiB
+done
+kms=$("$EVFS" status "${DIR[evfs-gcm-siv]}" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["kms_calls"])')
+
+python3 - "$RESULTS" <<'EOF'
+import sys
+rows, order = {}, []
+for line in open(sys.argv[1]):
+    job, fs, v, unit = line.rstrip("\n").split("\t")
+    if job not in rows:
+        rows[job] = {"unit": unit}
+        order.append(job)
+    rows[job][fs] = float(v)
+fss = ["ext4", "gocryptfs", "evfs-gcm-siv", "evfs-xts"]
+print("| job | unit | " + " | ".join(fss) + " | gcm-siv / gocryptfs | xts / gocryptfs |")
+print("|---|---|" + "---|" * len(fss) + "---|---|")
+for job in order:
+    r = rows[job]
+    cells = [("%g" % r[f]) if f in r else "–" for f in fss]
+    ratios = []
+    for f in ("evfs-gcm-siv", "evfs-xts"):
+        g = r.get("gocryptfs")
+        ratios.append("%.2f×" % (r[f] / g) if g and f in r else "–")
+    print("| %s | %s | %s | %s |" % (job, r["unit"], " | ".join(cells), " | ".join(ratios)))
+print()
+print("Ratios are envelopefs / gocryptfs: higher is better for MiB/s and IOPS, lower for s,")
+print("CPU s and MiB.")
+EOF
+echo
+echo "envelopefs (gcm-siv) KMS calls for the whole run: $kms"
+echo "versions: $("$EVFS" --version); $(gocryptfs --version | head -1); $(fio --version); kernel $(uname -r)"
