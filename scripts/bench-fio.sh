@@ -55,7 +55,7 @@ mkdir -p "$WORK/plain"
 DIR[ext4]=$WORK/plain
 mkdir -p "$WORK/gcipher" "$WORK/mnt-gocryptfs"
 gocryptfs -q -init -extpass "cat $WORK/pass" "$WORK/gcipher" >/dev/null
-gocryptfs -q -extpass "cat $WORK/pass" "$WORK/gcipher" "$WORK/mnt-gocryptfs"
+gocryptfs -q -nosyslog -extpass "cat $WORK/pass" "$WORK/gcipher" "$WORK/mnt-gocryptfs"
 DIR[gocryptfs]=$WORK/mnt-gocryptfs
 PID[gocryptfs]=$(pgrep -n -f "gocryptfs.*$WORK/gcipher")
 for c in gcm-siv xts; do

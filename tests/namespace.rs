@@ -191,6 +191,7 @@ fn rename_rewrites_neither_data_nor_keys_nor_children() {
     let gid = g.file_id();
     g.close().unwrap();
     vol.rename(p("renamed"), p("victim")).unwrap();
+    vol.flush_pending().unwrap(); // deletions go in the next group commit
     assert!(vol.store().load(&gid).unwrap().is_none());
     assert_eq!(vol.stat(p("victim")).unwrap().size, data.len() as u64);
 }

@@ -253,7 +253,11 @@ fn rotate_root_while_mounted_keeps_the_mount_and_its_scratch_working() {
     };
     ok(&rotate("--root"));
     assert_ne!(Volume::read_header(&m.cipher).unwrap().wrapped_kek, wrapped0);
-    fs::write(m.p("after"), b"written after the root rotation").unwrap();
+    // fsync'ed: a crash follows, and only fsync'ed data is promised to survive one.
+    let mut after = fs::File::create(m.p("after")).unwrap();
+    std::io::Write::write_all(&mut after, b"written after the root rotation").unwrap();
+    after.sync_all().unwrap();
+    drop(after);
     assert_eq!(fs::read(m.p("p")).unwrap(), pattern(1, 100_000));
     // The daemon still holds the old root: a KEK wrapped under it would lock the volume out.
     let o = rotate("--kek");

@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::mount::{ok, MountFixture};
-use common::{all_files, contains, pattern};
+use common::{all_files, contains, pattern, write_synced};
 use serde_json::Value;
 
 /// Runs the binary with extra environment variables.
@@ -70,10 +70,10 @@ fn scratch_lives_through_a_crash_in_the_same_boot_and_dies_with_umount() {
     m.unmount();
     m.mount_with(&["--scratch", "tmp"]);
     let secret = pattern(7, 200_000);
-    fs::write(m.p("tmp/secret"), &secret).unwrap();
+    write_synced(&m.p("tmp/secret"), &secret);
     fs::create_dir(m.p("tmp/sub")).unwrap();
-    fs::write(m.p("tmp/sub/more"), b"more scratch").unwrap();
-    fs::write(m.p("kept"), b"persistent").unwrap();
+    write_synced(&m.p("tmp/sub/more"), b"more scratch");
+    write_synced(&m.p("kept"), b"persistent");
     let v = status(&m.mnt);
     assert_eq!(v["scratch"]["dirs"], serde_json::json!(["/tmp"]));
     assert_eq!(v["scratch"]["key"], "loaded");

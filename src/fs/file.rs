@@ -86,6 +86,18 @@ impl FileState {
         Ok(FileState { id, core, data, name: RwLock::new(name), scratch, inner: RwLock::new(inner) })
     }
 
+    /// The state of a file just created (no record yet).
+    pub(super) fn new_empty(
+        core: Arc<Core>,
+        id: FileId,
+        data: Box<dyn DataFile>,
+        name: PathBuf,
+        scratch: bool,
+    ) -> FileState {
+        let inner = Inner { size: 0, extents: BTreeMap::new(), meta_dirty: false, data_dirty: false, unlinked: false };
+        FileState { id, core, data, name: RwLock::new(name), scratch, inner: RwLock::new(inner) }
+    }
+
     pub(super) fn size(&self) -> u64 {
         self.read_inner().size
     }
@@ -403,6 +415,51 @@ impl FileState {
         self.commit(&mut inner, &[])
     }
 
+    /// Whether this file has metadata (or a deletion) the store does not have yet.
+    pub(super) fn needs_commit(&self) -> bool {
+        let inner = self.read_inner();
+        inner.meta_dirty || inner.unlinked
+    }
+
+    /// For a group commit: takes the pending metadata (marking it clean) without syncing the
+    /// data file — the committer syncs the whole backing file system before it commits.
+    pub(super) fn snapshot_for_commit(&self) -> Result<Option<CommitSnapshot>> {
+        let mut inner = self.write_inner();
+        if inner.unlinked {
+            self.core.keys.forget(&self.id, 0);
+            inner.extents.clear();
+            inner.meta_dirty = false;
+            return Ok(Some(CommitSnapshot::Delete));
+        }
+        if !inner.meta_dirty {
+            return Ok(None);
+        }
+        self.rewrap_to_target(&mut inner, true)?;
+        let mut extents = Vec::new();
+        for (&index, ext) in inner.extents.iter_mut().filter(|(_, x)| x.dirty) {
+            extents.push((index, ext.kek_id, ext.wrapped.clone(), ext.written.as_bytes().to_vec()));
+            ext.dirty = false;
+        }
+        let size = inner.size;
+        inner.meta_dirty = false;
+        inner.data_dirty = false;
+        Ok(Some(CommitSnapshot::Put { size, extents }))
+    }
+
+    /// A group commit of `snap` failed: its metadata is pending again.
+    pub(super) fn restore_dirty(&self, snap: &CommitSnapshot) {
+        if let CommitSnapshot::Put { extents, .. } = snap {
+            let mut inner = self.write_inner();
+            inner.meta_dirty = true;
+            inner.data_dirty = true;
+            for (index, ..) in extents {
+                if let Some(e) = inner.extents.get_mut(index) {
+                    e.dirty = true;
+                }
+            }
+        }
+    }
+
     /// Syncs the data file, then commits pending metadata plus `extra` in one transaction.
     fn commit(&self, inner: &mut Inner, extra: &[Change<'_>]) -> Result<()> {
         if !inner.meta_dirty && extra.is_empty() {
@@ -432,6 +489,29 @@ impl FileState {
         }
         inner.meta_dirty = false;
         Ok(())
+    }
+}
+
+/// A file's pending metadata, taken for a group commit.
+pub(super) enum CommitSnapshot {
+    /// The file is gone: delete its records.
+    Delete,
+    /// Size and the changed extents: (index, KEK id, wrapped DEK, written bitmap).
+    Put { size: u64, extents: Vec<(u64, [u8; 16], Vec<u8>, Vec<u8>)> },
+}
+
+impl CommitSnapshot {
+    /// The store changes of this snapshot for file `id`.
+    pub(super) fn changes<'a>(&'a self, id: &'a FileId, cipher: u8, out: &mut Vec<Change<'a>>) {
+        match self {
+            CommitSnapshot::Delete => out.push(Change::DeleteFile { id }),
+            CommitSnapshot::Put { size, extents } => {
+                out.push(Change::PutFile { id, size: *size, cipher });
+                for (index, kek_id, wrapped, written) in extents {
+                    out.push(Change::PutExtent { file: id, index: *index, kek_id, wrapped, written });
+                }
+            }
+        }
     }
 }
 
@@ -497,7 +577,14 @@ impl FileHandle {
 
     pub fn close(mut self) -> Result<()> {
         self.released = true;
-        self.core.release(&self.state)
+        self.core.release(&self.state, false)
+    }
+
+    /// Closes without waiting for the store: pending metadata goes in the next group commit
+    /// (the close of a mounted file; POSIX promises durability only after fsync).
+    pub fn close_deferred(mut self) -> Result<()> {
+        self.released = true;
+        self.core.release(&self.state, true)
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -512,7 +599,7 @@ impl FileHandle {
 impl Drop for FileHandle {
     fn drop(&mut self) {
         if !self.released {
-            if let Err(e) = self.core.release(&self.state) {
+            if let Err(e) = self.core.release(&self.state, false) {
                 tracing::error!(error = %e, "closing a file handle failed");
             }
         }

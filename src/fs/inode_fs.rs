@@ -293,7 +293,7 @@ impl InodeFs {
     pub fn release(&self, fh: u64) -> Result<()> {
         let h = self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh);
         match h.map(Arc::try_unwrap) {
-            Some(Ok(h)) => h.close(),
+            Some(Ok(h)) => h.close_deferred(),
             // A read or write on this handle is still in flight; it closes when that ends.
             Some(Err(_)) | None => Ok(()),
         }
@@ -366,8 +366,7 @@ impl InodeFs {
         let mut me = self.vol.getattr(&path)?;
         self.fuse_ino(&mut me);
         let mut out = vec![(OsString::from("."), me.clone()), (OsString::from(".."), me)];
-        for e in self.vol.readdir(&path)? {
-            let mut a = self.vol.getattr(&path.join(&e.name))?;
+        for (e, mut a) in self.vol.readdir_plus(&path)? {
             self.fuse_ino(&mut a);
             out.push((e.name, a));
         }

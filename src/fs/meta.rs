@@ -105,11 +105,16 @@ impl Volume {
     /// Attributes of `path` (`""` is the root).
     pub fn getattr(&self, path: &Path) -> Result<Attr> {
         let backing = self.backing_or_root(path)?;
-        let meta = fs::symlink_metadata(&backing).map_err(|_| Error::NotFound(path.into()))?;
+        self.attr_of_backing(&backing, path)
+    }
+
+    /// Attributes of the entry at `backing` (`path` names it in errors).
+    pub(super) fn attr_of_backing(&self, backing: &Path, path: &Path) -> Result<Attr> {
+        let meta = fs::symlink_metadata(backing).map_err(|_| Error::NotFound(path.into()))?;
         let kind = kind_of(meta.file_type());
         let size = match kind {
-            EntryKind::File => self.size_of_backing(&backing, path)?,
-            EntryKind::Symlink => self.readlink(path)?.len() as u64,
+            EntryKind::File => self.size_of_backing(backing, path)?,
+            EntryKind::Symlink => self.readlink_backing(backing, path)?.len() as u64,
             EntryKind::Directory => 4096,
             _ => 0,
         };
@@ -194,9 +199,12 @@ impl Volume {
     }
 
     pub fn readlink(&self, path: &Path) -> Result<std::ffi::OsString> {
+        self.readlink_backing(&self.backing_path(path)?, path)
+    }
+
+    fn readlink_backing(&self, backing: &Path, path: &Path) -> Result<std::ffi::OsString> {
         use std::os::unix::ffi::{OsStrExt, OsStringExt};
-        let backing = self.backing_path(path)?;
-        let stored = fs::read_link(&backing).map_err(|e| match e.raw_os_error() {
+        let stored = fs::read_link(backing).map_err(|e| match e.raw_os_error() {
             Some(22) => Error::InvalidArgument(format!("{}: not a symlink", path.display())),
             _ => Error::NotFound(path.into()),
         })?;
@@ -238,12 +246,15 @@ impl Volume {
             RenameMode::NoReplace | RenameMode::Exchange => {
                 self.check_scratch_move(from, to)?;
                 let (bf, bt) = (self.backing_path(from)?, self.backing_path(to)?);
+                // Either side may be a directory that moves (exchange): forget both places.
+                self.forget_dir_ids(&bf);
+                self.forget_dir_ids(&bt);
                 let flags = if mode == RenameMode::Exchange {
                     RenameFlags::RENAME_EXCHANGE
                 } else {
                     RenameFlags::RENAME_NOREPLACE
                 };
-                self.with_long_names(from, to, mode == RenameMode::Exchange, || {
+                let result = self.with_long_names(from, to, mode == RenameMode::Exchange, || {
                     renameat2(AT_FDCWD, &bf, AT_FDCWD, &bt, flags).map_err(|e| match e {
                         nix::Error::EEXIST => Error::Exists(to.into()),
                         nix::Error::ENOENT => {
@@ -251,7 +262,10 @@ impl Volume {
                         }
                         e => errno(from, "rename", e),
                     })
-                })
+                });
+                self.forget_dir_ids(&bf);
+                self.forget_dir_ids(&bt);
+                result
             }
         }
     }

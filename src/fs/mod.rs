@@ -9,6 +9,7 @@
 
 mod backend;
 mod blocks;
+mod commit;
 mod file;
 mod inode_fs;
 mod meta;

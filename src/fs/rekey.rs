@@ -33,9 +33,10 @@ impl Volume {
         }
         let busy =
             || Error::Busy { path: path.into(), reason: "the file is open or changed; close it and retry".into() };
-        if self.open_table().contains_key(&self.file_id_of(&backing, path)?) {
+        if self.open_table().get(&self.file_id_of(&backing, path)?).is_some_and(|(_, n)| *n > 0) {
             return Err(busy());
         }
+        self.flush_pending()?; // a recently closed file's metadata, so the copy sees it all
         let old = self.open_file(path, false)?;
         let dir = backing.parent().expect("a backing path has a parent");
         let tmp = dir.join(format!(".rekey-{:016x}", u64::from_le_bytes(crate::crypto::random_array())));

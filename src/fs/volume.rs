@@ -12,6 +12,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use super::commit::Committer;
 use super::file::{FileHandle, FileState};
 use super::meta::kind_of;
 use super::names::{self, Encoded, DIRID_FILE};
@@ -27,6 +28,8 @@ use crate::{Error, Result};
 pub const HEADER_FILE: &str = "envelopefs.conf";
 pub const STORE_FILE: &str = "meta.db";
 pub const DATA_DIR: &str = "data";
+/// Directory ids cached before the cache starts over.
+const DIR_ID_CACHE: usize = 65_536;
 const DEFAULT_KMS: &str = "local:keystore";
 
 /// Options for `init`.
@@ -105,6 +108,7 @@ pub(super) struct Core {
     open: Mutex<HashMap<FileId, (Arc<FileState>, usize)>>,
     /// Scratch directories of this mount (relative paths; `""` is the whole volume).
     scratch_dirs: std::sync::RwLock<Vec<PathBuf>>,
+    pub(super) committer: Committer,
 }
 
 impl Core {
@@ -113,28 +117,49 @@ impl Core {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// One handle of `state` is gone; the last one commits (or deletes) and leaves the table.
-    pub(super) fn release(&self, state: &Arc<FileState>) -> Result<()> {
+    /// One handle of `state` is gone; the last one commits (or deletes) and leaves the table
+    /// — or, `deferred`, parks the file for the next group commit.
+    pub(super) fn release(&self, state: &Arc<FileState>, deferred: bool) -> Result<()> {
         let mut table = self.open_table();
-        let last = match table.get_mut(&state.id) {
+        match table.get_mut(&state.id) {
             Some((_, count)) if *count > 1 => {
                 *count -= 1;
-                false
+                return Ok(());
             }
-            Some(_) => true,
+            Some((_, count)) if deferred && state.needs_commit() => {
+                *count = 0;
+                drop(table);
+                self.committer.park(state.clone());
+                return Ok(());
+            }
+            Some(_) => {}
             None => return Ok(()),
-        };
-        if last {
-            table.remove(&state.id);
-            return state.release();
         }
-        Ok(())
+        // The table stays locked until the commit is done, so a reopen reads the new rows.
+        table.remove(&state.id);
+        state.release()
+    }
+
+    /// After a group commit: parked files that are clean and still unopened leave the table.
+    pub(super) fn unpark(&self, files: &[Arc<FileState>]) {
+        let mut table = self.open_table();
+        for s in files {
+            if matches!(table.get(&s.id), Some((st, 0)) if Arc::ptr_eq(st, s)) && !s.needs_commit() {
+                table.remove(&s.id);
+            }
+        }
+    }
+
+    pub(super) fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 }
 
 /// An open, unlocked volume.
 pub struct Volume {
     core: Arc<Core>,
+    /// Backing directory path → directory id (see [`Volume::dir_id`]).
+    dir_ids: Mutex<HashMap<PathBuf, [u8; 16]>>,
     cipherdir: PathBuf,
     /// Changes only when a KEK rotation finishes.
     header: std::sync::RwLock<VolumeHeader>,
@@ -330,8 +355,12 @@ impl Volume {
             root_id,
             open: Mutex::new(HashMap::new()),
             scratch_dirs: Default::default(),
+            committer: Committer::new(),
         };
-        let vol = Volume { core: Arc::new(core), cipherdir: cipherdir.to_path_buf(), header: header.into() };
+        let core = Arc::new(core);
+        Committer::start(&core);
+        let vol =
+            Volume { core, dir_ids: Default::default(), cipherdir: cipherdir.to_path_buf(), header: header.into() };
         vol.resume_pending_rotation(kms)?;
         Ok(vol)
     }
@@ -408,11 +437,15 @@ impl Volume {
         for (i, d) in dirs.iter().enumerate() {
             let enc = names::encode(self.core.keys.names(), &dir_id, d)?;
             dir.push(&enc.backing);
-            let so_far: PathBuf = dirs[..=i].iter().collect();
-            dir_id = match fs::symlink_metadata(&dir) {
-                Ok(m) if m.is_dir() => names::read_dir_id(&dir)?,
-                Ok(_) => return Err(Error::NotDir(so_far)),
-                Err(_) => return Err(Error::NotFound(so_far)),
+            let so_far = || -> PathBuf { dirs[..=i].iter().collect() };
+            let cached = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).get(&dir).copied();
+            dir_id = match cached {
+                Some(id) => id,
+                None => match fs::symlink_metadata(&dir) {
+                    Ok(m) if m.is_dir() => self.dir_id(&dir)?,
+                    Ok(_) => return Err(Error::NotDir(so_far())),
+                    Err(_) => return Err(Error::NotFound(so_far())),
+                },
             };
         }
         let encoded = names::encode(self.core.keys.names(), &dir_id, last).map_err(|e| match e {
@@ -509,7 +542,7 @@ impl Volume {
         let header = ObjectHeader { kind: ObjectKind::File, id }.encode();
         std::os::unix::fs::FileExt::write_all_at(&file, &header, 0)
             .map_err(|e| Error::io(&plain, "write header", e))?;
-        self.attach(id, Box::new(file), plain, true)
+        self.attach(id, Box::new(file), plain, true, true)
     }
 
     /// Opens an existing file.
@@ -525,10 +558,19 @@ impl Volume {
             return Err(Error::IsDir(path.into()));
         }
         let id = read_file_id(&file, path)?;
-        self.attach(id, Box::new(file), r.plain, writable)
+        self.attach(id, Box::new(file), r.plain, writable, false)
     }
 
-    fn attach(&self, id: FileId, file: Box<dyn super::DataFile>, plain: PathBuf, writable: bool) -> Result<FileHandle> {
+    /// The handle of file `id`, sharing the state of its other handles; a `fresh` file (just
+    /// created) has no store record to load.
+    fn attach(
+        &self,
+        id: FileId,
+        file: Box<dyn super::DataFile>,
+        plain: PathBuf,
+        writable: bool,
+        fresh: bool,
+    ) -> Result<FileHandle> {
         let mut table = self.core.open_table();
         let state = match table.get_mut(&id) {
             Some((state, count)) => {
@@ -537,7 +579,10 @@ impl Volume {
             }
             None => {
                 let scratch = self.is_scratch(&plain);
-                let state = Arc::new(FileState::load(self.core.clone(), id, file, plain, scratch)?);
+                let state = Arc::new(match fresh {
+                    true => FileState::new_empty(self.core.clone(), id, file, plain, scratch),
+                    false => FileState::load(self.core.clone(), id, file, plain, scratch)?,
+                });
                 table.insert(id, (state.clone(), 1));
                 state
             }
@@ -566,21 +611,30 @@ impl Volume {
         Ok(())
     }
 
-    /// The last link of file `id` is gone: delete its keys now, or at its last close.
+    /// The last link of file `id` is gone: its keys go in the next group commit, or at its
+    /// last close.
     fn drop_file(&self, id: &FileId) -> Result<()> {
         let table = self.core.open_table();
         match table.get(id) {
-            Some((state, _)) => {
+            Some((state, count)) => {
                 state.mark_unlinked();
+                if *count == 0 {
+                    self.core.committer.park(state.clone()); // parked: the committer deletes it
+                }
                 Ok(())
             }
             None => {
                 drop(table);
-                self.core.store.apply(&[Change::DeleteFile { id }])?;
                 self.core.keys.forget(id, 0);
+                self.core.committer.delete(*id);
                 Ok(())
             }
         }
+    }
+
+    /// Commits every queued close and deletion now.
+    pub fn flush_pending(&self) -> Result<()> {
+        self.core.committer.flush(&self.core)
     }
 
     /// Renames `from` to `to`, replacing a file at `to`. No data or key is rewritten.
@@ -589,9 +643,13 @@ impl Volume {
         let rf = self.resolve(from)?;
         let rt = self.resolve(to)?;
         let (bf, bt) = (rf.backing(), rt.backing());
-        fs::symlink_metadata(&bf).map_err(|_| Error::NotFound(from.into()))?;
+        let from_meta = fs::symlink_metadata(&bf).map_err(|_| Error::NotFound(from.into()))?;
         if bf == bt {
             return Ok(());
+        }
+        if from_meta.is_dir() {
+            self.forget_dir_ids(&bf);
+            self.forget_dir_ids(&bt);
         }
         let replaced = match fs::symlink_metadata(&bt) {
             Ok(m) if m.is_file() && m.nlink() == 1 => {
@@ -606,6 +664,9 @@ impl Volume {
             Some(21) => Error::IsDir(to.into()),
             _ => Error::io(from, "rename", e),
         })?;
+        if from_meta.is_dir() {
+            self.forget_dir_ids(&bf); // again: a lookup may have cached it meanwhile
+        }
         self.forget_name(&rf)?;
         if let Some(id) = replaced {
             self.drop_file(&id)?;
@@ -647,8 +708,9 @@ impl Volume {
         if entries.flatten().any(|e| e.file_name() != DIRID_FILE) {
             return Err(Error::DirNotEmpty(path.into()));
         }
-        let dir_id = names::read_dir_id(&backing)?;
+        let dir_id = self.dir_id(&backing)?;
         self.core.store.apply(&[Change::DeleteXattrs { object: &dir_id }])?;
+        self.forget_dir_ids(&backing);
         fs::remove_file(backing.join(DIRID_FILE)).map_err(|e| Error::io(path, "rmdir", e))?;
         fs::remove_dir(&backing).map_err(|e| Error::io(path, "rmdir", e))?;
         self.forget_name(&r)
@@ -662,7 +724,7 @@ impl Volume {
             let r = self.resolve(path)?;
             let b = r.backing();
             let id = match fs::symlink_metadata(&b) {
-                Ok(m) if m.is_dir() => names::read_dir_id(&b)?,
+                Ok(m) if m.is_dir() => self.dir_id(&b)?,
                 Ok(_) => return Err(Error::NotDir(path.into())),
                 Err(_) => return Err(Error::NotFound(path.into())),
             };
@@ -683,6 +745,53 @@ impl Volume {
         Ok(out)
     }
 
+    /// The entries of directory `path` with their attributes, computed from the backing
+    /// entries directly (no path is resolved again per entry).
+    pub fn readdir_plus(&self, path: &Path) -> Result<Vec<(DirEntry, super::Attr)>> {
+        let dir = if Self::is_root(path) { self.core.data_dir.clone() } else { self.resolve(path)?.backing() };
+        let entries = self.readdir(path)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let backing = self.backing_in(&dir, path, &e.name)?;
+            match self.attr_of_backing(&backing, &path.join(&e.name)) {
+                Ok(a) => out.push((e, a)),
+                Err(Error::NotFound(_)) => {} // removed meanwhile
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The backing path of entry `name` of the directory whose backing path is `dir`.
+    fn backing_in(&self, dir: &Path, dir_path: &Path, name: &OsStr) -> Result<PathBuf> {
+        let dir_id = if dir == self.core.data_dir { self.core.root_id } else { self.dir_id(dir)? };
+        let enc = names::encode(self.core.keys.names(), &dir_id, name).map_err(|e| match e {
+            Error::NameTooLong(_) => Error::NameTooLong(dir_path.join(name)),
+            other => other,
+        })?;
+        Ok(dir.join(enc.backing))
+    }
+
+    /// The id of the backing directory `dir`, cached (directories keep their id for life;
+    /// the cache forgets a path when a directory there is removed or renamed).
+    pub(super) fn dir_id(&self, dir: &Path) -> Result<[u8; 16]> {
+        if let Some(id) = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).get(dir) {
+            return Ok(*id);
+        }
+        let id = names::read_dir_id(dir)?;
+        let mut cache = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= DIR_ID_CACHE {
+            cache.clear();
+        }
+        cache.insert(dir.to_path_buf(), id);
+        Ok(id)
+    }
+
+    /// Forgets cached directory ids at and below backing path `dir`.
+    pub(super) fn forget_dir_ids(&self, dir: &Path) {
+        self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).retain(|p, _| !p.starts_with(dir));
+    }
+
     /// The short form of [`Volume::getattr`]: kind, plaintext size of files (0 otherwise),
     /// permission bits and link count.
     pub fn stat(&self, path: &Path) -> Result<Stat> {
@@ -695,11 +804,12 @@ impl Volume {
         if let Some((state, _)) = self.core.open_table().get(id) {
             return Ok(state.size());
         }
-        Ok(self.core.store.load(id)?.map(|(rec, _)| rec.size).unwrap_or(0))
+        Ok(self.core.store.file_size(id)?.unwrap_or(0))
     }
 
-    /// Commits every open file's pending metadata (data synced first).
+    /// Commits every open file's pending metadata (data synced first) and everything queued.
     pub fn sync_all(&self) -> Result<()> {
+        self.flush_pending()?;
         let states: Vec<Arc<FileState>> = self.core.open_table().values().map(|(s, _)| s.clone()).collect();
         for s in states {
             if !s.is_unlinked() {
@@ -707,6 +817,15 @@ impl Volume {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        self.core.committer.stop();
+        if let Err(e) = self.flush_pending() {
+            tracing::error!("committing at close failed: {e}");
+        }
     }
 }
 

@@ -245,6 +245,15 @@ impl Store {
     }
 
     /// The record and extents of file `id`, if the store has it.
+    /// The logical size of file `id`, if it has a record (one row read, for `stat`).
+    pub fn file_size(&self, id: &[u8; 16]) -> Result<Option<u64>> {
+        self.lock()
+            .prepare_cached("SELECT size FROM files WHERE id = ?1")
+            .and_then(|mut s| s.query_row([&id[..]], |r| r.get::<_, i64>(0)).optional())
+            .map(|o| o.map(|v| v as u64))
+            .map_err(|e| self.err(e))
+    }
+
     pub fn load(&self, id: &[u8; 16]) -> Result<Option<(FileRecord, Vec<ExtentRecord>)>> {
         let conn = self.lock();
         let err = |e| self.err(e);

@@ -120,3 +120,11 @@ fn fs_is_dir(p: &Path) -> bool {
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Writes `data` to `path` and fsyncs it (what must survive a crash must be fsync'ed).
+pub fn write_synced(path: &Path, data: &[u8]) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+}

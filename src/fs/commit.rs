@@ -1,0 +1,141 @@
+//! Group commit: the metadata of files closed through a mount (and the deletion of unlinked
+//! files' keys) is committed in batches, not one store transaction and two fsyncs per file.
+//!
+//! A closed file with pending metadata stays in the open-file table ("parked", no handles) so
+//! a reopen sees its in-memory state. A background thread takes every parked file and queued
+//! deletion a few milliseconds after the first arrives and flushes them together: snapshot
+//! each file's metadata, `syncfs` the backing file system once (so every block the snapshots
+//! refer to is durable — the ordering invariant of `file.rs`), then one store transaction.
+//! `fsync`, truncation and explicit `FileHandle::close` still commit at once; unmount and
+//! `Volume::flush_pending` flush whatever is queued.
+
+use std::os::fd::AsFd;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
+
+use super::file::{CommitSnapshot, FileState};
+use super::volume::Core;
+use crate::keys::FileId;
+use crate::store::Change;
+use crate::{Error, Result};
+
+/// How long the committer waits for more work after the first item arrives.
+const GATHER: Duration = Duration::from_millis(20);
+
+#[derive(Default)]
+struct Queue {
+    files: Vec<Arc<FileState>>,
+    deletes: Vec<FileId>,
+    stop: bool,
+}
+
+/// The queue and its background thread.
+pub(super) struct Committer {
+    queue: Arc<(Mutex<Queue>, Condvar)>,
+    /// Serializes flushes (the thread's and synchronous ones).
+    flushing: Mutex<()>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Committer {
+    pub(super) fn new() -> Self {
+        Committer { queue: Default::default(), flushing: Mutex::new(()), thread: Mutex::new(None) }
+    }
+
+    /// Starts the background thread for `core`.
+    pub(super) fn start(core: &Arc<Core>) {
+        let weak: Weak<Core> = Arc::downgrade(core);
+        let queue = core.committer.queue.clone();
+        let t = std::thread::Builder::new().name("commit".into()).spawn(move || loop {
+            {
+                let (lock, cv) = &*queue;
+                let mut q = lock.lock().unwrap_or_else(|p| p.into_inner());
+                while q.files.is_empty() && q.deletes.is_empty() && !q.stop {
+                    q = cv.wait(q).unwrap_or_else(|p| p.into_inner());
+                }
+                if q.stop {
+                    return;
+                }
+            }
+            std::thread::sleep(GATHER);
+            let Some(core) = weak.upgrade() else { return };
+            if let Err(e) = core.committer.flush(&core) {
+                tracing::error!("group commit failed (will retry): {e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        match t {
+            Ok(t) => *core.committer.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(t),
+            Err(e) => tracing::warn!("no commit thread ({e}); files commit when flushed"),
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn park(&self, state: Arc<FileState>) {
+        self.queue().files.push(state);
+        self.queue.1.notify_one();
+    }
+
+    pub(super) fn delete(&self, id: FileId) {
+        self.queue().deletes.push(id);
+        self.queue.1.notify_one();
+    }
+
+    /// Stops the thread (after its current flush).
+    pub(super) fn stop(&self) {
+        self.queue().stop = true;
+        self.queue.1.notify_all();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Commits everything queued now. On failure the work is queued again.
+    pub(super) fn flush(&self, core: &Core) -> Result<()> {
+        let _one = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
+        let (files, deletes) = {
+            let mut q = self.queue();
+            (std::mem::take(&mut q.files), std::mem::take(&mut q.deletes))
+        };
+        if files.is_empty() && deletes.is_empty() {
+            return Ok(());
+        }
+        let mut snaps: Vec<(&Arc<FileState>, CommitSnapshot)> = Vec::new();
+        let mut gone: Vec<FileId> = deletes.clone();
+        for s in &files {
+            match s.snapshot_for_commit() {
+                Ok(Some(CommitSnapshot::Delete)) => gone.push(s.id),
+                Ok(Some(snap)) => snaps.push((s, snap)),
+                Ok(None) => {}
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+        let result = (|| {
+            if !snaps.is_empty() {
+                let dir = std::fs::File::open(core.data_dir()).map_err(|e| Error::io(core.data_dir(), "open", e))?;
+                nix::unistd::syncfs(dir.as_fd())
+                    .map_err(|e| Error::io(core.data_dir(), "syncfs", std::io::Error::from_raw_os_error(e as i32)))?;
+            }
+            let mut changes: Vec<Change<'_>> = Vec::new();
+            for (s, snap) in &snaps {
+                snap.changes(&s.id, core.cipher_code, &mut changes);
+            }
+            changes.extend(gone.iter().map(|id| Change::DeleteFile { id }));
+            core.store.apply(&changes)
+        })();
+        if let Err(e) = result {
+            for (s, snap) in snaps {
+                s.restore_dirty(&snap);
+            }
+            let mut q = self.queue();
+            q.files.extend(files);
+            q.deletes.extend(deletes);
+            return Err(e);
+        }
+        core.unpark(&files);
+        Ok(())
+    }
+}
