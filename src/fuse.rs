@@ -275,10 +275,10 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
+        self.fs.read_with(fh.0, offset, size, |r| match r {
+            Ok(data) => reply.data(data),
             Err(e) => reply.error(errno(&e)),
-        }
+        })
     }
 
     fn write(

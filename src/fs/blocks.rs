@@ -5,8 +5,11 @@ use rayon::prelude::*;
 
 use crate::crypto::{BlockAad, DataCipher, BLOCK_SIZE, GCM_SIV_NONCE};
 
-/// Runs shorter than this are done on the calling thread.
-const PARALLEL_MIN_BLOCKS: usize = 8;
+/// Runs shorter than this are done on the calling thread (requests of a mount are already
+/// served in parallel; splitting small ones costs more than it gains).
+const PARALLEL_MIN_BLOCKS: usize = 64;
+/// Blocks per parallel task.
+const TASK_BLOCKS: usize = 8;
 
 /// One block of a run: its cipher, or `None` for a block never written (a hole: zeros).
 pub(super) type BlockKey<'a> = Option<&'a DataCipher>;
@@ -34,7 +37,9 @@ pub(super) fn open_run(
         }
     };
     if keys.len() >= PARALLEL_MIN_BLOCKS {
-        plain.par_chunks_mut(BLOCK_SIZE).enumerate().try_for_each(work)
+        plain.par_chunks_mut(BLOCK_SIZE * TASK_BLOCKS).enumerate().try_for_each(|(t, task)| {
+            task.chunks_mut(BLOCK_SIZE).enumerate().try_for_each(|(j, out)| work((t * TASK_BLOCKS + j, out)))
+        })
     } else {
         plain.chunks_mut(BLOCK_SIZE).enumerate().try_for_each(work)
     }
@@ -61,7 +66,9 @@ pub(super) fn seal_run(
         );
     };
     if keys.len() >= PARALLEL_MIN_BLOCKS {
-        slots.par_chunks_mut(slot_size).enumerate().for_each(work);
+        slots.par_chunks_mut(slot_size * TASK_BLOCKS).enumerate().for_each(|(t, task)| {
+            task.chunks_mut(slot_size).enumerate().for_each(|(j, out)| work((t * TASK_BLOCKS + j, out)))
+        });
     } else {
         slots.chunks_mut(slot_size).enumerate().for_each(work);
     }

@@ -21,6 +21,11 @@ use crate::{Error, Result};
 
 const BLOCK: u64 = BLOCK_SIZE as u64;
 
+thread_local! {
+    /// Each thread's buffer for ciphertext slots being read (no allocation per request).
+    static SLOTS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// One extent's key material as stored: wrapped only.
 struct Extent {
     kek_id: [u8; 16],
@@ -139,7 +144,13 @@ impl FileState {
         }
         let len = (buf.len() as u64).min(inner.size - offset) as usize;
         let blocks = Layout::block_range(offset, len as u64);
-        let mut plain = vec![0u8; (blocks.end - blocks.start) as usize * BLOCK_SIZE];
+        let whole = (blocks.end - blocks.start) as usize * BLOCK_SIZE;
+        if offset % BLOCK == 0 && buf.len() >= whole {
+            // Aligned (the kernel's reads): decrypt straight into the caller's buffer.
+            self.load_blocks(&inner, blocks.start, &mut buf[..whole])?;
+            return Ok(len);
+        }
+        let mut plain = vec![0u8; whole];
         self.load_blocks(&inner, blocks.start, &mut plain)?;
         let skip = (offset - blocks.start * BLOCK) as usize;
         buf[..len].copy_from_slice(&plain[skip..skip + len]);
@@ -157,7 +168,26 @@ impl FileState {
             return Ok(());
         };
         let slot = layout.slot_size() as usize;
-        let mut slots = vec![0u8; n * slot];
+        let mut slots = SLOTS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        // Reused without zeroing: every byte that is decrypted is read from disk first.
+        if slots.len() < n * slot {
+            slots.resize(n * slot, 0);
+        }
+        let result = self.load_slots(&keys, first, last_written, &mut slots[..n * slot], plain);
+        SLOTS.with(|b| *b.borrow_mut() = slots);
+        result
+    }
+
+    fn load_slots(
+        &self,
+        keys: &[BlockKey<'_>],
+        first: u64,
+        last_written: usize,
+        slots: &mut [u8],
+        plain: &mut [u8],
+    ) -> Result<()> {
+        let layout = self.core.layout;
+        let slot = layout.slot_size() as usize;
         let got = self
             .data
             .read_at(&mut slots[..(last_written + 1) * slot], layout.slot_offset(first))
@@ -169,7 +199,7 @@ impl FileState {
                 format!("block {missing} is missing from the data file (truncated?)"),
             ));
         }
-        open_run(&keys, self.aad(), first, slot, &slots, plain).map_err(|block| {
+        open_run(keys, self.aad(), first, slot, slots, plain).map_err(|block| {
             tracing::error!(file = %self.name().display(), block, "block failed authentication");
             Error::integrity(self.name(), format!("block {block} failed authentication (tampered or corrupt)"))
         })
@@ -492,12 +522,15 @@ impl FileState {
     }
 }
 
+/// One changed extent in a snapshot: (index, KEK id, wrapped DEK, written bitmap).
+pub(super) type ExtentSnapshot = (u64, [u8; 16], Vec<u8>, Vec<u8>);
+
 /// A file's pending metadata, taken for a group commit.
 pub(super) enum CommitSnapshot {
     /// The file is gone: delete its records.
     Delete,
-    /// Size and the changed extents: (index, KEK id, wrapped DEK, written bitmap).
-    Put { size: u64, extents: Vec<(u64, [u8; 16], Vec<u8>, Vec<u8>)> },
+    /// Size and the changed extents.
+    Put { size: u64, extents: Vec<ExtentSnapshot> },
 }
 
 impl CommitSnapshot {

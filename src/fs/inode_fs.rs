@@ -273,12 +273,31 @@ impl InodeFs {
             .ok_or_else(|| Error::io("", "file handle", std::io::Error::from_raw_os_error(9)))
     }
 
+    /// Reads up to `size` bytes at `offset` and hands them to `reply` (from a per-thread
+    /// buffer: no allocation or zeroing per request).
+    pub fn read_with<T>(&self, fh: u64, offset: u64, size: u32, reply: impl FnOnce(Result<&[u8]>) -> T) -> T {
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let h = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply(Err(e)),
+        };
+        let mut buf = BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        if buf.len() < size as usize {
+            buf.resize(size as usize, 0);
+        }
+        // Only the `n` bytes just read are handed out; the rest of the buffer is never shown.
+        let out = match h.read_at(offset, &mut buf[..size as usize]) {
+            Ok(n) => reply(Ok(&buf[..n])),
+            Err(e) => reply(Err(e)),
+        };
+        BUF.with(|b| *b.borrow_mut() = buf);
+        out
+    }
+
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let h = self.handle(fh)?;
-        let mut buf = vec![0u8; size as usize];
-        let n = h.read_at(offset, &mut buf)?;
-        buf.truncate(n);
-        Ok(buf)
+        self.read_with(fh, offset, size, |r| r.map(<[u8]>::to_vec))
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {

@@ -113,7 +113,7 @@ impl Volume {
         let meta = fs::symlink_metadata(backing).map_err(|_| Error::NotFound(path.into()))?;
         let kind = kind_of(meta.file_type());
         let size = match kind {
-            EntryKind::File => self.size_of_backing(backing, path)?,
+            EntryKind::File => self.size_of_backing(backing, meta.ino(), path)?,
             EntryKind::Symlink => self.readlink_backing(backing, path)?.len() as u64,
             EntryKind::Directory => 4096,
             _ => 0,

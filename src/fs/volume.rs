@@ -30,6 +30,8 @@ pub const STORE_FILE: &str = "meta.db";
 pub const DATA_DIR: &str = "data";
 /// Directory ids cached before the cache starts over.
 const DIR_ID_CACHE: usize = 65_536;
+/// File ids cached before the cache starts over.
+const FILE_ID_CACHE: usize = 262_144;
 const DEFAULT_KMS: &str = "local:keystore";
 
 /// Options for `init`.
@@ -160,6 +162,8 @@ pub struct Volume {
     core: Arc<Core>,
     /// Backing directory path → directory id (see [`Volume::dir_id`]).
     dir_ids: Mutex<HashMap<PathBuf, [u8; 16]>>,
+    /// Backing inode → file id (see [`Volume::remember_file_id`]).
+    file_ids: Mutex<HashMap<u64, FileId>>,
     cipherdir: PathBuf,
     /// Changes only when a KEK rotation finishes.
     header: std::sync::RwLock<VolumeHeader>,
@@ -359,8 +363,13 @@ impl Volume {
         };
         let core = Arc::new(core);
         Committer::start(&core);
-        let vol =
-            Volume { core, dir_ids: Default::default(), cipherdir: cipherdir.to_path_buf(), header: header.into() };
+        let vol = Volume {
+            core,
+            dir_ids: Default::default(),
+            file_ids: Default::default(),
+            cipherdir: cipherdir.to_path_buf(),
+            header: header.into(),
+        };
         vol.resume_pending_rotation(kms)?;
         Ok(vol)
     }
@@ -471,9 +480,28 @@ impl Volume {
     }
 
     /// The plaintext size of the data file at `backing`.
-    pub(super) fn size_of_backing(&self, backing: &Path, path: &Path) -> Result<u64> {
-        let id = self.file_id_of(backing, path)?;
+    pub(super) fn size_of_backing(&self, backing: &Path, ino: u64, path: &Path) -> Result<u64> {
+        let cached = self.file_ids.lock().unwrap_or_else(|p| p.into_inner()).get(&ino).copied();
+        let id = match cached {
+            Some(id) => id,
+            None => {
+                let id = self.file_id_of(backing, path)?;
+                self.remember_file_id(ino, id);
+                id
+            }
+        };
         self.file_size(&id)
+    }
+
+    /// Caches the file id of backing inode `ino`. Every regular file's inode is created by
+    /// [`Volume::create_backing`], which records it, so an inode number reused after a
+    /// delete never returns a stale id.
+    fn remember_file_id(&self, ino: u64, id: FileId) {
+        let mut cache = self.file_ids.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= FILE_ID_CACHE {
+            cache.clear();
+        }
+        cache.insert(ino, id);
     }
 
     /// The file id in the object header of the data file at `backing`.
@@ -539,6 +567,9 @@ impl Volume {
                 _ => Error::io(&plain, "create", e),
             })?;
         let id = random_array();
+        if let Ok(m) = file.metadata() {
+            self.remember_file_id(m.ino(), id);
+        }
         let header = ObjectHeader { kind: ObjectKind::File, id }.encode();
         std::os::unix::fs::FileExt::write_all_at(&file, &header, 0)
             .map_err(|e| Error::io(&plain, "write header", e))?;
@@ -710,7 +741,8 @@ impl Volume {
         }
         let dir_id = self.dir_id(&backing)?;
         self.core.store.apply(&[Change::DeleteXattrs { object: &dir_id }])?;
-        self.forget_dir_ids(&backing);
+        // Empty: nothing below it can be cached.
+        self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&backing);
         fs::remove_file(backing.join(DIRID_FILE)).map_err(|e| Error::io(path, "rmdir", e))?;
         fs::remove_dir(&backing).map_err(|e| Error::io(path, "rmdir", e))?;
         self.forget_name(&r)
