@@ -31,6 +31,27 @@ pub struct MountConfig {
     pub threads: usize,
 }
 
+/// The kernel caps a FUSE mount's readahead at 128 KiB whatever `max_readahead` says; root
+/// may raise it per mount (`/sys/class/bdi/MAJOR:MINOR/read_ahead_kb`), so sequential reads
+/// arrive as 1 MiB requests. Best effort: without root it stays as it is.
+fn raise_readahead(mountpoint: &Path) {
+    // The device number comes from mountinfo: a stat of the mountpoint would wait for the
+    // FUSE handshake, which this thread has not served yet.
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+    let Some(want) = mountpoint.to_str() else { return };
+    let mut dev = info.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let fuse = l.split_once(" - ").is_some_and(|(_, post)| post.starts_with("fuse"));
+        (fuse && f.get(4) == Some(&want)).then(|| f.get(2).map(|d| d.to_string())).flatten()
+    });
+    if let Some(dev) = dev.next_back() {
+        let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+        if let Err(e) = std::fs::write(&knob, format!("{}", MAX_IO / 1024)) {
+            tracing::debug!("cannot raise readahead ({knob}: {e})");
+        }
+    }
+}
+
 /// A mounted session, ready to serve; `unmounter` ends it from another thread.
 pub struct Mounted {
     session: fuser::Session<Adapter>,
@@ -56,6 +77,7 @@ impl Mounted {
         config.n_threads = Some(cfg.threads.max(1));
         config.clone_fd = true;
         let session = fuser::Session::new(Adapter { fs }, mountpoint, &config)?;
+        raise_readahead(mountpoint);
         Ok(Mounted { session })
     }
 

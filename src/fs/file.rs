@@ -145,7 +145,7 @@ impl FileState {
         let len = (buf.len() as u64).min(inner.size - offset) as usize;
         let blocks = Layout::block_range(offset, len as u64);
         let whole = (blocks.end - blocks.start) as usize * BLOCK_SIZE;
-        if offset % BLOCK == 0 && buf.len() >= whole {
+        if offset.is_multiple_of(BLOCK) && buf.len() >= whole {
             // Aligned (the kernel's reads): decrypt straight into the caller's buffer.
             self.load_blocks(&inner, blocks.start, &mut buf[..whole])?;
             return Ok(len);

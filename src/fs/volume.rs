@@ -630,11 +630,18 @@ impl Volume {
             return Err(Error::IsDir(path.into()));
         }
         let id = if meta.is_file() {
-            Some(read_file_id(&fs::File::open(&backing).map_err(|e| Error::io(path, "open", e))?, path)?)
+            let cached = self.file_ids.lock().unwrap_or_else(|p| p.into_inner()).get(&meta.ino()).copied();
+            Some(match cached {
+                Some(id) => id,
+                None => read_file_id(&fs::File::open(&backing).map_err(|e| Error::io(path, "open", e))?, path)?,
+            })
         } else {
             None
         };
         fs::remove_file(&backing).map_err(|e| Error::io(path, "unlink", e))?;
+        if meta.nlink() == 1 {
+            self.file_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&meta.ino());
+        }
         self.forget_name(&r)?;
         if let (Some(id), 1) = (id, meta.nlink()) {
             self.drop_file(&id)?;
@@ -740,7 +747,10 @@ impl Volume {
             return Err(Error::DirNotEmpty(path.into()));
         }
         let dir_id = self.dir_id(&backing)?;
-        self.core.store.apply(&[Change::DeleteXattrs { object: &dir_id }])?;
+        // A read first: most directories have no xattrs, and a write costs a commit.
+        if !self.core.store.xattr_names(&dir_id)?.is_empty() {
+            self.core.store.apply(&[Change::DeleteXattrs { object: &dir_id }])?;
+        }
         // Empty: nothing below it can be cached.
         self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&backing);
         fs::remove_file(backing.join(DIRID_FILE)).map_err(|e| Error::io(path, "rmdir", e))?;
