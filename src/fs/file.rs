@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::backend::DataFile;
@@ -24,6 +25,32 @@ const BLOCK: u64 = BLOCK_SIZE as u64;
 thread_local! {
     /// Each thread's buffer for ciphertext slots being read (no allocation per request).
     static SLOTS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each thread's buffer for ciphertext slots being written.
+    static OUT_SLOTS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Seals `plain` (whole blocks from `first`) with fresh nonces and writes the slots, using
+/// this thread's reusable buffer (sealing overwrites every byte written).
+fn seal_and_write(
+    data: &dyn DataFile,
+    layout: Layout,
+    keys: &[&DataCipher],
+    aad: BlockAad,
+    first: u64,
+    plain: &[u8],
+) -> std::io::Result<()> {
+    let n = plain.len() / BLOCK_SIZE;
+    let slot = layout.slot_size() as usize;
+    let mut nonces = vec![0u8; n * GCM_SIV_NONCE];
+    fill_random(&mut nonces);
+    let mut slots = OUT_SLOTS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    if slots.len() < n * slot {
+        slots.resize(n * slot, 0);
+    }
+    seal_run(keys, aad, first, &nonces, plain, &mut slots[..n * slot], slot);
+    let result = data.write_all_at(&slots[..n * slot], layout.slot_offset(first));
+    OUT_SLOTS.with(|b| *b.borrow_mut() = slots);
+    result
 }
 
 /// One extent's key material as stored: wrapped only.
@@ -40,8 +67,6 @@ struct Inner {
     extents: BTreeMap<u64, Extent>,
     /// Size or extent set changed since the last commit.
     meta_dirty: bool,
-    /// Data written since the last data sync.
-    data_dirty: bool,
     /// The last link is gone; records are deleted when the last handle closes.
     unlinked: bool,
 }
@@ -56,6 +81,8 @@ pub(super) struct FileState {
     /// A scratch file: its DEKs are wrapped by the per-boot scratch key.
     scratch: bool,
     inner: RwLock<Inner>,
+    /// Data written since the last data sync (set by in-place overwrites under the read lock).
+    data_dirty: AtomicBool,
 }
 
 impl FileState {
@@ -87,8 +114,16 @@ impl FileState {
             })?;
             map.insert(index, Extent { kek_id, wrapped, written, dirty: false });
         }
-        let inner = Inner { size, extents: map, meta_dirty: false, data_dirty: false, unlinked: false };
-        Ok(FileState { id, core, data, name: RwLock::new(name), scratch, inner: RwLock::new(inner) })
+        let inner = Inner { size, extents: map, meta_dirty: false, unlinked: false };
+        Ok(FileState {
+            id,
+            core,
+            data,
+            name: RwLock::new(name),
+            scratch,
+            inner: RwLock::new(inner),
+            data_dirty: AtomicBool::new(false),
+        })
     }
 
     /// The state of a file just created (no record yet).
@@ -99,8 +134,16 @@ impl FileState {
         name: PathBuf,
         scratch: bool,
     ) -> FileState {
-        let inner = Inner { size: 0, extents: BTreeMap::new(), meta_dirty: false, data_dirty: false, unlinked: false };
-        FileState { id, core, data, name: RwLock::new(name), scratch, inner: RwLock::new(inner) }
+        let inner = Inner { size: 0, extents: BTreeMap::new(), meta_dirty: false, unlinked: false };
+        FileState {
+            id,
+            core,
+            data,
+            name: RwLock::new(name),
+            scratch,
+            inner: RwLock::new(inner),
+            data_dirty: AtomicBool::new(false),
+        }
     }
 
     pub(super) fn size(&self) -> u64 {
@@ -242,8 +285,40 @@ impl FileState {
             .checked_add(data.len() as u64)
             .filter(|&e| e <= i64::MAX as u64)
             .ok_or_else(|| Error::InvalidArgument("write beyond the maximum file size".into()))?;
+        if let Some(n) = self.overwrite_in_place(offset, end, data)? {
+            return Ok(n);
+        }
         let mut inner = self.write_inner();
         self.write_locked(&mut inner, offset, end, data)
+    }
+
+    /// The common case of random and rewrite workloads — whole blocks, all already written,
+    /// inside the file — changes no metadata: it runs under the shared lock, so writers to
+    /// one file proceed in parallel (each block is one pwrite, atomic against the others).
+    fn overwrite_in_place(&self, offset: u64, end: u64, data: &[u8]) -> Result<Option<usize>> {
+        if !offset.is_multiple_of(BLOCK) || !end.is_multiple_of(BLOCK) {
+            return Ok(None);
+        }
+        let inner = self.read_inner();
+        if end > inner.size {
+            return Ok(None);
+        }
+        let layout = self.core.layout;
+        let blocks = Layout::block_range(offset, data.len() as u64);
+        let n = (blocks.end - blocks.start) as usize;
+        let all_written = blocks.clone().all(|b| {
+            let (e, bit) = layout.extent_of(b);
+            inner.extents.get(&e).is_some_and(|x| x.written.get(bit))
+        });
+        if !all_written {
+            return Ok(None);
+        }
+        let ciphers = self.ciphers_for_read(&inner, blocks.start, n)?;
+        let keys: Vec<&DataCipher> = ciphers.iter().flatten().map(|c| c.as_ref()).collect();
+        seal_and_write(self.data.as_ref(), layout, &keys, self.aad(), blocks.start, data)
+            .map_err(|e| Error::io(self.name(), "write", e))?;
+        self.data_dirty.store(true, Ordering::Release);
+        Ok(Some(data.len()))
     }
 
     fn write_locked(&self, inner: &mut Inner, offset: u64, end: u64, data: &[u8]) -> Result<usize> {
@@ -263,13 +338,7 @@ impl FileState {
 
         let ciphers = self.ciphers_for_write(inner, blocks.start, n)?;
         let keys: Vec<&DataCipher> = ciphers.iter().map(|c| c.as_ref()).collect();
-        let slot = layout.slot_size() as usize;
-        let mut nonces = vec![0u8; n * GCM_SIV_NONCE];
-        fill_random(&mut nonces);
-        let mut slots = vec![0u8; n * slot];
-        seal_run(&keys, self.aad(), blocks.start, &nonces, &plain, &mut slots, slot);
-        self.data
-            .write_all_at(&slots, layout.slot_offset(blocks.start))
+        seal_and_write(self.data.as_ref(), layout, &keys, self.aad(), blocks.start, &plain)
             .map_err(|e| Error::io(self.name(), "write", e))?;
 
         for b in blocks.clone() {
@@ -285,7 +354,7 @@ impl FileState {
             inner.size = end;
             inner.meta_dirty = true;
         }
-        inner.data_dirty = true;
+        self.data_dirty.store(true, Ordering::Release);
         Ok(data.len())
     }
 
@@ -399,9 +468,9 @@ impl FileState {
     /// fsync: data, then the metadata that refers to it.
     pub(super) fn sync(&self) -> Result<()> {
         let mut inner = self.write_inner();
-        if inner.data_dirty && !inner.meta_dirty {
+        if self.data_dirty.load(Ordering::Acquire) && !inner.meta_dirty {
             self.data.sync_data().map_err(|e| Error::io(self.name(), "fsync", e))?;
-            inner.data_dirty = false;
+            self.data_dirty.store(false, Ordering::Release);
             return Ok(());
         }
         self.commit(&mut inner, &[])
@@ -472,7 +541,7 @@ impl FileState {
         }
         let size = inner.size;
         inner.meta_dirty = false;
-        inner.data_dirty = false;
+        self.data_dirty.store(false, Ordering::Release);
         Ok(Some(CommitSnapshot::Put { size, extents }))
     }
 
@@ -481,7 +550,7 @@ impl FileState {
         if let CommitSnapshot::Put { extents, .. } = snap {
             let mut inner = self.write_inner();
             inner.meta_dirty = true;
-            inner.data_dirty = true;
+            self.data_dirty.store(true, Ordering::Release);
             for (index, ..) in extents {
                 if let Some(e) = inner.extents.get_mut(index) {
                     e.dirty = true;
@@ -495,9 +564,9 @@ impl FileState {
         if !inner.meta_dirty && extra.is_empty() {
             return Ok(());
         }
-        if inner.data_dirty {
+        if self.data_dirty.load(Ordering::Acquire) {
             self.data.sync_data().map_err(|e| Error::io(self.name(), "fsync", e))?;
-            inner.data_dirty = false;
+            self.data_dirty.store(false, Ordering::Release);
         }
         self.rewrap_to_target(inner, true)?;
         let cipher = self.core.cipher_code;
