@@ -49,6 +49,18 @@ fn audit_records(log: &Path, pid: u64) -> Vec<Value> {
         .collect()
 }
 
+/// A copy of the shredded volume, its "shredded" flag cleared as an attacker would, does not
+/// mount.
+fn copy_after_shred_does_not_open(m: &MountFixture, copy: &Path) {
+    copy_tree(&m.cipher, copy);
+    let conf = copy.join("envelopefs.conf");
+    let mut h = VolumeHeader::decode(&fs::read(&conf).unwrap()).unwrap();
+    h.features = 0;
+    fs::write(&conf, h.encode()).unwrap();
+    let o = m.run(&["mount".as_ref(), copy.as_os_str(), m.mnt.as_os_str()]);
+    assert_ne!(code(&o), 0, "a copy taken after the shred does not open");
+}
+
 /// Writes and reads back 1 GiB through the mount, then checks that the daemon made exactly
 /// one KMS call, an unwrap, by its status and by the audit log.
 fn one_unwrap_for_a_gigabyte(m: &MountFixture, log: &Path) {
@@ -129,14 +141,7 @@ fn pkcs11_root_init_mount_rotate_and_shred() {
     );
     let o = m.run(&["init".as_ref(), other.as_os_str(), "--kms".as_ref(), new_uri.as_ref()]);
     assert!(stderr(&o).contains("has no AES key labelled"), "the root key object is gone: {}", stderr(&o));
-    let copy = hsm.dir.path().join("copy");
-    copy_tree(&m.cipher, &copy);
-    let conf = copy.join("envelopefs.conf");
-    let mut h = VolumeHeader::decode(&fs::read(&conf).unwrap()).unwrap();
-    h.features = 0;
-    fs::write(&conf, h.encode()).unwrap();
-    let o = m.run(&["mount".as_ref(), copy.as_os_str(), m.mnt.as_os_str()]);
-    assert_ne!(code(&o), 0, "a copy taken after the shred does not open");
+    copy_after_shred_does_not_open(&m, &hsm.dir.path().join("copy"));
 }
 
 #[test]
@@ -226,14 +231,7 @@ fn aws_kms_root_init_mount_rotate_and_shred() {
     assert!(out.contains("deletion of KMS key") && out.contains("scheduled"), "{out}");
     // moto still decrypts with a key pending deletion (real AWS refuses): the copy must fail
     // on the volume's side — its wrapped KEK is gone.
-    let copy = m.tmp.path().join("copy");
-    copy_tree(&m.cipher, &copy);
-    let conf = copy.join("envelopefs.conf");
-    let mut h = VolumeHeader::decode(&fs::read(&conf).unwrap()).unwrap();
-    h.features = 0;
-    fs::write(&conf, h.encode()).unwrap();
-    let o = m.run(&["mount".as_ref(), copy.as_os_str(), m.mnt.as_os_str()]);
-    assert_ne!(code(&o), 0, "a copy taken after the shred does not open");
+    copy_after_shred_does_not_open(&m, &m.tmp.path().join("copy"));
 }
 
 #[cfg(feature = "aws-kms")]

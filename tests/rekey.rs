@@ -102,18 +102,8 @@ fn rotate_rekey_while_mounted_refuses_open_files() {
     let mut m = MountFixture::new(&["--extent-size", "64K"]);
     let data = pattern(9, 400_000);
     fs::write(m.p("leaked"), &data).unwrap();
-    let rows = |dir: &Path| -> Vec<Vec<u8>> {
-        let c = rusqlite::Connection::open(dir.join("meta.db")).unwrap();
-        let mut s = c.prepare("SELECT wrapped FROM extents").unwrap();
-        let rows = s.query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();
-        rows
-    };
-    // FUSE commits at release, a moment after close returns.
+    let before: HashSet<Vec<u8>> = wait_for_deks(&m.cipher, 7).into_iter().collect();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while rows(&m.cipher).len() < 7 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let before: HashSet<Vec<u8>> = rows(&m.cipher).into_iter().collect();
     assert_eq!(before.len(), 7);
 
     let held = fs::File::open(m.p("leaked")).unwrap();
@@ -132,7 +122,7 @@ fn rotate_rekey_while_mounted_refuses_open_files() {
     assert_eq!(fs::read(m.p("leaked")).unwrap(), data, "same content through the mount");
     m.remount();
     assert_eq!(fs::read(m.p("leaked")).unwrap(), data);
-    let after: HashSet<Vec<u8>> = rows(&m.cipher).into_iter().collect();
+    let after: HashSet<Vec<u8>> = wrapped_deks(&m.cipher).into_iter().collect();
     assert_eq!(after.len(), 7);
     assert!(before.is_disjoint(&after), "every wrapped DEK was replaced");
 }

@@ -244,8 +244,8 @@ fn rotate_root_while_mounted_keeps_the_mount_and_its_scratch_working() {
     let mut m = MountFixture::new(&[]);
     m.unmount();
     m.mount_with(&["--scratch", "tmp"]);
-    fs::write(m.p("p"), pattern(1, 100_000)).unwrap();
-    fs::write(m.p("tmp/s"), pattern(2, 100_000)).unwrap();
+    common::write_synced(&m.p("p"), &pattern(1, 100_000));
+    common::write_synced(&m.p("tmp/s"), &pattern(2, 100_000));
     let wrapped0 = Volume::read_header(&m.cipher).unwrap().wrapped_kek;
     let (cipher, passfile) = (m.cipher.clone(), m.passfile.clone());
     let rotate = |what: &str| {
@@ -264,16 +264,7 @@ fn rotate_root_while_mounted_keeps_the_mount_and_its_scratch_working() {
     assert_eq!(o.status.code(), Some(19), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("remount"));
     // A crash now: the scratch key was re-wrapped under the new root, so it still opens.
-    let pid = {
-        let o = evfs(&["status".as_ref(), m.mnt.as_os_str(), "--json".as_ref()]);
-        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["pid"].as_u64().unwrap()
-    };
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let _ = Command::new("fusermount3").arg("-u").arg(&m.mnt).status();
+    m.crash();
     m.mount();
     assert_eq!(fs::read(m.p("tmp/s")).unwrap(), pattern(2, 100_000), "scratch survives the root rotation");
     assert_eq!(fs::read(m.p("after")).unwrap(), b"written after the root rotation");

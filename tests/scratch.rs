@@ -8,10 +8,9 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use common::mount::{ok, MountFixture};
-use common::{all_files, contains, pattern, write_synced};
+use common::{all_files, contains, pattern, wrapped_deks, write_synced};
 use serde_json::Value;
 
 /// Runs the binary with extra environment variables.
@@ -37,27 +36,8 @@ fn runtime_file(m: &MountFixture) -> PathBuf {
     dir.join(format!("{id}.scratch"))
 }
 
-/// SIGKILLs the mount's daemon and clears the dead mount, as after a crash.
-fn crash(m: &mut MountFixture) {
-    let pid = status(&m.mnt)["pid"].as_u64().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = Command::new("fusermount3").arg("-u").arg(&m.mnt).status();
-}
-
 fn kms_unwraps(v: &Value) -> u64 {
     v["kms_calls"]["unwrap"].as_u64().unwrap()
-}
-
-/// Every wrapped DEK in the store (file id, wrapped bytes), read while no daemon writes.
-fn wrapped_deks(cipher: &Path) -> Vec<Vec<u8>> {
-    let conn = rusqlite::Connection::open(cipher.join("meta.db")).unwrap();
-    let mut stmt = conn.prepare("SELECT wrapped FROM extents").unwrap();
-    let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
-    rows.map(Result::unwrap).collect()
 }
 
 fn backing_bytes(cipher: &Path) -> Vec<Vec<u8>> {
@@ -83,7 +63,7 @@ fn scratch_lives_through_a_crash_in_the_same_boot_and_dies_with_umount() {
     assert!(!all_files(&m.cipher).iter().any(|p| contains(&fs::read(p).unwrap(), &fs::read(&runtime).unwrap())));
 
     // A crash keeps scratch readable in this boot, through one more KMS unwrap.
-    crash(&mut m);
+    m.crash();
     m.mount();
     assert_eq!(fs::read(m.p("tmp/secret")).unwrap(), secret);
     assert_eq!(fs::read(m.p("tmp/sub/more")).unwrap(), b"more scratch");

@@ -109,25 +109,14 @@ fn rm_through_the_mount_leaves_no_trace_of_the_wrapped_deks() {
     fs::write(m.p("victim"), pattern(2, 500_000)).unwrap();
     let victim = fs::read_dir(m.cipher.join("data")).unwrap().count(); // .dirid + 2 files
     assert_eq!(victim, 3);
-    // Every wrapped DEK, read from the store while mounted (FUSE sends release, which
-    // commits, asynchronously after close returns: wait for it).
-    let rows = |dir: &Path| -> Vec<Vec<u8>> {
-        let c = rusqlite::Connection::open(dir.join("meta.db")).unwrap();
-        let mut s = c.prepare("SELECT wrapped FROM extents").unwrap();
-        let rows = s.query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();
-        rows
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while rows(&m.cipher).len() < 16 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let before = rows(&m.cipher);
+    // Every wrapped DEK, read from the store while mounted.
+    let before = wait_for_deks(&m.cipher, 16);
     assert_eq!(before.len(), 16);
     fs::remove_file(m.p("victim")).unwrap();
     m.unmount(); // closing the store checkpoints its WAL
     let wal = fs::metadata(m.cipher.join("meta.db-wal")).map(|md| md.len()).unwrap_or(0);
     assert_eq!(wal, 0, "the daemon must drop the volume (keys, store) before it exits");
-    let left = rows(&m.cipher);
+    let left = wrapped_deks(&m.cipher);
     assert_eq!(left.len(), 8, "only the kept file's DEKs remain");
     let gone: Vec<&Vec<u8>> = before.iter().filter(|w| !left.contains(w)).collect();
     assert_eq!(gone.len(), 8);

@@ -115,7 +115,18 @@ impl FileState {
             map.insert(index, Extent { kek_id, wrapped, written, dirty: false });
         }
         let inner = Inner { size, extents: map, meta_dirty: false, unlinked: false };
-        Ok(FileState {
+        Ok(Self::with_inner(core, id, data, name, scratch, inner))
+    }
+
+    fn with_inner(
+        core: Arc<Core>,
+        id: FileId,
+        data: Box<dyn DataFile>,
+        name: PathBuf,
+        scratch: bool,
+        inner: Inner,
+    ) -> FileState {
+        FileState {
             id,
             core,
             data,
@@ -123,7 +134,7 @@ impl FileState {
             scratch,
             inner: RwLock::new(inner),
             data_dirty: AtomicBool::new(false),
-        })
+        }
     }
 
     /// The state of a file just created (no record yet).
@@ -135,15 +146,7 @@ impl FileState {
         scratch: bool,
     ) -> FileState {
         let inner = Inner { size: 0, extents: BTreeMap::new(), meta_dirty: false, unlinked: false };
-        FileState {
-            id,
-            core,
-            data,
-            name: RwLock::new(name),
-            scratch,
-            inner: RwLock::new(inner),
-            data_dirty: AtomicBool::new(false),
-        }
+        Self::with_inner(core, id, data, name, scratch, inner)
     }
 
     pub(super) fn size(&self) -> u64 {

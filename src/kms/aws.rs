@@ -132,12 +132,7 @@ impl Kms for AwsKmsRoot {
             .set_encryption_context(Some(Self::context(ctx)));
         let mut out = self.rt.block_on(req.send()).map_err(classify)?;
         let plain = Zeroizing::new(out.plaintext.take().map(Blob::into_inner).unwrap_or_default());
-        Key256::from_fill(|k| {
-            let bytes: &[u8; 32] = plain.as_slice().try_into().map_err(|_| ())?;
-            k.copy_from_slice(bytes);
-            Ok(())
-        })
-        .map_err(|()| KmsError::Rejected("KMS returned a key of the wrong length".into()))
+        super::key_from_unwrapped(&plain, "KMS")
     }
 
     fn destroy_root(&self, delete_after_days: Option<u32>) -> std::result::Result<Option<String>, KmsError> {

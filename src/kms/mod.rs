@@ -80,6 +80,17 @@ impl std::fmt::Display for KmsError {
     }
 }
 
+/// A 256-bit key from bytes a backend unwrapped (zeroized by the caller); `who` names the
+/// backend in the error for a wrong length.
+fn key_from_unwrapped(bytes: &[u8], who: &str) -> std::result::Result<Key256, KmsError> {
+    Key256::from_fill(|out| {
+        let b: &[u8; 32] = bytes.try_into().map_err(|_| ())?;
+        out.copy_from_slice(b);
+        Ok(())
+    })
+    .map_err(|()| KmsError::Rejected(format!("{who} returned a key of the wrong length")))
+}
+
 /// A root of trust that wraps and unwraps 256-bit keys without ever releasing its own key.
 pub trait Kms: Send + Sync + std::fmt::Debug {
     /// The URI this KMS was opened from (as stored in the volume header).

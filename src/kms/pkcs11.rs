@@ -202,12 +202,7 @@ impl Kms for Pkcs11Root {
         let plain = Zeroizing::new(
             self.session().decrypt(&Mechanism::AesGcm(params), self.key, &wrapped[IV_LEN..]).map_err(classify)?,
         );
-        Key256::from_fill(|out| {
-            let bytes: &[u8; 32] = plain.as_slice().try_into().map_err(|_| ())?;
-            out.copy_from_slice(bytes);
-            Ok(())
-        })
-        .map_err(|()| KmsError::Rejected("the HSM returned a key of the wrong length".into()))
+        super::key_from_unwrapped(&plain, "the HSM")
     }
 
     fn destroy_root(&self, _delete_after_days: Option<u32>) -> std::result::Result<Option<String>, KmsError> {

@@ -128,3 +128,21 @@ pub fn write_synced(path: &Path, data: &[u8]) {
     f.write_all(data).unwrap();
     f.sync_all().unwrap();
 }
+
+/// Every wrapped DEK in a volume's store, read beside whoever has it open.
+pub fn wrapped_deks(cipherdir: &Path) -> Vec<Vec<u8>> {
+    let c = rusqlite::Connection::open(cipherdir.join("meta.db")).unwrap();
+    let mut s = c.prepare("SELECT wrapped FROM extents").unwrap();
+    let rows = s.query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();
+    rows
+}
+
+/// The wrapped DEKs once there are at least `n` (a mount commits closed files a moment after
+/// close returns: FUSE releases asynchronously, then the group commit runs).
+pub fn wait_for_deks(cipherdir: &Path, n: usize) -> Vec<Vec<u8>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while wrapped_deks(cipherdir).len() < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    wrapped_deks(cipherdir)
+}

@@ -87,6 +87,20 @@ impl MountFixture {
         evfs_env(args, &self.env)
     }
 
+    /// SIGKILLs the mount's daemon, as a crash would, and clears the dead mount.
+    pub fn crash(&mut self) {
+        let o = self.run(&["status".as_ref(), self.mnt.as_os_str(), "--json".as_ref()]);
+        ok(&o);
+        let pid = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["pid"].as_u64().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = Command::new("fusermount3").arg("-u").arg(&self.mnt).status();
+        self.mounted = false;
+    }
+
     /// The volume was unmounted by other means (a shred): Drop has nothing to do.
     pub fn disown(&mut self) {
         self.mounted = false;
