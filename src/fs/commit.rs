@@ -3,9 +3,12 @@
 //!
 //! A closed file with pending metadata stays in the open-file table ("parked", no handles) so
 //! a reopen sees its in-memory state. A background thread takes every parked file and queued
-//! deletion a few milliseconds after the first arrives and flushes them together: snapshot
-//! each file's metadata, `syncfs` the backing file system once (so every block the snapshots
-//! refer to is durable — the ordering invariant of `file.rs`), then one store transaction.
+//! deletion about 100 ms after the first arrives and flushes them together: snapshot each
+//! file's metadata, `syncfs` the backing file system once (so every block the snapshots refer
+//! to is durable — the ordering invariant of `file.rs`), then one store transaction. Each
+//! commit forces a journal flush of the backing file system, which stalls its other metadata
+//! operations meanwhile, so fewer, larger batches are faster (measured: `rm -rf` of 5,000
+//! files 8.0 s at 20 ms, 5.9 s at 100 ms).
 //! `fsync`, truncation and explicit `FileHandle::close` still commit at once; unmount and
 //! `Volume::flush_pending` flush whatever is queued.
 
@@ -19,8 +22,9 @@ use crate::keys::FileId;
 use crate::store::Change;
 use crate::{Error, Result};
 
-/// How long the committer waits for more work after the first item arrives.
-const GATHER: Duration = Duration::from_millis(20);
+/// How long the committer waits for more work after the first item arrives (also the most a
+/// close through the mount stays uncommitted, crashes aside).
+const GATHER: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
 struct Queue {

@@ -147,6 +147,11 @@ pub enum Change<'a> {
 }
 
 pub struct Store {
+    /// A second, read-only connection for the frequent lookups (`stat`, names, xattrs,
+    /// opening a file), so they do not queue behind a commit's fsync (WAL lets readers run
+    /// beside the writer and see every committed transaction). Declared first: dropped
+    /// before the writer, whose close then checkpoints the WAL.
+    reader: std::sync::OnceLock<Option<Mutex<Connection>>>,
     conn: Mutex<Connection>,
     path: PathBuf,
 }
@@ -225,7 +230,7 @@ impl Store {
     fn connect(path: &Path, flags: OpenFlags) -> Result<Store> {
         let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .map_err(|e| Error::Store { path: path.to_path_buf(), reason: e.to_string() })?;
-        let store = Store { conn: Mutex::new(conn), path: path.to_path_buf() };
+        let store = Store { reader: std::sync::OnceLock::new(), conn: Mutex::new(conn), path: path.to_path_buf() };
         {
             let conn = store.lock();
             let err = |e| store.err(e);
@@ -247,7 +252,7 @@ impl Store {
     /// The record and extents of file `id`, if the store has it.
     /// The logical size of file `id`, if it has a record (one row read, for `stat`).
     pub fn file_size(&self, id: &[u8; 16]) -> Result<Option<u64>> {
-        self.lock()
+        self.read_lock()
             .prepare_cached("SELECT size FROM files WHERE id = ?1")
             .and_then(|mut s| s.query_row([&id[..]], |r| r.get::<_, i64>(0)).optional())
             .map(|o| o.map(|v| v as u64))
@@ -255,7 +260,7 @@ impl Store {
     }
 
     pub fn load(&self, id: &[u8; 16]) -> Result<Option<(FileRecord, Vec<ExtentRecord>)>> {
-        let conn = self.lock();
+        let conn = self.read_lock();
         let err = |e| self.err(e);
         let rec = conn
             .query_row("SELECT size, cipher FROM files WHERE id = ?1", [&id[..]], |r| {
@@ -285,7 +290,7 @@ impl Store {
 
     /// The full encrypted name behind a hashed long name.
     pub fn long_name(&self, dir: &[u8; 16], hash: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.lock()
+        self.read_lock()
             .query_row("SELECT name FROM long_names WHERE dir_id = ?1 AND hash = ?2", params![&dir[..], hash], |r| {
                 r.get(0)
             })
@@ -344,7 +349,7 @@ impl Store {
 
     /// The encrypted names of every extended attribute of `object`.
     pub fn xattr_names(&self, object: &[u8; 16]) -> Result<Vec<Vec<u8>>> {
-        let conn = self.lock();
+        let conn = self.read_lock();
         let mut stmt = conn
             .prepare_cached("SELECT name FROM xattrs WHERE object_id = ?1 ORDER BY name")
             .map_err(|e| self.err(e))?;
@@ -427,6 +432,19 @@ impl Store {
     /// Moves the WAL's contents into the database file and truncates the WAL.
     pub fn checkpoint(&self) -> Result<()> {
         self.lock().query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(|e| self.err(e))
+    }
+
+    /// The read-only connection (opened on first use), or the writer if it cannot be opened.
+    fn read_lock(&self) -> MutexGuard<'_, Connection> {
+        let reader = self.reader.get_or_init(|| {
+            Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .ok()
+                .map(Mutex::new)
+        });
+        match reader {
+            Some(r) => r.lock().unwrap_or_else(|p| p.into_inner()),
+            None => self.lock(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
