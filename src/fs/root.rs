@@ -137,7 +137,7 @@ impl Volume {
     }
 }
 
-/// `label` without the `-rXXXXXXXX` suffix an earlier root rotation gave it.
+/// `label` without the `-r` + 8 hex digits suffix an earlier root rotation gave it.
 fn rotated_base(label: &str) -> &str {
     match label.rsplit_once("-r") {
         Some((base, suffix)) if suffix.len() == 8 && suffix.bytes().all(|b| b.is_ascii_hexdigit()) => base,
