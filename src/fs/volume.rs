@@ -760,58 +760,53 @@ impl Volume {
 
     /// The entries of directory `path` (`""` or `"/"` is the root), names decrypted.
     pub fn readdir(&self, path: &Path) -> Result<Vec<DirEntry>> {
-        let (dir, dir_id) = if path.components().all(|c| matches!(c, Component::RootDir | Component::CurDir)) {
-            (self.core.data_dir.clone(), self.core.root_id)
-        } else {
-            let r = self.resolve(path)?;
-            let b = r.backing();
-            let id = match fs::symlink_metadata(&b) {
-                Ok(m) if m.is_dir() => self.dir_id(&b)?,
-                Ok(_) => return Err(Error::NotDir(path.into())),
-                Err(_) => return Err(Error::NotFound(path.into())),
-            };
-            (b, id)
+        let (dir, dir_id) = self.open_dir(path)?;
+        Ok(self.entries_in(&dir, &dir_id, path)?.into_iter().map(|(e, _)| e).collect())
+    }
+
+    /// The backing directory of `path` and its id.
+    fn open_dir(&self, path: &Path) -> Result<(PathBuf, [u8; 16])> {
+        if Self::is_root(path) {
+            return Ok((self.core.data_dir.clone(), self.core.root_id));
+        }
+        let b = self.resolve(path)?.backing();
+        let id = match fs::symlink_metadata(&b) {
+            Ok(m) if m.is_dir() => self.dir_id(&b)?,
+            Ok(_) => return Err(Error::NotDir(path.into())),
+            Err(_) => return Err(Error::NotFound(path.into())),
         };
+        Ok((b, id))
+    }
+
+    /// The entries of backing directory `dir` (sorted by name), each with its backing name.
+    fn entries_in(&self, dir: &Path, dir_id: &[u8; 16], path: &Path) -> Result<Vec<(DirEntry, OsString)>> {
         let mut out = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(|e| Error::io(path, "read directory", e))? {
+        for entry in fs::read_dir(dir).map_err(|e| Error::io(path, "read directory", e))? {
             let entry = entry.map_err(|e| Error::io(path, "read directory", e))?;
-            let Some(name) =
-                names::decode(self.core.keys.names(), &self.core.store, &dir_id, &entry.file_name(), &dir)?
-            else {
+            let backing = entry.file_name();
+            let Some(name) = names::decode(self.core.keys.names(), &self.core.store, dir_id, &backing, dir)? else {
                 continue;
             };
             let kind = entry.file_type().map(kind_of).map_err(|e| Error::io(path, "read directory", e))?;
-            out.push(DirEntry { name, kind, ino: std::os::unix::fs::DirEntryExt::ino(&entry) });
+            out.push((DirEntry { name, kind, ino: std::os::unix::fs::DirEntryExt::ino(&entry) }, backing));
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         Ok(out)
     }
 
     /// The entries of directory `path` with their attributes, computed from the backing
     /// entries directly (no path is resolved again per entry).
     pub fn readdir_plus(&self, path: &Path) -> Result<Vec<(DirEntry, super::Attr)>> {
-        let dir = if Self::is_root(path) { self.core.data_dir.clone() } else { self.resolve(path)?.backing() };
-        let entries = self.readdir(path)?;
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            let backing = self.backing_in(&dir, path, &e.name)?;
-            match self.attr_of_backing(&backing, &path.join(&e.name)) {
+        let (dir, dir_id) = self.open_dir(path)?;
+        let mut out = Vec::new();
+        for (e, backing) in self.entries_in(&dir, &dir_id, path)? {
+            match self.attr_of_backing(&dir.join(backing), &path.join(&e.name)) {
                 Ok(a) => out.push((e, a)),
                 Err(Error::NotFound(_)) => {} // removed meanwhile
                 Err(err) => return Err(err),
             }
         }
         Ok(out)
-    }
-
-    /// The backing path of entry `name` of the directory whose backing path is `dir`.
-    fn backing_in(&self, dir: &Path, dir_path: &Path, name: &OsStr) -> Result<PathBuf> {
-        let dir_id = if dir == self.core.data_dir { self.core.root_id } else { self.dir_id(dir)? };
-        let enc = names::encode(self.core.keys.names(), &dir_id, name).map_err(|e| match e {
-            Error::NameTooLong(_) => Error::NameTooLong(dir_path.join(name)),
-            other => other,
-        })?;
-        Ok(dir.join(enc.backing))
     }
 
     /// The id of the backing directory `dir`, cached (directories keep their id for life;
