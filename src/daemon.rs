@@ -103,6 +103,15 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     if setup.stale_removed > 0 {
         tracing::info!(entries = setup.stale_removed, "removed stale scratch of an earlier boot");
     }
+    if !req.read_only {
+        if let Some(report) = vol.begin_mount()? {
+            for p in &report.problems {
+                tracing::warn!(path = %p.path.display(), "recovery after an unclean shutdown: {}: {}; {}",
+                    p.kind.name(), p.detail, p.repaired.as_deref().unwrap_or("left as it is"));
+            }
+            tracing::info!(problems = report.problems.len(), "recovered after an unclean shutdown");
+        }
+    }
     let keep_scratch = Arc::new(AtomicBool::new(req.read_only));
     let control = control_server(req, &header, vol.clone(), kms, keep_scratch.clone());
     let chown_new = nix::unistd::geteuid().is_root();

@@ -86,6 +86,9 @@ pub enum Error {
     #[error("{}: this volume was shredded; its keys are destroyed and nothing in it can be decrypted", .0.display())]
     Shredded(PathBuf),
 
+    #[error("{}: {count} problem(s) left; see above (run `envelopefs fsck --repair` for what can be repaired)", path.display())]
+    Unrepaired { path: PathBuf, count: usize },
+
     /// An error the mount daemon reported before the mount was ready.
     #[error("{message}")]
     Daemon { code: u8, message: String },
@@ -142,6 +145,7 @@ impl Error {
             Error::Fuse(_) => 21,
             Error::Shredded(_) => 22,
             Error::Daemon { code, .. } => *code,
+            Error::Unrepaired { .. } => 4,
             _ => 1,
         }
     }

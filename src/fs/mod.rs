@@ -11,6 +11,7 @@ mod backend;
 mod blocks;
 mod commit;
 mod file;
+mod fsck;
 mod inode_fs;
 mod meta;
 mod names;
@@ -24,6 +25,7 @@ mod xattr;
 
 pub use backend::DataFile;
 pub use file::FileHandle;
+pub use fsck::{FsckReport, Problem, ProblemKind, LOST_FOUND};
 pub use inode_fs::{Caller, InodeFs, SetAttr, ROOT_INO};
 pub use meta::{Attr, RenameMode, SetTime, StatFs};
 pub use scratch::{ScratchSetup, ScratchState};

@@ -167,6 +167,8 @@ pub struct Volume {
     cipherdir: PathBuf,
     /// Changes only when a KEK rotation finishes.
     header: std::sync::RwLock<VolumeHeader>,
+    /// This is a read-write mount's volume: the unclean-shutdown marker is removed at drop.
+    mount_marker: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Volume {
@@ -369,6 +371,7 @@ impl Volume {
             file_ids: Default::default(),
             cipherdir: cipherdir.to_path_buf(),
             header: header.into(),
+            mount_marker: Default::default(),
         };
         vol.resume_pending_rotation(kms)?;
         Ok(vol)
@@ -470,6 +473,14 @@ impl Volume {
 
     pub(super) fn data_dir(&self) -> &Path {
         &self.core.data_dir
+    }
+
+    pub(super) fn layout(&self) -> Layout {
+        self.core.layout
+    }
+
+    pub(super) fn set_mount_marker(&self, on: bool) {
+        self.mount_marker.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The backing path for a new entry at `path`, its long name (if any) recorded.
@@ -860,14 +871,21 @@ impl Volume {
 impl Drop for Volume {
     fn drop(&mut self) {
         self.core.committer.stop();
-        if let Err(e) = self.flush_pending() {
-            tracing::error!("committing at close failed: {e}");
+        match self.flush_pending() {
+            Err(e) => tracing::error!("committing at close failed: {e}"),
+            // Everything is committed: the next mount needs no recovery.
+            Ok(()) if self.mount_marker.load(std::sync::atomic::Ordering::SeqCst) => {
+                if let Err(e) = self.core.store.apply(&[Change::DeleteMeta { key: super::fsck::MOUNT_ACTIVE }]) {
+                    tracing::error!("clearing the mount marker failed: {e}");
+                }
+            }
+            Ok(()) => {}
         }
     }
 }
 
 /// The file id in a data file's object header.
-fn read_file_id(file: &fs::File, path: &Path) -> Result<FileId> {
+pub(super) fn read_file_id(file: &fs::File, path: &Path) -> Result<FileId> {
     let mut buf = [0u8; OBJECT_HEADER_LEN];
     let got = super::DataFile::read_at(file, &mut buf, 0).map_err(|e| Error::io(path, "read header", e))?;
     match ObjectHeader::decode(&buf[..got]).map_err(|e| e.at(path))? {

@@ -412,6 +412,19 @@ impl Store {
         tx.commit().map_err(err)
     }
 
+    /// The id of every file with a record (for `fsck`).
+    pub fn file_ids(&self) -> Result<Vec<[u8; 16]>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT id FROM files").map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let id = row.map_err(|e| self.err(e))?;
+            out.push(id.try_into().map_err(|_| Error::corrupt(&self.path, "a file record has a malformed id"))?);
+        }
+        Ok(out)
+    }
+
     /// (files, extents) recorded.
     pub fn counts(&self) -> Result<(u64, u64)> {
         let conn = self.lock();

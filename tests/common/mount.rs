@@ -97,7 +97,8 @@ impl MountFixture {
         while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        let _ = Command::new("fusermount3").arg("-u").arg(&self.mnt).status();
+        // Lazily: a test may still hold files of the dead mount open.
+        let _ = Command::new("fusermount3").arg("-uz").arg(&self.mnt).stderr(Stdio::null()).status();
         self.mounted = false;
     }
 

@@ -1,0 +1,404 @@
+//! `fsck` and crash recovery: the backing tree checked against the metadata store.
+//!
+//! Owns the unclean-shutdown marker (`meta mount.active`, set by a read-write mount and
+//! removed when it has committed everything), the walk that finds data files without keys,
+//! keys without data files, data files shorter than their written blocks, unreadable blocks
+//! and entries whose names or headers do not decode, and the repairs:
+//!
+//! * After an unclean shutdown, what a crash leaves is expected and repaired without a
+//!   question (by the next read-write mount, or `fsck --repair`): a data file with no
+//!   record was never committed, so no wrapped DEK for its blocks exists anywhere — they
+//!   are provably noise and the file is cut back to its header (an empty file, as POSIX
+//!   allows for data never fsync'ed); a record whose data file is gone is an unlink whose
+//!   queued key deletion did not commit — it is deleted (the shred the unlink asked for).
+//! * On a volume that was unmounted cleanly the same findings are damage, and `--repair`
+//!   removes nothing: a data file without keys moves to `/lost+found` (ciphertext intact);
+//!   keys without data stay in the store, listed under `meta lost+found.keys`, so a data
+//!   file restored from a backup can still be read. Short files, unreadable blocks and bad
+//!   entries are reported, never "fixed" (that would turn an integrity error into wrong
+//!   data).
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use super::names::{self, DIRID_FILE};
+use super::volume::Volume;
+use crate::format::{Layout, OBJECT_HEADER_LEN};
+use crate::keys::FileId;
+use crate::store::Change;
+use crate::{Error, Result};
+
+/// `meta` key: a read-write mount is (or was, if it crashed) active.
+pub(super) const MOUNT_ACTIVE: &str = "mount.active";
+/// `meta` key: ids (16 bytes each) of file records kept by `fsck --repair` without data.
+const LOST_KEYS: &str = "lost+found.keys";
+/// Where `fsck --repair` moves data files it cannot attach to keys.
+pub const LOST_FOUND: &str = "lost+found";
+/// Bytes read per request when checking a file's blocks.
+const CHUNK: usize = 1 << 20;
+
+/// What `fsck` found wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// A data file with ciphertext but no record (no keys) in the store.
+    DataWithoutKeys,
+    /// A file record (wrapped DEKs) whose data file is in no directory.
+    KeysWithoutData,
+    /// A data file shorter than the blocks its record says are written.
+    SizeMismatch,
+    /// A block that does not decrypt (or authenticate).
+    UnreadableBlock,
+    /// A name, directory id, file header or symlink target that does not decode.
+    BadEntry,
+}
+
+impl ProblemKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProblemKind::DataWithoutKeys => "data without keys",
+            ProblemKind::KeysWithoutData => "keys without data",
+            ProblemKind::SizeMismatch => "size mismatch",
+            ProblemKind::UnreadableBlock => "unreadable block",
+            ProblemKind::BadEntry => "bad entry",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    /// The plaintext path, or the backing path where no plaintext name is known.
+    pub path: PathBuf,
+    pub detail: String,
+    /// Expected after an unclean shutdown (and repaired without loss).
+    pub crash_leftover: bool,
+    /// What `--repair` did about it, if anything.
+    pub repaired: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FsckReport {
+    /// The volume was not unmounted cleanly (a mount crashed or was killed).
+    pub unclean: bool,
+    pub dirs: u64,
+    pub files: u64,
+    pub blocks: u64,
+    /// Entries in `/lost+found` and records kept there (known, not problems).
+    pub lost_found: u64,
+    /// Scratch directories not checked (their keys belong to a mount's boot).
+    pub skipped_scratch: Vec<PathBuf>,
+    pub problems: Vec<Problem>,
+}
+
+impl FsckReport {
+    /// Nothing is wrong (or everything wrong was repaired).
+    pub fn is_clean(&self) -> bool {
+        self.problems.iter().all(|p| p.repaired.is_some())
+    }
+}
+
+/// How much to check and whether to repair.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    repair: bool,
+    /// Decrypt every written block (off for the recovery run at mount).
+    verify_blocks: bool,
+    /// Inside a scratch directory: files are only counted as seen (their keys belong to a
+    /// mount's boot; the mount's scratch set-up owns them).
+    in_scratch: bool,
+}
+
+impl Volume {
+    /// Checks the whole volume; `repair` fixes what can be fixed without loss. The volume
+    /// must not be in use by anyone else (the caller holds its lock).
+    pub fn fsck(&self, repair: bool) -> Result<FsckReport> {
+        let mut report = self.check(Mode { repair, verify_blocks: true, in_scratch: false })?;
+        if repair && report.unclean && report.is_clean() {
+            self.store().apply(&[Change::DeleteMeta { key: MOUNT_ACTIVE }])?;
+            report.unclean = false;
+        }
+        Ok(report)
+    }
+
+    /// Called by a read-write mount before serving: repairs what an unclean shutdown left
+    /// (if the marker says there was one) and sets the marker for this mount. Returns the
+    /// recovery report if a recovery ran.
+    pub fn begin_mount(&self) -> Result<Option<FsckReport>> {
+        let report = match self.store().meta(MOUNT_ACTIVE)? {
+            Some(_) => Some(self.check(Mode { repair: true, verify_blocks: false, in_scratch: false })?),
+            None => None,
+        };
+        let now = super::volume::unix_now().to_le_bytes();
+        self.store().apply(&[Change::PutMeta { key: MOUNT_ACTIVE, value: &now }])?;
+        self.set_mount_marker(true);
+        Ok(report)
+    }
+
+    fn check(&self, mode: Mode) -> Result<FsckReport> {
+        let store = self.store();
+        let mut report = FsckReport { unclean: store.meta(MOUNT_ACTIVE)?.is_some(), ..Default::default() };
+        report.skipped_scratch = super::scratch::recorded(store)?.dirs;
+        let mut seen = HashSet::new();
+        let root = self.data_dir().to_path_buf();
+        let root_id = names::read_dir_id(&root)?;
+        let whole_volume_scratch = report.skipped_scratch.iter().any(|d| d.as_os_str().is_empty());
+        let mode = Mode { in_scratch: whole_volume_scratch, ..mode };
+        self.check_dir(&root, &root_id, Path::new("/"), mode, &mut seen, &mut report)?;
+
+        let kept: HashSet<FileId> = lost_keys(store)?.into_iter().collect();
+        let mut newly_kept = Vec::new();
+        for id in store.file_ids()? {
+            if seen.contains(&id) {
+                continue;
+            }
+            if kept.contains(&id) {
+                report.lost_found += 1;
+                continue;
+            }
+            let mut p = Problem {
+                kind: ProblemKind::KeysWithoutData,
+                path: PathBuf::from(format!("file id {}", hex(&id))),
+                detail: "the store holds wrapped DEKs for a data file that is in no directory".into(),
+                crash_leftover: report.unclean,
+                repaired: None,
+            };
+            if mode.repair && report.unclean {
+                store.apply(&[Change::DeleteFile { id: &id }])?;
+                p.repaired = Some("deleted the keys (an unlink's key deletion that the crash interrupted)".into());
+            } else if mode.repair {
+                newly_kept.push(id);
+                p.repaired = Some(format!("kept the keys, listed under meta {LOST_KEYS}"));
+            }
+            report.problems.push(p);
+        }
+        if !newly_kept.is_empty() {
+            let mut all: Vec<u8> = kept.iter().flatten().copied().collect();
+            all.extend(newly_kept.iter().flatten());
+            store.apply(&[Change::PutMeta { key: LOST_KEYS, value: &all }])?;
+        }
+        Ok(report)
+    }
+
+    fn check_dir(
+        &self,
+        dir: &Path,
+        dir_id: &[u8; 16],
+        plain: &Path,
+        mode: Mode,
+        seen: &mut HashSet<FileId>,
+        report: &mut FsckReport,
+    ) -> Result<()> {
+        report.dirs += 1;
+        let mut entries: Vec<(OsString, fs::FileType)> = Vec::new();
+        for e in fs::read_dir(dir).map_err(|e| Error::io(dir, "read directory", e))? {
+            let e = e.map_err(|e| Error::io(dir, "read directory", e))?;
+            let t = e.file_type().map_err(|err| Error::io(e.path(), "stat", err))?;
+            entries.push((e.file_name(), t));
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        for (backing_name, t) in entries {
+            let backing = dir.join(&backing_name);
+            let name = match names::decode(self.keys().names(), self.store(), dir_id, &backing_name, dir) {
+                Ok(Some(n)) => n,
+                Ok(None) => continue, // the directory id file and other dot files
+                Err(e) => {
+                    report.problems.push(bad_entry(&backing, e.to_string()));
+                    continue;
+                }
+            };
+            let path = plain.join(&name);
+            let rel = path.strip_prefix("/").unwrap_or(&path).to_path_buf();
+            if t.is_dir() {
+                let in_scratch = mode.in_scratch || report.skipped_scratch.iter().any(|s| rel.starts_with(s));
+                match names::read_dir_id(&backing) {
+                    Ok(id) => self.check_dir(&backing, &id, &path, Mode { in_scratch, ..mode }, seen, report)?,
+                    Err(e) => report.problems.push(self.bad_dir(&backing, &path, e, mode)?),
+                }
+            } else if t.is_file() {
+                self.check_file(&backing, &path, mode, seen, report)?;
+            } else if t.is_symlink() {
+                if let Err(e) = self.readlink(&path) {
+                    report.problems.push(bad_entry(&path, e.to_string()));
+                }
+            } else if !(t.is_fifo() || t.is_socket() || t.is_char_device() || t.is_block_device()) {
+                report.problems.push(bad_entry(&path, "unknown file type".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// A directory whose id file is missing or bad: an empty one gets a new id (nothing
+    /// under it can depend on the old one); otherwise its entries' names are lost with it.
+    fn bad_dir(&self, backing: &Path, path: &Path, e: Error, mode: Mode) -> Result<Problem> {
+        let mut p = bad_entry(path, format!("directory id: {e}"));
+        let empty = fs::read_dir(backing)
+            .map_err(|e| Error::io(backing, "read directory", e))?
+            .flatten()
+            .all(|e| e.file_name() == DIRID_FILE);
+        if mode.repair && empty {
+            names::write_dir_id(backing, crate::crypto::random_array())?;
+            p.repaired = Some("the empty directory got a new id".into());
+        }
+        Ok(p)
+    }
+
+    fn check_file(
+        &self,
+        backing: &Path,
+        path: &Path,
+        mode: Mode,
+        seen: &mut HashSet<FileId>,
+        report: &mut FsckReport,
+    ) -> Result<()> {
+        report.files += 1;
+        let in_lost_found = path.starts_with(Path::new("/").join(LOST_FOUND));
+        let file = fs::File::open(backing).map_err(|e| Error::io(path, "open", e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
+        let id = match super::volume::read_file_id(&file, path) {
+            Ok(id) => id,
+            Err(e) => {
+                let mut p = bad_entry(path, format!("file header: {e}"));
+                if mode.repair {
+                    p.repaired = self.move_to_lost_found(path, None)?;
+                }
+                report.problems.push(p);
+                return Ok(());
+            }
+        };
+        if !seen.insert(id) || mode.in_scratch {
+            return Ok(()); // another link of a file already checked, or a scratch file
+        }
+        let layout = self.layout();
+        let Some((_, extents)) = self.store().load(&id)? else {
+            if len <= layout.physical_len(0) {
+                return Ok(()); // an empty file never committed: consistent as it is
+            }
+            if in_lost_found {
+                report.lost_found += 1;
+                return Ok(());
+            }
+            let mut p = Problem {
+                kind: ProblemKind::DataWithoutKeys,
+                path: path.to_path_buf(),
+                detail: format!("{} bytes of ciphertext and no record of their keys", len - OBJECT_HEADER_LEN as u64),
+                crash_leftover: report.unclean,
+                repaired: None,
+            };
+            if mode.repair && report.unclean {
+                drop(file);
+                let f = fs::OpenOptions::new().write(true).open(backing).map_err(|e| Error::io(path, "open", e))?;
+                f.set_len(layout.physical_len(0))
+                    .and_then(|_| f.sync_all())
+                    .map_err(|e| Error::io(path, "truncate", e))?;
+                p.repaired = Some("cut back to an empty file (written, never committed, before the crash)".into());
+            } else if mode.repair {
+                p.repaired = self.move_to_lost_found(path, Some(&id))?;
+            }
+            report.problems.push(p);
+            return Ok(());
+        };
+        let needed = extents
+            .iter()
+            .filter_map(|e| last_written(&layout, e.index, &e.written))
+            .map(|block| layout.physical_len(block + 1))
+            .max()
+            .unwrap_or(0);
+        if len < needed {
+            report.problems.push(Problem {
+                kind: ProblemKind::SizeMismatch,
+                path: path.to_path_buf(),
+                detail: format!("data file is {len} bytes; its written blocks need {needed} (truncated?)"),
+                crash_leftover: false,
+                repaired: None,
+            });
+        }
+        if mode.verify_blocks {
+            self.verify_blocks(path, report)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the whole file; each 4 KiB block that does not decrypt is one problem (at most
+    /// a few are listed per file).
+    fn verify_blocks(&self, path: &Path, report: &mut FsckReport) -> Result<()> {
+        let handle = match self.open_file(path, false) {
+            Ok(h) => h,
+            Err(e) => {
+                report.problems.push(bad_entry(path, e.to_string()));
+                return Ok(());
+            }
+        };
+        let size = handle.len();
+        let mut buf = vec![0u8; CHUNK];
+        let mut bad = Vec::new();
+        let mut offset = 0;
+        while offset < size {
+            if handle.read_at(offset, &mut buf).is_err() {
+                for b in (offset..(offset + CHUNK as u64).min(size)).step_by(4096) {
+                    if let Err(e) = handle.read_at(b, &mut buf[..4096]) {
+                        bad.push((b, e));
+                    }
+                }
+            }
+            offset += CHUNK as u64;
+        }
+        report.blocks += size.div_ceil(4096);
+        let total = bad.len();
+        for (b, e) in bad.into_iter().take(4) {
+            report.problems.push(Problem {
+                kind: ProblemKind::UnreadableBlock,
+                path: path.to_path_buf(),
+                detail: format!("block at offset {b} of {total} bad ones: {e}"),
+                crash_leftover: false,
+                repaired: None,
+            });
+        }
+        handle.close()
+    }
+
+    /// Moves `path` into `/lost+found` (created if missing); returns what was done.
+    fn move_to_lost_found(&self, path: &Path, id: Option<&FileId>) -> Result<Option<String>> {
+        let lf = Path::new("/").join(LOST_FOUND);
+        match self.mkdir(&lf, 0o700) {
+            Ok(()) | Err(Error::Exists(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let flat: String = path.to_string_lossy().trim_start_matches('/').replace('/', "#");
+        let tag = id.map(|id| hex(&id[..4])).unwrap_or_else(|| "noid".into());
+        let mut to = lf.join(format!("{flat}.{tag}"));
+        if to.as_os_str().len() > 200 {
+            to = lf.join(tag);
+        }
+        self.rename(path, &to)?;
+        Ok(Some(format!("moved to {}", to.display())))
+    }
+}
+
+/// The last written block of an extent, if any.
+fn last_written(layout: &Layout, extent: u64, bits: &[u8]) -> Option<u64> {
+    let bpe = layout.blocks_per_extent() as usize;
+    (0..bpe.min(bits.len() * 8))
+        .rev()
+        .find(|&i| bits[i / 8] & (1 << (i % 8)) != 0)
+        .map(|i| layout.first_block(extent) + i as u64)
+}
+
+fn bad_entry(path: &Path, detail: String) -> Problem {
+    Problem { kind: ProblemKind::BadEntry, path: path.to_path_buf(), detail, crash_leftover: false, repaired: None }
+}
+
+fn lost_keys(store: &crate::store::Store) -> Result<Vec<FileId>> {
+    Ok(store
+        .meta(LOST_KEYS)?
+        .unwrap_or_default()
+        .chunks_exact(16)
+        .map(|c| <[u8; 16]>::try_from(c).unwrap_or_default())
+        .collect())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
