@@ -91,6 +91,7 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     }
     signals.thread_block().map_err(|e| Error::io("", "block signals", e.into()))?;
     crate::sys::harden_process().map_err(|e| Error::io("", "harden process", e))?;
+    crate::sys::lock_memory(true);
 
     let _lock = lock_volume(&req.cipherdir)?;
     let header = Volume::read_live_header(&req.cipherdir)?;
@@ -173,6 +174,7 @@ fn control_server(
         v["mounted"] = true.into();
         v["mountpoint"] = mountpoint.display().to_string().into();
         v["pid"] = std::process::id().into();
+        v["memory_locked"] = crate::sys::memory_locked().into();
         v["mounted_seconds"] = started.elapsed().as_secs().into();
         v["kms_calls"] = serde_json::json!({ "wrap": wraps, "unwrap": unwraps });
         v["root_rotated_since_mount"] = status_vol.root_changed().unwrap_or(false).into();

@@ -2,6 +2,9 @@
 //! the audit log — every event of target `envelopefs::audit` (KMS calls) appended as one
 //! JSON object per line to the file `--audit-log` / `ENVELOPEFS_AUDIT_LOG` names. Neither
 //! ever carries key material: only ids, purposes, outcomes and durations are recorded.
+//! File contents are never logged; plaintext names appear only in error messages (which must
+//! name the file): fuser's per-request debug log, which prints every name looked up, is held
+//! at `info` unless `ENVELOPEFS_LOG_REQUESTS=1` asks for it.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -23,13 +26,22 @@ pub const AUDIT_TARGET: &str = "envelopefs::audit";
 pub fn init(audit_log: Option<&Path>) -> std::io::Result<()> {
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "envelopefs=warn".into()));
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(stderr_filter());
     let audit = match audit_log {
         Some(p) => Some(AuditLayer(Mutex::new(OpenOptions::new().create(true).append(true).mode(0o600).open(p)?))),
         None => None,
     };
     tracing_subscriber::registry().with(stderr).with(audit).init();
     Ok(())
+}
+
+fn stderr_filter() -> EnvFilter {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "envelopefs=warn".into());
+    match std::env::var("ENVELOPEFS_LOG_REQUESTS").as_deref() {
+        Ok("1") => filter,
+        _ => filter.add_directive("fuser::request=info".parse().expect("a valid directive")),
+    }
 }
 
 struct AuditLayer(Mutex<File>);

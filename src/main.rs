@@ -274,6 +274,12 @@ fn setup(cli: &Cli) -> Result<()> {
 }
 
 fn run(cmd: Command) -> Result<()> {
+    // Commands that unwrap keys keep them out of swap and core dumps too (the mount daemon
+    // does this itself, loudly).
+    if !matches!(cmd, Command::Status { .. } | Command::Umount { .. } | Command::Mount { .. }) {
+        let _ = envelopefs::sys::harden_process();
+        envelopefs::sys::lock_memory(false);
+    }
     match cmd {
         Command::Init { cipherdir, kms, create_key, cipher, extent_size, pass } => {
             let opts =

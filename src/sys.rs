@@ -1,9 +1,19 @@
-//! Process hardening for the daemon: no core dumps and not dumpable, so key material in
-//! memory cannot be read through a core file or by a same-user ptrace attach.
+//! Process hardening: no core dumps, not dumpable, and memory that holds keys locked out of
+//! swap, so key material cannot leave the process through a core file, a same-user ptrace
+//! attach or the swap device.
 //!
 //! Everything here goes through nix's safe wrappers; the crate keeps `#![deny(unsafe_code)]`.
 
-use nix::sys::resource::{setrlimit, Resource};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::sys::mman::{mlockall, MlockAllFlags};
+use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+
+/// `MCL_ONFAULT` (Linux 4.4+): lock pages as they are touched, instead of populating every
+/// mapping (thread stacks, allocator arenas) up front. nix does not name it.
+const MCL_ONFAULT: i32 = 4;
+
+static LOCKED: AtomicBool = AtomicBool::new(false);
 
 /// Sets `RLIMIT_CORE` to 0 and `PR_SET_DUMPABLE` to 0. Failing is an error: a daemon
 /// holding keys must not run dumpable.
@@ -11,4 +21,40 @@ pub fn harden_process() -> std::io::Result<()> {
     setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(std::io::Error::from)?;
     nix::sys::prctl::set_dumpable(false).map_err(std::io::Error::from)?;
     Ok(())
+}
+
+/// Locks this process's memory, present and future, into RAM (`mlockall`), so no page that
+/// holds a key (the KEK, cached DEK schedules, the name key) is ever written to swap, and
+/// excludes every mapping from core dumps (`/proc/self/coredump_filter` = 0; dumps are
+/// already off, this covers a later `gcore`). Locking needs root (`CAP_IPC_LOCK`) or an
+/// unlimited `RLIMIT_MEMLOCK`; without them it is skipped with a warning (a limited lock
+/// would make allocations fail once the limit is reached; `warn` says so on stderr).
+/// Returns whether memory is locked.
+pub fn lock_memory(warn: bool) -> bool {
+    if let Err(e) = std::fs::write("/proc/self/coredump_filter", "0") {
+        tracing::warn!("cannot clear coredump_filter: {e}");
+    }
+    let unlimited = matches!(getrlimit(Resource::RLIMIT_MEMLOCK), Ok((soft, _)) if soft == RLIM_INFINITY);
+    if !(nix::unistd::geteuid().is_root() || unlimited) {
+        if !warn {
+            return false;
+        }
+        tracing::warn!(
+            "memory not locked (needs root or an unlimited RLIMIT_MEMLOCK): key pages could reach swap; \
+             use encrypted swap or none"
+        );
+        return false;
+    }
+    let flags = MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE;
+    let locked = mlockall(flags | MlockAllFlags::from_bits_retain(MCL_ONFAULT)).or_else(|_| mlockall(flags));
+    match locked {
+        Ok(()) => LOCKED.store(true, Ordering::SeqCst),
+        Err(e) => tracing::warn!("mlockall failed ({e}): key pages could reach swap"),
+    }
+    LOCKED.load(Ordering::SeqCst)
+}
+
+/// Whether [`lock_memory`] locked this process's memory.
+pub fn memory_locked() -> bool {
+    LOCKED.load(Ordering::SeqCst)
 }
