@@ -31,6 +31,12 @@ pub fn socket_path(volume_id: &[u8; 16]) -> PathBuf {
     runtime_dir().join(format!("{}.sock", hex(volume_id)))
 }
 
+/// The log of a volume's detached mount daemon (warnings and errors, such as integrity
+/// errors with the file and cause; more with `RUST_LOG`).
+pub fn log_path(volume_id: &[u8; 16]) -> PathBuf {
+    runtime_dir().join(format!("{}.log", hex(volume_id)))
+}
+
 /// Where the wrapped per-boot scratch key of a volume lives.
 pub fn scratch_path(volume_id: &[u8; 16]) -> PathBuf {
     runtime_dir().join(format!("{}.scratch", hex(volume_id)))

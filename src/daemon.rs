@@ -8,6 +8,7 @@
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -174,6 +175,7 @@ fn control_server(
         v["mounted"] = true.into();
         v["mountpoint"] = mountpoint.display().to_string().into();
         v["pid"] = std::process::id().into();
+        v["log"] = control::log_path(&status_vol.header().volume_id).display().to_string().into();
         v["memory_locked"] = crate::sys::memory_locked().into();
         v["mounted_seconds"] = started.elapsed().as_secs().into();
         v["kms_calls"] = serde_json::json!({ "wrap": wraps, "unwrap": unwraps });
@@ -281,13 +283,20 @@ pub fn secret_from_stdin() -> Result<Box<dyn Secrets>> {
     Ok(Box::new(Passphrase::new(buf.to_vec())?))
 }
 
-/// Starts the daemon (`exe` with `args`), hands it `pass`, and waits for its status line.
-pub fn spawn_daemon(exe: &Path, args: &[OsString], pass: Option<&Passphrase>) -> Result<()> {
+/// Starts the daemon (`exe` with `args`, its log appended to `log`), hands it `pass`, and
+/// waits for its status line.
+pub fn spawn_daemon(exe: &Path, args: &[OsString], pass: Option<&Passphrase>, log: &Path) -> Result<()> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(log)
+        .map_err(|e| Error::io(log, "open daemon log", e))?;
     let mut child = Command::new(exe)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log_file)
         .spawn()
         .map_err(|e| Error::io(exe, "start daemon", e))?;
     {

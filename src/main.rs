@@ -643,7 +643,8 @@ fn mount(req: MountRequest, foreground: bool, daemon_child: bool, pass: PassArgs
         args.extend(["--scratch".into(), dir.clone().into()]);
     }
     let exe = std::env::current_exe().map_err(|e| Error::io("", "find own executable", e))?;
-    envelopefs::daemon::spawn_daemon(&exe, &args, passphrase.as_ref())
+    control::ensure_runtime_dir()?;
+    envelopefs::daemon::spawn_daemon(&exe, &args, passphrase.as_ref(), &control::log_path(&header.volume_id))
 }
 
 /// `status CIPHERDIR|MOUNTPOINT`: from the daemon when mounted, else from disk.

@@ -178,7 +178,7 @@ fn wrapped_keys_names_and_blocks_refuse_every_change() {
     let dek = Key256::generate();
     let aad = b"EVFSDEK1 some context".to_vec();
     let wrapped = kek.wrap(&dek, &aad);
-    fuzz("wrapped DEK", 6, &[wrapped.clone()], |b| match kek.unwrap::<32>(b, &aad) {
+    fuzz("wrapped DEK", 6, std::slice::from_ref(&wrapped), |b| match kek.unwrap::<32>(b, &aad) {
         Ok(k) => {
             assert_eq!(b, &wrapped[..], "only the unchanged wrapped key opens");
             assert_eq!(k.expose(), dek.expose());
@@ -189,15 +189,19 @@ fn wrapped_keys_names_and_blocks_refuse_every_change() {
 
     let names = NameCipher::new(&Key256::generate());
     let sealed = names.encrypt(NamePurpose::Entry, &[4; 16], b"a file name.txt");
-    fuzz("encrypted name", 7, &[sealed.clone()], |b| match names.decrypt(NamePurpose::Entry, &[4; 16], b) {
-        Ok(n) => {
-            assert_eq!((b, &n[..]), (&sealed[..], &b"a file name.txt"[..]));
-            true
+    fuzz("encrypted name", 7, std::slice::from_ref(&sealed), |b| {
+        match names.decrypt(NamePurpose::Entry, &[4; 16], b) {
+            Ok(n) => {
+                assert_eq!((b, &n[..]), (&sealed[..], &b"a file name.txt"[..]));
+                true
+            }
+            Err(_) => false,
         }
-        Err(_) => false,
     });
     let link = names.seal_random(NamePurpose::SymlinkTarget, &[0; 16], b"../target");
-    fuzz("symlink target", 8, &[link.clone()], |b| names.open_random(NamePurpose::SymlinkTarget, &[0; 16], b).is_ok());
+    fuzz("symlink target", 8, std::slice::from_ref(&link), |b| {
+        names.open_random(NamePurpose::SymlinkTarget, &[0; 16], b).is_ok()
+    });
 
     for cipher in [DataCipher::gcm_siv(&Key256::generate()), DataCipher::xts(&Key512::generate())] {
         let aad = BlockAad { volume_id: [1; 16], file_id: [2; 16], block_index: 7 };
@@ -206,7 +210,7 @@ fn wrapped_keys_names_and_blocks_refuse_every_change() {
         cipher.seal(&aad, &[9; 12], &plain, &mut slot);
         let authenticated = cipher.slot_size() > 4096;
         let mut out = vec![0u8; 4096];
-        fuzz("data block", 9, &[slot.clone()], |b| {
+        fuzz("data block", 9, std::slice::from_ref(&slot), |b| {
             // A slot of the wrong size is never passed by the engine; check the right size.
             if b.len() != slot.len() {
                 return false;

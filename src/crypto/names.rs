@@ -22,6 +22,9 @@ pub enum NamePurpose {
     XattrName = 3,
     /// An extended attribute value (randomized); context = a hash of object id and name.
     XattrValue = 4,
+    /// A MAC over a file's record in the store (size, extent set, written bitmaps);
+    /// context = the file id.
+    Record = 5,
 }
 
 /// The name key, ready to use.
@@ -51,6 +54,18 @@ impl NameCipher {
             .expect("names are far below GCM-SIV limits");
         out.extend_from_slice(&tag);
         out
+    }
+
+    /// A 16-byte MAC of `data`: the GCM-SIV tag of an empty message whose AAD is the
+    /// purpose, the context and `data` (with a fixed nonce the tag is a PRF of its input).
+    pub fn mac(&self, purpose: NamePurpose, context: &[u8; 16], data: &[u8]) -> [u8; 16] {
+        let mut aad = Self::aad(purpose, context).to_vec();
+        aad.extend_from_slice(data);
+        let tag = self
+            .0
+            .encrypt_inout_detached(&Nonce::default(), &aad, (&mut [][..]).into())
+            .expect("records are far below GCM-SIV limits");
+        tag.into()
     }
 
     pub fn decrypt(&self, purpose: NamePurpose, context: &[u8; 16], sealed: &[u8]) -> Result<Vec<u8>, AuthError> {

@@ -8,8 +8,12 @@ const MAGIC: &[u8; 8] = b"EVFSVOL\0";
 pub const FORMAT_VERSION: u16 = 1;
 /// Feature bit 0: the volume was shredded (`shred --volume`); its keys are destroyed.
 pub const FEATURE_SHREDDED: u32 = 1;
+/// Feature bit 1: every file record in the store carries a MAC (`files.mac`); a record
+/// without one, or with a wrong one, is an integrity error. Set at `init`, and when a volume
+/// made before it is first opened (after its records have been given MACs).
+pub const FEATURE_RECORD_MACS: u32 = 2;
 /// Feature bits this build understands; any other bit refuses to open.
-pub const FEATURES_KNOWN: u32 = FEATURE_SHREDDED;
+pub const FEATURES_KNOWN: u32 = FEATURE_SHREDDED | FEATURE_RECORD_MACS;
 /// Extent sizes allowed: 4 KiB (one block) ..= 16 MiB, powers of two.
 const EXTENT_SHIFT_MIN: u8 = 12;
 const EXTENT_SHIFT_MAX: u8 = 24;

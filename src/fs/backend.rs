@@ -1,11 +1,53 @@
-//! The storage seam: the five operations the engine needs from a data file.
+//! The storage seam: the five operations the engine needs from a data file, and the
+//! [`Storage`] that hands out data files and is told of every sync point (data fsync,
+//! `syncfs`, store commit, header replacement).
 //!
-//! Production uses `std::fs::File`; tests can substitute a backend that cuts power at a
-//! sync point or injects I/O errors (redb's `StorageBackend` is the model).
+//! Production uses [`OsStorage`] (`std::fs::File`, no hooks); tests substitute a backend that
+//! cuts power at a chosen sync point and then keeps only what was made durable (redb's
+//! `StorageBackend` is the model). Directory operations (create, rename, unlink) go to the
+//! backing file system directly: they are atomic there, and everything the store refers to
+//! is made durable by the `syncfs` before the commit that refers to it.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// A point where something becomes durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPoint {
+    /// One data file's `fdatasync` (reported by the data file itself).
+    DataSync,
+    /// `syncfs` of the backing file system before a group commit.
+    SyncFs,
+    /// A store transaction's commit.
+    StoreCommit,
+    /// The volume header replaced (KEK rotation).
+    HeaderReplace,
+}
+
+/// Where data files come from, and who hears of each sync point.
+pub trait Storage: Send + Sync {
+    /// The data file for `file`, just opened or created at `path`.
+    fn data_file(&self, file: File, path: &Path) -> Box<dyn DataFile>;
+    /// Called before the durable step `point`; an error cuts the power there: the step does
+    /// not happen (and the caller fails with the error).
+    fn sync_point(&self, point: SyncPoint) -> io::Result<()>;
+}
+
+/// The real thing: plain files, no hooks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OsStorage;
+
+impl Storage for OsStorage {
+    fn data_file(&self, file: File, _path: &Path) -> Box<dyn DataFile> {
+        Box::new(file)
+    }
+
+    fn sync_point(&self, _point: SyncPoint) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 pub trait DataFile: Send + Sync {
     fn size(&self) -> io::Result<u64>;

@@ -119,6 +119,9 @@ impl Committer {
         }
         let result = (|| {
             if !snaps.is_empty() {
+                core.storage
+                    .sync_point(super::SyncPoint::SyncFs)
+                    .map_err(|e| Error::io(core.data_dir(), "syncfs", e))?;
                 let dir = std::fs::File::open(core.data_dir()).map_err(|e| Error::io(core.data_dir(), "open", e))?;
                 nix::unistd::syncfs(dir.as_fd())
                     .map_err(|e| Error::io(core.data_dir(), "syncfs", std::io::Error::from_raw_os_error(e as i32)))?;

@@ -98,7 +98,16 @@ impl FileState {
     ) -> Result<FileState> {
         let layout = core.layout;
         let (size, extents) = match core.store.load(&id)? {
-            Some((FileRecord { size, .. }, recs)) => (size, recs),
+            Some((FileRecord { size, mac, .. }, recs)) => {
+                let want = record_mac(&core, &id, size, recs.iter().map(|r| (r.index, &r.written[..])));
+                if mac.as_deref() != Some(&want[..]) {
+                    return Err(Error::integrity(
+                        &name,
+                        "its record in the metadata store does not authenticate (size, extents or written blocks altered)",
+                    ));
+                }
+                (size, recs)
+            }
             None => {
                 let len = data.size().map_err(|e| Error::io(&name, "stat data file", e))?;
                 if len > layout.physical_len(0) {
@@ -324,7 +333,32 @@ impl FileState {
         Ok(Some(data.len()))
     }
 
+    /// Before the file grows past its size: the rest of its last block, past the size,
+    /// becomes zeros (a truncation leaves old bytes there, unseen until now). The visible
+    /// contents do not change, so a power cut at any point leaves a valid state.
+    fn zero_tail(&self, inner: &mut Inner) -> Result<()> {
+        let size = inner.size;
+        let b = size / BLOCK;
+        let (e, bit) = self.core.layout.extent_of(b);
+        if size.is_multiple_of(BLOCK) || !inner.extents.get(&e).is_some_and(|x| x.written.get(bit)) {
+            return Ok(());
+        }
+        let mut block = vec![0u8; BLOCK_SIZE];
+        self.load_blocks(inner, b, &mut block)?;
+        block[(size % BLOCK) as usize..].fill(0);
+        self.write_blocks(inner, b * BLOCK, (b + 1) * BLOCK, &block)?;
+        inner.size = size;
+        Ok(())
+    }
+
     fn write_locked(&self, inner: &mut Inner, offset: u64, end: u64, data: &[u8]) -> Result<usize> {
+        if offset > inner.size {
+            self.zero_tail(inner)?;
+        }
+        self.write_blocks(inner, offset, end, data)
+    }
+
+    fn write_blocks(&self, inner: &mut Inner, offset: u64, end: u64, data: &[u8]) -> Result<usize> {
         let layout = self.core.layout;
         let blocks = Layout::block_range(offset, data.len() as u64);
         let n = (blocks.end - blocks.start) as usize;
@@ -400,8 +434,10 @@ impl FileState {
         }
         let mut inner = self.write_inner();
         if new_size >= inner.size {
-            // Growing adds a hole: nothing to write, only the size changes.
+            // Growing adds a hole: only the size changes (and the old last block's tail
+            // reads as zeros).
             if new_size > inner.size {
+                self.zero_tail(&mut inner)?;
                 inner.size = new_size;
                 inner.meta_dirty = true;
             }
@@ -409,16 +445,9 @@ impl FileState {
         }
         let layout = self.core.layout;
         let keep_blocks = Layout::blocks_for(new_size);
-        // Bytes past the new end inside the last kept block must read as zeros if the file
-        // grows again: re-seal that block with its tail zeroed.
-        let b = new_size / BLOCK;
-        let (e, bit) = layout.extent_of(b);
-        if !new_size.is_multiple_of(BLOCK) && inner.extents.get(&e).is_some_and(|x| x.written.get(bit)) {
-            let mut block = vec![0u8; BLOCK_SIZE];
-            self.load_blocks(&inner, b, &mut block)?;
-            block[(new_size % BLOCK) as usize..].fill(0);
-            self.write_locked(&mut inner, b * BLOCK, (b + 1) * BLOCK, &block)?;
-        }
+        // The bytes past the new end inside the last kept block stay as they are: invisible
+        // until the file grows, and growing zeroes them first (`zero_tail`). Rewriting them
+        // here, before the commit, would change the old state a power cut can fall back to.
         let keep_extents = keep_blocks.div_ceil(layout.blocks_per_extent());
         inner.extents.retain(|&e, _| e < keep_extents);
         self.core.keys.forget(&self.id, keep_extents);
@@ -537,6 +566,8 @@ impl FileState {
             return Ok(None);
         }
         self.rewrap_to_target(&mut inner, true)?;
+        let mac =
+            record_mac(&self.core, &self.id, inner.size, inner.extents.iter().map(|(&i, e)| (i, e.written.as_bytes())));
         let mut extents = Vec::new();
         for (&index, ext) in inner.extents.iter_mut().filter(|(_, x)| x.dirty) {
             extents.push((index, ext.kek_id, ext.wrapped.clone(), ext.written.as_bytes().to_vec()));
@@ -545,7 +576,7 @@ impl FileState {
         let size = inner.size;
         inner.meta_dirty = false;
         self.data_dirty.store(false, Ordering::Release);
-        Ok(Some(CommitSnapshot::Put { size, extents }))
+        Ok(Some(CommitSnapshot::Put { size, mac, extents }))
     }
 
     /// A group commit of `snap` failed: its metadata is pending again.
@@ -573,7 +604,9 @@ impl FileState {
         }
         self.rewrap_to_target(inner, true)?;
         let cipher = self.core.cipher_code;
-        let mut changes = vec![Change::PutFile { id: &self.id, size: inner.size, cipher }];
+        let mac =
+            record_mac(&self.core, &self.id, inner.size, inner.extents.iter().map(|(&i, e)| (i, e.written.as_bytes())));
+        let mut changes = vec![Change::PutFile { id: &self.id, size: inner.size, cipher, mac: &mac }];
         changes.extend_from_slice(extra);
         for (&index, ext) in inner.extents.iter().filter(|(_, x)| x.dirty) {
             changes.push(Change::PutExtent {
@@ -594,6 +627,36 @@ impl FileState {
     }
 }
 
+/// The MAC of a file's record as the store will hold it: its size, the cipher and every
+/// extent's index and written bitmap (the wrapped DEKs authenticate themselves, bound to
+/// their file, extent and KEK). Keyed by the name key, so KEK rotation leaves it alone.
+pub(super) fn record_mac<'a>(
+    core: &Core,
+    id: &FileId,
+    size: u64,
+    extents: impl Iterator<Item = (u64, &'a [u8])>,
+) -> [u8; 16] {
+    record_mac_with(core.keys.names(), core.cipher_code, id, size, extents)
+}
+
+pub(super) fn record_mac_with<'a>(
+    names: &crate::crypto::NameCipher,
+    cipher: u8,
+    id: &FileId,
+    size: u64,
+    extents: impl Iterator<Item = (u64, &'a [u8])>,
+) -> [u8; 16] {
+    let mut data = Vec::with_capacity(64);
+    data.extend_from_slice(&size.to_le_bytes());
+    data.push(cipher);
+    for (index, written) in extents {
+        data.extend_from_slice(&index.to_le_bytes());
+        data.extend_from_slice(&(written.len() as u32).to_le_bytes());
+        data.extend_from_slice(written);
+    }
+    names.mac(crate::crypto::NamePurpose::Record, id, &data)
+}
+
 /// One changed extent in a snapshot: (index, KEK id, wrapped DEK, written bitmap).
 pub(super) type ExtentSnapshot = (u64, [u8; 16], Vec<u8>, Vec<u8>);
 
@@ -601,8 +664,8 @@ pub(super) type ExtentSnapshot = (u64, [u8; 16], Vec<u8>, Vec<u8>);
 pub(super) enum CommitSnapshot {
     /// The file is gone: delete its records.
     Delete,
-    /// Size and the changed extents.
-    Put { size: u64, extents: Vec<ExtentSnapshot> },
+    /// Size, the record's MAC and the changed extents.
+    Put { size: u64, mac: [u8; 16], extents: Vec<ExtentSnapshot> },
 }
 
 impl CommitSnapshot {
@@ -610,8 +673,8 @@ impl CommitSnapshot {
     pub(super) fn changes<'a>(&'a self, id: &'a FileId, cipher: u8, out: &mut Vec<Change<'a>>) {
         match self {
             CommitSnapshot::Delete => out.push(Change::DeleteFile { id }),
-            CommitSnapshot::Put { size, extents } => {
-                out.push(Change::PutFile { id, size: *size, cipher });
+            CommitSnapshot::Put { size, mac, extents } => {
+                out.push(Change::PutFile { id, size: *size, cipher, mac });
                 for (index, kek_id, wrapped, written) in extents {
                     out.push(Change::PutExtent { file: id, index: *index, kek_id, wrapped, written });
                 }

@@ -21,12 +21,12 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::names::{self, DIRID_FILE};
 use super::volume::Volume;
-use crate::format::{Layout, OBJECT_HEADER_LEN};
+use crate::format::{Layout, ObjectHeader, ObjectKind, OBJECT_HEADER_LEN};
 use crate::keys::FileId;
 use crate::store::Change;
 use crate::{Error, Result};
@@ -261,6 +261,19 @@ impl Volume {
             Ok(id) => id,
             Err(e) => {
                 let mut p = bad_entry(path, format!("file header: {e}"));
+                if report.unclean && len < OBJECT_HEADER_LEN as u64 {
+                    // Created just before the crash; its header never reached the disk.
+                    p.crash_leftover = true;
+                    if mode.repair {
+                        drop(file);
+                        let header = ObjectHeader { kind: ObjectKind::File, id: crate::crypto::random_array() };
+                        let mode = fs::metadata(backing).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o600);
+                        crate::durable::replace_file(backing, &header.encode(), mode)?;
+                        p.repaired = Some("given a new header: an empty file (created just before the crash)".into());
+                    }
+                    report.problems.push(p);
+                    return Ok(());
+                }
                 if mode.repair {
                     p.repaired = self.move_to_lost_found(path, None)?;
                 }

@@ -23,7 +23,7 @@ mod shred;
 mod volume;
 mod xattr;
 
-pub use backend::DataFile;
+pub use backend::{DataFile, OsStorage, Storage, SyncPoint};
 pub use file::FileHandle;
 pub use fsck::{FsckReport, Problem, ProblemKind, LOST_FOUND};
 pub use inode_fs::{Caller, InodeFs, SetAttr, ROOT_INO};

@@ -111,6 +111,8 @@ impl Volume {
                 .keys()
                 .rewrap_name_key(&header)
                 .map_err(|_| Error::integrity(self.store().path(), "pending KEK is not loaded"))?;
+            let path = self.cipherdir().join(HEADER_FILE);
+            self.storage().sync_point(super::SyncPoint::HeaderReplace).map_err(|e| Error::io(&path, "replace", e))?;
             durable::replace_file(&self.cipherdir().join(HEADER_FILE), &header.encode(), 0o600)?;
         }
         self.keys().promote_pending();

@@ -111,6 +111,8 @@ pub(super) struct Core {
     /// Scratch directories of this mount (relative paths; `""` is the whole volume).
     scratch_dirs: std::sync::RwLock<Vec<PathBuf>>,
     pub(super) committer: Committer,
+    /// Data files and sync points (the storage seam).
+    pub(super) storage: Arc<dyn super::Storage>,
 }
 
 impl Core {
@@ -254,7 +256,7 @@ impl Volume {
         let uri = opts.kms_uri.clone().unwrap_or_else(|| DEFAULT_KMS.to_string());
         let kms = kms::create(&uri, cipherdir, secrets, opts.kdf, opts.create_key)?;
         let mut header = VolumeHeader {
-            features: 0,
+            features: crate::format::FEATURE_RECORD_MACS,
             volume_id: random_array(),
             cipher: opts.cipher,
             extent_shift: opts.extent_shift,
@@ -344,11 +346,28 @@ impl Volume {
 
     /// Opens `cipherdir` with an already-connected KMS.
     pub fn open_with_kms(cipherdir: &Path, header: VolumeHeader, kms: &dyn Kms) -> Result<Volume> {
+        Self::open_with_storage(cipherdir, header, kms, Arc::new(super::OsStorage))
+    }
+
+    /// Opens `cipherdir` with data files and sync points from `storage` (the seam the
+    /// power-cut tests use; [`super::OsStorage`] is the real thing).
+    pub fn open_with_storage(
+        cipherdir: &Path,
+        header: VolumeHeader,
+        kms: &dyn Kms,
+        storage: Arc<dyn super::Storage>,
+    ) -> Result<Volume> {
         if header.is_shredded() {
             return Err(Error::Shredded(cipherdir.to_path_buf()));
         }
         let keys = KeyRing::unlock(kms, &header, &cipherdir.join(HEADER_FILE))?;
         let store = Store::open(&cipherdir.join(STORE_FILE))?;
+        let hook = storage.clone();
+        store.set_before_commit(Box::new(move || hook.sync_point(super::SyncPoint::StoreCommit)));
+        let header = match header.features & crate::format::FEATURE_RECORD_MACS {
+            0 => Self::upgrade_record_macs(cipherdir, header, &keys, &store)?,
+            _ => header,
+        };
         let data_dir = cipherdir.join(DATA_DIR);
         let root_id = names::read_dir_id(&data_dir)?;
         let slot = header.cipher.slot_size();
@@ -362,6 +381,7 @@ impl Volume {
             open: Mutex::new(HashMap::new()),
             scratch_dirs: Default::default(),
             committer: Committer::new(),
+            storage,
         };
         let core = Arc::new(core);
         Committer::start(&core);
@@ -375,6 +395,43 @@ impl Volume {
         };
         vol.resume_pending_rotation(kms)?;
         Ok(vol)
+    }
+
+    /// A volume made before record MACs: gives every record its MAC (one transaction), then
+    /// sets the header's feature bit, from which on a record without one is refused. A crash
+    /// in between only repeats the first step.
+    fn upgrade_record_macs(
+        cipherdir: &Path,
+        mut header: VolumeHeader,
+        keys: &KeyRing,
+        store: &Store,
+    ) -> Result<VolumeHeader> {
+        let _lock = durable::lock_header(cipherdir)?;
+        let mut records = Vec::new();
+        for id in store.file_ids()? {
+            if let Some((rec, extents)) = store.load(&id)? {
+                let mac = super::file::record_mac_with(
+                    keys.names(),
+                    rec.cipher,
+                    &id,
+                    rec.size,
+                    extents.iter().map(|e| (e.index, &e.written[..])),
+                );
+                records.push((id, rec, mac));
+            }
+        }
+        let changes: Vec<Change<'_>> = records
+            .iter()
+            .map(|(id, rec, mac)| Change::PutFile { id, size: rec.size, cipher: rec.cipher, mac })
+            .collect();
+        store.apply(&changes)?;
+        header.features |= crate::format::FEATURE_RECORD_MACS;
+        header.wrapped_name_key = keys
+            .seal_name_key(&header)
+            .map_err(|_| Error::integrity(cipherdir.join(HEADER_FILE), "the KEK changed while upgrading"))?;
+        durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)?;
+        tracing::info!(records = records.len(), "file records now carry MACs (volume feature record-macs)");
+        Ok(header)
     }
 
     /// Counters for `status` (safe to call while the volume is in use).
@@ -479,6 +536,10 @@ impl Volume {
         self.core.layout
     }
 
+    pub(super) fn storage(&self) -> &dyn super::Storage {
+        self.core.storage.as_ref()
+    }
+
     pub(super) fn set_mount_marker(&self, on: bool) {
         self.mount_marker.store(on, std::sync::atomic::Ordering::SeqCst);
     }
@@ -581,10 +642,10 @@ impl Volume {
         if let Ok(m) = file.metadata() {
             self.remember_file_id(m.ino(), id);
         }
+        let file = self.core.storage.data_file(file, backing);
         let header = ObjectHeader { kind: ObjectKind::File, id }.encode();
-        std::os::unix::fs::FileExt::write_all_at(&file, &header, 0)
-            .map_err(|e| Error::io(&plain, "write header", e))?;
-        self.attach(id, Box::new(file), plain, true, true)
+        file.write_all_at(&header, 0).map_err(|e| Error::io(&plain, "write header", e))?;
+        self.attach(id, file, plain, true, true)
     }
 
     /// Opens an existing file.
@@ -600,7 +661,8 @@ impl Volume {
             return Err(Error::IsDir(path.into()));
         }
         let id = read_file_id(&file, path)?;
-        self.attach(id, Box::new(file), r.plain, writable, false)
+        let file = self.core.storage.data_file(file, &backing);
+        self.attach(id, file, r.plain, writable, false)
     }
 
     /// The handle of file `id`, sharing the state of its other handles; a `fresh` file (just

@@ -301,6 +301,16 @@ impl KeyRing {
     }
 
     /// The name key wrapped under the pending KEK for a header naming `new_kek_id`.
+    /// The name key wrapped by the current KEK for `header` (whose bound fields changed,
+    /// e.g. a new feature bit).
+    pub fn seal_name_key(&self, header: &VolumeHeader) -> std::result::Result<Vec<u8>, AuthError> {
+        let kek = self.current_kek();
+        if kek.id != header.kek_id {
+            return Err(AuthError);
+        }
+        Ok(kek.wrapper.wrap(&self.name_key, &header.binding()))
+    }
+
     pub fn rewrap_name_key(&self, header: &VolumeHeader) -> std::result::Result<Vec<u8>, AuthError> {
         let to = self.pending_kek().ok_or(AuthError)?;
         if to.id != header.kek_id {

@@ -17,7 +17,7 @@ use crate::{Error, Result};
 const APPLICATION_ID: i64 = 0x4556_4653;
 /// `PRAGMA user_version`: the schema version this build writes. Older versions are
 /// migrated on open (1 → 2 adds `xattrs`, 2 → 3 adds `meta`).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE files (
@@ -41,6 +41,10 @@ CREATE TABLE long_names (
 ) WITHOUT ROWID;
 ";
 
+/// Schema version 4: each file record carries a MAC (by the name key) over its size, extent
+/// set and written bitmaps, so an edited row is an integrity error, not a hole of zeros.
+const SCHEMA_V4: &str = "ALTER TABLE files ADD COLUMN mac BLOB;";
+
 /// Schema version 3: volume-level state, e.g. an unfinished KEK rotation.
 const SCHEMA_V3: &str = "
 CREATE TABLE meta (
@@ -63,6 +67,8 @@ CREATE TABLE xattrs (
 pub struct FileRecord {
     pub size: u64,
     pub cipher: u8,
+    /// `None` only in records written before schema version 4.
+    pub mac: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +95,7 @@ pub enum Change<'a> {
         id: &'a [u8; 16],
         size: u64,
         cipher: u8,
+        mac: &'a [u8; 16],
     },
     PutExtent {
         file: &'a [u8; 16],
@@ -154,7 +161,12 @@ pub struct Store {
     reader: std::sync::OnceLock<Option<Mutex<Connection>>>,
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// Asked before every commit (the storage seam's sync point); an error aborts it.
+    before_commit: std::sync::OnceLock<CommitHook>,
 }
+
+/// See [`Store::set_before_commit`].
+pub type CommitHook = Box<dyn Fn() -> std::io::Result<()> + Send + Sync>;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -178,6 +190,7 @@ impl Store {
             conn.execute_batch(SCHEMA).map_err(err)?;
             conn.execute_batch(SCHEMA_V2).map_err(err)?;
             conn.execute_batch(SCHEMA_V3).map_err(err)?;
+            conn.execute_batch(SCHEMA_V4).map_err(err)?;
             conn.pragma_update(None, "application_id", APPLICATION_ID).map_err(err)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(err)?;
         }
@@ -208,6 +221,11 @@ impl Store {
                     .map_err(|e| store.err(e))?;
                 version = 3;
             }
+            if version == 3 {
+                conn.execute_batch(&format!("BEGIN; {SCHEMA_V4} PRAGMA user_version = 4; COMMIT;"))
+                    .map_err(|e| store.err(e))?;
+                version = 4;
+            }
             if version != SCHEMA_VERSION {
                 return Err(Error::Unsupported {
                     path: path.to_path_buf(),
@@ -230,7 +248,12 @@ impl Store {
     fn connect(path: &Path, flags: OpenFlags) -> Result<Store> {
         let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .map_err(|e| Error::Store { path: path.to_path_buf(), reason: e.to_string() })?;
-        let store = Store { reader: std::sync::OnceLock::new(), conn: Mutex::new(conn), path: path.to_path_buf() };
+        let store = Store {
+            reader: std::sync::OnceLock::new(),
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+            before_commit: std::sync::OnceLock::new(),
+        };
         {
             let conn = store.lock();
             let err = |e| store.err(e);
@@ -243,6 +266,11 @@ impl Store {
             conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
         }
         Ok(store)
+    }
+
+    /// Installs `hook`, called before every commit of [`Store::apply`] (once per store).
+    pub fn set_before_commit(&self, hook: CommitHook) {
+        let _ = self.before_commit.set(hook);
     }
 
     pub fn path(&self) -> &Path {
@@ -263,8 +291,8 @@ impl Store {
         let conn = self.read_lock();
         let err = |e| self.err(e);
         let rec = conn
-            .query_row("SELECT size, cipher FROM files WHERE id = ?1", [&id[..]], |r| {
-                Ok(FileRecord { size: r.get::<_, i64>(0)? as u64, cipher: r.get(1)? })
+            .query_row("SELECT size, cipher, mac FROM files WHERE id = ?1", [&id[..]], |r| {
+                Ok(FileRecord { size: r.get::<_, i64>(0)? as u64, cipher: r.get(1)?, mac: r.get(2)? })
             })
             .optional()
             .map_err(err)?;
@@ -367,9 +395,9 @@ impl Store {
         let tx = conn.transaction().map_err(err)?;
         for c in changes {
             match *c {
-                Change::PutFile { id, size, cipher } => tx
-                    .prepare_cached("INSERT OR REPLACE INTO files (id, size, cipher) VALUES (?1, ?2, ?3)")
-                    .and_then(|mut s| s.execute(params![&id[..], size as i64, cipher])),
+                Change::PutFile { id, size, cipher, mac } => tx
+                    .prepare_cached("INSERT OR REPLACE INTO files (id, size, cipher, mac) VALUES (?1, ?2, ?3, ?4)")
+                    .and_then(|mut s| s.execute(params![&id[..], size as i64, cipher, &mac[..]])),
                 Change::PutExtent { file, index, kek_id, wrapped, written } => tx
                     .prepare_cached(
                         "INSERT OR REPLACE INTO extents (file_id, idx, kek_id, wrapped, written) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -408,6 +436,9 @@ impl Store {
                 }
             }
             .map_err(err)?;
+        }
+        if let Some(hook) = self.before_commit.get() {
+            hook().map_err(|e| Error::io(&self.path, "commit", e))?;
         }
         tx.commit().map_err(err)
     }
@@ -467,6 +498,17 @@ impl Store {
     }
 
     fn err(&self, e: rusqlite::Error) -> Error {
+        // A full or read-only backing file system is the caller's ENOSPC/EROFS, not corruption.
+        if let rusqlite::Error::SqliteFailure(f, _) = &e {
+            let errno = match f.code {
+                rusqlite::ErrorCode::DiskFull => Some(28),
+                rusqlite::ErrorCode::ReadOnly => Some(30),
+                _ => None,
+            };
+            if let Some(n) = errno {
+                return Error::io(&self.path, "metadata store", std::io::Error::from_raw_os_error(n));
+            }
+        }
         Error::Store { path: self.path.clone(), reason: e.to_string() }
     }
 }
@@ -482,7 +524,7 @@ mod tests {
         let s = Store::create(&path).unwrap();
         let id = [9u8; 16];
         s.apply(&[
-            Change::PutFile { id: &id, size: 5000, cipher: 1 },
+            Change::PutFile { id: &id, size: 5000, cipher: 1, mac: &[0; 16] },
             Change::PutExtent { file: &id, index: 0, kek_id: &[1; 16], wrapped: &[2; 60], written: &[3; 32] },
             Change::PutExtent { file: &id, index: 1, kek_id: &[1; 16], wrapped: &[4; 60], written: &[5; 32] },
         ])

@@ -55,6 +55,12 @@ impl MountFixture {
         m
     }
 
+    /// A fixture for a volume made elsewhere (on a file system of the test's own); not
+    /// mounted yet.
+    pub fn adopt_existing(cipher: PathBuf, mnt: PathBuf, passfile: PathBuf) -> Self {
+        MountFixture { tmp: super::scratch(), cipher, mnt, passfile, env: Vec::new(), mounted: false }
+    }
+
     pub fn mount(&mut self) {
         self.mount_with(&[]);
     }
