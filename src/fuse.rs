@@ -97,11 +97,14 @@ struct Adapter {
     fs: InodeFs,
 }
 
+/// The errno for `e`; an EIO (integrity, corruption, store or I/O trouble) is logged with
+/// its file and cause, since the caller only sees "Input/output error".
 fn errno(e: &Error) -> Errno {
-    if matches!(e, Error::Integrity { .. }) {
+    let n = e.errno();
+    if n == i32::from(Errno::EIO) {
         tracing::error!("{e}");
     }
-    Errno::from_i32(e.errno())
+    Errno::from_i32(n)
 }
 
 fn file_type(k: EntryKind) -> FileType {

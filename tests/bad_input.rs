@@ -173,6 +173,13 @@ fn a_full_backing_file_system_gives_enospc_and_loses_nothing() {
     for i in 0..20 {
         let _ = fs::remove_file(m.p(&format!("small{i}")));
     }
+    // Space comes back once the daemon has closed the deleted data files (its group commit
+    // drops them within moments).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while nix::sys::statvfs::statvfs(&small).unwrap().blocks_available() * 4096 < 4 << 20 {
+        assert!(std::time::Instant::now() < deadline, "the space of deleted files never came back");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     common::write_synced(&m.p("after"), b"space again");
     m.unmount();
     let o = m.run(&["fsck".as_ref(), m.cipher.as_os_str(), "--passfile".as_ref(), m.passfile.as_os_str()]);

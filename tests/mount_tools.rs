@@ -39,25 +39,26 @@ fn fsx_100k_operations() {
 }
 
 #[test]
-fn fio_verify_crc32c_4_jobs() {
+fn fio_verify_crc32c_8_jobs() {
     let m = MountFixture::new(&[]);
     run(Command::new(tool("fio")).args([
         "--name=verify",
         "--rw=randrw",
-        "--bs=4k",
+        "--bsrange=4k-64k",
         "--size=16M",
-        "--numjobs=4",
+        "--numjobs=8",
         "--ioengine=psync",
         "--verify=crc32c",
         "--do_verify=1",
         "--verify_fatal=1",
+        "--verify_state_save=0",
         "--group_reporting",
         &format!("--directory={}", m.mnt.display()),
     ]));
     // And the data survives a remount.
     let mut m = m;
     m.remount();
-    assert_eq!(std::fs::read_dir(&m.mnt).unwrap().count(), 4);
+    assert_eq!(std::fs::read_dir(&m.mnt).unwrap().count(), 8);
 }
 
 #[test]

@@ -200,7 +200,7 @@ mod tests {
         b[8] = 2;
         assert!(matches!(VolumeHeader::decode(&b), Err(DecodeError::Unsupported(_))));
         let mut b = sample().encode();
-        b[10] = 2;
+        b[10] = 4;
         assert!(matches!(VolumeHeader::decode(&b), Err(DecodeError::Unsupported(_))));
     }
 }

@@ -107,12 +107,19 @@ impl Committer {
         if files.is_empty() && deletes.is_empty() {
             return Ok(());
         }
-        let mut snaps: Vec<(&Arc<FileState>, CommitSnapshot)> = Vec::new();
+        // Every file of the batch stays locked (in id order, so two flushes cannot deadlock)
+        // until its snapshot is in the store: an fsync of one of them meanwhile waits, and its
+        // newer commit lands after this one, never before.
+        let mut order: Vec<&Arc<FileState>> = files.iter().collect();
+        order.sort_by_key(|s| s.id);
+        order.dedup_by_key(|s| s.id);
+        let mut held: Vec<_> = order.iter().map(|s| (*s, s.lock_for_commit())).collect();
+        let mut snaps: Vec<(usize, CommitSnapshot)> = Vec::new();
         let mut gone: Vec<FileId> = deletes.clone();
-        for s in &files {
-            match s.snapshot_for_commit() {
+        for (i, (s, inner)) in held.iter_mut().enumerate() {
+            match s.snapshot_for_commit(inner) {
                 Ok(Some(CommitSnapshot::Delete)) => gone.push(s.id),
-                Ok(Some(snap)) => snaps.push((s, snap)),
+                Ok(Some(snap)) => snaps.push((i, snap)),
                 Ok(None) => {}
                 Err(e) => tracing::error!("{e}"),
             }
@@ -127,21 +134,24 @@ impl Committer {
                     .map_err(|e| Error::io(core.data_dir(), "syncfs", std::io::Error::from_raw_os_error(e as i32)))?;
             }
             let mut changes: Vec<Change<'_>> = Vec::new();
-            for (s, snap) in &snaps {
-                snap.changes(&s.id, core.cipher_code, &mut changes);
+            for (i, snap) in &snaps {
+                snap.changes(&held[*i].0.id, core.cipher_code, &mut changes);
             }
             changes.extend(gone.iter().map(|id| Change::DeleteFile { id }));
             core.store.apply(&changes)
         })();
         if let Err(e) = result {
-            for (s, snap) in snaps {
-                s.restore_dirty(&snap);
+            for (i, snap) in &snaps {
+                let (s, inner) = &mut held[*i];
+                s.restore_dirty(inner, snap);
             }
+            drop(held);
             let mut q = self.queue();
             q.files.extend(files);
             q.deletes.extend(deletes);
             return Err(e);
         }
+        drop(held);
         core.unpark(&files);
         Ok(())
     }

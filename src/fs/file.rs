@@ -62,7 +62,7 @@ struct Extent {
     dirty: bool,
 }
 
-struct Inner {
+pub(super) struct Inner {
     size: u64,
     extents: BTreeMap<u64, Extent>,
     /// Size or extent set changed since the last commit.
@@ -83,6 +83,8 @@ pub(super) struct FileState {
     inner: RwLock<Inner>,
     /// Data written since the last data sync (set by in-place overwrites under the read lock).
     data_dirty: AtomicBool,
+    /// Unlinked with no handle left, its data cut ([`FileState::discard_data`]).
+    discarded: AtomicBool,
 }
 
 impl FileState {
@@ -143,6 +145,7 @@ impl FileState {
             scratch,
             inner: RwLock::new(inner),
             data_dirty: AtomicBool::new(false),
+            discarded: AtomicBool::new(false),
         }
     }
 
@@ -168,6 +171,22 @@ impl FileState {
 
     pub(super) fn mark_unlinked(&self) {
         self.write_inner().unlinked = true;
+    }
+
+    /// The file has no name and no handle left: its blocks can never be read again, so
+    /// their space is given back now, not after the commit that deletes its keys (on a full
+    /// disk that commit may need the space). A crash in between leaves keys without a data
+    /// file, which recovery deletes.
+    pub(super) fn discard_data(&self) {
+        self.discarded.store(true, Ordering::SeqCst);
+        if let Err(e) = self.data.set_len(0) {
+            tracing::warn!("{}: freeing an unlinked file's space: {e}", self.name().display());
+        }
+    }
+
+    /// An open that raced the unlink finds this: it is ordered after the unlink (ENOENT).
+    pub(super) fn is_discarded(&self) -> bool {
+        self.discarded.load(Ordering::SeqCst)
     }
 
     pub(super) fn is_unlinked(&self) -> bool {
@@ -552,10 +571,16 @@ impl FileState {
         inner.meta_dirty || inner.unlinked
     }
 
+    /// For a group commit: the file's state, locked until the commit is applied (or undone),
+    /// so that no later commit of this file (an fsync) can reach the store before it and be
+    /// overwritten by this older snapshot.
+    pub(super) fn lock_for_commit(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.write_inner()
+    }
+
     /// For a group commit: takes the pending metadata (marking it clean) without syncing the
     /// data file — the committer syncs the whole backing file system before it commits.
-    pub(super) fn snapshot_for_commit(&self) -> Result<Option<CommitSnapshot>> {
-        let mut inner = self.write_inner();
+    pub(super) fn snapshot_for_commit(&self, inner: &mut Inner) -> Result<Option<CommitSnapshot>> {
         if inner.unlinked {
             self.core.keys.forget(&self.id, 0);
             inner.extents.clear();
@@ -565,7 +590,7 @@ impl FileState {
         if !inner.meta_dirty {
             return Ok(None);
         }
-        self.rewrap_to_target(&mut inner, true)?;
+        self.rewrap_to_target(inner, true)?;
         let mac =
             record_mac(&self.core, &self.id, inner.size, inner.extents.iter().map(|(&i, e)| (i, e.written.as_bytes())));
         let mut extents = Vec::new();
@@ -580,9 +605,8 @@ impl FileState {
     }
 
     /// A group commit of `snap` failed: its metadata is pending again.
-    pub(super) fn restore_dirty(&self, snap: &CommitSnapshot) {
+    pub(super) fn restore_dirty(&self, inner: &mut Inner, snap: &CommitSnapshot) {
         if let CommitSnapshot::Put { extents, .. } = snap {
-            let mut inner = self.write_inner();
             inner.meta_dirty = true;
             self.data_dirty.store(true, Ordering::Release);
             for (index, ..) in extents {

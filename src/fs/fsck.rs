@@ -201,6 +201,19 @@ impl Volume {
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         for (backing_name, t) in entries {
             let backing = dir.join(&backing_name);
+            if backing_name.to_string_lossy().starts_with(names::TEMP_PREFIX) {
+                // A file or directory still being made when the volume stopped: never linked
+                // into the tree, so nothing refers to it.
+                let mut p = bad_entry(&backing, "an entry left half-made (never linked in)".into());
+                p.crash_leftover = true;
+                if mode.repair {
+                    let gone = if t.is_dir() { fs::remove_dir_all(&backing) } else { fs::remove_file(&backing) };
+                    gone.map_err(|e| Error::io(&backing, "remove", e))?;
+                    p.repaired = Some("removed".into());
+                }
+                report.problems.push(p);
+                continue;
+            }
             let name = match names::decode(self.keys().names(), self.store(), dir_id, &backing_name, dir) {
                 Ok(Some(n)) => n,
                 Ok(None) => continue, // the directory id file and other dot files

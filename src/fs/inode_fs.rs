@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -79,7 +80,22 @@ impl InodeFs {
         &self.vol
     }
 
+    /// The path of inode `ino` — checked to still name that inode: the one path kept per
+    /// inode goes stale when another name is renamed over it, and acting on it then would
+    /// reach another file (a truncate!) or report another file's type (which the kernel
+    /// answers with EIO and a bad inode).
     fn path(&self, ino: u64) -> Result<PathBuf> {
+        let path = self.path_unchecked(ino)?;
+        if ino != ROOT_INO {
+            let now = std::fs::symlink_metadata(self.vol.backing_path(&path)?).map(|m| m.ino()).ok();
+            if now != Some(ino) {
+                return Err(Error::NotFound(path));
+            }
+        }
+        Ok(path)
+    }
+
+    fn path_unchecked(&self, ino: u64) -> Result<PathBuf> {
         self.nodes
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -146,7 +162,11 @@ impl InodeFs {
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
-        let mut attr = self.vol.getattr(&self.path(ino)?)?;
+        let path = self.path_unchecked(ino)?;
+        let mut attr = self.vol.getattr(&path)?;
+        if ino != ROOT_INO && attr.ino != ino {
+            return Err(Error::NotFound(path)); // see `path`
+        }
         self.fuse_ino(&mut attr);
         Ok(attr)
     }

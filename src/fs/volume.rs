@@ -130,6 +130,13 @@ impl Core {
                 *count -= 1;
                 return Ok(());
             }
+            Some(_) if deferred && state.is_unlinked() => {
+                // No name and no handle left: it goes now; its keys in the next group commit.
+                table.remove(&state.id);
+                drop(table);
+                self.forget_unlinked(state);
+                return Ok(());
+            }
             Some((_, count)) if deferred && state.needs_commit() => {
                 *count = 0;
                 drop(table);
@@ -142,6 +149,14 @@ impl Core {
         // The table stays locked until the commit is done, so a reopen reads the new rows.
         table.remove(&state.id);
         state.release()
+    }
+
+    /// A file with no name and no handle: its space goes back now, its keys (by id, which
+    /// nothing can lose) in the next group commit.
+    fn forget_unlinked(&self, state: &Arc<FileState>) {
+        state.discard_data();
+        self.keys.forget(&state.id, 0);
+        self.committer.delete(state.id);
     }
 
     /// After a group commit: parked files that are clean and still unopened leave the table.
@@ -557,8 +572,14 @@ impl Volume {
         let id = match cached {
             Some(id) => id,
             None => {
-                let id = self.file_id_of(backing, path)?;
-                self.remember_file_id(ino, id);
+                // The id and the inode number from one open file: `backing` may name another
+                // inode by now (a rename racing this stat), and a wrong pair in the cache
+                // would send a later unlink's key deletion to the wrong file.
+                let file = fs::File::open(backing).map_err(|e| Error::io(path, "open", e))?;
+                let id = read_file_id(&file, path)?;
+                if file.metadata().map(|m| m.ino()).ok() == Some(ino) {
+                    self.remember_file_id(ino, id);
+                }
                 id
             }
         };
@@ -630,21 +651,37 @@ impl Volume {
 
     /// Creates the data file `backing` with a fresh file id and opens it (`plain` names it in
     /// errors).
+    ///
+    /// The data file is made under a hidden temporary name with its header, then moved into
+    /// place (never replacing anything), so no one — a concurrent lookup, or recovery after a
+    /// crash — ever sees a data file without its header.
     pub(super) fn create_backing(&self, backing: &Path, plain: PathBuf, mode: u32) -> Result<FileHandle> {
-        let file =
-            OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(backing).map_err(|e| match e
-                .kind()
-            {
-                std::io::ErrorKind::AlreadyExists => Error::Exists(plain.clone()),
-                _ => Error::io(&plain, "create", e),
-            })?;
-        let id = random_array();
-        if let Ok(m) = file.metadata() {
-            self.remember_file_id(m.ino(), id);
+        if fs::symlink_metadata(backing).is_ok() {
+            return Err(Error::Exists(plain));
         }
+        let tmp = names::temp_sibling(backing);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(|e| Error::io(&plain, "create", e))?;
+        let id = random_array();
+        let ino = file.metadata().map(|m| m.ino()).ok();
         let file = self.core.storage.data_file(file, backing);
         let header = ObjectHeader { kind: ObjectKind::File, id }.encode();
-        file.write_all_at(&header, 0).map_err(|e| Error::io(&plain, "write header", e))?;
+        let placed = file
+            .write_all_at(&header, 0)
+            .map_err(|e| Error::io(&plain, "write header", e))
+            .and_then(|()| names::place(&tmp, backing, &plain));
+        if let Err(e) = placed {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        if let Some(ino) = ino {
+            self.remember_file_id(ino, id);
+        }
         self.attach(id, file, plain, true, true)
     }
 
@@ -652,7 +689,16 @@ impl Volume {
     pub fn open_file(&self, path: &Path, writable: bool) -> Result<FileHandle> {
         let r = self.resolve(path)?;
         let backing = r.backing();
-        let file = OpenOptions::new().read(true).write(writable).open(&backing).map_err(|e| match e.kind() {
+        // Read-write even for a reader when we may: the open file's state (and its data
+        // file) is shared by every handle, and a writer may come while a reader holds it.
+        let rw = OpenOptions::new().read(true).write(true).open(&backing);
+        let opened = match rw {
+            Err(e) if !writable && matches!(e.raw_os_error(), Some(1 | 13 | 30)) => {
+                OpenOptions::new().read(true).open(&backing)
+            }
+            other => other,
+        };
+        let file = opened.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::NotFound(path.into()),
             _ if e.raw_os_error() == Some(21) => Error::IsDir(path.into()),
             _ => Error::io(path, "open", e),
@@ -677,6 +723,7 @@ impl Volume {
     ) -> Result<FileHandle> {
         let mut table = self.core.open_table();
         let state = match table.get_mut(&id) {
+            Some((state, _)) if state.is_discarded() => return Err(Error::NotFound(plain)),
             Some((state, count)) => {
                 *count += 1;
                 state.clone()
@@ -725,12 +772,15 @@ impl Volume {
     /// The last link of file `id` is gone: its keys go in the next group commit, or at its
     /// last close.
     fn drop_file(&self, id: &FileId) -> Result<()> {
-        let table = self.core.open_table();
+        let mut table = self.core.open_table();
         match table.get(id) {
             Some((state, count)) => {
+                let (state, parked) = (state.clone(), *count == 0);
                 state.mark_unlinked();
-                if *count == 0 {
-                    self.core.committer.park(state.clone()); // parked: the committer deletes it
+                if parked {
+                    table.remove(id);
+                    drop(table);
+                    self.core.forget_unlinked(&state);
                 }
                 Ok(())
             }
@@ -764,7 +814,7 @@ impl Volume {
         }
         let replaced = match fs::symlink_metadata(&bt) {
             Ok(m) if m.is_file() && m.nlink() == 1 => {
-                Some(read_file_id(&fs::File::open(&bt).map_err(|e| Error::io(to, "open", e))?, to)?)
+                Some((m.ino(), read_file_id(&fs::File::open(&bt).map_err(|e| Error::io(to, "open", e))?, to)?))
             }
             _ => None,
         };
@@ -779,7 +829,9 @@ impl Volume {
             self.forget_dir_ids(&bf); // again: a lookup may have cached it meanwhile
         }
         self.forget_name(&rf)?;
-        if let Some(id) = replaced {
+        if let Some((ino, id)) = replaced {
+            // Its inode number may be reused by a new file: forget it with the file.
+            self.file_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&ino);
             self.drop_file(&id)?;
         }
         if let Ok(f) = fs::File::open(&bt) {
@@ -796,11 +848,17 @@ impl Volume {
         let r = self.resolve(path)?;
         let backing = r.backing();
         self.remember_name(&r)?;
-        fs::DirBuilder::new().mode(mode | 0o300).create(&backing).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => Error::Exists(path.into()),
-            _ => Error::io(path, "mkdir", e),
-        })?;
-        names::write_dir_id(&backing, random_array())
+        if fs::symlink_metadata(&backing).is_ok() {
+            return Err(Error::Exists(path.into()));
+        }
+        // Made complete (with its id) under a hidden name, then moved into place.
+        let tmp = names::temp_sibling(&backing);
+        fs::DirBuilder::new().mode(mode | 0o300).create(&tmp).map_err(|e| Error::io(path, "mkdir", e))?;
+        let placed = names::write_dir_id(&tmp, random_array()).and_then(|()| names::place(&tmp, &backing, path));
+        if placed.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        placed
     }
 
     pub fn rmdir(&self, path: &Path) -> Result<()> {
@@ -950,7 +1008,13 @@ impl Drop for Volume {
 pub(super) fn read_file_id(file: &fs::File, path: &Path) -> Result<FileId> {
     let mut buf = [0u8; OBJECT_HEADER_LEN];
     let got = super::DataFile::read_at(file, &mut buf, 0).map_err(|e| Error::io(path, "read header", e))?;
-    match ObjectHeader::decode(&buf[..got]).map_err(|e| e.at(path))? {
+    let decoded = ObjectHeader::decode(&buf[..got]).map_err(|e| e.at(path));
+    // Opened just before its last name went (and its space was given back): to the caller
+    // that open came after the unlink.
+    if decoded.is_err() && file.metadata().is_ok_and(|m| m.nlink() == 0) {
+        return Err(Error::NotFound(path.to_path_buf()));
+    }
+    match decoded? {
         ObjectHeader { kind: ObjectKind::File, id } => Ok(id),
         _ => Err(Error::corrupt(path, "data file has a directory header")),
     }
