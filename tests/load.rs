@@ -1,5 +1,5 @@
 //! Under load: fsstress-style parallel metadata and data operations on one mount for a
-//! bounded time (45 s by default, `ENVELOPEFS_LOAD_SECS` for a longer run). Every thread
+//! bounded time (180 s by default, `ENVELOPEFS_LOAD_SECS` for a longer run). Every thread
 //! checks what it reads against its own model; threads also race each other in one shared
 //! directory, where only the errors such races explain are allowed. The daemon's resident
 //! memory is sampled throughout and must stay under its bound; afterwards the volume
@@ -157,7 +157,7 @@ fn shared(dir: PathBuf, seed: u64, stop: Arc<AtomicBool>) -> (u64, HashMap<PathB
 
 #[test]
 fn parallel_metadata_and_data_load_with_bounded_daemon_memory() {
-    let secs: f64 = std::env::var("ENVELOPEFS_LOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(45.0);
+    let secs: f64 = std::env::var("ENVELOPEFS_LOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(180.0);
     let mut m = MountFixture::new(&[]);
     let pid = daemon_pid(&m);
     let stop = Arc::new(AtomicBool::new(false));

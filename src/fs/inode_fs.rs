@@ -88,7 +88,7 @@ impl InodeFs {
         let path = self.path_unchecked(ino)?;
         if ino != ROOT_INO {
             let now = std::fs::symlink_metadata(self.vol.backing_path(&path)?).map(|m| m.ino()).ok();
-            if now != Some(ino) {
+            if now != Some(ino) && now != Some(self.vol.current_inode(ino)) {
                 return Err(Error::NotFound(path));
             }
         }
@@ -165,7 +165,10 @@ impl InodeFs {
         let path = self.path_unchecked(ino)?;
         let mut attr = self.vol.getattr(&path)?;
         if ino != ROOT_INO && attr.ino != ino {
-            return Err(Error::NotFound(path)); // see `path`
+            if attr.ino != self.vol.current_inode(ino) {
+                return Err(Error::NotFound(path)); // see `path`
+            }
+            attr.ino = ino; // re-keyed in place: the kernel's inode number stays
         }
         self.fuse_ino(&mut attr);
         Ok(attr)

@@ -93,7 +93,11 @@ impl Volume {
             if table.get(&old_id).map(|(_, n)| *n) != Some(1) || !unchanged {
                 return Err(busy());
             }
+            let new_ino = fs::symlink_metadata(&tmp).map(|m| m.ino()).ok();
             fs::rename(&tmp, &backing).map_err(|e| Error::io(path, "rename rekeyed file into place", e))?;
+            if let Some(new_ino) = new_ino {
+                self.alias_inode(meta.ino(), new_ino);
+            }
             Ok(size)
         });
         old.close()?;

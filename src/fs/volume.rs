@@ -184,6 +184,9 @@ pub struct Volume {
     cipherdir: PathBuf,
     /// Changes only when a KEK rotation finishes.
     header: std::sync::RwLock<VolumeHeader>,
+    /// Backing inodes replaced in place by `rotate --rekey` (old → new): the kernel still
+    /// addresses the file by its old inode number.
+    inode_aliases: Mutex<HashMap<u64, u64>>,
     /// This is a read-write mount's volume: the unclean-shutdown marker is removed at drop.
     mount_marker: std::sync::atomic::AtomicBool,
 }
@@ -407,6 +410,7 @@ impl Volume {
             cipherdir: cipherdir.to_path_buf(),
             header: header.into(),
             mount_marker: Default::default(),
+            inode_aliases: Default::default(),
         };
         vol.resume_pending_rotation(kms)?;
         Ok(vol)
@@ -553,6 +557,28 @@ impl Volume {
 
     pub(super) fn storage(&self) -> &dyn super::Storage {
         self.core.storage.as_ref()
+    }
+
+    pub(super) fn alias_inode(&self, old: u64, new: u64) {
+        let mut a = self.inode_aliases.lock().unwrap_or_else(|p| p.into_inner());
+        if a.len() >= DIR_ID_CACHE {
+            a.clear();
+        }
+        a.insert(old, new);
+    }
+
+    /// The backing inode that now holds what inode `ino` held (itself, unless a rekey
+    /// replaced it).
+    pub fn current_inode(&self, ino: u64) -> u64 {
+        let a = self.inode_aliases.lock().unwrap_or_else(|p| p.into_inner());
+        let mut now = ino;
+        for _ in 0..8 {
+            match a.get(&now) {
+                Some(&next) => now = next,
+                None => break,
+            }
+        }
+        now
     }
 
     pub(super) fn set_mount_marker(&self, on: bool) {
