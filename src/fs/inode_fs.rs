@@ -104,8 +104,11 @@ impl InodeFs {
             .ok_or_else(|| Error::NotFound(PathBuf::from(format!("<inode {ino}>"))))
     }
 
+    /// The path of `name` in directory `parent`. The parent's path is not re-checked: a
+    /// directory cannot be renamed over while it has entries, and one that was is gone, so a
+    /// stale parent path fails on its own.
     fn child(&self, parent: u64, name: &OsStr) -> Result<PathBuf> {
-        Ok(self.path(parent)?.join(name))
+        Ok(self.path_unchecked(parent)?.join(name))
     }
 
     /// Attributes with the FUSE inode number, remembering `path` for it (one lookup).

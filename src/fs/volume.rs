@@ -676,38 +676,24 @@ impl Volume {
     }
 
     /// Creates the data file `backing` with a fresh file id and opens it (`plain` names it in
-    /// errors).
-    ///
-    /// The data file is made under a hidden temporary name with its header, then moved into
-    /// place (never replacing anything), so no one — a concurrent lookup, or recovery after a
-    /// crash — ever sees a data file without its header.
+    /// errors). The kernel holds the parent directory locked while it creates, so nobody looks
+    /// the new name up before its header is written; a crash in between leaves a header-less
+    /// data file, which recovery gives a fresh header (an empty file).
     pub(super) fn create_backing(&self, backing: &Path, plain: PathBuf, mode: u32) -> Result<FileHandle> {
-        if fs::symlink_metadata(backing).is_ok() {
-            return Err(Error::Exists(plain));
-        }
-        let tmp = names::temp_sibling(backing);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| Error::io(&plain, "create", e))?;
+        let file =
+            OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(backing).map_err(|e| match e
+                .kind()
+            {
+                std::io::ErrorKind::AlreadyExists => Error::Exists(plain.clone()),
+                _ => Error::io(&plain, "create", e),
+            })?;
         let id = random_array();
-        let ino = file.metadata().map(|m| m.ino()).ok();
+        if let Ok(m) = file.metadata() {
+            self.remember_file_id(m.ino(), id);
+        }
         let file = self.core.storage.data_file(file, backing);
         let header = ObjectHeader { kind: ObjectKind::File, id }.encode();
-        let placed = file
-            .write_all_at(&header, 0)
-            .map_err(|e| Error::io(&plain, "write header", e))
-            .and_then(|()| names::place(&tmp, backing, &plain));
-        if let Err(e) = placed {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        if let Some(ino) = ino {
-            self.remember_file_id(ino, id);
-        }
+        file.write_all_at(&header, 0).map_err(|e| Error::io(&plain, "write header", e))?;
         self.attach(id, file, plain, true, true)
     }
 
