@@ -693,7 +693,11 @@ impl Volume {
         }
         let file = self.core.storage.data_file(file, backing);
         let header = ObjectHeader { kind: ObjectKind::File, id }.encode();
-        file.write_all_at(&header, 0).map_err(|e| Error::io(&plain, "write header", e))?;
+        if let Err(e) = file.write_all_at(&header, 0) {
+            // A full disk, say: leave no header-less file behind.
+            let _ = fs::remove_file(backing);
+            return Err(Error::io(&plain, "write header", e));
+        }
         self.attach(id, file, plain, true, true)
     }
 
@@ -765,7 +769,18 @@ impl Volume {
             let cached = self.file_ids.lock().unwrap_or_else(|p| p.into_inner()).get(&meta.ino()).copied();
             Some(match cached {
                 Some(id) => id,
-                None => read_file_id(&fs::File::open(&backing).map_err(|e| Error::io(path, "open", e))?, path)?,
+                None => {
+                    let f = fs::File::open(&backing).map_err(|e| Error::io(path, "open", e))?;
+                    match read_file_id(&f, path) {
+                        Ok(id) => id,
+                        // No complete header (a create cut short): no keys can exist for it.
+                        Err(Error::Corrupt { .. }) if meta.len() < OBJECT_HEADER_LEN as u64 => {
+                            fs::remove_file(&backing).map_err(|e| Error::io(path, "unlink", e))?;
+                            return self.forget_name(&r);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
             })
         } else {
             None
