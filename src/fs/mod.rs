@@ -10,11 +10,13 @@
 mod backend;
 mod blocks;
 mod commit;
+mod dirs;
 mod file;
 mod fsck;
 mod inode_fs;
 mod meta;
 mod names;
+mod open;
 mod rekey;
 mod root;
 mod rotate;

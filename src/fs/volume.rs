@@ -1,4 +1,5 @@
-//! A volume: creating and opening `CIPHERDIR`, and the namespace operations on it.
+//! A volume: creating and opening `CIPHERDIR`, path resolution, and the file operations on
+//! it (directories are in `dirs.rs`).
 //!
 //! `CIPHERDIR/envelopefs.conf` (volume header), `CIPHERDIR/meta.db` (sidecar store),
 //! `CIPHERDIR/data/` (the encrypted tree), and, for the default embedded KMS,
@@ -8,20 +9,16 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::commit::Committer;
 use super::file::{FileHandle, FileState};
-use super::meta::kind_of;
-use super::names::{self, Encoded, DIRID_FILE};
+use super::names::{self, Encoded};
 use crate::crypto::random_array;
-use crate::durable;
 use crate::format::{CipherKind, KdfParams, Layout, ObjectHeader, ObjectKind, VolumeHeader, OBJECT_HEADER_LEN};
 use crate::keys::{FileId, KeyRing};
-use crate::kms::{self, Kms};
-use crate::secret::Secrets;
 use crate::store::{Change, Store};
 use crate::{Error, Result};
 
@@ -29,10 +26,9 @@ pub const HEADER_FILE: &str = "envelopefs.conf";
 pub const STORE_FILE: &str = "meta.db";
 pub const DATA_DIR: &str = "data";
 /// Directory ids cached before the cache starts over.
-const DIR_ID_CACHE: usize = 65_536;
+pub(super) const DIR_ID_CACHE: usize = 65_536;
 /// File ids cached before the cache starts over.
 const FILE_ID_CACHE: usize = 262_144;
-const DEFAULT_KMS: &str = "local:keystore";
 
 /// Options for `init`.
 #[derive(Debug, Clone)]
@@ -91,7 +87,7 @@ pub(super) fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn kek_since(store: &Store) -> Result<Option<u64>> {
+pub(super) fn kek_since(store: &Store) -> Result<Option<u64>> {
     Ok(store.meta(KEK_SINCE)?.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map(u64::from_le_bytes))
 }
 
@@ -104,12 +100,12 @@ pub(super) struct Core {
     pub(super) store: Store,
     pub(super) layout: Layout,
     pub(super) cipher_code: u8,
-    data_dir: PathBuf,
-    root_id: [u8; 16],
+    pub(super) data_dir: PathBuf,
+    pub(super) root_id: [u8; 16],
     /// Open files by id, with their handle count.
-    open: Mutex<HashMap<FileId, (Arc<FileState>, usize)>>,
+    pub(super) open: Mutex<HashMap<FileId, (Arc<FileState>, usize)>>,
     /// Scratch directories of this mount (relative paths; `""` is the whole volume).
-    scratch_dirs: std::sync::RwLock<Vec<PathBuf>>,
+    pub(super) scratch_dirs: std::sync::RwLock<Vec<PathBuf>>,
     pub(super) committer: Committer,
     /// Data files and sync points (the storage seam).
     pub(super) storage: Arc<dyn super::Storage>,
@@ -176,19 +172,19 @@ impl Core {
 
 /// An open, unlocked volume.
 pub struct Volume {
-    core: Arc<Core>,
+    pub(super) core: Arc<Core>,
     /// Backing directory path → directory id (see [`Volume::dir_id`]).
-    dir_ids: Mutex<HashMap<PathBuf, [u8; 16]>>,
+    pub(super) dir_ids: Mutex<HashMap<PathBuf, [u8; 16]>>,
     /// Backing inode → file id (see [`Volume::remember_file_id`]).
-    file_ids: Mutex<HashMap<u64, FileId>>,
-    cipherdir: PathBuf,
+    pub(super) file_ids: Mutex<HashMap<u64, FileId>>,
+    pub(super) cipherdir: PathBuf,
     /// Changes only when a KEK rotation finishes.
-    header: std::sync::RwLock<VolumeHeader>,
+    pub(super) header: std::sync::RwLock<VolumeHeader>,
     /// Backing inodes replaced in place by `rotate --rekey` (old → new): the kernel still
     /// addresses the file by its old inode number.
-    inode_aliases: Mutex<HashMap<u64, u64>>,
+    pub(super) inode_aliases: Mutex<HashMap<u64, u64>>,
     /// This is a read-write mount's volume: the unclean-shutdown marker is removed at drop.
-    mount_marker: std::sync::atomic::AtomicBool,
+    pub(super) mount_marker: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Volume {
@@ -226,233 +222,20 @@ pub struct Stat {
 }
 
 /// A plaintext path resolved to its place in the backing tree.
-struct Resolved {
-    parent: PathBuf,
-    parent_id: [u8; 16],
-    encoded: Encoded,
-    plain: PathBuf,
+pub(super) struct Resolved {
+    pub(super) parent: PathBuf,
+    pub(super) parent_id: [u8; 16],
+    pub(super) encoded: Encoded,
+    pub(super) plain: PathBuf,
 }
 
 impl Resolved {
-    fn backing(&self) -> PathBuf {
+    pub(super) fn backing(&self) -> PathBuf {
         self.parent.join(&self.encoded.backing)
     }
 }
 
 impl Volume {
-    /// Creates a new volume in `cipherdir` (missing or empty).
-    pub fn init(cipherdir: &Path, opts: &InitOptions, secrets: &dyn Secrets) -> Result<VolumeHeader> {
-        if !VolumeHeader::valid_extent_shift(opts.extent_shift) {
-            return Err(Error::InvalidArgument("extent size must be a power of two from 4K to 16M".into()));
-        }
-        let created_dir = match fs::read_dir(cipherdir) {
-            Ok(mut entries) => {
-                if entries.next().is_some() {
-                    return Err(Error::NotEmpty(cipherdir.to_path_buf()));
-                }
-                false
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(cipherdir)
-                    .map_err(|e| Error::io(cipherdir, "create directory", e))?;
-                true
-            }
-            Err(e) => return Err(Error::io(cipherdir, "read directory", e)),
-        };
-        let result = Self::init_in(cipherdir, opts, secrets);
-        if result.is_err() {
-            // Leave nothing half-made behind: the directory was empty (or absent) before.
-            let _ = if created_dir { fs::remove_dir_all(cipherdir) } else { empty_dir(cipherdir) };
-        }
-        result
-    }
-
-    fn init_in(cipherdir: &Path, opts: &InitOptions, secrets: &dyn Secrets) -> Result<VolumeHeader> {
-        let uri = opts.kms_uri.clone().unwrap_or_else(|| DEFAULT_KMS.to_string());
-        let kms = kms::create(&uri, cipherdir, secrets, opts.kdf, opts.create_key)?;
-        let mut header = VolumeHeader {
-            features: crate::format::FEATURE_RECORD_MACS,
-            volume_id: random_array(),
-            cipher: opts.cipher,
-            extent_shift: opts.extent_shift,
-            kek_id: [0; 16],
-            kms_uri: kms.uri().to_string(),
-            wrapped_kek: Vec::new(),
-            wrapped_name_key: Vec::new(),
-        };
-        let created = (opts.create_key && !uri.starts_with("local:")).then(|| header.kms_uri.clone());
-        let result = Self::init_rest(cipherdir, &kms, &mut header, created.as_deref());
-        if let (Err(_), Some(_)) = (&result, &created) {
-            // Do not leave an orphan root key behind in the HSM or KMS.
-            let _ = kms.destroy_root(Some(7));
-        }
-        result?;
-        Ok(header)
-    }
-
-    /// Everything after the root: keys, store (recording a root made for this volume), the
-    /// data directory and, last, the header.
-    fn init_rest(cipherdir: &Path, kms: &dyn Kms, header: &mut VolumeHeader, created: Option<&str>) -> Result<()> {
-        KeyRing::generate(kms, header)?;
-        let store = Store::create(&cipherdir.join(STORE_FILE))?;
-        store.apply(&[Change::PutMeta { key: KEK_SINCE, value: &unix_now().to_le_bytes() }])?;
-        if let Some(uri) = created {
-            store.apply(&[Change::PutMeta { key: ROOT_OWNED, value: uri.as_bytes() }])?;
-        }
-        drop(store);
-        let data = cipherdir.join(DATA_DIR);
-        fs::DirBuilder::new().mode(0o700).create(&data).map_err(|e| Error::io(&data, "create directory", e))?;
-        names::write_dir_id(&data, random_array())?;
-        durable::sync_dir(&data)?;
-        durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)
-    }
-
-    /// Reads the volume header of `cipherdir` (no secret needed).
-    pub fn read_header(cipherdir: &Path) -> Result<VolumeHeader> {
-        let path = cipherdir.join(HEADER_FILE);
-        if !cipherdir.is_dir() {
-            return Err(Error::NotAVolume { path: cipherdir.into(), reason: "no such directory".into() });
-        }
-        let bytes = fs::read(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                Error::NotAVolume { path: cipherdir.into(), reason: format!("{HEADER_FILE} is missing") }
-            }
-            _ => Error::io(&path, "read", e),
-        })?;
-        VolumeHeader::decode(&bytes).map_err(|e| e.at(&path))
-    }
-
-    /// The volume header, refusing a shredded volume.
-    pub fn read_live_header(cipherdir: &Path) -> Result<VolumeHeader> {
-        let header = Self::read_header(cipherdir)?;
-        if header.is_shredded() {
-            return Err(Error::Shredded(cipherdir.to_path_buf()));
-        }
-        Ok(header)
-    }
-
-    /// Header and store counts of an unmounted volume.
-    pub fn info(cipherdir: &Path) -> Result<VolumeInfo> {
-        let header = Self::read_header(cipherdir)?;
-        let store = Store::open(&cipherdir.join(STORE_FILE))?;
-        let (files, extents) = store.counts()?;
-        let scratch = super::scratch::recorded(&store)?;
-        Ok(VolumeInfo { header, files, extents, kek_since: kek_since(&store)?, scratch })
-    }
-
-    /// Opens `cipherdir`, asking `secrets` for what its KMS needs.
-    pub fn open(cipherdir: &Path, secrets: &dyn Secrets) -> Result<Volume> {
-        let header = Self::read_live_header(cipherdir)?;
-        let kms = kms::open(&header.kms_uri, cipherdir, secrets)?;
-        Self::open_with_kms(cipherdir, header.clone(), &kms).map_err(|e| match e {
-            Error::Integrity { path, reason } if Self::root_rotation_interrupted(cipherdir, &header) => {
-                Error::Integrity {
-                    path,
-                    reason: format!("{reason}; a root rotation was interrupted: run `envelopefs rotate --root` again"),
-                }
-            }
-            e => e,
-        })
-    }
-
-    fn root_rotation_interrupted(cipherdir: &Path, header: &VolumeHeader) -> bool {
-        kms::local_keystore_path(&header.kms_uri, cipherdir).is_ok_and(|ks| super::root::next_keystore(&ks).exists())
-    }
-
-    /// Opens `cipherdir` with an already-connected KMS.
-    pub fn open_with_kms(cipherdir: &Path, header: VolumeHeader, kms: &dyn Kms) -> Result<Volume> {
-        Self::open_with_storage(cipherdir, header, kms, Arc::new(super::OsStorage))
-    }
-
-    /// Opens `cipherdir` with data files and sync points from `storage` (the seam the
-    /// power-cut tests use; [`super::OsStorage`] is the real thing).
-    pub fn open_with_storage(
-        cipherdir: &Path,
-        header: VolumeHeader,
-        kms: &dyn Kms,
-        storage: Arc<dyn super::Storage>,
-    ) -> Result<Volume> {
-        if header.is_shredded() {
-            return Err(Error::Shredded(cipherdir.to_path_buf()));
-        }
-        let keys = KeyRing::unlock(kms, &header, &cipherdir.join(HEADER_FILE))?;
-        let store = Store::open(&cipherdir.join(STORE_FILE))?;
-        let hook = storage.clone();
-        store.set_before_commit(Box::new(move || hook.sync_point(super::SyncPoint::StoreCommit)));
-        let header = match header.features & crate::format::FEATURE_RECORD_MACS {
-            0 => Self::upgrade_record_macs(cipherdir, header, &keys, &store)?,
-            _ => header,
-        };
-        let data_dir = cipherdir.join(DATA_DIR);
-        let root_id = names::read_dir_id(&data_dir)?;
-        let slot = header.cipher.slot_size();
-        let core = Core {
-            keys,
-            store,
-            layout: Layout::new(slot, header.extent_shift),
-            cipher_code: header.cipher.code(),
-            data_dir,
-            root_id,
-            open: Mutex::new(HashMap::new()),
-            scratch_dirs: Default::default(),
-            committer: Committer::new(),
-            storage,
-        };
-        let core = Arc::new(core);
-        Committer::start(&core);
-        let vol = Volume {
-            core,
-            dir_ids: Default::default(),
-            file_ids: Default::default(),
-            cipherdir: cipherdir.to_path_buf(),
-            header: header.into(),
-            mount_marker: Default::default(),
-            inode_aliases: Default::default(),
-        };
-        vol.resume_pending_rotation(kms)?;
-        Ok(vol)
-    }
-
-    /// A volume made before record MACs: gives every record its MAC (one transaction), then
-    /// sets the header's feature bit, from which on a record without one is refused. A crash
-    /// in between only repeats the first step.
-    fn upgrade_record_macs(
-        cipherdir: &Path,
-        mut header: VolumeHeader,
-        keys: &KeyRing,
-        store: &Store,
-    ) -> Result<VolumeHeader> {
-        let _lock = durable::lock_header(cipherdir)?;
-        let mut records = Vec::new();
-        for id in store.file_ids()? {
-            if let Some((rec, extents)) = store.load(&id)? {
-                let mac = super::file::record_mac_with(
-                    keys.names(),
-                    rec.cipher,
-                    &id,
-                    rec.size,
-                    extents.iter().map(|e| (e.index, &e.written[..])),
-                );
-                records.push((id, rec, mac));
-            }
-        }
-        let changes: Vec<Change<'_>> = records
-            .iter()
-            .map(|(id, rec, mac)| Change::PutFile { id, size: rec.size, cipher: rec.cipher, mac })
-            .collect();
-        store.apply(&changes)?;
-        header.features |= crate::format::FEATURE_RECORD_MACS;
-        header.wrapped_name_key = keys
-            .seal_name_key(&header)
-            .map_err(|_| Error::integrity(cipherdir.join(HEADER_FILE), "the KEK changed while upgrading"))?;
-        durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)?;
-        tracing::info!(records = records.len(), "file records now carry MACs (volume feature record-macs)");
-        Ok(header)
-    }
-
     /// Counters for `status` (safe to call while the volume is in use).
     pub fn live_stats(&self) -> Result<LiveStats> {
         let (files, wrapped_deks) = self.core.store.counts()?;
@@ -510,7 +293,7 @@ impl Volume {
     }
 
     /// Walks `path`'s parent directories (decrypting nothing: names are encrypted forward).
-    fn resolve(&self, path: &Path) -> Result<Resolved> {
+    pub(super) fn resolve(&self, path: &Path) -> Result<Resolved> {
         let mut parts: Vec<&OsStr> = Vec::new();
         for c in path.components() {
             match c {
@@ -652,7 +435,7 @@ impl Volume {
     }
 
     /// Records a hashed long name in the store (before the backing entry exists).
-    fn remember_name(&self, r: &Resolved) -> Result<()> {
+    pub(super) fn remember_name(&self, r: &Resolved) -> Result<()> {
         match &r.encoded.long {
             Some((hash, sealed)) => {
                 self.core.store.apply(&[Change::PutLongName { dir: &r.parent_id, hash, name: sealed }])
@@ -661,7 +444,7 @@ impl Volume {
         }
     }
 
-    fn forget_name(&self, r: &Resolved) -> Result<()> {
+    pub(super) fn forget_name(&self, r: &Resolved) -> Result<()> {
         match &r.encoded.long {
             Some((hash, _)) => self.core.store.apply(&[Change::DeleteLongName { dir: &r.parent_id, hash }]),
             None => Ok(()),
@@ -871,122 +654,6 @@ impl Volume {
         Ok(())
     }
 
-    pub fn mkdir(&self, path: &Path, mode: u32) -> Result<()> {
-        let r = self.resolve(path)?;
-        let backing = r.backing();
-        self.remember_name(&r)?;
-        if fs::symlink_metadata(&backing).is_ok() {
-            return Err(Error::Exists(path.into()));
-        }
-        // Made complete (with its id) under a hidden name, then moved into place.
-        let tmp = names::temp_sibling(&backing);
-        fs::DirBuilder::new().mode(mode | 0o300).create(&tmp).map_err(|e| Error::io(path, "mkdir", e))?;
-        let placed = names::write_dir_id(&tmp, random_array()).and_then(|()| names::place(&tmp, &backing, path));
-        if placed.is_err() {
-            let _ = fs::remove_dir_all(&tmp);
-        }
-        placed
-    }
-
-    pub fn rmdir(&self, path: &Path) -> Result<()> {
-        self.check_scratch_rmdir(path)?;
-        self.rmdir_unchecked(path)
-    }
-
-    pub(super) fn rmdir_unchecked(&self, path: &Path) -> Result<()> {
-        let r = self.resolve(path)?;
-        let backing = r.backing();
-        let entries = fs::read_dir(&backing).map_err(|e| match e.raw_os_error() {
-            Some(2) => Error::NotFound(path.into()),
-            Some(20) => Error::NotDir(path.into()),
-            _ => Error::io(path, "read directory", e),
-        })?;
-        if entries.flatten().any(|e| e.file_name() != DIRID_FILE) {
-            return Err(Error::DirNotEmpty(path.into()));
-        }
-        let dir_id = self.dir_id(&backing)?;
-        // A read first: most directories have no xattrs, and a write costs a commit.
-        if !self.core.store.xattr_names(&dir_id)?.is_empty() {
-            self.core.store.apply(&[Change::DeleteXattrs { object: &dir_id }])?;
-        }
-        // Empty: nothing below it can be cached.
-        self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&backing);
-        fs::remove_file(backing.join(DIRID_FILE)).map_err(|e| Error::io(path, "rmdir", e))?;
-        fs::remove_dir(&backing).map_err(|e| Error::io(path, "rmdir", e))?;
-        self.forget_name(&r)
-    }
-
-    /// The entries of directory `path` (`""` or `"/"` is the root), names decrypted.
-    pub fn readdir(&self, path: &Path) -> Result<Vec<DirEntry>> {
-        let (dir, dir_id) = self.open_dir(path)?;
-        Ok(self.entries_in(&dir, &dir_id, path)?.into_iter().map(|(e, _)| e).collect())
-    }
-
-    /// The backing directory of `path` and its id.
-    fn open_dir(&self, path: &Path) -> Result<(PathBuf, [u8; 16])> {
-        if Self::is_root(path) {
-            return Ok((self.core.data_dir.clone(), self.core.root_id));
-        }
-        let b = self.resolve(path)?.backing();
-        let id = match fs::symlink_metadata(&b) {
-            Ok(m) if m.is_dir() => self.dir_id(&b)?,
-            Ok(_) => return Err(Error::NotDir(path.into())),
-            Err(_) => return Err(Error::NotFound(path.into())),
-        };
-        Ok((b, id))
-    }
-
-    /// The entries of backing directory `dir` (sorted by name), each with its backing name.
-    fn entries_in(&self, dir: &Path, dir_id: &[u8; 16], path: &Path) -> Result<Vec<(DirEntry, OsString)>> {
-        let mut out = Vec::new();
-        for entry in fs::read_dir(dir).map_err(|e| Error::io(path, "read directory", e))? {
-            let entry = entry.map_err(|e| Error::io(path, "read directory", e))?;
-            let backing = entry.file_name();
-            let Some(name) = names::decode(self.core.keys.names(), &self.core.store, dir_id, &backing, dir)? else {
-                continue;
-            };
-            let kind = entry.file_type().map(kind_of).map_err(|e| Error::io(path, "read directory", e))?;
-            out.push((DirEntry { name, kind, ino: std::os::unix::fs::DirEntryExt::ino(&entry) }, backing));
-        }
-        out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-        Ok(out)
-    }
-
-    /// The entries of directory `path` with their attributes, computed from the backing
-    /// entries directly (no path is resolved again per entry).
-    pub fn readdir_plus(&self, path: &Path) -> Result<Vec<(DirEntry, super::Attr)>> {
-        let (dir, dir_id) = self.open_dir(path)?;
-        let mut out = Vec::new();
-        for (e, backing) in self.entries_in(&dir, &dir_id, path)? {
-            match self.attr_of_backing(&dir.join(backing), &path.join(&e.name)) {
-                Ok(a) => out.push((e, a)),
-                Err(Error::NotFound(_)) => {} // removed meanwhile
-                Err(err) => return Err(err),
-            }
-        }
-        Ok(out)
-    }
-
-    /// The id of the backing directory `dir`, cached (directories keep their id for life;
-    /// the cache forgets a path when a directory there is removed or renamed).
-    pub(super) fn dir_id(&self, dir: &Path) -> Result<[u8; 16]> {
-        if let Some(id) = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).get(dir) {
-            return Ok(*id);
-        }
-        let id = names::read_dir_id(dir)?;
-        let mut cache = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= DIR_ID_CACHE {
-            cache.clear();
-        }
-        cache.insert(dir.to_path_buf(), id);
-        Ok(id)
-    }
-
-    /// Forgets cached directory ids at and below backing path `dir`.
-    pub(super) fn forget_dir_ids(&self, dir: &Path) {
-        self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).retain(|p, _| !p.starts_with(dir));
-    }
-
     /// The short form of [`Volume::getattr`]: kind, plaintext size of files (0 otherwise),
     /// permission bits and link count.
     pub fn stat(&self, path: &Path) -> Result<Stat> {
@@ -1045,18 +712,4 @@ pub(super) fn read_file_id(file: &fs::File, path: &Path) -> Result<FileId> {
         ObjectHeader { kind: ObjectKind::File, id } => Ok(id),
         _ => Err(Error::corrupt(path, "data file has a directory header")),
     }
-}
-
-/// Removes everything inside `dir` (used to undo a failed `init` in a directory that was
-/// empty before).
-fn empty_dir(dir: &Path) -> std::io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let p = entry?.path();
-        if p.is_dir() {
-            fs::remove_dir_all(&p)?;
-        } else {
-            fs::remove_file(&p)?;
-        }
-    }
-    Ok(())
 }

@@ -1,0 +1,133 @@
+//! Directories: making and removing them (a new one is built complete, with its `.dirid`,
+//! under a hidden name and moved into place), listing them with names decrypted, and the
+//! cache of directory ids.
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use super::meta::kind_of;
+use super::names::{self, DIRID_FILE};
+use super::volume::{DirEntry, Volume, DIR_ID_CACHE};
+use crate::crypto::random_array;
+use crate::store::Change;
+use crate::{Error, Result};
+
+impl Volume {
+    pub fn mkdir(&self, path: &Path, mode: u32) -> Result<()> {
+        let r = self.resolve(path)?;
+        let backing = r.backing();
+        self.remember_name(&r)?;
+        if fs::symlink_metadata(&backing).is_ok() {
+            return Err(Error::Exists(path.into()));
+        }
+        // Made complete (with its id) under a hidden name, then moved into place.
+        let tmp = names::temp_sibling(&backing);
+        fs::DirBuilder::new().mode(mode | 0o300).create(&tmp).map_err(|e| Error::io(path, "mkdir", e))?;
+        let placed = names::write_dir_id(&tmp, random_array()).and_then(|()| names::place(&tmp, &backing, path));
+        if placed.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        placed
+    }
+
+    pub fn rmdir(&self, path: &Path) -> Result<()> {
+        self.check_scratch_rmdir(path)?;
+        self.rmdir_unchecked(path)
+    }
+
+    pub(super) fn rmdir_unchecked(&self, path: &Path) -> Result<()> {
+        let r = self.resolve(path)?;
+        let backing = r.backing();
+        let entries = fs::read_dir(&backing).map_err(|e| match e.raw_os_error() {
+            Some(2) => Error::NotFound(path.into()),
+            Some(20) => Error::NotDir(path.into()),
+            _ => Error::io(path, "read directory", e),
+        })?;
+        if entries.flatten().any(|e| e.file_name() != DIRID_FILE) {
+            return Err(Error::DirNotEmpty(path.into()));
+        }
+        let dir_id = self.dir_id(&backing)?;
+        // A read first: most directories have no xattrs, and a write costs a commit.
+        if !self.core.store.xattr_names(&dir_id)?.is_empty() {
+            self.core.store.apply(&[Change::DeleteXattrs { object: &dir_id }])?;
+        }
+        // Empty: nothing below it can be cached.
+        self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&backing);
+        fs::remove_file(backing.join(DIRID_FILE)).map_err(|e| Error::io(path, "rmdir", e))?;
+        fs::remove_dir(&backing).map_err(|e| Error::io(path, "rmdir", e))?;
+        self.forget_name(&r)
+    }
+
+    /// The entries of directory `path` (`""` or `"/"` is the root), names decrypted.
+    pub fn readdir(&self, path: &Path) -> Result<Vec<DirEntry>> {
+        let (dir, dir_id) = self.open_dir(path)?;
+        Ok(self.entries_in(&dir, &dir_id, path)?.into_iter().map(|(e, _)| e).collect())
+    }
+
+    /// The backing directory of `path` and its id.
+    fn open_dir(&self, path: &Path) -> Result<(PathBuf, [u8; 16])> {
+        if Self::is_root(path) {
+            return Ok((self.core.data_dir.clone(), self.core.root_id));
+        }
+        let b = self.resolve(path)?.backing();
+        let id = match fs::symlink_metadata(&b) {
+            Ok(m) if m.is_dir() => self.dir_id(&b)?,
+            Ok(_) => return Err(Error::NotDir(path.into())),
+            Err(_) => return Err(Error::NotFound(path.into())),
+        };
+        Ok((b, id))
+    }
+
+    /// The entries of backing directory `dir` (sorted by name), each with its backing name.
+    fn entries_in(&self, dir: &Path, dir_id: &[u8; 16], path: &Path) -> Result<Vec<(DirEntry, OsString)>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir).map_err(|e| Error::io(path, "read directory", e))? {
+            let entry = entry.map_err(|e| Error::io(path, "read directory", e))?;
+            let backing = entry.file_name();
+            let Some(name) = names::decode(self.core.keys.names(), &self.core.store, dir_id, &backing, dir)? else {
+                continue;
+            };
+            let kind = entry.file_type().map(kind_of).map_err(|e| Error::io(path, "read directory", e))?;
+            out.push((DirEntry { name, kind, ino: std::os::unix::fs::DirEntryExt::ino(&entry) }, backing));
+        }
+        out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        Ok(out)
+    }
+
+    /// The entries of directory `path` with their attributes, computed from the backing
+    /// entries directly (no path is resolved again per entry).
+    pub fn readdir_plus(&self, path: &Path) -> Result<Vec<(DirEntry, super::Attr)>> {
+        let (dir, dir_id) = self.open_dir(path)?;
+        let mut out = Vec::new();
+        for (e, backing) in self.entries_in(&dir, &dir_id, path)? {
+            match self.attr_of_backing(&dir.join(backing), &path.join(&e.name)) {
+                Ok(a) => out.push((e, a)),
+                Err(Error::NotFound(_)) => {} // removed meanwhile
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The id of the backing directory `dir`, cached (directories keep their id for life;
+    /// the cache forgets a path when a directory there is removed or renamed).
+    pub(super) fn dir_id(&self, dir: &Path) -> Result<[u8; 16]> {
+        if let Some(id) = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).get(dir) {
+            return Ok(*id);
+        }
+        let id = names::read_dir_id(dir)?;
+        let mut cache = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= DIR_ID_CACHE {
+            cache.clear();
+        }
+        cache.insert(dir.to_path_buf(), id);
+        Ok(id)
+    }
+
+    /// Forgets cached directory ids at and below backing path `dir`.
+    pub(super) fn forget_dir_ids(&self, dir: &Path) {
+        self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).retain(|p, _| !p.starts_with(dir));
+    }
+}

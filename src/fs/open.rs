@@ -1,0 +1,255 @@
+//! Making and opening a volume: `init` (keys, store, data directory, and the header last, so
+//! its presence marks a complete volume), reading the header, and `open` (unlocking the keys
+//! through the KMS, the store, the storage seam, the upgrade of older volumes to record MACs).
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use super::commit::Committer;
+use super::names;
+use super::volume::{
+    kek_since, unix_now, Core, InitOptions, Volume, VolumeInfo, DATA_DIR, HEADER_FILE, KEK_SINCE, ROOT_OWNED,
+    STORE_FILE,
+};
+use crate::crypto::random_array;
+use crate::durable;
+use crate::format::{Layout, VolumeHeader};
+use crate::keys::KeyRing;
+use crate::kms::{self, Kms};
+use crate::secret::Secrets;
+use crate::store::{Change, Store};
+use crate::{Error, Result};
+
+const DEFAULT_KMS: &str = "local:keystore";
+
+impl Volume {
+    /// Creates a new volume in `cipherdir` (missing or empty).
+    pub fn init(cipherdir: &Path, opts: &InitOptions, secrets: &dyn Secrets) -> Result<VolumeHeader> {
+        if !VolumeHeader::valid_extent_shift(opts.extent_shift) {
+            return Err(Error::InvalidArgument("extent size must be a power of two from 4K to 16M".into()));
+        }
+        let created_dir = match fs::read_dir(cipherdir) {
+            Ok(mut entries) => {
+                if entries.next().is_some() {
+                    return Err(Error::NotEmpty(cipherdir.to_path_buf()));
+                }
+                false
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(cipherdir)
+                    .map_err(|e| Error::io(cipherdir, "create directory", e))?;
+                true
+            }
+            Err(e) => return Err(Error::io(cipherdir, "read directory", e)),
+        };
+        let result = Self::init_in(cipherdir, opts, secrets);
+        if result.is_err() {
+            // Leave nothing half-made behind: the directory was empty (or absent) before.
+            let _ = if created_dir { fs::remove_dir_all(cipherdir) } else { empty_dir(cipherdir) };
+        }
+        result
+    }
+
+    fn init_in(cipherdir: &Path, opts: &InitOptions, secrets: &dyn Secrets) -> Result<VolumeHeader> {
+        let uri = opts.kms_uri.clone().unwrap_or_else(|| DEFAULT_KMS.to_string());
+        let kms = kms::create(&uri, cipherdir, secrets, opts.kdf, opts.create_key)?;
+        let mut header = VolumeHeader {
+            features: crate::format::FEATURE_RECORD_MACS,
+            volume_id: random_array(),
+            cipher: opts.cipher,
+            extent_shift: opts.extent_shift,
+            kek_id: [0; 16],
+            kms_uri: kms.uri().to_string(),
+            wrapped_kek: Vec::new(),
+            wrapped_name_key: Vec::new(),
+        };
+        let created = (opts.create_key && !uri.starts_with("local:")).then(|| header.kms_uri.clone());
+        let result = Self::init_rest(cipherdir, &kms, &mut header, created.as_deref());
+        if let (Err(_), Some(_)) = (&result, &created) {
+            // Do not leave an orphan root key behind in the HSM or KMS.
+            let _ = kms.destroy_root(Some(7));
+        }
+        result?;
+        Ok(header)
+    }
+
+    /// Everything after the root: keys, store (recording a root made for this volume), the
+    /// data directory and, last, the header.
+    fn init_rest(cipherdir: &Path, kms: &dyn Kms, header: &mut VolumeHeader, created: Option<&str>) -> Result<()> {
+        KeyRing::generate(kms, header)?;
+        let store = Store::create(&cipherdir.join(STORE_FILE))?;
+        store.apply(&[Change::PutMeta { key: KEK_SINCE, value: &unix_now().to_le_bytes() }])?;
+        if let Some(uri) = created {
+            store.apply(&[Change::PutMeta { key: ROOT_OWNED, value: uri.as_bytes() }])?;
+        }
+        drop(store);
+        let data = cipherdir.join(DATA_DIR);
+        fs::DirBuilder::new().mode(0o700).create(&data).map_err(|e| Error::io(&data, "create directory", e))?;
+        names::write_dir_id(&data, random_array())?;
+        durable::sync_dir(&data)?;
+        durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)
+    }
+
+    /// Reads the volume header of `cipherdir` (no secret needed).
+    pub fn read_header(cipherdir: &Path) -> Result<VolumeHeader> {
+        let path = cipherdir.join(HEADER_FILE);
+        if !cipherdir.is_dir() {
+            return Err(Error::NotAVolume { path: cipherdir.into(), reason: "no such directory".into() });
+        }
+        let bytes = fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                Error::NotAVolume { path: cipherdir.into(), reason: format!("{HEADER_FILE} is missing") }
+            }
+            _ => Error::io(&path, "read", e),
+        })?;
+        VolumeHeader::decode(&bytes).map_err(|e| e.at(&path))
+    }
+
+    /// The volume header, refusing a shredded volume.
+    pub fn read_live_header(cipherdir: &Path) -> Result<VolumeHeader> {
+        let header = Self::read_header(cipherdir)?;
+        if header.is_shredded() {
+            return Err(Error::Shredded(cipherdir.to_path_buf()));
+        }
+        Ok(header)
+    }
+
+    /// Header and store counts of an unmounted volume.
+    pub fn info(cipherdir: &Path) -> Result<VolumeInfo> {
+        let header = Self::read_header(cipherdir)?;
+        let store = Store::open(&cipherdir.join(STORE_FILE))?;
+        let (files, extents) = store.counts()?;
+        let scratch = super::scratch::recorded(&store)?;
+        Ok(VolumeInfo { header, files, extents, kek_since: kek_since(&store)?, scratch })
+    }
+
+    /// Opens `cipherdir`, asking `secrets` for what its KMS needs.
+    pub fn open(cipherdir: &Path, secrets: &dyn Secrets) -> Result<Volume> {
+        let header = Self::read_live_header(cipherdir)?;
+        let kms = kms::open(&header.kms_uri, cipherdir, secrets)?;
+        Self::open_with_kms(cipherdir, header.clone(), &kms).map_err(|e| match e {
+            Error::Integrity { path, reason } if Self::root_rotation_interrupted(cipherdir, &header) => {
+                Error::Integrity {
+                    path,
+                    reason: format!("{reason}; a root rotation was interrupted: run `envelopefs rotate --root` again"),
+                }
+            }
+            e => e,
+        })
+    }
+
+    fn root_rotation_interrupted(cipherdir: &Path, header: &VolumeHeader) -> bool {
+        kms::local_keystore_path(&header.kms_uri, cipherdir).is_ok_and(|ks| super::root::next_keystore(&ks).exists())
+    }
+
+    /// Opens `cipherdir` with an already-connected KMS.
+    pub fn open_with_kms(cipherdir: &Path, header: VolumeHeader, kms: &dyn Kms) -> Result<Volume> {
+        Self::open_with_storage(cipherdir, header, kms, Arc::new(super::OsStorage))
+    }
+
+    /// Opens `cipherdir` with data files and sync points from `storage` (the seam the
+    /// power-cut tests use; [`super::OsStorage`] is the real thing).
+    pub fn open_with_storage(
+        cipherdir: &Path,
+        header: VolumeHeader,
+        kms: &dyn Kms,
+        storage: Arc<dyn super::Storage>,
+    ) -> Result<Volume> {
+        if header.is_shredded() {
+            return Err(Error::Shredded(cipherdir.to_path_buf()));
+        }
+        let keys = KeyRing::unlock(kms, &header, &cipherdir.join(HEADER_FILE))?;
+        let store = Store::open(&cipherdir.join(STORE_FILE))?;
+        let hook = storage.clone();
+        store.set_before_commit(Box::new(move || hook.sync_point(super::SyncPoint::StoreCommit)));
+        let header = match header.features & crate::format::FEATURE_RECORD_MACS {
+            0 => Self::upgrade_record_macs(cipherdir, header, &keys, &store)?,
+            _ => header,
+        };
+        let data_dir = cipherdir.join(DATA_DIR);
+        let root_id = names::read_dir_id(&data_dir)?;
+        let slot = header.cipher.slot_size();
+        let core = Core {
+            keys,
+            store,
+            layout: Layout::new(slot, header.extent_shift),
+            cipher_code: header.cipher.code(),
+            data_dir,
+            root_id,
+            open: Mutex::new(HashMap::new()),
+            scratch_dirs: Default::default(),
+            committer: Committer::new(),
+            storage,
+        };
+        let core = Arc::new(core);
+        Committer::start(&core);
+        let vol = Volume {
+            core,
+            dir_ids: Default::default(),
+            file_ids: Default::default(),
+            cipherdir: cipherdir.to_path_buf(),
+            header: header.into(),
+            mount_marker: Default::default(),
+            inode_aliases: Default::default(),
+        };
+        vol.resume_pending_rotation(kms)?;
+        Ok(vol)
+    }
+
+    /// A volume made before record MACs: gives every record its MAC (one transaction), then
+    /// sets the header's feature bit, from which on a record without one is refused. A crash
+    /// in between only repeats the first step.
+    fn upgrade_record_macs(
+        cipherdir: &Path,
+        mut header: VolumeHeader,
+        keys: &KeyRing,
+        store: &Store,
+    ) -> Result<VolumeHeader> {
+        let _lock = durable::lock_header(cipherdir)?;
+        let mut records = Vec::new();
+        for id in store.file_ids()? {
+            if let Some((rec, extents)) = store.load(&id)? {
+                let mac = super::file::record_mac_with(
+                    keys.names(),
+                    rec.cipher,
+                    &id,
+                    rec.size,
+                    extents.iter().map(|e| (e.index, &e.written[..])),
+                );
+                records.push((id, rec, mac));
+            }
+        }
+        let changes: Vec<Change<'_>> = records
+            .iter()
+            .map(|(id, rec, mac)| Change::PutFile { id, size: rec.size, cipher: rec.cipher, mac })
+            .collect();
+        store.apply(&changes)?;
+        header.features |= crate::format::FEATURE_RECORD_MACS;
+        header.wrapped_name_key = keys
+            .seal_name_key(&header)
+            .map_err(|_| Error::integrity(cipherdir.join(HEADER_FILE), "the KEK changed while upgrading"))?;
+        durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)?;
+        tracing::info!(records = records.len(), "file records now carry MACs (volume feature record-macs)");
+        Ok(header)
+    }
+}
+
+/// Removes everything inside `dir` (used to undo a failed `init` in a directory that was
+/// empty before).
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let p = entry?.path();
+        if p.is_dir() {
+            fs::remove_dir_all(&p)?;
+        } else {
+            fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
+}
