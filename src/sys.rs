@@ -26,7 +26,7 @@ pub fn harden_process() -> std::io::Result<()> {
 /// Locks this process's memory, present and future, into RAM (`mlockall`), so no page that
 /// holds a key (the KEK, cached DEK schedules, the name key) is ever written to swap, and
 /// excludes every mapping from core dumps (`/proc/self/coredump_filter` = 0; dumps are
-/// already off, this covers a later `gcore`). Locking needs root (`CAP_IPC_LOCK`) or an
+/// already off, this covers a later `gcore`). Locking needs `CAP_IPC_LOCK` (root) or an
 /// unlimited `RLIMIT_MEMLOCK`; without them it is skipped with a warning (a limited lock
 /// would make allocations fail once the limit is reached; `warn` says so on stderr).
 /// Returns whether memory is locked.
@@ -35,7 +35,7 @@ pub fn lock_memory(warn: bool) -> bool {
         tracing::warn!("cannot clear coredump_filter: {e}");
     }
     let unlimited = matches!(getrlimit(Resource::RLIMIT_MEMLOCK), Ok((soft, _)) if soft == RLIM_INFINITY);
-    if !(nix::unistd::geteuid().is_root() || unlimited) {
+    if !(has_ipc_lock() || unlimited) {
         if !warn {
             return false;
         }
@@ -52,6 +52,17 @@ pub fn lock_memory(warn: bool) -> bool {
         Err(e) => tracing::warn!("mlockall failed ({e}): key pages could reach swap"),
     }
     LOCKED.load(Ordering::SeqCst)
+}
+
+/// Whether this process holds `CAP_IPC_LOCK` (root usually does; root in a container may
+/// not), read from `/proc/self/status`.
+pub fn has_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_string())))
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
 }
 
 /// Whether [`lock_memory`] locked this process's memory.
