@@ -571,6 +571,11 @@ impl FileState {
         inner.meta_dirty || inner.unlinked
     }
 
+    /// The MAC of the record this file's in-memory state commits.
+    fn record_mac_of(&self, inner: &Inner) -> [u8; 16] {
+        record_mac(&self.core, &self.id, inner.size, inner.extents.iter().map(|(&i, e)| (i, e.written.as_bytes())))
+    }
+
     /// For a group commit: the file's state, locked until the commit is applied (or undone),
     /// so that no later commit of this file (an fsync) can reach the store before it and be
     /// overwritten by this older snapshot.
@@ -591,8 +596,7 @@ impl FileState {
             return Ok(None);
         }
         self.rewrap_to_target(inner, true)?;
-        let mac =
-            record_mac(&self.core, &self.id, inner.size, inner.extents.iter().map(|(&i, e)| (i, e.written.as_bytes())));
+        let mac = self.record_mac_of(inner);
         let mut extents = Vec::new();
         for (&index, ext) in inner.extents.iter_mut().filter(|(_, x)| x.dirty) {
             extents.push((index, ext.kek_id, ext.wrapped.clone(), ext.written.as_bytes().to_vec()));
@@ -628,8 +632,7 @@ impl FileState {
         }
         self.rewrap_to_target(inner, true)?;
         let cipher = self.core.cipher_code;
-        let mac =
-            record_mac(&self.core, &self.id, inner.size, inner.extents.iter().map(|(&i, e)| (i, e.written.as_bytes())));
+        let mac = self.record_mac_of(inner);
         let mut changes = vec![Change::PutFile { id: &self.id, size: inner.size, cipher, mac: &mac }];
         changes.extend_from_slice(extra);
         for (&index, ext) in inner.extents.iter().filter(|(_, x)| x.dirty) {

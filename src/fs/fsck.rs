@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use super::names::{self, DIRID_FILE};
 use super::volume::Volume;
-use crate::format::{Layout, ObjectHeader, ObjectKind, OBJECT_HEADER_LEN};
+use crate::format::{hex, Layout, ObjectHeader, ObjectKind, OBJECT_HEADER_LEN};
 use crate::keys::FileId;
 use crate::store::Change;
 use crate::{Error, Result};
@@ -423,8 +423,4 @@ fn lost_keys(store: &crate::store::Store) -> Result<Vec<FileId>> {
         .chunks_exact(16)
         .map(|c| <[u8; 16]>::try_from(c).unwrap_or_default())
         .collect())
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

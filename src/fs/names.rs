@@ -102,8 +102,7 @@ pub(super) const TEMP_PREFIX: &str = ".evfs-new-";
 /// A hidden, unique name beside `backing` to build a new entry under.
 pub(super) fn temp_sibling(backing: &Path) -> std::path::PathBuf {
     let r: [u8; 8] = crate::crypto::random_array();
-    let name: String = r.iter().map(|b| format!("{b:02x}")).collect();
-    backing.with_file_name(format!("{TEMP_PREFIX}{name}"))
+    backing.with_file_name(format!("{TEMP_PREFIX}{}", crate::format::hex(&r)))
 }
 
 /// Moves the finished entry `tmp` to `backing`, failing (Exists, naming `plain`) rather
@@ -113,14 +112,6 @@ pub(super) fn place(tmp: &Path, backing: &Path, plain: &Path) -> Result<()> {
     match renameat2(AT_FDCWD, tmp, AT_FDCWD, backing, RenameFlags::RENAME_NOREPLACE) {
         Ok(()) => Ok(()),
         Err(nix::Error::EEXIST) => Err(Error::Exists(plain.to_path_buf())),
-        // A file system without RENAME_NOREPLACE: a hard link also refuses to replace.
-        Err(nix::Error::EINVAL) if tmp.is_file() => {
-            std::fs::hard_link(tmp, backing).map_err(|e| match e.kind() {
-                std::io::ErrorKind::AlreadyExists => Error::Exists(plain.to_path_buf()),
-                _ => Error::io(plain, "create", e),
-            })?;
-            std::fs::remove_file(tmp).map_err(|e| Error::io(plain, "create", e))
-        }
         Err(e) => Err(Error::io(plain, "create", e.into())),
     }
 }
