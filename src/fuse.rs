@@ -139,27 +139,6 @@ fn attr(a: &Attr) -> FileAttr {
     }
 }
 
-/// The attributes of a negative lookup reply: only the node id 0 matters.
-fn negative_attr() -> FileAttr {
-    FileAttr {
-        ino: INodeNo(0),
-        size: 0,
-        blocks: 0,
-        atime: SystemTime::UNIX_EPOCH,
-        mtime: SystemTime::UNIX_EPOCH,
-        ctime: SystemTime::UNIX_EPOCH,
-        crtime: SystemTime::UNIX_EPOCH,
-        kind: FileType::RegularFile,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 4096,
-        flags: 0,
-    }
-}
-
 fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     t.map(|t| match t {
         TimeOrNow::SpecificTime(t) => SetTime::At(t),
@@ -210,13 +189,7 @@ impl Filesystem for Adapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(parent.0, name) {
-            // A negative entry (node id 0) the kernel may cache for the TTL, like a positive
-            // one: `tar`, `git` and compilers look up many names that do not exist yet, and
-            // every create or rename through this mount replaces the cached negative entry.
-            Err(Error::NotFound(_)) => reply.entry(&TTL, &negative_attr(), Generation(0)),
-            r => entry(reply, r),
-        }
+        entry(reply, self.fs.lookup(parent.0, name));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
