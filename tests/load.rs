@@ -1,7 +1,8 @@
 //! Under load: fsstress-style parallel metadata and data operations on one mount for a
 //! bounded time (180 s by default, `ENVELOPEFS_LOAD_SECS` for a longer run). Every thread
 //! checks what it reads against its own model; threads also race each other in one shared
-//! directory, where only the errors such races explain are allowed. The daemon's resident
+//! directory, where only the errors such races explain are allowed and every read returns
+//! exactly one whole file written there (`LOAD_OWN` / `LOAD_SHARED` set the thread counts). The daemon's resident
 //! memory is sampled throughout and must stay under its bound; afterwards the volume
 //! remounts and fsck is clean.
 
@@ -11,7 +12,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,9 +127,24 @@ fn own_tree(root: PathBuf, seed: u64, stop: Arc<AtomicBool>) -> (u64, HashMap<Pa
     (ops, files)
 }
 
+/// `seed`, `len`, then `len` bytes of the seed's pattern: a reader can tell whole contents
+/// from anything else.
+fn stamped(seed: u64, len: usize) -> Vec<u8> {
+    [seed.to_le_bytes().to_vec(), (len as u64).to_le_bytes().to_vec(), pattern(seed, len)].concat()
+}
+
+/// `data` is exactly some [`stamped`] contents.
+fn stamp_holds(data: &[u8]) -> bool {
+    data.len() >= 16 && {
+        let word = |i: usize| u64::from_le_bytes(data[i..i + 8].try_into().unwrap());
+        data.len() as u64 - 16 == word(8) && data[16..] == pattern(word(0), data.len() - 16)
+    }
+}
+
 /// Racing in one shared directory: only the errors a race explains are allowed.
 fn shared(dir: PathBuf, seed: u64, stop: Arc<AtomicBool>) -> (u64, HashMap<PathBuf, Vec<u8>>) {
     let mut rng = Rng(seed);
+    let tmp = dir.join(format!("t{seed}"));
     let mut ops = 0;
     let allowed = |e: &std::io::Error| {
         matches!(e.kind(), ErrorKind::NotFound | ErrorKind::AlreadyExists | ErrorKind::DirectoryNotEmpty)
@@ -141,8 +157,11 @@ fn shared(dir: PathBuf, seed: u64, stop: Arc<AtomicBool>) -> (u64, HashMap<PathB
         let b = dir.join(format!("s{}", rng.below(16)));
         let op = rng.below(6);
         let r = match op {
-            0 => fs::write(&a, pattern(rng.next(), rng.below(20_000) as usize)),
-            1 => fs::read(&a).map(|_| ()),
+            // Whole files only (written aside, then renamed over the name): every read must
+            // see exactly one of them. In-place writes are the owned trees' part.
+            0 => fs::write(&tmp, stamped(rng.next(), rng.below(20_000) as usize)).and_then(|_| fs::rename(&tmp, &a)),
+            1 => fs::read(&a)
+                .map(|data| assert!(stamp_holds(&data), "{}: wrong contents read ({} bytes)", a.display(), data.len())),
             2 => fs::rename(&a, &b),
             3 => fs::remove_file(&a),
             4 => fs::create_dir(&a),
@@ -169,7 +188,7 @@ fn parallel_metadata_and_data_load_with_bounded_daemon_memory() {
         let (root, stop) = (m.p(&format!("own{t}")), stop.clone());
         threads.push(std::thread::spawn(move || own_tree(root, 1000 + t, stop)));
     }
-    for t in 0..n("LOAD_SHARED", 2) {
+    for t in 0..n("LOAD_SHARED", 4) {
         let (dir, stop) = (shared_dir.clone(), stop.clone());
         threads.push(std::thread::spawn(move || shared(dir, 2000 + t, stop)));
     }
@@ -196,5 +215,5 @@ fn parallel_metadata_and_data_load_with_bounded_daemon_memory() {
     for (p, data) in results.iter().flat_map(|r| r.1.iter()) {
         assert!(fs::read(p).unwrap_or_default() == *data, "{} after remount", p.display());
     }
-    assert!(Path::new(&m.p("own0")).is_dir());
+    assert!(shared_dir.is_dir());
 }

@@ -102,7 +102,7 @@ impl Volume {
         let (dir, dir_id) = self.open_dir(path)?;
         let mut out = Vec::new();
         for (e, backing) in self.entries_in(&dir, &dir_id, path)? {
-            match self.attr_of_backing(&dir.join(backing), &path.join(&e.name)) {
+            match self.attr_of_backing(&dir.join(backing), &path.join(&e.name), None) {
                 Ok(a) => out.push((e, a)),
                 Err(Error::NotFound(_)) => {} // removed meanwhile
                 Err(err) => return Err(err),

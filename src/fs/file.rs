@@ -83,8 +83,6 @@ pub(super) struct FileState {
     inner: RwLock<Inner>,
     /// Data written since the last data sync (set by in-place overwrites under the read lock).
     data_dirty: AtomicBool,
-    /// Unlinked with no handle left, its data cut ([`FileState::discard_data`]).
-    discarded: AtomicBool,
 }
 
 impl FileState {
@@ -145,7 +143,6 @@ impl FileState {
             scratch,
             inner: RwLock::new(inner),
             data_dirty: AtomicBool::new(false),
-            discarded: AtomicBool::new(false),
         }
     }
 
@@ -178,15 +175,9 @@ impl FileState {
     /// disk that commit may need the space). A crash in between leaves keys without a data
     /// file, which recovery deletes.
     pub(super) fn discard_data(&self) {
-        self.discarded.store(true, Ordering::SeqCst);
         if let Err(e) = self.data.set_len(0) {
             tracing::warn!("{}: freeing an unlinked file's space: {e}", self.name().display());
         }
-    }
-
-    /// An open that raced the unlink finds this: it is ordered after the unlink (ENOENT).
-    pub(super) fn is_discarded(&self) -> bool {
-        self.discarded.load(Ordering::SeqCst)
     }
 
     pub(super) fn is_unlinked(&self) -> bool {

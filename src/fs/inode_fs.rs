@@ -166,14 +166,13 @@ impl InodeFs {
 
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
         let path = self.path_unchecked(ino)?;
-        let mut attr = self.vol.getattr(&path)?;
-        if ino != ROOT_INO && attr.ino != ino {
-            if attr.ino != self.vol.current_inode(ino) {
-                return Err(Error::NotFound(path)); // see `path`
-            }
-            attr.ino = ino; // re-keyed in place: the kernel's inode number stays
+        if ino == ROOT_INO {
+            let mut attr = self.vol.getattr(&path)?;
+            self.fuse_ino(&mut attr);
+            return Ok(attr);
         }
-        self.fuse_ino(&mut attr);
+        let mut attr = self.vol.getattr_inode(&path, ino)?; // see `path`
+        attr.ino = ino; // re-keyed in place: the kernel's inode number stays
         Ok(attr)
     }
 
@@ -189,7 +188,11 @@ impl InodeFs {
         if let Some(size) = set.size {
             match set.fh.and_then(|fh| self.handle(fh).ok()) {
                 Some(h) => h.set_len(size)?,
-                None => self.vol.truncate(&path, size)?,
+                None => {
+                    let h = self.vol.open_inode(&path, true, Some(ino))?;
+                    h.set_len(size)?;
+                    h.close()?;
+                }
             }
         }
         if set.atime.is_some() || set.mtime.is_some() {
@@ -271,7 +274,7 @@ impl InodeFs {
         if write {
             self.writable()?;
         }
-        let h = self.vol.open_file(&self.path(ino)?, write)?;
+        let h = self.vol.open_inode(&self.path_unchecked(ino)?, write, Some(ino))?;
         Ok(self.add_handle(h))
     }
 

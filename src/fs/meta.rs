@@ -105,12 +105,23 @@ impl Volume {
     /// Attributes of `path` (`""` is the root).
     pub fn getattr(&self, path: &Path) -> Result<Attr> {
         let backing = self.backing_or_root(path)?;
-        self.attr_of_backing(&backing, path)
+        self.attr_of_backing(&backing, path, None)
     }
 
-    /// Attributes of the entry at `backing` (`path` names it in errors).
-    pub(super) fn attr_of_backing(&self, backing: &Path, path: &Path) -> Result<Attr> {
+    /// Attributes of `path` if it is (still) backing inode `ino` (see
+    /// [`Volume::open_inode`]), else NotFound — checked before anything is read from it.
+    pub fn getattr_inode(&self, path: &Path, ino: u64) -> Result<Attr> {
+        let backing = self.backing_or_root(path)?;
+        self.attr_of_backing(&backing, path, Some(ino))
+    }
+
+    /// Attributes of the entry at `backing` (`path` names it in errors), if it is inode
+    /// `expect` when given.
+    pub(super) fn attr_of_backing(&self, backing: &Path, path: &Path, expect: Option<u64>) -> Result<Attr> {
         let meta = fs::symlink_metadata(backing).map_err(|_| Error::NotFound(path.into()))?;
+        if expect.is_some_and(|ino| !self.is_inode(meta.ino(), ino)) {
+            return Err(Error::NotFound(path.into()));
+        }
         let kind = kind_of(meta.file_type());
         let size = match kind {
             EntryKind::File => self.size_of_backing(backing, meta.ino(), path)?,

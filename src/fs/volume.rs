@@ -384,11 +384,14 @@ impl Volume {
                 // The id and the inode number from one open file: `backing` may name another
                 // inode by now (a rename racing this stat), and a wrong pair in the cache
                 // would send a later unlink's key deletion to the wrong file.
-                let file = fs::File::open(backing).map_err(|e| Error::io(path, "open", e))?;
-                let id = read_file_id(&file, path)?;
-                if file.metadata().map(|m| m.ino()).ok() == Some(ino) {
-                    self.remember_file_id(ino, id);
+                // A name that meanwhile holds another file (one being created, say, with no
+                // header yet) is not the entry that was stat'ed: that one is gone.
+                let file = fs::File::open(backing).map_err(|_| Error::NotFound(path.into()))?;
+                if file.metadata().map(|m| m.ino()).ok() != Some(ino) {
+                    return Err(Error::NotFound(path.into()));
                 }
+                let id = read_file_id(&file, path)?;
+                self.remember_file_id(ino, id);
                 id
             }
         };
@@ -486,6 +489,19 @@ impl Volume {
 
     /// Opens an existing file.
     pub fn open_file(&self, path: &Path, writable: bool) -> Result<FileHandle> {
+        self.open_inode(path, writable, None)
+    }
+
+    /// Whether backing inode `now` holds what inode `ino` held (itself, or what a rekey put
+    /// in its place).
+    pub fn is_inode(&self, now: u64, ino: u64) -> bool {
+        now == ino || now == self.current_inode(ino)
+    }
+
+    /// Opens the file at `path` — only if it is (still) backing inode `ino`, when given: a
+    /// kernel opens inodes, and the name it knew may by now be another file, even one whose
+    /// creation has not yet written its header.
+    pub fn open_inode(&self, path: &Path, writable: bool, ino: Option<u64>) -> Result<FileHandle> {
         let r = self.resolve(path)?;
         let backing = r.backing();
         // Read-write even for a reader when we may: the open file's state (and its data
@@ -502,7 +518,11 @@ impl Volume {
             _ if e.raw_os_error() == Some(21) => Error::IsDir(path.into()),
             _ => Error::io(path, "open", e),
         })?;
-        if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
+        if ino.is_some_and(|ino| !self.is_inode(meta.ino(), ino)) {
+            return Err(Error::NotFound(path.into()));
+        }
+        if meta.is_dir() {
             return Err(Error::IsDir(path.into()));
         }
         let id = read_file_id(&file, path)?;
@@ -522,11 +542,15 @@ impl Volume {
     ) -> Result<FileHandle> {
         let mut table = self.core.open_table();
         let state = match table.get_mut(&id) {
-            Some((state, _)) if state.is_discarded() => return Err(Error::NotFound(plain)),
             Some((state, count)) => {
                 *count += 1;
                 state.clone()
             }
+            // A state leaves this table before its data is cut, so one found here is live.
+            // Not here, and its last name went after we opened it: its data may be cut
+            // already (an unlinked file's space is given back at once). To the caller this
+            // open came after the unlink.
+            None if !fresh && !file.is_linked().unwrap_or(true) => return Err(Error::NotFound(plain)),
             None => {
                 let scratch = self.is_scratch(&plain);
                 let state = Arc::new(match fresh {

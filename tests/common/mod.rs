@@ -23,6 +23,9 @@ pub fn pass() -> Passphrase {
 /// A private temp dir, on tmpfs when available (fsync there is cheap, which keeps sweeps
 /// that commit thousands of times fast).
 pub fn scratch() -> TempDir {
+    if let Some(base) = std::env::var_os("ENVELOPEFS_TEST_DIR") {
+        return tempfile::Builder::new().prefix("evfs-test-").tempdir_in(base).unwrap();
+    }
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
         if let Ok(d) = tempfile::Builder::new().prefix("evfs-test-").tempdir_in(shm) {
