@@ -221,3 +221,25 @@ fn concurrent_writers_on_distinct_ranges_of_one_file() {
         assert!(buf == pattern(k * 10_000, 10_000), "range {k}");
     }
 }
+
+#[test]
+fn an_unlinked_file_still_open_stays_readable_through_a_group_commit() {
+    for cipher in CIPHERS {
+        let (_tmp, dir, vol) = new_volume(cipher, 20);
+        let data = pattern(5, 17_563);
+        let w = vol.create(p("f"), 0o644).unwrap();
+        w.write_at(0, &data).unwrap();
+        w.close_deferred().unwrap(); // parked for the next group commit
+        let r = vol.open_file(p("f"), false).unwrap(); // reopened before that commit
+        vol.unlink(p("f")).unwrap();
+        vol.flush_pending().unwrap(); // the parked commit runs while `r` is open
+        let mut buf = vec![0u8; data.len()];
+        assert_eq!(r.read_at(0, &mut buf).unwrap(), data.len());
+        assert!(buf == data, "{cipher:?}: an open, unlinked file reads what was written");
+        r.close().unwrap();
+        vol.flush_pending().unwrap();
+        drop(vol);
+        let vol = reopen(&dir);
+        assert!(vol.fsck(false).unwrap().problems.is_empty(), "{cipher:?}: its keys went with its last close");
+    }
+}

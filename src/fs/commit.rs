@@ -115,10 +115,8 @@ impl Committer {
         order.dedup_by_key(|s| s.id);
         let mut held: Vec<_> = order.iter().map(|s| (*s, s.lock_for_commit())).collect();
         let mut snaps: Vec<(usize, CommitSnapshot)> = Vec::new();
-        let mut gone: Vec<FileId> = deletes.clone();
         for (i, (s, inner)) in held.iter_mut().enumerate() {
             match s.snapshot_for_commit(inner) {
-                Ok(Some(CommitSnapshot::Delete)) => gone.push(s.id),
                 Ok(Some(snap)) => snaps.push((i, snap)),
                 Ok(None) => {}
                 Err(e) => tracing::error!("{e}"),
@@ -137,7 +135,7 @@ impl Committer {
             for (i, snap) in &snaps {
                 snap.changes(&held[*i].0.id, core.cipher_code, &mut changes);
             }
-            changes.extend(gone.iter().map(|id| Change::DeleteFile { id }));
+            changes.extend(deletes.iter().map(|id| Change::DeleteFile { id }));
             core.store.apply(&changes)
         })();
         if let Err(e) = result {

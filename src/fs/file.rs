@@ -576,14 +576,11 @@ impl FileState {
 
     /// For a group commit: takes the pending metadata (marking it clean) without syncing the
     /// data file — the committer syncs the whole backing file system before it commits.
+    ///
+    /// An unlinked file has nothing to commit: it may still be open (and read), and its keys
+    /// go by id when its last handle closes ([`Core::release`], `Volume::drop_file`).
     pub(super) fn snapshot_for_commit(&self, inner: &mut Inner) -> Result<Option<CommitSnapshot>> {
-        if inner.unlinked {
-            self.core.keys.forget(&self.id, 0);
-            inner.extents.clear();
-            inner.meta_dirty = false;
-            return Ok(Some(CommitSnapshot::Delete));
-        }
-        if !inner.meta_dirty {
+        if inner.unlinked || !inner.meta_dirty {
             return Ok(None);
         }
         self.rewrap_to_target(inner, true)?;
@@ -596,18 +593,16 @@ impl FileState {
         let size = inner.size;
         inner.meta_dirty = false;
         self.data_dirty.store(false, Ordering::Release);
-        Ok(Some(CommitSnapshot::Put { size, mac, extents }))
+        Ok(Some(CommitSnapshot { size, mac, extents }))
     }
 
     /// A group commit of `snap` failed: its metadata is pending again.
     pub(super) fn restore_dirty(&self, inner: &mut Inner, snap: &CommitSnapshot) {
-        if let CommitSnapshot::Put { extents, .. } = snap {
-            inner.meta_dirty = true;
-            self.data_dirty.store(true, Ordering::Release);
-            for (index, ..) in extents {
-                if let Some(e) = inner.extents.get_mut(index) {
-                    e.dirty = true;
-                }
+        inner.meta_dirty = true;
+        self.data_dirty.store(true, Ordering::Release);
+        for (index, ..) in &snap.extents {
+            if let Some(e) = inner.extents.get_mut(index) {
+                e.dirty = true;
             }
         }
     }
@@ -679,24 +674,19 @@ pub(super) fn record_mac_with<'a>(
 pub(super) type ExtentSnapshot = (u64, [u8; 16], Vec<u8>, Vec<u8>);
 
 /// A file's pending metadata, taken for a group commit.
-pub(super) enum CommitSnapshot {
-    /// The file is gone: delete its records.
-    Delete,
-    /// Size, the record's MAC and the changed extents.
-    Put { size: u64, mac: [u8; 16], extents: Vec<ExtentSnapshot> },
+pub(super) struct CommitSnapshot {
+    size: u64,
+    mac: [u8; 16],
+    /// The changed extents.
+    extents: Vec<ExtentSnapshot>,
 }
 
 impl CommitSnapshot {
     /// The store changes of this snapshot for file `id`.
     pub(super) fn changes<'a>(&'a self, id: &'a FileId, cipher: u8, out: &mut Vec<Change<'a>>) {
-        match self {
-            CommitSnapshot::Delete => out.push(Change::DeleteFile { id }),
-            CommitSnapshot::Put { size, mac, extents } => {
-                out.push(Change::PutFile { id, size: *size, cipher, mac });
-                for (index, kek_id, wrapped, written) in extents {
-                    out.push(Change::PutExtent { file: id, index: *index, kek_id, wrapped, written });
-                }
-            }
+        out.push(Change::PutFile { id, size: self.size, cipher, mac: &self.mac });
+        for (index, kek_id, wrapped, written) in &self.extents {
+            out.push(Change::PutExtent { file: id, index: *index, kek_id, wrapped, written });
         }
     }
 }
