@@ -10,23 +10,27 @@
 # daemons' CPU seconds and peak RSS, and envelopefs's KMS calls.
 #
 # Usage: scripts/bench-fio.sh [--size 1G] [--runtime 10] [--files 25000] [--dir DIR]
+#                              [--only seq,rand,small]
 # Needs root (to drop caches). DIR (default /var/tmp) must be on a real disk, not tmpfs.
+# --only runs some job groups (for a quick comparison while working; quote full runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/setup.sh
 
-SIZE=1G RUNTIME=10 FILES=25000 BASE=/var/tmp
+SIZE=1G RUNTIME=10 FILES=25000 BASE=/var/tmp ONLY=seq,rand,small
 while [ $# -gt 0 ]; do
     case $1 in
         --size) SIZE=$2; shift 2 ;;
         --runtime) RUNTIME=$2; shift 2 ;;
         --files) FILES=$2; shift 2 ;;
         --dir) BASE=$2; shift 2 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --only) ONLY=$2; shift 2 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) say "unknown argument $1"; exit 2 ;;
     esac
 done
 [ "$(id -u)" -eq 0 ] || { say "run as root (dropping caches needs it)"; exit 1; }
+wanted() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 ensure_rust
 ensure_apt fusermount3 fuse3
@@ -106,6 +110,7 @@ timed() {
     record "$job" "$fs" "$(python3 -c "print('%.2f' % ($t1 - $t0))")" s
 }
 
+if wanted seq; then
 say "sequential write and read ($SIZE)"
 for fs in "${NAMES[@]}"; do
     fio_job seq-write "$fs" --rw=write --bs=1M --size="$SIZE" --end_fsync=1 --filename=seq.dat
@@ -121,7 +126,9 @@ for fs in "${NAMES[@]}"; do
     inv=1; [ "$fs" = ext4 ] && inv=0
     fio_job seq-read-warm "$fs" --rw=read --bs=1M --size="$SIZE" --filename=seq.dat --invalidate=$inv
 done
+fi
 
+if wanted rand; then
 say "4 KiB random I/O, O_DIRECT, ${RUNTIME}s each"
 for rw in randread randwrite; do
     for jobs in 1 4; do
@@ -131,8 +138,10 @@ for rw in randread randwrite; do
         done
     done
 done
+fi
 for fs in "${NAMES[@]}"; do rm -f "${DIR[$fs]}/seq.dat" "${DIR[$fs]}/rand.dat"; done
 
+if wanted small; then
 say "small files: a tarball of $FILES files"
 python3 - "$WORK/small.tar" "$FILES" <<'EOF'
 import io, random, sys, tarfile
@@ -153,6 +162,7 @@ for fs in "${NAMES[@]}"; do
 done
 for fs in "${NAMES[@]}"; do timed small-find "$fs" sh -c 'find . | wc -l'; done
 for fs in "${NAMES[@]}"; do timed small-rm "$fs" sh -c 'rm -rf ./d* && sync'; done
+fi
 
 # The report.
 hz=$(getconf CLK_TCK)
