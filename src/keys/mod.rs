@@ -237,7 +237,7 @@ impl KeyRing {
 
     /// Drops cached ciphers of `file` from extent `from` on (truncation, deletion).
     pub fn forget(&self, file: &FileId, from: u64) {
-        self.cache.remove_where(|(f, e)| f == file && *e >= from);
+        self.cache.remove_file(file, from);
     }
 }
 

@@ -140,7 +140,7 @@ impl KeyRing {
     /// them). Scratch DEKs can no longer be unwrapped.
     pub fn drop_scratch(&self) {
         self.scratch.write().unwrap_or_else(|p| p.into_inner()).take();
-        self.cache.remove_where(|_| true);
+        self.cache.clear();
     }
 }
 
