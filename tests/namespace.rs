@@ -243,3 +243,29 @@ fn an_unlinked_file_still_open_stays_readable_through_a_group_commit() {
         assert!(vol.fsck(false).unwrap().problems.is_empty(), "{cipher:?}: its keys went with its last close");
     }
 }
+
+#[test]
+fn unlinked_data_goes_through_the_trash_and_nothing_is_left_there() {
+    let (_tmp, dir, vol) = new_volume(CipherKind::Aes256GcmSiv, 20);
+    for i in 0..50 {
+        let f = vol.create(Path::new(&format!("f{i}")), 0o644).unwrap();
+        f.write_at(0, &pattern(i, 10_000)).unwrap();
+        f.close().unwrap();
+    }
+    for i in 0..50 {
+        vol.unlink(Path::new(&format!("f{i}"))).unwrap();
+        assert!(matches!(vol.stat(Path::new(&format!("f{i}"))), Err(Error::NotFound(_))), "the name is gone at once");
+    }
+    assert!(vol.readdir(p("")).unwrap().is_empty());
+    drop(vol); // unmount: the trash is emptied, and removed
+    assert!(!dir.join("trash").exists());
+    assert_eq!(fs::read_dir(dir.join("data")).unwrap().count(), 1, "only .dirid remains");
+
+    // What a crash left in the trash is removed by the next read-write mount.
+    fs::create_dir(dir.join("trash")).unwrap();
+    fs::write(dir.join("trash/0123456789abcdef"), b"leftover ciphertext").unwrap();
+    let vol = reopen(&dir);
+    vol.begin_mount().unwrap();
+    drop(vol);
+    assert!(!dir.join("trash").exists(), "leftovers removed");
+}

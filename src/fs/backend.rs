@@ -58,20 +58,11 @@ pub trait DataFile: Send + Sync {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes written data durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
-    /// Whether the file still has a name (a link count above 0). Storage that cannot tell
-    /// says yes.
-    fn is_linked(&self) -> io::Result<bool> {
-        Ok(true)
-    }
 }
 
 impl DataFile for File {
     fn size(&self) -> io::Result<u64> {
         self.metadata().map(|m| m.len())
-    }
-
-    fn is_linked(&self) -> io::Result<bool> {
-        self.metadata().map(|m| std::os::unix::fs::MetadataExt::nlink(&m) > 0)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {

@@ -127,6 +127,7 @@ impl Volume {
     /// (if the marker says there was one) and sets the marker for this mount. Returns the
     /// recovery report if a recovery ran.
     pub fn begin_mount(&self) -> Result<Option<FsckReport>> {
+        self.core.trash.empty_leftovers();
         let report = match self.store().meta(MOUNT_ACTIVE)? {
             Some(_) => Some(self.check(Mode { repair: true, verify_blocks: false, in_scratch: false })?),
             None => None,
@@ -270,7 +271,7 @@ impl Volume {
         let in_lost_found = path.starts_with(Path::new("/").join(LOST_FOUND));
         let file = fs::File::open(backing).map_err(|e| Error::io(path, "open", e))?;
         let len = file.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
-        let id = match super::volume::read_file_id(&file, path) {
+        let id = match super::volume::read_file_id(&file, backing, path) {
             Ok(id) => id,
             Err(e) => {
                 let mut p = bad_entry(path, format!("file header: {e}"));

@@ -22,6 +22,7 @@ mod root;
 mod rotate;
 mod scratch;
 mod shred;
+mod trash;
 mod volume;
 mod xattr;
 

@@ -173,6 +173,7 @@ impl Volume {
             _ => header,
         };
         let data_dir = cipherdir.join(DATA_DIR);
+        let trash = super::trash::Trash::new(cipherdir);
         let root_id = names::read_dir_id(&data_dir)?;
         let slot = header.cipher.slot_size();
         let core = Core {
@@ -186,6 +187,7 @@ impl Volume {
             scratch_dirs: Default::default(),
             committer: Committer::new(),
             storage,
+            trash,
         };
         let core = Arc::new(core);
         Committer::start(&core);

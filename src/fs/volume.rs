@@ -109,6 +109,8 @@ pub(super) struct Core {
     pub(super) committer: Committer,
     /// Data files and sync points (the storage seam).
     pub(super) storage: Arc<dyn super::Storage>,
+    /// Unlinked data files waiting for removal in the background.
+    pub(super) trash: super::trash::Trash,
 }
 
 impl Core {
@@ -390,7 +392,7 @@ impl Volume {
                 if file.metadata().map(|m| m.ino()).ok() != Some(ino) {
                     return Err(Error::NotFound(path.into()));
                 }
-                let id = read_file_id(&file, path)?;
+                let id = read_file_id(&file, backing, path)?;
                 self.remember_file_id(ino, id);
                 id
             }
@@ -411,7 +413,7 @@ impl Volume {
 
     /// The file id in the object header of the data file at `backing`.
     pub(super) fn file_id_of(&self, backing: &Path, path: &Path) -> Result<FileId> {
-        read_file_id(&fs::File::open(backing).map_err(|e| Error::io(path, "open", e))?, path)
+        read_file_id(&fs::File::open(backing).map_err(|e| Error::io(path, "open", e))?, backing, path)
     }
 
     /// Runs a rename `f` of `from` to `to`, keeping long-name records right: the target's
@@ -484,7 +486,7 @@ impl Volume {
             let _ = fs::remove_file(backing);
             return Err(Error::io(&plain, "write header", e));
         }
-        self.attach(id, file, plain, true, true)
+        self.attach(id, file, plain, true, None)
     }
 
     /// Opens an existing file.
@@ -525,21 +527,25 @@ impl Volume {
         if meta.is_dir() {
             return Err(Error::IsDir(path.into()));
         }
-        let id = read_file_id(&file, path)?;
+        let id = read_file_id(&file, &backing, path)?;
+        let (dev, ino) = (meta.dev(), meta.ino());
+        let named = || fs::symlink_metadata(&backing).is_ok_and(|m| m.dev() == dev && m.ino() == ino);
         let file = self.core.storage.data_file(file, &backing);
-        self.attach(id, file, r.plain, writable, false)
+        self.attach(id, file, r.plain, writable, Some(&named))
     }
 
-    /// The handle of file `id`, sharing the state of its other handles; a `fresh` file (just
-    /// created) has no store record to load.
+    /// The handle of file `id`, sharing the state of its other handles. An opened file
+    /// comes with a check that its name still names it; a fresh one (just created, `None`)
+    /// has no store record to load.
     fn attach(
         &self,
         id: FileId,
         file: Box<dyn super::DataFile>,
         plain: PathBuf,
         writable: bool,
-        fresh: bool,
+        opened: Option<&dyn Fn() -> bool>,
     ) -> Result<FileHandle> {
+        let fresh = opened.is_none();
         let mut table = self.core.open_table();
         let state = match table.get_mut(&id) {
             Some((state, count)) => {
@@ -550,7 +556,7 @@ impl Volume {
             // Not here, and its last name went after we opened it: its data may be cut
             // already (an unlinked file's space is given back at once). To the caller this
             // open came after the unlink.
-            None if !fresh && !file.is_linked().unwrap_or(true) => return Err(Error::NotFound(plain)),
+            None if opened.is_some_and(|named| !named()) => return Err(Error::NotFound(plain)),
             None => {
                 let scratch = self.is_scratch(&plain);
                 let state = Arc::new(match fresh {
@@ -578,7 +584,7 @@ impl Volume {
                 Some(id) => id,
                 None => {
                     let f = fs::File::open(&backing).map_err(|e| Error::io(path, "open", e))?;
-                    match read_file_id(&f, path) {
+                    match read_file_id(&f, &backing, path) {
                         Ok(id) => id,
                         // No complete header (a create cut short): no keys can exist for it.
                         Err(Error::Corrupt { .. }) if meta.len() < OBJECT_HEADER_LEN as u64 => {
@@ -592,7 +598,11 @@ impl Volume {
         } else {
             None
         };
-        fs::remove_file(&backing).map_err(|e| Error::io(path, "unlink", e))?;
+        let removed = match (id, meta.nlink()) {
+            (Some(_), 1) => self.core.trash.discard(&backing), // its blocks are freed later
+            _ => fs::remove_file(&backing),
+        };
+        removed.map_err(|e| Error::io(path, "unlink", e))?;
         if meta.nlink() == 1 {
             self.file_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&meta.ino());
         }
@@ -648,7 +658,7 @@ impl Volume {
         }
         let replaced = match fs::symlink_metadata(&bt) {
             Ok(m) if m.is_file() && m.nlink() == 1 => {
-                Some((m.ino(), read_file_id(&fs::File::open(&bt).map_err(|e| Error::io(to, "open", e))?, to)?))
+                Some((m.ino(), read_file_id(&fs::File::open(&bt).map_err(|e| Error::io(to, "open", e))?, &bt, to)?))
             }
             _ => None,
         };
@@ -669,7 +679,7 @@ impl Volume {
             self.drop_file(&id)?;
         }
         if let Ok(f) = fs::File::open(&bt) {
-            if let Ok(id) = read_file_id(&f, to) {
+            if let Ok(id) = read_file_id(&f, &bt, to) {
                 if let Some((state, _)) = self.core.open_table().get(&id) {
                     state.set_name(to.to_path_buf());
                 }
@@ -709,6 +719,7 @@ impl Volume {
 impl Drop for Volume {
     fn drop(&mut self) {
         self.core.committer.stop();
+        self.core.trash.stop();
         match self.flush_pending() {
             Err(e) => tracing::error!("committing at close failed: {e}"),
             // Everything is committed: the next mount needs no recovery.
@@ -723,17 +734,26 @@ impl Drop for Volume {
 }
 
 /// The file id in a data file's object header.
-pub(super) fn read_file_id(file: &fs::File, path: &Path) -> Result<FileId> {
+pub(super) fn read_file_id(file: &fs::File, backing: &Path, path: &Path) -> Result<FileId> {
     let mut buf = [0u8; OBJECT_HEADER_LEN];
     let got = super::DataFile::read_at(file, &mut buf, 0).map_err(|e| Error::io(path, "read header", e))?;
     let decoded = ObjectHeader::decode(&buf[..got]).map_err(|e| e.at(path));
     // Opened just before its last name went (and its space was given back): to the caller
     // that open came after the unlink.
-    if decoded.is_err() && file.metadata().is_ok_and(|m| m.nlink() == 0) {
+    if decoded.is_err() && !still_named(file, backing) {
         return Err(Error::NotFound(path.to_path_buf()));
     }
     match decoded? {
         ObjectHeader { kind: ObjectKind::File, id } => Ok(id),
         _ => Err(Error::corrupt(path, "data file has a directory header")),
+    }
+}
+
+/// Whether `backing` still names the open `file` (an unlinked file is in the trash, or
+/// nowhere).
+pub(super) fn still_named(file: &fs::File, backing: &Path) -> bool {
+    match (file.metadata(), fs::symlink_metadata(backing)) {
+        (Ok(f), Ok(b)) => f.ino() == b.ino() && f.dev() == b.dev(),
+        _ => false,
     }
 }

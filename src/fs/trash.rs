@@ -1,0 +1,126 @@
+//! Deferred removal of unlinked data files. `unlink` moves a data file whose last name it
+//! removes into the volume's `trash/` directory (beside `data/`, on the same file system: a
+//! rename, so the name is gone before `unlink` returns) and a background thread removes it
+//! there. The directory exists only while there is something in it.
+//!
+//! Freeing a file's blocks is the slow part of an unlink on ext4 — truncation, journal, and
+//! with the `discard` mount option a synchronous TRIM per file — and it kept `rm -rf` through
+//! the mount at gocryptfs's pace (docs/BENCHMARKS.md). The keys go with the next group commit
+//! as before, so the data waiting here is already unreadable noise.
+//!
+//! Whatever is in the trash is garbage: a crash's leftovers are removed by the next
+//! read-write mount.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+
+/// The trash directory, in the volume directory.
+pub(super) const TRASH_DIR: &str = "trash";
+
+#[derive(Default)]
+struct Queue {
+    paths: Vec<PathBuf>,
+    stop: bool,
+}
+
+pub(super) struct Trash {
+    dir: PathBuf,
+    queue: Arc<(Mutex<Queue>, Condvar)>,
+    /// Started by the first use (a volume only read never makes the directory).
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Trash {
+    /// The trash of the volume in `cipherdir`.
+    pub(super) fn new(cipherdir: &Path) -> Trash {
+        Trash { dir: cipherdir.join(TRASH_DIR), queue: Default::default(), thread: Mutex::new(None) }
+    }
+
+    /// Queues `path` (in the trash) for removal, starting the thread if need be; false if no
+    /// thread runs (stopped, or it could not start).
+    fn queue(&self, paths: Vec<PathBuf>) -> bool {
+        let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+        let (lock, cv) = &*self.queue;
+        if lock.lock().unwrap_or_else(|p| p.into_inner()).stop {
+            return false;
+        }
+        if thread.is_none() {
+            let q = self.queue.clone();
+            match std::thread::Builder::new().name("trash".into()).spawn(move || empty_loop(&q)) {
+                Ok(t) => *thread = Some(t),
+                Err(_) => return false,
+            }
+        }
+        lock.lock().unwrap_or_else(|p| p.into_inner()).paths.extend(paths);
+        cv.notify_one();
+        true
+    }
+
+    /// Removes (in the background) what an earlier run left in the trash: a read-write mount
+    /// calls this first.
+    pub(super) fn empty_leftovers(&self) {
+        if let Ok(entries) = fs::read_dir(&self.dir) {
+            let paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            if !paths.is_empty() {
+                self.queue(paths);
+            }
+        }
+    }
+
+    /// Removes data file `backing` (its last link): moved into the trash for the thread, or
+    /// removed at once where it cannot be moved.
+    pub(super) fn discard(&self, backing: &Path) -> std::io::Result<()> {
+        let _ = fs::create_dir(&self.dir);
+        let r: [u8; 8] = crate::crypto::random_array();
+        let to = self.dir.join(crate::format::hex(&r));
+        match fs::rename(backing, &to) {
+            Ok(()) => {
+                if !self.queue(vec![to.clone()]) {
+                    fs::remove_file(&to)?;
+                }
+                Ok(())
+            }
+            Err(_) => fs::remove_file(backing),
+        }
+    }
+
+    /// Removes everything queued, then stops the thread (later discards remove at once).
+    pub(super) fn stop(&self) {
+        let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let (lock, cv) = &*self.queue;
+            lock.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
+            cv.notify_all();
+        }
+        if let Some(t) = thread.take() {
+            let _ = t.join();
+            let _ = fs::remove_dir(&self.dir); // if empty (another process may still use it)
+        }
+    }
+}
+
+fn empty_loop(queue: &(Mutex<Queue>, Condvar)) {
+    let (lock, cv) = queue;
+    loop {
+        let (paths, stop) = {
+            let mut q = lock.lock().unwrap_or_else(|p| p.into_inner());
+            while q.paths.is_empty() && !q.stop {
+                q = cv.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+            (std::mem::take(&mut q.paths), q.stop)
+        };
+        for p in paths {
+            let gone = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+            if let Err(e) = gone {
+                if e.kind() != ErrorKind::NotFound {
+                    tracing::warn!("{}: removing from the trash: {e}", p.display());
+                }
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}
