@@ -528,8 +528,7 @@ impl Volume {
             return Err(Error::IsDir(path.into()));
         }
         let id = read_file_id(&file, &backing, path)?;
-        let (dev, ino) = (meta.dev(), meta.ino());
-        let named = || fs::symlink_metadata(&backing).is_ok_and(|m| m.dev() == dev && m.ino() == ino);
+        let named = || names_inode(&backing, meta.dev(), meta.ino());
         let file = self.core.storage.data_file(file, &backing);
         self.attach(id, file, r.plain, writable, Some(&named))
     }
@@ -752,8 +751,10 @@ pub(super) fn read_file_id(file: &fs::File, backing: &Path, path: &Path) -> Resu
 /// Whether `backing` still names the open `file` (an unlinked file is in the trash, or
 /// nowhere).
 pub(super) fn still_named(file: &fs::File, backing: &Path) -> bool {
-    match (file.metadata(), fs::symlink_metadata(backing)) {
-        (Ok(f), Ok(b)) => f.ino() == b.ino() && f.dev() == b.dev(),
-        _ => false,
-    }
+    file.metadata().is_ok_and(|m| names_inode(backing, m.dev(), m.ino()))
+}
+
+/// Whether `backing` names inode `ino` of device `dev`.
+fn names_inode(backing: &Path, dev: u64, ino: u64) -> bool {
+    fs::symlink_metadata(backing).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
 }
