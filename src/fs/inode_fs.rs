@@ -87,8 +87,8 @@ impl InodeFs {
     fn path(&self, ino: u64) -> Result<PathBuf> {
         let path = self.path_unchecked(ino)?;
         if ino != ROOT_INO {
-            let now = std::fs::symlink_metadata(self.vol.backing_path(&path)?).map(|m| m.ino()).ok();
-            if now != Some(ino) && now != Some(self.vol.current_inode(ino)) {
+            let now = std::fs::symlink_metadata(self.vol.backing_path(&path)?).map(|m| m.ino());
+            if !now.is_ok_and(|now| self.vol.is_inode(now, ino)) {
                 return Err(Error::NotFound(path));
             }
         }
@@ -188,11 +188,7 @@ impl InodeFs {
         if let Some(size) = set.size {
             match set.fh.and_then(|fh| self.handle(fh).ok()) {
                 Some(h) => h.set_len(size)?,
-                None => {
-                    let h = self.vol.open_inode(&path, true, Some(ino))?;
-                    h.set_len(size)?;
-                    h.close()?;
-                }
+                None => self.vol.truncate_inode(&path, Some(ino), size)?,
             }
         }
         if set.atime.is_some() || set.mtime.is_some() {

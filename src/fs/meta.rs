@@ -189,7 +189,13 @@ impl Volume {
 
     /// Truncates or extends the file at `path`.
     pub fn truncate(&self, path: &Path, size: u64) -> Result<()> {
-        let f = self.open_file(path, true)?;
+        self.truncate_inode(path, None, size)
+    }
+
+    /// [`Volume::truncate`] of the file at `path` only if it is (still) backing inode `ino`,
+    /// when given (see [`Volume::open_inode`]).
+    pub fn truncate_inode(&self, path: &Path, ino: Option<u64>, size: u64) -> Result<()> {
+        let f = self.open_inode(path, true, ino)?;
         f.set_len(size)?;
         f.close()
     }

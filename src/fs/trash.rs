@@ -43,17 +43,18 @@ impl Trash {
     fn queue(&self, paths: Vec<PathBuf>) -> bool {
         let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
         let (lock, cv) = &*self.queue;
-        if lock.lock().unwrap_or_else(|p| p.into_inner()).stop {
+        let mut q = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if q.stop {
             return false;
         }
         if thread.is_none() {
-            let q = self.queue.clone();
-            match std::thread::Builder::new().name("trash".into()).spawn(move || empty_loop(&q)) {
+            let shared = self.queue.clone();
+            match std::thread::Builder::new().name("trash".into()).spawn(move || empty_loop(&shared)) {
                 Ok(t) => *thread = Some(t),
                 Err(_) => return false,
             }
         }
-        lock.lock().unwrap_or_else(|p| p.into_inner()).paths.extend(paths);
+        q.paths.extend(paths);
         cv.notify_one();
         true
     }
@@ -72,10 +73,14 @@ impl Trash {
     /// Removes data file `backing` (its last link): moved into the trash for the thread, or
     /// removed at once where it cannot be moved.
     pub(super) fn discard(&self, backing: &Path) -> std::io::Result<()> {
-        let _ = fs::create_dir(&self.dir);
         let r: [u8; 8] = crate::crypto::random_array();
         let to = self.dir.join(crate::format::hex(&r));
-        match fs::rename(backing, &to) {
+        // The directory is made when first needed (and again after a stop removed it).
+        let moved = fs::rename(backing, &to).or_else(|e| match e.kind() {
+            ErrorKind::NotFound if fs::create_dir(&self.dir).is_ok() => fs::rename(backing, &to),
+            _ => Err(e),
+        });
+        match moved {
             Ok(()) => {
                 if !self.queue(vec![to.clone()]) {
                     fs::remove_file(&to)?;
@@ -112,7 +117,11 @@ fn empty_loop(queue: &(Mutex<Queue>, Condvar)) {
             (std::mem::take(&mut q.paths), q.stop)
         };
         for p in paths {
-            let gone = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+            // Data files, but a leftover could be anything.
+            let gone = fs::remove_file(&p).or_else(|e| match e.raw_os_error() {
+                Some(21) => fs::remove_dir_all(&p), // EISDIR
+                _ => Err(e),
+            });
             if let Err(e) = gone {
                 if e.kind() != ErrorKind::NotFound {
                     tracing::warn!("{}: removing from the trash: {e}", p.display());
