@@ -22,6 +22,19 @@ const TTL: Duration = Duration::from_secs(1);
 /// Largest read/write request asked of the kernel.
 const MAX_IO: u32 = 1 << 20;
 
+/// How a file is opened. Never a FLUSH request at close: ours would have nothing to do
+/// (metadata is committed at the last release). An `O_DIRECT` open bypasses the kernel's
+/// page cache for the handle (as the caller asked) so that its writes inside the file run in
+/// parallel: the kernel otherwise serialises them on the inode lock, while here whole-block
+/// overwrites run under a shared lock and anything else takes the file's own lock.
+fn open_flags(flags: i32) -> FopenFlags {
+    let mut out = FopenFlags::FOPEN_NOFLUSH;
+    if flags & nix::libc::O_DIRECT != 0 {
+        out |= FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES;
+    }
+    out
+}
+
 /// Options of one mount.
 #[derive(Debug, Clone)]
 pub struct MountConfig {
@@ -284,7 +297,7 @@ impl Filesystem for Adapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         match self.fs.open(ino.0, write) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), open_flags(flags.0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -432,11 +445,11 @@ impl Filesystem for Adapter {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         match self.fs.create(parent.0, name, mode & !umask, caller(req)) {
-            Ok((a, fh)) => reply.created(&TTL, &attr(&a), Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Ok((a, fh)) => reply.created(&TTL, &attr(&a), Generation(0), FileHandle(fh), open_flags(flags)),
             Err(e) => reply.error(errno(&e)),
         }
     }

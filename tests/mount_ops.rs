@@ -257,6 +257,65 @@ fn concurrent_readers_and_writers_on_one_file() {
     }
 }
 
+/// A 4 KiB-aligned buffer holding `data` (O_DIRECT needs aligned memory).
+fn aligned(data: &[u8]) -> (Vec<u8>, usize) {
+    let mut v = vec![0u8; data.len() + 4096];
+    let at = v.as_ptr().align_offset(4096);
+    v[at..at + data.len()].copy_from_slice(data);
+    (v, at)
+}
+
+#[test]
+fn parallel_o_direct_writes_to_one_file() {
+    // The kernel runs O_DIRECT writes inside the file in parallel (FOPEN_PARALLEL_DIRECT_WRITES):
+    // four threads overwrite interleaved blocks and a fifth appends, all through O_DIRECT.
+    use std::os::unix::fs::OpenOptionsExt;
+    let m = MountFixture::new(&[]);
+    let path = m.p("direct");
+    const BLOCKS: u64 = 256;
+    fs::write(&path, vec![7u8; (BLOCKS * 4096) as usize]).unwrap();
+    let open = |p: &std::path::Path| {
+        fs::OpenOptions::new().read(true).write(true).custom_flags(nix::libc::O_DIRECT).open(p).unwrap()
+    };
+    let threads: Vec<_> = (0..5u64)
+        .map(|t| {
+            let f = open(&path);
+            std::thread::spawn(move || {
+                for round in 0..4u64 {
+                    for i in 0..BLOCKS / 4 {
+                        // Thread 4 appends past the end; the others overwrite their own blocks.
+                        let b = if t == 4 { BLOCKS + round * (BLOCKS / 4) + i } else { i * 4 + t };
+                        let (buf, at) = aligned(&pattern(b * 100 + round, 4096));
+                        f.write_all_at(&buf[at..at + 4096], b * 4096).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // A cached handle sees O_DIRECT writes made after it cached the pages.
+    let cached = fs::File::open(&path).unwrap();
+    let mut first = vec![0u8; 4096];
+    cached.read_exact_at(&mut first, 0).unwrap();
+    assert!(first == pattern(3, 4096), "block 0 before");
+    let (buf, at) = aligned(&[9u8; 4096]);
+    open(&path).write_all_at(&buf[at..at + 4096], 0).unwrap();
+    cached.read_exact_at(&mut first, 0).unwrap();
+    assert_eq!(first, [9u8; 4096], "block 0 after an O_DIRECT write");
+    let (buf, at) = aligned(&pattern(3, 4096));
+    open(&path).write_all_at(&buf[at..at + 4096], 0).unwrap();
+
+    let all = fs::read(&path).unwrap();
+    assert_eq!(all.len() as u64, 2 * BLOCKS * 4096);
+    for b in 0..2 * BLOCKS {
+        let round = if b < BLOCKS { 3 } else { (b - BLOCKS) / (BLOCKS / 4) };
+        let at = (b * 4096) as usize;
+        assert!(all[at..at + 4096] == pattern(b * 100 + round, 4096)[..], "block {b}");
+    }
+}
+
 #[test]
 fn large_directories_list_with_attributes() {
     let m = MountFixture::new(&[]);
