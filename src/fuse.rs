@@ -358,11 +358,23 @@ impl Filesystem for Adapter {
         empty(reply, self.fs.fsync(fh.0));
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.fs.readdir(ino.0) {
-            Ok(entries) => {
-                for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(*ino), (i + 1) as u64, file_type(*kind), name) {
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        match self.fs.readdir_from(ino.0, fh.0, offset) {
+            Ok(l) => {
+                for (i, e) in l.entries.iter().enumerate().skip(offset as usize) {
+                    if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &e.name) {
                         break;
                     }
                 }
@@ -405,21 +417,30 @@ impl Filesystem for Adapter {
         empty(reply, self.fs.remove_xattr(ino.0, name));
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        match self.fs.readdir_plus(ino.0) {
-            Ok(entries) => {
-                for (i, (name, a)) in entries.iter().enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(a.ino), (i + 1) as u64, name, &TTL, &attr(a), Generation(0)) {
-                        break;
-                    }
-                    if name != "." && name != ".." {
-                        self.fs.note_lookup(ino.0, name, a);
-                    }
-                }
-                reply.ok();
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let l = match self.fs.readdir_from(ino.0, fh.0, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let mut sent = false;
+        for (i, e) in l.entries.iter().enumerate().skip(offset as usize) {
+            let a = match self.fs.listed_attr(&l, i) {
+                Ok(Some(a)) => a,
+                Ok(None) => continue, // removed meanwhile
+                // Reported by the next read, which starts at this entry (an empty reply
+                // would end the listing).
+                Err(_) if sent => break,
+                Err(err) => return reply.error(errno(&err)),
+            };
+            if reply.add(INodeNo(a.ino), (i + 1) as u64, &e.name, &TTL, &attr(&a), Generation(0)) {
+                break;
             }
-            Err(e) => reply.error(errno(&e)),
+            sent = true;
+            if !e.backing.is_empty() {
+                self.fs.note_lookup(ino.0, &e.name, &a);
+            }
         }
+        reply.ok();
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {

@@ -334,6 +334,34 @@ fn large_directories_list_with_attributes() {
 }
 
 #[test]
+fn a_directory_read_in_pieces_lists_each_entry_once_with_fresh_sizes() {
+    // The kernel reads a big directory a page at a time. Entries that come and go between
+    // those reads must not shift the rest (listed twice or skipped), and an entry's size is
+    // the one it has when its page is read.
+    let m = MountFixture::new(&[]);
+    fs::create_dir(m.p("d")).unwrap();
+    for i in 0..600 {
+        fs::write(m.p(&format!("d/f{i:04}")), b"x").unwrap();
+    }
+    let mut it = fs::read_dir(m.p("d")).unwrap();
+    let mut seen = vec![it.next().unwrap().unwrap().file_name()];
+    fs::write(m.p("d/a-new"), b"").unwrap(); // sorts before every other name
+    fs::write(m.p("d/f0599"), vec![b'y'; 5000]).unwrap();
+    for e in it {
+        let e = e.unwrap();
+        if e.file_name() == "f0599" {
+            assert_eq!(e.metadata().unwrap().len(), 5000, "size of an entry listed after it grew");
+        }
+        seen.push(e.file_name());
+    }
+    let unique: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "an entry was listed twice");
+    for i in 0..600 {
+        assert!(unique.contains(&std::ffi::OsString::from(format!("f{i:04}"))), "f{i:04} was skipped");
+    }
+}
+
+#[test]
 fn read_only_mount_refuses_writes() {
     let mut m = MountFixture::new(&[]);
     fs::write(m.p("f"), b"before").unwrap();

@@ -2,7 +2,7 @@
 //! under a hidden name and moved into place), listing them with names decrypted, and the
 //! cache of directory ids.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -96,13 +96,26 @@ impl Volume {
         Ok(out)
     }
 
-    /// The entries of directory `path` with their attributes, computed from the backing
-    /// entries directly (no path is resolved again per entry).
-    pub fn readdir_plus(&self, path: &Path) -> Result<Vec<(DirEntry, super::Attr)>> {
+    /// The entries of directory `path` (sorted by name), each with its backing name, and its
+    /// backing directory: what a listing keeps to work out attributes entry by entry.
+    pub fn list(&self, path: &Path) -> Result<(PathBuf, Vec<(DirEntry, OsString)>)> {
         let (dir, dir_id) = self.open_dir(path)?;
+        let entries = self.entries_in(&dir, &dir_id, path)?;
+        Ok((dir, entries))
+    }
+
+    /// Attributes of entry `name` of directory `path`, listed by [`Volume::list`] from
+    /// backing directory `dir` as `backing` (no path is resolved again).
+    pub fn listed_attr(&self, dir: &Path, path: &Path, name: &OsStr, backing: &OsStr) -> Result<super::Attr> {
+        self.attr_of_backing(&dir.join(backing), &path.join(name), None)
+    }
+
+    /// The entries of directory `path` with their attributes.
+    pub fn readdir_plus(&self, path: &Path) -> Result<Vec<(DirEntry, super::Attr)>> {
+        let (dir, entries) = self.list(path)?;
         let mut out = Vec::new();
-        for (e, backing) in self.entries_in(&dir, &dir_id, path)? {
-            match self.attr_of_backing(&dir.join(backing), &path.join(&e.name), None) {
+        for (e, backing) in entries {
+            match self.listed_attr(&dir, path, &e.name, &backing) {
                 Ok(a) => out.push((e, a)),
                 Err(Error::NotFound(_)) => {} // removed meanwhile
                 Err(err) => return Err(err),

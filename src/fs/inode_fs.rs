@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::listing::{Listed, Listing, Listings};
 use super::meta::{Attr, RenameMode, SetTime, StatFs};
 use super::volume::{EntryKind, Volume};
 use super::{FileHandle, XattrMode};
@@ -48,6 +49,8 @@ pub struct InodeFs {
     root_backing_ino: u64,
     nodes: RwLock<HashMap<u64, Node>>,
     handles: Mutex<HashMap<u64, Arc<FileHandle>>>,
+    /// Open directories (their handles share `next_fh`'s numbers with files).
+    listings: Listings,
     next_fh: AtomicU64,
     read_only: bool,
     chown_new: bool,
@@ -70,6 +73,7 @@ impl InodeFs {
             root_backing_ino: root.ino,
             nodes: RwLock::new(nodes),
             handles: Mutex::new(HashMap::new()),
+            listings: Listings::default(),
             next_fh: AtomicU64::new(1),
             read_only,
             chown_new,
@@ -367,16 +371,57 @@ impl InodeFs {
         }
     }
 
-    /// Entries of directory `ino` with their inode numbers ("." and ".." first).
-    pub fn readdir(&self, ino: u64) -> Result<Vec<(u64, EntryKind, OsString)>> {
-        let path = self.path(ino)?;
-        let mut out =
-            vec![(ino, EntryKind::Directory, OsString::from(".")), (ino, EntryKind::Directory, OsString::from(".."))];
-        for e in self.vol.readdir(&path)? {
-            let ino = if e.ino == self.root_backing_ino { ROOT_INO } else { e.ino };
-            out.push((ino, e.kind, e.name));
+    /// Opens directory `ino` for reading: a handle whose listing is made at its first read.
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        self.path_unchecked(ino)?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.listings.open(fh);
+        Ok(fh)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.listings.close(fh);
+    }
+
+    /// The listing of open directory `fh` (of inode `ino`) for a read at `offset`: made
+    /// afresh at offset 0, the one made then for the reads after it.
+    pub fn readdir_from(&self, ino: u64, fh: u64, offset: u64) -> Result<Arc<Listing>> {
+        if let Some(l) = self.listings.continued(fh, offset) {
+            return Ok(l);
         }
-        Ok(out)
+        let path = self.path(ino)?;
+        let (backing, listed) = self.vol.list(&path)?;
+        let dot = |name: &str| Listed { name: name.into(), kind: EntryKind::Directory, ino, backing: OsString::new() };
+        let mut entries = vec![dot("."), dot("..")];
+        entries.extend(listed.into_iter().map(|(e, backing)| Listed {
+            ino: if e.ino == self.root_backing_ino { ROOT_INO } else { e.ino },
+            name: e.name,
+            kind: e.kind,
+            backing,
+        }));
+        let l = Arc::new(Listing { path, backing, entries });
+        self.listings.keep(fh, l.clone());
+        Ok(l)
+    }
+
+    /// The attributes of entry `i` of listing `l` (readdirplus), worked out now; `None` if
+    /// it is gone. The kernel counts a lookup for every entry it receives with attributes:
+    /// call [`Self::note_lookup`] for each one sent.
+    pub fn listed_attr(&self, l: &Listing, i: usize) -> Result<Option<Attr>> {
+        let e = &l.entries[i];
+        let got = if e.backing.is_empty() {
+            self.vol.getattr(&l.path)
+        } else {
+            self.vol.listed_attr(&l.backing, &l.path, &e.name, &e.backing)
+        };
+        match got {
+            Ok(mut a) => {
+                self.fuse_ino(&mut a);
+                Ok(Some(a))
+            }
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn set_xattr(&self, ino: u64, name: &OsStr, value: &[u8], mode: XattrMode) -> Result<()> {
@@ -401,20 +446,6 @@ impl InodeFs {
     pub fn remove_xattr(&self, ino: u64, name: &OsStr) -> Result<()> {
         self.writable()?;
         self.vol.remove_xattr(&self.path(ino)?, name)
-    }
-
-    /// Entries of directory `ino` with their attributes (readdirplus). The kernel counts a
-    /// lookup for every entry it receives: call [`Self::note_lookup`] for each one sent.
-    pub fn readdir_plus(&self, ino: u64) -> Result<Vec<(OsString, Attr)>> {
-        let path = self.path(ino)?;
-        let mut me = self.vol.getattr(&path)?;
-        self.fuse_ino(&mut me);
-        let mut out = vec![(OsString::from("."), me.clone()), (OsString::from(".."), me)];
-        for (e, mut a) in self.vol.readdir_plus(&path)? {
-            self.fuse_ino(&mut a);
-            out.push((e.name, a));
-        }
-        Ok(out)
     }
 
     /// Records that the kernel now holds a reference to entry `name` of `parent`.
