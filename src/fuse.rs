@@ -358,20 +358,14 @@ impl Filesystem for Adapter {
         empty(reply, self.fs.fsync(fh.0));
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno(&e)),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // "Zero-message opendir": the kernel opens directories itself from now on and sends
+        // neither OPENDIR nor RELEASEDIR (listings are kept per directory: fs/listing.rs).
+        reply.error(Errno::ENOSYS);
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.fs.releasedir(fh.0);
-        reply.ok();
-    }
-
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.fs.readdir_from(ino.0, fh.0, offset) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        match self.fs.readdir_from(ino.0, offset) {
             Ok(l) => {
                 for (i, e) in l.entries.iter().enumerate().skip(offset as usize) {
                     if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &e.name) {
@@ -417,8 +411,8 @@ impl Filesystem for Adapter {
         empty(reply, self.fs.remove_xattr(ino.0, name));
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let l = match self.fs.readdir_from(ino.0, fh.0, offset) {
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let l = match self.fs.readdir_from(ino.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno(&e)),
         };

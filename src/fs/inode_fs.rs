@@ -49,7 +49,7 @@ pub struct InodeFs {
     root_backing_ino: u64,
     nodes: RwLock<HashMap<u64, Node>>,
     handles: Mutex<HashMap<u64, Arc<FileHandle>>>,
-    /// Open directories (their handles share `next_fh`'s numbers with files).
+    /// Directory listings being read.
     listings: Listings,
     next_fh: AtomicU64,
     read_only: bool,
@@ -371,22 +371,10 @@ impl InodeFs {
         }
     }
 
-    /// Opens directory `ino` for reading: a handle whose listing is made at its first read.
-    pub fn opendir(&self, ino: u64) -> Result<u64> {
-        self.path_unchecked(ino)?;
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.listings.open(fh);
-        Ok(fh)
-    }
-
-    pub fn releasedir(&self, fh: u64) {
-        self.listings.close(fh);
-    }
-
-    /// The listing of open directory `fh` (of inode `ino`) for a read at `offset`: made
-    /// afresh at offset 0, the one made then for the reads after it.
-    pub fn readdir_from(&self, ino: u64, fh: u64, offset: u64) -> Result<Arc<Listing>> {
-        if let Some(l) = self.listings.continued(fh, offset) {
+    /// The listing of directory `ino` for a read at `offset`: made afresh at offset 0, the
+    /// one made then for the reads after it (see [`super::listing`]).
+    pub fn readdir_from(&self, ino: u64, offset: u64) -> Result<Arc<Listing>> {
+        if let Some(l) = self.listings.continued(ino, offset) {
             return Ok(l);
         }
         let path = self.path(ino)?;
@@ -400,7 +388,7 @@ impl InodeFs {
             backing,
         }));
         let l = Arc::new(Listing { path, backing, entries });
-        self.listings.keep(fh, l.clone());
+        self.listings.keep(ino, l.clone());
         Ok(l)
     }
 

@@ -1,5 +1,5 @@
-//! Open directories: each one's listing, made at its first read (offset 0) and served from
-//! here until it is closed or rewound.
+//! Directory listings, made at a directory's first read (offset 0) and served from here to
+//! the reads that continue it.
 //!
 //! The kernel reads a directory in several requests (a readdirplus reply holds a page, some
 //! 25 entries, and one more read always finds the end). Listing the directory again for
@@ -7,11 +7,20 @@
 //! attributes again, only to skip what was already sent: quadratic in the directory's
 //! size. A listing keeps names only; attributes are worked out when an entry is sent, so
 //! they are as fresh as the request that carries them.
+//!
+//! Listings are kept per directory, not per open handle: the kernel then needs no OPENDIR
+//! and RELEASEDIR round trips (we answer OPENDIR with ENOSYS, its "zero-message opendir"),
+//! half of the requests of a `find`. Two readers listing one directory at once share the
+//! newer listing, which differs from the older only if the directory changed in between.
+//! At most [`MAX_LISTINGS`] listings and [`MAX_ENTRIES`] entries are kept (beyond that, the
+//! least recently made go; a directory bigger than that is kept alone).
 
-use std::collections::HashMap;
 use std::ffi::OsString;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
 
 use super::volume::EntryKind;
 
@@ -34,40 +43,55 @@ pub struct Listed {
     pub backing: OsString,
 }
 
-/// The listings of open directory handles.
-#[derive(Default)]
+pub const MAX_LISTINGS: usize = 64;
+pub const MAX_ENTRIES: usize = 1 << 18;
+
+/// The listings kept, by the directory's inode number.
 pub struct Listings {
-    open: Mutex<HashMap<u64, Option<Arc<Listing>>>>,
+    kept: Mutex<Kept>,
+}
+
+struct Kept {
+    lru: LruCache<u64, Arc<Listing>>,
+    entries: usize,
+}
+
+impl Default for Listings {
+    fn default() -> Self {
+        let cap = NonZeroUsize::new(MAX_LISTINGS).expect("non-zero");
+        Listings { kept: Mutex::new(Kept { lru: LruCache::new(cap), entries: 0 }) }
+    }
 }
 
 impl Listings {
-    /// Registers open directory handle `fh` (no listing yet).
-    pub fn open(&self, fh: u64) {
-        self.lock().insert(fh, None);
-    }
-
-    /// The listing of `fh` if it has one and the read continues it (`offset > 0`; a read at
-    /// 0 is a first read or a rewind, which lists again).
-    pub fn continued(&self, fh: u64, offset: u64) -> Option<Arc<Listing>> {
+    /// The listing of directory `ino` if the read continues one (`offset > 0`; a read at 0
+    /// is a first read or a rewind, which lists again).
+    pub fn continued(&self, ino: u64, offset: u64) -> Option<Arc<Listing>> {
         if offset == 0 {
             return None;
         }
-        self.lock().get(&fh).cloned().flatten()
+        self.lock().lru.get(&ino).cloned()
     }
 
-    /// Keeps `listing` for the later reads of `fh` (if `fh` is open).
-    pub fn keep(&self, fh: u64, listing: Arc<Listing>) {
-        if let Some(slot) = self.lock().get_mut(&fh) {
-            *slot = Some(listing);
+    /// Keeps `listing` of directory `ino` for the reads that continue it.
+    pub fn keep(&self, ino: u64, listing: Arc<Listing>) {
+        let mut k = self.lock();
+        let n = listing.entries.len();
+        if let Some(old) = k.lru.pop(&ino) {
+            k.entries -= old.entries.len();
         }
+        while k.entries + n > MAX_ENTRIES || k.lru.len() == MAX_LISTINGS {
+            match k.lru.pop_lru() {
+                Some((_, old)) => k.entries -= old.entries.len(),
+                None => break,
+            }
+        }
+        k.entries += n;
+        k.lru.put(ino, listing);
     }
 
-    pub fn close(&self, fh: u64) {
-        self.lock().remove(&fh);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Option<Arc<Listing>>>> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -75,19 +99,35 @@ impl Listings {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_listing_serves_continued_reads_of_its_handle_only() {
-        let l = Listings::default();
+    fn listing(n: usize) -> Arc<Listing> {
         let entry = Listed { name: "a".into(), kind: EntryKind::File, ino: 5, backing: "x".into() };
-        let listing = Arc::new(Listing { path: "d".into(), backing: "/b/d".into(), entries: vec![entry.clone()] });
-        l.keep(1, listing.clone()); // not open: not kept
-        assert!(l.continued(1, 1).is_none());
-        l.open(1);
-        l.keep(1, listing);
-        assert!(l.continued(1, 0).is_none(), "offset 0 lists again (rewinddir)");
-        assert_eq!(l.continued(1, 1).unwrap().entries, vec![entry]);
-        assert!(l.continued(2, 1).is_none());
-        l.close(1);
-        assert!(l.continued(1, 1).is_none());
+        Arc::new(Listing { path: "d".into(), backing: "/b/d".into(), entries: vec![entry; n] })
+    }
+
+    #[test]
+    fn a_listing_serves_the_reads_that_continue_it() {
+        let l = Listings::default();
+        l.keep(7, listing(3));
+        assert!(l.continued(7, 0).is_none(), "offset 0 lists again (rewinddir)");
+        assert_eq!(l.continued(7, 1).unwrap().entries.len(), 3);
+        assert!(l.continued(8, 1).is_none());
+        l.keep(7, listing(4));
+        assert_eq!(l.continued(7, 2).unwrap().entries.len(), 4, "the newer listing");
+        assert_eq!(l.lock().entries, 4);
+    }
+
+    #[test]
+    fn listings_are_bounded_by_count_and_entries() {
+        let l = Listings::default();
+        for ino in 0..MAX_LISTINGS as u64 + 10 {
+            l.keep(ino, listing(1));
+        }
+        assert_eq!(l.lock().lru.len(), MAX_LISTINGS);
+        assert!(l.continued(0, 1).is_none(), "the oldest went");
+        l.keep(1000, listing(MAX_ENTRIES - 5));
+        assert!(l.lock().entries <= MAX_ENTRIES);
+        l.keep(1001, listing(MAX_ENTRIES + 1)); // bigger than the bound: kept alone
+        assert_eq!(l.lock().lru.len(), 1);
+        assert_eq!(l.lock().entries, MAX_ENTRIES + 1);
     }
 }
