@@ -362,6 +362,37 @@ fn a_directory_read_in_pieces_lists_each_entry_once_with_fresh_sizes() {
 }
 
 #[test]
+fn entries_made_by_another_user_are_theirs() {
+    // The daemon runs as root here; files and directories a user makes through an
+    // allow_other mount are that user's, with the modes the user asked for, now and after a
+    // remount.
+    assert!(nix::unistd::geteuid().is_root(), "this test switches users and needs root (CI runs as root)");
+    let mut m = MountFixture::new(&[]);
+    m.unmount();
+    m.mount_with(&["-o", "allow_other"]);
+    fs::set_permissions(m.tmp.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o1777)).unwrap();
+    let o = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c"])
+        .arg("echo hi > f && mkdir d && mkdir d/e && echo x > d/e/g && ln -s f s && umask 0 && : > u && mkdir ud")
+        .current_dir(&m.mnt)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for round in 0..2 {
+        for p in ["f", "d", "d/e", "d/e/g", "s"] {
+            let md = fs::symlink_metadata(m.p(p)).unwrap();
+            assert_eq!((md.uid(), md.gid()), (65534, 65534), "{p} (round {round})");
+        }
+        assert_eq!(fs::read(m.p("d/e/g")).unwrap(), b"x\n");
+        // The caller's umask (0) decides the mode, not the daemon's.
+        assert_eq!(fs::metadata(m.p("u")).unwrap().mode() & 0o7777, 0o666);
+        assert_eq!(fs::metadata(m.p("ud")).unwrap().mode() & 0o7777, 0o777);
+        m.remount();
+    }
+}
+
+#[test]
 fn read_only_mount_refuses_writes() {
     let mut m = MountFixture::new(&[]);
     fs::write(m.p("f"), b"before").unwrap();

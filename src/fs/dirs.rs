@@ -4,10 +4,10 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::meta::kind_of;
+use super::meta::{attr_from, kind_of};
 use super::names::{self, DIRID_FILE};
 use super::volume::{DirEntry, Volume, DIR_ID_CACHE};
 use crate::crypto::random_array;
@@ -16,20 +16,35 @@ use crate::{Error, Result};
 
 impl Volume {
     pub fn mkdir(&self, path: &Path, mode: u32) -> Result<()> {
+        self.mkdir_owned(path, mode, None).map(|_| ())
+    }
+
+    /// Makes directory `path` with permission bits `mode`, owned by `owner` (uid, gid) if
+    /// given, and returns its attributes. It is built complete (id, owner, mode) under a
+    /// hidden name and moved into place, which fails if `path` exists.
+    pub fn mkdir_owned(&self, path: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<super::Attr> {
         let r = self.resolve(path)?;
         let backing = r.backing();
         self.remember_name(&r)?;
-        if fs::symlink_metadata(&backing).is_ok() {
-            return Err(Error::Exists(path.into()));
-        }
-        // Made complete (with its id) under a hidden name, then moved into place.
         let tmp = names::temp_sibling(&backing);
         fs::DirBuilder::new().mode(mode | 0o300).create(&tmp).map_err(|e| Error::io(path, "mkdir", e))?;
-        let placed = names::write_dir_id(&tmp, random_array()).and_then(|()| names::place(&tmp, &backing, path));
-        if placed.is_err() {
+        let built = (|| {
+            names::write_dir_id(&tmp, random_array())?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::lchown(&tmp, Some(uid), Some(gid)).map_err(|e| Error::io(path, "chown", e))?;
+            }
+            // Exactly `mode`: the daemon's umask may have cleared bits, and u+wx were added
+            // to write the id.
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(|e| Error::io(path, "chmod", e))?;
+            let meta = fs::symlink_metadata(&tmp).map_err(|e| Error::io(path, "stat", e))?;
+            names::place(&tmp, &backing, path)?;
+            Ok(attr_from(&meta, super::EntryKind::Directory, 4096))
+        })();
+        if built.is_err() {
             let _ = fs::remove_dir_all(&tmp);
         }
-        placed
+        built
     }
 
     pub fn rmdir(&self, path: &Path) -> Result<()> {

@@ -142,6 +142,11 @@ impl InodeFs {
         }
     }
 
+    /// The owner new entries of `caller` are given, if the daemon sets one.
+    fn owner(&self, caller: Caller) -> Option<(u32, u32)> {
+        self.chown_new.then_some((caller.uid, caller.gid))
+    }
+
     fn own(&self, path: &Path, caller: Caller) -> Result<()> {
         if self.chown_new {
             self.vol.chown(path, Some(caller.uid), Some(caller.gid))?;
@@ -220,10 +225,8 @@ impl InodeFs {
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Result<Attr> {
         self.writable()?;
         let path = self.child(parent, name)?;
-        self.vol.mkdir(&path, mode)?;
-        self.vol.chmod(&path, mode)?;
-        self.own(&path, caller)?;
-        self.lookup(parent, name)
+        let attr = self.vol.mkdir_owned(&path, mode, self.owner(caller))?;
+        Ok(self.remember(path, attr))
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
@@ -281,9 +284,8 @@ impl InodeFs {
     pub fn create(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Result<(Attr, u64)> {
         self.writable()?;
         let path = self.child(parent, name)?;
-        let h = self.vol.create(&path, mode & 0o7777)?;
-        self.own(&path, caller)?;
-        let attr = self.lookup(parent, name)?;
+        let (h, attr) = self.vol.create_owned(&path, mode & 0o7777, self.owner(caller))?;
+        let attr = self.remember(path, attr);
         Ok((attr, self.add_handle(h)))
     }
 
@@ -418,6 +420,9 @@ impl InodeFs {
     }
 
     pub fn get_xattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+        if !super::xattr::kept_namespace(name) {
+            return Err(Error::NoAttribute(self.path_unchecked(ino)?));
+        }
         self.vol.get_xattr(&self.path(ino)?, name)
     }
 

@@ -129,20 +129,7 @@ impl Volume {
             EntryKind::Directory => 4096,
             _ => 0,
         };
-        Ok(Attr {
-            ino: meta.ino(),
-            kind,
-            size,
-            blocks: meta.blocks(),
-            atime: time(meta.atime(), meta.atime_nsec()),
-            mtime: time(meta.mtime(), meta.mtime_nsec()),
-            ctime: time(meta.ctime(), meta.ctime_nsec()),
-            perm: (meta.mode() & 0o7777) as u16,
-            nlink: meta.nlink() as u32,
-            uid: meta.uid(),
-            gid: meta.gid(),
-            rdev: meta.rdev() as u32,
-        })
+        Ok(attr_from(&meta, kind, size))
     }
 
     pub(super) fn backing_or_root(&self, path: &Path) -> Result<PathBuf> {
@@ -306,4 +293,22 @@ impl Volume {
 
 fn libc_s_ifmt() -> u32 {
     SFlag::S_IFMT.bits()
+}
+
+/// Attributes from the backing entry's metadata, with the plaintext `size`.
+pub(super) fn attr_from(meta: &fs::Metadata, kind: EntryKind, size: u64) -> Attr {
+    Attr {
+        ino: meta.ino(),
+        kind,
+        size,
+        blocks: meta.blocks(),
+        atime: time(meta.atime(), meta.atime_nsec()),
+        mtime: time(meta.mtime(), meta.mtime_nsec()),
+        ctime: time(meta.ctime(), meta.ctime_nsec()),
+        perm: (meta.mode() & 0o7777) as u16,
+        nlink: meta.nlink() as u32,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        rdev: meta.rdev() as u32,
+    }
 }

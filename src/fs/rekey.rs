@@ -40,7 +40,7 @@ impl Volume {
         let old = self.open_file(path, false)?;
         let dir = backing.parent().expect("a backing path has a parent");
         let tmp = dir.join(format!(".rekey-{:016x}", u64::from_le_bytes(crate::crypto::random_array())));
-        let new = self.create_backing(&tmp, path.to_path_buf(), meta.mode() & 0o7777)?;
+        let (new, _) = self.create_backing(&tmp, path.to_path_buf(), meta.mode() & 0o7777, None)?;
         let result = (|| {
             let size = old.len();
             let mut buf = vec![0u8; COPY_CHUNK];

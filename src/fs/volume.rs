@@ -458,16 +458,28 @@ impl Volume {
 
     /// Creates a new, empty file (fails if `path` exists) and opens it for writing.
     pub fn create(&self, path: &Path, mode: u32) -> Result<FileHandle> {
+        Ok(self.create_owned(path, mode, None)?.0)
+    }
+
+    /// [`Volume::create`], owned by `owner` (uid, gid) if given, with the new file's
+    /// attributes (taken from the open file: no second walk of the path).
+    pub fn create_owned(&self, path: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<(FileHandle, super::Attr)> {
         let r = self.resolve(path)?;
         self.remember_name(&r)?;
-        self.create_backing(&r.backing(), r.plain, mode)
+        self.create_backing(&r.backing(), r.plain, mode, owner)
     }
 
     /// Creates the data file `backing` with a fresh file id and opens it (`plain` names it in
     /// errors). The kernel holds the parent directory locked while it creates, so nobody looks
     /// the new name up before its header is written; a crash in between leaves a header-less
     /// data file, which recovery gives a fresh header (an empty file).
-    pub(super) fn create_backing(&self, backing: &Path, plain: PathBuf, mode: u32) -> Result<FileHandle> {
+    pub(super) fn create_backing(
+        &self,
+        backing: &Path,
+        plain: PathBuf,
+        mode: u32,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(FileHandle, super::Attr)> {
         let file =
             OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(backing).map_err(|e| match e
                 .kind()
@@ -475,18 +487,28 @@ impl Volume {
                 std::io::ErrorKind::AlreadyExists => Error::Exists(plain.clone()),
                 _ => Error::io(&plain, "create", e),
             })?;
-        let id = random_array();
-        if let Ok(m) = file.metadata() {
-            self.remember_file_id(m.ino(), id);
+        // A full disk or a refused owner, say: leave no header-less file behind.
+        let undo = |what: &'static str, e: std::io::Error| {
+            let _ = fs::remove_file(backing);
+            Error::io(&plain, what, e)
+        };
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(|e| undo("chown", e))?;
         }
+        let mut meta = file.metadata().map_err(|e| undo("stat", e))?;
+        if meta.mode() & 0o7777 != mode & 0o7777 {
+            // The daemon's umask cleared bits the caller's did not.
+            file.set_permissions(<fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(mode & 0o7777))
+                .map_err(|e| undo("chmod", e))?;
+            meta = file.metadata().map_err(|e| undo("stat", e))?;
+        }
+        let id = random_array();
+        self.remember_file_id(meta.ino(), id);
         let file = self.core.storage.data_file(file, backing);
         let header = ObjectHeader { kind: ObjectKind::File, id }.encode();
-        if let Err(e) = file.write_all_at(&header, 0) {
-            // A full disk, say: leave no header-less file behind.
-            let _ = fs::remove_file(backing);
-            return Err(Error::io(&plain, "write header", e));
-        }
-        self.attach(id, file, plain, true, None)
+        file.write_all_at(&header, 0).map_err(|e| undo("write header", e))?;
+        let handle = self.attach(id, file, plain, true, None)?;
+        Ok((handle, super::meta::attr_from(&meta, EntryKind::File, 0)))
     }
 
     /// Opens an existing file.

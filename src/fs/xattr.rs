@@ -27,6 +27,12 @@ pub enum XattrMode {
     Replace,
 }
 
+/// Whether `name` is in the one namespace kept (`user.*`): no other name has a value, which
+/// answers the kernel's `security.capability` query before every write without a lookup.
+pub fn kept_namespace(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(b"user.")
+}
+
 fn user_name(name: &OsStr) -> Result<&[u8]> {
     let b = name.as_bytes();
     if !b.starts_with(b"user.") {
