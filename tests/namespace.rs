@@ -251,11 +251,21 @@ fn unlinked_data_goes_through_the_trash_and_nothing_is_left_there() {
         let f = vol.create(Path::new(&format!("f{i}")), 0o644).unwrap();
         f.write_at(0, &pattern(i, 10_000)).unwrap();
         f.close().unwrap();
+        vol.mkdir(Path::new(&format!("d{i}")), 0o755).unwrap();
     }
+    vol.create(p("d0/kept"), 0o644).unwrap().close().unwrap();
     for i in 0..50 {
         vol.unlink(Path::new(&format!("f{i}"))).unwrap();
         assert!(matches!(vol.stat(Path::new(&format!("f{i}"))), Err(Error::NotFound(_))), "the name is gone at once");
+        if i > 0 {
+            vol.rmdir(Path::new(&format!("d{i}"))).unwrap();
+            assert!(matches!(vol.stat(Path::new(&format!("d{i}"))), Err(Error::NotFound(_))), "gone at once");
+        }
     }
+    assert!(matches!(vol.rmdir(p("d0")), Err(Error::DirNotEmpty(_))), "a directory with a file stays");
+    assert_eq!(vol.readdir(p("d0")).unwrap().len(), 1);
+    vol.unlink(p("d0/kept")).unwrap();
+    vol.rmdir(p("d0")).unwrap();
     assert!(vol.readdir(p("")).unwrap().is_empty());
     drop(vol); // unmount: the trash is emptied, and removed
     assert!(!dir.join("trash").exists());

@@ -70,8 +70,8 @@ impl Volume {
         }
         // Empty: nothing below it can be cached.
         self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&backing);
-        fs::remove_file(backing.join(DIRID_FILE)).map_err(|e| Error::io(path, "rmdir", e))?;
-        fs::remove_dir(&backing).map_err(|e| Error::io(path, "rmdir", e))?;
+        // The kernel holds the directory locked: nothing is created in it meanwhile.
+        self.core.trash.discard(&backing).map_err(|e| Error::io(path, "rmdir", e))?;
         self.forget_name(&r)
     }
 

@@ -1,12 +1,14 @@
-//! Deferred removal of unlinked data files. `unlink` moves a data file whose last name it
-//! removes into the volume's `trash/` directory (beside `data/`, on the same file system: a
-//! rename, so the name is gone before `unlink` returns) and a background thread removes it
+//! Deferred removal of unlinked data files and removed directories. `unlink` moves a data
+//! file whose last name it removes, and `rmdir` an (empty) backing directory with its
+//! `.dirid`, into the volume's `trash/` directory (beside `data/`, on the same file system: a
+//! rename, so the name is gone before the call returns) and a background thread removes it
 //! there. The directory exists only while there is something in it.
 //!
-//! Freeing a file's blocks is the slow part of an unlink on ext4 — truncation, journal, and
-//! with the `discard` mount option a synchronous TRIM per file — and it kept `rm -rf` through
-//! the mount at gocryptfs's pace (docs/BENCHMARKS.md). The keys go with the next group commit
-//! as before, so the data waiting here is already unreadable noise.
+//! Freeing blocks is the slow part of an unlink on ext4 — truncation, journal, and with the
+//! `discard` mount option a synchronous TRIM per file — and it kept `rm -rf` through the
+//! mount at gocryptfs's pace (docs/BENCHMARKS.md); a directory's `.dirid` is such a file. The
+//! keys go with the next group commit as before, so the data waiting here is already
+//! unreadable noise.
 //!
 //! Whatever is in the trash is garbage: a crash's leftovers are removed by the next
 //! read-write mount.
@@ -70,8 +72,8 @@ impl Trash {
         }
     }
 
-    /// Removes data file `backing` (its last link): moved into the trash for the thread, or
-    /// removed at once where it cannot be moved.
+    /// Removes data file `backing` (its last link) or empty backing directory `backing`:
+    /// moved into the trash for the thread, or removed at once where it cannot be moved.
     pub(super) fn discard(&self, backing: &Path) -> std::io::Result<()> {
         let r: [u8; 8] = crate::crypto::random_array();
         let to = self.dir.join(crate::format::hex(&r));
@@ -83,11 +85,11 @@ impl Trash {
         match moved {
             Ok(()) => {
                 if !self.queue(vec![to.clone()]) {
-                    fs::remove_file(&to)?;
+                    remove_now(&to)?;
                 }
                 Ok(())
             }
-            Err(_) => fs::remove_file(backing),
+            Err(_) => remove_now(backing),
         }
     }
 
@@ -117,12 +119,7 @@ fn empty_loop(queue: &(Mutex<Queue>, Condvar)) {
             (std::mem::take(&mut q.paths), q.stop)
         };
         for p in paths {
-            // Data files, but a leftover could be anything.
-            let gone = fs::remove_file(&p).or_else(|e| match e.raw_os_error() {
-                Some(21) => fs::remove_dir_all(&p), // EISDIR
-                _ => Err(e),
-            });
-            if let Err(e) = gone {
+            if let Err(e) = remove_now(&p) {
                 if e.kind() != ErrorKind::NotFound {
                     tracing::warn!("{}: removing from the trash: {e}", p.display());
                 }
@@ -132,4 +129,12 @@ fn empty_loop(queue: &(Mutex<Queue>, Condvar)) {
             return;
         }
     }
+}
+
+/// Removes file `p`, or directory `p` with what is in it.
+fn remove_now(p: &Path) -> std::io::Result<()> {
+    fs::remove_file(p).or_else(|e| match e.raw_os_error() {
+        Some(21) => fs::remove_dir_all(p), // EISDIR
+        _ => Err(e),
+    })
 }
