@@ -13,6 +13,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::{Error, Result};
 
+mod sizes;
+use sizes::SizeChange;
+
 /// `PRAGMA application_id`: "EVFS".
 const APPLICATION_ID: i64 = 0x4556_4653;
 /// `PRAGMA user_version`: the schema version this build writes. Older versions are
@@ -163,6 +166,7 @@ pub struct Store {
     path: PathBuf,
     /// Asked before every commit (the storage seam's sync point); an error aborts it.
     before_commit: std::sync::OnceLock<CommitHook>,
+    sizes: sizes::Sizes,
 }
 
 /// See [`Store::set_before_commit`].
@@ -253,6 +257,7 @@ impl Store {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
             before_commit: std::sync::OnceLock::new(),
+            sizes: sizes::Sizes::default(),
         };
         {
             let conn = store.lock();
@@ -280,11 +285,20 @@ impl Store {
     /// The record and extents of file `id`, if the store has it.
     /// The logical size of file `id`, if it has a record (one row read, for `stat`).
     pub fn file_size(&self, id: &[u8; 16]) -> Result<Option<u64>> {
-        self.read_lock()
+        let generation = match self.sizes.get(id) {
+            Ok(size) => return Ok(Some(size)),
+            Err(generation) => generation,
+        };
+        let size = self
+            .read_lock()
             .prepare_cached("SELECT size FROM files WHERE id = ?1")
             .and_then(|mut s| s.query_row([&id[..]], |r| r.get::<_, i64>(0)).optional())
             .map(|o| o.map(|v| v as u64))
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        if let Some(size) = size {
+            self.sizes.fill(id, size, generation);
+        }
+        Ok(size)
     }
 
     pub fn load(&self, id: &[u8; 16]) -> Result<Option<(FileRecord, Vec<ExtentRecord>)>> {
@@ -440,7 +454,20 @@ impl Store {
         if let Some(hook) = self.before_commit.get() {
             hook().map_err(|e| Error::io(&self.path, "commit", e))?;
         }
-        tx.commit().map_err(err)
+        match tx.commit() {
+            Ok(()) => {
+                self.sizes.committed(changes.iter().filter_map(|c| match *c {
+                    Change::PutFile { id, size, .. } => Some(SizeChange::Set(id, size)),
+                    Change::DeleteFile { id } => Some(SizeChange::Gone(id)),
+                    _ => None,
+                }));
+                Ok(())
+            }
+            Err(e) => {
+                self.sizes.clear(); // committed or not: read sizes afresh
+                Err(err(e))
+            }
+        }
     }
 
     /// The id of every file with a record (for `fsck`).
