@@ -362,6 +362,23 @@ fn a_directory_read_in_pieces_lists_each_entry_once_with_fresh_sizes() {
 }
 
 #[test]
+fn a_directory_renamed_while_it_is_read_lists_every_entry() {
+    let m = MountFixture::new(&[]);
+    fs::create_dir(m.p("d")).unwrap();
+    for i in 0..300 {
+        fs::write(m.p(&format!("d/f{i:04}")), vec![b'x'; i]).unwrap();
+    }
+    let mut it = fs::read_dir(m.p("d")).unwrap();
+    let mut seen = vec![it.next().unwrap().unwrap().file_name()];
+    fs::rename(m.p("d"), m.p("moved")).unwrap();
+    // A lookup in the directory makes the kernel's next read a readdirplus.
+    assert_eq!(fs::metadata(m.p("moved/f0000")).unwrap().len(), 0);
+    seen.extend(it.map(|e| e.unwrap().file_name()));
+    assert_eq!(seen.len(), 300, "entries listed after the rename: {}", seen.len() - 1);
+    assert_eq!(fs::metadata(m.p("moved/f0299")).unwrap().len(), 299);
+}
+
+#[test]
 fn entries_made_by_another_user_are_theirs() {
     // The daemon runs as root here; files and directories a user makes through an
     // allow_other mount are that user's, with the modes the user asked for, now and after a

@@ -377,7 +377,11 @@ impl InodeFs {
     /// one made then for the reads after it (see [`super::listing`]).
     pub fn readdir_from(&self, ino: u64, offset: u64) -> Result<Arc<Listing>> {
         if let Some(l) = self.listings.continued(ino, offset) {
-            return Ok(l);
+            // Unless the directory was renamed meanwhile: its entries are then listed again
+            // where it is now.
+            if self.path_unchecked(ino).is_ok_and(|p| p == l.path) {
+                return Ok(l);
+            }
         }
         let path = self.path(ino)?;
         let (backing, listed) = self.vol.list(&path)?;
