@@ -70,7 +70,9 @@ impl Volume {
         }
         // Empty: nothing below it can be cached.
         self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&backing);
-        // The kernel holds the directory locked: nothing is created in it meanwhile.
+        // Nothing is created in it between the check above and this move: the kernel holds
+        // the directory locked during an rmdir through the mount, and scratch clean-up runs
+        // while no request is served.
         self.core.trash.discard(&backing).map_err(|e| Error::io(path, "rmdir", e))?;
         self.forget_name(&r)
     }

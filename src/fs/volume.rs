@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, OpenOptions};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -498,8 +498,7 @@ impl Volume {
         let mut meta = file.metadata().map_err(|e| undo("stat", e))?;
         if meta.mode() & 0o7777 != mode & 0o7777 {
             // The daemon's umask cleared bits the caller's did not.
-            file.set_permissions(<fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(mode & 0o7777))
-                .map_err(|e| undo("chmod", e))?;
+            file.set_permissions(fs::Permissions::from_mode(mode & 0o7777)).map_err(|e| undo("chmod", e))?;
             meta = file.metadata().map_err(|e| undo("stat", e))?;
         }
         let id = random_array();
