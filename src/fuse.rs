@@ -419,8 +419,13 @@ impl Filesystem for Adapter {
             Err(e) => return reply.error(errno(&e)),
         };
         let mut sent = false;
+        let mut dir_attr = None; // "." and ".." both carry the directory's attributes
         for (i, e) in l.entries.iter().enumerate().skip(offset as usize) {
-            let a = match self.fs.listed_attr(&l, i) {
+            let got = match &dir_attr {
+                Some(a) if e.backing.is_empty() => Ok(Some(Attr::clone(a))),
+                _ => self.fs.listed_attr(&l, i),
+            };
+            let a = match got {
                 Ok(Some(a)) => a,
                 Ok(None) => continue, // removed meanwhile
                 // Reported by the next read, which starts at this entry (an empty reply
@@ -432,7 +437,9 @@ impl Filesystem for Adapter {
                 break;
             }
             sent = true;
-            if !e.backing.is_empty() {
+            if e.backing.is_empty() {
+                dir_attr = Some(a);
+            } else {
                 self.fs.note_lookup(ino.0, &e.name, &a);
             }
         }

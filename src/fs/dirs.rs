@@ -4,7 +4,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::meta::{attr_from, kind_of};
@@ -79,17 +79,21 @@ impl Volume {
 
     /// The entries of directory `path` (`""` or `"/"` is the root), names decrypted.
     pub fn readdir(&self, path: &Path) -> Result<Vec<DirEntry>> {
-        let (dir, dir_id) = self.open_dir(path)?;
+        let (dir, dir_id) = self.open_dir(path, None)?;
         Ok(self.entries_in(&dir, &dir_id, path)?.into_iter().map(|(e, _)| e).collect())
     }
 
-    /// The backing directory of `path` and its id.
-    fn open_dir(&self, path: &Path) -> Result<(PathBuf, [u8; 16])> {
+    /// The backing directory of `path` and its id, if it is (still) backing inode `expect`
+    /// when given (else NotFound, as [`Volume::getattr_inode`]).
+    fn open_dir(&self, path: &Path, expect: Option<u64>) -> Result<(PathBuf, [u8; 16])> {
         if Self::is_root(path) {
             return Ok((self.core.data_dir.clone(), self.core.root_id));
         }
         let b = self.resolve(path)?.backing();
         let id = match fs::symlink_metadata(&b) {
+            Ok(m) if expect.is_some_and(|ino| !self.is_inode(m.ino(), ino)) => {
+                return Err(Error::NotFound(path.into()))
+            }
             Ok(m) if m.is_dir() => self.dir_id(&b)?,
             Ok(_) => return Err(Error::NotDir(path.into())),
             Err(_) => return Err(Error::NotFound(path.into())),
@@ -114,9 +118,10 @@ impl Volume {
     }
 
     /// The entries of directory `path` (sorted by name), each with its backing name, and its
-    /// backing directory: what a listing keeps to work out attributes entry by entry.
-    pub fn list(&self, path: &Path) -> Result<(PathBuf, Vec<(DirEntry, OsString)>)> {
-        let (dir, dir_id) = self.open_dir(path)?;
+    /// backing directory: what a listing keeps to work out attributes entry by entry. With
+    /// `expect`, only if `path` is (still) that backing inode (else NotFound).
+    pub fn list(&self, path: &Path, expect: Option<u64>) -> Result<(PathBuf, Vec<(DirEntry, OsString)>)> {
+        let (dir, dir_id) = self.open_dir(path, expect)?;
         let entries = self.entries_in(&dir, &dir_id, path)?;
         Ok((dir, entries))
     }
@@ -129,7 +134,7 @@ impl Volume {
 
     /// The entries of directory `path` with their attributes.
     pub fn readdir_plus(&self, path: &Path) -> Result<Vec<(DirEntry, super::Attr)>> {
-        let (dir, entries) = self.list(path)?;
+        let (dir, entries) = self.list(path, None)?;
         let mut out = Vec::new();
         for (e, backing) in entries {
             match self.listed_attr(&dir, path, &e.name, &backing) {

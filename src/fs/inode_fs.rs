@@ -383,8 +383,9 @@ impl InodeFs {
                 return Ok(l);
             }
         }
-        let path = self.path(ino)?;
-        let (backing, listed) = self.vol.list(&path)?;
+        // The inode is checked where the directory is opened (see `path`).
+        let path = self.path_unchecked(ino)?;
+        let (backing, listed) = self.vol.list(&path, (ino != ROOT_INO).then_some(ino))?;
         let dot = |name: &str| Listed { name: name.into(), kind: EntryKind::Directory, ino, backing: OsString::new() };
         let mut entries = vec![dot("."), dot("..")];
         entries.extend(listed.into_iter().map(|(e, backing)| Listed {
