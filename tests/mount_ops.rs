@@ -79,6 +79,42 @@ fn attributes_ownership_times_and_truncate() {
 }
 
 #[test]
+fn a_hard_link_outlives_the_name_the_kernel_last_looked_up() {
+    // The kernel reaches a file by inode; the daemon keeps the name it last looked the inode
+    // up by. When that name goes (removed, or another file renamed over it) while the kernel
+    // still holds a dentry of another link, the other link must keep working at once.
+    let m = MountFixture::new(&[]);
+    fs::write(m.p("a"), b"one").unwrap();
+    fs::hard_link(m.p("a"), m.p("b")).unwrap(); // "b" is now the name kept
+    fs::remove_file(m.p("b")).unwrap();
+    assert_eq!(fs::read(m.p("a")).unwrap(), b"one", "read through the remaining link");
+    fs::OpenOptions::new().append(true).open(m.p("a")).unwrap().write_all(b" two").unwrap();
+    assert_eq!(fs::metadata(m.p("a")).unwrap().len(), 7);
+    assert_eq!(fs::metadata(m.p("a")).unwrap().nlink(), 1);
+
+    fs::hard_link(m.p("a"), m.p("c")).unwrap();
+    fs::write(m.p("new"), b"another file").unwrap();
+    // A rename looks its target up again: "a" becomes the name kept, then names "new".
+    fs::rename(m.p("new"), m.p("a")).unwrap();
+    assert_eq!(fs::read(m.p("c")).unwrap(), b"one two");
+    fs::set_permissions(m.p("c"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(fs::metadata(m.p("c")).unwrap().mode() & 0o777, 0o600);
+    nix_xattr(&m.p("c"), "user.k", Some(b"v")).unwrap();
+    assert_eq!(nix_xattr_get(&m.p("c"), "user.k").unwrap(), b"v");
+    assert_eq!(fs::read(m.p("a")).unwrap(), b"another file");
+    assert_eq!(fs::metadata(m.p("a")).unwrap().mode() & 0o777, 0o644, "the new file is untouched");
+
+    // Links in a directory that is renamed move with it.
+    fs::create_dir(m.p("d")).unwrap();
+    fs::hard_link(m.p("c"), m.p("d/e")).unwrap();
+    fs::hard_link(m.p("c"), m.p("d/f")).unwrap();
+    fs::rename(m.p("d"), m.p("moved")).unwrap();
+    fs::remove_file(m.p("moved/f")).unwrap();
+    fs::remove_file(m.p("c")).unwrap();
+    assert_eq!(fs::read(m.p("moved/e")).unwrap(), b"one two");
+}
+
+#[test]
 fn links_special_files_and_xattrs() {
     let mut m = MountFixture::new(&[]);
     fs::write(m.p("target"), b"data").unwrap();

@@ -41,8 +41,15 @@ pub struct SetAttr {
 
 struct Node {
     path: PathBuf,
+    /// Other names the kernel knows this file by (hard links; the most recent
+    /// [`MAX_LINKS`]), tried when `path` no longer names it: removed, or another file renamed
+    /// over it, while a dentry of another link still leads the kernel here.
+    links: Vec<PathBuf>,
     lookups: u64,
 }
+
+/// Other names kept per inode (hard links).
+const MAX_LINKS: usize = 8;
 
 pub struct InodeFs {
     vol: Arc<Volume>,
@@ -67,7 +74,7 @@ impl InodeFs {
     pub fn new(vol: Arc<Volume>, read_only: bool, chown_new: bool) -> Result<Self> {
         let root = vol.getattr(Path::new(""))?;
         let mut nodes = HashMap::new();
-        nodes.insert(ROOT_INO, Node { path: PathBuf::new(), lookups: 1 });
+        nodes.insert(ROOT_INO, Node { path: PathBuf::new(), links: Vec::new(), lookups: 1 });
         Ok(InodeFs {
             vol,
             root_backing_ino: root.ino,
@@ -90,13 +97,41 @@ impl InodeFs {
     /// answers with EIO and a bad inode).
     fn path(&self, ino: u64) -> Result<PathBuf> {
         let path = self.path_unchecked(ino)?;
-        if ino != ROOT_INO {
-            let now = std::fs::symlink_metadata(self.vol.backing_path(&path)?).map(|m| m.ino());
-            if !now.is_ok_and(|now| self.vol.is_inode(now, ino)) {
-                return Err(Error::NotFound(path));
-            }
+        if ino == ROOT_INO || self.names(&path, ino) {
+            return Ok(path);
         }
-        Ok(path)
+        self.relink(ino).ok_or(Error::NotFound(path))
+    }
+
+    /// Runs `op` on the path of `ino`; `op` checks that the path names `ino` and fails with
+    /// `NotFound` if not. Then once more on another of its names, if one still names it.
+    fn at_inode<T>(&self, ino: u64, op: impl Fn(&Path) -> Result<T>) -> Result<T> {
+        let path = self.path_unchecked(ino)?;
+        match op(&path) {
+            Err(Error::NotFound(p)) if ino != ROOT_INO => match self.relink(ino) {
+                Some(other) => op(&other),
+                None => Err(Error::NotFound(p)),
+            },
+            r => r,
+        }
+    }
+
+    /// Whether `path` names inode `ino` now.
+    fn names(&self, path: &Path, ino: u64) -> bool {
+        let now = self.vol.backing_path(path).ok().and_then(|b| std::fs::symlink_metadata(b).ok());
+        now.is_some_and(|m| self.vol.is_inode(m.ino(), ino))
+    }
+
+    /// When the path kept for `ino` no longer names it: the first other name that does,
+    /// which becomes its path (a hard link outlives the name the kernel last looked up).
+    fn relink(&self, ino: u64) -> Option<PathBuf> {
+        let links = self.nodes.read().unwrap_or_else(|p| p.into_inner()).get(&ino)?.links.clone();
+        let found = links.into_iter().find(|l| self.names(l, ino))?;
+        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        let node = nodes.get_mut(&ino)?;
+        node.links.retain(|l| *l != found);
+        node.path = found.clone();
+        Some(found)
     }
 
     fn path_unchecked(&self, ino: u64) -> Result<PathBuf> {
@@ -122,9 +157,20 @@ impl InodeFs {
             return attr;
         }
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
-        let node = nodes.entry(attr.ino).or_insert(Node { path: PathBuf::new(), lookups: 0 });
-        node.path = path;
+        let node =
+            nodes.entry(attr.ino).or_insert_with(|| Node { path: PathBuf::new(), links: Vec::new(), lookups: 0 });
         node.lookups += 1;
+        if node.path != path {
+            let Node { path: kept, links, .. } = node;
+            let old = std::mem::replace(kept, path);
+            links.retain(|l| l != kept);
+            if attr.nlink > 1 && !old.as_os_str().is_empty() {
+                if links.len() == MAX_LINKS {
+                    links.remove(0);
+                }
+                links.push(old);
+            }
+        }
         attr
     }
 
@@ -174,13 +220,12 @@ impl InodeFs {
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
-        let path = self.path_unchecked(ino)?;
         if ino == ROOT_INO {
-            let mut attr = self.vol.getattr(&path)?;
+            let mut attr = self.vol.getattr(Path::new(""))?;
             self.fuse_ino(&mut attr);
             return Ok(attr);
         }
-        let mut attr = self.vol.getattr_inode(&path, ino)?; // see `path`
+        let mut attr = self.at_inode(ino, |p| self.vol.getattr_inode(p, ino))?; // see `path`
         attr.ino = ino; // re-keyed in place: the kernel's inode number stays
         Ok(attr)
     }
@@ -255,12 +300,14 @@ impl InodeFs {
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
         let swap = |p: &Path, a: &Path, b: &Path| p.strip_prefix(a).ok().map(|rest| b.join(rest));
         for node in nodes.values_mut() {
-            let moved = match mode {
-                RenameMode::Exchange => swap(&node.path, &from, &to).or_else(|| swap(&node.path, &to, &from)),
-                _ => swap(&node.path, &from, &to),
-            };
-            if let Some(p) = moved {
-                node.path = p;
+            for path in std::iter::once(&mut node.path).chain(node.links.iter_mut()) {
+                let moved = match mode {
+                    RenameMode::Exchange => swap(path, &from, &to).or_else(|| swap(path, &to, &from)),
+                    _ => swap(path, &from, &to),
+                };
+                if let Some(p) = moved {
+                    *path = p;
+                }
             }
         }
         Ok(())
@@ -277,7 +324,7 @@ impl InodeFs {
         if write {
             self.writable()?;
         }
-        let h = self.vol.open_inode(&self.path_unchecked(ino)?, write, Some(ino))?;
+        let h = self.at_inode(ino, |p| self.vol.open_inode(p, write, Some(ino)))?;
         Ok(self.add_handle(h))
     }
 
