@@ -4,7 +4,8 @@
 # gocryptfs, and envelopefs with both ciphers.
 #
 # Jobs: sequential 1 MiB write (end_fsync) and read (cold: all caches dropped; warm: only the
-# mount's page cache dropped, the backing file cached), 4 KiB random read and write with
+# mount's page cache dropped, the backing file cached; again: read once more by a new open,
+# whatever the file system kept cached from the warm read), 4 KiB random read and write with
 # O_DIRECT at 1 and 4 jobs, and a small-file job (extract a tarball of ~25,000 files, `find |
 # wc -l`, `rm -rf`). Prints a markdown table with each figure's ratio to gocryptfs, the
 # daemons' CPU seconds and peak RSS, and envelopefs's KMS calls.
@@ -125,6 +126,9 @@ for fs in "${NAMES[@]}"; do
     cat "${DIR[$fs]}/seq.dat" >/dev/null
     inv=1; [ "$fs" = ext4 ] && inv=0
     fio_job seq-read-warm "$fs" --rw=read --bs=1M --size="$SIZE" --filename=seq.dat --invalidate=$inv
+done
+for fs in "${NAMES[@]}"; do
+    fio_job seq-read-again "$fs" --rw=read --bs=1M --size="$SIZE" --filename=seq.dat --invalidate=0
 done
 fi
 

@@ -13,6 +13,7 @@ ensure_apt fio fio
 ensure_apt git git
 ensure_apt python3 python3
 ensure_apt unshare util-linux
+ensure_apt fincore util-linux-extra
 if ! command -v fsx >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/fsx" ]; then
     say "cargo install fsx"
     cargo install fsx --locked --quiet

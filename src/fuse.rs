@@ -25,16 +25,21 @@ const TTL: Duration = Duration::from_secs(10);
 const MAX_IO: u32 = 1 << 20;
 
 /// How a file is opened. Never a FLUSH request at close: ours would have nothing to do
-/// (metadata is committed at the last release). An `O_DIRECT` open bypasses the kernel's
-/// page cache for the handle (as the caller asked) so that its writes inside the file run in
-/// parallel: the kernel otherwise serialises them on the inode lock, while here whole-block
-/// overwrites run under a shared lock and anything else takes the file's own lock.
+/// (metadata is committed at the last release). A cached open keeps the kernel's page cache
+/// of the file (`FOPEN_KEEP_CACHE`): every change to a file's contents comes through this
+/// mount and updates or drops the cached pages itself (writes through, truncation, O_DIRECT
+/// writes), so pages cached by an earlier open are still true, and a file read again is not
+/// decrypted again. (`data/` changed behind the daemon's back is not supported while mounted.)
+/// An `O_DIRECT` open bypasses the page cache for the handle (as the caller asked) so that
+/// its writes inside the file run in parallel: the kernel otherwise serialises them on the
+/// inode lock, while here whole-block overwrites run under a shared lock and anything else
+/// takes the file's own lock.
 fn open_flags(flags: i32) -> FopenFlags {
-    let mut out = FopenFlags::FOPEN_NOFLUSH;
     if flags & nix::libc::O_DIRECT != 0 {
-        out |= FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES;
+        FopenFlags::FOPEN_NOFLUSH | FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
+    } else {
+        FopenFlags::FOPEN_NOFLUSH | FopenFlags::FOPEN_KEEP_CACHE
     }
-    out
 }
 
 /// Options of one mount.

@@ -352,6 +352,68 @@ fn parallel_o_direct_writes_to_one_file() {
     }
 }
 
+/// Bytes of `path` resident in the kernel's page cache (util-linux `fincore`).
+fn resident(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--raw", "--output", "RES"])
+        .arg(path)
+        .output()
+        .expect("run fincore (util-linux-extra)");
+    assert!(out.status.success(), "fincore: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn a_file_opened_again_keeps_its_page_cache_and_sees_every_change() {
+    // Cached opens keep the kernel's page cache (FOPEN_KEEP_CACHE), so a file read again is
+    // not decrypted again; every change made through the mount must still show on the next
+    // open: writes through another handle, truncation, O_DIRECT writes, writes through a
+    // hard link, and another file renamed over it.
+    use std::os::unix::fs::OpenOptionsExt;
+    let m = MountFixture::new(&[]);
+    let path = m.p("cached");
+    const LEN: usize = 64 * 4096;
+    let mut want = pattern(1, LEN);
+    fs::write(&path, &want).unwrap();
+    assert!(fs::read(&path).unwrap() == want);
+    // fincore opens the file too: an open that dropped the cache would leave nothing resident.
+    assert_eq!(resident(&path), LEN as u64, "the pages cached by earlier opens are kept");
+
+    let other = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    other.write_all_at(&pattern(2, 3 * 4096 + 100), 10 * 4096 - 50).unwrap();
+    drop(other);
+    want[10 * 4096 - 50..13 * 4096 + 50].copy_from_slice(&pattern(2, 3 * 4096 + 100));
+    assert!(fs::read(&path).unwrap() == want, "a write through another handle");
+
+    let other = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    other.set_len(20 * 4096 + 7).unwrap();
+    other.set_len(30 * 4096).unwrap();
+    drop(other);
+    want.truncate(20 * 4096 + 7);
+    want.resize(30 * 4096, 0);
+    assert!(fs::read(&path).unwrap() == want, "a truncation, then an extension");
+
+    let (buf, at) = aligned(&pattern(3, 2 * 4096));
+    let direct = fs::OpenOptions::new().write(true).custom_flags(nix::libc::O_DIRECT).open(&path).unwrap();
+    direct.write_all_at(&buf[at..at + 2 * 4096], 4 * 4096).unwrap();
+    drop(direct);
+    want[4 * 4096..6 * 4096].copy_from_slice(&pattern(3, 2 * 4096));
+    assert!(fs::read(&path).unwrap() == want, "an O_DIRECT write");
+
+    fs::hard_link(&path, m.p("link")).unwrap();
+    let link = fs::OpenOptions::new().write(true).open(m.p("link")).unwrap();
+    link.write_all_at(b"through the link", 7).unwrap();
+    drop(link);
+    want[7..23].copy_from_slice(b"through the link");
+    assert!(fs::read(&path).unwrap() == want, "a write through a hard link");
+
+    fs::write(m.p("new"), b"another file").unwrap();
+    assert_eq!(fs::read(m.p("new")).unwrap(), b"another file");
+    fs::rename(m.p("new"), &path).unwrap();
+    assert_eq!(fs::read(&path).unwrap(), b"another file", "another file renamed over it");
+    assert!(fs::read(m.p("link")).unwrap() == want, "the old file, still linked");
+}
+
 #[test]
 fn large_directories_list_with_attributes() {
     let m = MountFixture::new(&[]);
