@@ -508,6 +508,59 @@ fn entries_made_by_another_user_are_theirs() {
 }
 
 #[test]
+fn setuid_and_setgid_bits_go_as_on_a_local_file_system() {
+    // A write or truncation by a user without CAP_FSETID clears setuid, and setgid where the
+    // group may execute; a chown clears them whoever makes it; root's writes keep them.
+    assert!(nix::unistd::geteuid().is_root(), "this test switches users and needs root (CI runs as root)");
+    let mut m = MountFixture::new(&[]);
+    m.unmount();
+    m.mount_with(&["-o", "allow_other"]);
+    fs::set_permissions(m.tmp.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    let names = ["write", "append", "truncate", "open-trunc", "chown", "root-write", "no-gx", "plain"];
+    for n in names {
+        fs::write(m.p(n), b"data").unwrap();
+        let mode = match n {
+            "no-gx" => 0o6766,
+            "plain" => 0o666,
+            _ => 0o6777,
+        };
+        fs::set_permissions(m.p(n), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let user = |script: &str| {
+        let o = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", script])
+            .current_dir(&m.mnt)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{script}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    user("printf x | dd of=write conv=notrunc status=none && printf x >> append && truncate -s 1 truncate");
+    user(": > open-trunc && printf x >> no-gx && printf x >> plain");
+    std::os::unix::fs::chown(m.p("chown"), Some(0), Some(0)).unwrap();
+    fs::OpenOptions::new().append(true).open(m.p("root-write")).unwrap().write_all(b"x").unwrap();
+    let want = [
+        ("write", 0o777),
+        ("append", 0o777),
+        ("truncate", 0o777),
+        ("open-trunc", 0o777),
+        ("chown", 0o777),
+        ("root-write", 0o6777),
+        ("no-gx", 0o2766),
+        ("plain", 0o666),
+    ];
+    for round in 0..2 {
+        for (n, mode) in want {
+            assert_eq!(fs::metadata(m.p(n)).unwrap().mode() & 0o7777, mode, "{n} (round {round})");
+        }
+        m.remount();
+    }
+    assert_eq!(fs::read(m.p("write")).unwrap(), b"xata");
+    assert_eq!(fs::read(m.p("append")).unwrap(), b"datax");
+    assert_eq!(fs::read(m.p("truncate")).unwrap(), b"d");
+}
+
+#[test]
 fn read_only_mount_refuses_writes() {
     let mut m = MountFixture::new(&[]);
     fs::write(m.p("f"), b"before").unwrap();

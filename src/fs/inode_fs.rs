@@ -37,6 +37,9 @@ pub struct SetAttr {
     pub mtime: Option<SetTime>,
     /// The open file the change came through, if any.
     pub fh: Option<u64>,
+    /// Clear setuid/setgid (see [`InodeFs::drop_privs`]) as the size changes: the caller may
+    /// not keep them (it lacks CAP_FSETID). A chown clears them anyway.
+    pub drop_privs: bool,
 }
 
 struct Node {
@@ -233,10 +236,8 @@ impl InodeFs {
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Attr> {
         self.writable()?;
         let path = self.path(ino)?;
-        if let Some(mode) = set.mode {
-            self.vol.chmod(&path, mode)?;
-        }
-        if set.uid.is_some() || set.gid.is_some() {
+        let chown = set.uid.is_some() || set.gid.is_some();
+        if chown {
             self.vol.chown(&path, set.uid, set.gid)?;
         }
         if let Some(size) = set.size {
@@ -245,10 +246,39 @@ impl InodeFs {
                 None => self.vol.truncate_inode(&path, Some(ino), size)?,
             }
         }
+        // Before an explicit mode, which wins (as when the kernel turned these into a mode).
+        if chown || (set.drop_privs && set.size.is_some()) {
+            self.drop_privs_at(&path)?;
+        }
+        if let Some(mode) = set.mode {
+            self.vol.chmod(&path, mode)?;
+        }
         if set.atime.is_some() || set.mtime.is_some() {
             self.vol.set_times(&path, set.atime, set.mtime)?;
         }
         self.getattr(ino)
+    }
+
+    /// Clears setuid, and setgid where the group may execute, of regular file `ino`: what the
+    /// VFS does when a file is written or truncated by a caller without CAP_FSETID, or chowned.
+    /// The kernel leaves it to us (`FUSE_HANDLE_KILLPRIV_V2`), so that it need not ask for
+    /// the mode and the `security.capability` attribute before every write (those bits are
+    /// rare; checking them here costs a stat, not two kernel round trips).
+    pub fn drop_privs(&self, ino: u64) -> Result<()> {
+        self.writable()?;
+        self.drop_privs_at(&self.path(ino)?)
+    }
+
+    fn drop_privs_at(&self, path: &Path) -> Result<()> {
+        let attr = self.vol.getattr(path)?;
+        let mut kill = 0o4000;
+        if attr.perm & 0o010 != 0 {
+            kill |= 0o2000;
+        }
+        if attr.kind == EntryKind::File && attr.perm & kill != 0 {
+            self.vol.chmod(path, u32::from(attr.perm & !kill))?;
+        }
+        Ok(())
     }
 
     pub fn readlink(&self, ino: u64) -> Result<OsString> {
