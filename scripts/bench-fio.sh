@@ -7,18 +7,21 @@
 # mount's page cache dropped, the backing file cached; again: read once more by a new open,
 # whatever the file system kept cached from the warm read), 4 KiB random read and write with
 # O_DIRECT at 1 and 4 jobs, and a small-file job (extract a tarball of ~25,000 files, `find |
-# wc -l`, `rm -rf`). Prints a markdown table with each figure's ratio to gocryptfs, the
-# daemons' CPU seconds and peak RSS, and envelopefs's KMS calls.
+# wc -l`, `rm -rf`). Every job runs --rounds times (default 2), the file systems in turn,
+# in reverse order every other round, so that none always goes first after the disk's
+# quiet spell or last behind the others' writeback. Prints a markdown table of the medians
+# with each figure's ratio to gocryptfs, the daemons' CPU seconds and peak RSS, and
+# envelopefs's KMS calls.
 #
 # Usage: scripts/bench-fio.sh [--size 1G] [--runtime 10] [--files 25000] [--dir DIR]
-#                              [--only seq,rand,small]
+#                              [--rounds 2] [--only seq,rand,small]
 # Needs root (to drop caches). DIR (default /var/tmp) must be on a real disk, not tmpfs.
 # --only runs some job groups (for a quick comparison while working; quote full runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/setup.sh
 
-SIZE=1G RUNTIME=10 FILES=25000 BASE=/var/tmp ONLY=seq,rand,small
+SIZE=1G RUNTIME=10 FILES=25000 BASE=/var/tmp ONLY=seq,rand,small ROUNDS=2
 while [ $# -gt 0 ]; do
     case $1 in
         --size) SIZE=$2; shift 2 ;;
@@ -26,7 +29,8 @@ while [ $# -gt 0 ]; do
         --files) FILES=$2; shift 2 ;;
         --dir) BASE=$2; shift 2 ;;
         --only) ONLY=$2; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        --rounds) ROUNDS=$2; shift 2 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) say "unknown argument $1"; exit 2 ;;
     esac
 done
@@ -55,6 +59,10 @@ echo "bench passphrase" > "$WORK/pass"
 
 # The file systems: name, directory to benchmark in, daemon pid (none for ext4).
 NAMES=(ext4 gocryptfs evfs-gcm-siv evfs-xts)
+# in_turn ROUND: the file systems in the order of that round (reversed every other round).
+in_turn() {
+    if [ $(($1 % 2)) -eq 1 ]; then printf '%s\n' "${NAMES[@]}"; else printf '%s\n' "${NAMES[@]}" | tac; fi
+}
 declare -A DIR PID
 mkdir -p "$WORK/plain"
 DIR[ext4]=$WORK/plain
@@ -112,35 +120,41 @@ timed() {
 }
 
 if wanted seq; then
-say "sequential write and read ($SIZE)"
-for fs in "${NAMES[@]}"; do
+for round in $(seq "$ROUNDS"); do
+say "sequential write and read ($SIZE), round $round of $ROUNDS"
+for fs in $(in_turn "$round"); do
+    rm -f "${DIR[$fs]}/seq.dat"
+    sync
     fio_job seq-write "$fs" --rw=write --bs=1M --size="$SIZE" --end_fsync=1 --filename=seq.dat
 done
-for fs in "${NAMES[@]}"; do
+for fs in $(in_turn "$round"); do
     drop_caches
     fio_job seq-read-cold "$fs" --rw=read --bs=1M --size="$SIZE" --filename=seq.dat
 done
-for fs in "${NAMES[@]}"; do
+for fs in $(in_turn "$round"); do
     # Warm: the backing file is in the page cache; fio's invalidate (fadvise DONTNEED) drops
     # only the mount's own cache of it. On ext4 that is the only cache, so keep it there.
     cat "${DIR[$fs]}/seq.dat" >/dev/null
     inv=1; [ "$fs" = ext4 ] && inv=0
     fio_job seq-read-warm "$fs" --rw=read --bs=1M --size="$SIZE" --filename=seq.dat --invalidate=$inv
 done
-for fs in "${NAMES[@]}"; do
+for fs in $(in_turn "$round"); do
     fio_job seq-read-again "$fs" --rw=read --bs=1M --size="$SIZE" --filename=seq.dat --invalidate=0
+done
 done
 fi
 
 if wanted rand; then
-say "4 KiB random I/O, O_DIRECT, ${RUNTIME}s each"
+for round in $(seq "$ROUNDS"); do
+say "4 KiB random I/O, O_DIRECT, ${RUNTIME}s each, round $round of $ROUNDS"
 for rw in randread randwrite; do
     for jobs in 1 4; do
-        for fs in "${NAMES[@]}"; do
+        for fs in $(in_turn "$round"); do
             fio_job "$rw-4k-${jobs}j" "$fs" --rw=$rw --bs=4k --direct=1 --ioengine=psync --numjobs=$jobs \
                 --size=256M --filename=rand.dat --runtime="$RUNTIME" --time_based
         done
     done
+done
 done
 fi
 for fs in "${NAMES[@]}"; do rm -f "${DIR[$fs]}/seq.dat" "${DIR[$fs]}/rand.dat"; done
@@ -160,12 +174,15 @@ with tarfile.open(path, "w") as t:
         info.size = size
         t.addfile(info, io.BytesIO(data))
 EOF
-for fs in "${NAMES[@]}"; do
-    sync
-    timed small-extract "$fs" sh -c "tar -xf '$WORK/small.tar' && sync"
+for round in $(seq "$ROUNDS"); do
+    say "small files, round $round of $ROUNDS"
+    for fs in $(in_turn "$round"); do
+        sync
+        timed small-extract "$fs" sh -c "tar -xf '$WORK/small.tar' && sync"
+    done
+    for fs in $(in_turn "$round"); do timed small-find "$fs" sh -c 'find . | wc -l'; done
+    for fs in $(in_turn "$round"); do timed small-rm "$fs" sh -c 'rm -rf ./d* && sync'; done
 done
-for fs in "${NAMES[@]}"; do timed small-find "$fs" sh -c 'find . | wc -l'; done
-for fs in "${NAMES[@]}"; do timed small-rm "$fs" sh -c 'rm -rf ./d* && sync'; done
 fi
 
 # The report.
@@ -177,15 +194,19 @@ for fs in "${NAMES[@]}"; do
 done
 kms=$("$EVFS" status "${DIR[evfs-gcm-siv]}" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["kms_calls"])')
 
-python3 - "$RESULTS" <<'EOF'
-import sys
+python3 - "$RESULTS" "$ROUNDS" <<'EOF'
+import statistics, sys
 rows, order = {}, []
 for line in open(sys.argv[1]):
     job, fs, v, unit = line.rstrip("\n").split("\t")
     if job not in rows:
         rows[job] = {"unit": unit}
         order.append(job)
-    rows[job][fs] = float(v)
+    rows[job].setdefault(fs, []).append(float(v))
+for r in rows.values():
+    for fs, vs in r.items():
+        if fs != "unit":
+            r[fs] = statistics.median(vs)
 fss = ["ext4", "gocryptfs", "evfs-gcm-siv", "evfs-xts"]
 print("| job | unit | " + " | ".join(fss) + " | gcm-siv / gocryptfs | xts / gocryptfs |")
 print("|---|---|" + "---|" * len(fss) + "---|---|")
@@ -198,8 +219,8 @@ for job in order:
         ratios.append("%.2f×" % (r[f] / g) if g and f in r else "–")
     print("| %s | %s | %s | %s |" % (job, r["unit"], " | ".join(cells), " | ".join(ratios)))
 print()
-print("Ratios are envelopefs / gocryptfs: higher is better for MiB/s and IOPS, lower for s,")
-print("CPU s and MiB.")
+print("Medians of %s rounds. Ratios are envelopefs / gocryptfs: higher is better for MiB/s" % sys.argv[2])
+print("and IOPS, lower for s, CPU s and MiB.")
 EOF
 echo
 echo "envelopefs (gcm-siv) KMS calls for the whole run: $kms"
