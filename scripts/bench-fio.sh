@@ -203,6 +203,7 @@ for line in open(sys.argv[1]):
         rows[job] = {"unit": unit}
         order.append(job)
     rows[job].setdefault(fs, []).append(float(v))
+raw = {job: {fs: list(vs) for fs, vs in r.items() if fs != "unit"} for job, r in rows.items()}
 for r in rows.values():
     for fs, vs in r.items():
         if fs != "unit":
@@ -221,6 +222,14 @@ for job in order:
 print()
 print("Medians of %s rounds. Ratios are envelopefs / gocryptfs: higher is better for MiB/s" % sys.argv[2])
 print("and IOPS, lower for s, CPU s and MiB.")
+print()
+print("Each round's figures (in the order the rounds ran):")
+print()
+for job in order:
+    if job.startswith("daemon-"):
+        continue
+    cells = ["%s %s" % (f, " / ".join("%g" % v for v in raw[job][f])) for f in fss if f in raw[job]]
+    print("* %s: %s" % (job, "; ".join(cells)))
 EOF
 echo
 echo "envelopefs (gcm-siv) KMS calls for the whole run: $kms"

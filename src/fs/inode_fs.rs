@@ -247,7 +247,7 @@ impl InodeFs {
             }
         }
         // Before an explicit mode, which wins (as when the kernel turned these into a mode).
-        if chown || (set.drop_privs && set.size.is_some()) {
+        if chown || set.drop_privs {
             self.drop_privs_at(&path)?;
         }
         if let Some(mode) = set.mode {
@@ -270,13 +270,12 @@ impl InodeFs {
     }
 
     fn drop_privs_at(&self, path: &Path) -> Result<()> {
-        let attr = self.vol.getattr(path)?;
-        let mut kill = 0o4000;
-        if attr.perm & 0o010 != 0 {
-            kill |= 0o2000;
-        }
-        if attr.kind == EntryKind::File && attr.perm & kill != 0 {
-            self.vol.chmod(path, u32::from(attr.perm & !kill))?;
+        let backing = self.vol.backing_path(path)?;
+        let meta = std::fs::symlink_metadata(&backing).map_err(|e| Error::io(path, "stat", e))?;
+        let perm = meta.mode() & 0o7777;
+        let kill = if perm & 0o010 != 0 { 0o6000 } else { 0o4000 };
+        if meta.is_file() && perm & kill != 0 {
+            self.vol.chmod(path, perm & !kill)?;
         }
         Ok(())
     }
