@@ -476,24 +476,35 @@ fn a_directory_renamed_while_it_is_read_lists_every_entry() {
     assert_eq!(fs::metadata(m.p("moved/f0299")).unwrap().len(), 299);
 }
 
-#[test]
-fn entries_made_by_another_user_are_theirs() {
-    // The daemon runs as root here; files and directories a user makes through an
-    // allow_other mount are that user's, with the modes the user asked for, now and after a
-    // remount.
+/// A mount another user may use (`allow_other`), its root directory given `mode`. Switching
+/// users needs root (CI runs as root).
+fn mount_for_others(mode: u32) -> MountFixture {
     assert!(nix::unistd::geteuid().is_root(), "this test switches users and needs root (CI runs as root)");
     let mut m = MountFixture::new(&[]);
     m.unmount();
     m.mount_with(&["-o", "allow_other"]);
     fs::set_permissions(m.tmp.path(), fs::Permissions::from_mode(0o711)).unwrap();
-    fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::set_permissions(&m.mnt, fs::Permissions::from_mode(mode)).unwrap();
+    m
+}
+
+/// Runs `script` with `sh` as uid and gid 65534 in the mount; it must succeed.
+fn as_nobody(m: &MountFixture, script: &str) {
     let o = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c"])
-        .arg("echo hi > f && mkdir d && mkdir d/e && echo x > d/e/g && ln -s f s && umask 0 && : > u && mkdir ud")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", script])
         .current_dir(&m.mnt)
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{script}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn entries_made_by_another_user_are_theirs() {
+    // The daemon runs as root here; files and directories a user makes through an
+    // allow_other mount are that user's, with the modes the user asked for, now and after a
+    // remount.
+    let mut m = mount_for_others(0o1777);
+    as_nobody(&m, "echo hi > f && mkdir d && mkdir d/e && echo x > d/e/g && ln -s f s && umask 0 && : > u && mkdir ud");
     for round in 0..2 {
         for p in ["f", "d", "d/e", "d/e/g", "s"] {
             let md = fs::symlink_metadata(m.p(p)).unwrap();
@@ -511,12 +522,7 @@ fn entries_made_by_another_user_are_theirs() {
 fn setuid_and_setgid_bits_go_as_on_a_local_file_system() {
     // A write or truncation by a user without CAP_FSETID clears setuid, and setgid where the
     // group may execute; a chown clears them whoever makes it; root's writes keep them.
-    assert!(nix::unistd::geteuid().is_root(), "this test switches users and needs root (CI runs as root)");
-    let mut m = MountFixture::new(&[]);
-    m.unmount();
-    m.mount_with(&["-o", "allow_other"]);
-    fs::set_permissions(m.tmp.path(), fs::Permissions::from_mode(0o711)).unwrap();
-    fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut m = mount_for_others(0o755);
     let names = ["write", "append", "truncate", "open-trunc", "chown", "root-write", "no-gx", "plain"];
     for n in names {
         fs::write(m.p(n), b"data").unwrap();
@@ -527,16 +533,8 @@ fn setuid_and_setgid_bits_go_as_on_a_local_file_system() {
         };
         fs::set_permissions(m.p(n), fs::Permissions::from_mode(mode)).unwrap();
     }
-    let user = |script: &str| {
-        let o = std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", script])
-            .current_dir(&m.mnt)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{script}: {}", String::from_utf8_lossy(&o.stderr));
-    };
-    user("printf x | dd of=write conv=notrunc status=none && printf x >> append && truncate -s 1 truncate");
-    user(": > open-trunc && printf x >> no-gx && printf x >> plain");
+    as_nobody(&m, "printf x | dd of=write conv=notrunc status=none && printf x >> append && truncate -s 1 truncate");
+    as_nobody(&m, ": > open-trunc && printf x >> no-gx && printf x >> plain");
     std::os::unix::fs::chown(m.p("chown"), Some(0), Some(0)).unwrap();
     fs::OpenOptions::new().append(true).open(m.p("root-write")).unwrap().write_all(b"x").unwrap();
     let want = [
