@@ -354,8 +354,8 @@ impl Filesystem for Adapter {
     ) {
         // A writer without CAP_FSETID: setuid/setgid go first (FUSE_HANDLE_KILLPRIV_V2).
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        let written = if kill { self.fs.drop_privs(ino.0) } else { Ok(()) };
-        match written.and_then(|()| self.fs.write(fh.0, offset, data)) {
+        let ready = if kill { self.fs.drop_privs(ino.0) } else { Ok(()) };
+        match ready.and_then(|()| self.fs.write(fh.0, offset, data)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }

@@ -248,7 +248,7 @@ impl InodeFs {
         }
         // Before an explicit mode, which wins (as when the kernel turned these into a mode).
         if chown || set.drop_privs {
-            self.drop_privs_at(&path)?;
+            self.drop_privs_at(&path, None)?;
         }
         if let Some(mode) = set.mode {
             self.vol.chmod(&path, mode)?;
@@ -266,12 +266,16 @@ impl InodeFs {
     /// rare; checking them here costs a stat, not two kernel round trips).
     pub fn drop_privs(&self, ino: u64) -> Result<()> {
         self.writable()?;
-        self.drop_privs_at(&self.path(ino)?)
+        self.at_inode(ino, |p| self.drop_privs_at(p, Some(ino))) // see `path`
     }
 
-    fn drop_privs_at(&self, path: &Path) -> Result<()> {
+    /// [`Self::drop_privs`] at `path`, if it is (still) inode `expect` when given.
+    fn drop_privs_at(&self, path: &Path, expect: Option<u64>) -> Result<()> {
         let backing = self.vol.backing_path(path)?;
-        let meta = std::fs::symlink_metadata(&backing).map_err(|e| Error::io(path, "stat", e))?;
+        let meta = std::fs::symlink_metadata(&backing).map_err(|_| Error::NotFound(path.into()))?;
+        if expect.is_some_and(|ino| !self.vol.is_inode(meta.ino(), ino)) {
+            return Err(Error::NotFound(path.into()));
+        }
         let perm = meta.mode() & 0o7777;
         let kill = if perm & 0o010 != 0 { 0o6000 } else { 0o4000 };
         if meta.is_file() && perm & kill != 0 {
