@@ -2,7 +2,7 @@
 //! file whose last name it removes, and `rmdir` an (empty) backing directory with its
 //! `.dirid`, into the volume's `trash/` directory (beside `data/`, on the same file system: a
 //! rename, so the name is gone before the call returns) and a background thread removes it
-//! there. The directory exists only while there is something in it.
+//! there. The directory is made when first needed and removed at unmount when empty.
 //!
 //! Freeing blocks is the slow part of an unlink on ext4 — truncation, journal, and with the
 //! `discard` mount option a synchronous TRIM per file — and it kept `rm -rf` through the
