@@ -89,6 +89,11 @@ RESULTS=$WORK/results.tsv
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$RESULTS"; } # job fs value unit
 
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+# warm FILE: reads FILE (if it exists) so that it is in the page cache. A job that means to
+# measure a file system with its data cached says so: a proactive reclaimer (this machine's
+# DAMON pages out whatever page cache went 60 s unused) would otherwise have evicted some of
+# it, more for the file systems whose turn came last, and the job would measure the disk.
+warm() { [ -e "$1" ] && cat "$1" >/dev/null || true; }
 
 # fio_job NAME FS ARGS...: runs fio in FS's directory, records MiB/s or IOPS.
 fio_job() {
@@ -134,7 +139,7 @@ done
 for fs in $(in_turn "$round"); do
     # Warm: the backing file is in the page cache; fio's invalidate (fadvise DONTNEED) drops
     # only the mount's own cache of it. On ext4 that is the only cache, so keep it there.
-    cat "${DIR[$fs]}/seq.dat" >/dev/null
+    warm "${DIR[$fs]}/seq.dat"
     inv=1; [ "$fs" = ext4 ] && inv=0
     fio_job seq-read-warm "$fs" --rw=read --bs=1M --size="$SIZE" --filename=seq.dat --invalidate=$inv
 done
@@ -150,6 +155,7 @@ say "4 KiB random I/O, O_DIRECT, ${RUNTIME}s each, round $round of $ROUNDS"
 for rw in randread randwrite; do
     for jobs in 1 4; do
         for fs in $(in_turn "$round"); do
+            warm "${DIR[$fs]}/rand.dat"
             fio_job "$rw-4k-${jobs}j" "$fs" --rw=$rw --bs=4k --direct=1 --ioengine=psync --numjobs=$jobs \
                 --size=256M --filename=rand.dat --runtime="$RUNTIME" --time_based
         done
@@ -191,6 +197,7 @@ for round in $(seq "$ROUNDS"); do
     [ "$round" -gt 1 ] && settle
     for fs in $(in_turn "$round"); do
         sync
+        warm "$WORK/small.tar"
         timed small-extract "$fs" sh -c "tar -xf '$WORK/small.tar' && sync"
     done
     for fs in $(in_turn "$round"); do timed small-find "$fs" sh -c 'find . | wc -l'; done
