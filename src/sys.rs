@@ -2,7 +2,8 @@
 //! swap, so key material cannot leave the process through a core file, a same-user ptrace
 //! attach or the swap device.
 //!
-//! Everything here goes through nix's safe wrappers; the crate keeps `#![deny(unsafe_code)]`.
+//! Everything here goes through nix's safe wrappers; the crate keeps `#![deny(unsafe_code)]`
+//! (its one exception is `sync_file_range` in `fs/backend.rs`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -1,6 +1,6 @@
-//! The storage seam: the five operations the engine needs from a data file, and the
-//! [`Storage`] that hands out data files and is told of every sync point (data fsync,
-//! `syncfs`, store commit, header replacement).
+//! The storage seam: the operations the engine needs from a data file (five, and a
+//! write-behind hint), and the [`Storage`] that hands out data files and is told of every
+//! sync point (data fsync, `syncfs`, store commit, header replacement).
 //!
 //! Production uses [`OsStorage`] (`std::fs::File`, no hooks); tests substitute a backend that
 //! cuts power at a chosen sync point and then keeps only what was made durable (redb's
@@ -58,6 +58,11 @@ pub trait DataFile: Send + Sync {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes written data durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
+    /// Starts writing `len` bytes at `offset` back to the disk, without waiting for it or
+    /// making anything durable (a hint: the default does nothing).
+    fn start_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl DataFile for File {
@@ -88,5 +93,22 @@ impl DataFile for File {
 
     fn sync_data(&self) -> io::Result<()> {
         File::sync_data(self)
+    }
+
+    #[allow(unsafe_code)]
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Ok(());
+        };
+        // SAFETY: sync_file_range(2) takes a file descriptor and three integers, reads and
+        // writes no memory of this process; the descriptor is this open file's, valid for
+        // the duration of the call (`self` is borrowed). nix and rustix do not wrap it.
+        let r = unsafe { nix::libc::sync_file_range(self.as_raw_fd(), offset, len, nix::libc::SYNC_FILE_RANGE_WRITE) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 }

@@ -62,6 +62,9 @@ struct Extent {
     dirty: bool,
 }
 
+/// How much a file grows between two write-behinds.
+const WRITE_BEHIND: u64 = 8 << 20;
+
 pub(super) struct Inner {
     size: u64,
     extents: BTreeMap<u64, Extent>,
@@ -69,6 +72,8 @@ pub(super) struct Inner {
     meta_dirty: bool,
     /// The last link is gone; records are deleted when the last handle closes.
     unlinked: bool,
+    /// Where in the data file the last write-behind ended (see `write_behind`).
+    written_behind: u64,
 }
 
 /// The shared state of one open file (all handles and hardlinks share it).
@@ -123,7 +128,7 @@ impl FileState {
             })?;
             map.insert(index, Extent { kek_id, wrapped, written, dirty: false });
         }
-        let inner = Inner { size, extents: map, meta_dirty: false, unlinked: false };
+        let inner = Inner { size, extents: map, meta_dirty: false, unlinked: false, written_behind: 0 };
         Ok(Self::with_inner(core, id, data, name, scratch, inner))
     }
 
@@ -154,7 +159,7 @@ impl FileState {
         name: PathBuf,
         scratch: bool,
     ) -> FileState {
-        let inner = Inner { size: 0, extents: BTreeMap::new(), meta_dirty: false, unlinked: false };
+        let inner = Inner { size: 0, extents: BTreeMap::new(), meta_dirty: false, unlinked: false, written_behind: 0 };
         Self::with_inner(core, id, data, name, scratch, inner)
     }
 
@@ -365,7 +370,33 @@ impl FileState {
         if offset > inner.size {
             self.zero_tail(inner)?;
         }
-        self.write_blocks(inner, offset, end, data)
+        let grown_from = (end > inner.size).then_some(inner.size);
+        let n = self.write_blocks(inner, offset, end, data)?;
+        if let Some(old_size) = grown_from {
+            self.write_behind(inner, old_size);
+        }
+        Ok(n)
+    }
+
+    /// Once a file has grown by `WRITE_BEHIND` bytes since the last time, starts writing
+    /// that part of its data file back to the disk. A large file written from start to end
+    /// then reaches the disk while the rest is still being encrypted, instead of all at its
+    /// `fsync` or whenever the kernel's flusher gets to it; small files and rewrites inside
+    /// a file are left to the flusher. It only starts I/O: what is durable, and when, does
+    /// not change (an `fsync` still waits for all of it).
+    fn write_behind(&self, inner: &mut Inner, old_size: u64) {
+        let layout = self.core.layout;
+        // A file cut shorter since: count from where it was cut.
+        inner.written_behind = inner.written_behind.min(layout.slot_offset(old_size.div_ceil(BLOCK)));
+        let end = layout.slot_offset(inner.size.div_ceil(BLOCK));
+        if end - inner.written_behind < WRITE_BEHIND {
+            return;
+        }
+        let from = inner.written_behind;
+        if let Err(e) = self.data.start_writeback(from, end - from) {
+            tracing::debug!(file = %self.name().display(), "write-behind: {e}");
+        }
+        inner.written_behind = end;
     }
 
     fn write_blocks(&self, inner: &mut Inner, offset: u64, end: u64, data: &[u8]) -> Result<usize> {
