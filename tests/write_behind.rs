@@ -122,6 +122,12 @@ fn a_growing_file_is_written_back_in_steps_and_a_small_one_or_a_rewrite_is_not()
         assert_eq!(big.read_at(0, &mut back).unwrap(), 16 * MIB);
         assert!(back == data[..16 * MIB], "{}: contents differ", cipher.name());
         big.close().unwrap();
+
+        // Opened again and grown by 4 MiB: what it held counts as written, so no step yet.
+        let big = vol.open_file(Path::new("big"), true).unwrap();
+        big.write_at(16 * MIB as u64, &data[16 * MIB..]).unwrap();
+        assert_eq!(ranges(&calls).len(), 3, "{}: {:?}", cipher.name(), ranges(&calls));
+        big.close().unwrap();
     }
 }
 

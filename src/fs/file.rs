@@ -128,7 +128,9 @@ impl FileState {
             })?;
             map.insert(index, Extent { kek_id, wrapped, written, dirty: false });
         }
-        let inner = Inner { size, extents: map, meta_dirty: false, unlinked: false, written_behind: 0 };
+        // What is there already is not growth to write behind.
+        let written_behind = layout.slot_offset(size.div_ceil(BLOCK));
+        let inner = Inner { size, extents: map, meta_dirty: false, unlinked: false, written_behind };
         Ok(Self::with_inner(core, id, data, name, scratch, inner))
     }
 
