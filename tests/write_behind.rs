@@ -99,7 +99,7 @@ fn a_growing_file_is_written_back_in_steps_and_a_small_one_or_a_rewrite_is_not()
         assert_eq!(steps[0].0, 0, "{}: {steps:?}", cipher.name());
         assert_eq!(steps[1].0, steps[0].1, "{}: {steps:?}", cipher.name());
         assert!(steps.iter().all(|&(_, l)| l >= STEP), "{}: {steps:?}", cipher.name());
-        let physical = DataFile::size(&File::open(first_data_file(&dir)).unwrap()).unwrap();
+        let physical = DataFile::size(&File::open(largest_data_file(&dir)).unwrap()).unwrap();
         assert!(steps[1].0 + steps[1].1 <= physical, "{}: {steps:?} past {physical}", cipher.name());
 
         // Rewriting the first 12 MiB changes nothing on the list.
@@ -131,8 +131,8 @@ fn a_growing_file_is_written_back_in_steps_and_a_small_one_or_a_rewrite_is_not()
     }
 }
 
-/// The volume's one large data file (the test writes one file past 8 MiB).
-fn first_data_file(dir: &Path) -> std::path::PathBuf {
+/// The volume's largest data file (the test writes one file past 8 MiB).
+fn largest_data_file(dir: &Path) -> std::path::PathBuf {
     common::all_files(&dir.join("data"))
         .into_iter()
         .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))

@@ -129,7 +129,7 @@ impl FileState {
             map.insert(index, Extent { kek_id, wrapped, written, dirty: false });
         }
         // What is there already is not growth to write behind.
-        let written_behind = layout.slot_offset(size.div_ceil(BLOCK));
+        let written_behind = layout.physical_len(Layout::blocks_for(size));
         let inner = Inner { size, extents: map, meta_dirty: false, unlinked: false, written_behind };
         Ok(Self::with_inner(core, id, data, name, scratch, inner))
     }
@@ -372,10 +372,10 @@ impl FileState {
         if offset > inner.size {
             self.zero_tail(inner)?;
         }
-        let grown_from = (end > inner.size).then_some(inner.size);
+        let grows = end > inner.size;
         let n = self.write_blocks(inner, offset, end, data)?;
-        if let Some(old_size) = grown_from {
-            self.write_behind(inner, old_size);
+        if grows {
+            self.write_behind(inner);
         }
         Ok(n)
     }
@@ -386,12 +386,9 @@ impl FileState {
     /// `fsync` or whenever the kernel's flusher gets to it; small files and rewrites inside
     /// a file are left to the flusher. It only starts I/O: what is durable, and when, does
     /// not change (an `fsync` still waits for all of it).
-    fn write_behind(&self, inner: &mut Inner, old_size: u64) {
-        let layout = self.core.layout;
-        // A file cut shorter since: count from where it was cut.
-        inner.written_behind = inner.written_behind.min(layout.slot_offset(old_size.div_ceil(BLOCK)));
-        let end = layout.slot_offset(inner.size.div_ceil(BLOCK));
-        if end - inner.written_behind < WRITE_BEHIND {
+    fn write_behind(&self, inner: &mut Inner) {
+        let end = self.core.layout.physical_len(Layout::blocks_for(inner.size));
+        if end.saturating_sub(inner.written_behind) < WRITE_BEHIND {
             return;
         }
         let from = inner.written_behind;
@@ -506,6 +503,8 @@ impl FileState {
         }
         inner.size = new_size;
         inner.meta_dirty = true;
+        // Growth to write behind counts from the cut.
+        inner.written_behind = inner.written_behind.min(layout.physical_len(keep_blocks));
         // Commit the removal before cutting the data, so the store never names a block that
         // is gone.
         self.commit(&mut inner, &[Change::DropExtentsFrom { file: &self.id, first: keep_extents }])?;
