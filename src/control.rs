@@ -10,7 +10,7 @@
 //! (`<volume id>.scratch`).
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,10 +42,24 @@ pub fn scratch_path(volume_id: &[u8; 16]) -> PathBuf {
     runtime_dir().join(format!("{}.scratch", hex(volume_id)))
 }
 
-/// Creates the runtime directory (mode 0700) if it is missing.
+/// Creates the runtime directory (mode 0700) if it is missing, and checks it: a real
+/// directory (not a symlink), owned by this user, open to nobody else. The control socket,
+/// the daemon log and the wrapped scratch key live there.
 pub fn ensure_runtime_dir() -> Result<PathBuf> {
     let dir = runtime_dir();
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| Error::io(&dir, "create", e))?;
+    let meta = std::fs::symlink_metadata(&dir).map_err(|e| Error::io(&dir, "stat", e))?;
+    crate::confine::check_kind(&meta, crate::confine::Expect::Dir, &dir)?;
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid || meta.mode() & 0o077 != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "runtime directory {}: must be owned by uid {euid} with mode 0700 (it is uid {}, mode {:o}): \
+             fix it, or set ENVELOPEFS_RUNTIME_DIR to such a directory",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
     Ok(dir)
 }
 
@@ -92,16 +106,28 @@ pub fn serve(path: &Path, handle: impl Fn(&str, &Value) -> Value + Send + 'stati
     Ok(ControlServer { path: path.to_path_buf(), stop, thread: Some(thread) })
 }
 
+/// The largest request accepted (a list of paths for `shred --file` or `--rekey`).
+const MAX_REQUEST: u64 = 1 << 20;
+
+/// Answers one connection: only from this user or root (the socket's mode says the same,
+/// but its directory may be shared), one line of at most [`MAX_REQUEST`] bytes within 5 s.
 fn answer(conn: UnixStream, handle: &impl Fn(&str, &Value) -> Value) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let peer = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials)?;
+    let me = nix::unistd::geteuid().as_raw();
+    let mut w = &conn;
+    if peer.uid() != me && peer.uid() != 0 {
+        tracing::warn!(uid = peer.uid(), pid = peer.pid(), "control request from another user refused");
+        return writeln!(w, "{}", json!({"error": "permission denied: not the mounting user or root", "exit_code": 1}));
+    }
     let mut line = String::new();
-    BufReader::new(&conn).read_line(&mut line)?;
+    std::io::Read::take(BufReader::new(&conn), MAX_REQUEST).read_line(&mut line)?;
     let request = serde_json::from_str::<Value>(&line).unwrap_or(Value::Null);
     let reply = match request["op"].as_str() {
         Some(op) => handle(op, &request),
         None => json!({"error": "bad request"}),
     };
-    let mut w = &conn;
     writeln!(w, "{reply}")
 }
 
@@ -137,11 +163,25 @@ pub fn base_status(cipherdir: &Path, h: &VolumeHeader, files: u64, wrapped_deks:
     })
 }
 
+/// A request to the daemon of the volume in `cipherdir`: it answers only if that is the
+/// volume it serves (a header copied from another volume leads to that volume's socket).
+pub fn request_for(cipherdir: &Path, op: &str) -> Value {
+    let dir = std::fs::canonicalize(cipherdir).unwrap_or_else(|_| cipherdir.to_path_buf());
+    json!({ "op": op, "cipherdir": dir.to_string_lossy() })
+}
+
+/// Whether `request` names the volume in `cipherdir` (canonical), as [`request_for`] does.
+pub fn names_volume(request: &Value, cipherdir: &Path) -> bool {
+    request["cipherdir"].as_str().and_then(|d| std::fs::canonicalize(d).ok()).is_some_and(|d| d == cipherdir)
+}
+
 /// The status of the volume in `cipherdir`: from its daemon if mounted, else from disk.
 pub fn status(cipherdir: &Path) -> Result<Value> {
     let header = Volume::read_header(cipherdir)?;
-    if let Some(v) = query(&socket_path(&header.volume_id), &json!({"op": "status"})) {
-        return Ok(v);
+    if let Some(v) = query(&socket_path(&header.volume_id), &request_for(cipherdir, "status")) {
+        if v["error"].is_null() {
+            return Ok(v);
+        }
     }
     let info = Volume::info(cipherdir)?;
     let mut v = base_status(cipherdir, &info.header, info.files, info.extents, info.kek_since);

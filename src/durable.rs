@@ -2,9 +2,8 @@
 //! are written, so a crash leaves either the old file or the new one, never a mix; and the
 //! lock that serializes writers of a volume's header across processes.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::{Error, Result};
@@ -13,22 +12,18 @@ use crate::{Error, Result};
 /// `path` and syncs the directory.
 pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name =
-        path.file_name().ok_or_else(|| Error::InvalidArgument(format!("{}: not a file path", path.display())))?;
-    let mut tmp_name = name.to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| Error::io(&tmp, "create", e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, "write", e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
+    // A new name of our own (O_EXCL|O_NOFOLLOW): a planted `NAME.tmp` symlink or file is
+    // never opened, so nothing outside the directory can be overwritten through it.
+    let (mut f, tmp) = crate::confine::create_temp(path, mode)?;
+    let written = f
+        .write_all(bytes)
+        .map_err(|e| Error::io(&tmp, "write", e))
+        .and_then(|()| f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e)));
     drop(f);
-    fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename into place", e))?;
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename into place", e))) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     sync_dir(dir)
 }
 

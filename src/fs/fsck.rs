@@ -253,6 +253,8 @@ impl Volume {
             .flatten()
             .all(|e| e.file_name() == DIRID_FILE);
         if mode.repair && empty {
+            // The bad id file itself goes (a planted symlink is removed, never followed).
+            let _ = fs::remove_file(backing.join(DIRID_FILE));
             names::write_dir_id(backing, crate::crypto::random_array())?;
             p.repaired = Some("the empty directory got a new id".into());
         }
@@ -269,7 +271,7 @@ impl Volume {
     ) -> Result<()> {
         report.files += 1;
         let in_lost_found = path.starts_with(Path::new("/").join(LOST_FOUND));
-        let file = fs::File::open(backing).map_err(|e| Error::io(path, "open", e))?;
+        let file = crate::confine::open_file(backing, false).map_err(|e| e.renamed(path))?;
         let len = file.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
         let id = match super::volume::read_file_id(&file, backing, path) {
             Ok(id) => id,
@@ -316,7 +318,7 @@ impl Volume {
             };
             if mode.repair && report.unclean {
                 drop(file);
-                let f = fs::OpenOptions::new().write(true).open(backing).map_err(|e| Error::io(path, "open", e))?;
+                let f = crate::confine::open_file(backing, true).map_err(|e| e.renamed(path))?;
                 f.set_len(layout.physical_len(0))
                     .and_then(|_| f.sync_all())
                     .map_err(|e| Error::io(path, "truncate", e))?;

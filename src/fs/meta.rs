@@ -3,7 +3,7 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -142,8 +142,14 @@ impl Volume {
 
     pub fn chmod(&self, path: &Path, mode: u32) -> Result<()> {
         let backing = self.backing_or_root(path)?;
-        fs::set_permissions(&backing, fs::Permissions::from_mode(mode & 0o7777))
-            .map_err(|e| Error::io(path, "chmod", e))
+        // Never through a symlink planted in the backing tree.
+        nix::sys::stat::fchmodat(
+            AT_FDCWD,
+            &backing,
+            Mode::from_bits_truncate(mode & 0o7777),
+            nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| errno(path, "chmod", e))
     }
 
     /// chown/lchown; `None` leaves that id unchanged.

@@ -8,6 +8,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -85,10 +86,13 @@ fn bad_name(dir: &Path, backing: &OsStr) -> Error {
 /// Reads the id of backing directory `dir`.
 pub(super) fn read_dir_id(dir: &Path) -> Result<[u8; 16]> {
     let path = dir.join(DIRID_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| match e.raw_os_error() {
-        Some(2) => Error::integrity(&path, "directory id file is missing"),
-        Some(20) => Error::NotDir(dir.to_path_buf()),
-        _ => Error::io(&path, "read", e),
+    // Never through a planted symlink or FIFO; a .dirid is one object header.
+    let bytes = crate::confine::read_file(&path, 4096).map_err(|e| match e {
+        Error::Io { source, .. } if source.raw_os_error() == Some(2) => {
+            Error::integrity(&path, "directory id file is missing")
+        }
+        Error::Io { source, .. } if source.raw_os_error() == Some(20) => Error::NotDir(dir.to_path_buf()),
+        other => other,
     })?;
     match ObjectHeader::decode(&bytes).map_err(|e| e.at(&path))? {
         ObjectHeader { kind: ObjectKind::Directory, id } => Ok(id),
@@ -120,7 +124,14 @@ pub(super) fn place(tmp: &Path, backing: &Path, plain: &Path) -> Result<()> {
 pub(super) fn write_dir_id(dir: &Path, id: [u8; 16]) -> Result<()> {
     let path = dir.join(DIRID_FILE);
     let header = ObjectHeader { kind: ObjectKind::Directory, id }.encode();
-    std::fs::write(&path, header).map_err(|e| Error::io(&path, "write", e))
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(&path)
+        .map_err(|e| Error::io(&path, "create", e))?;
+    std::io::Write::write_all(&mut f, &header).map_err(|e| Error::io(&path, "write", e))
 }
 
 #[cfg(test)]

@@ -13,22 +13,40 @@
 //! Whatever is in the trash is garbage: a crash's leftovers are removed by the next
 //! read-write mount.
 
-use std::fs;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
 use std::io::ErrorKind;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
+use nix::dir::Dir;
+use nix::fcntl::{renameat, OFlag, AT_FDCWD};
+use nix::sys::stat::Mode;
+use nix::unistd::{unlinkat, UnlinkatFlags};
+
+use crate::confine;
+
 /// The trash directory, in the volume directory.
 pub(super) const TRASH_DIR: &str = "trash";
+/// How deep a leftover directory tree in the trash is removed (a planted deeper one is
+/// left, with a warning, rather than exhausting descriptors or stack).
+const MAX_DEPTH: usize = 64;
 
 #[derive(Default)]
 struct Queue {
-    paths: Vec<PathBuf>,
+    /// Names inside the trash directory.
+    names: Vec<OsString>,
     stop: bool,
 }
 
+/// The trash, reached only through a descriptor of the real directory `CIPHERDIR/trash`:
+/// a symlink planted there is refused (an integrity error, logged), never followed, so
+/// nothing outside the volume is moved into it or removed from it.
 pub(super) struct Trash {
-    dir: PathBuf,
+    path: PathBuf,
+    /// The opened trash directory, once made or found.
+    dir: Mutex<Option<Arc<File>>>,
     queue: Arc<(Mutex<Queue>, Condvar)>,
     /// Started by the first use (a volume only read never makes the directory).
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -37,12 +55,46 @@ pub(super) struct Trash {
 impl Trash {
     /// The trash of the volume in `cipherdir`.
     pub(super) fn new(cipherdir: &Path) -> Trash {
-        Trash { dir: cipherdir.join(TRASH_DIR), queue: Default::default(), thread: Mutex::new(None) }
+        Trash {
+            path: cipherdir.join(TRASH_DIR),
+            dir: Mutex::new(None),
+            queue: Default::default(),
+            thread: Mutex::new(None),
+        }
     }
 
-    /// Queues `path` (in the trash) for removal, starting the thread if need be; false if no
-    /// thread runs (stopped, or it could not start).
-    fn queue(&self, paths: Vec<PathBuf>) -> bool {
+    /// The trash directory's descriptor, making the directory when `create`; `None` if it
+    /// is absent (and not to be made) or is not a real directory.
+    fn dir(&self, create: bool) -> Option<Arc<File>> {
+        let mut dir = self.dir.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = &*dir {
+            return Some(d.clone());
+        }
+        let opened = match confine::open_dir(&self.path) {
+            Err(crate::Error::Io { source, .. }) if source.kind() == ErrorKind::NotFound && create => {
+                // mkdir never follows a planted symlink (it fails with EEXIST instead).
+                fs::create_dir(&self.path).ok()?;
+                confine::open_dir(&self.path)
+            }
+            other => other,
+        };
+        match opened {
+            Ok(f) => {
+                let f = Arc::new(f);
+                *dir = Some(f.clone());
+                Some(f)
+            }
+            Err(e @ crate::Error::Integrity { .. }) => {
+                tracing::error!("{e}; removed files are deleted at once instead");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Queues `names` (in the trash) for removal, starting the thread if need be; false if
+    /// no thread runs (stopped, or it could not start).
+    fn queue(&self, dir: Arc<File>, names: Vec<OsString>) -> bool {
         let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
         let (lock, cv) = &*self.queue;
         let mut q = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -51,12 +103,12 @@ impl Trash {
         }
         if thread.is_none() {
             let shared = self.queue.clone();
-            match std::thread::Builder::new().name("trash".into()).spawn(move || empty_loop(&shared)) {
+            match std::thread::Builder::new().name("trash".into()).spawn(move || empty_loop(&shared, &dir)) {
                 Ok(t) => *thread = Some(t),
                 Err(_) => return false,
             }
         }
-        q.paths.extend(paths);
+        q.names.extend(names);
         cv.notify_one();
         true
     }
@@ -64,11 +116,13 @@ impl Trash {
     /// Removes (in the background) what an earlier run left in the trash: a read-write mount
     /// calls this first.
     pub(super) fn empty_leftovers(&self) {
-        if let Ok(entries) = fs::read_dir(&self.dir) {
-            let paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-            if !paths.is_empty() {
-                self.queue(paths);
-            }
+        let Some(dir) = self.dir(false) else { return };
+        let names = match list(&dir) {
+            Ok(n) => n,
+            Err(e) => return tracing::warn!("{}: listing the trash: {e}", self.path.display()),
+        };
+        if !names.is_empty() {
+            self.queue(dir, names);
         }
     }
 
@@ -76,16 +130,12 @@ impl Trash {
     /// moved into the trash for the thread, or removed at once where it cannot be moved.
     pub(super) fn discard(&self, backing: &Path) -> std::io::Result<()> {
         let r: [u8; 8] = crate::crypto::random_array();
-        let to = self.dir.join(crate::format::hex(&r));
-        // The directory is made when first needed (and again after a stop removed it).
-        let moved = fs::rename(backing, &to).or_else(|e| match e.kind() {
-            ErrorKind::NotFound if fs::create_dir(&self.dir).is_ok() => fs::rename(backing, &to),
-            _ => Err(e),
-        });
-        match moved {
+        let name = OsString::from(crate::format::hex(&r));
+        let Some(dir) = self.dir(true) else { return remove_now(backing) };
+        match renameat(AT_FDCWD, backing, &*dir, name.as_os_str()) {
             Ok(()) => {
-                if !self.queue(vec![to.clone()]) {
-                    remove_now(&to)?;
+                if !self.queue(dir.clone(), vec![name.clone()]) {
+                    remove_at(&dir, &name, 0)?;
                 }
                 Ok(())
             }
@@ -103,25 +153,26 @@ impl Trash {
         }
         if let Some(t) = thread.take() {
             let _ = t.join();
-            let _ = fs::remove_dir(&self.dir); // if empty (another process may still use it)
+            // If empty (another process may still use it); rmdir never follows a symlink.
+            let _ = fs::remove_dir(&self.path);
         }
     }
 }
 
-fn empty_loop(queue: &(Mutex<Queue>, Condvar)) {
+fn empty_loop(queue: &(Mutex<Queue>, Condvar), dir: &File) {
     let (lock, cv) = queue;
     loop {
-        let (paths, stop) = {
+        let (names, stop) = {
             let mut q = lock.lock().unwrap_or_else(|p| p.into_inner());
-            while q.paths.is_empty() && !q.stop {
+            while q.names.is_empty() && !q.stop {
                 q = cv.wait(q).unwrap_or_else(|p| p.into_inner());
             }
-            (std::mem::take(&mut q.paths), q.stop)
+            (std::mem::take(&mut q.names), q.stop)
         };
-        for p in paths {
-            if let Err(e) = remove_now(&p) {
+        for n in names {
+            if let Err(e) = remove_at(dir, &n, 0) {
                 if e.kind() != ErrorKind::NotFound {
-                    tracing::warn!("{}: removing from the trash: {e}", p.display());
+                    tracing::warn!("trash/{}: removing: {e}", n.to_string_lossy());
                 }
             }
         }
@@ -131,10 +182,39 @@ fn empty_loop(queue: &(Mutex<Queue>, Condvar)) {
     }
 }
 
-/// Removes file `p`, or directory `p` with what is in it.
+/// The names in directory `dir` (but `.` and `..`).
+fn list(dir: &File) -> std::io::Result<Vec<OsString>> {
+    let mut d = Dir::openat(dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let mut out = Vec::new();
+    for entry in d.iter() {
+        let entry = entry?;
+        let name = OsStr::from_bytes(entry.file_name().to_bytes());
+        if name != "." && name != ".." {
+            out.push(name.to_os_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Removes `name` in `dir`: a file (a symlink is removed itself, never followed), or a
+/// directory with what is in it, each reached through its parent's descriptor.
+fn remove_at(dir: &File, name: &OsStr, depth: usize) -> std::io::Result<()> {
+    match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
+        Err(nix::errno::Errno::EISDIR) if depth < MAX_DEPTH => {}
+        other => return other.map_err(Into::into),
+    }
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let sub = File::from(nix::fcntl::openat(dir, name, flags, Mode::empty())?);
+    for child in list(&sub)? {
+        remove_at(&sub, &child, depth + 1)?;
+    }
+    unlinkat(dir, name, UnlinkatFlags::RemoveDir).map_err(Into::into)
+}
+
+/// Removes file `p`, or directory `p` with what is in it (the parent is the data tree's).
 fn remove_now(p: &Path) -> std::io::Result<()> {
-    fs::remove_file(p).or_else(|e| match e.raw_os_error() {
-        Some(21) => fs::remove_dir_all(p), // EISDIR
-        _ => Err(e),
-    })
+    let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = p.file_name().ok_or_else(|| std::io::Error::from(ErrorKind::InvalidInput))?;
+    let parent = confine::open_dir(parent).map_err(|e| std::io::Error::other(e.to_string()))?;
+    remove_at(&parent, name, 0)
 }

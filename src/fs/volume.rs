@@ -388,7 +388,7 @@ impl Volume {
                 // would send a later unlink's key deletion to the wrong file.
                 // A name that meanwhile holds another file (one being created, say, with no
                 // header yet) is not the entry that was stat'ed: that one is gone.
-                let file = fs::File::open(backing).map_err(|_| Error::NotFound(path.into()))?;
+                let file = open_data(backing, false).map_err(|_| Error::NotFound(path.into()))?;
                 if file.metadata().map(|m| m.ino()).ok() != Some(ino) {
                     return Err(Error::NotFound(path.into()));
                 }
@@ -413,7 +413,7 @@ impl Volume {
 
     /// The file id in the object header of the data file at `backing`.
     pub(super) fn file_id_of(&self, backing: &Path, path: &Path) -> Result<FileId> {
-        read_file_id(&fs::File::open(backing).map_err(|e| Error::io(path, "open", e))?, backing, path)
+        read_file_id(&open_data(backing, false).map_err(|e| Error::io(path, "open", e))?, backing, path)
     }
 
     /// Runs a rename `f` of `from` to `to`, keeping long-name records right: the target's
@@ -529,16 +529,15 @@ impl Volume {
         let backing = r.backing();
         // Read-write even for a reader when we may: the open file's state (and its data
         // file) is shared by every handle, and a writer may come while a reader holds it.
-        let rw = OpenOptions::new().read(true).write(true).open(&backing);
+        let rw = open_data(&backing, true);
         let opened = match rw {
-            Err(e) if !writable && matches!(e.raw_os_error(), Some(1 | 13 | 30)) => {
-                OpenOptions::new().read(true).open(&backing)
-            }
+            Err(e) if !writable && matches!(e.raw_os_error(), Some(1 | 13 | 30)) => open_data(&backing, false),
             other => other,
         };
         let file = opened.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::NotFound(path.into()),
             _ if e.raw_os_error() == Some(21) => Error::IsDir(path.into()),
+            std::io::ErrorKind::InvalidData => Error::integrity(path, e.to_string()),
             _ => Error::io(path, "open", e),
         })?;
         let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
@@ -603,7 +602,7 @@ impl Volume {
             Some(match cached {
                 Some(id) => id,
                 None => {
-                    let f = fs::File::open(&backing).map_err(|e| Error::io(path, "open", e))?;
+                    let f = open_data(&backing, false).map_err(|e| Error::io(path, "open", e))?;
                     match read_file_id(&f, &backing, path) {
                         Ok(id) => id,
                         // No complete header (a create cut short): no keys can exist for it.
@@ -678,7 +677,7 @@ impl Volume {
         }
         let replaced = match fs::symlink_metadata(&bt) {
             Ok(m) if m.is_file() && m.nlink() == 1 => {
-                Some((m.ino(), read_file_id(&fs::File::open(&bt).map_err(|e| Error::io(to, "open", e))?, &bt, to)?))
+                Some((m.ino(), read_file_id(&open_data(&bt, false).map_err(|e| Error::io(to, "open", e))?, &bt, to)?))
             }
             _ => None,
         };
@@ -698,7 +697,8 @@ impl Volume {
             self.file_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&ino);
             self.drop_file(&id)?;
         }
-        if let Ok(f) = fs::File::open(&bt) {
+        // Only a regular file has a name to update (opening a FIFO here would block).
+        if let Ok(f) = open_data(&bt, false) {
             if let Ok(id) = read_file_id(&f, &bt, to) {
                 if let Some((state, _)) = self.core.open_table().get(&id) {
                     state.set_name(to.to_path_buf());
@@ -751,6 +751,13 @@ impl Drop for Volume {
             Ok(()) => {}
         }
     }
+}
+
+/// Opens data file `backing` (read-write with `write`) without following a symlink or
+/// blocking: a FIFO, socket, device or symlink there is `InvalidData` (an integrity error
+/// to callers), a directory `EISDIR`.
+pub(super) fn open_data(backing: &Path, write: bool) -> std::io::Result<fs::File> {
+    crate::confine::open_file_io(backing, write)
 }
 
 /// The file id in a data file's object header.

@@ -69,7 +69,7 @@ impl ScratchRecord {
 
     /// Reads the record at `path`; `None` if there is none or it is unreadable.
     pub fn read(path: &Path) -> Option<ScratchRecord> {
-        std::fs::read(path).ok().and_then(|b| Self::decode(&b))
+        crate::confine::read_file(path, 64 * 1024).ok().and_then(|b| Self::decode(&b))
     }
 }
 

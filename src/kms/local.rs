@@ -31,7 +31,7 @@ impl LocalKeystore {
     /// Generates a root key, seals it under a new passphrase and writes `path` (mode 0600).
     /// Refuses to overwrite an existing keystore.
     pub fn create(uri: &str, path: &Path, secrets: &dyn Secrets, kdf: KdfParams) -> Result<Self> {
-        if path.exists() {
+        if std::fs::symlink_metadata(path).is_ok() {
             return Err(Error::Exists(path.to_path_buf()));
         }
         let pass = secrets.passphrase(path, true)?;
@@ -81,11 +81,12 @@ impl Kms for LocalKeystore {
 }
 
 fn read(path: &Path) -> Result<KeystoreFile> {
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
+    // Never through a planted symlink, never a FIFO; a keystore is a few hundred bytes.
+    let bytes = crate::confine::read_file(path, 64 * 1024).map_err(|e| match e {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             Error::NotAVolume { path: path.to_path_buf(), reason: "keystore file is missing".into() }
         }
-        _ => Error::io(path, "read keystore", e),
+        other => other,
     })?;
     KeystoreFile::decode(&bytes).map_err(|e| e.at(path))
 }

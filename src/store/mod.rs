@@ -178,10 +178,24 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The store's files (database, WAL, shared memory, rollback journal) are regular files or
+/// absent: SQLite never follows a symlink (`O_NOFOLLOW`), and a FIFO or device planted there
+/// is refused here rather than opened.
+fn check_files(path: &Path) -> Result<()> {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_os_string();
+        p.push(suffix);
+        if let Some(meta) = crate::confine::lstat(Path::new(&p))? {
+            crate::confine::check_kind(&meta, crate::confine::Expect::File, Path::new(&p))?;
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Creates a new, empty store at `path` (which must not exist).
     pub fn create(path: &Path) -> Result<Store> {
-        if path.exists() {
+        if std::fs::symlink_metadata(path).is_ok() {
             return Err(Error::Exists(path.to_path_buf()));
         }
         let store = Self::connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
@@ -250,8 +264,12 @@ impl Store {
     }
 
     fn connect(path: &Path, flags: OpenFlags) -> Result<Store> {
-        let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(|e| Error::Store { path: path.to_path_buf(), reason: e.to_string() })?;
+        check_files(path)?;
+        let conn = Connection::open_with_flags(
+            path,
+            flags | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )
+        .map_err(|e| Error::Store { path: path.to_path_buf(), reason: e.to_string() })?;
         let store = Store {
             reader: std::sync::OnceLock::new(),
             conn: Mutex::new(conn),
@@ -500,9 +518,19 @@ impl Store {
         self.checkpoint()
     }
 
-    /// Moves the WAL's contents into the database file and truncates the WAL.
+    /// Moves the WAL's contents into the database file and truncates the WAL; an error if
+    /// SQLite could not finish (a reader held the WAL), so nothing is claimed that was not done.
     pub fn checkpoint(&self) -> Result<()> {
-        self.lock().query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(|e| self.err(e))
+        let busy: i64 =
+            self.lock().query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0)).map_err(|e| self.err(e))?;
+        if busy != 0 {
+            return Err(Error::Store {
+                path: self.path.clone(),
+                reason: "the write-ahead log could not be checkpointed and truncated (a reader holds it); try again"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     /// The read-only connection (opened on first use), or the writer if it cannot be opened.
