@@ -38,6 +38,9 @@ pub enum Error {
     #[error("KMS {uri}: {reason}")]
     Kms { uri: String, reason: String },
 
+    #[error("KMS {uri}: untrusted root: {reason}")]
+    UntrustedRoot { uri: String, reason: String },
+
     #[error("passphrase: {0}")]
     Passphrase(String),
 
@@ -108,6 +111,17 @@ impl Error {
         Error::Integrity { path: path.as_ref().to_path_buf(), reason: reason.into() }
     }
 
+    /// The same error about `path` instead (the plaintext name of a backing file).
+    pub fn renamed(self, path: &Path) -> Self {
+        let p = path.to_path_buf();
+        match self {
+            Error::Io { op, source, .. } => Error::Io { path: p, op, source },
+            Error::Integrity { reason, .. } => Error::Integrity { path: p, reason },
+            Error::Corrupt { reason, .. } => Error::Corrupt { path: p, reason },
+            other => other,
+        }
+    }
+
     /// The errno a file-system caller (FUSE) sees for this error.
     pub fn errno(&self) -> i32 {
         match self {
@@ -123,7 +137,7 @@ impl Error {
             Error::NotSupported(_) => libc_errno::EOPNOTSUPP,
             Error::Mountpoint { .. } | Error::Busy { .. } => libc_errno::EBUSY,
             Error::CrossesScratch(_) => libc_errno::EXDEV,
-            Error::WrongPassphrase(_) | Error::Passphrase(_) => libc_errno::EACCES,
+            Error::WrongPassphrase(_) | Error::Passphrase(_) | Error::UntrustedRoot { .. } => libc_errno::EACCES,
             _ => libc_errno::EIO,
         }
     }
@@ -144,6 +158,7 @@ impl Error {
             Error::NotMounted(_) => 20,
             Error::Fuse(_) => 21,
             Error::Shredded(_) => 22,
+            Error::UntrustedRoot { .. } => 23,
             Error::Daemon { code, .. } => *code,
             Error::Unrepaired { .. } => 4,
             _ => 1,

@@ -72,6 +72,8 @@ fn shredding_with_a_shared_root_destroys_the_volume_keys_but_keeps_the_root() {
     let copy = tmp.path().join("copy");
     copy_tree(&dir, &copy);
     unflag(&copy);
+    // The operator trusts the shared keystore (outside CIPHERDIR, so it must be named).
+    std::env::set_var(envelopefs::kms::ROOTS_ENV, format!("local:{}", shared.display()));
     let err = Volume::open(&copy, &pass()).unwrap_err();
     assert!(matches!(err, Error::Integrity { .. }), "root and passphrase present, KEK destroyed: {err}");
 }

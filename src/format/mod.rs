@@ -16,11 +16,23 @@ pub use bitmap::WrittenBits;
 pub use keystore::{KdfParams, KeystoreFile};
 pub use layout::Layout;
 pub use object::{ObjectHeader, ObjectKind, OBJECT_HEADER_LEN};
-pub use volume::{CipherKind, VolumeHeader, FEATURES_KNOWN, FEATURE_RECORD_MACS, FEATURE_SHREDDED};
+pub use volume::{CipherKind, VolumeHeader, FEATURES_KNOWN, FEATURE_RECORD_MACS, FEATURE_ROOT_BOUND, FEATURE_SHREDDED};
 
 /// Lower-case hex of `b` (ids in status output and messages; never key material).
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The 16 bytes `s` spells in lowercase hex (as [`hex`] writes them), if it does.
+pub fn unhex16(s: &str) -> Option<[u8; 16]> {
+    if s.len() != 32 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Why bytes could not be decoded.

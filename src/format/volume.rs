@@ -12,8 +12,13 @@ pub const FEATURE_SHREDDED: u32 = 1;
 /// without one, or with a wrong one, is an integrity error. Set at `init`, and when a volume
 /// made before it is first opened (after its records have been given MACs).
 pub const FEATURE_RECORD_MACS: u32 = 2;
+/// Feature bit 2: the KMS URI (the root reference: scheme, PKCS#11 module, token and
+/// object, AWS key, keystore name) is part of [`VolumeHeader::binding`], so a header naming
+/// another root than the one its name key was sealed for refuses to open. Set at `init`,
+/// and when a volume made before it is first opened.
+pub const FEATURE_ROOT_BOUND: u32 = 4;
 /// Feature bits this build understands; any other bit refuses to open.
-pub const FEATURES_KNOWN: u32 = FEATURE_SHREDDED | FEATURE_RECORD_MACS;
+pub const FEATURES_KNOWN: u32 = FEATURE_SHREDDED | FEATURE_RECORD_MACS | FEATURE_ROOT_BOUND;
 /// Extent sizes allowed: 4 KiB (one block) ..= 16 MiB, powers of two.
 const EXTENT_SHIFT_MIN: u8 = 12;
 const EXTENT_SHIFT_MAX: u8 = 24;
@@ -95,9 +100,10 @@ impl VolumeHeader {
 
     /// The fields that decide how data is interpreted, bound (as AAD) into the wrapped name
     /// key so that editing any of them makes the volume refuse to open:
-    /// `"EVFSHDR1" || u16 version || u32 features || volume_id || cipher || extent_shift || kek_id`.
+    /// `"EVFSHDR1" || u16 version || u32 features || volume_id || cipher || extent_shift || kek_id`,
+    /// then, with [`FEATURE_ROOT_BOUND`], `|| u16 len || kms_uri`.
     pub fn binding(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(48);
+        let mut out = Vec::with_capacity(64 + self.kms_uri.len());
         out.extend_from_slice(b"EVFSHDR1");
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         out.extend_from_slice(&self.features.to_le_bytes());
@@ -105,6 +111,9 @@ impl VolumeHeader {
         out.push(self.cipher.code());
         out.push(self.extent_shift);
         out.extend_from_slice(&self.kek_id);
+        if self.features & FEATURE_ROOT_BOUND != 0 {
+            put_var_bytes(&mut out, self.kms_uri.as_bytes());
+        }
         out
     }
 
@@ -184,6 +193,25 @@ mod tests {
     }
 
     #[test]
+    fn the_root_reference_is_in_the_binding_once_bound() {
+        // The vector in FORMAT.md §2: binding of sample() with features = 4 (root bound).
+        let mut h = sample();
+        h.features = FEATURE_ROOT_BOUND;
+        let mut want = b"EVFSHDR1".to_vec();
+        want.extend_from_slice(&[1, 0, 4, 0, 0, 0]);
+        want.extend_from_slice(&[1; 16]);
+        want.extend_from_slice(&[1, 20]);
+        want.extend_from_slice(&[2; 16]);
+        want.extend_from_slice(&[14, 0]);
+        want.extend_from_slice(b"local:keystore");
+        assert_eq!(h.binding(), want);
+        let other = VolumeHeader { kms_uri: "local:other".into(), ..h.clone() };
+        assert_ne!(other.binding(), h.binding(), "another root, another binding");
+        h.features = 0;
+        assert_eq!(h.binding().len(), 48, "an unbound header's binding has no URI");
+    }
+
+    #[test]
     fn every_truncation_and_trailing_byte_is_an_error() {
         let bytes = sample().encode();
         for n in 0..bytes.len() {
@@ -200,7 +228,7 @@ mod tests {
         b[8] = 2;
         assert!(matches!(VolumeHeader::decode(&b), Err(DecodeError::Unsupported(_))));
         let mut b = sample().encode();
-        b[10] = 4;
+        b[10] = 8;
         assert!(matches!(VolumeHeader::decode(&b), Err(DecodeError::Unsupported(_))));
     }
 }

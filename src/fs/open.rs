@@ -60,7 +60,7 @@ impl Volume {
         let uri = opts.kms_uri.clone().unwrap_or_else(|| DEFAULT_KMS.to_string());
         let kms = kms::create(&uri, cipherdir, secrets, opts.kdf, opts.create_key)?;
         let mut header = VolumeHeader {
-            features: crate::format::FEATURE_RECORD_MACS,
+            features: crate::format::FEATURE_RECORD_MACS | crate::format::FEATURE_ROOT_BOUND,
             volume_id: random_array(),
             cipher: opts.cipher,
             extent_shift: opts.extent_shift,
@@ -102,11 +102,12 @@ impl Volume {
         if !cipherdir.is_dir() {
             return Err(Error::NotAVolume { path: cipherdir.into(), reason: "no such directory".into() });
         }
-        let bytes = fs::read(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
+        // Never through a planted symlink, never a FIFO; a header is well under 64 KiB.
+        let bytes = crate::confine::read_file(&path, 64 * 1024).map_err(|e| match e {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 Error::NotAVolume { path: cipherdir.into(), reason: format!("{HEADER_FILE} is missing") }
             }
-            _ => Error::io(&path, "read", e),
+            other => other,
         })?;
         VolumeHeader::decode(&bytes).map_err(|e| e.at(&path))
     }
@@ -170,6 +171,10 @@ impl Volume {
         store.set_before_commit(Box::new(move || hook.sync_point(super::SyncPoint::StoreCommit)));
         let header = match header.features & crate::format::FEATURE_RECORD_MACS {
             0 => Self::upgrade_record_macs(cipherdir, header, &keys, &store)?,
+            _ => header,
+        };
+        let header = match header.features & crate::format::FEATURE_ROOT_BOUND {
+            0 => Self::bind_root(cipherdir, header, &keys)?,
             _ => header,
         };
         let data_dir = cipherdir.join(DATA_DIR);
@@ -238,6 +243,22 @@ impl Volume {
             .map_err(|_| Error::integrity(cipherdir.join(HEADER_FILE), "the KEK changed while upgrading"))?;
         durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)?;
         tracing::info!(records = records.len(), "file records now carry MACs (volume feature record-macs)");
+        Ok(header)
+    }
+}
+
+impl Volume {
+    /// A volume made before the root was bound into the header: re-seals the name key with
+    /// the KMS URI in its binding and sets the feature bit (one atomic header replacement, so
+    /// a crash leaves the old header, and the next open does it again).
+    fn bind_root(cipherdir: &Path, mut header: VolumeHeader, keys: &KeyRing) -> Result<VolumeHeader> {
+        let _lock = durable::lock_header(cipherdir)?;
+        header.features |= crate::format::FEATURE_ROOT_BOUND;
+        header.wrapped_name_key = keys
+            .seal_name_key(&header)
+            .map_err(|_| Error::integrity(cipherdir.join(HEADER_FILE), "the KEK changed while upgrading"))?;
+        durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)?;
+        tracing::info!(root = %header.kms_uri, "the root reference is now bound into the header (volume feature root-bound)");
         Ok(header)
     }
 }

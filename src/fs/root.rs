@@ -39,10 +39,11 @@ impl Volume {
     pub fn rotate_root(cipherdir: &Path, secrets: &dyn Secrets, scratch_file: &Path) -> Result<VolumeHeader> {
         let _header_lock = durable::lock_header(cipherdir)?;
         let mut header = Self::read_live_header(cipherdir)?;
-        let ks = kms::local_keystore_path(&header.kms_uri, cipherdir).map_err(|_| {
-            Error::InvalidArgument(format!("rotate --root: {} is not an embedded keystore", header.kms_uri))
+        let ks = kms::local_keystore_path(&header.kms_uri, cipherdir).map_err(|e| match e {
+            e @ Error::UntrustedRoot { .. } => e,
+            _ => Error::InvalidArgument(format!("rotate --root: {} is not an embedded keystore", header.kms_uri)),
         })?;
-        if !ks.starts_with(cipherdir) {
+        if kms::own_keystore(&header.kms_uri, cipherdir).is_none() {
             return Err(Error::InvalidArgument(format!(
                 "rotate --root: {} is shared with other volumes (outside CIPHERDIR); rotating it here would lock them out",
                 ks.display()
@@ -64,8 +65,9 @@ impl Volume {
         } else {
             let _ = std::fs::remove_file(&next); // a run interrupted before the header: start over
             let new = LocalKeystore::create(&header.kms_uri, &next, &pass, kdf)?;
-            header.wrapped_kek = rewrap_kek(&current, &new, &header)?
-                .ok_or_else(|| Error::integrity(cipherdir.join(HEADER_FILE), "wrapped KEK refused by the keystore"))?;
+            if !rewrap_kek(&current, &new, &mut header, &cipherdir.join(HEADER_FILE))? {
+                return Err(Error::integrity(cipherdir.join(HEADER_FILE), "wrapped KEK refused by the keystore"));
+            }
             if let Some(rec) = rewrap_scratch(&current, &new, &header, scratch_file)? {
                 durable::replace_file(scratch_file, &rec.encode(), 0o600)?;
             }
@@ -107,12 +109,13 @@ impl Volume {
         };
         let from = kms::open(&old_uri, cipherdir, secrets)?;
         let to = kms::create(&new_uri, cipherdir, secrets, KdfParams::DEFAULT, create)?;
-        header.wrapped_kek = rewrap_kek(&from, &to, &header)?
-            .ok_or_else(|| Error::integrity(cipherdir.join(HEADER_FILE), "wrapped KEK refused by the current root"))?;
-        if let Some(rec) = rewrap_scratch(&from, &to, &header, scratch_file)? {
+        let before = header.clone();
+        if !rewrap_kek(&from, &to, &mut header, &cipherdir.join(HEADER_FILE))? {
+            return Err(Error::integrity(cipherdir.join(HEADER_FILE), "wrapped KEK refused by the current root"));
+        }
+        if let Some(rec) = rewrap_scratch(&from, &to, &before, scratch_file)? {
             durable::replace_file(scratch_file, &rec.encode(), 0o600)?;
         }
-        header.kms_uri = to.uri().to_string();
         durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)?;
         // Retire the old root if it was this volume's own and is not the new one.
         let owned_old = store.meta(ROOT_OWNED)?.is_some_and(|o| o == old_uri.as_bytes());
@@ -122,15 +125,15 @@ impl Volume {
             store.apply(&[Change::DeleteMeta { key: ROOT_OWNED }])?;
         }
         if header.kms_uri != old_uri {
-            match kms::local_keystore_path(&old_uri, cipherdir) {
-                Ok(ks) if ks.starts_with(cipherdir) && ks.exists() => super::shred::overwrite_and_remove(&ks)?,
-                Ok(_) => {}
-                Err(_) if owned_old => {
+            match (kms::own_keystore(&old_uri, cipherdir), old_uri.starts_with("local:")) {
+                (Some(ks), _) if std::fs::symlink_metadata(&ks).is_ok() => super::shred::overwrite_and_remove(&ks)?,
+                (_, true) => {}
+                _ if owned_old => {
                     if let Err(e) = from.destroy_root(None) {
                         tracing::warn!("the old root {old_uri} could not be destroyed: {e}");
                     }
                 }
-                Err(_) => {}
+                _ => {}
             }
         }
         Ok(header)
@@ -146,7 +149,7 @@ fn rotated_base(label: &str) -> &str {
 }
 
 fn durable_read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(path, "read", e))
+    crate::confine::read_file(path, 64 * 1024)
 }
 
 #[cfg(test)]

@@ -320,17 +320,26 @@ impl KeyRing {
     }
 }
 
-/// `rotate --root`: the volume's KEK, unwrapped by `from` and wrapped by `to` (a new root),
-/// without leaving this module. Returns the new wrapped KEK, or `None` if `from` does not
-/// hold the root that wrapped it.
-pub fn rewrap_kek(from: &dyn Kms, to: &dyn Kms, header: &VolumeHeader) -> Result<Option<Vec<u8>>> {
+/// `rotate --root`: the volume's KEK, unwrapped by `from` and wrapped by `to` (a new root,
+/// whose URI `header` then names), and the name key re-sealed for that header (the URI is
+/// bound into it), without leaving this module. Returns false, changing nothing, if `from`
+/// does not hold the root that wrapped it.
+pub fn rewrap_kek(from: &dyn Kms, to: &dyn Kms, header: &mut VolumeHeader, header_path: &Path) -> Result<bool> {
     let ctx = KmsContext { volume_id: header.volume_id, purpose: Purpose::Kek };
     let kek = match from.unwrap(&header.wrapped_kek, &ctx) {
         Ok(k) => k,
-        Err(KmsError::Rejected(_)) => return Ok(None),
+        Err(KmsError::Rejected(_)) => return Ok(false),
         Err(e) => return Err(kms_error(from, e)),
     };
-    to.wrap(&kek, &ctx).map(Some).map_err(|e| kms_error(to, e))
+    let wrapper = KeyWrapper::new(&kek);
+    let name_key: Key256 = wrapper.unwrap(&header.wrapped_name_key, &header.binding()).map_err(|_| {
+        Error::integrity(header_path, "volume header fields or wrapped name key were altered (authentication failed)")
+    })?;
+    let wrapped_kek = to.wrap(&kek, &ctx).map_err(|e| kms_error(to, e))?;
+    header.kms_uri = to.uri().to_string();
+    header.wrapped_kek = wrapped_kek;
+    header.wrapped_name_key = wrapper.wrap(&name_key, &header.binding());
+    Ok(true)
 }
 
 /// Whether `kms` holds the root that wrapped the header's KEK.

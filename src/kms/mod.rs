@@ -10,12 +10,14 @@ mod audit;
 mod aws;
 mod local;
 mod pkcs11;
+mod trust;
 
 use std::path::{Path, PathBuf};
 
 pub use audit::{set_timeout, timeout, Audited};
 pub use local::LocalKeystore;
 pub use pkcs11::Pkcs11Root;
+pub use trust::{check_root, ROOTS_ENV, ROOTS_FILE};
 
 use crate::crypto::Key256;
 use crate::format::KdfParams;
@@ -175,6 +177,7 @@ pub fn create(uri: &str, cipherdir: &Path, secrets: &dyn Secrets, kdf: KdfParams
     let inner: Box<dyn Kms> = match KmsUri::parse(uri)? {
         KmsUri::Local(p) => Box::new(LocalKeystore::create(uri, &KmsUri::local_path(&p, cipherdir), secrets, kdf)?),
         KmsUri::Pkcs11 { module, token, object } => {
+            trust::check_module(&module, cipherdir, uri)?;
             Box::new(Pkcs11Root::open(uri, &module, &token, &object, secrets, create_key)?)
         }
         KmsUri::AwsKms(key) => aws_root(uri, &key, create_key)?,
@@ -182,8 +185,10 @@ pub fn create(uri: &str, cipherdir: &Path, secrets: &dyn Secrets, kdf: KdfParams
     Ok(Audited::new(inner))
 }
 
-/// Opens the KMS a volume names.
+/// Opens the KMS a volume names — only a root the operator trusts ([`check_root`]), checked
+/// before anything is loaded or asked.
 pub fn open(uri: &str, cipherdir: &Path, secrets: &dyn Secrets) -> Result<Audited> {
+    trust::check_root(uri, cipherdir)?;
     let inner: Box<dyn Kms> = match KmsUri::parse(uri)? {
         KmsUri::Local(p) => Box::new(LocalKeystore::open(uri, &KmsUri::local_path(&p, cipherdir), secrets)?),
         KmsUri::Pkcs11 { module, token, object } => {
@@ -207,11 +212,24 @@ fn aws_root(uri: &str, _key: &str, _create_key: bool) -> Result<Box<dyn Kms>> {
     })
 }
 
-/// The keystore file of a `local:` URI (for `passwd`); an error for other schemes.
+/// The keystore file of a `local:` URI (for `passwd`, `rotate --root`); an error for other
+/// schemes and for a keystore outside CIPHERDIR the operator has not trusted.
 pub fn local_keystore_path(uri: &str, cipherdir: &Path) -> Result<PathBuf> {
     match KmsUri::parse(uri)? {
-        KmsUri::Local(p) => Ok(KmsUri::local_path(&p, cipherdir)),
+        KmsUri::Local(p) => {
+            trust::check_root(uri, cipherdir)?;
+            Ok(KmsUri::local_path(&p, cipherdir))
+        }
         _ => Err(Error::InvalidArgument(format!("{uri} is not an embedded keystore"))),
+    }
+}
+
+/// The volume's own keystore (`local:NAME`, a plain name inside CIPHERDIR), which `shred
+/// --volume` and `rotate --root` may destroy; `None` for any other root.
+pub fn own_keystore(uri: &str, cipherdir: &Path) -> Option<PathBuf> {
+    match KmsUri::parse(uri).ok()? {
+        KmsUri::Local(p) if trust::is_own_keystore(&p) => Some(cipherdir.join(p)),
+        _ => None,
     }
 }
 

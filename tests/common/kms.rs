@@ -59,6 +59,8 @@ impl SoftHsm {
         vec![
             ("SOFTHSM2_CONF".into(), self.dir.path().join("softhsm2.conf").into()),
             ("ENVELOPEFS_PIN_FILE".into(), self.pin_file().into()),
+            // The operator trusts this token's keys (a header naming another root is refused).
+            (envelopefs::kms::ROOTS_ENV.into(), format!("pkcs11:module={SOFTHSM_MODULE};token={}", self.token).into()),
         ]
     }
 }
@@ -133,6 +135,8 @@ impl Moto {
             ("AWS_CONFIG_FILE".into(), none.clone()),
             ("AWS_SHARED_CREDENTIALS_FILE".into(), none),
             ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+            // moto's account: the operator trusts its keys in this region.
+            (envelopefs::kms::ROOTS_ENV.into(), "aws-kms:arn:aws:kms:us-east-1:123456789012:key/*".into()),
         ]
     }
 }
