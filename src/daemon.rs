@@ -67,15 +67,29 @@ pub fn preflight(req: &MountRequest) -> Result<MountRequest> {
     Ok(MountRequest { cipherdir, mountpoint, ..req.clone() })
 }
 
+/// `O_NOFOLLOW|O_NONBLOCK`: for files in CIPHERDIR and the runtime directory.
+fn no_follow() -> i32 {
+    (nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits()
+}
+
 /// Takes the volume's lock (held by a mount daemon or a rotation), or says who holds it.
 pub fn lock_volume(cipherdir: &Path) -> Result<Flock<File>> {
     let path = cipherdir.join(LOCK_FILE);
+    // Never through a planted symlink or FIFO (it would truncate nothing, but could block or
+    // create a file elsewhere).
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
+        .custom_flags(no_follow())
         .open(&path)
         .map_err(|e| Error::io(&path, "open lock file", e))?;
+    crate::confine::check_kind(
+        &file.metadata().map_err(|e| Error::io(&path, "stat", e))?,
+        crate::confine::Expect::File,
+        &path,
+    )?;
     Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| Error::Mountpoint {
         path: cipherdir.to_path_buf(),
         reason: "volume is already mounted (another envelopefs process holds it)".into(),
@@ -196,7 +210,8 @@ fn control_server(
         v
     };
     let scratch_file = control::scratch_path(&header.volume_id);
-    let handle = move |op: &str, request: &serde_json::Value| match op {
+    let own = std::fs::canonicalize(&req.cipherdir).unwrap_or_else(|_| req.cipherdir.clone());
+    let dispatch = move |op: &str, request: &serde_json::Value| match op {
         "status" => status(&kms),
         "rotate-kek" => {
             let _one_at_a_time = rotation.lock().unwrap_or_else(|p| p.into_inner());
@@ -221,6 +236,36 @@ fn control_server(
             }
             serde_json::json!({ "done": done })
         }
+        "shred-check" => {
+            let paths: Vec<PathBuf> = request["paths"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.as_str())
+                .map(PathBuf::from)
+                .collect();
+            match vol.shred_check(&paths) {
+                Ok(ids) => serde_json::json!({ "ids": ids.iter().map(|i| crate::format::hex(i)).collect::<Vec<_>>() }),
+                Err(e) => control::error_reply(&e),
+            }
+        }
+        "shred-finish" => {
+            let _one_at_a_time = rotation.lock().unwrap_or_else(|p| p.into_inner());
+            let ids: Option<Vec<[u8; 16]>> = request["ids"]
+                .as_array()
+                .map(|a| a.iter().map(|i| i.as_str().and_then(crate::format::unhex16)).collect())
+                .unwrap_or(None);
+            let names = request["names"].as_u64().unwrap_or(0) as usize;
+            match ids {
+                Some(ids) => match vol.shred_finish(&ids, names, kms.as_ref()) {
+                    Ok(r) => {
+                        serde_json::json!({ "files": r.files, "names": r.names, "kek_id": crate::format::hex(&r.kek_id) })
+                    }
+                    Err(e) => control::error_reply(&e),
+                },
+                None => serde_json::json!({ "error": "shred-finish needs \"ids\": file ids in hex" }),
+            }
+        }
         "keep-scratch" => {
             keep_scratch.store(true, Ordering::SeqCst);
             serde_json::json!({ "keep_scratch": true })
@@ -236,6 +281,17 @@ fn control_server(
             }
         }
         other => serde_json::json!({ "error": format!("unknown operation {other:?}") }),
+    };
+    // Every request names the volume it means: a header given this volume's id leads to
+    // this socket, and must not make this daemon act on its behalf.
+    let handle = move |op: &str, request: &serde_json::Value| {
+        if !control::names_volume(request, &own) {
+            return serde_json::json!({
+                "error": format!("this daemon serves {}, not the volume the request names", own.display()),
+                "exit_code": 19,
+            });
+        }
+        dispatch(op, request)
     };
     match control::serve(&control::socket_path(&header.volume_id), handle) {
         Ok(server) => Some(server),
@@ -290,6 +346,7 @@ pub fn spawn_daemon(exe: &Path, args: &[OsString], pass: Option<&Passphrase>, lo
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(no_follow())
         .open(log)
         .map_err(|e| Error::io(log, "open daemon log", e))?;
     let mut child = Command::new(exe)
@@ -372,7 +429,7 @@ pub fn unmount(mountpoint: &Path, wait: Duration) -> Result<()> {
     // The daemon holds the volume lock until it has committed and zeroized its keys.
     let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
-        if let Ok(f) = OpenOptions::new().write(true).open(source.join(LOCK_FILE)) {
+        if let Ok(f) = OpenOptions::new().write(true).custom_flags(no_follow()).open(source.join(LOCK_FILE)) {
             if Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok() {
                 return Ok(());
             }

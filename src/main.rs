@@ -26,6 +26,13 @@ struct Cli {
     /// or mount fails, in seconds.
     #[arg(long, global = true, value_name = "SECS", env = "ENVELOPEFS_KMS_TIMEOUT", default_value_t = 10.0)]
     kms_timeout: f64,
+    /// Trust this KMS root (the URI the volume header names; for PKCS#11 also
+    /// 'pkcs11:module=PATH;token=LABEL' for every key of that token). Without it only the
+    /// volume's own embedded keystore, ENVELOPEFS_TRUST_ROOT (one per line) and
+    /// /etc/envelopefs/roots are trusted: a header naming another root is refused before
+    /// anything is loaded or asked. Repeatable.
+    #[arg(long, global = true, value_name = "URI")]
+    trust_root: Vec<String>,
     /// Append an audit record (JSON line) of every KMS call to FILE.
     #[arg(long, global = true, value_name = "FILE", env = "ENVELOPEFS_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
@@ -261,6 +268,15 @@ fn setup(cli: &Cli) -> Result<()> {
         return Err(Error::InvalidArgument("--kms-timeout must be a positive number of seconds".into()));
     }
     kms::set_timeout(std::time::Duration::from_secs_f64(cli.kms_timeout));
+    if !cli.trust_root.is_empty() {
+        // Through the environment, so a mount's daemon trusts the same roots.
+        let mut roots = std::env::var(kms::ROOTS_ENV).unwrap_or_default();
+        for r in &cli.trust_root {
+            roots.push('\n');
+            roots.push_str(r);
+        }
+        std::env::set_var(kms::ROOTS_ENV, roots.trim_start());
+    }
     std::env::set_var("ENVELOPEFS_KMS_TIMEOUT", cli.kms_timeout.to_string());
     let audit = match &cli.audit_log {
         Some(p) => {
@@ -293,15 +309,24 @@ fn run(cmd: Command) -> Result<()> {
                 header.extent_size() / 1024,
                 header.kms_uri
             );
+            if kms::check_root(&header.kms_uri, &cipherdir).is_err() {
+                println!(
+                    "Commands on it need this root trusted: --trust-root '{}' (or {} / {}).",
+                    header.kms_uri,
+                    kms::ROOTS_ENV,
+                    kms::ROOTS_FILE
+                );
+            }
             Ok(())
         }
         Command::Passwd { cipherdir, pass, new_passfile, new_extpass } => {
             let header = Volume::read_header(&cipherdir)?;
-            let path = kms::local_keystore_path(&header.kms_uri, &cipherdir).map_err(|_| {
-                Error::InvalidArgument(format!(
+            let path = kms::local_keystore_path(&header.kms_uri, &cipherdir).map_err(|e| match e {
+                e @ Error::UntrustedRoot { .. } => e,
+                _ => Error::InvalidArgument(format!(
                     "passwd works on local: keystores only; this volume uses {}",
                     header.kms_uri
-                ))
+                )),
             })?;
             let new = PassSource { passfile: new_passfile, extpass: new_extpass, env_var: None, pin_file: None };
             LocalKeystore::change_passphrase(&path, &pass.source(), &new, KdfParams::DEFAULT)?;
@@ -334,7 +359,7 @@ fn run(cmd: Command) -> Result<()> {
         Command::Rotate { cipherdir, root: true, to, create_key, pass, .. } => {
             let header = Volume::read_live_header(&cipherdir)?;
             // Beside a mount, the header lock alone serializes us with its daemon.
-            let _lock = match daemon_of(&header) {
+            let _lock = match daemon_of(&cipherdir, &header) {
                 Some(_) => None,
                 None => Some(envelopefs::daemon::lock_volume(&cipherdir)?),
             };
@@ -353,10 +378,12 @@ fn run(cmd: Command) -> Result<()> {
         }
         Command::Rotate { cipherdir, rekey, pass, .. } => {
             let header = Volume::read_live_header(&cipherdir)?;
-            if let Some(sock) = daemon_of(&header) {
+            if let Some(sock) = daemon_of(&cipherdir, &header) {
                 let paths: Vec<String> = rekey.iter().map(|p| p.to_string_lossy().into_owned()).collect();
-                let v = control::query(&sock, &serde_json::json!({ "op": "rekey", "paths": paths }))
-                    .ok_or_else(|| Error::Fuse("the mount's daemon did not answer".into()));
+                let mut req = control::request_for(&cipherdir, "rekey");
+                req["paths"] = paths.into();
+                let v =
+                    control::query(&sock, &req).ok_or_else(|| Error::Fuse("the mount's daemon did not answer".into()));
                 let v = v?;
                 for d in v["done"].as_array().into_iter().flatten() {
                     println!(
@@ -384,8 +411,9 @@ fn run(cmd: Command) -> Result<()> {
                 let mnt = mountpoint.canonicalize().map_err(|_| Error::NotMounted(mountpoint.clone()))?;
                 let source =
                     envelopefs::daemon::mount_source(&mnt).ok_or_else(|| Error::NotMounted(mountpoint.clone()))?;
-                let sock = daemon_of(&Volume::read_header(&source)?).ok_or_else(|| Error::NotMounted(mnt.clone()))?;
-                control::query(&sock, &serde_json::json!({ "op": "keep-scratch" }))
+                let sock =
+                    daemon_of(&source, &Volume::read_header(&source)?).ok_or_else(|| Error::NotMounted(mnt.clone()))?;
+                control::query(&sock, &control::request_for(&source, "keep-scratch"))
                     .ok_or_else(|| Error::Fuse("the mount's daemon did not answer".into()))?;
             }
             envelopefs::daemon::unmount(&mountpoint, std::time::Duration::from_secs(30))?;
@@ -442,7 +470,7 @@ fn shred(
             return Err(Error::InvalidArgument("not confirmed; nothing was changed".into()));
         }
     }
-    if let Some(sock) = daemon_of(&header) {
+    if let Some(sock) = daemon_of(cipherdir, &header) {
         return shred_mounted(cipherdir, &sock, volume, files, delete_root_after, pass);
     }
     let lock = envelopefs::daemon::lock_volume(cipherdir)?;
@@ -471,14 +499,22 @@ fn shred(
         print_root_report(report.root_destroyed, report.root_kept);
         return Ok(());
     }
-    let vol = Volume::open(cipherdir, &pass.source())?;
-    for f in files {
-        vol.unlink(f)?;
-    }
+    let kms = kms::open(&header.kms_uri, cipherdir, &pass.source())?;
+    let vol = Volume::open_with_kms(cipherdir, header, &kms)?;
+    let r = vol.shred_files(files, &kms)?;
     drop(vol);
     drop(lock);
-    println!("Deleted {} file(s) and their wrapped DEKs; rotating the KEK.", files.len());
-    rotate_kek(cipherdir, pass)
+    print_file_shred(r.files, r.names, &hex(&r.kek_id));
+    Ok(())
+}
+
+/// What `shred --file` verified.
+fn print_file_shred(files: usize, names: usize, kek: &str) {
+    println!(
+        "Shredded {files} file(s) ({names} name(s)): their wrapped DEKs are deleted (checked: none is left in the \
+         store), the KEK was rotated to {kek} and the store's write-ahead log truncated. Copies of CIPHERDIR \
+         taken before now still hold the old keys (docs/SECURITY.md)."
+    );
 }
 
 fn print_root_report(destroyed: Option<String>, kept: Option<String>) {
@@ -490,9 +526,11 @@ fn print_root_report(destroyed: Option<String>, kept: Option<String>) {
 }
 
 /// The control socket of the daemon serving the volume, if it is mounted.
-fn daemon_of(header: &envelopefs::format::VolumeHeader) -> Option<PathBuf> {
+/// (The socket is found by the header's volume id; the daemon answers only if it serves
+/// `cipherdir`, so a header given another volume's id does not reach that volume.)
+fn daemon_of(cipherdir: &Path, header: &envelopefs::format::VolumeHeader) -> Option<PathBuf> {
     let sock = control::socket_path(&header.volume_id);
-    control::query(&sock, &serde_json::json!({ "op": "status" })).map(|_| sock)
+    control::query(&sock, &control::request_for(cipherdir, "status")).filter(|v| v["error"].is_null()).map(|_| sock)
 }
 
 /// `shred` on a mounted volume: through its daemon (which holds the keys) and its mount.
@@ -505,11 +543,12 @@ fn shred_mounted(
     pass: PassArgs,
 ) -> Result<()> {
     let no_answer = || Error::Fuse("the mount's daemon did not answer".into());
-    let status = control::query(sock, &serde_json::json!({ "op": "status" })).ok_or_else(no_answer)?;
+    let status = control::query(sock, &control::request_for(cipherdir, "status")).ok_or_else(no_answer)?;
     let mountpoint = PathBuf::from(status["mountpoint"].as_str().unwrap_or_default());
     if volume {
         let started = std::time::Instant::now();
-        let req = serde_json::json!({ "op": "shred-volume", "delete_root_after": delete_root_after });
+        let mut req = control::request_for(cipherdir, "shred-volume");
+        req["delete_root_after"] = delete_root_after.into();
         let v = control::query(sock, &req).ok_or_else(no_answer)?;
         let v = control::reply_result(v)?;
         println!(
@@ -535,20 +574,38 @@ fn shred_mounted(
                 .into(),
         });
     }
-    // Deleting through the mount keeps the kernel's caches right; the daemon drops the keys.
+    // The daemon checks first (regular files, not open, every hard link named); deleting
+    // through the mount keeps the kernel's caches right; then the daemon commits, verifies
+    // that no wrapped DEK is left, rotates the KEK and truncates the WAL.
+    let _ = pass;
+    let paths: Vec<String> = files.iter().map(|f| f.to_string_lossy().into_owned()).collect();
+    let mut req = control::request_for(cipherdir, "shred-check");
+    req["paths"] = paths.into();
+    let checked = control::query(sock, &req);
+    let checked = control::reply_result(checked.ok_or_else(no_answer)?)?;
+    let mut names = 0;
+    let mut seen = std::collections::HashSet::new();
     for f in files {
         let p = mountpoint.join(f.strip_prefix("/").unwrap_or(f));
-        std::fs::remove_file(&p).map_err(|e| Error::io(&p, "delete", e))?;
+        if seen.insert(p.clone()) {
+            std::fs::remove_file(&p).map_err(|e| Error::io(&p, "delete", e))?;
+            names += 1;
+        }
     }
-    println!("Deleted {} file(s) and their wrapped DEKs; rotating the KEK.", files.len());
-    rotate_kek(cipherdir, pass)
+    let mut req = control::request_for(cipherdir, "shred-finish");
+    req["ids"] = checked["ids"].clone();
+    req["names"] = names.into();
+    let v = control::reply_result(control::query(sock, &req).ok_or_else(no_answer)?)?;
+    print_file_shred(v["files"].as_u64().unwrap_or(0) as usize, names, v["kek_id"].as_str().unwrap_or("?"));
+    Ok(())
 }
 
 fn rotate_kek(cipherdir: &Path, pass: PassArgs) -> Result<()> {
     use std::io::IsTerminal;
     // A mounted volume rotates inside its daemon (which holds the keys), while in use.
     let header = Volume::read_live_header(cipherdir)?;
-    if let Some(v) = control::query(&control::socket_path(&header.volume_id), &serde_json::json!({"op": "rotate-kek"}))
+    if let Some(v) =
+        control::query(&control::socket_path(&header.volume_id), &control::request_for(cipherdir, "rotate-kek"))
     {
         let v = control::reply_result(v)?;
         println!(
@@ -623,6 +680,8 @@ fn mount(req: MountRequest, foreground: bool, daemon_child: bool, pass: PassArgs
     // The one secret the root needs goes to the daemon through a pipe: the keystore's
     // passphrase or the token's PIN (AWS KMS credentials come from the environment).
     let header = Volume::read_header(&req.cipherdir)?;
+    // Before any prompt: a PIN typed for a root the operator never named would go to it.
+    kms::check_root(&header.kms_uri, &req.cipherdir)?;
     let passphrase = match kms::KmsUri::parse(&header.kms_uri)? {
         kms::KmsUri::Local(_) => {
             let keystore = kms::local_keystore_path(&header.kms_uri, &req.cipherdir)?;

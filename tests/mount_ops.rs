@@ -568,3 +568,47 @@ fn read_only_mount_refuses_writes() {
     assert_eq!(errno(fs::write(m.p("f"), b"x")), Errno::EROFS as i32);
     assert_eq!(errno(fs::create_dir(m.p("d"))), Errno::EROFS as i32);
 }
+
+#[test]
+fn an_open_file_can_be_stated_after_its_last_name_is_gone() {
+    let m = MountFixture::new(&[]);
+    let mut f = fs::OpenOptions::new().read(true).write(true).create_new(true).open(m.p("t")).unwrap();
+    f.write_all(b"12345").unwrap();
+    fs::remove_file(m.p("t")).unwrap();
+    let md = f.metadata().expect("fstat of an unlinked open file works, as on a local file system");
+    assert_eq!((md.len(), md.nlink()), (5, 0));
+    let mut back = String::new();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "12345");
+    // Python's tempfile.TemporaryFile opens, unlinks, then fstats.
+    let o = std::process::Command::new("python3")
+        .args(["-c", "import tempfile, os; f = tempfile.TemporaryFile(dir='.'); f.write(b'xy'); f.flush(); print(os.fstat(f.fileno()).st_size)"])
+        .current_dir(&m.mnt)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "2");
+}
+
+#[test]
+fn a_user_may_mknod_a_regular_file_in_a_directory_of_their_own() {
+    let m = mount_for_others(0o1777);
+    as_nobody(&m, "mkdir own && python3 -c 'import os; os.mknod(\"own/r\", 0o100640)' && test -f own/r");
+    let md = fs::metadata(m.p("own/r")).unwrap();
+    assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777, md.len()), (65534, 65534, 0o640, 0));
+}
+
+#[test]
+fn truncate_advances_ctime_and_mtime() {
+    let m = MountFixture::new(&[]);
+    fs::write(m.p("f"), b"0123456789").unwrap();
+    let before = fs::metadata(m.p("f")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(30)); // the clock must move on
+    nix::unistd::truncate(&m.p("f"), 4).unwrap();
+    let after = fs::metadata(m.p("f")).unwrap();
+    assert_eq!(after.len(), 4);
+    let t = |s: i64, ns: i64| (s, ns);
+    assert!(t(after.ctime(), after.ctime_nsec()) > t(before.ctime(), before.ctime_nsec()), "ctime did not advance");
+    assert!(t(after.mtime(), after.mtime_nsec()) > t(before.mtime(), before.mtime_nsec()), "mtime did not advance");
+}

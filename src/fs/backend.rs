@@ -58,6 +58,11 @@ pub trait DataFile: Send + Sync {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes written data durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
+    /// The open data file's own metadata (fstat): what a file whose last name is gone is
+    /// still asked for. The default (a test backend without a file) says unsupported.
+    fn metadata(&self) -> io::Result<std::fs::Metadata> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
     /// Starts writing `len` bytes at `offset` back to the disk, without waiting for it or
     /// making anything durable (a hint: the default does nothing).
     fn start_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
@@ -67,7 +72,11 @@ pub trait DataFile: Send + Sync {
 
 impl DataFile for File {
     fn size(&self) -> io::Result<u64> {
-        self.metadata().map(|m| m.len())
+        File::metadata(self).map(|m| m.len())
+    }
+
+    fn metadata(&self) -> io::Result<std::fs::Metadata> {
+        File::metadata(self)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {

@@ -779,6 +779,18 @@ impl FileHandle {
     }
 
     /// The file's id (its object header id; shared by hardlinks).
+    /// Attributes from the open data file itself (fstat of a file whose last name is gone:
+    /// its link count is then 0).
+    pub fn attr(&self) -> Result<super::Attr> {
+        let name = self.state.name.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let meta = self.state.data.metadata().map_err(|e| Error::io(&name, "stat", e))?;
+        let mut a = super::meta::attr_from(&meta, super::EntryKind::File, self.len());
+        if self.state.is_unlinked() {
+            a.nlink = 0;
+        }
+        Ok(a)
+    }
+
     pub fn file_id(&self) -> FileId {
         self.state.id
     }

@@ -228,9 +228,22 @@ impl InodeFs {
             self.fuse_ino(&mut attr);
             return Ok(attr);
         }
-        let mut attr = self.at_inode(ino, |p| self.vol.getattr_inode(p, ino))?; // see `path`
+        let mut attr = match self.at_inode(ino, |p| self.vol.getattr_inode(p, ino)) {
+            Ok(a) => a,
+            // Open, then unlinked (or renamed over): fstat still works, as on a local file
+            // system, from the open data file.
+            Err(Error::NotFound(p)) => self.open_attr(ino).ok_or(Error::NotFound(p))?,
+            Err(e) => return Err(e),
+        }; // see `path`
         attr.ino = ino; // re-keyed in place: the kernel's inode number stays
         Ok(attr)
+    }
+
+    /// The attributes of inode `ino` from one of its open handles, if it has one.
+    fn open_attr(&self, ino: u64) -> Option<Attr> {
+        let handles: Vec<Arc<FileHandle>> =
+            self.handles.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        handles.iter().filter_map(|h| h.attr().ok()).find(|a| self.vol.is_inode(a.ino, ino))
     }
 
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Attr> {

@@ -23,6 +23,7 @@ mod root;
 mod rotate;
 mod scratch;
 mod shred;
+mod shred_files;
 mod trash;
 mod volume;
 mod xattr;
@@ -35,6 +36,7 @@ pub use listing::{Listed, Listing};
 pub use meta::{Attr, RenameMode, SetTime, StatFs};
 pub use scratch::{ScratchSetup, ScratchState};
 pub use shred::ShredReport;
+pub use shred_files::ShredFilesReport;
 pub use volume::{
     DirEntry, EntryKind, InitOptions, LiveStats, Stat, Volume, VolumeInfo, DATA_DIR, HEADER_FILE, STORE_FILE,
 };

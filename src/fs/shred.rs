@@ -2,7 +2,6 @@
 //! volume's own, the root key: its keystore file, its HSM key object, or — scheduled — its
 //! cloud KMS key). O(1) in the volume's size: no data file is touched.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 
@@ -25,11 +24,12 @@ pub struct ShredReport {
 
 /// Overwrites `path` in place with random bytes and syncs, then unlinks it. Best effort
 /// against recovery: SSDs and copy-on-write file systems may keep the old blocks.
+/// Only a regular file is overwritten: a planted symlink (or FIFO) is refused, never followed.
 pub(super) fn overwrite_and_remove(path: &Path) -> Result<()> {
-    let len = std::fs::metadata(path).map_err(|e| Error::io(path, "stat", e))?.len() as usize;
+    let mut f = crate::confine::open_file(path, true)?;
+    let len = f.metadata().map_err(|e| Error::io(path, "stat", e))?.len() as usize;
     let mut noise = vec![0u8; len];
     fill_random(&mut noise);
-    let mut f = OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path, "open", e))?;
     f.write_all(&noise).and_then(|_| f.sync_all()).map_err(|e| Error::io(path, "overwrite", e))?;
     std::fs::remove_file(path).map_err(|e| Error::io(path, "remove", e))
 }
@@ -55,7 +55,7 @@ impl Volume {
         fill_random(&mut header.wrapped_name_key);
         header.features |= FEATURE_SHREDDED;
         let bytes = header.encode();
-        let mut f = OpenOptions::new().write(true).open(&conf).map_err(|e| Error::io(&conf, "open", e))?;
+        let mut f = crate::confine::open_file(&conf, true)?;
         f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&conf, "overwrite", e))?;
         durable::replace_file(&conf, &bytes, 0o600)?;
         // 2. A pending KEK of an unfinished rotation lives in the store (rare: only then is the
@@ -69,15 +69,18 @@ impl Volume {
         let mut report = ShredReport { root_destroyed: None, root_kept: None };
         let uri = header.kms_uri.clone();
         let owned = store.meta(ROOT_OWNED)?.is_some_and(|o| o == uri.as_bytes());
-        match kms::local_keystore_path(&uri, cipherdir) {
-            Ok(ks) if ks.starts_with(cipherdir) && ks.exists() => {
+        match (kms::own_keystore(&uri, cipherdir), uri.starts_with("local:")) {
+            (Some(ks), _) if std::fs::symlink_metadata(&ks).is_ok_and(|m| !m.is_file()) => {
+                report.root_kept = Some(format!("{} is not a regular file (planted?): left alone", ks.display()));
+            }
+            (Some(ks), _) if std::fs::symlink_metadata(&ks).is_ok() => {
                 overwrite_and_remove(&ks)?;
                 durable::sync_dir(cipherdir)?;
                 report.root_destroyed = Some(format!("keystore {} overwritten and removed", ks.display()));
             }
-            Ok(_) => report.root_kept = Some(format!("{uri} is shared with other volumes")),
-            Err(_) if !owned => report.root_kept = Some(format!("{uri} was not made for this volume")),
-            Err(_) => match root.map(|k| k.destroy_root(delete_after_days)) {
+            (_, true) => report.root_kept = Some(format!("{uri} is shared with other volumes")),
+            _ if !owned => report.root_kept = Some(format!("{uri} was not made for this volume")),
+            _ => match root.map(|k| k.destroy_root(delete_after_days)) {
                 Some(Ok(Some(done))) => {
                     store.apply(&[Change::DeleteMeta { key: ROOT_OWNED }])?;
                     report.root_destroyed = Some(done);
