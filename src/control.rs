@@ -87,6 +87,13 @@ impl Drop for ControlServer {
 /// (`{"error": ...}` for operations it does not know).
 pub fn serve(path: &Path, handle: impl Fn(&str, &Value) -> Value + Send + 'static) -> Result<ControlServer> {
     ensure_runtime_dir()?;
+    if UnixStream::connect(path).is_ok() {
+        // A live daemon answers there: another volume with the same id (a copied header).
+        return Err(Error::Busy {
+            path: path.to_path_buf(),
+            reason: "another mounted volume answers on this control socket (same volume id)".into(),
+        });
+    }
     let _ = std::fs::remove_file(path); // a stale socket of a killed daemon
     let listener = UnixListener::bind(path).map_err(|e| Error::io(path, "bind control socket", e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| Error::io(path, "chmod", e))?;

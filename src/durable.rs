@@ -28,8 +28,15 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 }
 
 /// Makes a directory's entries (creations, renames, unlinks) durable.
+/// (Opened `O_DIRECTORY|O_NONBLOCK`: whatever is planted there, this never blocks.)
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, "fsync directory", e))
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_NONBLOCK).bits())
+        .open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, "fsync directory", e))
 }
 
 /// Held while a process rewrites a volume's header (KEK rotation, root rotation, shred): an

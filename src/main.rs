@@ -374,6 +374,14 @@ fn run(cmd: Command) -> Result<()> {
                 cipherdir.display(),
                 new.kms_uri
             );
+            if kms::check_root(&new.kms_uri, &cipherdir).is_err() {
+                println!(
+                    "The new root is not trusted yet: add '{}' to {} (or pass --trust-root / set {}), or later commands refuse it.",
+                    new.kms_uri,
+                    kms::ROOTS_FILE,
+                    kms::ROOTS_ENV
+                );
+            }
             Ok(())
         }
         Command::Rotate { cipherdir, rekey, pass, .. } => {
@@ -588,7 +596,7 @@ fn shred_mounted(
     for f in files {
         let p = mountpoint.join(f.strip_prefix("/").unwrap_or(f));
         if seen.insert(p.clone()) {
-            std::fs::remove_file(&p).map_err(|e| Error::io(&p, "delete", e))?;
+            unlink_beneath(&mountpoint, f).map_err(|e| Error::io(&p, "delete", e))?;
             names += 1;
         }
     }
@@ -598,6 +606,23 @@ fn shred_mounted(
     let v = control::reply_result(control::query(sock, &req).ok_or_else(no_answer)?)?;
     print_file_shred(v["files"].as_u64().unwrap_or(0) as usize, names, v["kek_id"].as_str().unwrap_or("?"));
     Ok(())
+}
+
+/// Unlinks `rel` (a path inside the mount) walking from `mountpoint` one directory at a time
+/// without following a symlink: a directory swapped for a symlink by another user of the
+/// mount after the daemon's check cannot send this (root's) unlink outside the mount.
+fn unlink_beneath(mountpoint: &Path, rel: &Path) -> std::io::Result<()> {
+    use nix::fcntl::{openat, OFlag};
+    use std::path::Component;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut dir = std::fs::File::open(mountpoint)?;
+    let parts: Vec<_> = rel.components().filter(|c| !matches!(c, Component::RootDir | Component::CurDir)).collect();
+    let Some((last, dirs)) = parts.split_last() else { return Err(std::io::ErrorKind::InvalidInput.into()) };
+    for c in dirs {
+        let Component::Normal(name) = c else { return Err(std::io::ErrorKind::InvalidInput.into()) };
+        dir = std::fs::File::from(openat(&dir, *name, flags, nix::sys::stat::Mode::empty())?);
+    }
+    nix::unistd::unlinkat(&dir, last.as_os_str(), nix::unistd::UnlinkatFlags::NoRemoveDir).map_err(Into::into)
 }
 
 fn rotate_kek(cipherdir: &Path, pass: PassArgs) -> Result<()> {

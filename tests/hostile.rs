@@ -308,14 +308,15 @@ fn shred_file_refuses_what_it_cannot_destroy_and_verifies_what_it_did() {
     assert_eq!(code(&o), Some(19), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(m.p("a").exists() && m.p("b").exists() && m.p("open").exists(), "nothing deleted");
     drop(held);
-    let deks_before = common::wrapped_deks(&m.cipher);
+    let store = envelopefs::store::Store::open(&m.cipher.join("meta.db")).unwrap();
+    assert_eq!(store.counts().unwrap().0, 2, "two files (a = b, and open) with records");
     let o = shred(&m, &["a", "b", "open"]);
     ok(&o);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("Shredded 2 file(s) (3 name(s))") && out.contains("none is left"), "{out}");
     assert!(!m.p("a").exists() && !m.p("b").exists() && !m.p("open").exists());
-    let after = common::wrapped_deks(&m.cipher);
-    assert!(deks_before.iter().all(|d| !after.contains(d)), "an old wrapped DEK survived");
+    // They were the volume's only files: no record and no wrapped DEK may be left.
+    assert_eq!(store.counts().unwrap(), (0, 0), "a record or wrapped DEK of a shredded file survived");
     // Unmounted: the same rules.
     fs::write(m.p("c"), b"c").unwrap();
     fs::hard_link(m.p("c"), m.p("d")).unwrap();

@@ -65,6 +65,8 @@ fn shredded_volume_cannot_be_opened_even_with_the_passphrase() {
 fn shredding_with_a_shared_root_destroys_the_volume_keys_but_keeps_the_root() {
     let tmp0 = scratch();
     let shared = tmp0.path().join("shared-keystore");
+    // The operator trusts the shared keystore (outside CIPHERDIR, so it must be named).
+    std::env::set_var(envelopefs::kms::ROOTS_ENV, format!("local:{}", shared.display()));
     let (tmp, dir) = volume(Some(format!("local:{}", shared.display())));
     let o = evfs(&["shred", "vol", "--volume", "--yes"], tmp.path());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -72,8 +74,6 @@ fn shredding_with_a_shared_root_destroys_the_volume_keys_but_keeps_the_root() {
     let copy = tmp.path().join("copy");
     copy_tree(&dir, &copy);
     unflag(&copy);
-    // The operator trusts the shared keystore (outside CIPHERDIR, so it must be named).
-    std::env::set_var(envelopefs::kms::ROOTS_ENV, format!("local:{}", shared.display()));
     let err = Volume::open(&copy, &pass()).unwrap_err();
     assert!(matches!(err, Error::Integrity { .. }), "root and passphrase present, KEK destroyed: {err}");
 }

@@ -127,7 +127,7 @@ impl Committer {
                 core.storage
                     .sync_point(super::SyncPoint::SyncFs)
                     .map_err(|e| Error::io(core.data_dir(), "syncfs", e))?;
-                let dir = std::fs::File::open(core.data_dir()).map_err(|e| Error::io(core.data_dir(), "open", e))?;
+                let dir = crate::confine::open_dir(core.data_dir())?;
                 nix::unistd::syncfs(dir.as_fd())
                     .map_err(|e| Error::io(core.data_dir(), "syncfs", std::io::Error::from_raw_os_error(e as i32)))?;
             }

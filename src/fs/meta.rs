@@ -143,13 +143,20 @@ impl Volume {
     pub fn chmod(&self, path: &Path, mode: u32) -> Result<()> {
         let backing = self.backing_or_root(path)?;
         // Never through a symlink planted in the backing tree.
-        nix::sys::stat::fchmodat(
-            AT_FDCWD,
-            &backing,
-            Mode::from_bits_truncate(mode & 0o7777),
-            nix::sys::stat::FchmodatFlags::NoFollowSymlink,
-        )
-        .map_err(|e| errno(path, "chmod", e))
+        let mode = Mode::from_bits_truncate(mode & 0o7777);
+        match nix::sys::stat::fchmodat(AT_FDCWD, &backing, mode, nix::sys::stat::FchmodatFlags::NoFollowSymlink) {
+            // glibc before 2.32 (or without /proc) cannot do it without following: look
+            // first, and refuse a symlink (a kernel never asks to chmod one of ours).
+            Err(nix::Error::ENOTSUP) => {
+                let meta = fs::symlink_metadata(&backing).map_err(|_| Error::NotFound(path.into()))?;
+                if meta.file_type().is_symlink() {
+                    return Err(Error::integrity(path, "expected a file or directory, found a symbolic link"));
+                }
+                nix::sys::stat::fchmodat(AT_FDCWD, &backing, mode, nix::sys::stat::FchmodatFlags::FollowSymlink)
+                    .map_err(|e| errno(path, "chmod", e))
+            }
+            other => other.map_err(|e| errno(path, "chmod", e)),
+        }
     }
 
     /// chown/lchown; `None` leaves that id unchanged.

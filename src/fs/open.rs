@@ -174,7 +174,15 @@ impl Volume {
             _ => header,
         };
         let header = match header.features & crate::format::FEATURE_ROOT_BOUND {
-            0 => Self::bind_root(cipherdir, header, &keys)?,
+            0 => match Self::bind_root(cipherdir, header.clone(), &keys) {
+                Ok(h) => h,
+                // Read-only backing storage: the upgrade waits for a writable open.
+                Err(e @ Error::Io { .. }) => {
+                    tracing::warn!("binding the root into the header must wait: {e}");
+                    header
+                }
+                Err(e) => return Err(e),
+            },
             _ => header,
         };
         let data_dir = cipherdir.join(DATA_DIR);

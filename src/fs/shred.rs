@@ -27,7 +27,12 @@ pub struct ShredReport {
 /// Only a regular file is overwritten: a planted symlink (or FIFO) is refused, never followed.
 pub(super) fn overwrite_and_remove(path: &Path) -> Result<()> {
     let mut f = crate::confine::open_file(path, true)?;
-    let len = f.metadata().map_err(|e| Error::io(path, "stat", e))?.len() as usize;
+    let meta = f.metadata().map_err(|e| Error::io(path, "stat", e))?;
+    if std::os::unix::fs::MetadataExt::nlink(&meta) != 1 {
+        // Another name shares it (planted hard link): remove ours, overwrite nothing.
+        return std::fs::remove_file(path).map_err(|e| Error::io(path, "remove", e));
+    }
+    let len = meta.len() as usize;
     let mut noise = vec![0u8; len];
     fill_random(&mut noise);
     f.write_all(&noise).and_then(|_| f.sync_all()).map_err(|e| Error::io(path, "overwrite", e))?;

@@ -28,6 +28,14 @@ pub struct ShredFilesReport {
 impl Volume {
     /// Checks that `paths` may be shredded; returns each file's id (one entry per file).
     pub fn shred_check(&self, paths: &[PathBuf]) -> Result<Vec<FileId>> {
+        if self.root_changed()? {
+            return Err(Error::Busy {
+                path: self.cipherdir().to_path_buf(),
+                reason: "the root key was rotated since this volume was opened: remount before shredding files \
+                         (the KEK rotation that follows needs the new root); nothing was deleted"
+                    .into(),
+            });
+        }
         let mut named: HashMap<FileId, (u64, usize, PathBuf)> = HashMap::new();
         let mut seen = std::collections::HashSet::new();
         for path in paths {
@@ -76,7 +84,7 @@ impl Volume {
     pub fn shred_finish(&self, ids: &[FileId], names: usize, kms: &dyn Kms) -> Result<ShredFilesReport> {
         self.flush_pending()?;
         for id in ids {
-            if self.store().load(id)?.is_some() {
+            if self.store().has_rows(id)? {
                 let open = self.open_table().contains_key(id);
                 return Err(Error::Busy {
                     path: self.cipherdir().to_path_buf(),

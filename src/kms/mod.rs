@@ -177,7 +177,7 @@ pub fn create(uri: &str, cipherdir: &Path, secrets: &dyn Secrets, kdf: KdfParams
     let inner: Box<dyn Kms> = match KmsUri::parse(uri)? {
         KmsUri::Local(p) => Box::new(LocalKeystore::create(uri, &KmsUri::local_path(&p, cipherdir), secrets, kdf)?),
         KmsUri::Pkcs11 { module, token, object } => {
-            trust::check_module(&module, cipherdir, uri)?;
+            let module = trust::check_module(&module, cipherdir, uri)?;
             Box::new(Pkcs11Root::open(uri, &module, &token, &object, secrets, create_key)?)
         }
         KmsUri::AwsKms(key) => aws_root(uri, &key, create_key)?,
@@ -192,6 +192,7 @@ pub fn open(uri: &str, cipherdir: &Path, secrets: &dyn Secrets) -> Result<Audite
     let inner: Box<dyn Kms> = match KmsUri::parse(uri)? {
         KmsUri::Local(p) => Box::new(LocalKeystore::open(uri, &KmsUri::local_path(&p, cipherdir), secrets)?),
         KmsUri::Pkcs11 { module, token, object } => {
+            let module = trust::check_module(&module, cipherdir, uri)?;
             Box::new(Pkcs11Root::open(uri, &module, &token, &object, secrets, false)?)
         }
         KmsUri::AwsKms(key) => aws_root(uri, &key, false)?,

@@ -38,7 +38,7 @@ pub fn check_root(uri: &str, cipherdir: &Path) -> Result<()> {
     let named = operator_roots();
     if named.iter().any(|entry| trusts(entry, &parsed)) {
         if let KmsUri::Pkcs11 { module, .. } = &parsed {
-            check_module(module, cipherdir, uri)?;
+            check_module(module, cipherdir, uri)?; // and again, by kms::open, right before loading
         }
         return Ok(());
     }
@@ -59,7 +59,8 @@ pub fn is_own_keystore(p: &Path) -> bool {
 
 /// Refuses a PKCS#11 module that someone other than root could have written, or that lies
 /// inside CIPHERDIR.
-pub fn check_module(module: &Path, cipherdir: &Path, uri: &str) -> Result<()> {
+/// Returns the path that was checked (symlinks resolved): the one to load.
+pub fn check_module(module: &Path, cipherdir: &Path, uri: &str) -> Result<std::path::PathBuf> {
     let refuse = |why: String| Error::UntrustedRoot {
         uri: uri.to_string(),
         reason: format!("PKCS#11 module {} not loaded: {why}", module.display()),
@@ -67,11 +68,21 @@ pub fn check_module(module: &Path, cipherdir: &Path, uri: &str) -> Result<()> {
     if !module.is_absolute() {
         return Err(refuse("the path is not absolute".into()));
     }
-    let real = std::fs::canonicalize(module).map_err(|e| refuse(format!("cannot resolve it: {e}")))?;
+    let real = std::fs::canonicalize(module).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Kms {
+            uri: uri.to_string(),
+            reason: format!(
+                "PKCS#11 module {} does not exist (for SoftHSM2: apt-get install softhsm2)",
+                module.display()
+            ),
+        },
+        _ => refuse(format!("cannot resolve it: {e}")),
+    })?;
     if confine::is_inside(&real, cipherdir) {
         return Err(refuse("it lies inside the volume directory".into()));
     }
-    confine::check_root_owned(&real).map_err(refuse)
+    confine::check_root_owned(&real).map_err(refuse)?;
+    Ok(real)
 }
 
 /// Whether the operator's `entry` covers `uri`.
@@ -81,6 +92,8 @@ fn trusts(entry: &str, uri: &KmsUri) -> bool {
             module == *m && token == *t
         }
         (Some(Entry::AwsPrefix(prefix)), KmsUri::AwsKms(key)) => key.starts_with(&prefix),
+        // A relative keystore path would mean another file for every CIPHERDIR.
+        (Some(Entry::Exact(KmsUri::Local(p))), _) if !p.is_absolute() => false,
         (Some(Entry::Exact(e)), u) => e == *u,
         _ => false,
     }

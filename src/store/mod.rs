@@ -179,8 +179,9 @@ impl std::fmt::Debug for Store {
 }
 
 /// The store's files (database, WAL, shared memory, rollback journal) are regular files or
-/// absent: SQLite never follows a symlink (`O_NOFOLLOW`), and a FIFO or device planted there
-/// is refused here rather than opened.
+/// absent: SQLite opens each of them `O_NOFOLLOW` itself (its `SQLITE_OPEN_NOFOLLOW` would also
+/// refuse a symlink anywhere above, such as a symlinked home directory), and a FIFO or device
+/// planted there is refused here rather than opened.
 fn check_files(path: &Path) -> Result<()> {
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let mut p = path.as_os_str().to_os_string();
@@ -265,11 +266,8 @@ impl Store {
 
     fn connect(path: &Path, flags: OpenFlags) -> Result<Store> {
         check_files(path)?;
-        let conn = Connection::open_with_flags(
-            path,
-            flags | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-        )
-        .map_err(|e| Error::Store { path: path.to_path_buf(), reason: e.to_string() })?;
+        let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(|e| Error::Store { path: path.to_path_buf(), reason: e.to_string() })?;
         let store = Store {
             reader: std::sync::OnceLock::new(),
             conn: Mutex::new(conn),
@@ -317,6 +315,17 @@ impl Store {
             self.sizes.fill(id, size, generation);
         }
         Ok(size)
+    }
+
+    /// Whether any row of file `id` is left: its record or any wrapped DEK of its extents.
+    pub fn has_rows(&self, id: &[u8; 16]) -> Result<bool> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM files WHERE id = ?1) OR EXISTS(SELECT 1 FROM extents WHERE file_id = ?1)",
+            [&id[..]],
+            |r| r.get::<_, bool>(0),
+        )
+        .map_err(|e| self.err(e))
     }
 
     pub fn load(&self, id: &[u8; 16]) -> Result<Option<(FileRecord, Vec<ExtentRecord>)>> {
