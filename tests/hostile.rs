@@ -344,3 +344,24 @@ fn a_spoofed_volume_id_reaches_no_other_volumes_daemon() {
     let hb = VolumeHeader::decode(&fs::read(b.cipher.join("envelopefs.conf")).unwrap()).unwrap();
     assert!(!hb.is_shredded());
 }
+
+#[test]
+fn a_directory_inside_the_tree_replaced_by_a_symlink_is_refused_not_followed() {
+    let m = MountFixture::new(&[]);
+    fs::create_dir(m.p("d")).unwrap();
+    fs::write(m.p("d/f"), b"inside").unwrap();
+    assert_eq!(fs::read(m.p("d/f")).unwrap(), b"inside"); // the daemon now knows d's id
+                                                          // While mounted, the attacker moves the directory out of the volume and leaves a
+                                                          // symlink to it in its place.
+    let backing = only_entry(&m.cipher);
+    let outside = m.tmp.path().join("outside");
+    fs::rename(&backing, &outside).unwrap();
+    symlink(&outside, &backing).unwrap();
+    let before: Vec<_> = fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(fs::read(m.p("d/f")).is_err(), "read through a planted symlink");
+    assert!(fs::write(m.p("d/g"), b"x").is_err(), "create through a planted symlink");
+    assert!(fs::remove_file(m.p("d/f")).is_err(), "unlink through a planted symlink");
+    let after: Vec<_> = fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(before, after, "nothing outside the volume was created or removed");
+    fs::write(m.p("still"), b"served").unwrap();
+}

@@ -612,3 +612,43 @@ fn truncate_advances_ctime_and_mtime() {
     assert!(t(after.ctime(), after.ctime_nsec()) > t(before.ctime(), before.ctime_nsec()), "ctime did not advance");
     assert!(t(after.mtime(), after.mtime_nsec()) > t(before.mtime(), before.mtime_nsec()), "mtime did not advance");
 }
+
+#[test]
+fn paths_of_path_max_minus_one_bytes_work_though_their_encrypted_form_is_longer() {
+    // 26 directories of 150-byte names, then a 169-byte name: a relative path of 4095 bytes
+    // (PATH_MAX − 1). Each encrypted name is longer than its plaintext (not hashed below 256
+    // bytes), so the backing path is over PATH_MAX: the daemon reaches it by descriptors.
+    let m = MountFixture::new(&[]);
+    let script = r#"
+import os, sys
+os.chdir(sys.argv[1])
+d = ""
+for i in range(26):
+    d = (d + "/" if d else "") + ("%03d" % i) + "d" * 147
+    os.mkdir(d)
+leaf = lambda c: d + "/" + c * 169
+p, q, r = leaf("p"), leaf("q"), leaf("r")
+assert len(p) == 4095, len(p)
+with open(p, "w") as f:
+    f.write("deep")
+os.chmod(p, 0o640)
+assert os.stat(p).st_mode & 0o777 == 0o640
+os.rename(p, q)
+os.link(q, r)
+assert open(r).read() == "deep" and os.stat(q).st_nlink == 2
+os.unlink(q)
+os.unlink(r)
+os.mkdir(p)
+os.rmdir(p)
+assert os.listdir(d) == []
+"#;
+    let o = std::process::Command::new("python3").args(["-c", script]).arg(&m.mnt).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let top: Vec<_> = fs::read_dir(m.cipher.join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().len())
+        .filter(|&n| n > 10)
+        .collect();
+    assert_eq!(top.len(), 1);
+    assert!(top[0] * 26 > 4096, "the backing path is longer than PATH_MAX ({} bytes a level)", top[0]);
+}

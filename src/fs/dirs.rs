@@ -4,7 +4,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::meta::{attr_from, kind_of};
@@ -26,23 +26,30 @@ impl Volume {
         let r = self.resolve(path)?;
         let backing = r.backing();
         self.remember_name(&r)?;
-        let tmp = names::temp_sibling(&backing);
-        fs::DirBuilder::new().mode(mode | 0o300).create(&tmp).map_err(|e| Error::io(path, "mkdir", e))?;
+        let tmp_path = names::temp_sibling(&backing);
+        let tmp = self.at(&tmp_path, path)?;
+        fs::DirBuilder::new().mode(mode | 0o300).create(tmp.path()).map_err(|e| Error::io(path, "mkdir", e))?;
         let built = (|| {
-            names::write_dir_id(&tmp, random_array())?;
+            let inside = self.core.tree.dir(&tmp_path).map_err(|e| Error::io(path, "open", e))?;
+            names::write_dir_id(inside.path(), random_array())?;
             if let Some((uid, gid)) = owner {
-                std::os::unix::fs::lchown(&tmp, Some(uid), Some(gid)).map_err(|e| Error::io(path, "chown", e))?;
+                std::os::unix::fs::lchown(tmp.path(), Some(uid), Some(gid)).map_err(|e| Error::io(path, "chown", e))?;
             }
             // Exactly `mode`: the daemon's umask may have cleared bits, and u+wx were added
             // to write the id.
-            fs::set_permissions(&tmp, fs::Permissions::from_mode(mode & 0o7777))
-                .map_err(|e| Error::io(path, "chmod", e))?;
-            let meta = fs::symlink_metadata(&tmp).map_err(|e| Error::io(path, "stat", e))?;
-            names::place(&tmp, &backing, path)?;
+            nix::sys::stat::fchmodat(
+                tmp.dir(),
+                tmp.name(),
+                nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777),
+                nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+            )
+            .map_err(|e| Error::io(path, "chmod", e.into()))?;
+            let meta = fs::symlink_metadata(tmp.path()).map_err(|e| Error::io(path, "stat", e))?;
+            names::place(&tmp, &self.at(&backing, path)?, path)?;
             Ok(attr_from(&meta, super::EntryKind::Directory, 4096))
         })();
         if built.is_err() {
-            let _ = fs::remove_dir_all(&tmp);
+            let _ = fs::remove_dir_all(tmp.path());
         }
         built
     }
@@ -55,7 +62,8 @@ impl Volume {
     pub(super) fn rmdir_unchecked(&self, path: &Path) -> Result<()> {
         let r = self.resolve(path)?;
         let backing = r.backing();
-        let entries = fs::read_dir(&backing).map_err(|e| match e.raw_os_error() {
+        let listed = self.core.tree.dir(&backing).map_err(|e| super::volume::tree_error(path, e))?;
+        let entries = fs::read_dir(listed.path()).map_err(|e| match e.raw_os_error() {
             Some(2) => Error::NotFound(path.into()),
             Some(20) => Error::NotDir(path.into()),
             _ => Error::io(path, "read directory", e),
@@ -73,7 +81,7 @@ impl Volume {
         // Nothing is created in it between the check above and this move: the kernel holds
         // the directory locked during an rmdir through the mount, and scratch clean-up runs
         // while no request is served.
-        self.core.trash.discard(&backing).map_err(|e| Error::io(path, "rmdir", e))?;
+        self.core.trash.discard(&self.at(&backing, path)?).map_err(|e| Error::io(path, "rmdir", e))?;
         self.forget_name(&r)
     }
 
@@ -90,7 +98,7 @@ impl Volume {
             return Ok((self.core.data_dir.clone(), self.core.root_id));
         }
         let b = self.resolve(path)?.backing();
-        let id = match fs::symlink_metadata(&b) {
+        let id = match self.lstat(&b) {
             Ok(m) if expect.is_some_and(|ino| !self.is_inode(m.ino(), ino)) => {
                 return Err(Error::NotFound(path.into()))
             }
@@ -104,7 +112,8 @@ impl Volume {
     /// The entries of backing directory `dir` (sorted by name), each with its backing name.
     fn entries_in(&self, dir: &Path, dir_id: &[u8; 16], path: &Path) -> Result<Vec<(DirEntry, OsString)>> {
         let mut out = Vec::new();
-        for entry in fs::read_dir(dir).map_err(|e| Error::io(path, "read directory", e))? {
+        let listed = self.core.tree.dir(dir).map_err(|e| super::volume::tree_error(path, e))?;
+        for entry in fs::read_dir(listed.path()).map_err(|e| Error::io(path, "read directory", e))? {
             let entry = entry.map_err(|e| Error::io(path, "read directory", e))?;
             let backing = entry.file_name();
             let Some(name) = names::decode(self.core.keys.names(), &self.core.store, dir_id, &backing, dir)? else {
@@ -152,7 +161,7 @@ impl Volume {
         if let Some(id) = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).get(dir) {
             return Ok(*id);
         }
-        let id = names::read_dir_id(dir)?;
+        let id = names::read_dir_id(&self.core.tree, dir)?;
         let mut cache = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= DIR_ID_CACHE {
             cache.clear();

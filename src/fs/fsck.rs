@@ -144,7 +144,7 @@ impl Volume {
         report.skipped_scratch = super::scratch::recorded(store)?.dirs;
         let mut seen = HashSet::new();
         let root = self.data_dir().to_path_buf();
-        let root_id = names::read_dir_id(&root)?;
+        let root_id = names::read_dir_id(&self.core.tree, &root)?;
         let whole_volume_scratch = report.skipped_scratch.iter().any(|d| d.as_os_str().is_empty());
         let mode = Mode { in_scratch: whole_volume_scratch, ..mode };
         self.check_dir(&root, &root_id, Path::new("/"), mode, &mut seen, &mut report)?;
@@ -194,9 +194,10 @@ impl Volume {
     ) -> Result<()> {
         report.dirs += 1;
         let mut entries: Vec<(OsString, fs::FileType)> = Vec::new();
-        for e in fs::read_dir(dir).map_err(|e| Error::io(dir, "read directory", e))? {
+        let listed = self.core.tree.dir(dir).map_err(|e| Error::io(dir, "open directory", e))?;
+        for e in fs::read_dir(listed.path()).map_err(|e| Error::io(dir, "read directory", e))? {
             let e = e.map_err(|e| Error::io(dir, "read directory", e))?;
-            let t = e.file_type().map_err(|err| Error::io(e.path(), "stat", err))?;
+            let t = e.file_type().map_err(|err| Error::io(dir.join(e.file_name()), "stat", err))?;
             entries.push((e.file_name(), t));
         }
         entries.sort_by(|a, b| a.0.cmp(&b.0));
@@ -208,7 +209,8 @@ impl Volume {
                 let mut p = bad_entry(&backing, "an entry left half-made (never linked in)".into());
                 p.crash_leftover = true;
                 if mode.repair {
-                    let gone = if t.is_dir() { fs::remove_dir_all(&backing) } else { fs::remove_file(&backing) };
+                    let at = self.core.tree.at(&backing).map_err(|e| Error::io(&backing, "open", e))?;
+                    let gone = if t.is_dir() { fs::remove_dir_all(at.path()) } else { fs::remove_file(at.path()) };
                     gone.map_err(|e| Error::io(&backing, "remove", e))?;
                     p.repaired = Some("removed".into());
                 }
@@ -227,7 +229,7 @@ impl Volume {
             let rel = path.strip_prefix("/").unwrap_or(&path).to_path_buf();
             if t.is_dir() {
                 let in_scratch = mode.in_scratch || report.skipped_scratch.iter().any(|s| rel.starts_with(s));
-                match names::read_dir_id(&backing) {
+                match names::read_dir_id(&self.core.tree, &backing) {
                     Ok(id) => self.check_dir(&backing, &id, &path, Mode { in_scratch, ..mode }, seen, report)?,
                     Err(e) => report.problems.push(self.bad_dir(&backing, &path, e, mode)?),
                 }
@@ -248,14 +250,15 @@ impl Volume {
     /// under it can depend on the old one); otherwise its entries' names are lost with it.
     fn bad_dir(&self, backing: &Path, path: &Path, e: Error, mode: Mode) -> Result<Problem> {
         let mut p = bad_entry(path, format!("directory id: {e}"));
-        let empty = fs::read_dir(backing)
+        let listed = self.core.tree.dir(backing).map_err(|e| Error::io(backing, "open directory", e))?;
+        let empty = fs::read_dir(listed.path())
             .map_err(|e| Error::io(backing, "read directory", e))?
             .flatten()
             .all(|e| e.file_name() == DIRID_FILE);
         if mode.repair && empty {
             // The bad id file itself goes (a planted symlink is removed, never followed).
-            let _ = fs::remove_file(backing.join(DIRID_FILE));
-            names::write_dir_id(backing, crate::crypto::random_array())?;
+            let _ = fs::remove_file(listed.path().join(DIRID_FILE));
+            names::write_dir_id(listed.path(), crate::crypto::random_array())?;
             p.repaired = Some("the empty directory got a new id".into());
         }
         Ok(p)
@@ -271,9 +274,10 @@ impl Volume {
     ) -> Result<()> {
         report.files += 1;
         let in_lost_found = path.starts_with(Path::new("/").join(LOST_FOUND));
-        let file = crate::confine::open_file(backing, false).map_err(|e| e.renamed(path))?;
+        let at = self.core.tree.at(backing).map_err(|e| Error::io(path, "open", e))?;
+        let file = crate::confine::open_file(at.path(), false).map_err(|e| e.renamed(path))?;
         let len = file.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
-        let id = match super::volume::read_file_id(&file, backing, path) {
+        let id = match super::volume::read_file_id(&file, at.path(), path) {
             Ok(id) => id,
             Err(e) => {
                 let mut p = bad_entry(path, format!("file header: {e}"));
@@ -283,8 +287,9 @@ impl Volume {
                     if mode.repair {
                         drop(file);
                         let header = ObjectHeader { kind: ObjectKind::File, id: crate::crypto::random_array() };
-                        let mode = fs::metadata(backing).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o600);
-                        crate::durable::replace_file(backing, &header.encode(), mode)?;
+                        let mode =
+                            fs::symlink_metadata(at.path()).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o600);
+                        crate::durable::replace_file(at.path(), &header.encode(), mode)?;
                         p.repaired = Some("given a new header: an empty file (created just before the crash)".into());
                     }
                     report.problems.push(p);
@@ -318,7 +323,7 @@ impl Volume {
             };
             if mode.repair && report.unclean {
                 drop(file);
-                let f = crate::confine::open_file(backing, true).map_err(|e| e.renamed(path))?;
+                let f = crate::confine::open_file(at.path(), true).map_err(|e| e.renamed(path))?;
                 f.set_len(layout.physical_len(0))
                     .and_then(|_| f.sync_all())
                     .map_err(|e| Error::io(path, "truncate", e))?;

@@ -121,7 +121,7 @@ impl InodeFs {
 
     /// Whether `path` names inode `ino` now.
     fn names(&self, path: &Path, ino: u64) -> bool {
-        let now = self.vol.backing_path(path).ok().and_then(|b| std::fs::symlink_metadata(b).ok());
+        let now = self.vol.backing_path(path).ok().and_then(|b| self.vol.lstat(&b).ok());
         now.is_some_and(|m| self.vol.is_inode(m.ino(), ino))
     }
 
@@ -285,7 +285,7 @@ impl InodeFs {
     /// [`Self::drop_privs`] at `path`, if it is (still) inode `expect` when given.
     fn drop_privs_at(&self, path: &Path, expect: Option<u64>) -> Result<()> {
         let backing = self.vol.backing_path(path)?;
-        let meta = std::fs::symlink_metadata(&backing).map_err(|_| Error::NotFound(path.into()))?;
+        let meta = self.vol.lstat(&backing).map_err(|_| Error::NotFound(path.into()))?;
         if expect.is_some_and(|ino| !self.vol.is_inode(meta.ino(), ino)) {
             return Err(Error::NotFound(path.into()));
         }

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
-use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
+use nix::fcntl::{renameat2, RenameFlags};
+use nix::sys::stat::{mknodat, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, Gid, Uid};
 
@@ -118,7 +118,7 @@ impl Volume {
     /// Attributes of the entry at `backing` (`path` names it in errors), if it is inode
     /// `expect` when given.
     pub(super) fn attr_of_backing(&self, backing: &Path, path: &Path, expect: Option<u64>) -> Result<Attr> {
-        let meta = fs::symlink_metadata(backing).map_err(|_| Error::NotFound(path.into()))?;
+        let meta = self.lstat(backing).map_err(|_| Error::NotFound(path.into()))?;
         if expect.is_some_and(|ino| !self.is_inode(meta.ino(), ino)) {
             return Err(Error::NotFound(path.into()));
         }
@@ -141,18 +141,18 @@ impl Volume {
     }
 
     pub fn chmod(&self, path: &Path, mode: u32) -> Result<()> {
-        let backing = self.backing_or_root(path)?;
+        let at = self.at(&self.backing_or_root(path)?, path)?;
         // Never through a symlink planted in the backing tree.
         let mode = Mode::from_bits_truncate(mode & 0o7777);
-        match nix::sys::stat::fchmodat(AT_FDCWD, &backing, mode, nix::sys::stat::FchmodatFlags::NoFollowSymlink) {
+        match nix::sys::stat::fchmodat(at.dir(), at.name(), mode, nix::sys::stat::FchmodatFlags::NoFollowSymlink) {
             // glibc before 2.32 (or without /proc) cannot do it without following: look
             // first, and refuse a symlink (a kernel never asks to chmod one of ours).
             Err(nix::Error::ENOTSUP) => {
-                let meta = fs::symlink_metadata(&backing).map_err(|_| Error::NotFound(path.into()))?;
+                let meta = fs::symlink_metadata(at.path()).map_err(|_| Error::NotFound(path.into()))?;
                 if meta.file_type().is_symlink() {
                     return Err(Error::integrity(path, "expected a file or directory, found a symbolic link"));
                 }
-                nix::sys::stat::fchmodat(AT_FDCWD, &backing, mode, nix::sys::stat::FchmodatFlags::FollowSymlink)
+                nix::sys::stat::fchmodat(at.dir(), at.name(), mode, nix::sys::stat::FchmodatFlags::FollowSymlink)
                     .map_err(|e| errno(path, "chmod", e))
             }
             other => other.map_err(|e| errno(path, "chmod", e)),
@@ -161,10 +161,10 @@ impl Volume {
 
     /// chown/lchown; `None` leaves that id unchanged.
     pub fn chown(&self, path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
-        let backing = self.backing_or_root(path)?;
+        let at = self.at(&self.backing_or_root(path)?, path)?;
         fchownat(
-            AT_FDCWD,
-            &backing,
+            at.dir(),
+            at.name(),
             uid.map(Uid::from_raw),
             gid.map(Gid::from_raw),
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
@@ -174,7 +174,7 @@ impl Volume {
 
     /// utimensat; `None` leaves that time unchanged.
     pub fn set_times(&self, path: &Path, atime: Option<SetTime>, mtime: Option<SetTime>) -> Result<()> {
-        let backing = self.backing_or_root(path)?;
+        let at = self.at(&self.backing_or_root(path)?, path)?;
         let spec = |t: Option<SetTime>| match t {
             None => TimeSpec::UTIME_OMIT,
             Some(SetTime::Now) => TimeSpec::UTIME_NOW,
@@ -183,7 +183,7 @@ impl Volume {
                 TimeSpec::new(d.as_secs() as i64, i64::from(d.subsec_nanos()))
             }
         };
-        utimensat(AT_FDCWD, &backing, &spec(atime), &spec(mtime), UtimensatFlags::NoFollowSymlink)
+        utimensat(at.dir(), at.name(), &spec(atime), &spec(mtime), UtimensatFlags::NoFollowSymlink)
             .map_err(|e| errno(path, "utimensat", e))
     }
 
@@ -208,8 +208,8 @@ impl Volume {
             return Err(Error::NameTooLong(path.into()));
         }
         let sealed = self.keys().names().seal_random(NamePurpose::SymlinkTarget, &[0; 16], target.as_bytes());
-        let r = self.resolve_new(path)?;
-        std::os::unix::fs::symlink(URL_SAFE_NO_PAD.encode(sealed), &r).map_err(|e| match e.kind() {
+        let at = self.at(&self.resolve_new(path)?, path)?;
+        std::os::unix::fs::symlink(URL_SAFE_NO_PAD.encode(sealed), at.path()).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => Error::Exists(path.into()),
             _ => Error::io(path, "symlink", e),
         })
@@ -221,7 +221,7 @@ impl Volume {
 
     fn readlink_backing(&self, backing: &Path, path: &Path) -> Result<std::ffi::OsString> {
         use std::os::unix::ffi::{OsStrExt, OsStringExt};
-        let stored = fs::read_link(backing).map_err(|e| match e.raw_os_error() {
+        let stored = fs::read_link(self.at(backing, path)?.path()).map_err(|e| match e.raw_os_error() {
             Some(22) => Error::InvalidArgument(format!("{}: not a symlink", path.display())),
             _ => Error::NotFound(path.into()),
         })?;
@@ -235,8 +235,8 @@ impl Volume {
     /// Creates a FIFO, socket or device node.
     pub fn mknod(&self, path: &Path, mode: u32, rdev: u64) -> Result<()> {
         let kind = SFlag::from_bits_truncate(mode & libc_s_ifmt());
-        let r = self.resolve_new(path)?;
-        mknod(&r, kind, Mode::from_bits_truncate(mode & 0o7777), rdev).map_err(|e| match e {
+        let at = self.at(&self.resolve_new(path)?, path)?;
+        mknodat(at.dir(), at.name(), kind, Mode::from_bits_truncate(mode & 0o7777), rdev).map_err(|e| match e {
             nix::Error::EEXIST => Error::Exists(path.into()),
             e => errno(path, "mknod", e),
         })
@@ -245,12 +245,12 @@ impl Volume {
     /// A new hard link `new` to the file at `existing` (they share the file id and keys).
     pub fn link(&self, existing: &Path, new: &Path) -> Result<()> {
         self.check_scratch_move(existing, new)?;
-        let from = self.backing_path(existing)?;
-        if fs::symlink_metadata(&from).map_err(|_| Error::NotFound(existing.into()))?.is_dir() {
+        let from = self.at(&self.backing_path(existing)?, existing)?;
+        if fs::symlink_metadata(from.path()).map_err(|_| Error::NotFound(existing.into()))?.is_dir() {
             return Err(Error::IsDir(existing.into()));
         }
-        let to = self.resolve_new(new)?;
-        fs::hard_link(&from, &to).map_err(|e| match e.kind() {
+        let to = self.at(&self.resolve_new(new)?, new)?;
+        fs::hard_link(from.path(), to.path()).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => Error::Exists(new.into()),
             _ => Error::io(new, "link", e),
         })
@@ -271,12 +271,15 @@ impl Volume {
                 } else {
                     RenameFlags::RENAME_NOREPLACE
                 };
+                let (af, at) = (self.at(&bf, from)?, self.at(&bt, to)?);
                 let result = self.with_long_names(from, to, mode == RenameMode::Exchange, || {
-                    renameat2(AT_FDCWD, &bf, AT_FDCWD, &bt, flags).map_err(|e| match e {
+                    renameat2(af.dir(), af.name(), at.dir(), at.name(), flags).map_err(|e| match e {
                         nix::Error::EEXIST => Error::Exists(to.into()),
-                        nix::Error::ENOENT => {
-                            Error::NotFound(if fs::symlink_metadata(&bf).is_err() { from.into() } else { to.into() })
-                        }
+                        nix::Error::ENOENT => Error::NotFound(if fs::symlink_metadata(af.path()).is_err() {
+                            from.into()
+                        } else {
+                            to.into()
+                        }),
                         e => errno(from, "rename", e),
                     })
                 });
@@ -288,7 +291,10 @@ impl Volume {
     }
 
     pub fn statfs(&self) -> Result<StatFs> {
-        let s = nix::sys::statvfs::statvfs(self.data_dir()).map_err(|e| errno(self.data_dir(), "statvfs", e))?;
+        let s = nix::sys::statvfs::fstatvfs(
+            self.core.tree.at(self.data_dir()).map_err(|e| Error::io(self.data_dir(), "open", e))?.dir(),
+        )
+        .map_err(|e| errno(self.data_dir(), "statvfs", e))?;
         Ok(StatFs {
             blocks: s.blocks(),
             bfree: s.blocks_free(),

@@ -25,6 +25,7 @@ mod scratch;
 mod shred;
 mod shred_files;
 mod trash;
+mod tree;
 mod volume;
 mod xattr;
 

@@ -84,10 +84,11 @@ fn bad_name(dir: &Path, backing: &OsStr) -> Error {
 }
 
 /// Reads the id of backing directory `dir`.
-pub(super) fn read_dir_id(dir: &Path) -> Result<[u8; 16]> {
+pub(super) fn read_dir_id(tree: &super::tree::Tree, dir: &Path) -> Result<[u8; 16]> {
     let path = dir.join(DIRID_FILE);
+    let at = tree.at(&path).map_err(|e| super::volume::tree_error(&path, e))?;
     // Never through a planted symlink or FIFO; a .dirid is one object header.
-    let bytes = crate::confine::read_file(&path, 4096).map_err(|e| match e {
+    let bytes = crate::confine::read_file(at.path(), 4096).map_err(|e| match e.renamed(&path) {
         Error::Io { source, .. } if source.raw_os_error() == Some(2) => {
             Error::integrity(&path, "directory id file is missing")
         }
@@ -111,16 +112,17 @@ pub(super) fn temp_sibling(backing: &Path) -> std::path::PathBuf {
 
 /// Moves the finished entry `tmp` to `backing`, failing (Exists, naming `plain`) rather
 /// than replacing anything there.
-pub(super) fn place(tmp: &Path, backing: &Path, plain: &Path) -> Result<()> {
-    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
-    match renameat2(AT_FDCWD, tmp, AT_FDCWD, backing, RenameFlags::RENAME_NOREPLACE) {
+pub(super) fn place(tmp: &super::tree::At, backing: &super::tree::At, plain: &Path) -> Result<()> {
+    use nix::fcntl::{renameat2, RenameFlags};
+    match renameat2(tmp.dir(), tmp.name(), backing.dir(), backing.name(), RenameFlags::RENAME_NOREPLACE) {
         Ok(()) => Ok(()),
         Err(nix::Error::EEXIST) => Err(Error::Exists(plain.to_path_buf())),
         Err(e) => Err(Error::io(plain, "create", e.into())),
     }
 }
 
-/// Writes a fresh `.dirid` into the (new, empty) backing directory `dir`.
+/// Writes a fresh `.dirid` into the (new, empty) backing directory `dir` (a path the caller
+/// made safe: `Tree::dir`'s, or the data directory at `init`).
 pub(super) fn write_dir_id(dir: &Path, id: [u8; 16]) -> Result<()> {
     let path = dir.join(DIRID_FILE);
     let header = ObjectHeader { kind: ObjectKind::Directory, id }.encode();

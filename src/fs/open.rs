@@ -187,7 +187,8 @@ impl Volume {
         };
         let data_dir = cipherdir.join(DATA_DIR);
         let trash = super::trash::Trash::new(cipherdir);
-        let root_id = names::read_dir_id(&data_dir)?;
+        let tree = super::tree::Tree::open(&data_dir)?;
+        let root_id = names::read_dir_id(&tree, &data_dir)?;
         let slot = header.cipher.slot_size();
         let core = Core {
             keys,
@@ -201,6 +202,7 @@ impl Volume {
             committer: Committer::new(),
             storage,
             trash,
+            tree,
         };
         let core = Arc::new(core);
         Committer::start(&core);

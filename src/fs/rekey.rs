@@ -6,7 +6,7 @@
 //! file or the new one, never a mix.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::meta::time;
@@ -20,7 +20,8 @@ impl Volume {
     /// Re-encrypts the file at `path` under fresh DEKs; returns the number of bytes copied.
     pub fn rekey(&self, path: &Path) -> Result<u64> {
         let backing = self.backing_path(path)?;
-        let meta = fs::symlink_metadata(&backing).map_err(|_| Error::NotFound(path.into()))?;
+        let at = self.at(&backing, path)?;
+        let meta = fs::symlink_metadata(at.path()).map_err(|_| Error::NotFound(path.into()))?;
         if !meta.is_file() {
             return Err(Error::InvalidArgument(format!("{}: only regular files can be rekeyed", path.display())));
         }
@@ -41,6 +42,7 @@ impl Volume {
         let dir = backing.parent().expect("a backing path has a parent");
         let tmp = dir.join(format!(".rekey-{:016x}", u64::from_le_bytes(crate::crypto::random_array())));
         let (new, _) = self.create_backing(&tmp, path.to_path_buf(), meta.mode() & 0o7777, None)?;
+        let tmp_at = self.at(&tmp, path)?;
         let result = (|| {
             let size = old.len();
             let mut buf = vec![0u8; COPY_CHUNK];
@@ -62,21 +64,24 @@ impl Volume {
             new.sync()?;
             self.copy_xattrs(&old.file_id(), &new.file_id(), path)?;
             nix::unistd::fchownat(
-                nix::fcntl::AT_FDCWD,
-                &tmp,
+                tmp_at.dir(),
+                tmp_at.name(),
                 Some(nix::unistd::Uid::from_raw(meta.uid())),
                 Some(nix::unistd::Gid::from_raw(meta.gid())),
                 nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
             )
             .map_err(|e| Error::io(path, "chown", std::io::Error::from_raw_os_error(e as i32)))?;
-            fs::set_permissions(&tmp, fs::Permissions::from_mode(meta.mode() & 0o7777))
-                .map_err(|e| Error::io(path, "chmod", e))?;
+            nix::sys::stat::fchmodat(
+                tmp_at.dir(),
+                tmp_at.name(),
+                nix::sys::stat::Mode::from_bits_truncate(meta.mode() & 0o7777),
+                nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+            )
+            .map_err(|e| Error::io(path, "chmod", e.into()))?;
             let times = fs::FileTimes::new()
                 .set_accessed(time(meta.atime(), meta.atime_nsec()))
                 .set_modified(time(meta.mtime(), meta.mtime_nsec()));
-            fs::File::options()
-                .write(true)
-                .open(&tmp)
+            crate::confine::open_file_io(tmp_at.path(), true)
                 .and_then(|f| f.set_times(times))
                 .map_err(|e| Error::io(path, "utimens", e))?;
             Ok(size)
@@ -87,14 +92,14 @@ impl Volume {
         // open table stays locked from the check to the rename, so no open slips in between.
         let swapped = result.and_then(|size| {
             let table = self.open_table();
-            let after = fs::symlink_metadata(&backing).map_err(|_| Error::NotFound(path.into()))?;
+            let after = fs::symlink_metadata(at.path()).map_err(|_| Error::NotFound(path.into()))?;
             let unchanged = (after.ino(), after.size(), after.mtime(), after.mtime_nsec(), after.ctime_nsec())
                 == (meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec(), meta.ctime_nsec());
             if table.get(&old_id).map(|(_, n)| *n) != Some(1) || !unchanged {
                 return Err(busy());
             }
-            let new_ino = fs::symlink_metadata(&tmp).map(|m| m.ino()).ok();
-            fs::rename(&tmp, &backing).map_err(|e| Error::io(path, "rename rekeyed file into place", e))?;
+            let new_ino = fs::symlink_metadata(tmp_at.path()).map(|m| m.ino()).ok();
+            fs::rename(tmp_at.path(), at.path()).map_err(|e| Error::io(path, "rename rekeyed file into place", e))?;
             if let Some(new_ino) = new_ino {
                 self.alias_inode(meta.ino(), new_ino);
             }
@@ -104,12 +109,12 @@ impl Volume {
         let size = match swapped {
             Ok(size) => size,
             Err(e) => {
-                let _ = fs::remove_file(&tmp);
+                let _ = fs::remove_file(tmp_at.path());
                 let _ = self.store().apply(&[Change::DeleteFile { id: &new_id }]);
                 return Err(e);
             }
         };
-        durable::sync_dir(dir)?;
+        durable::sync_dir(at.path().parent().unwrap_or(dir))?;
         self.store().apply(&[Change::DeleteFile { id: &old_id }])?;
         self.keys().forget(&old_id, 0);
         Ok(size)

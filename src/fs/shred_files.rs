@@ -43,7 +43,8 @@ impl Volume {
             if !seen.insert(backing.clone()) {
                 continue; // the same name twice counts once
             }
-            let meta = std::fs::symlink_metadata(&backing).map_err(|_| Error::NotFound(path.clone()))?;
+            let at = self.at(&backing, path)?;
+            let meta = std::fs::symlink_metadata(at.path()).map_err(|_| Error::NotFound(path.clone()))?;
             if !meta.is_file() {
                 return Err(Error::InvalidArgument(format!(
                     "{}: not a regular file ({}); nothing was deleted",
@@ -51,8 +52,8 @@ impl Volume {
                     crate::confine::kind_name(&meta)
                 )));
             }
-            let file = open_data(&backing, false).map_err(|e| Error::io(path, "open", e))?;
-            let id = read_file_id(&file, &backing, path)?;
+            let file = open_data(at.path(), false).map_err(|e| Error::io(path, "open", e))?;
+            let id = read_file_id(&file, at.path(), path)?;
             let links = std::os::unix::fs::MetadataExt::nlink(&meta);
             let entry = named.entry(id).or_insert((links, 0, path.clone()));
             entry.1 += 1;

@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
 use nix::dir::Dir;
-use nix::fcntl::{renameat, OFlag, AT_FDCWD};
+use std::os::fd::AsFd;
+
+use nix::fcntl::{renameat, OFlag};
 use nix::sys::stat::Mode;
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
@@ -128,18 +130,18 @@ impl Trash {
 
     /// Removes data file `backing` (its last link) or empty backing directory `backing`:
     /// moved into the trash for the thread, or removed at once where it cannot be moved.
-    pub(super) fn discard(&self, backing: &Path) -> std::io::Result<()> {
+    pub(super) fn discard(&self, backing: &super::tree::At) -> std::io::Result<()> {
         let r: [u8; 8] = crate::crypto::random_array();
         let name = OsString::from(crate::format::hex(&r));
-        let Some(dir) = self.dir(true) else { return remove_now(backing) };
-        match renameat(AT_FDCWD, backing, &*dir, name.as_os_str()) {
+        let Some(dir) = self.dir(true) else { return remove_at(backing.dir(), backing.name(), 0) };
+        match renameat(backing.dir(), backing.name(), &*dir, name.as_os_str()) {
             Ok(()) => {
                 if !self.queue(dir.clone(), vec![name.clone()]) {
                     remove_at(&dir, &name, 0)?;
                 }
                 Ok(())
             }
-            Err(_) => remove_now(backing),
+            Err(_) => remove_at(backing.dir(), backing.name(), 0),
         }
     }
 
@@ -198,7 +200,8 @@ fn list(dir: &File) -> std::io::Result<Vec<OsString>> {
 
 /// Removes `name` in `dir`: a file (a symlink is removed itself, never followed), or a
 /// directory with what is in it, each reached through its parent's descriptor.
-fn remove_at(dir: &File, name: &OsStr, depth: usize) -> std::io::Result<()> {
+fn remove_at(dir: impl AsFd, name: &OsStr, depth: usize) -> std::io::Result<()> {
+    let dir = dir.as_fd();
     match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
         Err(nix::errno::Errno::EISDIR) if depth < MAX_DEPTH => {}
         other => return other.map_err(Into::into),
@@ -209,12 +212,4 @@ fn remove_at(dir: &File, name: &OsStr, depth: usize) -> std::io::Result<()> {
         remove_at(&sub, &child, depth + 1)?;
     }
     unlinkat(dir, name, UnlinkatFlags::RemoveDir).map_err(Into::into)
-}
-
-/// Removes file `p`, or directory `p` with what is in it (the parent is the data tree's).
-fn remove_now(p: &Path) -> std::io::Result<()> {
-    let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = p.file_name().ok_or_else(|| std::io::Error::from(ErrorKind::InvalidInput))?;
-    let parent = confine::open_dir(parent).map_err(|e| std::io::Error::other(e.to_string()))?;
-    remove_at(&parent, name, 0)
 }

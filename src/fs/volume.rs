@@ -111,6 +111,8 @@ pub(super) struct Core {
     pub(super) storage: Arc<dyn super::Storage>,
     /// Unlinked data files waiting for removal in the background.
     pub(super) trash: super::trash::Trash,
+    /// The backing tree, reached by descriptors (every backing entry goes through it).
+    pub(super) tree: super::tree::Tree,
 }
 
 impl Core {
@@ -169,6 +171,23 @@ impl Core {
 
     pub(super) fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The backing entry at `backing`, reached through its parent's descriptor (see
+    /// `tree.rs`); the error names `path`.
+    pub(super) fn at(&self, backing: &Path, path: &Path) -> Result<super::tree::At> {
+        self.tree.at(backing).map_err(|e| tree_error(path, e))
+    }
+}
+
+/// An error of the tree seam about `path`: a symlink planted in the backing tree is an
+/// integrity error, anything else keeps its errno.
+pub(super) fn tree_error(path: &Path, e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::InvalidData => Error::integrity(path, e.to_string()),
+        std::io::ErrorKind::NotFound => Error::NotFound(path.to_path_buf()),
+        _ if e.raw_os_error() == Some(20) => Error::NotDir(path.to_path_buf()),
+        _ => Error::io(path, "open directory", e),
     }
 }
 
@@ -314,7 +333,7 @@ impl Volume {
             let cached = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).get(&dir).copied();
             dir_id = match cached {
                 Some(id) => id,
-                None => match fs::symlink_metadata(&dir) {
+                None => match self.lstat(&dir) {
                     Ok(m) if m.is_dir() => self.dir_id(&dir)?,
                     Ok(_) => return Err(Error::NotDir(so_far())),
                     Err(_) => return Err(Error::NotFound(so_far())),
@@ -326,6 +345,16 @@ impl Volume {
             other => other,
         })?;
         Ok(Resolved { parent: dir, parent_id: dir_id, encoded, plain: path.to_path_buf() })
+    }
+
+    /// The backing entry at `backing`, through the tree seam (errors name `path`).
+    pub(super) fn at(&self, backing: &Path, path: &Path) -> Result<super::tree::At> {
+        self.core.at(backing, path)
+    }
+
+    /// The metadata of the backing entry `backing` itself (through the tree seam).
+    pub(super) fn lstat(&self, backing: &Path) -> std::io::Result<fs::Metadata> {
+        fs::symlink_metadata(self.core.tree.at(backing)?.path())
     }
 
     pub(super) fn is_root(path: &Path) -> bool {
@@ -388,11 +417,12 @@ impl Volume {
                 // would send a later unlink's key deletion to the wrong file.
                 // A name that meanwhile holds another file (one being created, say, with no
                 // header yet) is not the entry that was stat'ed: that one is gone.
-                let file = open_data(backing, false).map_err(|_| Error::NotFound(path.into()))?;
+                let at = self.at(backing, path)?;
+                let file = open_data(at.path(), false).map_err(|_| Error::NotFound(path.into()))?;
                 if file.metadata().map(|m| m.ino()).ok() != Some(ino) {
                     return Err(Error::NotFound(path.into()));
                 }
-                let id = read_file_id(&file, backing, path)?;
+                let id = read_file_id(&file, at.path(), path)?;
                 self.remember_file_id(ino, id);
                 id
             }
@@ -413,7 +443,8 @@ impl Volume {
 
     /// The file id in the object header of the data file at `backing`.
     pub(super) fn file_id_of(&self, backing: &Path, path: &Path) -> Result<FileId> {
-        read_file_id(&open_data(backing, false).map_err(|e| Error::io(path, "open", e))?, backing, path)
+        let at = self.at(backing, path)?;
+        read_file_id(&open_data(at.path(), false).map_err(|e| Error::io(path, "open", e))?, at.path(), path)
     }
 
     /// Runs a rename `f` of `from` to `to`, keeping long-name records right: the target's
@@ -480,16 +511,16 @@ impl Volume {
         mode: u32,
         owner: Option<(u32, u32)>,
     ) -> Result<(FileHandle, super::Attr)> {
-        let file =
-            OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(backing).map_err(|e| match e
-                .kind()
-            {
+        let at = self.at(backing, &plain)?;
+        let file = OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(at.path()).map_err(
+            |e| match e.kind() {
                 std::io::ErrorKind::AlreadyExists => Error::Exists(plain.clone()),
                 _ => Error::io(&plain, "create", e),
-            })?;
+            },
+        )?;
         // A full disk or a refused owner, say: leave no header-less file behind.
         let undo = |what: &'static str, e: std::io::Error| {
-            let _ = fs::remove_file(backing);
+            let _ = fs::remove_file(at.path());
             Error::io(&plain, what, e)
         };
         if let Some((uid, gid)) = owner {
@@ -527,11 +558,12 @@ impl Volume {
     pub fn open_inode(&self, path: &Path, writable: bool, ino: Option<u64>) -> Result<FileHandle> {
         let r = self.resolve(path)?;
         let backing = r.backing();
+        let at = self.at(&backing, path)?;
         // Read-write even for a reader when we may: the open file's state (and its data
         // file) is shared by every handle, and a writer may come while a reader holds it.
-        let rw = open_data(&backing, true);
+        let rw = open_data(at.path(), true);
         let opened = match rw {
-            Err(e) if !writable && matches!(e.raw_os_error(), Some(1 | 13 | 30)) => open_data(&backing, false),
+            Err(e) if !writable && matches!(e.raw_os_error(), Some(1 | 13 | 30)) => open_data(at.path(), false),
             other => other,
         };
         let file = opened.map_err(|e| match e.kind() {
@@ -547,8 +579,8 @@ impl Volume {
         if meta.is_dir() {
             return Err(Error::IsDir(path.into()));
         }
-        let id = read_file_id(&file, &backing, path)?;
-        let named = || names_inode(&backing, meta.dev(), meta.ino());
+        let id = read_file_id(&file, at.path(), path)?;
+        let named = || names_inode(at.path(), meta.dev(), meta.ino());
         let file = self.core.storage.data_file(file, &backing);
         self.attach(id, file, r.plain, writable, Some(&named))
     }
@@ -593,7 +625,8 @@ impl Volume {
     pub fn unlink(&self, path: &Path) -> Result<()> {
         let r = self.resolve(path)?;
         let backing = r.backing();
-        let meta = fs::symlink_metadata(&backing).map_err(|_| Error::NotFound(path.into()))?;
+        let at = self.at(&backing, path)?;
+        let meta = fs::symlink_metadata(at.path()).map_err(|_| Error::NotFound(path.into()))?;
         if meta.is_dir() {
             return Err(Error::IsDir(path.into()));
         }
@@ -602,12 +635,12 @@ impl Volume {
             Some(match cached {
                 Some(id) => id,
                 None => {
-                    let f = open_data(&backing, false).map_err(|e| Error::io(path, "open", e))?;
-                    match read_file_id(&f, &backing, path) {
+                    let f = open_data(at.path(), false).map_err(|e| Error::io(path, "open", e))?;
+                    match read_file_id(&f, at.path(), path) {
                         Ok(id) => id,
                         // No complete header (a create cut short): no keys can exist for it.
                         Err(Error::Corrupt { .. }) if meta.len() < OBJECT_HEADER_LEN as u64 => {
-                            fs::remove_file(&backing).map_err(|e| Error::io(path, "unlink", e))?;
+                            fs::remove_file(at.path()).map_err(|e| Error::io(path, "unlink", e))?;
                             return self.forget_name(&r);
                         }
                         Err(e) => return Err(e),
@@ -618,8 +651,8 @@ impl Volume {
             None
         };
         let removed = match (id, meta.nlink()) {
-            (Some(_), 1) => self.core.trash.discard(&backing), // its blocks are freed later
-            _ => fs::remove_file(&backing),
+            (Some(_), 1) => self.core.trash.discard(&at), // its blocks are freed later
+            _ => fs::remove_file(at.path()),
         };
         removed.map_err(|e| Error::io(path, "unlink", e))?;
         if meta.nlink() == 1 {
@@ -667,7 +700,8 @@ impl Volume {
         let rf = self.resolve(from)?;
         let rt = self.resolve(to)?;
         let (bf, bt) = (rf.backing(), rt.backing());
-        let from_meta = fs::symlink_metadata(&bf).map_err(|_| Error::NotFound(from.into()))?;
+        let (af, at) = (self.at(&bf, from)?, self.at(&bt, to)?);
+        let from_meta = fs::symlink_metadata(af.path()).map_err(|_| Error::NotFound(from.into()))?;
         if bf == bt {
             return Ok(());
         }
@@ -675,14 +709,15 @@ impl Volume {
             self.forget_dir_ids(&bf);
             self.forget_dir_ids(&bt);
         }
-        let replaced = match fs::symlink_metadata(&bt) {
-            Ok(m) if m.is_file() && m.nlink() == 1 => {
-                Some((m.ino(), read_file_id(&open_data(&bt, false).map_err(|e| Error::io(to, "open", e))?, &bt, to)?))
-            }
+        let replaced = match fs::symlink_metadata(at.path()) {
+            Ok(m) if m.is_file() && m.nlink() == 1 => Some((
+                m.ino(),
+                read_file_id(&open_data(at.path(), false).map_err(|e| Error::io(to, "open", e))?, at.path(), to)?,
+            )),
             _ => None,
         };
         self.remember_name(&rt)?;
-        fs::rename(&bf, &bt).map_err(|e| match e.raw_os_error() {
+        fs::rename(af.path(), at.path()).map_err(|e| match e.raw_os_error() {
             Some(39) => Error::DirNotEmpty(to.into()),
             Some(20) => Error::NotDir(to.into()),
             Some(21) => Error::IsDir(to.into()),
@@ -698,8 +733,8 @@ impl Volume {
             self.drop_file(&id)?;
         }
         // Only a regular file has a name to update (opening a FIFO here would block).
-        if let Ok(f) = open_data(&bt, false) {
-            if let Ok(id) = read_file_id(&f, &bt, to) {
+        if let Ok(f) = open_data(at.path(), false) {
+            if let Ok(id) = read_file_id(&f, at.path(), to) {
                 if let Some((state, _)) = self.core.open_table().get(&id) {
                     state.set_name(to.to_path_buf());
                 }
@@ -753,9 +788,9 @@ impl Drop for Volume {
     }
 }
 
-/// Opens data file `backing` (read-write with `write`) without following a symlink or
-/// blocking: a FIFO, socket, device or symlink there is `InvalidData` (an integrity error
-/// to callers), a directory `EISDIR`.
+/// Opens data file `backing` (a path made safe by the tree seam: `At::path`; read-write
+/// with `write`) without following a symlink or blocking: a FIFO, socket, device or symlink
+/// there is `InvalidData` (an integrity error to callers), a directory `EISDIR`.
 pub(super) fn open_data(backing: &Path, write: bool) -> std::io::Result<fs::File> {
     crate::confine::open_file_io(backing, write)
 }
@@ -776,8 +811,8 @@ pub(super) fn read_file_id(file: &fs::File, backing: &Path, path: &Path) -> Resu
     }
 }
 
-/// Whether `backing` still names the open `file` (an unlinked file is in the trash, or
-/// nowhere).
+/// Whether `backing` (an `At::path`) still names the open `file` (an unlinked file is in the
+/// trash, or nowhere).
 pub(super) fn still_named(file: &fs::File, backing: &Path) -> bool {
     file.metadata().is_ok_and(|m| names_inode(backing, m.dev(), m.ino()))
 }

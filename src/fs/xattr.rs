@@ -50,7 +50,7 @@ impl Volume {
         let backing = self.backing_or_root(path)?;
         match self.getattr(path)?.kind {
             EntryKind::File => self.file_id_of(&backing, path),
-            EntryKind::Directory => super::names::read_dir_id(&backing),
+            EntryKind::Directory => super::names::read_dir_id(&self.core.tree, &backing),
             _ => Err(Error::NotSupported("extended attributes on special files and symlinks".into())),
         }
     }
