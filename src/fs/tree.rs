@@ -108,7 +108,7 @@ impl Tree {
     }
 
     fn dup_root(&self) -> io::Result<OwnedFd> {
-        Ok(self.fd.try_clone()?)
+        self.fd.try_clone()
     }
 
     /// Directory `rel` beneath the data directory, no symlink followed anywhere on the way.
