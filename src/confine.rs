@@ -175,6 +175,14 @@ fn clear_nonblock(file: &File, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether `dir` is on a tmpfs or ramfs (memory only, gone at reboot).
+pub fn in_memory(dir: &Path) -> bool {
+    const RAMFS_MAGIC: u64 = 0x8584_58f6;
+    nix::sys::statfs::statfs(dir).is_ok_and(|s| {
+        s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC || s.filesystem_type().0 as u64 == RAMFS_MAGIC
+    })
+}
+
 /// Whether `path` (made absolute without following anything) lies inside `dir`.
 pub fn is_inside(path: &Path, dir: &Path) -> bool {
     let canon = |p: &Path| std::fs::canonicalize(p).or_else(|_| std::path::absolute(p));

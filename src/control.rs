@@ -23,8 +23,18 @@ use crate::format::{hex, VolumeHeader};
 use crate::fs::Volume;
 use crate::{Error, Result};
 
+/// `ENVELOPEFS_RUNTIME_DIR`; else `/run/envelopefs` where `/run` is a tmpfs (as systemd
+/// makes it); else `/dev/shm/envelopefs-UID`: the wrapped scratch key kept here must never
+/// reach a disk.
 pub fn runtime_dir() -> PathBuf {
-    std::env::var_os("ENVELOPEFS_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/run/envelopefs"))
+    if let Some(d) = std::env::var_os("ENVELOPEFS_RUNTIME_DIR") {
+        return PathBuf::from(d);
+    }
+    if crate::confine::in_memory(Path::new("/run")) {
+        PathBuf::from("/run/envelopefs")
+    } else {
+        PathBuf::from(format!("/dev/shm/envelopefs-{}", nix::unistd::geteuid().as_raw()))
+    }
 }
 
 pub fn socket_path(volume_id: &[u8; 16]) -> PathBuf {

@@ -365,3 +365,54 @@ fn a_directory_inside_the_tree_replaced_by_a_symlink_is_refused_not_followed() {
     assert_eq!(before, after, "nothing outside the volume was created or removed");
     fs::write(m.p("still"), b"served").unwrap();
 }
+
+/// Whether `dir` and everything above it is root-owned and writable by nobody else.
+fn root_owned_chain(dir: &Path) -> bool {
+    dir.ancestors().all(|p| fs::metadata(p).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0))
+}
+
+#[test]
+fn a_trusted_module_loads_only_if_nobody_but_root_could_have_written_it() {
+    let mut m = MountFixture::new(&[]);
+    m.unmount();
+    let dir = tempfile::Builder::new().prefix("evfs-module-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let marker = m.tmp.path().join("marker");
+    let so = evil_module(dir.path(), &marker);
+    let uri = format!("pkcs11:module={};token=t;object=k", so.display());
+    rewrite_header(&m.cipher, |h| h.kms_uri = uri.clone());
+    let fsck = |env: &[(String, std::ffi::OsString)]| evfs_env(&["fsck".as_ref(), m.cipher.as_os_str()], env);
+    let trusted = vec![(envelopefs::kms::ROOTS_ENV.to_string(), std::ffi::OsString::from(&uri))];
+    // Untrusted, with no PIN source at all: refused before any PIN is asked for.
+    let o = fsck(&[]);
+    assert_eq!(code(&o), Some(23), "{}", String::from_utf8_lossy(&o.stderr));
+    // Trusted, but owned by another user, or writable by its group: not loaded.
+    std::os::unix::fs::chown(&so, Some(65534), None).unwrap();
+    let o = fsck(&trusted);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not root"), "{}", String::from_utf8_lossy(&o.stderr));
+    std::os::unix::fs::chown(&so, Some(0), None).unwrap();
+    fs::set_permissions(&so, fs::Permissions::from_mode(0o775)).unwrap();
+    let o = fsck(&trusted);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("writable by group"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!marker.exists(), "a module someone else could write was loaded");
+    // The control: root-owned, 0755, trusted — the rules above are what kept it out.
+    fs::set_permissions(&so, fs::Permissions::from_mode(0o755)).unwrap();
+    if root_owned_chain(dir.path()) {
+        let _ = fsck(&trusted);
+        assert!(marker.exists(), "a trusted, root-owned module is loaded (so the refusals above were the rules')");
+    }
+}
+
+#[test]
+fn shred_volume_destroys_copies_a_crash_left_behind() {
+    let mut m = MountFixture::new(&[]);
+    m.unmount();
+    // What a crash during a header or keystore replacement leaves: full copies under
+    // temporary names (a wrapped KEK among them).
+    let header = fs::read(m.cipher.join("envelopefs.conf")).unwrap();
+    fs::write(m.cipher.join(".envelopefs.conf.tmp-0123456789abcdef01234567"), &header).unwrap();
+    fs::write(m.cipher.join("envelopefs.conf.tmp"), &header).unwrap();
+    ok(&m.run(&["shred".as_ref(), m.cipher.as_os_str(), "--volume".as_ref(), "--yes".as_ref()]));
+    let left: Vec<_> = fs::read_dir(&m.cipher).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.iter().all(|n| !n.to_string_lossy().contains(".tmp")), "{left:?}");
+}

@@ -32,7 +32,7 @@ fn status(target: &Path) -> Value {
 /// Where the daemon keeps the volume's wrapped scratch key.
 fn runtime_file(m: &MountFixture) -> PathBuf {
     let id = status(&m.cipher)["volume_id"].as_str().unwrap().to_string();
-    let dir = std::env::var_os("ENVELOPEFS_RUNTIME_DIR").map(PathBuf::from).unwrap_or("/run/envelopefs".into());
+    let dir = envelopefs::control::runtime_dir();
     dir.join(format!("{id}.scratch"))
 }
 
@@ -217,4 +217,27 @@ fn kek_rotation_leaves_scratch_keys_alone() {
     assert_eq!(fs::read(m.p("p")).unwrap(), p);
     let err = fs::read(m.p("nope")).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
+}
+
+#[test]
+fn the_scratch_key_never_goes_to_a_disk_directory() {
+    // A runtime directory on a disk (this project's target directory, not a tmpfs): a
+    // mount with scratch refuses, naming the directory and the cause; without scratch it runs.
+    let disk = tempfile::Builder::new().prefix("evfs-runtime-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    assert!(!envelopefs::confine::in_memory(disk.path()), "the test needs a directory on a disk");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(disk.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    let env = vec![("ENVELOPEFS_RUNTIME_DIR".to_string(), disk.path().as_os_str().to_os_string())];
+    let mut m = MountFixture::new_with(&[], env);
+    m.unmount();
+    let o = m.try_mount(&["--scratch", "s"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not on tmpfs or ramfs") && err.contains(&*disk.path().to_string_lossy()), "{err}");
+    assert!(fs::read_dir(disk.path()).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".scratch")));
+    m.mount();
 }

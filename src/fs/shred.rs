@@ -39,6 +39,20 @@ pub(super) fn overwrite_and_remove(path: &Path) -> Result<()> {
     std::fs::remove_file(path).map_err(|e| Error::io(path, "remove", e))
 }
 
+/// Overwrites and removes the temporary copies of the header or keystore in `cipherdir`.
+fn remove_temp_copies(cipherdir: &Path) {
+    let Ok(entries) = std::fs::read_dir(cipherdir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let temp = (name.starts_with('.') && name.contains(".tmp-")) || name.ends_with(".tmp");
+        if temp && e.file_type().is_ok_and(|t| t.is_file()) {
+            if let Err(err) = overwrite_and_remove(&e.path()) {
+                tracing::warn!("{err}");
+            }
+        }
+    }
+}
+
 impl Volume {
     /// Shreds the volume in `cipherdir` (unmounted, or by its mount's daemon), and the
     /// runtime copy of its scratch key (`scratch_file`). Destroying the wrapped keys needs no
@@ -63,6 +77,10 @@ impl Volume {
         let mut f = crate::confine::open_file(&conf, true)?;
         f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&conf, "overwrite", e))?;
         durable::replace_file(&conf, &bytes, 0o600)?;
+        // 1b. Copies a crash may have left: a header or keystore being replaced
+        //     (`.NAME.tmp-<hex>`, and the fixed `NAME.tmp` of older versions). Regular files
+        //     only; anything else planted there is left alone.
+        remove_temp_copies(cipherdir);
         // 2. A pending KEK of an unfinished rotation lives in the store (rare: only then is the
         //    store rewritten, so a shred stays O(1)).
         let store = Store::open(&cipherdir.join(STORE_FILE))?;

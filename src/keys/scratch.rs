@@ -116,6 +116,14 @@ impl KeyRing {
     pub fn create_scratch(&self, kms: &dyn Kms, path: &Path, boot_id: [u8; 16]) -> Result<[u8; 16]> {
         let key = Key256::generate();
         let key_id = random_array();
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if !crate::confine::in_memory(dir) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: not on tmpfs or ramfs, so the wrapped scratch key would reach a disk and outlive the boot \
+                 there: set ENVELOPEFS_RUNTIME_DIR to a directory on tmpfs (such as /dev/shm/envelopefs)",
+                dir.display()
+            )));
+        }
         let wrapped = kms.wrap(&key, &self.scratch_ctx(boot_id)).map_err(|e| kms_error(kms, e))?;
         durable::replace_file(path, &ScratchRecord { boot_id, key_id, wrapped }.encode(), 0o600)?;
         self.set_scratch(key_id, &key);
