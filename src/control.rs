@@ -1,8 +1,7 @@
 //! The control socket of a mounted volume and the `status` report.
 //!
 //! A mount daemon listens on `RUNTIME/<volume id>.sock` (mode 0600 in a 0700 directory,
-//! so only the mounting user can talk to it); `RUNTIME` is `ENVELOPEFS_RUNTIME_DIR` or
-//! `/run/envelopefs`. One request per connection: a line of JSON (`{"op":"status"}`, with
+//! so only the mounting user can talk to it); `RUNTIME` is [`runtime_dir`]. One request per connection: a line of JSON (`{"op":"status"}`, with
 //! arguments as further fields), one line of JSON back (`{"error": ..., "exit_code": ...}`
 //! on failure). The socket carries no key material.
 //!
@@ -23,17 +22,21 @@ use crate::format::{hex, VolumeHeader};
 use crate::fs::Volume;
 use crate::{Error, Result};
 
-/// `ENVELOPEFS_RUNTIME_DIR`; else `/run/envelopefs` where `/run` is a tmpfs (as systemd
-/// makes it); else `/dev/shm/envelopefs-UID`: the wrapped scratch key kept here must never
-/// reach a disk.
+/// `ENVELOPEFS_RUNTIME_DIR`; else, for root, `/run/envelopefs` where `/run` is a tmpfs (as
+/// systemd makes it), for other users `$XDG_RUNTIME_DIR/envelopefs` where that is in memory;
+/// else `/dev/shm/envelopefs-UID`. The wrapped scratch key kept here must never reach a disk.
 pub fn runtime_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("ENVELOPEFS_RUNTIME_DIR") {
         return PathBuf::from(d);
     }
-    if crate::confine::in_memory(Path::new("/run")) {
-        PathBuf::from("/run/envelopefs")
-    } else {
-        PathBuf::from(format!("/dev/shm/envelopefs-{}", nix::unistd::geteuid().as_raw()))
+    let uid = nix::unistd::geteuid();
+    let base = match uid.is_root() {
+        true => Some(PathBuf::from("/run")),
+        false => std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
+    };
+    match base {
+        Some(b) if crate::confine::in_memory(&b) => b.join("envelopefs"),
+        _ => PathBuf::from(format!("/dev/shm/envelopefs-{}", uid.as_raw())),
     }
 }
 

@@ -416,3 +416,106 @@ fn shred_volume_destroys_copies_a_crash_left_behind() {
     let left: Vec<_> = fs::read_dir(&m.cipher).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.iter().all(|n| !n.to_string_lossy().contains(".tmp")), "{left:?}");
 }
+
+/// Runs the binary with `args` under `timeout 30`, in `env`; a hang fails the test.
+fn bounded_run(args: &[&std::ffi::OsStr], env: &[(String, std::ffi::OsString)]) -> Output {
+    let mut c = std::process::Command::new("timeout");
+    c.arg("30").arg(env!("CARGO_BIN_EXE_envelopefs")).args(args).env_remove("ENVELOPEFS_PASSFILE");
+    c.stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().unwrap();
+    assert_ne!(o.status.code(), Some(124), "{args:?} hung");
+    o
+}
+
+/// Every byte under `p` (a file or a directory tree), to compare before and after.
+fn snapshot(p: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    if p.is_dir() {
+        for f in common::all_files(p) {
+            let bytes = fs::read(&f).unwrap_or_default();
+            out.push((f, bytes));
+        }
+    } else {
+        out.push((p.to_path_buf(), fs::read(p).unwrap_or_default()));
+    }
+    out
+}
+
+#[test]
+fn every_command_against_every_fixed_name_planted_as_a_symlink_fifo_or_socket() {
+    for name in ["envelopefs.conf", "keystore", "meta.db", "data", "trash", ".envelopefs.lock"] {
+        for kind in ["symlink", "fifo", "socket"] {
+            let mut m = MountFixture::new(&[]);
+            fs::write(m.p("f"), b"data").unwrap();
+            fs::write(m.p("g"), b"more").unwrap();
+            m.unmount();
+            let target = m.cipher.join(name);
+            let outside = m.tmp.path().join(format!("outside-{}", name.trim_start_matches('.')));
+            match fs::symlink_metadata(&target) {
+                Ok(md) if md.is_dir() => {
+                    common::copy_tree(&target, &outside);
+                    fs::remove_dir_all(&target).unwrap();
+                }
+                Ok(_) => {
+                    fs::copy(&target, &outside).unwrap();
+                    fs::remove_file(&target).unwrap();
+                }
+                // trash exists only while in use: an outside directory with a file in it.
+                Err(_) => {
+                    fs::create_dir(&outside).unwrap();
+                    fs::write(outside.join("precious"), b"keep").unwrap();
+                }
+            }
+            let _listener;
+            match kind {
+                "symlink" => symlink(&outside, &target).unwrap(),
+                "fifo" => nix::unistd::mkfifo(&target, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap(),
+                _ => _listener = std::os::unix::net::UnixListener::bind(&target).unwrap(),
+            }
+            let before = snapshot(&outside);
+            let c = m.cipher.as_os_str();
+            let pf = m.passfile.as_os_str();
+            let new_pass = m.tmp.path().join("newpass");
+            fs::write(&new_pass, "mount test passphrase\n").unwrap();
+            let pass: [&std::ffi::OsStr; 2] = ["--passfile".as_ref(), pf];
+            let cmds: Vec<Vec<&std::ffi::OsStr>> = vec![
+                vec!["status".as_ref(), c],
+                vec!["fsck".as_ref(), c],
+                vec!["fsck".as_ref(), c, "--repair".as_ref()],
+                vec!["mount".as_ref(), c, m.mnt.as_os_str(), "--read-only".as_ref()],
+                vec!["umount".as_ref(), m.mnt.as_os_str()],
+                vec!["mount".as_ref(), c, m.mnt.as_os_str()],
+                vec!["umount".as_ref(), m.mnt.as_os_str()],
+                vec!["rotate".as_ref(), c, "--kek".as_ref()],
+                vec!["rotate".as_ref(), c, "--root".as_ref()],
+                vec!["rotate".as_ref(), c, "--rekey".as_ref(), "f".as_ref()],
+                vec!["shred".as_ref(), c, "--file".as_ref(), "g".as_ref(), "--yes".as_ref()],
+                vec!["passwd".as_ref(), c, "--new-passfile".as_ref(), new_pass.as_os_str()],
+                vec!["shred".as_ref(), c, "--volume".as_ref(), "--yes".as_ref()],
+            ];
+            for args in cmds {
+                let mut full = args.clone();
+                if !matches!(args[0].to_str(), Some("status" | "umount" | "shred")) || args.len() == 5 {
+                    full.extend(pass);
+                }
+                let o = bounded_run(&full, &[]);
+                let err = String::from_utf8_lossy(&o.stderr);
+                // A clear error is one line naming the cause; or the command did its job.
+                assert!(
+                    o.status.success() || err.trim_end().lines().count() >= 1,
+                    "{name} as a {kind}: {args:?} failed without a word"
+                );
+                assert_eq!(snapshot(&outside), before, "{name} as a {kind}: {args:?} touched what lies outside");
+                let _ = std::process::Command::new("fusermount3")
+                    .arg("-uz")
+                    .arg(&m.mnt)
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+            m.disown();
+        }
+    }
+}

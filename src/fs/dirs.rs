@@ -30,20 +30,14 @@ impl Volume {
         let tmp = self.at(&tmp_path, path)?;
         fs::DirBuilder::new().mode(mode | 0o300).create(tmp.path()).map_err(|e| Error::io(path, "mkdir", e))?;
         let built = (|| {
-            let inside = self.core.tree.dir(&tmp_path).map_err(|e| Error::io(path, "open", e))?;
-            names::write_dir_id(inside.path(), random_array())?;
+            let id_file = self.at(&tmp_path.join(DIRID_FILE), path)?;
+            names::write_dir_id_at(&id_file, random_array(), path)?;
             if let Some((uid, gid)) = owner {
                 std::os::unix::fs::lchown(tmp.path(), Some(uid), Some(gid)).map_err(|e| Error::io(path, "chown", e))?;
             }
             // Exactly `mode`: the daemon's umask may have cleared bits, and u+wx were added
             // to write the id.
-            nix::sys::stat::fchmodat(
-                tmp.dir(),
-                tmp.name(),
-                nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777),
-                nix::sys::stat::FchmodatFlags::NoFollowSymlink,
-            )
-            .map_err(|e| Error::io(path, "chmod", e.into()))?;
+            tmp.chmod(mode).map_err(|e| Error::io(path, "chmod", e.into()))?;
             let meta = fs::symlink_metadata(tmp.path()).map_err(|e| Error::io(path, "stat", e))?;
             names::place(&tmp, &self.at(&backing, path)?, path)?;
             Ok(attr_from(&meta, super::EntryKind::Directory, 4096))
@@ -98,13 +92,10 @@ impl Volume {
             return Ok((self.core.data_dir.clone(), self.core.root_id));
         }
         let b = self.resolve(path)?.backing();
-        let id = match self.lstat(&b) {
-            Ok(m) if expect.is_some_and(|ino| !self.is_inode(m.ino(), ino)) => {
-                return Err(Error::NotFound(path.into()))
-            }
-            Ok(m) if m.is_dir() => self.dir_id(&b)?,
-            Ok(_) => return Err(Error::NotDir(path.into())),
-            Err(_) => return Err(Error::NotFound(path.into())),
+        let id = match self.lstat_of(&b, path)? {
+            m if expect.is_some_and(|ino| !self.is_inode(m.ino(), ino)) => return Err(Error::NotFound(path.into())),
+            m if m.is_dir() => self.dir_id(&b)?,
+            _ => return Err(Error::NotDir(path.into())),
         };
         Ok((b, id))
     }

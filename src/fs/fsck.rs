@@ -258,7 +258,7 @@ impl Volume {
         if mode.repair && empty {
             // The bad id file itself goes (a planted symlink is removed, never followed).
             let _ = fs::remove_file(listed.path().join(DIRID_FILE));
-            names::write_dir_id(listed.path(), crate::crypto::random_array())?;
+            names::write_dir_id(listed.path(), crate::crypto::random_array()).map_err(|e| e.renamed(path))?;
             p.repaired = Some("the empty directory got a new id".into());
         }
         Ok(p)
@@ -289,7 +289,7 @@ impl Volume {
                         let header = ObjectHeader { kind: ObjectKind::File, id: crate::crypto::random_array() };
                         let mode =
                             fs::symlink_metadata(at.path()).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o600);
-                        crate::durable::replace_file(at.path(), &header.encode(), mode)?;
+                        crate::durable::replace_file(at.path(), &header.encode(), mode).map_err(|e| e.renamed(path))?;
                         p.repaired = Some("given a new header: an empty file (created just before the crash)".into());
                     }
                     report.problems.push(p);

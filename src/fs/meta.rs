@@ -118,7 +118,7 @@ impl Volume {
     /// Attributes of the entry at `backing` (`path` names it in errors), if it is inode
     /// `expect` when given.
     pub(super) fn attr_of_backing(&self, backing: &Path, path: &Path, expect: Option<u64>) -> Result<Attr> {
-        let meta = self.lstat(backing).map_err(|_| Error::NotFound(path.into()))?;
+        let meta = self.lstat_of(backing, path)?;
         if expect.is_some_and(|ino| !self.is_inode(meta.ino(), ino)) {
             return Err(Error::NotFound(path.into()));
         }
@@ -141,22 +141,11 @@ impl Volume {
     }
 
     pub fn chmod(&self, path: &Path, mode: u32) -> Result<()> {
-        let at = self.at(&self.backing_or_root(path)?, path)?;
         // Never through a symlink planted in the backing tree.
-        let mode = Mode::from_bits_truncate(mode & 0o7777);
-        match nix::sys::stat::fchmodat(at.dir(), at.name(), mode, nix::sys::stat::FchmodatFlags::NoFollowSymlink) {
-            // glibc before 2.32 (or without /proc) cannot do it without following: look
-            // first, and refuse a symlink (a kernel never asks to chmod one of ours).
-            Err(nix::Error::ENOTSUP) => {
-                let meta = fs::symlink_metadata(at.path()).map_err(|_| Error::NotFound(path.into()))?;
-                if meta.file_type().is_symlink() {
-                    return Err(Error::integrity(path, "expected a file or directory, found a symbolic link"));
-                }
-                nix::sys::stat::fchmodat(at.dir(), at.name(), mode, nix::sys::stat::FchmodatFlags::FollowSymlink)
-                    .map_err(|e| errno(path, "chmod", e))
-            }
-            other => other.map_err(|e| errno(path, "chmod", e)),
-        }
+        self.at(&self.backing_or_root(path)?, path)?.chmod(mode).map_err(|e| match e {
+            nix::Error::ELOOP => Error::integrity(path, "expected a file or directory, found a symbolic link"),
+            e => errno(path, "chmod", e),
+        })
     }
 
     /// chown/lchown; `None` leaves that id unchanged.

@@ -121,6 +121,13 @@ pub(super) fn place(tmp: &super::tree::At, backing: &super::tree::At, plain: &Pa
     }
 }
 
+/// Writes a fresh `.dirid` at `at` (the id file's place in a new, empty backing directory).
+pub(super) fn write_dir_id_at(at: &super::tree::At, id: [u8; 16], plain: &Path) -> Result<()> {
+    let header = ObjectHeader { kind: ObjectKind::Directory, id }.encode();
+    let mut f = at.create(0o600).map_err(|e| Error::io(plain, "create directory id", e))?;
+    std::io::Write::write_all(&mut f, &header).map_err(|e| Error::io(plain, "write directory id", e))
+}
+
 /// Writes a fresh `.dirid` into the (new, empty) backing directory `dir` (a path the caller
 /// made safe: `Tree::dir`'s, or the data directory at `init`).
 pub(super) fn write_dir_id(dir: &Path, id: [u8; 16]) -> Result<()> {

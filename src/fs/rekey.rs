@@ -41,8 +41,8 @@ impl Volume {
         let old = self.open_file(path, false)?;
         let dir = backing.parent().expect("a backing path has a parent");
         let tmp = dir.join(format!(".rekey-{:016x}", u64::from_le_bytes(crate::crypto::random_array())));
-        let (new, _) = self.create_backing(&tmp, path.to_path_buf(), meta.mode() & 0o7777, None)?;
         let tmp_at = self.at(&tmp, path)?;
+        let (new, _) = self.create_backing(&tmp, path.to_path_buf(), meta.mode() & 0o7777, None)?;
         let result = (|| {
             let size = old.len();
             let mut buf = vec![0u8; COPY_CHUNK];
@@ -71,13 +71,7 @@ impl Volume {
                 nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
             )
             .map_err(|e| Error::io(path, "chown", std::io::Error::from_raw_os_error(e as i32)))?;
-            nix::sys::stat::fchmodat(
-                tmp_at.dir(),
-                tmp_at.name(),
-                nix::sys::stat::Mode::from_bits_truncate(meta.mode() & 0o7777),
-                nix::sys::stat::FchmodatFlags::NoFollowSymlink,
-            )
-            .map_err(|e| Error::io(path, "chmod", e.into()))?;
+            tmp_at.chmod(meta.mode()).map_err(|e| Error::io(path, "chmod", e.into()))?;
             let times = fs::FileTimes::new()
                 .set_accessed(time(meta.atime(), meta.atime_nsec()))
                 .set_modified(time(meta.mtime(), meta.mtime_nsec()));

@@ -15,7 +15,9 @@
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
@@ -48,7 +50,34 @@ impl At {
     pub(super) fn name(&self) -> &OsStr {
         &self.name
     }
+
+    /// chmod of the entry itself, never through a symlink. Where the C library cannot do
+    /// that without following (glibc before 2.32, or no /proc), it looks first and refuses
+    /// a symlink (the kernel never asks to chmod one of ours).
+    pub(super) fn chmod(&self, mode: u32) -> nix::Result<()> {
+        use nix::sys::stat::{fchmodat, FchmodatFlags};
+        let mode = Mode::from_bits_truncate(mode & 0o7777);
+        match fchmodat(self.dir(), self.name(), mode, FchmodatFlags::NoFollowSymlink) {
+            Err(Errno::ENOTSUP) => {
+                let st = nix::sys::stat::fstatat(self.dir(), self.name(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
+                if st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFLNK {
+                    return Err(Errno::ELOOP);
+                }
+                fchmodat(self.dir(), self.name(), mode, FchmodatFlags::FollowSymlink)
+            }
+            other => other,
+        }
+    }
+
+    /// Creates the regular file `name` in this entry's directory — `O_CREAT|O_EXCL|O_NOFOLLOW`.
+    pub(super) fn create(&self, mode: u32) -> io::Result<std::fs::File> {
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        Ok(std::fs::File::from(openat(self.dir(), self.name(), flags, Mode::from_bits_truncate(mode))?))
+    }
 }
+
+/// Set once `openat2` turned out to be missing or refused: walk instead.
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 
 fn dir_flags() -> OFlag {
     OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC
@@ -71,6 +100,17 @@ impl Tree {
             }
             e => crate::Error::io(root, "open data directory", e.into()),
         })?;
+        // Every call goes through /proc/self/fd: make sure it is there and is ours.
+        let via_proc = std::fs::metadata(proc_path(&fd, OsStr::new("")));
+        let direct = nix::sys::stat::fstat(&fd);
+        match (via_proc, direct) {
+            (Ok(p), Ok(d)) if p.ino() == d.st_ino && p.dev() == d.st_dev => {}
+            _ => {
+                return Err(crate::Error::NotSupported(
+                    "envelopefs needs /proc mounted (it reaches the backing tree through /proc/self/fd)".into(),
+                ))
+            }
+        }
         Ok(Tree { root: root.to_path_buf(), fd })
     }
 
@@ -78,7 +118,7 @@ impl Tree {
     pub(super) fn at(&self, backing: &Path) -> io::Result<At> {
         let rel = self.relative(backing)?;
         let (dir, name) = match (rel.parent(), rel.file_name()) {
-            (Some(parent), Some(name)) => (self.open_dir_rel(parent)?, name.to_os_string()),
+            (Some(parent), Some(name)) => (self.open_dir_rel(parent, dir_flags())?, name.to_os_string()),
             _ => (self.dup_root()?, OsString::from(".")),
         };
         let path = proc_path(&dir, &name);
@@ -89,9 +129,8 @@ impl Tree {
     /// `At::path`, its name `.`).
     pub(super) fn dir(&self, backing: &Path) -> io::Result<At> {
         let rel = self.relative(backing)?;
-        let path_fd = self.open_dir_rel(&rel)?;
-        // O_PATH cannot list: reopen it for reading through its own descriptor.
-        let dir = openat(&path_fd, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+        // Opened for reading in one call (a directory may be readable and not searchable).
+        let dir = self.open_dir_rel(&rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)?;
         let name = OsString::from(".");
         let path = proc_path(&dir, OsStr::new(""));
         Ok(At { dir, name, path })
@@ -111,31 +150,47 @@ impl Tree {
         self.fd.try_clone()
     }
 
-    /// Directory `rel` beneath the data directory, no symlink followed anywhere on the way.
-    fn open_dir_rel(&self, rel: &Path) -> io::Result<OwnedFd> {
+    /// Directory `rel` beneath the data directory (opened with `flags`), no symlink followed
+    /// anywhere on the way.
+    fn open_dir_rel(&self, rel: &Path, flags: OFlag) -> io::Result<OwnedFd> {
         if rel.as_os_str().is_empty() {
-            return self.dup_root();
+            return Ok(openat(&self.fd, ".", flags, Mode::empty())?);
         }
-        let how = OpenHow::new().flags(dir_flags()).resolve(
-            ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
-        match openat2(&self.fd, rel, how) {
-            Ok(fd) => Ok(fd),
-            Err(Errno::ELOOP) => Err(planted(rel)),
-            // Longer than PATH_MAX, or a kernel without openat2 (before 5.6): walk.
-            Err(Errno::ENAMETOOLONG | Errno::ENOSYS | Errno::E2BIG | Errno::EAGAIN) => self.walk(rel),
-            Err(e) => Err(e.into()),
+        if !NO_OPENAT2.load(Ordering::Relaxed) {
+            let how = OpenHow::new().flags(flags).resolve(
+                ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            );
+            match openat2(&self.fd, rel, how) {
+                Ok(fd) => return Ok(fd),
+                Err(Errno::ELOOP) => return Err(planted(rel)),
+                // A kernel before 5.6, or a seccomp filter that refuses it: walk from now on.
+                Err(Errno::ENOSYS | Errno::EPERM | Errno::E2BIG) => NO_OPENAT2.store(true, Ordering::Relaxed),
+                // Longer than PATH_MAX, or a rename raced the lookup: walk.
+                Err(Errno::ENAMETOOLONG | Errno::EAGAIN) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        self.walk(rel, flags)
     }
 
-    /// [`Tree::open_dir_rel`] one component at a time.
-    fn walk(&self, rel: &Path) -> io::Result<OwnedFd> {
+    /// [`Tree::open_dir_rel`] one component at a time, each opened `O_NOFOLLOW`.
+    fn walk(&self, rel: &Path, flags: OFlag) -> io::Result<OwnedFd> {
         let mut fd = self.dup_root()?;
-        for c in rel.components() {
+        let parts: Vec<_> = rel.components().collect();
+        for (i, c) in parts.iter().enumerate() {
             let Component::Normal(name) = c else { return Err(io::ErrorKind::InvalidInput.into()) };
-            fd = match openat(&fd, name, dir_flags() | OFlag::O_NOFOLLOW, Mode::empty()) {
+            let last = i + 1 == parts.len();
+            let f = if last { flags } else { dir_flags() };
+            fd = match openat(&fd, *name, f | OFlag::O_NOFOLLOW | OFlag::O_DIRECTORY, Mode::empty()) {
                 Ok(next) => next,
+                // O_DIRECTORY|O_NOFOLLOW on a symlink says ENOTDIR (or ELOOP): look.
                 Err(Errno::ELOOP) => return Err(planted(rel)),
+                Err(Errno::ENOTDIR)
+                    if nix::sys::stat::fstatat(&fd, *name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                        .is_ok_and(|s| s.st_mode & nix::libc::S_IFMT == nix::libc::S_IFLNK) =>
+                {
+                    return Err(planted(rel))
+                }
                 Err(e) => return Err(e.into()),
             };
         }
@@ -198,5 +253,9 @@ mod tests {
         }
         std::fs::write(tree.at(&deep.join("f")).unwrap().path(), b"deep").unwrap();
         assert_eq!(std::fs::read(tree.at(&deep.join("f")).unwrap().path()).unwrap(), b"deep");
+        // A symlink deep in such a path is refused by the walk too.
+        symlink(tmp.path(), tree.at(&deep.join("link")).unwrap().path()).unwrap();
+        let err = tree.at(&deep.join("link/f")).err().expect("not followed");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     }
 }

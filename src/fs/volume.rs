@@ -352,6 +352,16 @@ impl Volume {
         self.core.at(backing, path)
     }
 
+    /// [`Volume::lstat`] with errors about `path`: absent is NotFound, a symlink planted on
+    /// the way an integrity error, anything else keeps its errno.
+    pub(super) fn lstat_of(&self, backing: &Path, path: &Path) -> Result<fs::Metadata> {
+        let at = self.at(backing, path)?;
+        fs::symlink_metadata(at.path()).map_err(|e| match e.raw_os_error() {
+            Some(2) => Error::NotFound(path.into()),
+            _ => Error::io(path, "stat", e),
+        })
+    }
+
     /// The metadata of the backing entry `backing` itself (through the tree seam).
     pub(super) fn lstat(&self, backing: &Path) -> std::io::Result<fs::Metadata> {
         fs::symlink_metadata(self.core.tree.at(backing)?.path())
