@@ -16,7 +16,10 @@ pub use bitmap::WrittenBits;
 pub use keystore::{KdfParams, KeystoreFile};
 pub use layout::Layout;
 pub use object::{ObjectHeader, ObjectKind, OBJECT_HEADER_LEN};
-pub use volume::{CipherKind, VolumeHeader, FEATURES_KNOWN, FEATURE_RECORD_MACS, FEATURE_ROOT_BOUND, FEATURE_SHREDDED};
+pub use volume::{
+    CipherKind, VolumeHeader, FEATURES_KNOWN, FEATURE_RECORDS_SEALED, FEATURE_RECORD_MACS, FEATURE_ROOT_BOUND,
+    FEATURE_SHREDDED,
+};
 
 /// Lower-case hex of `b` (ids in status output and messages; never key material).
 pub fn hex(b: &[u8]) -> String {

@@ -17,8 +17,12 @@ pub const FEATURE_RECORD_MACS: u32 = 2;
 /// another root than the one its name key was sealed for refuses to open. Set at `init`,
 /// and when a volume made before it is first opened.
 pub const FEATURE_ROOT_BOUND: u32 = 4;
+/// Feature bit 3: the steering records of the store (pending rotation, unclean-shutdown
+/// marker, scratch record) carry a MAC under the KEK's record key; one without is refused.
+/// Set at `init`, and when a volume made before it is first opened (its records sealed).
+pub const FEATURE_RECORDS_SEALED: u32 = 8;
 /// Feature bits this build understands; any other bit refuses to open.
-pub const FEATURES_KNOWN: u32 = FEATURE_SHREDDED | FEATURE_RECORD_MACS | FEATURE_ROOT_BOUND;
+pub const FEATURES_KNOWN: u32 = FEATURE_SHREDDED | FEATURE_RECORD_MACS | FEATURE_ROOT_BOUND | FEATURE_RECORDS_SEALED;
 /// Extent sizes allowed: 4 KiB (one block) ..= 16 MiB, powers of two.
 const EXTENT_SHIFT_MIN: u8 = 12;
 const EXTENT_SHIFT_MAX: u8 = 24;
@@ -228,7 +232,7 @@ mod tests {
         b[8] = 2;
         assert!(matches!(VolumeHeader::decode(&b), Err(DecodeError::Unsupported(_))));
         let mut b = sample().encode();
-        b[10] = 8;
+        b[10] = 16;
         assert!(matches!(VolumeHeader::decode(&b), Err(DecodeError::Unsupported(_))));
     }
 }

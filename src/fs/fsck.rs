@@ -128,11 +128,16 @@ impl Volume {
     /// recovery report if a recovery ran.
     pub fn begin_mount(&self) -> Result<Option<FsckReport>> {
         self.core.trash.empty_leftovers();
-        let report = match self.store().meta(MOUNT_ACTIVE)? {
-            Some(_) => Some(self.check(Mode { repair: true, verify_blocks: false, in_scratch: false })?),
-            None => None,
+        let report = match self.record(MOUNT_ACTIVE) {
+            Ok(Some(_)) => Some(self.check(Mode { repair: true, verify_blocks: false, in_scratch: false })?),
+            Ok(None) => None,
+            // Nothing is cut or deleted on an unauthenticated claim of a crash.
+            Err(e) => {
+                tracing::error!("{e}: no recovery ran; run `envelopefs fsck` to see what is there");
+                None
+            }
         };
-        let now = super::volume::unix_now().to_le_bytes();
+        let now = self.sealed(MOUNT_ACTIVE, &super::volume::unix_now().to_le_bytes());
         self.store().apply(&[Change::PutMeta { key: MOUNT_ACTIVE, value: &now }])?;
         self.set_mount_marker(true);
         Ok(report)
@@ -140,8 +145,16 @@ impl Volume {
 
     fn check(&self, mode: Mode) -> Result<FsckReport> {
         let store = self.store();
-        let mut report = FsckReport { unclean: store.meta(MOUNT_ACTIVE)?.is_some(), ..Default::default() };
-        report.skipped_scratch = super::scratch::recorded(store)?.dirs;
+        // Only an authentic marker lets repairs treat leftovers as a crash's (cut, remove).
+        let unclean = match self.record(MOUNT_ACTIVE) {
+            Ok(m) => m.is_some(),
+            Err(e) => {
+                tracing::error!("{e}: leftovers are reported, not repaired as a crash's");
+                false
+            }
+        };
+        let mut report = FsckReport { unclean, ..Default::default() };
+        report.skipped_scratch = self.recorded_scratch()?.dirs;
         let mut seen = HashSet::new();
         let root = self.data_dir().to_path_buf();
         let root_id = names::read_dir_id(&self.core.tree, &root)?;

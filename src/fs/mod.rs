@@ -18,6 +18,7 @@ mod listing;
 mod meta;
 mod names;
 mod open;
+mod records;
 mod rekey;
 mod root;
 mod rotate;

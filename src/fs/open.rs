@@ -60,7 +60,9 @@ impl Volume {
         let uri = opts.kms_uri.clone().unwrap_or_else(|| DEFAULT_KMS.to_string());
         let kms = kms::create(&uri, cipherdir, secrets, opts.kdf, opts.create_key)?;
         let mut header = VolumeHeader {
-            features: crate::format::FEATURE_RECORD_MACS | crate::format::FEATURE_ROOT_BOUND,
+            features: crate::format::FEATURE_RECORD_MACS
+                | crate::format::FEATURE_ROOT_BOUND
+                | crate::format::FEATURE_RECORDS_SEALED,
             volume_id: random_array(),
             cipher: opts.cipher,
             extent_shift: opts.extent_shift,
@@ -126,7 +128,8 @@ impl Volume {
         let header = Self::read_header(cipherdir)?;
         let store = Store::open(&cipherdir.join(STORE_FILE))?;
         let (files, extents) = store.counts()?;
-        let scratch = super::scratch::recorded(&store)?;
+        let sealed = header.features & crate::format::FEATURE_RECORDS_SEALED != 0;
+        let scratch = super::scratch::recorded(&store, sealed)?;
         Ok(VolumeInfo { header, files, extents, kek_since: kek_since(&store)?, scratch })
     }
 
@@ -215,6 +218,9 @@ impl Volume {
             mount_marker: Default::default(),
             inode_aliases: Default::default(),
         };
+        if vol.header().features & crate::format::FEATURE_RECORDS_SEALED == 0 {
+            vol.seal_records_upgrade()?;
+        }
         vol.resume_pending_rotation(kms)?;
         Ok(vol)
     }
@@ -258,6 +264,33 @@ impl Volume {
 }
 
 impl Volume {
+    /// A volume made before sealed steering records: seals the records it has (trusted this
+    /// once), then sets the feature bit (one atomic header replacement; a crash in between
+    /// only repeats the first step). Read-only storage defers it.
+    fn seal_records_upgrade(&self) -> Result<()> {
+        let cipherdir = self.cipherdir().to_path_buf();
+        let done = (|| {
+            let _lock = durable::lock_header(&cipherdir)?;
+            self.seal_bare_records()?;
+            let mut header = self.header();
+            header.features |= crate::format::FEATURE_RECORDS_SEALED;
+            header.wrapped_name_key = self
+                .keys()
+                .seal_name_key(&header)
+                .map_err(|_| Error::integrity(cipherdir.join(HEADER_FILE), "the KEK changed while upgrading"))?;
+            durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)?;
+            self.set_header(header);
+            Ok(())
+        })();
+        match done {
+            Err(e @ Error::Io { .. }) | Err(e @ Error::Store { .. }) => {
+                tracing::warn!("sealing the store's records must wait for a writable open: {e}");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
     /// A volume made before the root was bound into the header: re-seals the name key with
     /// the KMS URI in its binding and sets the feature bit (one atomic header replacement, so
     /// a crash leaves the old header, and the next open does it again).

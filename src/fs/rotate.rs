@@ -20,6 +20,11 @@ pub(super) const PENDING_WRAPPED: &str = "rotation.wrapped_kek";
 const BATCH: usize = 512;
 
 impl Volume {
+    /// The authentic steering records other than the rotation's own.
+    fn records_but_rotation(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        Ok(self.authentic_records()?.into_iter().filter(|(n, _)| *n != PENDING_ID && *n != PENDING_WRAPPED).collect())
+    }
+
     /// Loads the KEK of an unfinished rotation, so DEKs already moved to it stay readable.
     pub(super) fn resume_pending_rotation(&self, kms: &dyn Kms) -> Result<()> {
         if let Some((id, wrapped)) = self.pending_rotation()? {
@@ -28,9 +33,18 @@ impl Volume {
         Ok(())
     }
 
+    /// The recorded rotation (id and root-wrapped KEK), authenticated under the current KEK
+    /// (a planted record, such as an old wrapped KEK that has leaked, is refused). Rows that
+    /// name the current KEK itself are what a finished rotation left before its clean-up:
+    /// they are no rotation (nothing in them is used; the next rotation overwrites them).
     fn pending_rotation(&self) -> Result<Option<([u8; 16], Vec<u8>)>> {
         let store = self.store();
-        match (store.meta(PENDING_ID)?, store.meta(PENDING_WRAPPED)?) {
+        let sealed = self.header().features & crate::format::FEATURE_RECORDS_SEALED != 0;
+        let raw_id = super::records::unverified(store, PENDING_ID, sealed)?;
+        if raw_id.as_deref().is_some_and(|id| id.starts_with(&self.header().kek_id)) {
+            return Ok(None);
+        }
+        match (self.record(PENDING_ID)?, self.record(PENDING_WRAPPED)?) {
             (Some(id), Some(wrapped)) => {
                 let id = <[u8; 16]>::try_from(id.as_slice())
                     .map_err(|_| Error::corrupt(store.path(), "malformed pending KEK id"))?;
@@ -62,9 +76,10 @@ impl Volume {
             Some(p) => p,
             None => {
                 let (id, wrapped) = self.keys().begin_rotation(kms)?;
+                let (sid, swrapped) = (self.sealed(PENDING_ID, &id), self.sealed(PENDING_WRAPPED, &wrapped));
                 self.store().apply(&[
-                    Change::PutMeta { key: PENDING_ID, value: &id },
-                    Change::PutMeta { key: PENDING_WRAPPED, value: &wrapped },
+                    Change::PutMeta { key: PENDING_ID, value: &sid },
+                    Change::PutMeta { key: PENDING_WRAPPED, value: &swrapped },
                 ])?;
                 (id, wrapped)
             }
@@ -103,6 +118,12 @@ impl Volume {
         // Every DEK is under the new KEK: the header may now name it. Opens wait meanwhile, so
         // no file loads a row wrapped under the old KEK after it is gone.
         let open_files = self.rewrap_open_files()?;
+        // The other steering records move to the new KEK's record key with it: sealed under
+        // both KEKs before the header switch (so a crash on either side of it leaves them
+        // authentic), under the new one alone after it.
+        let both = self.seal_for_switch(&self.records_but_rotation()?);
+        let changes: Vec<Change<'_>> = both.iter().map(|(k, v)| Change::PutMeta { key: k, value: v }).collect();
+        self.store().apply(&changes)?;
         let mut header = self.header();
         if header.kek_id != id {
             header.kek_id = id;
@@ -118,11 +139,15 @@ impl Volume {
         self.keys().promote_pending();
         self.set_header(header.clone());
         drop(open_files);
-        self.store().apply(&[
+        let resealed = self.seal_all(&self.records_but_rotation()?);
+        let now = unix_now().to_le_bytes();
+        let mut changes = vec![
             Change::DeleteMeta { key: PENDING_ID },
             Change::DeleteMeta { key: PENDING_WRAPPED },
-            Change::PutMeta { key: KEK_SINCE, value: &unix_now().to_le_bytes() },
-        ])?;
+            Change::PutMeta { key: KEK_SINCE, value: &now },
+        ];
+        changes.extend(resealed.iter().map(|(k, v)| Change::PutMeta { key: k, value: v }));
+        self.store().apply(&changes)?;
         self.store().compact()?;
         Ok(header)
     }

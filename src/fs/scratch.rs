@@ -21,9 +21,9 @@ use crate::store::{Change, Store};
 use crate::{Error, Result};
 
 /// `meta`: the scratch directories, NUL-separated relative paths (`""` is the root).
-const SCRATCH_DIRS: &str = "scratch.dirs";
+pub(super) const SCRATCH_DIRS: &str = "scratch.dirs";
 /// `meta`: the id of the scratch key their DEKs are wrapped under.
-const SCRATCH_KEY: &str = "scratch.key_id";
+pub(super) const SCRATCH_KEY: &str = "scratch.key_id";
 
 /// What setting up scratch found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -64,10 +64,17 @@ fn decode_dirs(b: &[u8]) -> Vec<PathBuf> {
     b.split(|&c| c == 0).map(|d| PathBuf::from(std::ffi::OsStr::from_bytes(d))).collect()
 }
 
-/// The scratch record in `store` (what scratch may exist on disk), mounted or not.
-pub(super) fn recorded(store: &Store) -> Result<ScratchState> {
-    let dirs = store.meta(SCRATCH_DIRS)?.map(|b| decode_dirs(&b)).unwrap_or_default();
-    let key_id = match store.meta(SCRATCH_KEY)? {
+/// The scratch record in `store` as shown by `status` of an unmounted volume: unverified
+/// (no keys), `sealed` records with their MAC stripped.
+pub(super) fn recorded(store: &Store, sealed: bool) -> Result<ScratchState> {
+    let dirs = super::records::unverified(store, SCRATCH_DIRS, sealed)?;
+    let key_id = super::records::unverified(store, SCRATCH_KEY, sealed)?;
+    state(store, dirs, key_id)
+}
+
+fn state(store: &Store, dirs: Option<Vec<u8>>, key_id: Option<Vec<u8>>) -> Result<ScratchState> {
+    let dirs = dirs.map(|b| decode_dirs(&b)).unwrap_or_default();
+    let key_id = match key_id {
         Some(id) => Some(id.try_into().map_err(|_| Error::corrupt(store.path(), "malformed scratch key id"))?),
         None => None,
     };
@@ -75,9 +82,17 @@ pub(super) fn recorded(store: &Store) -> Result<ScratchState> {
 }
 
 impl Volume {
-    /// The scratch record in the store (what may exist on disk), mounted or not.
+    /// The scratch record in the store (what may exist on disk), mounted or not. A record
+    /// that does not authenticate is not acted on (logged; as if there were none): a planted
+    /// one must not make a mount destroy directories it names.
     pub fn recorded_scratch(&self) -> Result<ScratchState> {
-        recorded(self.store())
+        match (self.record(SCRATCH_DIRS), self.record(SCRATCH_KEY)) {
+            (Ok(dirs), Ok(key_id)) => state(self.store(), dirs, key_id),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!("{e}: the scratch record is ignored");
+                Ok(ScratchState::default())
+            }
+        }
     }
 
     /// The scratch directories of this mount and the id of the loaded scratch key.
@@ -139,9 +154,10 @@ impl Volume {
             Some(id) => id,
             None => self.keys().create_scratch(kms, runtime_file, boot_id()?)?,
         };
+        let (key_rec, dirs_rec) = (self.sealed(SCRATCH_KEY, &key_id), self.sealed(SCRATCH_DIRS, &encode_dirs(&dirs)));
         self.store().apply(&[
-            Change::PutMeta { key: SCRATCH_KEY, value: &key_id },
-            Change::PutMeta { key: SCRATCH_DIRS, value: &encode_dirs(&dirs) },
+            Change::PutMeta { key: SCRATCH_KEY, value: &key_rec },
+            Change::PutMeta { key: SCRATCH_DIRS, value: &dirs_rec },
         ])?;
         self.set_scratch_dirs(dirs);
         Ok(report)

@@ -22,10 +22,29 @@ use crate::{Error, Result};
 /// Identity of a file's data: the random id in its object header.
 pub type FileId = [u8; 16];
 
-/// A key-encryption key with its id.
+/// A key-encryption key with its id, and (volume KEKs only) the key derived from it that
+/// authenticates the store records which steer the volume (see [`KeyRing::record_mac`]).
 struct Kek {
     id: [u8; 16],
     wrapper: KeyWrapper,
+    records: Option<aws_lc_rs::hmac::Key>,
+}
+
+impl Kek {
+    fn volume(id: [u8; 16], key: &Key256, volume_id: &[u8; 16]) -> Kek {
+        Kek { id, wrapper: KeyWrapper::new(key), records: Some(record_key(key, volume_id)) }
+    }
+}
+
+/// `HKDF-SHA256(salt "envelopefs", ikm KEK, info "record-mac" || volume_id)`: the KEK's key
+/// for steering records, never used for anything else (the name key does not do this job).
+/// AWS-LC cleanses the HMAC key when it is dropped.
+fn record_key(kek: &Key256, volume_id: &[u8; 16]) -> aws_lc_rs::hmac::Key {
+    use aws_lc_rs::{hkdf, hmac};
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"envelopefs").extract(kek.expose());
+    let info: [&[u8]; 2] = [b"record-mac", volume_id];
+    let okm = prk.expand(&info, hmac::HMAC_SHA256).expect("32 bytes is a valid HKDF-SHA256 output length");
+    hmac::Key::from(okm)
 }
 
 /// Unwrapped keys of one open volume.
@@ -60,8 +79,8 @@ impl KeyRing {
         header.kek_id = random_array();
         let ctx = KmsContext { volume_id: header.volume_id, purpose: Purpose::Kek };
         header.wrapped_kek = kms.wrap(&kek, &ctx).map_err(|e| kms_error(kms, e))?;
-        let kek = KeyWrapper::new(&kek);
-        header.wrapped_name_key = kek.wrap(&name_key, &header.binding());
+        let kek = Kek::volume(header.kek_id, &kek, &header.volume_id);
+        header.wrapped_name_key = kek.wrapper.wrap(&name_key, &header.binding());
         Ok(Self::assemble(header, kek, name_key))
     }
 
@@ -73,8 +92,8 @@ impl KeyRing {
             KmsError::Rejected(r) => Error::integrity(header_path, format!("wrapped KEK refused by the KMS ({r})")),
             other => kms_error(kms, other),
         })?;
-        let kek = KeyWrapper::new(&kek);
-        let name_key: Key256 = kek.unwrap(&header.wrapped_name_key, &header.binding()).map_err(|_| {
+        let kek = Kek::volume(header.kek_id, &kek, &header.volume_id);
+        let name_key: Key256 = kek.wrapper.unwrap(&header.wrapped_name_key, &header.binding()).map_err(|_| {
             Error::integrity(
                 header_path,
                 "volume header fields or wrapped name key were altered (authentication failed)",
@@ -83,11 +102,11 @@ impl KeyRing {
         Ok(Self::assemble(header, kek, name_key))
     }
 
-    fn assemble(header: &VolumeHeader, kek: KeyWrapper, name_key: Key256) -> KeyRing {
+    fn assemble(header: &VolumeHeader, kek: Kek, name_key: Key256) -> KeyRing {
         KeyRing {
             volume_id: header.volume_id,
             cipher: header.cipher,
-            current: RwLock::new(Arc::new(Kek { id: header.kek_id, wrapper: kek })),
+            current: RwLock::new(Arc::new(kek)),
             pending: RwLock::new(None),
             scratch: RwLock::new(None),
             names: NameCipher::new(&name_key),
@@ -250,7 +269,7 @@ impl KeyRing {
         let id = random_array();
         let ctx = KmsContext { volume_id: self.volume_id, purpose: Purpose::Kek };
         let wrapped = kms.wrap(&key, &ctx).map_err(|e| kms_error(kms, e))?;
-        self.set_pending(id, KeyWrapper::new(&key));
+        self.set_pending(Kek::volume(id, &key, &self.volume_id));
         Ok((id, wrapped))
     }
 
@@ -264,12 +283,42 @@ impl KeyRing {
             KmsError::Rejected(r) => Error::integrity(store_path, format!("pending KEK refused by the KMS ({r})")),
             other => kms_error(kms, other),
         })?;
-        self.set_pending(id, KeyWrapper::new(&key));
+        self.set_pending(Kek::volume(id, &key, &self.volume_id));
         Ok(())
     }
 
-    fn set_pending(&self, id: [u8; 16], wrapper: KeyWrapper) {
-        *self.pending.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Kek { id, wrapper }));
+    fn set_pending(&self, kek: Kek) {
+        *self.pending.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(kek));
+    }
+
+    /// The MAC of steering record `name = value` (the pending rotation, the unclean-shutdown
+    /// marker, the scratch record) under the current KEK's record key:
+    /// `HMAC-SHA256(record key, "EVFSREC1" || u16 len(name) || name || value)`.
+    pub fn record_mac(&self, name: &str, value: &[u8]) -> [u8; 32] {
+        Self::mac_with(&self.current_kek(), name, value)
+    }
+
+    /// [`KeyRing::record_mac`] under the pending KEK of a rotation, if one is loaded.
+    pub fn pending_record_mac(&self, name: &str, value: &[u8]) -> Option<[u8; 32]> {
+        self.pending_kek().map(|k| Self::mac_with(&k, name, value))
+    }
+
+    fn mac_with(kek: &Kek, name: &str, value: &[u8]) -> [u8; 32] {
+        let key = kek.records.as_ref().expect("a volume KEK has a record key");
+        let mut msg = b"EVFSREC1".to_vec();
+        msg.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        msg.extend_from_slice(name.as_bytes());
+        msg.extend_from_slice(value);
+        let tag = aws_lc_rs::hmac::sign(key, &msg);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Whether `mac` is [`KeyRing::record_mac`] of `name = value` (constant time).
+    pub fn record_authentic(&self, name: &str, value: &[u8], mac: &[u8]) -> bool {
+        let want = self.record_mac(name, value);
+        mac.len() == 32 && aws_lc_rs::constant_time::verify_slices_are_equal(&want, mac).is_ok()
     }
 
     /// The pending KEK becomes the current one (the header now names it); the old KEK is

@@ -132,7 +132,7 @@ impl KeyRing {
 
     fn set_scratch(&self, id: [u8; 16], key: &Key256) {
         *self.scratch.write().unwrap_or_else(|p| p.into_inner()) =
-            Some(Arc::new(Kek { id, wrapper: KeyWrapper::new(key) }));
+            Some(Arc::new(Kek { id, wrapper: KeyWrapper::new(key), records: None }));
     }
 
     /// The id of the loaded scratch key.
