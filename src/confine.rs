@@ -26,7 +26,7 @@ pub enum Expect {
 
 /// Flags for every open of an untrusted name: never follow a symlink at the last
 /// component, never wait (a FIFO with no writer opens at once instead of hanging).
-fn untrusted_flags() -> i32 {
+pub(crate) fn untrusted_flags() -> i32 {
     (OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).bits()
 }
 
@@ -81,10 +81,7 @@ fn open_error(path: &Path, op: &'static str, e: std::io::Error) -> Error {
 pub fn open_file(path: &Path, write: bool) -> Result<File> {
     // Look first: a device node is never opened (opening one can act), nor a FIFO or socket.
     if let Some(meta) = lstat(path)? {
-        if meta.is_dir() {
-            return Err(Error::IsDir(path.to_path_buf()));
-        }
-        check_kind(&meta, Expect::File, path)?;
+        expect_file(&meta, path)?;
     }
     let file = OpenOptions::new()
         .read(true)
@@ -92,13 +89,17 @@ pub fn open_file(path: &Path, write: bool) -> Result<File> {
         .custom_flags(untrusted_flags())
         .open(path)
         .map_err(|e| open_error(path, "open", e))?;
-    let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
+    expect_file(&file.metadata().map_err(|e| Error::io(path, "stat", e))?, path)?;
+    clear_nonblock(&file, path)?;
+    Ok(file)
+}
+
+/// A regular file: a directory is `IsDir`, anything else an integrity error.
+fn expect_file(meta: &Metadata, path: &Path) -> Result<()> {
     if meta.is_dir() {
         return Err(Error::IsDir(path.to_path_buf()));
     }
-    check_kind(&meta, Expect::File, path)?;
-    clear_nonblock(&file, path)?;
-    Ok(file)
+    check_kind(meta, Expect::File, path)
 }
 
 /// [`open_file`] that keeps `std::io::Error` (for callers that map `NotFound` themselves);

@@ -67,11 +67,6 @@ pub fn preflight(req: &MountRequest) -> Result<MountRequest> {
     Ok(MountRequest { cipherdir, mountpoint, ..req.clone() })
 }
 
-/// `O_NOFOLLOW|O_NONBLOCK`: for files in CIPHERDIR and the runtime directory.
-fn no_follow() -> i32 {
-    (nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits()
-}
-
 /// Takes the volume's lock (held by a mount daemon or a rotation), or says who holds it.
 pub fn lock_volume(cipherdir: &Path) -> Result<Flock<File>> {
     let path = cipherdir.join(LOCK_FILE);
@@ -82,7 +77,7 @@ pub fn lock_volume(cipherdir: &Path) -> Result<Flock<File>> {
         .truncate(false)
         .write(true)
         .mode(0o600)
-        .custom_flags(no_follow())
+        .custom_flags(crate::confine::untrusted_flags())
         .open(&path)
         .map_err(|e| Error::io(&path, "open lock file", e))?;
     crate::confine::check_kind(
@@ -346,7 +341,7 @@ pub fn spawn_daemon(exe: &Path, args: &[OsString], pass: Option<&Passphrase>, lo
         .create(true)
         .append(true)
         .mode(0o600)
-        .custom_flags(no_follow())
+        .custom_flags(crate::confine::untrusted_flags())
         .open(log)
         .map_err(|e| Error::io(log, "open daemon log", e))?;
     let mut child = Command::new(exe)
@@ -429,7 +424,9 @@ pub fn unmount(mountpoint: &Path, wait: Duration) -> Result<()> {
     // The daemon holds the volume lock until it has committed and zeroized its keys.
     let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
-        if let Ok(f) = OpenOptions::new().write(true).custom_flags(no_follow()).open(source.join(LOCK_FILE)) {
+        if let Ok(f) =
+            OpenOptions::new().write(true).custom_flags(crate::confine::untrusted_flags()).open(source.join(LOCK_FILE))
+        {
             if Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok() {
                 return Ok(());
             }

@@ -230,7 +230,7 @@ impl Volume {
     /// in between only repeats the first step.
     fn upgrade_record_macs(
         cipherdir: &Path,
-        mut header: VolumeHeader,
+        header: VolumeHeader,
         keys: &KeyRing,
         store: &Store,
     ) -> Result<VolumeHeader> {
@@ -253,11 +253,7 @@ impl Volume {
             .map(|(id, rec, mac)| Change::PutFile { id, size: rec.size, cipher: rec.cipher, mac })
             .collect();
         store.apply(&changes)?;
-        header.features |= crate::format::FEATURE_RECORD_MACS;
-        header.wrapped_name_key = keys
-            .seal_name_key(&header)
-            .map_err(|_| Error::integrity(cipherdir.join(HEADER_FILE), "the KEK changed while upgrading"))?;
-        durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)?;
+        let header = with_feature(cipherdir, header, keys, crate::format::FEATURE_RECORD_MACS)?;
         tracing::info!(records = records.len(), "file records now carry MACs (volume feature record-macs)");
         Ok(header)
     }
@@ -272,13 +268,7 @@ impl Volume {
         let done = (|| {
             let _lock = durable::lock_header(&cipherdir)?;
             self.seal_bare_records()?;
-            let mut header = self.header();
-            header.features |= crate::format::FEATURE_RECORDS_SEALED;
-            header.wrapped_name_key = self
-                .keys()
-                .seal_name_key(&header)
-                .map_err(|_| Error::integrity(cipherdir.join(HEADER_FILE), "the KEK changed while upgrading"))?;
-            durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)?;
+            let header = with_feature(&cipherdir, self.header(), self.keys(), crate::format::FEATURE_RECORDS_SEALED)?;
             self.set_header(header);
             Ok(())
         })();
@@ -294,16 +284,24 @@ impl Volume {
     /// A volume made before the root was bound into the header: re-seals the name key with
     /// the KMS URI in its binding and sets the feature bit (one atomic header replacement, so
     /// a crash leaves the old header, and the next open does it again).
-    fn bind_root(cipherdir: &Path, mut header: VolumeHeader, keys: &KeyRing) -> Result<VolumeHeader> {
+    fn bind_root(cipherdir: &Path, header: VolumeHeader, keys: &KeyRing) -> Result<VolumeHeader> {
         let _lock = durable::lock_header(cipherdir)?;
-        header.features |= crate::format::FEATURE_ROOT_BOUND;
-        header.wrapped_name_key = keys
-            .seal_name_key(&header)
-            .map_err(|_| Error::integrity(cipherdir.join(HEADER_FILE), "the KEK changed while upgrading"))?;
-        durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)?;
+        let header = with_feature(cipherdir, header, keys, crate::format::FEATURE_ROOT_BOUND)?;
         tracing::info!(root = %header.kms_uri, "the root reference is now bound into the header (volume feature root-bound)");
         Ok(header)
     }
+}
+
+/// `header` with feature `bit` set, its name key re-sealed for the binding that bit changes,
+/// written in one atomic replacement (the caller holds the header lock): the step every
+/// in-place upgrade of a volume ends with.
+fn with_feature(cipherdir: &Path, mut header: VolumeHeader, keys: &KeyRing, bit: u32) -> Result<VolumeHeader> {
+    header.features |= bit;
+    header.wrapped_name_key = keys
+        .seal_name_key(&header)
+        .map_err(|_| Error::integrity(cipherdir.join(HEADER_FILE), "the KEK changed while upgrading"))?;
+    durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)?;
+    Ok(header)
 }
 
 /// Removes everything inside `dir` (used to undo a failed `init` in a directory that was

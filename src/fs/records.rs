@@ -23,9 +23,19 @@ const MAC_LEN: usize = 32;
 impl Volume {
     /// `value` with its MAC, to store as record `name` (bare on a volume not upgraded yet).
     pub(super) fn sealed(&self, name: &str, value: &[u8]) -> Vec<u8> {
+        match self.header().features & crate::format::FEATURE_RECORDS_SEALED {
+            0 => value.to_vec(),
+            _ => self.with_macs(name, value, false),
+        }
+    }
+
+    /// `value || MAC(current KEK)`, and `|| MAC(pending KEK)` with `pending` while a rotation
+    /// has one loaded.
+    fn with_macs(&self, name: &str, value: &[u8], pending: bool) -> Vec<u8> {
         let mut out = value.to_vec();
-        if self.header().features & crate::format::FEATURE_RECORDS_SEALED != 0 {
-            out.extend_from_slice(&self.keys().record_mac(name, value));
+        out.extend_from_slice(&self.keys().record_mac(name, value));
+        if let Some(m) = pending.then(|| self.keys().pending_record_mac(name, value)).flatten() {
+            out.extend_from_slice(&m);
         }
         out
     }
@@ -63,17 +73,7 @@ impl Volume {
     /// `records` sealed under the current and the pending KEK (before a rotation's header
     /// switch).
     pub(super) fn seal_for_switch(&self, records: &[(&'static str, Vec<u8>)]) -> Vec<(&'static str, Vec<u8>)> {
-        records
-            .iter()
-            .map(|(n, v)| {
-                let mut out = v.clone();
-                out.extend_from_slice(&self.keys().record_mac(n, v));
-                if let Some(m) = self.keys().pending_record_mac(n, v) {
-                    out.extend_from_slice(&m);
-                }
-                (*n, out)
-            })
-            .collect()
+        records.iter().map(|(n, v)| (*n, self.with_macs(n, v, true))).collect()
     }
 
     /// The changes that seal `records` (name, bare value) under the current KEK.
@@ -104,14 +104,7 @@ impl Volume {
                 }
             }
         }
-        let sealed: Vec<(&str, Vec<u8>)> = bare
-            .iter()
-            .map(|(n, v)| {
-                let mut out = v.clone();
-                out.extend_from_slice(&self.keys().record_mac(n, v));
-                (*n, out)
-            })
-            .collect();
+        let sealed: Vec<(&str, Vec<u8>)> = bare.iter().map(|(n, v)| (*n, self.with_macs(n, v, false))).collect();
         let changes: Vec<Change<'_>> = sealed.iter().map(|(k, v)| Change::PutMeta { key: k, value: v }).collect();
         self.store().apply(&changes)
     }

@@ -92,11 +92,12 @@ impl Volume {
         let mut report = ShredReport { root_destroyed: None, root_kept: None };
         let uri = header.kms_uri.clone();
         let owned = store.meta(ROOT_OWNED)?.is_some_and(|o| o == uri.as_bytes());
-        match (kms::own_keystore(&uri, cipherdir), uri.starts_with("local:")) {
-            (Some(ks), _) if std::fs::symlink_metadata(&ks).is_ok_and(|m| !m.is_file()) => {
+        let own = kms::own_keystore(&uri, cipherdir).and_then(|ks| Some((std::fs::symlink_metadata(&ks).ok()?, ks)));
+        match (own, uri.starts_with("local:")) {
+            (Some((meta, ks)), _) if !meta.is_file() => {
                 report.root_kept = Some(format!("{} is not a regular file (planted?): left alone", ks.display()));
             }
-            (Some(ks), _) if std::fs::symlink_metadata(&ks).is_ok() => {
+            (Some((_, ks)), _) => {
                 overwrite_and_remove(&ks)?;
                 durable::sync_dir(cipherdir)?;
                 report.root_destroyed = Some(format!("keystore {} overwritten and removed", ks.display()));
