@@ -77,6 +77,11 @@ fn check_fixture(name: &str) {
         assert_eq!(f.read_at(0, &mut back).unwrap(), data.len());
         assert_eq!(Sha256::digest(&back), Sha256::digest(&data), "{name}/{path}: content");
     }
+    let features = Volume::read_header(&dir).unwrap().features;
+    assert_ne!(features & envelopefs::format::FEATURE_FILES_RECORDED, 0, "{name}: not upgraded in place");
+    assert_ne!(features & envelopefs::format::FEATURE_ENTRIES_BOUND, 0, "{name}: entries not bound in place");
+    assert_ne!(features & envelopefs::format::FEATURE_XATTRS_SEALED, 0, "{name}: xattrs not sealed in place");
+    assert!(vol.fsck(false).unwrap().is_clean(), "{name}: not clean after its upgrade");
     assert!(Volume::open(&dir, &Passphrase::new("wrong").unwrap()).is_err());
 }
 

@@ -136,8 +136,8 @@ fn keystore_decoder() {
 #[test]
 fn object_header_decoder() {
     let seeds = [
-        ObjectHeader { kind: envelopefs::format::ObjectKind::File, id: [3; 16] }.encode().to_vec(),
-        ObjectHeader { kind: envelopefs::format::ObjectKind::Directory, id: [9; 16] }.encode().to_vec(),
+        ObjectHeader::new(envelopefs::format::ObjectKind::File, [3; 16]).encode().to_vec(),
+        ObjectHeader::new(envelopefs::format::ObjectKind::Directory, [9; 16]).encode().to_vec(),
     ];
     fuzz("object header", 3, &seeds, |b| match ObjectHeader::decode(b) {
         Ok(h) => {

@@ -247,3 +247,29 @@ fn the_scratch_key_never_goes_to_a_disk_directory() {
         .ends_with(".scratch")));
     m.mount();
 }
+
+#[test]
+fn a_scratch_record_removed_from_the_store_stops_the_mount_and_destroys_nothing() {
+    let mut m = MountFixture::new(&[]);
+    m.unmount();
+    m.mount_with(&["--scratch", "/tmp"]);
+    fs::write(m.p("tmp/secret"), b"scratch data").unwrap();
+    ok(&evfs_env(&["umount".as_ref(), m.mnt.as_os_str(), "--keep-scratch".as_ref()], &[]));
+    let runtime = runtime_file(&m);
+    let before = all_files(&m.cipher).len();
+    // A writer of CIPHERDIR deletes the (sealed) record: a mount used to drop this boot's
+    // scratch key and make /tmp an ordinary directory whose new files outlive the boot.
+    let c = rusqlite::Connection::open(m.cipher.join("meta.db")).unwrap();
+    assert_eq!(c.execute("DELETE FROM meta WHERE key LIKE 'scratch.%'", []).unwrap(), 2);
+    drop(c);
+    let o = m.try_mount(&[]);
+    assert!(!o.status.success(), "a mount went on without the scratch record");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("scratch record is missing") && err.contains(&runtime.display().to_string()), "{err}");
+    assert!(runtime.exists(), "the scratch key was thrown away");
+    assert_eq!(all_files(&m.cipher).len(), before, "something was deleted");
+    // The way out it names: give that scratch up.
+    fs::remove_file(&runtime).unwrap();
+    m.mount();
+    assert!(fs::read(m.p("tmp/secret")).is_err(), "scratch data outlived its key");
+}

@@ -1,8 +1,14 @@
 //! The 32-byte header at the start of every data file and every directory id file.
 //!
-//! `"EVFS" || kind (1) || version (1) || flags u16 (0) || id (16) || reserved (8, zero)`.
+//! `"EVFS" || kind (1) || version (1) || flags u16 || id (16) || binding (8)`.
 //! The id is random: a data file's id binds its blocks and DEKs (hardlinks share it, renames
 //! keep it); a directory's id is the context of its children's encrypted names.
+//!
+//! Flags bits 0-1 say what the 8 binding bytes hold: 0 = nothing (zero; volumes made before
+//! entries were bound), 1 = a MAC binding the object to the one directory entry that names
+//! it, 2 = a MAC binding it to the volume only (a file with several hard links). Bit 2 says
+//! the object has extended attributes (a sealed set in the store), and is covered by the MAC.
+//! The MAC itself is computed and checked in `fs::binding`.
 
 use super::codec::Reader;
 use super::DecodeError;
@@ -26,10 +32,34 @@ impl ObjectKind {
     }
 }
 
+/// What an object header's binding bytes hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// Nothing (a header written before entries were bound).
+    None,
+    /// A MAC over the object and the one directory entry that names it.
+    Entry([u8; 8]),
+    /// A MAC over the object alone: a file with more than one hard link.
+    Shared([u8; 8]),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ObjectHeader {
     pub kind: ObjectKind,
     pub id: [u8; 16],
+    pub binding: Binding,
+    /// The object has extended attributes (flags bit 2; only in a bound header).
+    pub xattrs: bool,
+}
+
+/// Flags bit 2: the object has a sealed set of extended attributes.
+const FLAG_XATTRS: u16 = 4;
+
+impl ObjectHeader {
+    /// An unbound header (the binding is added by the file system layer, which has the key).
+    pub fn new(kind: ObjectKind, id: [u8; 16]) -> Self {
+        ObjectHeader { kind, id, binding: Binding::None, xattrs: false }
+    }
 }
 
 impl ObjectHeader {
@@ -38,7 +68,15 @@ impl ObjectHeader {
         out[..4].copy_from_slice(MAGIC);
         out[4] = self.kind.code();
         out[5] = VERSION;
+        let (flags, mac) = match self.binding {
+            Binding::None => (0u16, [0u8; 8]),
+            Binding::Entry(m) => (1, m),
+            Binding::Shared(m) => (2, m),
+        };
+        let flags = if self.xattrs { flags | FLAG_XATTRS } else { flags };
+        out[6..8].copy_from_slice(&flags.to_le_bytes());
         out[8..24].copy_from_slice(&self.id);
+        out[24..].copy_from_slice(&mac);
         out
     }
 
@@ -59,15 +97,18 @@ impl ObjectHeader {
             )));
         }
         let flags = r.u16("flags")?;
-        if flags != 0 {
-            return Err(DecodeError::Unsupported(format!("object header flags {flags:#x}")));
-        }
         let id = r.array("id")?;
-        if r.array::<8>("reserved")? != [0; 8] {
-            return Err(r.corrupt("reserved bytes are not zero".into()));
-        }
+        let mac = r.array::<8>("binding")?;
+        let xattrs = flags & FLAG_XATTRS != 0;
+        let binding = match flags & !FLAG_XATTRS {
+            0 if mac == [0; 8] && !xattrs => Binding::None,
+            0 => return Err(r.corrupt("binding bytes or flags of an unbound header are not zero".into())),
+            1 => Binding::Entry(mac),
+            2 => Binding::Shared(mac),
+            _ => return Err(DecodeError::Unsupported(format!("object header flags {flags:#x}"))),
+        };
         r.finish()?;
-        Ok(ObjectHeader { kind, id })
+        Ok(ObjectHeader { kind, id, binding, xattrs })
     }
 }
 
@@ -77,9 +118,21 @@ mod tests {
 
     #[test]
     fn round_trip_and_rejects() {
-        let h = ObjectHeader { kind: ObjectKind::File, id: [7; 16] };
+        let h = ObjectHeader::new(ObjectKind::File, [7; 16]);
         let b = h.encode();
         assert_eq!(ObjectHeader::decode(&b).unwrap(), h);
+        for binding in [Binding::Entry([3; 8]), Binding::Shared([4; 8])] {
+            for xattrs in [false, true] {
+                let bound = ObjectHeader { binding, xattrs, ..h };
+                assert_eq!(ObjectHeader::decode(&bound.encode()).unwrap(), bound);
+            }
+        }
+        let mut bad = b;
+        bad[6] = 4; // extended attributes claimed by an unbound header
+        assert!(matches!(ObjectHeader::decode(&bad), Err(DecodeError::Corrupt(_))));
+        let mut bad = b;
+        bad[6] = 3;
+        assert!(matches!(ObjectHeader::decode(&bad), Err(DecodeError::Unsupported(_))));
         assert!(ObjectHeader::decode(&b[..31]).is_err());
         let mut bad = b;
         bad[5] = 9;

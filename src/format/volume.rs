@@ -21,8 +21,28 @@ pub const FEATURE_ROOT_BOUND: u32 = 4;
 /// marker, scratch record) carry a MAC under the KEK's record key; one without is refused.
 /// Set at `init`, and when a volume made before it is first opened (its records sealed).
 pub const FEATURE_RECORDS_SEALED: u32 = 8;
+/// Feature bit 4: every regular file has a record in the store from its creation on (an
+/// empty file too), so a data file without one is an integrity error, never an empty file.
+/// Set at `init`, and when a volume made before it is first opened (its record-less files,
+/// all empty, given records).
+pub const FEATURE_FILES_RECORDED: u32 = 16;
+/// Feature bit 5: every data file and directory id file carries a MAC binding its object to
+/// the directory entry that names it (object header flags), and every symlink target is
+/// sealed for its entry; an unbound or wrongly bound object is an integrity error. Set at
+/// `init`, and when a volume made before it is first opened (every entry bound, trusted once).
+pub const FEATURE_ENTRIES_BOUND: u32 = 32;
+/// Feature bit 6: every object's set of extended attributes is sealed (a seal row in the
+/// store, a flag in its header); a dropped or rolled-back attribute is an integrity error.
+/// Set at `init`, and when a volume made before it is first opened (its sets sealed).
+pub const FEATURE_XATTRS_SEALED: u32 = 64;
 /// Feature bits this build understands; any other bit refuses to open.
-pub const FEATURES_KNOWN: u32 = FEATURE_SHREDDED | FEATURE_RECORD_MACS | FEATURE_ROOT_BOUND | FEATURE_RECORDS_SEALED;
+pub const FEATURES_KNOWN: u32 = FEATURE_SHREDDED
+    | FEATURE_XATTRS_SEALED
+    | FEATURE_RECORD_MACS
+    | FEATURE_ROOT_BOUND
+    | FEATURE_RECORDS_SEALED
+    | FEATURE_FILES_RECORDED
+    | FEATURE_ENTRIES_BOUND;
 /// Extent sizes allowed: 4 KiB (one block) ..= 16 MiB, powers of two.
 const EXTENT_SHIFT_MIN: u8 = 12;
 const EXTENT_SHIFT_MAX: u8 = 24;
@@ -232,7 +252,7 @@ mod tests {
         b[8] = 2;
         assert!(matches!(VolumeHeader::decode(&b), Err(DecodeError::Unsupported(_))));
         let mut b = sample().encode();
-        b[10] = 16;
+        b[10] = 0x80;
         assert!(matches!(VolumeHeader::decode(&b), Err(DecodeError::Unsupported(_))));
     }
 }

@@ -31,7 +31,9 @@ impl Volume {
         fs::DirBuilder::new().mode(mode | 0o300).create(tmp.path()).map_err(|e| Error::io(path, "mkdir", e))?;
         let built = (|| {
             let id_file = self.at(&tmp_path.join(DIRID_FILE), path)?;
-            names::write_dir_id_at(&id_file, random_array(), path)?;
+            let entry = super::binding::Entry::new(r.parent_id, &r.encoded.backing);
+            let header = self.bound_header(crate::format::ObjectKind::Directory, random_array(), &entry);
+            names::write_dir_id_at(&id_file, &header, path)?;
             if let Some((uid, gid)) = owner {
                 std::os::unix::fs::lchown(tmp.path(), Some(uid), Some(gid)).map_err(|e| Error::io(path, "chown", e))?;
             }
@@ -65,17 +67,20 @@ impl Volume {
         if entries.flatten().any(|e| e.file_name() != DIRID_FILE) {
             return Err(Error::DirNotEmpty(path.into()));
         }
+        // Its id read afresh and checked (the rows deleted below are that object's).
+        self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&backing);
         let dir_id = self.dir_id(&backing)?;
-        // A read first: most directories have no xattrs, and a write costs a commit.
-        if !self.core.store.xattr_names(&dir_id)?.is_empty() {
-            self.core.store.apply(&[Change::DeleteXattrs { object: &dir_id }])?;
-        }
         // Empty: nothing below it can be cached.
         self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&backing);
         // Nothing is created in it between the check above and this move: the kernel holds
         // the directory locked during an rmdir through the mount, and scratch clean-up runs
-        // while no request is served.
+        // while no request is served. Moved away first, its attribute rows deleted after: a
+        // crash in between leaves rows of no object, never a flagged directory without them.
         self.core.trash.discard(&self.at(&backing, path)?).map_err(|e| Error::io(path, "rmdir", e))?;
+        // A read first: most directories have no xattrs, and a write costs a commit.
+        if !self.core.store.xattr_names(&dir_id)?.is_empty() {
+            self.core.store.apply(&[Change::DeleteXattrs { object: &dir_id }])?;
+        }
         self.forget_name(&r)
     }
 
@@ -146,13 +151,17 @@ impl Volume {
         Ok(out)
     }
 
-    /// The id of the backing directory `dir`, cached (directories keep their id for life;
-    /// the cache forgets a path when a directory there is removed or renamed).
+    /// The id of the backing directory `dir`, checked to be bound to its entry, cached
+    /// (directories keep their id for life; the cache forgets a path when a directory there
+    /// is removed or renamed).
     pub(super) fn dir_id(&self, dir: &Path) -> Result<[u8; 16]> {
         if let Some(id) = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).get(dir) {
             return Ok(*id);
         }
-        let id = names::read_dir_id(&self.core.tree, dir)?;
+        let header = names::read_dir_header(&self.core.tree, dir)?;
+        // Its parent is checked first (cached after), then its own binding to its entry.
+        self.check_binding(&header, &self.entry_of(dir)?, dir)?;
+        let id = header.id;
         let mut cache = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= DIR_ID_CACHE {
             cache.clear();

@@ -7,7 +7,7 @@
 //! crash, every block the store calls written decrypts under the DEK the store holds.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -92,8 +92,8 @@ pub(super) struct FileState {
 
 impl FileState {
     /// Builds the state of file `id` from its store record. A file without a record is an
-    /// empty file that has never been flushed — unless its data file holds blocks, which
-    /// means the record was lost.
+    /// integrity error (its rows were deleted) — except on a volume made before every file
+    /// had one, where it is an empty file never flushed, unless its data file holds blocks.
     pub(super) fn load(
         core: Arc<Core>,
         id: FileId,
@@ -113,6 +113,7 @@ impl FileState {
                 }
                 (size, recs)
             }
+            None if core.files_recorded() => return Err(record_missing(&name)),
             None => {
                 let len = data.size().map_err(|e| Error::io(&name, "stat data file", e))?;
                 if len > layout.physical_len(0) {
@@ -161,7 +162,9 @@ impl FileState {
         name: PathBuf,
         scratch: bool,
     ) -> FileState {
-        let inner = Inner { size: 0, extents: BTreeMap::new(), meta_dirty: false, unlinked: false, written_behind: 0 };
+        // Dirty from the start: its (empty) record is committed with its first commit, so a
+        // file without a record never passes for an empty one.
+        let inner = Inner { size: 0, extents: BTreeMap::new(), meta_dirty: true, unlinked: false, written_behind: 0 };
         Self::with_inner(core, id, data, name, scratch, inner)
     }
 
@@ -670,6 +673,12 @@ impl FileState {
         inner.meta_dirty = false;
         Ok(())
     }
+}
+
+/// A regular file whose record is missing from the store (rows deleted, or `meta.db`
+/// replaced by an older copy): an integrity error, never an empty file.
+pub(super) fn record_missing(path: &Path) -> Error {
+    Error::integrity(path, "the metadata store has no record of this file (its rows were deleted or meta.db replaced)")
 }
 
 /// The MAC of a file's record as the store will hold it: its size, the cipher and every

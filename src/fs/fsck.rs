@@ -24,9 +24,10 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use super::binding::Entry;
 use super::names::{self, DIRID_FILE};
 use super::volume::Volume;
-use crate::format::{hex, Layout, ObjectHeader, ObjectKind, OBJECT_HEADER_LEN};
+use crate::format::{hex, Layout, ObjectKind, OBJECT_HEADER_LEN};
 use crate::keys::FileId;
 use crate::store::Change;
 use crate::{Error, Result};
@@ -53,6 +54,8 @@ pub enum ProblemKind {
     UnreadableBlock,
     /// A name, directory id, file header or symlink target that does not decode.
     BadEntry,
+    /// A regular file with no record in the store (volume feature files-recorded).
+    RecordMissing,
 }
 
 impl ProblemKind {
@@ -63,6 +66,7 @@ impl ProblemKind {
             ProblemKind::SizeMismatch => "size mismatch",
             ProblemKind::UnreadableBlock => "unreadable block",
             ProblemKind::BadEntry => "bad entry",
+            ProblemKind::RecordMissing => "record missing",
         }
     }
 }
@@ -240,14 +244,25 @@ impl Volume {
             };
             let path = plain.join(&name);
             let rel = path.strip_prefix("/").unwrap_or(&path).to_path_buf();
+            let entry = Entry::new(*dir_id, &backing_name);
             if t.is_dir() {
                 let in_scratch = mode.in_scratch || report.skipped_scratch.iter().any(|s| rel.starts_with(s));
-                match names::read_dir_id(&self.core.tree, &backing) {
-                    Ok(id) => self.check_dir(&backing, &id, &path, Mode { in_scratch, ..mode }, seen, report)?,
-                    Err(e) => report.problems.push(self.bad_dir(&backing, &path, e, mode)?),
+                match names::read_dir_header(&self.core.tree, &backing) {
+                    Ok(h) => {
+                        if let Err(e) = self.check_binding(&h, &entry, &path) {
+                            let id_file = backing.join(DIRID_FILE);
+                            let p = self.misbound(&id_file, &h, &entry, &path, e, mode, report.unclean)?;
+                            report.problems.push(p);
+                        } else {
+                            let id_file = backing.join(DIRID_FILE);
+                            self.xattr_problem(&h, &id_file, &entry, &path, mode, report)?;
+                        }
+                        self.check_dir(&backing, &h.id, &path, Mode { in_scratch, ..mode }, seen, report)?
+                    }
+                    Err(e) => report.problems.push(self.bad_dir(&backing, &entry, &path, e, mode)?),
                 }
             } else if t.is_file() {
-                self.check_file(&backing, &path, mode, seen, report)?;
+                self.check_file(&backing, &entry, &path, mode, seen, report)?;
             } else if t.is_symlink() {
                 if let Err(e) = self.readlink(&path) {
                     report.problems.push(bad_entry(&path, e.to_string()));
@@ -261,7 +276,7 @@ impl Volume {
 
     /// A directory whose id file is missing or bad: an empty one gets a new id (nothing
     /// under it can depend on the old one); otherwise its entries' names are lost with it.
-    fn bad_dir(&self, backing: &Path, path: &Path, e: Error, mode: Mode) -> Result<Problem> {
+    fn bad_dir(&self, backing: &Path, entry: &Entry, path: &Path, e: Error, mode: Mode) -> Result<Problem> {
         let mut p = bad_entry(path, format!("directory id: {e}"));
         let listed = self.core.tree.dir(backing).map_err(|e| Error::io(backing, "open directory", e))?;
         let empty = fs::read_dir(listed.path())
@@ -271,8 +286,53 @@ impl Volume {
         if mode.repair && empty {
             // The bad id file itself goes (a planted symlink is removed, never followed).
             let _ = fs::remove_file(listed.path().join(DIRID_FILE));
-            names::write_dir_id(listed.path(), crate::crypto::random_array()).map_err(|e| e.renamed(path))?;
+            let header = self.bound_header(ObjectKind::Directory, crate::crypto::random_array(), entry);
+            names::write_dir_id(listed.path(), &header).map_err(|e| e.renamed(path))?;
             p.repaired = Some("the empty directory got a new id".into());
+        }
+        Ok(p)
+    }
+
+    /// Reports an attribute set that does not read (repaired only as a crash's leftover).
+    fn xattr_problem(
+        &self,
+        header: &crate::format::ObjectHeader,
+        header_file: &Path,
+        entry: &Entry,
+        path: &Path,
+        mode: Mode,
+        report: &mut FsckReport,
+    ) -> Result<()> {
+        let repair = mode.repair && report.unclean;
+        if let Some((detail, repaired)) = self.check_xattr_set(header, header_file, entry, path, repair)? {
+            let mut p = bad_entry(path, detail);
+            p.crash_leftover = report.unclean;
+            p.repaired = repaired;
+            report.problems.push(p);
+        }
+        Ok(())
+    }
+
+    /// An object not bound to the entry it was found at: only a crash cut short (a rename
+    /// whose header rewrite never happened) is repaired, by binding it there.
+    #[allow(clippy::too_many_arguments)]
+    fn misbound(
+        &self,
+        header_file: &Path,
+        header: &crate::format::ObjectHeader,
+        entry: &Entry,
+        path: &Path,
+        e: Error,
+        mode: Mode,
+        unclean: bool,
+    ) -> Result<Problem> {
+        let mut p = bad_entry(path, e.to_string());
+        p.crash_leftover = unclean;
+        if mode.repair && unclean {
+            let at = self.core.tree.at(header_file).map_err(|e| Error::io(path, "open", e))?;
+            let shared = matches!(header.binding, crate::format::Binding::Shared(_));
+            self.write_binding(at.path(), &header.id, entry, shared, path)?;
+            p.repaired = Some("bound to this entry (a rename the crash cut short)".into());
         }
         Ok(p)
     }
@@ -280,6 +340,7 @@ impl Volume {
     fn check_file(
         &self,
         backing: &Path,
+        entry: &Entry,
         path: &Path,
         mode: Mode,
         seen: &mut HashSet<FileId>,
@@ -290,8 +351,15 @@ impl Volume {
         let at = self.core.tree.at(backing).map_err(|e| Error::io(path, "open", e))?;
         let file = crate::confine::open_file(at.path(), false).map_err(|e| e.renamed(path))?;
         let len = file.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
-        let id = match super::volume::read_file_id(&file, at.path(), path) {
-            Ok(id) => id,
+        let id = match super::volume::read_header(&file, at.path(), path) {
+            Ok(h) => {
+                if let Err(e) = self.check_binding(&h, entry, path) {
+                    report.problems.push(self.misbound(backing, &h, entry, path, e, mode, report.unclean)?);
+                } else if !mode.in_scratch {
+                    self.xattr_problem(&h, backing, entry, path, mode, report)?;
+                }
+                h.id
+            }
             Err(e) => {
                 let mut p = bad_entry(path, format!("file header: {e}"));
                 if report.unclean && len < OBJECT_HEADER_LEN as u64 {
@@ -299,10 +367,12 @@ impl Volume {
                     p.crash_leftover = true;
                     if mode.repair {
                         drop(file);
-                        let header = ObjectHeader { kind: ObjectKind::File, id: crate::crypto::random_array() };
+                        let header = self.bound_header(ObjectKind::File, crate::crypto::random_array(), entry);
                         let mode =
                             fs::symlink_metadata(at.path()).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o600);
                         crate::durable::replace_file(at.path(), &header.encode(), mode).map_err(|e| e.renamed(path))?;
+                        self.record_empty(&header.id)?;
+                        seen.insert(header.id); // its new record is no leftover
                         p.repaired = Some("given a new header: an empty file (created just before the crash)".into());
                     }
                     report.problems.push(p);
@@ -320,8 +390,25 @@ impl Volume {
         }
         let layout = self.layout();
         let Some((_, extents)) = self.store().load(&id)? else {
-            if len <= layout.physical_len(0) {
+            if len <= layout.physical_len(0) && !self.core.files_recorded() {
                 return Ok(()); // an empty file never committed: consistent as it is
+            }
+            if len <= layout.physical_len(0) {
+                // Created just before a crash (its record was still queued), or its rows were
+                // deleted: only an authentic crash marker makes it the first.
+                let mut p = Problem {
+                    kind: ProblemKind::RecordMissing,
+                    path: path.to_path_buf(),
+                    detail: "the metadata store has no record of this file (rows deleted, or meta.db replaced)".into(),
+                    crash_leftover: report.unclean,
+                    repaired: None,
+                };
+                if mode.repair && report.unclean {
+                    self.record_empty(&id)?;
+                    p.repaired = Some("given an empty record (created just before the crash)".into());
+                }
+                report.problems.push(p);
+                return Ok(());
             }
             if in_lost_found {
                 report.lost_found += 1;
@@ -340,6 +427,7 @@ impl Volume {
                 f.set_len(layout.physical_len(0))
                     .and_then(|_| f.sync_all())
                     .map_err(|e| Error::io(path, "truncate", e))?;
+                self.record_empty(&id)?;
                 p.repaired = Some("cut back to an empty file (written, never committed, before the crash)".into());
             } else if mode.repair {
                 p.repaired = self.move_to_lost_found(path, Some(&id))?;
@@ -366,6 +454,15 @@ impl Volume {
             self.verify_blocks(path, report)?;
         }
         Ok(())
+    }
+
+    /// Gives file `id` an empty record (a repair of a crash leftover), if every file has one.
+    fn record_empty(&self, id: &FileId) -> Result<()> {
+        if !self.core.files_recorded() {
+            return Ok(());
+        }
+        let mac = super::file::record_mac(&self.core, id, 0, std::iter::empty());
+        self.store().apply(&[Change::PutFile { id, size: 0, cipher: self.core.cipher_code, mac: &mac }])
     }
 
     /// Reads the whole file; each 4 KiB block that does not decrypt is one problem (at most
@@ -419,7 +516,7 @@ impl Volume {
         if to.as_os_str().len() > 200 {
             to = lf.join(tag);
         }
-        self.rename(path, &to)?;
+        self.rename_checked(path, &to, false)?;
         Ok(Some(format!("moved to {}", to.display())))
     }
 }

@@ -7,15 +7,12 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use nix::fcntl::{renameat2, RenameFlags};
+use nix::fcntl::RenameFlags;
 use nix::sys::stat::{mknodat, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, Gid, Uid};
 
 use super::volume::{EntryKind, Volume};
-use crate::crypto::NamePurpose;
 use crate::{Error, Result};
 
 /// What `stat` shows for an entry (the size is the plaintext size).
@@ -125,7 +122,7 @@ impl Volume {
         let kind = kind_of(meta.file_type());
         let size = match kind {
             EntryKind::File => self.size_of_backing(backing, meta.ino(), path)?,
-            EntryKind::Symlink => self.readlink_backing(backing, path)?.len() as u64,
+            EntryKind::Symlink => self.readlink_at(backing, path)?.len() as u64,
             EntryKind::Directory => 4096,
             _ => 0,
         };
@@ -196,29 +193,28 @@ impl Volume {
         if target.len() > SYMLINK_MAX {
             return Err(Error::NameTooLong(path.into()));
         }
-        let sealed = self.keys().names().seal_random(NamePurpose::SymlinkTarget, &[0; 16], target.as_bytes());
-        let at = self.at(&self.resolve_new(path)?, path)?;
-        std::os::unix::fs::symlink(URL_SAFE_NO_PAD.encode(sealed), at.path()).map_err(|e| match e.kind() {
+        let r = self.resolve(path)?;
+        self.remember_name(&r)?;
+        let entry = super::binding::Entry::new(r.parent_id, &r.encoded.backing);
+        let at = self.at(&r.backing(), path)?;
+        std::os::unix::fs::symlink(self.seal_target(&entry, target.as_bytes()), at.path()).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => Error::Exists(path.into()),
             _ => Error::io(path, "symlink", e),
         })
     }
 
     pub fn readlink(&self, path: &Path) -> Result<std::ffi::OsString> {
-        self.readlink_backing(&self.backing_path(path)?, path)
+        use std::os::unix::ffi::OsStringExt;
+        Ok(std::ffi::OsString::from_vec(self.readlink_at(&self.backing_path(path)?, path)?))
     }
 
-    fn readlink_backing(&self, backing: &Path, path: &Path) -> Result<std::ffi::OsString> {
-        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    /// The target of the symlink at `backing`, checked to be sealed for that entry.
+    pub(super) fn readlink_at(&self, backing: &Path, path: &Path) -> Result<Vec<u8>> {
         let stored = fs::read_link(self.at(backing, path)?.path()).map_err(|e| match e.raw_os_error() {
             Some(22) => Error::InvalidArgument(format!("{}: not a symlink", path.display())),
             _ => Error::NotFound(path.into()),
         })?;
-        let bad = || Error::integrity(path, "symlink target does not authenticate");
-        let sealed = URL_SAFE_NO_PAD.decode(stored.as_os_str().as_bytes()).map_err(|_| bad())?;
-        let plain =
-            self.keys().names().open_random(NamePurpose::SymlinkTarget, &[0; 16], &sealed).map_err(|_| bad())?;
-        Ok(std::ffi::OsString::from_vec(plain))
+        self.open_target(&self.entry_of(backing)?, stored.as_os_str(), path)
     }
 
     /// Creates a FIFO, socket or device node.
@@ -234,9 +230,23 @@ impl Volume {
     /// A new hard link `new` to the file at `existing` (they share the file id and keys).
     pub fn link(&self, existing: &Path, new: &Path) -> Result<()> {
         self.check_scratch_move(existing, new)?;
-        let from = self.at(&self.backing_path(existing)?, existing)?;
+        let from_backing = self.backing_path(existing)?;
+        let from = self.at(&from_backing, existing)?;
         if fs::symlink_metadata(from.path()).map_err(|_| Error::NotFound(existing.into()))?.is_dir() {
             return Err(Error::IsDir(existing.into()));
+        }
+        match self.moving(&from_backing, existing)? {
+            // A symlink's target is sealed for its one entry: the new link is a copy.
+            super::binding::Moving::Symlink(target) => {
+                use std::os::unix::ffi::OsStrExt;
+                return self.symlink(new, std::ffi::OsStr::from_bytes(&target));
+            }
+            // A file with two names cannot be bound to one of them: bound to the volume.
+            super::binding::Moving::File { id, .. } => {
+                let entry = self.entry_of(&from_backing)?;
+                self.write_binding(from.path(), &id, &entry, true, existing)?;
+            }
+            _ => {}
         }
         let to = self.at(&self.resolve_new(new)?, new)?;
         fs::hard_link(from.path(), to.path()).map_err(|e| match e.kind() {
@@ -261,20 +271,43 @@ impl Volume {
                     RenameFlags::RENAME_NOREPLACE
                 };
                 let (af, at) = (self.at(&bf, from)?, self.at(&bt, to)?);
+                // Both sides checked where they are before anything moves (an exchange binds
+                // each anew where the other was).
+                let moving = self.moving(&bf, from)?;
+                let other = match mode {
+                    RenameMode::Exchange => Some(self.moving(&bt, to)?),
+                    _ => None,
+                };
+                let _in_flight = (
+                    self.in_flight(&moving, &bf, &bt)?,
+                    match &other {
+                        Some(o) => Some(self.in_flight(o, &bt, &bf)?),
+                        None => None,
+                    },
+                );
                 let result = self.with_long_names(from, to, mode == RenameMode::Exchange, || {
-                    renameat2(af.dir(), af.name(), at.dir(), at.name(), flags).map_err(|e| match e {
-                        nix::Error::EEXIST => Error::Exists(to.into()),
-                        nix::Error::ENOENT => Error::NotFound(if fs::symlink_metadata(af.path()).is_err() {
-                            from.into()
-                        } else {
-                            to.into()
-                        }),
-                        e => errno(from, "rename", e),
+                    self.move_entry(&moving, &af, &at, &bt, flags).map_err(|e| {
+                        match nix::Error::from_raw(e.raw_os_error().unwrap_or(libc_eio())) {
+                            nix::Error::EEXIST => Error::Exists(to.into()),
+                            nix::Error::ENOENT => Error::NotFound(if fs::symlink_metadata(af.path()).is_err() {
+                                from.into()
+                            } else {
+                                to.into()
+                            }),
+                            e => errno(from, "rename", e),
+                        }
                     })
                 });
                 self.forget_dir_ids(&bf);
                 self.forget_dir_ids(&bt);
-                result
+                result?;
+                if mode == RenameMode::Exchange || !matches!(moving, super::binding::Moving::Symlink(_)) {
+                    self.moved(&moving, &bt, to)?;
+                }
+                if let Some(other) = other {
+                    self.moved(&other, &bf, from)?;
+                }
+                Ok(())
             }
         }
     }
@@ -297,6 +330,10 @@ impl Volume {
             frsize: s.fragment_size() as u32,
         })
     }
+}
+
+fn libc_eio() -> i32 {
+    5
 }
 
 fn libc_s_ifmt() -> u32 {

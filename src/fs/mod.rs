@@ -8,6 +8,7 @@
 //! mount.
 
 mod backend;
+mod binding;
 mod blocks;
 mod commit;
 mod dirs;
@@ -18,6 +19,7 @@ mod listing;
 mod meta;
 mod names;
 mod open;
+mod presence;
 mod records;
 mod rekey;
 mod root;

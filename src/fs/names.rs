@@ -83,8 +83,13 @@ fn bad_name(dir: &Path, backing: &OsStr) -> Error {
     Error::integrity(dir.join(backing), "encrypted name does not authenticate (renamed or tampered)")
 }
 
-/// Reads the id of backing directory `dir`.
+/// Reads the id of backing directory `dir` (its binding unchecked: `Volume::dir_id` checks).
 pub(super) fn read_dir_id(tree: &super::tree::Tree, dir: &Path) -> Result<[u8; 16]> {
+    read_dir_header(tree, dir).map(|h| h.id)
+}
+
+/// Reads the object header of backing directory `dir`.
+pub(super) fn read_dir_header(tree: &super::tree::Tree, dir: &Path) -> Result<ObjectHeader> {
     let path = dir.join(DIRID_FILE);
     let at = tree.at(&path).map_err(|e| super::volume::tree_error(&path, e))?;
     // Never through a planted symlink or FIFO; a .dirid is one object header.
@@ -96,7 +101,7 @@ pub(super) fn read_dir_id(tree: &super::tree::Tree, dir: &Path) -> Result<[u8; 1
         other => other,
     })?;
     match ObjectHeader::decode(&bytes).map_err(|e| e.at(&path))? {
-        ObjectHeader { kind: ObjectKind::Directory, id } => Ok(id),
+        h @ ObjectHeader { kind: ObjectKind::Directory, .. } => Ok(h),
         _ => Err(Error::corrupt(&path, "not a directory id")),
     }
 }
@@ -121,18 +126,19 @@ pub(super) fn place(tmp: &super::tree::At, backing: &super::tree::At, plain: &Pa
     }
 }
 
-/// Writes a fresh `.dirid` at `at` (the id file's place in a new, empty backing directory).
-pub(super) fn write_dir_id_at(at: &super::tree::At, id: [u8; 16], plain: &Path) -> Result<()> {
-    let header = ObjectHeader { kind: ObjectKind::Directory, id }.encode();
+/// Writes a fresh `.dirid` holding `header` at `at` (the id file's place in a new, empty
+/// backing directory).
+pub(super) fn write_dir_id_at(at: &super::tree::At, header: &ObjectHeader, plain: &Path) -> Result<()> {
+    let header = header.encode();
     let mut f = at.create(0o600).map_err(|e| Error::io(plain, "create directory id", e))?;
     std::io::Write::write_all(&mut f, &header).map_err(|e| Error::io(plain, "write directory id", e))
 }
 
-/// Writes a fresh `.dirid` into the (new, empty) backing directory `dir` (a path the caller
-/// made safe: `Tree::dir`'s, or the data directory at `init`).
-pub(super) fn write_dir_id(dir: &Path, id: [u8; 16]) -> Result<()> {
+/// Writes a fresh `.dirid` holding `header` into the (new, empty) backing directory `dir` (a
+/// path the caller made safe: `Tree::dir`'s, or the data directory at `init`).
+pub(super) fn write_dir_id(dir: &Path, header: &ObjectHeader) -> Result<()> {
     let path = dir.join(DIRID_FILE);
-    let header = ObjectHeader { kind: ObjectKind::Directory, id }.encode();
+    let header = header.encode();
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

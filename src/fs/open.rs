@@ -62,7 +62,10 @@ impl Volume {
         let mut header = VolumeHeader {
             features: crate::format::FEATURE_RECORD_MACS
                 | crate::format::FEATURE_ROOT_BOUND
-                | crate::format::FEATURE_RECORDS_SEALED,
+                | crate::format::FEATURE_RECORDS_SEALED
+                | crate::format::FEATURE_FILES_RECORDED
+                | crate::format::FEATURE_ENTRIES_BOUND
+                | crate::format::FEATURE_XATTRS_SEALED,
             volume_id: random_array(),
             cipher: opts.cipher,
             extent_shift: opts.extent_shift,
@@ -84,7 +87,7 @@ impl Volume {
     /// Everything after the root: keys, store (recording a root made for this volume), the
     /// data directory and, last, the header.
     fn init_rest(cipherdir: &Path, kms: &dyn Kms, header: &mut VolumeHeader, created: Option<&str>) -> Result<()> {
-        KeyRing::generate(kms, header)?;
+        let keys = KeyRing::generate(kms, header)?;
         let store = Store::create(&cipherdir.join(STORE_FILE))?;
         store.apply(&[Change::PutMeta { key: KEK_SINCE, value: &unix_now().to_le_bytes() }])?;
         if let Some(uri) = created {
@@ -93,7 +96,13 @@ impl Volume {
         drop(store);
         let data = cipherdir.join(DATA_DIR);
         fs::DirBuilder::new().mode(0o700).create(&data).map_err(|e| Error::io(&data, "create directory", e))?;
-        names::write_dir_id(&data, random_array())?;
+        let root = super::binding::bound_header_with(
+            &keys,
+            crate::format::ObjectKind::Directory,
+            random_array(),
+            &super::binding::Entry::root(),
+        );
+        names::write_dir_id(&data, &root)?;
         durable::sync_dir(&data)?;
         durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)
     }
@@ -206,6 +215,10 @@ impl Volume {
             storage,
             trash,
             tree,
+            files_recorded: (header.features & crate::format::FEATURE_FILES_RECORDED != 0).into(),
+            entries_bound: (header.features & crate::format::FEATURE_ENTRIES_BOUND != 0).into(),
+            in_flight: Default::default(),
+            xattr_lock: Default::default(),
         };
         let core = Arc::new(core);
         Committer::start(&core);
@@ -221,6 +234,17 @@ impl Volume {
         if vol.header().features & crate::format::FEATURE_RECORDS_SEALED == 0 {
             vol.seal_records_upgrade()?;
         }
+        if vol.header().features & crate::format::FEATURE_FILES_RECORDED == 0 {
+            vol.record_files_upgrade()?;
+        }
+        if vol.header().features & crate::format::FEATURE_ENTRIES_BOUND == 0 {
+            vol.bind_entries_upgrade()?;
+        }
+        // Attribute sets are sealed only once every header can carry their flag.
+        if vol.header().features & crate::format::FEATURE_XATTRS_SEALED == 0 && vol.entries_bound() {
+            vol.seal_xattrs_upgrade()?;
+        }
+        vol.dir_id(&vol.core.data_dir)?; // the root directory's binding
         vol.resume_pending_rotation(kms)?;
         Ok(vol)
     }
@@ -295,7 +319,12 @@ impl Volume {
 /// `header` with feature `bit` set, its name key re-sealed for the binding that bit changes,
 /// written in one atomic replacement (the caller holds the header lock): the step every
 /// in-place upgrade of a volume ends with.
-fn with_feature(cipherdir: &Path, mut header: VolumeHeader, keys: &KeyRing, bit: u32) -> Result<VolumeHeader> {
+pub(super) fn with_feature(
+    cipherdir: &Path,
+    mut header: VolumeHeader,
+    keys: &KeyRing,
+    bit: u32,
+) -> Result<VolumeHeader> {
     header.features |= bit;
     header.wrapped_name_key = keys
         .seal_name_key(&header)

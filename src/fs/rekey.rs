@@ -42,7 +42,9 @@ impl Volume {
         let dir = backing.parent().expect("a backing path has a parent");
         let tmp = dir.join(format!(".rekey-{:016x}", u64::from_le_bytes(crate::crypto::random_array())));
         let tmp_at = self.at(&tmp, path)?;
-        let (new, _) = self.create_backing(&tmp, path.to_path_buf(), meta.mode() & 0o7777, None)?;
+        // Bound to the entry it will be renamed to.
+        let entry = self.entry_of(&backing)?;
+        let (new, _) = self.create_backing(&tmp, &entry, path.to_path_buf(), meta.mode() & 0o7777, None)?;
         let result = (|| {
             let size = old.len();
             let mut buf = vec![0u8; COPY_CHUNK];
@@ -62,7 +64,7 @@ impl Volume {
             }
             new.set_len(size)?;
             new.sync()?;
-            self.copy_xattrs(&old.file_id(), &new.file_id(), path)?;
+            self.copy_xattrs(path, &new.file_id(), tmp_at.path(), &entry)?;
             nix::unistd::fchownat(
                 tmp_at.dir(),
                 tmp_at.name(),

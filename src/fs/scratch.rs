@@ -138,6 +138,7 @@ impl Volume {
             self.store().apply(&[Change::DeleteMeta { key: SCRATCH_DIRS }, Change::DeleteMeta { key: SCRATCH_KEY }])?;
         }
         if !report.resumed {
+            self.check_no_lost_record(&recorded, runtime_file)?;
             remove_if_present(runtime_file)?;
         }
         for r in requested {
@@ -161,6 +162,32 @@ impl Volume {
         ])?;
         self.set_scratch_dirs(dirs);
         Ok(report)
+    }
+
+    /// No scratch record in the store, but this boot's scratch key for the volume in the
+    /// runtime directory (which no writer of CIPHERDIR can touch) with files still under it:
+    /// the record was removed from `meta.db`. Going on would throw that scratch key away and
+    /// turn its directories into ordinary ones whose new files outlive the boot, so the
+    /// mount refuses, naming the way out. (Without files under the key it is a mount that
+    /// stopped between writing the key and its record: nothing to lose.)
+    fn check_no_lost_record(&self, recorded: &ScratchState, runtime_file: &Path) -> Result<()> {
+        if recorded.key_id.is_some() {
+            return Ok(());
+        }
+        let Some(rec) = crate::keys::ScratchRecord::read(runtime_file) else { return Ok(()) };
+        if rec.boot_id != boot_id()? || !self.store().has_extents_under(&rec.key_id)? {
+            return Ok(());
+        }
+        Err(Error::integrity(
+            self.store().path(),
+            format!(
+                "the scratch record is missing, but this boot's scratch key ({}) still has files under it: \
+                 the record was removed from the store. Nothing was deleted; to give that scratch up, \
+                 delete {} and mount again",
+                crate::format::hex(&rec.key_id),
+                runtime_file.display()
+            ),
+        ))
     }
 
     /// A new scratch directory must be empty (everything in it is destroyed at unmount) or

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::volume::{open_data, read_file_id, Volume};
+use super::volume::Volume;
 use crate::keys::FileId;
 use crate::kms::Kms;
 use crate::{Error, Result};
@@ -52,8 +52,8 @@ impl Volume {
                     crate::confine::kind_name(&meta)
                 )));
             }
-            let file = open_data(at.path(), false).map_err(|e| Error::io(path, "open", e))?;
-            let id = read_file_id(&file, at.path(), path)?;
+            // Only the object this name is bound to: a swapped one is refused, not shredded.
+            let id = self.file_id_of(&backing, path)?;
             let links = std::os::unix::fs::MetadataExt::nlink(&meta);
             let entry = named.entry(id).or_insert((links, 0, path.clone()));
             entry.1 += 1;

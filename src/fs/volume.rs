@@ -113,9 +113,24 @@ pub(super) struct Core {
     pub(super) trash: super::trash::Trash,
     /// The backing tree, reached by descriptors (every backing entry goes through it).
     pub(super) tree: super::tree::Tree,
+    /// Header feature `files-recorded`: a regular file without a store record is an
+    /// integrity error (set at open, or once an upgrade has recorded every file).
+    pub(super) files_recorded: std::sync::atomic::AtomicBool,
+    /// Header feature `entries-bound`: an object not bound to its entry is an integrity error.
+    pub(super) entries_bound: std::sync::atomic::AtomicBool,
+    /// Objects this daemon is renaming, by id, with the entry they are moving to (see
+    /// `Volume::in_flight`).
+    pub(super) in_flight: Mutex<HashMap<FileId, (super::binding::Entry, super::binding::Entry)>>,
+    /// Serializes extended-attribute operations (a set read while another changes it would
+    /// look tampered with).
+    pub(super) xattr_lock: Mutex<()>,
 }
 
 impl Core {
+    pub(super) fn files_recorded(&self) -> bool {
+        self.files_recorded.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     fn open_table(&self) -> OpenTable<'_> {
         // Entries are inserted and removed whole, so a poisoned table is still consistent.
         self.open.lock().unwrap_or_else(|p| p.into_inner())
@@ -197,7 +212,7 @@ pub struct Volume {
     /// Backing directory path → directory id (see [`Volume::dir_id`]).
     pub(super) dir_ids: Mutex<HashMap<PathBuf, [u8; 16]>>,
     /// Backing inode → file id (see [`Volume::remember_file_id`]).
-    pub(super) file_ids: Mutex<HashMap<u64, FileId>>,
+    pub(super) file_ids: Mutex<HashMap<u64, (FileId, super::binding::Entry)>>,
     pub(super) cipherdir: PathBuf,
     /// Changes only when a KEK rotation finishes.
     pub(super) header: std::sync::RwLock<VolumeHeader>,
@@ -334,7 +349,10 @@ impl Volume {
             dir_id = match cached {
                 Some(id) => id,
                 None => match self.lstat(&dir) {
-                    Ok(m) if m.is_dir() => self.dir_id(&dir)?,
+                    Ok(m) if m.is_dir() => self.dir_id(&dir).map_err(|e| match e {
+                        Error::Integrity { reason, .. } => Error::Integrity { path: so_far(), reason },
+                        e => e,
+                    })?,
                     Ok(_) => return Err(Error::NotDir(so_far())),
                     Err(_) => return Err(Error::NotFound(so_far())),
                 },
@@ -418,8 +436,10 @@ impl Volume {
 
     /// The plaintext size of the data file at `backing`.
     pub(super) fn size_of_backing(&self, backing: &Path, ino: u64, path: &Path) -> Result<u64> {
-        let cached = self.file_ids.lock().unwrap_or_else(|p| p.into_inner()).get(&ino).copied();
-        let id = match cached {
+        // Cached with the entry it was checked at: the same inode met at another name (moved
+        // there in the backing tree) is checked again.
+        let entry = self.entry_of(backing)?;
+        let id = match self.cached_file_id(ino, &entry) {
             Some(id) => id,
             None => {
                 // The id and the inode number from one open file: `backing` may name another
@@ -432,29 +452,45 @@ impl Volume {
                 if file.metadata().map(|m| m.ino()).ok() != Some(ino) {
                     return Err(Error::NotFound(path.into()));
                 }
-                let id = read_file_id(&file, at.path(), path)?;
-                self.remember_file_id(ino, id);
+                let id = self.checked_file_id(&file, backing, at.path(), path)?;
+                self.remember_file_id(ino, id, entry);
                 id
             }
         };
-        self.file_size(&id)
+        self.file_size(&id, path)
     }
 
     /// Caches the file id of backing inode `ino`. Every regular file's inode is created by
     /// [`Volume::create_backing`], which records it, so an inode number reused after a
     /// delete never returns a stale id.
-    fn remember_file_id(&self, ino: u64, id: FileId) {
+    fn remember_file_id(&self, ino: u64, id: FileId, entry: super::binding::Entry) {
         let mut cache = self.file_ids.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= FILE_ID_CACHE {
             cache.clear();
         }
-        cache.insert(ino, id);
+        cache.insert(ino, (id, entry));
     }
 
-    /// The file id in the object header of the data file at `backing`.
+    /// The cached id of backing inode `ino`, if it was checked at `entry`.
+    fn cached_file_id(&self, ino: u64, entry: &super::binding::Entry) -> Option<FileId> {
+        let cache = self.file_ids.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(&ino).filter(|(_, e)| e == entry).map(|(id, _)| *id)
+    }
+
+    /// The file id in the object header of the data file at `backing`, checked to belong
+    /// to that entry.
     pub(super) fn file_id_of(&self, backing: &Path, path: &Path) -> Result<FileId> {
         let at = self.at(backing, path)?;
-        read_file_id(&open_data(at.path(), false).map_err(|e| Error::io(path, "open", e))?, at.path(), path)
+        let file = open_data(at.path(), false).map_err(|e| Error::io(path, "open", e))?;
+        self.checked_file_id(&file, backing, at.path(), path)
+    }
+
+    /// The id of data file `file`, opened at `backing` (`at_path`), if its header is bound
+    /// to that entry.
+    fn checked_file_id(&self, file: &fs::File, backing: &Path, at_path: &Path, path: &Path) -> Result<FileId> {
+        let header = read_header(file, at_path, path)?;
+        self.check_binding(&header, &self.entry_of(backing)?, path)?;
+        Ok(header.id)
     }
 
     /// Runs a rename `f` of `from` to `to`, keeping long-name records right: the target's
@@ -507,16 +543,18 @@ impl Volume {
     pub fn create_owned(&self, path: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<(FileHandle, super::Attr)> {
         let r = self.resolve(path)?;
         self.remember_name(&r)?;
-        self.create_backing(&r.backing(), r.plain, mode, owner)
+        let entry = super::binding::Entry::new(r.parent_id, &r.encoded.backing);
+        self.create_backing(&r.backing(), &entry, r.plain, mode, owner)
     }
 
-    /// Creates the data file `backing` with a fresh file id and opens it (`plain` names it in
-    /// errors). The kernel holds the parent directory locked while it creates, so nobody looks
+    /// Creates the data file `backing` with a fresh file id, bound to `entry` (where it is, or
+    /// where it will be renamed to), and opens it (`plain` names it in errors). The kernel holds the parent directory locked while it creates, so nobody looks
     /// the new name up before its header is written; a crash in between leaves a header-less
     /// data file, which recovery gives a fresh header (an empty file).
     pub(super) fn create_backing(
         &self,
         backing: &Path,
+        entry: &super::binding::Entry,
         plain: PathBuf,
         mode: u32,
         owner: Option<(u32, u32)>,
@@ -543,9 +581,9 @@ impl Volume {
             meta = file.metadata().map_err(|e| undo("stat", e))?;
         }
         let id = random_array();
-        self.remember_file_id(meta.ino(), id);
+        self.remember_file_id(meta.ino(), id, entry.clone());
         let file = self.core.storage.data_file(file, backing);
-        let header = ObjectHeader { kind: ObjectKind::File, id }.encode();
+        let header = self.bound_header(ObjectKind::File, id, entry).encode();
         file.write_all_at(&header, 0).map_err(|e| undo("write header", e))?;
         let handle = self.attach(id, file, plain, true, None)?;
         Ok((handle, super::meta::attr_from(&meta, EntryKind::File, 0)))
@@ -589,7 +627,9 @@ impl Volume {
         if meta.is_dir() {
             return Err(Error::IsDir(path.into()));
         }
-        let id = read_file_id(&file, at.path(), path)?;
+        let header = read_header(&file, at.path(), path)?;
+        self.check_binding(&header, &super::binding::Entry::new(r.parent_id, &r.encoded.backing), path)?;
+        let id = header.id;
         let named = || names_inode(at.path(), meta.dev(), meta.ino());
         let file = self.core.storage.data_file(file, &backing);
         self.attach(id, file, r.plain, writable, Some(&named))
@@ -641,13 +681,20 @@ impl Volume {
             return Err(Error::IsDir(path.into()));
         }
         let id = if meta.is_file() {
-            let cached = self.file_ids.lock().unwrap_or_else(|p| p.into_inner()).get(&meta.ino()).copied();
-            Some(match cached {
+            let entry = super::binding::Entry::new(r.parent_id, &r.encoded.backing);
+            Some(match self.cached_file_id(meta.ino(), &entry) {
                 Some(id) => id,
                 None => {
                     let f = open_data(at.path(), false).map_err(|e| Error::io(path, "open", e))?;
-                    match read_file_id(&f, at.path(), path) {
+                    match self.checked_file_id(&f, &backing, at.path(), path) {
                         Ok(id) => id,
+                        // Not the object this name is bound to (swapped in the backing tree):
+                        // the name goes, no keys with it (fsck reports what is left).
+                        Err(Error::Integrity { reason, .. }) => {
+                            tracing::error!("{}: {reason}; removing the name only", path.display());
+                            fs::remove_file(at.path()).map_err(|e| Error::io(path, "unlink", e))?;
+                            return self.forget_name(&r);
+                        }
                         // No complete header (a create cut short): no keys can exist for it.
                         Err(Error::Corrupt { .. }) if meta.len() < OBJECT_HEADER_LEN as u64 => {
                             fs::remove_file(at.path()).map_err(|e| Error::io(path, "unlink", e))?;
@@ -706,6 +753,12 @@ impl Volume {
 
     /// Renames `from` to `to`, replacing a file at `to`. No data or key is rewritten.
     pub fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        self.rename_checked(from, to, true)
+    }
+
+    /// [`Volume::rename`]; with `check` false the source's binding is not checked and it is
+    /// bound anew at `to` (only `fsck --repair`'s moves into lost+found).
+    pub(super) fn rename_checked(&self, from: &Path, to: &Path, check: bool) -> Result<()> {
         self.check_scratch_move(from, to)?;
         let rf = self.resolve(from)?;
         let rt = self.resolve(to)?;
@@ -719,15 +772,27 @@ impl Volume {
             self.forget_dir_ids(&bf);
             self.forget_dir_ids(&bt);
         }
+        // Checked where it is (read afresh, not from a cache) before anything moves.
+        let moving = self.moving_as(&bf, from, check)?;
+        let _in_flight = self.in_flight(&moving, &bf, &bt)?;
+        // The keys of a replaced file go with it, if it is the object its name is bound to.
         let replaced = match fs::symlink_metadata(at.path()) {
-            Ok(m) if m.is_file() && m.nlink() == 1 => Some((
-                m.ino(),
-                read_file_id(&open_data(at.path(), false).map_err(|e| Error::io(to, "open", e))?, at.path(), to)?,
-            )),
+            Ok(m) if m.is_file() && m.nlink() == 1 => {
+                let f = open_data(at.path(), false).map_err(|e| Error::io(to, "open", e))?;
+                match self.checked_file_id(&f, &bt, at.path(), to) {
+                    Ok(id) => Some((m.ino(), id)),
+                    Err(Error::Integrity { reason, .. }) => {
+                        tracing::error!("{}: {reason}; replacing the name only", to.display());
+                        None
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             _ => None,
         };
         self.remember_name(&rt)?;
-        fs::rename(af.path(), at.path()).map_err(|e| match e.raw_os_error() {
+        let flags = nix::fcntl::RenameFlags::empty();
+        self.move_entry(&moving, &af, &at, &bt, flags).map_err(|e| match e.raw_os_error() {
             Some(39) => Error::DirNotEmpty(to.into()),
             Some(20) => Error::NotDir(to.into()),
             Some(21) => Error::IsDir(to.into()),
@@ -736,12 +801,17 @@ impl Volume {
         if from_meta.is_dir() {
             self.forget_dir_ids(&bf); // again: a lookup may have cached it meanwhile
         }
+        let bound = match moving {
+            super::binding::Moving::Symlink(_) => Ok(()), // copied into place sealed for it
+            _ => self.moved(&moving, &bt, to),
+        };
         self.forget_name(&rf)?;
         if let Some((ino, id)) = replaced {
             // Its inode number may be reused by a new file: forget it with the file.
             self.file_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&ino);
             self.drop_file(&id)?;
         }
+        bound?;
         // Only a regular file has a name to update (opening a FIFO here would block).
         if let Ok(f) = open_data(at.path(), false) {
             if let Ok(id) = read_file_id(&f, at.path(), to) {
@@ -761,11 +831,15 @@ impl Volume {
         Ok(Stat { kind: a.kind, size, mode: u32::from(a.perm), nlink: u64::from(a.nlink) })
     }
 
-    fn file_size(&self, id: &FileId) -> Result<u64> {
+    fn file_size(&self, id: &FileId, path: &Path) -> Result<u64> {
         if let Some((state, _)) = self.core.open_table().get(id) {
             return Ok(state.size());
         }
-        Ok(self.core.store.file_size(id)?.unwrap_or(0))
+        match self.core.store.file_size(id)? {
+            Some(size) => Ok(size),
+            None if self.core.files_recorded() => Err(super::file::record_missing(path)),
+            None => Ok(0), // a volume made before every file had a record: an empty file
+        }
     }
 
     /// Commits every open file's pending metadata (data synced first) and everything queued.
@@ -789,6 +863,15 @@ impl Drop for Volume {
             Err(e) => tracing::error!("committing at close failed: {e}"),
             // Everything is committed: the next mount needs no recovery.
             Ok(()) if self.mount_marker.load(std::sync::atomic::Ordering::SeqCst) => {
+                // Headers rewritten by renames are not synced one by one: all of them reach the
+                // disk before the marker that would make recovery look at them goes.
+                if let Err(e) = self.core.storage.sync_point(super::SyncPoint::SyncFs).and_then(|_| {
+                    let dir = crate::confine::open_dir(self.core.data_dir()).map_err(std::io::Error::other)?;
+                    nix::unistd::syncfs(std::os::fd::AsFd::as_fd(&dir)).map_err(std::io::Error::from)
+                }) {
+                    tracing::error!("syncing at close failed (the next mount recovers): {e}");
+                    return;
+                }
                 if let Err(e) = self.core.store.apply(&[Change::DeleteMeta { key: super::fsck::MOUNT_ACTIVE }]) {
                     tracing::error!("clearing the mount marker failed: {e}");
                 }
@@ -805,8 +888,13 @@ pub(super) fn open_data(backing: &Path, write: bool) -> std::io::Result<fs::File
     crate::confine::open_file_io(backing, write)
 }
 
-/// The file id in a data file's object header.
+/// The file id in a data file's object header (its binding unchecked).
 pub(super) fn read_file_id(file: &fs::File, backing: &Path, path: &Path) -> Result<FileId> {
+    read_header(file, backing, path).map(|h| h.id)
+}
+
+/// A data file's object header.
+pub(super) fn read_header(file: &fs::File, backing: &Path, path: &Path) -> Result<ObjectHeader> {
     let mut buf = [0u8; OBJECT_HEADER_LEN];
     let got = super::DataFile::read_at(file, &mut buf, 0).map_err(|e| Error::io(path, "read header", e))?;
     let decoded = ObjectHeader::decode(&buf[..got]).map_err(|e| e.at(path));
@@ -816,7 +904,7 @@ pub(super) fn read_file_id(file: &fs::File, backing: &Path, path: &Path) -> Resu
         return Err(Error::NotFound(path.to_path_buf()));
     }
     match decoded? {
-        ObjectHeader { kind: ObjectKind::File, id } => Ok(id),
+        h @ ObjectHeader { kind: ObjectKind::File, .. } => Ok(h),
         _ => Err(Error::corrupt(path, "data file has a directory header")),
     }
 }

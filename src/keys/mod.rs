@@ -47,6 +47,27 @@ fn record_key(kek: &Key256, volume_id: &[u8; 16]) -> aws_lc_rs::hmac::Key {
     hmac::Key::from(okm)
 }
 
+/// `HKDF-SHA256(salt "envelopefs", ikm name key, info "entry-binding" || volume_id)`: the
+/// key that binds objects to the directory entries naming them (`fs::binding`); derived per
+/// purpose, so the name key itself only encrypts names.
+fn entry_key(name_key: &Key256, volume_id: &[u8; 16]) -> aws_lc_rs::hmac::Key {
+    derived_key(name_key, b"entry-binding", volume_id)
+}
+
+/// `HKDF-SHA256(salt "envelopefs", ikm name key, info "xattr-set" || volume_id)`: the key
+/// that seals each object's set of extended attributes (`fs::xattr`).
+fn xattr_key(name_key: &Key256, volume_id: &[u8; 16]) -> aws_lc_rs::hmac::Key {
+    derived_key(name_key, b"xattr-set", volume_id)
+}
+
+fn derived_key(ikm: &Key256, purpose: &[u8], volume_id: &[u8; 16]) -> aws_lc_rs::hmac::Key {
+    use aws_lc_rs::{hkdf, hmac};
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"envelopefs").extract(ikm.expose());
+    let info: [&[u8]; 2] = [purpose, volume_id];
+    let okm = prk.expand(&info, hmac::HMAC_SHA256).expect("32 bytes is a valid HKDF-SHA256 output length");
+    hmac::Key::from(okm)
+}
+
 /// Unwrapped keys of one open volume.
 pub struct KeyRing {
     volume_id: [u8; 16],
@@ -59,6 +80,10 @@ pub struct KeyRing {
     /// The per-boot scratch key, while scratch is in use (see [`scratch`]).
     scratch: RwLock<Option<Arc<Kek>>>,
     names: NameCipher,
+    /// Binds objects to their directory entries (see [`entry_key`]).
+    entries: aws_lc_rs::hmac::Key,
+    /// Seals each object's set of extended attributes (see [`xattr_key`]).
+    xattrs: aws_lc_rs::hmac::Key,
     /// Kept (zeroized on drop) so a KEK rotation can re-wrap it.
     name_key: Key256,
     cache: DekCache,
@@ -110,9 +135,31 @@ impl KeyRing {
             pending: RwLock::new(None),
             scratch: RwLock::new(None),
             names: NameCipher::new(&name_key),
+            entries: entry_key(&name_key, &header.volume_id),
+            xattrs: xattr_key(&name_key, &header.volume_id),
             name_key,
             cache: DekCache::new(DekCache::DEFAULT_ENTRIES, DekCache::DEFAULT_MAX_AGE),
         }
+    }
+
+    /// The first 8 bytes of `HMAC-SHA256(entry key, "EVFSENT1" || msg)`: the binding of an
+    /// object to its directory entry (`fs::binding` builds `msg`).
+    pub fn entry_mac(&self, msg: &[u8]) -> [u8; 8] {
+        let mut ctx = aws_lc_rs::hmac::Context::with_key(&self.entries);
+        ctx.update(b"EVFSENT1");
+        ctx.update(msg);
+        let tag = ctx.sign();
+        tag.as_ref()[..8].try_into().expect("HMAC-SHA256 is 32 bytes")
+    }
+
+    /// The first 16 bytes of `HMAC-SHA256(xattr key, "EVFSXAT1" || msg)`: the seal of an
+    /// object's set of extended attributes (`fs::xattr` builds `msg`).
+    pub fn xattr_mac(&self, msg: &[u8]) -> [u8; 16] {
+        let mut ctx = aws_lc_rs::hmac::Context::with_key(&self.xattrs);
+        ctx.update(b"EVFSXAT1");
+        ctx.update(msg);
+        let tag = ctx.sign();
+        tag.as_ref()[..16].try_into().expect("HMAC-SHA256 is 32 bytes")
     }
 
     pub fn volume_id(&self) -> &[u8; 16] {
@@ -403,4 +450,38 @@ pub fn root_matches(kms: &dyn Kms, header: &VolumeHeader) -> Result<bool> {
 
 fn kms_error(kms: &dyn Kms, e: KmsError) -> Error {
     Error::Kms { uri: kms.uri().to_string(), reason: e.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vectors in FORMAT.md §4 (entry binding) and §6 (sealed records): each MAC from a
+    /// fixed key, so the derivations and message layouts cannot drift unnoticed.
+    #[test]
+    fn entry_binding_and_record_mac_vectors() {
+        let name_key = Key256::from_bytes(&[0x11; 32]);
+        let key = entry_key(&name_key, &[0x22; 16]);
+        // kind 'F', id 33.., bound to entry (dir 44.., backing name "abc")
+        let mut msg = b"EVFSENT1F".to_vec();
+        msg.extend_from_slice(&[0x33; 16]);
+        msg.push(1);
+        msg.extend_from_slice(&[0x44; 16]);
+        msg.extend_from_slice(&3u16.to_le_bytes());
+        msg.extend_from_slice(b"abc");
+        let tag = aws_lc_rs::hmac::sign(&key, &msg);
+        assert_eq!(crate::format::hex(&tag.as_ref()[..8]), "8e7376155d876149");
+
+        let kek = Key256::from_bytes(&[0x55; 32]);
+        let key = record_key(&kek, &[0x22; 16]);
+        let mut msg = b"EVFSREC1".to_vec();
+        msg.extend_from_slice(&12u16.to_le_bytes());
+        msg.extend_from_slice(b"mount.active");
+        msg.extend_from_slice(&1u64.to_le_bytes());
+        let tag = aws_lc_rs::hmac::sign(&key, &msg);
+        assert_eq!(
+            crate::format::hex(tag.as_ref()),
+            "d0ab04d6aa7254142fa0889a87e965700090f8f602e3d447ac3b667ad75d0c37"
+        );
+    }
 }

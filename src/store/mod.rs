@@ -406,6 +406,13 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether any extent's DEK is wrapped under `kek_id`.
+    pub fn has_extents_under(&self, kek_id: &[u8; 16]) -> Result<bool> {
+        self.lock()
+            .query_row("SELECT EXISTS(SELECT 1 FROM extents WHERE kek_id = ?1)", [&kek_id[..]], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
     /// The encrypted value of extended attribute `name` (encrypted) of `object`.
     pub fn xattr(&self, object: &[u8; 16], name: &[u8]) -> Result<Option<Vec<u8>>> {
         self.lock()
@@ -414,6 +421,29 @@ impl Store {
             })
             .optional()
             .map_err(|e| self.err(e))
+    }
+
+    /// Every (encrypted name, encrypted value) row of `object`, in name order.
+    pub fn xattrs_of(&self, object: &[u8; 16]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let conn = self.read_lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT name, value FROM xattrs WHERE object_id = ?1 ORDER BY name")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([&object[..]], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+    }
+
+    /// The ids of every object with extended-attribute rows.
+    pub fn xattr_objects(&self) -> Result<Vec<[u8; 16]>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT DISTINCT object_id FROM xattrs").map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let id = row.map_err(|e| self.err(e))?;
+            out.push(id.try_into().map_err(|_| Error::corrupt(&self.path, "an xattr row has a malformed object id"))?);
+        }
+        Ok(out)
     }
 
     /// The encrypted names of every extended attribute of `object`.
