@@ -382,12 +382,17 @@ impl Volume {
 
     /// Binds what `moving` was to its new place `to` (after the rename; a symlink only after
     /// an exchange, [`Volume::move_entry`] copies it otherwise).
-    pub(super) fn moved(&self, moving: &Moving, to: &Path, path: &Path) -> Result<()> {
+    /// `ino`: the backing inode moved (a file's id stays cached for it, at its new entry).
+    pub(super) fn moved(&self, moving: &Moving, to: &Path, path: &Path, ino: u64) -> Result<()> {
         let entry = self.entry_of(to)?;
         match moving {
             Moving::File { id, shared } => {
                 let at = self.at(to, path)?;
-                self.write_binding(at.path(), id, &entry, *shared, path)
+                self.write_binding(at.path(), id, &entry, *shared, path)?;
+                if ino != 0 {
+                    self.remember_file_id(ino, *id, entry);
+                }
+                Ok(())
             }
             Moving::Directory { id } => {
                 let at = self.at(&to.join(names::DIRID_FILE), path)?;

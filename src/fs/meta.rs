@@ -278,6 +278,8 @@ impl Volume {
                     RenameMode::Exchange => Some(self.moving(&bt, to)?),
                     _ => None,
                 };
+                let ino = |a: &super::tree::At| fs::symlink_metadata(a.path()).map(|m| m.ino()).unwrap_or(0);
+                let (ino_from, ino_to) = (ino(&af), ino(&at));
                 let _in_flight = (
                     self.in_flight(&moving, &bf, &bt)?,
                     match &other {
@@ -302,10 +304,10 @@ impl Volume {
                 self.forget_dir_ids(&bt);
                 result?;
                 if mode == RenameMode::Exchange || !matches!(moving, super::binding::Moving::Symlink(_)) {
-                    self.moved(&moving, &bt, to)?;
+                    self.moved(&moving, &bt, to, ino_from)?;
                 }
                 if let Some(other) = other {
-                    self.moved(&other, &bf, from)?;
+                    self.moved(&other, &bf, from, ino_to)?;
                 }
                 Ok(())
             }

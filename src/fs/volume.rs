@@ -463,7 +463,7 @@ impl Volume {
     /// Caches the file id of backing inode `ino`. Every regular file's inode is created by
     /// [`Volume::create_backing`], which records it, so an inode number reused after a
     /// delete never returns a stale id.
-    fn remember_file_id(&self, ino: u64, id: FileId, entry: super::binding::Entry) {
+    pub(super) fn remember_file_id(&self, ino: u64, id: FileId, entry: super::binding::Entry) {
         let mut cache = self.file_ids.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= FILE_ID_CACHE {
             cache.clear();
@@ -803,7 +803,7 @@ impl Volume {
         }
         let bound = match moving {
             super::binding::Moving::Symlink(_) => Ok(()), // copied into place sealed for it
-            _ => self.moved(&moving, &bt, to),
+            _ => self.moved(&moving, &bt, to, from_meta.ino()),
         };
         self.forget_name(&rf)?;
         if let Some((ino, id)) = replaced {
