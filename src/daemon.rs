@@ -108,6 +108,7 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     let kms = std::sync::Arc::new(kms::open(&header.kms_uri, &req.cipherdir, secrets.as_ref())?);
     drop(secrets); // the passphrase is not kept for the life of the mount
     let vol = Arc::new(Volume::open_with_kms(&req.cipherdir, header.clone(), kms.as_ref())?);
+    vol.files_removed()?; // a volume whose files were removed behind its back is not served
     let scratch_file = control::scratch_path(&header.volume_id);
     control::ensure_runtime_dir()?;
     let setup = vol.setup_scratch(kms.as_ref(), &req.scratch, &scratch_file, req.read_only)?;

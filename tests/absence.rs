@@ -86,6 +86,14 @@ fn through_the_mount_an_emptied_file_gives_eio() {
     let backings = vec![vol.backing_path(Path::new("full")).unwrap(), vol.backing_path(Path::new("empty")).unwrap()];
     drop(vol);
     empty_behind_its_back(&m.cipher, &backings);
+    // The set of files changed: the mount refuses until the operator accepts the store as it
+    // is; then each file without its rows is still an error of its own.
+    assert!(!m.try_mount(&[]).status.success(), "a volume whose rows were deleted was mounted");
+    let repair =
+        ["fsck".as_ref(), m.cipher.as_os_str(), "--passfile".as_ref(), m.passfile.as_os_str(), "--repair".as_ref()];
+    // Not clean afterwards (the two files are still without rows), but the set is accepted.
+    let o = m.run(&repair);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("files removed"), "{}", String::from_utf8_lossy(&o.stdout));
     m.mount();
     for name in ["full", "empty"] {
         let err = std::fs::read(m.p(name)).expect_err(name);
@@ -127,4 +135,80 @@ fn a_volume_made_before_files_were_recorded_is_upgraded_in_place() {
     c.execute("DELETE FROM files WHERE size = 0", []).unwrap();
     drop(c);
     assert_missing(reopen(&dir).open_file(Path::new("d/old-empty"), false).map(|_| ()), "old-empty");
+}
+
+/// Removes file `rel` whole, as a writer of CIPHERDIR can: its data file and every row.
+fn remove_whole(cipher: &Path, rel: &str) {
+    let backing = Volume::open(cipher, &envelopefs::secret::Passphrase::new("mount test passphrase").unwrap())
+        .unwrap()
+        .backing_path(Path::new(rel))
+        .unwrap();
+    let id = std::fs::read(&backing).unwrap()[8..24].to_vec();
+    std::fs::remove_file(&backing).unwrap();
+    let c = rusqlite::Connection::open(cipher.join("meta.db")).unwrap();
+    c.execute("DELETE FROM extents WHERE file_id = ?1", [&id]).unwrap();
+    assert_eq!(c.execute("DELETE FROM files WHERE id = ?1", [&id]).unwrap(), 1);
+}
+
+#[test]
+fn a_file_removed_whole_stops_the_mount_until_fsck_repair_accepts_it() {
+    let mut m = MountFixture::new(&[]);
+    std::fs::write(m.p("keep"), b"kept").unwrap();
+    std::fs::write(m.p("gone"), pattern(9, 10_000)).unwrap();
+    m.unmount();
+    remove_whole(&m.cipher, "gone");
+    for extra in [&[][..], &["--read-only"][..]] {
+        let o = m.try_mount(extra);
+        assert!(!o.status.success(), "a volume missing a file was mounted ({extra:?})");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("removed whole") && err.contains("fsck --repair"), "{err}");
+    }
+    let fsck = |repair: bool| {
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec!["fsck".as_ref(), m.cipher.as_os_str(), "--passfile".as_ref(), m.passfile.as_os_str()];
+        if repair {
+            args.push("--repair".as_ref());
+        }
+        m.run(&args)
+    };
+    let o = fsck(false);
+    assert!(!o.status.success(), "fsck found nothing wrong");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("files removed"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(fsck(true).status.success());
+    m.mount();
+    assert_eq!(std::fs::read(m.p("keep")).unwrap(), b"kept");
+    assert!(!m.p("gone").exists());
+}
+
+#[test]
+fn a_row_added_or_a_file_removed_is_seen_at_open_and_normal_work_keeps_the_set() {
+    let (_tmp, dir, vol) = new_volume(CipherKind::Aes256Xts, 16);
+    // Creates, writes, renames, truncation, unlinks, rekey: the set follows every commit.
+    for i in 0..20 {
+        let f = vol.create(Path::new(&format!("f{i}")), 0o600).unwrap();
+        f.write_at(0, &pattern(i, 5000)).unwrap();
+        f.close().unwrap();
+    }
+    for i in 0..10 {
+        vol.unlink(Path::new(&format!("f{i}"))).unwrap();
+    }
+    vol.rename(Path::new("f10"), Path::new("g")).unwrap();
+    vol.rekey(Path::new("g")).unwrap();
+    vol.truncate(Path::new("f11"), 0).unwrap();
+    drop(vol);
+    let vol = reopen(&dir);
+    vol.files_removed().unwrap();
+    assert!(vol.fsck(false).unwrap().is_clean());
+    drop(vol);
+    // A junk row (its MAC is never checked until the file is opened) is a change of the set.
+    let c = rusqlite::Connection::open(dir.join("meta.db")).unwrap();
+    c.execute("INSERT INTO files (id, size, cipher, mac) VALUES (?1, 0, 2, ?2)", [vec![7u8; 16], vec![0u8; 16]])
+        .unwrap();
+    drop(c);
+    match reopen(&dir).files_removed() {
+        Err(Error::Integrity { path, reason }) => {
+            assert!(path.ends_with("meta.db") && reason.contains("removed whole"))
+        }
+        other => panic!("an added row went unnoticed: {other:?}"),
+    }
 }

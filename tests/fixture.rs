@@ -81,6 +81,8 @@ fn check_fixture(name: &str) {
     assert_ne!(features & envelopefs::format::FEATURE_FILES_RECORDED, 0, "{name}: not upgraded in place");
     assert_ne!(features & envelopefs::format::FEATURE_ENTRIES_BOUND, 0, "{name}: entries not bound in place");
     assert_ne!(features & envelopefs::format::FEATURE_XATTRS_SEALED, 0, "{name}: xattrs not sealed in place");
+    assert_ne!(features & envelopefs::format::FEATURE_FILE_SET, 0, "{name}: the set of files not kept");
+    vol.files_removed().unwrap();
     assert!(vol.fsck(false).unwrap().is_clean(), "{name}: not clean after its upgrade");
     assert!(Volume::open(&dir, &Passphrase::new("wrong").unwrap()).is_err());
 }

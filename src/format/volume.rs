@@ -35,8 +35,13 @@ pub const FEATURE_ENTRIES_BOUND: u32 = 32;
 /// store, a flag in its header); a dropped or rolled-back attribute is an integrity error.
 /// Set at `init`, and when a volume made before it is first opened (its sets sealed).
 pub const FEATURE_XATTRS_SEALED: u32 = 64;
+/// Feature bit 7: the store keeps a sealed digest of its set of file records, updated with
+/// every record added or deleted; a set that differs (a file removed whole) stops the mount.
+/// Set at `init`, and when a volume made before it is first opened.
+pub const FEATURE_FILE_SET: u32 = 128;
 /// Feature bits this build understands; any other bit refuses to open.
 pub const FEATURES_KNOWN: u32 = FEATURE_SHREDDED
+    | FEATURE_FILE_SET
     | FEATURE_XATTRS_SEALED
     | FEATURE_RECORD_MACS
     | FEATURE_ROOT_BOUND
@@ -252,7 +257,7 @@ mod tests {
         b[8] = 2;
         assert!(matches!(VolumeHeader::decode(&b), Err(DecodeError::Unsupported(_))));
         let mut b = sample().encode();
-        b[10] = 0x80;
+        b[11] = 0x80;
         assert!(matches!(VolumeHeader::decode(&b), Err(DecodeError::Unsupported(_))));
     }
 }

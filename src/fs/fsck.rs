@@ -56,6 +56,8 @@ pub enum ProblemKind {
     BadEntry,
     /// A regular file with no record in the store (volume feature files-recorded).
     RecordMissing,
+    /// The store's file records are not the set last committed (volume feature file-set).
+    FilesRemoved,
 }
 
 impl ProblemKind {
@@ -67,6 +69,7 @@ impl ProblemKind {
             ProblemKind::UnreadableBlock => "unreadable block",
             ProblemKind::BadEntry => "bad entry",
             ProblemKind::RecordMissing => "record missing",
+            ProblemKind::FilesRemoved => "files removed",
         }
     }
 }
@@ -158,6 +161,20 @@ impl Volume {
             }
         };
         let mut report = FsckReport { unclean, ..Default::default() };
+        if let Err(Error::Integrity { reason, path }) = self.files_removed() {
+            let mut p = Problem {
+                kind: ProblemKind::FilesRemoved,
+                path,
+                detail: reason,
+                crash_leftover: false,
+                repaired: None,
+            };
+            if mode.repair {
+                self.accept_file_set()?;
+                p.repaired = Some("the store's file records accepted as the set of files".into());
+            }
+            report.problems.push(p);
+        }
         report.skipped_scratch = self.recorded_scratch()?.dirs;
         let mut seen = HashSet::new();
         let root = self.data_dir().to_path_buf();

@@ -13,6 +13,7 @@ mod blocks;
 mod commit;
 mod dirs;
 mod file;
+mod file_set;
 mod fsck;
 mod inode_fs;
 mod listing;

@@ -65,7 +65,8 @@ impl Volume {
                 | crate::format::FEATURE_RECORDS_SEALED
                 | crate::format::FEATURE_FILES_RECORDED
                 | crate::format::FEATURE_ENTRIES_BOUND
-                | crate::format::FEATURE_XATTRS_SEALED,
+                | crate::format::FEATURE_XATTRS_SEALED
+                | crate::format::FEATURE_FILE_SET,
             volume_id: random_array(),
             cipher: opts.cipher,
             extent_shift: opts.extent_shift,
@@ -90,6 +91,9 @@ impl Volume {
         let keys = KeyRing::generate(kms, header)?;
         let store = Store::create(&cipherdir.join(STORE_FILE))?;
         store.apply(&[Change::PutMeta { key: KEK_SINCE, value: &unix_now().to_le_bytes() }])?;
+        // The set of files, empty (see `fs::file_set`).
+        let empty_set = super::records::seal_with(&keys, super::file_set::FILE_SET, &[0; 16], false);
+        store.apply(&[Change::PutMeta { key: super::file_set::FILE_SET, value: &empty_set }])?;
         if let Some(uri) = created {
             store.apply(&[Change::PutMeta { key: ROOT_OWNED, value: uri.as_bytes() }])?;
         }
@@ -226,6 +230,7 @@ impl Volume {
             core,
             dir_ids: Default::default(),
             file_ids: Default::default(),
+            file_set_problem: Default::default(),
             cipherdir: cipherdir.to_path_buf(),
             header: header.into(),
             mount_marker: Default::default(),
@@ -243,6 +248,12 @@ impl Volume {
         // Attribute sets are sealed only once every header can carry their flag.
         if vol.header().features & crate::format::FEATURE_XATTRS_SEALED == 0 && vol.entries_bound() {
             vol.seal_xattrs_upgrade()?;
+        }
+        if vol.header().features & crate::format::FEATURE_FILE_SET == 0 && vol.xattrs_sealed() {
+            vol.file_set_upgrade()?;
+        }
+        if vol.header().features & crate::format::FEATURE_FILE_SET != 0 {
+            vol.watch_file_set()?;
         }
         vol.dir_id(&vol.core.data_dir)?; // the root directory's binding
         vol.resume_pending_rotation(kms)?;

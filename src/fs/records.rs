@@ -13,11 +13,13 @@ use super::fsck::MOUNT_ACTIVE;
 use super::rotate::{PENDING_ID, PENDING_WRAPPED};
 use super::scratch::{SCRATCH_DIRS, SCRATCH_KEY};
 use super::volume::Volume;
+use crate::keys::KeyRing;
 use crate::store::{Change, Store};
 use crate::{Error, Result};
 
 /// The records sealed this way.
-pub(super) const SEALED: [&str; 5] = [PENDING_ID, PENDING_WRAPPED, MOUNT_ACTIVE, SCRATCH_KEY, SCRATCH_DIRS];
+pub(super) const SEALED: [&str; 6] =
+    [PENDING_ID, PENDING_WRAPPED, MOUNT_ACTIVE, SCRATCH_KEY, SCRATCH_DIRS, super::file_set::FILE_SET];
 const MAC_LEN: usize = 32;
 
 impl Volume {
@@ -32,12 +34,7 @@ impl Volume {
     /// `value || MAC(current KEK)`, and `|| MAC(pending KEK)` with `pending` while a rotation
     /// has one loaded.
     fn with_macs(&self, name: &str, value: &[u8], pending: bool) -> Vec<u8> {
-        let mut out = value.to_vec();
-        out.extend_from_slice(&self.keys().record_mac(name, value));
-        if let Some(m) = pending.then(|| self.keys().pending_record_mac(name, value)).flatten() {
-            out.extend_from_slice(&m);
-        }
-        out
+        seal_with(self.keys(), name, value, pending)
     }
 
     /// Record `name`, if present and authentic; an integrity error naming the store if it is
@@ -59,15 +56,7 @@ impl Volume {
     /// The value of `raw` if it is `value || MAC` under the current KEK, or `value || MAC
     /// (old KEK) || MAC (new KEK)` as a rotation writes before its header switch.
     fn authentic<'a>(&self, name: &str, raw: &'a [u8]) -> Option<&'a [u8]> {
-        let keys = self.keys();
-        if let Some((value, mac)) = split(raw) {
-            if keys.record_authentic(name, value, mac) {
-                return Some(value);
-            }
-        }
-        let (head, second) = split(raw)?;
-        let (value, first) = split(head)?;
-        (keys.record_authentic(name, value, first) || keys.record_authentic(name, value, second)).then_some(value)
+        open_with(self.keys(), name, raw)
     }
 
     /// `records` sealed under the current and the pending KEK (before a rotation's header
@@ -108,6 +97,30 @@ impl Volume {
         let changes: Vec<Change<'_>> = sealed.iter().map(|(k, v)| Change::PutMeta { key: k, value: v }).collect();
         self.store().apply(&changes)
     }
+}
+
+/// `value || MAC(current KEK)`, and `|| MAC(pending KEK)` with `pending` while a rotation has
+/// one loaded (also for the store's own updates of `files.set`, which hold no `Volume`).
+pub(super) fn seal_with(keys: &KeyRing, name: &str, value: &[u8], pending: bool) -> Vec<u8> {
+    let mut out = value.to_vec();
+    out.extend_from_slice(&keys.record_mac(name, value));
+    if let Some(m) = pending.then(|| keys.pending_record_mac(name, value)).flatten() {
+        out.extend_from_slice(&m);
+    }
+    out
+}
+
+/// The value of `raw` if it is `value || MAC` under the current KEK, or `value || MAC (old
+/// KEK) || MAC (new KEK)` as a rotation writes before its header switch.
+pub(super) fn open_with<'a>(keys: &KeyRing, name: &str, raw: &'a [u8]) -> Option<&'a [u8]> {
+    if let Some((value, mac)) = split(raw) {
+        if keys.record_authentic(name, value, mac) {
+            return Some(value);
+        }
+    }
+    let (head, second) = split(raw)?;
+    let (value, first) = split(head)?;
+    (keys.record_authentic(name, value, first) || keys.record_authentic(name, value, second)).then_some(value)
 }
 
 fn split(raw: &[u8]) -> Option<(&[u8], &[u8])> {

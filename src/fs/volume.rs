@@ -213,6 +213,8 @@ pub struct Volume {
     pub(super) dir_ids: Mutex<HashMap<PathBuf, [u8; 16]>>,
     /// Backing inode → file id (see [`Volume::remember_file_id`]).
     pub(super) file_ids: Mutex<HashMap<u64, (FileId, super::binding::Entry)>>,
+    /// Why the set of files is not the one last committed, if it is not (`fs::file_set`).
+    pub(super) file_set_problem: Mutex<Option<String>>,
     pub(super) cipherdir: PathBuf,
     /// Changes only when a KEK rotation finishes.
     pub(super) header: std::sync::RwLock<VolumeHeader>,

@@ -54,6 +54,12 @@ fn entry_key(name_key: &Key256, volume_id: &[u8; 16]) -> aws_lc_rs::hmac::Key {
     derived_key(name_key, b"entry-binding", volume_id)
 }
 
+/// `HKDF-SHA256(salt "envelopefs", ikm name key, info "file-set" || volume_id)`: the key of
+/// each file's share in the volume's set of files (`fs::file_set`).
+fn file_set_key(name_key: &Key256, volume_id: &[u8; 16]) -> aws_lc_rs::hmac::Key {
+    derived_key(name_key, b"file-set", volume_id)
+}
+
 /// `HKDF-SHA256(salt "envelopefs", ikm name key, info "xattr-set" || volume_id)`: the key
 /// that seals each object's set of extended attributes (`fs::xattr`).
 fn xattr_key(name_key: &Key256, volume_id: &[u8; 16]) -> aws_lc_rs::hmac::Key {
@@ -84,6 +90,8 @@ pub struct KeyRing {
     entries: aws_lc_rs::hmac::Key,
     /// Seals each object's set of extended attributes (see [`xattr_key`]).
     xattrs: aws_lc_rs::hmac::Key,
+    /// Keys each file's share in the volume's set of files (see [`file_set_key`]).
+    file_set: aws_lc_rs::hmac::Key,
     /// Kept (zeroized on drop) so a KEK rotation can re-wrap it.
     name_key: Key256,
     cache: DekCache,
@@ -137,6 +145,7 @@ impl KeyRing {
             names: NameCipher::new(&name_key),
             entries: entry_key(&name_key, &header.volume_id),
             xattrs: xattr_key(&name_key, &header.volume_id),
+            file_set: file_set_key(&name_key, &header.volume_id),
             name_key,
             cache: DekCache::new(DekCache::DEFAULT_ENTRIES, DekCache::DEFAULT_MAX_AGE),
         }
@@ -158,6 +167,16 @@ impl KeyRing {
         let mut ctx = aws_lc_rs::hmac::Context::with_key(&self.xattrs);
         ctx.update(b"EVFSXAT1");
         ctx.update(msg);
+        let tag = ctx.sign();
+        tag.as_ref()[..16].try_into().expect("HMAC-SHA256 is 32 bytes")
+    }
+
+    /// File `id`'s share in the volume's set of files: the first 16 bytes of
+    /// `HMAC-SHA256(file-set key, "EVFSFIL1" || id)`.
+    pub fn file_mark(&self, id: &[u8; 16]) -> [u8; 16] {
+        let mut ctx = aws_lc_rs::hmac::Context::with_key(&self.file_set);
+        ctx.update(b"EVFSFIL1");
+        ctx.update(id);
         let tag = ctx.sign();
         tag.as_ref()[..16].try_into().expect("HMAC-SHA256 is 32 bytes")
     }

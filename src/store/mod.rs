@@ -166,11 +166,29 @@ pub struct Store {
     path: PathBuf,
     /// Asked before every commit (the storage seam's sync point); an error aborts it.
     before_commit: std::sync::OnceLock<CommitHook>,
+    /// Keeps the digest of the set of file records (see [`FileSetHook`]).
+    file_set: std::sync::OnceLock<FileSetHook>,
     sizes: sizes::Sizes,
 }
 
 /// See [`Store::set_before_commit`].
 pub type CommitHook = Box<dyn Fn() -> std::io::Result<()> + Send + Sync>;
+
+/// Keeps `meta` record `key` equal to the XOR of `mark(id)` over every file record, in the
+/// same transaction as every record added or deleted (`fs::file_set`): `open` reads the
+/// sealed record (`None`: it does not authenticate), `seal` seals a new value.
+pub struct FileSetHook {
+    pub key: &'static str,
+    pub mark: SetFn<[u8; 16]>,
+    pub open: OpenFn,
+    pub seal: SetFn<Vec<u8>>,
+}
+
+/// Reads a sealed digest (`None`: it does not authenticate).
+pub type OpenFn = Box<dyn Fn(&[u8]) -> Option<[u8; 16]> + Send + Sync>;
+
+/// A function of a 16-byte id or digest, as [`FileSetHook`] holds them.
+pub type SetFn<T> = Box<dyn Fn(&[u8; 16]) -> T + Send + Sync>;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -273,6 +291,7 @@ impl Store {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
             before_commit: std::sync::OnceLock::new(),
+            file_set: std::sync::OnceLock::new(),
             sizes: sizes::Sizes::default(),
         };
         {
@@ -292,6 +311,11 @@ impl Store {
     /// Installs `hook`, called before every commit of [`Store::apply`] (once per store).
     pub fn set_before_commit(&self, hook: CommitHook) {
         let _ = self.before_commit.set(hook);
+    }
+
+    /// Installs the file-set digest keeper (once per store; its record must exist).
+    pub fn set_file_set(&self, hook: FileSetHook) {
+        let _ = self.file_set.set(hook);
     }
 
     pub fn path(&self) -> &Path {
@@ -464,7 +488,20 @@ impl Store {
         let mut conn = self.lock();
         let err = |e| self.err(e);
         let tx = conn.transaction().map_err(err)?;
+        let mut set_delta = [0u8; 16];
+        let hook = self.file_set.get();
+        let exists = |id: &[u8; 16]| {
+            tx.prepare_cached("SELECT EXISTS(SELECT 1 FROM files WHERE id = ?1)")
+                .and_then(|mut s| s.query_row([&id[..]], |r| r.get::<_, bool>(0)))
+        };
         for c in changes {
+            // A record added or deleted changes the set of files by its id's mark.
+            if let (Some(h), Change::PutFile { id, .. } | Change::DeleteFile { id }) = (hook, c) {
+                let adds = matches!(c, Change::PutFile { .. });
+                if exists(id).map_err(err)? != adds {
+                    set_delta.iter_mut().zip((h.mark)(id)).for_each(|(d, m)| *d ^= m);
+                }
+            }
             match *c {
                 Change::PutFile { id, size, cipher, mac } => tx
                     .prepare_cached("INSERT OR REPLACE INTO files (id, size, cipher, mac) VALUES (?1, ?2, ?3, ?4)")
@@ -507,6 +544,19 @@ impl Store {
                 }
             }
             .map_err(err)?;
+        }
+        if let (Some(h), true) = (hook, set_delta != [0; 16]) {
+            let raw: Option<Vec<u8>> =
+                tx.query_row("SELECT value FROM meta WHERE key = ?1", [h.key], |r| r.get(0)).optional().map_err(err)?;
+            let Some(now) = raw.as_deref().and_then(|r| (h.open)(r)) else {
+                return Err(Error::integrity(
+                    &self.path,
+                    format!("record {:?} is missing or does not authenticate", h.key),
+                ));
+            };
+            let next: [u8; 16] = std::array::from_fn(|i| now[i] ^ set_delta[i]);
+            tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![h.key, (h.seal)(&next)])
+                .map_err(err)?;
         }
         if let Some(hook) = self.before_commit.get() {
             hook().map_err(|e| Error::io(&self.path, "commit", e))?;
