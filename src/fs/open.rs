@@ -92,7 +92,7 @@ impl Volume {
         let store = Store::create(&cipherdir.join(STORE_FILE))?;
         store.apply(&[Change::PutMeta { key: KEK_SINCE, value: &unix_now().to_le_bytes() }])?;
         // The set of files, empty (see `fs::file_set`).
-        let empty_set = super::records::seal_with(&keys, super::file_set::FILE_SET, &[0; 16], false);
+        let empty_set = keys.file_set().tag(&[0; 16]);
         store.apply(&[Change::PutMeta { key: super::file_set::FILE_SET, value: &empty_set }])?;
         if let Some(uri) = created {
             store.apply(&[Change::PutMeta { key: ROOT_OWNED, value: uri.as_bytes() }])?;

@@ -18,8 +18,7 @@ use crate::store::{Change, Store};
 use crate::{Error, Result};
 
 /// The records sealed this way.
-pub(super) const SEALED: [&str; 6] =
-    [PENDING_ID, PENDING_WRAPPED, MOUNT_ACTIVE, SCRATCH_KEY, SCRATCH_DIRS, super::file_set::FILE_SET];
+pub(super) const SEALED: [&str; 5] = [PENDING_ID, PENDING_WRAPPED, MOUNT_ACTIVE, SCRATCH_KEY, SCRATCH_DIRS];
 const MAC_LEN: usize = 32;
 
 impl Volume {
@@ -100,8 +99,8 @@ impl Volume {
 }
 
 /// `value || MAC(current KEK)`, and `|| MAC(pending KEK)` with `pending` while a rotation has
-/// one loaded (also for the store's own updates of `files.set`, which hold no `Volume`).
-pub(super) fn seal_with(keys: &KeyRing, name: &str, value: &[u8], pending: bool) -> Vec<u8> {
+/// one loaded.
+fn seal_with(keys: &KeyRing, name: &str, value: &[u8], pending: bool) -> Vec<u8> {
     let mut out = value.to_vec();
     out.extend_from_slice(&keys.record_mac(name, value));
     if let Some(m) = pending.then(|| keys.pending_record_mac(name, value)).flatten() {
@@ -112,7 +111,7 @@ pub(super) fn seal_with(keys: &KeyRing, name: &str, value: &[u8], pending: bool)
 
 /// The value of `raw` if it is `value || MAC` under the current KEK, or `value || MAC (old
 /// KEK) || MAC (new KEK)` as a rotation writes before its header switch.
-pub(super) fn open_with<'a>(keys: &KeyRing, name: &str, raw: &'a [u8]) -> Option<&'a [u8]> {
+fn open_with<'a>(keys: &KeyRing, name: &str, raw: &'a [u8]) -> Option<&'a [u8]> {
     if let Some((value, mac)) = split(raw) {
         if keys.record_authentic(name, value, mac) {
             return Some(value);

@@ -74,6 +74,31 @@ fn derived_key(ikm: &Key256, purpose: &[u8], volume_id: &[u8; 16]) -> aws_lc_rs:
     hmac::Key::from(okm)
 }
 
+/// The file-set key (`fs::file_set`): marks each file id and tags the digest of the set, so
+/// the digest itself is never stored. AWS-LC cleanses it when the last holder drops it.
+pub struct FileSetKey(aws_lc_rs::hmac::Key);
+
+impl FileSetKey {
+    fn mac(&self, prefix: &[u8], data: &[u8; 16]) -> [u8; 16] {
+        let mut ctx = aws_lc_rs::hmac::Context::with_key(&self.0);
+        ctx.update(prefix);
+        ctx.update(data);
+        let tag = ctx.sign();
+        tag.as_ref()[..16].try_into().expect("HMAC-SHA256 is 32 bytes")
+    }
+
+    /// File `id`'s share in the set: the first 16 bytes of `HMAC(key, "EVFSFIL1" || id)`.
+    pub fn mark(&self, id: &[u8; 16]) -> [u8; 16] {
+        self.mac(b"EVFSFIL1", id)
+    }
+
+    /// What the store keeps for a set whose digest (XOR of marks) is `digest`: the first 16
+    /// bytes of `HMAC(key, "EVFSSET1" || digest)`.
+    pub fn tag(&self, digest: &[u8; 16]) -> [u8; 16] {
+        self.mac(b"EVFSSET1", digest)
+    }
+}
+
 /// Unwrapped keys of one open volume.
 pub struct KeyRing {
     volume_id: [u8; 16],
@@ -91,7 +116,7 @@ pub struct KeyRing {
     /// Seals each object's set of extended attributes (see [`xattr_key`]).
     xattrs: aws_lc_rs::hmac::Key,
     /// Keys each file's share in the volume's set of files (see [`file_set_key`]).
-    file_set: aws_lc_rs::hmac::Key,
+    file_set: Arc<FileSetKey>,
     /// Kept (zeroized on drop) so a KEK rotation can re-wrap it.
     name_key: Key256,
     cache: DekCache,
@@ -145,7 +170,7 @@ impl KeyRing {
             names: NameCipher::new(&name_key),
             entries: entry_key(&name_key, &header.volume_id),
             xattrs: xattr_key(&name_key, &header.volume_id),
-            file_set: file_set_key(&name_key, &header.volume_id),
+            file_set: Arc::new(FileSetKey(file_set_key(&name_key, &header.volume_id))),
             name_key,
             cache: DekCache::new(DekCache::DEFAULT_ENTRIES, DekCache::DEFAULT_MAX_AGE),
         }
@@ -171,14 +196,9 @@ impl KeyRing {
         tag.as_ref()[..16].try_into().expect("HMAC-SHA256 is 32 bytes")
     }
 
-    /// File `id`'s share in the volume's set of files: the first 16 bytes of
-    /// `HMAC-SHA256(file-set key, "EVFSFIL1" || id)`.
-    pub fn file_mark(&self, id: &[u8; 16]) -> [u8; 16] {
-        let mut ctx = aws_lc_rs::hmac::Context::with_key(&self.file_set);
-        ctx.update(b"EVFSFIL1");
-        ctx.update(id);
-        let tag = ctx.sign();
-        tag.as_ref()[..16].try_into().expect("HMAC-SHA256 is 32 bytes")
+    /// The key of the volume's set of files (the store keeps the set with it).
+    pub fn file_set(&self) -> Arc<FileSetKey> {
+        self.file_set.clone()
     }
 
     pub fn volume_id(&self) -> &[u8; 16] {
@@ -502,5 +522,20 @@ mod tests {
             crate::format::hex(tag.as_ref()),
             "d0ab04d6aa7254142fa0889a87e965700090f8f602e3d447ac3b667ad75d0c37"
         );
+    }
+
+    /// The vectors in FORMAT.md §6 (file set, attribute seal).
+    #[test]
+    fn file_set_and_xattr_seal_vectors() {
+        let name_key = Key256::from_bytes(&[0x11; 32]);
+        let set = FileSetKey(file_set_key(&name_key, &[0x22; 16]));
+        let mark = set.mark(&[0x33; 16]);
+        assert_eq!(crate::format::hex(&mark), "b7c212f1c39133c7f4d0d8875a8c494b");
+        assert_eq!(crate::format::hex(&set.tag(&mark)), "9cbc2cf8982eb1598d670e1372758d07");
+        let key = xattr_key(&name_key, &[0x22; 16]);
+        let mut msg = b"EVFSXAT1".to_vec();
+        msg.extend_from_slice(&[0x33; 16]);
+        let tag = aws_lc_rs::hmac::sign(&key, &msg);
+        assert_eq!(crate::format::hex(&tag.as_ref()[..16]), "937ee95a5b6d544de1600963b23dcddb");
     }
 }

@@ -174,21 +174,19 @@ pub struct Store {
 /// See [`Store::set_before_commit`].
 pub type CommitHook = Box<dyn Fn() -> std::io::Result<()> + Send + Sync>;
 
-/// Keeps `meta` record `key` equal to the XOR of `mark(id)` over every file record, in the
-/// same transaction as every record added or deleted (`fs::file_set`): `open` reads the
-/// sealed record (`None`: it does not authenticate), `seal` seals a new value.
+/// Keeps `meta` record `key` equal to `tag(digest)`, where `digest` is the XOR of `mark(id)`
+/// over every file record, in the same transaction as every record added or deleted
+/// (`fs::file_set`). The digest itself lives only here, in memory (checked against the
+/// record when the volume was opened); it moves on when a transaction commits.
 pub struct FileSetHook {
     pub key: &'static str,
-    pub mark: SetFn<[u8; 16]>,
-    pub open: OpenFn,
-    pub seal: SetFn<Vec<u8>>,
+    pub mark: SetFn,
+    pub tag: SetFn,
+    pub digest: Mutex<[u8; 16]>,
 }
 
-/// Reads a sealed digest (`None`: it does not authenticate).
-pub type OpenFn = Box<dyn Fn(&[u8]) -> Option<[u8; 16]> + Send + Sync>;
-
 /// A function of a 16-byte id or digest, as [`FileSetHook`] holds them.
-pub type SetFn<T> = Box<dyn Fn(&[u8; 16]) -> T + Send + Sync>;
+pub type SetFn = Box<dyn Fn(&[u8; 16]) -> [u8; 16] + Send + Sync>;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -545,24 +543,22 @@ impl Store {
             }
             .map_err(err)?;
         }
+        let mut next_digest = None;
         if let (Some(h), true) = (hook, set_delta != [0; 16]) {
-            let raw: Option<Vec<u8>> =
-                tx.query_row("SELECT value FROM meta WHERE key = ?1", [h.key], |r| r.get(0)).optional().map_err(err)?;
-            let Some(now) = raw.as_deref().and_then(|r| (h.open)(r)) else {
-                return Err(Error::integrity(
-                    &self.path,
-                    format!("record {:?} is missing or does not authenticate", h.key),
-                ));
-            };
+            let now = *h.digest.lock().unwrap_or_else(|p| p.into_inner());
             let next: [u8; 16] = std::array::from_fn(|i| now[i] ^ set_delta[i]);
-            tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![h.key, (h.seal)(&next)])
+            tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![h.key, &(h.tag)(&next)[..]])
                 .map_err(err)?;
+            next_digest = Some((h, next));
         }
         if let Some(hook) = self.before_commit.get() {
             hook().map_err(|e| Error::io(&self.path, "commit", e))?;
         }
         match tx.commit() {
             Ok(()) => {
+                if let Some((h, next)) = next_digest {
+                    *h.digest.lock().unwrap_or_else(|p| p.into_inner()) = next;
+                }
                 self.sizes.committed(changes.iter().filter_map(|c| match *c {
                     Change::PutFile { id, size, .. } => Some(SizeChange::Set(id, size)),
                     Change::DeleteFile { id } => Some(SizeChange::Gone(id)),
