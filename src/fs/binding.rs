@@ -432,28 +432,13 @@ impl Volume {
     /// where it is (trusted this once), then sets the feature bit (a crash in between only
     /// repeats the walk, which skips what is bound already). Read-only storage defers it.
     pub(super) fn bind_entries_upgrade(&self) -> Result<()> {
-        let cipherdir = self.cipherdir().to_path_buf();
-        let done = (|| {
-            let _lock = crate::durable::lock_header(&cipherdir)?;
+        let done = self.upgrade(crate::format::FEATURE_ENTRIES_BOUND, "binding every entry to its object", || {
             let bound = self.bind_tree()?;
-            let header = super::open::with_feature(
-                &cipherdir,
-                self.header(),
-                self.keys(),
-                crate::format::FEATURE_ENTRIES_BOUND,
-            )?;
-            self.set_header(header);
-            self.core.entries_bound.store(true, std::sync::atomic::Ordering::Release);
-            tracing::info!(entries = bound, "every entry is now bound to its object (volume feature entries-bound)");
+            tracing::info!(entries = bound, "entries bound");
             Ok(())
-        })();
-        match done {
-            Err(e @ Error::Io { .. }) | Err(e @ Error::Store { .. }) => {
-                tracing::warn!("binding entries must wait for a writable open: {e}");
-                Ok(())
-            }
-            other => other,
-        }
+        })?;
+        self.core.entries_bound.store(done, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     /// Binds every unbound entry of the tree; returns how many it bound.

@@ -94,22 +94,7 @@ impl Volume {
     /// A volume made before the set was kept: records it as it is (trusted this once), then
     /// sets the feature bit. Read-only storage defers it.
     pub(super) fn file_set_upgrade(&self) -> Result<()> {
-        let cipherdir = self.cipherdir().to_path_buf();
-        let done = (|| {
-            let _lock = crate::durable::lock_header(&cipherdir)?;
-            self.record_file_set()?;
-            let header =
-                super::open::with_feature(&cipherdir, self.header(), self.keys(), crate::format::FEATURE_FILE_SET)?;
-            self.set_header(header);
-            tracing::info!("the set of files is now kept (volume feature file-set)");
-            Ok(())
-        })();
-        match done {
-            Err(e @ Error::Io { .. }) | Err(e @ Error::Store { .. }) => {
-                tracing::warn!("keeping the set of files must wait for a writable open: {e}");
-                Ok(())
-            }
-            other => other,
-        }
+        self.upgrade(crate::format::FEATURE_FILE_SET, "keeping the set of files", || self.record_file_set().map(|_| ()))
+            .map(|_| ())
     }
 }

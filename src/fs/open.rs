@@ -299,18 +299,28 @@ impl Volume {
     /// once), then sets the feature bit (one atomic header replacement; a crash in between
     /// only repeats the first step). Read-only storage defers it.
     fn seal_records_upgrade(&self) -> Result<()> {
+        self.upgrade(crate::format::FEATURE_RECORDS_SEALED, "sealing the store's records", || self.seal_bare_records())
+            .map(|_| ())
+    }
+
+    /// The step every in-place upgrade of an open volume takes: under the header lock,
+    /// `work` (which must be safe to repeat: a crash before the header write repeats it),
+    /// then feature `bit` set in the header. Returns whether the bit is set now: read-only
+    /// storage (an I/O or store error) defers the upgrade to a writable open.
+    pub(super) fn upgrade(&self, bit: u32, what: &str, work: impl FnOnce() -> Result<()>) -> Result<bool> {
         let cipherdir = self.cipherdir().to_path_buf();
         let done = (|| {
             let _lock = durable::lock_header(&cipherdir)?;
-            self.seal_bare_records()?;
-            let header = with_feature(&cipherdir, self.header(), self.keys(), crate::format::FEATURE_RECORDS_SEALED)?;
+            work()?;
+            let header = with_feature(&cipherdir, self.header(), self.keys(), bit)?;
             self.set_header(header);
-            Ok(())
+            tracing::info!("{what}: done (volume feature bit {})", bit.trailing_zeros());
+            Ok(true)
         })();
         match done {
             Err(e @ Error::Io { .. }) | Err(e @ Error::Store { .. }) => {
-                tracing::warn!("sealing the store's records must wait for a writable open: {e}");
-                Ok(())
+                tracing::warn!("{what} must wait for a writable open: {e}");
+                Ok(false)
             }
             other => other,
         }

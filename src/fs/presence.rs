@@ -62,9 +62,7 @@ impl Volume {
     /// empty record, then sets the feature bit (a crash in between only repeats the walk).
     /// Read-only storage defers it.
     pub(super) fn record_files_upgrade(&self) -> Result<()> {
-        let cipherdir = self.cipherdir().to_path_buf();
-        let done = (|| {
-            let _lock = crate::durable::lock_header(&cipherdir)?;
+        let done = self.upgrade(crate::format::FEATURE_FILES_RECORDED, "recording every file", || {
             let ids = self.unrecorded_empty_files()?;
             let mac = |id: &FileId| super::file::record_mac(&self.core, id, 0, std::iter::empty());
             let macs: Vec<[u8; 16]> = ids.iter().map(mac).collect();
@@ -74,23 +72,9 @@ impl Volume {
                     ids.iter().zip(macs).map(|(id, mac)| Change::PutFile { id, size: 0, cipher, mac }).collect();
                 self.store().apply(&changes)?;
             }
-            let header = super::open::with_feature(
-                &cipherdir,
-                self.header(),
-                self.keys(),
-                crate::format::FEATURE_FILES_RECORDED,
-            )?;
-            self.set_header(header);
-            self.core.files_recorded.store(true, std::sync::atomic::Ordering::Release);
-            tracing::info!(files = ids.len(), "every file now has a record (volume feature files-recorded)");
             Ok(())
-        })();
-        match done {
-            Err(e @ Error::Io { .. }) | Err(e @ Error::Store { .. }) => {
-                tracing::warn!("recording every file must wait for a writable open: {e}");
-                Ok(())
-            }
-            other => other,
-        }
+        })?;
+        self.core.files_recorded.store(done, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 }

@@ -290,45 +290,26 @@ impl Volume {
     /// (trusted this once) and flags its header, then sets the feature bit (a crash in
     /// between only repeats it). Read-only storage defers it.
     pub(super) fn seal_xattrs_upgrade(&self) -> Result<()> {
-        let cipherdir = self.cipherdir().to_path_buf();
-        let done = (|| {
-            let _lock = crate::durable::lock_header(&cipherdir)?;
+        let seal_sets = || {
             let mut objects: std::collections::HashSet<[u8; 16]> = self.store().xattr_objects()?.into_iter().collect();
-            let mut sealed = 0u64;
-            if !objects.is_empty() {
-                self.walk_tree(
-                    &mut |obj| {
-                        if !objects.remove(&obj.header.id) {
-                            return Ok(());
-                        }
-                        let mut rows = self.store().xattrs_of(&obj.header.id)?;
-                        rows.retain(|(n, _)| n != SEAL_ROW);
-                        let seal = self.keys().xattr_mac(&seal_msg(&obj.header.id, &rows));
-                        let id = obj.header.id;
-                        self.write_xattrs_flag(obj.header_file, &id, obj.entry, true, obj.backing)?;
-                        self.store().apply(&[Change::PutXattr { object: &id, name: SEAL_ROW, value: &seal }])?;
-                        sealed += 1;
-                        Ok(())
-                    },
-                    &mut |_, _| Ok(()),
-                )?;
+            if objects.is_empty() {
+                return Ok(());
             }
-            let header = super::open::with_feature(
-                &cipherdir,
-                self.header(),
-                self.keys(),
-                crate::format::FEATURE_XATTRS_SEALED,
-            )?;
-            self.set_header(header);
-            tracing::info!(objects = sealed, "extended attribute sets are now sealed (volume feature xattrs-sealed)");
-            Ok(())
-        })();
-        match done {
-            Err(e @ Error::Io { .. }) | Err(e @ Error::Store { .. }) => {
-                tracing::warn!("sealing extended attributes must wait for a writable open: {e}");
-                Ok(())
-            }
-            other => other,
-        }
+            self.walk_tree(
+                &mut |obj| {
+                    if !objects.remove(&obj.header.id) {
+                        return Ok(());
+                    }
+                    let mut rows = self.store().xattrs_of(&obj.header.id)?;
+                    rows.retain(|(n, _)| n != SEAL_ROW);
+                    let seal = self.keys().xattr_mac(&seal_msg(&obj.header.id, &rows));
+                    let id = obj.header.id;
+                    self.write_xattrs_flag(obj.header_file, &id, obj.entry, true, obj.backing)?;
+                    self.store().apply(&[Change::PutXattr { object: &id, name: SEAL_ROW, value: &seal }])
+                },
+                &mut |_, _| Ok(()),
+            )
+        };
+        self.upgrade(crate::format::FEATURE_XATTRS_SEALED, "sealing extended attribute sets", seal_sets).map(|_| ())
     }
 }

@@ -78,24 +78,25 @@ fn derived_key(ikm: &Key256, purpose: &[u8], volume_id: &[u8; 16]) -> aws_lc_rs:
 /// the digest itself is never stored. AWS-LC cleanses it when the last holder drops it.
 pub struct FileSetKey(aws_lc_rs::hmac::Key);
 
-impl FileSetKey {
-    fn mac(&self, prefix: &[u8], data: &[u8; 16]) -> [u8; 16] {
-        let mut ctx = aws_lc_rs::hmac::Context::with_key(&self.0);
-        ctx.update(prefix);
-        ctx.update(data);
-        let tag = ctx.sign();
-        tag.as_ref()[..16].try_into().expect("HMAC-SHA256 is 32 bytes")
-    }
+/// The first `N` bytes of `HMAC-SHA256(key, prefix || msg)`.
+fn prefixed_mac<const N: usize>(key: &aws_lc_rs::hmac::Key, prefix: &[u8], msg: &[u8]) -> [u8; N] {
+    let mut ctx = aws_lc_rs::hmac::Context::with_key(key);
+    ctx.update(prefix);
+    ctx.update(msg);
+    let tag = ctx.sign();
+    tag.as_ref()[..N].try_into().expect("HMAC-SHA256 is 32 bytes")
+}
 
+impl FileSetKey {
     /// File `id`'s share in the set: the first 16 bytes of `HMAC(key, "EVFSFIL1" || id)`.
     pub fn mark(&self, id: &[u8; 16]) -> [u8; 16] {
-        self.mac(b"EVFSFIL1", id)
+        prefixed_mac(&self.0, b"EVFSFIL1", id)
     }
 
     /// What the store keeps for a set whose digest (XOR of marks) is `digest`: the first 16
     /// bytes of `HMAC(key, "EVFSSET1" || digest)`.
     pub fn tag(&self, digest: &[u8; 16]) -> [u8; 16] {
-        self.mac(b"EVFSSET1", digest)
+        prefixed_mac(&self.0, b"EVFSSET1", digest)
     }
 }
 
@@ -179,21 +180,13 @@ impl KeyRing {
     /// The first 8 bytes of `HMAC-SHA256(entry key, "EVFSENT1" || msg)`: the binding of an
     /// object to its directory entry (`fs::binding` builds `msg`).
     pub fn entry_mac(&self, msg: &[u8]) -> [u8; 8] {
-        let mut ctx = aws_lc_rs::hmac::Context::with_key(&self.entries);
-        ctx.update(b"EVFSENT1");
-        ctx.update(msg);
-        let tag = ctx.sign();
-        tag.as_ref()[..8].try_into().expect("HMAC-SHA256 is 32 bytes")
+        prefixed_mac(&self.entries, b"EVFSENT1", msg)
     }
 
     /// The first 16 bytes of `HMAC-SHA256(xattr key, "EVFSXAT1" || msg)`: the seal of an
     /// object's set of extended attributes (`fs::xattr` builds `msg`).
     pub fn xattr_mac(&self, msg: &[u8]) -> [u8; 16] {
-        let mut ctx = aws_lc_rs::hmac::Context::with_key(&self.xattrs);
-        ctx.update(b"EVFSXAT1");
-        ctx.update(msg);
-        let tag = ctx.sign();
-        tag.as_ref()[..16].try_into().expect("HMAC-SHA256 is 32 bytes")
+        prefixed_mac(&self.xattrs, b"EVFSXAT1", msg)
     }
 
     /// The key of the volume's set of files (the store keeps the set with it).

@@ -457,13 +457,18 @@ impl Store {
 
     /// The ids of every object with extended-attribute rows.
     pub fn xattr_objects(&self) -> Result<Vec<[u8; 16]>> {
+        self.ids("SELECT DISTINCT object_id FROM xattrs", "an xattr row has a malformed object id")
+    }
+
+    /// The 16-byte ids `sql` selects (`bad`: the error for one of another length).
+    fn ids(&self, sql: &str, bad: &str) -> Result<Vec<[u8; 16]>> {
         let conn = self.lock();
-        let mut stmt = conn.prepare("SELECT DISTINCT object_id FROM xattrs").map_err(|e| self.err(e))?;
+        let mut stmt = conn.prepare(sql).map_err(|e| self.err(e))?;
         let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
             let id = row.map_err(|e| self.err(e))?;
-            out.push(id.try_into().map_err(|_| Error::corrupt(&self.path, "an xattr row has a malformed object id"))?);
+            out.push(id.try_into().map_err(|_| Error::corrupt(&self.path, bad))?);
         }
         Ok(out)
     }
@@ -575,15 +580,7 @@ impl Store {
 
     /// The id of every file with a record (for `fsck`).
     pub fn file_ids(&self) -> Result<Vec<[u8; 16]>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare("SELECT id FROM files").map_err(|e| self.err(e))?;
-        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let id = row.map_err(|e| self.err(e))?;
-            out.push(id.try_into().map_err(|_| Error::corrupt(&self.path, "a file record has a malformed id"))?);
-        }
-        Ok(out)
+        self.ids("SELECT id FROM files", "a file record has a malformed id")
     }
 
     /// (files, extents) recorded.
