@@ -108,13 +108,7 @@ fn bind_with(keys: &KeyRing, kind: ObjectKind, id: [u8; 16], entry: Option<&Entr
 fn keep_owner_and_times(link: &super::tree::At, old: &std::fs::Metadata) -> std::io::Result<()> {
     use nix::sys::stat::{utimensat, UtimensatFlags};
     use nix::sys::time::TimeSpec;
-    nix::unistd::fchownat(
-        link.dir(),
-        link.name(),
-        Some(nix::unistd::Uid::from_raw(old.uid())),
-        Some(nix::unistd::Gid::from_raw(old.gid())),
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )?;
+    link.chown(Some(old.uid()), Some(old.gid()))?;
     let at = TimeSpec::new(old.atime(), old.atime_nsec());
     let mt = TimeSpec::new(old.mtime(), old.mtime_nsec());
     utimensat(link.dir(), link.name(), &at, &mt, UtimensatFlags::NoFollowSymlink)?;
@@ -390,7 +384,7 @@ impl Volume {
                 let at = self.at(to, path)?;
                 self.write_binding(at.path(), id, &entry, *shared, path)?;
                 if ino != 0 {
-                    self.remember_file_id(ino, *id, entry);
+                    self.remember_file_id(ino, *id, to.to_path_buf());
                 }
                 Ok(())
             }
@@ -484,7 +478,7 @@ impl Volume {
             let id_file = dir.join(names::DIRID_FILE);
             let id_at = self.core.tree.at(&id_file).map_err(|e| Error::io(&dir, "open", e))?;
             let Ok(header) = names::read_dir_header(&self.core.tree, &dir) else { continue };
-            visit(Object { backing: &dir, header_file: id_at.path(), entry: &entry, header: &header, nlink: 1 })?;
+            visit(Object { backing: &dir, header_file: id_at.path(), entry: &entry, header: &header, nlink: 1, len: 0 })?;
             let listed = self.core.tree.dir(&dir).map_err(|e| Error::io(&dir, "open directory", e))?;
             for e in std::fs::read_dir(listed.path()).map_err(|e| Error::io(&dir, "read directory", e))? {
                 let e = e.map_err(|e| Error::io(&dir, "read directory", e))?;
@@ -500,12 +494,11 @@ impl Volume {
                 } else if t.is_file() {
                     let at = self.core.tree.at(&backing).map_err(|e| Error::io(&backing, "open", e))?;
                     let f = crate::confine::open_file(at.path(), false).map_err(|e| e.renamed(&backing))?;
-                    let nlink = f.metadata().map(|m| m.nlink()).unwrap_or(1);
+                    let (nlink, len) = f.metadata().map(|m| (m.nlink(), m.size())).unwrap_or((1, 0));
                     if let Ok(h) = super::volume::read_header(&f, at.path(), &backing) {
                         drop(f);
-                        let obj =
-                            Object { backing: &backing, header_file: at.path(), entry: &child, header: &h, nlink };
-                        visit(obj)?;
+                        let (header_file, entry) = (at.path(), &child);
+                        visit(Object { backing: &backing, header_file, entry, header: &h, nlink, len })?;
                     }
                 } else if t.is_symlink() {
                     link(&backing, &child)?;
@@ -525,6 +518,8 @@ pub(super) struct Object<'a> {
     pub entry: &'a Entry,
     pub header: &'a ObjectHeader,
     pub nlink: u64,
+    /// A data file's length (0 for a directory).
+    pub len: u64,
 }
 
 /// A rename under way (see [`Volume::in_flight`]); forgotten when dropped.

@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use nix::fcntl::RenameFlags;
 use nix::sys::stat::{mknodat, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{fchownat, Gid, Uid};
 
 use super::volume::{EntryKind, Volume};
 use crate::{Error, Result};
@@ -148,14 +147,7 @@ impl Volume {
     /// chown/lchown; `None` leaves that id unchanged.
     pub fn chown(&self, path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
         let at = self.at(&self.backing_or_root(path)?, path)?;
-        fchownat(
-            at.dir(),
-            at.name(),
-            uid.map(Uid::from_raw),
-            gid.map(Gid::from_raw),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| errno(path, "chown", e))
+        at.chown(uid, gid).map_err(|e| errno(path, "chown", e))
     }
 
     /// utimensat; `None` leaves that time unchanged.
@@ -289,7 +281,7 @@ impl Volume {
                 );
                 let result = self.with_long_names(from, to, mode == RenameMode::Exchange, || {
                     self.move_entry(&moving, &af, &at, &bt, flags).map_err(|e| {
-                        match nix::Error::from_raw(e.raw_os_error().unwrap_or(libc_eio())) {
+                        match nix::Error::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO)) {
                             nix::Error::EEXIST => Error::Exists(to.into()),
                             nix::Error::ENOENT => Error::NotFound(if fs::symlink_metadata(af.path()).is_err() {
                                 from.into()
@@ -332,10 +324,6 @@ impl Volume {
             frsize: s.fragment_size() as u32,
         })
     }
-}
-
-fn libc_eio() -> i32 {
-    5
 }
 
 fn libc_s_ifmt() -> u32 {

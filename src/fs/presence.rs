@@ -7,15 +7,11 @@
 //! gives every record-less file (all of them empty, or the store would already refuse them)
 //! an empty record, trusted this once, then the feature bit is set.
 
-use std::fs;
-use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
-
 use super::volume::Volume;
-use crate::format::OBJECT_HEADER_LEN;
+use crate::format::ObjectKind;
 use crate::keys::FileId;
 use crate::store::Change;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Records written per store transaction during the upgrade.
 const BATCH: usize = 4096;
@@ -24,38 +20,19 @@ impl Volume {
     /// The ids of record-less, empty regular files in the backing tree (for the upgrade).
     fn unrecorded_empty_files(&self) -> Result<Vec<FileId>> {
         let empty_len = self.layout().physical_len(0);
-        let mut out = Vec::new();
-        let mut stack: Vec<PathBuf> = vec![self.data_dir().to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            let listed = self.core.tree.dir(&dir).map_err(|e| Error::io(&dir, "open directory", e))?;
-            for e in fs::read_dir(listed.path()).map_err(|e| Error::io(&dir, "read directory", e))? {
-                let e = e.map_err(|e| Error::io(&dir, "read directory", e))?;
-                let name = e.file_name();
-                if name.as_encoded_bytes().first() == Some(&b'.') {
-                    continue; // the directory id file, entries being made
+        let mut out = std::collections::HashSet::new();
+        self.walk_tree(
+            &mut |obj| {
+                // A file holding data without a record is refused already (and fsck's to report).
+                let empty_file = obj.header.kind == ObjectKind::File && obj.len <= empty_len;
+                if empty_file && self.store().file_size(&obj.header.id)?.is_none() {
+                    out.insert(obj.header.id);
                 }
-                let backing = dir.join(&name);
-                let t = e.file_type().map_err(|err| Error::io(&backing, "stat", err))?;
-                if t.is_dir() {
-                    stack.push(backing);
-                    continue;
-                }
-                if !t.is_file() {
-                    continue;
-                }
-                let at = self.core.tree.at(&backing).map_err(|e| Error::io(&backing, "open", e))?;
-                let file = crate::confine::open_file(at.path(), false).map_err(|e| e.renamed(&backing))?;
-                let len = file.metadata().map_err(|e| Error::io(&backing, "stat", e))?.size();
-                if len < OBJECT_HEADER_LEN as u64 || len > empty_len {
-                    continue; // header-less (fsck's) or holding data (refused without a record already)
-                }
-                let Ok(id) = super::volume::read_file_id(&file, at.path(), &backing) else { continue };
-                if self.store().file_size(&id)?.is_none() && !out.contains(&id) {
-                    out.push(id);
-                }
-            }
-        }
-        Ok(out)
+                Ok(())
+            },
+            &mut |_, _| Ok(()),
+        )?;
+        Ok(out.into_iter().collect())
     }
 
     /// A volume made before every file had a record: gives each record-less (empty) file its

@@ -65,14 +65,7 @@ impl Volume {
             new.set_len(size)?;
             new.sync()?;
             self.copy_xattrs(path, &new.file_id(), tmp_at.path(), &entry)?;
-            nix::unistd::fchownat(
-                tmp_at.dir(),
-                tmp_at.name(),
-                Some(nix::unistd::Uid::from_raw(meta.uid())),
-                Some(nix::unistd::Gid::from_raw(meta.gid())),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| Error::io(path, "chown", std::io::Error::from_raw_os_error(e as i32)))?;
+            tmp_at.chown(Some(meta.uid()), Some(meta.gid())).map_err(|e| Error::io(path, "chown", e.into()))?;
             tmp_at.chmod(meta.mode()).map_err(|e| Error::io(path, "chmod", e.into()))?;
             let times = fs::FileTimes::new()
                 .set_accessed(time(meta.atime(), meta.atime_nsec()))

@@ -54,6 +54,17 @@ impl At {
     /// chmod of the entry itself, never through a symlink. Where the C library cannot do
     /// that without following (glibc before 2.32, or no /proc), it looks first and refuses
     /// a symlink (the kernel never asks to chmod one of ours).
+    /// chown of the entry itself, never through a symlink; `None` leaves that id unchanged.
+    pub(super) fn chown(&self, uid: Option<u32>, gid: Option<u32>) -> nix::Result<()> {
+        nix::unistd::fchownat(
+            self.dir(),
+            self.name(),
+            uid.map(nix::unistd::Uid::from_raw),
+            gid.map(nix::unistd::Gid::from_raw),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+    }
+
     pub(super) fn chmod(&self, mode: u32) -> nix::Result<()> {
         use nix::sys::stat::{fchmodat, FchmodatFlags};
         let mode = Mode::from_bits_truncate(mode & 0o7777);

@@ -212,7 +212,7 @@ pub struct Volume {
     /// Backing directory path → directory id (see [`Volume::dir_id`]).
     pub(super) dir_ids: Mutex<HashMap<PathBuf, [u8; 16]>>,
     /// Backing inode → file id (see [`Volume::remember_file_id`]).
-    pub(super) file_ids: Mutex<HashMap<u64, (FileId, super::binding::Entry)>>,
+    pub(super) file_ids: Mutex<HashMap<u64, (FileId, PathBuf)>>,
     /// Why the set of files is not the one last committed, if it is not (`fs::file_set`).
     pub(super) file_set_problem: Mutex<Option<String>>,
     pub(super) cipherdir: PathBuf,
@@ -438,10 +438,10 @@ impl Volume {
 
     /// The plaintext size of the data file at `backing`.
     pub(super) fn size_of_backing(&self, backing: &Path, ino: u64, path: &Path) -> Result<u64> {
-        // Cached with the entry it was checked at: the same inode met at another name (moved
-        // there in the backing tree) is checked again.
-        let entry = self.entry_of(backing)?;
-        let id = match self.cached_file_id(ino, &entry) {
+        // Cached with the backing entry it was checked at: the same inode met at another name
+        // (moved there in the backing tree) is checked again. (A path, not the parent's id and
+        // the name: no directory lookup on the stat path for a hit.)
+        let id = match self.cached_file_id(ino, backing) {
             Some(id) => id,
             None => {
                 // The id and the inode number from one open file: `backing` may name another
@@ -455,7 +455,7 @@ impl Volume {
                     return Err(Error::NotFound(path.into()));
                 }
                 let id = self.checked_file_id(&file, backing, at.path(), path)?;
-                self.remember_file_id(ino, id, entry);
+                self.remember_file_id(ino, id, backing.to_path_buf());
                 id
             }
         };
@@ -465,18 +465,18 @@ impl Volume {
     /// Caches the file id of backing inode `ino`. Every regular file's inode is created by
     /// [`Volume::create_backing`], which records it, so an inode number reused after a
     /// delete never returns a stale id.
-    pub(super) fn remember_file_id(&self, ino: u64, id: FileId, entry: super::binding::Entry) {
+    pub(super) fn remember_file_id(&self, ino: u64, id: FileId, backing: PathBuf) {
         let mut cache = self.file_ids.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= FILE_ID_CACHE {
             cache.clear();
         }
-        cache.insert(ino, (id, entry));
+        cache.insert(ino, (id, backing));
     }
 
-    /// The cached id of backing inode `ino`, if it was checked at `entry`.
-    fn cached_file_id(&self, ino: u64, entry: &super::binding::Entry) -> Option<FileId> {
+    /// The cached id of backing inode `ino`, if it was checked at `backing`.
+    fn cached_file_id(&self, ino: u64, backing: &Path) -> Option<FileId> {
         let cache = self.file_ids.lock().unwrap_or_else(|p| p.into_inner());
-        cache.get(&ino).filter(|(_, e)| e == entry).map(|(id, _)| *id)
+        cache.get(&ino).filter(|(_, b)| b == backing).map(|(id, _)| *id)
     }
 
     /// The file id in the object header of the data file at `backing`, checked to belong
@@ -583,7 +583,7 @@ impl Volume {
             meta = file.metadata().map_err(|e| undo("stat", e))?;
         }
         let id = random_array();
-        self.remember_file_id(meta.ino(), id, entry.clone());
+        self.remember_file_id(meta.ino(), id, backing.to_path_buf());
         let file = self.core.storage.data_file(file, backing);
         let header = self.bound_header(ObjectKind::File, id, entry).encode();
         file.write_all_at(&header, 0).map_err(|e| undo("write header", e))?;
@@ -683,8 +683,7 @@ impl Volume {
             return Err(Error::IsDir(path.into()));
         }
         let id = if meta.is_file() {
-            let entry = super::binding::Entry::new(r.parent_id, &r.encoded.backing);
-            Some(match self.cached_file_id(meta.ino(), &entry) {
+            Some(match self.cached_file_id(meta.ino(), &backing) {
                 Some(id) => id,
                 None => {
                     let f = open_data(at.path(), false).map_err(|e| Error::io(path, "open", e))?;

@@ -89,7 +89,8 @@ impl Volume {
     /// id), checked to be bound to its entry.
     fn xattr_target(&self, path: &Path) -> Result<Target> {
         let backing = self.backing_or_root(path)?;
-        let (header, header_file) = match self.getattr(path)?.kind {
+        // The kind from one lstat (not getattr, which would read the header and the size too).
+        let (header, header_file) = match super::meta::kind_of(self.lstat_of(&backing, path)?.file_type()) {
             EntryKind::File => {
                 let at = self.at(&backing, path)?;
                 let f = super::volume::open_data(at.path(), false).map_err(|e| Error::io(path, "open", e))?;
