@@ -78,6 +78,7 @@ fn check_fixture(name: &str) {
         assert_eq!(Sha256::digest(&back), Sha256::digest(&data), "{name}/{path}: content");
     }
     let features = Volume::read_header(&dir).unwrap().features;
+    assert_ne!(features & envelopefs::format::FEATURE_RECORDS_SEALED, 0, "{name}: records not sealed in place");
     assert_ne!(features & envelopefs::format::FEATURE_FILES_RECORDED, 0, "{name}: not upgraded in place");
     assert_ne!(features & envelopefs::format::FEATURE_ENTRIES_BOUND, 0, "{name}: entries not bound in place");
     assert_ne!(features & envelopefs::format::FEATURE_XATTRS_SEALED, 0, "{name}: xattrs not sealed in place");

@@ -478,7 +478,14 @@ impl Volume {
             let id_file = dir.join(names::DIRID_FILE);
             let id_at = self.core.tree.at(&id_file).map_err(|e| Error::io(&dir, "open", e))?;
             let Ok(header) = names::read_dir_header(&self.core.tree, &dir) else { continue };
-            visit(Object { backing: &dir, header_file: id_at.path(), entry: &entry, header: &header, nlink: 1, len: 0 })?;
+            visit(Object {
+                backing: &dir,
+                header_file: id_at.path(),
+                entry: &entry,
+                header: &header,
+                nlink: 1,
+                len: 0,
+            })?;
             let listed = self.core.tree.dir(&dir).map_err(|e| Error::io(&dir, "open directory", e))?;
             for e in std::fs::read_dir(listed.path()).map_err(|e| Error::io(&dir, "read directory", e))? {
                 let e = e.map_err(|e| Error::io(&dir, "read directory", e))?;
