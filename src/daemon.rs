@@ -212,7 +212,7 @@ fn control_server(
         "rotate-kek" => {
             let _one_at_a_time = rotation.lock().unwrap_or_else(|p| p.into_inner());
             let old = crate::format::hex(&vol.header().kek_id);
-            match vol.rotate_kek(kms.as_ref(), &mut |_, _| {}) {
+            match vol.rotate_kek(kms.as_ref(), &mut |_, _, _| {}) {
                 Ok(h) => serde_json::json!({ "old_kek_id": old, "kek_id": crate::format::hex(&h.kek_id) }),
                 Err(e) => control::error_reply(&e),
             }

@@ -194,6 +194,20 @@ fn xattr_reply(reply: ReplyXattr, size: u32, r: crate::Result<Vec<u8>>) {
     }
 }
 
+/// Holds the volume's request guard (`InodeFs::op`) for the rest of the handler, or replies
+/// with its error and returns.
+macro_rules! op {
+    ($self:ident, $reply:ident) => {
+        match $self.fs.op() {
+            Ok(guard) => guard,
+            Err(e) => {
+                $reply.error(errno(&e));
+                return;
+            }
+        }
+    };
+}
+
 impl Filesystem for Adapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_IO);
@@ -211,6 +225,7 @@ impl Filesystem for Adapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _op = op!(self, reply);
         entry(reply, self.fs.lookup(parent.0, name));
     }
 
@@ -219,6 +234,7 @@ impl Filesystem for Adapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _op = op!(self, reply);
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&TTL, &attr(&a)),
             Err(e) => reply.error(errno(&e)),
@@ -243,6 +259,7 @@ impl Filesystem for Adapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _op = op!(self, reply);
         // fuser does not pass on FATTR_KILL_SUIDGID (the kernel sets it on a truncation by a
         // caller without CAP_FSETID): root stands for the callers that have it.
         let truncated_by_user = size.is_some() && req.uid() != 0;
@@ -263,6 +280,7 @@ impl Filesystem for Adapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _op = op!(self, reply);
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str())),
             Err(e) => reply.error(errno(&e)),
@@ -270,22 +288,27 @@ impl Filesystem for Adapter {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let _op = op!(self, reply);
         entry(reply, self.fs.mknod(parent.0, name, mode & !umask, u64::from(rdev), caller(req)));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let _op = op!(self, reply);
         entry(reply, self.fs.mkdir(parent.0, name, mode & !umask, caller(req)));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = op!(self, reply);
         empty(reply, self.fs.unlink(parent.0, name));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = op!(self, reply);
         empty(reply, self.fs.rmdir(parent.0, name));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let _op = op!(self, reply);
         entry(reply, self.fs.symlink(parent.0, link_name, target, caller(req)));
     }
 
@@ -299,6 +322,7 @@ impl Filesystem for Adapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _op = op!(self, reply);
         let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             RenameMode::Exchange
         } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
@@ -312,10 +336,12 @@ impl Filesystem for Adapter {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let _op = op!(self, reply);
         entry(reply, self.fs.link(ino.0, newparent.0, newname));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _op = op!(self, reply);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         match self.fs.open(ino.0, write) {
             Ok(fh) => reply.opened(FileHandle(fh), open_flags(flags.0)),
@@ -334,6 +360,7 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _op = op!(self, reply);
         self.fs.read_with(fh.0, offset, size, |r| match r {
             Ok(data) => reply.data(data),
             Err(e) => reply.error(errno(&e)),
@@ -352,6 +379,7 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _op = op!(self, reply);
         // A writer without CAP_FSETID: setuid/setgid go first (FUSE_HANDLE_KILLPRIV_V2).
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         let ready = if kill { self.fs.drop_privs(ino.0) } else { Ok(()) };
@@ -362,6 +390,7 @@ impl Filesystem for Adapter {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        let _op = op!(self, reply);
         reply.ok();
     }
 
@@ -375,20 +404,24 @@ impl Filesystem for Adapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _op = op!(self, reply);
         empty(reply, self.fs.release(fh.0));
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _op = op!(self, reply);
         empty(reply, self.fs.fsync(fh.0));
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _op = op!(self, reply);
         // "Zero-message opendir": the kernel opens directories itself from now on and sends
         // neither OPENDIR nor RELEASEDIR (listings are kept per directory: fs/listing.rs).
         reply.error(Errno::ENOSYS);
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let _op = op!(self, reply);
         match self.fs.readdir_from(ino.0, offset) {
             Ok(l) => {
                 for (i, e) in l.entries.iter().enumerate().skip(offset as usize) {
@@ -412,6 +445,7 @@ impl Filesystem for Adapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _op = op!(self, reply);
         const XATTR_CREATE: i32 = 1;
         const XATTR_REPLACE: i32 = 2;
         let mode = match flags {
@@ -424,18 +458,22 @@ impl Filesystem for Adapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _op = op!(self, reply);
         xattr_reply(reply, size, self.fs.get_xattr(ino.0, name));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _op = op!(self, reply);
         xattr_reply(reply, size, self.fs.list_xattrs(ino.0));
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = op!(self, reply);
         empty(reply, self.fs.remove_xattr(ino.0, name));
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let _op = op!(self, reply);
         let l = match self.fs.readdir_from(ino.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno(&e)),
@@ -469,10 +507,12 @@ impl Filesystem for Adapter {
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _op = op!(self, reply);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _op = op!(self, reply);
         match self.fs.statfs() {
             Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize),
             Err(e) => reply.error(errno(&e)),
@@ -480,6 +520,7 @@ impl Filesystem for Adapter {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        let _op = op!(self, reply);
         // default_permissions: the kernel checks permissions; we only confirm existence.
         empty(reply, self.fs.getattr(ino.0).map(|_| ()));
     }
@@ -494,6 +535,7 @@ impl Filesystem for Adapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _op = op!(self, reply);
         match self.fs.create(parent.0, name, mode & !umask, caller(req)) {
             Ok((a, fh)) => reply.created(&TTL, &attr(&a), Generation(0), FileHandle(fh), open_flags(flags)),
             Err(e) => reply.error(errno(&e)),
@@ -510,10 +552,12 @@ impl Filesystem for Adapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _op = op!(self, reply);
         empty(reply, self.fs.fallocate(fh.0, offset, length, mode));
     }
 
     fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let _op = op!(self, reply);
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(&e)),

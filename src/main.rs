@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use envelopefs::control;
 use envelopefs::daemon::MountRequest;
 use envelopefs::format::{hex, CipherKind, KdfParams};
-use envelopefs::fs::{InitOptions, Volume};
+use envelopefs::fs::{InitOptions, RotationStep, Volume};
 use envelopefs::kms::{self, LocalKeystore};
 use envelopefs::secret::PassSource;
 use envelopefs::{Error, Result};
@@ -645,16 +645,32 @@ fn rotate_kek(cipherdir: &Path, pass: PassArgs) -> Result<()> {
     let kms = kms::open(&header.kms_uri, cipherdir, &pass.source())?;
     let old = hex(&header.kek_id);
     let vol = Volume::open_with_kms(cipherdir, header, &kms)?;
+    if vol.finished_rotation_at_open() {
+        // The open finished a rotation a crash had cut short: that is the rotation asked for.
+        println!(
+            "KEK rotated: {old} -> {} (an interrupted rotation finished; no data rewritten).",
+            hex(&vol.header().kek_id)
+        );
+        return Ok(());
+    }
     let tty = std::io::stderr().is_terminal();
-    let new = vol.rotate_kek(&kms, &mut |done, total| {
+    let mut last = None;
+    let new = vol.rotate_kek(&kms, &mut |step, done, total| {
         if tty {
-            eprint!("\rre-wrapped {done}/{total} DEKs");
+            if last.is_some_and(|s| s != step) {
+                eprintln!();
+            }
+            last = Some(step);
+            match step {
+                RotationStep::Deks => eprint!("\rre-wrapped {done}/{total} DEKs"),
+                RotationStep::Names => eprint!("\rmoved {done} names to the new name key"),
+            }
         }
     })?;
-    if tty {
+    if tty && last.is_some() {
         eprintln!();
     }
-    println!("KEK rotated: {old} -> {} (no data rewritten).", hex(&new.kek_id));
+    println!("KEK and name key rotated: {old} -> {} (no data rewritten).", hex(&new.kek_id));
     Ok(())
 }
 

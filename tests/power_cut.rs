@@ -213,7 +213,7 @@ fn workload(vol: &Volume, kms: &dyn envelopefs::kms::Kms, model: &mut Model) -> 
     vol.mkdir(Path::new("d"), 0o755)?;
     vol.rename(Path::new("a"), Path::new("d/a2"))?;
     model.rename("a", "d/a2");
-    vol.rotate_kek(kms, &mut |_, _| {})?;
+    vol.rotate_kek(kms, &mut |_, _, _| {})?;
 
     let c = vol.create(Path::new("c"), 0o644)?;
     model.change("c", Vec::new());

@@ -38,7 +38,7 @@ fn a_planted_pending_rotation_to_an_old_kek_is_refused() {
     let (_tmp, dir, data) = with_file("f", 100_000);
     let old = Volume::read_header(&dir).unwrap();
     let k = kms(&dir);
-    Volume::open(&dir, &pass()).unwrap().rotate_kek(&k, &mut |_, _| {}).unwrap();
+    Volume::open(&dir, &pass()).unwrap().rotate_kek(&k, &mut |_, _, _| {}).unwrap();
     // The old header's KEK has leaked: the attacker records it as a rotation "in progress",
     // so new DEKs (and the next remedial rotation) would go under it.
     plant(&dir, "rotation.kek_id", &old.kek_id);
@@ -105,7 +105,7 @@ fn records_written_by_the_volume_survive_a_kek_rotation() {
     let vol = Volume::open(&dir, &pass()).unwrap();
     assert!(vol.begin_mount().unwrap().is_none());
     let before = Volume::read_header(&dir).unwrap().kek_id;
-    vol.rotate_kek(&k, &mut |_, _| {}).unwrap();
+    vol.rotate_kek(&k, &mut |_, _, _| {}).unwrap();
     assert_ne!(Volume::read_header(&dir).unwrap().kek_id, before);
     // The marker was re-sealed under the new KEK: a crash now is recognised as one.
     std::mem::forget(vol); // a crash: the marker stays
@@ -120,7 +120,7 @@ fn planted_rows_naming_the_current_kek_are_no_rotation() {
     let (_tmp, dir, data) = with_file("f", 10_000);
     let old = Volume::read_header(&dir).unwrap();
     let k = kms(&dir);
-    Volume::open(&dir, &pass()).unwrap().rotate_kek(&k, &mut |_, _| {}).unwrap();
+    Volume::open(&dir, &pass()).unwrap().rotate_kek(&k, &mut |_, _, _| {}).unwrap();
     let now = Volume::read_header(&dir).unwrap();
     // The current KEK's id (readable in the header) with an old wrapped KEK that leaked: a
     // finished rotation's leftover in form, but nothing in it may be used.
@@ -131,7 +131,7 @@ fn planted_rows_naming_the_current_kek_are_no_rotation() {
     g.write_at(0, &data).unwrap();
     g.close().unwrap();
     // A rotation asked for now is a real one, not the planted "resume".
-    let after = vol.rotate_kek(&k, &mut |_, _| {}).unwrap();
+    let after = vol.rotate_kek(&k, &mut |_, _, _| {}).unwrap();
     assert_ne!(after.kek_id, now.kek_id, "rotate --kek did not rotate");
     drop(vol);
     let vol = Volume::open(&dir, &pass()).unwrap();

@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -33,11 +32,16 @@ fn big_volume() -> (tempfile::TempDir, PathBuf, PathBuf) {
     (tmp, dir, passfile)
 }
 
-fn data_hashes(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    all_files(&dir.join("data"))
+/// The hash of every data file's blocks (all but the 32-byte object header, whose binding a
+/// rotation re-keys along with the backing names), sorted.
+fn data_hashes(dir: &Path) -> Vec<Vec<u8>> {
+    let mut hashes: Vec<Vec<u8>> = all_files(&dir.join("data"))
         .into_iter()
-        .map(|p| (p.clone(), Sha256::digest(fs::read(&p).unwrap()).to_vec()))
-        .collect()
+        .filter(|p| p.file_name().is_some_and(|n| n != ".dirid"))
+        .map(|p| Sha256::digest(&fs::read(&p).unwrap()[32..]).to_vec())
+        .collect();
+    hashes.sort();
+    hashes
 }
 
 fn assert_all_readable(dir: &Path) {
@@ -86,7 +90,7 @@ fn rotate_kek_rewraps_10000_deks_and_rewrites_no_data() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let new = Volume::read_header(&dir).unwrap().kek_id;
     assert_ne!(old, new);
-    assert_eq!(data_hashes(&dir), before, "data files must be byte-identical");
+    assert_eq!(data_hashes(&dir), before, "data blocks must be byte-identical");
     assert_eq!(kek_ids_in_store(&dir), vec![new.to_vec()]);
     assert!(!contains(&metadata_bytes(&dir), &old), "the old KEK id is still in the store or header");
     let bytes = metadata_bytes(&dir);
@@ -181,10 +185,18 @@ fn rotate_kek_while_mounted_with_reads_and_writes_going_on() {
             })
         })
         .collect();
+    let backing_names = || -> std::collections::HashSet<std::ffi::OsString> {
+        fs::read_dir(m.cipher.join("data")).unwrap().map(|e| e.unwrap().file_name()).collect()
+    };
     for _ in 0..3 {
+        let before = backing_names();
         let o = rotate_cmd(&m.cipher, &m.passfile).output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         assert!(String::from_utf8_lossy(&o.stdout).contains("while mounted"));
+        // Every name moved to the new name key (only the directory id file keeps its name).
+        let kept: Vec<_> = before.intersection(&backing_names()).cloned().collect();
+        assert_eq!(kept, vec![std::ffi::OsString::from(".dirid")], "backing names the rotation left");
+        assert!(fs::read_dir(&m.mnt).unwrap().count() >= 4, "the mount lists its files after the rotation");
     }
     stop.store(true, Ordering::Relaxed);
     let results: Vec<(PathBuf, Vec<u8>)> = workers.into_iter().map(|w| w.join().unwrap()).collect();

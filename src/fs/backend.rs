@@ -24,6 +24,8 @@ pub enum SyncPoint {
     StoreCommit,
     /// The volume header replaced (KEK rotation).
     HeaderReplace,
+    /// A directory entry renamed to its name under a rotation's new name key.
+    NameMoved,
 }
 
 /// Where data files come from, and who hears of each sync point.

@@ -31,7 +31,7 @@ use super::names;
 use super::volume::Volume;
 use crate::crypto::NamePurpose;
 use crate::format::{Binding, ObjectHeader, ObjectKind, OBJECT_HEADER_LEN};
-use crate::keys::KeyRing;
+use crate::keys::{KeyRing, NameKeys};
 use crate::{Error, Result};
 
 /// Where an object is named: its parent directory's id and its backing name (the root
@@ -92,12 +92,18 @@ pub(super) fn link_context(entry: &Entry) -> [u8; 16] {
 
 /// The header of object (`kind`, `id`) named by `entry`, under `keys` (also at `init`).
 pub(super) fn bound_header_with(keys: &KeyRing, kind: ObjectKind, id: [u8; 16], entry: &Entry) -> ObjectHeader {
-    bind_with(keys, kind, id, Some(entry), false)
+    bind_with(&keys.names(), kind, id, Some(entry), false)
 }
 
 /// The header of object (`kind`, `id`) bound to `entry` (`None`: to the volume), with the
 /// extended-attributes flag `xattrs`.
-fn bind_with(keys: &KeyRing, kind: ObjectKind, id: [u8; 16], entry: Option<&Entry>, xattrs: bool) -> ObjectHeader {
+pub(super) fn bind_with(
+    keys: &NameKeys,
+    kind: ObjectKind,
+    id: [u8; 16],
+    entry: Option<&Entry>,
+    xattrs: bool,
+) -> ObjectHeader {
     let mac = keys.entry_mac(&binding_msg(kind, &id, entry, xattrs));
     let binding = if entry.is_some() { Binding::Entry(mac) } else { Binding::Shared(mac) };
     ObjectHeader { kind, id, binding, xattrs }
@@ -105,7 +111,7 @@ fn bind_with(keys: &KeyRing, kind: ObjectKind, id: [u8; 16], entry: Option<&Entr
 
 /// Gives the symlink at `link` the owner and times of `old` (the link it replaces), never
 /// following it.
-fn keep_owner_and_times(link: &super::tree::At, old: &std::fs::Metadata) -> std::io::Result<()> {
+pub(super) fn keep_owner_and_times(link: &super::tree::At, old: &std::fs::Metadata) -> std::io::Result<()> {
     use nix::sys::stat::{utimensat, UtimensatFlags};
     use nix::sys::time::TimeSpec;
     link.chown(Some(old.uid()), Some(old.gid()))?;
@@ -113,6 +119,33 @@ fn keep_owner_and_times(link: &super::tree::At, old: &std::fs::Metadata) -> std:
     let mt = TimeSpec::new(old.mtime(), old.mtime_nsec());
     utimensat(link.dir(), link.name(), &at, &mt, UtimensatFlags::NoFollowSymlink)?;
     Ok(())
+}
+
+/// Whether `header` (bound, under `keys`) belongs at `entry` (or to the volume, if shared).
+pub(super) fn authentic_with(keys: &NameKeys, header: &ObjectHeader, entry: &Entry) -> bool {
+    let eq = |mac: &[u8; 8], want: [u8; 8]| aws_lc_rs::constant_time::verify_slices_are_equal(mac, &want).is_ok();
+    match &header.binding {
+        Binding::None => false,
+        Binding::Entry(mac) => {
+            eq(mac, keys.entry_mac(&binding_msg(header.kind, &header.id, Some(entry), header.xattrs)))
+        }
+        Binding::Shared(mac) => {
+            header.kind == ObjectKind::File
+                && eq(mac, keys.entry_mac(&binding_msg(header.kind, &header.id, None, header.xattrs)))
+        }
+    }
+}
+
+/// A symlink's target sealed for `entry` under `keys` (as the backing link stores it).
+pub(super) fn seal_target_with(keys: &NameKeys, entry: &Entry, target: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(keys.seal_random(NamePurpose::SymlinkTarget, &link_context(entry), target))
+}
+
+/// The target of the backing link whose target is `stored`, at `entry`, if it was sealed
+/// there under `keys`.
+pub(super) fn open_target_with(keys: &NameKeys, entry: &Entry, stored: &OsStr) -> Option<Vec<u8>> {
+    let sealed = URL_SAFE_NO_PAD.decode(stored.as_bytes()).ok()?;
+    keys.open_random(NamePurpose::SymlinkTarget, &link_context(entry), &sealed).ok()
 }
 
 fn mismatch(path: &Path) -> Error {
@@ -148,16 +181,9 @@ impl Volume {
 
     /// Whether `header`'s binding holds for `entry`.
     fn authentic_at(&self, header: &ObjectHeader, entry: &Entry) -> bool {
-        let eq = |mac: &[u8; 8], want: [u8; 8]| aws_lc_rs::constant_time::verify_slices_are_equal(mac, &want).is_ok();
         match &header.binding {
             Binding::None => !self.entries_bound(),
-            Binding::Entry(mac) => {
-                eq(mac, self.keys().entry_mac(&binding_msg(header.kind, &header.id, Some(entry), header.xattrs)))
-            }
-            Binding::Shared(mac) => {
-                header.kind == ObjectKind::File
-                    && eq(mac, self.keys().entry_mac(&binding_msg(header.kind, &header.id, None, header.xattrs)))
-            }
+            _ => authentic_with(&self.keys().names(), header, entry),
         }
     }
 
@@ -187,8 +213,7 @@ impl Volume {
 
     /// A symlink's target sealed for `entry`.
     pub(super) fn seal_target(&self, entry: &Entry, target: &[u8]) -> String {
-        let sealed = self.keys().names().seal_random(NamePurpose::SymlinkTarget, &link_context(entry), target);
-        URL_SAFE_NO_PAD.encode(sealed)
+        seal_target_with(&self.keys().names(), entry, target)
     }
 
     /// The plaintext target of a symlink stored as `stored` at `entry`. Before the volume is
@@ -219,7 +244,7 @@ impl Volume {
         path: &Path,
     ) -> Result<()> {
         self.rewrite_header(header_path, id, false, path, |old| {
-            Some(bind_with(self.keys(), old.kind, old.id, (!shared).then_some(entry), old.xattrs))
+            Some(bind_with(&self.keys().names(), old.kind, old.id, (!shared).then_some(entry), old.xattrs))
         })
     }
 
@@ -240,14 +265,14 @@ impl Volume {
                 Binding::Shared(_) => true,
                 Binding::Entry(_) => false,
             };
-            Some(bind_with(self.keys(), old.kind, old.id, (!shared).then_some(entry), on))
+            Some(bind_with(&self.keys().names(), old.kind, old.id, (!shared).then_some(entry), on))
         })
     }
 
     /// Reads the header at `header_path` and writes `new(old)` in its place (read and written
     /// through one descriptor, and only if it still holds object `id`: a swap after the
     /// caller's check is refused, never bound anew); `sync`: durably.
-    fn rewrite_header(
+    pub(super) fn rewrite_header(
         &self,
         header_path: &Path,
         id: &[u8; 16],

@@ -112,7 +112,7 @@ impl Volume {
         for entry in fs::read_dir(listed.path()).map_err(|e| Error::io(path, "read directory", e))? {
             let entry = entry.map_err(|e| Error::io(path, "read directory", e))?;
             let backing = entry.file_name();
-            let Some(name) = names::decode(self.core.keys.names(), &self.core.store, dir_id, &backing, dir)? else {
+            let Some(name) = names::decode(&self.core.keys.names(), &self.core.store, dir_id, &backing, dir)? else {
                 continue;
             };
             let kind = entry.file_type().map(kind_of).map_err(|e| Error::io(path, "read directory", e))?;

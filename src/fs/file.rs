@@ -690,7 +690,7 @@ pub(super) fn record_mac<'a>(
     size: u64,
     extents: impl Iterator<Item = (u64, &'a [u8])>,
 ) -> [u8; 16] {
-    record_mac_with(core.keys.names(), core.cipher_code, id, size, extents)
+    record_mac_with(&core.keys.names(), core.cipher_code, id, size, extents)
 }
 
 pub(super) fn record_mac_with<'a>(

@@ -251,7 +251,7 @@ impl Volume {
                 report.problems.push(p);
                 continue;
             }
-            let name = match names::decode(self.keys().names(), self.store(), dir_id, &backing_name, dir) {
+            let name = match names::decode(&self.keys().names(), self.store(), dir_id, &backing_name, dir) {
                 Ok(Some(n)) => n,
                 Ok(None) => continue, // the directory id file and other dot files
                 Err(e) => {

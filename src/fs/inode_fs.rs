@@ -73,6 +73,11 @@ impl std::fmt::Debug for InodeFs {
 }
 
 impl InodeFs {
+    /// Held by every request while it runs (see [`Volume::op`]).
+    pub fn op(&self) -> Result<std::sync::RwLockReadGuard<'_, ()>> {
+        self.vol.op()
+    }
+
     /// `chown_new`: give new entries the caller's uid/gid (when the daemon runs as root).
     pub fn new(vol: Arc<Volume>, read_only: bool, chown_new: bool) -> Result<Self> {
         let root = vol.getattr(Path::new(""))?;

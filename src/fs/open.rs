@@ -235,7 +235,23 @@ impl Volume {
             header: header.into(),
             mount_marker: Default::default(),
             inode_aliases: Default::default(),
+            quiet: Default::default(),
+            halted: Default::default(),
+            finished_rotation: Default::default(),
         };
+        if vol.names_moving()? {
+            // A rotation was cut short while names were moving: half the tree is under each
+            // name key. Nothing reads it before the rotation is finished.
+            tracing::warn!("a `rotate --kek` was cut short while names were moving: finishing it");
+            vol.resume_pending_rotation(kms)?;
+            vol.rotate_kek(kms, &mut |_, _, _| {}).map_err(|e| match e {
+                Error::Io { path, source, .. } => {
+                    Error::Io { path, op: "finish an interrupted `rotate --kek` (needs writable storage)", source }
+                }
+                other => other,
+            })?;
+            vol.finished_rotation.store(true, std::sync::atomic::Ordering::Release);
+        }
         if vol.header().features & crate::format::FEATURE_RECORDS_SEALED == 0 {
             vol.seal_records_upgrade()?;
         }
@@ -274,7 +290,7 @@ impl Volume {
         for id in store.file_ids()? {
             if let Some((rec, extents)) = store.load(&id)? {
                 let mac = super::file::record_mac_with(
-                    keys.names(),
+                    &keys.names(),
                     rec.cipher,
                     &id,
                     rec.size,

@@ -1,9 +1,13 @@
-//! `rotate --kek`: a new KEK; every wrapped DEK and the name key are re-wrapped under it, in
-//! batched transactions; no data byte is rewritten.
+//! `rotate --kek`: a new KEK and a new name key; every wrapped DEK is re-wrapped under the new
+//! KEK (in batched transactions, no data byte rewritten), then everything the name key keeps
+//! moves to the new one (`rotate_names`), then the header names both.
 //!
-//! Resumable at any point: the new KEK (wrapped by the KMS root) is recorded in the store
-//! before the first DEK moves, readers accept DEKs under either KEK until the header names the
-//! new one, and a rerun picks up where the last run stopped.
+//! Resumable at any point: the new KEK (wrapped by the KMS root) and name key (wrapped by the
+//! new KEK) are recorded in the store before the first DEK moves; readers accept DEKs under
+//! either KEK until the header names the new one, and a rerun picks up where the last run
+//! stopped. Once names start to move (a sealed marker says so) the volume is quiet: a mount's
+//! requests wait until the header switch, and an open of a volume left so by a crash finishes
+//! the rotation before anything else.
 
 use rayon::prelude::*;
 
@@ -16,21 +20,48 @@ use crate::{Error, Result};
 
 pub(super) const PENDING_ID: &str = "rotation.kek_id";
 pub(super) const PENDING_WRAPPED: &str = "rotation.wrapped_kek";
+/// The rotation's new name key, wrapped by its new KEK.
+pub(super) const PENDING_NAMES: &str = "rotation.wrapped_name_key";
+/// Present while names are moving to the new name key (the tree is half and half).
+pub(super) const NAMES_MOVING: &str = "rotation.names_moving";
+/// The records that belong to a rotation under way (sealed under the KEK it replaces).
+const ROTATION_RECORDS: [&str; 4] = [PENDING_ID, PENDING_WRAPPED, PENDING_NAMES, NAMES_MOVING];
 /// DEKs re-wrapped per transaction.
 const BATCH: usize = 512;
+
+/// What a rotation's progress counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationStep {
+    /// Wrapped DEKs re-wrapped under the new KEK.
+    Deks,
+    /// Directory entries moved to the new name key (the volume is quiet meanwhile).
+    Names,
+}
 
 impl Volume {
     /// The authentic steering records other than the rotation's own.
     fn records_but_rotation(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
-        Ok(self.authentic_records()?.into_iter().filter(|(n, _)| *n != PENDING_ID && *n != PENDING_WRAPPED).collect())
+        Ok(self.authentic_records()?.into_iter().filter(|(n, _)| !ROTATION_RECORDS.contains(n)).collect())
     }
 
     /// Loads the KEK of an unfinished rotation, so DEKs already moved to it stay readable.
     pub(super) fn resume_pending_rotation(&self, kms: &dyn Kms) -> Result<()> {
         if let Some((id, wrapped)) = self.pending_rotation()? {
             self.keys().resume_rotation(kms, id, &wrapped, self.store().path())?;
+            // A rotation recorded by an older build has no name key: it keeps the old one.
+            if let Some(names) = self.record(PENDING_NAMES)? {
+                self.keys()
+                    .resume_names(&names)
+                    .map_err(|_| Error::integrity(self.store().path(), "the pending name key does not authenticate"))?;
+            }
         }
         Ok(())
+    }
+
+    /// Whether a rotation was cut short while its names were moving (the tree is half under
+    /// each name key): such a volume is usable only once the rotation is finished.
+    pub(super) fn names_moving(&self) -> Result<bool> {
+        Ok(self.pending_rotation()?.is_some() && self.record(NAMES_MOVING)?.is_some())
     }
 
     /// The recorded rotation (id and root-wrapped KEK), authenticated under the current KEK
@@ -54,6 +85,43 @@ impl Volume {
         }
     }
 
+    /// Held by a request through the mount while it runs (`InodeFs::op`): waits while a
+    /// rotation moves names (no request sees the tree half moved), and fails once one failed
+    /// half way (the volume must be opened again, which finishes it).
+    pub fn op(&self) -> Result<std::sync::RwLockReadGuard<'_, ()>> {
+        let guard = self.quiet.read().unwrap_or_else(|p| p.into_inner());
+        match self.halted.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(why) => Err(Error::integrity(self.cipherdir(), why.clone())),
+            None => Ok(guard),
+        }
+    }
+
+    /// Holds requests through the mount off (waiting for those under way).
+    fn quiet(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.quiet.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A rotation failed with `e` while names were moving: this volume serves no more
+    /// requests (its tree is half under each name key); reopening it finishes the rotation.
+    fn halt(&self, e: Error) -> Error {
+        *self.halted.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+            "a `rotate --kek` failed while names were moving ({e}); unmount, then mount again or run \
+             `envelopefs rotate --kek` to finish it"
+        ));
+        e
+    }
+
+    /// Whether opening this volume finished a rotation that a crash had cut short.
+    pub fn finished_rotation_at_open(&self) -> bool {
+        self.finished_rotation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Forgets cached directory and file ids by backing path (every backing name changed).
+    fn forget_cached_names(&self) {
+        self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.file_ids.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Whether the header on disk holds another wrapped KEK than when this volume was opened:
     /// `rotate --root` ran beside a mount, whose KMS handle still holds the old root.
     pub fn root_changed(&self) -> Result<bool> {
@@ -62,7 +130,7 @@ impl Volume {
 
     /// Rotates the KEK (or finishes an interrupted rotation), also while files are open and
     /// in use (a mounted volume). `progress(done, total)` is called after every batch.
-    pub fn rotate_kek(&self, kms: &dyn Kms, progress: &mut dyn FnMut(u64, u64)) -> Result<VolumeHeader> {
+    pub fn rotate_kek(&self, kms: &dyn Kms, progress: &mut dyn FnMut(RotationStep, u64, u64)) -> Result<VolumeHeader> {
         let _header_lock = durable::lock_header(self.cipherdir())?;
         if self.root_changed()? {
             // `rotate --root` ran beside this mount: `kms` holds the old root, and a KEK
@@ -75,11 +143,13 @@ impl Volume {
         let (id, wrapped) = match self.pending_rotation()? {
             Some(p) => p,
             None => {
-                let (id, wrapped) = self.keys().begin_rotation(kms)?;
+                let (id, wrapped, names) = self.keys().begin_rotation(kms)?;
                 let (sid, swrapped) = (self.sealed(PENDING_ID, &id), self.sealed(PENDING_WRAPPED, &wrapped));
+                let snames = self.sealed(PENDING_NAMES, &names);
                 self.store().apply(&[
                     Change::PutMeta { key: PENDING_ID, value: &sid },
                     Change::PutMeta { key: PENDING_WRAPPED, value: &swrapped },
+                    Change::PutMeta { key: PENDING_NAMES, value: &snames },
                 ])?;
                 (id, wrapped)
             }
@@ -113,10 +183,35 @@ impl Volume {
                 .collect();
             self.store().apply(&changes)?;
             done += batch.len() as u64;
-            progress(done.min(total), total);
+            progress(RotationStep::Deks, done.min(total), total);
         }
-        // Every DEK is under the new KEK: the header may now name it. Opens wait meanwhile, so
-        // no file loads a row wrapped under the old KEK after it is gone.
+        // Every DEK is under the new KEK. From here to the header switch the volume is quiet:
+        // a mount's requests wait (none is under way), and what closed files left is committed.
+        let quiet = self.quiet();
+        self.flush_pending()?;
+        if let Some(new) = self.keys().pending_names() {
+            if self.record(NAMES_MOVING)?.is_none() {
+                let marker = self.sealed(NAMES_MOVING, &[1]);
+                self.store().apply(&[Change::PutMeta { key: NAMES_MOVING, value: &marker }])?;
+            }
+            let old = self.keys().names();
+            let k = super::rotate_names::NameMove { old: &old, new: &new };
+            let moved =
+                self.rotate_names(&k, &mut |d, t| progress(RotationStep::Names, d, t)).map_err(|e| self.halt(e))?;
+            tracing::info!(
+                entries = moved.entries,
+                xattr_sets = moved.xattr_sets,
+                records = moved.records,
+                stale_long_names = moved.stale_long_names,
+                left = moved.left.len(),
+                "names moved to the new name key"
+            );
+            for l in &moved.left {
+                tracing::warn!("left under the old name key (it authenticates under neither): {l}");
+            }
+        }
+        // The header may now name the new keys. Opens wait meanwhile, so no file loads a row
+        // wrapped under the old KEK after it is gone.
         let open_files = self.rewrap_open_files()?;
         // The other steering records move to the new KEK's record key with it: sealed under
         // both KEKs before the header switch (so a crash on either side of it leaves them
@@ -134,18 +229,18 @@ impl Volume {
                 .map_err(|_| Error::integrity(self.store().path(), "pending KEK is not loaded"))?;
             let path = self.cipherdir().join(HEADER_FILE);
             self.storage().sync_point(super::SyncPoint::HeaderReplace).map_err(|e| Error::io(&path, "replace", e))?;
-            durable::replace_file(&self.cipherdir().join(HEADER_FILE), &header.encode(), 0o600)?;
+            durable::replace_file(&self.cipherdir().join(HEADER_FILE), &header.encode(), 0o600)
+                .map_err(|e| self.halt(e))?;
         }
         self.keys().promote_pending();
         self.set_header(header.clone());
+        self.forget_cached_names();
         drop(open_files);
+        drop(quiet);
         let resealed = self.seal_all(&self.records_but_rotation()?);
         let now = unix_now().to_le_bytes();
-        let mut changes = vec![
-            Change::DeleteMeta { key: PENDING_ID },
-            Change::DeleteMeta { key: PENDING_WRAPPED },
-            Change::PutMeta { key: KEK_SINCE, value: &now },
-        ];
+        let mut changes: Vec<Change<'_>> = ROTATION_RECORDS.iter().map(|key| Change::DeleteMeta { key }).collect();
+        changes.push(Change::PutMeta { key: KEK_SINCE, value: &now });
         changes.extend(resealed.iter().map(|(k, v)| Change::PutMeta { key: k, value: v }));
         self.store().apply(&changes)?;
         self.store().compact()?;

@@ -97,7 +97,7 @@ impl Volume {
                 });
             }
         }
-        let header = self.rotate_kek(kms, &mut |_, _| {})?;
+        let header = self.rotate_kek(kms, &mut |_, _, _| {})?;
         self.store().checkpoint()?;
         Ok(ShredFilesReport { files: ids.len(), names, kek_id: header.kek_id })
     }

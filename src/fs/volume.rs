@@ -223,6 +223,13 @@ pub struct Volume {
     pub(super) inode_aliases: Mutex<HashMap<u64, u64>>,
     /// This is a read-write mount's volume: the unclean-shutdown marker is removed at drop.
     pub(super) mount_marker: std::sync::atomic::AtomicBool,
+    /// Held shared by every request through a mount, exclusively while a KEK rotation moves
+    /// names (see [`Volume::op`]).
+    pub(super) quiet: std::sync::RwLock<()>,
+    /// Why the volume serves no more requests: a rotation failed half way through its names.
+    pub(super) halted: Mutex<Option<String>>,
+    /// This open finished a rotation a crash had cut short while names were moving.
+    pub(super) finished_rotation: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Volume {
@@ -344,7 +351,7 @@ impl Volume {
         let mut dir = self.core.data_dir.clone();
         let mut dir_id = self.core.root_id;
         for (i, d) in dirs.iter().enumerate() {
-            let enc = names::encode(self.core.keys.names(), &dir_id, d)?;
+            let enc = names::encode(&self.core.keys.names(), &dir_id, d)?;
             dir.push(&enc.backing);
             let so_far = || -> PathBuf { dirs[..=i].iter().collect() };
             let cached = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).get(&dir).copied();
@@ -360,7 +367,7 @@ impl Volume {
                 },
             };
         }
-        let encoded = names::encode(self.core.keys.names(), &dir_id, last).map_err(|e| match e {
+        let encoded = names::encode(&self.core.keys.names(), &dir_id, last).map_err(|e| match e {
             Error::NameTooLong(_) => Error::NameTooLong(path.to_path_buf()),
             other => other,
         })?;

@@ -26,7 +26,7 @@ use crate::{Error, Result};
 const XATTR_NAME_MAX: usize = 255;
 const XATTR_VALUE_MAX: usize = 64 * 1024;
 /// The name of the row holding an object's seal (an encrypted name is at least 17 bytes).
-const SEAL_ROW: &[u8] = &[0];
+pub(super) const SEAL_ROW: &[u8] = &[0];
 
 /// setxattr(2) flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +57,7 @@ fn user_name(name: &OsStr) -> Result<&[u8]> {
 }
 
 /// (encrypted name, encrypted value) rows of one object, in name order.
-type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+pub(super) type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// The object whose attributes are asked for: its id, where its header is, its entry and
 /// whether its header says it has attributes.
@@ -69,7 +69,7 @@ struct Target {
 }
 
 /// What an object's seal covers: its id and every row, lengths first.
-fn seal_msg(object: &[u8; 16], rows: &Rows) -> Vec<u8> {
+pub(super) fn seal_msg(object: &[u8; 16], rows: &Rows) -> Vec<u8> {
     let mut msg = object.to_vec();
     for (name, value) in rows {
         msg.extend_from_slice(&(name.len() as u16).to_le_bytes());
@@ -78,6 +78,12 @@ fn seal_msg(object: &[u8; 16], rows: &Rows) -> Vec<u8> {
         msg.extend_from_slice(value);
     }
     msg
+}
+
+/// The context an attribute value is sealed with: its object and its sealed name.
+pub(super) fn value_context(object: &[u8; 16], sealed_name: &[u8]) -> [u8; 16] {
+    let h = Sha256::new().chain_update(object).chain_update(sealed_name).finalize();
+    h[..16].try_into().expect("SHA-256 is 32 bytes")
 }
 
 impl Volume {
@@ -181,11 +187,6 @@ impl Volume {
         Ok(Some((reason, None)))
     }
 
-    fn value_context(object: &[u8; 16], sealed_name: &[u8]) -> [u8; 16] {
-        let h = Sha256::new().chain_update(object).chain_update(sealed_name).finalize();
-        h[..16].try_into().expect("SHA-256 is 32 bytes")
-    }
-
     pub fn set_xattr(&self, path: &Path, name: &OsStr, value: &[u8], mode: XattrMode) -> Result<()> {
         let plain = user_name(name)?;
         if value.len() > XATTR_VALUE_MAX {
@@ -201,7 +202,7 @@ impl Volume {
             XattrMode::Replace if at.is_err() => return Err(Error::NoAttribute(path.into())),
             _ => {}
         }
-        let ctx = Self::value_context(&t.id, &sealed_name);
+        let ctx = value_context(&t.id, &sealed_name);
         let sealed_value = self.keys().names().seal_random(NamePurpose::XattrValue, &ctx, value);
         match at {
             Ok(i) => rows[i].1 = sealed_value.clone(),
@@ -221,7 +222,7 @@ impl Volume {
         let sealed_name = self.keys().names().encrypt(NamePurpose::XattrName, &t.id, plain);
         let (_, sealed) =
             rows.iter().find(|(n, _)| *n == sealed_name).ok_or_else(|| Error::NoAttribute(path.into()))?;
-        let ctx = Self::value_context(&t.id, &sealed_name);
+        let ctx = value_context(&t.id, &sealed_name);
         self.keys()
             .names()
             .open_random(NamePurpose::XattrValue, &ctx, sealed)
@@ -258,10 +259,10 @@ impl Volume {
         for (sealed, value) in self.sealed_rows(&from, path)? {
             let name = names.decrypt(NamePurpose::XattrName, &from.id, &sealed).map_err(|_| bad())?;
             let value = names
-                .open_random(NamePurpose::XattrValue, &Self::value_context(&from.id, &sealed), &value)
+                .open_random(NamePurpose::XattrValue, &value_context(&from.id, &sealed), &value)
                 .map_err(|_| bad())?;
             let new_name = names.encrypt(NamePurpose::XattrName, to, &name);
-            let new_value = names.seal_random(NamePurpose::XattrValue, &Self::value_context(to, &new_name), &value);
+            let new_value = names.seal_random(NamePurpose::XattrValue, &value_context(to, &new_name), &value);
             rows.push((new_name, new_value));
         }
         if rows.is_empty() {

@@ -100,6 +100,58 @@ impl FileSetKey {
     }
 }
 
+/// The name key and the keys derived from it (each for one purpose): what encrypts names,
+/// symlink targets and extended attributes and what keys the MACs of `fs::binding`,
+/// `fs::xattr` and `fs::file_set`. A KEK rotation replaces them all together.
+pub struct NameKeys {
+    /// Kept (zeroized on drop) so a KEK rotation can re-wrap it.
+    key: Key256,
+    cipher: NameCipher,
+    /// Binds objects to their directory entries (see [`entry_key`]).
+    entries: aws_lc_rs::hmac::Key,
+    /// Seals each object's set of extended attributes (see [`xattr_key`]).
+    xattrs: aws_lc_rs::hmac::Key,
+    /// Keys each file's share in the volume's set of files (see [`file_set_key`]).
+    file_set: Arc<FileSetKey>,
+}
+
+impl NameKeys {
+    fn new(key: Key256, volume_id: &[u8; 16]) -> NameKeys {
+        NameKeys {
+            cipher: NameCipher::new(&key),
+            entries: entry_key(&key, volume_id),
+            xattrs: xattr_key(&key, volume_id),
+            file_set: Arc::new(FileSetKey(file_set_key(&key, volume_id))),
+            key,
+        }
+    }
+
+    /// The first 8 bytes of `HMAC-SHA256(entry key, "EVFSENT1" || msg)`: the binding of an
+    /// object to its directory entry (`fs::binding` builds `msg`).
+    pub fn entry_mac(&self, msg: &[u8]) -> [u8; 8] {
+        prefixed_mac(&self.entries, b"EVFSENT1", msg)
+    }
+
+    /// The first 16 bytes of `HMAC-SHA256(xattr key, "EVFSXAT1" || msg)`: the seal of an
+    /// object's set of extended attributes (`fs::xattr` builds `msg`).
+    pub fn xattr_mac(&self, msg: &[u8]) -> [u8; 16] {
+        prefixed_mac(&self.xattrs, b"EVFSXAT1", msg)
+    }
+
+    /// The key of the volume's set of files (the store keeps the set with it).
+    pub fn file_set(&self) -> Arc<FileSetKey> {
+        self.file_set.clone()
+    }
+}
+
+/// The name cipher itself: `keys.names().encrypt(..)`.
+impl std::ops::Deref for NameKeys {
+    type Target = NameCipher;
+    fn deref(&self) -> &NameCipher {
+        &self.cipher
+    }
+}
+
 /// Unwrapped keys of one open volume.
 pub struct KeyRing {
     volume_id: [u8; 16],
@@ -111,15 +163,10 @@ pub struct KeyRing {
     pending: RwLock<Option<Arc<Kek>>>,
     /// The per-boot scratch key, while scratch is in use (see [`scratch`]).
     scratch: RwLock<Option<Arc<Kek>>>,
-    names: NameCipher,
-    /// Binds objects to their directory entries (see [`entry_key`]).
-    entries: aws_lc_rs::hmac::Key,
-    /// Seals each object's set of extended attributes (see [`xattr_key`]).
-    xattrs: aws_lc_rs::hmac::Key,
-    /// Keys each file's share in the volume's set of files (see [`file_set_key`]).
-    file_set: Arc<FileSetKey>,
-    /// Kept (zeroized on drop) so a KEK rotation can re-wrap it.
-    name_key: Key256,
+    /// The name keys the header's wrapped name key holds.
+    names: RwLock<Arc<NameKeys>>,
+    /// During a `rotate --kek`: the name keys being rotated to (wrapped under the new KEK).
+    pending_names: RwLock<Option<Arc<NameKeys>>>,
     cache: DekCache,
 }
 
@@ -168,30 +215,25 @@ impl KeyRing {
             current: RwLock::new(Arc::new(kek)),
             pending: RwLock::new(None),
             scratch: RwLock::new(None),
-            names: NameCipher::new(&name_key),
-            entries: entry_key(&name_key, &header.volume_id),
-            xattrs: xattr_key(&name_key, &header.volume_id),
-            file_set: Arc::new(FileSetKey(file_set_key(&name_key, &header.volume_id))),
-            name_key,
+            names: RwLock::new(Arc::new(NameKeys::new(name_key, &header.volume_id))),
+            pending_names: RwLock::new(None),
             cache: DekCache::new(DekCache::DEFAULT_ENTRIES, DekCache::DEFAULT_MAX_AGE),
         }
     }
 
-    /// The first 8 bytes of `HMAC-SHA256(entry key, "EVFSENT1" || msg)`: the binding of an
-    /// object to its directory entry (`fs::binding` builds `msg`).
+    /// [`NameKeys::entry_mac`] under the current name keys.
     pub fn entry_mac(&self, msg: &[u8]) -> [u8; 8] {
-        prefixed_mac(&self.entries, b"EVFSENT1", msg)
+        self.names().entry_mac(msg)
     }
 
-    /// The first 16 bytes of `HMAC-SHA256(xattr key, "EVFSXAT1" || msg)`: the seal of an
-    /// object's set of extended attributes (`fs::xattr` builds `msg`).
+    /// [`NameKeys::xattr_mac`] under the current name keys.
     pub fn xattr_mac(&self, msg: &[u8]) -> [u8; 16] {
-        prefixed_mac(&self.xattrs, b"EVFSXAT1", msg)
+        self.names().xattr_mac(msg)
     }
 
     /// The key of the volume's set of files (the store keeps the set with it).
     pub fn file_set(&self) -> Arc<FileSetKey> {
-        self.file_set.clone()
+        self.names().file_set()
     }
 
     pub fn volume_id(&self) -> &[u8; 16] {
@@ -249,8 +291,14 @@ impl KeyRing {
         }
     }
 
-    pub fn names(&self) -> &NameCipher {
-        &self.names
+    /// The name keys the header names (replaced only by a finished KEK rotation).
+    pub fn names(&self) -> Arc<NameKeys> {
+        self.names.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The name keys a running or interrupted `rotate --kek` is moving everything to.
+    pub fn pending_names(&self) -> Option<Arc<NameKeys>> {
+        self.pending_names.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn cache_stats(&self) -> CacheStats {
@@ -341,15 +389,41 @@ impl KeyRing {
 
 /// `rotate --kek`: the KEK being rotated to.
 impl KeyRing {
-    /// Starts a rotation: a fresh KEK and id, wrapped by the KMS root. Returns what to record
-    /// (id, wrapped form) before any DEK is re-wrapped.
-    pub fn begin_rotation(&self, kms: &dyn Kms) -> Result<([u8; 16], Vec<u8>)> {
+    /// Starts a rotation: a fresh KEK and id, wrapped by the KMS root, and a fresh name key,
+    /// wrapped by the new KEK. Returns what to record (id, wrapped KEK, wrapped name key)
+    /// before any DEK is re-wrapped.
+    pub fn begin_rotation(&self, kms: &dyn Kms) -> Result<([u8; 16], Vec<u8>, Vec<u8>)> {
         let key = Key256::generate();
         let id = random_array();
         let ctx = KmsContext { volume_id: self.volume_id, purpose: Purpose::Kek };
         let wrapped = kms.wrap(&key, &ctx).map_err(|e| kms_error(kms, e))?;
-        self.set_pending(Kek::volume(id, &key, &self.volume_id));
-        Ok((id, wrapped))
+        let kek = Kek::volume(id, &key, &self.volume_id);
+        let name_key = Key256::generate();
+        let wrapped_names = kek.wrapper.wrap(&name_key, &self.pending_names_aad(&id));
+        self.set_pending(kek);
+        *self.pending_names.write().unwrap_or_else(|p| p.into_inner()) =
+            Some(Arc::new(NameKeys::new(name_key, &self.volume_id)));
+        Ok((id, wrapped, wrapped_names))
+    }
+
+    /// `"EVFSPNK1" || volume_id || new KEK id`: what the name key of a rotation under way is
+    /// bound to while it is recorded in the store (the header binds it once it is named there).
+    fn pending_names_aad(&self, kek_id: &[u8; 16]) -> [u8; 40] {
+        let mut aad = [0u8; 40];
+        aad[..8].copy_from_slice(b"EVFSPNK1");
+        aad[8..24].copy_from_slice(&self.volume_id);
+        aad[24..].copy_from_slice(kek_id);
+        aad
+    }
+
+    /// Loads the name key of a recorded rotation (`wrapped` by the pending KEK, which must be
+    /// loaded).
+    pub fn resume_names(&self, wrapped: &[u8]) -> std::result::Result<(), AuthError> {
+        let kek = self.pending_kek().ok_or(AuthError)?;
+        let key: Key256 = kek.wrapper.unwrap(wrapped, &self.pending_names_aad(&kek.id))?;
+        *self.pending_names.write().unwrap_or_else(|p| p.into_inner()) =
+            Some(Arc::new(NameKeys::new(key, &self.volume_id)));
+        Ok(())
     }
 
     /// Resumes a recorded rotation (one more KMS unwrap).
@@ -406,6 +480,9 @@ impl KeyRing {
         if let Some(p) = self.pending.write().unwrap_or_else(|p| p.into_inner()).take() {
             *self.current.write().unwrap_or_else(|p| p.into_inner()) = p;
         }
+        if let Some(n) = self.pending_names.write().unwrap_or_else(|p| p.into_inner()).take() {
+            *self.names.write().unwrap_or_else(|p| p.into_inner()) = n;
+        }
     }
 
     /// Re-wraps one DEK from the KEK it is under to the pending KEK. The DEK is unwrapped only
@@ -428,7 +505,6 @@ impl KeyRing {
         Ok((to.id, out))
     }
 
-    /// The name key wrapped under the pending KEK for a header naming `new_kek_id`.
     /// The name key wrapped by the current KEK for `header` (whose bound fields changed,
     /// e.g. a new feature bit).
     pub fn seal_name_key(&self, header: &VolumeHeader) -> std::result::Result<Vec<u8>, AuthError> {
@@ -436,15 +512,18 @@ impl KeyRing {
         if kek.id != header.kek_id {
             return Err(AuthError);
         }
-        Ok(kek.wrapper.wrap(&self.name_key, &header.binding()))
+        Ok(kek.wrapper.wrap(&self.names().key, &header.binding()))
     }
 
+    /// The name key the rotation moves to (the current one if the rotation keeps it: one
+    /// recorded by an older build) wrapped under the pending KEK for `header`, which names it.
     pub fn rewrap_name_key(&self, header: &VolumeHeader) -> std::result::Result<Vec<u8>, AuthError> {
         let to = self.pending_kek().ok_or(AuthError)?;
         if to.id != header.kek_id {
             return Err(AuthError);
         }
-        Ok(to.wrapper.wrap(&self.name_key, &header.binding()))
+        let names = self.pending_names().unwrap_or_else(|| self.names());
+        Ok(to.wrapper.wrap(&names.key, &header.binding()))
     }
 }
 

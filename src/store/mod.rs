@@ -150,6 +150,12 @@ pub enum Change<'a> {
         kek_id: &'a [u8; 16],
         wrapped: &'a [u8],
     },
+    /// Replaces a file record's MAC (a KEK rotation's new name keys) if it is still `old`.
+    ResealFile {
+        id: &'a [u8; 16],
+        old: &'a [u8],
+        mac: &'a [u8; 16],
+    },
     /// Deletes every extended attribute of a directory (rmdir).
     DeleteXattrs {
         object: &'a [u8; 16],
@@ -167,9 +173,12 @@ pub struct Store {
     /// Asked before every commit (the storage seam's sync point); an error aborts it.
     before_commit: std::sync::OnceLock<CommitHook>,
     /// Keeps the digest of the set of file records (see [`FileSetHook`]).
-    file_set: std::sync::OnceLock<FileSetHook>,
+    file_set: Mutex<Option<FileSetHook>>,
     sizes: sizes::Sizes,
 }
+
+/// A long-name row: (directory id, hash, full ciphertext).
+pub type LongName = ([u8; 16], Vec<u8>, Vec<u8>);
 
 /// See [`Store::set_before_commit`].
 pub type CommitHook = Box<dyn Fn() -> std::io::Result<()> + Send + Sync>;
@@ -289,7 +298,7 @@ impl Store {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
             before_commit: std::sync::OnceLock::new(),
-            file_set: std::sync::OnceLock::new(),
+            file_set: Mutex::new(None),
             sizes: sizes::Sizes::default(),
         };
         {
@@ -311,9 +320,57 @@ impl Store {
         let _ = self.before_commit.set(hook);
     }
 
-    /// Installs the file-set digest keeper (once per store; its record must exist).
+    /// Installs the file-set digest keeper (its record must exist).
     pub fn set_file_set(&self, hook: FileSetHook) {
-        let _ = self.file_set.set(hook);
+        let _conn = self.lock(); // never while a transaction uses the old one
+        *self.file_set.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    /// Keeps the set of files with new functions from now on (a KEK rotation's new name
+    /// keys): the digest is recomputed from the records and the tag rewritten in one durable
+    /// transaction, with no other change between.
+    pub fn rekey_file_set(&self, key: &'static str, mark: SetFn, tag: SetFn) -> Result<()> {
+        let mut conn = self.lock();
+        let err = |e| self.err(e);
+        let mut digest = [0u8; 16];
+        {
+            let mut stmt = conn.prepare("SELECT id FROM files").map_err(err)?;
+            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(err)?;
+            for row in rows {
+                let id: [u8; 16] = row
+                    .map_err(err)?
+                    .try_into()
+                    .map_err(|_| Error::corrupt(&self.path, "a file record has a malformed id"))?;
+                digest.iter_mut().zip(mark(&id)).for_each(|(d, m)| *d ^= m);
+            }
+        }
+        let tx = conn.transaction().map_err(err)?;
+        tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![key, &tag(&digest)[..]])
+            .map_err(err)?;
+        if let Some(hook) = self.before_commit.get() {
+            hook().map_err(|e| Error::io(&self.path, "commit", e))?;
+        }
+        tx.commit().map_err(err)?;
+        *self.file_set.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(FileSetHook { key, mark, tag, digest: Mutex::new(digest) });
+        Ok(())
+    }
+
+    /// Every long-name row.
+    pub fn long_names(&self) -> Result<Vec<LongName>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT dir_id, hash, name FROM long_names").map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?)))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (dir, hash, name) = row.map_err(|e| self.err(e))?;
+            let dir =
+                dir.try_into().map_err(|_| Error::corrupt(&self.path, "a long name has a malformed directory id"))?;
+            out.push((dir, hash, name));
+        }
+        Ok(out)
     }
 
     pub fn path(&self) -> &Path {
@@ -492,7 +549,8 @@ impl Store {
         let err = |e| self.err(e);
         let tx = conn.transaction().map_err(err)?;
         let mut set_delta = [0u8; 16];
-        let hook = self.file_set.get();
+        let hook_slot = self.file_set.lock().unwrap_or_else(|p| p.into_inner());
+        let hook = hook_slot.as_ref();
         let exists = |id: &[u8; 16]| {
             tx.prepare_cached("SELECT EXISTS(SELECT 1 FROM files WHERE id = ?1)")
                 .and_then(|mut s| s.query_row([&id[..]], |r| r.get::<_, bool>(0)))
@@ -537,6 +595,9 @@ impl Store {
                         "UPDATE extents SET kek_id = ?3, wrapped = ?4 WHERE file_id = ?1 AND idx = ?2 AND wrapped = ?5",
                     )
                     .and_then(|mut s| s.execute(params![&file[..], index as i64, &kek_id[..], wrapped, old])),
+                Change::ResealFile { id, old, mac } => tx
+                    .prepare_cached("UPDATE files SET mac = ?3 WHERE id = ?1 AND mac = ?2")
+                    .and_then(|mut s| s.execute(params![&id[..], old, &mac[..]])),
                 Change::DeleteXattrs { object } => tx.execute("DELETE FROM xattrs WHERE object_id = ?1", [&object[..]]),
                 Change::PutLongName { dir, hash, name } => tx.execute(
                     "INSERT OR REPLACE INTO long_names (dir_id, hash, name) VALUES (?1, ?2, ?3)",
