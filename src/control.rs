@@ -177,6 +177,7 @@ pub fn base_status(cipherdir: &Path, h: &VolumeHeader, files: u64, wrapped_deks:
         "extent_size": h.extent_size(),
         "kms_uri": h.kms_uri,
         "kek_id": hex(&h.kek_id),
+        "kek_generation": h.kek_generation,
         "shredded": h.is_shredded(),
         "files": files,
         "wrapped_deks": wrapped_deks,

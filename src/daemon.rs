@@ -212,8 +212,20 @@ fn control_server(
         "rotate-kek" => {
             let _one_at_a_time = rotation.lock().unwrap_or_else(|p| p.into_inner());
             let old = crate::format::hex(&vol.header().kek_id);
-            match vol.rotate_kek(kms.as_ref(), &mut |_, _, _| {}) {
-                Ok(h) => serde_json::json!({ "old_kek_id": old, "kek_id": crate::format::hex(&h.kek_id) }),
+            let mut logged = 0;
+            let mut progress = |step, done: u64, total: u64| {
+                // The daemon's log shows a long rotation move on (about every 10%).
+                if done >= logged + total.max(10) / 10 || done == total {
+                    logged = done;
+                    tracing::info!(?step, done, total, "rotate --kek");
+                }
+            };
+            match vol.rotate_kek(kms.as_ref(), &mut progress) {
+                Ok(h) => serde_json::json!({
+                    "old_kek_id": old,
+                    "kek_id": crate::format::hex(&h.kek_id),
+                    "left": vol.rotation_left(),
+                }),
                 Err(e) => control::error_reply(&e),
             }
         }

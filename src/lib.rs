@@ -9,6 +9,7 @@
 //! - [`secret`]: where passphrases come from (file, command, terminal).
 #![deny(unsafe_code)]
 
+pub mod anchor;
 pub mod confine;
 pub mod control;
 pub mod crypto;

@@ -634,11 +634,13 @@ fn rotate_kek(cipherdir: &Path, pass: PassArgs) -> Result<()> {
     {
         let v = control::reply_result(v)?;
         println!(
-            "KEK rotated while mounted: {} -> {} (no data rewritten).",
+            "KEK and name key rotated while mounted: {} -> {} (no data rewritten).",
             v["old_kek_id"].as_str().unwrap_or("?"),
             v["kek_id"].as_str().unwrap_or("?")
         );
-        return Ok(());
+        let left: Vec<String> =
+            v["left"].as_array().into_iter().flatten().filter_map(|l| l.as_str().map(String::from)).collect();
+        return rotation_left(cipherdir, &left);
     }
     let _lock = envelopefs::daemon::lock_volume(cipherdir)?;
     let header = Volume::read_live_header(cipherdir)?;
@@ -648,10 +650,10 @@ fn rotate_kek(cipherdir: &Path, pass: PassArgs) -> Result<()> {
     if vol.finished_rotation_at_open() {
         // The open finished a rotation a crash had cut short: that is the rotation asked for.
         println!(
-            "KEK rotated: {old} -> {} (an interrupted rotation finished; no data rewritten).",
+            "KEK and name key rotated: {old} -> {} (an interrupted rotation finished; no data rewritten).",
             hex(&vol.header().kek_id)
         );
-        return Ok(());
+        return rotation_left(cipherdir, &vol.rotation_left());
     }
     let tty = std::io::stderr().is_terminal();
     let mut last = None;
@@ -671,7 +673,26 @@ fn rotate_kek(cipherdir: &Path, pass: PassArgs) -> Result<()> {
         eprintln!();
     }
     println!("KEK and name key rotated: {old} -> {} (no data rewritten).", hex(&new.kek_id));
-    Ok(())
+    rotation_left(cipherdir, &vol.rotation_left())
+}
+
+/// A rotation that left things as it found them (they authenticate under neither key) says
+/// which, and fails: the rotation is done, but those are integrity errors to look at.
+fn rotation_left(cipherdir: &Path, left: &[String]) -> Result<()> {
+    if left.is_empty() {
+        return Ok(());
+    }
+    for l in left {
+        eprintln!("left as found: {l}");
+    }
+    Err(envelopefs::Error::integrity(
+        cipherdir,
+        format!(
+            "the rotation is done, but {} item(s) authenticate under neither the old nor the new keys and were left as \
+             found (listed above; `envelopefs fsck` shows them)",
+            left.len()
+        ),
+    ))
 }
 
 /// Applies `-o` options; generic fstab options are accepted and ignored.

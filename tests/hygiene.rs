@@ -13,7 +13,7 @@ use base64::Engine;
 use common::mount::{ok, MountFixture};
 use envelopefs::crypto::KeyWrapper;
 use envelopefs::format::VolumeHeader;
-use envelopefs::kms::{self, KmsContext, Purpose};
+use envelopefs::kms::{self, KmsContext};
 use envelopefs::secret::Passphrase;
 
 const PASSPHRASE: &str = "mount test passphrase";
@@ -89,7 +89,7 @@ fn volume_keys(cipherdir: &Path) -> Vec<Vec<u8>> {
     let kek = envelopefs::kms::Kms::unwrap(
         &k,
         &header.wrapped_kek,
-        &KmsContext { volume_id: header.volume_id, purpose: Purpose::Kek },
+        &KmsContext::kek(header.volume_id, header.kek_generation),
     )
     .unwrap();
     let mut keys = vec![kek.expose().to_vec()];

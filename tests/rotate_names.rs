@@ -288,3 +288,85 @@ impl envelopefs::fs::Storage for CutAt {
         Ok(())
     }
 }
+
+/// A planted entry whose name authenticates under neither key, and one that is no name of the
+/// volume at all: the rotation moves everything else, leaves both as found, names them, and
+/// `rotate --kek` exits non-zero after finishing.
+#[test]
+fn what_authenticates_under_neither_key_is_left_as_found_and_reported() {
+    let (tmp, dir, vol) = new_volume(CipherKind::Aes256GcmSiv, 16);
+    build(&vol);
+    let before = snapshot(&vol);
+    drop(vol);
+    let planted = dir.join("data").join(URL_SAFE_NO_PAD.encode([7u8; 40]));
+    fs::write(&planted, b"not ours").unwrap();
+    let dotted = dir.join("data").join(".hidden-by-someone");
+    fs::write(&dotted, b"not ours either").unwrap();
+    let passfile = tmp.path().join("pass");
+    fs::write(&passfile, format!("{PASS}\n")).unwrap();
+    let o = common::mount::evfs(&[
+        "rotate".as_ref(),
+        dir.as_os_str(),
+        "--kek".as_ref(),
+        "--passfile".as_ref(),
+        passfile.as_os_str(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a rotation that left something said nothing: {err}");
+    assert!(err.contains("the rotation is done") && err.contains("2 item(s)"), "{err}");
+    assert!(err.contains(&planted.file_name().unwrap().to_string_lossy().to_string()), "{err}");
+    assert!(err.contains(".hidden-by-someone"), "{err}");
+    assert_eq!(fs::read(&planted).unwrap(), b"not ours", "left as found");
+    assert_eq!(fs::read(&dotted).unwrap(), b"not ours either", "left as found");
+    let vol = reopen(&dir);
+    fs::remove_file(&planted).unwrap();
+    assert_eq!(snapshot(&vol), before, "everything else moved and reads the same");
+}
+
+/// A set of files changed behind the volume's back (a file removed whole) is not re-tagged
+/// as valid by a rotation: the rotation refuses until `fsck --repair` accepts the set.
+#[test]
+fn a_rotation_does_not_launder_a_tampered_set_of_files() {
+    let (_tmp, dir, vol) = new_volume(CipherKind::Aes256GcmSiv, 16);
+    build(&vol);
+    let id = {
+        let f = vol.open_file(Path::new("top"), false).unwrap();
+        f.file_id()
+    };
+    let backing = vol.backing_path(Path::new("top")).unwrap();
+    drop(vol);
+    // The file removed whole: its data file, its hard-link-free entry and its rows.
+    fs::remove_file(&backing).unwrap();
+    let db = rusqlite::Connection::open(dir.join("meta.db")).unwrap();
+    for t in [
+        "DELETE FROM extents WHERE file_id = ?1",
+        "DELETE FROM xattrs WHERE object_id = ?1",
+        "DELETE FROM files WHERE id = ?1",
+    ] {
+        db.execute(t, [&id[..]]).unwrap();
+    }
+    drop(db);
+    let vol = reopen(&dir);
+    let err = vol.rotate_kek(&kms(&dir), &mut |_, _, _| {}).expect_err("the rotation re-tagged a tampered set");
+    assert!(err.to_string().contains("fsck"), "{err}");
+    assert!(vol.files_removed().is_err());
+}
+
+/// The row of a rotation's new name key deleted while the rotation is under way: the volume
+/// refuses to resume it (it would keep the old name key unseen), naming `meta.db`.
+#[test]
+fn a_rotation_that_lost_its_new_name_key_row_is_refused() {
+    let (_tmp, dir, vol) = new_volume(CipherKind::Aes256GcmSiv, 16);
+    build(&vol);
+    drop(vol);
+    let header = Volume::read_header(&dir).unwrap();
+    let vol = Volume::open_with_storage(&dir, header, &kms(&dir), std::sync::Arc::new(CutAt::new(1))).unwrap();
+    vol.rotate_kek(&kms(&dir), &mut |_, _, _| {}).expect_err("the cut did not happen");
+    drop(vol);
+    let db = rusqlite::Connection::open(dir.join("meta.db")).unwrap();
+    assert_eq!(db.execute("DELETE FROM meta WHERE key = 'rotation.wrapped_name_key'", []).unwrap(), 1);
+    drop(db);
+    let err = Volume::open(&dir, &pass()).expect_err("a rotation without its name key was resumed");
+    assert!(matches!(err, envelopefs::Error::Integrity { .. }), "{err}");
+    assert!(err.to_string().contains("meta.db") && err.to_string().contains("name key"), "{err}");
+}

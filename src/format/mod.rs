@@ -18,7 +18,8 @@ pub use layout::Layout;
 pub use object::{Binding, ObjectHeader, ObjectKind, OBJECT_HEADER_LEN};
 pub use volume::{
     CipherKind, VolumeHeader, FEATURES_KNOWN, FEATURE_ENTRIES_BOUND, FEATURE_FILES_RECORDED, FEATURE_FILE_SET,
-    FEATURE_RECORDS_SEALED, FEATURE_RECORD_MACS, FEATURE_ROOT_BOUND, FEATURE_SHREDDED, FEATURE_XATTRS_SEALED,
+    FEATURE_KEK_GENERATION, FEATURE_RECORDS_SEALED, FEATURE_RECORD_MACS, FEATURE_ROOT_BOUND, FEATURE_SHREDDED,
+    FEATURE_XATTRS_SEALED,
 };
 
 /// Lower-case hex of `b` (ids in status output and messages; never key material).

@@ -39,8 +39,14 @@ pub const FEATURE_XATTRS_SEALED: u32 = 64;
 /// every record added or deleted; a set that differs (a file removed whole) stops the mount.
 /// Set at `init`, and when a volume made before it is first opened.
 pub const FEATURE_FILE_SET: u32 = 128;
+/// Feature bit 8: the header carries the KEK's generation (`kek_generation`: 1 at `init`,
+/// one more with every `rotate --kek`), bound into the header and into the KMS context the
+/// KEK is wrapped under; a host refuses a generation older than it has seen (`anchor`). Set
+/// at `init` and by the first `rotate --kek` of a volume made before it.
+pub const FEATURE_KEK_GENERATION: u32 = 256;
 /// Feature bits this build understands; any other bit refuses to open.
 pub const FEATURES_KNOWN: u32 = FEATURE_SHREDDED
+    | FEATURE_KEK_GENERATION
     | FEATURE_FILE_SET
     | FEATURE_XATTRS_SEALED
     | FEATURE_RECORD_MACS
@@ -108,6 +114,9 @@ pub struct VolumeHeader {
     pub cipher: CipherKind,
     pub extent_shift: u8,
     pub kek_id: [u8; 16],
+    /// 1 for the KEK `init` made, one more with every `rotate --kek` (0: a volume made before
+    /// generations, feature bit 8 clear).
+    pub kek_generation: u64,
     pub kms_uri: String,
     pub wrapped_kek: Vec<u8>,
     pub wrapped_name_key: Vec<u8>,
@@ -140,6 +149,9 @@ impl VolumeHeader {
         out.push(self.cipher.code());
         out.push(self.extent_shift);
         out.extend_from_slice(&self.kek_id);
+        if self.features & FEATURE_KEK_GENERATION != 0 {
+            out.extend_from_slice(&self.kek_generation.to_le_bytes());
+        }
         if self.features & FEATURE_ROOT_BOUND != 0 {
             put_var_bytes(&mut out, self.kms_uri.as_bytes());
         }
@@ -155,6 +167,9 @@ impl VolumeHeader {
         out.push(self.cipher.code());
         out.push(self.extent_shift);
         out.extend_from_slice(&self.kek_id);
+        if self.features & FEATURE_KEK_GENERATION != 0 {
+            out.extend_from_slice(&self.kek_generation.to_le_bytes());
+        }
         put_var_bytes(&mut out, self.kms_uri.as_bytes());
         put_var_bytes(&mut out, &self.wrapped_kek);
         put_var_bytes(&mut out, &self.wrapped_name_key);
@@ -189,12 +204,26 @@ impl VolumeHeader {
             );
         }
         let kek_id = r.array("KEK id")?;
+        let kek_generation = match features & FEATURE_KEK_GENERATION {
+            0 => 0,
+            _ => u64::from_le_bytes(r.array("KEK generation")?),
+        };
         let uri = r.var_bytes("KMS URI", 1, KMS_URI_MAX)?;
         let kms_uri = String::from_utf8(uri.to_vec()).map_err(|_| r.corrupt("KMS URI is not UTF-8".into()))?;
         let wrapped_kek = r.var_bytes("wrapped KEK", 1, WRAPPED_KEK_MAX)?.to_vec();
         let wrapped_name_key = r.var_bytes("wrapped name key", WRAPPED_NAME_KEY_LEN, WRAPPED_NAME_KEY_LEN)?.to_vec();
         r.finish()?;
-        Ok(VolumeHeader { features, volume_id, cipher, extent_shift, kek_id, kms_uri, wrapped_kek, wrapped_name_key })
+        Ok(VolumeHeader {
+            features,
+            volume_id,
+            cipher,
+            extent_shift,
+            kek_id,
+            kek_generation,
+            kms_uri,
+            wrapped_kek,
+            wrapped_name_key,
+        })
     }
 }
 
@@ -209,6 +238,7 @@ mod tests {
             cipher: CipherKind::Aes256GcmSiv,
             extent_shift: 20,
             kek_id: [2; 16],
+            kek_generation: 0,
             kms_uri: "local:keystore".into(),
             wrapped_kek: vec![3; 60],
             wrapped_name_key: vec![4; 60],

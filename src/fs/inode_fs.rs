@@ -475,12 +475,13 @@ impl InodeFs {
     /// one made then for the reads after it (see [`super::listing`]).
     pub fn readdir_from(&self, ino: u64, offset: u64) -> Result<Arc<Listing>> {
         if let Some(l) = self.listings.continued(ino, offset) {
-            // Unless the directory was renamed meanwhile: its entries are then listed again
-            // where it is now.
-            if self.path_unchecked(ino).is_ok_and(|p| p == l.path) {
+            // Unless the directory was renamed meanwhile, or a KEK rotation renamed every
+            // backing entry: its entries are then listed again where they are now.
+            if l.generation == self.vol.names_generation() && self.path_unchecked(ino).is_ok_and(|p| p == l.path) {
                 return Ok(l);
             }
         }
+        let generation = self.vol.names_generation();
         // The inode is checked where the directory is opened (see `path`).
         let path = self.path_unchecked(ino)?;
         let (backing, listed) = self.vol.list(&path, (ino != ROOT_INO).then_some(ino))?;
@@ -492,7 +493,7 @@ impl InodeFs {
             kind: e.kind,
             backing,
         }));
-        let l = Arc::new(Listing { path, backing, entries });
+        let l = Arc::new(Listing { path, backing, entries, generation });
         self.listings.keep(ino, l.clone());
         Ok(l)
     }

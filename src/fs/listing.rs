@@ -31,6 +31,8 @@ pub struct Listing {
     pub path: PathBuf,
     pub backing: PathBuf,
     pub entries: Vec<Listed>,
+    /// `Volume::names_generation` when it was made (backing names change with it).
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +103,7 @@ mod tests {
 
     fn listing(n: usize) -> Arc<Listing> {
         let entry = Listed { name: "a".into(), kind: EntryKind::File, ino: 5, backing: "x".into() };
-        Arc::new(Listing { path: "d".into(), backing: "/b/d".into(), entries: vec![entry; n] })
+        Arc::new(Listing { path: "d".into(), backing: "/b/d".into(), entries: vec![entry; n], generation: 0 })
     }
 
     #[test]

@@ -66,11 +66,13 @@ impl Volume {
                 | crate::format::FEATURE_FILES_RECORDED
                 | crate::format::FEATURE_ENTRIES_BOUND
                 | crate::format::FEATURE_XATTRS_SEALED
-                | crate::format::FEATURE_FILE_SET,
+                | crate::format::FEATURE_FILE_SET
+                | crate::format::FEATURE_KEK_GENERATION,
             volume_id: random_array(),
             cipher: opts.cipher,
             extent_shift: opts.extent_shift,
             kek_id: [0; 16],
+            kek_generation: 1,
             kms_uri: kms.uri().to_string(),
             wrapped_kek: Vec::new(),
             wrapped_name_key: Vec::new(),
@@ -181,6 +183,8 @@ impl Volume {
         if header.is_shredded() {
             return Err(Error::Shredded(cipherdir.to_path_buf()));
         }
+        // A header older than this host has seen (a KEK that was replaced) is not accepted.
+        crate::anchor::check(&header, &cipherdir.join(HEADER_FILE))?;
         let keys = KeyRing::unlock(kms, &header, &cipherdir.join(HEADER_FILE))?;
         let store = Store::open(&cipherdir.join(STORE_FILE))?;
         let hook = storage.clone();
@@ -238,6 +242,8 @@ impl Volume {
             quiet: Default::default(),
             halted: Default::default(),
             finished_rotation: Default::default(),
+            rotation_left: Default::default(),
+            names_generation: Default::default(),
         };
         if vol.names_moving()? {
             // A rotation was cut short while names were moving: half the tree is under each
@@ -273,6 +279,7 @@ impl Volume {
         }
         vol.dir_id(&vol.core.data_dir)?; // the root directory's binding
         vol.resume_pending_rotation(kms)?;
+        vol.anchor_generation();
         Ok(vol)
     }
 

@@ -10,7 +10,7 @@
 //! cleared again). A rotation re-seals the records under the new KEK when it finishes.
 
 use super::fsck::MOUNT_ACTIVE;
-use super::rotate::{NAMES_MOVING, PENDING_ID, PENDING_NAMES, PENDING_WRAPPED};
+use super::rotate::{PENDING_ID, PENDING_NAMES, PENDING_WRAPPED};
 use super::scratch::{SCRATCH_DIRS, SCRATCH_KEY};
 use super::volume::Volume;
 use crate::keys::KeyRing;
@@ -18,8 +18,8 @@ use crate::store::{Change, Store};
 use crate::{Error, Result};
 
 /// The records sealed this way.
-pub(super) const SEALED: [&str; 7] =
-    [PENDING_ID, PENDING_WRAPPED, PENDING_NAMES, NAMES_MOVING, MOUNT_ACTIVE, SCRATCH_KEY, SCRATCH_DIRS];
+pub(super) const SEALED: [&str; 6] =
+    [PENDING_ID, PENDING_WRAPPED, PENDING_NAMES, MOUNT_ACTIVE, SCRATCH_KEY, SCRATCH_DIRS];
 const MAC_LEN: usize = 32;
 
 impl Volume {

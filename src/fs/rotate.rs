@@ -22,10 +22,13 @@ pub(super) const PENDING_ID: &str = "rotation.kek_id";
 pub(super) const PENDING_WRAPPED: &str = "rotation.wrapped_kek";
 /// The rotation's new name key, wrapped by its new KEK.
 pub(super) const PENDING_NAMES: &str = "rotation.wrapped_name_key";
-/// Present while names are moving to the new name key (the tree is half and half).
-pub(super) const NAMES_MOVING: &str = "rotation.names_moving";
 /// The records that belong to a rotation under way (sealed under the KEK it replaces).
-const ROTATION_RECORDS: [&str; 4] = [PENDING_ID, PENDING_WRAPPED, PENDING_NAMES, NAMES_MOVING];
+const ROTATION_RECORDS: [&str; 3] = [PENDING_ID, PENDING_WRAPPED, PENDING_NAMES];
+/// Flags after the KEK id in `rotation.kek_id` (a rotation an older build recorded has none,
+/// and keeps the name key): the rotation brings a new name key, whose row must be there...
+const BRINGS_NAMES: u8 = 1;
+/// ...and names are moving to it (the tree is half under each name key).
+const NAMES_MOVING: u8 = 2;
 /// DEKs re-wrapped per transaction.
 const BATCH: usize = 512;
 
@@ -38,18 +41,39 @@ pub enum RotationStep {
     Names,
 }
 
+/// A rotation under way, as the store records it.
+struct Pending {
+    id: [u8; 16],
+    wrapped: Vec<u8>,
+    flags: u8,
+}
+
+impl Pending {
+    /// The value of `rotation.kek_id`.
+    fn id_record(&self) -> Vec<u8> {
+        let mut v = self.id.to_vec();
+        v.push(self.flags);
+        v
+    }
+}
+
 impl Volume {
     /// The authentic steering records other than the rotation's own.
     fn records_but_rotation(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
         Ok(self.authentic_records()?.into_iter().filter(|(n, _)| !ROTATION_RECORDS.contains(n)).collect())
     }
 
-    /// Loads the KEK of an unfinished rotation, so DEKs already moved to it stay readable.
+    /// Loads the KEK of an unfinished rotation, so DEKs already moved to it stay readable,
+    /// and the name key it brings.
     pub(super) fn resume_pending_rotation(&self, kms: &dyn Kms) -> Result<()> {
-        if let Some((id, wrapped)) = self.pending_rotation()? {
-            self.keys().resume_rotation(kms, id, &wrapped, self.store().path())?;
-            // A rotation recorded by an older build has no name key: it keeps the old one.
-            if let Some(names) = self.record(PENDING_NAMES)? {
+        if let Some(p) = self.pending_rotation()? {
+            let brings = p.flags & BRINGS_NAMES != 0;
+            self.keys().resume_rotation(kms, p.id, &p.wrapped, brings, self.store().path())?;
+            if brings {
+                // Its row deleted, the rotation would keep the old name key unseen.
+                let names = self.record(PENDING_NAMES)?.ok_or_else(|| {
+                    Error::integrity(self.store().path(), "the rotation under way lost the row of its new name key")
+                })?;
                 self.keys()
                     .resume_names(&names)
                     .map_err(|_| Error::integrity(self.store().path(), "the pending name key does not authenticate"))?;
@@ -61,14 +85,15 @@ impl Volume {
     /// Whether a rotation was cut short while its names were moving (the tree is half under
     /// each name key): such a volume is usable only once the rotation is finished.
     pub(super) fn names_moving(&self) -> Result<bool> {
-        Ok(self.pending_rotation()?.is_some() && self.record(NAMES_MOVING)?.is_some())
+        Ok(self.pending_rotation()?.is_some_and(|p| p.flags & NAMES_MOVING != 0))
     }
 
-    /// The recorded rotation (id and root-wrapped KEK), authenticated under the current KEK
-    /// (a planted record, such as an old wrapped KEK that has leaked, is refused). Rows that
-    /// name the current KEK itself are what a finished rotation left before its clean-up:
-    /// they are no rotation (nothing in them is used; the next rotation overwrites them).
-    fn pending_rotation(&self) -> Result<Option<([u8; 16], Vec<u8>)>> {
+    /// The recorded rotation (id, root-wrapped KEK, flags), authenticated under the current
+    /// KEK (a planted record, such as an old wrapped KEK that has leaked, is refused). Rows
+    /// that name the current KEK itself are what a finished rotation left before its
+    /// clean-up: they are no rotation (nothing in them is used; the next rotation overwrites
+    /// them).
+    fn pending_rotation(&self) -> Result<Option<Pending>> {
         let store = self.store();
         let sealed = self.header().features & crate::format::FEATURE_RECORDS_SEALED != 0;
         let raw_id = super::records::unverified(store, PENDING_ID, sealed)?;
@@ -76,10 +101,14 @@ impl Volume {
             return Ok(None);
         }
         match (self.record(PENDING_ID)?, self.record(PENDING_WRAPPED)?) {
-            (Some(id), Some(wrapped)) => {
-                let id = <[u8; 16]>::try_from(id.as_slice())
-                    .map_err(|_| Error::corrupt(store.path(), "malformed pending KEK id"))?;
-                Ok(Some((id, wrapped)))
+            (Some(v), Some(wrapped)) => {
+                let bad = || Error::corrupt(store.path(), "malformed pending KEK id");
+                let (id, flags) = match v.len() {
+                    16 => (&v[..], 0),
+                    17 => (&v[..16], v[16]),
+                    _ => return Err(bad()),
+                };
+                Ok(Some(Pending { id: id.try_into().map_err(|_| bad())?, wrapped, flags }))
             }
             _ => Ok(None),
         }
@@ -111,13 +140,98 @@ impl Volume {
         e
     }
 
+    /// Counts name-key switches: a directory listing made before one is not continued.
+    pub fn names_generation(&self) -> u64 {
+        self.names_generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Whether opening this volume finished a rotation that a crash had cut short.
     pub fn finished_rotation_at_open(&self) -> bool {
         self.finished_rotation.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Forgets cached directory and file ids by backing path (every backing name changed).
+    /// The second half of a rotation, while the volume is quiet: everything the name key
+    /// keeps moves to the new one (if the rotation brings one), then the header names the new
+    /// KEK and name key.
+    fn move_names_and_switch(
+        &self,
+        p: &Pending,
+        progress: &mut dyn FnMut(RotationStep, u64, u64),
+    ) -> Result<VolumeHeader> {
+        *self.rotation_left.lock().unwrap_or_else(|p| p.into_inner()) = Vec::new();
+        if let Some(new) = self.keys().pending_names() {
+            if p.flags & NAMES_MOVING == 0 {
+                let moving = Pending { id: p.id, wrapped: Vec::new(), flags: p.flags | NAMES_MOVING };
+                let sealed = self.sealed(PENDING_ID, &moving.id_record());
+                self.store().apply(&[Change::PutMeta { key: PENDING_ID, value: &sealed }])?;
+            }
+            let old = self.keys().names();
+            let k = super::rotate_names::NameMove { old: &old, new: &new };
+            let moved = self.rotate_names(&k, &mut |d, t| progress(RotationStep::Names, d, t))?;
+            tracing::info!(
+                entries = moved.entries,
+                xattr_sets = moved.xattr_sets,
+                records = moved.records,
+                stale_long_names = moved.stale_long_names,
+                left = moved.left.len(),
+                "names moved to the new name key"
+            );
+            for l in &moved.left {
+                tracing::warn!("left as found by the rotation (it authenticates under neither key): {l}");
+            }
+            *self.rotation_left.lock().unwrap_or_else(|p| p.into_inner()) = moved.left;
+        }
+        // The header may now name the new keys. Opens wait meanwhile, so no file loads a row
+        // wrapped under the old KEK after it is gone.
+        let open_files = self.rewrap_open_files()?;
+        // The other steering records move to the new KEK's record key with it: sealed under
+        // both KEKs before the header switch (so a crash on either side of it leaves them
+        // authentic), under the new one alone after it.
+        let both = self.seal_for_switch(&self.records_but_rotation()?);
+        let changes: Vec<Change<'_>> = both.iter().map(|(k, v)| Change::PutMeta { key: k, value: v }).collect();
+        self.store().apply(&changes)?;
+        let mut header = self.header();
+        if header.kek_id != p.id {
+            header.kek_id = p.id;
+            header.kek_generation = self.keys().target_kek_generation();
+            if header.kek_generation != 0 {
+                header.features |= crate::format::FEATURE_KEK_GENERATION;
+            }
+            header.wrapped_kek = p.wrapped.clone();
+            header.wrapped_name_key = self
+                .keys()
+                .rewrap_name_key(&header)
+                .map_err(|_| Error::integrity(self.store().path(), "pending KEK is not loaded"))?;
+            let path = self.cipherdir().join(HEADER_FILE);
+            self.storage().sync_point(super::SyncPoint::HeaderReplace).map_err(|e| Error::io(&path, "replace", e))?;
+            durable::replace_file(&path, &header.encode(), 0o600)?;
+        }
+        self.keys().promote_pending();
+        self.set_header(header.clone());
+        self.forget_cached_names();
+        drop(open_files);
+        Ok(header)
+    }
+
+    /// What the last rotation left as it found it (names, bindings, targets, attribute
+    /// sets or records that authenticate under neither key), by backing path or row.
+    pub fn rotation_left(&self) -> Vec<String> {
+        self.rotation_left.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Remembers on this host that the volume is at its header's KEK generation (best effort:
+    /// a failure is logged, the volume still opens).
+    pub(super) fn anchor_generation(&self) {
+        let h = self.header();
+        if let Err(e) = crate::anchor::record(&h.volume_id, h.kek_generation) {
+            tracing::warn!("the KEK generation of this volume is not anchored on this host: {e}");
+        }
+    }
+
+    /// Forgets cached directory and file ids by backing path, and directory listings (every
+    /// backing name changed).
     fn forget_cached_names(&self) {
+        self.names_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.file_ids.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
@@ -140,20 +254,36 @@ impl Volume {
                 reason: "the root key was rotated since this volume was opened: remount, then rotate the KEK".into(),
             });
         }
-        let (id, wrapped) = match self.pending_rotation()? {
+        // Older forms of bindings, symlink targets and attribute sets would be left under
+        // neither key: the upgrades that replace them (at a writable open) must have run.
+        let upgraded = crate::format::FEATURE_ENTRIES_BOUND | crate::format::FEATURE_XATTRS_SEALED;
+        if self.header().features & upgraded != upgraded {
+            return Err(Error::Busy {
+                path: self.cipherdir().to_path_buf(),
+                reason: "the volume's upgrade (bound entries, sealed attributes) has not run yet: it runs at the \
+                         first read-write open; mount the volume once, then rotate the KEK"
+                    .into(),
+            });
+        }
+        // A set of files changed behind the volume's back is not re-tagged as valid.
+        self.files_removed()?;
+        let p = match self.pending_rotation()? {
             Some(p) => p,
             None => {
                 let (id, wrapped, names) = self.keys().begin_rotation(kms)?;
-                let (sid, swrapped) = (self.sealed(PENDING_ID, &id), self.sealed(PENDING_WRAPPED, &wrapped));
+                let p = Pending { id, wrapped, flags: BRINGS_NAMES };
+                let (sid, swrapped) =
+                    (self.sealed(PENDING_ID, &p.id_record()), self.sealed(PENDING_WRAPPED, &p.wrapped));
                 let snames = self.sealed(PENDING_NAMES, &names);
                 self.store().apply(&[
                     Change::PutMeta { key: PENDING_ID, value: &sid },
                     Change::PutMeta { key: PENDING_WRAPPED, value: &swrapped },
                     Change::PutMeta { key: PENDING_NAMES, value: &snames },
                 ])?;
-                (id, wrapped)
+                p
             }
         };
+        let id = p.id;
         // From here new DEKs are wrapped under the new KEK; open files move theirs in memory.
         drop(self.rewrap_open_files()?);
         let total = self.store().counts()?.1;
@@ -189,54 +319,11 @@ impl Volume {
         // a mount's requests wait (none is under way), and what closed files left is committed.
         let quiet = self.quiet();
         self.flush_pending()?;
-        if let Some(new) = self.keys().pending_names() {
-            if self.record(NAMES_MOVING)?.is_none() {
-                let marker = self.sealed(NAMES_MOVING, &[1]);
-                self.store().apply(&[Change::PutMeta { key: NAMES_MOVING, value: &marker }])?;
-            }
-            let old = self.keys().names();
-            let k = super::rotate_names::NameMove { old: &old, new: &new };
-            let moved =
-                self.rotate_names(&k, &mut |d, t| progress(RotationStep::Names, d, t)).map_err(|e| self.halt(e))?;
-            tracing::info!(
-                entries = moved.entries,
-                xattr_sets = moved.xattr_sets,
-                records = moved.records,
-                stale_long_names = moved.stale_long_names,
-                left = moved.left.len(),
-                "names moved to the new name key"
-            );
-            for l in &moved.left {
-                tracing::warn!("left under the old name key (it authenticates under neither): {l}");
-            }
-        }
-        // The header may now name the new keys. Opens wait meanwhile, so no file loads a row
-        // wrapped under the old KEK after it is gone.
-        let open_files = self.rewrap_open_files()?;
-        // The other steering records move to the new KEK's record key with it: sealed under
-        // both KEKs before the header switch (so a crash on either side of it leaves them
-        // authentic), under the new one alone after it.
-        let both = self.seal_for_switch(&self.records_but_rotation()?);
-        let changes: Vec<Change<'_>> = both.iter().map(|(k, v)| Change::PutMeta { key: k, value: v }).collect();
-        self.store().apply(&changes)?;
-        let mut header = self.header();
-        if header.kek_id != id {
-            header.kek_id = id;
-            header.wrapped_kek = wrapped;
-            header.wrapped_name_key = self
-                .keys()
-                .rewrap_name_key(&header)
-                .map_err(|_| Error::integrity(self.store().path(), "pending KEK is not loaded"))?;
-            let path = self.cipherdir().join(HEADER_FILE);
-            self.storage().sync_point(super::SyncPoint::HeaderReplace).map_err(|e| Error::io(&path, "replace", e))?;
-            durable::replace_file(&self.cipherdir().join(HEADER_FILE), &header.encode(), 0o600)
-                .map_err(|e| self.halt(e))?;
-        }
-        self.keys().promote_pending();
-        self.set_header(header.clone());
-        self.forget_cached_names();
-        drop(open_files);
+        let moving = self.keys().pending_names().is_some();
+        // Once names may move, a failure leaves a mount nothing it may serve (`halt`).
+        let header = self.move_names_and_switch(&p, progress).map_err(|e| if moving { self.halt(e) } else { e })?;
         drop(quiet);
+        self.anchor_generation();
         let resealed = self.seal_all(&self.records_but_rotation()?);
         let now = unix_now().to_le_bytes();
         let mut changes: Vec<Change<'_>> = ROTATION_RECORDS.iter().map(|key| Change::DeleteMeta { key }).collect();

@@ -37,6 +37,13 @@ use crate::keys::NameKeys;
 use crate::store::Change;
 use crate::{Error, Result};
 
+/// Whether `name` (starting with '.') is one of the volume's own: the directory id file, or
+/// an entry being made (`names::TEMP_PREFIX`, `rotate --rekey`'s copy).
+fn ours(name: &OsStr) -> bool {
+    let n = name.as_bytes();
+    n == DIRID_FILE.as_bytes() || n.starts_with(names::TEMP_PREFIX.as_bytes()) || n.starts_with(b".rekey-")
+}
+
 /// File records re-sealed per transaction.
 const BATCH: usize = 512;
 
@@ -81,13 +88,16 @@ impl Volume {
         self.drop_stale_long_names(k, &long_in_use, &mut moved)?;
         self.move_xattr_sets(k, &mut moved)?;
         self.move_record_macs(k, &mut moved)?;
-        let set = k.new.file_set();
-        let (mark, tag) = (set.clone(), set);
-        self.store().rekey_file_set(
-            super::file_set::FILE_SET,
-            Box::new(move |id| mark.mark(id)),
-            Box::new(move |d| tag.tag(d)),
-        )?;
+        let fns = |keys: &NameKeys| -> (crate::store::SetFn, crate::store::SetFn) {
+            let (mark, tag) = (keys.file_set(), keys.file_set());
+            (Box::new(move |id| mark.mark(id)), Box::new(move |d| tag.tag(d)))
+        };
+        if !self.store().rekey_file_set(super::file_set::FILE_SET, fns(k.old), fns(k.new))? {
+            moved.left.push(
+                "the set of files (its tag does not authenticate: files removed or added behind the volume's back)"
+                    .into(),
+            );
+        }
         Ok(moved)
     }
 
@@ -112,14 +122,21 @@ impl Volume {
                 let name = e.map_err(|e| Error::io(&dir, "read directory", e))?.file_name();
                 if name.as_bytes().first() != Some(&b'.') {
                     entries.push(name);
+                } else if !ours(&name) {
+                    moved.left.push(format!("{} (not a name of this volume)", dir.join(&name).display()));
                 }
             }
             for name in entries {
                 let backing = dir.join(&name);
-                match self.move_entry_name(k, &dir, &dir_id, &name, long_in_use, &mut moved.left)? {
-                    Some((to, Some(child_id))) => stack.push((to, child_id)),
-                    Some(_) => {}
-                    None => moved.left.push(backing.display().to_string()),
+                // What does not authenticate, or is not what it should be (a directory without
+                // its id file, a symlink where a directory was), is left and reported; only an
+                // I/O error (a full disk) stops the rotation, to be finished later.
+                match self.move_entry_name(k, &dir, &dir_id, &name, long_in_use, &mut moved.left) {
+                    Ok(Some((to, Some(child_id)))) => stack.push((to, child_id)),
+                    Ok(Some(_)) => {}
+                    Ok(None) => moved.left.push(format!("{} (its name)", backing.display())),
+                    Err(e @ Error::Io { .. }) | Err(e @ Error::Store { .. }) => return Err(e),
+                    Err(e) => moved.left.push(format!("{} ({e})", backing.display())),
                 }
                 moved.entries += 1;
                 progress(moved.entries);

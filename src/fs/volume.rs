@@ -230,6 +230,10 @@ pub struct Volume {
     pub(super) halted: Mutex<Option<String>>,
     /// This open finished a rotation a crash had cut short while names were moving.
     pub(super) finished_rotation: std::sync::atomic::AtomicBool,
+    /// What the last rotation left as it found it (see [`Volume::rotation_left`]).
+    pub(super) rotation_left: Mutex<Vec<String>>,
+    /// Name-key switches so far (see [`Volume::names_generation`]).
+    pub(super) names_generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Volume {

@@ -16,7 +16,7 @@ pub use scratch::{boot_id, rewrap_scratch, ScratchLoad, ScratchRecord};
 
 use crate::crypto::{random_array, AuthError, DataCipher, Key256, Key512, KeyWrapper, NameCipher};
 use crate::format::{CipherKind, VolumeHeader};
-use crate::kms::{Kms, KmsContext, KmsError, Purpose};
+use crate::kms::{Kms, KmsContext, KmsError};
 use crate::{Error, Result};
 
 /// Identity of a file's data: the random id in its object header.
@@ -26,13 +26,15 @@ pub type FileId = [u8; 16];
 /// authenticates the store records which steer the volume (see [`KeyRing::record_mac`]).
 struct Kek {
     id: [u8; 16],
+    /// Its generation (`VolumeHeader::kek_generation`; 0 for scratch keys).
+    generation: u64,
     wrapper: KeyWrapper,
     records: Option<aws_lc_rs::hmac::Key>,
 }
 
 impl Kek {
-    fn volume(id: [u8; 16], key: &Key256, volume_id: &[u8; 16]) -> Kek {
-        Kek { id, wrapper: KeyWrapper::new(key), records: Some(record_key(key, volume_id)) }
+    fn volume(id: [u8; 16], generation: u64, key: &Key256, volume_id: &[u8; 16]) -> Kek {
+        Kek { id, generation, wrapper: KeyWrapper::new(key), records: Some(record_key(key, volume_id)) }
     }
 }
 
@@ -183,9 +185,9 @@ impl KeyRing {
         let kek = Key256::generate();
         let name_key = Key256::generate();
         header.kek_id = random_array();
-        let ctx = KmsContext { volume_id: header.volume_id, purpose: Purpose::Kek };
+        let ctx = KmsContext::kek(header.volume_id, header.kek_generation);
         header.wrapped_kek = kms.wrap(&kek, &ctx).map_err(|e| kms_error(kms, e))?;
-        let kek = Kek::volume(header.kek_id, &kek, &header.volume_id);
+        let kek = Kek::volume(header.kek_id, header.kek_generation, &kek, &header.volume_id);
         header.wrapped_name_key = kek.wrapper.wrap(&name_key, &header.binding());
         Ok(Self::assemble(header, kek, name_key))
     }
@@ -193,12 +195,12 @@ impl KeyRing {
     /// For opening a volume: one KMS unwrap of the KEK, then the name key under the KEK
     /// (which also authenticates the header fields in [`VolumeHeader::binding`]).
     pub fn unlock(kms: &dyn Kms, header: &VolumeHeader, header_path: &Path) -> Result<KeyRing> {
-        let ctx = KmsContext { volume_id: header.volume_id, purpose: Purpose::Kek };
+        let ctx = KmsContext::kek(header.volume_id, header.kek_generation);
         let kek = kms.unwrap(&header.wrapped_kek, &ctx).map_err(|e| match e {
             KmsError::Rejected(r) => Error::integrity(header_path, format!("wrapped KEK refused by the KMS ({r})")),
             other => kms_error(kms, other),
         })?;
-        let kek = Kek::volume(header.kek_id, &kek, &header.volume_id);
+        let kek = Kek::volume(header.kek_id, header.kek_generation, &kek, &header.volume_id);
         let name_key: Key256 = kek.wrapper.unwrap(&header.wrapped_name_key, &header.binding()).map_err(|_| {
             Error::integrity(
                 header_path,
@@ -248,6 +250,12 @@ impl KeyRing {
     /// current one.
     fn target_kek(&self) -> Arc<Kek> {
         self.pending_kek().unwrap_or_else(|| self.current_kek())
+    }
+
+    /// The generation of the KEK the header names once the rotation under way (if any) is
+    /// done.
+    pub fn target_kek_generation(&self) -> u64 {
+        self.target_kek().generation
     }
 
     /// The id of the KEK the header names.
@@ -395,9 +403,10 @@ impl KeyRing {
     pub fn begin_rotation(&self, kms: &dyn Kms) -> Result<([u8; 16], Vec<u8>, Vec<u8>)> {
         let key = Key256::generate();
         let id = random_array();
-        let ctx = KmsContext { volume_id: self.volume_id, purpose: Purpose::Kek };
+        let generation = self.current_kek().generation + 1;
+        let ctx = KmsContext::kek(self.volume_id, generation);
         let wrapped = kms.wrap(&key, &ctx).map_err(|e| kms_error(kms, e))?;
-        let kek = Kek::volume(id, &key, &self.volume_id);
+        let kek = Kek::volume(id, generation, &key, &self.volume_id);
         let name_key = Key256::generate();
         let wrapped_names = kek.wrapper.wrap(&name_key, &self.pending_names_aad(&id));
         self.set_pending(kek);
@@ -426,17 +435,26 @@ impl KeyRing {
         Ok(())
     }
 
-    /// Resumes a recorded rotation (one more KMS unwrap).
-    pub fn resume_rotation(&self, kms: &dyn Kms, id: [u8; 16], wrapped: &[u8], store_path: &Path) -> Result<()> {
+    /// Resumes a recorded rotation (one more KMS unwrap); `next`: it moves to the next KEK
+    /// generation (a rotation recorded by a build before generations has none: it keeps 0).
+    pub fn resume_rotation(
+        &self,
+        kms: &dyn Kms,
+        id: [u8; 16],
+        wrapped: &[u8],
+        next: bool,
+        store_path: &Path,
+    ) -> Result<()> {
         if id == self.kek_id() {
             return Ok(());
         }
-        let ctx = KmsContext { volume_id: self.volume_id, purpose: Purpose::Kek };
+        let generation = self.current_kek().generation + u64::from(next);
+        let ctx = KmsContext::kek(self.volume_id, generation);
         let key = kms.unwrap(wrapped, &ctx).map_err(|e| match e {
             KmsError::Rejected(r) => Error::integrity(store_path, format!("pending KEK refused by the KMS ({r})")),
             other => kms_error(kms, other),
         })?;
-        self.set_pending(Kek::volume(id, &key, &self.volume_id));
+        self.set_pending(Kek::volume(id, generation, &key, &self.volume_id));
         Ok(())
     }
 
@@ -532,7 +550,7 @@ impl KeyRing {
 /// bound into it), without leaving this module. Returns false, changing nothing, if `from`
 /// does not hold the root that wrapped it.
 pub fn rewrap_kek(from: &dyn Kms, to: &dyn Kms, header: &mut VolumeHeader, header_path: &Path) -> Result<bool> {
-    let ctx = KmsContext { volume_id: header.volume_id, purpose: Purpose::Kek };
+    let ctx = KmsContext::kek(header.volume_id, header.kek_generation);
     let kek = match from.unwrap(&header.wrapped_kek, &ctx) {
         Ok(k) => k,
         Err(KmsError::Rejected(_)) => return Ok(false),
@@ -551,7 +569,7 @@ pub fn rewrap_kek(from: &dyn Kms, to: &dyn Kms, header: &mut VolumeHeader, heade
 
 /// Whether `kms` holds the root that wrapped the header's KEK.
 pub fn root_matches(kms: &dyn Kms, header: &VolumeHeader) -> Result<bool> {
-    let ctx = KmsContext { volume_id: header.volume_id, purpose: Purpose::Kek };
+    let ctx = KmsContext::kek(header.volume_id, header.kek_generation);
     match kms.unwrap(&header.wrapped_kek, &ctx) {
         Ok(_) => Ok(true),
         Err(KmsError::Rejected(_)) => Ok(false),

@@ -84,7 +84,7 @@ pub enum ScratchLoad {
 
 impl KeyRing {
     fn scratch_ctx(&self, boot_id: [u8; 16]) -> KmsContext {
-        KmsContext { volume_id: self.volume_id, purpose: Purpose::Scratch { boot_id } }
+        KmsContext { volume_id: self.volume_id, purpose: Purpose::Scratch { boot_id }, generation: 0 }
     }
 
     /// Loads the scratch key recorded at `path` if it is this boot's and has id `expected`
@@ -132,7 +132,7 @@ impl KeyRing {
 
     fn set_scratch(&self, id: [u8; 16], key: &Key256) {
         *self.scratch.write().unwrap_or_else(|p| p.into_inner()) =
-            Some(Arc::new(Kek { id, wrapper: KeyWrapper::new(key), records: None }));
+            Some(Arc::new(Kek { id, generation: 0, wrapper: KeyWrapper::new(key), records: None }));
     }
 
     /// The id of the loaded scratch key.
@@ -161,7 +161,8 @@ pub fn rewrap_scratch(
     path: &Path,
 ) -> Result<Option<ScratchRecord>> {
     let Some(mut rec) = ScratchRecord::read(path) else { return Ok(None) };
-    let ctx = KmsContext { volume_id: header.volume_id, purpose: Purpose::Scratch { boot_id: rec.boot_id } };
+    let ctx =
+        KmsContext { volume_id: header.volume_id, purpose: Purpose::Scratch { boot_id: rec.boot_id }, generation: 0 };
     let key = match from.unwrap(&rec.wrapped, &ctx) {
         Ok(k) => k,
         Err(KmsError::Rejected(_)) => return Ok(None), // not under this root: stale, left alone

@@ -73,6 +73,9 @@ impl AwsKmsRoot {
         let mut m = HashMap::new();
         m.insert("envelopefs:volume".to_string(), hex(&ctx.volume_id));
         m.insert("envelopefs:purpose".to_string(), ctx.purpose.name().to_string());
+        if ctx.generation != 0 {
+            m.insert("envelopefs:kek-generation".to_string(), ctx.generation.to_string());
+        }
         if let Purpose::Scratch { boot_id } = ctx.purpose {
             m.insert("envelopefs:boot".to_string(), hex(&boot_id));
         }

@@ -115,7 +115,6 @@ fn unseal(file: &KeystoreFile, pass: &Passphrase, path: &Path) -> Result<Key256>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kms::Purpose;
 
     const FAST: KdfParams = KdfParams { m_cost_kib: 64, t_cost: 1, p_cost: 1 };
 
@@ -125,7 +124,7 @@ mod tests {
         let path = dir.path().join("keystore");
         let pass = Passphrase::new("correct horse").unwrap();
         let ks = LocalKeystore::create("local:keystore", &path, &pass, FAST).unwrap();
-        let ctx = KmsContext { volume_id: [1; 16], purpose: Purpose::Kek };
+        let ctx = KmsContext::kek([1; 16], 0);
         let kek = Key256::generate();
         let wrapped = ks.wrap(&kek, &ctx).unwrap();
 
@@ -134,7 +133,7 @@ mod tests {
 
         let again = LocalKeystore::open("local:keystore", &path, &pass).unwrap();
         assert_eq!(again.unwrap(&wrapped, &ctx).unwrap().expose(), kek.expose());
-        let other = KmsContext { volume_id: [2; 16], purpose: Purpose::Kek };
+        let other = KmsContext::kek([2; 16], 0);
         assert!(matches!(again.unwrap(&wrapped, &other), Err(KmsError::Rejected(_))));
 
         let new = Passphrase::new("battery staple").unwrap();

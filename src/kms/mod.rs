@@ -42,22 +42,33 @@ impl Purpose {
     }
 }
 
-/// The encryption context of a KMS call: which volume, which purpose.
+/// The encryption context of a KMS call: which volume, which purpose, which KEK generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KmsContext {
     pub volume_id: [u8; 16],
     pub purpose: Purpose,
+    /// The KEK's generation (0: a KEK made before generations, and every scratch key).
+    pub generation: u64,
 }
 
 impl KmsContext {
-    /// `"EVFSKMS1" || volume_id || purpose name [|| boot_id]`: the AAD for backends that
-    /// take bytes. A scratch key is bound to its boot.
+    /// The context of volume `volume_id`'s KEK of generation `generation`.
+    pub fn kek(volume_id: [u8; 16], generation: u64) -> Self {
+        KmsContext { volume_id, purpose: Purpose::Kek, generation }
+    }
+
+    /// `"EVFSKMS1" || volume_id || purpose name [|| boot_id] [|| u64 generation, if not 0]`: the
+    /// AAD for backends that take bytes. A scratch key is bound to its boot, a KEK to its
+    /// generation.
     pub fn aad(&self) -> Vec<u8> {
         let mut out = b"EVFSKMS1".to_vec();
         out.extend_from_slice(&self.volume_id);
         out.extend_from_slice(self.purpose.name().as_bytes());
         if let Purpose::Scratch { boot_id } = self.purpose {
             out.extend_from_slice(&boot_id);
+        }
+        if self.generation != 0 {
+            out.extend_from_slice(&self.generation.to_le_bytes());
         }
         out
     }

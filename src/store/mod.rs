@@ -327,12 +327,15 @@ impl Store {
     }
 
     /// Keeps the set of files with new functions from now on (a KEK rotation's new name
-    /// keys): the digest is recomputed from the records and the tag rewritten in one durable
-    /// transaction, with no other change between.
-    pub fn rekey_file_set(&self, key: &'static str, mark: SetFn, tag: SetFn) -> Result<()> {
+    /// keys): the digest is recomputed from the records and the tag rewritten under `new`, in
+    /// one durable transaction with no other change between, if the stored tag is the one
+    /// `old` gives for the records (or `new` already does). Otherwise (records removed or
+    /// added behind the volume's back) nothing is written, nothing keeps the set from now on,
+    /// and false is returned: the set stays an integrity error.
+    pub fn rekey_file_set(&self, key: &'static str, old: (SetFn, SetFn), new: (SetFn, SetFn)) -> Result<bool> {
         let mut conn = self.lock();
         let err = |e| self.err(e);
-        let mut digest = [0u8; 16];
+        let (mut was, mut now) = ([0u8; 16], [0u8; 16]);
         {
             let mut stmt = conn.prepare("SELECT id FROM files").map_err(err)?;
             let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(err)?;
@@ -341,19 +344,33 @@ impl Store {
                     .map_err(err)?
                     .try_into()
                     .map_err(|_| Error::corrupt(&self.path, "a file record has a malformed id"))?;
-                digest.iter_mut().zip(mark(&id)).for_each(|(d, m)| *d ^= m);
+                was.iter_mut().zip((old.0)(&id)).for_each(|(d, m)| *d ^= m);
+                now.iter_mut().zip((new.0)(&id)).for_each(|(d, m)| *d ^= m);
             }
         }
-        let tx = conn.transaction().map_err(err)?;
-        tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![key, &tag(&digest)[..]])
-            .map_err(err)?;
-        if let Some(hook) = self.before_commit.get() {
-            hook().map_err(|e| Error::io(&self.path, "commit", e))?;
+        let stored: Option<Vec<u8>> =
+            conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional().map_err(err)?;
+        let eq = |a: &[u8], b: [u8; 16]| aws_lc_rs::constant_time::verify_slices_are_equal(a, &b).is_ok();
+        let (mark, tag) = new;
+        match stored.as_deref() {
+            Some(t) if eq(t, tag(&now)) => {}
+            Some(t) if eq(t, (old.1)(&was)) => {
+                let tx = conn.transaction().map_err(err)?;
+                tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![key, &tag(&now)[..]])
+                    .map_err(err)?;
+                if let Some(hook) = self.before_commit.get() {
+                    hook().map_err(|e| Error::io(&self.path, "commit", e))?;
+                }
+                tx.commit().map_err(err)?;
+            }
+            _ => {
+                *self.file_set.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                return Ok(false);
+            }
         }
-        tx.commit().map_err(err)?;
         *self.file_set.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(FileSetHook { key, mark, tag, digest: Mutex::new(digest) });
-        Ok(())
+            Some(FileSetHook { key, mark, tag, digest: Mutex::new(now) });
+        Ok(true)
     }
 
     /// Every long-name row.
