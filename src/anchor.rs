@@ -8,8 +8,9 @@
 //! seen a newer one. What lives in CIPHERDIR can be rolled back as a whole; this cannot (by
 //! that writer). A host that never saw the newer generation cannot tell.
 //!
-//! Anchors are written only once a volume has been rotated (generation 2 and up): before
-//! that there is nothing older to refuse.
+//! Anchors are written only once a volume has been rotated (generation 2 and up; a volume made
+//! before generations, at 0, goes to 2 at its first rotation): before that there is nothing
+//! older to refuse. The state directory is per user (root's is `/var/lib/envelopefs`).
 
 use std::path::{Path, PathBuf};
 
@@ -33,27 +34,44 @@ pub fn state_dir() -> Option<PathBuf> {
 
 /// Where volume `volume_id`'s anchor is.
 pub fn path(volume_id: &[u8; 16]) -> Option<PathBuf> {
-    state_dir().map(|d| d.join("anchors").join(hex(volume_id)))
+    state_dir().map(|d| path_in(&d, volume_id))
+}
+
+fn path_in(state: &Path, volume_id: &[u8; 16]) -> PathBuf {
+    state.join("anchors").join(hex(volume_id))
 }
 
 /// The highest KEK generation this host has seen volume `volume_id` at, if it kept one.
 pub fn seen(volume_id: &[u8; 16]) -> Result<Option<u64>> {
-    let Some(p) = path(volume_id) else { return Ok(None) };
-    let text = match std::fs::read_to_string(&p) {
+    match path(volume_id) {
+        Some(p) => seen_at(&p),
+        None => Ok(None),
+    }
+}
+
+fn seen_at(p: &Path) -> Result<Option<u64>> {
+    let text = match std::fs::read_to_string(p) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(&p, "read", e)),
+        Err(e) => return Err(Error::io(p, "read", e)),
     };
     text.strip_prefix("kek-generation ")
         .and_then(|g| g.trim().parse().ok())
         .map(Some)
-        .ok_or_else(|| Error::corrupt(&p, "not an envelopefs anchor (expected `kek-generation N`)"))
+        .ok_or_else(|| Error::corrupt(p, "not an envelopefs anchor (expected `kek-generation N`)"))
 }
 
 /// Refuses `header` (read from `header_path`) if its KEK generation is older than the one this
 /// host has seen.
 pub fn check(header: &VolumeHeader, header_path: &Path) -> Result<()> {
-    match seen(&header.volume_id)? {
+    match path(&header.volume_id) {
+        Some(p) => check_at(&p, header, header_path),
+        None => Ok(()),
+    }
+}
+
+fn check_at(anchor: &Path, header: &VolumeHeader, header_path: &Path) -> Result<()> {
+    match seen_at(anchor)? {
         Some(seen) if header.kek_generation < seen => Err(Error::integrity(
             header_path,
             format!(
@@ -61,7 +79,7 @@ pub fn check(header: &VolumeHeader, header_path: &Path) -> Result<()> {
                  header was put back, and a KEK that was replaced is not accepted again. If you restored an older \
                  copy of the volume on purpose, remove {} and open it again",
                 header.kek_generation,
-                path(&header.volume_id).unwrap_or_default().display()
+                anchor.display()
             ),
         )),
         _ => Ok(()),
@@ -71,16 +89,23 @@ pub fn check(header: &VolumeHeader, header_path: &Path) -> Result<()> {
 /// Remembers that volume `volume_id` is at KEK generation `generation` (a newer one only;
 /// nothing is written for a volume never rotated). Durable before it returns.
 pub fn record(volume_id: &[u8; 16], generation: u64) -> Result<()> {
-    if generation < 2 || seen(volume_id)?.is_some_and(|g| g >= generation) {
+    match path(volume_id) {
+        Some(p) => record_at(&p, generation),
+        None if generation < 2 => Ok(()),
+        None => {
+            tracing::warn!("no state directory (no HOME): the KEK generation of this volume is not anchored here");
+            Ok(())
+        }
+    }
+}
+
+fn record_at(p: &Path, generation: u64) -> Result<()> {
+    if generation < 2 || seen_at(p)?.is_some_and(|g| g >= generation) {
         return Ok(());
     }
-    let Some(p) = path(volume_id) else {
-        tracing::warn!("no state directory (no HOME): the KEK generation of this volume is not anchored on this host");
-        return Ok(());
-    };
     let dir = p.parent().expect("an anchor has a directory");
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create state directory", e))?;
-    crate::durable::replace_file(&p, format!("kek-generation {generation}\n").as_bytes(), 0o600)
+    crate::durable::replace_file(p, format!("kek-generation {generation}\n").as_bytes(), 0o600)
 }
 
 #[cfg(test)]
@@ -90,14 +115,14 @@ mod tests {
     #[test]
     fn an_anchor_only_rises_and_refuses_older_headers() {
         let dir = tempfile::tempdir().unwrap();
-        std::env::set_var("ENVELOPEFS_STATE_DIR", dir.path());
         let id = [0x5a; 16];
-        assert_eq!(seen(&id).unwrap(), None);
-        record(&id, 1).unwrap();
-        assert_eq!(seen(&id).unwrap(), None, "generation 1 (never rotated) is not anchored");
-        record(&id, 3).unwrap();
-        record(&id, 2).unwrap();
-        assert_eq!(seen(&id).unwrap(), Some(3));
+        let p = path_in(dir.path(), &id);
+        assert_eq!(seen_at(&p).unwrap(), None);
+        record_at(&p, 1).unwrap();
+        assert_eq!(seen_at(&p).unwrap(), None, "generation 1 (never rotated) is not anchored");
+        record_at(&p, 3).unwrap();
+        record_at(&p, 2).unwrap();
+        assert_eq!(seen_at(&p).unwrap(), Some(3));
         let mut h = crate::format::VolumeHeader {
             features: crate::format::FEATURE_KEK_GENERATION,
             volume_id: id,
@@ -109,11 +134,11 @@ mod tests {
             wrapped_kek: vec![3; 60],
             wrapped_name_key: vec![4; 60],
         };
-        let err = check(&h, Path::new("envelopefs.conf")).unwrap_err().to_string();
+        let err = check_at(&p, &h, Path::new("envelopefs.conf")).unwrap_err().to_string();
         assert!(err.contains("generation 2") && err.contains("generation 3"), "{err}");
         h.kek_generation = 3;
-        check(&h, Path::new("envelopefs.conf")).unwrap();
-        std::fs::write(path(&id).unwrap(), "garbage").unwrap();
-        assert!(seen(&id).is_err());
+        check_at(&p, &h, Path::new("envelopefs.conf")).unwrap();
+        std::fs::write(&p, "garbage").unwrap();
+        assert!(seen_at(&p).is_err());
     }
 }

@@ -267,7 +267,12 @@ fn control_server(
             match ids {
                 Some(ids) => match vol.shred_finish(&ids, names, kms.as_ref()) {
                     Ok(r) => {
-                        serde_json::json!({ "files": r.files, "names": r.names, "kek_id": crate::format::hex(&r.kek_id) })
+                        serde_json::json!({
+                            "files": r.files,
+                            "names": r.names,
+                            "kek_id": crate::format::hex(&r.kek_id),
+                            "left": vol.rotation_left(),
+                        })
                     }
                     Err(e) => control::error_reply(&e),
                 },

@@ -510,10 +510,11 @@ fn shred(
     let kms = kms::open(&header.kms_uri, cipherdir, &pass.source())?;
     let vol = Volume::open_with_kms(cipherdir, header, &kms)?;
     let r = vol.shred_files(files, &kms)?;
+    let left = vol.rotation_left();
     drop(vol);
     drop(lock);
     print_file_shred(r.files, r.names, &hex(&r.kek_id));
-    Ok(())
+    rotation_left(cipherdir, &left)
 }
 
 /// What `shred --file` verified.
@@ -605,7 +606,9 @@ fn shred_mounted(
     req["names"] = names.into();
     let v = control::reply_result(control::query(sock, &req).ok_or_else(no_answer)?)?;
     print_file_shred(v["files"].as_u64().unwrap_or(0) as usize, names, v["kek_id"].as_str().unwrap_or("?"));
-    Ok(())
+    let left: Vec<String> =
+        v["left"].as_array().into_iter().flatten().filter_map(|l| l.as_str().map(String::from)).collect();
+    rotation_left(cipherdir, &left)
 }
 
 /// Unlinks `rel` (a path inside the mount) walking from `mountpoint` one directory at a time
@@ -689,7 +692,7 @@ fn rotation_left(cipherdir: &Path, left: &[String]) -> Result<()> {
         cipherdir,
         format!(
             "the rotation is done, but {} item(s) authenticate under neither the old nor the new keys and were left as \
-             found (listed above; `envelopefs fsck` shows them)",
+             found (listed above)",
             left.len()
         ),
     ))

@@ -151,7 +151,7 @@ fn object_header_decoder() {
 
 #[test]
 fn scratch_record_and_written_bitmap_decoders() {
-    let rec = ScratchRecord { boot_id: [1; 16], key_id: [2; 16], wrapped: vec![5; 60] };
+    let rec = ScratchRecord { boot_id: [1; 16], key_id: [2; 16], recorded: Some(false), wrapped: vec![5; 60] };
     fuzz("scratch record", 4, &[rec.encode()], |b| match ScratchRecord::decode(b) {
         Some(r) => {
             assert_eq!(r.encode(), b);

@@ -15,6 +15,8 @@ use envelopefs::fs::Volume;
 /// This test binary's own host state directory (anchors), for every test in it.
 fn state_dir() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    // Its own, not scripts/test.sh's: a fixture's volume id is the same in every test binary,
+    // and the anchor this binary gives it must not refuse the fixture elsewhere.
     DIR.get_or_init(|| {
         let d = scratch().keep();
         std::env::set_var("ENVELOPEFS_STATE_DIR", &d);
@@ -107,4 +109,28 @@ fn write_pass(dir: &Path) -> PathBuf {
     let p = dir.join("passfile");
     fs::write(&p, format!("{PASS}\n")).unwrap();
     p
+}
+
+/// A volume made before generations (a fixture: header bit 8 clear, generation 0): its first
+/// rotation goes to generation 2, is anchored, and the volume as it was is refused after it.
+#[test]
+fn the_first_rotation_of_an_older_volume_is_anchored_too() {
+    state_dir();
+    let tmp = scratch();
+    let dir = tmp.path().join("vol");
+    copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1-gcm-siv"), &dir);
+    let pass = envelopefs::secret::Passphrase::new("envelopefs fixture v1").unwrap();
+    let h = Volume::read_header(&dir).unwrap();
+    assert_eq!((h.kek_generation, h.features & FEATURE_KEK_GENERATION), (0, 0), "the fixture predates generations");
+    drop(Volume::open(&dir, &pass).unwrap()); // its upgrades, at this first writable open
+    let old = tmp.path().join("old-copy");
+    copy_tree(&dir, &old);
+    let k = envelopefs::kms::open(&h.kms_uri, &dir, &pass).unwrap();
+    Volume::open(&dir, &pass).unwrap().rotate_kek(&k, &mut |_, _, _| {}).unwrap();
+    let now = Volume::read_header(&dir).unwrap();
+    assert_eq!((now.kek_generation, now.features & FEATURE_KEK_GENERATION != 0), (2, true));
+    fs::remove_dir_all(&dir).unwrap();
+    copy_tree(&old, &dir);
+    let err = Volume::open(&dir, &pass).expect_err("the volume as it was before its first rotation was accepted");
+    assert!(err.to_string().contains("generation 0"), "{err}");
 }

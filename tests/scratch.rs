@@ -273,3 +273,31 @@ fn a_scratch_record_removed_from_the_store_stops_the_mount_and_destroys_nothing(
     m.mount();
     assert!(fs::read(m.p("tmp/secret")).is_err(), "scratch data outlived its key");
 }
+
+/// The same with no file under the key: the runtime file (outside CIPHERDIR) says the record
+/// was committed, so its absence is a removal, not a mount cut short between the key and its
+/// record (which is nothing to lose, and goes on).
+#[test]
+fn a_scratch_record_removed_with_no_file_under_the_key_stops_the_mount_too() {
+    let mut m = MountFixture::new(&[]);
+    m.unmount();
+    m.mount_with(&["--scratch", "/tmp"]);
+    ok(&evfs_env(&["umount".as_ref(), m.mnt.as_os_str(), "--keep-scratch".as_ref()], &[]));
+    let runtime = runtime_file(&m);
+    let rec = envelopefs::keys::ScratchRecord::read(&runtime).expect("this boot's scratch key");
+    assert_eq!(rec.recorded, Some(true), "the runtime file says the record was committed");
+    let c = rusqlite::Connection::open(m.cipher.join("meta.db")).unwrap();
+    assert_eq!(c.execute("DELETE FROM meta WHERE key LIKE 'scratch.%'", []).unwrap(), 2);
+    drop(c);
+    let o = m.try_mount(&[]);
+    assert!(!o.status.success(), "a mount went on without the scratch record");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("scratch record is missing") && err.contains(&runtime.display().to_string()), "{err}");
+    assert!(runtime.exists(), "the scratch key was thrown away");
+    // A key whose record was never committed (a mount stopped between the two): nothing to
+    // lose, the mount goes on and drops it.
+    let uncommitted = envelopefs::keys::ScratchRecord { recorded: Some(false), ..rec };
+    fs::write(&runtime, uncommitted.encode()).unwrap();
+    m.mount();
+    assert!(!runtime.exists(), "the uncommitted scratch key was kept");
+}

@@ -39,6 +39,7 @@ impl Volume {
     pub fn rotate_root(cipherdir: &Path, secrets: &dyn Secrets, scratch_file: &Path) -> Result<VolumeHeader> {
         let _header_lock = durable::lock_header(cipherdir)?;
         let mut header = Self::read_live_header(cipherdir)?;
+        crate::anchor::check(&header, &cipherdir.join(super::HEADER_FILE))?;
         let ks = kms::local_keystore_path(&header.kms_uri, cipherdir).map_err(|e| match e {
             e @ Error::UntrustedRoot { .. } => e,
             _ => Error::InvalidArgument(format!("rotate --root: {} is not an embedded keystore", header.kms_uri)),
@@ -93,6 +94,7 @@ impl Volume {
     ) -> Result<VolumeHeader> {
         let _header_lock = durable::lock_header(cipherdir)?;
         let mut header = Self::read_live_header(cipherdir)?;
+        crate::anchor::check(&header, &cipherdir.join(super::HEADER_FILE))?;
         let store = Store::open(&cipherdir.join(STORE_FILE))?;
         if store.meta(PENDING_WRAPPED)?.is_some() {
             return Err(Error::InvalidArgument("a KEK rotation is unfinished: run `rotate --kek` first".into()));

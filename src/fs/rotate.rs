@@ -153,17 +153,20 @@ impl Volume {
     /// The second half of a rotation, while the volume is quiet: everything the name key
     /// keeps moves to the new one (if the rotation brings one), then the header names the new
     /// KEK and name key.
+    /// `moving` is set once the names-moving flag is committed.
     fn move_names_and_switch(
         &self,
         p: &Pending,
+        moving: &mut bool,
         progress: &mut dyn FnMut(RotationStep, u64, u64),
     ) -> Result<VolumeHeader> {
         *self.rotation_left.lock().unwrap_or_else(|p| p.into_inner()) = Vec::new();
         if let Some(new) = self.keys().pending_names() {
             if p.flags & NAMES_MOVING == 0 {
-                let moving = Pending { id: p.id, wrapped: Vec::new(), flags: p.flags | NAMES_MOVING };
-                let sealed = self.sealed(PENDING_ID, &moving.id_record());
+                let flagged = Pending { id: p.id, wrapped: Vec::new(), flags: p.flags | NAMES_MOVING };
+                let sealed = self.sealed(PENDING_ID, &flagged.id_record());
                 self.store().apply(&[Change::PutMeta { key: PENDING_ID, value: &sealed }])?;
+                *moving = true;
             }
             let old = self.keys().names();
             let k = super::rotate_names::NameMove { old: &old, new: &new };
@@ -213,6 +216,23 @@ impl Volume {
         Ok(header)
     }
 
+    /// Whether a KEK rotation may start: the upgrades that replace older forms of bindings,
+    /// symlink targets and attribute sets (at a writable open) have run (those forms would be
+    /// left under neither key), and the set of files authenticates (a set changed behind the
+    /// volume's back is not re-tagged as valid).
+    pub(super) fn ready_to_rotate(&self) -> Result<()> {
+        let upgraded = crate::format::FEATURE_ENTRIES_BOUND | crate::format::FEATURE_XATTRS_SEALED;
+        if self.header().features & upgraded != upgraded {
+            return Err(Error::Busy {
+                path: self.cipherdir().to_path_buf(),
+                reason: "the volume's upgrade (bound entries, sealed attributes) has not run yet: it runs at the \
+                         first read-write open; mount the volume once, then rotate the KEK"
+                    .into(),
+            });
+        }
+        self.files_removed()
+    }
+
     /// What the last rotation left as it found it (names, bindings, targets, attribute
     /// sets or records that authenticate under neither key), by backing path or row.
     pub fn rotation_left(&self) -> Vec<String> {
@@ -254,19 +274,7 @@ impl Volume {
                 reason: "the root key was rotated since this volume was opened: remount, then rotate the KEK".into(),
             });
         }
-        // Older forms of bindings, symlink targets and attribute sets would be left under
-        // neither key: the upgrades that replace them (at a writable open) must have run.
-        let upgraded = crate::format::FEATURE_ENTRIES_BOUND | crate::format::FEATURE_XATTRS_SEALED;
-        if self.header().features & upgraded != upgraded {
-            return Err(Error::Busy {
-                path: self.cipherdir().to_path_buf(),
-                reason: "the volume's upgrade (bound entries, sealed attributes) has not run yet: it runs at the \
-                         first read-write open; mount the volume once, then rotate the KEK"
-                    .into(),
-            });
-        }
-        // A set of files changed behind the volume's back is not re-tagged as valid.
-        self.files_removed()?;
+        self.ready_to_rotate()?;
         let p = match self.pending_rotation()? {
             Some(p) => p,
             None => {
@@ -319,9 +327,12 @@ impl Volume {
         // a mount's requests wait (none is under way), and what closed files left is committed.
         let quiet = self.quiet();
         self.flush_pending()?;
-        let moving = self.keys().pending_names().is_some();
-        // Once names may move, a failure leaves a mount nothing it may serve (`halt`).
-        let header = self.move_names_and_switch(&p, progress).map_err(|e| if moving { self.halt(e) } else { e })?;
+        // Once names move, a failure leaves a mount nothing it may serve (`halt`).
+        let mut moving = p.flags & NAMES_MOVING != 0;
+        let header =
+            self.move_names_and_switch(&p, &mut moving, progress).map_err(|e| if moving { self.halt(e) } else { e })?;
+        // A mount halted by an earlier failure serves again: the rotation is finished.
+        *self.halted.lock().unwrap_or_else(|p| p.into_inner()) = None;
         drop(quiet);
         self.anchor_generation();
         let resealed = self.seal_all(&self.records_but_rotation()?);

@@ -44,6 +44,21 @@ fn ours(name: &OsStr) -> bool {
     n == DIRID_FILE.as_bytes() || n.starts_with(names::TEMP_PREFIX.as_bytes()) || n.starts_with(b".rekey-")
 }
 
+/// Whether error `e` met at one entry is the volume's (the rotation stops, to be finished
+/// later: a full disk, read-only storage, a failing store) rather than that entry's (missing,
+/// of the wrong kind, unreadable: left as found and reported).
+fn stops_the_rotation(e: &Error) -> bool {
+    use nix::libc::{EACCES, EINVAL, EISDIR, ELOOP, ENOENT, ENOTDIR, EPERM};
+    match e {
+        Error::Io { source, .. } => {
+            !matches!(source.raw_os_error(), Some(ENOENT | ENOTDIR | EISDIR | ELOOP | EACCES | EPERM | EINVAL))
+                && source.kind() != std::io::ErrorKind::InvalidData
+        }
+        Error::Store { .. } => true,
+        _ => false,
+    }
+}
+
 /// File records re-sealed per transaction.
 const BATCH: usize = 512;
 
@@ -123,7 +138,8 @@ impl Volume {
                 if name.as_bytes().first() != Some(&b'.') {
                     entries.push(name);
                 } else if !ours(&name) {
-                    moved.left.push(format!("{} (not a name of this volume)", dir.join(&name).display()));
+                    // Not ours (a sync tool's temporary file?): nothing of it is under our keys.
+                    tracing::warn!(path = %dir.join(&name).display(), "not a name of this volume; left as it is");
                 }
             }
             for name in entries {
@@ -135,7 +151,7 @@ impl Volume {
                     Ok(Some((to, Some(child_id)))) => stack.push((to, child_id)),
                     Ok(Some(_)) => {}
                     Ok(None) => moved.left.push(format!("{} (its name)", backing.display())),
-                    Err(e @ Error::Io { .. }) | Err(e @ Error::Store { .. }) => return Err(e),
+                    Err(e) if stops_the_rotation(&e) => return Err(e),
                     Err(e) => moved.left.push(format!("{} ({e})", backing.display())),
                 }
                 moved.entries += 1;

@@ -160,30 +160,40 @@ impl Volume {
             Change::PutMeta { key: SCRATCH_KEY, value: &key_rec },
             Change::PutMeta { key: SCRATCH_DIRS, value: &dirs_rec },
         ])?;
+        // From now on a missing store record means it was removed (see check_no_lost_record).
+        crate::keys::ScratchRecord::mark_recorded(runtime_file)?;
         self.set_scratch_dirs(dirs);
         Ok(report)
     }
 
     /// No scratch record in the store, but this boot's scratch key for the volume in the
-    /// runtime directory (which no writer of CIPHERDIR can touch) with files still under it:
-    /// the record was removed from `meta.db`. Going on would throw that scratch key away and
-    /// turn its directories into ordinary ones whose new files outlive the boot, so the
-    /// mount refuses, naming the way out. (Without files under the key it is a mount that
-    /// stopped between writing the key and its record: nothing to lose.)
+    /// runtime directory (which no writer of CIPHERDIR can touch) says the record was
+    /// committed (or, in a runtime file from before that flag, files are still under the
+    /// key): the record was removed from `meta.db`. Going on would throw that scratch key
+    /// away and turn its directories into ordinary ones whose new files outlive the boot, so
+    /// the mount refuses, naming the way out. (A key whose record was never committed is a
+    /// mount that stopped between writing the key and its record: nothing to lose.)
     fn check_no_lost_record(&self, recorded: &ScratchState, runtime_file: &Path) -> Result<()> {
         if recorded.key_id.is_some() {
             return Ok(());
         }
         let Some(rec) = crate::keys::ScratchRecord::read(runtime_file) else { return Ok(()) };
-        if rec.boot_id != boot_id()? || !self.store().has_extents_under(&rec.key_id)? {
+        if rec.boot_id != boot_id()? {
+            return Ok(());
+        }
+        let lost = match rec.recorded {
+            Some(committed) => committed,
+            None => self.store().has_extents_under(&rec.key_id)?,
+        };
+        if !lost {
             return Ok(());
         }
         Err(Error::integrity(
             self.store().path(),
             format!(
-                "the scratch record is missing, but this boot's scratch key ({}) still has files under it: \
-                 the record was removed from the store. Nothing was deleted; to give that scratch up, \
-                 delete {} and mount again",
+                "the scratch record is missing, but this boot's scratch key ({}) was recorded in the store: \
+                 the record was removed from it. Nothing was deleted; to give that scratch up, delete {} and \
+                 mount again",
                 crate::format::hex(&rec.key_id),
                 runtime_file.display()
             ),

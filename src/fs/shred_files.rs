@@ -28,6 +28,8 @@ pub struct ShredFilesReport {
 impl Volume {
     /// Checks that `paths` may be shredded; returns each file's id (one entry per file).
     pub fn shred_check(&self, paths: &[PathBuf]) -> Result<Vec<FileId>> {
+        // The KEK rotation that finishes a shred must be able to run before anything goes.
+        self.ready_to_rotate()?;
         if self.root_changed()? {
             return Err(Error::Busy {
                 path: self.cipherdir().to_path_buf(),

@@ -403,7 +403,7 @@ impl KeyRing {
     pub fn begin_rotation(&self, kms: &dyn Kms) -> Result<([u8; 16], Vec<u8>, Vec<u8>)> {
         let key = Key256::generate();
         let id = random_array();
-        let generation = self.current_kek().generation + 1;
+        let generation = next_generation(self.current_kek().generation);
         let ctx = KmsContext::kek(self.volume_id, generation);
         let wrapped = kms.wrap(&key, &ctx).map_err(|e| kms_error(kms, e))?;
         let kek = Kek::volume(id, generation, &key, &self.volume_id);
@@ -448,7 +448,10 @@ impl KeyRing {
         if id == self.kek_id() {
             return Ok(());
         }
-        let generation = self.current_kek().generation + u64::from(next);
+        let generation = match next {
+            true => next_generation(self.current_kek().generation),
+            false => self.current_kek().generation,
+        };
         let ctx = KmsContext::kek(self.volume_id, generation);
         let key = kms.unwrap(wrapped, &ctx).map_err(|e| match e {
             KmsError::Rejected(r) => Error::integrity(store_path, format!("pending KEK refused by the KMS ({r})")),
@@ -575,6 +578,12 @@ pub fn root_matches(kms: &dyn Kms, header: &VolumeHeader) -> Result<bool> {
         Err(KmsError::Rejected(_)) => Ok(false),
         Err(e) => Err(kms_error(kms, e)),
     }
+}
+
+/// The generation a rotation moves a KEK of generation `g` to: the next one, and at least 2,
+/// so the first rotation of a volume made before generations (0) is anchored too.
+fn next_generation(g: u64) -> u64 {
+    (g + 1).max(2)
 }
 
 fn kms_error(kms: &dyn Kms, e: KmsError) -> Error {

@@ -4,7 +4,10 @@
 //! context, and kept wrapped only in a runtime file on tmpfs (`RUNTIME/<volume id>.scratch`):
 //! a reboot empties tmpfs and changes the boot id, so the key is gone for good; deleting the
 //! runtime file (at `umount`) shreds it at once. The file format is
-//! `"EVFSSCR1" || boot_id (16) || key id (16) || wrapped key`.
+//! `"EVFSSCR2" || boot_id (16) || key id (16) || recorded (1) || wrapped key`, where
+//! `recorded` is 1 once the store holds the scratch record (written after that commit): a
+//! record missing from the store while this file says it was written was removed behind the
+//! volume's back. (`"EVFSSCR1"` files, from before the flag, have none.)
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,7 +17,8 @@ use crate::crypto::{random_array, Key256, KeyWrapper};
 use crate::kms::{Kms, KmsContext, KmsError, Purpose};
 use crate::{durable, Error, Result};
 
-const MAGIC: &[u8; 8] = b"EVFSSCR1";
+const MAGIC: &[u8; 8] = b"EVFSSCR2";
+const MAGIC_V1: &[u8; 8] = b"EVFSSCR1";
 /// Where Linux publishes the id of the running boot.
 pub const BOOT_ID_FILE: &str = "/proc/sys/kernel/random/boot_id";
 
@@ -43,28 +47,48 @@ fn parse_uuid(s: &str) -> Option<[u8; 16]> {
 pub struct ScratchRecord {
     pub boot_id: [u8; 16],
     pub key_id: [u8; 16],
+    /// Whether the store's scratch record was committed (`None`: a file from before the flag).
+    pub recorded: Option<bool>,
     pub wrapped: Vec<u8>,
 }
 
 impl ScratchRecord {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = MAGIC.to_vec();
+        let mut out = if self.recorded.is_some() { MAGIC } else { MAGIC_V1 }.to_vec();
         out.extend_from_slice(&self.boot_id);
         out.extend_from_slice(&self.key_id);
+        if let Some(recorded) = self.recorded {
+            out.push(u8::from(recorded));
+        }
         out.extend_from_slice(&self.wrapped);
         out
     }
 
     /// `None` for anything that is not a well-formed record.
     pub fn decode(b: &[u8]) -> Option<ScratchRecord> {
-        if b.len() <= 40 || &b[..8] != MAGIC {
-            return None;
-        }
+        let (recorded, wrapped) = match b.get(..8)? {
+            m if m == MAGIC && b.len() > 41 && b[40] <= 1 => (Some(b[40] == 1), &b[41..]),
+            m if m == MAGIC_V1 && b.len() > 40 => (None, &b[40..]),
+            _ => return None,
+        };
         Some(ScratchRecord {
             boot_id: b[8..24].try_into().ok()?,
             key_id: b[24..40].try_into().ok()?,
-            wrapped: b[40..].to_vec(),
+            recorded,
+            wrapped: wrapped.to_vec(),
         })
+    }
+
+    /// Notes in the record at `path` that the store's scratch record is committed (durably;
+    /// nothing to do if it says so already).
+    pub fn mark_recorded(path: &Path) -> Result<()> {
+        match Self::read(path) {
+            Some(mut rec) if rec.recorded != Some(true) => {
+                rec.recorded = Some(true);
+                durable::replace_file(path, &rec.encode(), 0o600)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Reads the record at `path`; `None` if there is none or it is unreadable.
@@ -125,7 +149,8 @@ impl KeyRing {
             )));
         }
         let wrapped = kms.wrap(&key, &self.scratch_ctx(boot_id)).map_err(|e| kms_error(kms, e))?;
-        durable::replace_file(path, &ScratchRecord { boot_id, key_id, wrapped }.encode(), 0o600)?;
+        let rec = ScratchRecord { boot_id, key_id, recorded: Some(false), wrapped };
+        durable::replace_file(path, &rec.encode(), 0o600)?;
         self.set_scratch(key_id, &key);
         Ok(key_id)
     }
@@ -187,10 +212,17 @@ mod tests {
 
     #[test]
     fn record_round_trips_and_rejects_garbage() {
-        let r = ScratchRecord { boot_id: [1; 16], key_id: [2; 16], wrapped: vec![3; 48] };
+        let old = ScratchRecord { boot_id: [1; 16], key_id: [2; 16], recorded: None, wrapped: vec![3; 48] };
+        assert_eq!(&old.encode()[..8], b"EVFSSCR1", "a record without the flag is the old format");
+        assert_eq!(ScratchRecord::decode(&old.encode()), Some(old.clone()));
+        let r = ScratchRecord { recorded: Some(true), ..old };
         assert_eq!(ScratchRecord::decode(&r.encode()), Some(r.clone()));
         let enc = r.encode();
-        for n in 0..=40 {
+        assert_eq!(enc[40], 1);
+        let mut two = enc.clone();
+        two[40] = 2;
+        assert_eq!(ScratchRecord::decode(&two), None, "a flag is 0 or 1");
+        for n in 0..=41 {
             assert_eq!(ScratchRecord::decode(&enc[..n]), None);
         }
         let mut bad = enc.clone();
