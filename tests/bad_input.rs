@@ -52,7 +52,7 @@ fn a_store_from_a_newer_build_is_refused_and_left_alone() {
     assert!(stderr(&o).contains("meta.db") && stderr(&o).contains("schema version 99"), "{}", stderr(&o));
     assert_eq!(fs::read(m.cipher.join("meta.db")).unwrap(), before, "nothing written to a store we do not understand");
     let c = rusqlite::Connection::open(m.cipher.join("meta.db")).unwrap();
-    c.pragma_update(None, "user_version", 4).unwrap();
+    c.pragma_update(None, "user_version", 5).unwrap();
     drop(c);
     m.mount();
     assert_eq!(fs::read(m.p("a")).unwrap(), b"kept");

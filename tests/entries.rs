@@ -258,3 +258,54 @@ fn a_volume_made_before_entries_were_bound_is_bound_in_place() {
         other => panic!("an unbound header was accepted on a bound volume: {:?}", other.map(|_| ())),
     }
 }
+
+/// A file with hard links is bound to each of its names in the store (volume feature
+/// links-bound; its header binds it to the volume only): two such files swapped in the backing
+/// tree give EIO, a name it lost does not take it back, and every way its names come and go
+/// keeps them bound.
+#[test]
+fn hard_linked_files_are_bound_to_each_of_their_names() {
+    let mut m = MountFixture::new(&[]);
+    fs::write(m.p("a"), b"contents of a").unwrap();
+    fs::write(m.p("b"), b"contents of b").unwrap();
+    fs::hard_link(m.p("a"), m.p("a2")).unwrap();
+    fs::hard_link(m.p("b"), m.p("b2")).unwrap();
+    m.unmount();
+    let (fa, fb) = (backing(&m.cipher, "a"), backing(&m.cipher, "b"));
+    swap(&fa, &fb);
+    m.mount();
+    assert_eio(fs::read(m.p("a")), "cat a");
+    assert_eio(fs::read(m.p("b")), "cat b");
+    assert_eq!(fs::read(m.p("a2")).unwrap(), b"contents of a", "its other names still read");
+    assert_eio(fs::rename(m.p("a"), m.p("c")), "mv a c");
+    m.unmount();
+    swap(&fa, &fb);
+    m.mount();
+    assert_eq!(fs::read(m.p("a")).unwrap(), b"contents of a");
+    let exchange = |a: &str, b: &str| {
+        use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+        renameat2(AT_FDCWD, &m.p(a), AT_FDCWD, &m.p(b), RenameFlags::RENAME_EXCHANGE).unwrap()
+    };
+    fs::create_dir(m.p("d")).unwrap();
+    fs::rename(m.p("a2"), m.p("d/a3")).unwrap(); // across directories
+    fs::hard_link(m.p("d/a3"), m.p("d/a4")).unwrap(); // a third name
+    fs::write(m.p("plain"), b"plain").unwrap();
+    exchange("b2", "plain"); // exchanged with a file of one name
+    fs::write(m.p("over"), b"over").unwrap();
+    fs::rename(m.p("over"), m.p("d/a4")).unwrap(); // one of its names replaced
+    fs::remove_file(m.p("a")).unwrap(); // one removed
+    m.remount();
+    assert_eq!(fs::read(m.p("d/a3")).unwrap(), b"contents of a");
+    assert_eq!(fs::read(m.p("d/a4")).unwrap(), b"over");
+    assert_eq!(fs::read(m.p("plain")).unwrap(), b"contents of b");
+    assert_eq!(fs::read(m.p("b2")).unwrap(), b"plain");
+    assert_eq!(fs::read(m.p("b")).unwrap(), b"contents of b");
+    m.unmount();
+    let report = Volume::open(&m.cipher, &mount_pass()).unwrap().fsck(false).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    // A writer of CIPHERDIR links the file back under the name it lost: not bound there.
+    fs::hard_link(backing(&m.cipher, "d/a3"), &fa).unwrap();
+    m.mount();
+    assert_eio(fs::read(m.p("a")), "cat a (a name the file lost, linked back)");
+    assert_eq!(fs::read(m.p("d/a3")).unwrap(), b"contents of a");
+}

@@ -83,6 +83,7 @@ fn check_fixture(name: &str) {
     assert_ne!(features & envelopefs::format::FEATURE_ENTRIES_BOUND, 0, "{name}: entries not bound in place");
     assert_ne!(features & envelopefs::format::FEATURE_XATTRS_SEALED, 0, "{name}: xattrs not sealed in place");
     assert_ne!(features & envelopefs::format::FEATURE_FILE_SET, 0, "{name}: the set of files not kept");
+    assert_ne!(features & envelopefs::format::FEATURE_LINKS_BOUND, 0, "{name}: linked names not bound in place");
     vol.files_removed().unwrap();
     assert!(vol.fsck(false).unwrap().is_clean(), "{name}: not clean after its upgrade");
     assert!(Volume::open(&dir, &Passphrase::new("wrong").unwrap()).is_err());

@@ -44,8 +44,13 @@ pub const FEATURE_FILE_SET: u32 = 128;
 /// KEK is wrapped under; a host refuses a generation older than it has seen (`anchor`). Set
 /// at `init` and by the first `rotate --kek` of a volume made before it.
 pub const FEATURE_KEK_GENERATION: u32 = 256;
+/// Feature bit 9: every entry of a file with hard links (whose header binds it to the volume
+/// only) is bound by a `links` row in the store (`fs::links`). Set at `init`, and when a
+/// volume made before it is first opened writable.
+pub const FEATURE_LINKS_BOUND: u32 = 512;
 /// Feature bits this build understands; any other bit refuses to open.
 pub const FEATURES_KNOWN: u32 = FEATURE_SHREDDED
+    | FEATURE_LINKS_BOUND
     | FEATURE_KEK_GENERATION
     | FEATURE_FILE_SET
     | FEATURE_XATTRS_SEALED

@@ -183,7 +183,11 @@ impl Volume {
     fn authentic_at(&self, header: &ObjectHeader, entry: &Entry) -> bool {
         match &header.binding {
             Binding::None => !self.entries_bound(),
-            _ => authentic_with(&self.keys().names(), header, entry),
+            // A shared file's entries are bound in the store (`fs::links`).
+            Binding::Shared(_) => {
+                authentic_with(&self.keys().names(), header, entry) && self.link_authentic(&header.id, entry)
+            }
+            Binding::Entry(_) => authentic_with(&self.keys().names(), header, entry),
         }
     }
 

@@ -348,6 +348,9 @@ impl Volume {
         if mode.repair && unclean {
             let at = self.core.tree.at(header_file).map_err(|e| Error::io(path, "open", e))?;
             let shared = matches!(header.binding, crate::format::Binding::Shared(_));
+            if shared {
+                self.add_links(&header.id, &[entry])?;
+            }
             self.write_binding(at.path(), &header.id, entry, shared, path)?;
             p.repaired = Some("bound to this entry (a rename the crash cut short)".into());
         }

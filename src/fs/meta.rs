@@ -236,6 +236,9 @@ impl Volume {
             // A file with two names cannot be bound to one of them: bound to the volume.
             super::binding::Moving::File { id, .. } => {
                 let entry = self.entry_of(&from_backing)?;
+                let new_entry = self.entry_of(&self.resolve_new(new)?)?;
+                // Both names bound in the store before the header stops naming one of them.
+                self.add_links(&id, &[&entry, &new_entry])?;
                 self.write_binding(from.path(), &id, &entry, true, existing)?;
             }
             _ => {}
@@ -279,6 +282,13 @@ impl Volume {
                         None => None,
                     },
                 );
+                let left_links = (
+                    self.moving_links(&moving, &bf, &bt)?,
+                    match &other {
+                        Some(o) => self.moving_links(o, &bt, &bf)?,
+                        None => None,
+                    },
+                );
                 let result = self.with_long_names(from, to, mode == RenameMode::Exchange, || {
                     self.move_entry(&moving, &af, &at, &bt, flags).map_err(|e| {
                         match nix::Error::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO)) {
@@ -301,7 +311,8 @@ impl Volume {
                 if let Some(other) = other {
                     self.moved(&other, &bf, from, ino_to)?;
                 }
-                Ok(())
+                self.moved_links(left_links.0)?;
+                self.moved_links(left_links.1)
             }
         }
     }

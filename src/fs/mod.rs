@@ -16,6 +16,7 @@ mod file;
 mod file_set;
 mod fsck;
 mod inode_fs;
+mod links;
 mod listing;
 mod meta;
 mod names;

@@ -67,7 +67,8 @@ impl Volume {
                 | crate::format::FEATURE_ENTRIES_BOUND
                 | crate::format::FEATURE_XATTRS_SEALED
                 | crate::format::FEATURE_FILE_SET
-                | crate::format::FEATURE_KEK_GENERATION,
+                | crate::format::FEATURE_KEK_GENERATION
+                | crate::format::FEATURE_LINKS_BOUND,
             volume_id: random_array(),
             cipher: opts.cipher,
             extent_shift: opts.extent_shift,
@@ -225,6 +226,7 @@ impl Volume {
             tree,
             files_recorded: (header.features & crate::format::FEATURE_FILES_RECORDED != 0).into(),
             entries_bound: (header.features & crate::format::FEATURE_ENTRIES_BOUND != 0).into(),
+            links_bound: (header.features & crate::format::FEATURE_LINKS_BOUND != 0).into(),
             in_flight: Default::default(),
             xattr_lock: Default::default(),
         };
@@ -276,6 +278,9 @@ impl Volume {
         }
         if vol.header().features & crate::format::FEATURE_FILE_SET != 0 {
             vol.watch_file_set()?;
+        }
+        if vol.header().features & crate::format::FEATURE_LINKS_BOUND == 0 && vol.entries_bound() {
+            vol.links_upgrade()?;
         }
         vol.dir_id(&vol.core.data_dir)?; // the root directory's binding
         vol.resume_pending_rotation(kms)?;

@@ -264,16 +264,37 @@ impl Volume {
         let got = f.read_at(&mut buf, 0).map_err(|e| Error::io(header_file, "read header", e))?;
         drop(f);
         let Ok(header) = ObjectHeader::decode(&buf[..got]) else { return Ok(false) };
-        if authentic_with(k.new, &header, new_entry) {
-            return Ok(true);
-        }
-        if !authentic_with(k.old, &header, old_entry) {
+        let done = authentic_with(k.new, &header, new_entry);
+        if !done && !authentic_with(k.old, &header, old_entry) {
             return Ok(false);
         }
         let shared = matches!(header.binding, Binding::Shared(_));
+        if shared && self.links_bound() && !self.move_link_row(k, &header.id, old_entry, new_entry)? {
+            return Ok(false);
+        }
+        if done {
+            return Ok(true);
+        }
         self.rewrite_header(at.path(), &header.id, false, header_file, |old| {
             Some(bind_with(k.new, old.kind, old.id, (!shared).then_some(new_entry), old.xattrs))
         })?;
+        Ok(true)
+    }
+
+    /// Moves the store row that binds entry `old_entry` of shared file `id` under the old keys
+    /// to `new_entry` under the new ones (in one transaction; a shared file is authorized by
+    /// either row meanwhile). False, writing nothing, if neither row is there.
+    fn move_link_row(&self, k: &NameMove<'_>, id: &[u8; 16], old_entry: &Entry, new_entry: &Entry) -> Result<bool> {
+        let (old, new) = (super::links::tag_with(k.old, id, old_entry), super::links::tag_with(k.new, id, new_entry));
+        let (has_old, has_new) = (self.store().has_link(id, &old)?, self.store().has_link(id, &new)?);
+        if !has_old && !has_new {
+            return Ok(false);
+        }
+        let mut changes = vec![Change::DeleteLink { object: id, tag: &old }];
+        if !has_new {
+            changes.push(Change::PutLink { object: id, tag: &new });
+        }
+        self.store().apply(&changes)?;
         Ok(true)
     }
 

@@ -118,6 +118,8 @@ pub(super) struct Core {
     pub(super) files_recorded: std::sync::atomic::AtomicBool,
     /// Header feature `entries-bound`: an object not bound to its entry is an integrity error.
     pub(super) entries_bound: std::sync::atomic::AtomicBool,
+    /// Header feature `links-bound`: each entry of a file with hard links has a store row.
+    pub(super) links_bound: std::sync::atomic::AtomicBool,
     /// Objects this daemon is renaming, by id, with the entry they are moving to (see
     /// `Volume::in_flight`).
     pub(super) in_flight: Mutex<HashMap<FileId, (super::binding::Entry, super::binding::Entry)>>,
@@ -719,11 +721,19 @@ impl Volume {
         } else {
             None
         };
+        // One name of several: its row goes after it (the last one's go with the file).
+        let entry = match (id, meta.nlink()) {
+            (Some(_), n) if n > 1 && self.links_bound() => Some(self.entry_of(&backing)?),
+            _ => None,
+        };
         let removed = match (id, meta.nlink()) {
             (Some(_), 1) => self.core.trash.discard(&at), // its blocks are freed later
             _ => fs::remove_file(at.path()),
         };
         removed.map_err(|e| Error::io(path, "unlink", e))?;
+        if let (Some(id), Some(entry)) = (&id, &entry) {
+            self.drop_link(id, entry)?;
+        }
         if meta.nlink() == 1 {
             self.file_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&meta.ino());
         }
@@ -787,6 +797,16 @@ impl Volume {
         // Checked where it is (read afresh, not from a cache) before anything moves.
         let moving = self.moving_as(&bf, from, check)?;
         let _in_flight = self.in_flight(&moving, &bf, &bt)?;
+        // A file with other names loses the row of the name it replaces.
+        let replaced_link = match fs::symlink_metadata(at.path()) {
+            Ok(m) if m.is_file() && m.nlink() > 1 && self.links_bound() => open_data(at.path(), false)
+                .ok()
+                .and_then(|f| read_file_id(&f, at.path(), to).ok())
+                .map(|id| self.entry_of(&bt).map(|e| (id, e)))
+                .transpose()?,
+            _ => None,
+        };
+        let left_link = self.moving_links(&moving, &bf, &bt)?;
         // The keys of a replaced file go with it, if it is the object its name is bound to.
         let replaced = match fs::symlink_metadata(at.path()) {
             Ok(m) if m.is_file() && m.nlink() == 1 => {
@@ -818,6 +838,12 @@ impl Volume {
             _ => self.moved(&moving, &bt, to, from_meta.ino()),
         };
         self.forget_name(&rf)?;
+        if bound.is_ok() {
+            self.moved_links(left_link)?;
+            if let Some((id, entry)) = &replaced_link {
+                self.drop_link(id, entry)?;
+            }
+        }
         if let Some((ino, id)) = replaced {
             // Its inode number may be reused by a new file: forget it with the file.
             self.file_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&ino);

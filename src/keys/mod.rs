@@ -134,6 +134,12 @@ impl NameKeys {
         prefixed_mac(&self.entries, b"EVFSENT1", msg)
     }
 
+    /// The first 16 bytes of `HMAC-SHA256(entry key, "EVFSLNK2" || msg)`: the tag of one entry
+    /// of a file with hard links (`fs::links` builds `msg`).
+    pub fn link_tag(&self, msg: &[u8]) -> [u8; 16] {
+        prefixed_mac(&self.entries, b"EVFSLNK2", msg)
+    }
+
     /// The first 16 bytes of `HMAC-SHA256(xattr key, "EVFSXAT1" || msg)`: the seal of an
     /// object's set of extended attributes (`fs::xattr` builds `msg`).
     pub fn xattr_mac(&self, msg: &[u8]) -> [u8; 16] {

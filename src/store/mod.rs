@@ -19,8 +19,9 @@ use sizes::SizeChange;
 /// `PRAGMA application_id`: "EVFS".
 const APPLICATION_ID: i64 = 0x4556_4653;
 /// `PRAGMA user_version`: the schema version this build writes. Older versions are
-/// migrated on open (1 → 2 adds `xattrs`, 2 → 3 adds `meta`).
-const SCHEMA_VERSION: i64 = 4;
+/// migrated on open (1 → 2 adds `xattrs`, 2 → 3 adds `meta`, 3 → 4 `files.mac`, 4 → 5
+/// `links`).
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE files (
@@ -41,6 +42,15 @@ CREATE TABLE long_names (
     hash   BLOB NOT NULL,
     name   BLOB NOT NULL,
     PRIMARY KEY (dir_id, hash)
+) WITHOUT ROWID;
+";
+
+/// Schema version 5: the entries a file with hard links may be reached by (`fs::links`).
+const SCHEMA_V5: &str = "
+CREATE TABLE links (
+    object_id BLOB NOT NULL,
+    tag       BLOB NOT NULL,
+    PRIMARY KEY (object_id, tag)
 ) WITHOUT ROWID;
 ";
 
@@ -150,6 +160,16 @@ pub enum Change<'a> {
         kek_id: &'a [u8; 16],
         wrapped: &'a [u8],
     },
+    /// Records that the file `object` (with hard links) may be reached by the entry whose tag
+    /// is `tag` (`fs::links`).
+    PutLink {
+        object: &'a [u8; 16],
+        tag: &'a [u8; 16],
+    },
+    DeleteLink {
+        object: &'a [u8; 16],
+        tag: &'a [u8; 16],
+    },
     /// Replaces a file record's MAC (a KEK rotation's new name keys) if it is still `old`.
     ResealFile {
         id: &'a [u8; 16],
@@ -235,6 +255,7 @@ impl Store {
             conn.execute_batch(SCHEMA_V2).map_err(err)?;
             conn.execute_batch(SCHEMA_V3).map_err(err)?;
             conn.execute_batch(SCHEMA_V4).map_err(err)?;
+            conn.execute_batch(SCHEMA_V5).map_err(err)?;
             conn.pragma_update(None, "application_id", APPLICATION_ID).map_err(err)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(err)?;
         }
@@ -269,6 +290,11 @@ impl Store {
                 conn.execute_batch(&format!("BEGIN; {SCHEMA_V4} PRAGMA user_version = 4; COMMIT;"))
                     .map_err(|e| store.err(e))?;
                 version = 4;
+            }
+            if version == 4 {
+                conn.execute_batch(&format!("BEGIN; {SCHEMA_V5} PRAGMA user_version = 5; COMMIT;"))
+                    .map_err(|e| store.err(e))?;
+                version = 5;
             }
             if version != SCHEMA_VERSION {
                 return Err(Error::Unsupported {
@@ -371,6 +397,14 @@ impl Store {
         *self.file_set.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(FileSetHook { key, mark, tag, digest: Mutex::new(now) });
         Ok(true)
+    }
+
+    /// Whether file `object` may be reached by the entry whose tag is `tag`.
+    pub fn has_link(&self, object: &[u8; 16], tag: &[u8; 16]) -> Result<bool> {
+        self.read_lock()
+            .prepare_cached("SELECT EXISTS(SELECT 1 FROM links WHERE object_id = ?1 AND tag = ?2)")
+            .and_then(|mut s| s.query_row(params![&object[..], &tag[..]], |r| r.get(0)))
+            .map_err(|e| self.err(e))
     }
 
     /// Every long-name row.
@@ -595,6 +629,7 @@ impl Store {
                 Change::DeleteFile { id } => tx
                     .execute("DELETE FROM extents WHERE file_id = ?1", [&id[..]])
                     .and_then(|_| tx.execute("DELETE FROM xattrs WHERE object_id = ?1", [&id[..]]))
+                    .and_then(|_| tx.execute("DELETE FROM links WHERE object_id = ?1", [&id[..]]))
                     .and_then(|_| tx.execute("DELETE FROM files WHERE id = ?1", [&id[..]])),
                 Change::PutXattr { object, name, value } => tx.execute(
                     "INSERT OR REPLACE INTO xattrs (object_id, name, value) VALUES (?1, ?2, ?3)",
@@ -612,6 +647,12 @@ impl Store {
                         "UPDATE extents SET kek_id = ?3, wrapped = ?4 WHERE file_id = ?1 AND idx = ?2 AND wrapped = ?5",
                     )
                     .and_then(|mut s| s.execute(params![&file[..], index as i64, &kek_id[..], wrapped, old])),
+                Change::PutLink { object, tag } => tx
+                    .prepare_cached("INSERT OR REPLACE INTO links (object_id, tag) VALUES (?1, ?2)")
+                    .and_then(|mut s| s.execute(params![&object[..], &tag[..]])),
+                Change::DeleteLink { object, tag } => tx
+                    .prepare_cached("DELETE FROM links WHERE object_id = ?1 AND tag = ?2")
+                    .and_then(|mut s| s.execute(params![&object[..], &tag[..]])),
                 Change::ResealFile { id, old, mac } => tx
                     .prepare_cached("UPDATE files SET mac = ?3 WHERE id = ?1 AND mac = ?2")
                     .and_then(|mut s| s.execute(params![&id[..], old, &mac[..]])),

@@ -1,0 +1,118 @@
+//! Hard links bound to their names (header feature bit 9, `links-bound`).
+//!
+//! A file with more than one hard link cannot name one entry in its header, so its header
+//! binds it to the volume only (`Binding::Shared`, see `fs::binding`): two such files swapped
+//! in the backing tree would each read as the other. So each entry of such a file is bound in
+//! the store: a `links` row (file id, tag), where
+//! `tag = HMAC(entry key, "EVFSLNK2" || id || parent dir id || u16 len || backing name)[..16]`.
+//! A row is written before its entry is made (link, rename, exchange) and deleted after the
+//! entry is gone (unlink, renamed away, replaced), so a crash leaves at worst a row for an
+//! entry that is not there (which authorizes nothing anybody could use but this file at that
+//! name). A shared file reached by an entry without its row is an integrity error.
+//! Volumes made before bit 9 record a row for every entry of every shared file at their first
+//! writable open (trusted that once).
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use super::binding::{Entry, Moving};
+use super::volume::Volume;
+use crate::format::Binding;
+use crate::keys::NameKeys;
+use crate::store::Change;
+use crate::Result;
+
+/// The tag of file `id`'s entry `entry` under `keys`.
+pub(super) fn tag_with(keys: &NameKeys, id: &[u8; 16], entry: &Entry) -> [u8; 16] {
+    use std::os::unix::ffi::OsStrExt;
+    let mut msg = Vec::with_capacity(64);
+    msg.extend_from_slice(id);
+    msg.extend_from_slice(&entry.dir_id);
+    msg.extend_from_slice(&(entry.name.len() as u16).to_le_bytes());
+    msg.extend_from_slice(entry.name.as_bytes());
+    keys.link_tag(&msg)
+}
+
+/// A row to delete once a move is done: the file and the tag of the entry it left.
+pub(super) struct LeftRow {
+    id: [u8; 16],
+    tag: [u8; 16],
+}
+
+impl Volume {
+    pub(super) fn links_bound(&self) -> bool {
+        self.core.links_bound.load(Ordering::Acquire)
+    }
+
+    fn link_tag(&self, id: &[u8; 16], entry: &Entry) -> [u8; 16] {
+        tag_with(&self.keys().names(), id, entry)
+    }
+
+    /// Whether shared file `id` may be reached by `entry` (always, on a volume not upgraded).
+    pub(super) fn link_authentic(&self, id: &[u8; 16], entry: &Entry) -> bool {
+        !self.links_bound() || self.store().has_link(id, &self.link_tag(id, entry)).unwrap_or(false)
+    }
+
+    /// Binds entries `entries` of file `id` (a link is about to be made, or a shared file is
+    /// about to be named there).
+    pub(super) fn add_links(&self, id: &[u8; 16], entries: &[&Entry]) -> Result<()> {
+        if !self.links_bound() {
+            return Ok(());
+        }
+        let tags: Vec<[u8; 16]> = entries.iter().map(|e| self.link_tag(id, e)).collect();
+        let changes: Vec<Change<'_>> = tags.iter().map(|tag| Change::PutLink { object: id, tag }).collect();
+        self.store().apply(&changes)
+    }
+
+    /// Unbinds entry `entry` of file `id` (it is gone).
+    pub(super) fn drop_link(&self, id: &[u8; 16], entry: &Entry) -> Result<()> {
+        if !self.links_bound() {
+            return Ok(());
+        }
+        self.store().apply(&[Change::DeleteLink { object: id, tag: &self.link_tag(id, entry) }])
+    }
+
+    /// Before `moving` is renamed from backing `from` to `to`: a shared file is bound at `to`;
+    /// returns the row of `from`, to delete with [`Volume::moved_links`] once moved.
+    pub(super) fn moving_links(&self, moving: &Moving, from: &Path, to: &Path) -> Result<Option<LeftRow>> {
+        let Moving::File { id, shared: true } = moving else { return Ok(None) };
+        if !self.links_bound() {
+            return Ok(None);
+        }
+        let (from, to) = (self.entry_of(from)?, self.entry_of(to)?);
+        self.add_links(id, &[&to])?;
+        Ok(Some(LeftRow { id: *id, tag: self.link_tag(id, &from) }))
+    }
+
+    /// After a move: the row of the entry left (see [`Volume::moving_links`]).
+    pub(super) fn moved_links(&self, left: Option<LeftRow>) -> Result<()> {
+        match left {
+            Some(r) => self.store().apply(&[Change::DeleteLink { object: &r.id, tag: &r.tag }]),
+            None => Ok(()),
+        }
+    }
+
+    /// A volume made before entries of shared files were bound: records a row for every
+    /// entry of every shared file where it is (trusted this once), then sets the feature bit
+    /// (a crash in between only repeats it). Read-only storage defers it.
+    pub(super) fn links_upgrade(&self) -> Result<()> {
+        let bind = || {
+            let mut rows: Vec<([u8; 16], [u8; 16])> = Vec::new();
+            self.walk_tree(
+                &mut |obj| {
+                    if let Binding::Shared(_) = obj.header.binding {
+                        rows.push((obj.header.id, self.link_tag(&obj.header.id, obj.entry)));
+                    }
+                    Ok(())
+                },
+                &mut |_, _| Ok(()),
+            )?;
+            let changes: Vec<Change<'_>> = rows.iter().map(|(id, tag)| Change::PutLink { object: id, tag }).collect();
+            self.store().apply(&changes)
+        };
+        let done =
+            self.upgrade(crate::format::FEATURE_LINKS_BOUND, "binding every entry of hard-linked files", bind)?;
+        self.core.links_bound.store(done, Ordering::Release);
+        Ok(())
+    }
+}
