@@ -303,9 +303,28 @@ fn hard_linked_files_are_bound_to_each_of_their_names() {
     m.unmount();
     let report = Volume::open(&m.cipher, &mount_pass()).unwrap().fsck(false).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
-    // A writer of CIPHERDIR links the file back under the name it lost: not bound there.
+    // Renaming one name of a file onto another of its names changes nothing (POSIX): both
+    // names still read (through the library: the kernel does not send such a rename).
+    let vol = Volume::open(&m.cipher, &mount_pass()).unwrap();
+    vol.link(Path::new("d/a3"), Path::new("d/a5")).unwrap();
+    vol.rename(Path::new("d/a3"), Path::new("d/a5")).unwrap();
+    for p in ["d/a3", "d/a5"] {
+        let f = vol.open_file(Path::new(p), false).unwrap();
+        let mut buf = vec![0u8; 13];
+        f.read_at(0, &mut buf).unwrap();
+        assert_eq!(buf, b"contents of a", "{p}");
+    }
+    // A link that fails (its name is taken) leaves no row for that name behind.
+    assert!(matches!(vol.link(Path::new("d/a3"), Path::new("b")), Err(envelopefs::Error::Exists(_))));
+    let fb_now = vol.backing_path(Path::new("b")).unwrap();
+    drop(vol);
+    // A writer of CIPHERDIR links the file back under the name it lost, or under the name
+    // whose link failed: bound to neither.
     fs::hard_link(backing(&m.cipher, "d/a3"), &fa).unwrap();
+    fs::remove_file(&fb_now).unwrap();
+    fs::hard_link(backing(&m.cipher, "d/a3"), &fb_now).unwrap();
     m.mount();
     assert_eio(fs::read(m.p("a")), "cat a (a name the file lost, linked back)");
+    assert_eio(fs::read(m.p("b")), "cat b (a name whose link failed)");
     assert_eq!(fs::read(m.p("d/a3")).unwrap(), b"contents of a");
 }

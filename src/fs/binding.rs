@@ -168,27 +168,33 @@ impl Volume {
         // A rename of this object by this daemon is under way to `entry`: it is still bound to
         // where it came from, and bound here in a moment (readers racing the rename see no
         // spurious error; nothing read from disk puts an object on this list).
-        let moving_here = || {
-            let renames = self.core.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            renames.get(&header.id).is_some_and(|(from, to)| to == entry && self.authentic_at(header, from))
+        let moving_here = || -> Result<bool> {
+            let from = {
+                let renames = self.core.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                match renames.get(&header.id) {
+                    Some((from, to)) if to == entry => from.clone(),
+                    _ => return Ok(false),
+                }
+            };
+            self.authentic_at(header, &from)
         };
-        if self.authentic_at(header, entry) || moving_here() {
+        if self.authentic_at(header, entry)? || moving_here()? {
             Ok(())
         } else {
             Err(mismatch(path))
         }
     }
 
-    /// Whether `header`'s binding holds for `entry`.
-    fn authentic_at(&self, header: &ObjectHeader, entry: &Entry) -> bool {
-        match &header.binding {
+    /// Whether `header`'s binding holds for `entry` (an error only if the store cannot say).
+    fn authentic_at(&self, header: &ObjectHeader, entry: &Entry) -> Result<bool> {
+        Ok(match &header.binding {
             Binding::None => !self.entries_bound(),
             // A shared file's entries are bound in the store (`fs::links`).
             Binding::Shared(_) => {
-                authentic_with(&self.keys().names(), header, entry) && self.link_authentic(&header.id, entry)
+                authentic_with(&self.keys().names(), header, entry) && self.link_authentic(&header.id, entry)?
             }
             Binding::Entry(_) => authentic_with(&self.keys().names(), header, entry),
-        }
+        })
     }
 
     /// Registers that `moving` (checked at `from`) is being renamed to `to` until the guard

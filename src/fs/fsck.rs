@@ -345,13 +345,12 @@ impl Volume {
     ) -> Result<Problem> {
         let mut p = bad_entry(path, e.to_string());
         p.crash_leftover = unclean;
-        if mode.repair && unclean {
+        // A file with several names gets the row of a new name before the name exists, so no
+        // crash leaves one without it: such a mismatch is never repaired.
+        let shared = matches!(header.binding, crate::format::Binding::Shared(_));
+        if mode.repair && unclean && !shared {
             let at = self.core.tree.at(header_file).map_err(|e| Error::io(path, "open", e))?;
-            let shared = matches!(header.binding, crate::format::Binding::Shared(_));
-            if shared {
-                self.add_links(&header.id, &[entry])?;
-            }
-            self.write_binding(at.path(), &header.id, entry, shared, path)?;
+            self.write_binding(at.path(), &header.id, entry, false, path)?;
             p.repaired = Some("bound to this entry (a rename the crash cut short)".into());
         }
         Ok(p)

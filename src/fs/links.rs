@@ -33,10 +33,18 @@ pub(super) fn tag_with(keys: &NameKeys, id: &[u8; 16], entry: &Entry) -> [u8; 16
     keys.link_tag(&msg)
 }
 
-/// A row to delete once a move is done: the file and the tag of the entry it left.
+/// A row (the file and the tag of one of its entries), to delete once a move is done or if it
+/// failed.
 pub(super) struct LeftRow {
     id: [u8; 16],
     tag: [u8; 16],
+}
+
+/// The rows of a move of a shared file: the one it leaves (deleted once moved) and the one it
+/// added (deleted if the move fails).
+pub(super) struct LinkMove {
+    left: LeftRow,
+    added: Vec<LeftRow>,
 }
 
 impl Volume {
@@ -49,18 +57,34 @@ impl Volume {
     }
 
     /// Whether shared file `id` may be reached by `entry` (always, on a volume not upgraded).
-    pub(super) fn link_authentic(&self, id: &[u8; 16], entry: &Entry) -> bool {
-        !self.links_bound() || self.store().has_link(id, &self.link_tag(id, entry)).unwrap_or(false)
+    pub(super) fn link_authentic(&self, id: &[u8; 16], entry: &Entry) -> Result<bool> {
+        Ok(!self.links_bound() || self.store().has_link(id, &self.link_tag(id, entry))?)
     }
 
     /// Binds entries `entries` of file `id` (a link is about to be made, or a shared file is
-    /// about to be named there).
-    pub(super) fn add_links(&self, id: &[u8; 16], entries: &[&Entry]) -> Result<()> {
+    /// about to be named there). Returns the rows it added (not there before), for
+    /// [`Volume::undo_links`] if the operation fails.
+    pub(super) fn add_links(&self, id: &[u8; 16], entries: &[&Entry]) -> Result<Vec<LeftRow>> {
         if !self.links_bound() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let tags: Vec<[u8; 16]> = entries.iter().map(|e| self.link_tag(id, e)).collect();
-        let changes: Vec<Change<'_>> = tags.iter().map(|tag| Change::PutLink { object: id, tag }).collect();
+        let mut added = Vec::new();
+        for e in entries {
+            let tag = self.link_tag(id, e);
+            if !self.store().has_link(id, &tag)? {
+                added.push(LeftRow { id: *id, tag });
+            }
+        }
+        let changes: Vec<Change<'_>> = added.iter().map(|r| Change::PutLink { object: &r.id, tag: &r.tag }).collect();
+        self.store().apply(&changes)?;
+        Ok(added)
+    }
+
+    /// An operation that [`Volume::add_links`] prepared failed: its new rows go (a row for a
+    /// name the file never got would let it be linked there).
+    pub(super) fn undo_links(&self, added: Vec<LeftRow>) -> Result<()> {
+        let changes: Vec<Change<'_>> =
+            added.iter().map(|r| Change::DeleteLink { object: &r.id, tag: &r.tag }).collect();
         self.store().apply(&changes)
     }
 
@@ -72,22 +96,31 @@ impl Volume {
         self.store().apply(&[Change::DeleteLink { object: id, tag: &self.link_tag(id, entry) }])
     }
 
-    /// Before `moving` is renamed from backing `from` to `to`: a shared file is bound at `to`;
-    /// returns the row of `from`, to delete with [`Volume::moved_links`] once moved.
-    pub(super) fn moving_links(&self, moving: &Moving, from: &Path, to: &Path) -> Result<Option<LeftRow>> {
+    /// Before `moving` is renamed from backing `from` to `to`: a shared file is bound at `to`.
+    /// Hand the result to [`Volume::moved_links`] once the rename happened (whatever came
+    /// after it), or to [`Volume::move_failed_links`] if it did not.
+    pub(super) fn moving_links(&self, moving: &Moving, from: &Path, to: &Path) -> Result<Option<LinkMove>> {
         let Moving::File { id, shared: true } = moving else { return Ok(None) };
         if !self.links_bound() {
             return Ok(None);
         }
         let (from, to) = (self.entry_of(from)?, self.entry_of(to)?);
-        self.add_links(id, &[&to])?;
-        Ok(Some(LeftRow { id: *id, tag: self.link_tag(id, &from) }))
+        let added = self.add_links(id, &[&to])?;
+        Ok(Some(LinkMove { left: LeftRow { id: *id, tag: self.link_tag(id, &from) }, added }))
     }
 
     /// After a move: the row of the entry left (see [`Volume::moving_links`]).
-    pub(super) fn moved_links(&self, left: Option<LeftRow>) -> Result<()> {
-        match left {
-            Some(r) => self.store().apply(&[Change::DeleteLink { object: &r.id, tag: &r.tag }]),
+    pub(super) fn moved_links(&self, m: Option<LinkMove>) -> Result<()> {
+        match m {
+            Some(m) => self.store().apply(&[Change::DeleteLink { object: &m.left.id, tag: &m.left.tag }]),
+            None => Ok(()),
+        }
+    }
+
+    /// A move that did not happen: the row it added goes.
+    pub(super) fn move_failed_links(&self, m: Option<LinkMove>) -> Result<()> {
+        match m {
+            Some(m) => self.undo_links(m.added),
             None => Ok(()),
         }
     }

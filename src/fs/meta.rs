@@ -227,6 +227,7 @@ impl Volume {
         if fs::symlink_metadata(from.path()).map_err(|_| Error::NotFound(existing.into()))?.is_dir() {
             return Err(Error::IsDir(existing.into()));
         }
+        let mut added = Vec::new();
         match self.moving(&from_backing, existing)? {
             // A symlink's target is sealed for its one entry: the new link is a copy.
             super::binding::Moving::Symlink(target) => {
@@ -238,16 +239,23 @@ impl Volume {
                 let entry = self.entry_of(&from_backing)?;
                 let new_entry = self.entry_of(&self.resolve_new(new)?)?;
                 // Both names bound in the store before the header stops naming one of them.
-                self.add_links(&id, &[&entry, &new_entry])?;
+                self.add_links(&id, &[&entry])?;
+                added = self.add_links(&id, &[&new_entry])?;
                 self.write_binding(from.path(), &id, &entry, true, existing)?;
             }
             _ => {}
         }
         let to = self.at(&self.resolve_new(new)?, new)?;
-        fs::hard_link(from.path(), to.path()).map_err(|e| match e.kind() {
+        let linked = fs::hard_link(from.path(), to.path()).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => Error::Exists(new.into()),
             _ => Error::io(new, "link", e),
-        })
+        });
+        if linked.is_err() {
+            // No row for a name the file did not get (the existing name's row stays: the
+            // header says the file is shared now).
+            self.undo_links(added)?;
+        }
+        linked
     }
 
     /// Renames with RENAME_NOREPLACE / RENAME_EXCHANGE semantics.
@@ -275,6 +283,9 @@ impl Volume {
                 };
                 let ino = |a: &super::tree::At| fs::symlink_metadata(a.path()).map(|m| m.ino()).unwrap_or(0);
                 let (ino_from, ino_to) = (ino(&af), ino(&at));
+                if mode == RenameMode::Exchange && ino_from != 0 && ino_from == ino_to {
+                    return Ok(()); // two names of one file: nothing changes
+                }
                 let _in_flight = (
                     self.in_flight(&moving, &bf, &bt)?,
                     match &other {
@@ -304,15 +315,21 @@ impl Volume {
                 });
                 self.forget_dir_ids(&bf);
                 self.forget_dir_ids(&bt);
-                result?;
+                if let Err(e) = result {
+                    self.move_failed_links(left_links.0)?;
+                    self.move_failed_links(left_links.1)?;
+                    return Err(e);
+                }
+                // Moved: the rows of the places left go whatever follows.
+                self.moved_links(left_links.0)?;
+                self.moved_links(left_links.1)?;
                 if mode == RenameMode::Exchange || !matches!(moving, super::binding::Moving::Symlink(_)) {
                     self.moved(&moving, &bt, to, ino_from)?;
                 }
                 if let Some(other) = other {
                     self.moved(&other, &bf, from, ino_to)?;
                 }
-                self.moved_links(left_links.0)?;
-                self.moved_links(left_links.1)
+                Ok(())
             }
         }
     }

@@ -734,9 +734,8 @@ impl Volume {
         if let (Some(id), Some(entry)) = (&id, &entry) {
             self.drop_link(id, entry)?;
         }
-        if meta.nlink() == 1 {
-            self.file_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&meta.ino());
-        }
+        // Forgotten for every name that goes (another name of it is checked afresh).
+        self.file_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&meta.ino());
         self.forget_name(&r)?;
         if let (Some(id), 1) = (id, meta.nlink()) {
             self.drop_file(&id)?;
@@ -787,8 +786,8 @@ impl Volume {
         let (bf, bt) = (rf.backing(), rt.backing());
         let (af, at) = (self.at(&bf, from)?, self.at(&bt, to)?);
         let from_meta = fs::symlink_metadata(af.path()).map_err(|_| Error::NotFound(from.into()))?;
-        if bf == bt {
-            return Ok(());
+        if bf == bt || fs::symlink_metadata(at.path()).is_ok_and(|m| m.ino() == from_meta.ino()) {
+            return Ok(()); // one name, or two names of one file: nothing changes (POSIX)
         }
         if from_meta.is_dir() {
             self.forget_dir_ids(&bf);
@@ -800,13 +799,16 @@ impl Volume {
         // A file with other names loses the row of the name it replaces.
         let replaced_link = match fs::symlink_metadata(at.path()) {
             Ok(m) if m.is_file() && m.nlink() > 1 && self.links_bound() => open_data(at.path(), false)
+                .inspect(|_| {
+                    self.file_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&m.ino());
+                })
                 .ok()
                 .and_then(|f| read_file_id(&f, at.path(), to).ok())
                 .map(|id| self.entry_of(&bt).map(|e| (id, e)))
                 .transpose()?,
             _ => None,
         };
-        let left_link = self.moving_links(&moving, &bf, &bt)?;
+        let link_move = self.moving_links(&moving, &bf, &bt)?;
         // The keys of a replaced file go with it, if it is the object its name is bound to.
         let replaced = match fs::symlink_metadata(at.path()) {
             Ok(m) if m.is_file() && m.nlink() == 1 => {
@@ -824,12 +826,21 @@ impl Volume {
         };
         self.remember_name(&rt)?;
         let flags = nix::fcntl::RenameFlags::empty();
-        self.move_entry(&moving, &af, &at, &bt, flags).map_err(|e| match e.raw_os_error() {
-            Some(39) => Error::DirNotEmpty(to.into()),
-            Some(20) => Error::NotDir(to.into()),
-            Some(21) => Error::IsDir(to.into()),
-            _ => Error::io(from, "rename", e),
-        })?;
+        if let Err(e) = self.move_entry(&moving, &af, &at, &bt, flags) {
+            self.move_failed_links(link_move)?;
+            return Err(match e.raw_os_error() {
+                Some(39) => Error::DirNotEmpty(to.into()),
+                Some(20) => Error::NotDir(to.into()),
+                Some(21) => Error::IsDir(to.into()),
+                _ => Error::io(from, "rename", e),
+            });
+        }
+        // Moved: the rows of the place left, and of a linked file's name replaced, go
+        // whatever follows.
+        self.moved_links(link_move)?;
+        if let Some((id, entry)) = &replaced_link {
+            self.drop_link(id, entry)?;
+        }
         if from_meta.is_dir() {
             self.forget_dir_ids(&bf); // again: a lookup may have cached it meanwhile
         }
@@ -838,12 +849,6 @@ impl Volume {
             _ => self.moved(&moving, &bt, to, from_meta.ino()),
         };
         self.forget_name(&rf)?;
-        if bound.is_ok() {
-            self.moved_links(left_link)?;
-            if let Some((id, entry)) = &replaced_link {
-                self.drop_link(id, entry)?;
-            }
-        }
         if let Some((ino, id)) = replaced {
             // Its inode number may be reused by a new file: forget it with the file.
             self.file_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&ino);
