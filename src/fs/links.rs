@@ -149,3 +149,23 @@ impl Volume {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message layout of FORMAT.md §4 "Linked names" (its vector is `keys::tests`).
+    #[test]
+    fn link_tags_cover_the_file_and_its_entry() {
+        let keys = NameKeys::new(crate::crypto::Key256::from_bytes(&[0x11; 32]), &[0x22; 16]);
+        let entry = Entry::new([0x44; 16], std::ffi::OsStr::new("abc"));
+        let mut msg = vec![0x33; 16];
+        msg.extend_from_slice(&[0x44; 16]);
+        msg.extend_from_slice(&3u16.to_le_bytes());
+        msg.extend_from_slice(b"abc");
+        assert_eq!(tag_with(&keys, &[0x33; 16], &entry), keys.link_tag(&msg));
+        assert_ne!(tag_with(&keys, &[0x34; 16], &entry), keys.link_tag(&msg), "another file");
+        let other = Entry::new([0x44; 16], std::ffi::OsStr::new("abd"));
+        assert_ne!(tag_with(&keys, &[0x33; 16], &other), keys.link_tag(&msg), "another name");
+    }
+}

@@ -118,7 +118,7 @@ pub struct NameKeys {
 }
 
 impl NameKeys {
-    fn new(key: Key256, volume_id: &[u8; 16]) -> NameKeys {
+    pub(crate) fn new(key: Key256, volume_id: &[u8; 16]) -> NameKeys {
         NameKeys {
             cipher: NameCipher::new(&key),
             entries: entry_key(&key, volume_id),
@@ -627,6 +627,19 @@ mod tests {
             crate::format::hex(tag.as_ref()),
             "d0ab04d6aa7254142fa0889a87e965700090f8f602e3d447ac3b667ad75d0c37"
         );
+    }
+
+    /// The vector in FORMAT.md §4 (linked names): the tag of one name of a file with hard
+    /// links.
+    #[test]
+    fn link_tag_vector() {
+        let keys = NameKeys::new(Key256::from_bytes(&[0x11; 32]), &[0x22; 16]);
+        // file 33.., named "abc" in directory 44..
+        let mut msg = vec![0x33; 16];
+        msg.extend_from_slice(&[0x44; 16]);
+        msg.extend_from_slice(&3u16.to_le_bytes());
+        msg.extend_from_slice(b"abc");
+        assert_eq!(crate::format::hex(&keys.link_tag(&msg)), "fa703e75d9388d160a5d53b9e07a094d");
     }
 
     /// The vectors in FORMAT.md §6 (file set, attribute seal).
