@@ -394,3 +394,24 @@ fn a_directory_without_its_id_file_is_left_and_the_rotation_finishes() {
     assert!(buf == pattern(1, 10_000));
     assert!(vol.readdir(Path::new("d/e")).is_err(), "still the integrity error it was");
 }
+
+/// `shred --volume` in the middle of a rotation removes the rotation's wrapped KEK and its
+/// wrapped name key from the store too (docs/SECURITY.md, "Crypto-shredding").
+#[test]
+fn shredding_a_volume_mid_rotation_removes_the_pending_keys() {
+    let (tmp, dir, vol) = new_volume(CipherKind::Aes256GcmSiv, 16);
+    build(&vol);
+    drop(vol);
+    let header = Volume::read_header(&dir).unwrap();
+    let vol = Volume::open_with_storage(&dir, header, &kms(&dir), std::sync::Arc::new(CutAt::new(2))).unwrap();
+    vol.rotate_kek(&kms(&dir), &mut |_, _, _| {}).expect_err("the cut did not happen");
+    drop(vol);
+    let rows = || -> i64 {
+        let db = rusqlite::Connection::open(dir.join("meta.db")).unwrap();
+        db.query_row("SELECT count(*) FROM meta WHERE key LIKE 'rotation.%'", [], |r| r.get(0)).unwrap()
+    };
+    assert_eq!(rows(), 3, "a rotation under way: its KEK, wrapped KEK and wrapped name key");
+    Volume::shred_volume(&dir, &tmp.path().join("no-scratch"), None, None).unwrap();
+    assert_eq!(rows(), 0, "a pending key survived the shred");
+    assert!(matches!(Volume::open(&dir, &pass()), Err(envelopefs::Error::Shredded(_))));
+}

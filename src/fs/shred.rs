@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::rotate::{PENDING_ID, PENDING_WRAPPED};
+use super::rotate::{PENDING_ID, PENDING_NAMES, PENDING_WRAPPED};
 use super::volume::{Volume, HEADER_FILE, ROOT_OWNED, STORE_FILE};
 use crate::crypto::fill_random;
 use crate::format::FEATURE_SHREDDED;
@@ -85,7 +85,11 @@ impl Volume {
         //    store rewritten, so a shred stays O(1)).
         let store = Store::open(&cipherdir.join(STORE_FILE))?;
         if store.meta(PENDING_WRAPPED)?.is_some() {
-            store.apply(&[Change::DeleteMeta { key: PENDING_ID }, Change::DeleteMeta { key: PENDING_WRAPPED }])?;
+            store.apply(&[
+                Change::DeleteMeta { key: PENDING_ID },
+                Change::DeleteMeta { key: PENDING_WRAPPED },
+                Change::DeleteMeta { key: PENDING_NAMES },
+            ])?;
             store.compact()?;
         }
         // 3. The root, when it is this volume's own.
