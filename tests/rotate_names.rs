@@ -16,7 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use common::*;
 use envelopefs::crypto::NamePurpose;
-use envelopefs::format::{Binding, CipherKind, ObjectHeader, ObjectKind};
+use envelopefs::format::{Binding, CipherKind, ObjectHeader, ObjectKind, VolumeHeader};
 use envelopefs::fs::{EntryKind, Volume, XattrMode};
 use envelopefs::keys::NameKeys;
 use sha2::{Digest, Sha256};
@@ -243,12 +243,7 @@ fn a_rotation_cut_while_names_move_is_finished_by_the_next_open() {
         let before = snapshot(&vol);
         let old = vol.keys().names();
         drop(vol);
-        let header = Volume::read_header(&dir).unwrap();
-        let storage = std::sync::Arc::new(CutAt::new(cut));
-        let vol = Volume::open_with_storage(&dir, header, &kms(&dir), storage.clone()).unwrap();
-        let r = vol.rotate_kek(&kms(&dir), &mut |_, _, _| {});
-        drop(vol);
-        if r.is_err() {
+        if rotate_cut_at(&dir, cut).is_err() {
             cut_somewhere += 1;
             // Half the names are under each key now: the next open finishes the rotation.
             let vol = reopen(&dir);
@@ -260,6 +255,13 @@ fn a_rotation_cut_while_names_move_is_finished_by_the_next_open() {
         assert_eq!(opened_by(&old, &dir), Opened::default(), "cut {cut}: the old name keys still open something");
     }
     assert!(cut_somewhere >= 3, "the cuts fell outside the name move; the test proves nothing");
+}
+
+/// `rotate --kek` of the volume in `dir`, its `n`th name move cut (see [`CutAt`]).
+fn rotate_cut_at(dir: &Path, n: u64) -> envelopefs::Result<VolumeHeader> {
+    let header = Volume::read_header(dir).unwrap();
+    let vol = Volume::open_with_storage(dir, header, &kms(dir), std::sync::Arc::new(CutAt::new(n))).unwrap();
+    vol.rotate_kek(&kms(dir), &mut |_, _, _| {})
 }
 
 /// Storage whose `n`th name move fails (the power is cut there for the rotation; the
@@ -361,10 +363,7 @@ fn a_rotation_that_lost_its_new_name_key_row_is_refused() {
     let (_tmp, dir, vol) = new_volume(CipherKind::Aes256GcmSiv, 16);
     build(&vol);
     drop(vol);
-    let header = Volume::read_header(&dir).unwrap();
-    let vol = Volume::open_with_storage(&dir, header, &kms(&dir), std::sync::Arc::new(CutAt::new(1))).unwrap();
-    vol.rotate_kek(&kms(&dir), &mut |_, _, _| {}).expect_err("the cut did not happen");
-    drop(vol);
+    rotate_cut_at(&dir, 1).expect_err("the cut did not happen");
     let db = rusqlite::Connection::open(dir.join("meta.db")).unwrap();
     assert_eq!(db.execute("DELETE FROM meta WHERE key = 'rotation.wrapped_name_key'", []).unwrap(), 1);
     drop(db);
@@ -402,10 +401,7 @@ fn shredding_a_volume_mid_rotation_removes_the_pending_keys() {
     let (tmp, dir, vol) = new_volume(CipherKind::Aes256GcmSiv, 16);
     build(&vol);
     drop(vol);
-    let header = Volume::read_header(&dir).unwrap();
-    let vol = Volume::open_with_storage(&dir, header, &kms(&dir), std::sync::Arc::new(CutAt::new(2))).unwrap();
-    vol.rotate_kek(&kms(&dir), &mut |_, _, _| {}).expect_err("the cut did not happen");
-    drop(vol);
+    rotate_cut_at(&dir, 2).expect_err("the cut did not happen");
     let rows = || -> i64 {
         let db = rusqlite::Connection::open(dir.join("meta.db")).unwrap();
         db.query_row("SELECT count(*) FROM meta WHERE key LIKE 'rotation.%'", [], |r| r.get(0)).unwrap()

@@ -259,6 +259,17 @@ fn a_scratch_record_removed_from_the_store_stops_the_mount_and_destroys_nothing(
     let before = all_files(&m.cipher).len();
     // A writer of CIPHERDIR deletes the (sealed) record: a mount used to drop this boot's
     // scratch key and make /tmp an ordinary directory whose new files outlive the boot.
+    remove_scratch_record_and_mount(&m, &runtime);
+    assert_eq!(all_files(&m.cipher).len(), before, "something was deleted");
+    // The way out it names: give that scratch up.
+    fs::remove_file(&runtime).unwrap();
+    m.mount();
+    assert!(fs::read(m.p("tmp/secret")).is_err(), "scratch data outlived its key");
+}
+
+/// Deletes the scratch record from the store (as a writer of CIPHERDIR can) and checks that
+/// the next mount refuses, naming the runtime scratch file, which it keeps.
+fn remove_scratch_record_and_mount(m: &MountFixture, runtime: &Path) {
     let c = rusqlite::Connection::open(m.cipher.join("meta.db")).unwrap();
     assert_eq!(c.execute("DELETE FROM meta WHERE key LIKE 'scratch.%'", []).unwrap(), 2);
     drop(c);
@@ -267,11 +278,6 @@ fn a_scratch_record_removed_from_the_store_stops_the_mount_and_destroys_nothing(
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("scratch record is missing") && err.contains(&runtime.display().to_string()), "{err}");
     assert!(runtime.exists(), "the scratch key was thrown away");
-    assert_eq!(all_files(&m.cipher).len(), before, "something was deleted");
-    // The way out it names: give that scratch up.
-    fs::remove_file(&runtime).unwrap();
-    m.mount();
-    assert!(fs::read(m.p("tmp/secret")).is_err(), "scratch data outlived its key");
 }
 
 /// The same with no file under the key: the runtime file (outside CIPHERDIR) says the record
@@ -286,14 +292,7 @@ fn a_scratch_record_removed_with_no_file_under_the_key_stops_the_mount_too() {
     let runtime = runtime_file(&m);
     let rec = envelopefs::keys::ScratchRecord::read(&runtime).expect("this boot's scratch key");
     assert_eq!(rec.recorded, Some(true), "the runtime file says the record was committed");
-    let c = rusqlite::Connection::open(m.cipher.join("meta.db")).unwrap();
-    assert_eq!(c.execute("DELETE FROM meta WHERE key LIKE 'scratch.%'", []).unwrap(), 2);
-    drop(c);
-    let o = m.try_mount(&[]);
-    assert!(!o.status.success(), "a mount went on without the scratch record");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("scratch record is missing") && err.contains(&runtime.display().to_string()), "{err}");
-    assert!(runtime.exists(), "the scratch key was thrown away");
+    remove_scratch_record_and_mount(&m, &runtime);
     // A key whose record was never committed (a mount stopped between the two): nothing to
     // lose, the mount goes on and drops it.
     let uncommitted = envelopefs::keys::ScratchRecord { recorded: Some(false), ..rec };

@@ -63,20 +63,26 @@ pub(super) fn decode(
     backing: &OsStr,
     dir: &Path,
 ) -> Result<Option<OsString>> {
-    let b = backing.as_bytes();
-    if b.first() == Some(&b'.') {
+    if backing.as_bytes().first() == Some(&b'.') {
         return Ok(None);
     }
-    let sealed = if b.first() == Some(&LONG_PREFIX) {
+    let sealed = sealed_name(store, dir_id, backing, dir)?;
+    let plain = names.decrypt(NamePurpose::Entry, dir_id, &sealed).map_err(|_| bad_name(dir, backing))?;
+    Ok(Some(OsString::from_vec(plain)))
+}
+
+/// The ciphertext backing name `backing` (not a '.' name) in directory `dir_id` stands for:
+/// its base64 decoding, or a long name's record (its hash, SHA-256 of it, is the rest).
+pub(super) fn sealed_name(store: &Store, dir_id: &[u8; 16], backing: &OsStr, dir: &Path) -> Result<Vec<u8>> {
+    let b = backing.as_bytes();
+    if b.first() == Some(&LONG_PREFIX) {
         let hash = URL_SAFE_NO_PAD.decode(&b[1..]).map_err(|_| bad_name(dir, backing))?;
         store
             .long_name(dir_id, &hash)?
-            .ok_or_else(|| Error::integrity(dir.join(backing), "long name has no record in the metadata store"))?
+            .ok_or_else(|| Error::integrity(dir.join(backing), "long name has no record in the metadata store"))
     } else {
-        URL_SAFE_NO_PAD.decode(b).map_err(|_| bad_name(dir, backing))?
-    };
-    let plain = names.decrypt(NamePurpose::Entry, dir_id, &sealed).map_err(|_| bad_name(dir, backing))?;
-    Ok(Some(OsString::from_vec(plain)))
+        URL_SAFE_NO_PAD.decode(b).map_err(|_| bad_name(dir, backing))
+    }
 }
 
 fn bad_name(dir: &Path, backing: &OsStr) -> Error {

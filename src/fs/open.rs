@@ -93,10 +93,12 @@ impl Volume {
     fn init_rest(cipherdir: &Path, kms: &dyn Kms, header: &mut VolumeHeader, created: Option<&str>) -> Result<()> {
         let keys = KeyRing::generate(kms, header)?;
         let store = Store::create(&cipherdir.join(STORE_FILE))?;
-        store.apply(&[Change::PutMeta { key: KEK_SINCE, value: &unix_now().to_le_bytes() }])?;
-        // The set of files, empty (see `fs::file_set`).
+        // The KEK's age, and the set of files, empty (see `fs::file_set`): one commit.
         let empty_set = keys.file_set().tag(&[0; 16]);
-        store.apply(&[Change::PutMeta { key: super::file_set::FILE_SET, value: &empty_set }])?;
+        store.apply(&[
+            Change::PutMeta { key: KEK_SINCE, value: &unix_now().to_le_bytes() },
+            Change::PutMeta { key: super::file_set::FILE_SET, value: &empty_set },
+        ])?;
         if let Some(uri) = created {
             store.apply(&[Change::PutMeta { key: ROOT_OWNED, value: uri.as_bytes() }])?;
         }

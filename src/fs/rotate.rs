@@ -119,7 +119,7 @@ impl Volume {
     /// half way (the volume must be opened again, which finishes it).
     pub fn op(&self) -> Result<std::sync::RwLockReadGuard<'_, ()>> {
         let guard = self.quiet.read().unwrap_or_else(|p| p.into_inner());
-        match self.halted.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        match self.halted.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
             Some(why) => Err(Error::integrity(self.cipherdir(), why.clone())),
             None => Ok(guard),
         }
@@ -133,7 +133,7 @@ impl Volume {
     /// A rotation failed with `e` while names were moving: this volume serves no more
     /// requests (its tree is half under each name key); reopening it finishes the rotation.
     fn halt(&self, e: Error) -> Error {
-        *self.halted.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+        *self.halted.write().unwrap_or_else(|p| p.into_inner()) = Some(format!(
             "a `rotate --kek` failed while names were moving ({e}); unmount, then mount again or run \
              `envelopefs rotate --kek` to finish it"
         ));
@@ -332,7 +332,7 @@ impl Volume {
         let header =
             self.move_names_and_switch(&p, &mut moving, progress).map_err(|e| if moving { self.halt(e) } else { e })?;
         // A mount halted by an earlier failure serves again: the rotation is finished.
-        *self.halted.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.halted.write().unwrap_or_else(|p| p.into_inner()) = None;
         drop(quiet);
         self.anchor_generation();
         let resealed = self.seal_all(&self.records_but_rotation()?);

@@ -59,6 +59,12 @@ fn stops_the_rotation(e: &Error) -> bool {
     }
 }
 
+/// Renames `from` to `to`, never over something there.
+fn rename_noreplace(from: &super::tree::At, to: &super::tree::At) -> std::io::Result<()> {
+    use nix::fcntl::{renameat2, RenameFlags};
+    renameat2(from.dir(), from.name(), to.dir(), to.name(), RenameFlags::RENAME_NOREPLACE).map_err(Into::into)
+}
+
 /// File records re-sealed per transaction.
 const BATCH: usize = 512;
 
@@ -178,7 +184,7 @@ impl Volume {
         left: &mut Vec<String>,
     ) -> Result<Option<(PathBuf, Option<[u8; 16]>)>> {
         let backing = dir.join(name);
-        let Some(named) = self.read_name(k, dir_id, name)? else { return Ok(None) };
+        let Some(named) = self.read_name(k, dir, dir_id, name)? else { return Ok(None) };
         let plain = OsStr::from_bytes(&named.plain);
         let old_enc = names::encode(k.old, dir_id, plain)?;
         let new_enc = names::encode(k.new, dir_id, plain)?;
@@ -215,14 +221,8 @@ impl Volume {
             }
             self.storage().sync_point(super::SyncPoint::NameMoved).map_err(|e| Error::io(&backing, "rename", e))?;
             let (from_at, to_at) = (self.at(&backing, &backing)?, self.at(&to, &to)?);
-            nix::fcntl::renameat2(
-                from_at.dir(),
-                from_at.name(),
-                to_at.dir(),
-                to_at.name(),
-                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-            )
-            .map_err(|e| Error::io(&backing, "rename to its name under the new key", e.into()))?;
+            rename_noreplace(&from_at, &to_at)
+                .map_err(|e| Error::io(&backing, "rename to its name under the new key", e))?;
         }
         if let Some((hash, _)) = &old_enc.long {
             self.store().apply(&[Change::DeleteLongName { dir: dir_id, hash }])?;
@@ -236,18 +236,19 @@ impl Volume {
     }
 
     /// The plaintext of backing name `name` in directory `dir_id`, and the key it is under.
-    fn read_name(&self, k: &NameMove<'_>, dir_id: &[u8; 16], name: &OsStr) -> Result<Option<Named>> {
-        let b = name.as_bytes();
-        let sealed = if b.first() == Some(&b'~') {
-            let Ok(hash) = URL_SAFE_NO_PAD.decode(&b[1..]) else { return Ok(None) };
-            match self.store().long_name(dir_id, &hash)? {
-                Some(s) if Sha256::digest(&s)[..] == hash[..] => s,
-                _ => return Ok(None),
-            }
-        } else {
-            let Ok(s) = URL_SAFE_NO_PAD.decode(b) else { return Ok(None) };
-            s
+    /// A long name's record must be the one its hash names.
+    fn read_name(&self, k: &NameMove<'_>, dir: &Path, dir_id: &[u8; 16], name: &OsStr) -> Result<Option<Named>> {
+        let sealed = match names::sealed_name(self.store(), dir_id, name, dir) {
+            Ok(s) => s,
+            Err(Error::Integrity { .. }) => return Ok(None),
+            Err(e) => return Err(e),
         };
+        let b = name.as_bytes();
+        if b.first() == Some(&b'~')
+            && URL_SAFE_NO_PAD.decode(&b[1..]).ok().as_deref() != Some(&Sha256::digest(&sealed)[..])
+        {
+            return Ok(None);
+        }
         if let Ok(plain) = k.new.decrypt(NamePurpose::Entry, dir_id, &sealed) {
             return Ok(Some(Named { plain, moved: true }));
         }
@@ -326,14 +327,7 @@ impl Volume {
             let placed = keep_owner_and_times(&tmp_at, &old)
                 .and_then(|()| {
                     self.storage().sync_point(super::SyncPoint::NameMoved)?;
-                    nix::fcntl::renameat2(
-                        tmp_at.dir(),
-                        tmp_at.name(),
-                        to_at.dir(),
-                        to_at.name(),
-                        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-                    )
-                    .map_err(std::io::Error::from)
+                    rename_noreplace(&tmp_at, &to_at)
                 })
                 .map_err(|e| Error::io(to, "place the re-sealed symlink", e));
             if let Err(e) = placed {
@@ -378,7 +372,7 @@ impl Volume {
 
     /// Every object's attribute set, re-encrypted and re-sealed (one transaction each).
     fn move_xattr_sets(&self, k: &NameMove<'_>, moved: &mut NamesMoved) -> Result<()> {
-        use super::xattr::{seal_msg, value_context, SEAL_ROW};
+        use super::xattr::{reseal_rows, seal_msg, SEAL_ROW};
         let _one = self.core.xattr_lock.lock().unwrap_or_else(|p| p.into_inner());
         for object in self.store().xattr_objects()? {
             let mut rows = self.store().xattrs_of(&object)?;
@@ -393,31 +387,11 @@ impl Volume {
             if ok(k.new) {
                 continue;
             }
-            let opened: Option<Vec<(Vec<u8>, Vec<u8>)>> = ok(k.old)
-                .then(|| {
-                    rows.iter()
-                        .map(|(n, v)| {
-                            let name = k.old.decrypt(NamePurpose::XattrName, &object, n).ok()?;
-                            let value =
-                                k.old.open_random(NamePurpose::XattrValue, &value_context(&object, n), v).ok()?;
-                            Some((name, value))
-                        })
-                        .collect()
-                })
-                .flatten();
-            let Some(opened) = opened else {
+            let resealed = ok(k.old).then(|| reseal_rows(k.old, &object, k.new, &object, &rows)).flatten();
+            let Some(sealed) = resealed else {
                 moved.left.push(format!("attributes of object {}", crate::format::hex(&object)));
                 continue;
             };
-            let mut sealed: Vec<(Vec<u8>, Vec<u8>)> = opened
-                .iter()
-                .map(|(name, value)| {
-                    let n = k.new.encrypt(NamePurpose::XattrName, &object, name);
-                    let v = k.new.seal_random(NamePurpose::XattrValue, &value_context(&object, &n), value);
-                    (n, v)
-                })
-                .collect();
-            sealed.sort();
             let seal = k.new.xattr_mac(&seal_msg(&object, &sealed));
             let mut changes = vec![Change::DeleteXattrs { object: &object }];
             changes.extend(sealed.iter().map(|(n, v)| Change::PutXattr { object: &object, name: n, value: v }));

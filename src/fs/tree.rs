@@ -51,9 +51,6 @@ impl At {
         &self.name
     }
 
-    /// chmod of the entry itself, never through a symlink. Where the C library cannot do
-    /// that without following (glibc before 2.32, or no /proc), it looks first and refuses
-    /// a symlink (the kernel never asks to chmod one of ours).
     /// chown of the entry itself, never through a symlink; `None` leaves that id unchanged.
     pub(super) fn chown(&self, uid: Option<u32>, gid: Option<u32>) -> nix::Result<()> {
         nix::unistd::fchownat(
@@ -65,6 +62,9 @@ impl At {
         )
     }
 
+    /// chmod of the entry itself, never through a symlink. Where the C library cannot do
+    /// that without following (glibc before 2.32, or no /proc), it looks first and refuses
+    /// a symlink (the kernel never asks to chmod one of ours).
     pub(super) fn chmod(&self, mode: u32) -> nix::Result<()> {
         use nix::sys::stat::{fchmodat, FchmodatFlags};
         let mode = Mode::from_bits_truncate(mode & 0o7777);

@@ -229,7 +229,7 @@ pub struct Volume {
     /// names (see [`Volume::op`]).
     pub(super) quiet: std::sync::RwLock<()>,
     /// Why the volume serves no more requests: a rotation failed half way through its names.
-    pub(super) halted: Mutex<Option<String>>,
+    pub(super) halted: std::sync::RwLock<Option<String>>,
     /// This open finished a rotation a crash had cut short while names were moving.
     pub(super) finished_rotation: std::sync::atomic::AtomicBool,
     /// What the last rotation left as it found it (see [`Volume::rotation_left`]).

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use super::binding::Entry;
 use super::volume::{EntryKind, Volume};
 use crate::crypto::NamePurpose;
+use crate::keys::NameKeys;
 use crate::store::Change;
 use crate::{Error, Result};
 
@@ -84,6 +85,27 @@ pub(super) fn seal_msg(object: &[u8; 16], rows: &Rows) -> Vec<u8> {
 pub(super) fn value_context(object: &[u8; 16], sealed_name: &[u8]) -> [u8; 16] {
     let h = Sha256::new().chain_update(object).chain_update(sealed_name).finalize();
     h[..16].try_into().expect("SHA-256 is 32 bytes")
+}
+
+/// Rows of object `from` (under `from_keys`) opened and sealed anew for object `to` under
+/// `to_keys`, in name order (a copy, a KEK rotation); `None` if a row does not open.
+pub(super) fn reseal_rows(
+    from_keys: &NameKeys,
+    from: &[u8; 16],
+    to_keys: &NameKeys,
+    to: &[u8; 16],
+    rows: &Rows,
+) -> Option<Rows> {
+    let mut out = Rows::new();
+    for (sealed, value) in rows {
+        let name = from_keys.decrypt(NamePurpose::XattrName, from, sealed).ok()?;
+        let value = from_keys.open_random(NamePurpose::XattrValue, &value_context(from, sealed), value).ok()?;
+        let new_name = to_keys.encrypt(NamePurpose::XattrName, to, &name);
+        let new_value = to_keys.seal_random(NamePurpose::XattrValue, &value_context(to, &new_name), &value);
+        out.push((new_name, new_value));
+    }
+    out.sort();
+    Some(out)
 }
 
 impl Volume {
@@ -254,21 +276,11 @@ impl Volume {
         let _one = self.core.xattr_lock.lock().unwrap_or_else(|p| p.into_inner());
         let from = self.xattr_target(path)?;
         let names = self.keys().names();
-        let bad = || Error::integrity(path, "extended attribute does not authenticate");
-        let mut rows = Rows::new();
-        for (sealed, value) in self.sealed_rows(&from, path)? {
-            let name = names.decrypt(NamePurpose::XattrName, &from.id, &sealed).map_err(|_| bad())?;
-            let value = names
-                .open_random(NamePurpose::XattrValue, &value_context(&from.id, &sealed), &value)
-                .map_err(|_| bad())?;
-            let new_name = names.encrypt(NamePurpose::XattrName, to, &name);
-            let new_value = names.seal_random(NamePurpose::XattrValue, &value_context(to, &new_name), &value);
-            rows.push((new_name, new_value));
-        }
+        let rows = reseal_rows(&names, &from.id, &names, to, &self.sealed_rows(&from, path)?)
+            .ok_or_else(|| Error::integrity(path, "extended attribute does not authenticate"))?;
         if rows.is_empty() {
             return Ok(());
         }
-        rows.sort();
         self.write_xattrs_flag(to_header, to, to_entry, true, path)?;
         let seal = self.keys().xattr_mac(&seal_msg(to, &rows));
         let mut changes: Vec<Change<'_>> =
