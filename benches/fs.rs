@@ -24,6 +24,7 @@ fn volume(cipher: CipherKind) -> (tempfile::TempDir, Volume) {
         kms_uri: None,
         kdf: KdfParams { m_cost_kib: 64, t_cost: 1, p_cost: 1 },
         create_key: false,
+        format: None,
     };
     Volume::init(&dir, &opts, &pass).unwrap();
     let vol = Volume::open(&dir, &pass).unwrap();

@@ -1,5 +1,6 @@
-//! Per-volume state kept on the host, outside CIPHERDIR: the highest KEK generation this host
-//! has seen each volume at (its anchor).
+//! Per-volume state kept on the host, outside CIPHERDIR (its anchor): the highest KEK
+//! generation this host has seen each volume at, and (format 2) the highest number of changes
+//! of its set of files.
 //!
 //! Every `rotate --kek` gives the volume's KEK the next generation, bound into the header and
 //! into the KMS context the KEK is wrapped under (so no generation can be claimed for a KEK
@@ -11,8 +12,16 @@
 //! Anchors are written only once a volume has been rotated (generation 2 and up; a volume made
 //! before generations, at 0, goes to 2 at its first rotation): before that there is nothing
 //! older to refuse. The state directory is per user (root's is `/var/lib/envelopefs`).
+//!
+//! A format-2 volume's set of files (`fs::file_set`) counts its changes: every commit that
+//! adds, deletes or changes a file record is one more, bound into the set's tag. The anchor
+//! follows that count (every commit that moves it renames a new anchor into place, without an
+//! fsync; the close writes it durably),
+//! so a whole CIPHERDIR put back to a copy older than the anchor is refused at open, naming
+//! the anchor; `--accept-rollback` accepts it on purpose and moves the anchor back.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::format::{hex, VolumeHeader};
 use crate::{Error, Result};
@@ -41,28 +50,82 @@ fn path_in(state: &Path, volume_id: &[u8; 16]) -> PathBuf {
     state.join("anchors").join(hex(volume_id))
 }
 
+/// What this host has seen of one volume.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    /// The highest KEK generation (written from generation 2 on).
+    generation: Option<u64>,
+    /// The highest number of changes of its set of files (format 2 volumes).
+    changes: Option<u64>,
+}
+
+/// `--accept-rollback`: an open accepts a volume older than its anchor (and lowers the anchor
+/// to it), instead of refusing it.
+static ACCEPT_ROLLBACK: AtomicBool = AtomicBool::new(false);
+
+/// From now on, this process accepts volumes older than their anchors (the operator restored
+/// one on purpose), and moves the anchors back to them.
+pub fn accept_rollback() {
+    ACCEPT_ROLLBACK.store(true, Ordering::SeqCst);
+}
+
+/// Whether [`accept_rollback`] was called.
+pub fn accepts_rollback() -> bool {
+    ACCEPT_ROLLBACK.load(Ordering::SeqCst)
+}
+
 /// The highest KEK generation this host has seen volume `volume_id` at, if it kept one.
 pub fn seen(volume_id: &[u8; 16]) -> Result<Option<u64>> {
     match path(volume_id) {
-        Some(p) => seen_at(&p),
+        Some(p) => Ok(seen_at(&p)?.generation),
         None => Ok(None),
     }
 }
 
-fn seen_at(p: &Path) -> Result<Option<u64>> {
+fn seen_at(p: &Path) -> Result<Seen> {
     let text = match std::fs::read_to_string(p) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Seen::default()),
         Err(e) => return Err(Error::io(p, "read", e)),
     };
-    text.strip_prefix("kek-generation ")
-        .and_then(|g| g.trim().parse().ok())
-        .map(Some)
-        .ok_or_else(|| Error::corrupt(p, "not an envelopefs anchor (expected `kek-generation N`)"))
+    let bad = || {
+        Error::corrupt(p, "not an envelopefs anchor (expected `kek-generation N` and/or `file-set-changes N` lines)")
+    };
+    let mut seen = Seen::default();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let (key, value) = line.split_once(' ').ok_or_else(bad)?;
+        let value: u64 = value.trim().parse().map_err(|_| bad())?;
+        match key {
+            "kek-generation" => seen.generation = Some(value),
+            "file-set-changes" => seen.changes = Some(value),
+            _ => return Err(bad()),
+        }
+    }
+    if seen == Seen::default() {
+        return Err(bad());
+    }
+    Ok(seen)
+}
+
+fn write_at(p: &Path, seen: Seen) -> Result<()> {
+    write_at_then(p, seen, true)
+}
+
+fn write_at_then(p: &Path, seen: Seen, durable: bool) -> Result<()> {
+    let dir = p.parent().expect("an anchor has a directory");
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create state directory", e))?;
+    let mut text = String::new();
+    if let Some(g) = seen.generation {
+        text.push_str(&format!("kek-generation {g}\n"));
+    }
+    if let Some(c) = seen.changes {
+        text.push_str(&format!("file-set-changes {c}\n"));
+    }
+    crate::durable::replace_file_then(p, text.as_bytes(), 0o600, durable)
 }
 
 /// Refuses `header` (read from `header_path`) if its KEK generation is older than the one this
-/// host has seen.
+/// host has seen (unless [`accept_rollback`]).
 pub fn check(header: &VolumeHeader, header_path: &Path) -> Result<()> {
     match path(&header.volume_id) {
         Some(p) => check_at(&p, header, header_path),
@@ -71,13 +134,22 @@ pub fn check(header: &VolumeHeader, header_path: &Path) -> Result<()> {
 }
 
 fn check_at(anchor: &Path, header: &VolumeHeader, header_path: &Path) -> Result<()> {
-    match seen_at(anchor)? {
-        Some(seen) if header.kek_generation < seen => Err(Error::integrity(
+    let seen = seen_at(anchor)?;
+    match seen.generation {
+        Some(g) if header.kek_generation < g && ACCEPT_ROLLBACK.load(Ordering::SeqCst) => {
+            tracing::warn!(
+                "{}: accepting KEK generation {} although this host has seen {g} (--accept-rollback)",
+                header_path.display(),
+                header.kek_generation
+            );
+            write_at(anchor, Seen { generation: Some(header.kek_generation), ..seen })
+        }
+        Some(g) if header.kek_generation < g => Err(Error::integrity(
             header_path,
             format!(
-                "its KEK is generation {}, but this host has seen generation {seen} of this volume: an older \
-                 header was put back, and a KEK that was replaced is not accepted again. If you restored an older \
-                 copy of the volume on purpose, remove {} and open it again",
+                "its KEK is generation {}, but this host has seen generation {g} of this volume (anchor {}): an \
+                 older header was put back, and a KEK that was replaced is not accepted again. If you restored an \
+                 older copy of the volume on purpose, mount it with --accept-rollback",
                 header.kek_generation,
                 anchor.display()
             ),
@@ -100,12 +172,58 @@ pub fn record(volume_id: &[u8; 16], generation: u64) -> Result<()> {
 }
 
 fn record_at(p: &Path, generation: u64) -> Result<()> {
-    if generation < 2 || seen_at(p)?.is_some_and(|g| g >= generation) {
+    let seen = seen_at(p)?;
+    if generation < 2 || seen.generation.is_some_and(|g| g >= generation) {
         return Ok(());
     }
-    let dir = p.parent().expect("an anchor has a directory");
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create state directory", e))?;
-    crate::durable::replace_file(p, format!("kek-generation {generation}\n").as_bytes(), 0o600)
+    write_at(p, Seen { generation: Some(generation), ..seen })
+}
+
+/// Refuses a format-2 volume whose set of files has had fewer changes than this host has
+/// seen: the whole store (and so, with it, the volume) was put back to an older copy. `store`
+/// names the file in the error.
+pub fn check_changes(volume_id: &[u8; 16], changes: u64, store: &Path) -> Result<()> {
+    let Some(p) = path(volume_id) else { return Ok(()) };
+    let seen = seen_at(&p)?;
+    match seen.changes {
+        Some(c) if changes < c && ACCEPT_ROLLBACK.load(Ordering::SeqCst) => {
+            tracing::warn!(
+                "{}: accepting an older copy ({changes} < {c} changes) (--accept-rollback)",
+                store.display()
+            );
+            write_at(&p, Seen { changes: Some(changes), ..seen })
+        }
+        Some(c) if changes < c => Err(Error::integrity(
+            store,
+            format!(
+                "the volume is older than this host has seen it: its set of files has had {changes} changes, its \
+                 anchor {} says {c}. The volume (or its metadata store) was put back to an older copy. If you \
+                 restored it on purpose, mount it with --accept-rollback",
+                p.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The highest number of changes of volume `volume_id`'s set of files this host has seen.
+pub fn seen_changes(volume_id: &[u8; 16]) -> Result<Option<u64>> {
+    match path(volume_id) {
+        Some(p) => Ok(seen_at(&p)?.changes),
+        None => Ok(None),
+    }
+}
+
+/// Remembers that volume `volume_id`'s set of files has had `changes` changes (a higher
+/// number only); durable before it returns if `durable` (else a power cut may lose it: the
+/// commits that follow a volume's open write it so, and its close durably).
+pub fn record_changes(volume_id: &[u8; 16], changes: u64, durable: bool) -> Result<()> {
+    let Some(p) = path(volume_id) else { return Ok(()) };
+    let seen = seen_at(&p)?;
+    if seen.changes.is_some_and(|c| c >= changes) {
+        return Ok(());
+    }
+    write_at_then(&p, Seen { changes: Some(changes), ..seen }, durable)
 }
 
 #[cfg(test)]
@@ -117,12 +235,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = [0x5a; 16];
         let p = path_in(dir.path(), &id);
-        assert_eq!(seen_at(&p).unwrap(), None);
+        assert_eq!(seen_at(&p).unwrap().generation, None);
         record_at(&p, 1).unwrap();
-        assert_eq!(seen_at(&p).unwrap(), None, "generation 1 (never rotated) is not anchored");
+        assert!(!p.exists(), "generation 1 (never rotated) is not anchored");
         record_at(&p, 3).unwrap();
         record_at(&p, 2).unwrap();
-        assert_eq!(seen_at(&p).unwrap(), Some(3));
+        assert_eq!(seen_at(&p).unwrap().generation, Some(3));
         let mut h = crate::format::VolumeHeader {
             features: crate::format::FEATURE_KEK_GENERATION,
             volume_id: id,

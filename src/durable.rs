@@ -11,20 +11,33 @@ use crate::{Error, Result};
 /// Writes `bytes` to a temporary file beside `path` (mode `mode`), syncs it, renames it over
 /// `path` and syncs the directory.
 pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    replace_file_then(path, bytes, mode, true)
+}
+
+/// [`replace_file`], with no fsync when `durable` is false (the rename is still atomic: the
+/// file is the old or the new one, but a power cut may leave the old one).
+pub fn replace_file_then(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     // A new name of our own (O_EXCL|O_NOFOLLOW): a planted `NAME.tmp` symlink or file is
     // never opened, so nothing outside the directory can be overwritten through it.
     let (mut f, tmp) = crate::confine::create_temp(path, mode)?;
-    let written = f
-        .write_all(bytes)
-        .map_err(|e| Error::io(&tmp, "write", e))
-        .and_then(|()| f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e)));
+    let written = f.write_all(bytes).map_err(|e| Error::io(&tmp, "write", e)).and_then(|()| {
+        if durable {
+            f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))
+        } else {
+            Ok(())
+        }
+    });
     drop(f);
     if let Err(e) = written.and_then(|()| fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename into place", e))) {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    sync_dir(dir)
+    if durable {
+        sync_dir(dir)
+    } else {
+        Ok(())
+    }
 }
 
 /// Makes a directory's entries (creations, renames, unlinks) durable.

@@ -61,6 +61,11 @@ enum Command {
         /// Bytes per extent (one DEK each): a power of two from 4K to 16M.
         #[arg(long, default_value = "1M", value_parser = parse_extent_size)]
         extent_size: u8,
+        /// Data format: 2 (default for aes-256-gcm-siv: each block a whole page, written
+        /// whole or not at all, and an older copy of a block is an integrity error) or 1 (the
+        /// format before it; the only one for aes-256-xts).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2))]
+        format: Option<u8>,
         #[command(flatten)]
         pass: PassArgs,
     },
@@ -105,6 +110,12 @@ enum Command {
         /// umount or a reboot.
         #[arg(long)]
         ephemeral: bool,
+        /// Mount a volume older than this host has seen it (its anchor: a KEK generation or,
+        /// format 2, the number of changes of its set of files), because you restored an
+        /// older copy on purpose; the anchor moves back to it. Without it such a volume is
+        /// refused: someone may have put back old data.
+        #[arg(long)]
+        accept_rollback: bool,
         #[command(flatten)]
         pass: PassArgs,
         /// Internal: run as the detached daemon child of `mount`.
@@ -181,6 +192,16 @@ enum Command {
         /// without keys move to /lost+found; keys without data files are kept and listed.
         #[arg(long)]
         repair: bool,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+    /// Convert a format-1 volume (aes-256-gcm-siv) to format 2 in place, unmounted: each
+    /// block a whole page written whole or not at all, and an older copy of a block, a file or
+    /// the volume an integrity error. Files are converted one at a time, each in one atomic
+    /// step; killed at any point, the volume still opens and reads, and running it again
+    /// finishes the job.
+    Upgrade {
+        cipherdir: PathBuf,
         #[command(flatten)]
         pass: PassArgs,
     },
@@ -297,9 +318,15 @@ fn run(cmd: Command) -> Result<()> {
         envelopefs::sys::lock_memory(false);
     }
     match cmd {
-        Command::Init { cipherdir, kms, create_key, cipher, extent_size, pass } => {
-            let opts =
-                InitOptions { cipher, extent_shift: extent_size, kms_uri: kms, kdf: KdfParams::DEFAULT, create_key };
+        Command::Init { cipherdir, kms, create_key, cipher, extent_size, format, pass } => {
+            let opts = InitOptions {
+                cipher,
+                extent_shift: extent_size,
+                kms_uri: kms,
+                kdf: KdfParams::DEFAULT,
+                create_key,
+                format,
+            };
             let header = Volume::init(&cipherdir, &opts, &pass.source())?;
             println!(
                 "Created envelopefs volume {} in {} ({}, {} KiB extents, root key {}).",
@@ -335,6 +362,7 @@ fn run(cmd: Command) -> Result<()> {
         }
         Command::Status { cipherdir, json } => status(&cipherdir, json),
         Command::Fsck { cipherdir, repair, pass } => fsck(&cipherdir, repair, &pass),
+        Command::Upgrade { cipherdir, pass } => upgrade(&cipherdir, &pass),
         Command::Mount {
             cipherdir,
             mountpoint,
@@ -344,10 +372,14 @@ fn run(cmd: Command) -> Result<()> {
             threads,
             mut scratch,
             ephemeral,
+            accept_rollback,
             pass,
             daemon_child,
         } => {
             let mut pass = pass;
+            if accept_rollback {
+                envelopefs::anchor::accept_rollback();
+            }
             if ephemeral {
                 scratch.push(PathBuf::from("/"));
             }
@@ -766,6 +798,9 @@ fn mount(req: MountRequest, foreground: bool, daemon_child: bool, pass: PassArgs
     for dir in &req.scratch {
         args.extend(["--scratch".into(), dir.clone().into()]);
     }
+    if envelopefs::anchor::accepts_rollback() {
+        args.push("--accept-rollback".into());
+    }
     let exe = std::env::current_exe().map_err(|e| Error::io("", "find own executable", e))?;
     control::ensure_runtime_dir()?;
     envelopefs::daemon::spawn_daemon(&exe, &args, passphrase.as_ref(), &control::log_path(&header.volume_id))
@@ -794,6 +829,42 @@ fn status(target: &Path, json: bool) -> Result<()> {
         println!("{:<16} {shown}", format!("{}:", k.replace('_', " ")));
     }
     Ok(())
+}
+
+fn upgrade(cipherdir: &Path, pass: &PassArgs) -> Result<()> {
+    let _lock = envelopefs::daemon::lock_volume(cipherdir)?;
+    let vol = Volume::open(cipherdir, &pass.source())?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut n = 0u64;
+    let report = vol.upgrade_to_pages(&mut |path| {
+        n += 1;
+        if tty {
+            eprint!("\rconverted {n} files (last: {})\x1b[K", path.display());
+        }
+    })?;
+    if tty && n > 0 {
+        eprintln!();
+    }
+    println!(
+        "{}: format 2; {} files converted now, {} already converted.",
+        cipherdir.display(),
+        report.converted,
+        report.already
+    );
+    if report.left.is_empty() {
+        return Ok(());
+    }
+    for l in &report.left {
+        eprintln!("not converted: {l}");
+    }
+    Err(Error::integrity(
+        cipherdir,
+        format!(
+            "{} item(s) could not be converted (listed above) and were left as they are; run `envelopefs upgrade` \
+             again once they are fixed",
+            report.left.len()
+        ),
+    ))
 }
 
 fn fsck(cipherdir: &Path, repair: bool, pass: &PassArgs) -> Result<()> {

@@ -159,3 +159,28 @@ fn missing_volume_parts_are_named() {
     let err = Volume::open(&dir, &pass()).unwrap_err();
     assert!(matches!(err, Error::Integrity { .. }) && err.to_string().contains(".dirid"), "{err}");
 }
+
+/// Format 2 keeps every page offset below `i64::MAX`: a write or a size beyond 2 EiB is
+/// refused with a clear error, and nothing is written (the data file's header page stays).
+#[test]
+fn a_format_2_file_refuses_sizes_whose_pages_would_not_fit() {
+    let (_tmp, dir, vol) = new_volume(CipherKind::Aes256GcmSiv, 16);
+    let f = vol.create(Path::new("big"), 0o600).unwrap();
+    f.write_at(0, b"start").unwrap();
+    let max = envelopefs::format::MAX_PAGES_SIZE;
+    for r in [f.write_at(max, b"x").map(|_| ()), f.set_len(max + 1)] {
+        match r {
+            Err(Error::InvalidArgument(m)) => assert!(m.contains("maximum file size"), "{m}"),
+            other => panic!("expected a clear refusal, got {other:?}"),
+        }
+    }
+    f.write_at(max - 1, b"y").unwrap(); // the last byte allowed
+    f.close().unwrap();
+    drop(vol);
+    let vol = reopen(&dir);
+    let f = vol.open_file(Path::new("big"), false).unwrap();
+    let (mut a, mut b) = ([0u8; 5], [0u8; 1]);
+    f.read_at(0, &mut a).unwrap();
+    f.read_at(max - 1, &mut b).unwrap();
+    assert_eq!((&a, &b), (b"start", b"y"));
+}

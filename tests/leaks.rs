@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use envelopefs::format::CipherKind;
+use envelopefs::format::{BlockTable, CipherKind};
 use envelopefs::store::Store;
 
 #[test]
@@ -24,8 +24,23 @@ fn the_store_shows_exact_sizes_and_which_blocks_were_written() {
     let (rec, extents) = store.load(&id).unwrap().unwrap();
     assert_eq!(rec.size, 5 * 4096 + 18, "the exact size is stored in plain");
     assert_eq!(extents.len(), 1);
-    let written: Vec<u64> = (0..16u64).filter(|b| extents[0].written[(b / 8) as usize] >> (b % 8) & 1 == 1).collect();
+    // Format 2: `base || written bits || slot bits || seals` (FORMAT.md §5a).
+    let table = BlockTable::from_bytes(&extents[0].written, 16).unwrap();
+    let written: Vec<u64> = (0..16u64).filter(|&b| table.written().get(b as usize)).collect();
     assert_eq!(written, vec![0, 5], "the written bitmap shows which blocks hold data");
+    assert_eq!((table.page(0), table.page(5)), (1, 6), "written once: slot 0");
+
+    // A block rewritten after a commit moves to its other page: the slot bits (and the
+    // data file's allocated pages) show which blocks were rewritten, not what they hold.
+    let vol = reopen(&dir);
+    let f = vol.open_file(Path::new("sparse"), true).unwrap();
+    f.write_at(0, b"FIRST").unwrap();
+    f.close().unwrap();
+    drop(vol);
+    let store = Store::open(&dir.join("meta.db")).unwrap();
+    let (_, extents) = store.load(&id).unwrap().unwrap();
+    let table = BlockTable::from_bytes(&extents[0].written, 16).unwrap();
+    assert_eq!((table.page(0), table.page(5)), (17, 6), "the rewritten block is in slot 1");
 }
 
 #[test]

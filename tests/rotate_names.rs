@@ -192,10 +192,12 @@ fn opened_by(keys: &NameKeys, dir: &Path) -> Opened {
             msg.extend_from_slice(&written);
         }
         o.records += (keys.mac(NamePurpose::Record, &id, &msg)[..] == mac[..]) as usize;
-        digest.iter_mut().zip(keys.file_set().mark(&id)).for_each(|(d, m)| *d ^= m);
+        // Format 2 (these volumes): the set is versioned, each mark covers the record's MAC.
+        digest.iter_mut().zip(keys.file_set().mark_version(&id, &mac)).for_each(|(d, m)| *d ^= m);
     }
-    let tag: Vec<u8> = db.query_row("SELECT value FROM meta WHERE key = 'files.set'", [], |r| r.get(0)).unwrap();
-    o.file_set += (keys.file_set().tag(&digest)[..] == tag[..]) as usize;
+    let value: Vec<u8> = db.query_row("SELECT value FROM meta WHERE key = 'files.set'", [], |r| r.get(0)).unwrap();
+    let changes = u64::from_le_bytes(value[..8].try_into().unwrap());
+    o.file_set += (keys.file_set().tag_version(&digest, changes)[..] == value[8..]) as usize;
     o
 }
 

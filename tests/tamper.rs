@@ -12,12 +12,24 @@ use envelopefs::format::CipherKind;
 use envelopefs::fs::Volume;
 use envelopefs::Error;
 
-const SLOT: u64 = 4096 + 28;
-const HDR: u64 = 32;
+/// Where block `i` of a file written once from start to end is, and its size on disk: format
+/// 1 `32 + i * 4124` (nonce and tag inline), format 2 page `1 + i` (64 KiB extents, slot 0).
+#[derive(Clone, Copy)]
+struct Geometry {
+    hdr: u64,
+    slot: u64,
+}
+
+const FORMATS: [(u8, Geometry); 2] =
+    [(1, Geometry { hdr: 32, slot: 4096 + 28 }), (2, Geometry { hdr: 4096, slot: 4096 })];
 
 /// A GCM-SIV volume (64 KiB extents) with files `a` and `b`, each `blocks` blocks of data.
 fn setup(blocks: usize) -> (tempfile::TempDir, PathBuf, Vec<u8>, Vec<u8>) {
-    let (tmp, dir, vol) = new_volume(CipherKind::Aes256GcmSiv, 16);
+    setup_format(blocks, 2)
+}
+
+fn setup_format(blocks: usize, format: u8) -> (tempfile::TempDir, PathBuf, Vec<u8>, Vec<u8>) {
+    let (tmp, dir, vol) = new_volume_format(CipherKind::Aes256GcmSiv, 16, format);
     let a = pattern(1, blocks * 4096);
     let b = pattern(2, blocks * 4096);
     for (name, data) in [("a", &a), ("b", &b)] {
@@ -48,61 +60,69 @@ fn assert_integrity<T: std::fmt::Debug>(r: Result<T, Error>, what: &str) {
 
 #[test]
 fn flipped_bits_in_a_block_are_detected_and_other_blocks_stay_readable() {
-    let (_tmp, dir, a, b) = setup(3);
-    let path = backing(&dir, "a");
-    for offset in [HDR + SLOT, HDR + SLOT + 11, HDR + SLOT + 12 + 2000, HDR + 2 * SLOT - 1] {
-        let f = fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
-        let mut byte = [0u8];
-        f.read_exact_at(&mut byte, offset).unwrap();
-        f.write_all_at(&[byte[0] ^ 0x10], offset).unwrap();
-        let vol = reopen(&dir);
-        assert_integrity(read_block(&vol, "a", 1), &format!("bit flip at {offset}"));
-        assert_eq!(read_block(&vol, "a", 0).unwrap(), a[..4096]);
-        assert_eq!(read_block(&vol, "a", 2).unwrap(), a[8192..]);
-        assert_eq!(read_block(&vol, "b", 1).unwrap(), b[4096..8192]);
-        f.write_all_at(&byte, offset).unwrap();
+    for (format, Geometry { hdr, slot }) in FORMATS {
+        let (_tmp, dir, a, b) = setup_format(3, format);
+        let path = backing(&dir, "a");
+        for offset in [hdr + slot, hdr + slot + 11, hdr + slot + 12 + 2000, hdr + 2 * slot - 1] {
+            let f = fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+            let mut byte = [0u8];
+            f.read_exact_at(&mut byte, offset).unwrap();
+            f.write_all_at(&[byte[0] ^ 0x10], offset).unwrap();
+            let vol = reopen(&dir);
+            assert_integrity(read_block(&vol, "a", 1), &format!("bit flip at {offset}"));
+            assert_eq!(read_block(&vol, "a", 0).unwrap(), a[..4096]);
+            assert_eq!(read_block(&vol, "a", 2).unwrap(), a[8192..]);
+            assert_eq!(read_block(&vol, "b", 1).unwrap(), b[4096..8192]);
+            f.write_all_at(&byte, offset).unwrap();
+        }
     }
 }
 
 #[test]
 fn zeroed_written_block_is_an_integrity_error_not_a_hole() {
-    let (_tmp, dir, _a, _b) = setup(3);
-    let path = backing(&dir, "a");
-    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
-    f.write_all_at(&vec![0u8; SLOT as usize], HDR + SLOT).unwrap();
-    assert_integrity(read_block(&reopen(&dir), "a", 1), "zeroed block");
+    for (format, Geometry { hdr, slot }) in FORMATS {
+        let (_tmp, dir, _a, _b) = setup_format(3, format);
+        let path = backing(&dir, "a");
+        let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&vec![0u8; slot as usize], hdr + slot).unwrap();
+        assert_integrity(read_block(&reopen(&dir), "a", 1), "zeroed block");
+    }
 }
 
 #[test]
 fn swapped_blocks_within_and_between_files_are_detected() {
-    let (_tmp, dir, _a, _b) = setup(3);
-    let (pa, pb) = (backing(&dir, "a"), backing(&dir, "b"));
-    let fa = fs::OpenOptions::new().read(true).write(true).open(&pa).unwrap();
-    let fb = fs::OpenOptions::new().read(true).write(true).open(&pb).unwrap();
-    let slot = |f: &fs::File, i: u64| {
-        let mut s = vec![0u8; SLOT as usize];
-        f.read_exact_at(&mut s, HDR + i * SLOT).unwrap();
-        s
-    };
-    let (a0, a1, b1) = (slot(&fa, 0), slot(&fa, 1), slot(&fb, 1));
-    fa.write_all_at(&a1, HDR).unwrap();
-    fa.write_all_at(&a0, HDR + SLOT).unwrap();
-    let vol = reopen(&dir);
-    assert_integrity(read_block(&vol, "a", 0), "block moved to another position");
-    assert_integrity(read_block(&vol, "a", 1), "block moved to another position");
-    // Same position, other file.
-    fa.write_all_at(&b1, HDR + SLOT).unwrap();
-    assert_integrity(read_block(&reopen(&dir), "a", 1), "block from another file");
+    for (format, Geometry { hdr, slot }) in FORMATS {
+        let (_tmp, dir, _a, _b) = setup_format(3, format);
+        let (pa, pb) = (backing(&dir, "a"), backing(&dir, "b"));
+        let fa = fs::OpenOptions::new().read(true).write(true).open(&pa).unwrap();
+        let fb = fs::OpenOptions::new().read(true).write(true).open(&pb).unwrap();
+        let read_slot = |f: &fs::File, i: u64| {
+            let mut s = vec![0u8; slot as usize];
+            f.read_exact_at(&mut s, hdr + i * slot).unwrap();
+            s
+        };
+        let (a0, a1, b1) = (read_slot(&fa, 0), read_slot(&fa, 1), read_slot(&fb, 1));
+        fa.write_all_at(&a1, hdr).unwrap();
+        fa.write_all_at(&a0, hdr + slot).unwrap();
+        let vol = reopen(&dir);
+        assert_integrity(read_block(&vol, "a", 0), "block moved to another position");
+        assert_integrity(read_block(&vol, "a", 1), "block moved to another position");
+        // Same position, other file.
+        fa.write_all_at(&b1, hdr + slot).unwrap();
+        assert_integrity(read_block(&reopen(&dir), "a", 1), "block from another file");
+    }
 }
 
 #[test]
 fn truncated_data_file_is_detected() {
-    let (_tmp, dir, a, _b) = setup(3);
-    let path = backing(&dir, "a");
-    fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(HDR + SLOT + 100).unwrap();
-    let vol = reopen(&dir);
-    assert_eq!(read_block(&vol, "a", 0).unwrap(), a[..4096]);
-    assert_integrity(read_block(&vol, "a", 2), "missing block");
+    for (format, Geometry { hdr, slot }) in FORMATS {
+        let (_tmp, dir, a, _b) = setup_format(3, format);
+        let path = backing(&dir, "a");
+        fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(hdr + slot + 100).unwrap();
+        let vol = reopen(&dir);
+        assert_eq!(read_block(&vol, "a", 0).unwrap(), a[..4096]);
+        assert_integrity(read_block(&vol, "a", 2), "missing block");
+    }
 }
 
 fn db(dir: &Path) -> rusqlite::Connection {

@@ -38,6 +38,14 @@ impl BlockAad {
         out[40..].copy_from_slice(&self.block_index.to_le_bytes());
         out
     }
+
+    /// Format 2 (page-aligned blocks, the seal kept in the store): the same fields under
+    /// `"EVFSBLK2"`, so no block moves between the formats.
+    pub fn encode_pages(&self) -> [u8; 48] {
+        let mut out = self.encode();
+        out[..8].copy_from_slice(b"EVFSBLK2");
+        out
+    }
 }
 
 /// A ready-to-use data cipher for one extent (its key schedule already expanded).
@@ -91,6 +99,35 @@ impl DataCipher {
                 xts.encrypt_unit(slot, u128::from(aad.block_index));
             }
         }
+    }
+
+    /// Format 2: encrypts `plain` into `page` (both one block) and returns the tag; the nonce
+    /// and tag are kept apart from the page (`format::BlockTable`). GCM-SIV only.
+    pub fn seal_page(&self, aad: &BlockAad, nonce: &[u8; GCM_SIV_NONCE], plain: &[u8], page: &mut [u8]) -> [u8; 16] {
+        let DataCipher::GcmSiv(aead) = self else { unreachable!("format 2 is GCM-SIV only") };
+        page.copy_from_slice(plain);
+        let t = aead
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad.encode_pages()), page)
+            .expect("a 4 KiB block with 48 bytes of AAD is within GCM-SIV limits");
+        t.as_ref().try_into().expect("16-byte tag")
+    }
+
+    /// Format 2: decrypts `page` sealed as `nonce`/`tag` into `plain`; on failure `plain` is
+    /// zeroed.
+    pub fn open_page(
+        &self,
+        aad: &BlockAad,
+        nonce: &[u8],
+        tag: &[u8],
+        page: &[u8],
+        plain: &mut [u8],
+    ) -> Result<(), AuthError> {
+        let DataCipher::GcmSiv(aead) = self else { unreachable!("format 2 is GCM-SIV only") };
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| AuthError)?;
+        aead.open_separate_gather(nonce, Aad::from(aad.encode_pages()), page, tag, plain).map_err(|_| {
+            plain.fill(0);
+            AuthError
+        })
     }
 
     /// Decrypts `slot` into `plain` (one block). For GCM-SIV a slot that does not
@@ -239,6 +276,41 @@ mod tests {
             ours.decrypt_unit(&mut a, index);
             assert_eq!(a, plain);
         }
+    }
+
+    /// The format-2 page vector of FORMAT.md §9: key `00 01 .. 1f`, nonce `0c`×12, volume
+    /// `11`×16, file `22`×16, block 5, plaintext byte `i` = `i mod 251`.
+    #[test]
+    fn page_vector() {
+        let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let c = DataCipher::gcm_siv(&Key256::from_bytes(&key));
+        let plain: Vec<u8> = (0..BLOCK_SIZE).map(|i| (i % 251) as u8).collect();
+        let aad = BlockAad { volume_id: [0x11; 16], file_id: [0x22; 16], block_index: 5 };
+        let mut page = vec![0u8; BLOCK_SIZE];
+        let tag = c.seal_page(&aad, &[0x0c; 12], &plain, &mut page);
+        use sha2::Digest;
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        assert_eq!(hex(&tag), "afd75b547e7371382b43cbd7063964bb");
+        assert_eq!(
+            hex(&sha2::Sha256::digest(&page)),
+            "8685eae9f18335b7db1975f14a69dd27076ca23023e59ce9223d2ca3273e8d9e"
+        );
+        // The same as the RustCrypto crate gives (an independent implementation).
+        use aes_gcm_siv::aead::AeadInOut;
+        let theirs = aes_gcm_siv::Aes256GcmSiv::new((&key).into());
+        let mut body = plain.clone();
+        let their_tag =
+            theirs.encrypt_inout_detached(&[0x0c; 12].into(), &aad.encode_pages(), body.as_mut_slice().into()).unwrap();
+        assert_eq!((&body[..], &their_tag[..]), (&page[..], &tag[..]));
+        let mut out = vec![0u8; BLOCK_SIZE];
+        c.open_page(&aad, &[0x0c; 12], &tag, &page, &mut out).unwrap();
+        assert_eq!(out, plain);
+        // Not a format-1 slot's tag (another domain), nor valid at another block.
+        let mut slot = vec![0u8; BLOCK_SIZE + GCM_SIV_OVERHEAD];
+        c.seal(&aad, &[0x0c; 12], &plain, &mut slot);
+        assert_ne!(&slot[12 + BLOCK_SIZE..], &tag[..]);
+        let moved = BlockAad { block_index: 6, ..aad };
+        assert_eq!(c.open_page(&moved, &[0x0c; 12], &tag, &page, &mut out), Err(AuthError));
     }
 
     #[test]

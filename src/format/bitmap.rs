@@ -29,6 +29,14 @@ impl WrittenBits {
         self.0[i / 8] |= 1 << (i % 8);
     }
 
+    pub fn set_to(&mut self, i: usize, on: bool) {
+        if on {
+            self.set(i);
+        } else {
+            self.0[i / 8] &= !(1 << (i % 8));
+        }
+    }
+
     /// Clears bit `from` and every bit after it.
     pub fn clear_from(&mut self, from: usize) {
         for i in from..self.0.len() * 8 {

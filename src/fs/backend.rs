@@ -70,6 +70,11 @@ pub trait DataFile: Send + Sync {
     fn start_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
         Ok(())
     }
+    /// Gives back the space of `len` bytes at `offset`, which then read as zeros (a hint:
+    /// the default does nothing).
+    fn punch_hole(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl DataFile for File {
@@ -121,5 +126,14 @@ impl DataFile for File {
         } else {
             Err(io::Error::last_os_error())
         }
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        use nix::fcntl::{fallocate, FallocateFlags};
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Ok(());
+        };
+        let mode = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        fallocate(self, mode, offset, len).map_err(io::Error::from)
     }
 }

@@ -133,7 +133,7 @@ impl Committer {
             }
             let mut changes: Vec<Change<'_>> = Vec::new();
             for (i, snap) in &snaps {
-                snap.changes(&held[*i].0.id, core.cipher_code, &mut changes);
+                snap.changes(&held[*i].0.id, &mut changes);
             }
             changes.extend(deletes.iter().map(|id| Change::DeleteFile { id }));
             core.store.apply(&changes)
@@ -148,6 +148,10 @@ impl Committer {
             q.files.extend(files);
             q.deletes.extend(deletes);
             return Err(e);
+        }
+        for (i, _) in &snaps {
+            let (s, inner) = &mut held[*i];
+            s.committed(inner);
         }
         drop(held);
         core.unpark(&files);

@@ -6,6 +6,7 @@
 //! truncate). Removals (truncation, deletion) are committed before the data is cut. After any
 //! crash, every block the store calls written decrypts under the DEK the store holds.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,12 +16,15 @@ use super::backend::DataFile;
 use super::blocks::{open_run, seal_run, BlockKey};
 use super::volume::Core;
 use crate::crypto::{fill_random, BlockAad, DataCipher, BLOCK_SIZE, GCM_SIV_NONCE};
-use crate::format::{Layout, WrittenBits};
+use crate::format::{BlockTable, Layout, WrittenBits, PAGES_CODE};
 use crate::keys::FileId;
 use crate::store::{Change, ExtentRecord, FileRecord};
 use crate::{Error, Result};
 
 const BLOCK: u64 = BLOCK_SIZE as u64;
+
+mod convert;
+mod pages;
 
 thread_local! {
     /// Each thread's buffer for ciphertext slots being read (no allocation per request).
@@ -54,12 +58,45 @@ fn seal_and_write(
 }
 
 /// One extent's key material as stored: wrapped only.
+#[derive(Clone)]
 struct Extent {
     kek_id: [u8; 16],
     wrapped: Vec<u8>,
-    written: WrittenBits,
+    blocks: Blocks,
     /// Changed since the last commit.
     dirty: bool,
+}
+
+/// Where an extent's blocks are: format 1 slots (each carrying its nonce and tag) or format 2
+/// pages (`format::BlockTable`, the seals in the store row).
+#[derive(Clone)]
+enum Blocks {
+    Slots(WrittenBits),
+    Pages(BlockTable),
+}
+
+impl Blocks {
+    fn written(&self) -> &WrittenBits {
+        match self {
+            Blocks::Slots(w) => w,
+            Blocks::Pages(t) => t.written(),
+        }
+    }
+
+    /// What the store row's `written` column holds.
+    fn stored(&self) -> Cow<'_, [u8]> {
+        match self {
+            Blocks::Slots(w) => Cow::Borrowed(w.as_bytes()),
+            Blocks::Pages(t) => Cow::Owned(t.to_bytes()),
+        }
+    }
+
+    fn clear_from(&mut self, from: usize) {
+        match self {
+            Blocks::Slots(w) => w.clear_from(from),
+            Blocks::Pages(t) => t.clear_from(from),
+        }
+    }
 }
 
 /// How much a file grows between two write-behinds.
@@ -72,7 +109,7 @@ pub(super) struct Inner {
     meta_dirty: bool,
     /// The last link is gone; records are deleted when the last handle closes.
     unlinked: bool,
-    /// Where in the data file the last write-behind ended (see `write_behind`).
+    /// The file size at which the last write-behind ended (see `write_behind`).
     written_behind: u64,
 }
 
@@ -88,6 +125,8 @@ pub(super) struct FileState {
     inner: RwLock<Inner>,
     /// Data written since the last data sync (set by in-place overwrites under the read lock).
     data_dirty: AtomicBool,
+    /// A format-2 file (its record's cipher code is `PAGES_CODE`).
+    pages: bool,
 }
 
 impl FileState {
@@ -102,16 +141,22 @@ impl FileState {
         scratch: bool,
     ) -> Result<FileState> {
         let layout = core.layout;
-        let (size, extents) = match core.store.load(&id)? {
-            Some((FileRecord { size, mac, .. }, recs)) => {
-                let want = record_mac(&core, &id, size, recs.iter().map(|r| (r.index, &r.written[..])));
+        let (size, extents, pages) = match core.store.load(&id)? {
+            Some((FileRecord { size, mac, cipher }, recs)) => {
+                let want = record_mac_with(
+                    &core.keys.names(),
+                    cipher,
+                    &id,
+                    size,
+                    recs.iter().map(|r| (r.index, &r.written[..])),
+                );
                 if mac.as_deref() != Some(&want[..]) {
                     return Err(Error::integrity(
                         &name,
                         "its record in the metadata store does not authenticate (size, extents or written blocks altered)",
                     ));
                 }
-                (size, recs)
+                (size, recs, cipher == PAGES_CODE)
             }
             None if core.files_recorded() => return Err(record_missing(&name)),
             None => {
@@ -119,20 +164,25 @@ impl FileState {
                 if len > layout.physical_len(0) {
                     return Err(Error::integrity(&name, "the metadata store has no record of this file's keys"));
                 }
-                (0, Vec::new())
+                (0, Vec::new(), false)
             }
         };
         let mut map = BTreeMap::new();
         for ExtentRecord { index, kek_id, wrapped, written } in extents {
-            let written = WrittenBits::from_bytes(written, layout.blocks_per_extent()).ok_or_else(|| {
+            let bpe = layout.blocks_per_extent();
+            let blocks = match pages {
+                true => BlockTable::from_bytes(&written, bpe).map(Blocks::Pages),
+                false => WrittenBits::from_bytes(written, bpe).map(Blocks::Slots),
+            };
+            let blocks = blocks.ok_or_else(|| {
                 Error::corrupt(core.store.path(), format!("{}: extent {index} bitmap size", name.display()))
             })?;
-            map.insert(index, Extent { kek_id, wrapped, written, dirty: false });
+            map.insert(index, Extent { kek_id, wrapped, blocks, dirty: false });
         }
         // What is there already is not growth to write behind.
-        let written_behind = layout.physical_len(Layout::blocks_for(size));
+        let written_behind = size;
         let inner = Inner { size, extents: map, meta_dirty: false, unlinked: false, written_behind };
-        Ok(Self::with_inner(core, id, data, name, scratch, inner))
+        Ok(Self::with_inner(core, id, data, name, scratch, inner, pages))
     }
 
     fn with_inner(
@@ -142,6 +192,7 @@ impl FileState {
         name: PathBuf,
         scratch: bool,
         inner: Inner,
+        pages: bool,
     ) -> FileState {
         FileState {
             id,
@@ -151,6 +202,7 @@ impl FileState {
             scratch,
             inner: RwLock::new(inner),
             data_dirty: AtomicBool::new(false),
+            pages,
         }
     }
 
@@ -165,7 +217,8 @@ impl FileState {
         // Dirty from the start: its (empty) record is committed with its first commit, so a
         // file without a record never passes for an empty one.
         let inner = Inner { size: 0, extents: BTreeMap::new(), meta_dirty: true, unlinked: false, written_behind: 0 };
-        Self::with_inner(core, id, data, name, scratch, inner)
+        let pages = core.pages.load(Ordering::Acquire);
+        Self::with_inner(core, id, data, name, scratch, inner, pages)
     }
 
     pub(super) fn size(&self) -> u64 {
@@ -234,6 +287,9 @@ impl FileState {
 
     /// Decrypts blocks `first..first + plain.len()/4096` into `plain` (holes read as zeros).
     fn load_blocks(&self, inner: &Inner, first: u64, plain: &mut [u8]) -> Result<()> {
+        if self.pages {
+            return self.load_pages(inner, first, plain);
+        }
         let layout = self.core.layout;
         let n = plain.len() / BLOCK_SIZE;
         let ciphers = self.ciphers_for_read(inner, first, n)?;
@@ -287,7 +343,7 @@ impl FileState {
         let mut current: Option<(u64, Option<Arc<DataCipher>>)> = None;
         for b in first..first + n as u64 {
             let (e, bit) = layout.extent_of(b);
-            let Some(ext) = inner.extents.get(&e).filter(|x| x.written.get(bit)) else {
+            let Some(ext) = inner.extents.get(&e).filter(|x| x.blocks.written().get(bit)) else {
                 out.push(None);
                 continue;
             };
@@ -315,7 +371,7 @@ impl FileState {
         }
         let end = offset
             .checked_add(data.len() as u64)
-            .filter(|&e| e <= i64::MAX as u64)
+            .filter(|&e| e <= self.max_size())
             .ok_or_else(|| Error::InvalidArgument("write beyond the maximum file size".into()))?;
         if let Some(n) = self.overwrite_in_place(offset, end, data)? {
             return Ok(n);
@@ -328,7 +384,8 @@ impl FileState {
     /// inside the file — changes no metadata: it runs under the shared lock, so writers to
     /// one file proceed in parallel (each block is one pwrite, atomic against the others).
     fn overwrite_in_place(&self, offset: u64, end: u64, data: &[u8]) -> Result<Option<usize>> {
-        if !offset.is_multiple_of(BLOCK) || !end.is_multiple_of(BLOCK) {
+        // Format 2 records a new seal (and maybe a new slot) per write: never in place.
+        if self.pages || !offset.is_multiple_of(BLOCK) || !end.is_multiple_of(BLOCK) {
             return Ok(None);
         }
         let inner = self.read_inner();
@@ -340,7 +397,7 @@ impl FileState {
         let n = (blocks.end - blocks.start) as usize;
         let all_written = blocks.clone().all(|b| {
             let (e, bit) = layout.extent_of(b);
-            inner.extents.get(&e).is_some_and(|x| x.written.get(bit))
+            inner.extents.get(&e).is_some_and(|x| x.blocks.written().get(bit))
         });
         if !all_written {
             return Ok(None);
@@ -360,7 +417,7 @@ impl FileState {
         let size = inner.size;
         let b = size / BLOCK;
         let (e, bit) = self.core.layout.extent_of(b);
-        if size.is_multiple_of(BLOCK) || !inner.extents.get(&e).is_some_and(|x| x.written.get(bit)) {
+        if size.is_multiple_of(BLOCK) || !inner.extents.get(&e).is_some_and(|x| x.blocks.written().get(bit)) {
             return Ok(());
         }
         let mut block = vec![0u8; BLOCK_SIZE];
@@ -390,15 +447,17 @@ impl FileState {
     /// a file are left to the flusher. It only starts I/O: what is durable, and when, does
     /// not change (an `fsync` still waits for all of it).
     fn write_behind(&self, inner: &mut Inner) {
-        let end = self.core.layout.physical_len(Layout::blocks_for(inner.size));
-        if end.saturating_sub(inner.written_behind) < WRITE_BEHIND {
+        if inner.size.saturating_sub(inner.written_behind) < WRITE_BEHIND {
             return;
         }
-        let from = inner.written_behind;
+        let end_of = |size| data_end(self.core.layout, self.pages, Layout::blocks_for(size));
+        // From the start of the data file the first time (its header too).
+        let from = if inner.written_behind == 0 { 0 } else { end_of(inner.written_behind) };
+        let end = end_of(inner.size);
         if let Err(e) = self.data.start_writeback(from, end - from) {
             tracing::debug!(file = %self.name().display(), "write-behind: {e}");
         }
-        inner.written_behind = end;
+        inner.written_behind = inner.size;
     }
 
     fn write_blocks(&self, inner: &mut Inner, offset: u64, end: u64, data: &[u8]) -> Result<usize> {
@@ -418,16 +477,21 @@ impl FileState {
 
         let ciphers = self.ciphers_for_write(inner, blocks.start, n)?;
         let keys: Vec<&DataCipher> = ciphers.iter().map(|c| c.as_ref()).collect();
-        seal_and_write(self.data.as_ref(), layout, &keys, self.aad(), blocks.start, &plain)
-            .map_err(|e| Error::io(self.name(), "write", e))?;
-
-        for b in blocks.clone() {
-            let (e, bit) = layout.extent_of(b);
-            let ext = inner.extents.get_mut(&e).expect("ciphers_for_write created every extent");
-            if !ext.written.get(bit) {
-                ext.written.set(bit);
-                ext.dirty = true;
-                inner.meta_dirty = true;
+        if self.pages {
+            self.write_pages(inner, &keys, blocks.start, &plain)?;
+        } else {
+            seal_and_write(self.data.as_ref(), layout, &keys, self.aad(), blocks.start, &plain)
+                .map_err(|e| Error::io(self.name(), "write", e))?;
+            for b in blocks.clone() {
+                let (e, bit) = layout.extent_of(b);
+                let ext = inner.extents.get_mut(&e).expect("ciphers_for_write created every extent");
+                if let Blocks::Slots(w) = &mut ext.blocks {
+                    if !w.get(bit) {
+                        w.set(bit);
+                        ext.dirty = true;
+                        inner.meta_dirty = true;
+                    }
+                }
             }
         }
         if end > inner.size {
@@ -453,12 +517,12 @@ impl FileState {
                             self.core.keys.new_dek(&self.id, e, self.scratch).ok_or_else(|| {
                                 Error::integrity(self.name(), "the scratch key is gone (the volume is unmounting)")
                             })?;
-                        let ext = Extent {
-                            kek_id,
-                            wrapped,
-                            written: WrittenBits::new(layout.blocks_per_extent()),
-                            dirty: true,
+                        let bpe = layout.blocks_per_extent();
+                        let blocks = match self.pages {
+                            true => Blocks::Pages(BlockTable::new(pages_base(&inner.extents, bpe) + 2 * bpe * e, bpe)),
+                            false => Blocks::Slots(WrittenBits::new(bpe)),
                         };
+                        let ext = Extent { kek_id, wrapped, blocks, dirty: true };
                         inner.extents.insert(e, ext);
                         inner.meta_dirty = true;
                         cipher
@@ -472,7 +536,7 @@ impl FileState {
     }
 
     pub(super) fn set_len(&self, new_size: u64) -> Result<()> {
-        if new_size > i64::MAX as u64 {
+        if new_size > self.max_size() {
             return Err(Error::InvalidArgument("size beyond the maximum file size".into()));
         }
         let mut inner = self.write_inner();
@@ -488,6 +552,11 @@ impl FileState {
         }
         let layout = self.core.layout;
         let keep_blocks = Layout::blocks_for(new_size);
+        // What the store holds until the truncation commits: put back if it does not (so no
+        // later write takes a page the store still names for a fresh extent's).
+        let first_changed = keep_blocks.div_ceil(layout.blocks_per_extent()).saturating_sub(1);
+        let before: Vec<(u64, Extent)> = inner.extents.range(first_changed..).map(|(&e, x)| (e, x.clone())).collect();
+        let before = (before, inner.size, inner.meta_dirty, inner.written_behind);
         // The bytes past the new end inside the last kept block stay as they are: invisible
         // until the file grows, and growing zeroes them first (`zero_tail`). Rewriting them
         // here, before the commit, would change the old state a power cut can fall back to.
@@ -498,8 +567,8 @@ impl FileState {
             let last = keep_extents - 1;
             if let Some(ext) = inner.extents.get_mut(&last) {
                 let from = (keep_blocks - layout.first_block(last)) as usize;
-                if ext.written.count() > 0 {
-                    ext.written.clear_from(from);
+                if ext.blocks.written().count() > 0 {
+                    ext.blocks.clear_from(from);
                     ext.dirty = true;
                 }
             }
@@ -507,11 +576,21 @@ impl FileState {
         inner.size = new_size;
         inner.meta_dirty = true;
         // Growth to write behind counts from the cut.
-        inner.written_behind = inner.written_behind.min(layout.physical_len(keep_blocks));
+        inner.written_behind = inner.written_behind.min(keep_blocks * BLOCK);
         // Commit the removal before cutting the data, so the store never names a block that
         // is gone.
-        self.commit(&mut inner, &[Change::DropExtentsFrom { file: &self.id, first: keep_extents }])?;
-        self.data.set_len(layout.physical_len(keep_blocks)).map_err(|e| Error::io(self.name(), "truncate data file", e))
+        if let Err(e) = self.commit(&mut inner, &[Change::DropExtentsFrom { file: &self.id, first: keep_extents }]) {
+            let (extents, size, meta_dirty, written_behind) = before;
+            inner.extents.retain(|&e, _| e < first_changed);
+            inner.extents.extend(extents);
+            (inner.size, inner.meta_dirty, inner.written_behind) = (size, meta_dirty, written_behind);
+            return Err(e);
+        }
+        let len = match self.pages {
+            true => self.pages_len(&inner)?,
+            false => layout.physical_len(keep_blocks),
+        };
+        self.data.set_len(len).map_err(|e| Error::io(self.name(), "truncate data file", e))
     }
 
     /// The first offset >= `offset` in a written block (SEEK_DATA), or ENXIO.
@@ -532,7 +611,7 @@ impl FileState {
         let layout = self.core.layout;
         let written = |b: u64| {
             let (e, bit) = layout.extent_of(b);
-            inner.extents.get(&e).is_some_and(|x| x.written.get(bit))
+            inner.extents.get(&e).is_some_and(|x| x.blocks.written().get(bit))
         };
         let end = Layout::blocks_for(inner.size);
         match (offset / BLOCK..end).find(|&b| written(b) == data) {
@@ -599,7 +678,42 @@ impl FileState {
 
     /// The MAC of the record this file's in-memory state commits.
     fn record_mac_of(&self, inner: &Inner) -> [u8; 16] {
-        record_mac(&self.core, &self.id, inner.size, inner.extents.iter().map(|(&i, e)| (i, e.written.as_bytes())))
+        let stored: Vec<(u64, Cow<'_, [u8]>)> = inner.extents.iter().map(|(&i, e)| (i, e.blocks.stored())).collect();
+        record_mac_with(
+            &self.core.keys.names(),
+            self.code(),
+            &self.id,
+            inner.size,
+            stored.iter().map(|(i, b)| (*i, &b[..])),
+        )
+    }
+
+    /// The largest size this file may have (format 2: page offsets stay below `i64::MAX`).
+    fn max_size(&self) -> u64 {
+        if self.pages {
+            crate::format::MAX_PAGES_SIZE
+        } else {
+            i64::MAX as u64
+        }
+    }
+
+    /// The cipher code of this file's record.
+    fn code(&self) -> u8 {
+        if self.pages {
+            PAGES_CODE
+        } else {
+            self.core.cipher_code
+        }
+    }
+
+    /// The store now holds this file's state as it is in memory (format 2 then writes new
+    /// versions of its blocks away from the pages the store names).
+    pub(super) fn committed(&self, inner: &mut Inner) {
+        for ext in inner.extents.values_mut() {
+            if let Blocks::Pages(t) = &mut ext.blocks {
+                t.committed();
+            }
+        }
     }
 
     /// For a group commit: the file's state, locked until the commit is applied (or undone),
@@ -622,13 +736,13 @@ impl FileState {
         let mac = self.record_mac_of(inner);
         let mut extents = Vec::new();
         for (&index, ext) in inner.extents.iter_mut().filter(|(_, x)| x.dirty) {
-            extents.push((index, ext.kek_id, ext.wrapped.clone(), ext.written.as_bytes().to_vec()));
+            extents.push((index, ext.kek_id, ext.wrapped.clone(), ext.blocks.stored().into_owned()));
             ext.dirty = false;
         }
         let size = inner.size;
         inner.meta_dirty = false;
         self.data_dirty.store(false, Ordering::Release);
-        Ok(Some(CommitSnapshot { size, mac, extents }))
+        Ok(Some(CommitSnapshot { size, mac, extents, cipher: self.code() }))
     }
 
     /// A group commit of `snap` failed: its metadata is pending again.
@@ -652,27 +766,55 @@ impl FileState {
             self.data_dirty.store(false, Ordering::Release);
         }
         self.rewrap_to_target(inner, true)?;
-        let cipher = self.core.cipher_code;
+        let cipher = self.code();
         let mac = self.record_mac_of(inner);
         let mut changes = vec![Change::PutFile { id: &self.id, size: inner.size, cipher, mac: &mac }];
         changes.extend_from_slice(extra);
-        for (&index, ext) in inner.extents.iter().filter(|(_, x)| x.dirty) {
+        let stored: Vec<(u64, &Extent, Cow<'_, [u8]>)> =
+            inner.extents.iter().filter(|(_, x)| x.dirty).map(|(&i, x)| (i, x, x.blocks.stored())).collect();
+        for (index, ext, written) in &stored {
             changes.push(Change::PutExtent {
                 file: &self.id,
-                index,
+                index: *index,
                 kek_id: &ext.kek_id,
                 wrapped: &ext.wrapped,
-                written: ext.written.as_bytes(),
+                written,
             });
         }
         self.core.store.apply(&changes)?;
         drop(changes);
+        drop(stored);
         for ext in inner.extents.values_mut() {
             ext.dirty = false;
         }
+        self.committed(inner);
         inner.meta_dirty = false;
         Ok(())
     }
+}
+
+/// The page extent 0's area starts at in a format-2 file: where its extents are (a file
+/// converted by `upgrade` has them after its old format-1 slots), else 1. Every extent of a
+/// file is at `base + 2 * B * e`, so a new one never overlaps another.
+fn pages_base(extents: &BTreeMap<u64, Extent>, bpe: u64) -> u64 {
+    extents
+        .iter()
+        .find_map(|(&e, x)| match &x.blocks {
+            Blocks::Pages(t) => Some(t.base() - 2 * bpe * e),
+            Blocks::Slots(_) => None,
+        })
+        .unwrap_or(1)
+}
+
+/// Where the data of blocks `0..blocks` ends in a data file written front to back (format 2:
+/// all in slot 0 of canonical extents), for write-behind.
+fn data_end(layout: Layout, pages: bool, blocks: u64) -> u64 {
+    if !pages {
+        return layout.physical_len(blocks);
+    }
+    let Some(last) = blocks.checked_sub(1) else { return crate::format::PAGE };
+    let (e, i) = layout.extent_of(last);
+    (BlockTable::base_of(e, layout.blocks_per_extent()) + i as u64 + 1) * crate::format::PAGE
 }
 
 /// A regular file whose record is missing from the store (rows deleted, or `meta.db`
@@ -684,13 +826,11 @@ pub(super) fn record_missing(path: &Path) -> Error {
 /// The MAC of a file's record as the store will hold it: its size, the cipher and every
 /// extent's index and written bitmap (the wrapped DEKs authenticate themselves, bound to
 /// their file, extent and KEK). Keyed by the name key, so KEK rotation leaves it alone.
-pub(super) fn record_mac<'a>(
-    core: &Core,
-    id: &FileId,
-    size: u64,
-    extents: impl Iterator<Item = (u64, &'a [u8])>,
-) -> [u8; 16] {
-    record_mac_with(&core.keys.names(), core.cipher_code, id, size, extents)
+/// The record (cipher code and MAC) of an empty file made now: format 2 in a format-2
+/// volume.
+pub(super) fn empty_record(core: &Core, id: &FileId) -> (u8, [u8; 16]) {
+    let code = if core.pages.load(Ordering::Acquire) { PAGES_CODE } else { core.cipher_code };
+    (code, record_mac_with(&core.keys.names(), code, id, 0, std::iter::empty()))
 }
 
 pub(super) fn record_mac_with<'a>(
@@ -720,12 +860,14 @@ pub(super) struct CommitSnapshot {
     mac: [u8; 16],
     /// The changed extents.
     extents: Vec<ExtentSnapshot>,
+    /// The record's cipher code.
+    cipher: u8,
 }
 
 impl CommitSnapshot {
     /// The store changes of this snapshot for file `id`.
-    pub(super) fn changes<'a>(&'a self, id: &'a FileId, cipher: u8, out: &mut Vec<Change<'a>>) {
-        out.push(Change::PutFile { id, size: self.size, cipher, mac: &self.mac });
+    pub(super) fn changes<'a>(&'a self, id: &'a FileId, out: &mut Vec<Change<'a>>) {
+        out.push(Change::PutFile { id, size: self.size, cipher: self.cipher, mac: &self.mac });
         for (index, kek_id, wrapped, written) in &self.extents {
             out.push(Change::PutExtent { file: id, index: *index, kek_id, wrapped, written });
         }

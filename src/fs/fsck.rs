@@ -408,7 +408,7 @@ impl Volume {
             return Ok(()); // another link of a file already checked, or a scratch file
         }
         let layout = self.layout();
-        let Some((_, extents)) = self.store().load(&id)? else {
+        let Some((rec, extents)) = self.store().load(&id)? else {
             if len <= layout.physical_len(0) && !self.core.files_recorded() {
                 return Ok(()); // an empty file never committed: consistent as it is
             }
@@ -454,12 +454,22 @@ impl Volume {
             report.problems.push(p);
             return Ok(());
         };
-        let needed = extents
-            .iter()
-            .filter_map(|e| last_written(&layout, e.index, &e.written))
-            .map(|block| layout.physical_len(block + 1))
-            .max()
-            .unwrap_or(0);
+        let needed = if rec.cipher == crate::format::PAGES_CODE {
+            let bpe = layout.blocks_per_extent();
+            extents
+                .iter()
+                .filter_map(|e| crate::format::BlockTable::from_bytes(&e.written, bpe)?.end_page())
+                .map(|page| page * crate::format::PAGE)
+                .max()
+                .unwrap_or(0)
+        } else {
+            extents
+                .iter()
+                .filter_map(|e| last_written(&layout, e.index, &e.written))
+                .map(|block| layout.physical_len(block + 1))
+                .max()
+                .unwrap_or(0)
+        };
         if len < needed {
             report.problems.push(Problem {
                 kind: ProblemKind::SizeMismatch,
@@ -480,8 +490,8 @@ impl Volume {
         if !self.core.files_recorded() {
             return Ok(());
         }
-        let mac = super::file::record_mac(&self.core, id, 0, std::iter::empty());
-        self.store().apply(&[Change::PutFile { id, size: 0, cipher: self.core.cipher_code, mac: &mac }])
+        let (cipher, mac) = super::file::empty_record(&self.core, id);
+        self.store().apply(&[Change::PutFile { id, size: 0, cipher, mac: &mac }])
     }
 
     /// Reads the whole file; each 4 KiB block that does not decrypt is one problem (at most

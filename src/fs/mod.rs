@@ -32,6 +32,7 @@ mod shred;
 mod shred_files;
 mod trash;
 mod tree;
+mod upgrade;
 mod volume;
 mod xattr;
 
@@ -46,6 +47,7 @@ pub use rotate_names::NamesMoved;
 pub use scratch::{ScratchSetup, ScratchState};
 pub use shred::ShredReport;
 pub use shred_files::ShredFilesReport;
+pub use upgrade::UpgradeReport;
 pub use volume::{
     DirEntry, EntryKind, InitOptions, LiveStats, Stat, Volume, VolumeInfo, DATA_DIR, HEADER_FILE, STORE_FILE,
 };

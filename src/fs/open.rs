@@ -25,12 +25,26 @@ use crate::{Error, Result};
 
 const DEFAULT_KMS: &str = "local:keystore";
 
+/// The header feature bit of `opts.format` (checked before anything is created).
+fn format_feature(opts: &InitOptions) -> Result<u32> {
+    use crate::format::CipherKind::{Aes256GcmSiv, Aes256Xts};
+    match (opts.cipher, opts.format) {
+        (Aes256GcmSiv, None | Some(2)) => Ok(crate::format::FEATURE_PAGES),
+        (_, None | Some(1)) => Ok(0),
+        (Aes256Xts, Some(2)) => Err(Error::InvalidArgument(
+            "format 2 needs aes-256-gcm-siv: aes-256-xts is length-preserving and keeps no tag".into(),
+        )),
+        (_, Some(f)) => Err(Error::InvalidArgument(format!("unknown format {f}: use 1 or 2"))),
+    }
+}
+
 impl Volume {
     /// Creates a new volume in `cipherdir` (missing or empty).
     pub fn init(cipherdir: &Path, opts: &InitOptions, secrets: &dyn Secrets) -> Result<VolumeHeader> {
         if !VolumeHeader::valid_extent_shift(opts.extent_shift) {
             return Err(Error::InvalidArgument("extent size must be a power of two from 4K to 16M".into()));
         }
+        format_feature(opts)?;
         let created_dir = match fs::read_dir(cipherdir) {
             Ok(mut entries) => {
                 if entries.next().is_some() {
@@ -68,7 +82,8 @@ impl Volume {
                 | crate::format::FEATURE_XATTRS_SEALED
                 | crate::format::FEATURE_FILE_SET
                 | crate::format::FEATURE_KEK_GENERATION
-                | crate::format::FEATURE_LINKS_BOUND,
+                | crate::format::FEATURE_LINKS_BOUND
+                | format_feature(opts)?,
             volume_id: random_array(),
             cipher: opts.cipher,
             extent_shift: opts.extent_shift,
@@ -94,7 +109,8 @@ impl Volume {
         let keys = KeyRing::generate(kms, header)?;
         let store = Store::create(&cipherdir.join(STORE_FILE))?;
         // The KEK's age, and the set of files, empty (see `fs::file_set`): one commit.
-        let empty_set = keys.file_set().tag(&[0; 16]);
+        let versioned = header.features & crate::format::FEATURE_PAGES != 0;
+        let empty_set = keys.file_set().fns(versioned).value(&[0; 16], 0);
         store.apply(&[
             Change::PutMeta { key: KEK_SINCE, value: &unix_now().to_le_bytes() },
             Change::PutMeta { key: super::file_set::FILE_SET, value: &empty_set },
@@ -229,6 +245,9 @@ impl Volume {
             files_recorded: (header.features & crate::format::FEATURE_FILES_RECORDED != 0).into(),
             entries_bound: (header.features & crate::format::FEATURE_ENTRIES_BOUND != 0).into(),
             links_bound: (header.features & crate::format::FEATURE_LINKS_BOUND != 0).into(),
+            pages: (header.features & crate::format::FEATURE_PAGES != 0
+                && header.cipher == crate::format::CipherKind::Aes256GcmSiv)
+                .into(),
             in_flight: Default::default(),
             xattr_lock: Default::default(),
         };
@@ -253,6 +272,11 @@ impl Volume {
             // A rotation was cut short while names were moving: half the tree is under each
             // name key. Nothing reads it before the rotation is finished.
             tracing::warn!("a `rotate --kek` was cut short while names were moving: finishing it");
+            // The set of files is kept while the rotation re-seals record MACs (a versioned
+            // set's marks cover them), as it was when the rotation was cut.
+            if vol.header().features & crate::format::FEATURE_FILE_SET != 0 {
+                vol.watch_file_set_before_rotation()?;
+            }
             vol.resume_pending_rotation(kms)?;
             vol.rotate_kek(kms, &mut |_, _, _| {}).map_err(|e| match e {
                 Error::Io { path, source, .. } => {

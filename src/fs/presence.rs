@@ -41,12 +41,13 @@ impl Volume {
     pub(super) fn record_files_upgrade(&self) -> Result<()> {
         let done = self.upgrade(crate::format::FEATURE_FILES_RECORDED, "recording every file", || {
             let ids = self.unrecorded_empty_files()?;
-            let mac = |id: &FileId| super::file::record_mac(&self.core, id, 0, std::iter::empty());
-            let macs: Vec<[u8; 16]> = ids.iter().map(mac).collect();
-            let cipher = self.core.cipher_code;
-            for (ids, macs) in ids.chunks(BATCH).zip(macs.chunks(BATCH)) {
-                let changes: Vec<Change<'_>> =
-                    ids.iter().zip(macs).map(|(id, mac)| Change::PutFile { id, size: 0, cipher, mac }).collect();
+            let records: Vec<(u8, [u8; 16])> = ids.iter().map(|id| super::file::empty_record(&self.core, id)).collect();
+            for (ids, records) in ids.chunks(BATCH).zip(records.chunks(BATCH)) {
+                let changes: Vec<Change<'_>> = ids
+                    .iter()
+                    .zip(records)
+                    .map(|(id, (cipher, mac))| Change::PutFile { id, size: 0, cipher: *cipher, mac })
+                    .collect();
                 self.store().apply(&changes)?;
             }
             Ok(())

@@ -109,10 +109,8 @@ impl Volume {
         self.drop_stale_long_names(k, &long_in_use, &mut moved)?;
         self.move_xattr_sets(k, &mut moved)?;
         self.move_record_macs(k, &mut moved)?;
-        let fns = |keys: &NameKeys| -> (crate::store::SetFn, crate::store::SetFn) {
-            let (mark, tag) = (keys.file_set(), keys.file_set());
-            (Box::new(move |id| mark.mark(id)), Box::new(move |d| tag.tag(d)))
-        };
+        let versioned = self.versioned_file_set();
+        let fns = |keys: &NameKeys| keys.file_set().fns(versioned);
         if !self.store().rekey_file_set(super::file_set::FILE_SET, fns(k.old), fns(k.new))? {
             moved.left.push(
                 "the set of files (its tag does not authenticate: files removed or added behind the volume's back)"

@@ -41,6 +41,9 @@ pub struct InitOptions {
     pub kdf: KdfParams,
     /// Generate the root key in the HSM or KMS (else it must exist there).
     pub create_key: bool,
+    /// The data format of its files: 2 (page-aligned blocks, crash-atomic and rollback-evident;
+    /// GCM-SIV only) or 1; `None` is 2 for GCM-SIV, 1 for XTS.
+    pub format: Option<u8>,
 }
 
 impl Default for InitOptions {
@@ -48,6 +51,7 @@ impl Default for InitOptions {
         InitOptions {
             cipher: CipherKind::Aes256GcmSiv,
             extent_shift: 20,
+            format: None,
             kms_uri: None,
             kdf: KdfParams::DEFAULT,
             create_key: false,
@@ -116,6 +120,8 @@ pub(super) struct Core {
     /// Header feature `files-recorded`: a regular file without a store record is an
     /// integrity error (set at open, or once an upgrade has recorded every file).
     pub(super) files_recorded: std::sync::atomic::AtomicBool,
+    /// New files are format 2 (header feature `pages`, a GCM-SIV volume).
+    pub(super) pages: std::sync::atomic::AtomicBool,
     /// Header feature `entries-bound`: an object not bound to its entry is an integrity error.
     pub(super) entries_bound: std::sync::atomic::AtomicBool,
     /// Header feature `links-bound`: each entry of a file with hard links has a store row.
@@ -902,7 +908,11 @@ impl Drop for Volume {
     fn drop(&mut self) {
         self.core.committer.stop();
         self.core.trash.stop();
-        match self.flush_pending() {
+        let flushed = self.flush_pending();
+        if self.versioned_file_set() {
+            self.anchor_file_set();
+        }
+        match flushed {
             Err(e) => tracing::error!("committing at close failed: {e}"),
             // Everything is committed: the next mount needs no recovery.
             Ok(()) if self.mount_marker.load(std::sync::atomic::Ordering::SeqCst) => {

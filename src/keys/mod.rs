@@ -100,6 +100,35 @@ impl FileSetKey {
     pub fn tag(&self, digest: &[u8; 16]) -> [u8; 16] {
         prefixed_mac(&self.0, b"EVFSSET1", digest)
     }
+
+    /// Format 2: the mark of record `id` as it is now, `HMAC(key, "EVFSFIL2" || id || mac)`
+    /// (first 16 bytes): a record put back from an older copy has another MAC, so another mark.
+    pub fn mark_version(&self, id: &[u8; 16], mac: &[u8]) -> [u8; 16] {
+        prefixed_mac(&self.0, b"EVFSFIL2", &[&id[..], mac].concat())
+    }
+
+    /// Format 2: the tag of `digest` after `changes` changes of the set,
+    /// `HMAC(key, "EVFSSET2" || digest || u64le changes)` (first 16 bytes).
+    pub fn tag_version(&self, digest: &[u8; 16], changes: u64) -> [u8; 16] {
+        prefixed_mac(&self.0, b"EVFSSET2", &[&digest[..], &changes.to_le_bytes()].concat())
+    }
+
+    /// How a store keeps a set under this key: versioned (format 2) or not.
+    pub fn fns(self: &std::sync::Arc<Self>, versioned: bool) -> crate::store::SetFns {
+        let (m, t) = (self.clone(), self.clone());
+        match versioned {
+            true => crate::store::SetFns {
+                mark: Box::new(move |id, mac| m.mark_version(id, mac)),
+                tag: Box::new(move |d, n| t.tag_version(d, n)),
+                versioned,
+            },
+            false => crate::store::SetFns {
+                mark: Box::new(move |id, _| m.mark(id)),
+                tag: Box::new(move |d, _| t.tag(d)),
+                versioned,
+            },
+        }
+    }
 }
 
 /// The name key and the keys derived from it (each for one purpose): what encrypts names,
@@ -655,5 +684,21 @@ mod tests {
         msg.extend_from_slice(&[0x33; 16]);
         let tag = aws_lc_rs::hmac::sign(&key, &msg);
         assert_eq!(crate::format::hex(&tag.as_ref()[..16]), "937ee95a5b6d544de1600963b23dcddb");
+    }
+
+    /// The format-2 file-set vectors in FORMAT.md §6 (a record's mark covers its MAC; the tag
+    /// its number of changes).
+    #[test]
+    fn versioned_file_set_vectors() {
+        let set = Arc::new(FileSetKey(file_set_key(&Key256::from_bytes(&[0x11; 32]), &[0x22; 16])));
+        let mark = set.mark_version(&[0x33; 16], &[0x44; 16]);
+        assert_eq!(crate::format::hex(&mark), "2edaa13708ab8fe1993185bc73d7d7cf");
+        assert_ne!(mark, set.mark_version(&[0x33; 16], &[0x45; 16]), "another MAC, another mark");
+        assert_eq!(crate::format::hex(&set.tag_version(&mark, 7)), "e2f6da723aeb37c451f1434a72400773");
+        assert_ne!(set.tag_version(&mark, 7), set.tag_version(&mark, 6), "another count, another tag");
+        let fns = set.fns(true);
+        let value = fns.value(&mark, 7);
+        assert_eq!((value.len(), &value[..8]), (24, &7u64.to_le_bytes()[..]));
+        assert!(fns.holds(&value, &mark) && !set.fns(false).holds(&value, &mark));
     }
 }

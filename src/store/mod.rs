@@ -203,19 +203,61 @@ pub type LongName = ([u8; 16], Vec<u8>, Vec<u8>);
 /// See [`Store::set_before_commit`].
 pub type CommitHook = Box<dyn Fn() -> std::io::Result<()> + Send + Sync>;
 
-/// Keeps `meta` record `key` equal to `tag(digest)`, where `digest` is the XOR of `mark(id)`
-/// over every file record, in the same transaction as every record added or deleted
-/// (`fs::file_set`). The digest itself lives only here, in memory (checked against the
-/// record when the volume was opened); it moves on when a transaction commits.
+/// Keeps `meta` record `key` equal to `tag(digest)`, where `digest` is the XOR of
+/// `mark(id, mac)` over every file record, in the same transaction as every record added,
+/// deleted or (when the marks cover the record's MAC) changed (`fs::file_set`). The digest
+/// itself lives only here, in memory (checked against the record when the volume was
+/// opened); it moves on when a transaction commits.
 pub struct FileSetHook {
     pub key: &'static str,
-    pub mark: SetFn,
-    pub tag: SetFn,
-    pub digest: Mutex<[u8; 16]>,
+    pub fns: SetFns,
+    /// The digest and the number of changes of the set committed so far.
+    pub state: Mutex<([u8; 16], u64)>,
+    /// Told the number of changes after each commit that moved the set.
+    pub committed: Option<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
-/// A function of a 16-byte id or digest, as [`FileSetHook`] holds them.
-pub type SetFn = Box<dyn Fn(&[u8; 16]) -> [u8; 16] + Send + Sync>;
+/// The mark of a file record: of its id and MAC.
+pub type MarkFn = Box<dyn Fn(&[u8; 16], &[u8]) -> [u8; 16] + Send + Sync>;
+/// The tag of a set: of its digest and number of changes.
+pub type TagFn = Box<dyn Fn(&[u8; 16], u64) -> [u8; 16] + Send + Sync>;
+
+/// How a set of files is marked and tagged.
+pub struct SetFns {
+    /// The mark of a record (its id, and its MAC, which a versioned set covers).
+    pub mark: MarkFn,
+    /// The tag of a digest after a number of changes (which a versioned set covers).
+    pub tag: TagFn,
+    /// The marks cover each record's MAC, and the stored value is `u64le changes || tag`
+    /// (format 2: a record put back from an older copy changes the set); else just the tag.
+    pub versioned: bool,
+}
+
+impl SetFns {
+    /// The stored value of a set with `digest` after `changes` changes.
+    pub fn value(&self, digest: &[u8; 16], changes: u64) -> Vec<u8> {
+        let tag = (self.tag)(digest, changes);
+        match self.versioned {
+            true => [&changes.to_le_bytes()[..], &tag].concat(),
+            false => tag.to_vec(),
+        }
+    }
+
+    /// The number of changes a stored value claims (0 when not versioned), if well-formed.
+    pub fn changes_of(&self, value: &[u8]) -> Option<u64> {
+        match (self.versioned, value.len()) {
+            (true, 24) => Some(u64::from_le_bytes(value[..8].try_into().ok()?)),
+            (false, 16) => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Whether `value` is the stored value of `digest` (constant time in the tag).
+    pub fn holds(&self, value: &[u8], digest: &[u8; 16]) -> bool {
+        self.changes_of(value)
+            .is_some_and(|n| aws_lc_rs::constant_time::verify_slices_are_equal(value, &self.value(digest, n)).is_ok())
+    }
+}
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -346,6 +388,12 @@ impl Store {
         let _ = self.before_commit.set(hook);
     }
 
+    /// The number of changes of the set of files kept now, if one is kept.
+    pub fn file_set_changes(&self) -> Option<u64> {
+        let hook = self.file_set.lock().unwrap_or_else(|p| p.into_inner());
+        hook.as_ref().map(|h| h.state.lock().unwrap_or_else(|p| p.into_inner()).1)
+    }
+
     /// Installs the file-set digest keeper (its record must exist).
     pub fn set_file_set(&self, hook: FileSetHook) {
         let _conn = self.lock(); // never while a transaction uses the old one
@@ -358,32 +406,35 @@ impl Store {
     /// `old` gives for the records (or `new` already does). Otherwise (records removed or
     /// added behind the volume's back) nothing is written, nothing keeps the set from now on,
     /// and false is returned: the set stays an integrity error.
-    pub fn rekey_file_set(&self, key: &'static str, old: (SetFn, SetFn), new: (SetFn, SetFn)) -> Result<bool> {
+    pub fn rekey_file_set(&self, key: &'static str, old: SetFns, new: SetFns) -> Result<bool> {
         let mut conn = self.lock();
         let err = |e| self.err(e);
         let (mut was, mut now) = ([0u8; 16], [0u8; 16]);
         {
-            let mut stmt = conn.prepare("SELECT id FROM files").map_err(err)?;
-            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(err)?;
+            let mut stmt = conn.prepare("SELECT id, mac FROM files").map_err(err)?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Option<Vec<u8>>>(1)?))).map_err(err)?;
             for row in rows {
-                let id: [u8; 16] = row
-                    .map_err(err)?
-                    .try_into()
-                    .map_err(|_| Error::corrupt(&self.path, "a file record has a malformed id"))?;
-                was.iter_mut().zip((old.0)(&id)).for_each(|(d, m)| *d ^= m);
-                now.iter_mut().zip((new.0)(&id)).for_each(|(d, m)| *d ^= m);
+                let (id, mac) = row.map_err(err)?;
+                let id: [u8; 16] =
+                    id.try_into().map_err(|_| Error::corrupt(&self.path, "a file record has a malformed id"))?;
+                let mac = mac.unwrap_or_default();
+                was.iter_mut().zip((old.mark)(&id, &mac)).for_each(|(d, m)| *d ^= m);
+                now.iter_mut().zip((new.mark)(&id, &mac)).for_each(|(d, m)| *d ^= m);
             }
         }
         let stored: Option<Vec<u8>> =
             conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional().map_err(err)?;
-        let eq = |a: &[u8], b: [u8; 16]| aws_lc_rs::constant_time::verify_slices_are_equal(a, &b).is_ok();
-        let (mark, tag) = new;
+        let changes = stored.as_deref().and_then(|v| new.changes_of(v)).unwrap_or(0);
         match stored.as_deref() {
-            Some(t) if eq(t, tag(&now)) => {}
-            Some(t) if eq(t, (old.1)(&was)) => {
+            Some(t) if new.holds(t, &now) => {}
+            Some(t) if old.holds(t, &was) => {
                 let tx = conn.transaction().map_err(err)?;
-                tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![key, &tag(&now)[..]])
-                    .map_err(err)?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                    params![key, new.value(&now, changes)],
+                )
+                .map_err(err)?;
                 if let Some(hook) = self.before_commit.get() {
                     hook().map_err(|e| Error::io(&self.path, "commit", e))?;
                 }
@@ -394,8 +445,9 @@ impl Store {
                 return Ok(false);
             }
         }
+        let committed = self.file_set.lock().unwrap_or_else(|p| p.into_inner()).take().and_then(|h| h.committed);
         *self.file_set.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(FileSetHook { key, mark, tag, digest: Mutex::new(now) });
+            Some(FileSetHook { key, fns: new, state: Mutex::new((now, changes)), committed });
         Ok(true)
     }
 
@@ -602,16 +654,37 @@ impl Store {
         let mut set_delta = [0u8; 16];
         let hook_slot = self.file_set.lock().unwrap_or_else(|p| p.into_inner());
         let hook = hook_slot.as_ref();
-        let exists = |id: &[u8; 16]| {
-            tx.prepare_cached("SELECT EXISTS(SELECT 1 FROM files WHERE id = ?1)")
-                .and_then(|mut s| s.query_row([&id[..]], |r| r.get::<_, bool>(0)))
+        // The MAC of file `id`'s record (empty if it has none), if it has a record.
+        let record_mac = |id: &[u8; 16]| {
+            tx.prepare_cached("SELECT mac FROM files WHERE id = ?1").and_then(|mut s| {
+                s.query_row([&id[..]], |r| r.get::<_, Option<Vec<u8>>>(0))
+                    .optional()
+                    .map(|m| m.map(Option::unwrap_or_default))
+            })
         };
         for c in changes {
-            // A record added or deleted changes the set of files by its id's mark.
-            if let (Some(h), Change::PutFile { id, .. } | Change::DeleteFile { id }) = (hook, c) {
-                let adds = matches!(c, Change::PutFile { .. });
-                if exists(id).map_err(err)? != adds {
-                    set_delta.iter_mut().zip((h.mark)(id)).for_each(|(d, m)| *d ^= m);
+            // A record added, deleted or (versioned) changed moves the set by its marks.
+            if let Some(h) = hook {
+                let mut flip = |id: &[u8; 16], mac: &[u8]| {
+                    set_delta.iter_mut().zip((h.fns.mark)(id, mac)).for_each(|(d, m)| *d ^= m)
+                };
+                match *c {
+                    Change::PutFile { id, mac, .. } => {
+                        if let Some(old) = record_mac(id).map_err(err)? {
+                            flip(id, &old);
+                        }
+                        flip(id, mac);
+                    }
+                    Change::DeleteFile { id } => {
+                        if let Some(old) = record_mac(id).map_err(err)? {
+                            flip(id, &old);
+                        }
+                    }
+                    Change::ResealFile { id, old, mac } if record_mac(id).map_err(err)?.is_some_and(|m| m == old) => {
+                        flip(id, old);
+                        flip(id, mac);
+                    }
+                    _ => {}
                 }
             }
             match *c {
@@ -669,11 +742,15 @@ impl Store {
         }
         let mut next_digest = None;
         if let (Some(h), true) = (hook, set_delta != [0; 16]) {
-            let now = *h.digest.lock().unwrap_or_else(|p| p.into_inner());
+            let (now, changes) = *h.state.lock().unwrap_or_else(|p| p.into_inner());
             let next: [u8; 16] = std::array::from_fn(|i| now[i] ^ set_delta[i]);
-            tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![h.key, &(h.tag)(&next)[..]])
-                .map_err(err)?;
-            next_digest = Some((h, next));
+            let changes = changes + u64::from(h.fns.versioned);
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                params![h.key, h.fns.value(&next, changes)],
+            )
+            .map_err(err)?;
+            next_digest = Some((h, (next, changes)));
         }
         if let Some(hook) = self.before_commit.get() {
             hook().map_err(|e| Error::io(&self.path, "commit", e))?;
@@ -681,7 +758,10 @@ impl Store {
         match tx.commit() {
             Ok(()) => {
                 if let Some((h, next)) = next_digest {
-                    *h.digest.lock().unwrap_or_else(|p| p.into_inner()) = next;
+                    *h.state.lock().unwrap_or_else(|p| p.into_inner()) = next;
+                    if let Some(told) = &h.committed {
+                        told(next.1);
+                    }
                 }
                 self.sizes.committed(changes.iter().filter_map(|c| match *c {
                     Change::PutFile { id, size, .. } => Some(SizeChange::Set(id, size)),
@@ -700,6 +780,22 @@ impl Store {
     /// The id of every file with a record (for `fsck`).
     pub fn file_ids(&self) -> Result<Vec<[u8; 16]>> {
         self.ids("SELECT id FROM files", "a file record has a malformed id")
+    }
+
+    /// The id and MAC (empty if none) of every file record.
+    pub fn file_macs(&self) -> Result<Vec<([u8; 16], Vec<u8>)>> {
+        let conn = self.lock();
+        let err = |e| self.err(e);
+        let mut stmt = conn.prepare("SELECT id, mac FROM files").map_err(err)?;
+        let rows =
+            stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Option<Vec<u8>>>(1)?))).map_err(err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, mac) = row.map_err(err)?;
+            let id = id.try_into().map_err(|_| Error::corrupt(&self.path, "a file record has a malformed id"))?;
+            out.push((id, mac.unwrap_or_default()));
+        }
+        Ok(out)
     }
 
     /// (files, extents) recorded.

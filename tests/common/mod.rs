@@ -36,7 +36,16 @@ pub fn scratch() -> TempDir {
 }
 
 pub fn opts(cipher: CipherKind, extent_shift: u8) -> InitOptions {
-    InitOptions { cipher, extent_shift, kms_uri: None, kdf: FAST_KDF, create_key: false }
+    InitOptions { cipher, extent_shift, kms_uri: None, kdf: FAST_KDF, create_key: false, format: None }
+}
+
+/// A new volume in data format `format` at `<tmp>/vol`, opened.
+pub fn new_volume_format(cipher: CipherKind, extent_shift: u8, format: u8) -> (TempDir, PathBuf, Volume) {
+    let tmp = scratch();
+    let dir = tmp.path().join("vol");
+    Volume::init(&dir, &InitOptions { format: Some(format), ..opts(cipher, extent_shift) }, &pass()).unwrap();
+    let vol = Volume::open(&dir, &pass()).unwrap();
+    (tmp, dir, vol)
 }
 
 /// A new volume at `<tmp>/vol`, opened.

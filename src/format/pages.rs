@@ -1,0 +1,212 @@
+//! Format 2 ("pages"): where each block of an extent lives and what authenticates it.
+//!
+//! A format-2 data file is `object header (32), zeros to 4096 || extent areas`, every block
+//! a whole 4 KiB page at a page-aligned offset. Extent `e` owns `2 * B` pages from its base
+//! page (`1 + 2 * B * e` in a file made as format 2; after the old data in a file converted
+//! by `upgrade`): slot 0 of its blocks, then slot 1. Block `i` of the extent is at page
+//! `base + slot(i) * B + i`. A rewrite of a block whose current slot the store names goes to
+//! the other slot; so the page the store names is never written until a commit names the
+//! other one (FORMAT.md §5a). The nonce and tag of each block live here, in the store row,
+//! not in the data file.
+//!
+//! The table's stored bytes (the `written` column of a format-2 extent row):
+//! `u64le base || written bits || slot bits || B × (nonce 12 || tag 16)`.
+
+use super::WrittenBits;
+use crate::crypto::{GCM_SIV_NONCE, GCM_SIV_TAG};
+
+/// The cipher code of a format-2 file's record (AES-256-GCM-SIV, pages).
+pub const PAGES_CODE: u8 = 3;
+/// Bytes of one block's seal (nonce and tag) in the table.
+pub const SEAL_LEN: usize = GCM_SIV_NONCE + GCM_SIV_TAG;
+/// Bytes of the header page before the first extent area.
+pub const PAGE: u64 = 4096;
+
+/// The largest format-2 file (1 EiB), the highest first page `upgrade` places a converted
+/// file's extents at, and the highest base page a table may name: an extent's base is at
+/// most `2^48 + 2·B·e ≤ 2^48 + 2^49`, its pages below `MAX_BASE + 2^13`, their offsets
+/// (times 4096) below `i64::MAX`, so no page arithmetic wraps.
+pub const MAX_PAGES_SIZE: u64 = 1 << 60;
+pub const MAX_FIRST_PAGE: u64 = 1 << 48;
+pub const MAX_BASE: u64 = 1 << 50;
+
+/// One block's seal.
+pub type Seal = [u8; SEAL_LEN];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockTable {
+    base: u64,
+    written: WrittenBits,
+    slot: WrittenBits,
+    seals: Vec<u8>,
+    /// What the store holds (not encoded): the written and slot bits and the seals of the
+    /// last commit.
+    durable_written: WrittenBits,
+    durable_slot: WrittenBits,
+    durable_seals: Vec<u8>,
+}
+
+impl BlockTable {
+    /// An empty table whose area starts at page `base`.
+    pub fn new(base: u64, blocks: u64) -> Self {
+        BlockTable {
+            base,
+            written: WrittenBits::new(blocks),
+            slot: WrittenBits::new(blocks),
+            seals: vec![0; blocks as usize * SEAL_LEN],
+            durable_written: WrittenBits::new(blocks),
+            durable_slot: WrittenBits::new(blocks),
+            durable_seals: vec![0; blocks as usize * SEAL_LEN],
+        }
+    }
+
+    /// The base page of extent `extent` in a file made as format 2 (a converted file's
+    /// extents start further on: `fs::file::pages_base`).
+    pub fn base_of(extent: u64, blocks: u64) -> u64 {
+        1 + 2 * blocks * extent
+    }
+
+    /// Bytes a table of `blocks` blocks encodes to.
+    pub fn encoded_len(blocks: u64) -> usize {
+        8 + 2 * blocks.div_ceil(8) as usize + blocks as usize * SEAL_LEN
+    }
+
+    /// Decodes the store's bytes (taken as durable); `None` if the length is not right.
+    pub fn from_bytes(bytes: &[u8], blocks: u64) -> Option<Self> {
+        if bytes.len() != Self::encoded_len(blocks) {
+            return None;
+        }
+        let bits = blocks.div_ceil(8) as usize;
+        let base = u64::from_le_bytes(bytes[..8].try_into().ok()?);
+        if base == 0 || base > MAX_BASE {
+            return None; // page 0 is the header's; beyond MAX_BASE offsets could wrap
+        }
+        let written = WrittenBits::from_bytes(bytes[8..8 + bits].to_vec(), blocks)?;
+        let slot = WrittenBits::from_bytes(bytes[8 + bits..8 + 2 * bits].to_vec(), blocks)?;
+        let seals = bytes[8 + 2 * bits..].to_vec();
+        Some(BlockTable {
+            base,
+            durable_written: written.clone(),
+            durable_slot: slot.clone(),
+            durable_seals: seals.clone(),
+            written,
+            slot,
+            seals,
+        })
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + 2 * self.written.as_bytes().len() + self.seals.len());
+        out.extend_from_slice(&self.base.to_le_bytes());
+        out.extend_from_slice(self.written.as_bytes());
+        out.extend_from_slice(self.slot.as_bytes());
+        out.extend_from_slice(&self.seals);
+        out
+    }
+
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    pub fn written(&self) -> &WrittenBits {
+        &self.written
+    }
+
+    fn blocks(&self) -> usize {
+        self.seals.len() / SEAL_LEN
+    }
+
+    /// The page block `i` is read from now.
+    pub fn page(&self, i: usize) -> u64 {
+        self.base + u64::from(self.slot.get(i)) * self.blocks() as u64 + i as u64
+    }
+
+    pub fn seal(&self, i: usize) -> &Seal {
+        self.seals[i * SEAL_LEN..(i + 1) * SEAL_LEN].try_into().expect("SEAL_LEN bytes")
+    }
+
+    /// The slot a new version of block `i` goes to: never the one the store names.
+    fn write_slot(&self, i: usize) -> bool {
+        let now = self.slot.get(i);
+        if self.durable_written.get(i) && self.durable_slot.get(i) == now {
+            !now
+        } else {
+            now
+        }
+    }
+
+    /// The page a new version of block `i` goes to.
+    pub fn page_for_write(&self, i: usize) -> u64 {
+        self.base + u64::from(self.write_slot(i)) * self.blocks() as u64 + i as u64
+    }
+
+    /// Block `i` now holds the ciphertext sealed as `seal`, written at `page_for_write(i)`.
+    pub fn record(&mut self, i: usize, seal: &Seal) {
+        let slot = self.write_slot(i);
+        self.slot.set_to(i, slot);
+        self.written.set(i);
+        self.seals[i * SEAL_LEN..(i + 1) * SEAL_LEN].copy_from_slice(seal);
+    }
+
+    /// Blocks `from..` are no longer written (a truncation); their seals are cleared.
+    pub fn clear_from(&mut self, from: usize) {
+        self.written.clear_from(from);
+        self.slot.clear_from(from);
+        self.seals[from * SEAL_LEN..].fill(0);
+    }
+
+    /// The store now holds this table as it is.
+    pub fn committed(&mut self) {
+        self.durable_written = self.written.clone();
+        self.durable_slot = self.slot.clone();
+        self.durable_seals.copy_from_slice(&self.seals);
+    }
+
+    /// A write to block `i`'s current page failed part-way (its page may be torn): the block
+    /// goes back to what the store holds for it (or to a hole if the store holds none), so
+    /// it never reads as a torn page nor is committed as one.
+    pub fn revert(&mut self, i: usize) {
+        self.written.set_to(i, self.durable_written.get(i));
+        self.slot.set_to(i, self.durable_slot.get(i));
+        let r = i * SEAL_LEN..(i + 1) * SEAL_LEN;
+        self.seals[r.clone()].copy_from_slice(&self.durable_seals[r]);
+    }
+
+    /// One past the highest page any written block occupies (the data file must reach it).
+    pub fn end_page(&self) -> Option<u64> {
+        (0..self.blocks()).filter(|&i| self.written.get(i)).map(|i| self.page(i) + 1).max()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_never_touch_the_durable_page() {
+        let b = 4u64;
+        let mut t = BlockTable::new(BlockTable::base_of(1, b), b);
+        assert_eq!(t.base(), 9);
+        // Never committed: written in place, slot 0.
+        assert_eq!(t.page_for_write(2), 11);
+        t.record(2, &[7; SEAL_LEN]);
+        assert_eq!(t.page(2), 11);
+        assert_eq!(t.page_for_write(2), 11, "an uncommitted block is rewritten where it is");
+        t.committed();
+        let moved = t.page_for_write(2);
+        assert_eq!(moved, 15, "the committed page is left alone");
+        assert_eq!(t.page(2), 11, "reads stay on the committed page until the write is recorded");
+        t.record(2, &[8; SEAL_LEN]);
+        assert_eq!(t.page(2), 15);
+        assert_eq!(t.page_for_write(2), 15, "a second rewrite before the commit stays in slot 1");
+        t.committed();
+        assert_eq!(t.page_for_write(2), 11, "after the commit, back to slot 0");
+        let bytes = t.to_bytes();
+        assert_eq!(bytes.len(), BlockTable::encoded_len(b));
+        let back = BlockTable::from_bytes(&bytes, b).unwrap();
+        assert_eq!(back.seal(2), &[8; SEAL_LEN]);
+        assert!(BlockTable::from_bytes(&bytes[1..], b).is_none());
+        t.clear_from(1);
+        assert_eq!(t.end_page(), None);
+    }
+}

@@ -1,0 +1,199 @@
+//! The format-2 data path of an open file: blocks read from and written to whole pages, each
+//! sealed by a nonce and tag kept in its extent's [`BlockTable`] (FORMAT.md §5a).
+//!
+//! A write seals each block with a fresh nonce, writes it to the page
+//! [`BlockTable::page_for_write`] names (never the page the store names for it), one `pwrite`
+//! per run of consecutive pages, and only then records the new seals in memory; the store
+//! learns them at the next commit, after the data is durable. Until then a crash leaves the
+//! store naming the old page and seal, untouched: every block reads back whole, old or new.
+
+use std::sync::atomic::Ordering;
+
+use rayon::prelude::*;
+
+use super::{Blocks, FileState, Inner, SLOTS};
+use crate::crypto::{fill_random, BlockAad, DataCipher, BLOCK_SIZE, GCM_SIV_NONCE};
+use crate::format::{BlockTable, Seal, PAGE};
+use crate::{Error, Result};
+
+/// Runs shorter than this are sealed and opened on the calling thread (as `blocks.rs`).
+const PARALLEL_MIN_BLOCKS: usize = 64;
+
+/// Consecutive runs of `pages` (`None`: skip), as (first index, first page, length).
+fn runs(pages: &[Option<u64>]) -> Vec<(usize, u64, usize)> {
+    let mut out: Vec<(usize, u64, usize)> = Vec::new();
+    for (i, p) in pages.iter().enumerate() {
+        let Some(p) = *p else { continue };
+        match out.last_mut() {
+            Some((start, first, len)) if *start + *len == i && *first + *len as u64 == p => *len += 1,
+            _ => out.push((i, p, 1)),
+        }
+    }
+    out
+}
+
+impl FileState {
+    fn table<'a>(&self, inner: &'a Inner, extent: u64) -> Option<&'a BlockTable> {
+        match inner.extents.get(&extent).map(|x| &x.blocks) {
+            Some(Blocks::Pages(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Decrypts blocks `first..first + plain.len()/4096` into `plain` (holes read as zeros).
+    pub(super) fn load_pages(&self, inner: &Inner, first: u64, plain: &mut [u8]) -> Result<()> {
+        let layout = self.core.layout;
+        let n = plain.len() / BLOCK_SIZE;
+        let ciphers = self.ciphers_for_read(inner, first, n)?;
+        let mut where_: Vec<Option<(u64, Seal)>> = Vec::with_capacity(n);
+        for (i, c) in ciphers.iter().enumerate() {
+            let (e, bit) = layout.extent_of(first + i as u64);
+            where_.push(c.as_ref().and_then(|_| self.table(inner, e)).map(|t| (t.page(bit), *t.seal(bit))));
+        }
+        let pages: Vec<Option<u64>> = where_.iter().map(|w| w.map(|(p, _)| p)).collect();
+        let mut buf = SLOTS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        // Reused without zeroing: every byte that is decrypted is read from disk first.
+        if buf.len() < n * BLOCK_SIZE {
+            buf.resize(n * BLOCK_SIZE, 0);
+        }
+        let result = self.read_and_open(&ciphers, &where_, &pages, first, &mut buf[..n * BLOCK_SIZE], plain);
+        SLOTS.with(|b| *b.borrow_mut() = buf);
+        result
+    }
+
+    fn read_and_open(
+        &self,
+        ciphers: &[Option<std::sync::Arc<DataCipher>>],
+        where_: &[Option<(u64, Seal)>],
+        pages: &[Option<u64>],
+        first: u64,
+        buf: &mut [u8],
+        plain: &mut [u8],
+    ) -> Result<()> {
+        for (i, page, len) in runs(pages) {
+            let dst = &mut buf[i * BLOCK_SIZE..(i + len) * BLOCK_SIZE];
+            let got = self.data.read_at(dst, page * PAGE).map_err(|e| Error::io(self.name(), "read", e))?;
+            if got < dst.len() {
+                let missing = first + (i + got / BLOCK_SIZE) as u64;
+                return Err(Error::integrity(
+                    self.name(),
+                    format!("block {missing} is missing from the data file (truncated?)"),
+                ));
+            }
+        }
+        let aad = self.aad();
+        let work = |(i, out): (usize, &mut [u8])| -> std::result::Result<(), u64> {
+            let block = first + i as u64;
+            match (&ciphers[i], &where_[i]) {
+                (Some(c), Some((_, seal))) => c
+                    .open_page(
+                        &BlockAad { block_index: block, ..aad },
+                        &seal[..GCM_SIV_NONCE],
+                        &seal[GCM_SIV_NONCE..],
+                        &buf[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE],
+                        out,
+                    )
+                    .map_err(|_| block),
+                _ => {
+                    out.fill(0);
+                    Ok(())
+                }
+            }
+        };
+        let result = if pages.len() >= PARALLEL_MIN_BLOCKS {
+            plain.par_chunks_mut(BLOCK_SIZE).enumerate().try_for_each(work)
+        } else {
+            plain.chunks_mut(BLOCK_SIZE).enumerate().try_for_each(work)
+        };
+        result.map_err(|block| {
+            tracing::error!(file = %self.name().display(), block, "block failed authentication");
+            Error::integrity(
+                self.name(),
+                format!("block {block} failed authentication (tampered, corrupt or an older copy)"),
+            )
+        })
+    }
+
+    /// Seals `plain` (whole blocks from `first`, every one with its cipher in `keys`) into
+    /// the pages their tables give, then records the new seals.
+    pub(super) fn write_pages(&self, inner: &mut Inner, keys: &[&DataCipher], first: u64, plain: &[u8]) -> Result<()> {
+        let layout = self.core.layout;
+        let n = plain.len() / BLOCK_SIZE;
+        let mut targets = Vec::with_capacity(n);
+        for i in 0..n {
+            let (e, bit) = layout.extent_of(first + i as u64);
+            let t = self.table(inner, e).expect("ciphers_for_write made every extent, format 2");
+            targets.push(Some(t.page_for_write(bit)));
+        }
+        let mut nonces = vec![0u8; n * GCM_SIV_NONCE];
+        fill_random(&mut nonces);
+        let mut out = vec![0u8; n * BLOCK_SIZE];
+        let mut tags = vec![[0u8; 16]; n];
+        let aad = self.aad();
+        let work = |(i, (page, tag)): (usize, (&mut [u8], &mut [u8; 16]))| {
+            let nonce: &[u8; GCM_SIV_NONCE] =
+                nonces[i * GCM_SIV_NONCE..(i + 1) * GCM_SIV_NONCE].try_into().expect("12");
+            *tag = keys[i].seal_page(
+                &BlockAad { block_index: first + i as u64, ..aad },
+                nonce,
+                &plain[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE],
+                page,
+            );
+        };
+        if n >= PARALLEL_MIN_BLOCKS {
+            out.par_chunks_mut(BLOCK_SIZE).zip(tags.par_iter_mut()).enumerate().for_each(work);
+        } else {
+            out.chunks_mut(BLOCK_SIZE).zip(tags.iter_mut()).enumerate().for_each(work);
+        }
+        // Each run's blocks are recorded once it is written; a run that fails goes no further,
+        // and its blocks written where they were (never committed there) go back to their
+        // committed state rather than read (or be committed) torn.
+        for (start, page, len) in runs(&targets) {
+            let written = self.data.write_all_at(&out[start * BLOCK_SIZE..(start + len) * BLOCK_SIZE], page * PAGE);
+            for (i, tag) in tags.iter().enumerate().skip(start).take(len) {
+                let (e, bit) = layout.extent_of(first + i as u64);
+                let ext = inner.extents.get_mut(&e).expect("present above");
+                let Blocks::Pages(t) = &mut ext.blocks else { unreachable!("format 2 extent") };
+                if written.is_err() {
+                    if t.page(bit) == page + (i - start) as u64 {
+                        t.revert(bit);
+                    }
+                    continue;
+                }
+                let mut seal = [0u8; crate::format::SEAL_LEN];
+                seal[..GCM_SIV_NONCE].copy_from_slice(&nonces[i * GCM_SIV_NONCE..(i + 1) * GCM_SIV_NONCE]);
+                seal[GCM_SIV_NONCE..].copy_from_slice(tag);
+                t.record(bit, &seal);
+                ext.dirty = true;
+            }
+            inner.meta_dirty = true;
+            self.data_dirty.store(true, Ordering::Release);
+            written.map_err(|e| Error::io(self.name(), "write", e))?;
+        }
+        Ok(())
+    }
+
+    /// The data file's length once only what the tables hold is kept (after a truncation).
+    pub(super) fn pages_len(&self, inner: &Inner) -> Result<u64> {
+        let used = inner
+            .extents
+            .values()
+            .filter_map(|x| match &x.blocks {
+                Blocks::Pages(t) => t.end_page(),
+                Blocks::Slots(_) => None,
+            })
+            .max()
+            .map_or(crate::format::OBJECT_HEADER_LEN as u64, |p| p * PAGE);
+        let now = self.data.size().map_err(|e| Error::io(self.name(), "stat data file", e))?;
+        Ok(used.min(now).max(crate::format::OBJECT_HEADER_LEN as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn runs_join_consecutive_pages_only() {
+        let r = super::runs(&[Some(1), Some(2), None, Some(4), Some(9), Some(10)]);
+        assert_eq!(r, vec![(0, 1, 2), (3, 4, 1), (4, 9, 2)]);
+    }
+}

@@ -1,0 +1,174 @@
+//! Rollback evidence (format 2, docs/SECURITY.md "Integrity decisions"): a block, an extent or
+//! a data file put back from an earlier copy of CIPHERDIR reads as EIO; a file's store rows
+//! put back (alone or with its data file) make the mount refuse the volume; the whole
+//! CIPHERDIR put back is refused at mount, naming this host's anchor, until
+//! `--accept-rollback`.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::mount::{ok, MountFixture};
+use common::pattern;
+
+const PASS: &str = "mount test passphrase";
+/// Blocks per extent (`--extent-size 64K`): extent `e` has pages `1 + 32e ..= 32 + 32e`.
+const B: u64 = 16;
+
+fn backing(m: &MountFixture, rel: &str) -> PathBuf {
+    let vol = envelopefs::fs::Volume::open(&m.cipher, &envelopefs::secret::Passphrase::new(PASS).unwrap()).unwrap();
+    vol.backing_path(Path::new(rel)).unwrap()
+}
+
+/// A copy of CIPHERDIR as it is now (unmounted).
+fn snapshot(m: &MountFixture, name: &str) -> PathBuf {
+    let to = m.tmp.path().join(name);
+    let st = Command::new("cp").arg("-a").arg(&m.cipher).arg(&to).status().unwrap();
+    assert!(st.success());
+    to
+}
+
+fn rewrite(m: &MountFixture, rel: &str, block: u64, seed: u64) {
+    let f = fs::OpenOptions::new().write(true).open(m.p(rel)).unwrap();
+    f.write_all_at(&pattern(seed, 4096), block * 4096).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn read_block(m: &MountFixture, rel: &str, block: u64) -> std::io::Result<Vec<u8>> {
+    let f = fs::File::open(m.p(rel))?;
+    let mut buf = vec![0u8; 4096];
+    f.read_exact_at(&mut buf, block * 4096)?;
+    Ok(buf)
+}
+
+fn assert_eio(r: std::io::Result<Vec<u8>>, what: &str) {
+    match r {
+        Err(e) if e.raw_os_error() == Some(5) => {}
+        other => panic!("{what}: expected EIO, got {:?}", other.map(|b| b.len())),
+    }
+}
+
+/// Copies pages `pages` of `from` over the same pages of `to`.
+fn put_back(from: &Path, to: &Path, pages: impl IntoIterator<Item = u64>) {
+    let (src, dst) = (fs::File::open(from).unwrap(), fs::OpenOptions::new().write(true).open(to).unwrap());
+    for p in pages {
+        let mut page = vec![0u8; 4096];
+        let n = src.read_at(&mut page, p * 4096).unwrap();
+        assert_eq!(n, 4096, "page {p} of the earlier copy");
+        dst.write_all_at(&page, p * 4096).unwrap();
+    }
+}
+
+/// Both pages of block `b`.
+fn pages_of(b: u64) -> [u64; 2] {
+    let (e, i) = (b / B, b % B);
+    [1 + 2 * B * e + i, 1 + 2 * B * e + B + i]
+}
+
+/// A volume with `f` (40 blocks) and `other`; an earlier copy of it; then blocks 1 and 20 of
+/// `f` rewritten twice, each fsync'ed. Returns the fixture (unmounted) and the copy.
+fn rewritten() -> (MountFixture, PathBuf) {
+    let mut m = MountFixture::new(&["--extent-size", "64K"]);
+    common::write_synced(&m.p("f"), &pattern(1, 40 * 4096));
+    common::write_synced(&m.p("other"), &pattern(2, 8192));
+    m.unmount();
+    let old = snapshot(&m, "old");
+    m.mount();
+    for seed in [10, 11] {
+        rewrite(&m, "f", 1, seed);
+        rewrite(&m, "f", 20, seed + 10);
+    }
+    m.unmount();
+    (m, old)
+}
+
+#[test]
+fn an_older_block_extent_or_data_file_reads_as_eio() {
+    let (mut m, old) = rewritten();
+    let data = backing(&m, "f");
+    let old_data = old.join(data.strip_prefix(&m.cipher).unwrap());
+    let now = fs::read(&data).unwrap();
+    let cases: [(&str, Option<Vec<u64>>); 3] = [
+        ("block 1", Some(pages_of(1).to_vec())),
+        ("extent 1 (blocks 16..32)", Some((16..32).flat_map(pages_of).collect())),
+        ("the whole data file", None),
+    ];
+    for (what, pages) in cases {
+        match pages {
+            Some(pages) => put_back(&old_data, &data, pages),
+            None => {
+                fs::copy(&old_data, &data).unwrap();
+            }
+        }
+        m.mount();
+        if what != "extent 1 (blocks 16..32)" {
+            assert_eio(read_block(&m, "f", 1), what);
+        }
+        if what != "block 1" {
+            assert_eio(read_block(&m, "f", 20), what);
+        }
+        // What was never rewritten reads as it is; so does every other file.
+        assert_eq!(read_block(&m, "f", 30).unwrap(), pattern(1, 40 * 4096)[30 * 4096..31 * 4096], "{what}");
+        assert_eq!(fs::read(m.p("other")).unwrap(), pattern(2, 8192), "{what}");
+        m.unmount();
+        fs::write(&data, &now).unwrap();
+    }
+    m.mount();
+    assert_eq!(read_block(&m, "f", 1).unwrap(), pattern(11, 4096), "the current data reads again");
+}
+
+/// `sqlite3`-free: puts file `id`'s rows of `old`'s store back into `m`'s.
+fn put_back_rows(m: &MountFixture, old: &Path, id: &[u8]) {
+    let c = rusqlite::Connection::open(m.cipher.join("meta.db")).unwrap();
+    c.execute("ATTACH DATABASE ?1 AS old", [old.join("meta.db").to_str().unwrap()]).unwrap();
+    for (table, key) in [("extents", "file_id"), ("files", "id")] {
+        c.execute(&format!("DELETE FROM main.{table} WHERE {key} = ?1"), [id]).unwrap();
+        c.execute(&format!("INSERT INTO main.{table} SELECT * FROM old.{table} WHERE {key} = ?1"), [id]).unwrap();
+    }
+}
+
+#[test]
+fn a_files_older_rows_alone_or_with_its_data_make_the_mount_refuse_the_volume() {
+    let (m, old) = rewritten();
+    let data = backing(&m, "f");
+    let id = fs::read(&data).unwrap()[8..24].to_vec();
+    let (now_db, now_data) = (fs::read(m.cipher.join("meta.db")).unwrap(), fs::read(&data).unwrap());
+    for with_data in [false, true] {
+        put_back_rows(&m, &old, &id);
+        if with_data {
+            fs::copy(old.join(data.strip_prefix(&m.cipher).unwrap()), &data).unwrap();
+        }
+        let o = m.try_mount(&[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "with_data {with_data}: mounted a volume with a file's older record");
+        assert!(err.contains("put back from an older copy"), "with_data {with_data}: {err}");
+        let _ = fs::remove_file(m.cipher.join("meta.db-wal"));
+        let _ = fs::remove_file(m.cipher.join("meta.db-shm"));
+        fs::write(m.cipher.join("meta.db"), &now_db).unwrap();
+        fs::write(&data, &now_data).unwrap();
+    }
+    ok(&m.try_mount(&[]));
+    ok(&m.run(&["umount".as_ref(), m.mnt.as_os_str()]));
+}
+
+#[test]
+fn the_whole_cipherdir_put_back_is_refused_naming_the_anchor_until_accepted() {
+    let (mut m, old) = rewritten();
+    fs::rename(&m.cipher, m.tmp.path().join("newer")).unwrap();
+    let st = Command::new("cp").arg("-a").arg(&old).arg(&m.cipher).status().unwrap();
+    assert!(st.success());
+    let o = m.try_mount(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "mounted a copy older than this host's anchor");
+    assert!(err.contains("anchor") && err.contains("--accept-rollback"), "{err}");
+    assert!(err.contains("meta.db"), "names the store: {err}");
+
+    m.mount_with(&["--accept-rollback"]);
+    assert_eq!(read_block(&m, "f", 1).unwrap(), pattern(1, 40 * 4096)[4096..8192], "the restored copy's data");
+    m.unmount();
+    m.mount(); // the anchor moved back to the copy it accepted
+    assert_eq!(fs::read(m.p("other")).unwrap(), pattern(2, 8192));
+}
