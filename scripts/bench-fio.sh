@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks the mounted file system side by side, in one run and interleaved (each job on
 # every file system before the next job): plain ext4 (or whatever the work directory is on),
-# gocryptfs, and envelopefs with both ciphers.
+# gocryptfs, and envelopefs with both ciphers (GCM-SIV in format 2, its default, and in format
+# 1, to show what format 2's crash-atomic, rollback-evident blocks cost).
 #
 # Jobs: sequential 1 MiB write (end_fsync) and read (cold: all caches dropped; warm: only the
 # mount's page cache dropped, the backing file cached; again: read once more by a new open,
@@ -58,7 +59,7 @@ trap cleanup EXIT
 echo "bench passphrase" > "$WORK/pass"
 
 # The file systems: name, directory to benchmark in, daemon pid (none for ext4).
-NAMES=(ext4 gocryptfs evfs-gcm-siv evfs-xts)
+NAMES=(ext4 gocryptfs evfs-gcm-siv evfs-gcm-siv-f1 evfs-xts)
 # in_turn ROUND: the file systems in the order of that round (reversed every other round).
 in_turn() {
     if [ $(($1 % 2)) -eq 1 ]; then printf '%s\n' "${NAMES[@]}"; else printf '%s\n' "${NAMES[@]}" | tac; fi
@@ -71,9 +72,11 @@ gocryptfs -q -init -extpass "cat $WORK/pass" "$WORK/gcipher" >/dev/null
 gocryptfs -q -nosyslog -extpass "cat $WORK/pass" "$WORK/gcipher" "$WORK/mnt-gocryptfs"
 DIR[gocryptfs]=$WORK/mnt-gocryptfs
 PID[gocryptfs]=$(pgrep -n -f "gocryptfs.*$WORK/gcipher")
-for c in gcm-siv xts; do
+for c in gcm-siv gcm-siv-f1 xts; do
     mkdir -p "$WORK/mnt-evfs-$c"
-    "$EVFS" init "$WORK/cipher-$c" --cipher "aes-256-$c" --passfile "$WORK/pass" >/dev/null
+    format=()
+    [ "$c" = gcm-siv-f1 ] && format=(--format 1)
+    "$EVFS" init "$WORK/cipher-$c" --cipher "aes-256-${c%-f1}" "${format[@]}" --passfile "$WORK/pass" >/dev/null
     "$EVFS" mount "$WORK/cipher-$c" "$WORK/mnt-evfs-$c" --passfile "$WORK/pass"
     DIR[evfs-$c]=$WORK/mnt-evfs-$c
     PID[evfs-$c]=$("$EVFS" status "$WORK/mnt-evfs-$c" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
@@ -228,20 +231,18 @@ for r in rows.values():
     for fs, vs in r.items():
         if fs != "unit":
             r[fs] = statistics.median(vs)
-fss = ["ext4", "gocryptfs", "evfs-gcm-siv", "evfs-xts"]
-print("| job | unit | " + " | ".join(fss) + " | gcm-siv / gocryptfs | xts / gocryptfs |")
-print("|---|---|" + "---|" * len(fss) + "---|---|")
+fss = ["ext4", "gocryptfs", "evfs-gcm-siv", "evfs-gcm-siv-f1", "evfs-xts"]
+print("| job | unit | " + " | ".join(fss) + " | gcm-siv / gocryptfs | gcm-siv f2 / f1 | xts / gocryptfs |")
+print("|---|---|" + "---|" * len(fss) + "---|---|---|")
 for job in order:
     r = rows[job]
     cells = [("%g" % r[f]) if f in r else "–" for f in fss]
-    ratios = []
-    for f in ("evfs-gcm-siv", "evfs-xts"):
-        g = r.get("gocryptfs")
-        ratios.append("%.2f×" % (r[f] / g) if g and f in r else "–")
+    ratio = lambda a, b: "%.2f×" % (r[a] / r[b]) if r.get(b) and a in r else "–"
+    ratios = [ratio("evfs-gcm-siv", "gocryptfs"), ratio("evfs-gcm-siv", "evfs-gcm-siv-f1"), ratio("evfs-xts", "gocryptfs")]
     print("| %s | %s | %s | %s |" % (job, r["unit"], " | ".join(cells), " | ".join(ratios)))
 print()
-print("Medians of %s rounds. Ratios are envelopefs / gocryptfs: higher is better for MiB/s" % sys.argv[2])
-print("and IOPS, lower for s, CPU s and MiB.")
+print("Medians of %s rounds. Ratios: higher is better for MiB/s and IOPS, lower for s, CPU s" % sys.argv[2])
+print("and MiB. gcm-siv is format 2 (the default), gcm-siv-f1 format 1.")
 print()
 print("Each round's figures (in the order the rounds ran):")
 print()
