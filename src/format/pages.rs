@@ -10,7 +10,8 @@
 //! not in the data file.
 //!
 //! The table's stored bytes (the `written` column of a format-2 extent row):
-//! `u64le base || written bits || slot bits || B × (nonce 12 || tag 16)`.
+//! `u64le base || written bits || slot bits || n × (nonce 12 || tag 16)`, `n` one past the
+//! highest written block (the seals after it are all zero and left out).
 
 use super::WrittenBits;
 use crate::crypto::{GCM_SIV_NONCE, GCM_SIV_TAG};
@@ -66,24 +67,37 @@ impl BlockTable {
         1 + 2 * blocks * extent
     }
 
-    /// Bytes a table of `blocks` blocks encodes to.
-    pub fn encoded_len(blocks: u64) -> usize {
-        8 + 2 * blocks.div_ceil(8) as usize + blocks as usize * SEAL_LEN
+    /// Bytes a table of `blocks` blocks whose highest written block is `n - 1` encodes to.
+    pub fn encoded_len(blocks: u64, n: usize) -> usize {
+        8 + 2 * blocks.div_ceil(8) as usize + n * SEAL_LEN
     }
 
-    /// Decodes the store's bytes (taken as durable); `None` if the length is not right.
+    /// One past the highest written block (0: none).
+    fn seals_kept(&self) -> usize {
+        (0..self.blocks()).rev().find(|&i| self.written.get(i)).map_or(0, |i| i + 1)
+    }
+
+    /// Decodes the store's bytes (taken as durable); `None` unless they are the one encoding
+    /// of a table (seals up to the highest written block exactly).
     pub fn from_bytes(bytes: &[u8], blocks: u64) -> Option<Self> {
-        if bytes.len() != Self::encoded_len(blocks) {
+        let bits = blocks.div_ceil(8) as usize;
+        let rest = bytes.len().checked_sub(8 + 2 * bits)?;
+        let n = rest / SEAL_LEN;
+        if rest % SEAL_LEN != 0 || n as u64 > blocks {
             return None;
         }
-        let bits = blocks.div_ceil(8) as usize;
         let base = u64::from_le_bytes(bytes[..8].try_into().ok()?);
         if base == 0 || base > MAX_BASE {
             return None; // page 0 is the header's; beyond MAX_BASE offsets could wrap
         }
         let written = WrittenBits::from_bytes(bytes[8..8 + bits].to_vec(), blocks)?;
         let slot = WrittenBits::from_bytes(bytes[8 + bits..8 + 2 * bits].to_vec(), blocks)?;
-        let seals = bytes[8 + 2 * bits..].to_vec();
+        let mut seals = bytes[8 + 2 * bits..].to_vec();
+        seals.resize(blocks as usize * SEAL_LEN, 0);
+        let table_n = (0..blocks as usize).rev().find(|&i| written.get(i)).map_or(0, |i| i + 1);
+        if table_n != n {
+            return None;
+        }
         Some(BlockTable {
             base,
             durable_written: written.clone(),
@@ -95,12 +109,15 @@ impl BlockTable {
         })
     }
 
+    /// The stored bytes: the seals of blocks past the highest written one (all zero) are
+    /// left out, so a small file's row is small.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 + 2 * self.written.as_bytes().len() + self.seals.len());
+        let n = self.seals_kept();
+        let mut out = Vec::with_capacity(8 + 2 * self.written.as_bytes().len() + n * SEAL_LEN);
         out.extend_from_slice(&self.base.to_le_bytes());
         out.extend_from_slice(self.written.as_bytes());
         out.extend_from_slice(self.slot.as_bytes());
-        out.extend_from_slice(&self.seals);
+        out.extend_from_slice(&self.seals[..n * SEAL_LEN]);
         out
     }
 
@@ -202,10 +219,13 @@ mod tests {
         t.committed();
         assert_eq!(t.page_for_write(2), 11, "after the commit, back to slot 0");
         let bytes = t.to_bytes();
-        assert_eq!(bytes.len(), BlockTable::encoded_len(b));
+        assert_eq!(bytes.len(), BlockTable::encoded_len(b, 3), "seals up to block 2 only");
         let back = BlockTable::from_bytes(&bytes, b).unwrap();
         assert_eq!(back.seal(2), &[8; SEAL_LEN]);
         assert!(BlockTable::from_bytes(&bytes[1..], b).is_none());
+        // One encoding only: a seal too many or too few is refused.
+        assert!(BlockTable::from_bytes(&[&bytes[..], &[0; SEAL_LEN]].concat(), b).is_none());
+        assert!(BlockTable::from_bytes(&bytes[..bytes.len() - SEAL_LEN], b).is_none());
         t.clear_from(1);
         assert_eq!(t.end_page(), None);
     }

@@ -75,6 +75,10 @@ pub trait DataFile: Send + Sync {
     fn punch_hole(&self, _offset: u64, _len: u64) -> io::Result<()> {
         Ok(())
     }
+    /// `len` bytes at `offset` will be read soon (a hint: the default does nothing).
+    fn will_need(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl DataFile for File {
@@ -126,6 +130,14 @@ impl DataFile for File {
         } else {
             Err(io::Error::last_os_error())
         }
+    }
+
+    fn will_need(&self, offset: u64, len: u64) -> io::Result<()> {
+        use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Ok(());
+        };
+        posix_fadvise(self, offset, len, PosixFadviseAdvice::POSIX_FADV_WILLNEED).map_err(io::Error::from)
     }
 
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {

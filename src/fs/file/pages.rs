@@ -16,8 +16,10 @@ use crate::crypto::{fill_random, BlockAad, DataCipher, BLOCK_SIZE, GCM_SIV_NONCE
 use crate::format::{BlockTable, Seal, PAGE};
 use crate::{Error, Result};
 
-/// Runs shorter than this are sealed and opened on the calling thread (as `blocks.rs`).
+/// Runs shorter than this are sealed and opened on the calling thread, longer ones in tasks
+/// of `TASK_BLOCKS` (as `blocks.rs`).
 const PARALLEL_MIN_BLOCKS: usize = 64;
+const TASK_BLOCKS: usize = 8;
 
 /// Consecutive runs of `pages` (`None`: skip), as (first index, first page, length).
 fn runs(pages: &[Option<u64>]) -> Vec<(usize, u64, usize)> {
@@ -44,6 +46,7 @@ impl FileState {
     pub(super) fn load_pages(&self, inner: &Inner, first: u64, plain: &mut [u8]) -> Result<()> {
         let layout = self.core.layout;
         let n = plain.len() / BLOCK_SIZE;
+        self.read_ahead(inner, first, n as u64);
         let ciphers = self.ciphers_for_read(inner, first, n)?;
         let mut where_: Vec<Option<(u64, Seal)>> = Vec::with_capacity(n);
         for (i, c) in ciphers.iter().enumerate() {
@@ -101,7 +104,9 @@ impl FileState {
             }
         };
         let result = if pages.len() >= PARALLEL_MIN_BLOCKS {
-            plain.par_chunks_mut(BLOCK_SIZE).enumerate().try_for_each(work)
+            plain.par_chunks_mut(BLOCK_SIZE * TASK_BLOCKS).enumerate().try_for_each(|(t, task)| {
+                task.chunks_mut(BLOCK_SIZE).enumerate().try_for_each(|(j, out)| work((t * TASK_BLOCKS + j, out)))
+            })
         } else {
             plain.chunks_mut(BLOCK_SIZE).enumerate().try_for_each(work)
         };
@@ -112,6 +117,22 @@ impl FileState {
                 format!("block {block} failed authentication (tampered, corrupt or an older copy)"),
             )
         })
+    }
+
+    /// A read that starts an extent also asks for the next extent's slot-0 pages: between
+    /// them lies this extent's slot 1 (a hole in a file written once), and the backing file's
+    /// own readahead starts small again after such a jump.
+    fn read_ahead(&self, inner: &Inner, first: u64, n: u64) {
+        let bpe = self.core.layout.blocks_per_extent();
+        let starts = first.div_ceil(bpe) * bpe;
+        if starts >= first + n {
+            return;
+        }
+        if let Some(t) = self.table(inner, starts / bpe + 1) {
+            if let Err(e) = self.data.will_need(t.base() * PAGE, bpe * PAGE) {
+                tracing::debug!(file = %self.name().display(), "read-ahead: {e}");
+            }
+        }
     }
 
     /// Seals `plain` (whole blocks from `first`, every one with its cipher in `keys`) into
@@ -141,7 +162,15 @@ impl FileState {
             );
         };
         if n >= PARALLEL_MIN_BLOCKS {
-            out.par_chunks_mut(BLOCK_SIZE).zip(tags.par_iter_mut()).enumerate().for_each(work);
+            out.par_chunks_mut(BLOCK_SIZE * TASK_BLOCKS).zip(tags.par_chunks_mut(TASK_BLOCKS)).enumerate().for_each(
+                |(t, (pages, tags))| {
+                    pages
+                        .chunks_mut(BLOCK_SIZE)
+                        .zip(tags.iter_mut())
+                        .enumerate()
+                        .for_each(|(j, pt)| work((t * TASK_BLOCKS + j, pt)))
+                },
+            );
         } else {
             out.chunks_mut(BLOCK_SIZE).zip(tags.iter_mut()).enumerate().for_each(work);
         }
