@@ -79,6 +79,10 @@ pub trait DataFile: Send + Sync {
     fn will_need(&self, _offset: u64, _len: u64) -> io::Result<()> {
         Ok(())
     }
+    /// No readahead for this file: its reader asks for what it will need (`will_need`).
+    fn no_readahead(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl DataFile for File {
@@ -130,6 +134,11 @@ impl DataFile for File {
         } else {
             Err(io::Error::last_os_error())
         }
+    }
+
+    fn no_readahead(&self) -> io::Result<()> {
+        use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+        posix_fadvise(self, 0, 0, PosixFadviseAdvice::POSIX_FADV_RANDOM).map_err(io::Error::from)
     }
 
     fn will_need(&self, offset: u64, len: u64) -> io::Result<()> {

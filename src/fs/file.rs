@@ -194,6 +194,11 @@ impl FileState {
         inner: Inner,
         pages: bool,
     ) -> FileState {
+        if pages {
+            if let Err(e) = data.no_readahead() {
+                tracing::debug!("{}: readahead left on: {e}", name.display());
+            }
+        }
         FileState {
             id,
             core,

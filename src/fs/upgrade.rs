@@ -1,9 +1,10 @@
 //! `envelopefs upgrade CIPHERDIR`: a format-1 volume (GCM-SIV) converted to format 2 in place,
 //! resumably.
 //!
-//! First the header gains feature `pages` (new files are format 2 from then on, and the set
-//! of files becomes versioned: `fs::file_set`); then every format-1 file is converted, each
-//! in one atomic step (`FileState::convert_to_pages`). Killed at any point, the volume opens
+//! First the set of files is recorded versioned (`fs::file_set`) and the header gains feature
+//! `pages` (new files are format 2 from then on); then every format-1 file is converted, each
+//! in one atomic step (`FileState::convert_to_pages`). A set that does not authenticate is
+//! refused first: re-recording it would launder it. Killed at any point, the volume opens
 //! and reads (a mix of format-1 and format-2 files is a valid volume), and running `upgrade`
 //! again converts what is left.
 

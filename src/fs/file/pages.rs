@@ -119,18 +119,25 @@ impl FileState {
         })
     }
 
-    /// A read that starts an extent also asks for the next extent's slot-0 pages: between
-    /// them lies this extent's slot 1 (a hole in a file written once), and the backing file's
-    /// own readahead starts small again after such a jump.
+    /// The backing file's own readahead is off for a format-2 data file (`FileState` sets
+    /// it so): it would read into each extent's slot 1, a hole in a file written once, and
+    /// fill the page cache with zeros. Instead a read that starts an extent asks for the rest
+    /// of its slot-0 pages and the next extent's.
     fn read_ahead(&self, inner: &Inner, first: u64, n: u64) {
         let bpe = self.core.layout.blocks_per_extent();
         let starts = first.div_ceil(bpe) * bpe;
         if starts >= first + n {
             return;
         }
-        if let Some(t) = self.table(inner, starts / bpe + 1) {
-            if let Err(e) = self.data.will_need(t.base() * PAGE, bpe * PAGE) {
-                tracing::debug!(file = %self.name().display(), "read-ahead: {e}");
+        let e = starts / bpe;
+        let wanted = [(e, n - (starts - first)), (e + 1, 0)];
+        for (extent, skip) in wanted {
+            let Some(t) = self.table(inner, extent) else { continue };
+            if skip >= bpe {
+                continue; // a zero length would mean "to the end of the file"
+            }
+            if let Err(err) = self.data.will_need((t.base() + skip) * PAGE, (bpe - skip) * PAGE) {
+                tracing::debug!(file = %self.name().display(), "read-ahead: {err}");
             }
         }
     }
