@@ -19,12 +19,18 @@
 //! fsync; the close writes it durably),
 //! so a whole CIPHERDIR put back to a copy older than the anchor is refused at open, naming
 //! the anchor; `--accept-rollback` accepts it on purpose and moves the anchor back.
+//!
+//! A root that can keep state (an HSM token) keeps the same anchor beside the key, for every
+//! host that reaches it: [`RootAnchor`].
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::format::{hex, VolumeHeader};
+
+mod root;
 use crate::{Error, Result};
+pub use root::RootAnchor;
 
 /// The host's state directory: `$ENVELOPEFS_STATE_DIR`; else `/var/lib/envelopefs` for root,
 /// `$XDG_STATE_HOME/envelopefs` or `~/.local/state/envelopefs` for others.
@@ -88,23 +94,35 @@ fn seen_at(p: &Path) -> Result<Seen> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Seen::default()),
         Err(e) => return Err(Error::io(p, "read", e)),
     };
-    let bad = || {
+    parse(&text).ok_or_else(|| {
         Error::corrupt(p, "not an envelopefs anchor (expected `kek-generation N` and/or `file-set-changes N` lines)")
-    };
+    })
+}
+
+/// An anchor's text: `kek-generation N` and/or `file-set-changes N` lines.
+fn parse(text: &str) -> Option<Seen> {
     let mut seen = Seen::default();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let (key, value) = line.split_once(' ').ok_or_else(bad)?;
-        let value: u64 = value.trim().parse().map_err(|_| bad())?;
+        let (key, value) = line.split_once(' ')?;
+        let value: u64 = value.trim().parse().ok()?;
         match key {
             "kek-generation" => seen.generation = Some(value),
             "file-set-changes" => seen.changes = Some(value),
-            _ => return Err(bad()),
+            _ => return None,
         }
     }
-    if seen == Seen::default() {
-        return Err(bad());
+    (seen != Seen::default()).then_some(seen)
+}
+
+fn render(seen: Seen) -> String {
+    let mut text = String::new();
+    if let Some(g) = seen.generation {
+        text.push_str(&format!("kek-generation {g}\n"));
     }
-    Ok(seen)
+    if let Some(c) = seen.changes {
+        text.push_str(&format!("file-set-changes {c}\n"));
+    }
+    text
 }
 
 fn write_at(p: &Path, seen: Seen) -> Result<()> {
@@ -114,14 +132,7 @@ fn write_at(p: &Path, seen: Seen) -> Result<()> {
 fn write_at_then(p: &Path, seen: Seen, durable: bool) -> Result<()> {
     let dir = p.parent().expect("an anchor has a directory");
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create state directory", e))?;
-    let mut text = String::new();
-    if let Some(g) = seen.generation {
-        text.push_str(&format!("kek-generation {g}\n"));
-    }
-    if let Some(c) = seen.changes {
-        text.push_str(&format!("file-set-changes {c}\n"));
-    }
-    crate::durable::replace_file_then(p, text.as_bytes(), 0o600, durable)
+    crate::durable::replace_file_then(p, render(seen).as_bytes(), 0o600, durable)
 }
 
 /// Refuses `header` (read from `header_path`) if its KEK generation is older than the one this
@@ -135,27 +146,55 @@ pub fn check(header: &VolumeHeader, header_path: &Path) -> Result<()> {
 
 fn check_at(anchor: &Path, header: &VolumeHeader, header_path: &Path) -> Result<()> {
     let seen = seen_at(anchor)?;
-    match seen.generation {
-        Some(g) if header.kek_generation < g && ACCEPT_ROLLBACK.load(Ordering::SeqCst) => {
-            tracing::warn!(
-                "{}: accepting KEK generation {} although this host has seen {g} (--accept-rollback)",
-                header_path.display(),
-                header.kek_generation
-            );
-            write_at(anchor, Seen { generation: Some(header.kek_generation), ..seen })
-        }
-        Some(g) if header.kek_generation < g => Err(Error::integrity(
-            header_path,
-            format!(
-                "its KEK is generation {}, but this host has seen generation {g} of this volume (anchor {}): an \
-                 older header was put back, and a KEK that was replaced is not accepted again. If you restored an \
-                 older copy of the volume on purpose, mount it with --accept-rollback",
-                header.kek_generation,
-                anchor.display()
-            ),
-        )),
-        _ => Ok(()),
+    let name = format!("this host has seen generation {{}} of this volume (anchor {})", anchor.display());
+    match older_generation(header.kek_generation, seen.generation, header_path, &name)? {
+        true => write_at(anchor, Seen { generation: Some(header.kek_generation), ..seen }),
+        false => Ok(()),
     }
+}
+
+/// Whether a header at KEK generation `found` is older than the `seen` one: an error naming
+/// the anchor (`seen_by`, with `{}` for the generation), or with `--accept-rollback` a
+/// warning and `true` (the anchor is to be moved back).
+fn older_generation(found: u64, seen: Option<u64>, header_path: &Path, seen_by: &str) -> Result<bool> {
+    let Some(g) = seen.filter(|&g| found < g) else { return Ok(false) };
+    let seen_by = seen_by.replace("{}", &g.to_string());
+    if accepts_rollback() {
+        tracing::warn!(
+            "{}: accepting KEK generation {found} although {seen_by} (--accept-rollback)",
+            header_path.display()
+        );
+        return Ok(true);
+    }
+    Err(Error::integrity(
+        header_path,
+        format!(
+            "its KEK is generation {found}, but {seen_by}: an older header was put back, and a KEK that was \
+             replaced is not accepted again. If you restored an older copy of the volume on purpose, mount it \
+             with --accept-rollback"
+        ),
+    ))
+}
+
+/// Whether a set of files with `found` changes is older than the `seen` count: an error
+/// naming the anchor (`anchor`), or with `--accept-rollback` a warning and `true`.
+fn older_changes(found: u64, seen: Option<u64>, store: &Path, anchor: &str) -> Result<bool> {
+    let Some(c) = seen.filter(|&c| found < c) else { return Ok(false) };
+    if accepts_rollback() {
+        tracing::warn!(
+            "{}: accepting an older copy ({found} < {c} changes, {anchor}) (--accept-rollback)",
+            store.display()
+        );
+        return Ok(true);
+    }
+    Err(Error::integrity(
+        store,
+        format!(
+            "the volume is older than its anchor: its set of files has had {found} changes, {anchor} says {c}. \
+             The volume (or its metadata store) was put back to an older copy. If you restored it on purpose, \
+             mount it with --accept-rollback"
+        ),
+    ))
 }
 
 /// Remembers that volume `volume_id` is at KEK generation `generation` (a newer one only;
@@ -185,24 +224,9 @@ fn record_at(p: &Path, generation: u64) -> Result<()> {
 pub fn check_changes(volume_id: &[u8; 16], changes: u64, store: &Path) -> Result<()> {
     let Some(p) = path(volume_id) else { return Ok(()) };
     let seen = seen_at(&p)?;
-    match seen.changes {
-        Some(c) if changes < c && ACCEPT_ROLLBACK.load(Ordering::SeqCst) => {
-            tracing::warn!(
-                "{}: accepting an older copy ({changes} < {c} changes) (--accept-rollback)",
-                store.display()
-            );
-            write_at(&p, Seen { changes: Some(changes), ..seen })
-        }
-        Some(c) if changes < c => Err(Error::integrity(
-            store,
-            format!(
-                "the volume is older than this host has seen it: its set of files has had {changes} changes, its \
-                 anchor {} says {c}. The volume (or its metadata store) was put back to an older copy. If you \
-                 restored it on purpose, mount it with --accept-rollback",
-                p.display()
-            ),
-        )),
-        _ => Ok(()),
+    match older_changes(changes, seen.changes, store, &format!("this host's anchor {}", p.display()))? {
+        true => write_at(&p, Seen { changes: Some(changes), ..seen }),
+        false => Ok(()),
     }
 }
 

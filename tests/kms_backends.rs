@@ -62,7 +62,8 @@ fn copy_after_shred_does_not_open(m: &MountFixture, copy: &Path) {
 }
 
 /// Writes and reads back 1 GiB through the mount, then checks that the daemon made exactly
-/// one KMS call, an unwrap, by its status and by the audit log.
+/// one KMS key operation, an unwrap, by its status and by the audit log (an HSM root also
+/// reads and writes the volume's anchor once, at mount).
 fn one_unwrap_for_a_gigabyte(m: &MountFixture, log: &Path) {
     let chunk = pattern(42, 1 << 20);
     let mut f = fs::File::create(m.p("big")).unwrap();
@@ -82,7 +83,14 @@ fn one_unwrap_for_a_gigabyte(m: &MountFixture, log: &Path) {
     }
     let v = status(m, &m.mnt);
     assert_eq!(v["kms_calls"], serde_json::json!({"wrap": 0, "unwrap": 1}), "{}", v["kms_uri"]);
-    let records = audit_records(log, v["pid"].as_u64().unwrap());
+    let mut records = audit_records(log, v["pid"].as_u64().unwrap());
+    // An HSM root also keeps the volume's anchor: read before the unwrap, written after.
+    if v["kms_uri"].as_str().is_some_and(|u| u.starts_with("pkcs11:")) {
+        assert_eq!(records.len(), 3, "{records:?}");
+        let (first, last) = (records.remove(0), records.pop().unwrap());
+        assert_eq!((first["op"].as_str(), last["op"].as_str()), (Some("read-anchor"), Some("write-anchor")));
+        assert_eq!((first["volume"].clone(), last["outcome"].as_str()), (v["volume_id"].clone(), Some("ok")));
+    }
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!((records[0]["op"].as_str(), records[0]["outcome"].as_str()), (Some("unwrap"), Some("ok")));
     assert_eq!(records[0]["purpose"], "kek");
@@ -304,4 +312,53 @@ fn scratch_key_goes_through_the_hsm_too() {
     m.mount();
     assert_eq!(fs::read(m.p("tmp/x")).unwrap(), b"scratch under an HSM root");
     assert_eq!(status(&m, &m.mnt)["kms_calls"]["unwrap"], 2);
+}
+
+/// The root's token keeps the volume's anchor (FORMAT.md §6): a whole CIPHERDIR put back to a
+/// copy older than the last open is refused on a host that never saw the volume (a state
+/// directory of its own, with no anchor), naming the root's anchor; `--accept-rollback` takes
+/// the copy and moves the token's anchor back, so the next plain mount opens it.
+#[test]
+fn an_hsm_root_anchors_the_volume_so_another_host_refuses_an_older_copy() {
+    let hsm = SoftHsm::new();
+    let host = |name: &str| {
+        let dir = hsm.dir.path().join(name);
+        fs::create_dir(&dir).unwrap();
+        let mut env = hsm.env();
+        env.push(("ENVELOPEFS_STATE_DIR".into(), dir.into()));
+        env
+    };
+    let log = hsm.dir.path().join("audit.log");
+    let mut m = MountFixture::new_with(&["--kms", &hsm.uri("anchored"), "--create-key"], with_audit(host("a"), &log));
+    fs::write(m.p("f"), b"before the copy").unwrap();
+    m.unmount();
+    let old = m.tmp.path().join("old");
+    copy_tree(&m.cipher, &old);
+    m.mount();
+    fs::write(m.p("g"), b"after the copy").unwrap();
+    // The next open writes the newer set's count into the token.
+    m.remount();
+    let pid = status(&m, &m.mnt)["pid"].as_u64().unwrap();
+    let ops: Vec<String> = audit_records(&log, pid).iter().map(|r| format!("{} {}", r["op"], r["purpose"])).collect();
+    assert_eq!(ops, ["\"read-anchor\" \"anchor\"", "\"unwrap\" \"kek\"", "\"write-anchor\" \"anchor\""]);
+    m.unmount();
+
+    // Host b has never seen the volume: its own anchor cannot tell; the token's does.
+    fs::remove_dir_all(&m.cipher).unwrap();
+    copy_tree(&old, &m.cipher);
+    m.env = with_audit(host("b"), &log);
+    let o = m.try_mount(&[]);
+    assert_ne!(code(&o), 0, "an older copy mounted on another host");
+    let err = stderr(&o);
+    assert!(err.contains("anchor kept by its root") && err.contains("--accept-rollback"), "{err}");
+    assert!(err.contains("meta.db"), "names the store: {err}");
+
+    m.mount_with(&["--accept-rollback"]);
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"before the copy");
+    assert!(!m.p("g").exists());
+    m.unmount();
+    // A third host, no flag: the token's anchor was moved back to the copy.
+    m.env = host("c");
+    m.mount();
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"before the copy");
 }

@@ -204,6 +204,9 @@ impl Volume {
         }
         // A header older than this host has seen (a KEK that was replaced) is not accepted.
         crate::anchor::check(&header, &cipherdir.join(HEADER_FILE))?;
+        // And older than its root's anchor (an HSM token's), on any host.
+        let root_anchor = crate::anchor::RootAnchor::read(kms, &header.volume_id)?;
+        root_anchor.check_generation(&header, &cipherdir.join(HEADER_FILE))?;
         let keys = KeyRing::unlock(kms, &header, &cipherdir.join(HEADER_FILE))?;
         let store = Store::open(&cipherdir.join(STORE_FILE))?;
         let hook = storage.clone();
@@ -305,12 +308,17 @@ impl Volume {
         if vol.header().features & crate::format::FEATURE_FILE_SET != 0 {
             vol.watch_file_set()?;
         }
+        let changes = vol.store().file_set_changes().filter(|_| vol.versioned_file_set());
+        if let Some(changes) = changes {
+            root_anchor.check_changes(changes, vol.store().path())?;
+        }
         if vol.header().features & crate::format::FEATURE_LINKS_BOUND == 0 && vol.entries_bound() {
             vol.links_upgrade()?;
         }
         vol.dir_id(&vol.core.data_dir)?; // the root directory's binding
         vol.resume_pending_rotation(kms)?;
         vol.anchor_generation();
+        root_anchor.record(kms, vol.header().kek_generation, changes);
         Ok(vol)
     }
 

@@ -1,5 +1,6 @@
 //! Every KMS call goes through [`Audited`]: it is logged (tracing target `envelopefs::audit`:
-//! operation, root key id, volume id, purpose, outcome, duration — never key material),
+//! operation, root key id, volume id, purpose (`kek`, `scratch`, or `anchor` for a volume's
+//! anchor kept beside the root), outcome, duration — never key material),
 //! counted (for `status`), and retried with backoff while the KMS is unavailable, until the
 //! KMS timeout (default 10 s, `--kms-timeout`) runs out. A refusal is final at once.
 
@@ -19,6 +20,17 @@ pub fn set_timeout(t: Duration) {
 
 pub fn timeout() -> Duration {
     Duration::from_millis(TIMEOUT_MS.load(Ordering::Relaxed))
+}
+
+/// What a KMS call is about, as the audit log names it.
+#[derive(Clone, Copy)]
+enum About<'a> {
+    /// A key wrapped or unwrapped (its volume, purpose and boot).
+    Key(&'a KmsContext),
+    /// A volume's anchor kept beside the root (purpose `anchor`).
+    Anchor(&'a [u8; 16]),
+    /// The root itself.
+    Root,
 }
 
 /// A KMS with audit log, call counts and retries.
@@ -42,7 +54,7 @@ impl Audited {
     fn call<T>(
         &self,
         op: &'static str,
-        ctx: Option<&KmsContext>,
+        about: About<'_>,
         f: impl Fn() -> std::result::Result<T, KmsError>,
     ) -> std::result::Result<T, KmsError> {
         let started = Instant::now();
@@ -66,10 +78,13 @@ impl Audited {
                 other => break other,
             }
         };
-        let purpose = ctx.map(|c| c.purpose.name()).unwrap_or("-");
-        let volume = ctx.map(|c| hex(&c.volume_id)).unwrap_or_default();
-        let boot = match ctx.map(|c| c.purpose) {
-            Some(Purpose::Scratch { boot_id }) => hex(&boot_id),
+        let (purpose, volume) = match about {
+            About::Key(c) => (c.purpose.name(), hex(&c.volume_id)),
+            About::Anchor(v) => ("anchor", hex(v)),
+            About::Root => ("-", String::new()),
+        };
+        let boot = match about {
+            About::Key(KmsContext { purpose: Purpose::Scratch { boot_id }, .. }) => hex(boot_id),
             _ => String::new(),
         };
         let outcome = match &result {
@@ -104,15 +119,27 @@ impl Kms for Audited {
 
     fn wrap(&self, key: &Key256, ctx: &KmsContext) -> std::result::Result<Vec<u8>, KmsError> {
         self.wraps.fetch_add(1, Ordering::Relaxed);
-        self.call("wrap", Some(ctx), || self.inner.wrap(key, ctx))
+        self.call("wrap", About::Key(ctx), || self.inner.wrap(key, ctx))
     }
 
     fn unwrap(&self, wrapped: &[u8], ctx: &KmsContext) -> std::result::Result<Key256, KmsError> {
         self.unwraps.fetch_add(1, Ordering::Relaxed);
-        self.call("unwrap", Some(ctx), || self.inner.unwrap(wrapped, ctx))
+        self.call("unwrap", About::Key(ctx), || self.inner.unwrap(wrapped, ctx))
     }
 
     fn destroy_root(&self, delete_after_days: Option<u32>) -> std::result::Result<Option<String>, KmsError> {
-        self.call("destroy-root", None, || self.inner.destroy_root(delete_after_days))
+        self.call("destroy-root", About::Root, || self.inner.destroy_root(delete_after_days))
+    }
+
+    fn keeps_anchors(&self) -> bool {
+        self.inner.keeps_anchors()
+    }
+
+    fn read_anchor(&self, volume_id: &[u8; 16]) -> std::result::Result<Option<Vec<u8>>, KmsError> {
+        self.call("read-anchor", About::Anchor(volume_id), || self.inner.read_anchor(volume_id))
+    }
+
+    fn write_anchor(&self, volume_id: &[u8; 16], text: &[u8]) -> std::result::Result<(), KmsError> {
+        self.call("write-anchor", About::Anchor(volume_id), || self.inner.write_anchor(volume_id, text))
     }
 }

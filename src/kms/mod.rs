@@ -1,8 +1,9 @@
 //! Root keys: the [`Kms`] trait and its backends, one module each.
 //!
 //! A KMS wraps and unwraps the volume's KEK (and the per-boot scratch key) under a root key
-//! it holds. It is called once per mount, never per extent. Backends never see DEKs, file
-//! data or names. The embedded passphrase keystore (`local:PATH`) is the default; PKCS#11
+//! it holds. It is called once per mount, never per extent (a root that keeps volumes'
+//! anchors, an HSM token, is also asked to read and write the anchor at each open: `anchor`).
+//! Backends never see DEKs, file data or names. The embedded passphrase keystore (`local:PATH`) is the default; PKCS#11
 //! and the AWS KMS API plug in behind the same trait.
 
 mod audit;
@@ -112,6 +113,26 @@ pub trait Kms: Send + Sync + std::fmt::Debug {
     fn key_id(&self) -> String;
     fn wrap(&self, key: &Key256, ctx: &KmsContext) -> std::result::Result<Vec<u8>, KmsError>;
     fn unwrap(&self, wrapped: &[u8], ctx: &KmsContext) -> std::result::Result<Key256, KmsError>;
+
+    /// Whether this backend keeps volumes' anchors beside the root (`anchor.rs`): an HSM
+    /// token does, as a data object; the embedded keystore lives in CIPHERDIR (it would be
+    /// rolled back with it) and an AWS KMS key has no place for state a data-plane principal
+    /// may write.
+    fn keeps_anchors(&self) -> bool {
+        false
+    }
+
+    /// The anchor of volume `volume_id` kept beside the root, if there is one.
+    fn read_anchor(&self, volume_id: &[u8; 16]) -> std::result::Result<Option<Vec<u8>>, KmsError> {
+        let _ = volume_id;
+        Ok(None)
+    }
+
+    /// Keeps `text` as volume `volume_id`'s anchor beside the root (replacing the one there).
+    fn write_anchor(&self, volume_id: &[u8; 16], text: &[u8]) -> std::result::Result<(), KmsError> {
+        let _ = (volume_id, text);
+        Err(KmsError::Unavailable("this root keeps no anchors".into()))
+    }
 
     /// Destroys the root key (`shred --volume` of a volume whose root is its own): at once
     /// in an HSM; for a cloud KMS, scheduled after `delete_after_days` (and only when given).

@@ -5,6 +5,9 @@
 //! (volume id, purpose). The root is generated in the token by `init --create-key` as
 //! `Token`, `Private`, `Sensitive` and not `Extractable`. PKCS#11 is initialised once per
 //! process and module, so every root of one module in a process shares that context.
+//!
+//! The token also keeps each volume's anchor (`anchor.rs`): a private data object labelled
+//! `envelopefs-anchor-VOLUMEID`, whose value is the anchor's text.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +17,7 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as P11Error, RvError};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use zeroize::Zeroizing;
 
@@ -155,6 +158,33 @@ fn generate_key(session: &Session, label: &str) -> cryptoki::error::Result<Objec
     )
 }
 
+/// The label of volume `volume_id`'s anchor object: `envelopefs-anchor-` and the volume id in
+/// hex (a private data object of application `envelopefs`).
+fn anchor_label(volume_id: &[u8; 16]) -> String {
+    format!("envelopefs-anchor-{}", crate::format::hex(volume_id))
+}
+
+fn find_anchors(session: &Session, volume_id: &[u8; 16]) -> cryptoki::error::Result<Vec<ObjectHandle>> {
+    session.find_objects(&[Attribute::Class(ObjectClass::DATA), Attribute::Label(anchor_label(volume_id).into_bytes())])
+}
+
+/// An anchor call the token could not serve now (the device or session went away: retried),
+/// or refused (anything else, such as a full or read-only token: final).
+fn classify_anchor(e: P11Error) -> KmsError {
+    let reason = format!("the token's anchor object: {e}");
+    match e {
+        P11Error::Pkcs11(
+            RvError::DeviceError
+            | RvError::DeviceRemoved
+            | RvError::TokenNotPresent
+            | RvError::SessionClosed
+            | RvError::SessionHandleInvalid,
+            _,
+        ) => KmsError::Unavailable(reason),
+        _ => KmsError::Rejected(reason),
+    }
+}
+
 /// Errors from the token: a refusal of the data (bad tag: SoftHSM reports
 /// CKR_GENERAL_ERROR) or the token being unusable.
 fn classify(e: P11Error) -> KmsError {
@@ -203,6 +233,45 @@ impl Kms for Pkcs11Root {
             self.session().decrypt(&Mechanism::AesGcm(params), self.key, &wrapped[IV_LEN..]).map_err(classify)?,
         );
         super::key_from_unwrapped(&plain, "the HSM")
+    }
+
+    fn keeps_anchors(&self) -> bool {
+        true
+    }
+
+    /// Every anchor object of the volume, newest last when a write was cut between making
+    /// the new object and destroying the old one: the caller takes the highest of them.
+    fn read_anchor(&self, volume_id: &[u8; 16]) -> std::result::Result<Option<Vec<u8>>, KmsError> {
+        let session = self.session();
+        let mut texts = Vec::new();
+        for object in find_anchors(&session, volume_id).map_err(classify_anchor)? {
+            match session.get_attributes(object, &[AttributeType::Value]).map_err(classify_anchor)?.pop() {
+                Some(Attribute::Value(v)) => texts.push(v),
+                _ => return Err(KmsError::Rejected("the token's anchor object has no value".into())),
+            }
+        }
+        Ok((!texts.is_empty()).then(|| texts.join(&b"\n"[..])))
+    }
+
+    /// A token may not let a data object's value change (SoftHSM2 does not): the new anchor
+    /// is a new object, and only once it exists are the old ones destroyed.
+    fn write_anchor(&self, volume_id: &[u8; 16], text: &[u8]) -> std::result::Result<(), KmsError> {
+        let session = self.session();
+        let old = find_anchors(&session, volume_id).map_err(classify_anchor)?;
+        session
+            .create_object(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Application(b"envelopefs".to_vec()),
+                Attribute::Label(anchor_label(volume_id).into_bytes()),
+                Attribute::Value(text.to_vec()),
+            ])
+            .map_err(classify_anchor)?;
+        for object in old {
+            session.destroy_object(object).map_err(classify_anchor)?;
+        }
+        Ok(())
     }
 
     fn destroy_root(&self, _delete_after_days: Option<u32>) -> std::result::Result<Option<String>, KmsError> {
