@@ -348,6 +348,9 @@ fn an_hsm_root_anchors_the_volume_so_another_host_refuses_an_older_copy() {
     copy_tree(&old, &m.cipher);
     m.env = with_audit(host("b"), &log);
     let o = m.try_mount(&[]);
+    if code(&o) == 0 {
+        m.adopt(); // so that Drop unmounts it
+    }
     assert_ne!(code(&o), 0, "an older copy mounted on another host");
     let err = stderr(&o);
     assert!(err.contains("anchor kept by its root") && err.contains("--accept-rollback"), "{err}");
