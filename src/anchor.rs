@@ -146,22 +146,36 @@ pub fn check(header: &VolumeHeader, header_path: &Path) -> Result<()> {
 
 fn check_at(anchor: &Path, header: &VolumeHeader, header_path: &Path) -> Result<()> {
     let seen = seen_at(anchor)?;
-    let name = format!("this host has seen generation {{}} of this volume (anchor {})", anchor.display());
-    match older_generation(header.kek_generation, seen.generation, header_path, &name)? {
-        true => write_at(anchor, Seen { generation: Some(header.kek_generation), ..seen }),
-        false => Ok(()),
+    let seen_by = SeenBy { who: "this host", anchor: &format!("anchor {}", anchor.display()) };
+    if older_generation(header.kek_generation, seen.generation, header_path, seen_by)? {
+        write_at(anchor, Seen { generation: Some(header.kek_generation), ..seen })?;
     }
+    if older_format(header, seen.changes, header_path, seen_by)? {
+        let seen = seen_at(anchor)?;
+        match seen.generation {
+            Some(_) => write_at(anchor, Seen { changes: None, ..seen })?,
+            None => std::fs::remove_file(anchor).map_err(|e| Error::io(anchor, "remove", e))?,
+        }
+    }
+    Ok(())
+}
+
+/// Who has seen a volume newer, for errors: `who` ("this host") and where it keeps that.
+#[derive(Clone, Copy)]
+struct SeenBy<'a> {
+    who: &'a str,
+    anchor: &'a str,
 }
 
 /// Whether a header at KEK generation `found` is older than the `seen` one: an error naming
-/// the anchor (`seen_by`, with `{}` for the generation), or with `--accept-rollback` a
-/// warning and `true` (the anchor is to be moved back).
-fn older_generation(found: u64, seen: Option<u64>, header_path: &Path, seen_by: &str) -> Result<bool> {
+/// the anchor, or with `--accept-rollback` a warning and `true` (the anchor is to be moved
+/// back).
+fn older_generation(found: u64, seen: Option<u64>, header_path: &Path, by: SeenBy<'_>) -> Result<bool> {
     let Some(g) = seen.filter(|&g| found < g) else { return Ok(false) };
-    let seen_by = seen_by.replace("{}", &g.to_string());
+    let SeenBy { who, anchor } = by;
     if accepts_rollback() {
         tracing::warn!(
-            "{}: accepting KEK generation {found} although {seen_by} (--accept-rollback)",
+            "{}: accepting KEK generation {found} although {who} has seen {g} ({anchor}; --accept-rollback)",
             header_path.display()
         );
         return Ok(true);
@@ -169,9 +183,33 @@ fn older_generation(found: u64, seen: Option<u64>, header_path: &Path, seen_by: 
     Err(Error::integrity(
         header_path,
         format!(
-            "its KEK is generation {found}, but {seen_by}: an older header was put back, and a KEK that was \
-             replaced is not accepted again. If you restored an older copy of the volume on purpose, mount it \
-             with --accept-rollback"
+            "its KEK is generation {found}, but {who} has seen generation {g} of this volume ({anchor}): an older \
+             header was put back, and a KEK that was replaced is not accepted again. If you restored an older copy \
+             of the volume on purpose, mount it with --accept-rollback"
+        ),
+    ))
+}
+
+/// Whether a format-1 header belongs to a volume `seen` at format 2 (an anchor counts the
+/// changes of its set of files only once it is format 2, and `upgrade` never goes back): a
+/// copy from before `upgrade` was put back. An error, or with `--accept-rollback` `true`.
+fn older_format(header: &VolumeHeader, seen_changes: Option<u64>, header_path: &Path, by: SeenBy<'_>) -> Result<bool> {
+    if header.features & crate::format::FEATURE_PAGES != 0 || seen_changes.is_none() {
+        return Ok(false);
+    }
+    let SeenBy { who, anchor } = by;
+    if accepts_rollback() {
+        tracing::warn!(
+            "{}: accepting a format-1 copy of a volume {who} has seen at format 2 ({anchor}; --accept-rollback)",
+            header_path.display()
+        );
+        return Ok(true);
+    }
+    Err(Error::integrity(
+        header_path,
+        format!(
+            "the volume is format 1, but {who} has seen it at format 2 ({anchor}): a copy from before `envelopefs \
+             upgrade` was put back. If you restored it on purpose, mount it with --accept-rollback"
         ),
     ))
 }

@@ -172,3 +172,35 @@ fn the_whole_cipherdir_put_back_is_refused_naming_the_anchor_until_accepted() {
     m.mount(); // the anchor moved back to the copy it accepted
     assert_eq!(fs::read(m.p("other")).unwrap(), pattern(2, 8192));
 }
+
+/// A copy from before `envelopefs upgrade` carries a format-1 header, which has no count of
+/// changes to compare: the anchor, which counts them once the volume is format 2, refuses it
+/// as older, naming the header; `--accept-rollback` takes it.
+#[test]
+fn a_copy_from_before_the_upgrade_is_refused_naming_the_anchor_until_accepted() {
+    let mut m = MountFixture::new(&["--format", "1"]);
+    fs::write(m.p("f"), b"written at format 1").unwrap();
+    m.unmount();
+    let old = snapshot(&m, "before-upgrade");
+    ok(&m.run(&["upgrade".as_ref(), m.cipher.as_os_str(), "--passfile".as_ref(), m.passfile.as_os_str()]));
+    m.mount();
+    fs::write(m.p("g"), b"written at format 2").unwrap();
+    m.unmount();
+    fs::rename(&m.cipher, m.tmp.path().join("newer")).unwrap();
+    assert!(Command::new("cp").arg("-a").arg(&old).arg(&m.cipher).status().unwrap().success());
+    let o = m.try_mount(&[]);
+    if o.status.success() {
+        m.adopt(); // so that Drop unmounts it
+    }
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "mounted a copy from before the upgrade");
+    assert!(err.contains("format 1") && err.contains("upgrade") && err.contains("anchor"), "{err}");
+    assert!(err.contains("envelopefs.conf") && err.contains("--accept-rollback"), "{err}");
+
+    m.mount_with(&["--accept-rollback"]);
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"written at format 1");
+    assert!(!m.p("g").exists());
+    m.unmount();
+    m.mount(); // accepted: the anchor no longer counts changes of this volume
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"written at format 1");
+}

@@ -24,8 +24,15 @@ fn fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
 
 /// Every test here works on copies of one fixture, one volume id to this host's anchors: a
 /// fresh copy is an older copy of a volume already upgraded by another run, accepted on
-/// purpose (in this test binary only).
+/// purpose (in this test binary only, with a state directory of its own, so that the
+/// anchors it leaves never refuse the fixture in another test binary).
 fn same_volume_again() {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = scratch().keep();
+        std::env::set_var("ENVELOPEFS_STATE_DIR", &d);
+        d
+    });
     envelopefs::anchor::accept_rollback();
 }
 

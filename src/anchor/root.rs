@@ -10,8 +10,8 @@
 
 use std::path::Path;
 
-use super::{accepts_rollback, older_changes, older_generation, parse, render, Seen};
-use crate::format::VolumeHeader;
+use super::{accepts_rollback, older_changes, older_format, older_generation, parse, render, Seen, SeenBy};
+use crate::format::{hex, VolumeHeader};
 use crate::kms::Kms;
 use crate::{Error, Result};
 
@@ -26,33 +26,32 @@ pub struct RootAnchor {
 }
 
 impl RootAnchor {
+    /// No anchor beside the root (a root that keeps none, or a volume opened without one).
+    pub fn none(volume_id: &[u8; 16]) -> RootAnchor {
+        RootAnchor { volume_id: *volume_id, seen: Seen::default(), name: String::new(), keeps: false }
+    }
+
     /// Reads volume `volume_id`'s anchor beside `kms`'s root (nothing, for a root that keeps
     /// none). A token that cannot be read, or an anchor that is not one, fails the open.
     pub fn read(kms: &dyn Kms, volume_id: &[u8; 16]) -> Result<RootAnchor> {
+        if !kms.keeps_anchors() {
+            return Ok(RootAnchor::none(volume_id));
+        }
         let name = format!("the anchor kept by its root {}", kms.key_id());
-        let mut anchor = RootAnchor { volume_id: *volume_id, seen: Seen::default(), name, keeps: kms.keeps_anchors() };
-        if !anchor.keeps {
-            return Ok(anchor);
-        }
-        let kms_err = |reason: String| Error::Kms { uri: kms.uri().into(), reason };
-        let text = kms.read_anchor(volume_id).map_err(|e| kms_err(format!("reading this volume's anchor: {e}")))?;
-        // Lines of several objects (a write cut between making the new one and destroying
-        // the old): the highest of each count stands.
-        for line in text.iter().flat_map(|t| t.split(|&b| b == b'\n')).filter(|l| !l.is_empty()) {
-            let seen = std::str::from_utf8(line).ok().and_then(parse).ok_or_else(|| {
-                kms_err("this volume's anchor in the root's token is not an envelopefs anchor".into())
-            })?;
-            anchor.seen.generation = anchor.seen.generation.max(seen.generation);
-            anchor.seen.changes = anchor.seen.changes.max(seen.changes);
-        }
-        Ok(anchor)
+        Ok(RootAnchor { volume_id: *volume_id, seen: read_seen(kms, volume_id)?, name, keeps: true })
     }
 
-    /// Refuses `header` if its KEK generation is older than the root's anchor has seen.
-    /// (With `--accept-rollback`, [`RootAnchor::record`] moves the anchor back.)
+    fn seen_by(&self) -> SeenBy<'_> {
+        SeenBy { who: "its root", anchor: &self.name }
+    }
+
+    /// Refuses `header` if its KEK generation is older than the root's anchor has seen, or
+    /// if it is format 1 and the anchor has seen the volume at format 2 (with
+    /// `--accept-rollback`, [`RootAnchor::record`] moves the anchor back).
     pub fn check_generation(&self, header: &VolumeHeader, header_path: &Path) -> Result<()> {
-        let seen_by = format!("{} has seen generation {{}} of this volume", self.name);
-        older_generation(header.kek_generation, self.seen.generation, header_path, &seen_by).map(|_| ())
+        older_generation(header.kek_generation, self.seen.generation, header_path, self.seen_by())?;
+        older_format(header, self.seen.changes, header_path, self.seen_by())?;
+        Ok(())
     }
 
     /// Refuses a versioned set of files with fewer `changes` than the root's anchor has seen.
@@ -60,30 +59,70 @@ impl RootAnchor {
         older_changes(changes, self.seen.changes, store, &self.name).map(|_| ())
     }
 
-    /// Writes what this open found (KEK `generation`, and `changes` of a versioned set) to
-    /// the root's anchor if it is newer (or, with `--accept-rollback`, older). A failure is
-    /// logged: the open goes on, anchored on this host only.
+    /// The changes of the set of files the root's anchor had seen at open.
+    pub fn seen_changes(&self) -> Option<u64> {
+        self.seen.changes
+    }
+
+    /// Writes what the volume is at (KEK `generation`, and `changes` of a versioned set) to
+    /// the root's anchor: the higher of it and what the anchor holds now (read again: another
+    /// host may have moved it since this open read it), or with `--accept-rollback` exactly
+    /// it. A failure is logged: the volume goes on, anchored on this host only.
     pub fn record(&self, kms: &dyn Kms, generation: u64, changes: Option<u64>) {
         if !self.keeps {
             return;
         }
-        let now = Seen { generation: (generation >= 2).then_some(generation), changes };
-        let next = match accepts_rollback() {
-            true => {
-                Seen { generation: now.generation.or(self.seen.generation), changes: now.changes.or(self.seen.changes) }
+        let result = (|| {
+            let stored = read_seen(kms, &self.volume_id)?;
+            let next = match accepts_rollback() {
+                true => Seen { generation: Some(generation), changes },
+                false => Seen {
+                    generation: (generation >= 2).then_some(generation).max(stored.generation),
+                    changes: changes.max(stored.changes),
+                },
+            };
+            if next == stored || next == Seen::default() {
+                return Ok(());
             }
-            false => Seen {
-                generation: now.generation.max(self.seen.generation),
-                changes: now.changes.max(self.seen.changes),
-            },
-        };
-        if next == self.seen || next == Seen::default() {
-            return;
-        }
-        if let Err(e) = kms.write_anchor(&self.volume_id, render(next).as_bytes()) {
+            kms.write_anchor(&self.volume_id, render(next).as_bytes())
+                .map_err(|e| Error::Kms { uri: kms.uri().into(), reason: format!("writing this volume's anchor: {e}") })
+        })();
+        if let Err(e) = result {
             tracing::warn!("this volume is not anchored by its root {}: {e}", kms.key_id());
         }
     }
+}
+
+impl RootAnchor {
+    /// `rotate --root`: writes what this anchor holds beside the new root `to` too (if it
+    /// keeps anchors), so a volume moved to another token stays anchored.
+    pub fn carry_to(&self, to: &dyn Kms) {
+        if self.seen == Seen::default() {
+            return;
+        }
+        let next = RootAnchor { keeps: to.keeps_anchors(), ..RootAnchor::none(&self.volume_id) };
+        next.record(to, self.seen.generation.unwrap_or(0), self.seen.changes);
+    }
+}
+
+/// The anchor's counts beside the root. Lines of several objects (a write cut between making
+/// the new one and destroying the old) are merged: the highest of each count stands.
+fn read_seen(kms: &dyn Kms, volume_id: &[u8; 16]) -> Result<Seen> {
+    let kms_err = |reason: String| Error::Kms { uri: kms.uri().into(), reason };
+    let text = kms.read_anchor(volume_id).map_err(|e| kms_err(format!("reading this volume's anchor: {e}")))?;
+    let mut seen = Seen::default();
+    for line in text.iter().flat_map(|t| t.split(|&b| b == b'\n')).filter(|l| !l.is_empty()) {
+        let one = std::str::from_utf8(line).ok().and_then(parse).ok_or_else(|| {
+            kms_err(format!(
+                "this volume's anchor beside the root (envelopefs-anchor-{}) is not an envelopefs anchor; delete \
+                 that data object to start it anew (see OPERATIONS.md)",
+                hex(volume_id)
+            ))
+        })?;
+        seen.generation = seen.generation.max(one.generation);
+        seen.changes = seen.changes.max(one.changes);
+    }
+    Ok(seen)
 }
 
 #[cfg(test)]
@@ -125,7 +164,7 @@ mod tests {
 
     fn header(generation: u64) -> VolumeHeader {
         VolumeHeader {
-            features: crate::format::FEATURE_KEK_GENERATION,
+            features: crate::format::FEATURE_KEK_GENERATION | crate::format::FEATURE_PAGES,
             volume_id: [7; 16],
             cipher: crate::format::CipherKind::Aes256GcmSiv,
             extent_shift: 20,
@@ -155,9 +194,14 @@ mod tests {
         assert!(err.contains("envelopefs.conf") && err.contains("generation 3"), "{err}");
         a.check_changes(12, store).unwrap();
         a.check_generation(&header(3), conf).unwrap();
-        // Recording never lowers it (without --accept-rollback) and collapses the objects.
+        // A format-1 header of a volume seen at format 2: a copy from before `upgrade`.
+        let err = a.check_generation(&VolumeHeader { features: 0, ..header(3) }, conf).unwrap_err().to_string();
+        assert!(err.contains("format 1") && err.contains("upgrade"), "{err}");
+        // Recording never lowers it (without --accept-rollback), takes what another host wrote
+        // since the read, and collapses the objects.
+        token.0.lock().unwrap().push(b"file-set-changes 13\n".to_vec());
         a.record(&token, 4, Some(10));
-        assert_eq!(*token.0.lock().unwrap(), [b"kek-generation 4\nfile-set-changes 12\n".to_vec()]);
+        assert_eq!(*token.0.lock().unwrap(), [b"kek-generation 4\nfile-set-changes 13\n".to_vec()]);
         // What is not an anchor fails the open.
         *token.0.lock().unwrap() = vec![b"file-set-changes twelve".to_vec()];
         assert!(RootAnchor::read(&token, &[7; 16]).is_err());

@@ -108,6 +108,7 @@ impl Volume {
                 let changes = fns.changes_of(&v).unwrap_or(0);
                 if fns.versioned {
                     crate::anchor::check_changes(self.keys().volume_id(), changes, self.store().path())?;
+                    self.root_anchor.check_changes(changes, self.store().path())?;
                 }
                 self.keep_file_set(now, changes);
             }
@@ -163,14 +164,15 @@ impl Volume {
     }
 
     /// Writes the tag of the rows as they are now; returns their digest and number of
-    /// changes. A versioned set counts on from this host's anchor (never from the stored
-    /// value, which need not authenticate here), so the next open passes the anchor: the
-    /// operator accepts the store as it is.
+    /// changes. A versioned set counts on from the higher of this host's anchor and the
+    /// root's (never from the stored value, which need not authenticate here), so the next
+    /// open passes both: the operator accepts the store as it is.
     fn record_file_set(&self) -> Result<([u8; 16], u64)> {
         let now = self.file_set_now()?;
         let fns = self.set_fns();
         let changes = match fns.versioned {
             true => crate::anchor::seen_changes(self.keys().volume_id())?
+                .max(self.root_anchor.seen_changes())
                 .unwrap_or(0)
                 .checked_add(1)
                 .ok_or_else(|| Error::corrupt(self.store().path(), "the set of files has no changes left to count"))?,

@@ -270,6 +270,7 @@ impl Volume {
             finished_rotation: Default::default(),
             rotation_left: Default::default(),
             names_generation: Default::default(),
+            root_anchor,
         };
         if vol.names_moving()? {
             // A rotation was cut short while names were moving: half the tree is under each
@@ -308,17 +309,13 @@ impl Volume {
         if vol.header().features & crate::format::FEATURE_FILE_SET != 0 {
             vol.watch_file_set()?;
         }
-        let changes = vol.store().file_set_changes().filter(|_| vol.versioned_file_set());
-        if let Some(changes) = changes {
-            root_anchor.check_changes(changes, vol.store().path())?;
-        }
+
         if vol.header().features & crate::format::FEATURE_LINKS_BOUND == 0 && vol.entries_bound() {
             vol.links_upgrade()?;
         }
         vol.dir_id(&vol.core.data_dir)?; // the root directory's binding
         vol.resume_pending_rotation(kms)?;
-        vol.anchor_generation();
-        root_anchor.record(kms, vol.header().kek_generation, changes);
+        vol.anchor_generation(kms);
         Ok(vol)
     }
 

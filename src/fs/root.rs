@@ -110,6 +110,8 @@ impl Volume {
             (None, KmsUri::Local(_)) => return Self::rotate_root(cipherdir, secrets, scratch_file),
         };
         let from = kms::open(&old_uri, cipherdir, secrets)?;
+        let anchor = crate::anchor::RootAnchor::read(&from, &header.volume_id)?;
+        anchor.check_generation(&header, &cipherdir.join(super::HEADER_FILE))?;
         let to = kms::create(&new_uri, cipherdir, secrets, KdfParams::DEFAULT, create)?;
         let before = header.clone();
         if !rewrap_kek(&from, &to, &mut header, &cipherdir.join(HEADER_FILE))? {
@@ -119,6 +121,7 @@ impl Volume {
             durable::replace_file(scratch_file, &rec.encode(), 0o600)?;
         }
         durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)?;
+        anchor.carry_to(&to);
         // Retire the old root if it was this volume's own and is not the new one.
         let owned_old = store.meta(ROOT_OWNED)?.is_some_and(|o| o == old_uri.as_bytes());
         if create && !header.kms_uri.starts_with("local:") {

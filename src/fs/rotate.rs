@@ -239,13 +239,16 @@ impl Volume {
         self.rotation_left.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Remembers on this host that the volume is at its header's KEK generation (best effort:
-    /// a failure is logged, the volume still opens).
-    pub(super) fn anchor_generation(&self) {
+    /// Remembers on this host, and beside the root where it keeps anchors, that the volume
+    /// is at its header's KEK generation (and the set of files at its count of changes) —
+    /// best effort: a failure is logged, the volume still opens.
+    pub(super) fn anchor_generation(&self, kms: &dyn Kms) {
         let h = self.header();
         if let Err(e) = crate::anchor::record(&h.volume_id, h.kek_generation) {
             tracing::warn!("the KEK generation of this volume is not anchored on this host: {e}");
         }
+        let changes = self.store().file_set_changes().filter(|_| self.versioned_file_set());
+        self.root_anchor.record(kms, h.kek_generation, changes);
     }
 
     /// Forgets cached directory and file ids by backing path, and directory listings (every
@@ -334,7 +337,7 @@ impl Volume {
         // A mount halted by an earlier failure serves again: the rotation is finished.
         *self.halted.write().unwrap_or_else(|p| p.into_inner()) = None;
         drop(quiet);
-        self.anchor_generation();
+        self.anchor_generation(kms);
         let resealed = self.seal_all(&self.records_but_rotation()?);
         let now = unix_now().to_le_bytes();
         let mut changes: Vec<Change<'_>> = ROTATION_RECORDS.iter().map(|key| Change::DeleteMeta { key }).collect();

@@ -240,6 +240,8 @@ pub struct Volume {
     pub(super) finished_rotation: std::sync::atomic::AtomicBool,
     /// What the last rotation left as it found it (see [`Volume::rotation_left`]).
     pub(super) rotation_left: Mutex<Vec<String>>,
+    /// The anchor beside the root, as read at open (`anchor::RootAnchor`).
+    pub(super) root_anchor: crate::anchor::RootAnchor,
     /// Name-key switches so far (see [`Volume::names_generation`]).
     pub(super) names_generation: std::sync::atomic::AtomicU64,
 }

@@ -165,13 +165,17 @@ fn anchor_label(volume_id: &[u8; 16]) -> String {
 }
 
 fn find_anchors(session: &Session, volume_id: &[u8; 16]) -> cryptoki::error::Result<Vec<ObjectHandle>> {
-    session.find_objects(&[Attribute::Class(ObjectClass::DATA), Attribute::Label(anchor_label(volume_id).into_bytes())])
+    session.find_objects(&[
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Application(b"envelopefs".to_vec()),
+        Attribute::Label(anchor_label(volume_id).into_bytes()),
+    ])
 }
 
 /// An anchor call the token could not serve now (the device or session went away: retried),
 /// or refused (anything else, such as a full or read-only token: final).
 fn classify_anchor(e: P11Error) -> KmsError {
-    let reason = format!("the token's anchor object: {e}");
+    let reason = format!("the token's anchor object (a data object labelled envelopefs-anchor-…): {e}");
     match e {
         P11Error::Pkcs11(
             RvError::DeviceError
@@ -268,8 +272,12 @@ impl Kms for Pkcs11Root {
                 Attribute::Value(text.to_vec()),
             ])
             .map_err(classify_anchor)?;
+        // The new object stands: an old one left behind is merged away by the next read, and
+        // a retry would only add objects, so a failure here is final.
         for object in old {
-            session.destroy_object(object).map_err(classify_anchor)?;
+            session
+                .destroy_object(object)
+                .map_err(|e| KmsError::Rejected(format!("the token's old anchor object stays: {e}")))?;
         }
         Ok(())
     }
