@@ -92,7 +92,16 @@ impl Volume {
             ])?;
             store.compact()?;
         }
-        // 3. The root, when it is this volume's own.
+        // 3. The volume's anchor beside the root (it names the volume and counts its changes),
+        // then the root, when it is this volume's own.
+        let anchor = match root.filter(|k| k.keeps_anchors()).map(|k| k.forget_anchor(&header.volume_id)) {
+            Some(Ok(true)) => "; the volume's anchor in its token removed",
+            Some(Err(e)) => {
+                tracing::warn!("the volume's anchor beside its root stays: {e}");
+                "; the volume's anchor in its token could not be removed (see the log)"
+            }
+            _ => "",
+        };
         let mut report = ShredReport { root_destroyed: None, root_kept: None };
         let uri = header.kms_uri.clone();
         let owned = store.meta(ROOT_OWNED)?.is_some_and(|o| o == uri.as_bytes());
@@ -119,6 +128,9 @@ impl Volume {
                 Some(Err(e)) => report.root_kept = Some(format!("{uri}: could not destroy it: {e}")),
                 None => report.root_kept = Some(format!("{uri}: not reachable, so not destroyed")),
             },
+        }
+        for said in [&mut report.root_destroyed, &mut report.root_kept].into_iter().flatten() {
+            said.push_str(anchor);
         }
         Ok(report)
     }

@@ -142,4 +142,8 @@ impl Kms for Audited {
     fn write_anchor(&self, volume_id: &[u8; 16], text: &[u8]) -> std::result::Result<(), KmsError> {
         self.call("write-anchor", About::Anchor(volume_id), || self.inner.write_anchor(volume_id, text))
     }
+
+    fn forget_anchor(&self, volume_id: &[u8; 16]) -> std::result::Result<bool, KmsError> {
+        self.call("forget-anchor", About::Anchor(volume_id), || self.inner.forget_anchor(volume_id))
+    }
 }

@@ -134,6 +134,13 @@ pub trait Kms: Send + Sync + std::fmt::Debug {
         Err(KmsError::Unavailable("this root keeps no anchors".into()))
     }
 
+    /// Removes volume `volume_id`'s anchor beside the root (`shred --volume`); whether there
+    /// was one.
+    fn forget_anchor(&self, volume_id: &[u8; 16]) -> std::result::Result<bool, KmsError> {
+        let _ = volume_id;
+        Ok(false)
+    }
+
     /// Destroys the root key (`shred --volume` of a volume whose root is its own): at once
     /// in an HSM; for a cloud KMS, scheduled after `delete_after_days` (and only when given).
     /// Returns what was done, or `None` where this backend has nothing to destroy.

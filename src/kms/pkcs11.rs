@@ -282,6 +282,15 @@ impl Kms for Pkcs11Root {
         Ok(())
     }
 
+    fn forget_anchor(&self, volume_id: &[u8; 16]) -> std::result::Result<bool, KmsError> {
+        let session = self.session();
+        let objects = find_anchors(&session, volume_id).map_err(classify_anchor)?;
+        for &object in &objects {
+            session.destroy_object(object).map_err(classify_anchor)?;
+        }
+        Ok(!objects.is_empty())
+    }
+
     fn destroy_root(&self, _delete_after_days: Option<u32>) -> std::result::Result<Option<String>, KmsError> {
         self.session().destroy_object(self.key).map_err(|e| KmsError::Unavailable(e.to_string()))?;
         Ok(Some(format!("key object {:?} destroyed in token {:?}", self.object, self.token)))
