@@ -84,6 +84,13 @@ impl RootAnchor {
             if next == stored || next == Seen::default() {
                 return Ok(());
             }
+            if accepts_rollback() {
+                // Moving it back: no higher object may stay behind to win the next read.
+                kms.forget_anchor(&self.volume_id).map_err(|e| Error::Kms {
+                    uri: kms.uri().into(),
+                    reason: format!("removing this volume's anchor to move it back: {e}"),
+                })?;
+            }
             kms.write_anchor(&self.volume_id, render(next).as_bytes())
                 .map_err(|e| Error::Kms { uri: kms.uri().into(), reason: format!("writing this volume's anchor: {e}") })
         })();

@@ -247,6 +247,10 @@ impl Volume {
         if let Err(e) = crate::anchor::record(&h.volume_id, h.kek_generation) {
             tracing::warn!("the KEK generation of this volume is not anchored on this host: {e}");
         }
+        // A set that does not authenticate refuses the mount: nothing of it is recorded.
+        if self.file_set_problem.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return;
+        }
         let changes = self.store().file_set_changes().filter(|_| self.versioned_file_set());
         self.root_anchor.record(kms, h.kek_generation, changes);
     }
