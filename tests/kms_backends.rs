@@ -372,3 +372,36 @@ fn an_hsm_root_anchors_the_volume_so_another_host_refuses_an_older_copy() {
     m.mount();
     assert_eq!(fs::read(m.p("f")).unwrap(), b"before the copy");
 }
+
+/// `rotate --kek` raises the token's anchor itself (not only the next open): a copy from
+/// before the rotation, taken to a host that never saw the volume, is refused for its older
+/// KEK generation by the token alone.
+#[test]
+fn a_kek_rotation_is_anchored_in_the_token_before_any_later_mount() {
+    let hsm = SoftHsm::new();
+    let host = |name: &str| {
+        let dir = hsm.dir.path().join(name);
+        fs::create_dir(&dir).unwrap();
+        let mut env = hsm.env();
+        env.push(("ENVELOPEFS_STATE_DIR".into(), dir.into()));
+        env
+    };
+    let mut m = MountFixture::new_with(&["--kms", &hsm.uri("rotated"), "--create-key"], host("a"));
+    fs::write(m.p("f"), b"under the first KEK").unwrap();
+    m.unmount();
+    let old = m.tmp.path().join("old");
+    copy_tree(&m.cipher, &old);
+    ok(&m.run(&["rotate".as_ref(), m.cipher.as_os_str(), "--kek".as_ref()]));
+
+    m.env = host("b");
+    fs::remove_dir_all(&m.cipher).unwrap();
+    copy_tree(&old, &m.cipher);
+    let o = m.try_mount(&[]);
+    if code(&o) == 0 {
+        m.adopt(); // so that Drop unmounts it
+    }
+    assert_ne!(code(&o), 0, "a header from before the rotation mounted on another host");
+    let err = stderr(&o);
+    assert!(err.contains("generation") && err.contains("anchor kept by its root"), "{err}");
+    assert!(err.contains("envelopefs.conf") && err.contains("--accept-rollback"), "{err}");
+}
