@@ -405,3 +405,53 @@ fn a_kek_rotation_is_anchored_in_the_token_before_any_later_mount() {
     assert!(err.contains("generation") && err.contains("anchor kept by its root"), "{err}");
     assert!(err.contains("envelopefs.conf") && err.contains("--accept-rollback"), "{err}");
 }
+
+/// `fsck --repair` on a host that never saw the volume counts the set of files on from the
+/// token's anchor (not from 0), so the volume it repaired mounts there.
+#[test]
+fn fsck_repair_on_a_new_host_counts_on_from_the_tokens_anchor() {
+    let hsm = SoftHsm::new();
+    let host = |name: &str| {
+        let dir = hsm.dir.path().join(name);
+        fs::create_dir(&dir).unwrap();
+        let mut env = hsm.env();
+        env.push(("ENVELOPEFS_STATE_DIR".into(), dir.into()));
+        env
+    };
+    let mut m = MountFixture::new_with(&["--kms", &hsm.uri("repaired"), "--create-key"], host("a"));
+    fs::write(m.p("gone"), pattern(9, 10_000)).unwrap();
+    for i in 0..4 {
+        // A commit of its own each (the set's count moves once per commit).
+        fs::write(m.p(&format!("keep{i}")), b"kept").unwrap();
+        m.remount();
+    }
+    // This last open raised the token's count past what a count from 0 reaches.
+    m.unmount();
+
+    // The file `gone` removed whole, as a writer of CIPHERDIR can: its rows and data file.
+    let db = rusqlite::Connection::open(m.cipher.join("meta.db")).unwrap();
+    let id: Vec<u8> = db.query_row("SELECT id FROM files WHERE size = 10000", [], |r| r.get(0)).unwrap();
+    db.execute("DELETE FROM extents WHERE file_id = ?1", [&id]).unwrap();
+    db.execute("DELETE FROM files WHERE id = ?1", [&id]).unwrap();
+    drop(db);
+    let mut dirs = vec![m.cipher.join("data")];
+    let mut removed = 0;
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if fs::read(&p).unwrap().get(8..24) == Some(&id[..]) {
+                fs::remove_file(&p).unwrap();
+                removed += 1;
+            }
+        }
+    }
+    assert_eq!(removed, 1);
+
+    m.env = host("b");
+    ok(&m.run(&["fsck".as_ref(), m.cipher.as_os_str(), "--repair".as_ref()]));
+    m.mount();
+    assert_eq!(fs::read(m.p("keep3")).unwrap(), b"kept");
+    assert!(!m.p("gone").exists());
+}
