@@ -455,3 +455,59 @@ fn fsck_repair_on_a_new_host_counts_on_from_the_tokens_anchor() {
     assert_eq!(fs::read(m.p("keep3")).unwrap(), b"kept");
     assert!(!m.p("gone").exists());
 }
+
+/// `rotate --root` to another token carries the volume's anchor there (and removes it from
+/// the old one): a store put back to a copy older than the last mount, under the rotated
+/// header, is refused by the new token on a host that never saw the volume, before any mount
+/// under the new root has written an anchor of its own.
+#[test]
+fn a_root_rotation_to_another_token_carries_the_anchor() {
+    let hsm = SoftHsm::new();
+    let conf = hsm.dir.path().join("softhsm2.conf");
+    let out = std::process::Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", "evfs2", "--so-pin", "0000", "--pin", "1234"])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let host = |name: &str| {
+        let dir = hsm.dir.path().join(name);
+        fs::create_dir(&dir).unwrap();
+        let mut env = hsm.env();
+        env.retain(|(k, _)| k != envelopefs::kms::ROOTS_ENV);
+        let module = common::kms::SOFTHSM_MODULE;
+        let roots = format!("pkcs11:module={module};token=evfs\npkcs11:module={module};token=evfs2");
+        env.push((envelopefs::kms::ROOTS_ENV.into(), roots.into()));
+        env.push(("ENVELOPEFS_STATE_DIR".into(), dir.into()));
+        env
+    };
+    let log = hsm.dir.path().join("audit.log");
+    let mut m = MountFixture::new_with(&["--kms", &hsm.uri("first"), "--create-key"], with_audit(host("a"), &log));
+    fs::write(m.p("f"), b"one").unwrap();
+    m.unmount();
+    let old_db = fs::read(m.cipher.join("meta.db")).unwrap();
+    m.mount();
+    fs::write(m.p("g"), b"two").unwrap();
+    m.remount(); // the first token's anchor now counts the commit that made g
+    m.unmount();
+    let new_uri = format!("pkcs11:module={};token=evfs2;object=second", common::kms::SOFTHSM_MODULE);
+    let to: &[&std::ffi::OsStr] =
+        &["rotate".as_ref(), m.cipher.as_os_str(), "--root".as_ref(), "--to".as_ref(), new_uri.as_ref()];
+    ok(&m.run(&[to, &["--create-key".as_ref()]].concat()));
+    let forgot = fs::read_to_string(&log).unwrap().lines().filter(|l| l.contains("\"forget-anchor\"")).count();
+    assert_eq!(forgot, 1, "the old token's anchor is removed");
+
+    // Host b: the store put back (its WAL with it), under the rotated header.
+    m.env = host("b");
+    for side in ["meta.db-wal", "meta.db-shm"] {
+        let _ = fs::remove_file(m.cipher.join(side));
+    }
+    fs::write(m.cipher.join("meta.db"), &old_db).unwrap();
+    let o = m.try_mount(&[]);
+    if code(&o) == 0 {
+        m.adopt(); // so that Drop unmounts it
+    }
+    assert_ne!(code(&o), 0, "an older store mounted under the new root");
+    let err = stderr(&o);
+    assert!(err.contains("anchor kept by its root evfs2/second"), "{err}");
+}
