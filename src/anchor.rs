@@ -27,9 +27,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::format::{hex, VolumeHeader};
+use crate::{Error, Result};
 
 mod root;
-use crate::{Error, Result};
 pub use root::RootAnchor;
 
 /// The host's state directory: `$ENVELOPEFS_STATE_DIR`; else `/var/lib/envelopefs` for root,
@@ -146,18 +146,19 @@ pub fn check(header: &VolumeHeader, header_path: &Path) -> Result<()> {
 
 fn check_at(anchor: &Path, header: &VolumeHeader, header_path: &Path) -> Result<()> {
     let seen = seen_at(anchor)?;
-    let seen_by = SeenBy { who: "this host", anchor: &format!("anchor {}", anchor.display()) };
-    if older_generation(header.kek_generation, seen.generation, header_path, seen_by)? {
-        write_at(anchor, Seen { generation: Some(header.kek_generation), ..seen })?;
+    let by = SeenBy { who: "this host", anchor: &format!("anchor {}", anchor.display()) };
+    let mut next = seen;
+    if older_generation(header.kek_generation, seen.generation, header_path, by)? {
+        next.generation = Some(header.kek_generation);
     }
-    if older_format(header, seen.changes, header_path, seen_by)? {
-        let seen = seen_at(anchor)?;
-        match seen.generation {
-            Some(_) => write_at(anchor, Seen { changes: None, ..seen })?,
-            None => std::fs::remove_file(anchor).map_err(|e| Error::io(anchor, "remove", e))?,
-        }
+    if older_format(header, seen.changes, header_path, by)? {
+        next.changes = None;
     }
-    Ok(())
+    match next {
+        n if n == seen => Ok(()),
+        n if n == Seen::default() => std::fs::remove_file(anchor).map_err(|e| Error::io(anchor, "remove", e)),
+        n => write_at(anchor, n),
+    }
 }
 
 /// Who has seen a volume newer, for errors: `who` ("this host") and where it keeps that.
@@ -167,72 +168,58 @@ struct SeenBy<'a> {
     anchor: &'a str,
 }
 
-/// Whether a header at KEK generation `found` is older than the `seen` one: an error naming
-/// the anchor, or with `--accept-rollback` a warning and `true` (the anchor is to be moved
-/// back).
+/// A volume older than an anchor says (`why`, read from `path`): an integrity error that says
+/// how to accept it, or with `--accept-rollback` a warning and `true` (the anchor is to be
+/// moved back).
+fn older(path: &Path, why: String) -> Result<bool> {
+    if accepts_rollback() {
+        tracing::warn!("{}: accepted (--accept-rollback) although {why}", path.display());
+        return Ok(true);
+    }
+    Err(Error::integrity(path, format!("{why}. If you restored it on purpose, mount it with --accept-rollback")))
+}
+
+/// Whether a header at KEK generation `found` is older than the `seen` one ([`older`]).
 fn older_generation(found: u64, seen: Option<u64>, header_path: &Path, by: SeenBy<'_>) -> Result<bool> {
     let Some(g) = seen.filter(|&g| found < g) else { return Ok(false) };
     let SeenBy { who, anchor } = by;
-    if accepts_rollback() {
-        tracing::warn!(
-            "{}: accepting KEK generation {found} although {who} has seen {g} ({anchor}; --accept-rollback)",
-            header_path.display()
-        );
-        return Ok(true);
-    }
-    Err(Error::integrity(
+    older(
         header_path,
         format!(
             "its KEK is generation {found}, but {who} has seen generation {g} of this volume ({anchor}): an older \
-             header was put back, and a KEK that was replaced is not accepted again. If you restored an older copy \
-             of the volume on purpose, mount it with --accept-rollback"
+             header was put back, and a KEK that was replaced is not accepted again"
         ),
-    ))
+    )
 }
 
 /// Whether a format-1 header belongs to a volume `seen` at format 2 (an anchor counts the
 /// changes of its set of files only once it is format 2, and `upgrade` never goes back): a
-/// copy from before `upgrade` was put back. An error, or with `--accept-rollback` `true`.
+/// copy from before `upgrade` was put back ([`older`]).
 fn older_format(header: &VolumeHeader, seen_changes: Option<u64>, header_path: &Path, by: SeenBy<'_>) -> Result<bool> {
     if header.features & crate::format::FEATURE_PAGES != 0 || seen_changes.is_none() {
         return Ok(false);
     }
     let SeenBy { who, anchor } = by;
-    if accepts_rollback() {
-        tracing::warn!(
-            "{}: accepting a format-1 copy of a volume {who} has seen at format 2 ({anchor}; --accept-rollback)",
-            header_path.display()
-        );
-        return Ok(true);
-    }
-    Err(Error::integrity(
+    older(
         header_path,
         format!(
             "the volume is format 1, but {who} has seen it at format 2 ({anchor}): a copy from before `envelopefs \
-             upgrade` was put back. If you restored it on purpose, mount it with --accept-rollback"
+             upgrade` was put back"
         ),
-    ))
+    )
 }
 
-/// Whether a set of files with `found` changes is older than the `seen` count: an error
-/// naming the anchor (`anchor`), or with `--accept-rollback` a warning and `true`.
+/// Whether a set of files with `found` changes is older than the `seen` count that `anchor`
+/// holds ([`older`]).
 fn older_changes(found: u64, seen: Option<u64>, store: &Path, anchor: &str) -> Result<bool> {
     let Some(c) = seen.filter(|&c| found < c) else { return Ok(false) };
-    if accepts_rollback() {
-        tracing::warn!(
-            "{}: accepting an older copy ({found} < {c} changes, {anchor}) (--accept-rollback)",
-            store.display()
-        );
-        return Ok(true);
-    }
-    Err(Error::integrity(
+    older(
         store,
         format!(
             "the volume is older than its anchor: its set of files has had {found} changes, {anchor} says {c}. \
-             The volume (or its metadata store) was put back to an older copy. If you restored it on purpose, \
-             mount it with --accept-rollback"
+             The volume (or its metadata store) was put back to an older copy"
         ),
-    ))
+    )
 }
 
 /// Remembers that volume `volume_id` is at KEK generation `generation` (a newer one only;

@@ -39,6 +39,27 @@ fn with_audit(mut env: Vec<(String, OsString)>, log: &Path) -> Vec<(String, OsSt
     env
 }
 
+/// The environment of a host of its own reaching `hsm`: its state directory `name` (new and
+/// empty: the host has seen no volume).
+fn on_host(hsm: &SoftHsm, name: &str) -> Vec<(String, OsString)> {
+    let dir = hsm.dir.path().join(name);
+    fs::create_dir(&dir).unwrap();
+    let mut env = hsm.env();
+    env.push(("ENVELOPEFS_STATE_DIR".into(), dir.into()));
+    env
+}
+
+/// Mounts `m` where the mount must be refused (`what` says what mounted otherwise); returns
+/// what it said. A mount that wrongly succeeds is adopted first, so Drop unmounts it.
+fn refused_mount(m: &mut MountFixture, what: &str) -> String {
+    let o = m.try_mount(&[]);
+    if code(&o) == 0 {
+        m.adopt();
+    }
+    assert_ne!(code(&o), 0, "{what}");
+    stderr(&o)
+}
+
 /// Audit records of process `pid`.
 fn audit_records(log: &Path, pid: u64) -> Vec<Value> {
     fs::read_to_string(log)
@@ -320,13 +341,7 @@ fn scratch_key_goes_through_the_hsm_too() {
 #[test]
 fn an_hsm_root_anchors_the_volume_so_another_host_refuses_an_older_copy() {
     let hsm = SoftHsm::new();
-    let host = |name: &str| {
-        let dir = hsm.dir.path().join(name);
-        fs::create_dir(&dir).unwrap();
-        let mut env = hsm.env();
-        env.push(("ENVELOPEFS_STATE_DIR".into(), dir.into()));
-        env
-    };
+    let host = |name: &str| on_host(&hsm, name);
     let log = hsm.dir.path().join("audit.log");
     let mut m = MountFixture::new_with(&["--kms", &hsm.uri("anchored"), "--create-key"], with_audit(host("a"), &log));
     fs::write(m.p("f"), b"before the copy").unwrap();
@@ -354,12 +369,7 @@ fn an_hsm_root_anchors_the_volume_so_another_host_refuses_an_older_copy() {
     fs::remove_dir_all(&m.cipher).unwrap();
     copy_tree(&old, &m.cipher);
     m.env = with_audit(host("b"), &log);
-    let o = m.try_mount(&[]);
-    if code(&o) == 0 {
-        m.adopt(); // so that Drop unmounts it
-    }
-    assert_ne!(code(&o), 0, "an older copy mounted on another host");
-    let err = stderr(&o);
+    let err = refused_mount(&mut m, "an older copy mounted on another host");
     assert!(err.contains("anchor kept by its root") && err.contains("--accept-rollback"), "{err}");
     assert!(err.contains("meta.db"), "names the store: {err}");
 
@@ -379,13 +389,7 @@ fn an_hsm_root_anchors_the_volume_so_another_host_refuses_an_older_copy() {
 #[test]
 fn a_kek_rotation_is_anchored_in_the_token_before_any_later_mount() {
     let hsm = SoftHsm::new();
-    let host = |name: &str| {
-        let dir = hsm.dir.path().join(name);
-        fs::create_dir(&dir).unwrap();
-        let mut env = hsm.env();
-        env.push(("ENVELOPEFS_STATE_DIR".into(), dir.into()));
-        env
-    };
+    let host = |name: &str| on_host(&hsm, name);
     let mut m = MountFixture::new_with(&["--kms", &hsm.uri("rotated"), "--create-key"], host("a"));
     fs::write(m.p("f"), b"under the first KEK").unwrap();
     m.unmount();
@@ -396,12 +400,7 @@ fn a_kek_rotation_is_anchored_in_the_token_before_any_later_mount() {
     m.env = host("b");
     fs::remove_dir_all(&m.cipher).unwrap();
     copy_tree(&old, &m.cipher);
-    let o = m.try_mount(&[]);
-    if code(&o) == 0 {
-        m.adopt(); // so that Drop unmounts it
-    }
-    assert_ne!(code(&o), 0, "a header from before the rotation mounted on another host");
-    let err = stderr(&o);
+    let err = refused_mount(&mut m, "a header from before the rotation mounted on another host");
     assert!(err.contains("generation") && err.contains("anchor kept by its root"), "{err}");
     assert!(err.contains("envelopefs.conf") && err.contains("--accept-rollback"), "{err}");
 }
@@ -411,13 +410,7 @@ fn a_kek_rotation_is_anchored_in_the_token_before_any_later_mount() {
 #[test]
 fn fsck_repair_on_a_new_host_counts_on_from_the_tokens_anchor() {
     let hsm = SoftHsm::new();
-    let host = |name: &str| {
-        let dir = hsm.dir.path().join(name);
-        fs::create_dir(&dir).unwrap();
-        let mut env = hsm.env();
-        env.push(("ENVELOPEFS_STATE_DIR".into(), dir.into()));
-        env
-    };
+    let host = |name: &str| on_host(&hsm, name);
     let mut m = MountFixture::new_with(&["--kms", &hsm.uri("repaired"), "--create-key"], host("a"));
     fs::write(m.p("gone"), pattern(9, 10_000)).unwrap();
     for i in 0..4 {
@@ -471,14 +464,11 @@ fn a_root_rotation_to_another_token_carries_the_anchor() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let host = |name: &str| {
-        let dir = hsm.dir.path().join(name);
-        fs::create_dir(&dir).unwrap();
-        let mut env = hsm.env();
+        let mut env = on_host(&hsm, name);
         env.retain(|(k, _)| k != envelopefs::kms::ROOTS_ENV);
         let module = common::kms::SOFTHSM_MODULE;
         let roots = format!("pkcs11:module={module};token=evfs\npkcs11:module={module};token=evfs2");
         env.push((envelopefs::kms::ROOTS_ENV.into(), roots.into()));
-        env.push(("ENVELOPEFS_STATE_DIR".into(), dir.into()));
         env
     };
     let log = hsm.dir.path().join("audit.log");
@@ -503,11 +493,6 @@ fn a_root_rotation_to_another_token_carries_the_anchor() {
         let _ = fs::remove_file(m.cipher.join(side));
     }
     fs::write(m.cipher.join("meta.db"), &old_db).unwrap();
-    let o = m.try_mount(&[]);
-    if code(&o) == 0 {
-        m.adopt(); // so that Drop unmounts it
-    }
-    assert_ne!(code(&o), 0, "an older store mounted under the new root");
-    let err = stderr(&o);
+    let err = refused_mount(&mut m, "an older store mounted under the new root");
     assert!(err.contains("anchor kept by its root evfs2/second"), "{err}");
 }

@@ -2,8 +2,9 @@
 //! an HSM token, as a private data object), so that a whole CIPHERDIR put back is refused on
 //! every host that reaches the root, not only on the host whose state directory saw it newer.
 //!
-//! An open reads it once before the KEK is unwrapped and writes it once after the volume has
-//! been checked: two calls to the token per open besides the unwrap, none on the data path.
+//! An open reads it before the KEK is unwrapped and, once the volume has been checked, reads
+//! it again and raises it: three calls to the token per open besides the unwrap, none on the
+//! data path (and `rotate --kek` raises it too).
 //! Between opens only the host's anchor follows the commits; so the root's anchor holds what
 //! the last open found. A copy older than that is refused on any host; a copy taken during
 //! the session since is caught only by that session's host.
@@ -26,8 +27,8 @@ pub struct RootAnchor {
 }
 
 impl RootAnchor {
-    /// No anchor beside the root (a root that keeps none, or a volume opened without one).
-    pub fn none(volume_id: &[u8; 16]) -> RootAnchor {
+    /// No anchor beside the root (a root that keeps none).
+    fn none(volume_id: &[u8; 16]) -> RootAnchor {
         RootAnchor { volume_id: *volume_id, seen: Seen::default(), name: String::new(), keeps: false }
     }
 
@@ -72,9 +73,10 @@ impl RootAnchor {
         if !self.keeps {
             return;
         }
+        let accept = accepts_rollback();
         let result = (|| {
             let stored = read_seen(kms, &self.volume_id)?;
-            let next = match accepts_rollback() {
+            let next = match accept {
                 true => Seen { generation: Some(generation), changes },
                 false => Seen {
                     generation: (generation >= 2).then_some(generation).max(stored.generation),
@@ -84,7 +86,7 @@ impl RootAnchor {
             if next == stored || next == Seen::default() {
                 return Ok(());
             }
-            if accepts_rollback() {
+            if accept {
                 // Moving it back: no higher object may stay behind to win the next read.
                 kms.forget_anchor(&self.volume_id).map_err(|e| Error::Kms {
                     uri: kms.uri().into(),
@@ -98,9 +100,7 @@ impl RootAnchor {
             tracing::warn!("this volume is not anchored by its root {}: {e}", kms.key_id());
         }
     }
-}
 
-impl RootAnchor {
     /// `rotate --root`: writes what this anchor holds beside the new root `to` too (if it
     /// keeps anchors), so a volume moved to another token stays anchored.
     pub fn carry_to(&self, to: &dyn Kms) {

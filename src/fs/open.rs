@@ -309,7 +309,6 @@ impl Volume {
         if vol.header().features & crate::format::FEATURE_FILE_SET != 0 {
             vol.watch_file_set()?;
         }
-
         if vol.header().features & crate::format::FEATURE_LINKS_BOUND == 0 && vol.entries_bound() {
             vol.links_upgrade()?;
         }

@@ -123,13 +123,7 @@ impl Volume {
         durable::replace_file(&cipherdir.join(HEADER_FILE), &header.encode(), 0o600)?;
         anchor.carry_to(&to);
         // A root in another token (or another KMS) keeps no more of this volume.
-        let same_token = match (KmsUri::parse(&old_uri)?, KmsUri::parse(&header.kms_uri)?) {
-            (KmsUri::Pkcs11 { module: m1, token: t1, .. }, KmsUri::Pkcs11 { module: m2, token: t2, .. }) => {
-                (m1, t1) == (m2, t2)
-            }
-            _ => false,
-        };
-        if !same_token && from.keeps_anchors() {
+        if from.keeps_anchors() && !KmsUri::share_anchors(&old_uri, &header.kms_uri) {
             if let Err(e) = from.forget_anchor(&header.volume_id) {
                 tracing::warn!("the volume's anchor stays beside its old root {old_uri}: {e}");
             }

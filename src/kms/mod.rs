@@ -3,8 +3,8 @@
 //! A KMS wraps and unwraps the volume's KEK (and the per-boot scratch key) under a root key
 //! it holds. It is called once per mount, never per extent (a root that keeps volumes'
 //! anchors, an HSM token, is also asked to read and write the anchor at each open: `anchor`).
-//! Backends never see DEKs, file data or names. The embedded passphrase keystore (`local:PATH`) is the default; PKCS#11
-//! and the AWS KMS API plug in behind the same trait.
+//! Backends never see DEKs, file data or names. The embedded passphrase keystore
+//! (`local:PATH`) is the default; PKCS#11 and the AWS KMS API plug in behind the same trait.
 
 mod audit;
 #[cfg(feature = "aws-kms")]
@@ -129,9 +129,10 @@ pub trait Kms: Send + Sync + std::fmt::Debug {
     }
 
     /// Keeps `text` as volume `volume_id`'s anchor beside the root (replacing the one there).
+    /// A root that keeps none refuses, at once (not retried as an unavailable one would be).
     fn write_anchor(&self, volume_id: &[u8; 16], text: &[u8]) -> std::result::Result<(), KmsError> {
         let _ = (volume_id, text);
-        Err(KmsError::Unavailable("this root keeps no anchors".into()))
+        Err(KmsError::Rejected("this root keeps no anchors".into()))
     }
 
     /// Removes volume `volume_id`'s anchor beside the root (`shred --volume`); whether there
@@ -196,6 +197,18 @@ impl KmsUri {
             _ => Err(Error::InvalidArgument(format!(
                 "{uri:?}: a pkcs11: URI needs module=PATH;token=LABEL;object=KEYLABEL"
             ))),
+        }
+    }
+
+    /// Whether roots `a` and `b` keep their anchors in one place (one PKCS#11 token: the
+    /// anchor object is per volume, not per key), so moving a volume from one to the other
+    /// must not remove the anchor from the first.
+    pub fn share_anchors(a: &str, b: &str) -> bool {
+        match (KmsUri::parse(a), KmsUri::parse(b)) {
+            (Ok(KmsUri::Pkcs11 { module: m1, token: t1, .. }), Ok(KmsUri::Pkcs11 { module: m2, token: t2, .. })) => {
+                (m1, t1) == (m2, t2)
+            }
+            _ => false,
         }
     }
 
