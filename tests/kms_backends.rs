@@ -496,3 +496,35 @@ fn a_root_rotation_to_another_token_carries_the_anchor() {
     let err = refused_mount(&mut m, "an older store mounted under the new root");
     assert!(err.contains("anchor kept by its root evfs2/second"), "{err}");
 }
+
+/// `shred --volume` removes only the anchor of the volume its root vouches for: a header given
+/// another volume's id (CIPHERDIR is writable by an attacker) does not take that volume's
+/// anchor with it, and an older copy of that volume is still refused on a new host.
+#[test]
+fn shredding_a_header_given_another_volumes_id_leaves_that_volumes_anchor() {
+    let hsm = SoftHsm::new();
+    let mut b = MountFixture::new_with(&["--kms", &hsm.uri("b"), "--create-key"], on_host(&hsm, "a"));
+    fs::write(b.p("f"), b"one").unwrap();
+    b.unmount();
+    let old_b = b.tmp.path().join("old");
+    copy_tree(&b.cipher, &old_b);
+    b.mount();
+    fs::write(b.p("g"), b"two").unwrap();
+    b.remount(); // the token's anchor of b now counts the commit that made g
+    b.unmount();
+    let b_id = VolumeHeader::decode(&fs::read(b.cipher.join("envelopefs.conf")).unwrap()).unwrap().volume_id;
+
+    let mut a = MountFixture::new_with(&["--kms", &hsm.uri("a"), "--create-key"], b.env.clone());
+    a.unmount();
+    let conf = a.cipher.join("envelopefs.conf");
+    let mut h = VolumeHeader::decode(&fs::read(&conf).unwrap()).unwrap();
+    h.volume_id = b_id;
+    fs::write(&conf, h.encode()).unwrap();
+    ok(&a.run(&["shred".as_ref(), a.cipher.as_os_str(), "--volume".as_ref(), "--yes".as_ref()]));
+
+    b.env = on_host(&hsm, "c");
+    fs::remove_dir_all(&b.cipher).unwrap();
+    copy_tree(&old_b, &b.cipher);
+    let err = refused_mount(&mut b, "an older copy mounted after another header's shred");
+    assert!(err.contains("anchor kept by its root"), "{err}");
+}

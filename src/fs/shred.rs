@@ -8,7 +8,7 @@ use std::path::Path;
 use super::rotate::{PENDING_ID, PENDING_NAMES, PENDING_WRAPPED};
 use super::volume::{Volume, HEADER_FILE, ROOT_OWNED, STORE_FILE};
 use crate::crypto::fill_random;
-use crate::format::FEATURE_SHREDDED;
+use crate::format::{VolumeHeader, FEATURE_SHREDDED};
 use crate::kms::Kms;
 use crate::store::{Change, Store};
 use crate::{durable, kms, Error, Result};
@@ -20,6 +20,16 @@ pub struct ShredReport {
     pub root_destroyed: Option<String>,
     /// Why the root was left alone (shared, not made for this volume, KMS unreachable).
     pub root_kept: Option<String>,
+}
+
+/// Removes the anchor `root` keeps for the volume `header` names, once the root has vouched
+/// for that name: the volume id is read from CIPHERDIR, and a header given another volume's id
+/// must not remove that volume's anchor. Whether one was removed.
+fn forget_own_anchor(root: &dyn Kms, header: &VolumeHeader) -> Result<bool> {
+    if !crate::keys::root_matches(root, header)? {
+        return Ok(false);
+    }
+    root.forget_anchor(&header.volume_id).map_err(|e| Error::Kms { uri: root.uri().into(), reason: e.to_string() })
 }
 
 /// Overwrites `path` in place with random bytes and syncs, then unlinks it. Best effort
@@ -67,6 +77,8 @@ impl Volume {
         let _ = std::fs::remove_file(scratch_file);
         let _header_lock = durable::lock_header(cipherdir)?;
         let mut header = Self::read_live_header(cipherdir)?;
+        // As read, for the root to vouch for its volume id before that volume's anchor goes.
+        let sealed = header.clone();
         let conf = cipherdir.join(HEADER_FILE);
         // 1. The wrapped KEK and name key in the header: overwritten in place, then replaced by
         //    a header that says "shredded" and holds only noise.
@@ -94,7 +106,7 @@ impl Volume {
         }
         // 3. The volume's anchor beside the root (it names the volume and counts its changes),
         // then the root, when it is this volume's own.
-        let anchor = match root.filter(|k| k.keeps_anchors()).map(|k| k.forget_anchor(&header.volume_id)) {
+        let anchor = match root.filter(|k| k.keeps_anchors()).map(|k| forget_own_anchor(k, &sealed)) {
             Some(Ok(true)) => "; the volume's anchor in its token removed",
             Some(Err(e)) => {
                 tracing::warn!("the volume's anchor beside its root stays: {e}");
