@@ -279,3 +279,68 @@ fn unlinked_data_goes_through_the_trash_and_nothing_is_left_there() {
     drop(vol);
     assert!(!dir.join("trash").exists(), "leftovers removed");
 }
+
+/// Readers racing renames (one renamer, as the kernel serializes a directory's renames). A
+/// renamed file or directory is bound to its new entry just after it moves; a reader that
+/// read its header before that rebinding and checks it after must not take it for an entry
+/// swapped in the backing tree (the load test met this as EIO). Every open, stat and read
+/// finds a whole file, or nothing.
+#[test]
+fn readers_racing_renames_see_whole_files_or_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let (_tmp, _dir, vol) = new_volume(CipherKind::Aes256GcmSiv, 16);
+    let vol = Arc::new(vol);
+    let stamped = |seed: u64| [seed.to_le_bytes().to_vec(), pattern(seed, 5_000)].concat();
+    let whole = |d: &[u8]| d.len() == 5_008 && d[8..] == pattern(u64::from_le_bytes(d[..8].try_into().unwrap()), 5_000);
+    vol.mkdir(p("d1"), 0o755).unwrap();
+    let f = vol.create(p("d1/f"), 0o644).unwrap();
+    f.write_at(0, &stamped(7)).unwrap();
+    f.close().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (vol, stop) = (vol.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut seen = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for path in ["a", "d1/f", "d2/f"] {
+                        let r = vol.open_file(p(path), false).and_then(|h| {
+                            let mut buf = vec![0u8; 6_000];
+                            let n = h.read_at(0, &mut buf)?;
+                            h.close()?;
+                            Ok(buf[..n].to_vec())
+                        });
+                        match r {
+                            Ok(data) => {
+                                assert!(whole(&data), "{path}: a torn file read ({} bytes)", data.len());
+                                seen += 1;
+                            }
+                            Err(Error::NotFound(_)) => {}
+                            Err(e) => panic!("open {path} racing a rename: {e}"),
+                        }
+                        match vol.stat(p(path)) {
+                            Ok(_) | Err(Error::NotFound(_)) => {}
+                            Err(e) => panic!("stat {path} racing a rename: {e}"),
+                        }
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    let mut rounds = 0u64;
+    while rounds < 200 || (start.elapsed().as_secs() < 4 && rounds < 5_000) {
+        let t = vol.create(p("t"), 0o644).unwrap();
+        t.write_at(0, &stamped(rounds)).unwrap();
+        t.close().unwrap();
+        vol.rename(p("t"), p("a")).unwrap();
+        let (from, to) = if rounds.is_multiple_of(2) { ("d1", "d2") } else { ("d2", "d1") };
+        vol.rename(p(from), p(to)).unwrap();
+        rounds += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let seen: u64 = readers.into_iter().map(|r| r.join().expect("a reader met an error")).sum();
+    assert!(seen > 0, "the readers read whole files ({rounds} renames)");
+}

@@ -185,6 +185,31 @@ impl Volume {
         }
     }
 
+    /// `header` (read from the object at `entry`) if it is bound there, else
+    /// [`Volume::check_binding`]'s error. A rename by this daemon binds what it moved to its
+    /// new entry just after the move, so a header read before that and checked after is the
+    /// old binding of an object rightly here now: while `again` (a fresh read of the same
+    /// object) gives another header, that one is checked instead — a few times at most; every
+    /// check authenticates, and a header that keeps changing is refused.
+    pub(super) fn checked_header(
+        &self,
+        mut header: ObjectHeader,
+        entry: &Entry,
+        path: &Path,
+        again: impl Fn() -> Result<ObjectHeader>,
+    ) -> Result<ObjectHeader> {
+        for _ in 0..3 {
+            match self.check_binding(&header, entry, path) {
+                Err(Error::Integrity { .. }) => match again()? {
+                    fresh if fresh == header => break,
+                    fresh => header = fresh,
+                },
+                other => return other.map(|()| header),
+            }
+        }
+        self.check_binding(&header, entry, path).map(|()| header)
+    }
+
     /// Whether `header`'s binding holds for `entry` (an error only if the store cannot say).
     fn authentic_at(&self, header: &ObjectHeader, entry: &Entry) -> Result<bool> {
         Ok(match &header.binding {

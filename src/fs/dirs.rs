@@ -158,9 +158,9 @@ impl Volume {
         if let Some(id) = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).get(dir) {
             return Ok(*id);
         }
-        let header = names::read_dir_header(&self.core.tree, dir)?;
+        let read = || names::read_dir_header(&self.core.tree, dir);
         // Its parent is checked first (cached after), then its own binding to its entry.
-        self.check_binding(&header, &self.entry_of(dir)?, dir)?;
+        let header = self.checked_header(read()?, &self.entry_of(dir)?, dir, read)?;
         let id = header.id;
         let mut cache = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= DIR_ID_CACHE {

@@ -480,7 +480,15 @@ impl Volume {
                 id
             }
         };
-        self.file_size(&id, path)
+        match self.file_size(&id, path) {
+            // Its rows go only after its name: replaced or removed by a racing rename or
+            // unlink, the entry that was stat'ed is gone.
+            Err(e @ Error::Integrity { .. }) => match self.at(backing, path)?.path().symlink_metadata() {
+                Ok(m) if m.ino() == ino => Err(e),
+                _ => Err(Error::NotFound(path.into())),
+            },
+            other => other,
+        }
     }
 
     /// Caches the file id of backing inode `ino`. Every regular file's inode is created by
@@ -511,9 +519,24 @@ impl Volume {
     /// The id of data file `file`, opened at `backing` (`at_path`), if its header is bound
     /// to that entry.
     fn checked_file_id(&self, file: &fs::File, backing: &Path, at_path: &Path, path: &Path) -> Result<FileId> {
-        let header = read_header(file, at_path, path)?;
-        self.check_binding(&header, &self.entry_of(backing)?, path)?;
-        Ok(header.id)
+        self.bound_file_id(file, &self.entry_of(backing)?, at_path, path)
+    }
+
+    /// The id of data file `file`, opened at `at_path`, if its header is bound to `entry`.
+    /// A file a racing rename moved away from there (and bound anew) is not found: to the
+    /// caller, the open came after the rename.
+    pub(super) fn bound_file_id(
+        &self,
+        file: &fs::File,
+        entry: &super::binding::Entry,
+        at_path: &Path,
+        path: &Path,
+    ) -> Result<FileId> {
+        let again = || match still_named(file, at_path) {
+            true => read_header(file, at_path, path),
+            false => Err(Error::NotFound(path.into())),
+        };
+        Ok(self.checked_header(read_header(file, at_path, path)?, entry, path, again)?.id)
     }
 
     /// Runs a rename `f` of `from` to `to`, keeping long-name records right: the target's
@@ -650,9 +673,8 @@ impl Volume {
         if meta.is_dir() {
             return Err(Error::IsDir(path.into()));
         }
-        let header = read_header(&file, at.path(), path)?;
-        self.check_binding(&header, &super::binding::Entry::new(r.parent_id, &r.encoded.backing), path)?;
-        let id = header.id;
+        let entry = super::binding::Entry::new(r.parent_id, &r.encoded.backing);
+        let id = self.bound_file_id(&file, &entry, at.path(), path)?;
         let named = || names_inode(at.path(), meta.dev(), meta.ino());
         let file = self.core.storage.data_file(file, &backing);
         self.attach(id, file, r.plain, writable, Some(&named))

@@ -118,19 +118,24 @@ impl Volume {
     fn xattr_target(&self, path: &Path) -> Result<Target> {
         let backing = self.backing_or_root(path)?;
         // The kind from one lstat (not getattr, which would read the header and the size too).
+        let entry = self.entry_of(&backing)?;
         let (header, header_file) = match super::meta::kind_of(self.lstat_of(&backing, path)?.file_type()) {
             EntryKind::File => {
                 let at = self.at(&backing, path)?;
                 let f = super::volume::open_data(at.path(), false).map_err(|e| Error::io(path, "open", e))?;
-                (super::volume::read_header(&f, at.path(), path)?, backing.clone())
+                let read = || super::volume::read_header(&f, at.path(), path);
+                let again = || match super::volume::still_named(&f, at.path()) {
+                    true => read(),
+                    false => Err(Error::NotFound(path.into())),
+                };
+                (self.checked_header(read()?, &entry, path, again)?, backing.clone())
             }
             EntryKind::Directory => {
-                (super::names::read_dir_header(&self.core.tree, &backing)?, backing.join(super::names::DIRID_FILE))
+                let read = || super::names::read_dir_header(&self.core.tree, &backing);
+                (self.checked_header(read()?, &entry, path, read)?, backing.join(super::names::DIRID_FILE))
             }
             _ => return Err(Error::NotSupported("extended attributes on special files and symlinks".into())),
         };
-        let entry = self.entry_of(&backing)?;
-        self.check_binding(&header, &entry, path)?;
         Ok(Target { id: header.id, header_file, entry, flagged: header.xattrs })
     }
 
