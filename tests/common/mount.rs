@@ -123,6 +123,18 @@ impl MountFixture {
         self.mount();
     }
 
+    /// The end of the daemon's log on stderr (a failed test shows what the daemon saw).
+    fn print_daemon_log(&self) {
+        let o = self.run(&["status".as_ref(), self.mnt.as_os_str(), "--json".as_ref()]);
+        let log = serde_json::from_slice::<serde_json::Value>(&o.stdout)
+            .ok()
+            .and_then(|v| v["log"].as_str().map(String::from));
+        if let Some(text) = log.and_then(|l| std::fs::read_to_string(l).ok()) {
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("--- the daemon's log, last lines ---\n{}", lines[lines.len().saturating_sub(30)..].join("\n"));
+        }
+    }
+
     /// A path inside the mount.
     pub fn p(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)
@@ -131,6 +143,9 @@ impl MountFixture {
 
 impl Drop for MountFixture {
     fn drop(&mut self) {
+        if self.mounted && std::thread::panicking() {
+            self.print_daemon_log();
+        }
         if self.mounted {
             let o = self.run(&["umount".as_ref(), self.mnt.as_os_str()]);
             if !o.status.success() {
