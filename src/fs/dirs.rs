@@ -2,6 +2,7 @@
 //! under a hidden name and moved into place), listing them with names decrypted, and the
 //! cache of directory ids.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -68,10 +69,10 @@ impl Volume {
             return Err(Error::DirNotEmpty(path.into()));
         }
         // Its id read afresh and checked (the rows deleted below are that object's).
-        self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&backing);
+        self.forget_dir_ids(&backing);
         let dir_id = self.dir_id(&backing)?;
         // Empty: nothing below it can be cached.
-        self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&backing);
+        self.forget_dir_ids(&backing);
         // Nothing is created in it between the check above and this move: the kernel holds
         // the directory locked during an rmdir through the mount, and scratch clean-up runs
         // while no request is served. Moved away first, its attribute rows deleted after: a
@@ -155,23 +156,57 @@ impl Volume {
     /// (directories keep their id for life; the cache forgets a path when a directory there
     /// is removed or renamed).
     pub(super) fn dir_id(&self, dir: &Path) -> Result<[u8; 16]> {
-        if let Some(id) = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).get(dir) {
-            return Ok(*id);
-        }
+        let epoch = match self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).get(dir) {
+            Ok(id) => return Ok(id),
+            Err(epoch) => epoch,
+        };
         let read = || names::read_dir_header(&self.core.tree, dir);
         // Its parent is checked first (cached after), then its own binding to its entry.
         let header = self.checked_header(read()?, &self.entry_of(dir)?, dir, read)?;
-        let id = header.id;
-        let mut cache = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= DIR_ID_CACHE {
-            cache.clear();
-        }
-        cache.insert(dir.to_path_buf(), id);
-        Ok(id)
+        self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).insert(dir, header.id, epoch);
+        Ok(header.id)
     }
 
     /// Forgets cached directory ids at and below backing path `dir`.
     pub(super) fn forget_dir_ids(&self, dir: &Path) {
-        self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).retain(|p, _| !p.starts_with(dir));
+        self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).forget_below(dir);
+    }
+}
+
+/// Backing directory path → directory id, as [`Volume::dir_id`] checked it. Every forget
+/// starts a new epoch, and an id read in an older one is not kept: a lookup that read a
+/// directory's header just before a rename or rmdir replaced it (and the cache forgot that
+/// path) never caches the dead directory's id for the path.
+#[derive(Default)]
+pub(super) struct DirIds {
+    ids: HashMap<PathBuf, [u8; 16]>,
+    epoch: u64,
+}
+
+impl DirIds {
+    /// The cached id of `dir`, or the epoch to insert one read now in.
+    pub(super) fn get(&self, dir: &Path) -> std::result::Result<[u8; 16], u64> {
+        self.ids.get(dir).copied().ok_or(self.epoch)
+    }
+
+    /// Caches `id` for `dir`, read in `epoch`, unless something was forgotten since.
+    fn insert(&mut self, dir: &Path, id: [u8; 16], epoch: u64) {
+        if epoch != self.epoch {
+            return;
+        }
+        if self.ids.len() >= DIR_ID_CACHE {
+            self.ids.clear();
+        }
+        self.ids.insert(dir.to_path_buf(), id);
+    }
+
+    fn forget_below(&mut self, dir: &Path) {
+        self.ids.retain(|p, _| !p.starts_with(dir));
+        self.epoch += 1;
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.ids.clear();
+        self.epoch += 1;
     }
 }

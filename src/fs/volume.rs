@@ -218,7 +218,7 @@ pub(super) fn tree_error(path: &Path, e: std::io::Error) -> Error {
 pub struct Volume {
     pub(super) core: Arc<Core>,
     /// Backing directory path → directory id (see [`Volume::dir_id`]).
-    pub(super) dir_ids: Mutex<HashMap<PathBuf, [u8; 16]>>,
+    pub(super) dir_ids: Mutex<super::dirs::DirIds>,
     /// Backing inode → file id (see [`Volume::remember_file_id`]).
     pub(super) file_ids: Mutex<HashMap<u64, (FileId, PathBuf)>>,
     /// Why the set of files is not the one last committed, if it is not (`fs::file_set`).
@@ -368,7 +368,7 @@ impl Volume {
             let enc = names::encode(&self.core.keys.names(), &dir_id, d)?;
             dir.push(&enc.backing);
             let so_far = || -> PathBuf { dirs[..=i].iter().collect() };
-            let cached = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).get(&dir).copied();
+            let cached = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).get(&dir).ok();
             dir_id = match cached {
                 Some(id) => id,
                 None => match self.lstat(&dir) {
@@ -872,7 +872,9 @@ impl Volume {
             self.drop_link(id, entry)?;
         }
         if from_meta.is_dir() {
-            self.forget_dir_ids(&bf); // again: a lookup may have cached it meanwhile
+            // Again: a lookup may have read either place before the move.
+            self.forget_dir_ids(&bf);
+            self.forget_dir_ids(&bt);
         }
         let bound = match moving {
             super::binding::Moving::Symlink(_) => Ok(()), // copied into place sealed for it
