@@ -102,8 +102,46 @@ fn v2_gcm_siv_fixture_reads_back() {
     let f = vol.open_file(Path::new("docs/pattern.bin"), false).unwrap();
     let (rec, extents) = vol.store().load(&f.file_id()).unwrap().unwrap();
     assert_eq!(rec.cipher, envelopefs::format::PAGES_CODE);
-    let table = envelopefs::format::BlockTable::from_bytes(&extents[0].written, 16).unwrap();
+    let table = envelopefs::format::BlockTable::from_bytes(&extents[0].written, 16, 16).unwrap();
     assert_eq!((table.page(0), table.page(1)), (1, 18), "block 1 rewritten after its commit: slot 1");
+    let id = f.file_id();
+    let before = read_all(&f);
+    f.close().unwrap();
+
+    // A code-3 file stays code 3 (its extents in pairs) as it grows and is rewritten; a new
+    // file is code 4.
+    let f = vol.open_file(Path::new("docs/pattern.bin"), true).unwrap();
+    let (far, tail) = (5 * 65_536 + 100, pattern(31, 70_000));
+    f.write_at(far, &tail).unwrap();
+    f.write_at(10, b"rewritten").unwrap();
+    f.close().unwrap();
+    // A committed block of extent 5 rewritten: slot 1, B pages on (a code-4 stride would be 4·B).
+    let f = vol.open_file(Path::new("docs/pattern.bin"), true).unwrap();
+    f.write_at(far + 10, b"again").unwrap();
+    f.close().unwrap();
+    let n = vol.create(Path::new("new"), 0o644).unwrap();
+    n.write_at(0, &pattern(32, 200_000)).unwrap();
+    n.close().unwrap();
+    drop(vol);
+    let vol = Volume::open(&dir, &Passphrase::new(FIXTURE_PASSPHRASE).unwrap()).unwrap();
+    let f = vol.open_file(Path::new("docs/pattern.bin"), false).unwrap();
+    let mut want = before;
+    want.resize(far as usize, 0);
+    want.extend_from_slice(&tail);
+    want[10..19].copy_from_slice(b"rewritten");
+    want[far as usize + 10..far as usize + 15].copy_from_slice(b"again");
+    assert!(read_all(&f) == want, "the code-3 file reads back what was written");
+    assert_eq!(vol.store().load(&id).unwrap().unwrap().0.cipher, envelopefs::format::PAGES_CODE);
+    let n = vol.open_file(Path::new("new"), false).unwrap();
+    assert!(read_all(&n) == pattern(32, 200_000));
+    assert_eq!(vol.store().load(&n.file_id()).unwrap().unwrap().0.cipher, envelopefs::format::GROUPS_CODE);
+    assert!(vol.fsck(false).unwrap().problems.is_empty());
+}
+
+fn read_all(f: &envelopefs::fs::FileHandle) -> Vec<u8> {
+    let mut buf = vec![0u8; f.len() as usize];
+    assert_eq!(f.read_at(0, &mut buf).unwrap(), buf.len());
+    buf
 }
 
 fn check_fixture(name: &str) {

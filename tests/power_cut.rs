@@ -241,6 +241,10 @@ fn workload(vol: &Volume, kms: &dyn envelopefs::kms::Kms, model: &mut Model) -> 
     write(&b, model, "b", 90_000, &pattern(4, 5_000))?; // a hole, then new blocks
     b.sync()?;
     model.durable("b");
+    // Committed blocks of extent 1 (group 1 of code 4: slot 1 two extents on) rewritten.
+    write(&b, model, "b", 70_000, &pattern(7, 24_000))?;
+    b.sync()?;
+    model.durable("b");
     drop(b);
 
     vol.mkdir(Path::new("d"), 0o755)?;

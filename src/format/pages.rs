@@ -1,13 +1,22 @@
 //! Format 2 ("pages"): where each block of an extent lives and what authenticates it.
 //!
 //! A format-2 data file is `object header (32), zeros to 4096 || extent areas`, every block
-//! a whole 4 KiB page at a page-aligned offset. Extent `e` owns `2 * B` pages from its base
-//! page (`1 + 2 * B * e` in a file made as format 2; after the old data in a file converted
-//! by `upgrade`): slot 0 of its blocks, then slot 1. Block `i` of the extent is at page
-//! `base + slot(i) * B + i`. A rewrite of a block whose current slot the store names goes to
-//! the other slot; so the page the store names is never written until a commit names the
-//! other one (FORMAT.md §5a). The nonce and tag of each block live here, in the store row,
-//! not in the data file.
+//! a whole 4 KiB page at a page-aligned offset. Each block has two pages, slot 0 and slot 1;
+//! a rewrite of a block whose current slot the store names goes to the other slot, so the
+//! page the store names is never written until a commit names the other one (FORMAT.md
+//! §5a). Block `i` of extent `e` is at page `base + slot(i) * stride + i`; [`Placement`]
+//! gives `base` and `stride`, by the file record's cipher code:
+//!
+//! - code 4, [`Placement::Groups`] (every file made now): extents in groups of 1, 2, 4, …
+//!   512 extents, then 1024 each; a group's slot-0 pages first, back to back across its
+//!   extents, then its slot-1 pages. A file written once is one contiguous run per group,
+//!   like a plain file, and the kernel's own readahead serves a sequential reader.
+//! - code 3, [`Placement::Pairs`] (files made before code 4, still read and written): each
+//!   extent's slot 1 right after its slot 0.
+//!
+//! Either way extent `e` owns `2 * B` pages, all its predecessors' before them, so extent
+//! areas never overlap. The nonce and tag of each block live here, in the store row, not in
+//! the data file.
 //!
 //! The table's stored bytes (the `written` column of a format-2 extent row):
 //! `u64le base || written bits || slot bits || n × (nonce 12 || tag 16)`, `n` one past the
@@ -16,8 +25,74 @@
 use super::WrittenBits;
 use crate::crypto::{GCM_SIV_NONCE, GCM_SIV_TAG};
 
-/// The cipher code of a format-2 file's record (AES-256-GCM-SIV, pages).
+/// The cipher code of a format-2 file's record whose extents are placed in pairs (code 3,
+/// [`Placement::Pairs`]).
 pub const PAGES_CODE: u8 = 3;
+/// The cipher code of a format-2 file's record whose extents are placed in groups (code 4,
+/// [`Placement::Groups`]): every format-2 file made now.
+pub const GROUPS_CODE: u8 = 4;
+/// The largest group of extents [`Placement::Groups`] makes (1 GiB of 1 MiB extents): a
+/// block's two pages stay close, and a file's offsets stay near twice its size.
+const MAX_GROUP: u64 = 1024;
+
+/// Where a format-2 file's extent areas are, relative to the file's first area page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Code 3: extent `e`'s slot 0 at `2·B·e`, its slot 1 right after.
+    Pairs,
+    /// Code 4: extent `e` in group `g` (groups of 1, 2, 4, … 512 extents, then [`MAX_GROUP`]
+    /// each): the group's slot-0 pages back to back, then its slot-1 pages.
+    Groups,
+}
+
+impl Placement {
+    /// The placement of a record's cipher code (`None`: not a format-2 record).
+    pub fn of_code(code: u8) -> Option<Placement> {
+        match code {
+            PAGES_CODE => Some(Placement::Pairs),
+            GROUPS_CODE => Some(Placement::Groups),
+            _ => None,
+        }
+    }
+
+    pub fn code(self) -> u8 {
+        match self {
+            Placement::Pairs => PAGES_CODE,
+            Placement::Groups => GROUPS_CODE,
+        }
+    }
+
+    /// The first extent of `e`'s group and the group's size in extents.
+    fn group(self, e: u64) -> (u64, u64) {
+        match self {
+            Placement::Pairs => (e, 1),
+            Placement::Groups if e < MAX_GROUP - 1 => {
+                let size = 1 << (e + 1).ilog2();
+                (size - 1, size)
+            }
+            // (No `e + 1`: fsck asks for the stride of an extent index read from a row before
+            // its MAC is checked, and u64::MAX must not overflow.)
+            Placement::Groups => (e - (e - (MAX_GROUP - 1)) % MAX_GROUP, MAX_GROUP),
+        }
+    }
+
+    /// Pages from the file's first area page to extent `e`'s slot-0 page of block 0 (each
+    /// extent before `e` owns `2·B` pages, and those of `e`'s group before it `B` more).
+    pub fn offset(self, e: u64, blocks: u64) -> u64 {
+        let (first, _) = self.group(e);
+        blocks * (first + e)
+    }
+
+    /// Pages from a block's slot-0 page to its slot-1 page, in extent `e`.
+    pub fn stride(self, e: u64, blocks: u64) -> u64 {
+        self.group(e).1 * blocks
+    }
+
+    /// The table of a new extent `e` of a file whose first area page is `first_page`.
+    pub fn new_table(self, first_page: u64, e: u64, blocks: u64) -> BlockTable {
+        BlockTable::new(first_page + self.offset(e, blocks), blocks, self.stride(e, blocks))
+    }
+}
 /// Bytes of one block's seal (nonce and tag) in the table.
 pub const SEAL_LEN: usize = GCM_SIV_NONCE + GCM_SIV_TAG;
 /// Bytes of the header page before the first extent area.
@@ -25,8 +100,9 @@ pub const PAGE: u64 = 4096;
 
 /// The largest format-2 file (1 EiB), the highest first page `upgrade` places a converted
 /// file's extents at, and the highest base page a table may name: an extent's base is at
-/// most `2^48 + 2·B·e ≤ 2^48 + 2^49`, its pages below `MAX_BASE + 2^13`, their offsets
-/// (times 4096) below `i64::MAX`, so no page arithmetic wraps.
+/// most `2^48 + 2·B·e ≤ 2^48 + 2^49`, its pages below `MAX_BASE + stride + B ≤ MAX_BASE +
+/// 2^23` (B at most 2^12, a stride at most 2^10·B), their offsets (times 4096) below
+/// `i64::MAX`, so no page arithmetic wraps.
 pub const MAX_PAGES_SIZE: u64 = 1 << 60;
 pub const MAX_FIRST_PAGE: u64 = 1 << 48;
 pub const MAX_BASE: u64 = 1 << 50;
@@ -37,6 +113,8 @@ pub type Seal = [u8; SEAL_LEN];
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockTable {
     base: u64,
+    /// Pages from slot 0 to slot 1 ([`Placement::stride`]; not encoded).
+    stride: u64,
     written: WrittenBits,
     slot: WrittenBits,
     seals: Vec<u8>,
@@ -48,10 +126,11 @@ pub struct BlockTable {
 }
 
 impl BlockTable {
-    /// An empty table whose area starts at page `base`.
-    pub fn new(base: u64, blocks: u64) -> Self {
+    /// An empty table whose area starts at page `base`, slot 1 `stride` pages after slot 0.
+    pub fn new(base: u64, blocks: u64, stride: u64) -> Self {
         BlockTable {
             base,
+            stride,
             written: WrittenBits::new(blocks),
             slot: WrittenBits::new(blocks),
             seals: vec![0; blocks as usize * SEAL_LEN],
@@ -59,12 +138,6 @@ impl BlockTable {
             durable_slot: WrittenBits::new(blocks),
             durable_seals: vec![0; blocks as usize * SEAL_LEN],
         }
-    }
-
-    /// The base page of extent `extent` in a file made as format 2 (a converted file's
-    /// extents start further on: `fs::file::pages_base`).
-    pub fn base_of(extent: u64, blocks: u64) -> u64 {
-        1 + 2 * blocks * extent
     }
 
     /// Bytes a table of `blocks` blocks whose highest written block is `n - 1` encodes to.
@@ -77,9 +150,10 @@ impl BlockTable {
         (0..self.blocks()).rev().find(|&i| self.written.get(i)).map_or(0, |i| i + 1)
     }
 
-    /// Decodes the store's bytes (taken as durable); `None` unless they are the one encoding
-    /// of a table (seals up to the highest written block exactly).
-    pub fn from_bytes(bytes: &[u8], blocks: u64) -> Option<Self> {
+    /// Decodes the store's bytes (taken as durable) of a table whose slot 1 is `stride` pages
+    /// after slot 0; `None` unless they are the one encoding of a table (seals up to the
+    /// highest written block exactly).
+    pub fn from_bytes(bytes: &[u8], blocks: u64, stride: u64) -> Option<Self> {
         let bits = blocks.div_ceil(8) as usize;
         let rest = bytes.len().checked_sub(8 + 2 * bits)?;
         let n = rest / SEAL_LEN;
@@ -100,6 +174,7 @@ impl BlockTable {
         }
         Some(BlockTable {
             base,
+            stride,
             durable_written: written.clone(),
             durable_slot: slot.clone(),
             durable_seals: seals.clone(),
@@ -125,6 +200,11 @@ impl BlockTable {
         self.base
     }
 
+    /// Pages from slot 0 to slot 1.
+    pub fn stride(&self) -> u64 {
+        self.stride
+    }
+
     pub fn written(&self) -> &WrittenBits {
         &self.written
     }
@@ -135,7 +215,7 @@ impl BlockTable {
 
     /// The page block `i` is read from now.
     pub fn page(&self, i: usize) -> u64 {
-        self.base + u64::from(self.slot.get(i)) * self.blocks() as u64 + i as u64
+        self.base + u64::from(self.slot.get(i)) * self.stride + i as u64
     }
 
     pub fn seal(&self, i: usize) -> &Seal {
@@ -154,7 +234,7 @@ impl BlockTable {
 
     /// The page a new version of block `i` goes to.
     pub fn page_for_write(&self, i: usize) -> u64 {
-        self.base + u64::from(self.write_slot(i)) * self.blocks() as u64 + i as u64
+        self.base + u64::from(self.write_slot(i)) * self.stride + i as u64
     }
 
     /// Block `i` now holds the ciphertext sealed as `seal`, written at `page_for_write(i)`.
@@ -202,7 +282,7 @@ mod tests {
     #[test]
     fn rewrites_never_touch_the_durable_page() {
         let b = 4u64;
-        let mut t = BlockTable::new(BlockTable::base_of(1, b), b);
+        let mut t = Placement::Pairs.new_table(1, 1, b);
         assert_eq!(t.base(), 9);
         // Never committed: written in place, slot 0.
         assert_eq!(t.page_for_write(2), 11);
@@ -220,13 +300,45 @@ mod tests {
         assert_eq!(t.page_for_write(2), 11, "after the commit, back to slot 0");
         let bytes = t.to_bytes();
         assert_eq!(bytes.len(), BlockTable::encoded_len(b, 3), "seals up to block 2 only");
-        let back = BlockTable::from_bytes(&bytes, b).unwrap();
+        let back = BlockTable::from_bytes(&bytes, b, b).unwrap();
         assert_eq!(back.seal(2), &[8; SEAL_LEN]);
-        assert!(BlockTable::from_bytes(&bytes[1..], b).is_none());
+        assert!(BlockTable::from_bytes(&bytes[1..], b, b).is_none());
         // One encoding only: a seal too many or too few is refused.
-        assert!(BlockTable::from_bytes(&[&bytes[..], &[0; SEAL_LEN]].concat(), b).is_none());
-        assert!(BlockTable::from_bytes(&bytes[..bytes.len() - SEAL_LEN], b).is_none());
+        assert!(BlockTable::from_bytes(&[&bytes[..], &[0; SEAL_LEN]].concat(), b, b).is_none());
+        assert!(BlockTable::from_bytes(&bytes[..bytes.len() - SEAL_LEN], b, b).is_none());
         t.clear_from(1);
         assert_eq!(t.end_page(), None);
+    }
+
+    #[test]
+    fn groups_put_a_groups_slot_0_pages_back_to_back_and_never_overlap() {
+        let b = 4u64;
+        let g = Placement::Groups;
+        // Groups of 1, 2, 4 … extents: slot 0 of extents 1 and 2 is one run, as is 3..=6.
+        let offsets: Vec<u64> = (0..8).map(|e| g.offset(e, b)).collect();
+        assert_eq!(offsets, [0, 8, 12, 24, 28, 32, 36, 56]);
+        let strides: Vec<u64> = (0..8).map(|e| g.stride(e, b)).collect();
+        assert_eq!(strides, [4, 8, 8, 16, 16, 16, 16, 32]);
+        assert_eq!(
+            (g.group(1022), g.group(1023), g.group(2046), g.group(2047)),
+            ((511, 512), (1023, 1024), (1023, 1024), (2047, 1024))
+        );
+        // Every page of every extent's two slots belongs to it alone and lies in its group's
+        // area `2·B·f .. 2·B·(f + S)`, for both placements and several extent sizes.
+        for b in [1u64, 4, 16] {
+            for placement in [Placement::Pairs, Placement::Groups] {
+                let mut owner = std::collections::HashMap::new();
+                for e in (0..3100).chain(100_000..100_100) {
+                    let (base, stride) = (placement.offset(e, b), placement.stride(e, b));
+                    let (f, size) = placement.group(e);
+                    for page in (0..b).flat_map(|i| [base + i, base + stride + i]) {
+                        assert_eq!(owner.insert(page, e), None, "{placement:?}, B {b}: page {page} of extent {e}");
+                        assert!((2 * b * f..2 * b * (f + size)).contains(&page), "{placement:?}, B {b}: extent {e}");
+                    }
+                }
+            }
+        }
+        assert_eq!(Placement::Groups.stride(u64::MAX, b), 1024 * b, "no overflow on an index from a forged row");
+        assert_eq!(Placement::Pairs.offset(3, b), 24, "code 3 as it always was: 2·B·e");
     }
 }

@@ -51,7 +51,7 @@ pub const FEATURE_LINKS_BOUND: u32 = 512;
 /// Feature bit 10: files are made in format 2 (`format::BlockTable`: page-aligned blocks,
 /// each written whole or not at all, sealed by a nonce and tag kept in the store). Set at
 /// `init` of a GCM-SIV volume and by `envelopefs upgrade`; such a volume's file records say
-/// which of its files are format 2 (cipher code 3).
+/// which of its files are format 2 (cipher code 3 or 4).
 pub const FEATURE_PAGES: u32 = 1024;
 /// Feature bits this build understands; any other bit refuses to open.
 pub const FEATURES_KNOWN: u32 = FEATURE_SHREDDED

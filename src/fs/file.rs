@@ -16,7 +16,7 @@ use super::backend::DataFile;
 use super::blocks::{open_run, seal_run, BlockKey};
 use super::volume::Core;
 use crate::crypto::{fill_random, BlockAad, DataCipher, BLOCK_SIZE, GCM_SIV_NONCE};
-use crate::format::{BlockTable, Layout, WrittenBits, PAGES_CODE};
+use crate::format::{BlockTable, Layout, Placement, WrittenBits};
 use crate::keys::FileId;
 use crate::store::{Change, ExtentRecord, FileRecord};
 use crate::{Error, Result};
@@ -125,8 +125,8 @@ pub(super) struct FileState {
     inner: RwLock<Inner>,
     /// Data written since the last data sync (set by in-place overwrites under the read lock).
     data_dirty: AtomicBool,
-    /// A format-2 file (its record's cipher code is `PAGES_CODE`).
-    pages: bool,
+    /// A format-2 file, its extents placed as its record's cipher code says (3 or 4).
+    pages: Option<Placement>,
 }
 
 impl FileState {
@@ -156,7 +156,7 @@ impl FileState {
                         "its record in the metadata store does not authenticate (size, extents or written blocks altered)",
                     ));
                 }
-                (size, recs, cipher == PAGES_CODE)
+                (size, recs, Placement::of_code(cipher))
             }
             None if core.files_recorded() => return Err(record_missing(&name)),
             None => {
@@ -164,15 +164,15 @@ impl FileState {
                 if len > layout.physical_len(0) {
                     return Err(Error::integrity(&name, "the metadata store has no record of this file's keys"));
                 }
-                (0, Vec::new(), false)
+                (0, Vec::new(), None)
             }
         };
         let mut map = BTreeMap::new();
         for ExtentRecord { index, kek_id, wrapped, written } in extents {
             let bpe = layout.blocks_per_extent();
             let blocks = match pages {
-                true => BlockTable::from_bytes(&written, bpe).map(Blocks::Pages),
-                false => WrittenBits::from_bytes(written, bpe).map(Blocks::Slots),
+                Some(p) => BlockTable::from_bytes(&written, bpe, p.stride(index, bpe)).map(Blocks::Pages),
+                None => WrittenBits::from_bytes(written, bpe).map(Blocks::Slots),
             };
             let blocks = blocks.ok_or_else(|| {
                 Error::corrupt(core.store.path(), format!("{}: extent {index} bitmap size", name.display()))
@@ -192,9 +192,11 @@ impl FileState {
         name: PathBuf,
         scratch: bool,
         inner: Inner,
-        pages: bool,
+        pages: Option<Placement>,
     ) -> FileState {
-        if pages {
+        // Code 3 only: its extents' slot 1 would be read ahead, a hole in a file written
+        // once (`pages::read_ahead`). Code 4's slot-0 pages are one run per group.
+        if pages == Some(Placement::Pairs) {
             if let Err(e) = data.no_readahead() {
                 tracing::debug!("{}: readahead left on: {e}", name.display());
             }
@@ -222,7 +224,7 @@ impl FileState {
         // Dirty from the start: its (empty) record is committed with its first commit, so a
         // file without a record never passes for an empty one.
         let inner = Inner { size: 0, extents: BTreeMap::new(), meta_dirty: true, unlinked: false, written_behind: 0 };
-        let pages = core.pages.load(Ordering::Acquire);
+        let pages = core.pages.load(Ordering::Acquire).then_some(Placement::Groups);
         Self::with_inner(core, id, data, name, scratch, inner, pages)
     }
 
@@ -292,7 +294,7 @@ impl FileState {
 
     /// Decrypts blocks `first..first + plain.len()/4096` into `plain` (holes read as zeros).
     fn load_blocks(&self, inner: &Inner, first: u64, plain: &mut [u8]) -> Result<()> {
-        if self.pages {
+        if self.pages.is_some() {
             return self.load_pages(inner, first, plain);
         }
         let layout = self.core.layout;
@@ -390,7 +392,7 @@ impl FileState {
     /// one file proceed in parallel (each block is one pwrite, atomic against the others).
     fn overwrite_in_place(&self, offset: u64, end: u64, data: &[u8]) -> Result<Option<usize>> {
         // Format 2 records a new seal (and maybe a new slot) per write: never in place.
-        if self.pages || !offset.is_multiple_of(BLOCK) || !end.is_multiple_of(BLOCK) {
+        if self.pages.is_some() || !offset.is_multiple_of(BLOCK) || !end.is_multiple_of(BLOCK) {
             return Ok(None);
         }
         let inner = self.read_inner();
@@ -482,7 +484,7 @@ impl FileState {
 
         let ciphers = self.ciphers_for_write(inner, blocks.start, n)?;
         let keys: Vec<&DataCipher> = ciphers.iter().map(|c| c.as_ref()).collect();
-        if self.pages {
+        if self.pages.is_some() {
             self.write_pages(inner, &keys, blocks.start, &plain)?;
         } else {
             seal_and_write(self.data.as_ref(), layout, &keys, self.aad(), blocks.start, &plain)
@@ -524,8 +526,8 @@ impl FileState {
                             })?;
                         let bpe = layout.blocks_per_extent();
                         let blocks = match self.pages {
-                            true => Blocks::Pages(BlockTable::new(pages_base(&inner.extents, bpe) + 2 * bpe * e, bpe)),
-                            false => Blocks::Slots(WrittenBits::new(bpe)),
+                            Some(p) => Blocks::Pages(p.new_table(first_page(p, &inner.extents, bpe), e, bpe)),
+                            None => Blocks::Slots(WrittenBits::new(bpe)),
                         };
                         let ext = Extent { kek_id, wrapped, blocks, dirty: true };
                         inner.extents.insert(e, ext);
@@ -592,10 +594,13 @@ impl FileState {
             return Err(e);
         }
         let len = match self.pages {
-            true => self.pages_len(&inner)?,
-            false => layout.physical_len(keep_blocks),
+            Some(_) => self.pages_len(&inner)?,
+            None => layout.physical_len(keep_blocks),
         };
-        self.data.set_len(len).map_err(|e| Error::io(self.name(), "truncate data file", e))
+        self.data.set_len(len).map_err(|e| Error::io(self.name(), "truncate data file", e))?;
+        let dropped = before.0.iter().filter(|(e, _)| *e >= keep_extents).map(|(_, x)| &x.blocks);
+        self.free_pages_below(dropped, len);
+        Ok(())
     }
 
     /// The first offset >= `offset` in a written block (SEEK_DATA), or ENXIO.
@@ -695,7 +700,7 @@ impl FileState {
 
     /// The largest size this file may have (format 2: page offsets stay below `i64::MAX`).
     fn max_size(&self) -> u64 {
-        if self.pages {
+        if self.pages.is_some() {
             crate::format::MAX_PAGES_SIZE
         } else {
             i64::MAX as u64
@@ -704,11 +709,7 @@ impl FileState {
 
     /// The cipher code of this file's record.
     fn code(&self) -> u8 {
-        if self.pages {
-            PAGES_CODE
-        } else {
-            self.core.cipher_code
-        }
+        self.pages.map_or(self.core.cipher_code, Placement::code)
     }
 
     /// The store now holds this file's state as it is in memory (format 2 then writes new
@@ -798,28 +799,26 @@ impl FileState {
     }
 }
 
-/// The page extent 0's area starts at in a format-2 file: where its extents are (a file
+/// The page a format-2 file's extent areas start at: where its extents are (a file
 /// converted by `upgrade` has them after its old format-1 slots), else 1. Every extent of a
-/// file is at `base + 2 * B * e`, so a new one never overlaps another.
-fn pages_base(extents: &BTreeMap<u64, Extent>, bpe: u64) -> u64 {
+/// file is at that page plus [`Placement::offset`], so a new one never overlaps another.
+fn first_page(placement: Placement, extents: &BTreeMap<u64, Extent>, bpe: u64) -> u64 {
     extents
         .iter()
         .find_map(|(&e, x)| match &x.blocks {
-            Blocks::Pages(t) => Some(t.base() - 2 * bpe * e),
+            Blocks::Pages(t) => Some(t.base() - placement.offset(e, bpe)),
             Blocks::Slots(_) => None,
         })
         .unwrap_or(1)
 }
 
 /// Where the data of blocks `0..blocks` ends in a data file written front to back (format 2:
-/// all in slot 0 of canonical extents), for write-behind.
-fn data_end(layout: Layout, pages: bool, blocks: u64) -> u64 {
-    if !pages {
-        return layout.physical_len(blocks);
-    }
+/// all in slot 0 of extents from page 1), for write-behind.
+fn data_end(layout: Layout, pages: Option<Placement>, blocks: u64) -> u64 {
+    let Some(placement) = pages else { return layout.physical_len(blocks) };
     let Some(last) = blocks.checked_sub(1) else { return crate::format::PAGE };
     let (e, i) = layout.extent_of(last);
-    (BlockTable::base_of(e, layout.blocks_per_extent()) + i as u64 + 1) * crate::format::PAGE
+    (1 + placement.offset(e, layout.blocks_per_extent()) + i as u64 + 1) * crate::format::PAGE
 }
 
 /// A regular file whose record is missing from the store (rows deleted, or `meta.db`
@@ -834,7 +833,7 @@ pub(super) fn record_missing(path: &Path) -> Error {
 /// The record (cipher code and MAC) of an empty file made now: format 2 in a format-2
 /// volume.
 pub(super) fn empty_record(core: &Core, id: &FileId) -> (u8, [u8; 16]) {
-    let code = if core.pages.load(Ordering::Acquire) { PAGES_CODE } else { core.cipher_code };
+    let code = if core.pages.load(Ordering::Acquire) { Placement::Groups.code() } else { core.cipher_code };
     (code, record_mac_with(&core.keys.names(), code, id, 0, std::iter::empty()))
 }
 

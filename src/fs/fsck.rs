@@ -454,11 +454,13 @@ impl Volume {
             report.problems.push(p);
             return Ok(());
         };
-        let needed = if rec.cipher == crate::format::PAGES_CODE {
+        let needed = if let Some(p) = crate::format::Placement::of_code(rec.cipher) {
             let bpe = layout.blocks_per_extent();
             extents
                 .iter()
-                .filter_map(|e| crate::format::BlockTable::from_bytes(&e.written, bpe)?.end_page())
+                .filter_map(|e| {
+                    crate::format::BlockTable::from_bytes(&e.written, bpe, p.stride(e.index, bpe))?.end_page()
+                })
                 .map(|page| page * crate::format::PAGE)
                 .max()
                 .unwrap_or(0)

@@ -1,16 +1,16 @@
 //! `envelopefs upgrade`: one format-1 file converted to format 2 in place.
 //!
 //! The format-2 pages are written after the format-1 slots in the same data file (extent `e`
-//! from page `P0 + 2 * B * e`, `P0` the first page past the old data), made durable, and then
-//! one store transaction switches the file's record to them (cipher code 3, the tables of
-//! FORMAT.md §5a). A crash before that commit leaves the format-1 record naming the format-1
+//! from page `P0 + Placement::Groups.offset(e)`, `P0` the first page past the old data), made
+//! durable, and then one store transaction switches the file's record to them (cipher code
+//! 4, the tables of FORMAT.md §5a). A crash before that commit leaves the format-1 record naming the format-1
 //! slots, untouched; after it, the format-2 record naming pages that are durable. Only then is
 //! the space of the old slots given back (a hole punched over them): a crash before that
 //! leaves them allocated, and never read again.
 
 use super::{record_mac_with, Blocks, FileState};
 use crate::crypto::{fill_random, BlockAad, BLOCK_SIZE, GCM_SIV_NONCE};
-use crate::format::{BlockTable, MAX_FIRST_PAGE, MAX_PAGES_SIZE, PAGE, PAGES_CODE, SEAL_LEN};
+use crate::format::{Placement, MAX_FIRST_PAGE, MAX_PAGES_SIZE, PAGE, SEAL_LEN};
 use crate::store::Change;
 use crate::{Error, Result};
 
@@ -18,7 +18,7 @@ impl FileState {
     /// Converts this (format-1, GCM-SIV, closed everywhere else) file to format 2; false if
     /// there was nothing to do.
     pub(in crate::fs) fn convert_to_pages(&self) -> Result<bool> {
-        if self.pages || self.scratch {
+        if self.pages.is_some() || self.scratch {
             return Ok(false);
         }
         let mut inner = self.write_inner();
@@ -41,7 +41,7 @@ impl FileState {
             let cipher = self.unwrap_dek(e, ext)?;
             let first = layout.first_block(e);
             self.load_blocks(&inner, first, &mut plain)?;
-            let mut table = BlockTable::new(base0 + 2 * bpe * e, bpe);
+            let mut table = Placement::Groups.new_table(base0, e, bpe);
             for i in (0..bpe as usize).filter(|&i| written.get(i)) {
                 let mut seal = [0u8; SEAL_LEN];
                 fill_random(&mut seal[..GCM_SIV_NONCE]);
@@ -58,9 +58,9 @@ impl FileState {
         }
         self.data.sync_data().map_err(|e| Error::io(self.name(), "fsync", e))?;
         let names = self.core.keys.names();
-        let mac =
-            record_mac_with(&names, PAGES_CODE, &self.id, inner.size, tables.iter().map(|(e, _, t)| (*e, &t[..])));
-        let mut changes = vec![Change::PutFile { id: &self.id, size: inner.size, cipher: PAGES_CODE, mac: &mac }];
+        let code = Placement::Groups.code();
+        let mac = record_mac_with(&names, code, &self.id, inner.size, tables.iter().map(|(e, _, t)| (*e, &t[..])));
+        let mut changes = vec![Change::PutFile { id: &self.id, size: inner.size, cipher: code, mac: &mac }];
         for (index, ext, written) in &tables {
             changes.push(Change::PutExtent {
                 file: &self.id,

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::{Blocks, FileState, Inner, SLOTS};
 use crate::crypto::{fill_random, BlockAad, DataCipher, BLOCK_SIZE, GCM_SIV_NONCE};
-use crate::format::{BlockTable, Seal, PAGE};
+use crate::format::{BlockTable, Placement, Seal, PAGE};
 use crate::{Error, Result};
 
 /// Runs shorter than this are sealed and opened on the calling thread, longer ones in tasks
@@ -46,7 +46,9 @@ impl FileState {
     pub(super) fn load_pages(&self, inner: &Inner, first: u64, plain: &mut [u8]) -> Result<()> {
         let layout = self.core.layout;
         let n = plain.len() / BLOCK_SIZE;
-        self.read_ahead(inner, first, n as u64);
+        if self.pages == Some(Placement::Pairs) {
+            self.read_ahead(inner, first, n as u64);
+        }
         let ciphers = self.ciphers_for_read(inner, first, n)?;
         let mut where_: Vec<Option<(u64, Seal)>> = Vec::with_capacity(n);
         for (i, c) in ciphers.iter().enumerate() {
@@ -119,10 +121,11 @@ impl FileState {
         })
     }
 
-    /// The backing file's own readahead is off for a format-2 data file (`FileState` sets
-    /// it so): it would read into each extent's slot 1, a hole in a file written once, and
-    /// fill the page cache with zeros. Instead a read that starts an extent asks for the rest
-    /// of its slot-0 pages and the next extent's.
+    /// The backing file's own readahead is off for a code-3 data file (`FileState` sets it
+    /// so): it would read into each extent's slot 1, a hole in a file written once, and fill
+    /// the page cache with zeros. Instead a read that starts an extent asks for the rest of
+    /// its slot-0 pages and the next extent's. (A code-4 file keeps the kernel's readahead:
+    /// its slot-0 pages are one run per group of extents.)
     fn read_ahead(&self, inner: &Inner, first: u64, n: u64) {
         let bpe = self.core.layout.blocks_per_extent();
         let starts = first.div_ceil(bpe) * bpe;
@@ -207,6 +210,27 @@ impl FileState {
             written.map_err(|e| Error::io(self.name(), "write", e))?;
         }
         Ok(())
+    }
+
+    /// Gives back the pages of `dropped` extents (committed away) that lie below `len`: in
+    /// code 4 a group's later extents have their slot-0 pages below an earlier one's slot 1,
+    /// so cutting the data file at the highest page still used does not free them. Best
+    /// effort: the keys are gone already, what stays is noise that takes space.
+    pub(super) fn free_pages_below<'a>(&self, dropped: impl Iterator<Item = &'a Blocks>, len: u64) {
+        let bpe = self.core.layout.blocks_per_extent();
+        for t in dropped.filter_map(|b| match b {
+            Blocks::Pages(t) => Some(t),
+            Blocks::Slots(_) => None,
+        }) {
+            for first in [t.base(), t.base() + t.stride()] {
+                let (start, end) = (first * PAGE, ((first + bpe) * PAGE).min(len));
+                if start < end {
+                    if let Err(e) = self.data.punch_hole(start, end - start) {
+                        tracing::debug!(file = %self.name().display(), "freeing a truncated extent's pages: {e}");
+                    }
+                }
+            }
+        }
     }
 
     /// The data file's length once only what the tables hold is kept (after a truncation).
