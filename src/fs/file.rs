@@ -156,7 +156,15 @@ impl FileState {
                         "its record in the metadata store does not authenticate (size, extents or written blocks altered)",
                     ));
                 }
-                (size, recs, Placement::of_code(cipher))
+                let pages = placement_of(cipher, core.cipher_code).map_err(|code| {
+                    Error::integrity(
+                        &name,
+                        format!(
+                            "its record names cipher code {code}, which this build does not know (a newer envelopefs?)"
+                        ),
+                    )
+                })?;
+                (size, recs, pages)
             }
             None if core.files_recorded() => return Err(record_missing(&name)),
             None => {
@@ -799,6 +807,16 @@ impl FileState {
     }
 }
 
+/// The placement a record's cipher code names, in a volume whose format-1 code is `volume`:
+/// `Ok(None)` for format 1, `Err(code)` for a code this build does not know.
+fn placement_of(code: u8, volume: u8) -> std::result::Result<Option<Placement>, u8> {
+    match Placement::of_code(code) {
+        Some(p) => Ok(Some(p)),
+        None if code == volume => Ok(None),
+        None => Err(code),
+    }
+}
+
 /// The page a format-2 file's extent areas start at: where its extents are (a file
 /// converted by `upgrade` has them after its old format-1 slots), else 1. Every extent of a
 /// file is at that page plus [`Placement::offset`], so a new one never overlaps another.
@@ -988,6 +1006,16 @@ mod tests {
 
     /// The record-MAC vector of docs/FORMAT.md §9: name key `66`×32, file id `22`×16, size
     /// 5000, cipher 1, one extent (index 0) with written bitmap `03 00`.
+    #[test]
+    fn an_unknown_record_code_is_refused() {
+        assert_eq!(placement_of(3, 1), Ok(Some(Placement::Pairs)));
+        assert_eq!(placement_of(4, 1), Ok(Some(Placement::Groups)));
+        assert_eq!(placement_of(1, 1), Ok(None));
+        assert_eq!(placement_of(2, 2), Ok(None));
+        assert_eq!(placement_of(2, 1), Err(2), "another volume's format-1 code");
+        assert_eq!(placement_of(5, 1), Err(5), "a code from a newer build");
+    }
+
     #[test]
     fn record_mac_vector() {
         let names = NameCipher::new(&Key256::from_bytes(&[0x66; 32]));
