@@ -59,8 +59,13 @@ impl NameCipher {
     /// A 16-byte MAC of `data`: the GCM-SIV tag of an empty message whose AAD is the
     /// purpose, the context and `data` (with a fixed nonce the tag is a PRF of its input).
     pub fn mac(&self, purpose: NamePurpose, context: &[u8; 16], data: &[u8]) -> [u8; 16] {
+        self.mac_built(purpose, context, |aad| aad.extend_from_slice(data))
+    }
+
+    /// [`NameCipher::mac`] of the bytes `build` appends (no second copy of a large input).
+    pub fn mac_built(&self, purpose: NamePurpose, context: &[u8; 16], build: impl FnOnce(&mut Vec<u8>)) -> [u8; 16] {
         let mut aad = Self::aad(purpose, context).to_vec();
-        aad.extend_from_slice(data);
+        build(&mut aad);
         let tag = self
             .0
             .encrypt_inout_detached(&Nonce::default(), &aad, (&mut [][..]).into())

@@ -118,11 +118,14 @@ pub struct BlockTable {
     written: WrittenBits,
     slot: WrittenBits,
     seals: Vec<u8>,
-    /// What the store holds (not encoded): the written and slot bits and the seals of the
-    /// last commit.
+    /// What the store holds (not encoded): the written and slot bits of the last commit,
+    /// and the seals it holds for the blocks recorded since (`touched`), what
+    /// [`BlockTable::revert`] puts back. Only those: a copy of every seal at each load and
+    /// commit cost a 512 MiB file 3.6 MiB of copying per open.
     durable_written: WrittenBits,
     durable_slot: WrittenBits,
-    durable_seals: Vec<u8>,
+    touched: WrittenBits,
+    durable_seals: Vec<(usize, Seal)>,
 }
 
 impl BlockTable {
@@ -136,7 +139,8 @@ impl BlockTable {
             seals: vec![0; blocks as usize * SEAL_LEN],
             durable_written: WrittenBits::new(blocks),
             durable_slot: WrittenBits::new(blocks),
-            durable_seals: vec![0; blocks as usize * SEAL_LEN],
+            touched: WrittenBits::new(blocks),
+            durable_seals: Vec::new(),
         }
     }
 
@@ -177,7 +181,8 @@ impl BlockTable {
             stride,
             durable_written: written.clone(),
             durable_slot: slot.clone(),
-            durable_seals: seals.clone(),
+            touched: WrittenBits::new(blocks),
+            durable_seals: Vec::new(),
             written,
             slot,
             seals,
@@ -240,6 +245,10 @@ impl BlockTable {
     /// Block `i` now holds the ciphertext sealed as `seal`, written at `page_for_write(i)`.
     pub fn record(&mut self, i: usize, seal: &Seal) {
         let slot = self.write_slot(i);
+        if !self.touched.get(i) {
+            self.touched.set(i);
+            self.durable_seals.push((i, *self.seal(i)));
+        }
         self.slot.set_to(i, slot);
         self.written.set(i);
         self.seals[i * SEAL_LEN..(i + 1) * SEAL_LEN].copy_from_slice(seal);
@@ -256,7 +265,8 @@ impl BlockTable {
     pub fn committed(&mut self) {
         self.durable_written = self.written.clone();
         self.durable_slot = self.slot.clone();
-        self.durable_seals.copy_from_slice(&self.seals);
+        self.touched.clear_from(0);
+        self.durable_seals.clear();
     }
 
     /// A write to block `i`'s current page failed part-way (its page may be torn): the block
@@ -265,8 +275,10 @@ impl BlockTable {
     pub fn revert(&mut self, i: usize) {
         self.written.set_to(i, self.durable_written.get(i));
         self.slot.set_to(i, self.durable_slot.get(i));
-        let r = i * SEAL_LEN..(i + 1) * SEAL_LEN;
-        self.seals[r.clone()].copy_from_slice(&self.durable_seals[r]);
+        // A block not recorded since the commit still has the seal the store holds.
+        if let Some((_, seal)) = self.durable_seals.iter().find(|(j, _)| *j == i) {
+            self.seals[i * SEAL_LEN..(i + 1) * SEAL_LEN].copy_from_slice(seal);
+        }
     }
 
     /// One past the highest page any written block occupies (the data file must reach it).
@@ -306,6 +318,11 @@ mod tests {
         // One encoding only: a seal too many or too few is refused.
         assert!(BlockTable::from_bytes(&[&bytes[..], &[0; SEAL_LEN]].concat(), b, b).is_none());
         assert!(BlockTable::from_bytes(&bytes[..bytes.len() - SEAL_LEN], b, b).is_none());
+        // A failed rewrite goes back to what the store holds: page and seal.
+        t.record(2, &[9; SEAL_LEN]);
+        t.record(2, &[10; SEAL_LEN]);
+        t.revert(2);
+        assert_eq!((t.page(2), t.seal(2)), (15, &[8; SEAL_LEN]), "the committed page and seal");
         t.clear_from(1);
         assert_eq!(t.end_page(), None);
     }
