@@ -256,6 +256,12 @@ impl BlockTable {
 
     /// Blocks `from..` are no longer written (a truncation); their seals are cleared.
     pub fn clear_from(&mut self, from: usize) {
+        for i in from..self.blocks() {
+            if !self.touched.get(i) && self.durable_written.get(i) {
+                self.touched.set(i);
+                self.durable_seals.push((i, *self.seal(i)));
+            }
+        }
         self.written.clear_from(from);
         self.slot.clear_from(from);
         self.seals[from * SEAL_LEN..].fill(0);
@@ -265,8 +271,11 @@ impl BlockTable {
     pub fn committed(&mut self) {
         self.durable_written = self.written.clone();
         self.durable_slot = self.slot.clone();
-        self.touched.clear_from(0);
-        self.durable_seals.clear();
+        // A block is touched exactly when its store seal is kept: none kept, none touched.
+        if !self.durable_seals.is_empty() {
+            self.touched.clear_from(0);
+            self.durable_seals.clear();
+        }
     }
 
     /// A write to block `i`'s current page failed part-way (its page may be torn): the block
@@ -318,11 +327,15 @@ mod tests {
         // One encoding only: a seal too many or too few is refused.
         assert!(BlockTable::from_bytes(&[&bytes[..], &[0; SEAL_LEN]].concat(), b, b).is_none());
         assert!(BlockTable::from_bytes(&bytes[..bytes.len() - SEAL_LEN], b, b).is_none());
-        // A failed rewrite goes back to what the store holds: page and seal.
+        // A failed rewrite goes back to what the store holds: page and seal, after a
+        // truncation not yet committed too.
         t.record(2, &[9; SEAL_LEN]);
         t.record(2, &[10; SEAL_LEN]);
         t.revert(2);
         assert_eq!((t.page(2), t.seal(2)), (15, &[8; SEAL_LEN]), "the committed page and seal");
+        t.clear_from(2);
+        t.revert(2);
+        assert_eq!((t.page(2), t.seal(2)), (15, &[8; SEAL_LEN]), "back from a truncation");
         t.clear_from(1);
         assert_eq!(t.end_page(), None);
     }

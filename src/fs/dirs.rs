@@ -68,16 +68,18 @@ impl Volume {
         if entries.flatten().any(|e| e.file_name() != DIRID_FILE) {
             return Err(Error::DirNotEmpty(path.into()));
         }
-        // Its id read afresh and checked (the rows deleted below are that object's).
-        self.forget_dir_ids(&backing);
+        // Its id read afresh and checked (the rows deleted below are that object's). Empty:
+        // nothing below it is cached, so only its own entry goes (not a scan of the cache).
+        self.forget_dir_id(&backing);
         let dir_id = self.dir_id(&backing)?;
-        // Empty: nothing below it can be cached.
-        self.forget_dir_ids(&backing);
+        self.forget_dir_id(&backing);
         // Nothing is created in it between the check above and this move: the kernel holds
         // the directory locked during an rmdir through the mount, and scratch clean-up runs
         // while no request is served. Moved away first, its attribute rows deleted after: a
         // crash in between leaves rows of no object, never a flagged directory without them.
         self.core.trash.discard(&self.at(&backing, path)?).map_err(|e| Error::io(path, "rmdir", e))?;
+        // Again: a lookup may have read its header between the forget above and the move.
+        self.forget_dir_id(&backing);
         // A read first: most directories have no xattrs, and a write costs a commit.
         if !self.core.store.xattr_names(&dir_id)?.is_empty() {
             self.core.store.apply(&[Change::DeleteXattrs { object: &dir_id }])?;
@@ -171,6 +173,11 @@ impl Volume {
     pub(super) fn forget_dir_ids(&self, dir: &Path) {
         self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).forget_below(dir);
     }
+
+    /// Forgets the cached id of backing directory `dir` alone (an empty one).
+    fn forget_dir_id(&self, dir: &Path) {
+        self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).forget(dir);
+    }
 }
 
 /// Backing directory path → directory id, as [`Volume::dir_id`] checked it. Every forget
@@ -198,6 +205,11 @@ impl DirIds {
             self.ids.clear();
         }
         self.ids.insert(dir.to_path_buf(), id);
+    }
+
+    fn forget(&mut self, dir: &Path) {
+        self.ids.remove(dir);
+        self.epoch += 1;
     }
 
     fn forget_below(&mut self, dir: &Path) {

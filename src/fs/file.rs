@@ -1006,8 +1006,7 @@ mod tests {
     use super::*;
     use crate::crypto::{Key256, NameCipher};
 
-    /// The record-MAC vector of docs/FORMAT.md §9: name key `66`×32, file id `22`×16, size
-    /// 5000, cipher 1, one extent (index 0) with written bitmap `03 00`.
+    /// A record's cipher code names a placement, the volume's format 1, or nothing known.
     #[test]
     fn an_unknown_record_code_is_refused() {
         assert_eq!(placement_of(3, 1), Ok(Some(Placement::Pairs)));
@@ -1018,6 +1017,8 @@ mod tests {
         assert_eq!(placement_of(5, 1), Err(5), "a code from a newer build");
     }
 
+    /// The record-MAC vector of docs/FORMAT.md §9: name key `66`×32, file id `22`×16, size
+    /// 5000, cipher 1, one extent (index 0) with written bitmap `03 00`.
     #[test]
     fn record_mac_vector() {
         let names = NameCipher::new(&Key256::from_bytes(&[0x66; 32]));
