@@ -103,6 +103,57 @@ fn make_fixture_v2() {
     vol.store().checkpoint().unwrap();
 }
 
+/// The format-2 fixture of record code 4 (extents in groups, FORMAT.md §5a): the same
+/// contents; block 33 of `docs/pattern.bin` (extent 2, the second of group 1) rewritten with
+/// the same bytes after its commit, so it lives in slot 1, one group stride (32 pages) on.
+/// `cargo test --test fixture -- --ignored make_fixture_v2_groups`
+#[test]
+#[ignore]
+fn make_fixture_v2_groups() {
+    let dir = fixtures().join("v2-groups");
+    assert!(!dir.exists(), "{} exists; fixtures are never rewritten", dir.display());
+    let pass = Passphrase::new(FIXTURE_PASSPHRASE).unwrap();
+    Volume::init(&dir, &opts(CipherKind::Aes256GcmSiv, 16), &pass).unwrap();
+    let vol = Volume::open(&dir, &pass).unwrap();
+    vol.mkdir(Path::new("docs"), 0o755).unwrap();
+    for (path, data) in contents() {
+        let f = vol.create(Path::new(&path), 0o644).unwrap();
+        if path == "docs/sparse.bin" {
+            f.write_at(0, b"head").unwrap();
+            f.write_at(200_000, b"tail").unwrap();
+        } else if path == "truncated.bin" {
+            f.write_at(0, &pattern(43, 70_000)).unwrap();
+            f.set_len(5000).unwrap();
+        } else {
+            f.write_at(0, &data).unwrap();
+        }
+        f.close().unwrap();
+    }
+    let f = vol.open_file(Path::new("docs/pattern.bin"), true).unwrap();
+    f.write_at(33 * 4096, &pattern(42, 150_000)[33 * 4096..34 * 4096]).unwrap();
+    f.close().unwrap();
+    vol.store().checkpoint().unwrap();
+}
+
+#[test]
+fn v2_groups_fixture_reads_back_from_the_pages_code_4_places() {
+    check_fixture("v2-groups");
+    let tmp = scratch();
+    let dir = tmp.path().join("v2-groups");
+    copy_tree(&fixtures().join("v2-groups"), &dir);
+    let vol = Volume::open(&dir, &Passphrase::new(FIXTURE_PASSPHRASE).unwrap()).unwrap();
+    let f = vol.open_file(Path::new("docs/pattern.bin"), false).unwrap();
+    let (rec, extents) = vol.store().load(&f.file_id()).unwrap().unwrap();
+    assert_eq!(rec.cipher, envelopefs::format::GROUPS_CODE);
+    let g = envelopefs::format::Placement::Groups;
+    let table = |e: usize| {
+        envelopefs::format::BlockTable::from_bytes(&extents[e].written, 16, g.stride(extents[e].index, 16)).unwrap()
+    };
+    // Extent 0 from page 1; extents 1 and 2 (group 1) from pages 33 and 49, slot 1 32 on.
+    assert_eq!((table(0).page(0), table(1).page(0), table(2).page(0)), (1, 33, 49));
+    assert_eq!(table(2).page(1), 49 + 32 + 1, "block 33 rewritten after its commit: slot 1");
+}
+
 #[test]
 fn v2_gcm_siv_fixture_reads_back() {
     check_fixture("v2-gcm-siv");
