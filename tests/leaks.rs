@@ -102,3 +102,24 @@ fn data_runs(path: &Path) -> Vec<(u64, u64)> {
     }
     runs
 }
+
+/// FORMAT.md §5a: a format-2 data file's apparent length is at most twice its size rounded
+/// up to whole extents (plus the header page) when written once, and at most three times once
+/// blocks of its last group are rewritten (here extent 3 alone in group {3..=6}: its slot 1
+/// four extents on).
+#[test]
+fn a_data_files_apparent_length_is_at_most_twice_its_extents_or_three_times_after_rewrites() {
+    let (_tmp, dir, vol) = new_volume(CipherKind::Aes256GcmSiv, 16);
+    let (size, extents) = (3 * 65_536 + 4096, 4 * 65_536u64); // extents 0..=3, the last one block
+    let f = vol.create(Path::new("f"), 0o600).unwrap();
+    f.write_at(0, &pattern(11, size)).unwrap();
+    f.close().unwrap();
+    let data = all_files(&dir.join("data")).into_iter().max_by_key(|p| p.metadata().unwrap().len()).unwrap();
+    let apparent = || data.metadata().unwrap().len();
+    assert!(apparent() <= 2 * extents + 4096, "written once: {} bytes", apparent());
+    let f = vol.open_file(Path::new("f"), true).unwrap();
+    f.write_at(3 * 65_536, &pattern(12, 4096)).unwrap();
+    f.close().unwrap();
+    assert!(apparent() > 2 * extents, "the rewritten block went past twice: {} bytes", apparent());
+    assert!(apparent() <= 3 * extents + 4096, "rewritten: {} bytes", apparent());
+}
