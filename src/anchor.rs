@@ -225,6 +225,9 @@ fn older_changes(found: u64, seen: Option<u64>, store: &Path, anchor: &str) -> R
 /// Remembers that volume `volume_id` is at KEK generation `generation` (a newer one only;
 /// nothing is written for a volume never rotated). Durable before it returns.
 pub fn record(volume_id: &[u8; 16], generation: u64) -> Result<()> {
+    if forgotten(volume_id) {
+        return Ok(());
+    }
     match path(volume_id) {
         Some(p) => record_at(&p, generation),
         None if generation < 2 => Ok(()),
@@ -241,6 +244,27 @@ fn record_at(p: &Path, generation: u64) -> Result<()> {
         return Ok(());
     }
     write_at(p, Seen { generation: Some(generation), ..seen })
+}
+
+/// Volumes this process has shredded: their anchors are not written again (a mounted
+/// volume's close would anchor its set of files once more).
+static FORGOTTEN: std::sync::Mutex<Vec<[u8; 16]>> = std::sync::Mutex::new(Vec::new());
+
+fn forgotten(volume_id: &[u8; 16]) -> bool {
+    FORGOTTEN.lock().unwrap_or_else(|p| p.into_inner()).contains(volume_id)
+}
+
+/// Removes this host's anchor of volume `volume_id` for good (`shred --volume`, once the
+/// volume's root has vouched for that id; this process writes it no more); whether there was
+/// one.
+pub fn forget(volume_id: &[u8; 16]) -> Result<bool> {
+    FORGOTTEN.lock().unwrap_or_else(|p| p.into_inner()).push(*volume_id);
+    let Some(p) = path(volume_id) else { return Ok(false) };
+    match std::fs::remove_file(&p) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(&p, "remove", e)),
+    }
 }
 
 /// Refuses a format-2 volume whose set of files has had fewer changes than this host has
@@ -267,7 +291,7 @@ pub fn seen_changes(volume_id: &[u8; 16]) -> Result<Option<u64>> {
 /// number only); durable before it returns if `durable` (else a power cut may lose it: the
 /// commits that follow a volume's open write it so, and its close durably).
 pub fn record_changes(volume_id: &[u8; 16], changes: u64, durable: bool) -> Result<()> {
-    let Some(p) = path(volume_id) else { return Ok(()) };
+    let Some(p) = path(volume_id).filter(|_| !forgotten(volume_id)) else { return Ok(()) };
     let seen = seen_at(&p)?;
     if seen.changes.is_some_and(|c| c >= changes) {
         return Ok(());

@@ -160,13 +160,24 @@ fn pkcs11_root_init_mount_rotate_and_shred() {
     m.mount();
     assert_eq!(fs::read(m.p("f")).unwrap(), data);
 
-    // shred --volume (mounted): the wrapped KEK and the key object are destroyed.
+    // shred --volume (mounted): the wrapped KEK and the key object are destroyed, and the
+    // volume's anchors, in the token and on this host (the root vouched for its id; the
+    // daemon's close does not write the host's again).
+    let id = VolumeHeader::decode(&fs::read(m.cipher.join("envelopefs.conf")).unwrap()).unwrap().volume_id;
+    let host_anchor = envelopefs::anchor::path(&id).unwrap();
+    assert!(host_anchor.exists(), "this host anchors the volume");
     let o = m.run(&["shred".as_ref(), m.cipher.as_os_str(), "--volume".as_ref(), "--yes".as_ref()]);
     ok(&o);
     m.disown();
     let said = String::from_utf8_lossy(&o.stdout);
     assert!(said.contains("destroyed in token"), "{said}");
     assert!(said.contains("the volume's anchor in its token removed"), "{said}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mounted = || fs::read_to_string("/proc/mounts").unwrap().contains(m.mnt.to_str().unwrap());
+    while mounted() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!host_anchor.exists(), "this host's anchor of the shredded volume is gone");
     let o = m.run(&["init".as_ref(), other.as_os_str(), "--kms".as_ref(), new_uri.as_ref()]);
     assert!(stderr(&o).contains("has no AES key labelled"), "the root key object is gone: {}", stderr(&o));
     copy_after_shred_does_not_open(&m, &hsm.dir.path().join("copy"));

@@ -47,10 +47,15 @@ fn shredded_volume_cannot_be_opened_even_with_the_passphrase() {
     let o = evfs(&["shred", "vol", "--volume"], tmp.path());
     assert_eq!(o.status.code(), Some(1), "no --yes without a terminal");
     assert!(Volume::open(&dir, &pass()).is_ok(), "an unconfirmed shred changes nothing");
+    let anchor = envelopefs::anchor::path(&Volume::read_header(&dir).unwrap().volume_id).unwrap();
+    assert!(anchor.exists(), "this host anchors the (format-2) volume");
     let o = evfs(&["shred", "vol", "--volume", "--yes"], tmp.path());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(matches!(Volume::open(&dir, &pass()), Err(Error::Shredded(_))));
     assert!(!dir.join("keystore").exists());
+    // A shred needs no passphrase, so nothing vouches for the volume id the header names:
+    // the host's anchor of that id stays (an HSM or KMS root vouches: kms_backends).
+    assert!(anchor.exists(), "a header's volume id is not taken on its word");
 
     let copy = tmp.path().join("copy");
     copy_tree(&dir, &copy);

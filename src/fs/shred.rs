@@ -22,14 +22,35 @@ pub struct ShredReport {
     pub root_kept: Option<String>,
 }
 
-/// Removes the anchor `root` keeps for the volume `header` names, once the root has vouched
-/// for that name: the volume id is read from CIPHERDIR, and a header given another volume's id
-/// must not remove that volume's anchor. Whether one was removed.
-fn forget_own_anchor(root: &dyn Kms, header: &VolumeHeader) -> Result<bool> {
-    if !crate::keys::root_matches(root, header)? {
-        return Ok(false);
+/// Removes the anchors of the volume `header` names — the one `root` keeps beside it, and this
+/// host's — once the root has vouched for that name: the volume id is read from CIPHERDIR, and
+/// a header given another volume's id must not remove that volume's anchors (without a root,
+/// as for the embedded keystore, which a shred does not unlock, nothing vouches: they stay).
+/// What was removed, as words for the report.
+fn forget_own_anchors(root: Option<&dyn Kms>, header: &VolumeHeader) -> &'static str {
+    let Some(root) = root else { return "" };
+    match crate::keys::root_matches(root, header) {
+        Ok(true) => {}
+        Ok(false) => return "",
+        Err(e) => {
+            tracing::warn!("the volume's anchors stay (its root could not vouch for its id): {e}");
+            return "; the volume's anchors could not be removed (see the log)";
+        }
     }
-    root.forget_anchor(&header.volume_id).map_err(|e| Error::Kms { uri: root.uri().into(), reason: e.to_string() })
+    if let Err(e) = crate::anchor::forget(&header.volume_id) {
+        tracing::warn!("this host's anchor of the volume stays: {e}");
+    }
+    if !root.keeps_anchors() {
+        return "";
+    }
+    match root.forget_anchor(&header.volume_id) {
+        Ok(true) => "; the volume's anchor in its token removed",
+        Ok(false) => "",
+        Err(e) => {
+            tracing::warn!("the volume's anchor beside its root stays: {e}");
+            "; the volume's anchor in its token could not be removed (see the log)"
+        }
+    }
 }
 
 /// Overwrites `path` in place with random bytes and syncs, then unlinks it. Best effort
@@ -104,16 +125,9 @@ impl Volume {
             ])?;
             store.compact()?;
         }
-        // 3. The volume's anchor beside the root (it names the volume and counts its changes),
-        // then the root, when it is this volume's own.
-        let anchor = match root.filter(|k| k.keeps_anchors()).map(|k| forget_own_anchor(k, &sealed)) {
-            Some(Ok(true)) => "; the volume's anchor in its token removed",
-            Some(Err(e)) => {
-                tracing::warn!("the volume's anchor beside its root stays: {e}");
-                "; the volume's anchor in its token could not be removed (see the log)"
-            }
-            _ => "",
-        };
+        // 3. The volume's anchors, beside the root and on this host (they name the volume and
+        // count its changes), then the root, when it is this volume's own.
+        let anchor = forget_own_anchors(root, &sealed);
         let mut report = ShredReport { root_destroyed: None, root_kept: None };
         let uri = header.kms_uri.clone();
         let owned = store.meta(ROOT_OWNED)?.is_some_and(|o| o == uri.as_bytes());
