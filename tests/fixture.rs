@@ -43,45 +43,15 @@ fn contents() -> Vec<(String, Vec<u8>)> {
     ]
 }
 
-/// Regenerates the fixtures; only when the format version changes (and then as new
-/// directories: old fixtures stay). `cargo test --test fixture -- --ignored make_fixtures`
-#[test]
-#[ignore]
-fn make_fixtures() {
-    for (name, cipher) in [("v1-gcm-siv", CipherKind::Aes256GcmSiv), ("v1-xts", CipherKind::Aes256Xts)] {
-        let dir = fixtures().join(name);
-        assert!(!dir.exists(), "{} exists; fixtures are never rewritten", dir.display());
-        let pass = Passphrase::new(FIXTURE_PASSPHRASE).unwrap();
-        Volume::init(&dir, &opts(cipher, 16), &pass).unwrap();
-        let vol = Volume::open(&dir, &pass).unwrap();
-        vol.mkdir(Path::new("docs"), 0o755).unwrap();
-        for (path, data) in contents() {
-            let f = vol.create(Path::new(&path), 0o644).unwrap();
-            if path == "docs/sparse.bin" {
-                f.write_at(0, b"head").unwrap();
-                f.write_at(200_000, b"tail").unwrap();
-            } else if path == "truncated.bin" {
-                f.write_at(0, &pattern(43, 70_000)).unwrap();
-                f.set_len(5000).unwrap();
-            } else {
-                f.write_at(0, &data).unwrap();
-            }
-            f.close().unwrap();
-        }
-        vol.store().checkpoint().unwrap();
-    }
-}
-
-/// The format-2 fixture: the same contents, made by format 2 (`init` default for GCM-SIV);
-/// block 1 of `docs/pattern.bin` rewritten with the same bytes after its commit, so it lives
-/// in slot 1. `cargo test --test fixture -- --ignored make_fixture_v2`
-#[test]
-#[ignore]
-fn make_fixture_v2() {
-    let dir = fixtures().join("v2-gcm-siv");
+/// Makes fixture `name` (never over an existing one): a volume of `cipher` (format as `init`
+/// makes it for that cipher) holding [`contents`]; then `rewritten`, a block of
+/// `docs/pattern.bin` rewritten with the same bytes after its commit (format 2: so it lives in
+/// its slot 1). Returns with the store checkpointed, nothing in its WAL.
+fn make_fixture(name: &str, cipher: CipherKind, rewritten: Option<usize>) {
+    let dir = fixtures().join(name);
     assert!(!dir.exists(), "{} exists; fixtures are never rewritten", dir.display());
     let pass = Passphrase::new(FIXTURE_PASSPHRASE).unwrap();
-    Volume::init(&dir, &opts(CipherKind::Aes256GcmSiv, 16), &pass).unwrap();
+    Volume::init(&dir, &opts(cipher, 16), &pass).unwrap();
     let vol = Volume::open(&dir, &pass).unwrap();
     vol.mkdir(Path::new("docs"), 0o755).unwrap();
     for (path, data) in contents() {
@@ -97,10 +67,30 @@ fn make_fixture_v2() {
         }
         f.close().unwrap();
     }
-    let f = vol.open_file(Path::new("docs/pattern.bin"), true).unwrap();
-    f.write_at(4096, &pattern(42, 150_000)[4096..8192]).unwrap();
-    f.close().unwrap();
+    if let Some(block) = rewritten {
+        let f = vol.open_file(Path::new("docs/pattern.bin"), true).unwrap();
+        f.write_at(block as u64 * 4096, &pattern(42, 150_000)[block * 4096..(block + 1) * 4096]).unwrap();
+        f.close().unwrap();
+    }
     vol.store().checkpoint().unwrap();
+}
+
+/// Regenerates the fixtures; only when the format version changes (and then as new
+/// directories: old fixtures stay). `cargo test --test fixture -- --ignored make_fixtures`
+#[test]
+#[ignore]
+fn make_fixtures() {
+    make_fixture("v1-gcm-siv", CipherKind::Aes256GcmSiv, None);
+    make_fixture("v1-xts", CipherKind::Aes256Xts, None);
+}
+
+/// The format-2 fixture: the same contents, made by format 2 (`init` default for GCM-SIV);
+/// block 1 of `docs/pattern.bin` rewritten with the same bytes after its commit, so it lives
+/// in slot 1. `cargo test --test fixture -- --ignored make_fixture_v2`
+#[test]
+#[ignore]
+fn make_fixture_v2() {
+    make_fixture("v2-gcm-siv", CipherKind::Aes256GcmSiv, Some(1));
 }
 
 /// The format-2 fixture of record code 4 (extents in groups, FORMAT.md §5a): the same
@@ -110,29 +100,7 @@ fn make_fixture_v2() {
 #[test]
 #[ignore]
 fn make_fixture_v2_groups() {
-    let dir = fixtures().join("v2-groups");
-    assert!(!dir.exists(), "{} exists; fixtures are never rewritten", dir.display());
-    let pass = Passphrase::new(FIXTURE_PASSPHRASE).unwrap();
-    Volume::init(&dir, &opts(CipherKind::Aes256GcmSiv, 16), &pass).unwrap();
-    let vol = Volume::open(&dir, &pass).unwrap();
-    vol.mkdir(Path::new("docs"), 0o755).unwrap();
-    for (path, data) in contents() {
-        let f = vol.create(Path::new(&path), 0o644).unwrap();
-        if path == "docs/sparse.bin" {
-            f.write_at(0, b"head").unwrap();
-            f.write_at(200_000, b"tail").unwrap();
-        } else if path == "truncated.bin" {
-            f.write_at(0, &pattern(43, 70_000)).unwrap();
-            f.set_len(5000).unwrap();
-        } else {
-            f.write_at(0, &data).unwrap();
-        }
-        f.close().unwrap();
-    }
-    let f = vol.open_file(Path::new("docs/pattern.bin"), true).unwrap();
-    f.write_at(33 * 4096, &pattern(42, 150_000)[33 * 4096..34 * 4096]).unwrap();
-    f.close().unwrap();
-    vol.store().checkpoint().unwrap();
+    make_fixture("v2-groups", CipherKind::Aes256GcmSiv, Some(33));
 }
 
 #[test]

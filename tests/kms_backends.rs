@@ -8,7 +8,7 @@ mod common;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 #[cfg(feature = "aws-kms")]
 use std::time::{Duration, Instant};
 
@@ -345,6 +345,20 @@ fn scratch_key_goes_through_the_hsm_too() {
     assert_eq!(status(&m, &m.mnt)["kms_calls"]["unwrap"], 2);
 }
 
+/// Writes `f` ("before the copy"), copies CIPHERDIR to `<tmp>/old` unmounted, then writes `g`
+/// and remounts, so the next open anchors the newer set's count: the copy is older than every
+/// anchor. Returns the copy (`m` mounted).
+fn older_copy(m: &mut MountFixture) -> PathBuf {
+    fs::write(m.p("f"), b"before the copy").unwrap();
+    m.unmount();
+    let old = m.tmp.path().join("old");
+    copy_tree(&m.cipher, &old);
+    m.mount();
+    fs::write(m.p("g"), b"after the copy").unwrap();
+    m.remount();
+    old
+}
+
 /// The root's token keeps the volume's anchor (FORMAT.md §6): a whole CIPHERDIR put back to a
 /// copy older than the last open is refused on a host that never saw the volume (a state
 /// directory of its own, with no anchor), naming the root's anchor; `--accept-rollback` takes
@@ -355,14 +369,7 @@ fn an_hsm_root_anchors_the_volume_so_another_host_refuses_an_older_copy() {
     let host = |name: &str| on_host(&hsm, name);
     let log = hsm.dir.path().join("audit.log");
     let mut m = MountFixture::new_with(&["--kms", &hsm.uri("anchored"), "--create-key"], with_audit(host("a"), &log));
-    fs::write(m.p("f"), b"before the copy").unwrap();
-    m.unmount();
-    let old = m.tmp.path().join("old");
-    copy_tree(&m.cipher, &old);
-    m.mount();
-    fs::write(m.p("g"), b"after the copy").unwrap();
-    // The next open writes the newer set's count into the token.
-    m.remount();
+    let old = older_copy(&mut m);
     let pid = status(&m, &m.mnt)["pid"].as_u64().unwrap();
     let ops: Vec<String> = audit_records(&log, pid).iter().map(|r| format!("{} {}", r["op"], r["purpose"])).collect();
     assert_eq!(
@@ -515,13 +522,7 @@ fn a_root_rotation_to_another_token_carries_the_anchor() {
 fn shredding_a_header_given_another_volumes_id_leaves_that_volumes_anchor() {
     let hsm = SoftHsm::new();
     let mut b = MountFixture::new_with(&["--kms", &hsm.uri("b"), "--create-key"], on_host(&hsm, "a"));
-    fs::write(b.p("f"), b"one").unwrap();
-    b.unmount();
-    let old_b = b.tmp.path().join("old");
-    copy_tree(&b.cipher, &old_b);
-    b.mount();
-    fs::write(b.p("g"), b"two").unwrap();
-    b.remount(); // the token's anchor of b now counts the commit that made g
+    let old_b = older_copy(&mut b);
     b.unmount();
     let b_id = VolumeHeader::decode(&fs::read(b.cipher.join("envelopefs.conf")).unwrap()).unwrap().volume_id;
 

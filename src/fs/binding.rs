@@ -200,8 +200,8 @@ impl Volume {
     ) -> Result<ObjectHeader> {
         for _ in 0..3 {
             match self.check_binding(&header, entry, path) {
-                Err(Error::Integrity { .. }) => match again()? {
-                    fresh if fresh == header => break,
+                Err(e @ Error::Integrity { .. }) => match again()? {
+                    fresh if fresh == header => return Err(e),
                     fresh => header = fresh,
                 },
                 other => return other.map(|()| header),

@@ -68,17 +68,16 @@ impl Volume {
         if entries.flatten().any(|e| e.file_name() != DIRID_FILE) {
             return Err(Error::DirNotEmpty(path.into()));
         }
-        // Its id read afresh and checked (the rows deleted below are that object's). Empty:
-        // nothing below it is cached, so only its own entry goes (not a scan of the cache).
-        self.forget_dir_id(&backing);
-        let dir_id = self.dir_id(&backing)?;
-        self.forget_dir_id(&backing);
+        // Its id read afresh and checked, not from the cache (the rows deleted below are that
+        // object's).
+        let dir_id = self.read_dir_id(&backing)?;
         // Nothing is created in it between the check above and this move: the kernel holds
         // the directory locked during an rmdir through the mount, and scratch clean-up runs
         // while no request is served. Moved away first, its attribute rows deleted after: a
         // crash in between leaves rows of no object, never a flagged directory without them.
         self.core.trash.discard(&self.at(&backing, path)?).map_err(|e| Error::io(path, "rmdir", e))?;
-        // Again: a lookup may have read its header between the forget above and the move.
+        // Empty: nothing below it is cached, so only its own entry goes (not a scan of the
+        // cache); after the move, so a lookup that read it before cannot keep it.
         self.forget_dir_id(&backing);
         // A read first: most directories have no xattrs, and a write costs a commit.
         if !self.core.store.xattr_names(&dir_id)?.is_empty() {
@@ -162,16 +161,21 @@ impl Volume {
             Ok(id) => return Ok(id),
             Err(epoch) => epoch,
         };
-        let read = || names::read_dir_header(&self.core.tree, dir);
-        // Its parent is checked first (cached after), then its own binding to its entry.
-        let header = self.checked_header(read()?, &self.entry_of(dir)?, dir, read)?;
-        self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).insert(dir, header.id, epoch);
-        Ok(header.id)
+        let id = self.read_dir_id(dir)?;
+        self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).insert(dir, id, epoch);
+        Ok(id)
     }
 
-    /// Forgets cached directory ids at and below backing path `dir`.
-    pub(super) fn forget_dir_ids(&self, dir: &Path) {
-        self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).forget_below(dir);
+    /// [`Volume::dir_id`], read from the backing tree and checked, never from the cache.
+    fn read_dir_id(&self, dir: &Path) -> Result<[u8; 16]> {
+        let read = || names::read_dir_header(&self.core.tree, dir);
+        // Its parent is checked first (cached after), then its own binding to its entry.
+        Ok(self.checked_header(read()?, &self.entry_of(dir)?, dir, read)?.id)
+    }
+
+    /// Forgets cached directory ids at and below backing paths `dirs` (one scan).
+    pub(super) fn forget_dir_ids(&self, dirs: &[&Path]) {
+        self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).forget_below(dirs);
     }
 
     /// Forgets the cached id of backing directory `dir` alone (an empty one).
@@ -212,8 +216,8 @@ impl DirIds {
         self.epoch += 1;
     }
 
-    fn forget_below(&mut self, dir: &Path) {
-        self.ids.retain(|p, _| !p.starts_with(dir));
+    fn forget_below(&mut self, dirs: &[&Path]) {
+        self.ids.retain(|p, _| !dirs.iter().any(|d| p.starts_with(d)));
         self.epoch += 1;
     }
 

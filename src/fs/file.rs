@@ -232,7 +232,7 @@ impl FileState {
         // Dirty from the start: its (empty) record is committed with its first commit, so a
         // file without a record never passes for an empty one.
         let inner = Inner { size: 0, extents: BTreeMap::new(), meta_dirty: true, unlinked: false, written_behind: 0 };
-        let pages = core.pages.load(Ordering::Acquire).then_some(Placement::Groups);
+        let pages = new_placement(&core);
         Self::with_inner(core, id, data, name, scratch, inner, pages)
     }
 
@@ -606,8 +606,11 @@ impl FileState {
             None => layout.physical_len(keep_blocks),
         };
         self.data.set_len(len).map_err(|e| Error::io(self.name(), "truncate data file", e))?;
-        let dropped = before.0.iter().filter(|(e, _)| *e >= keep_extents).map(|(_, x)| &x.blocks);
-        self.free_pages_below(dropped, len);
+        // Only a group keeps dropped extents' pages below the cut.
+        if self.pages == Some(Placement::Groups) {
+            let dropped = before.0.iter().filter(|(e, _)| *e >= keep_extents).map(|(_, x)| &x.blocks);
+            self.free_pages_below(dropped, len);
+        }
         Ok(())
     }
 
@@ -845,16 +848,21 @@ pub(super) fn record_missing(path: &Path) -> Error {
     Error::integrity(path, "the metadata store has no record of this file (its rows were deleted or meta.db replaced)")
 }
 
-/// The MAC of a file's record as the store will hold it: its size, the cipher and every
-/// extent's index and written bitmap (the wrapped DEKs authenticate themselves, bound to
-/// their file, extent and KEK). Keyed by the name key, so KEK rotation leaves it alone.
+/// Where a file made now places its extents: groups in a format-2 volume, else format 1.
+fn new_placement(core: &Core) -> Option<Placement> {
+    core.pages.load(Ordering::Acquire).then_some(Placement::Groups)
+}
+
 /// The record (cipher code and MAC) of an empty file made now: format 2 in a format-2
 /// volume.
 pub(super) fn empty_record(core: &Core, id: &FileId) -> (u8, [u8; 16]) {
-    let code = if core.pages.load(Ordering::Acquire) { Placement::Groups.code() } else { core.cipher_code };
+    let code = new_placement(core).map_or(core.cipher_code, Placement::code);
     (code, record_mac_with(&core.keys.names(), code, id, 0, std::iter::empty()))
 }
 
+/// The MAC of a file's record as the store will hold it: its size, the cipher and every
+/// extent's index and written bitmap (the wrapped DEKs authenticate themselves, bound to
+/// their file, extent and KEK). Keyed by the name key, so KEK rotation leaves it alone.
 pub(super) fn record_mac_with<'a>(
     names: &crate::crypto::NameCipher,
     cipher: u8,

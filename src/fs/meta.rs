@@ -266,8 +266,7 @@ impl Volume {
                 self.check_scratch_move(from, to)?;
                 let (bf, bt) = (self.backing_path(from)?, self.backing_path(to)?);
                 // Either side may be a directory that moves (exchange): forget both places.
-                self.forget_dir_ids(&bf);
-                self.forget_dir_ids(&bt);
+                self.forget_dir_ids(&[&bf, &bt]);
                 let flags = if mode == RenameMode::Exchange {
                     RenameFlags::RENAME_EXCHANGE
                 } else {
@@ -313,8 +312,7 @@ impl Volume {
                         }
                     })
                 });
-                self.forget_dir_ids(&bf);
-                self.forget_dir_ids(&bt);
+                self.forget_dir_ids(&[&bf, &bt]);
                 if let Err(e) = result {
                     self.move_failed_links(left_links.0)?;
                     self.move_failed_links(left_links.1)?;

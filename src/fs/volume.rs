@@ -532,11 +532,23 @@ impl Volume {
         at_path: &Path,
         path: &Path,
     ) -> Result<FileId> {
+        Ok(self.bound_file_header(file, entry, at_path, path)?.id)
+    }
+
+    /// The header of data file `file`, opened at `at_path`, if it is bound to `entry` (see
+    /// [`Volume::bound_file_id`]).
+    pub(super) fn bound_file_header(
+        &self,
+        file: &fs::File,
+        entry: &super::binding::Entry,
+        at_path: &Path,
+        path: &Path,
+    ) -> Result<ObjectHeader> {
         let again = || match still_named(file, at_path) {
             true => read_header(file, at_path, path),
             false => Err(Error::NotFound(path.into())),
         };
-        Ok(self.checked_header(read_header(file, at_path, path)?, entry, path, again)?.id)
+        self.checked_header(read_header(file, at_path, path)?, entry, path, again)
     }
 
     /// Runs a rename `f` of `from` to `to`, keeping long-name records right: the target's
@@ -820,8 +832,7 @@ impl Volume {
             return Ok(()); // one name, or two names of one file: nothing changes (POSIX)
         }
         if from_meta.is_dir() {
-            self.forget_dir_ids(&bf);
-            self.forget_dir_ids(&bt);
+            self.forget_dir_ids(&[&bf, &bt]);
         }
         // Checked where it is (read afresh, not from a cache) before anything moves.
         let moving = self.moving_as(&bf, from, check)?;
@@ -873,8 +884,7 @@ impl Volume {
         }
         if from_meta.is_dir() {
             // Again: a lookup may have read either place before the move.
-            self.forget_dir_ids(&bf);
-            self.forget_dir_ids(&bt);
+            self.forget_dir_ids(&[&bf, &bt]);
         }
         let bound = match moving {
             super::binding::Moving::Symlink(_) => Ok(()), // copied into place sealed for it

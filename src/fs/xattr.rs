@@ -123,12 +123,7 @@ impl Volume {
             EntryKind::File => {
                 let at = self.at(&backing, path)?;
                 let f = super::volume::open_data(at.path(), false).map_err(|e| Error::io(path, "open", e))?;
-                let read = || super::volume::read_header(&f, at.path(), path);
-                let again = || match super::volume::still_named(&f, at.path()) {
-                    true => read(),
-                    false => Err(Error::NotFound(path.into())),
-                };
-                (self.checked_header(read()?, &entry, path, again)?, backing.clone())
+                (self.bound_file_header(&f, &entry, at.path(), path)?, backing.clone())
             }
             EntryKind::Directory => {
                 let read = || super::names::read_dir_header(&self.core.tree, &backing);
