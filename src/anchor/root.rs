@@ -86,13 +86,9 @@ impl RootAnchor {
             if next == stored || next == Seen::default() {
                 return Ok(());
             }
-            if accept {
-                // Moving it back: no higher object may stay behind to win the next read.
-                kms.forget_anchor(&self.volume_id).map_err(|e| Error::Kms {
-                    uri: kms.uri().into(),
-                    reason: format!("removing this volume's anchor to move it back: {e}"),
-                })?;
-            }
+            // Moving it back too: the write makes the new object before it destroys every old
+            // one, so no higher object stays behind to win the next read, and a failure leaves
+            // the higher anchor, never none.
             kms.write_anchor(&self.volume_id, render(next).as_bytes())
                 .map_err(|e| Error::Kms { uri: kms.uri().into(), reason: format!("writing this volume's anchor: {e}") })
         })();
