@@ -22,7 +22,8 @@ use crate::control;
 use crate::format::VolumeHeader;
 use crate::fs::{InodeFs, Volume};
 use crate::fuse::{MountConfig, Mounted};
-use crate::kms::{self, Audited};
+use crate::kms::{self, Audited, Kms};
+use crate::revocation::Watcher;
 use crate::secret::{Passphrase, Secrets};
 use crate::{Error, Result};
 
@@ -38,6 +39,8 @@ pub struct MountRequest {
     pub threads: usize,
     /// Scratch directories (paths inside the volume; `/` for `--ephemeral`).
     pub scratch: Vec<PathBuf>,
+    /// How often an HSM or KMS root is re-checked, and the offline grace.
+    pub recheck: crate::revocation::Policy,
 }
 
 /// Checks what can be checked before asking for a passphrase; returns the request with
@@ -125,16 +128,20 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
         }
     }
     let keep_scratch = Arc::new(AtomicBool::new(req.read_only));
-    let control = control_server(req, &header, vol.clone(), kms, keep_scratch.clone());
+    // One rotation, shred or going dark at a time.
+    let rotation = Arc::new(std::sync::Mutex::new(()));
     let chown_new = nix::unistd::geteuid().is_root();
-    let fs = InodeFs::new(vol.clone(), req.read_only, chown_new)?;
+    let fs = Arc::new(InodeFs::new(vol.clone(), req.read_only, chown_new)?);
     let cfg = MountConfig {
         read_only: req.read_only,
         allow_other: req.allow_other,
         fsname: req.cipherdir.display().to_string(),
         threads: req.threads,
     };
-    let mut mounted = Mounted::new(fs, &req.mountpoint, &cfg).map_err(|e| fuse_error(&req.mountpoint, e))?;
+    let mut mounted = Mounted::new(fs.clone(), &req.mountpoint, &cfg).map_err(|e| fuse_error(&req.mountpoint, e))?;
+    let watcher = watch_root(req, &header, &kms, &fs, mounted.invalidator(), rotation.clone());
+    let monitor = watcher.as_ref().map(Watcher::monitor);
+    let control = control_server(req, &header, vol.clone(), kms, keep_scratch.clone(), monitor, rotation);
     let mut unmount = mounted.unmounter();
     std::thread::Builder::new()
         .name("signals".into())
@@ -150,6 +157,14 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     tracing::info!(cipherdir = %req.cipherdir.display(), mountpoint = %req.mountpoint.display(), "mounted");
     ready();
     let served = mounted.run().map_err(|e| Error::Fuse(e.to_string()));
+    // No re-check once unmounted (a going dark under way finishes first).
+    drop(watcher);
+    if let Some(why) = vol.dark() {
+        let e = Error::Revoked { path: req.cipherdir.clone(), reason: why.to_string() };
+        drop((control, fs, vol));
+        tracing::info!("unmounted after going dark");
+        return Err(e);
+    }
     // Scratch dies with the mount unless `umount --keep-scratch` asked otherwise (or the
     // mount was read-only).
     let destroyed = if keep_scratch.load(Ordering::SeqCst) { Ok(0) } else { vol.destroy_scratch(&scratch_file) };
@@ -157,11 +172,73 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     // dropping ours, drops the volume, which zeroizes every key and closes (checkpoints) the
     // store.
     drop(control);
+    drop(fs);
     drop(vol);
     served?;
     let destroyed = destroyed?;
     tracing::info!(scratch_entries_destroyed = destroyed, "unmounted; keys zeroized");
     Ok(())
+}
+
+/// Starts re-checking the volume's root (`crate::revocation`), unless it is the embedded
+/// keystore (nothing outside the host to ask) or re-checks are off. Going dark: the volume
+/// drops its keys and scratch (`Volume::go_dark`), the kernel's cached pages of every file
+/// are dropped, and the mount is detached (lazily: it goes once nothing holds it open, every
+/// request meanwhile failing with EKEYREVOKED).
+fn watch_root(
+    req: &MountRequest,
+    header: &VolumeHeader,
+    kms: &Arc<Audited>,
+    fs: &Arc<InodeFs>,
+    cached: crate::fuse::Invalidator,
+    rotation: Arc<std::sync::Mutex<()>>,
+) -> Option<Watcher> {
+    if matches!(kms::KmsUri::parse(&header.kms_uri), Ok(kms::KmsUri::Local(_))) {
+        tracing::info!("the root is the embedded keystore: nothing to re-check while mounted");
+        return None;
+    }
+    let Some(every) = req.recheck.interval else {
+        tracing::warn!("re-checks of the root are off (--recheck-root 0): a revoked root darkens this mount only at its next mount");
+        return None;
+    };
+    tracing::info!(
+        "re-checking the root every {} (offline grace {})",
+        crate::revocation::show_duration(every),
+        crate::revocation::show_duration(req.recheck.grace)
+    );
+    let (vol, k) = (fs.volume_arc(), kms.clone());
+    let check = move || {
+        let h = vol.header();
+        k.recheck(&h.wrapped_kek, &kms::KmsContext::kek(h.volume_id, h.kek_generation))
+    };
+    let (fs, mountpoint) = (fs.clone(), req.mountpoint.clone());
+    let scratch_file = control::scratch_path(&header.volume_id);
+    let dark = move |why: &str| {
+        let _one_at_a_time = rotation.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(report) = fs.volume().go_dark(why, &scratch_file) {
+            if let Err(e) = report.committed {
+                tracing::error!("committing before going dark failed: {e}");
+            }
+            match report.scratch {
+                Ok(n) => tracing::info!(scratch_entries_destroyed = n, "scratch destroyed"),
+                Err(e) => tracing::error!("destroying the scratch failed: {e}"),
+            }
+        }
+        fs.forget_listings();
+        let dropped = cached.drop_cached(&fs.inodes());
+        tracing::info!(target: "envelopefs::audit", event = "dark", inodes_dropped = dropped,
+            "keys zeroized; every request now fails with EKEYREVOKED; detaching the mount");
+        if let Err(e) = unmount_lazy(&mountpoint) {
+            tracing::error!("detaching the mount failed: {e}");
+        }
+    };
+    match Watcher::start(req.recheck, check, dark) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!("no re-checks of the root: {e}");
+            None
+        }
+    }
 }
 
 /// Starts the control socket; a mount without one still works (status then reads the disk).
@@ -171,10 +248,11 @@ fn control_server(
     vol: Arc<Volume>,
     kms: Arc<Audited>,
     keep_scratch: Arc<AtomicBool>,
+    monitor: Option<Arc<crate::revocation::Monitor>>,
+    rotation: Arc<std::sync::Mutex<()>>,
 ) -> Option<control::ControlServer> {
     let (cipherdir, mountpoint) = (req.cipherdir.clone(), req.mountpoint.clone());
     let started = std::time::Instant::now();
-    let rotation = std::sync::Mutex::new(());
     let status_vol = vol.clone();
     let status = move |kms: &Audited| {
         let stats = status_vol.live_stats();
@@ -188,7 +266,11 @@ fn control_server(
         v["log"] = control::log_path(&status_vol.header().volume_id).display().to_string().into();
         v["memory_locked"] = crate::sys::memory_locked().into();
         v["mounted_seconds"] = started.elapsed().as_secs().into();
-        v["kms_calls"] = serde_json::json!({ "wrap": wraps, "unwrap": unwraps });
+        v["kms_calls"] = serde_json::json!({ "wrap": wraps, "unwrap": unwraps, "recheck": kms.rechecks() });
+        v["root_check"] = match &monitor {
+            Some(m) => m.status_json(),
+            None => serde_json::json!({ "state": "off" }),
+        };
         v["root_rotated_since_mount"] = status_vol.root_changed().unwrap_or(false).into();
         let scratch = status_vol.scratch_state();
         let loaded = scratch.key_id.is_some();
@@ -206,6 +288,7 @@ fn control_server(
         v
     };
     let scratch_file = control::scratch_path(&header.volume_id);
+    let dark_vol = vol.clone();
     let own = std::fs::canonicalize(&req.cipherdir).unwrap_or_else(|_| req.cipherdir.clone());
     let dispatch = move |op: &str, request: &serde_json::Value| match op {
         "status" => status(&kms),
@@ -304,7 +387,12 @@ fn control_server(
                 "exit_code": 19,
             });
         }
-        dispatch(op, request)
+        match dark_vol.dark() {
+            Some(why) if op != "status" => {
+                control::error_reply(&Error::Revoked { path: own.clone(), reason: why.to_string() })
+            }
+            _ => dispatch(op, request),
+        }
     };
     match control::serve(&control::socket_path(&header.volume_id), handle) {
         Ok(server) => Some(server),

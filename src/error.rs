@@ -92,6 +92,11 @@ pub enum Error {
     #[error("{}: {count} problem(s) left; see above (run `envelopefs fsck --repair` for what can be repaired)", path.display())]
     Unrepaired { path: PathBuf, count: usize },
 
+    /// The volume's root refused the mount's periodic re-check (or stayed unreachable past
+    /// the grace): its keys are gone from memory and nothing in it is served any more.
+    #[error("{}: the root key no longer vouches for this volume ({reason}); its keys were zeroized", path.display())]
+    Revoked { path: PathBuf, reason: String },
+
     /// An error the mount daemon reported before the mount was ready.
     #[error("{message}")]
     Daemon { code: u8, message: String },
@@ -138,6 +143,7 @@ impl Error {
             Error::Mountpoint { .. } | Error::Busy { .. } => libc_errno::EBUSY,
             Error::CrossesScratch(_) => libc_errno::EXDEV,
             Error::WrongPassphrase(_) | Error::Passphrase(_) | Error::UntrustedRoot { .. } => libc_errno::EACCES,
+            Error::Revoked { .. } => libc_errno::EKEYREVOKED,
             _ => libc_errno::EIO,
         }
     }
@@ -159,6 +165,7 @@ impl Error {
             Error::Fuse(_) => 21,
             Error::Shredded(_) => 22,
             Error::UntrustedRoot { .. } => 23,
+            Error::Revoked { .. } => 24,
             Error::Daemon { code, .. } => *code,
             Error::Unrepaired { .. } => 4,
             _ => 1,
@@ -173,6 +180,8 @@ mod libc_errno {
     pub const EIO: i32 = 5;
     pub const EACCES: i32 = 13;
     pub const EEXIST: i32 = 17;
+    /// "Key has been revoked": what every request on a mount whose root was revoked gets.
+    pub const EKEYREVOKED: i32 = 128;
     pub const EXDEV: i32 = 18;
     pub const ENOTDIR: i32 = 20;
     pub const EISDIR: i32 = 21;

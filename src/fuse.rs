@@ -79,7 +79,7 @@ pub struct Mounted {
 
 impl Mounted {
     /// Mounts `fs` on `mountpoint` (the FUSE handshake is done when this returns).
-    pub fn new(fs: InodeFs, mountpoint: &Path, cfg: &MountConfig) -> std::io::Result<Self> {
+    pub fn new(fs: std::sync::Arc<InodeFs>, mountpoint: &Path, cfg: &MountConfig) -> std::io::Result<Self> {
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::FSName(cfg.fsname.clone()),
@@ -107,14 +107,32 @@ impl Mounted {
         move || u.unmount()
     }
 
+    /// A handle that drops what the kernel caches of this mount's files (from another
+    /// thread, while the session serves).
+    pub fn invalidator(&self) -> Invalidator {
+        Invalidator(self.session.notifier())
+    }
+
     /// Serves requests until the file system is unmounted.
     pub fn run(self) -> std::io::Result<()> {
         self.session.run()
     }
 }
 
+/// Drops the kernel's cached pages and attributes of inodes of one mount.
+#[derive(Clone)]
+pub struct Invalidator(fuser::Notifier);
+
+impl Invalidator {
+    /// Drops everything the kernel caches of `inodes` (pages, also mapped ones, and
+    /// attributes; an inode the kernel no longer knows is skipped); how many it dropped.
+    pub fn drop_cached(&self, inodes: &[u64]) -> usize {
+        inodes.iter().filter(|&&ino| self.0.inval_inode(INodeNo(ino), 0, 0).is_ok()).count()
+    }
+}
+
 struct Adapter {
-    fs: InodeFs,
+    fs: std::sync::Arc<InodeFs>,
 }
 
 /// The errno for `e`; an EIO (integrity, corruption, store or I/O trouble) is logged with
@@ -219,6 +237,9 @@ impl Filesystem for Adapter {
     }
 
     fn destroy(&mut self) {
+        if self.fs.volume().dark().is_some() {
+            return; // committed when it went dark; its keys are gone
+        }
         if let Err(e) = self.fs.sync_all() {
             tracing::error!("committing at unmount failed: {e}");
         }

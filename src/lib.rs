@@ -7,6 +7,7 @@
 //! - [`store`]: the sidecar metadata store; sees wrapped keys only.
 //! - [`fs`]: filesystem semantics on top of keys, format and storage; no FUSE.
 //! - [`secret`]: where passphrases come from (file, command, terminal).
+//! - [`revocation`]: when a mount whose root is revoked (or unreachable too long) goes dark.
 #![deny(unsafe_code)]
 
 pub mod anchor;
@@ -22,6 +23,7 @@ pub mod fuse;
 pub mod keys;
 pub mod kms;
 pub mod logging;
+pub mod revocation;
 pub mod secret;
 pub mod store;
 pub mod sys;

@@ -93,9 +93,9 @@ enum Command {
         /// Mount read-only.
         #[arg(long)]
         read_only: bool,
-        /// Mount options, comma-separated: ro, rw, allow_other, passfile=FILE (the generic
-        /// fstab options defaults, auto, noauto, user, nouser, _netdev, nofail, x-* are accepted
-        /// and ignored).
+        /// Mount options, comma-separated: ro, rw, allow_other, passfile=FILE,
+        /// recheck_root=DURATION, offline_grace=DURATION (the generic fstab options defaults,
+        /// auto, noauto, user, nouser, _netdev, nofail, x-* are accepted and ignored).
         #[arg(short = 'o', value_name = "OPTS")]
         options: Vec<String>,
         /// Worker threads serving requests.
@@ -116,6 +116,18 @@ enum Command {
         /// refused: someone may have put back old data.
         #[arg(long)]
         accept_rollback: bool,
+        /// How often to ask an HSM or KMS root again, while mounted, whether it still vouches
+        /// for this volume (one unwrap per interval; 0: never). A revoked root (key destroyed,
+        /// disabled or gone, access denied) makes the mount go dark at once: keys zeroized,
+        /// scratch destroyed, every request EKEYREVOKED, the mount detached. The embedded
+        /// keystore has nothing to re-check. Units: ms, s, m, h, d.
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+        recheck_root: std::time::Duration,
+        /// How long a mount keeps serving while its root cannot be reached (connection
+        /// refused, timeouts, throttling), counted from its last answer; then it goes dark
+        /// as for a revoked root.
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+        offline_grace: std::time::Duration,
         #[command(flatten)]
         pass: PassArgs,
         /// Internal: run as the detached daemon child of `mount`.
@@ -373,6 +385,8 @@ fn run(cmd: Command) -> Result<()> {
             mut scratch,
             ephemeral,
             accept_rollback,
+            recheck_root,
+            offline_grace,
             pass,
             daemon_child,
         } => {
@@ -383,7 +397,12 @@ fn run(cmd: Command) -> Result<()> {
             if ephemeral {
                 scratch.push(PathBuf::from("/"));
             }
-            let mut req = MountRequest { cipherdir, mountpoint, read_only, allow_other: false, threads, scratch };
+            let recheck = envelopefs::revocation::Policy {
+                interval: (!recheck_root.is_zero()).then_some(recheck_root),
+                grace: offline_grace,
+            };
+            let mut req =
+                MountRequest { cipherdir, mountpoint, read_only, allow_other: false, threads, scratch, recheck };
             parse_mount_options(&options, &mut req, &mut pass)?;
             mount(req, foreground, daemon_child, pass)
         }
@@ -731,6 +750,11 @@ fn rotation_left(cipherdir: &Path, left: &[String]) -> Result<()> {
 }
 
 /// Applies `-o` options; generic fstab options are accepted and ignored.
+/// A `DURATION` argument (`envelopefs::revocation::parse_duration`).
+fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    envelopefs::revocation::parse_duration(s).map_err(|e| e.to_string())
+}
+
 fn parse_mount_options(options: &[String], req: &mut MountRequest, pass: &mut PassArgs) -> Result<()> {
     const IGNORED: &[&str] = &[
         "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail", "exec", "noexec", "dev", "nodev",
@@ -742,6 +766,11 @@ fn parse_mount_options(options: &[String], req: &mut MountRequest, pass: &mut Pa
             None if opt == "rw" => req.read_only = false,
             None if opt == "allow_other" => req.allow_other = true,
             Some(("passfile", f)) => pass.passfile = Some(PathBuf::from(f)),
+            Some(("recheck_root", d)) => {
+                let d = parse_duration(d).map_err(Error::InvalidArgument)?;
+                req.recheck.interval = (!d.is_zero()).then_some(d);
+            }
+            Some(("offline_grace", d)) => req.recheck.grace = parse_duration(d).map_err(Error::InvalidArgument)?,
             _ if IGNORED.contains(&opt) || opt.starts_with("x-") || opt.starts_with("comment=") => {}
             _ => return Err(Error::InvalidArgument(format!("unknown mount option {opt:?}"))),
         }
@@ -798,6 +827,9 @@ fn mount(req: MountRequest, foreground: bool, daemon_child: bool, pass: PassArgs
     for dir in &req.scratch {
         args.extend(["--scratch".into(), dir.clone().into()]);
     }
+    let every = req.recheck.interval.unwrap_or_default();
+    args.extend(["--recheck-root".into(), format!("{}ms", every.as_millis()).into()]);
+    args.extend(["--offline-grace".into(), format!("{}ms", req.recheck.grace.as_millis()).into()]);
     if envelopefs::anchor::accepts_rollback() {
         args.push("--accept-rollback".into());
     }

@@ -99,6 +99,22 @@ impl InodeFs {
         &self.vol
     }
 
+    /// The volume, to keep beyond this file system (a thread of the daemon).
+    pub fn volume_arc(&self) -> Arc<Volume> {
+        self.vol.clone()
+    }
+
+    /// Every inode the kernel has looked up and not forgotten (the ones it may cache).
+    pub fn inodes(&self) -> Vec<u64> {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
+    }
+
+    /// Drops the directory listings kept for readdir (decrypted names), as a volume going
+    /// dark does.
+    pub fn forget_listings(&self) {
+        self.listings.clear();
+    }
+
     /// The path of inode `ino` — checked to still name that inode: the one path kept per
     /// inode goes stale when another name is renamed over it, and acting on it then would
     /// reach another file (a truncate!) or report another file's type (which the kernel

@@ -92,6 +92,13 @@ impl Listings {
         k.lru.put(ino, listing);
     }
 
+    /// Forgets every listing kept.
+    pub fn clear(&self) {
+        let mut k = self.lock();
+        k.lru.clear();
+        k.entries = 0;
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
         self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -267,6 +267,7 @@ impl Volume {
             inode_aliases: Default::default(),
             quiet: Default::default(),
             halted: Default::default(),
+            dark: Default::default(),
             finished_rotation: Default::default(),
             rotation_left: Default::default(),
             names_generation: Default::default(),

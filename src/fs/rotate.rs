@@ -119,6 +119,9 @@ impl Volume {
     /// half way (the volume must be opened again, which finishes it).
     pub fn op(&self) -> Result<std::sync::RwLockReadGuard<'_, ()>> {
         let guard = self.quiet.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(why) = self.dark.get() {
+            return Err(Error::Revoked { path: self.cipherdir().to_path_buf(), reason: why.clone() });
+        }
         match self.halted.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
             Some(why) => Err(Error::integrity(self.cipherdir(), why.clone())),
             None => Ok(guard),
@@ -126,7 +129,7 @@ impl Volume {
     }
 
     /// Holds requests through the mount off (waiting for those under way).
-    fn quiet(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+    pub(super) fn quiet(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
         self.quiet.write().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -236,6 +236,8 @@ pub struct Volume {
     pub(super) quiet: std::sync::RwLock<()>,
     /// Why the volume serves no more requests: a rotation failed half way through its names.
     pub(super) halted: std::sync::RwLock<Option<String>>,
+    /// Why the volume went dark (its root was revoked: [`Volume::go_dark`]), once it has.
+    pub(super) dark: std::sync::OnceLock<String>,
     /// This open finished a rotation a crash had cut short while names were moving.
     pub(super) finished_rotation: std::sync::atomic::AtomicBool,
     /// What the last rotation left as it found it (see [`Volume::rotation_left`]).
@@ -944,6 +946,11 @@ impl Drop for Volume {
     fn drop(&mut self) {
         self.core.committer.stop();
         self.core.trash.stop();
+        if self.dark.get().is_some() {
+            // Everything was committed when it went dark, and nothing may be written now
+            // (its keys are gone); the mount marker stays, so the next mount checks.
+            return;
+        }
         let flushed = self.flush_pending();
         if self.versioned_file_set() {
             self.anchor_file_set();

@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{kms_error, Kek, KeyRing};
+use super::{kms_error, Kek, KeyRing, NameKeys};
 use crate::crypto::{random_array, Key256, KeyWrapper};
 use crate::kms::{Kms, KmsContext, KmsError, Purpose};
 use crate::{durable, Error, Result};
@@ -173,6 +173,23 @@ impl KeyRing {
     /// them). Scratch DEKs can no longer be unwrapped.
     pub fn drop_scratch(&self) {
         self.scratch.write().unwrap_or_else(|p| p.into_inner()).take();
+        self.cache.clear();
+    }
+
+    /// The root was revoked: drops every key this ring holds (the KEK, a pending KEK, the
+    /// scratch key, the name keys and every cached DEK cipher; each zeroized or cleansed as
+    /// its last holder lets go, which is at once once no request is under way). What takes
+    /// their place is a fresh random key that wraps and names nothing: the volume refuses
+    /// every request and write before this is called (`Volume::go_dark`), so it is never
+    /// used, and no lookup ever meets a missing key.
+    pub fn revoke(&self) {
+        self.drop_scratch();
+        self.pending.write().unwrap_or_else(|p| p.into_inner()).take();
+        self.pending_names.write().unwrap_or_else(|p| p.into_inner()).take();
+        let filler = Key256::generate();
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(Kek { id: [0; 16], generation: 0, wrapper: KeyWrapper::new(&filler), records: None });
+        *self.names.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(NameKeys::new(filler, &self.volume_id));
         self.cache.clear();
     }
 }

@@ -39,11 +39,17 @@ pub struct Audited {
     inner: Box<dyn Kms>,
     wraps: AtomicU64,
     unwraps: AtomicU64,
+    rechecks: AtomicU64,
 }
 
 impl Audited {
     pub fn new(inner: Box<dyn Kms>) -> Self {
-        Audited { inner, wraps: AtomicU64::new(0), unwraps: AtomicU64::new(0) }
+        Audited { inner, wraps: AtomicU64::new(0), unwraps: AtomicU64::new(0), rechecks: AtomicU64::new(0) }
+    }
+
+    /// Re-check calls so far (`Kms::recheck`: one per interval while the root answers).
+    pub fn rechecks(&self) -> u64 {
+        self.rechecks.load(Ordering::Relaxed)
     }
 
     /// (wrap calls, unwrap calls) so far.
@@ -125,6 +131,11 @@ impl Kms for Audited {
     fn unwrap(&self, wrapped: &[u8], ctx: &KmsContext) -> std::result::Result<Key256, KmsError> {
         self.unwraps.fetch_add(1, Ordering::Relaxed);
         self.call("unwrap", About::Key(ctx), || self.inner.unwrap(wrapped, ctx))
+    }
+
+    fn recheck(&self, wrapped: &[u8], ctx: &KmsContext) -> std::result::Result<(), KmsError> {
+        self.rechecks.fetch_add(1, Ordering::Relaxed);
+        self.call("recheck", About::Key(ctx), || self.inner.recheck(wrapped, ctx))
     }
 
     fn destroy_root(&self, delete_after_days: Option<u32>) -> std::result::Result<Option<String>, KmsError> {

@@ -114,6 +114,14 @@ pub trait Kms: Send + Sync + std::fmt::Debug {
     fn wrap(&self, key: &Key256, ctx: &KmsContext) -> std::result::Result<Vec<u8>, KmsError>;
     fn unwrap(&self, wrapped: &[u8], ctx: &KmsContext) -> std::result::Result<Key256, KmsError>;
 
+    /// The periodic re-check of a mounted volume's root (`crate::revocation`): one call
+    /// that tells whether the root still vouches for the volume. By default an unwrap of the
+    /// wrapped KEK the mount opened, the key dropped (zeroized) at once. `Rejected` means
+    /// revoked; `Unavailable`, unreachable for now.
+    fn recheck(&self, wrapped: &[u8], ctx: &KmsContext) -> std::result::Result<(), KmsError> {
+        self.unwrap(wrapped, ctx).map(drop)
+    }
+
     /// Whether this backend keeps volumes' anchors beside the root (`anchor.rs`): an HSM
     /// token does, as a data object; the embedded keystore lives in CIPHERDIR (it would be
     /// rolled back with it) and an AWS KMS key has no place for state a data-plane principal

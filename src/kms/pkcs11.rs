@@ -175,7 +175,13 @@ fn find_anchors(session: &Session, volume_id: &[u8; 16]) -> cryptoki::error::Res
 /// An anchor call the token could not serve now (the device or session went away: retried),
 /// or refused (anything else, such as a full or read-only token: final).
 fn classify_anchor(e: P11Error) -> KmsError {
-    let reason = format!("the token's anchor object (a data object labelled envelopefs-anchor-…): {e}");
+    classify_token(e, "the token's anchor object (a data object labelled envelopefs-anchor-…)")
+}
+
+/// A token call about `what` that failed: unavailable if the device or session went away,
+/// else refused.
+fn classify_token(e: P11Error, what: &str) -> KmsError {
+    let reason = format!("{what}: {e}");
     match e {
         P11Error::Pkcs11(
             RvError::DeviceError
@@ -237,6 +243,26 @@ impl Kms for Pkcs11Root {
             self.session().decrypt(&Mechanism::AesGcm(params), self.key, &wrapped[IV_LEN..]).map_err(classify)?,
         );
         super::key_from_unwrapped(&plain, "the HSM")
+    }
+
+    /// Looks the key object up by its label again (a token tells another process's
+    /// deletion only to a new search; the handle found at open may still answer from the
+    /// session's cache) and unwraps the KEK with what it finds. No key by that label, or
+    /// another key object in its place, is a revocation.
+    fn recheck(&self, wrapped: &[u8], ctx: &KmsContext) -> std::result::Result<(), KmsError> {
+        let found = find_key(&self.session(), &self.object)
+            .map_err(|e| classify_token(e, &format!("finding key object {:?}", self.object)))?;
+        match found {
+            None => Err(KmsError::Rejected(format!(
+                "token {:?} has no key object labelled {:?} any more",
+                self.token, self.object
+            ))),
+            Some(k) if k != self.key => Err(KmsError::Rejected(format!(
+                "the key object labelled {:?} in token {:?} was replaced",
+                self.object, self.token
+            ))),
+            Some(_) => self.unwrap(wrapped, ctx).map(drop),
+        }
     }
 
     fn keeps_anchors(&self) -> bool {

@@ -195,6 +195,8 @@ pub struct Store {
     /// Keeps the digest of the set of file records (see [`FileSetHook`]).
     file_set: Mutex<Option<FileSetHook>>,
     sizes: sizes::Sizes,
+    /// Set when the volume's root was revoked while mounted: every later write is refused.
+    refused: std::sync::OnceLock<String>,
 }
 
 /// A long-name row: (directory id, hash, full ciphertext).
@@ -368,6 +370,7 @@ impl Store {
             before_commit: std::sync::OnceLock::new(),
             file_set: Mutex::new(None),
             sizes: sizes::Sizes::default(),
+            refused: std::sync::OnceLock::new(),
         };
         {
             let conn = store.lock();
@@ -648,6 +651,9 @@ impl Store {
         if changes.is_empty() {
             return Ok(());
         }
+        if let Some(why) = self.refused.get() {
+            return Err(Error::Revoked { path: self.path.clone(), reason: why.clone() });
+        }
         let mut conn = self.lock();
         let err = |e| self.err(e);
         let tx = conn.transaction().map_err(err)?;
@@ -847,6 +853,14 @@ impl Store {
         // A panic mid-transaction rolls the transaction back when it is dropped; the
         // connection itself stays consistent, so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// From now on every write is refused with `why` (the keys that would seal its records
+    /// are gone: `Volume::go_dark`), and the file-set hook (a key derived from the name key)
+    /// is dropped.
+    pub fn refuse_writes(&self, why: &str) {
+        let _ = self.refused.set(why.to_string());
+        self.file_set.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     fn err(&self, e: rusqlite::Error) -> Error {

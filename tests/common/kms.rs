@@ -124,6 +124,11 @@ impl Moto {
         }
     }
 
+    /// Makes the server forget every key (moto's reset): a root that no longer exists.
+    pub fn reset(&self) {
+        assert_eq!(http(self.port, "POST", "/moto-api/reset"), Some(200), "moto's reset endpoint");
+    }
+
     /// What every envelopefs command needs to reach this server (and nothing else).
     pub fn env(&self) -> Vec<(String, OsString)> {
         let none = OsString::from("/nonexistent");

@@ -1,0 +1,323 @@
+//! Revocation while mounted, against real roots: a SoftHSM2 token whose key object is
+//! destroyed by another process, and a moto server (the AWS KMS API) that forgets its keys or
+//! cannot be reached (through a loopback proxy the test switches off and on). The mount
+//! re-checks its root every second here; what it must do is in `envelopefs::revocation`.
+
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::kms::SoftHsm;
+use common::mount::{ok, MountFixture};
+use common::pattern;
+use serde_json::Value;
+
+/// "Key has been revoked".
+const EKEYREVOKED: i32 = 128;
+
+fn status(m: &MountFixture) -> Value {
+    let o = m.run(&["status".as_ref(), m.mnt.as_os_str(), "--json".as_ref()]);
+    ok(&o);
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Polls the mount's status (by its daemon's control socket, so also once the mount is
+/// detached: `cipherdir` names it) until `done` holds; at most 60 s.
+fn wait_for(m: &MountFixture, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = m.run(&["status".as_ref(), m.cipher.as_os_str(), "--json".as_ref()]);
+        if let Ok(v) = serde_json::from_slice::<Value>(&o.stdout) {
+            if done(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "waited 60 s for {what}; status: {v:#}");
+        }
+        assert!(Instant::now() < deadline, "waited 60 s for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn state(v: &Value) -> &str {
+    v["root_check"]["state"].as_str().unwrap_or("")
+}
+
+fn mounted_at(mnt: &Path) -> bool {
+    let want = mnt.canonicalize().unwrap();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.to_str().unwrap()))
+}
+
+/// Closes `held` (the last file open on the detached mount) and waits for the daemon to go.
+fn let_go(m: &mut MountFixture, held: fs::File, pid: u64) {
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "the daemon of a dark mount stays after its last file closed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    m.disown();
+}
+
+/// What every read through a dark mount gets.
+fn assert_revoked(r: std::io::Result<usize>, what: &str) {
+    match r {
+        Err(e) => assert_eq!(e.raw_os_error(), Some(EKEYREVOKED), "{what}: {e}"),
+        Ok(n) => panic!("{what}: a read of {n} bytes through a dark mount"),
+    }
+}
+
+/// Run by `an_hsm_root_destroyed_while_mounted_darkens_the_mount_and_its_scratch` in a
+/// process of its own (PKCS#11 is set up once per process, with the configuration of the
+/// token in the environment): destroys the AES key labelled `EVFS_DESTROY_LABEL` as another
+/// holder of the token's PIN would.
+#[test]
+#[ignore = "a helper process, run by another test"]
+fn helper_destroy_key_object() {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::object::{Attribute, ObjectClass};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    let Ok(label) = std::env::var("EVFS_DESTROY_LABEL") else { return };
+    let ctx = Pkcs11::new(common::kms::SOFTHSM_MODULE).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).unwrap();
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == "evfs")
+        .unwrap();
+    let session = ctx.open_rw_session(slot).unwrap();
+    session.login(UserType::User, Some(&AuthPin::new("1234".into()))).unwrap();
+    let keys = session
+        .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Label(label.into_bytes())])
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    session.destroy_object(keys[0]).unwrap();
+    println!("destroyed");
+}
+
+#[test]
+fn an_hsm_root_destroyed_while_mounted_darkens_the_mount_and_its_scratch() {
+    let hsm = SoftHsm::new();
+    let uri = hsm.uri("vol-root");
+    let mut env = hsm.env();
+    env.push(("ENVELOPEFS_KMS_TIMEOUT".into(), "1".into()));
+    let mut m = MountFixture::new_with(&["--kms", &uri, "--create-key"], env);
+    m.unmount();
+    m.mount_with(&["--recheck-root", "1s", "--scratch", "tmp"]);
+    let data = pattern(7, 300_000);
+    fs::write(m.p("keep"), &data).unwrap();
+    fs::write(m.p("tmp/s"), b"scratch").unwrap();
+    // Held open, and its pages in the kernel's cache.
+    let mut held = fs::File::open(m.p("keep")).unwrap();
+    let mut back = Vec::new();
+    held.read_to_end(&mut back).unwrap();
+    assert_eq!(back, data);
+    let before = wait_for(&m, "a first re-check", |v| v["root_check"]["checks"].as_u64() >= Some(1));
+    assert_eq!(state(&before), "ok");
+    assert_eq!(before["scratch"]["key"], "loaded");
+    let pid = before["pid"].as_u64().unwrap();
+    assert!(before["kms_calls"]["recheck"].as_u64() >= Some(1));
+
+    let helper = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "helper_destroy_key_object", "--nocapture"])
+        .env("SOFTHSM2_CONF", hsm.dir.path().join("softhsm2.conf"))
+        .env("EVFS_DESTROY_LABEL", "vol-root")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&helper.stdout).contains("destroyed"), "{helper:?}");
+
+    let after = wait_for(&m, "the mount to go dark", |v| state(v) == "revoked");
+    assert_eq!(after["root_check"]["cause"], "refused", "{after:#}");
+    let answer = after["root_check"]["answer"].as_str().unwrap();
+    assert!(answer.contains("no key object labelled \"vol-root\""), "{answer}");
+    // Scratch destroyed as at unmount; the daemon's key ring is empty.
+    assert_eq!(after["scratch"]["key"], "none", "{after:#}");
+    assert!(after["scratch"]["dirs"].as_array().unwrap().is_empty(), "{after:#}");
+    // The open file reads nothing, not even what the kernel had cached.
+    assert_revoked(held.read_at(&mut [0u8; 4096], 0), "a cached page of a file held open");
+    assert_revoked(held.read_at(&mut [0u8; 4096], 200_000), "an uncached page of a file held open");
+    // Detached: the mountpoint is an empty directory again.
+    assert!(!mounted_at(&m.mnt), "the dark mount is detached");
+    assert!(!m.p("keep").exists());
+    // A rotation asked of the dark daemon is refused, naming why.
+    let o = m.run(&["rotate".as_ref(), m.cipher.as_os_str(), "--kek".as_ref()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no longer vouches"), "{o:?}");
+    let log = fs::read_to_string(after["log"].as_str().unwrap()).unwrap();
+    assert!(log.contains("root-revoked") && log.contains("going dark"), "{log}");
+
+    let_go(&mut m, held, pid);
+    // Nothing stored was damaged: the volume is intact, its root is what is gone.
+    let o = m.try_mount(&[]);
+    assert_eq!(o.status.code(), Some(15), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("has no AES key labelled \"vol-root\""), "{o:?}");
+}
+
+#[test]
+fn the_embedded_keystore_has_nothing_to_recheck_and_zero_turns_rechecks_off() {
+    let mut m = MountFixture::new(&[]);
+    let v = status(&m);
+    assert_eq!(state(&v), "off", "{v:#}");
+    assert_eq!(v["kms_calls"]["recheck"], 0);
+    m.unmount();
+    let o = m.try_mount(&["--recheck-root", "soon"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not a duration"), "{o:?}");
+    m.mount_with(&["--recheck-root", "0"]);
+    assert_eq!(state(&status(&m)), "off");
+}
+
+#[cfg(feature = "aws-kms")]
+mod aws {
+    use super::*;
+    use common::kms::Moto;
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    /// A loopback TCP proxy to the moto server that the test switches off (every connection,
+    /// open or new, is cut: the KMS is unreachable) and on again, without losing moto's keys.
+    struct Proxy {
+        port: u16,
+        up: Arc<AtomicBool>,
+        open: Arc<Mutex<Vec<TcpStream>>>,
+        stop: Arc<AtomicBool>,
+    }
+
+    impl Proxy {
+        fn start(target: u16) -> Proxy {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.set_nonblocking(true).unwrap();
+            let port = l.local_addr().unwrap().port();
+            let (up, open, stop) = (Arc::new(AtomicBool::new(true)), Arc::new(Mutex::new(Vec::new())), Arc::default());
+            let (u, o, s): (Arc<AtomicBool>, Arc<Mutex<Vec<TcpStream>>>, Arc<AtomicBool>) =
+                (up.clone(), open.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !s.load(Ordering::SeqCst) {
+                    let Ok((client, _)) = l.accept() else {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    if !u.load(Ordering::SeqCst) {
+                        let _ = client.shutdown(Shutdown::Both);
+                        continue;
+                    }
+                    client.set_nonblocking(false).unwrap();
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else { continue };
+                    o.lock().unwrap().extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                    for (mut from, mut to) in
+                        [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                    {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(Shutdown::Both);
+                        });
+                    }
+                }
+            });
+            Proxy { port, up, open, stop }
+        }
+
+        fn down(&self) {
+            self.up.store(false, Ordering::SeqCst);
+            for s in self.open.lock().unwrap().drain(..) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+
+        fn up(&self) {
+            self.up.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl Drop for Proxy {
+        fn drop(&mut self) {
+            self.down();
+            self.stop.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A volume on a moto key, reached through `proxy`, mounted with re-checks every second.
+    fn mounted(moto: &Moto, proxy: Option<&Proxy>, grace: &str) -> MountFixture {
+        let mut env = moto.env();
+        if let Some(p) = proxy {
+            env.retain(|(k, _)| k != "AWS_ENDPOINT_URL_KMS");
+            env.push(("AWS_ENDPOINT_URL_KMS".into(), format!("http://127.0.0.1:{}", p.port).into()));
+        }
+        env.push(("ENVELOPEFS_KMS_TIMEOUT".into(), "0.5".into()));
+        let mut m = MountFixture::new_with(&["--kms", "aws-kms:new", "--create-key"], env);
+        m.unmount();
+        m.mount_with(&["--recheck-root", "1s", "--offline-grace", grace]);
+        m
+    }
+
+    /// The server stops answering: the mount serves on through the grace, an answer in time
+    /// changes nothing, and silence past the grace darkens it.
+    #[test]
+    fn an_unreachable_kms_is_served_through_the_grace_then_darkens_the_mount() {
+        let moto = Moto::start();
+        let proxy = Proxy::start(moto.port);
+        let mut m = mounted(&moto, Some(&proxy), "15s");
+        let (a, b) = (pattern(1, 100_000), pattern(2, 100_000));
+        fs::write(m.p("a"), &a).unwrap();
+        fs::write(m.p("b"), &b).unwrap();
+        let mut held = fs::File::open(m.p("a")).unwrap();
+        wait_for(&m, "a first re-check", |v| v["root_check"]["checks"].as_u64() >= Some(1));
+
+        proxy.down();
+        let v = wait_for(&m, "a missed re-check", |v| state(v) == "unreachable");
+        assert!(v["root_check"]["misses"].as_u64() >= Some(1), "{v:#}");
+        // Still served meanwhile: reads and writes.
+        assert_eq!(fs::read(m.p("b")).unwrap(), b);
+        fs::write(m.p("c"), b"written while the KMS was away").unwrap();
+        proxy.up();
+        let v = wait_for(&m, "the root answering again", |v| state(v) == "ok");
+        let misses = v["root_check"]["misses"].as_u64().unwrap();
+        assert!(misses >= 1);
+        assert_eq!(fs::read(m.p("c")).unwrap(), b"written while the KMS was away");
+
+        proxy.down();
+        let v = wait_for(&m, "the grace to run out", |v| state(v) == "revoked");
+        assert_eq!(v["root_check"]["cause"], "unreachable past the grace", "{v:#}");
+        assert!(v["root_check"]["answer"].as_str().unwrap().contains("offline grace (15s)"), "{v:#}");
+        assert_revoked(held.read_at(&mut [0u8; 4096], 0), "a file held open");
+        assert!(!mounted_at(&m.mnt));
+        let pid = v["pid"].as_u64().unwrap();
+        let mut rest = Vec::new();
+        assert!(held.read_to_end(&mut rest).is_err());
+        let_go(&mut m, held, pid);
+        // The KMS back, the volume mounts again with everything written to it.
+        proxy.up();
+        m.mount();
+        assert_eq!(fs::read(m.p("a")).unwrap(), a);
+        assert_eq!(fs::read(m.p("c")).unwrap(), b"written while the KMS was away");
+    }
+
+    /// A key the server no longer has (moto's reset forgets every key) is a revocation: dark
+    /// at the next re-check, with the server's answer in `status`.
+    #[test]
+    fn a_kms_key_that_is_gone_darkens_the_mount_at_the_next_recheck() {
+        let moto = Moto::start();
+        let mut m = mounted(&moto, None, "1h");
+        fs::write(m.p("a"), b"secret").unwrap();
+        let held = fs::File::open(m.p("a")).unwrap();
+        let v = wait_for(&m, "a first re-check", |v| v["root_check"]["checks"].as_u64() >= Some(1));
+        let pid = v["pid"].as_u64().unwrap();
+        let calls_before = v["kms_calls"]["unwrap"].as_u64().unwrap();
+        moto.reset();
+        let v = wait_for(&m, "the mount to go dark", |v| state(v) == "revoked");
+        assert_eq!(v["root_check"]["cause"], "refused", "{v:#}");
+        assert!(v["root_check"]["answer"].as_str().unwrap().contains("NotFoundException"), "{v:#}");
+        assert_eq!(v["kms_calls"]["unwrap"].as_u64().unwrap(), calls_before, "re-checks are counted apart");
+        assert_revoked(held.read_at(&mut [0u8; 6], 0), "a file held open");
+        let_go(&mut m, held, pid);
+    }
+}
