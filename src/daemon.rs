@@ -139,18 +139,24 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
         threads: req.threads,
     };
     let mut mounted = Mounted::new(fs.clone(), &req.mountpoint, &cfg).map_err(|e| fuse_error(&req.mountpoint, e))?;
-    let watcher = watch_root(req, &header, &kms, &fs, mounted.invalidator(), rotation.clone());
+    let watcher = watch_root(req, &header, &kms, &fs, mounted.invalidator());
     let monitor = watcher.as_ref().map(Watcher::monitor);
     let control = control_server(req, &header, vol.clone(), kms, keep_scratch.clone(), monitor, rotation);
     let mut unmount = mounted.unmounter();
+    let signalled = vol.clone();
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || {
-            if let Ok(sig) = signals.wait() {
-                tracing::info!("{sig:?}: unmounting");
-                if let Err(e) = unmount() {
-                    tracing::error!("unmount after {sig:?} failed: {e}");
-                }
+        .spawn(move || loop {
+            let Ok(sig) = signals.wait() else { return };
+            if let Some(e) = signalled.dark_error() {
+                // Detached already, nothing to commit, no key left: a dark mount that files
+                // still hold open ends now (their requests get ENOTCONN from here on).
+                tracing::info!("{sig:?}: the mount is dark; exiting");
+                std::process::exit(i32::from(e.exit_code()));
+            }
+            tracing::info!("{sig:?}: unmounting");
+            if let Err(e) = unmount() {
+                tracing::error!("unmount after {sig:?} failed: {e}");
             }
         })
         .map_err(|e| Error::io("", "spawn signal thread", e))?;
@@ -181,17 +187,18 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
 }
 
 /// Starts re-checking the volume's root (`crate::revocation`), unless it is the embedded
-/// keystore (nothing outside the host to ask) or re-checks are off. Going dark: the volume
-/// drops its keys and scratch (`Volume::go_dark`), the kernel's cached pages of every file
-/// are dropped, and the mount is detached (lazily: it goes once nothing holds it open, every
-/// request meanwhile failing with EKEYREVOKED).
+/// keystore (nothing outside the host to ask) or re-checks are off. Going dark: the kernel
+/// writes back what it holds dirty and drops its cached pages of every file (while the keys
+/// can still take the writes), the volume commits what it accepted and drops its keys and
+/// scratch (`Volume::go_dark`), the kernel's caches are dropped once more, and the mount is
+/// detached (`fusermount3 -u -z`: it goes once nothing holds it open, every request
+/// meanwhile failing with EKEYREVOKED; the session's own unmounter would refuse a busy mount).
 fn watch_root(
     req: &MountRequest,
     header: &VolumeHeader,
     kms: &Arc<Audited>,
     fs: &Arc<InodeFs>,
     cached: crate::fuse::Invalidator,
-    rotation: Arc<std::sync::Mutex<()>>,
 ) -> Option<Watcher> {
     if matches!(kms::KmsUri::parse(&header.kms_uri), Ok(kms::KmsUri::Local(_))) {
         tracing::info!("the root is the embedded keystore: nothing to re-check while mounted");
@@ -208,20 +215,26 @@ fn watch_root(
     );
     let (vol, k) = (fs.volume_arc(), kms.clone());
     let check = move || {
+        // The header this mount authenticated (a KEK rotation through this daemon updates
+        // it), never the one on disk now: CIPHERDIR cannot steer the check.
         let h = vol.header();
+        if vol.root_changed().unwrap_or(false) {
+            tracing::warn!("the header on disk names another wrapped KEK (`rotate --root` beside this mount?): this mount keeps checking the root it was opened with; remount to check the new one");
+        }
         k.recheck(&h.wrapped_kek, &kms::KmsContext::kek(h.volume_id, h.kek_generation))
     };
-    let (fs, mountpoint) = (fs.clone(), req.mountpoint.clone());
+    let (fs, read_only, mountpoint) = (fs.clone(), req.read_only, req.mountpoint.clone());
     let scratch_file = control::scratch_path(&header.volume_id);
     let dark = move |why: &str| {
-        let _one_at_a_time = rotation.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(report) = fs.volume().go_dark(why, &scratch_file) {
-            if let Err(e) = report.committed {
-                tracing::error!("committing before going dark failed: {e}");
+        cached.drop_cached(&fs.inodes());
+        if let Some(report) = fs.volume().go_dark(why, &scratch_file, read_only) {
+            for e in &report.not_committed {
+                tracing::error!("not committed before going dark: {e}");
             }
             match report.scratch {
-                Ok(n) => tracing::info!(scratch_entries_destroyed = n, "scratch destroyed"),
-                Err(e) => tracing::error!("destroying the scratch failed: {e}"),
+                Some(Ok(n)) => tracing::info!(scratch_entries_destroyed = n, "scratch destroyed"),
+                Some(Err(e)) => tracing::error!("destroying the scratch failed: {e}"),
+                None => {}
             }
         }
         fs.forget_listings();
@@ -260,7 +273,8 @@ fn control_server(
             stats.as_ref().map(|s| (s.files, s.wrapped_deks, s.kek_since)).unwrap_or((0, 0, None));
         let mut v = control::base_status(&cipherdir, &status_vol.header(), files, deks, since);
         let (wraps, unwraps) = kms.calls();
-        v["mounted"] = true.into();
+        // A dark mount is detached: its daemon stays only for the files still open on it.
+        v["mounted"] = status_vol.dark().is_none().into();
         v["mountpoint"] = mountpoint.display().to_string().into();
         v["pid"] = std::process::id().into();
         v["log"] = control::log_path(&status_vol.header().volume_id).display().to_string().into();
@@ -294,6 +308,9 @@ fn control_server(
         "status" => status(&kms),
         "rotate-kek" => {
             let _one_at_a_time = rotation.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = vol.dark_error() {
+                return control::error_reply(&e);
+            }
             let old = crate::format::hex(&vol.header().kek_id);
             let mut logged = 0;
             let mut progress = |step, done: u64, total: u64| {
@@ -315,6 +332,12 @@ fn control_server(
         "rekey" => {
             let paths = request["paths"].as_array().cloned().unwrap_or_default();
             let mut done = Vec::new();
+            // As a request through the mount would: going dark waits for it, and it starts
+            // on no dark volume.
+            let _op = match vol.op() {
+                Ok(guard) => guard,
+                Err(e) => return control::error_reply(&e),
+            };
             for p in paths.iter().filter_map(|p| p.as_str()) {
                 match vol.rekey(Path::new(p)) {
                     Ok(bytes) => done.push(serde_json::json!({ "path": p, "bytes": bytes })),
@@ -342,6 +365,9 @@ fn control_server(
         }
         "shred-finish" => {
             let _one_at_a_time = rotation.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = vol.dark_error() {
+                return control::error_reply(&e);
+            }
             let ids: Option<Vec<[u8; 16]>> = request["ids"]
                 .as_array()
                 .map(|a| a.iter().map(|i| i.as_str().and_then(crate::format::unhex16)).collect())
@@ -369,6 +395,9 @@ fn control_server(
         "shred-volume" => {
             // No rotation may write a fresh header after this.
             let _one_at_a_time = rotation.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = vol.dark_error() {
+                return control::error_reply(&e);
+            }
             vol.keys().drop_scratch();
             let days = request["delete_root_after"].as_u64().map(|d| d as u32);
             match Volume::shred_volume(vol.cipherdir(), &scratch_file, Some(kms.as_ref()), days) {
@@ -387,10 +416,8 @@ fn control_server(
                 "exit_code": 19,
             });
         }
-        match dark_vol.dark() {
-            Some(why) if op != "status" => {
-                control::error_reply(&Error::Revoked { path: own.clone(), reason: why.to_string() })
-            }
+        match dark_vol.dark_error() {
+            Some(e) if op != "status" => control::error_reply(&e),
             _ => dispatch(op, request),
         }
     };

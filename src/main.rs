@@ -397,10 +397,7 @@ fn run(cmd: Command) -> Result<()> {
             if ephemeral {
                 scratch.push(PathBuf::from("/"));
             }
-            let recheck = envelopefs::revocation::Policy {
-                interval: (!recheck_root.is_zero()).then_some(recheck_root),
-                grace: offline_grace,
-            };
+            let recheck = envelopefs::revocation::Policy::new(recheck_root, offline_grace)?;
             let mut req =
                 MountRequest { cipherdir, mountpoint, read_only, allow_other: false, threads, scratch, recheck };
             parse_mount_options(&options, &mut req, &mut pass)?;
@@ -768,9 +765,12 @@ fn parse_mount_options(options: &[String], req: &mut MountRequest, pass: &mut Pa
             Some(("passfile", f)) => pass.passfile = Some(PathBuf::from(f)),
             Some(("recheck_root", d)) => {
                 let d = parse_duration(d).map_err(Error::InvalidArgument)?;
-                req.recheck.interval = (!d.is_zero()).then_some(d);
+                req.recheck = envelopefs::revocation::Policy::new(d, req.recheck.grace)?;
             }
-            Some(("offline_grace", d)) => req.recheck.grace = parse_duration(d).map_err(Error::InvalidArgument)?,
+            Some(("offline_grace", d)) => {
+                let g = parse_duration(d).map_err(Error::InvalidArgument)?;
+                req.recheck = envelopefs::revocation::Policy::new(req.recheck.interval.unwrap_or_default(), g)?;
+            }
             _ if IGNORED.contains(&opt) || opt.starts_with("x-") || opt.starts_with("comment=") => {}
             _ => return Err(Error::InvalidArgument(format!("unknown mount option {opt:?}"))),
         }

@@ -16,9 +16,15 @@
 //!
 //! The unwrap at mount is check zero: a mount never starts from a cached answer, so the
 //! first re-check comes one interval after it.
+//!
+//! Time is the boot clock (`CLOCK_BOOTTIME`), which runs on while the machine is
+//! suspended: a laptop resumed days after its root was revoked checks at once, and its
+//! grace, counted from the last answer, is long gone. A check that does not return (a hung
+//! token) counts as a miss after the KMS timeout and five seconds more, so the grace holds
+//! whatever the KMS does.
 
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime};
 
 use crate::kms::KmsError;
 use crate::{Error, Result};
@@ -34,6 +40,41 @@ pub struct Policy {
 impl Policy {
     pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
     pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
+    /// Bounds on what the command line may ask: a KMS call every second at most, and
+    /// nothing past a year (a longer interval or grace is "off", which `0` says plainly).
+    const SHORTEST: Duration = Duration::from_secs(1);
+    const LONGEST: Duration = Duration::from_secs(365 * 86400);
+
+    /// `interval` 0 turns re-checks off; otherwise it must be from 1 s to a year, and the
+    /// grace at most a year.
+    pub fn new(interval: Duration, grace: Duration) -> Result<Policy> {
+        if !interval.is_zero() && !(Self::SHORTEST..=Self::LONGEST).contains(&interval) {
+            return Err(Error::InvalidArgument(format!(
+                "--recheck-root {} is out of range: 0 (off), or from 1s to 365d",
+                show_duration(interval)
+            )));
+        }
+        if grace > Self::LONGEST {
+            return Err(Error::InvalidArgument(format!(
+                "--offline-grace {} is out of range: at most 365d",
+                show_duration(grace)
+            )));
+        }
+        Ok(Policy { interval: (!interval.is_zero()).then_some(interval), grace })
+    }
+}
+
+/// The boot clock: time since boot, suspended time included.
+fn boot_clock() -> Duration {
+    use nix::time::{clock_gettime, ClockId};
+    match clock_gettime(ClockId::CLOCK_BOOTTIME) {
+        Ok(t) => Duration::new(t.tv_sec().max(0) as u64, t.tv_nsec().clamp(0, 999_999_999) as u32),
+        // Linux has had CLOCK_BOOTTIME since 2.6.39; the monotonic clock is the next best.
+        Err(_) => {
+            static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+            START.get_or_init(std::time::Instant::now).elapsed()
+        }
+    }
 }
 
 impl Default for Policy {
@@ -80,8 +121,9 @@ pub enum Health {
     Answering,
     /// Checks have failed to reach the root since `since` (the first miss).
     Unreachable { since: SystemTime, answer: String },
-    /// The mount went dark at `at`: `refused` (revoked) or not (unreachable past the grace).
-    Dark { at: SystemTime, refused: bool, answer: String },
+    /// The mount went dark at `at` (is going dark, until `done`): `refused` (revoked) or
+    /// not (unreachable past the grace).
+    Dark { at: SystemTime, refused: bool, answer: String, done: bool },
 }
 
 /// What one check's outcome means, given when the root last answered (pure: unit-tested).
@@ -94,13 +136,13 @@ pub enum Decision {
 }
 
 /// The decision after a check that ended at `now` with `outcome`, the root having last
-/// answered at `last_ok`.
+/// answered at `last_ok` (both on the boot clock).
 pub fn decide(
     policy: &Policy,
     interval: Duration,
     outcome: &std::result::Result<(), KmsError>,
-    last_ok: Instant,
-    now: Instant,
+    last_ok: Duration,
+    now: Duration,
 ) -> Decision {
     match outcome {
         Ok(()) => Decision::Wait(interval),
@@ -169,8 +211,8 @@ impl Monitor {
                 v["unreachable_since_unix"] = unix(*since).into();
                 v["answer"] = answer.clone().into();
             }
-            Health::Dark { at, refused, answer } => {
-                v["state"] = "revoked".into();
+            Health::Dark { at, refused, answer, done } => {
+                v["state"] = if *done { "revoked" } else { "going dark" }.into();
                 v["revoked_at_unix"] = unix(*at).into();
                 v["cause"] = if *refused { "refused" } else { "unreachable past the grace" }.into();
                 v["answer"] = answer.clone().into();
@@ -191,7 +233,7 @@ impl Watcher {
     /// once, with the reason, when the mount must go dark, and then stops.
     pub fn start(
         policy: Policy,
-        check: impl Fn() -> std::result::Result<(), KmsError> + Send + 'static,
+        check: impl Fn() -> std::result::Result<(), KmsError> + Send + Sync + 'static,
         dark: impl FnOnce(&str) + Send + 'static,
     ) -> Result<Watcher> {
         let interval = policy.interval.ok_or_else(|| Error::InvalidArgument("no re-check interval".into()))?;
@@ -209,7 +251,7 @@ impl Watcher {
         let m = monitor.clone();
         let thread = std::thread::Builder::new()
             .name("root-check".into())
-            .spawn(move || run(&m, interval, check, dark))
+            .spawn(move || run(&m, interval, Arc::new(check), dark))
             .map_err(|e| Error::io("", "start the root re-check thread", e))?;
         Ok(Watcher { monitor, thread: Some(thread) })
     }
@@ -229,30 +271,66 @@ impl Drop for Watcher {
     }
 }
 
+/// One check on a thread of its own, so a call that never returns is a miss, not a hang:
+/// `pending` keeps the answer of a check still under way (no second one starts beside it).
+fn checked(
+    check: &Arc<dyn Fn() -> std::result::Result<(), KmsError> + Send + Sync>,
+    pending: &mut Option<mpsc::Receiver<std::result::Result<(), KmsError>>>,
+) -> std::result::Result<(), KmsError> {
+    let limit = crate::kms::timeout() + Duration::from_secs(5);
+    let answer = match pending.take() {
+        Some(rx) => rx,
+        None => {
+            let (tx, rx) = mpsc::channel();
+            let c = check.clone();
+            let spawned = std::thread::Builder::new().name("root-check-call".into()).spawn(move || {
+                let _ = tx.send(c());
+            });
+            if let Err(e) = spawned {
+                return Err(KmsError::Unavailable(format!("cannot start the check: {e}")));
+            }
+            rx
+        }
+    };
+    match answer.recv_timeout(limit) {
+        Ok(r) => r,
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            *pending = Some(answer);
+            Err(KmsError::Unavailable(format!("no answer within {limit:.0?}")))
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(KmsError::Unavailable("the check failed".into())),
+    }
+}
+
 fn run(
     m: &Monitor,
     interval: Duration,
-    check: impl Fn() -> std::result::Result<(), KmsError>,
+    check: Arc<dyn Fn() -> std::result::Result<(), KmsError> + Send + Sync>,
     dark: impl FnOnce(&str),
 ) {
-    let mut last_ok = Instant::now();
-    let mut wait = interval;
+    let mut last_ok = boot_clock();
+    let mut due = last_ok + interval;
+    let mut pending = None;
     loop {
-        let until = Instant::now() + wait;
         {
+            // Short waits, each measured on the boot clock: a resume from suspend is seen
+            // within a second.
             let mut s = m.state();
-            while !s.stop && Instant::now() < until {
-                let left = until.saturating_duration_since(Instant::now());
+            while !s.stop && boot_clock() < due {
+                let left = due.saturating_sub(boot_clock()).min(Duration::from_secs(1));
                 s = m.wake.wait_timeout(s, left).unwrap_or_else(|p| p.into_inner()).0;
             }
             if s.stop {
                 return;
             }
         }
-        let outcome = check();
-        let now = Instant::now();
+        let outcome = checked(&check, &mut pending);
+        let now = boot_clock();
         let decision = decide(&m.policy, interval, &outcome, last_ok, now);
         let mut s = m.state();
+        if s.stop {
+            return; // unmounted meanwhile: the unmount decides, not a late answer
+        }
         s.checks += 1;
         match (&outcome, decision) {
             (Ok(()), Decision::Wait(w)) => {
@@ -263,7 +341,7 @@ fn run(
                 s.health = Health::Answering;
                 s.last_ok = SystemTime::now();
                 last_ok = now;
-                wait = w;
+                due = now + w;
             }
             (Err(e), Decision::Wait(w)) => {
                 s.misses += 1;
@@ -271,21 +349,23 @@ fn run(
                     Health::Unreachable { since, .. } => *since,
                     _ => SystemTime::now(),
                 };
-                let left = (last_ok + m.policy.grace).saturating_duration_since(now);
+                let left = (last_ok + m.policy.grace).saturating_sub(now);
                 tracing::warn!(target: "envelopefs::audit", event = "root-unreachable", misses = s.misses,
                     "re-check of the root failed ({e}); serving on for at most {left:.0?} (the offline grace)");
                 s.health = Health::Unreachable { since, answer: e.to_string() };
-                wait = w;
+                due = now + w;
             }
             (outcome, Decision::Dark { refused, why }) => {
                 if outcome.is_err() && !refused {
                     s.misses += 1;
                 }
                 tracing::error!(target: "envelopefs::audit", event = "root-revoked", "{why}: going dark");
+                let at = SystemTime::now();
+                s.health = Health::Dark { at, refused, answer: why.clone(), done: false };
                 drop(s);
                 dark(&why);
-                // `status` says "revoked" once the mount is dark, not while it gets there.
-                m.state().health = Health::Dark { at: SystemTime::now(), refused, answer: why };
+                // `status` says "revoked" once the mount is dark, "going dark" until then.
+                m.state().health = Health::Dark { at, refused, answer: why, done: true };
                 return;
             }
         }
@@ -317,7 +397,7 @@ mod tests {
     fn a_refusal_darkens_at_once_and_a_silence_only_after_the_grace() {
         let p = Policy { interval: Some(Duration::from_secs(10)), grace: Duration::from_secs(60) };
         let i = Duration::from_secs(10);
-        let t0 = Instant::now();
+        let t0 = Duration::from_secs(1000);
         let at = |s| t0 + Duration::from_secs(s);
         assert_eq!(decide(&p, i, &Ok(()), t0, at(10)), Decision::Wait(i));
         let refused = decide(&p, i, &Err(KmsError::Rejected("NotFoundException".into())), t0, at(10));
@@ -342,6 +422,9 @@ mod tests {
         let darkened = Arc::new(Mutex::new(Vec::<String>::new()));
         let (c, d) = (calls.clone(), darkened.clone());
         let p = Policy { interval: Some(Duration::from_millis(20)), grace: Duration::from_secs(60) };
+        assert!(Policy::new(Duration::from_millis(20), Duration::ZERO).is_err(), "the command line's floor is 1 s");
+        assert!(Policy::new(Duration::from_secs(1), Duration::from_secs(400 * 86400)).is_err());
+        assert_eq!(Policy::new(Duration::ZERO, Duration::ZERO).unwrap().interval, None);
         let w = Watcher::start(
             p,
             move || match c.fetch_add(1, Ordering::SeqCst) {
@@ -352,8 +435,8 @@ mod tests {
             move |why| d.lock().unwrap().push(why.to_string()),
         )
         .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while darkened.lock().unwrap().is_empty() && Instant::now() < deadline {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while darkened.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         std::thread::sleep(Duration::from_millis(100));

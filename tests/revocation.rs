@@ -6,7 +6,7 @@
 mod common;
 
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -120,12 +120,20 @@ fn an_hsm_root_destroyed_while_mounted_darkens_the_mount_and_its_scratch() {
     let mut back = Vec::new();
     held.read_to_end(&mut back).unwrap();
     assert_eq!(back, data);
+    // Written just before the revocation and still open, neither closed nor synced.
+    let fresh = pattern(8, 70_000);
+    let mut writer = fs::OpenOptions::new().write(true).create_new(true).open(m.p("fresh")).unwrap();
+    writer.write_all(&fresh).unwrap();
     let before = wait_for(&m, "a first re-check", |v| v["root_check"]["checks"].as_u64() >= Some(1));
     assert_eq!(state(&before), "ok");
     assert_eq!(before["scratch"]["key"], "loaded");
     let pid = before["pid"].as_u64().unwrap();
     assert!(before["kms_calls"]["recheck"].as_u64() >= Some(1));
 
+    // The token as it is now: put back later, it brings the key back.
+    let token = hsm.dir.path().join("tokens");
+    let saved = hsm.dir.path().join("tokens-saved");
+    common::copy_tree(&token, &saved);
     let helper = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "helper_destroy_key_object", "--nocapture"])
         .env("SOFTHSM2_CONF", hsm.dir.path().join("softhsm2.conf"))
@@ -163,11 +171,28 @@ fn an_hsm_root_destroyed_while_mounted_darkens_the_mount_and_its_scratch() {
     let log = fs::read_to_string(after["log"].as_str().unwrap()).unwrap();
     assert!(log.contains("root-revoked") && log.contains("going dark"), "{log}");
 
+    assert_revoked(writer.write(b"more"), "a write to a file held open");
+    drop(writer);
     let_go(&mut m, held, pid);
-    // Nothing stored was damaged: the volume is intact, its root is what is gone.
+    // The root is what is gone: no mount without it.
     let o = m.try_mount(&[]);
     assert_eq!(o.status.code(), Some(15), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("has no AES key labelled \"vol-root\""), "{o:?}");
+    // With the key back, everything is there, also what was written but not yet closed
+    // when the mount went dark, and fsck finds nothing wrong: nothing stored was damaged.
+    fs::remove_dir_all(&token).unwrap();
+    common::copy_tree(&saved, &token);
+    let o = m.run(&["fsck".as_ref(), m.cipher.as_os_str()]);
+    assert!(
+        o.status.success(),
+        "fsck after going dark: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    m.mount();
+    assert_eq!(fs::read(m.p("keep")).unwrap(), data);
+    assert_eq!(fs::read(m.p("fresh")).unwrap(), fresh, "accepted before going dark, kept");
+    assert!(fs::read_dir(m.p("tmp")).map(|d| d.count() == 0).unwrap_or(true), "the scratch stays destroyed");
 }
 
 #[test]
@@ -327,6 +352,16 @@ mod aws {
         assert!(v["root_check"]["answer"].as_str().unwrap().contains("NotFoundException"), "{v:#}");
         assert_eq!(v["kms_calls"]["unwrap"].as_u64().unwrap(), calls_before, "re-checks are counted apart");
         assert_revoked(held.read_at(&mut [0u8; 6], 0), "a file held open");
-        let_go(&mut m, held, pid);
+        // SIGTERM ends a dark mount at once, though a file still holds it.
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(Instant::now() < deadline, "SIGTERM did not end a dark mount's daemon");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let e = held.read_at(&mut [0u8; 6], 0).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(107), "ENOTCONN once the daemon is gone: {e}");
+        drop(held);
+        m.disown();
     }
 }

@@ -205,6 +205,8 @@ pub struct KeyRing {
     /// During a `rotate --kek`: the name keys being rotated to (wrapped under the new KEK).
     pending_names: RwLock<Option<Arc<NameKeys>>>,
     cache: DekCache,
+    /// Set by [`KeyRing::revoke`]: no key is loaded into this ring again.
+    revoked: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -254,6 +256,7 @@ impl KeyRing {
             scratch: RwLock::new(None),
             names: RwLock::new(Arc::new(NameKeys::new(name_key, &header.volume_id))),
             pending_names: RwLock::new(None),
+            revoked: Default::default(),
             cache: DekCache::new(DekCache::DEFAULT_ENTRIES, DekCache::DEFAULT_MAX_AGE),
         }
     }
@@ -447,6 +450,7 @@ impl KeyRing {
         self.set_pending(kek);
         *self.pending_names.write().unwrap_or_else(|p| p.into_inner()) =
             Some(Arc::new(NameKeys::new(name_key, &self.volume_id)));
+        self.unless_revoked(kms)?;
         Ok((id, wrapped, wrapped_names))
     }
 
@@ -493,7 +497,23 @@ impl KeyRing {
             other => kms_error(kms, other),
         })?;
         self.set_pending(Kek::volume(id, generation, &key, &self.volume_id));
-        Ok(())
+        self.unless_revoked(kms)
+    }
+
+    /// After a key was loaded: if the ring was revoked meanwhile (or before), what was
+    /// loaded goes again and this is an error. (`revoke` sets its flag before it clears, and
+    /// this looks after loading, so a key loaded beside a revocation never stays.)
+    fn unless_revoked(&self, kms: &dyn Kms) -> Result<()> {
+        if !self.revoked.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.pending.write().unwrap_or_else(|p| p.into_inner()).take();
+        self.pending_names.write().unwrap_or_else(|p| p.into_inner()).take();
+        self.scratch.write().unwrap_or_else(|p| p.into_inner()).take();
+        Err(Error::Kms {
+            uri: kms.uri().to_string(),
+            reason: "the root was revoked while mounted: this mount loads no key any more".into(),
+        })
     }
 
     fn set_pending(&self, kek: Kek) {
@@ -628,6 +648,66 @@ fn kms_error(kms: &dyn Kms, e: KmsError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A root for unit tests: a key in this process (the real roots are tested on real
+    /// mounts).
+    struct TestRoot(KeyWrapper);
+
+    impl std::fmt::Debug for TestRoot {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("TestRoot")
+        }
+    }
+
+    impl Kms for TestRoot {
+        fn uri(&self) -> &str {
+            "test:"
+        }
+        fn key_id(&self) -> String {
+            "test".into()
+        }
+        fn wrap(&self, key: &Key256, ctx: &KmsContext) -> std::result::Result<Vec<u8>, KmsError> {
+            Ok(self.0.wrap(key, &ctx.aad()))
+        }
+        fn unwrap(&self, wrapped: &[u8], ctx: &KmsContext) -> std::result::Result<Key256, KmsError> {
+            self.0.unwrap(wrapped, &ctx.aad()).map_err(|_| KmsError::Rejected("bad".into()))
+        }
+    }
+
+    /// `revoke` (a mount going dark): no key the ring held opens anything any more, the DEK
+    /// cache is empty, and no key can be loaded into it again, however a rotation tries.
+    #[test]
+    fn a_revoked_ring_holds_no_key_and_loads_none() {
+        let root = TestRoot(KeyWrapper::new(&Key256::generate()));
+        let mut header = VolumeHeader {
+            features: 0,
+            volume_id: [7; 16],
+            cipher: CipherKind::Aes256GcmSiv,
+            extent_shift: 20,
+            kek_id: [0; 16],
+            kek_generation: 1,
+            kms_uri: "test:".into(),
+            wrapped_kek: Vec::new(),
+            wrapped_name_key: Vec::new(),
+        };
+        let ring = KeyRing::generate(&root, &mut header).unwrap();
+        let file = [9u8; 16];
+        let (kek_id, wrapped, _) = ring.new_dek(&file, 0, false).unwrap();
+        assert!(ring.knows_kek(&kek_id));
+        assert_eq!(ring.cache_stats().entries, 1);
+        let name = ring.names().encrypt(crate::crypto::NamePurpose::XattrName, &file, b"user.x");
+        ring.forget(&file, 0);
+        assert!(ring.dek(&file, 0, &kek_id, &wrapped).is_ok(), "unwraps before");
+
+        ring.revoke();
+        assert!(!ring.knows_kek(&kek_id));
+        assert_eq!(ring.cache_stats().entries, 0);
+        assert!(ring.dek(&file, 0, &kek_id, &wrapped).is_err(), "the DEK no longer unwraps");
+        assert_ne!(ring.names().encrypt(crate::crypto::NamePurpose::XattrName, &file, b"user.x"), name);
+        let e = ring.begin_rotation(&root).unwrap_err();
+        assert!(e.to_string().contains("revoked while mounted"), "{e}");
+        assert!(ring.pending_names().is_none() && ring.target_kek_id() == ring.kek_id());
+    }
 
     /// The vectors in FORMAT.md §4 (entry binding) and §6 (sealed records): each MAC from a
     /// fixed key, so the derivations and message layouts cannot drift unnoticed.

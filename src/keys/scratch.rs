@@ -132,6 +132,7 @@ impl KeyRing {
             Err(e) => return Err(kms_error(kms, e)),
         };
         self.set_scratch(rec.key_id, &key);
+        self.unless_revoked(kms)?;
         Ok(ScratchLoad::Loaded)
     }
 
@@ -152,6 +153,7 @@ impl KeyRing {
         let rec = ScratchRecord { boot_id, key_id, recorded: Some(false), wrapped };
         durable::replace_file(path, &rec.encode(), 0o600)?;
         self.set_scratch(key_id, &key);
+        self.unless_revoked(kms)?;
         Ok(key_id)
     }
 
@@ -183,12 +185,13 @@ impl KeyRing {
     /// every request and write before this is called (`Volume::go_dark`), so it is never
     /// used, and no lookup ever meets a missing key.
     pub fn revoke(&self) {
+        self.revoked.store(true, std::sync::atomic::Ordering::SeqCst);
         self.drop_scratch();
         self.pending.write().unwrap_or_else(|p| p.into_inner()).take();
         self.pending_names.write().unwrap_or_else(|p| p.into_inner()).take();
         let filler = Key256::generate();
         *self.current.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(Kek { id: [0; 16], generation: 0, wrapper: KeyWrapper::new(&filler), records: None });
+            Arc::new(Kek::volume([0; 16], 0, &filler, &self.volume_id));
         *self.names.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(NameKeys::new(filler, &self.volume_id));
         self.cache.clear();
     }

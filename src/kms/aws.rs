@@ -83,8 +83,9 @@ impl AwsKmsRoot {
     }
 }
 
-/// A refusal (bad ciphertext or context, unknown/disabled key, no permission) is final; a
-/// network, timeout, throttling or KMS-internal failure is worth a retry.
+/// A refusal (bad ciphertext or context, unknown/disabled key, no permission) is final (and
+/// a revocation, to a mounted volume's re-check); a network, timeout, throttling,
+/// KMS-internal, clock-skew or expired-credentials failure is worth a retry.
 fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, R: std::fmt::Debug>(
     e: SdkError<E, R>,
 ) -> KmsError {
@@ -94,7 +95,17 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
                 return KmsError::Rejected(aws_sdk_kms::error::DisplayErrorContext(&e).to_string());
             };
             let msg = se.err().message().unwrap_or_default().to_string();
-            if matches!(code.as_str(), "ThrottlingException" | "KMSInternalException" | "DependencyTimeoutException") {
+            // Also a clock that drifted (the request's signature is judged stale) or expired
+            // temporary credentials: the host's to fix, not a refusal of the key.
+            if matches!(
+                code.as_str(),
+                "ThrottlingException"
+                    | "KMSInternalException"
+                    | "DependencyTimeoutException"
+                    | "InvalidSignatureException"
+                    | "ExpiredTokenException"
+                    | "RequestExpired"
+            ) {
                 KmsError::Unavailable(format!("{code}: {msg}"))
             } else {
                 KmsError::Rejected(format!("{code}: {msg}"))

@@ -178,13 +178,15 @@ fn classify_anchor(e: P11Error) -> KmsError {
     classify_token(e, "the token's anchor object (a data object labelled envelopefs-anchor-…)")
 }
 
-/// A token call about `what` that failed: unavailable if the device or session went away,
-/// else refused.
+/// A token call about `what` that failed: unavailable if the device or session went away
+/// (or the token failed in general: worth a retry), else refused.
 fn classify_token(e: P11Error, what: &str) -> KmsError {
     let reason = format!("{what}: {e}");
     match e {
         P11Error::Pkcs11(
-            RvError::DeviceError
+            RvError::GeneralError
+            | RvError::FunctionFailed
+            | RvError::DeviceError
             | RvError::DeviceRemoved
             | RvError::TokenNotPresent
             | RvError::SessionClosed
@@ -207,6 +209,16 @@ fn classify(e: P11Error) -> KmsError {
             | RvError::DataLenRange,
             _,
         ) => KmsError::Rejected(format!("the wrapped key does not authenticate under this HSM key ({e})")),
+        // The key is gone, or may no longer decrypt, or the session lost its login: what a
+        // revocation looks like from here (a mount goes dark at once, not after a grace).
+        P11Error::Pkcs11(
+            RvError::KeyHandleInvalid
+            | RvError::ObjectHandleInvalid
+            | RvError::KeyFunctionNotPermitted
+            | RvError::KeyTypeInconsistent
+            | RvError::UserNotLoggedIn,
+            _,
+        ) => KmsError::Rejected(format!("the HSM key may no longer be used ({e})")),
         other => KmsError::Unavailable(other.to_string()),
     }
 }

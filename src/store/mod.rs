@@ -410,6 +410,7 @@ impl Store {
     /// added behind the volume's back) nothing is written, nothing keeps the set from now on,
     /// and false is returned: the set stays an integrity error.
     pub fn rekey_file_set(&self, key: &'static str, old: SetFns, new: SetFns) -> Result<bool> {
+        self.writable()?;
         let mut conn = self.lock();
         let err = |e| self.err(e);
         let (mut was, mut now) = ([0u8; 16], [0u8; 16]);
@@ -651,9 +652,7 @@ impl Store {
         if changes.is_empty() {
             return Ok(());
         }
-        if let Some(why) = self.refused.get() {
-            return Err(Error::Revoked { path: self.path.clone(), reason: why.clone() });
-        }
+        self.writable()?;
         let mut conn = self.lock();
         let err = |e| self.err(e);
         let tx = conn.transaction().map_err(err)?;
@@ -817,6 +816,7 @@ impl Store {
     /// unallocated gap; after re-wrapping every DEK, this makes sure no old wrapped DEK or KEK
     /// id survives in the file.
     pub fn compact(&self) -> Result<()> {
+        self.writable()?;
         self.lock().execute_batch("VACUUM").map_err(|e| self.err(e))?;
         self.checkpoint()
     }
@@ -853,6 +853,14 @@ impl Store {
         // A panic mid-transaction rolls the transaction back when it is dropped; the
         // connection itself stays consistent, so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An error once writes are refused (`refuse_writes`).
+    fn writable(&self) -> Result<()> {
+        match self.refused.get() {
+            Some(why) => Err(Error::Revoked { path: self.path.clone(), reason: why.clone() }),
+            None => Ok(()),
+        }
     }
 
     /// From now on every write is refused with `why` (the keys that would seal its records
