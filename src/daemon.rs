@@ -143,16 +143,18 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     let monitor = watcher.as_ref().map(Watcher::monitor);
     let control = control_server(req, &header, vol.clone(), kms, keep_scratch.clone(), monitor, rotation);
     let mut unmount = mounted.unmounter();
-    let signalled = vol.clone();
+    // Not the volume itself: its last holder commits it at the end, which must be `serve`.
+    let dark = vol.dark_reason();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
             let Ok(sig) = signals.wait() else { return };
-            if let Some(e) = signalled.dark_error() {
+            if dark.get().is_some() {
                 // Detached already, nothing to commit, no key left: a dark mount that files
                 // still hold open ends now (their requests get ENOTCONN from here on).
                 tracing::info!("{sig:?}: the mount is dark; exiting");
-                std::process::exit(i32::from(e.exit_code()));
+                let code = Error::Revoked { path: PathBuf::new(), reason: String::new() }.exit_code();
+                std::process::exit(i32::from(code));
             }
             tracing::info!("{sig:?}: unmounting");
             if let Err(e) = unmount() {
@@ -179,11 +181,34 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     // store.
     drop(control);
     drop(fs);
-    drop(vol);
+    close(vol);
     served?;
     let destroyed = destroyed?;
     tracing::info!(scratch_entries_destroyed = destroyed, "unmounted; keys zeroized");
     Ok(())
+}
+
+/// Drops the volume here, so that its last commit and the clearing of its mount marker
+/// happen before the daemon exits: waits (up to 10 s) for any other thread still holding it
+/// for a moment.
+fn close(vol: Arc<Volume>) {
+    let mut vol = vol;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Arc::try_unwrap(vol) {
+            Ok(v) => return drop(v),
+            Err(again) if Instant::now() < deadline => {
+                vol = again;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => {
+                tracing::error!(
+                    "the volume is still in use at exit: its last commit is left to the next mount's recovery"
+                );
+                return;
+            }
+        }
+    }
 }
 
 /// Starts re-checking the volume's root (`crate::revocation`), unless it is the embedded
@@ -213,14 +238,18 @@ fn watch_root(
         crate::revocation::show_duration(every),
         crate::revocation::show_duration(req.recheck.grace)
     );
-    let (vol, k) = (fs.volume_arc(), kms.clone());
+    // Weak: a check call that hangs (on its own thread) must not keep the volume from being
+    // committed and closed at unmount.
+    let (vol, k) = (Arc::downgrade(&fs.volume_arc()), kms.clone());
     let check = move || {
+        let Some(vol) = vol.upgrade() else { return Ok(()) };
         // The header this mount authenticated (a KEK rotation through this daemon updates
         // it), never the one on disk now: CIPHERDIR cannot steer the check.
         let h = vol.header();
         if vol.root_changed().unwrap_or(false) {
             tracing::warn!("the header on disk names another wrapped KEK (`rotate --root` beside this mount?): this mount keeps checking the root it was opened with; remount to check the new one");
         }
+        drop(vol);
         k.recheck(&h.wrapped_kek, &kms::KmsContext::kek(h.volume_id, h.kek_generation))
     };
     let (fs, read_only, mountpoint) = (fs.clone(), req.read_only, req.mountpoint.clone());

@@ -58,6 +58,12 @@ impl Volume {
         self.dark.get().map(String::as_str)
     }
 
+    /// Why the volume went dark, once it has, for a thread that must not keep the volume
+    /// itself alive (the last holder of a volume commits it when it lets go).
+    pub fn dark_reason(&self) -> Arc<std::sync::OnceLock<String>> {
+        self.dark.clone()
+    }
+
     /// The error of a request or command on a dark volume.
     pub fn dark_error(&self) -> Option<Error> {
         self.dark().map(|why| Error::Revoked { path: PathBuf::from(self.cipherdir()), reason: why.to_string() })

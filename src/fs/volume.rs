@@ -237,7 +237,7 @@ pub struct Volume {
     /// Why the volume serves no more requests: a rotation failed half way through its names.
     pub(super) halted: std::sync::RwLock<Option<String>>,
     /// Why the volume went dark (its root was revoked: [`Volume::go_dark`]), once it has.
-    pub(super) dark: std::sync::OnceLock<String>,
+    pub(super) dark: Arc<std::sync::OnceLock<String>>,
     /// This open finished a rotation a crash had cut short while names were moving.
     pub(super) finished_rotation: std::sync::atomic::AtomicBool,
     /// What the last rotation left as it found it (see [`Volume::rotation_left`]).
