@@ -156,7 +156,11 @@ fn check_at(anchor: &Path, header: &VolumeHeader, header_path: &Path) -> Result<
     }
     match next {
         n if n == seen => Ok(()),
-        n if n == Seen::default() => std::fs::remove_file(anchor).map_err(|e| Error::io(anchor, "remove", e)),
+        // Gone already (another process accepting the same older copy) is as good.
+        n if n == Seen::default() => match std::fs::remove_file(anchor) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(anchor, "remove", e)),
+            _ => Ok(()),
+        },
         n => write_at(anchor, n),
     }
 }

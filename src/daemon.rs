@@ -128,7 +128,8 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
         }
     }
     let keep_scratch = Arc::new(AtomicBool::new(req.read_only));
-    // One rotation, shred or going dark at a time.
+    // One rotation or shred at a time (going dark waits for neither: a revoked KEK's
+    // rotation fails on its own, refused by the key ring and the store).
     let rotation = Arc::new(std::sync::Mutex::new(()));
     let chown_new = nix::unistd::geteuid().is_root();
     let fs = Arc::new(InodeFs::new(vol.clone(), req.read_only, chown_new)?);
@@ -139,7 +140,9 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
         threads: req.threads,
     };
     let mut mounted = Mounted::new(fs.clone(), &req.mountpoint, &cfg).map_err(|e| fuse_error(&req.mountpoint, e))?;
-    let watcher = watch_root(req, &header, &kms, &fs, mounted.invalidator());
+    // Set once a dark mount is detached and its caches dropped: only then may SIGTERM end it.
+    let detached = Arc::new(AtomicBool::new(false));
+    let watcher = watch_root(req, &header, &kms, &fs, mounted.invalidator(), detached.clone());
     let monitor = watcher.as_ref().map(Watcher::monitor);
     let control = control_server(req, &header, vol.clone(), kms, keep_scratch.clone(), monitor, rotation);
     let mut unmount = mounted.unmounter();
@@ -150,8 +153,13 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
         .spawn(move || loop {
             let Ok(sig) = signals.wait() else { return };
             if dark.get().is_some() {
-                // Detached already, nothing to commit, no key left: a dark mount that files
-                // still hold open ends now (their requests get ENOTCONN from here on).
+                // Nothing to commit, no key left: a dark mount that files still hold open ends
+                // now (their requests get ENOTCONN from here on), once it is detached and the
+                // kernel's caches are dropped (a few seconds at most, else anyway).
+                let until = Instant::now() + Duration::from_secs(10);
+                while !detached.load(Ordering::SeqCst) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 tracing::info!("{sig:?}: the mount is dark; exiting");
                 let code = Error::Revoked { path: PathBuf::new(), reason: String::new() }.exit_code();
                 std::process::exit(i32::from(code));
@@ -224,6 +232,7 @@ fn watch_root(
     kms: &Arc<Audited>,
     fs: &Arc<InodeFs>,
     cached: crate::fuse::Invalidator,
+    detached: Arc<AtomicBool>,
 ) -> Option<Watcher> {
     if matches!(kms::KmsUri::parse(&header.kms_uri), Ok(kms::KmsUri::Local(_))) {
         tracing::info!("the root is the embedded keystore: nothing to re-check while mounted");
@@ -252,7 +261,7 @@ fn watch_root(
         drop(vol);
         k.recheck(&h.wrapped_kek, &kms::KmsContext::kek(h.volume_id, h.kek_generation))
     };
-    let (fs, read_only, mountpoint) = (fs.clone(), req.read_only, req.mountpoint.clone());
+    let (fs, read_only, mountpoint, root) = (fs.clone(), req.read_only, req.mountpoint.clone(), kms.clone());
     let scratch_file = control::scratch_path(&header.volume_id);
     let dark = move |why: &str| {
         cached.drop_cached(&fs.inodes());
@@ -273,6 +282,10 @@ fn watch_root(
         if let Err(e) = unmount_lazy(&mountpoint) {
             tracing::error!("detaching the mount failed: {e}");
         }
+        detached.store(true, Ordering::SeqCst);
+        // Last, and on a thread nobody waits for: a hung token holds its session, and this
+        // would wait for it.
+        let _ = std::thread::Builder::new().name("root-logout".into()).spawn(move || root.disconnect());
     };
     match Watcher::start(req.recheck, check, dark) {
         Ok(w) => Some(w),

@@ -271,14 +271,26 @@ impl Drop for Watcher {
     }
 }
 
-/// One check on a thread of its own, so a call that never returns is a miss, not a hang:
-/// `pending` keeps the answer of a check still under way (no second one starts beside it).
+/// One check on a thread of its own, so a call that never returns is a miss, not a hang.
+/// `pending` keeps a call still under way: it is waited for again (no second call starts
+/// beside it); an answer it gave meanwhile is used only if it is a refusal (a revocation
+/// stays one), otherwise a fresh call asks again. Returns `None` if the watcher was stopped
+/// while it waited.
 fn checked(
+    m: &Monitor,
     check: &Arc<dyn Fn() -> std::result::Result<(), KmsError> + Send + Sync>,
     pending: &mut Option<mpsc::Receiver<std::result::Result<(), KmsError>>>,
-) -> std::result::Result<(), KmsError> {
+) -> Option<std::result::Result<(), KmsError>> {
     let limit = crate::kms::timeout() + Duration::from_secs(5);
     let answer = match pending.take() {
+        Some(rx) => match rx.try_recv() {
+            Ok(r @ Err(KmsError::Rejected(_))) => return Some(r),
+            Err(mpsc::TryRecvError::Empty) => Some(rx),
+            Ok(_) | Err(mpsc::TryRecvError::Disconnected) => None, // stale: ask again
+        },
+        None => None,
+    };
+    let answer = match answer {
         Some(rx) => rx,
         None => {
             let (tx, rx) = mpsc::channel();
@@ -287,18 +299,28 @@ fn checked(
                 let _ = tx.send(c());
             });
             if let Err(e) = spawned {
-                return Err(KmsError::Unavailable(format!("cannot start the check: {e}")));
+                return Some(Err(KmsError::Unavailable(format!("cannot start the check: {e}"))));
             }
             rx
         }
     };
-    match answer.recv_timeout(limit) {
-        Ok(r) => r,
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            *pending = Some(answer);
-            Err(KmsError::Unavailable(format!("no answer within {limit:.0?}")))
+    // Waited for in short slices: an unmount does not wait for a slow KMS.
+    let deadline = boot_clock() + limit;
+    loop {
+        if m.state().stop {
+            return None;
         }
-        Err(mpsc::RecvTimeoutError::Disconnected) => Err(KmsError::Unavailable("the check failed".into())),
+        match answer.recv_timeout(Duration::from_millis(200)) {
+            Ok(r) => return Some(r),
+            Err(mpsc::RecvTimeoutError::Timeout) if boot_clock() < deadline => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                *pending = Some(answer);
+                return Some(Err(KmsError::Unavailable(format!("no answer within {limit:.0?}"))));
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Some(Err(KmsError::Unavailable("the check failed".into())))
+            }
+        }
     }
 }
 
@@ -324,7 +346,7 @@ fn run(
                 return;
             }
         }
-        let outcome = checked(&check, &mut pending);
+        let Some(outcome) = checked(m, &check, &mut pending) else { return };
         let now = boot_clock();
         let decision = decide(&m.policy, interval, &outcome, last_ok, now);
         let mut s = m.state();
@@ -411,6 +433,36 @@ mod tests {
         // No grace: the first miss darkens.
         let strict = Policy { grace: Duration::ZERO, ..p };
         assert!(matches!(decide(&strict, i, &down, t0, at(10)), Decision::Dark { refused: false, .. }));
+    }
+
+    /// A check that never returns (a hung token) is a miss once the KMS timeout and five
+    /// seconds have passed, so the grace still ends the mount; and stopping the watcher does
+    /// not wait for the hung call.
+    #[test]
+    fn a_check_that_never_returns_is_a_miss_and_the_grace_still_ends() {
+        crate::kms::set_timeout(Duration::from_millis(1));
+        let darkened = Arc::new(Mutex::new(Vec::<String>::new()));
+        let d = darkened.clone();
+        let p = Policy { interval: Some(Duration::from_millis(20)), grace: Duration::from_millis(100) };
+        let w = Watcher::start(
+            p,
+            || {
+                std::thread::sleep(Duration::from_secs(60));
+                Ok(())
+            },
+            move |why| d.lock().unwrap().push(why.to_string()),
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while darkened.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let why = darkened.lock().unwrap().first().cloned().expect("dark after a hung check and the grace");
+        assert!(why.contains("no answer within"), "{why}");
+        assert_eq!(w.monitor().status_json()["cause"], "unreachable past the grace");
+        let stopping = std::time::Instant::now();
+        drop(w);
+        assert!(stopping.elapsed() < Duration::from_secs(30), "stopping waited for the hung call");
     }
 
     /// The thread: answers keep it serving, a refusal calls `dark` once, and the checks are

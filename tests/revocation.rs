@@ -166,8 +166,10 @@ fn an_hsm_root_destroyed_while_mounted_darkens_the_mount_and_its_scratch() {
     assert!(!m.p("keep").exists());
     // A rotation asked of the dark daemon is refused, naming why.
     let o = m.run(&["rotate".as_ref(), m.cipher.as_os_str(), "--kek".as_ref()]);
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(24), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("no longer vouches"), "{o:?}");
+    assert_eq!(after["dek_cache"]["entries"], 0, "no DEK cipher left: {after:#}");
+    assert_eq!(after["mounted"], false);
     let log = fs::read_to_string(after["log"].as_str().unwrap()).unwrap();
     assert!(log.contains("root-revoked") && log.contains("going dark"), "{log}");
 
@@ -195,8 +197,45 @@ fn an_hsm_root_destroyed_while_mounted_darkens_the_mount_and_its_scratch() {
     assert!(fs::read_dir(m.p("tmp")).map(|d| d.count() == 0).unwrap_or(true), "the scratch stays destroyed");
 }
 
+/// `Volume::go_dark` itself: what it committed stays, every request is refused from then on
+/// (the errno and exit code of a revocation), and no key is left to read or write with, also
+/// for a file whose DEK was cached; reopened with its root, the volume is intact.
 #[test]
-fn the_embedded_keystore_has_nothing_to_recheck_and_zero_turns_rechecks_off() {
+fn going_dark_refuses_every_request_and_leaves_no_key_to_read_or_write_with() {
+    use envelopefs::fs::Volume;
+    let tmp = common::scratch();
+    let (cipher, pass) = (tmp.path().join("c"), tmp.path().join("pass"));
+    fs::write(&pass, "dark volume passphrase\n").unwrap();
+    ok(&common::mount::evfs(&["init".as_ref(), cipher.as_os_str(), "--passfile".as_ref(), pass.as_os_str()]));
+    let vol = Volume::open(&cipher, &envelopefs::secret::Passphrase::new("dark volume passphrase").unwrap()).unwrap();
+    let f = vol.create(Path::new("kept"), 0o600).unwrap();
+    f.write_at(0, b"accepted before the revocation").unwrap();
+    let mut buf = [0u8; 30];
+    assert_eq!(f.read_at(0, &mut buf).unwrap(), 30, "its DEK is cached now");
+    assert!(vol.keys().cache_stats().entries > 0);
+
+    let report = vol.go_dark("test: revoked", &tmp.path().join("no-scratch"), false).unwrap();
+    assert!(report.not_committed.is_empty(), "{:?}", report.not_committed);
+    assert!(vol.go_dark("again", &tmp.path().join("no-scratch"), false).is_none(), "once");
+    assert_eq!(vol.keys().cache_stats().entries, 0);
+    assert!(f.read_at(0, &mut buf).is_err(), "no key left to read with");
+    assert!(f.write_at(0, b"after").is_err(), "no key left to write with");
+    let e = vol.op().err().expect("a request after going dark");
+    assert_eq!((e.errno(), e.exit_code()), (EKEYREVOKED, 24), "{e}");
+    assert!(e.to_string().contains("test: revoked"), "{e}");
+    drop(f);
+    drop(vol);
+    // Nothing stored was damaged, and what was accepted is there.
+    let vol = Volume::open(&cipher, &envelopefs::secret::Passphrase::new("dark volume passphrase").unwrap()).unwrap();
+    let mut back = [0u8; 30];
+    vol.open_file(Path::new("kept"), false).unwrap().read_at(0, &mut back).unwrap();
+    assert_eq!(&back, b"accepted before the revocation");
+    let report = vol.fsck(false).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+}
+
+#[test]
+fn the_embedded_keystore_has_nothing_to_recheck_and_bad_durations_are_clear_errors() {
     let mut m = MountFixture::new(&[]);
     let v = status(&m);
     assert_eq!(state(&v), "off", "{v:#}");
@@ -205,8 +244,17 @@ fn the_embedded_keystore_has_nothing_to_recheck_and_zero_turns_rechecks_off() {
     let o = m.try_mount(&["--recheck-root", "soon"]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("is not a duration"), "{o:?}");
-    m.mount_with(&["--recheck-root", "0"]);
-    assert_eq!(state(&status(&m)), "off");
+    for (args, says) in [
+        (&["--recheck-root", "10ms"][..], "out of range"),
+        (&["-o", "offline_grace=400d"][..], "out of range"),
+        (&["-o", "recheck_root=often"][..], "is not a duration"),
+    ] {
+        let o = m.try_mount(args);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains(says), "{args:?}: {o:?}");
+    }
+    assert!(!mounted_at(&m.mnt), "nothing mounted on bad input");
+    m.mount();
 }
 
 #[cfg(feature = "aws-kms")]
@@ -279,8 +327,8 @@ mod aws {
         }
     }
 
-    /// A volume on a moto key, reached through `proxy`, mounted with re-checks every second.
-    fn mounted(moto: &Moto, proxy: Option<&Proxy>, grace: &str) -> MountFixture {
+    /// A volume on a moto key, reached through `proxy`, mounted with `options`.
+    fn mounted(moto: &Moto, proxy: Option<&Proxy>, options: &[&str]) -> MountFixture {
         let mut env = moto.env();
         if let Some(p) = proxy {
             env.retain(|(k, _)| k != "AWS_ENDPOINT_URL_KMS");
@@ -289,7 +337,7 @@ mod aws {
         env.push(("ENVELOPEFS_KMS_TIMEOUT".into(), "0.5".into()));
         let mut m = MountFixture::new_with(&["--kms", "aws-kms:new", "--create-key"], env);
         m.unmount();
-        m.mount_with(&["--recheck-root", "1s", "--offline-grace", grace]);
+        m.mount_with(options);
         m
     }
 
@@ -299,7 +347,9 @@ mod aws {
     fn an_unreachable_kms_is_served_through_the_grace_then_darkens_the_mount() {
         let moto = Moto::start();
         let proxy = Proxy::start(moto.port);
-        let mut m = mounted(&moto, Some(&proxy), "15s");
+        // Through fstab-style options this time.
+        let mut m = mounted(&moto, Some(&proxy), &["-o", "recheck_root=1s,offline_grace=10s"]);
+        let started = Instant::now();
         let (a, b) = (pattern(1, 100_000), pattern(2, 100_000));
         fs::write(m.p("a"), &a).unwrap();
         fs::write(m.p("b"), &b).unwrap();
@@ -307,21 +357,29 @@ mod aws {
         wait_for(&m, "a first re-check", |v| v["root_check"]["checks"].as_u64() >= Some(1));
 
         proxy.down();
+        let down = Instant::now();
         let v = wait_for(&m, "a missed re-check", |v| state(v) == "unreachable");
         assert!(v["root_check"]["misses"].as_u64() >= Some(1), "{v:#}");
         // Still served meanwhile: reads and writes.
         assert_eq!(fs::read(m.p("b")).unwrap(), b);
         fs::write(m.p("c"), b"written while the KMS was away").unwrap();
+        std::thread::sleep(Duration::from_secs(5).saturating_sub(down.elapsed()));
         proxy.up();
         let v = wait_for(&m, "the root answering again", |v| state(v) == "ok");
         let misses = v["root_check"]["misses"].as_u64().unwrap();
         assert!(misses >= 1);
         assert_eq!(fs::read(m.p("c")).unwrap(), b"written while the KMS was away");
+        // Past the grace counted from the mount (or from the first miss): an answer in time
+        // reset it, so the mount still serves.
+        std::thread::sleep(Duration::from_secs(13).saturating_sub(started.elapsed()));
+        let v = status(&m);
+        assert_eq!(state(&v), "ok", "{v:#}");
+        assert_eq!(fs::read(m.p("b")).unwrap(), b);
 
         proxy.down();
         let v = wait_for(&m, "the grace to run out", |v| state(v) == "revoked");
         assert_eq!(v["root_check"]["cause"], "unreachable past the grace", "{v:#}");
-        assert!(v["root_check"]["answer"].as_str().unwrap().contains("offline grace (15s)"), "{v:#}");
+        assert!(v["root_check"]["answer"].as_str().unwrap().contains("offline grace (10s)"), "{v:#}");
         assert_revoked(held.read_at(&mut [0u8; 4096], 0), "a file held open");
         assert!(!mounted_at(&m.mnt));
         let pid = v["pid"].as_u64().unwrap();
@@ -335,12 +393,31 @@ mod aws {
         assert_eq!(fs::read(m.p("c")).unwrap(), b"written while the KMS was away");
     }
 
+    /// `--recheck-root 0`: a mount on a KMS root that never asks again, so a key gone
+    /// changes nothing until the next mount.
+    #[test]
+    fn zero_turns_rechecks_off_on_a_kms_root() {
+        let moto = Moto::start();
+        let m = mounted(&moto, None, &["--recheck-root", "0"]);
+        fs::write(m.p("a"), b"kept").unwrap();
+        moto.reset();
+        std::thread::sleep(Duration::from_secs(3));
+        let v = status(&m);
+        assert_eq!(state(&v), "off", "{v:#}");
+        assert_eq!(v["kms_calls"]["recheck"], 0);
+        assert_eq!(fs::read(m.p("a")).unwrap(), b"kept");
+    }
+
     /// A key the server no longer has (moto's reset forgets every key) is a revocation: dark
     /// at the next re-check, with the server's answer in `status`.
     #[test]
     fn a_kms_key_that_is_gone_darkens_the_mount_at_the_next_recheck() {
         let moto = Moto::start();
-        let mut m = mounted(&moto, None, "1h");
+        let mut m = mounted(&moto, None, &["--recheck-root", "1s"]);
+        let audit = m.tmp.path().join("audit.log");
+        m.env.push(("ENVELOPEFS_AUDIT_LOG".into(), audit.clone().into()));
+        m.unmount();
+        m.mount_with(&["--recheck-root", "1s"]);
         fs::write(m.p("a"), b"secret").unwrap();
         let held = fs::File::open(m.p("a")).unwrap();
         let v = wait_for(&m, "a first re-check", |v| v["root_check"]["checks"].as_u64() >= Some(1));
@@ -352,6 +429,12 @@ mod aws {
         assert!(v["root_check"]["answer"].as_str().unwrap().contains("NotFoundException"), "{v:#}");
         assert_eq!(v["kms_calls"]["unwrap"].as_u64().unwrap(), calls_before, "re-checks are counted apart");
         assert_revoked(held.read_at(&mut [0u8; 6], 0), "a file held open");
+        // Audited: each re-check as a KMS call, and the revocation as an event.
+        let lines: Vec<Value> =
+            fs::read_to_string(&audit).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(lines.iter().any(|l| l["op"] == "recheck" && l["outcome"].as_str().unwrap().contains("NotFound")));
+        assert!(lines.iter().any(|l| l["event"] == "root-revoked"), "{lines:?}");
+        assert!(lines.iter().any(|l| l["event"] == "dark"), "{lines:?}");
         // SIGTERM ends a dark mount at once, though a file still holds it.
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);

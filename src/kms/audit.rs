@@ -138,6 +138,10 @@ impl Kms for Audited {
         self.call("recheck", About::Key(ctx), || self.inner.recheck(wrapped, ctx))
     }
 
+    fn disconnect(&self) {
+        self.inner.disconnect();
+    }
+
     fn destroy_root(&self, delete_after_days: Option<u32>) -> std::result::Result<Option<String>, KmsError> {
         self.call("destroy-root", About::Root, || self.inner.destroy_root(delete_after_days))
     }

@@ -122,6 +122,10 @@ pub trait Kms: Send + Sync + std::fmt::Debug {
         self.unwrap(wrapped, ctx).map(drop)
     }
 
+    /// Gives up what this process holds to call the root (a mount that went dark): a PKCS#11
+    /// session logs out; a backend holding nothing of the kind does nothing.
+    fn disconnect(&self) {}
+
     /// Whether this backend keeps volumes' anchors beside the root (`anchor.rs`): an HSM
     /// token does, as a data object; the embedded keystore lives in CIPHERDIR (it would be
     /// rolled back with it) and an AWS KMS key has no place for state a data-plane principal

@@ -134,6 +134,35 @@ impl Pkcs11Root {
     fn session(&self) -> std::sync::MutexGuard<'_, Session> {
         self.session.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// AES-GCM decrypts `wrapped` (`iv || ciphertext || tag`) under the root, errors told
+    /// apart by `why`.
+    fn decrypt(
+        &self,
+        wrapped: &[u8],
+        ctx: &KmsContext,
+        why: fn(P11Error) -> KmsError,
+    ) -> std::result::Result<Zeroizing<Vec<u8>>, KmsError> {
+        if wrapped.len() != IV_LEN + 32 + 16 {
+            return Err(KmsError::Rejected(format!("a wrapped key is {} bytes, not {}", wrapped.len(), IV_LEN + 48)));
+        }
+        let mut iv: [u8; IV_LEN] = wrapped[..IV_LEN].try_into().expect("length checked");
+        let aad = ctx.aad();
+        let params =
+            GcmParams::new(&mut iv, &aad, TAG_BITS.into()).map_err(|e| KmsError::Unavailable(e.to_string()))?;
+        let plain = self.session().decrypt(&Mechanism::AesGcm(params), self.key, &wrapped[IV_LEN..]).map_err(why)?;
+        Ok(Zeroizing::new(plain))
+    }
+}
+
+/// A re-check's decrypt: the key is the one the mount opened and the wrapped KEK opened under
+/// it then, so a general error (what SoftHSM says for a bad tag) is the token failing now;
+/// a key that may no longer be used is a revocation ([`classify`]).
+fn classify_recheck(e: P11Error) -> KmsError {
+    match e {
+        P11Error::Pkcs11(RvError::GeneralError | RvError::FunctionFailed, _) => KmsError::Unavailable(e.to_string()),
+        other => classify(other),
+    }
 }
 
 fn find_key(session: &Session, label: &str) -> cryptoki::error::Result<Option<ObjectHandle>> {
@@ -244,16 +273,7 @@ impl Kms for Pkcs11Root {
     }
 
     fn unwrap(&self, wrapped: &[u8], ctx: &KmsContext) -> std::result::Result<Key256, KmsError> {
-        if wrapped.len() != IV_LEN + 32 + 16 {
-            return Err(KmsError::Rejected(format!("a wrapped key is {} bytes, not {}", wrapped.len(), IV_LEN + 48)));
-        }
-        let mut iv: [u8; IV_LEN] = wrapped[..IV_LEN].try_into().expect("length checked");
-        let aad = ctx.aad();
-        let params =
-            GcmParams::new(&mut iv, &aad, TAG_BITS.into()).map_err(|e| KmsError::Unavailable(e.to_string()))?;
-        let plain = Zeroizing::new(
-            self.session().decrypt(&Mechanism::AesGcm(params), self.key, &wrapped[IV_LEN..]).map_err(classify)?,
-        );
+        let plain = self.decrypt(wrapped, ctx, classify)?;
         super::key_from_unwrapped(&plain, "the HSM")
     }
 
@@ -262,8 +282,9 @@ impl Kms for Pkcs11Root {
     /// session's cache) and unwraps the KEK with what it finds. No key by that label, or
     /// another key object in its place, is a revocation.
     fn recheck(&self, wrapped: &[u8], ctx: &KmsContext) -> std::result::Result<(), KmsError> {
+        // A search that fails is the token failing (worth another try), not an answer.
         let found = find_key(&self.session(), &self.object)
-            .map_err(|e| classify_token(e, &format!("finding key object {:?}", self.object)))?;
+            .map_err(|e| KmsError::Unavailable(format!("finding key object {:?}: {e}", self.object)))?;
         match found {
             None => Err(KmsError::Rejected(format!(
                 "token {:?} has no key object labelled {:?} any more",
@@ -273,7 +294,15 @@ impl Kms for Pkcs11Root {
                 "the key object labelled {:?} in token {:?} was replaced",
                 self.object, self.token
             ))),
-            Some(_) => self.unwrap(wrapped, ctx).map(drop),
+            Some(_) => self.decrypt(wrapped, ctx, classify_recheck).map(drop),
+        }
+    }
+
+    /// Logs the session out: the token then decrypts nothing more for this process (the
+    /// login is the application's, so every session of it loses it).
+    fn disconnect(&self) {
+        if let Err(e) = self.session().logout() {
+            tracing::warn!("logging out of token {:?}: {e}", self.token);
         }
     }
 
