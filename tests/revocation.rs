@@ -220,7 +220,7 @@ fn going_dark_refuses_every_request_and_leaves_no_key_to_read_or_write_with() {
     assert_eq!(vol.keys().cache_stats().entries, 0);
     assert!(f.read_at(0, &mut buf).is_err(), "no key left to read with");
     assert!(f.write_at(0, b"after").is_err(), "no key left to write with");
-    let e = vol.op().err().expect("a request after going dark");
+    let e = vol.op().expect_err("a request after going dark");
     assert_eq!((e.errno(), e.exit_code()), (EKEYREVOKED, 24), "{e}");
     assert!(e.to_string().contains("test: revoked"), "{e}");
     drop(f);
