@@ -142,12 +142,9 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     let mut mounted = Mounted::new(fs.clone(), &req.mountpoint, &cfg).map_err(|e| fuse_error(&req.mountpoint, e))?;
     // Set once a dark mount is detached and its caches dropped: only then may SIGTERM end it.
     let detached = Arc::new(AtomicBool::new(false));
-    // The root this mount asks: the one it was opened with, until a `rotate --root` beside it
-    // hands it the new one (`follow_root`).
-    let root: Root = Arc::new(std::sync::RwLock::new(kms));
-    let watcher = watch_root(req, &header, &root, &fs, mounted.invalidator(), detached.clone());
+    let watcher = watch_root(req, &header, &kms, &fs, mounted.invalidator(), detached.clone());
     let monitor = watcher.as_ref().map(Watcher::monitor);
-    let control = control_server(req, &header, vol.clone(), root, keep_scratch.clone(), monitor, rotation);
+    let control = control_server(req, &header, vol.clone(), kms, keep_scratch.clone(), monitor, rotation);
     let mut unmount = mounted.unmounter();
     // Not the volume itself: its last holder commits it at the end, which must be `serve`.
     let dark = vol.dark_reason();
@@ -199,68 +196,6 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     Ok(())
 }
 
-/// The root a mount asks (swapped by `follow_root`).
-type Root = Arc<std::sync::RwLock<Arc<Audited>>>;
-
-fn current(root: &Root) -> Arc<Audited> {
-    root.read().unwrap_or_else(|p| p.into_inner()).clone()
-}
-
-/// A PIN source for a root in a token this process is logged in to already (PKCS#11 login
-/// is per application and token): the login is not repeated, so no PIN is needed, and none
-/// is kept. A token not logged in refuses the login (and nothing else is tried).
-struct LoggedIn;
-
-impl crate::secret::Secrets for LoggedIn {
-    fn passphrase(&self, keystore: &Path, _new: bool) -> Result<Passphrase> {
-        Err(Error::Passphrase(format!("a mount follows no embedded keystore ({})", keystore.display())))
-    }
-
-    fn pin(&self, _token: &str) -> Result<Passphrase> {
-        Passphrase::new("logged in already")
-    }
-}
-
-/// `rotate --root` ran beside this mount and says so: this mount takes the new root as the
-/// one it asks from now on, if (a) this volume's KEK vouches for the header on disk (nothing
-/// planted in CIPHERDIR can move it), (b) the new root can be opened without a secret (AWS
-/// KMS, or a key in the same PKCS#11 token this mount is logged in to), and (c) it opens the
-/// header's wrapped KEK. Otherwise nothing changes and the reason is returned.
-fn follow_root(vol: &Volume, root: &Root) -> Result<String> {
-    let live = Volume::read_live_header(vol.cipherdir())?;
-    let old = current(root);
-    if live.kms_uri == old.uri() && live.wrapped_kek == vol.header().wrapped_kek {
-        return Ok(live.kms_uri);
-    }
-    let needs = match kms::KmsUri::parse(&live.kms_uri)? {
-        kms::KmsUri::Local(_) => Some("an embedded keystore needs its passphrase"),
-        kms::KmsUri::Pkcs11 { .. } if !kms::KmsUri::share_anchors(old.uri(), &live.kms_uri) => {
-            Some("a root in another token needs its PIN")
-        }
-        _ => None,
-    };
-    if let Some(why) = needs {
-        // Not adopted either: a KEK rotation through this daemon would wrap under the old
-        // root (`rotate_kek` refuses while the header on disk names another root).
-        return Err(Error::Kms { uri: live.kms_uri.clone(), reason: format!("{why}: remount to use it") });
-    }
-    if !vol.keys().vouches_for(&live) {
-        return Err(Error::integrity(
-            vol.cipherdir().join(crate::fs::HEADER_FILE),
-            "the header on disk is not one this volume's KEK wrote: keeping the root this mount was opened with",
-        ));
-    }
-    let new = Arc::new(kms::open(&live.kms_uri, vol.cipherdir(), &LoggedIn)?);
-    new.recheck(&live.wrapped_kek, &kms::KmsContext::kek(live.volume_id, live.kek_generation)).map_err(|e| {
-        Error::Kms { uri: live.kms_uri.clone(), reason: format!("the new root does not open the KEK: {e}") }
-    })?;
-    let adopted = vol.adopt_rotated_root(live)?;
-    *root.write().unwrap_or_else(|p| p.into_inner()) = new;
-    tracing::info!(target: "envelopefs::audit", event = "root-followed", from = old.uri(), to = adopted.kms_uri.as_str(),
-        "this mount asks the rotated root from now on");
-    Ok(adopted.kms_uri)
-}
-
 /// Drops the volume here, so that its last commit and the clearing of its mount marker
 /// happen before the daemon exits: waits (up to 10 s) for any other thread still holding it
 /// for a moment.
@@ -294,7 +229,7 @@ fn close(vol: Arc<Volume>) {
 fn watch_root(
     req: &MountRequest,
     header: &VolumeHeader,
-    root: &Root,
+    kms: &Arc<Audited>,
     fs: &Arc<InodeFs>,
     cached: crate::fuse::Invalidator,
     detached: Arc<AtomicBool>,
@@ -314,20 +249,19 @@ fn watch_root(
     );
     // Weak: a check call that hangs (on its own thread) must not keep the volume from being
     // committed and closed at unmount.
-    let (vol, k) = (Arc::downgrade(&fs.volume_arc()), root.clone());
+    let (vol, k) = (Arc::downgrade(&fs.volume_arc()), kms.clone());
     let check = move || {
         let Some(vol) = vol.upgrade() else { return Ok(()) };
         // The header this mount authenticated (a KEK rotation through this daemon updates
         // it), never the one on disk now: CIPHERDIR cannot steer the check.
         let h = vol.header();
         if vol.root_changed().unwrap_or(false) {
-            tracing::warn!("the header on disk names another wrapped KEK than this mount's (a `rotate --root` this mount could not follow?): it keeps checking the root it has; remount to check the new one");
+            tracing::warn!("the header on disk names another wrapped KEK (`rotate --root` beside this mount?): this mount keeps checking the root it was opened with; remount to check the new one");
         }
         drop(vol);
-        let k = current(&k);
         k.recheck(&h.wrapped_kek, &kms::KmsContext::kek(h.volume_id, h.kek_generation))
     };
-    let (fs, read_only, mountpoint, root) = (fs.clone(), req.read_only, req.mountpoint.clone(), current(root));
+    let (fs, read_only, mountpoint, root) = (fs.clone(), req.read_only, req.mountpoint.clone(), kms.clone());
     let scratch_file = control::scratch_path(&header.volume_id);
     let dark = move |why: &str| {
         cached.drop_cached(&fs.inodes());
@@ -367,7 +301,7 @@ fn control_server(
     req: &MountRequest,
     header: &VolumeHeader,
     vol: Arc<Volume>,
-    root: Root,
+    kms: Arc<Audited>,
     keep_scratch: Arc<AtomicBool>,
     monitor: Option<Arc<crate::revocation::Monitor>>,
     rotation: Arc<std::sync::Mutex<()>>,
@@ -413,7 +347,7 @@ fn control_server(
     let dark_vol = vol.clone();
     let own = std::fs::canonicalize(&req.cipherdir).unwrap_or_else(|_| req.cipherdir.clone());
     let dispatch = move |op: &str, request: &serde_json::Value| match op {
-        "status" => status(&current(&root)),
+        "status" => status(&kms),
         "rotate-kek" => {
             let _one_at_a_time = rotation.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(e) = vol.dark_error() {
@@ -428,7 +362,7 @@ fn control_server(
                     tracing::info!(?step, done, total, "rotate --kek");
                 }
             };
-            match vol.rotate_kek(current(&root).as_ref(), &mut progress) {
+            match vol.rotate_kek(kms.as_ref(), &mut progress) {
                 Ok(h) => serde_json::json!({
                     "old_kek_id": old,
                     "kek_id": crate::format::hex(&h.kek_id),
@@ -482,7 +416,7 @@ fn control_server(
                 .unwrap_or(None);
             let names = request["names"].as_u64().unwrap_or(0) as usize;
             match ids {
-                Some(ids) => match vol.shred_finish(&ids, names, current(&root).as_ref()) {
+                Some(ids) => match vol.shred_finish(&ids, names, kms.as_ref()) {
                     Ok(r) => {
                         serde_json::json!({
                             "files": r.files,
@@ -494,16 +428,6 @@ fn control_server(
                     Err(e) => control::error_reply(&e),
                 },
                 None => serde_json::json!({ "error": "shred-finish needs \"ids\": file ids in hex" }),
-            }
-        }
-        "root-rotated" => {
-            let _one_at_a_time = rotation.lock().unwrap_or_else(|p| p.into_inner());
-            match follow_root(&vol, &root) {
-                Ok(uri) => serde_json::json!({ "followed": true, "kms_uri": uri }),
-                Err(e) => {
-                    tracing::warn!("not following the rotated root: {e}");
-                    control::error_reply(&e)
-                }
             }
         }
         "keep-scratch" => {
@@ -518,7 +442,7 @@ fn control_server(
             }
             vol.keys().drop_scratch();
             let days = request["delete_root_after"].as_u64().map(|d| d as u32);
-            match Volume::shred_volume(vol.cipherdir(), &scratch_file, Some(current(&root).as_ref()), days) {
+            match Volume::shred_volume(vol.cipherdir(), &scratch_file, Some(kms.as_ref()), days) {
                 Ok(r) => serde_json::json!({ "root_destroyed": r.root_destroyed, "root_kept": r.root_kept }),
                 Err(e) => control::error_reply(&e),
             }

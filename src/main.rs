@@ -407,8 +407,7 @@ fn run(cmd: Command) -> Result<()> {
         Command::Rotate { cipherdir, root: true, to, create_key, pass, .. } => {
             let header = Volume::read_live_header(&cipherdir)?;
             // Beside a mount, the header lock alone serializes us with its daemon.
-            let mounted = daemon_of(&cipherdir, &header);
-            let _lock = match mounted {
+            let _lock = match daemon_of(&cipherdir, &header) {
                 Some(_) => None,
                 None => Some(envelopefs::daemon::lock_volume(&cipherdir)?),
             };
@@ -430,17 +429,6 @@ fn run(cmd: Command) -> Result<()> {
                     kms::ROOTS_FILE,
                     kms::ROOTS_ENV
                 );
-            }
-            // A mount re-checks its root: it must ask the new one from now on.
-            if let Some(sock) = mounted {
-                match control::query(&sock, &control::request_for(&cipherdir, "root-rotated")) {
-                    Some(v) if v["followed"] == true => println!("The mounted volume asks the new root from now on."),
-                    Some(v) => println!(
-                        "The mounted volume keeps asking the root it was opened with ({}): remount it to move it to the new one.",
-                        v["error"].as_str().unwrap_or("no reason given")
-                    ),
-                    None => println!("The mount's daemon did not answer: remount it to move it to the new root."),
-                }
             }
             Ok(())
         }

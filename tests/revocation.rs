@@ -197,46 +197,6 @@ fn an_hsm_root_destroyed_while_mounted_darkens_the_mount_and_its_scratch() {
     assert!(fs::read_dir(m.p("tmp")).map(|d| d.count() == 0).unwrap_or(true), "the scratch stays destroyed");
 }
 
-/// `rotate --root` beside a mount: the mount follows the new root (the rotation destroys the
-/// old key object, which this volume made, and the mount stays served), and revoking the new
-/// root then darkens it.
-#[test]
-fn a_mount_follows_a_root_rotated_beside_it_and_then_its_revocation() {
-    let hsm = SoftHsm::new();
-    let mut env = hsm.env();
-    env.push(("ENVELOPEFS_KMS_TIMEOUT".into(), "1".into()));
-    let mut m = MountFixture::new_with(&["--kms", &hsm.uri("vol-root"), "--create-key"], env);
-    m.unmount();
-    m.mount_with(&["--recheck-root", "1s"]);
-    fs::write(m.p("f"), b"before the rotation").unwrap();
-    let held = fs::File::open(m.p("f")).unwrap();
-    let o = m.run(&["rotate".as_ref(), m.cipher.as_os_str(), "--root".as_ref()]);
-    ok(&o);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("asks the new root from now on"), "{o:?}");
-    let v = status(&m);
-    let new_uri = v["kms_uri"].as_str().unwrap().to_string();
-    let label = new_uri.rsplit_once("object=").unwrap().1.to_string();
-    assert!(label.starts_with("vol-root-r"), "{new_uri}");
-    // Re-checks go on answering, from the new root (the old key object is gone).
-    let seen = v["root_check"]["checks"].as_u64().unwrap();
-    let v = wait_for(&m, "two re-checks of the new root", |v| v["root_check"]["checks"].as_u64() >= Some(seen + 2));
-    assert_eq!(state(&v), "ok", "{v:#}");
-    fs::write(m.p("g"), b"after the rotation").unwrap();
-    assert_eq!(fs::read(m.p("f")).unwrap(), b"before the rotation");
-
-    let helper = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "helper_destroy_key_object", "--nocapture"])
-        .env("SOFTHSM2_CONF", hsm.dir.path().join("softhsm2.conf"))
-        .env("EVFS_DESTROY_LABEL", &label)
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&helper.stdout).contains("destroyed"), "{helper:?}");
-    let v = wait_for(&m, "the mount to go dark", |v| state(v) == "revoked");
-    assert!(v["root_check"]["answer"].as_str().unwrap().contains(&label), "{v:#}");
-    assert_revoked(held.read_at(&mut [0u8; 8], 0), "a file held open");
-    let_go(&mut m, held, v["pid"].as_u64().unwrap());
-}
-
 /// `Volume::go_dark` itself: what it committed stays, every request is refused from then on
 /// (the errno and exit code of a revocation), and no key is left to read or write with, also
 /// for a file whose DEK was cached; reopened with its root, the volume is intact.

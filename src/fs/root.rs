@@ -32,25 +32,6 @@ pub fn next_keystore(keystore: &Path) -> PathBuf {
 }
 
 impl Volume {
-    /// After `rotate --root` beside this mount: the header on disk names the new root. It is
-    /// taken as this volume's header only if this volume's KEK vouches for it
-    /// (`KeyRing::vouches_for`) and names the same volume and KEK generation; the caller has
-    /// checked that the new root opens its wrapped KEK. Returns it.
-    pub fn adopt_rotated_root(&self, live: VolumeHeader) -> Result<VolumeHeader> {
-        let now = self.header();
-        if live.volume_id != now.volume_id
-            || live.kek_generation != now.kek_generation
-            || !self.keys().vouches_for(&live)
-        {
-            return Err(Error::integrity(
-                self.cipherdir().join(HEADER_FILE),
-                "the header on disk is not one this volume's KEK wrote (planted, or another rotation): keeping the root this mount was opened with",
-            ));
-        }
-        self.set_header(live.clone());
-        Ok(live)
-    }
-
     /// Rotates the root key of a volume whose embedded keystore is its own (inside
     /// CIPHERDIR). The passphrase and the Argon2 parameters stay the same.
     /// Works beside a mount too: the mount keeps its KEK in memory, and its runtime scratch

@@ -337,17 +337,6 @@ impl KeyRing {
         }
     }
 
-    /// Whether `header` was written by a holder of this ring's KEK: it names that KEK, binds
-    /// its root (`FEATURE_ROOT_BOUND`), and its wrapped name key opens under the KEK with the
-    /// header's fields as AAD. What `rotate --root` beside a mount writes passes; a header
-    /// planted in CIPHERDIR does not.
-    pub fn vouches_for(&self, header: &VolumeHeader) -> bool {
-        let current = self.current_kek();
-        header.kek_id == current.id
-            && header.features & crate::format::FEATURE_ROOT_BOUND != 0
-            && current.wrapper.unwrap::<32>(&header.wrapped_name_key, &header.binding()).is_ok()
-    }
-
     /// The name keys the header names (replaced only by a finished KEK rotation).
     pub fn names(&self) -> Arc<NameKeys> {
         self.names.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -688,7 +677,7 @@ mod tests {
     /// `revoke` (a mount going dark): no key the ring held opens anything any more, the DEK
     /// cache is empty, and no key can be loaded into it again, however a rotation tries.
     #[test]
-    fn a_ring_vouches_for_its_own_headers_and_once_revoked_holds_no_key() {
+    fn a_revoked_ring_holds_no_key_and_loads_none() {
         let root = TestRoot(KeyWrapper::new(&Key256::generate()));
         let mut header = VolumeHeader {
             features: 0,
@@ -701,17 +690,7 @@ mod tests {
             wrapped_kek: Vec::new(),
             wrapped_name_key: Vec::new(),
         };
-        header.features = crate::format::FEATURE_ROOT_BOUND;
         let ring = KeyRing::generate(&root, &mut header).unwrap();
-        // What a `rotate --root` writes (the root's URI and wrap change, the KEK's wrapped
-        // name key is re-made over the new fields) is vouched for; a planted edit is not.
-        let mut rotated = header.clone();
-        rotated.kms_uri = "test:other".into();
-        rotated.wrapped_name_key = ring.seal_name_key(&rotated).unwrap();
-        assert!(ring.vouches_for(&header) && ring.vouches_for(&rotated));
-        let mut planted = header.clone();
-        planted.kms_uri = "test:attacker".into();
-        assert!(!ring.vouches_for(&planted));
         let file = [9u8; 16];
         let (kek_id, wrapped, _) = ring.new_dek(&file, 0, false).unwrap();
         assert!(ring.knows_kek(&kek_id));
