@@ -141,3 +141,24 @@ fn planted_rows_naming_the_current_kek_are_no_rotation() {
         assert_eq!(back, data, "{name}");
     }
 }
+
+/// A file record naming a data format this build does not know (a newer build's file, or an
+/// edited row): `fsck` says so by name and leaves the data alone (it is not "truncated", and
+/// `--repair` neither cuts nor moves it), and the file does not open (here: its record no
+/// longer authenticates; an authentic one is refused by code, `fs::file::tests`).
+#[test]
+fn fsck_names_an_unknown_record_format_and_leaves_its_data_alone() {
+    let (_tmp, dir, _) = with_file("f", 100_000);
+    let c = rusqlite::Connection::open(dir.join("meta.db")).unwrap();
+    assert_eq!(c.execute("UPDATE files SET cipher = 9", []).unwrap(), 1);
+    drop(c);
+    let vol = Volume::open(&dir, &pass()).unwrap();
+    let backing = vol.backing_path(Path::new("f")).unwrap();
+    let before = std::fs::read(&backing).unwrap();
+    let report = vol.fsck(true).unwrap();
+    let kinds: Vec<_> = report.problems.iter().map(|p| (p.kind.name(), p.path.clone())).collect();
+    assert!(kinds.contains(&("unknown format", PathBuf::from("/f"))), "{:?}", report.problems);
+    assert!(!kinds.iter().any(|(k, _)| *k == "size mismatch"), "{:?}", report.problems);
+    assert_eq!(std::fs::read(&backing).unwrap(), before, "the data file is left as it is");
+    assert!(vol.open_file(Path::new("f"), false).is_err(), "an unknown format does not open");
+}

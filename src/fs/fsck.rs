@@ -58,6 +58,9 @@ pub enum ProblemKind {
     RecordMissing,
     /// The store's file records are not the set last committed (volume feature file-set).
     FilesRemoved,
+    /// A file record naming a data format this build does not know (a newer build's, or
+    /// another volume's): its data is left as it is, neither sized nor read.
+    UnknownFormat,
 }
 
 impl ProblemKind {
@@ -70,6 +73,7 @@ impl ProblemKind {
             ProblemKind::BadEntry => "bad entry",
             ProblemKind::RecordMissing => "record missing",
             ProblemKind::FilesRemoved => "files removed",
+            ProblemKind::UnknownFormat => "unknown format",
         }
     }
 }
@@ -454,7 +458,22 @@ impl Volume {
             report.problems.push(p);
             return Ok(());
         };
-        let needed = if let Some(p) = crate::format::Placement::of_code(rec.cipher) {
+        let placement = crate::format::Placement::of_code(rec.cipher);
+        if placement.is_none() && rec.cipher != self.core.cipher_code {
+            // Sized as format 1 it would look truncated (and read, unreadable): say what it is.
+            report.problems.push(Problem {
+                kind: ProblemKind::UnknownFormat,
+                path: path.to_path_buf(),
+                detail: format!(
+                    "its record names data format (cipher code) {}, which this build does not know: a newer build's file, or another volume's record",
+                    rec.cipher
+                ),
+                crash_leftover: false,
+                repaired: None,
+            });
+            return Ok(());
+        }
+        let needed = if let Some(p) = placement {
             let bpe = layout.blocks_per_extent();
             extents
                 .iter()
