@@ -128,9 +128,6 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
         }
     }
     let keep_scratch = Arc::new(AtomicBool::new(req.read_only));
-    // One rotation or shred at a time (going dark waits for neither: a revoked KEK's
-    // rotation fails on its own, refused by the key ring and the store).
-    let rotation = Arc::new(std::sync::Mutex::new(()));
     let chown_new = nix::unistd::geteuid().is_root();
     let fs = Arc::new(InodeFs::new(vol.clone(), req.read_only, chown_new)?);
     let cfg = MountConfig {
@@ -144,7 +141,7 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     let detached = Arc::new(AtomicBool::new(false));
     let watcher = watch_root(req, &header, &kms, &fs, mounted.invalidator(), detached.clone());
     let monitor = watcher.as_ref().map(Watcher::monitor);
-    let control = control_server(req, &header, vol.clone(), kms, keep_scratch.clone(), monitor, rotation);
+    let control = control_server(req, &header, vol.clone(), kms, keep_scratch.clone(), monitor);
     let mut unmount = mounted.unmounter();
     // Not the volume itself: its last holder commits it at the end, which must be `serve`.
     let dark = vol.dark_reason();
@@ -161,8 +158,7 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 tracing::info!("{sig:?}: the mount is dark; exiting");
-                let code = Error::Revoked { path: PathBuf::new(), reason: String::new() }.exit_code();
-                std::process::exit(i32::from(code));
+                std::process::exit(i32::from(Error::REVOKED_EXIT));
             }
             tracing::info!("{sig:?}: unmounting");
             if let Err(e) = unmount() {
@@ -296,6 +292,16 @@ fn watch_root(
     }
 }
 
+/// The lock that lets one rotation or shred run at a time, unless the volume went dark
+/// (meanwhile, too: the command was let in before).
+fn one_at_a_time<'a>(lock: &'a std::sync::Mutex<()>, vol: &Volume) -> Result<std::sync::MutexGuard<'a, ()>> {
+    let guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+    match vol.dark_error() {
+        Some(e) => Err(e),
+        None => Ok(guard),
+    }
+}
+
 /// Starts the control socket; a mount without one still works (status then reads the disk).
 fn control_server(
     req: &MountRequest,
@@ -304,10 +310,12 @@ fn control_server(
     kms: Arc<Audited>,
     keep_scratch: Arc<AtomicBool>,
     monitor: Option<Arc<crate::revocation::Monitor>>,
-    rotation: Arc<std::sync::Mutex<()>>,
 ) -> Option<control::ControlServer> {
     let (cipherdir, mountpoint) = (req.cipherdir.clone(), req.mountpoint.clone());
     let started = std::time::Instant::now();
+    // One rotation or shred at a time (going dark waits for neither: a revoked KEK's
+    // rotation fails on its own, refused by the key ring and the store).
+    let rotation = std::sync::Mutex::new(());
     let status_vol = vol.clone();
     let status = move |kms: &Audited| {
         let stats = status_vol.live_stats();
@@ -349,10 +357,10 @@ fn control_server(
     let dispatch = move |op: &str, request: &serde_json::Value| match op {
         "status" => status(&kms),
         "rotate-kek" => {
-            let _one_at_a_time = rotation.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(e) = vol.dark_error() {
-                return control::error_reply(&e);
-            }
+            let _one_at_a_time = match one_at_a_time(&rotation, &vol) {
+                Ok(guard) => guard,
+                Err(e) => return control::error_reply(&e),
+            };
             let old = crate::format::hex(&vol.header().kek_id);
             let mut logged = 0;
             let mut progress = |step, done: u64, total: u64| {
@@ -406,10 +414,10 @@ fn control_server(
             }
         }
         "shred-finish" => {
-            let _one_at_a_time = rotation.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(e) = vol.dark_error() {
-                return control::error_reply(&e);
-            }
+            let _one_at_a_time = match one_at_a_time(&rotation, &vol) {
+                Ok(guard) => guard,
+                Err(e) => return control::error_reply(&e),
+            };
             let ids: Option<Vec<[u8; 16]>> = request["ids"]
                 .as_array()
                 .map(|a| a.iter().map(|i| i.as_str().and_then(crate::format::unhex16)).collect())
@@ -436,10 +444,10 @@ fn control_server(
         }
         "shred-volume" => {
             // No rotation may write a fresh header after this.
-            let _one_at_a_time = rotation.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(e) = vol.dark_error() {
-                return control::error_reply(&e);
-            }
+            let _one_at_a_time = match one_at_a_time(&rotation, &vol) {
+                Ok(guard) => guard,
+                Err(e) => return control::error_reply(&e),
+            };
             vol.keys().drop_scratch();
             let days = request["delete_root_after"].as_u64().map(|d| d as u32);
             match Volume::shred_volume(vol.cipherdir(), &scratch_file, Some(kms.as_ref()), days) {

@@ -127,6 +127,10 @@ impl Error {
         }
     }
 
+    /// The exit code of a dark mount (`Error::Revoked`): also its daemon's, when a signal
+    /// ends it before the error itself is at hand.
+    pub const REVOKED_EXIT: u8 = 24;
+
     /// The errno a file-system caller (FUSE) sees for this error.
     pub fn errno(&self) -> i32 {
         match self {
@@ -165,7 +169,7 @@ impl Error {
             Error::Fuse(_) => 21,
             Error::Shredded(_) => 22,
             Error::UntrustedRoot { .. } => 23,
-            Error::Revoked { .. } => 24,
+            Error::Revoked { .. } => Error::REVOKED_EXIT,
             Error::Daemon { code, .. } => *code,
             Error::Unrepaired { .. } => 4,
             _ => 1,

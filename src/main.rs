@@ -764,11 +764,11 @@ fn parse_mount_options(options: &[String], req: &mut MountRequest, pass: &mut Pa
             None if opt == "allow_other" => req.allow_other = true,
             Some(("passfile", f)) => pass.passfile = Some(PathBuf::from(f)),
             Some(("recheck_root", d)) => {
-                let d = parse_duration(d).map_err(Error::InvalidArgument)?;
+                let d = envelopefs::revocation::parse_duration(d)?;
                 req.recheck = envelopefs::revocation::Policy::new(d, req.recheck.grace)?;
             }
             Some(("offline_grace", d)) => {
-                let g = parse_duration(d).map_err(Error::InvalidArgument)?;
+                let g = envelopefs::revocation::parse_duration(d)?;
                 req.recheck = envelopefs::revocation::Policy::new(req.recheck.interval.unwrap_or_default(), g)?;
             }
             _ if IGNORED.contains(&opt) || opt.starts_with("x-") || opt.starts_with("comment=") => {}

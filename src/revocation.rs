@@ -29,6 +29,11 @@ use std::time::{Duration, SystemTime};
 use crate::kms::KmsError;
 use crate::{Error, Result};
 
+/// What one check says: the root answered, or why not.
+type Answer = std::result::Result<(), KmsError>;
+/// The check itself, shared with the thread each call runs on.
+type Check = Arc<dyn Fn() -> Answer + Send + Sync>;
+
 /// How often a mount re-checks its root and how long it may go without an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
@@ -38,8 +43,6 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
-    pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
     /// Bounds on what the command line may ask: a KMS call every second at most, and
     /// nothing past a year (a longer interval or grace is "off", which `0` says plainly).
     const SHORTEST: Duration = Duration::from_secs(1);
@@ -74,12 +77,6 @@ fn boot_clock() -> Duration {
             static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
             START.get_or_init(std::time::Instant::now).elapsed()
         }
-    }
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy { interval: Some(Self::DEFAULT_INTERVAL), grace: Self::DEFAULT_GRACE }
     }
 }
 
@@ -137,13 +134,7 @@ pub enum Decision {
 
 /// The decision after a check that ended at `now` with `outcome`, the root having last
 /// answered at `last_ok` (both on the boot clock).
-pub fn decide(
-    policy: &Policy,
-    interval: Duration,
-    outcome: &std::result::Result<(), KmsError>,
-    last_ok: Duration,
-    now: Duration,
-) -> Decision {
+pub fn decide(policy: &Policy, interval: Duration, outcome: &Answer, last_ok: Duration, now: Duration) -> Decision {
     match outcome {
         Ok(()) => Decision::Wait(interval),
         Err(KmsError::Rejected(answer)) => {
@@ -189,10 +180,6 @@ impl Monitor {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn health(&self) -> Health {
-        self.state().health.clone()
-    }
-
     /// The `root_check` object of `status --json`.
     pub fn status_json(&self) -> serde_json::Value {
         let s = self.state();
@@ -233,7 +220,7 @@ impl Watcher {
     /// once, with the reason, when the mount must go dark, and then stops.
     pub fn start(
         policy: Policy,
-        check: impl Fn() -> std::result::Result<(), KmsError> + Send + Sync + 'static,
+        check: impl Fn() -> Answer + Send + Sync + 'static,
         dark: impl FnOnce(&str) + Send + 'static,
     ) -> Result<Watcher> {
         let interval = policy.interval.ok_or_else(|| Error::InvalidArgument("no re-check interval".into()))?;
@@ -276,33 +263,15 @@ impl Drop for Watcher {
 /// beside it); an answer it gave meanwhile is used only if it is a refusal (a revocation
 /// stays one), otherwise a fresh call asks again. Returns `None` if the watcher was stopped
 /// while it waited.
-fn checked(
-    m: &Monitor,
-    check: &Arc<dyn Fn() -> std::result::Result<(), KmsError> + Send + Sync>,
-    pending: &mut Option<mpsc::Receiver<std::result::Result<(), KmsError>>>,
-) -> Option<std::result::Result<(), KmsError>> {
+fn checked(m: &Monitor, check: &Check, pending: &mut Option<mpsc::Receiver<Answer>>) -> Option<Answer> {
     let limit = crate::kms::timeout() + Duration::from_secs(5);
-    let answer = match pending.take() {
-        Some(rx) => match rx.try_recv() {
-            Ok(r @ Err(KmsError::Rejected(_))) => return Some(r),
-            Err(mpsc::TryRecvError::Empty) => Some(rx),
-            Ok(_) | Err(mpsc::TryRecvError::Disconnected) => None, // stale: ask again
+    let answer = match pending.take().map(|rx| (rx.try_recv(), rx)) {
+        Some((Ok(r @ Err(KmsError::Rejected(_))), _)) => return Some(r),
+        Some((Err(mpsc::TryRecvError::Empty), rx)) => rx,
+        _ => match call(check) {
+            Ok(rx) => rx,
+            Err(e) => return Some(Err(KmsError::Unavailable(format!("cannot start the check: {e}")))),
         },
-        None => None,
-    };
-    let answer = match answer {
-        Some(rx) => rx,
-        None => {
-            let (tx, rx) = mpsc::channel();
-            let c = check.clone();
-            let spawned = std::thread::Builder::new().name("root-check-call".into()).spawn(move || {
-                let _ = tx.send(c());
-            });
-            if let Err(e) = spawned {
-                return Some(Err(KmsError::Unavailable(format!("cannot start the check: {e}"))));
-            }
-            rx
-        }
     };
     // Waited for in short slices: an unmount does not wait for a slow KMS.
     let deadline = boot_clock() + limit;
@@ -324,12 +293,17 @@ fn checked(
     }
 }
 
-fn run(
-    m: &Monitor,
-    interval: Duration,
-    check: Arc<dyn Fn() -> std::result::Result<(), KmsError> + Send + Sync>,
-    dark: impl FnOnce(&str),
-) {
+/// Starts one call of `check` on a thread of its own; its answer comes on the receiver.
+fn call(check: &Check) -> std::io::Result<mpsc::Receiver<Answer>> {
+    let (tx, rx) = mpsc::channel();
+    let c = check.clone();
+    std::thread::Builder::new().name("root-check-call".into()).spawn(move || {
+        let _ = tx.send(c());
+    })?;
+    Ok(rx)
+}
+
+fn run(m: &Monitor, interval: Duration, check: Check, dark: impl FnOnce(&str)) {
     let mut last_ok = boot_clock();
     let mut due = last_ok + interval;
     let mut pending = None;
@@ -377,9 +351,9 @@ fn run(
                 s.health = Health::Unreachable { since, answer: e.to_string() };
                 due = now + w;
             }
-            (outcome, Decision::Dark { refused, why }) => {
-                if outcome.is_err() && !refused {
-                    s.misses += 1;
+            (_, Decision::Dark { refused, why }) => {
+                if !refused {
+                    s.misses += 1; // the last of the misses
                 }
                 tracing::error!(target: "envelopefs::audit", event = "root-revoked", "{why}: going dark");
                 let at = SystemTime::now();

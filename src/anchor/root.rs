@@ -169,13 +169,10 @@ mod tests {
         VolumeHeader {
             features: crate::format::FEATURE_KEK_GENERATION | crate::format::FEATURE_PAGES,
             volume_id: [7; 16],
-            cipher: crate::format::CipherKind::Aes256GcmSiv,
-            extent_shift: 20,
             kek_id: [1; 16],
             kek_generation: generation,
             kms_uri: "test:token".into(),
-            wrapped_kek: vec![3; 60],
-            wrapped_name_key: vec![4; 60],
+            ..crate::format::sample_header()
         }
     }
 

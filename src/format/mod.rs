@@ -20,6 +20,8 @@ pub use object::{Binding, ObjectHeader, ObjectKind, OBJECT_HEADER_LEN};
 pub use pages::{
     BlockTable, Placement, Seal, GROUPS_CODE, MAX_BASE, MAX_FIRST_PAGE, MAX_PAGES_SIZE, PAGE, PAGES_CODE, SEAL_LEN,
 };
+#[cfg(test)]
+pub(crate) use volume::sample as sample_header;
 pub use volume::{
     CipherKind, VolumeHeader, FEATURES_KNOWN, FEATURE_ENTRIES_BOUND, FEATURE_FILES_RECORDED, FEATURE_FILE_SET,
     FEATURE_KEK_GENERATION, FEATURE_LINKS_BOUND, FEATURE_PAGES, FEATURE_RECORDS_SEALED, FEATURE_RECORD_MACS,

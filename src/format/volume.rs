@@ -238,23 +238,25 @@ impl VolumeHeader {
     }
 }
 
+/// A header of made-up values, for unit tests here and in other modules.
+#[cfg(test)]
+pub(crate) fn sample() -> VolumeHeader {
+    VolumeHeader {
+        features: 0,
+        volume_id: [1; 16],
+        cipher: CipherKind::Aes256GcmSiv,
+        extent_shift: 20,
+        kek_id: [2; 16],
+        kek_generation: 0,
+        kms_uri: "local:keystore".into(),
+        wrapped_kek: vec![3; 60],
+        wrapped_name_key: vec![4; 60],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample() -> VolumeHeader {
-        VolumeHeader {
-            features: 0,
-            volume_id: [1; 16],
-            cipher: CipherKind::Aes256GcmSiv,
-            extent_shift: 20,
-            kek_id: [2; 16],
-            kek_generation: 0,
-            kms_uri: "local:keystore".into(),
-            wrapped_kek: vec![3; 60],
-            wrapped_name_key: vec![4; 60],
-        }
-    }
 
     #[test]
     fn round_trip() {

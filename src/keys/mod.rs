@@ -679,17 +679,7 @@ mod tests {
     #[test]
     fn a_revoked_ring_holds_no_key_and_loads_none() {
         let root = TestRoot(KeyWrapper::new(&Key256::generate()));
-        let mut header = VolumeHeader {
-            features: 0,
-            volume_id: [7; 16],
-            cipher: CipherKind::Aes256GcmSiv,
-            extent_shift: 20,
-            kek_id: [0; 16],
-            kek_generation: 1,
-            kms_uri: "test:".into(),
-            wrapped_kek: Vec::new(),
-            wrapped_name_key: Vec::new(),
-        };
+        let mut header = VolumeHeader { kek_generation: 1, kms_uri: "test:".into(), ..crate::format::sample_header() };
         let ring = KeyRing::generate(&root, &mut header).unwrap();
         let file = [9u8; 16];
         let (kek_id, wrapped, _) = ring.new_dek(&file, 0, false).unwrap();

@@ -193,7 +193,6 @@ impl KeyRing {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(Kek::volume([0; 16], 0, &filler, &self.volume_id));
         *self.names.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(NameKeys::new(filler, &self.volume_id));
-        self.cache.clear();
     }
 }
 

@@ -204,18 +204,10 @@ fn find_anchors(session: &Session, volume_id: &[u8; 16]) -> cryptoki::error::Res
 /// An anchor call the token could not serve now (the device or session went away: retried),
 /// or refused (anything else, such as a full or read-only token: final).
 fn classify_anchor(e: P11Error) -> KmsError {
-    classify_token(e, "the token's anchor object (a data object labelled envelopefs-anchor-…)")
-}
-
-/// A token call about `what` that failed: unavailable if the device or session went away
-/// (or the token failed in general: worth a retry), else refused.
-fn classify_token(e: P11Error, what: &str) -> KmsError {
-    let reason = format!("{what}: {e}");
+    let reason = format!("the token's anchor object (a data object labelled envelopefs-anchor-…): {e}");
     match e {
         P11Error::Pkcs11(
-            RvError::GeneralError
-            | RvError::FunctionFailed
-            | RvError::DeviceError
+            RvError::DeviceError
             | RvError::DeviceRemoved
             | RvError::TokenNotPresent
             | RvError::SessionClosed
