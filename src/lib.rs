@@ -27,5 +27,6 @@ pub mod revocation;
 pub mod secret;
 pub mod store;
 pub mod sys;
+pub mod tenant;
 
 pub use error::{Error, Result};

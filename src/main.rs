@@ -169,18 +169,29 @@ enum Command {
         #[command(flatten)]
         pass: PassArgs,
     },
+    /// Tenants: subtrees with their own KEK under their own root.
+    Tenant {
+        #[command(subcommand)]
+        what: TenantCommand,
+    },
     /// Crypto-shred a volume or files in it, mounted or not.
     ///
     /// `--volume` destroys every wrapped KEK copy and the volume's own keystore (O(1), needs
     /// no passphrase): nothing in CIPHERDIR can be decrypted afterwards; a mounted volume is
     /// unmounted. `--file PATH...` deletes the files with their wrapped DEKs, then rotates
     /// the KEK so stray copies of their wrapped DEKs are useless.
-    #[command(group(clap::ArgGroup::new("what").required(true).args(["volume", "file"])))]
+    ///
+    /// `--tenant DIR` destroys the tenant's KEK copies (O(1)), then removes its directory and
+    /// its files; the rest of the volume is untouched (unmounted volumes only, for now).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["volume", "file", "tenant"])))]
     Shred {
         cipherdir: PathBuf,
         /// Destroy the whole volume's keys.
         #[arg(long)]
         volume: bool,
+        /// The root directory (a path inside the volume) of the tenant to shred.
+        #[arg(long, value_name = "DIR")]
+        tenant: Option<PathBuf>,
         /// Files (paths inside the volume) to delete and shred.
         #[arg(long, value_name = "PATH", num_args = 1..)]
         file: Vec<PathBuf>,
@@ -225,6 +236,29 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Make DIR (a path inside the volume; new, its parent existing) the root of a tenant:
+    /// its files, names and attributes are under a KEK of its own, wrapped by the root URI
+    /// (an HSM key, pkcs11:..., or a KMS key, aws-kms:...), which the mount asks once and
+    /// re-checks; revoking or shredding it darkens that subtree only. The volume must be
+    /// unmounted. The outer volume's passphrase or PIN unlocks the volume; the tenant's
+    /// PKCS#11 PIN comes from the same source.
+    Add {
+        cipherdir: PathBuf,
+        dir: PathBuf,
+        /// The tenant's root: 'pkcs11:module=PATH;token=LABEL;object=KEYLABEL' or
+        /// aws-kms:KEY_ID_OR_ARN.
+        #[arg(long, value_name = "URI")]
+        kms: String,
+        /// Generate the tenant's root key there.
+        #[arg(long)]
+        create_key: bool,
+        #[command(flatten)]
+        pass: PassArgs,
     },
 }
 
@@ -459,8 +493,12 @@ fn run(cmd: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Shred { cipherdir, volume, file, yes, delete_root_after, pass } => {
+        Command::Shred { cipherdir, tenant: Some(dir), yes, pass, .. } => shred_tenant(&cipherdir, &dir, yes, &pass),
+        Command::Shred { cipherdir, volume, file, yes, delete_root_after, pass, .. } => {
             shred(&cipherdir, volume, &file, yes, delete_root_after, pass)
+        }
+        Command::Tenant { what: TenantCommand::Add { cipherdir, dir, kms, create_key, pass } } => {
+            tenant_add(&cipherdir, &dir, &kms, create_key, &pass)
         }
         Command::Umount { mountpoint, keep_scratch } => {
             if keep_scratch {
@@ -563,6 +601,70 @@ fn shred(
     drop(lock);
     print_file_shred(r.files, r.names, &hex(&r.kek_id));
     rotation_left(cipherdir, &left)
+}
+
+/// Refuses a tenant command on a mounted volume (its daemon would not see the change).
+fn unmounted(cipherdir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let header = Volume::read_live_header(cipherdir)?;
+    if daemon_of(cipherdir, &header).is_some() {
+        return Err(Error::InvalidArgument(format!(
+            "{} is mounted: unmount it first (tenants are added and shredded offline for now)",
+            cipherdir.display()
+        )));
+    }
+    envelopefs::daemon::lock_volume(cipherdir)
+}
+
+fn tenant_add(cipherdir: &Path, dir: &Path, uri: &str, create_key: bool, pass: &PassArgs) -> Result<()> {
+    let _lock = unmounted(cipherdir)?;
+    let vol = Volume::open(cipherdir, &pass.source())?;
+    let t = envelopefs::tenant::add(&vol, dir, uri, create_key, &pass.source())?;
+    println!(
+        "Tenant {} added at {}: its files are under a KEK of its own, wrapped by {}.",
+        hex(&t.id),
+        t.label,
+        t.kms_uri
+    );
+    if kms::check_root(&t.kms_uri, cipherdir).is_err() {
+        println!(
+            "Mounting the volume needs this root trusted too: --trust-root '{}' (or {} / {}).",
+            t.kms_uri,
+            kms::ROOTS_ENV,
+            kms::ROOTS_FILE
+        );
+    }
+    Ok(())
+}
+
+fn shred_tenant(cipherdir: &Path, dir: &Path, yes: bool, pass: &PassArgs) -> Result<()> {
+    use std::io::{BufRead, IsTerminal};
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(Error::InvalidArgument("shred destroys keys for good: confirm with --yes".into()));
+        }
+        eprint!(
+            "Destroy the keys of tenant {} in {}? Nothing can undo it. Type 'yes': ",
+            dir.display(),
+            cipherdir.display()
+        );
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer).map_err(|e| Error::io("", "read answer", e))?;
+        if answer.trim() != "yes" {
+            return Err(Error::InvalidArgument("not confirmed; nothing was changed".into()));
+        }
+    }
+    let _lock = unmounted(cipherdir)?;
+    let vol = Volume::open(cipherdir, &pass.source())?;
+    let started = std::time::Instant::now();
+    let t = envelopefs::tenant::shred(&vol, dir)?;
+    println!(
+        "Tenant {} ({}) shredded in {:.3?}: its wrapped KEK and name key are destroyed, its directory and files removed. Its root {} is kept.",
+        hex(&t.id),
+        t.label,
+        started.elapsed(),
+        t.root
+    );
+    Ok(())
 }
 
 /// What `shred --file` verified.

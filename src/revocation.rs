@@ -223,6 +223,25 @@ impl Watcher {
         check: impl Fn() -> Answer + Send + Sync + 'static,
         dark: impl FnOnce(&str) + Send + 'static,
     ) -> Result<Watcher> {
+        Self::start_in(policy, None, check, dark)
+    }
+
+    /// [`Self::start`] for tenant `tenant` (its id): every line the thread logs names it.
+    pub fn start_for_tenant(
+        tenant: String,
+        policy: Policy,
+        check: impl Fn() -> Answer + Send + Sync + 'static,
+        dark: impl FnOnce(&str) + Send + 'static,
+    ) -> Result<Watcher> {
+        Self::start_in(policy, Some(tenant), check, dark)
+    }
+
+    fn start_in(
+        policy: Policy,
+        tenant: Option<String>,
+        check: impl Fn() -> Answer + Send + Sync + 'static,
+        dark: impl FnOnce(&str) + Send + 'static,
+    ) -> Result<Watcher> {
         let interval = policy.interval.ok_or_else(|| Error::InvalidArgument("no re-check interval".into()))?;
         let monitor = Arc::new(Monitor {
             policy,
@@ -238,7 +257,10 @@ impl Watcher {
         let m = monitor.clone();
         let thread = std::thread::Builder::new()
             .name("root-check".into())
-            .spawn(move || run(&m, interval, Arc::new(check), dark))
+            .spawn(move || {
+                let _span = tenant.map(|id| tracing::warn_span!("tenant", id = %id).entered());
+                run(&m, interval, Arc::new(check), dark)
+            })
             .map_err(|e| Error::io("", "start the root re-check thread", e))?;
         Ok(Watcher { monitor, thread: Some(thread) })
     }

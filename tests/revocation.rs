@@ -73,34 +73,11 @@ fn assert_revoked(r: std::io::Result<usize>, what: &str) {
     }
 }
 
-/// Run by `an_hsm_root_destroyed_while_mounted_darkens_the_mount_and_its_scratch` in a
-/// process of its own (PKCS#11 is set up once per process, with the configuration of the
-/// token in the environment): destroys the AES key labelled `EVFS_DESTROY_LABEL` as another
-/// holder of the token's PIN would.
+/// Destroys a key object in a process of its own (see `SoftHsm::destroy_in_helper`).
 #[test]
 #[ignore = "a helper process, run by another test"]
 fn helper_destroy_key_object() {
-    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-    use cryptoki::object::{Attribute, ObjectClass};
-    use cryptoki::session::UserType;
-    use cryptoki::types::AuthPin;
-    let Ok(label) = std::env::var("EVFS_DESTROY_LABEL") else { return };
-    let ctx = Pkcs11::new(common::kms::SOFTHSM_MODULE).unwrap();
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).unwrap();
-    let slot = ctx
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == "evfs")
-        .unwrap();
-    let session = ctx.open_rw_session(slot).unwrap();
-    session.login(UserType::User, Some(&AuthPin::new("1234".into()))).unwrap();
-    let keys = session
-        .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Label(label.into_bytes())])
-        .unwrap();
-    assert_eq!(keys.len(), 1);
-    session.destroy_object(keys[0]).unwrap();
-    println!("destroyed");
+    common::kms::destroy_key_object_from_env();
 }
 
 #[test]
@@ -134,13 +111,7 @@ fn an_hsm_root_destroyed_while_mounted_darkens_the_mount_and_its_scratch() {
     let token = hsm.dir.path().join("tokens");
     let saved = hsm.dir.path().join("tokens-saved");
     common::copy_tree(&token, &saved);
-    let helper = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "helper_destroy_key_object", "--nocapture"])
-        .env("SOFTHSM2_CONF", hsm.dir.path().join("softhsm2.conf"))
-        .env("EVFS_DESTROY_LABEL", "vol-root")
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&helper.stdout).contains("destroyed"), "{helper:?}");
+    hsm.destroy_in_helper("vol-root");
     // Served until the next check finds the key gone; then not even a cached page is.
     let revoked = Instant::now();
     let deadline = revoked + Duration::from_secs(60);

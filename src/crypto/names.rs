@@ -25,6 +25,8 @@ pub enum NamePurpose {
     /// A MAC over a file's record in the store (size, extent set, written bitmaps);
     /// context = the file id.
     Record = 5,
+    /// The volume's list of tenants (randomized); context = the volume id.
+    Tenants = 6,
 }
 
 /// The name key, ready to use.

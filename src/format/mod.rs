@@ -6,7 +6,7 @@
 //! the specification this module implements.
 
 mod bitmap;
-mod codec;
+pub(crate) mod codec;
 mod keystore;
 mod layout;
 mod object;
@@ -25,7 +25,7 @@ pub(crate) use volume::sample as sample_header;
 pub use volume::{
     CipherKind, VolumeHeader, FEATURES_KNOWN, FEATURE_ENTRIES_BOUND, FEATURE_FILES_RECORDED, FEATURE_FILE_SET,
     FEATURE_KEK_GENERATION, FEATURE_LINKS_BOUND, FEATURE_PAGES, FEATURE_RECORDS_SEALED, FEATURE_RECORD_MACS,
-    FEATURE_ROOT_BOUND, FEATURE_SHREDDED, FEATURE_XATTRS_SEALED,
+    FEATURE_ROOT_BOUND, FEATURE_SHREDDED, FEATURE_TENANTS, FEATURE_XATTRS_SEALED,
 };
 
 /// Lower-case hex of `b` (ids in status output and messages; never key material).

@@ -53,8 +53,13 @@ pub const FEATURE_LINKS_BOUND: u32 = 512;
 /// `init` of a GCM-SIV volume and by `envelopefs upgrade`; such a volume's file records say
 /// which of its files are format 2 (cipher code 3 or 4).
 pub const FEATURE_PAGES: u32 = 1024;
+/// Feature bit 11: the volume has tenants (`fs::tenants`): subtrees whose files live in a
+/// volume of their own under `tenants/`, listed in a store row sealed under the name key.
+/// The row must be there and authenticate. Set by the first `tenant add`.
+pub const FEATURE_TENANTS: u32 = 2048;
 /// Feature bits this build understands; any other bit refuses to open.
 pub const FEATURES_KNOWN: u32 = FEATURE_SHREDDED
+    | FEATURE_TENANTS
     | FEATURE_PAGES
     | FEATURE_LINKS_BOUND
     | FEATURE_KEK_GENERATION

@@ -94,7 +94,7 @@ impl Volume {
 
     /// The backing directory of `path` and its id, if it is (still) backing inode `expect`
     /// when given (else NotFound, as [`Volume::getattr_inode`]).
-    fn open_dir(&self, path: &Path, expect: Option<u64>) -> Result<(PathBuf, [u8; 16])> {
+    pub(super) fn open_dir(&self, path: &Path, expect: Option<u64>) -> Result<(PathBuf, [u8; 16])> {
         if Self::is_root(path) {
             return Ok((self.core.data_dir.clone(), self.core.root_id));
         }

@@ -3,6 +3,14 @@
 //!
 //! Inode numbers are the backing inode numbers (stable across mounts, shared by hardlinks);
 //! the root is always 1. Errors are the crate's; the adapter maps them with `Error::errno`.
+//!
+//! A mount serves its volume and the volume's tenants (`crate::tenant`), each a volume of its
+//! own: every inode belongs to one of them (its *part*: 0 is the volume, then the tenants).
+//! A tenant's root is a directory of the outer volume whose id the tenant list names; its
+//! attributes are that directory's, its entries the tenant volume's. A request in a tenant
+//! holds that volume's request guard (the outer one's is the FUSE layer's), so a tenant going
+//! dark waits for them and refuses the next; renames and links across parts are EXDEV, and
+//! a tenant's root cannot be removed or renamed over (EBUSY).
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -43,7 +51,11 @@ pub struct SetAttr {
 }
 
 struct Node {
+    /// The volume the inode is in, and its path there.
+    part: usize,
     path: PathBuf,
+    /// For a tenant's root: the part its entries are in.
+    contents: Option<usize>,
     /// Other names the kernel knows this file by (hard links; the most recent
     /// [`MAX_LINKS`]), tried when `path` no longer names it: removed, or another file renamed
     /// over it, while a dentry of another link still leads the kernel here.
@@ -54,11 +66,18 @@ struct Node {
 /// Other names kept per inode (hard links).
 const MAX_LINKS: usize = 8;
 
+/// A tenant the mount serves: its volume, or why it is not open.
+pub type TenantPart = std::result::Result<Arc<Volume>, String>;
+
 pub struct InodeFs {
     vol: Arc<Volume>,
+    /// Parts 1.. (the tenants), in the order of `tenant_roots`' values.
+    tenants: Vec<TenantPart>,
+    /// Outer directory id of each tenant's root → its part.
+    tenant_roots: HashMap<[u8; 16], usize>,
     root_backing_ino: u64,
     nodes: RwLock<HashMap<u64, Node>>,
-    handles: Mutex<HashMap<u64, Arc<FileHandle>>>,
+    handles: Mutex<HashMap<u64, (Arc<FileHandle>, usize)>>,
     /// Directory listings being read.
     listings: Listings,
     next_fh: AtomicU64,
@@ -82,9 +101,11 @@ impl InodeFs {
     pub fn new(vol: Arc<Volume>, read_only: bool, chown_new: bool) -> Result<Self> {
         let root = vol.getattr(Path::new(""))?;
         let mut nodes = HashMap::new();
-        nodes.insert(ROOT_INO, Node { path: PathBuf::new(), links: Vec::new(), lookups: 1 });
+        nodes.insert(ROOT_INO, Node { part: 0, path: PathBuf::new(), contents: None, links: Vec::new(), lookups: 1 });
         Ok(InodeFs {
             vol,
+            tenants: Vec::new(),
+            tenant_roots: HashMap::new(),
             root_backing_ino: root.ino,
             nodes: RwLock::new(nodes),
             handles: Mutex::new(HashMap::new()),
@@ -95,8 +116,56 @@ impl InodeFs {
         })
     }
 
+    /// Serves tenant `part` (its root: the outer directory `dir_id`) too; its part number
+    /// is returned (before the file system is shared).
+    pub fn add_tenant(&mut self, dir_id: [u8; 16], part: TenantPart) -> usize {
+        self.tenants.push(part);
+        self.tenant_roots.insert(dir_id, self.tenants.len());
+        self.tenants.len()
+    }
+
     pub fn volume(&self) -> &Volume {
         &self.vol
+    }
+
+    /// The volume of part `k`, with its request guard for a tenant (the outer volume's is
+    /// held by the caller); a tenant not opened or gone dark refuses with EKEYREVOKED.
+    fn part(&self, k: usize) -> Result<(&Volume, Option<std::sync::RwLockReadGuard<'_, ()>>)> {
+        if k == 0 {
+            return Ok((&self.vol, None));
+        }
+        match &self.tenants[k - 1] {
+            Ok(v) => {
+                let guard = v.op()?;
+                Ok((v, Some(guard)))
+            }
+            Err(why) => Err(Error::Revoked { path: PathBuf::from(format!("<tenant {k}>")), reason: why.clone() }),
+        }
+    }
+
+    /// The volume of part `k` without a guard (inside a request that holds it).
+    fn vol_of(&self, k: usize) -> &Volume {
+        match self.tenants.get(k.wrapping_sub(1)) {
+            Some(Ok(v)) if k > 0 => v,
+            _ => &self.vol,
+        }
+    }
+
+    /// Tenant `k`'s volume, if it was opened.
+    pub fn tenant_volume(&self, k: usize) -> Option<Arc<Volume>> {
+        self.tenants.get(k.checked_sub(1)?)?.as_ref().ok().cloned()
+    }
+
+    /// Every tenant volume that was opened.
+    pub fn tenant_volumes(&self) -> Vec<Arc<Volume>> {
+        self.tenants.iter().flatten().cloned().collect()
+    }
+
+    /// The inodes of tenant `k` the kernel may cache (its root's among them), for dropping
+    /// them when it goes dark.
+    pub fn inodes_of(&self, k: usize) -> Vec<u64> {
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        nodes.iter().filter(|(_, n)| n.part == k || n.contents == Some(k)).map(|(i, _)| *i).collect()
     }
 
     /// The volume, to keep beyond this file system (a thread of the daemon).
@@ -119,21 +188,22 @@ impl InodeFs {
     /// inode goes stale when another name is renamed over it, and acting on it then would
     /// reach another file (a truncate!) or report another file's type (which the kernel
     /// answers with EIO and a bad inode).
-    fn path(&self, ino: u64) -> Result<PathBuf> {
-        let path = self.path_unchecked(ino)?;
-        if ino == ROOT_INO || self.names(&path, ino) {
-            return Ok(path);
+    fn path(&self, ino: u64) -> Result<(usize, PathBuf)> {
+        let (k, path) = self.path_unchecked(ino)?;
+        if ino == ROOT_INO || self.names(k, &path, ino) {
+            return Ok((k, path));
         }
-        self.relink(ino).ok_or(Error::NotFound(path))
+        self.relink(ino).map(|p| (k, p)).ok_or(Error::NotFound(path))
     }
 
     /// Runs `op` on the path of `ino`; `op` checks that the path names `ino` and fails with
     /// `NotFound` if not. Then once more on another of its names, if one still names it.
-    fn at_inode<T>(&self, ino: u64, op: impl Fn(&Path) -> Result<T>) -> Result<T> {
-        let path = self.path_unchecked(ino)?;
-        match op(&path) {
+    fn at_inode<T>(&self, ino: u64, op: impl Fn(&Volume, &Path) -> Result<T>) -> Result<T> {
+        let (k, path) = self.path_unchecked(ino)?;
+        let (vol, _guard) = self.part(k)?;
+        match op(vol, &path) {
             Err(Error::NotFound(p)) if ino != ROOT_INO => match self.relink(ino) {
-                Some(other) => op(&other),
+                Some(other) => op(vol, &other),
                 None => Err(Error::NotFound(p)),
             },
             r => r,
@@ -141,16 +211,21 @@ impl InodeFs {
     }
 
     /// Whether `path` names inode `ino` now.
-    fn names(&self, path: &Path, ino: u64) -> bool {
-        let now = self.vol.backing_path(path).ok().and_then(|b| self.vol.lstat(&b).ok());
-        now.is_some_and(|m| self.vol.is_inode(m.ino(), ino))
+    fn names(&self, k: usize, path: &Path, ino: u64) -> bool {
+        let vol = self.vol_of(k);
+        let now = vol.backing_path(path).ok().and_then(|b| vol.lstat(&b).ok());
+        now.is_some_and(|m| vol.is_inode(m.ino(), ino))
     }
 
     /// When the path kept for `ino` no longer names it: the first other name that does,
     /// which becomes its path (a hard link outlives the name the kernel last looked up).
     fn relink(&self, ino: u64) -> Option<PathBuf> {
-        let links = self.nodes.read().unwrap_or_else(|p| p.into_inner()).get(&ino)?.links.clone();
-        let found = links.into_iter().find(|l| self.names(l, ino))?;
+        let (k, links) = {
+            let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+            let n = nodes.get(&ino)?;
+            (n.part, n.links.clone())
+        };
+        let found = links.into_iter().find(|l| self.names(k, l, ino))?;
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
         let node = nodes.get_mut(&ino)?;
         node.links.retain(|l| *l != found);
@@ -158,32 +233,75 @@ impl InodeFs {
         Some(found)
     }
 
-    fn path_unchecked(&self, ino: u64) -> Result<PathBuf> {
+    fn path_unchecked(&self, ino: u64) -> Result<(usize, PathBuf)> {
         self.nodes
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&ino)
-            .map(|n| n.path.clone())
+            .map(|n| (n.part, n.path.clone()))
             .ok_or_else(|| Error::NotFound(PathBuf::from(format!("<inode {ino}>"))))
     }
 
-    /// The path of `name` in directory `parent`. The parent's path is not re-checked: a
-    /// directory cannot be renamed over while it has entries, and one that was is gone, so a
-    /// stale parent path fails on its own.
-    fn child(&self, parent: u64, name: &OsStr) -> Result<PathBuf> {
-        Ok(self.path_unchecked(parent)?.join(name))
+    /// Where the entries of directory `ino` are: its own place, or a tenant's root.
+    fn contents(&self, ino: u64) -> Result<(usize, PathBuf)> {
+        self.nodes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ino)
+            .map(|n| match n.contents {
+                Some(t) => (t, PathBuf::new()),
+                None => (n.part, n.path.clone()),
+            })
+            .ok_or_else(|| Error::NotFound(PathBuf::from(format!("<inode {ino}>"))))
+    }
+
+    /// The part and path of `name` in directory `parent`. The parent's path is not
+    /// re-checked: a directory cannot be renamed over while it has entries, and one that was
+    /// is gone, so a stale parent path fails on its own.
+    fn child(&self, parent: u64, name: &OsStr) -> Result<(usize, PathBuf)> {
+        let (k, dir) = self.contents(parent)?;
+        Ok((k, dir.join(name)))
+    }
+
+    /// The tenant whose root is the outer directory at `path`, if it is one.
+    fn tenant_root(&self, path: &Path) -> Option<usize> {
+        if self.tenant_roots.is_empty() {
+            return None;
+        }
+        self.vol.directory_id(path).ok().and_then(|id| self.tenant_roots.get(&id).copied())
+    }
+
+    /// EBUSY for a tenant's root (part 0 path), which only `shred --tenant` removes.
+    fn not_a_tenant_root(&self, k: usize, path: &Path) -> Result<()> {
+        let is_dir = || self.vol.stat(path).is_ok_and(|s| s.kind == EntryKind::Directory);
+        if k == 0 && !self.tenant_roots.is_empty() && is_dir() && self.tenant_root(path).is_some() {
+            return Err(Error::io(
+                path,
+                "a tenant's root (shred --tenant removes it)",
+                std::io::Error::from_raw_os_error(16),
+            ));
+        }
+        Ok(())
     }
 
     /// Attributes with the FUSE inode number, remembering `path` for it (one lookup).
-    fn remember(&self, path: PathBuf, mut attr: Attr) -> Attr {
-        if attr.ino == self.root_backing_ino {
+    fn remember(&self, k: usize, path: PathBuf, mut attr: Attr) -> Attr {
+        if k == 0 && attr.ino == self.root_backing_ino {
             attr.ino = ROOT_INO;
             return attr;
         }
+        let contents = (k == 0 && attr.kind == EntryKind::Directory).then(|| self.tenant_root(&path)).flatten();
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
-        let node =
-            nodes.entry(attr.ino).or_insert_with(|| Node { path: PathBuf::new(), links: Vec::new(), lookups: 0 });
+        let node = nodes.entry(attr.ino).or_insert_with(|| Node {
+            part: k,
+            path: PathBuf::new(),
+            contents: None,
+            links: Vec::new(),
+            lookups: 0,
+        });
         node.lookups += 1;
+        node.part = k;
+        node.contents = contents;
         if node.path != path {
             let Node { path: kept, links, .. } = node;
             let old = std::mem::replace(kept, path);
@@ -217,17 +335,18 @@ impl InodeFs {
         self.chown_new.then_some((caller.uid, caller.gid))
     }
 
-    fn own(&self, path: &Path, caller: Caller) -> Result<()> {
+    fn own(&self, vol: &Volume, path: &Path, caller: Caller) -> Result<()> {
         if self.chown_new {
-            self.vol.chown(path, Some(caller.uid), Some(caller.gid))?;
+            vol.chown(path, Some(caller.uid), Some(caller.gid))?;
         }
         Ok(())
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
-        let path = self.child(parent, name)?;
-        let attr = self.vol.getattr(&path)?;
-        Ok(self.remember(path, attr))
+        let (k, path) = self.child(parent, name)?;
+        let (vol, _guard) = self.part(k)?;
+        let attr = vol.getattr(&path)?;
+        Ok(self.remember(k, path, attr))
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
@@ -249,7 +368,7 @@ impl InodeFs {
             self.fuse_ino(&mut attr);
             return Ok(attr);
         }
-        let mut attr = match self.at_inode(ino, |p| self.vol.getattr_inode(p, ino)) {
+        let mut attr = match self.at_inode(ino, |vol, p| vol.getattr_inode(p, ino)) {
             Ok(a) => a,
             // Open, then unlinked (or renamed over): fstat still works, as on a local file
             // system, from the open data file.
@@ -262,34 +381,40 @@ impl InodeFs {
 
     /// The attributes of inode `ino` from one of its open handles, if it has one.
     fn open_attr(&self, ino: u64) -> Option<Attr> {
-        let handles: Vec<Arc<FileHandle>> =
+        let handles: Vec<(Arc<FileHandle>, usize)> =
             self.handles.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
-        handles.iter().filter_map(|h| h.attr().ok()).find(|a| self.vol.is_inode(a.ino, ino))
+        handles
+            .iter()
+            .filter_map(|(h, k)| h.attr().ok().map(|a| (a, *k)))
+            .find(|(a, k)| self.vol_of(*k).is_inode(a.ino, ino))
+            .map(|(a, _)| a)
     }
 
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Attr> {
         self.writable()?;
-        let path = self.path(ino)?;
+        let (k, path) = self.path(ino)?;
+        let (vol, guard) = self.part(k)?;
         let chown = set.uid.is_some() || set.gid.is_some();
         if chown {
-            self.vol.chown(&path, set.uid, set.gid)?;
+            vol.chown(&path, set.uid, set.gid)?;
         }
         if let Some(size) = set.size {
             match set.fh.and_then(|fh| self.handle(fh).ok()) {
-                Some(h) => h.set_len(size)?,
-                None => self.vol.truncate_inode(&path, Some(ino), size)?,
+                Some((h, _)) => h.set_len(size)?,
+                None => vol.truncate_inode(&path, Some(ino), size)?,
             }
         }
         // Before an explicit mode, which wins (as when the kernel turned these into a mode).
         if chown || set.drop_privs {
-            self.drop_privs_at(&path, None)?;
+            self.drop_privs_at(vol, &path, None)?;
         }
         if let Some(mode) = set.mode {
-            self.vol.chmod(&path, mode)?;
+            vol.chmod(&path, mode)?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
-            self.vol.set_times(&path, set.atime, set.mtime)?;
+            vol.set_times(&path, set.atime, set.mtime)?;
         }
+        drop(guard);
         self.getattr(ino)
     }
 
@@ -300,73 +425,91 @@ impl InodeFs {
     /// rare; checking them here costs a stat, not two kernel round trips).
     pub fn drop_privs(&self, ino: u64) -> Result<()> {
         self.writable()?;
-        self.at_inode(ino, |p| self.drop_privs_at(p, Some(ino))) // see `path`
+        self.at_inode(ino, |vol, p| self.drop_privs_at(vol, p, Some(ino))) // see `path`
     }
 
     /// [`Self::drop_privs`] at `path`, if it is (still) inode `expect` when given.
-    fn drop_privs_at(&self, path: &Path, expect: Option<u64>) -> Result<()> {
-        let backing = self.vol.backing_path(path)?;
-        let meta = self.vol.lstat(&backing).map_err(|_| Error::NotFound(path.into()))?;
-        if expect.is_some_and(|ino| !self.vol.is_inode(meta.ino(), ino)) {
+    fn drop_privs_at(&self, vol: &Volume, path: &Path, expect: Option<u64>) -> Result<()> {
+        let backing = vol.backing_path(path)?;
+        let meta = vol.lstat(&backing).map_err(|_| Error::NotFound(path.into()))?;
+        if expect.is_some_and(|ino| !vol.is_inode(meta.ino(), ino)) {
             return Err(Error::NotFound(path.into()));
         }
         let perm = meta.mode() & 0o7777;
         let kill = if perm & 0o010 != 0 { 0o6000 } else { 0o4000 };
         if meta.is_file() && perm & kill != 0 {
-            self.vol.chmod(path, perm & !kill)?;
+            vol.chmod(path, perm & !kill)?;
         }
         Ok(())
     }
 
     pub fn readlink(&self, ino: u64) -> Result<OsString> {
-        self.vol.readlink(&self.path(ino)?)
+        let (k, path) = self.path(ino)?;
+        let (vol, _guard) = self.part(k)?;
+        vol.readlink(&path)
     }
 
     pub fn mknod(&self, parent: u64, name: &OsStr, mode: u32, rdev: u64, caller: Caller) -> Result<Attr> {
         self.writable()?;
-        let path = self.child(parent, name)?;
+        let (k, path) = self.child(parent, name)?;
+        let (vol, guard) = self.part(k)?;
         if mode & 0o170000 == 0o100000 {
-            self.vol.create(&path, mode & 0o7777)?.close()?;
+            vol.create(&path, mode & 0o7777)?.close()?;
         } else {
-            self.vol.mknod(&path, mode, rdev)?;
+            vol.mknod(&path, mode, rdev)?;
         }
-        self.own(&path, caller)?;
+        self.own(vol, &path, caller)?;
+        drop(guard);
         self.lookup(parent, name)
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Result<Attr> {
         self.writable()?;
-        let path = self.child(parent, name)?;
-        let attr = self.vol.mkdir_owned(&path, mode, self.owner(caller))?;
-        Ok(self.remember(path, attr))
+        let (k, path) = self.child(parent, name)?;
+        let (vol, _guard) = self.part(k)?;
+        let attr = vol.mkdir_owned(&path, mode, self.owner(caller))?;
+        Ok(self.remember(k, path, attr))
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
         self.writable()?;
-        let path = self.child(parent, name)?;
-        self.vol.unlink(&path)
+        let (k, path) = self.child(parent, name)?;
+        let (vol, _guard) = self.part(k)?;
+        vol.unlink(&path)
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
         self.writable()?;
-        self.vol.rmdir(&self.child(parent, name)?)
+        let (k, path) = self.child(parent, name)?;
+        let (vol, _guard) = self.part(k)?;
+        self.not_a_tenant_root(k, &path)?;
+        vol.rmdir(&path)
     }
 
     pub fn symlink(&self, parent: u64, name: &OsStr, target: &Path, caller: Caller) -> Result<Attr> {
         self.writable()?;
-        let path = self.child(parent, name)?;
-        self.vol.symlink(&path, target.as_os_str())?;
-        self.own(&path, caller)?;
+        let (k, path) = self.child(parent, name)?;
+        let (vol, guard) = self.part(k)?;
+        vol.symlink(&path, target.as_os_str())?;
+        self.own(vol, &path, caller)?;
+        drop(guard);
         self.lookup(parent, name)
     }
 
     pub fn rename(&self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr, mode: RenameMode) -> Result<()> {
         self.writable()?;
-        let (from, to) = (self.child(parent, name)?, self.child(new_parent, new_name)?);
-        self.vol.rename_with(&from, &to, mode)?;
+        let ((k, from), (to_k, to)) = (self.child(parent, name)?, self.child(new_parent, new_name)?);
+        if k != to_k {
+            return Err(Error::io(&from, "rename across a tenant's boundary", std::io::Error::from_raw_os_error(18)));
+        }
+        let (vol, _guard) = self.part(k)?;
+        if !matches!(mode, RenameMode::Exchange) {
+            self.not_a_tenant_root(k, &to)?;
+        }
+        vol.rename_with(&from, &to, mode)?;
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
         let swap = |p: &Path, a: &Path, b: &Path| p.strip_prefix(a).ok().map(|rest| b.join(rest));
-        for node in nodes.values_mut() {
+        for node in nodes.values_mut().filter(|n| n.part == k) {
             for path in std::iter::once(&mut node.path).chain(node.links.iter_mut()) {
                 let moved = match mode {
                     RenameMode::Exchange => swap(path, &from, &to).or_else(|| swap(path, &to, &from)),
@@ -382,8 +525,13 @@ impl InodeFs {
 
     pub fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) -> Result<Attr> {
         self.writable()?;
-        let (from, to) = (self.path(ino)?, self.child(new_parent, new_name)?);
-        self.vol.link(&from, &to)?;
+        let ((k, from), (to_k, to)) = (self.path(ino)?, self.child(new_parent, new_name)?);
+        if k != to_k {
+            return Err(Error::io(&from, "link across a tenant's boundary", std::io::Error::from_raw_os_error(18)));
+        }
+        let (vol, guard) = self.part(k)?;
+        vol.link(&from, &to)?;
+        drop(guard);
         self.lookup(new_parent, new_name)
     }
 
@@ -391,25 +539,34 @@ impl InodeFs {
         if write {
             self.writable()?;
         }
-        let h = self.at_inode(ino, |p| self.vol.open_inode(p, write, Some(ino)))?;
-        Ok(self.add_handle(h))
+        let (k, _) = self.path_unchecked(ino)?;
+        let h = self.at_inode(ino, |vol, p| vol.open_inode(p, write, Some(ino)))?;
+        Ok(self.add_handle(h, k))
     }
 
     pub fn create(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Result<(Attr, u64)> {
         self.writable()?;
-        let path = self.child(parent, name)?;
-        let (h, attr) = self.vol.create_owned(&path, mode & 0o7777, self.owner(caller))?;
-        let attr = self.remember(path, attr);
-        Ok((attr, self.add_handle(h)))
+        let (k, path) = self.child(parent, name)?;
+        let (vol, _guard) = self.part(k)?;
+        let (h, attr) = vol.create_owned(&path, mode & 0o7777, self.owner(caller))?;
+        let attr = self.remember(k, path, attr);
+        Ok((attr, self.add_handle(h, k)))
     }
 
-    fn add_handle(&self, h: FileHandle) -> u64 {
+    fn add_handle(&self, h: FileHandle, k: usize) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, Arc::new(h));
+        self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, (Arc::new(h), k));
         fh
     }
 
-    fn handle(&self, fh: u64) -> Result<Arc<FileHandle>> {
+    /// Open file `fh` and the request guard of its volume.
+    fn handle_op(&self, fh: u64) -> Result<(Arc<FileHandle>, Option<std::sync::RwLockReadGuard<'_, ()>>)> {
+        let (h, k) = self.handle(fh)?;
+        let (_, guard) = self.part(k)?;
+        Ok((h, guard))
+    }
+
+    fn handle(&self, fh: u64) -> Result<(Arc<FileHandle>, usize)> {
         self.handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -424,7 +581,7 @@ impl InodeFs {
         thread_local! {
             static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let h = match self.handle(fh) {
+        let (h, _guard) = match self.handle_op(fh) {
             Ok(h) => h,
             Err(e) => return reply(Err(e)),
         };
@@ -446,16 +603,19 @@ impl InodeFs {
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
-        Ok(self.handle(fh)?.write_at(offset, data)? as u32)
+        let (h, _guard) = self.handle_op(fh)?;
+        Ok(h.write_at(offset, data)? as u32)
     }
 
     pub fn fsync(&self, fh: u64) -> Result<()> {
-        self.handle(fh)?.sync()
+        let (h, _guard) = self.handle_op(fh)?;
+        h.sync()
     }
 
     /// Closes `fh`; the last handle of a file commits its metadata.
     pub fn release(&self, fh: u64) -> Result<()> {
-        let h = self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh);
+        let (_, _guard) = self.handle_op(fh)?;
+        let h = self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh).map(|(h, _)| h);
         match h.map(Arc::try_unwrap) {
             Some(Ok(h)) => h.close_deferred(),
             // A read or write on this handle is still in flight; it closes when that ends.
@@ -465,7 +625,7 @@ impl InodeFs {
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
         const KEEP_SIZE: i32 = 1;
-        let h = self.handle(fh)?;
+        let (h, _guard) = self.handle_op(fh)?;
         if mode & !KEEP_SIZE != 0 {
             return Err(Error::io("", "fallocate", std::io::Error::from_raw_os_error(95)));
         }
@@ -478,7 +638,7 @@ impl InodeFs {
 
     /// SEEK_DATA (3) / SEEK_HOLE (4) over written blocks; other whence values as usual.
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
-        let h = self.handle(fh)?;
+        let (h, _guard) = self.handle_op(fh)?;
         let off = u64::try_from(offset).map_err(|_| Error::InvalidArgument("negative offset".into()))?;
         match whence {
             3 => h.seek_data(off).map(|o| o as i64),
@@ -490,26 +650,30 @@ impl InodeFs {
     /// The listing of directory `ino` for a read at `offset`: made afresh at offset 0, the
     /// one made then for the reads after it (see [`super::listing`]).
     pub fn readdir_from(&self, ino: u64, offset: u64) -> Result<Arc<Listing>> {
+        let (k, path) = self.contents(ino)?;
+        let (vol, _guard) = self.part(k)?;
         if let Some(l) = self.listings.continued(ino, offset) {
             // Unless the directory was renamed meanwhile, or a KEK rotation renamed every
             // backing entry: its entries are then listed again where they are now.
-            if l.generation == self.vol.names_generation() && self.path_unchecked(ino).is_ok_and(|p| p == l.path) {
+            if l.generation == vol.names_generation() && l.part == k && l.path == path {
                 return Ok(l);
             }
         }
-        let generation = self.vol.names_generation();
-        // The inode is checked where the directory is opened (see `path`).
-        let path = self.path_unchecked(ino)?;
-        let (backing, listed) = self.vol.list(&path, (ino != ROOT_INO).then_some(ino))?;
+        let generation = vol.names_generation();
+        // The inode is checked where the directory is opened (see `path`); a tenant's root
+        // is its volume's root, not the inode the kernel knows it by.
+        let tenant_root =
+            self.nodes.read().unwrap_or_else(|p| p.into_inner()).get(&ino).is_some_and(|n| n.contents.is_some());
+        let (backing, listed) = vol.list(&path, (ino != ROOT_INO && !tenant_root).then_some(ino))?;
         let dot = |name: &str| Listed { name: name.into(), kind: EntryKind::Directory, ino, backing: OsString::new() };
         let mut entries = vec![dot("."), dot("..")];
         entries.extend(listed.into_iter().map(|(e, backing)| Listed {
-            ino: if e.ino == self.root_backing_ino { ROOT_INO } else { e.ino },
+            ino: if k == 0 && e.ino == self.root_backing_ino { ROOT_INO } else { e.ino },
             name: e.name,
             kind: e.kind,
             backing,
         }));
-        let l = Arc::new(Listing { path, backing, entries, generation });
+        let l = Arc::new(Listing { part: k, path, backing, entries, generation });
         self.listings.keep(ino, l.clone());
         Ok(l)
     }
@@ -519,14 +683,17 @@ impl InodeFs {
     /// call [`Self::note_lookup`] for each one sent.
     pub fn listed_attr(&self, l: &Listing, i: usize) -> Result<Option<Attr>> {
         let e = &l.entries[i];
-        let got = if e.backing.is_empty() {
-            self.vol.getattr(&l.path)
-        } else {
-            self.vol.listed_attr(&l.backing, &l.path, &e.name, &e.backing)
-        };
-        match got {
+        if e.backing.is_empty() {
+            // "." and "..": the directory's own attributes (a tenant's root's are its outer
+            // directory's).
+            return self.getattr(e.ino).map(Some);
+        }
+        let (vol, _guard) = self.part(l.part)?;
+        match vol.listed_attr(&l.backing, &l.path, &e.name, &e.backing) {
             Ok(mut a) => {
-                self.fuse_ino(&mut a);
+                if l.part == 0 {
+                    self.fuse_ino(&mut a);
+                }
                 Ok(Some(a))
             }
             Err(Error::NotFound(_)) => Ok(None),
@@ -536,20 +703,26 @@ impl InodeFs {
 
     pub fn set_xattr(&self, ino: u64, name: &OsStr, value: &[u8], mode: XattrMode) -> Result<()> {
         self.writable()?;
-        self.vol.set_xattr(&self.path(ino)?, name, value, mode)
+        let (k, path) = self.path(ino)?;
+        let (vol, _guard) = self.part(k)?;
+        vol.set_xattr(&path, name, value, mode)
     }
 
     pub fn get_xattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
         if !super::xattr::kept_namespace(name) {
-            return Err(Error::NoAttribute(self.path_unchecked(ino)?));
+            return Err(Error::NoAttribute(self.path_unchecked(ino)?.1));
         }
-        self.vol.get_xattr(&self.path(ino)?, name)
+        let (k, path) = self.path(ino)?;
+        let (vol, _guard) = self.part(k)?;
+        vol.get_xattr(&path, name)
     }
 
     /// The names, each followed by a NUL byte (the listxattr(2) layout).
     pub fn list_xattrs(&self, ino: u64) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        for n in self.vol.list_xattrs(&self.path(ino)?)? {
+        let (k, path) = self.path(ino)?;
+        let (vol, _guard) = self.part(k)?;
+        for n in vol.list_xattrs(&path)? {
             out.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(n.as_os_str()));
             out.push(0);
         }
@@ -558,7 +731,9 @@ impl InodeFs {
 
     pub fn remove_xattr(&self, ino: u64, name: &OsStr) -> Result<()> {
         self.writable()?;
-        self.vol.remove_xattr(&self.path(ino)?, name)
+        let (k, path) = self.path(ino)?;
+        let (vol, _guard) = self.part(k)?;
+        vol.remove_xattr(&path, name)
     }
 
     /// Records that the kernel now holds a reference to entry `name` of `parent`.
@@ -566,8 +741,8 @@ impl InodeFs {
         if attr.ino == ROOT_INO {
             return;
         }
-        if let Ok(path) = self.child(parent, name) {
-            self.remember(path, attr.clone());
+        if let Ok((k, path)) = self.child(parent, name) {
+            self.remember(k, path, attr.clone());
         }
     }
 
@@ -578,9 +753,17 @@ impl InodeFs {
     /// Commits everything pending (unmount).
     pub fn sync_all(&self) -> Result<()> {
         let handles: Vec<_> = self.handles.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
-        for (_, h) in handles {
+        for (_, (h, k)) in handles {
+            if self.part(k).is_err() {
+                continue; // a dark tenant: nothing to commit with
+            }
             if let Ok(h) = Arc::try_unwrap(h) {
                 h.close()?;
+            }
+        }
+        for t in self.tenants.iter().flatten() {
+            if t.dark().is_none() {
+                t.sync_all()?;
             }
         }
         self.vol.sync_all()

@@ -27,7 +27,9 @@ use super::volume::EntryKind;
 /// One directory's entries as listed, in offset order: ".", ".." and then by name.
 #[derive(Debug)]
 pub struct Listing {
-    /// The directory's plaintext path and its backing directory.
+    /// The volume the directory's entries are in (`InodeFs`: 0, or a tenant's).
+    pub part: usize,
+    /// The directory's plaintext path in that volume and its backing directory.
     pub path: PathBuf,
     pub backing: PathBuf,
     pub entries: Vec<Listed>,
@@ -110,7 +112,7 @@ mod tests {
 
     fn listing(n: usize) -> Arc<Listing> {
         let entry = Listed { name: "a".into(), kind: EntryKind::File, ino: 5, backing: "x".into() };
-        Arc::new(Listing { path: "d".into(), backing: "/b/d".into(), entries: vec![entry; n], generation: 0 })
+        Arc::new(Listing { part: 0, path: "d".into(), backing: "/b/d".into(), entries: vec![entry; n], generation: 0 })
     }
 
     #[test]

@@ -31,6 +31,7 @@ mod rotate_names;
 mod scratch;
 mod shred;
 mod shred_files;
+mod tenants;
 mod trash;
 mod tree;
 mod upgrade;
@@ -49,6 +50,7 @@ pub use rotate_names::NamesMoved;
 pub use scratch::{ScratchSetup, ScratchState};
 pub use shred::ShredReport;
 pub use shred_files::ShredFilesReport;
+pub use tenants::{TenantEntry, TENANTS_DIR};
 pub use upgrade::UpgradeReport;
 pub use volume::{
     DirEntry, EntryKind, InitOptions, LiveStats, Stat, Volume, VolumeInfo, DATA_DIR, HEADER_FILE, STORE_FILE,

@@ -109,6 +109,9 @@ impl Volume {
         self.drop_stale_long_names(k, &long_in_use, &mut moved)?;
         self.move_xattr_sets(k, &mut moved)?;
         self.move_record_macs(k, &mut moved)?;
+        if !self.move_tenant_list(k.old, k.new)? {
+            moved.left.push("the tenant list (it authenticates under neither name key)".into());
+        }
         let versioned = self.versioned_file_set();
         let fns = |keys: &NameKeys| keys.file_set().fns(versioned);
         if !self.store().rekey_file_set(super::file_set::FILE_SET, fns(k.old), fns(k.new))? {

@@ -54,6 +54,20 @@ impl SoftHsm {
         self.dir.path().join("pin")
     }
 
+    /// Destroys the AES key labelled `label` as another holder of the token's PIN would: in
+    /// a process of its own (PKCS#11 is set up once per process, with the configuration of
+    /// the token in the environment), the calling test binary's ignored test
+    /// `helper_destroy_key_object`, which calls [`destroy_key_object_from_env`].
+    pub fn destroy_in_helper(&self, label: &str) {
+        let helper = Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "helper_destroy_key_object", "--nocapture"])
+            .env("SOFTHSM2_CONF", self.dir.path().join("softhsm2.conf"))
+            .env("EVFS_DESTROY_LABEL", label)
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&helper.stdout).contains("destroyed"), "{helper:?}");
+    }
+
     /// What every envelopefs command needs to reach the token.
     pub fn env(&self) -> Vec<(String, OsString)> {
         vec![
@@ -150,4 +164,30 @@ impl Drop for Moto {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The helper process's work (see [`SoftHsm::destroy_in_helper`]): nothing without
+/// `EVFS_DESTROY_LABEL`.
+pub fn destroy_key_object_from_env() {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::object::{Attribute, ObjectClass};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    let Ok(label) = std::env::var("EVFS_DESTROY_LABEL") else { return };
+    let ctx = Pkcs11::new(SOFTHSM_MODULE).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).unwrap();
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == "evfs")
+        .unwrap();
+    let session = ctx.open_rw_session(slot).unwrap();
+    session.login(UserType::User, Some(&AuthPin::new("1234".into()))).unwrap();
+    let keys = session
+        .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Label(label.into_bytes())])
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    session.destroy_object(keys[0]).unwrap();
+    println!("destroyed");
 }

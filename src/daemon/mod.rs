@@ -27,6 +27,8 @@ use crate::revocation::Watcher;
 use crate::secret::{Passphrase, Secrets};
 use crate::{Error, Result};
 
+mod tenants;
+
 /// Held by the daemon for as long as it serves a volume: one mount per volume.
 const LOCK_FILE: &str = ".envelopefs.lock";
 
@@ -109,9 +111,13 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     let _lock = lock_volume(&req.cipherdir)?;
     let header = Volume::read_live_header(&req.cipherdir)?;
     let kms = std::sync::Arc::new(kms::open(&header.kms_uri, &req.cipherdir, secrets.as_ref())?);
-    drop(secrets); // the passphrase is not kept for the life of the mount
     let vol = Arc::new(Volume::open_with_kms(&req.cipherdir, header.clone(), kms.as_ref())?);
     vol.files_removed()?; // a volume whose files were removed behind its back is not served
+                          // Each tenant's root is asked once, now (a tenant that cannot be opened is dark; the
+                          // rest is served): a KMS that is down shows at mount, never on the data path.
+    let tenant_secrets = tenants::TenantSecrets { outer_uri: header.kms_uri.clone(), mount: secrets.as_ref() };
+    let opened = crate::tenant::open_all(&vol, &tenant_secrets, req.read_only)?;
+    drop(secrets); // the passphrase is not kept for the life of the mount
     let scratch_file = control::scratch_path(&header.volume_id);
     control::ensure_runtime_dir()?;
     let setup = vol.setup_scratch(kms.as_ref(), &req.scratch, &scratch_file, req.read_only)?;
@@ -129,7 +135,9 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     }
     let keep_scratch = Arc::new(AtomicBool::new(req.read_only));
     let chown_new = nix::unistd::geteuid().is_root();
-    let fs = Arc::new(InodeFs::new(vol.clone(), req.read_only, chown_new)?);
+    let mut inode_fs = InodeFs::new(vol.clone(), req.read_only, chown_new)?;
+    let parts = tenants::add_to(&mut inode_fs, opened);
+    let fs = Arc::new(inode_fs);
     let cfg = MountConfig {
         read_only: req.read_only,
         allow_other: req.allow_other,
@@ -141,7 +149,8 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     let detached = Arc::new(AtomicBool::new(false));
     let watcher = watch_root(req, &header, &kms, &fs, mounted.invalidator(), detached.clone());
     let monitor = watcher.as_ref().map(Watcher::monitor);
-    let control = control_server(req, &header, vol.clone(), kms, keep_scratch.clone(), monitor);
+    let served = Arc::new(tenants::watch(req.recheck, req.read_only, parts, &fs, &mounted.invalidator()));
+    let control = control_server(req, &header, vol.clone(), kms, keep_scratch.clone(), monitor, served.clone());
     let mut unmount = mounted.unmounter();
     // Not the volume itself: its last holder commits it at the end, which must be `serve`.
     let dark = vol.dark_reason();
@@ -168,28 +177,59 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
         .map_err(|e| Error::io("", "spawn signal thread", e))?;
     tracing::info!(cipherdir = %req.cipherdir.display(), mountpoint = %req.mountpoint.display(), "mounted");
     ready();
-    let served = mounted.run().map_err(|e| Error::Fuse(e.to_string()));
+    let served_fuse = mounted.run().map_err(|e| Error::Fuse(e.to_string()));
     // No re-check once unmounted (a going dark under way finishes first).
     drop(watcher);
+    // The control thread holds the tenants (for status) and the volume: it goes first.
+    drop(control);
+    let served = close_tenants(served);
     if let Some(why) = vol.dark() {
         let e = Error::Revoked { path: req.cipherdir.clone(), reason: why.to_string() };
-        drop((control, fs, vol));
+        drop((fs, vol, served));
         tracing::info!("unmounted after going dark");
         return Err(e);
     }
     // Scratch dies with the mount unless `umount --keep-scratch` asked otherwise (or the
     // mount was read-only).
     let destroyed = if keep_scratch.load(Ordering::SeqCst) { Ok(0) } else { vol.destroy_scratch(&scratch_file) };
-    // The control thread holds the last other reference to the volume: stopping it, then
-    // dropping ours, drops the volume, which zeroizes every key and closes (checkpoints) the
-    // store.
-    drop(control);
+    // With the control thread stopped, dropping the file system and then our reference drops
+    // each volume, which zeroizes every key and closes (checkpoints) the store.
     drop(fs);
+    for (vol, lock) in served {
+        close(vol);
+        drop(lock);
+    }
     close(vol);
-    served?;
+    served_fuse?;
     let destroyed = destroyed?;
     tracing::info!(scratch_entries_destroyed = destroyed, "unmounted; keys zeroized");
     Ok(())
+}
+
+/// Stops the tenants' re-checks and returns their volumes, for closing once the file system
+/// (which holds them too) is dropped.
+fn close_tenants(served: Arc<Vec<tenants::Served>>) -> Vec<(Arc<Volume>, Flock<File>)> {
+    let mut served = served;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let list = loop {
+        match Arc::try_unwrap(served) {
+            Ok(list) => break list,
+            Err(again) if Instant::now() < deadline => {
+                served = again;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => return Vec::new(),
+        }
+    };
+    list.into_iter()
+        .filter_map(|s| {
+            drop(s.watcher);
+            match s.tenant.state {
+                crate::tenant::TenantState::Open { vol, _lock, .. } => Some((vol, _lock)),
+                crate::tenant::TenantState::Closed(_) => None,
+            }
+        })
+        .collect()
 }
 
 /// Drops the volume here, so that its last commit and the clearing of its mount marker
@@ -271,6 +311,10 @@ fn watch_root(
                 None => {}
             }
         }
+        // Every tenant with it: the mount goes away, and no key of it stays behind.
+        for t in fs.tenant_volumes() {
+            tenants::darken(&t, why, read_only);
+        }
         fs.forget_listings();
         let dropped = cached.drop_cached(&fs.inodes());
         tracing::info!(target: "envelopefs::audit", event = "dark", inodes_dropped = dropped,
@@ -310,6 +354,7 @@ fn control_server(
     kms: Arc<Audited>,
     keep_scratch: Arc<AtomicBool>,
     monitor: Option<Arc<crate::revocation::Monitor>>,
+    served: Arc<Vec<tenants::Served>>,
 ) -> Option<control::ControlServer> {
     let (cipherdir, mountpoint) = (req.cipherdir.clone(), req.mountpoint.clone());
     let started = std::time::Instant::now();
@@ -336,6 +381,7 @@ fn control_server(
             None => serde_json::json!({ "state": "off" }),
         };
         v["root_rotated_since_mount"] = status_vol.root_changed().unwrap_or(false).into();
+        v["tenants"] = tenants::status_json(&served);
         let scratch = status_vol.scratch_state();
         let loaded = scratch.key_id.is_some();
         v["scratch"] = control::scratch_json(&scratch, Some(loaded));

@@ -1,0 +1,144 @@
+//! The mount daemon's side of tenants: the PINs their roots get, a re-check of each
+//! tenant's root (a revoked one darkens that subtree only), and their lines in `status`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::format::hex;
+use crate::fs::{InodeFs, Volume};
+use crate::fuse::Invalidator;
+use crate::kms::{self, Kms, KmsUri};
+use crate::revocation::{Policy, Watcher};
+use crate::secret::{PassSource, Passphrase, Secrets};
+use crate::tenant::{Tenant, TenantState};
+use crate::{Error, Result};
+
+/// The secrets a tenant's root gets: the mount's PIN only for a token the volume's own root
+/// is on (a keystore passphrase never goes to a token); else `ENVELOPEFS_PIN_FILE`.
+pub(super) struct TenantSecrets<'a> {
+    pub outer_uri: String,
+    pub mount: &'a dyn Secrets,
+}
+
+impl Secrets for TenantSecrets<'_> {
+    fn passphrase(&self, keystore: &Path, _new: bool) -> Result<Passphrase> {
+        Err(Error::Passphrase(format!("{}: a tenant's root is never a keystore", keystore.display())))
+    }
+
+    fn pin(&self, token: &str) -> Result<Passphrase> {
+        match KmsUri::parse(&self.outer_uri) {
+            Ok(KmsUri::Pkcs11 { token: own, .. }) if own == token => self.mount.pin(token),
+            _ => PassSource::default().pin(token),
+        }
+    }
+}
+
+/// A tenant being served: its part in the file system and its root's re-checks.
+pub(super) struct Served {
+    pub tenant: Tenant,
+    pub watcher: Option<Watcher>,
+}
+
+/// Adds every tenant to `fs` (before it is shared); returns their parts.
+pub(super) fn add_to(fs: &mut InodeFs, tenants: Vec<Tenant>) -> Vec<(usize, Tenant)> {
+    tenants
+        .into_iter()
+        .map(|t| {
+            let part = match &t.state {
+                TenantState::Open { vol, .. } => Ok(vol.clone()),
+                TenantState::Closed(why) => Err(why.clone()),
+            };
+            (fs.add_tenant(t.entry.dir_id, part), t)
+        })
+        .collect()
+}
+
+/// Starts re-checking each open tenant's root, as the volume's own (`super::watch_root`):
+/// going dark drops the kernel's caches of the tenant's inodes, commits and drops the
+/// tenant's keys, and leaves the rest of the mount serving.
+pub(super) fn watch(
+    policy: Policy,
+    read_only: bool,
+    tenants: Vec<(usize, Tenant)>,
+    fs: &Arc<InodeFs>,
+    cached: &Invalidator,
+) -> Vec<Served> {
+    tenants
+        .into_iter()
+        .map(|(part, tenant)| {
+            let watcher = match (&tenant.state, policy.interval) {
+                (TenantState::Open { vol, kms, .. }, Some(_)) => {
+                    let (v, k) = (Arc::downgrade(vol), kms.clone());
+                    let check = move || {
+                        let Some(vol) = v.upgrade() else { return Ok(()) };
+                        let h = vol.header();
+                        drop(vol);
+                        k.recheck(&h.wrapped_kek, &kms::KmsContext::kek(h.volume_id, h.kek_generation))
+                    };
+                    let (fs, cached, id) = (fs.clone(), cached.clone(), tenant.entry.id);
+                    let dark = move |why: &str| {
+                        cached.drop_cached(&fs.inodes_of(part));
+                        if let Some(vol) = fs.tenant_volume(part) {
+                            darken(&vol, why, read_only);
+                        }
+                        fs.forget_listings();
+                        let dropped = cached.drop_cached(&fs.inodes_of(part));
+                        tracing::warn!(target: "envelopefs::audit", event = "tenant-dark", tenant = %hex(&id),
+                            inodes_dropped = dropped, "tenant keys zeroized; its subtree now fails with EKEYREVOKED");
+                    };
+                    match Watcher::start_for_tenant(hex(&tenant.entry.id), policy, check, dark) {
+                        Ok(w) => Some(w),
+                        Err(e) => {
+                            tracing::error!(tenant = %hex(&tenant.entry.id), "no re-checks of the tenant's root: {e}");
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            Served { tenant, watcher }
+        })
+        .collect()
+}
+
+/// Takes a tenant's volume dark (it has no scratch of its own).
+pub(super) fn darken(vol: &Volume, why: &str, read_only: bool) {
+    let none = crate::control::scratch_path(&vol.header().volume_id);
+    if let Some(report) = vol.go_dark(why, &none, read_only) {
+        for e in &report.not_committed {
+            tracing::error!(tenant = %hex(&vol.header().volume_id), "not committed before going dark: {e}");
+        }
+    }
+}
+
+/// The tenants' part of `status`.
+pub(super) fn status_json(served: &[Served]) -> serde_json::Value {
+    let one = |s: &Served| {
+        let e = &s.tenant.entry;
+        let mut v = serde_json::json!({ "id": hex(&e.id), "label": e.label, "root": e.kms_uri });
+        match &s.tenant.state {
+            TenantState::Closed(why) => {
+                v["state"] = "closed".into();
+                v["reason"] = why.clone().into();
+            }
+            TenantState::Open { vol, kms, .. } => {
+                v["state"] = if vol.dark().is_some() { "dark" } else { "open" }.into();
+                if let Some(why) = vol.dark() {
+                    v["reason"] = why.into();
+                }
+                if let Ok(stats) = vol.live_stats() {
+                    v["files"] = stats.files.into();
+                    v["wrapped_deks"] = stats.wrapped_deks.into();
+                }
+                let (wraps, unwraps) = kms.calls();
+                v["kms_calls"] = serde_json::json!({ "wrap": wraps, "unwrap": unwraps, "recheck": kms.rechecks() });
+            }
+        }
+        v["root_check"] = match &s.watcher {
+            Some(w) => w.monitor().status_json(),
+            None => serde_json::json!({ "state": "off" }),
+        };
+        v
+    };
+    served.iter().map(one).collect::<Vec<_>>().into()
+}

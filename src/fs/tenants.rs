@@ -1,0 +1,177 @@
+//! The volume's list of tenants (header feature bit 11, `tenants`).
+//!
+//! A tenant is a subtree whose files live in a volume of their own, with its own KEK under
+//! its own root, nested at `CIPHERDIR/tenants/<volume id>/`. The outer volume keeps one
+//! directory for it, the tenant's root (empty in the outer volume: its entries are the
+//! nested volume's), and one store row, `tenants`, listing every tenant: its nested volume's
+//! id, the id of that outer directory and its root's URI, sealed under the outer name key
+//! (purpose `Tenants`, context = the outer volume id). So nothing planted in CIPHERDIR makes
+//! a directory a tenant's, moves a tenant, or names its root; and the feature bit makes the
+//! row required, so a deleted row is an integrity error, not tenant directories that open
+//! as empty plain ones (whose new files would then be under the outer KEK).
+//!
+//! Owns the list's encoding and its row; the nested volumes are `crate::tenant`'s.
+
+use std::path::{Path, PathBuf};
+
+use super::volume::Volume;
+use crate::crypto::NamePurpose;
+use crate::format::codec::{put_var_bytes, Reader};
+use crate::format::{hex, DecodeError, FEATURE_TENANTS};
+use crate::store::Change;
+use crate::{Error, Result};
+
+/// The directory in CIPHERDIR that holds the tenants' volumes.
+pub const TENANTS_DIR: &str = "tenants";
+/// `meta` key of the sealed list.
+const TENANTS_ROW: &str = "tenants";
+/// More than any deployment of one volume needs; bounds the decoder.
+pub const MAX_TENANTS: usize = 4096;
+const MAX_URI: usize = 4096;
+const MAX_LABEL: usize = 4096;
+const VERSION: u8 = 1;
+
+/// One tenant, as the outer volume lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantEntry {
+    /// The nested volume's id (its directory under `tenants/` is named by it).
+    pub id: [u8; 16],
+    /// The id of the outer directory that is the tenant's root.
+    pub dir_id: [u8; 16],
+    /// The tenant's root (the nested volume's header must name the same).
+    pub kms_uri: String,
+    /// The path the tenant was added at (the directory may have moved since): for people.
+    pub label: String,
+}
+
+/// `version || u16 count || (id || dir_id || var uri || var label)*`.
+pub fn encode(list: &[TenantEntry]) -> Vec<u8> {
+    let mut out = vec![VERSION];
+    out.extend_from_slice(&u16::try_from(list.len()).expect("bounded by MAX_TENANTS").to_le_bytes());
+    for t in list {
+        out.extend_from_slice(&t.id);
+        out.extend_from_slice(&t.dir_id);
+        put_var_bytes(&mut out, t.kms_uri.as_bytes());
+        put_var_bytes(&mut out, t.label.as_bytes());
+    }
+    out
+}
+
+pub fn decode(buf: &[u8]) -> std::result::Result<Vec<TenantEntry>, DecodeError> {
+    let mut r = Reader::new(buf, "tenant list");
+    let version = r.u8("version")?;
+    if version != VERSION {
+        return Err(DecodeError::Unsupported(format!("tenant list version {version}")));
+    }
+    let count = usize::from(r.u16("count")?);
+    if count > MAX_TENANTS {
+        return Err(r.corrupt(format!("{count} tenants, more than {MAX_TENANTS}")));
+    }
+    let text = |b: &[u8], what: &str| {
+        String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Corrupt(format!("tenant list: {what} is not UTF-8")))
+    };
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let id = r.array("id")?;
+        let dir_id = r.array("dir id")?;
+        let kms_uri = text(r.var_bytes("root", 1, MAX_URI)?, "root")?;
+        let label = text(r.var_bytes("label", 0, MAX_LABEL)?, "label")?;
+        out.push(TenantEntry { id, dir_id, kms_uri, label });
+    }
+    r.finish()?;
+    Ok(out)
+}
+
+impl Volume {
+    /// Where tenant `id`'s volume lives.
+    pub fn tenant_dir(&self, id: &[u8; 16]) -> PathBuf {
+        self.cipherdir().join(TENANTS_DIR).join(hex(id))
+    }
+
+    /// The tenants, from the sealed row (none unless the header has feature `tenants`).
+    pub fn tenants(&self) -> Result<Vec<TenantEntry>> {
+        if self.header().features & FEATURE_TENANTS == 0 {
+            return Ok(Vec::new());
+        }
+        let store = self.store().path().to_path_buf();
+        let row = self.store().meta(TENANTS_ROW)?.ok_or_else(|| {
+            Error::integrity(&store, "the volume has tenants (header feature), but its tenant list is missing")
+        })?;
+        let vid = self.header().volume_id;
+        let open = |k: &crate::keys::NameKeys| k.open_random(NamePurpose::Tenants, &vid, &row).ok();
+        // Under the pending name key while a rotation moves it there.
+        let plain = open(&self.keys().names())
+            .or_else(|| self.keys().pending_names().and_then(|k| open(&k)))
+            .ok_or_else(|| Error::integrity(&store, "the tenant list does not authenticate (edited or planted)"))?;
+        decode(&plain).map_err(|e| Error::integrity(&store, e.to_string()))
+    }
+
+    /// Replaces the list (the first one sets the header feature, after the row is stored).
+    pub fn put_tenants(&self, list: &[TenantEntry]) -> Result<()> {
+        if list.len() > MAX_TENANTS {
+            return Err(Error::InvalidArgument(format!("a volume holds at most {MAX_TENANTS} tenants")));
+        }
+        let vid = self.header().volume_id;
+        let sealed = self.keys().names().seal_random(NamePurpose::Tenants, &vid, &encode(list));
+        let put = || self.store().apply(&[Change::PutMeta { key: TENANTS_ROW, value: &sealed }]);
+        if self.header().features & FEATURE_TENANTS != 0 {
+            return put();
+        }
+        if !self.upgrade(FEATURE_TENANTS, "recording the volume's first tenant", put)? {
+            return Err(Error::io(self.cipherdir(), "record the tenant list", std::io::Error::from_raw_os_error(30)));
+        }
+        Ok(())
+    }
+
+    /// The tenant whose root is the directory at `path`, if it is one.
+    pub fn tenant_at(&self, path: &Path) -> Result<Option<TenantEntry>> {
+        if self.header().features & FEATURE_TENANTS == 0 {
+            return Ok(None);
+        }
+        let id = self.directory_id(path)?;
+        Ok(self.tenants()?.into_iter().find(|t| t.dir_id == id))
+    }
+
+    /// The id of directory `path` (a plaintext path; cached), for telling tenant roots apart.
+    pub fn directory_id(&self, path: &Path) -> Result<[u8; 16]> {
+        self.open_dir(path, None).map(|(_, id)| id)
+    }
+
+    /// A KEK rotation's step for the list: re-sealed under the new name key (if it
+    /// authenticates under the old one). False if it authenticates under neither.
+    pub(super) fn move_tenant_list(&self, old: &crate::keys::NameKeys, new: &crate::keys::NameKeys) -> Result<bool> {
+        let Some(row) = self.store().meta(TENANTS_ROW)? else { return Ok(true) };
+        let vid = self.header().volume_id;
+        if new.open_random(NamePurpose::Tenants, &vid, &row).is_ok() {
+            return Ok(true);
+        }
+        let Ok(plain) = old.open_random(NamePurpose::Tenants, &vid, &row) else { return Ok(false) };
+        let sealed = new.seal_random(NamePurpose::Tenants, &vid, &plain);
+        self.store().apply(&[Change::PutMeta { key: TENANTS_ROW, value: &sealed }])?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u8) -> TenantEntry {
+        TenantEntry { id: [n; 16], dir_id: [n + 1; 16], kms_uri: format!("aws-kms:key-{n}"), label: format!("t{n}") }
+    }
+
+    #[test]
+    fn a_tenant_list_round_trips_and_rejects_trailing_or_short_bytes() {
+        let list = vec![entry(1), entry(7)];
+        let bytes = encode(&list);
+        assert_eq!(decode(&bytes).unwrap(), list);
+        assert_eq!(decode(&encode(&[])).unwrap(), Vec::new());
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(decode(&long).is_err());
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+        let mut other = bytes.clone();
+        other[0] = 9;
+        assert!(decode(&other).is_err());
+    }
+}

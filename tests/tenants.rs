@@ -1,0 +1,231 @@
+//! Tenants against real roots: a volume on one SoftHSM2 key with two tenants on two other
+//! key objects of the token, mounted. One tenant's key destroyed while mounted darkens its
+//! subtree only; a shredded tenant is gone from the listing and from CIPHERDIR, with nothing
+//! left that holds its KEK; renames and links across a tenant's boundary are EXDEV.
+
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::kms::SoftHsm;
+use common::mount::{ok, MountFixture};
+use common::pattern;
+use serde_json::Value;
+
+const EKEYREVOKED: i32 = 128;
+const EXDEV: i32 = 18;
+const EBUSY: i32 = 16;
+
+#[test]
+#[ignore = "a helper process, run by another test"]
+fn helper_destroy_key_object() {
+    common::kms::destroy_key_object_from_env();
+}
+
+fn status(m: &MountFixture) -> Value {
+    let o = m.run(&["status".as_ref(), m.mnt.as_os_str(), "--json".as_ref()]);
+    ok(&o);
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Polls `status` until `done` holds (commits are grouped: counts follow a moment later).
+fn wait_for(m: &MountFixture, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = status(m);
+        if done(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "waited 30 s for {what}: {v:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn tenant<'a>(v: &'a Value, label: &str) -> &'a Value {
+    v["tenants"].as_array().unwrap().iter().find(|t| t["label"] == label).unwrap_or_else(|| panic!("{label}: {v:#}"))
+}
+
+fn add(m: &MountFixture, dir: &str, uri: &str) -> String {
+    let o = m.run(&[
+        "tenant".as_ref(),
+        "add".as_ref(),
+        m.cipher.as_os_str(),
+        dir.as_ref(),
+        "--kms".as_ref(),
+        uri.as_ref(),
+        "--create-key".as_ref(),
+    ]);
+    ok(&o);
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>, what: &str) -> i32 {
+    r.expect_err(what).raw_os_error().unwrap_or_else(|| panic!("{what}: no errno"))
+}
+
+/// Every file under `dir`, recursively (regular files only).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let t = e.file_type().unwrap();
+        if t.is_dir() {
+            out.extend(files_under(&e.path()));
+        } else if t.is_file() {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_tenant_goes_dark_alone_and_a_shredded_tenant_leaves_nothing_that_holds_its_key() {
+    let hsm = SoftHsm::new();
+    let mut env = hsm.env();
+    env.push(("ENVELOPEFS_KMS_TIMEOUT".into(), "1".into()));
+    let mut m = MountFixture::new_with(&["--kms", &hsm.uri("vol-root"), "--create-key"], env);
+    fs::create_dir(m.p("projects")).unwrap();
+    m.unmount();
+
+    // A tenant is added offline, at a new directory; not over one that exists, not nested.
+    let said = add(&m, "projects/team-a", &hsm.uri("team-a"));
+    assert!(said.contains("/projects/team-a"), "{said}");
+    add(&m, "team-b", &hsm.uri("team-b"));
+    let o = m.run(&[
+        "tenant".as_ref(),
+        "add".as_ref(),
+        m.cipher.as_os_str(),
+        "projects".as_ref(),
+        "--kms".as_ref(),
+        hsm.uri("t3").as_ref(),
+        "--create-key".as_ref(),
+    ]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("already exists"), "{o:?}");
+    let o = m.run(&[
+        "tenant".as_ref(),
+        "add".as_ref(),
+        m.cipher.as_os_str(),
+        "team-b/inner".as_ref(),
+        "--kms".as_ref(),
+        hsm.uri("t4").as_ref(),
+        "--create-key".as_ref(),
+    ]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("do not nest"), "{o:?}");
+    let o = m.run(&[
+        "tenant".as_ref(),
+        "add".as_ref(),
+        m.cipher.as_os_str(),
+        "team-c".as_ref(),
+        "--kms".as_ref(),
+        "local:keystore-c".as_ref(),
+    ]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("HSM key"), "{o:?}");
+
+    m.mount_with(&["--recheck-root", "1s"]);
+    let (a, b, outer) = (pattern(1, 200_000), pattern(2, 90_000), pattern(3, 50_000));
+    fs::write(m.p("projects/team-a/a.bin"), &a).unwrap();
+    fs::create_dir(m.p("projects/team-a/sub")).unwrap();
+    fs::write(m.p("projects/team-a/sub/deep"), b"deep").unwrap();
+    fs::write(m.p("team-b/b.bin"), &b).unwrap();
+    fs::write(m.p("outer.bin"), &outer).unwrap();
+    let mut names: Vec<String> =
+        fs::read_dir(m.p("projects/team-a")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["a.bin", "sub"]);
+    assert_eq!(fs::read(m.p("projects/team-a/a.bin")).unwrap(), a);
+
+    // The tenant's files are in its own volume, not the outer one.
+    let v = wait_for(&m, "the files committed", |v| tenant(v, "/projects/team-a")["files"] == 2 && v["files"] == 1);
+    let ta = tenant(&v, "/projects/team-a");
+    assert_eq!(ta["state"], "open", "{v:#}");
+    assert_eq!(tenant(&v, "/team-b")["files"], 1, "{v:#}");
+    let a_dir = m.cipher.join("tenants").join(ta["id"].as_str().unwrap());
+    assert!(files_under(&a_dir.join("data")).len() >= 2);
+
+    // The boundary: no rename or hard link across it, and its root stays.
+    assert_eq!(errno_of(fs::rename(m.p("projects/team-a/a.bin"), m.p("moved")), "rename out"), EXDEV);
+    assert_eq!(errno_of(fs::rename(m.p("outer.bin"), m.p("team-b/in")), "rename in"), EXDEV);
+    assert_eq!(errno_of(fs::rename(m.p("team-b/b.bin"), m.p("projects/team-a/b")), "tenant to tenant"), EXDEV);
+    assert_eq!(errno_of(fs::hard_link(m.p("team-b/b.bin"), m.p("b-link")), "link out"), EXDEV);
+    assert_eq!(errno_of(fs::remove_dir(m.p("team-b")), "rmdir a tenant's root"), EBUSY);
+    fs::create_dir(m.p("empty")).unwrap();
+    assert_eq!(errno_of(fs::rename(m.p("empty"), m.p("team-b")), "rename over a tenant's root"), EBUSY);
+    fs::rename(m.p("projects/team-a/a.bin"), m.p("projects/team-a/sub/a.bin")).unwrap();
+    assert_eq!(fs::read(m.p("projects/team-a/sub/a.bin")).unwrap(), a, "renames inside a tenant work");
+
+    // Team A's key object destroyed: its subtree goes dark, also a file held open; the rest
+    // of the volume goes on serving, reads and writes.
+    let mut held = fs::File::open(m.p("projects/team-a/sub/a.bin")).unwrap();
+    held.read_to_end(&mut Vec::new()).unwrap();
+    hsm.destroy_in_helper("team-a");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while held.read_at(&mut [0u8; 4096], 0).is_ok() {
+        assert!(Instant::now() < deadline, "a tenant whose key object is gone still serves after 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(errno_of(held.read_at(&mut [0u8; 4096], 100_000), "uncached page"), EKEYREVOKED);
+    assert_eq!(errno_of(fs::read(m.p("projects/team-a/sub/deep")), "a dark tenant's file"), EKEYREVOKED);
+    assert_eq!(errno_of(fs::write(m.p("projects/team-a/new"), b"x"), "a write into a dark tenant"), EKEYREVOKED);
+    assert_eq!(fs::read(m.p("team-b/b.bin")).unwrap(), b, "the other tenant is untouched");
+    assert_eq!(fs::read(m.p("outer.bin")).unwrap(), outer);
+    fs::write(m.p("team-b/later"), b"later").unwrap();
+    fs::write(m.p("outer-later"), b"later").unwrap();
+    let v = status(&m);
+    let ta = tenant(&v, "/projects/team-a");
+    assert_eq!(ta["state"], "dark", "{v:#}");
+    assert_eq!(ta["root_check"]["state"], "revoked", "{v:#}");
+    assert_eq!(tenant(&v, "/team-b")["state"], "open", "{v:#}");
+    assert_eq!(v["mounted"], true);
+    let log = v["log"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fs::read_to_string(&log).unwrap().contains("tenant-dark") {
+        assert!(Instant::now() < deadline, "no tenant-dark event: {}", fs::read_to_string(&log).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let id = ta["id"].as_str().unwrap();
+    let said = fs::read_to_string(&log).unwrap();
+    let revoked = said.lines().find(|l| l.contains("root-revoked")).unwrap();
+    assert!(revoked.contains(id), "the event names the tenant: {revoked}");
+    drop(held);
+
+    // Remounted without team A's key: its subtree is dark from the start, the rest served.
+    m.unmount();
+    m.mount();
+    let v = status(&m);
+    assert_eq!(tenant(&v, "/projects/team-a")["state"], "closed", "{v:#}");
+    let listed = fs::read_dir(m.p("projects/team-a")).and_then(|mut d| d.next().transpose());
+    assert_eq!(errno_of(listed, "list a closed tenant"), EKEYREVOKED);
+    assert_eq!(errno_of(fs::metadata(m.p("projects/team-a/sub")), "look up in a closed tenant"), EKEYREVOKED);
+    assert_eq!(fs::read(m.p("team-b/later")).unwrap(), b"later");
+    m.unmount();
+
+    // Shredding team B: what holds its KEK (the wrapped copy in its header) is destroyed,
+    // its directory and files go; the rest is untouched.
+    let b_id = tenant(&v, "/team-b")["id"].as_str().unwrap().to_string();
+    let b_dir = m.cipher.join("tenants").join(&b_id);
+    let header = envelopefs::format::VolumeHeader::decode(&fs::read(b_dir.join("envelopefs.conf")).unwrap()).unwrap();
+    let o = m.run(&["shred".as_ref(), m.cipher.as_os_str(), "--tenant".as_ref(), "/team-b".as_ref(), "--yes".as_ref()]);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("shredded"), "{o:?}");
+    assert!(!b_dir.exists());
+    for f in files_under(&m.cipher) {
+        let bytes = fs::read(&f).unwrap();
+        assert!(!contains(&bytes, &header.wrapped_kek), "{} holds the shredded tenant's wrapped KEK", f.display());
+        assert!(!contains(&bytes, &header.wrapped_name_key), "{} holds its wrapped name key", f.display());
+    }
+    let o = m.run(&["fsck".as_ref(), m.cipher.as_os_str()]);
+    assert!(o.status.success(), "fsck after a tenant shred: {}", String::from_utf8_lossy(&o.stdout));
+    m.mount();
+    assert!(!m.p("team-b").exists(), "a shredded tenant is gone from the listing");
+    assert_eq!(fs::read(m.p("outer.bin")).unwrap(), outer);
+    assert_eq!(fs::read(m.p("outer-later")).unwrap(), b"later");
+    let v = status(&m);
+    assert_eq!(v["tenants"].as_array().unwrap().len(), 1, "{v:#}");
+}
