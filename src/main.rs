@@ -150,6 +150,10 @@ enum Command {
     #[command(group(clap::ArgGroup::new("mode").required(true).args(["kek", "rekey", "root"])))]
     Rotate {
         cipherdir: PathBuf,
+        /// With --kek: rotate the KEK of the tenant whose root is DIR (a path inside the
+        /// volume) instead of the volume's. (--rekey finds the tenant of each path itself.)
+        #[arg(long, value_name = "DIR", requires = "kek")]
+        tenant: Option<PathBuf>,
         /// Replace the root key: a new embedded keystore key, a new HSM key object (--to, or
         /// an automatic label), or a re-wrap under the KMS key's current material (or --to).
         #[arg(long)]
@@ -437,6 +441,9 @@ fn run(cmd: Command) -> Result<()> {
             parse_mount_options(&options, &mut req, &mut pass)?;
             mount(req, foreground, daemon_child, pass)
         }
+        Command::Rotate { cipherdir, kek: true, tenant: Some(dir), pass, .. } => {
+            rotate_tenant_kek(&cipherdir, &dir, &pass)
+        }
         Command::Rotate { cipherdir, kek: true, pass, .. } => rotate_kek(&cipherdir, pass),
         Command::Rotate { cipherdir, root: true, to, create_key, pass, .. } => {
             let header = Volume::read_live_header(&cipherdir)?;
@@ -487,8 +494,18 @@ fn run(cmd: Command) -> Result<()> {
             }
             let _lock = envelopefs::daemon::lock_volume(&cipherdir)?;
             let vol = Volume::open(&cipherdir, &pass.source())?;
+            let mut tenants: Vec<envelopefs::tenant::Opened> = Vec::new();
             for path in &rekey {
-                let bytes = vol.rekey(path)?;
+                let bytes = match envelopefs::tenant::route(&vol, path)? {
+                    None => vol.rekey(path)?,
+                    Some((t, rest)) => {
+                        if !tenants.iter().any(|o| o.entry.id == t.id) {
+                            tenants.push(envelopefs::tenant::open(&vol, &t, &pass.source())?);
+                        }
+                        let o = tenants.iter().find(|o| o.entry.id == t.id).expect("opened above");
+                        o.vol.rekey(&rest)?
+                    }
+                };
                 println!("{}: {bytes} bytes re-encrypted under fresh DEKs.", path.display());
             }
             Ok(())
@@ -613,6 +630,34 @@ fn unmounted(cipherdir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
         )));
     }
     envelopefs::daemon::lock_volume(cipherdir)
+}
+
+/// `rotate --kek --tenant DIR`: through the mount's daemon, or offline.
+fn rotate_tenant_kek(cipherdir: &Path, dir: &Path, pass: &PassArgs) -> Result<()> {
+    let header = Volume::read_live_header(cipherdir)?;
+    let (old, new, left) = if let Some(sock) = daemon_of(cipherdir, &header) {
+        let mut req = control::request_for(cipherdir, "rotate-kek");
+        req["tenant"] = dir.to_string_lossy().into_owned().into();
+        let v = control::query(&sock, &req).ok_or_else(|| Error::Fuse("the mount's daemon did not answer".into()))?;
+        let v = control::reply_result(v)?;
+        let left: Vec<String> =
+            v["left"].as_array().into_iter().flatten().filter_map(|l| l.as_str().map(String::from)).collect();
+        (v["old_kek_id"].as_str().unwrap_or("?").to_string(), v["kek_id"].as_str().unwrap_or("?").to_string(), left)
+    } else {
+        let _lock = envelopefs::daemon::lock_volume(cipherdir)?;
+        let vol = Volume::open(cipherdir, &pass.source())?;
+        let entry = envelopefs::tenant::named(&vol, dir)?;
+        let t = envelopefs::tenant::open(&vol, &entry, &pass.source())?;
+        let old = hex(&t.vol.header().kek_id);
+        let new = if t.vol.finished_rotation_at_open() {
+            t.vol.header()
+        } else {
+            t.vol.rotate_kek(&t.kms, &mut |_, _, _| {})?
+        };
+        (old, hex(&new.kek_id), t.vol.rotation_left())
+    };
+    println!("KEK of tenant {} rotated: {old} -> {new} (no data rewritten).", dir.display());
+    rotation_left(cipherdir, &left)
 }
 
 fn tenant_add(cipherdir: &Path, dir: &Path, uri: &str, create_key: bool, pass: &PassArgs) -> Result<()> {
@@ -955,6 +1000,21 @@ fn status(target: &Path, json: bool) -> Result<()> {
     }
     let Some(obj) = v.as_object() else { return Ok(()) };
     for (k, val) in obj {
+        if k == "tenants" {
+            for t in val.as_array().into_iter().flatten() {
+                let s = |f: &str| t[f].as_str().unwrap_or("").to_string();
+                println!(
+                    "{:<16} {} {} (id {}, root {}{})",
+                    "tenant:",
+                    s("label"),
+                    s("state"),
+                    s("id"),
+                    s("root"),
+                    t["reason"].as_str().map(|r| format!("; {r}")).unwrap_or_default()
+                );
+            }
+            continue;
+        }
         let shown = match val {
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Object(_) => val.to_string(),
@@ -1004,13 +1064,32 @@ fn upgrade(cipherdir: &Path, pass: &PassArgs) -> Result<()> {
 fn fsck(cipherdir: &Path, repair: bool, pass: &PassArgs) -> Result<()> {
     let _lock = envelopefs::daemon::lock_volume(cipherdir)?;
     let vol = Volume::open(cipherdir, &pass.source())?;
-    let report = vol.fsck(repair)?;
+    let mut left = print_fsck(cipherdir, "", &vol.fsck(repair)?);
+    // Each tenant is a volume of its own, checked with its own keys.
+    for entry in vol.tenants()? {
+        let checked = envelopefs::tenant::open(&vol, &entry, &pass.source()).and_then(|t| t.vol.fsck(repair));
+        match checked {
+            Ok(report) => left += print_fsck(cipherdir, &format!("tenant {}: ", entry.label), &report),
+            Err(e) => {
+                println!("tenant {} ({}): cannot be checked: {e}", entry.label, hex(&entry.id));
+                left += 1;
+            }
+        }
+    }
+    match left {
+        0 => Ok(()),
+        count => Err(Error::Unrepaired { path: cipherdir.to_path_buf(), count }),
+    }
+}
+
+/// Prints one volume's fsck report (`what` names a tenant); returns its unrepaired problems.
+fn print_fsck(cipherdir: &Path, what: &str, report: &envelopefs::fs::FsckReport) -> usize {
     if report.unclean {
-        println!("{}: was not unmounted cleanly (a mount was killed or crashed)", cipherdir.display());
+        println!("{what}{}: was not unmounted cleanly (a mount was killed or crashed)", cipherdir.display());
     }
     for p in &report.problems {
         let leftover = if p.crash_leftover { " (crash leftover)" } else { "" };
-        println!("{}: {}{leftover}: {}", p.path.display(), p.kind.name(), p.detail);
+        println!("{what}{}: {}{leftover}: {}", p.path.display(), p.kind.name(), p.detail);
         if let Some(done) = &p.repaired {
             println!("  repaired: {done}");
         }
@@ -1019,7 +1098,7 @@ fn fsck(cipherdir: &Path, repair: bool, pass: &PassArgs) -> Result<()> {
         println!("/{}: scratch directory, not checked", s.display());
     }
     println!(
-        "{}: {} directories, {} files, {} blocks checked; {} problem(s), {} repaired; {} in lost+found",
+        "{what}{}: {} directories, {} files, {} blocks checked; {} problem(s), {} repaired; {} in lost+found",
         cipherdir.display(),
         report.dirs,
         report.files,
@@ -1028,8 +1107,5 @@ fn fsck(cipherdir: &Path, repair: bool, pass: &PassArgs) -> Result<()> {
         report.problems.iter().filter(|p| p.repaired.is_some()).count(),
         report.lost_found
     );
-    match report.problems.iter().filter(|p| p.repaired.is_none()).count() {
-        0 => Ok(()),
-        count => Err(Error::Unrepaired { path: cipherdir.to_path_buf(), count }),
-    }
+    report.problems.iter().filter(|p| p.repaired.is_none()).count()
 }

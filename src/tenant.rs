@@ -192,6 +192,20 @@ pub fn open_all(outer: &Volume, secrets: &dyn Secrets, read_only: bool) -> Resul
 }
 
 fn open_one(entry: &TenantEntry, dir: &Path, secrets: &dyn Secrets, read_only: bool) -> Result<TenantState> {
+    let (vol, kms, lock) = open_at(entry, dir, secrets)?;
+    vol.files_removed()?;
+    if !read_only {
+        if let Some(report) = vol.begin_mount()? {
+            tracing::info!(tenant = %hex(&entry.id), problems = report.problems.len(), "tenant recovered after an unclean shutdown");
+        }
+    }
+    tracing::info!(tenant = %hex(&entry.id), label = %entry.label, root = %entry.kms_uri, "tenant opened");
+    Ok(TenantState::Open { vol: Arc::new(vol), kms: Arc::new(kms), _lock: lock })
+}
+
+/// Opens the volume of tenant `entry` in `dir`, checked against the list first: its id and
+/// root must be the ones the list names, and the root an HSM or KMS key.
+fn open_at(entry: &TenantEntry, dir: &Path, secrets: &dyn Secrets) -> Result<(Volume, Audited, Flock<File>)> {
     let lock = crate::daemon::lock_volume(dir)?;
     let header = Volume::read_live_header(dir)?;
     if header.volume_id != entry.id {
@@ -204,16 +218,61 @@ fn open_one(entry: &TenantEntry, dir: &Path, secrets: &dyn Secrets, read_only: b
         ));
     }
     check_tenant_root(&header.kms_uri)?;
-    let kms = Arc::new(kms::open(&header.kms_uri, dir, secrets)?);
-    let vol = Arc::new(Volume::open_with_kms(dir, header, kms.as_ref())?);
-    vol.files_removed()?;
-    if !read_only {
-        if let Some(report) = vol.begin_mount()? {
-            tracing::info!(tenant = %hex(&entry.id), problems = report.problems.len(), "tenant recovered after an unclean shutdown");
+    let kms = kms::open(&header.kms_uri, dir, secrets)?;
+    let vol = Volume::open_with_kms(dir, header, &kms)?;
+    Ok((vol, kms, lock))
+}
+
+/// A tenant's volume opened for a command on the unmounted volume `outer` (`fsck`,
+/// `rotate`), with its root and its lock.
+pub struct Opened {
+    pub entry: TenantEntry,
+    pub vol: Volume,
+    pub kms: Audited,
+    _lock: Flock<File>,
+}
+
+/// Opens tenant `entry` of the unmounted volume `outer`.
+pub fn open(outer: &Volume, entry: &TenantEntry, secrets: &dyn Secrets) -> Result<Opened> {
+    let dir = place_of(outer, entry)?
+        .ok_or_else(|| Error::integrity(outer.tenant_dir(&entry.id), "the tenant's volume is missing"))?;
+    let (vol, kms, lock) = open_at(entry, &dir, secrets)?;
+    Ok(Opened { entry: entry.clone(), vol, kms, _lock: lock })
+}
+
+/// The tenant whose subtree holds `path` (a path inside the volume), and the path inside
+/// the tenant; `None` for a path of the volume's own.
+pub fn route(outer: &Volume, path: &Path) -> Result<Option<(TenantEntry, PathBuf)>> {
+    let list = outer.tenants()?;
+    if list.is_empty() {
+        return Ok(None);
+    }
+    let path = volume_path(path)?;
+    let mut prefix = PathBuf::new();
+    for (i, c) in path.components().enumerate() {
+        prefix.push(c);
+        match outer.stat(&prefix) {
+            Ok(s) if s.kind == crate::fs::EntryKind::Directory => {}
+            _ => return Ok(None),
+        }
+        let id = outer.directory_id(&prefix)?;
+        if let Some(t) = list.iter().find(|t| t.dir_id == id) {
+            let rest: PathBuf = path.components().skip(i + 1).collect();
+            return Ok(Some((t.clone(), rest)));
         }
     }
-    tracing::info!(tenant = %hex(&entry.id), label = %entry.label, root = %entry.kms_uri, "tenant opened");
-    Ok(TenantState::Open { vol, kms, _lock: lock })
+    Ok(None)
+}
+
+/// The tenant whose root is `dir` exactly (for commands that name a tenant).
+pub fn named(outer: &Volume, dir: &Path) -> Result<TenantEntry> {
+    match route(outer, dir)? {
+        Some((t, rest)) if rest.as_os_str().is_empty() => Ok(t),
+        _ => Err(Error::InvalidArgument(format!(
+            "{}: not a tenant's root (`envelopefs status` lists them)",
+            dir.display()
+        ))),
+    }
 }
 
 /// What `shred --tenant` did.
@@ -230,10 +289,8 @@ pub struct TenantShred {
 /// its volume's files are removed. A crash after the first step leaves a tenant that opens
 /// dark ("shredded"), and running the shred again finishes it.
 pub fn shred(outer: &Volume, dir: &Path) -> Result<TenantShred> {
+    let entry = named(outer, dir)?;
     let dir = volume_path(dir)?;
-    let entry = outer.tenant_at(&dir)?.ok_or_else(|| {
-        Error::InvalidArgument(format!("/{}: not a tenant's root (`envelopefs status` lists them)", dir.display()))
-    })?;
     let place = place_of(outer, &entry)?;
     if let Some(place) = &place {
         let _lock = crate::daemon::lock_volume(place)?;

@@ -8,7 +8,6 @@ mod common;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::kms::SoftHsm;
@@ -49,6 +48,7 @@ fn tenant<'a>(v: &'a Value, label: &str) -> &'a Value {
     v["tenants"].as_array().unwrap().iter().find(|t| t["label"] == label).unwrap_or_else(|| panic!("{label}: {v:#}"))
 }
 
+/// `tenant add`; returns what it said (which names the tenant's id first).
 fn add(m: &MountFixture, dir: &str, uri: &str) -> String {
     let o = m.run(&[
         "tenant".as_ref(),
@@ -65,24 +65,6 @@ fn add(m: &MountFixture, dir: &str, uri: &str) -> String {
 
 fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>, what: &str) -> i32 {
     r.expect_err(what).raw_os_error().unwrap_or_else(|| panic!("{what}: no errno"))
-}
-
-/// Every file under `dir`, recursively (regular files only).
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let t = e.file_type().unwrap();
-        if t.is_dir() {
-            out.extend(files_under(&e.path()));
-        } else if t.is_file() {
-            out.push(e.path());
-        }
-    }
-    out
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[test]
@@ -147,7 +129,7 @@ fn a_tenant_goes_dark_alone_and_a_shredded_tenant_leaves_nothing_that_holds_its_
     assert_eq!(ta["state"], "open", "{v:#}");
     assert_eq!(tenant(&v, "/team-b")["files"], 1, "{v:#}");
     let a_dir = m.cipher.join("tenants").join(ta["id"].as_str().unwrap());
-    assert!(files_under(&a_dir.join("data")).len() >= 2);
+    assert!(common::all_files(&a_dir.join("data")).len() >= 2);
 
     // The boundary: no rename or hard link across it, and its root stays.
     assert_eq!(errno_of(fs::rename(m.p("projects/team-a/a.bin"), m.p("moved")), "rename out"), EXDEV);
@@ -159,6 +141,20 @@ fn a_tenant_goes_dark_alone_and_a_shredded_tenant_leaves_nothing_that_holds_its_
     assert_eq!(errno_of(fs::rename(m.p("empty"), m.p("team-b")), "rename over a tenant's root"), EBUSY);
     fs::rename(m.p("projects/team-a/a.bin"), m.p("projects/team-a/sub/a.bin")).unwrap();
     assert_eq!(fs::read(m.p("projects/team-a/sub/a.bin")).unwrap(), a, "renames inside a tenant work");
+
+    // Per tenant, while mounted: its KEK rotated, a file of it re-encrypted under fresh DEKs.
+    let o = m.run(&["rotate".as_ref(), m.cipher.as_os_str(), "--kek".as_ref(), "--tenant".as_ref(), "team-b".as_ref()]);
+    ok(&o);
+    let said = String::from_utf8_lossy(&o.stdout).to_string();
+    let (from, to) = said.trim_end().rsplit_once(": ").unwrap().1.split_once(" -> ").unwrap();
+    assert_ne!(from, to.split(' ').next().unwrap(), "{said}");
+    let o = m.run(&["rotate".as_ref(), m.cipher.as_os_str(), "--rekey".as_ref(), "/team-b/b.bin".as_ref()]);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("90000 bytes re-encrypted"), "{o:?}");
+    assert_eq!(fs::read(m.p("team-b/b.bin")).unwrap(), b);
+    let o =
+        m.run(&["rotate".as_ref(), m.cipher.as_os_str(), "--kek".as_ref(), "--tenant".as_ref(), "projects".as_ref()]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not a tenant's root"), "{o:?}");
 
     // Team A's key object destroyed: its subtree goes dark, also a file held open; the rest
     // of the volume goes on serving, reads and writes.
@@ -205,6 +201,16 @@ fn a_tenant_goes_dark_alone_and_a_shredded_tenant_leaves_nothing_that_holds_its_
     assert_eq!(errno_of(fs::metadata(m.p("projects/team-a/sub")), "look up in a closed tenant"), EKEYREVOKED);
     assert_eq!(fs::read(m.p("team-b/later")).unwrap(), b"later");
     m.unmount();
+    // fsck checks every tenant with its own keys, and says which one it cannot open.
+    let o = m.run(&["fsck".as_ref(), m.cipher.as_os_str()]);
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(4), "{said}");
+    assert!(said.contains("tenant /projects/team-a") && said.contains("cannot be checked"), "{said}");
+    assert!(said.contains("tenant /team-b: "), "{said}");
+    // Offline, a tenant's KEK rotates too.
+    let o =
+        m.run(&["rotate".as_ref(), m.cipher.as_os_str(), "--kek".as_ref(), "--tenant".as_ref(), "/team-b".as_ref()]);
+    ok(&o);
 
     // Shredding team B: what holds its KEK (the wrapped copy in its header) is destroyed,
     // its directory and files go; the rest is untouched.
@@ -215,17 +221,120 @@ fn a_tenant_goes_dark_alone_and_a_shredded_tenant_leaves_nothing_that_holds_its_
     ok(&o);
     assert!(String::from_utf8_lossy(&o.stdout).contains("shredded"), "{o:?}");
     assert!(!b_dir.exists());
-    for f in files_under(&m.cipher) {
+    for f in common::all_files(&m.cipher) {
         let bytes = fs::read(&f).unwrap();
-        assert!(!contains(&bytes, &header.wrapped_kek), "{} holds the shredded tenant's wrapped KEK", f.display());
-        assert!(!contains(&bytes, &header.wrapped_name_key), "{} holds its wrapped name key", f.display());
+        assert!(
+            !common::contains(&bytes, &header.wrapped_kek),
+            "{} holds the shredded tenant's wrapped KEK",
+            f.display()
+        );
+        assert!(!common::contains(&bytes, &header.wrapped_name_key), "{} holds its wrapped name key", f.display());
     }
+    // The volume itself checks clean (team A, whose key is gone, is what fsck still names).
     let o = m.run(&["fsck".as_ref(), m.cipher.as_os_str()]);
-    assert!(o.status.success(), "fsck after a tenant shred: {}", String::from_utf8_lossy(&o.stdout));
+    let said = String::from_utf8_lossy(&o.stdout);
+    let own = said.lines().next().unwrap();
+    assert!(own.contains(" 0 problem(s)"), "fsck after a tenant shred: {said}");
+    assert!(!said.contains("team-b") && said.lines().count() == 2, "{said}");
     m.mount();
     assert!(!m.p("team-b").exists(), "a shredded tenant is gone from the listing");
     assert_eq!(fs::read(m.p("outer.bin")).unwrap(), outer);
     assert_eq!(fs::read(m.p("outer-later")).unwrap(), b"later");
     let v = status(&m);
     assert_eq!(v["tenants"].as_array().unwrap().len(), 1, "{v:#}");
+}
+
+/// The id `tenant add` reported.
+fn id_in(said: &str) -> String {
+    said.split_whitespace().nth(1).unwrap().to_string()
+}
+
+/// A volume on the token's key "vol-root" with tenants at /a and /b (keys "a" and "b"),
+/// each holding a file; unmounted. Returns the fixture and the tenants' ids.
+fn with_two_tenants(hsm: &SoftHsm) -> (MountFixture, String, String) {
+    let mut m = MountFixture::new_with(&["--kms", &hsm.uri("vol-root"), "--create-key"], hsm.env());
+    fs::write(m.p("outer"), b"outer").unwrap();
+    m.unmount();
+    let a = id_in(&add(&m, "a", &hsm.uri("a")));
+    let b = id_in(&add(&m, "b", &hsm.uri("b")));
+    m.mount();
+    fs::write(m.p("a/file"), b"tenant a").unwrap();
+    fs::write(m.p("b/file"), b"tenant b").unwrap();
+    m.unmount();
+    (m, a, b)
+}
+
+fn meta_db(m: &MountFixture) -> rusqlite::Connection {
+    rusqlite::Connection::open(m.cipher.join("meta.db")).unwrap()
+}
+
+/// CIPHERDIR is hostile (DESIGN.md §7): the tenant list is sealed and required, and what
+/// lies under `tenants/` is checked against it before anything there is opened.
+#[test]
+fn a_planted_or_edited_tenant_list_or_tenant_volume_is_refused_and_nothing_is_written_to_it() {
+    let hsm = SoftHsm::new();
+    let (mut m, a, b) = with_two_tenants(&hsm);
+    let tenants = m.cipher.join("tenants");
+
+    // The list deleted: the volume says it has tenants (header feature), so no mount.
+    let row: Vec<u8> = meta_db(&m).query_row("SELECT value FROM meta WHERE key = 'tenants'", [], |r| r.get(0)).unwrap();
+    meta_db(&m).execute("DELETE FROM meta WHERE key = 'tenants'", []).unwrap();
+    let o = m.try_mount(&[]);
+    assert!(!o.status.success(), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tenant list is missing"), "{o:?}");
+    // Edited (one bit): it does not authenticate.
+    let mut edited = row.clone();
+    edited[20] ^= 1;
+    meta_db(&m).execute("INSERT INTO meta (key, value) VALUES ('tenants', ?1)", [&edited]).unwrap();
+    let o = m.try_mount(&[]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tenant list does not authenticate"), "{o:?}");
+    meta_db(&m).execute("UPDATE meta SET value = ?1 WHERE key = 'tenants'", [&row]).unwrap();
+
+    // Tenant A's volume swapped with B's: each names the other's volume id, so neither is
+    // opened (and neither is written to); the rest is served.
+    let (ta, tb) = (tenants.join(&a), tenants.join(&b));
+    let swap = tenants.join("swap");
+    fs::rename(&ta, &swap).unwrap();
+    fs::rename(&tb, &ta).unwrap();
+    fs::rename(&swap, &tb).unwrap();
+    let before: Vec<(std::path::PathBuf, Vec<u8>)> = common::all_files(&tenants)
+        .into_iter()
+        .map(|f| {
+            let b = fs::read(&f).unwrap();
+            (f, b)
+        })
+        .collect();
+    m.mount();
+    let v = status(&m);
+    for label in ["/a", "/b"] {
+        let t = tenant(&v, label);
+        assert_eq!(t["state"], "closed", "{v:#}");
+        assert!(t["reason"].as_str().unwrap().contains("not the tenant's"), "{v:#}");
+    }
+    assert_eq!(errno_of(fs::read(m.p("a/file")), "a swapped tenant"), EKEYREVOKED);
+    assert_eq!(fs::read(m.p("outer")).unwrap(), b"outer");
+    m.unmount();
+    for (f, bytes) in before {
+        if f.file_name().is_some_and(|n| n == ".lock") {
+            continue;
+        }
+        assert_eq!(fs::read(&f).unwrap(), bytes, "{} was written to", f.display());
+    }
+    fs::rename(&ta, &swap).unwrap();
+    fs::rename(&tb, &ta).unwrap();
+    fs::rename(&swap, &tb).unwrap();
+
+    // A symlink planted for tenant A's volume (to B's): refused, not followed.
+    let aside = tenants.join("a-aside");
+    fs::rename(&ta, &aside).unwrap();
+    std::os::unix::fs::symlink(&tb, &ta).unwrap();
+    m.mount();
+    let v = status(&m);
+    assert!(tenant(&v, "/a")["reason"].as_str().unwrap().contains("planted"), "{v:#}");
+    assert_eq!(fs::read(m.p("b/file")).unwrap(), b"tenant b", "B is served as itself");
+    m.unmount();
+    fs::remove_file(&ta).unwrap();
+    fs::rename(&aside, &ta).unwrap();
+    m.mount();
+    assert_eq!(fs::read(m.p("a/file")).unwrap(), b"tenant a", "put back, A is served again");
 }

@@ -362,6 +362,7 @@ fn control_server(
     // rotation fails on its own, refused by the key ring and the store).
     let rotation = std::sync::Mutex::new(());
     let status_vol = vol.clone();
+    let served_ops = served.clone();
     let status = move |kms: &Audited| {
         let stats = status_vol.live_stats();
         let (files, deks, since) =
@@ -402,6 +403,20 @@ fn control_server(
     let own = std::fs::canonicalize(&req.cipherdir).unwrap_or_else(|_| req.cipherdir.clone());
     let dispatch = move |op: &str, request: &serde_json::Value| match op {
         "status" => status(&kms),
+        "rotate-kek" if request["tenant"].is_string() => {
+            let dir = Path::new(request["tenant"].as_str().unwrap_or_default());
+            let rotated = tenants::named(&vol, &served_ops, dir).and_then(|(tvol, tkms)| {
+                let _one_at_a_time = one_at_a_time(&rotation, tvol)?;
+                let old = crate::format::hex(&tvol.header().kek_id);
+                let h = tvol.rotate_kek(tkms, &mut |_, _, _| {})?;
+                Ok(serde_json::json!({
+                    "old_kek_id": old,
+                    "kek_id": crate::format::hex(&h.kek_id),
+                    "left": tvol.rotation_left(),
+                }))
+            });
+            rotated.unwrap_or_else(|e| control::error_reply(&e))
+        }
         "rotate-kek" => {
             let _one_at_a_time = match one_at_a_time(&rotation, &vol) {
                 Ok(guard) => guard,
@@ -435,7 +450,7 @@ fn control_server(
                 Err(e) => return control::error_reply(&e),
             };
             for p in paths.iter().filter_map(|p| p.as_str()) {
-                match vol.rekey(Path::new(p)) {
+                match tenants::rekey(&vol, &served_ops, Path::new(p)) {
                     Ok(bytes) => done.push(serde_json::json!({ "path": p, "bytes": bytes })),
                     Err(e) => {
                         let mut reply = control::error_reply(&e);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::format::hex;
 use crate::fs::{InodeFs, Volume};
 use crate::fuse::Invalidator;
-use crate::kms::{self, Kms, KmsUri};
+use crate::kms::{self, Audited, Kms, KmsUri};
 use crate::revocation::{Policy, Watcher};
 use crate::secret::{PassSource, Passphrase, Secrets};
 use crate::tenant::{Tenant, TenantState};
@@ -141,4 +141,36 @@ pub(super) fn status_json(served: &[Served]) -> serde_json::Value {
         v
     };
     served.iter().map(one).collect::<Vec<_>>().into()
+}
+
+/// The open tenant whose root is `dir` (a path inside the volume), with its root.
+pub(super) fn named<'a>(outer: &Volume, served: &'a [Served], dir: &Path) -> Result<(&'a Volume, &'a Audited)> {
+    let entry = crate::tenant::named(outer, dir)?;
+    open_one(served, &entry.id)
+}
+
+fn open_one<'a>(served: &'a [Served], id: &[u8; 16]) -> Result<(&'a Volume, &'a Audited)> {
+    match served.iter().find(|s| s.tenant.entry.id == *id).map(|s| &s.tenant.state) {
+        Some(TenantState::Open { vol, kms, .. }) => match vol.dark_error() {
+            Some(e) => Err(e),
+            None => Ok((vol, kms)),
+        },
+        Some(TenantState::Closed(why)) => {
+            Err(Error::Revoked { path: Path::new(&format!("tenant {}", hex(id))).into(), reason: why.clone() })
+        }
+        None => Err(Error::NotFound(Path::new(&format!("tenant {}", hex(id))).into())),
+    }
+}
+
+/// `rotate --rekey` of `path` (inside the volume or one of its tenants), as a request
+/// through the mount would run it: going dark waits for it, and it starts on no dark volume.
+pub(super) fn rekey(outer: &Volume, served: &[Served], path: &Path) -> Result<u64> {
+    match crate::tenant::route(outer, path)? {
+        None => outer.rekey(path),
+        Some((entry, rest)) => {
+            let (vol, _) = open_one(served, &entry.id)?;
+            let _op = vol.op()?;
+            vol.rekey(&rest)
+        }
+    }
 }
