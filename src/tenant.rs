@@ -218,7 +218,7 @@ fn open_at(entry: &TenantEntry, dir: &Path, secrets: &dyn Secrets) -> Result<(Vo
         ));
     }
     check_tenant_root(&header.kms_uri)?;
-    let kms = kms::open(&header.kms_uri, dir, secrets)?;
+    let kms = kms::open(&header.kms_uri, dir, secrets)?.for_tenant(&entry.label);
     let vol = Volume::open_with_kms(dir, header, &kms)?;
     Ok((vol, kms, lock))
 }

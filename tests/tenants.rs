@@ -58,6 +58,8 @@ fn add(m: &MountFixture, dir: &str, uri: &str) -> String {
         "--kms".as_ref(),
         uri.as_ref(),
         "--create-key".as_ref(),
+        "--passfile".as_ref(),
+        m.passfile.as_os_str(),
     ]);
     ok(&o);
     String::from_utf8(o.stdout).unwrap()
@@ -337,4 +339,41 @@ fn a_planted_or_edited_tenant_list_or_tenant_volume_is_refused_and_nothing_is_wr
     fs::rename(&aside, &ta).unwrap();
     m.mount();
     assert_eq!(fs::read(m.p("a/file")).unwrap(), b"tenant a", "put back, A is served again");
+}
+
+/// A volume on its embedded keystore with a tenant on an AWS KMS key (moto): the key gone
+/// from the server darkens the tenant at its next re-check, the volume serves on, and the
+/// audit log names the tenant in each of its root's calls.
+#[cfg(feature = "aws-kms")]
+#[test]
+fn a_tenant_on_a_kms_key_that_is_gone_goes_dark_and_its_calls_are_audited_by_name() {
+    use common::kms::Moto;
+    let moto = Moto::start();
+    let mut env = moto.env();
+    env.push(("ENVELOPEFS_KMS_TIMEOUT".into(), "0.5".into()));
+    let mut m = MountFixture::new_with(&[], env);
+    let audit = m.tmp.path().join("audit.log");
+    m.env.push(("ENVELOPEFS_AUDIT_LOG".into(), audit.clone().into()));
+    fs::write(m.p("mine"), b"the volume's").unwrap();
+    m.unmount();
+    let said = add(&m, "cloud", "aws-kms:new");
+    assert!(said.contains("arn:aws:kms:"), "the tenant records the new key's ARN: {said}");
+    m.mount_with(&["--recheck-root", "1s"]);
+    fs::write(m.p("cloud/theirs"), b"the tenant's").unwrap();
+    let held = fs::File::open(m.p("cloud/theirs")).unwrap();
+    wait_for(&m, "a first re-check of the tenant's root", |v| {
+        tenant(v, "/cloud")["root_check"]["checks"].as_u64() >= Some(1)
+    });
+    moto.reset();
+    let v = wait_for(&m, "the tenant to go dark", |v| tenant(v, "/cloud")["state"] == "dark");
+    assert!(tenant(&v, "/cloud")["root_check"]["answer"].as_str().unwrap().contains("NotFoundException"), "{v:#}");
+    assert_eq!(errno_of(held.read_at(&mut [0u8; 8], 0), "a dark tenant's file"), EKEYREVOKED);
+    assert_eq!(fs::read(m.p("mine")).unwrap(), b"the volume's");
+    assert_eq!(v["root_check"]["state"], "off", "the keystore has nothing to re-check: {v:#}");
+    let lines: Vec<Value> =
+        fs::read_to_string(&audit).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rechecks: Vec<&Value> = lines.iter().filter(|l| l["op"] == "recheck").collect();
+    assert!(!rechecks.is_empty() && rechecks.iter().all(|l| l["tenant"] == "/cloud"), "{lines:?}");
+    assert!(lines.iter().any(|l| l["op"] == "unwrap" && l["tenant"] == "/cloud"), "the mount's unwrap: {lines:?}");
+    assert!(lines.iter().any(|l| l["event"] == "tenant-dark"), "{lines:?}");
 }

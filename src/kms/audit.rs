@@ -1,5 +1,5 @@
 //! Every KMS call goes through [`Audited`]: it is logged (tracing target `envelopefs::audit`:
-//! operation, root key id, volume id, purpose (`kek`, `scratch`, or `anchor` for a volume's
+//! operation, root key id, volume id, tenant (the label of a tenant's root), purpose (`kek`, `scratch`, or `anchor` for a volume's
 //! anchor kept beside the root), outcome, duration — never key material),
 //! counted (for `status`), and retried with backoff while the KMS is unavailable, until the
 //! KMS timeout (default 10 s, `--kms-timeout`) runs out. A refusal is final at once.
@@ -40,11 +40,25 @@ pub struct Audited {
     wraps: AtomicU64,
     unwraps: AtomicU64,
     rechecks: AtomicU64,
+    /// The tenant this root is for (its label), named in every record of its calls.
+    tenant: String,
 }
 
 impl Audited {
     pub fn new(inner: Box<dyn Kms>) -> Self {
-        Audited { inner, wraps: AtomicU64::new(0), unwraps: AtomicU64::new(0), rechecks: AtomicU64::new(0) }
+        Audited {
+            inner,
+            wraps: AtomicU64::new(0),
+            unwraps: AtomicU64::new(0),
+            rechecks: AtomicU64::new(0),
+            tenant: String::new(),
+        }
+    }
+
+    /// This root as tenant `label`'s: its calls' records say so (`tenant`).
+    pub fn for_tenant(mut self, label: &str) -> Self {
+        self.tenant = label.to_string();
+        self
     }
 
     /// Re-check calls so far (`Kms::recheck`: one per interval while the root answers).
@@ -103,6 +117,7 @@ impl Audited {
             kms = self.inner.uri(),
             key_id = %self.inner.key_id(),
             volume,
+            tenant = self.tenant.as_str(),
             purpose,
             boot,
             outcome,
