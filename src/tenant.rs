@@ -93,6 +93,15 @@ pub fn add(outer: &Volume, dir: &Path, uri: &str, create_key: bool, secrets: &dy
             }
         }
     }
+    for scratch in outer.recorded_scratch()?.dirs {
+        if dir.starts_with(&scratch) {
+            return Err(Error::InvalidArgument(format!(
+                "/{}: inside the scratch directory /{} (destroyed at unmount): a tenant cannot live there",
+                dir.display(),
+                scratch.display()
+            )));
+        }
+    }
     match outer.stat(parent) {
         Ok(s) if s.kind == crate::fs::EntryKind::Directory => {}
         Ok(_) => return Err(Error::InvalidArgument(format!("/{}: not a directory", parent.display()))),
@@ -273,6 +282,41 @@ pub fn named(outer: &Volume, dir: &Path) -> Result<TenantEntry> {
             dir.display()
         ))),
     }
+}
+
+/// Refuses scratch directories (`--scratch`; `--ephemeral` is the root) that are a
+/// tenant's root, lie inside a tenant or hold one: the scratch is emptied at unmount, which
+/// would take the tenant's root with it, and its key is not the tenant's.
+pub fn check_scratch(outer: &Volume, dirs: &[PathBuf]) -> Result<()> {
+    let list = outer.tenants()?;
+    if list.is_empty() {
+        return Ok(());
+    }
+    let clash = |d: &Path, why: String| {
+        Err(Error::InvalidArgument(format!("--scratch {}: {why}; tenants and scratch do not mix", d.display())))
+    };
+    for d in dirs {
+        let rel: PathBuf = d.components().filter(|c| matches!(c, Component::Normal(_))).collect();
+        if rel.as_os_str().is_empty() {
+            return clash(d, format!("the volume has {} tenant(s)", list.len()));
+        }
+        if let Some((t, _)) = route(outer, &rel)? {
+            return clash(d, format!("inside tenant {}", t.label));
+        }
+        let mut stack = vec![rel];
+        while let Some(p) = stack.pop() {
+            let Ok(entries) = outer.readdir(&p) else { continue };
+            for e in entries.into_iter().filter(|e| e.kind == crate::fs::EntryKind::Directory) {
+                let child = p.join(&e.name);
+                let id = outer.directory_id(&child)?;
+                if let Some(t) = list.iter().find(|t| t.dir_id == id) {
+                    return clash(d, format!("holds tenant {}", t.label));
+                }
+                stack.push(child);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What `shred --tenant` did.

@@ -112,6 +112,12 @@ fn a_tenant_goes_dark_alone_and_a_shredded_tenant_leaves_nothing_that_holds_its_
     ]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("HSM key"), "{o:?}");
 
+    // Scratch is emptied at unmount: it may neither be, hold, nor lie inside a tenant.
+    for scratch in [&["--scratch", "projects"][..], &["--scratch", "team-b/tmp"], &["--ephemeral"]] {
+        let o = m.try_mount(scratch);
+        assert!(!o.status.success(), "{scratch:?}: {o:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("tenants and scratch do not mix"), "{o:?}");
+    }
     m.mount_with(&["--recheck-root", "1s"]);
     let (a, b, outer) = (pattern(1, 200_000), pattern(2, 90_000), pattern(3, 50_000));
     fs::write(m.p("projects/team-a/a.bin"), &a).unwrap();

@@ -113,8 +113,9 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     let kms = std::sync::Arc::new(kms::open(&header.kms_uri, &req.cipherdir, secrets.as_ref())?);
     let vol = Arc::new(Volume::open_with_kms(&req.cipherdir, header.clone(), kms.as_ref())?);
     vol.files_removed()?; // a volume whose files were removed behind its back is not served
-                          // Each tenant's root is asked once, now (a tenant that cannot be opened is dark; the
-                          // rest is served): a KMS that is down shows at mount, never on the data path.
+    crate::tenant::check_scratch(&vol, &req.scratch)?;
+    // Each tenant's root is asked once, now (a tenant that cannot be opened is dark; the
+    // rest is served): a KMS that is down shows at mount, never on the data path.
     let tenant_secrets = tenants::TenantSecrets { outer_uri: header.kms_uri.clone(), mount: secrets.as_ref() };
     let opened = crate::tenant::open_all(&vol, &tenant_secrets, req.read_only)?;
     drop(secrets); // the passphrase is not kept for the life of the mount
