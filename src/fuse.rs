@@ -129,6 +129,12 @@ impl Invalidator {
     pub fn drop_cached(&self, inodes: &[u64]) -> usize {
         inodes.iter().filter(|&&ino| self.0.inval_inode(INodeNo(ino), 0, 0).is_ok()).count()
     }
+
+    /// Drops the kernel's cached entry `name` of directory `parent` (an entry removed
+    /// behind the kernel's back). Never from a request's own thread.
+    pub fn forget_entry(&self, parent: u64, name: &std::ffi::OsStr) -> bool {
+        self.0.inval_entry(INodeNo(parent), name).is_ok()
+    }
 }
 
 struct Adapter {

@@ -625,7 +625,7 @@ fn unmounted(cipherdir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
     let header = Volume::read_live_header(cipherdir)?;
     if daemon_of(cipherdir, &header).is_some() {
         return Err(Error::InvalidArgument(format!(
-            "{} is mounted: unmount it first (tenants are added and shredded offline for now)",
+            "{} is mounted: unmount it first (tenants are added offline for now)",
             cipherdir.display()
         )));
     }
@@ -698,16 +698,24 @@ fn shred_tenant(cipherdir: &Path, dir: &Path, yes: bool, pass: &PassArgs) -> Res
             return Err(Error::InvalidArgument("not confirmed; nothing was changed".into()));
         }
     }
-    let _lock = unmounted(cipherdir)?;
-    let vol = Volume::open(cipherdir, &pass.source())?;
     let started = std::time::Instant::now();
-    let t = envelopefs::tenant::shred(&vol, dir)?;
+    let header = Volume::read_live_header(cipherdir)?;
+    let (id, label, root) = if let Some(sock) = daemon_of(cipherdir, &header) {
+        let mut req = control::request_for(cipherdir, "shred-tenant");
+        req["tenant"] = dir.to_string_lossy().into_owned().into();
+        let v = control::query(&sock, &req).ok_or_else(|| Error::Fuse("the mount's daemon did not answer".into()))?;
+        let v = control::reply_result(v)?;
+        let s = |f: &str| v[f].as_str().unwrap_or("?").to_string();
+        (s("id"), s("label"), s("root"))
+    } else {
+        let _lock = envelopefs::daemon::lock_volume(cipherdir)?;
+        let vol = Volume::open(cipherdir, &pass.source())?;
+        let t = envelopefs::tenant::shred(&vol, dir, false)?;
+        (hex(&t.id), t.label, t.root)
+    };
     println!(
-        "Tenant {} ({}) shredded in {:.3?}: its wrapped KEK and name key are destroyed, its directory and files removed. Its root {} is kept.",
-        hex(&t.id),
-        t.label,
+        "Tenant {id} ({label}) shredded in {:.3?}: its wrapped KEK and name key are destroyed, its directory and files removed. Its root {root} is kept.",
         started.elapsed(),
-        t.root
     );
     Ok(())
 }

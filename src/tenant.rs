@@ -327,17 +327,20 @@ pub struct TenantShred {
     pub root: String,
 }
 
-/// Shreds the tenant whose root is directory `dir` of the unmounted volume `outer`: its
+/// Shreds the tenant whose root is directory `dir` of the volume `outer`: its
 /// volume's wrapped KEK and name key are destroyed (O(1): its header; the point after which
 /// its data is noise), the list stops naming it, its directory goes from the listing, and
 /// its volume's files are removed. A crash after the first step leaves a tenant that opens
 /// dark ("shredded"), and running the shred again finishes it.
-pub fn shred(outer: &Volume, dir: &Path) -> Result<TenantShred> {
+///
+/// `locked`: the caller holds the tenant volume's lock (the mount's daemon, which took the
+/// tenant dark first).
+pub fn shred(outer: &Volume, dir: &Path, locked: bool) -> Result<TenantShred> {
     let entry = named(outer, dir)?;
     let dir = volume_path(dir)?;
     let place = place_of(outer, &entry)?;
     if let Some(place) = &place {
-        let _lock = crate::daemon::lock_volume(place)?;
+        let _lock = if locked { None } else { Some(crate::daemon::lock_volume(place)?) };
         let scratch = crate::control::scratch_path(&entry.id);
         Volume::shred_volume(place, &scratch, None, None)?;
     }

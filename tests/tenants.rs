@@ -220,15 +220,27 @@ fn a_tenant_goes_dark_alone_and_a_shredded_tenant_leaves_nothing_that_holds_its_
         m.run(&["rotate".as_ref(), m.cipher.as_os_str(), "--kek".as_ref(), "--tenant".as_ref(), "/team-b".as_ref()]);
     ok(&o);
 
-    // Shredding team B: what holds its KEK (the wrapped copy in its header) is destroyed,
-    // its directory and files go; the rest is untouched.
+    // Shredding team B while mounted: what holds its KEK (the wrapped copy in its header)
+    // is destroyed, a file held open reads nothing more, its directory leaves the listing and
+    // its files CIPHERDIR; the rest is untouched.
     let b_id = tenant(&v, "/team-b")["id"].as_str().unwrap().to_string();
     let b_dir = m.cipher.join("tenants").join(&b_id);
     let header = envelopefs::format::VolumeHeader::decode(&fs::read(b_dir.join("envelopefs.conf")).unwrap()).unwrap();
+    m.mount();
+    let held = fs::File::open(m.p("team-b/b.bin")).unwrap();
+    assert!(m.p("team-b/later").exists());
     let o = m.run(&["shred".as_ref(), m.cipher.as_os_str(), "--tenant".as_ref(), "/team-b".as_ref(), "--yes".as_ref()]);
     ok(&o);
     assert!(String::from_utf8_lossy(&o.stdout).contains("shredded"), "{o:?}");
     assert!(!b_dir.exists());
+    assert_eq!(errno_of(held.read_at(&mut [0u8; 16], 0), "a shredded tenant's open file"), EKEYREVOKED);
+    assert!(!m.p("team-b").exists(), "a shredded tenant is gone from the listing at once");
+    assert_eq!(fs::read(m.p("outer.bin")).unwrap(), outer);
+    let v = status(&m);
+    let log = fs::read_to_string(v["log"].as_str().unwrap()).unwrap();
+    assert!(log.contains("tenant-shredded"), "{log}");
+    drop(held);
+    m.unmount();
     for f in common::all_files(&m.cipher) {
         let bytes = fs::read(&f).unwrap();
         assert!(
@@ -345,6 +357,16 @@ fn a_planted_or_edited_tenant_list_or_tenant_volume_is_refused_and_nothing_is_wr
     fs::rename(&aside, &ta).unwrap();
     m.mount();
     assert_eq!(fs::read(m.p("a/file")).unwrap(), b"tenant a", "put back, A is served again");
+    m.unmount();
+
+    // Shredded offline: gone, and the rest served.
+    let o = m.run(&["shred".as_ref(), m.cipher.as_os_str(), "--tenant".as_ref(), "a".as_ref(), "--yes".as_ref()]);
+    ok(&o);
+    assert!(!ta.exists());
+    m.mount();
+    assert!(!m.p("a").exists());
+    assert_eq!(fs::read(m.p("b/file")).unwrap(), b"tenant b");
+    assert_eq!(fs::read(m.p("outer")).unwrap(), b"outer");
 }
 
 /// A volume on its embedded keystore with a tenant on an AWS KMS key (moto): the key gone

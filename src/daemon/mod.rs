@@ -151,7 +151,14 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     let watcher = watch_root(req, &header, &kms, &fs, mounted.invalidator(), detached.clone());
     let monitor = watcher.as_ref().map(Watcher::monitor);
     let served = Arc::new(tenants::watch(req.recheck, req.read_only, parts, &fs, &mounted.invalidator()));
-    let control = control_server(req, &header, vol.clone(), kms, keep_scratch.clone(), monitor, served.clone());
+    let control = control_server(
+        req,
+        &header,
+        Ctl { vol: vol.clone(), kms, fs: fs.clone(), cached: mounted.invalidator() },
+        keep_scratch.clone(),
+        monitor,
+        served.clone(),
+    );
     let mut unmount = mounted.unmounter();
     // Not the volume itself: its last holder commits it at the end, which must be `serve`.
     let dark = vol.dark_reason();
@@ -348,15 +355,24 @@ fn one_at_a_time<'a>(lock: &'a std::sync::Mutex<()>, vol: &Volume) -> Result<std
 }
 
 /// Starts the control socket; a mount without one still works (status then reads the disk).
+/// What the control server acts on: the volume, its root, the file system and the kernel's
+/// caches of it.
+struct Ctl {
+    vol: Arc<Volume>,
+    kms: Arc<Audited>,
+    fs: Arc<InodeFs>,
+    cached: crate::fuse::Invalidator,
+}
+
 fn control_server(
     req: &MountRequest,
     header: &VolumeHeader,
-    vol: Arc<Volume>,
-    kms: Arc<Audited>,
+    ctl: Ctl,
     keep_scratch: Arc<AtomicBool>,
     monitor: Option<Arc<crate::revocation::Monitor>>,
     served: Arc<Vec<tenants::Served>>,
 ) -> Option<control::ControlServer> {
+    let Ctl { vol, kms, fs, cached } = ctl;
     let (cipherdir, mountpoint) = (req.cipherdir.clone(), req.mountpoint.clone());
     let started = std::time::Instant::now();
     // One rotation or shred at a time (going dark waits for neither: a revoked KEK's
@@ -404,6 +420,15 @@ fn control_server(
     let own = std::fs::canonicalize(&req.cipherdir).unwrap_or_else(|_| req.cipherdir.clone());
     let dispatch = move |op: &str, request: &serde_json::Value| match op {
         "status" => status(&kms),
+        "shred-tenant" => {
+            let dir = Path::new(request["tenant"].as_str().unwrap_or_default());
+            let done =
+                one_at_a_time(&rotation, &vol).and_then(|_one| tenants::shred(&vol, &served_ops, &fs, &cached, dir));
+            match done {
+                Ok(t) => serde_json::json!({ "id": crate::format::hex(&t.id), "label": t.label, "root": t.root }),
+                Err(e) => control::error_reply(&e),
+            }
+        }
         "rotate-kek" if request["tenant"].is_string() => {
             let dir = Path::new(request["tenant"].as_str().unwrap_or_default());
             let rotated = tenants::named(&vol, &served_ops, dir).and_then(|(tvol, tkms)| {

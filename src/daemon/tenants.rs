@@ -35,6 +35,7 @@ impl Secrets for TenantSecrets<'_> {
 
 /// A tenant being served: its part in the file system and its root's re-checks.
 pub(super) struct Served {
+    pub part: usize,
     pub tenant: Tenant,
     pub watcher: Option<Watcher>,
 }
@@ -96,7 +97,7 @@ pub(super) fn watch(
                 }
                 _ => None,
             };
-            Served { tenant, watcher }
+            Served { part, tenant, watcher }
         })
         .collect()
 }
@@ -160,6 +161,40 @@ fn open_one<'a>(served: &'a [Served], id: &[u8; 16]) -> Result<(&'a Volume, &'a 
         }
         None => Err(Error::NotFound(Path::new(&format!("tenant {}", hex(id))).into())),
     }
+}
+
+/// `shred --tenant DIR` on the mounted volume: the tenant goes dark first (the kernel's
+/// caches of it dropped, what it accepted committed, its keys dropped; its requests fail
+/// with EKEYREVOKED), then is shredded as offline (`crate::tenant::shred`), and its
+/// directory leaves the kernel's cache.
+pub(super) fn shred(
+    outer: &Volume,
+    served: &[Served],
+    fs: &InodeFs,
+    cached: &Invalidator,
+    dir: &Path,
+) -> Result<crate::tenant::TenantShred> {
+    let entry = crate::tenant::named(outer, dir)?;
+    let served = served.iter().find(|s| s.tenant.entry.id == entry.id);
+    if let Some(s) = served {
+        cached.drop_cached(&fs.inodes_of(s.part));
+        if let TenantState::Open { vol, .. } = &s.tenant.state {
+            darken(vol, "the tenant was shredded", false);
+        }
+        fs.forget_listings();
+    }
+    let done = crate::tenant::shred(outer, dir, served.is_some())?;
+    let path = crate::tenant::volume_path(dir)?;
+    let parent = path.parent().unwrap_or(Path::new(""));
+    if let (Some(ino), Some(name)) = (fs.dir_inode(parent), path.file_name()) {
+        cached.forget_entry(ino, name);
+    }
+    if let Some(s) = served {
+        cached.drop_cached(&fs.inodes_of(s.part));
+    }
+    tracing::warn!(target: "envelopefs::audit", event = "tenant-shredded", tenant = %hex(&done.id), label = %done.label,
+        "tenant shredded: its wrapped keys destroyed, its files removed");
+    Ok(done)
 }
 
 /// `rotate --rekey` of `path` (inside the volume or one of its tenants), as a request

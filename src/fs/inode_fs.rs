@@ -151,6 +151,15 @@ impl InodeFs {
         }
     }
 
+    /// The inode the kernel knows the volume's own directory `path` by, if it knows it.
+    pub fn dir_inode(&self, path: &Path) -> Option<u64> {
+        if path.as_os_str().is_empty() {
+            return Some(ROOT_INO);
+        }
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        nodes.iter().find(|(_, n)| n.part == 0 && n.path == path).map(|(i, _)| *i)
+    }
+
     /// Tenant `k`'s volume, if it was opened.
     pub fn tenant_volume(&self, k: usize) -> Option<Arc<Volume>> {
         self.tenants.get(k.checked_sub(1)?)?.as_ref().ok().cloned()
