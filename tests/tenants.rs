@@ -8,6 +8,7 @@ mod common;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::kms::SoftHsm;
@@ -363,10 +364,41 @@ fn a_planted_or_edited_tenant_list_or_tenant_volume_is_refused_and_nothing_is_wr
     let o = m.run(&["shred".as_ref(), m.cipher.as_os_str(), "--tenant".as_ref(), "a".as_ref(), "--yes".as_ref()]);
     ok(&o);
     assert!(!ta.exists());
-    m.mount();
+    m.mount_with(&["--recheck-root", "1s"]);
     assert!(!m.p("a").exists());
     assert_eq!(fs::read(m.p("b/file")).unwrap(), b"tenant b");
     assert_eq!(fs::read(m.p("outer")).unwrap(), b"outer");
+
+    // The volume's own root gone: the mount goes dark, and every tenant with it.
+    // (A file held open keeps the detached mount's daemon, and so its status, a while.)
+    let pid = status(&m)["pid"].as_u64().unwrap();
+    let held = fs::File::open(m.p("b/file")).unwrap();
+    hsm.destroy_in_helper("vol-root");
+    let v = wait_for_dark(&m);
+    assert_eq!(tenant(&v, "/b")["state"], "dark", "{v:#}");
+    assert_eq!(errno_of(held.read_at(&mut [0u8; 8], 0), "a tenant's file on a dark mount"), EKEYREVOKED);
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "a dark mount's daemon stays after its last file closed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    m.disown();
+}
+
+/// Polls the daemon (by CIPHERDIR: the mount is detached once dark) until its root is revoked.
+fn wait_for_dark(m: &MountFixture) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = m.run(&["status".as_ref(), m.cipher.as_os_str(), "--json".as_ref()]);
+        if let Ok(v) = serde_json::from_slice::<Value>(&o.stdout) {
+            if v["root_check"]["state"] == "revoked" {
+                return v;
+            }
+        }
+        assert!(Instant::now() < deadline, "the mount did not go dark in 60 s: {o:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A volume on its embedded keystore with a tenant on an AWS KMS key (moto): the key gone

@@ -160,6 +160,16 @@ mod tests {
         TenantEntry { id: [n; 16], dir_id: [n + 1; 16], kms_uri: format!("aws-kms:key-{n}"), label: format!("t{n}") }
     }
 
+    /// The vector in docs/FORMAT.md §6.
+    #[test]
+    fn tenant_list_vector() {
+        let t = TenantEntry { id: [1; 16], dir_id: [2; 16], kms_uri: "aws-kms:k".into(), label: "/t".into() };
+        assert_eq!(
+            crate::format::hex(&encode(&[t])),
+            "010100010101010101010101010101010101010202020202020202020202020202020209006177732d6b6d733a6b02002f74"
+        );
+    }
+
     #[test]
     fn a_tenant_list_round_trips_and_rejects_trailing_or_short_bytes() {
         let list = vec![entry(1), entry(7)];
