@@ -608,6 +608,9 @@ fn shred(
             started.elapsed()
         );
         print_root_report(report.root_destroyed, report.root_kept);
+        if report.tenants > 0 {
+            println!("Its {} tenant volume(s) shredded too (their roots are kept).", report.tenants);
+        }
         return Ok(());
     }
     let kms = kms::open(&header.kms_uri, cipherdir, &pass.source())?;
@@ -770,6 +773,9 @@ fn shred_mounted(
             mountpoint.display()
         );
         print_root_report(v["root_destroyed"].as_str().map(str::to_owned), v["root_kept"].as_str().map(str::to_owned));
+        if let Some(n) = v["tenants"].as_u64().filter(|&n| n > 0) {
+            println!("Its {n} tenant volume(s) shredded too (their roots are kept).");
+        }
         if let Err(e) = envelopefs::daemon::unmount(&mountpoint, std::time::Duration::from_secs(30)) {
             // Files are open: detach the mount now; the daemon (and its keys in memory) goes
             // when the last of them is closed.

@@ -437,3 +437,72 @@ fn a_tenant_on_a_kms_key_that_is_gone_goes_dark_and_its_calls_are_audited_by_nam
     assert!(lines.iter().any(|l| l["op"] == "unwrap" && l["tenant"] == "/cloud"), "the mount's unwrap: {lines:?}");
     assert!(lines.iter().any(|l| l["event"] == "tenant-dark"), "{lines:?}");
 }
+
+/// A tenant's root says so in its own authenticated header, so a tenant list (or a volume
+/// header) put back from before a tenant was added does not make its root a plain
+/// directory whose new files would be under the volume's KEK: its lookup fails instead.
+#[test]
+fn a_tenant_list_or_header_put_back_from_before_a_tenant_fails_closed() {
+    let hsm = SoftHsm::new();
+    let mut m = MountFixture::new_with(&["--kms", &hsm.uri("vol-root"), "--create-key"], hsm.env());
+    m.unmount();
+    let header_before = fs::read(m.cipher.join("envelopefs.conf")).unwrap();
+    add(&m, "a", &hsm.uri("a"));
+    let row = |m: &MountFixture| -> Vec<u8> {
+        meta_db(m).query_row("SELECT value FROM meta WHERE key = 'tenants'", [], |r| r.get(0)).unwrap()
+    };
+    let list_with_a = row(&m);
+    add(&m, "b", &hsm.uri("b"));
+    let list_with_both = row(&m);
+
+    // The list from before b was added: b's root is refused (EIO), not served as a plain
+    // directory of the volume, and nothing can be made in it.
+    meta_db(&m).execute("UPDATE meta SET value = ?1 WHERE key = 'tenants'", [&list_with_a]).unwrap();
+    m.mount();
+    assert_eq!(errno_of(fs::metadata(m.p("b")), "a tenant's root the list forgot"), libc_eio());
+    assert_eq!(errno_of(fs::write(m.p("b/new"), b"x"), "a file made in it"), libc_eio());
+    fs::write(m.p("a/ok"), b"a").unwrap();
+    m.unmount();
+
+    // The volume header from before the first tenant: the list it does not know of is refused.
+    meta_db(&m).execute("UPDATE meta SET value = ?1 WHERE key = 'tenants'", [&list_with_both]).unwrap();
+    fs::write(m.cipher.join("envelopefs.conf"), &header_before).unwrap();
+    let o = m.try_mount(&[]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("volume header says the volume has no tenants"), "{o:?}");
+    // ... and without the list too: each tenant's root still says what it is.
+    meta_db(&m).execute("DELETE FROM meta WHERE key = 'tenants'", []).unwrap();
+    m.mount();
+    assert_eq!(errno_of(fs::metadata(m.p("a")), "a tenant's root, no list"), libc_eio());
+    assert_eq!(errno_of(fs::create_dir(m.p("a/sub")), "a directory made in it"), libc_eio());
+}
+
+fn libc_eio() -> i32 {
+    5
+}
+
+/// `shred --volume` shreds every tenant's volume with it (their roots are kept), and
+/// `shred --tenant` shreds only the volume the list names.
+#[test]
+fn shredding_the_volume_shreds_its_tenants_and_a_tenant_shred_checks_what_it_destroys() {
+    let hsm = SoftHsm::new();
+    let (m, a, b) = with_two_tenants(&hsm);
+    let tenants = m.cipher.join("tenants");
+    // A's place holding B's volume: `shred --tenant /a` refuses, and destroys nothing.
+    let (ta, tb, aside) = (tenants.join(&a), tenants.join(&b), tenants.join("aside"));
+    fs::rename(&ta, &aside).unwrap();
+    fs::rename(&tb, &ta).unwrap();
+    let o = m.run(&["shred".as_ref(), m.cipher.as_os_str(), "--tenant".as_ref(), "a".as_ref(), "--yes".as_ref()]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not the tenant's"), "{o:?}");
+    let h = envelopefs::format::VolumeHeader::decode(&fs::read(ta.join("envelopefs.conf")).unwrap()).unwrap();
+    assert!(!h.is_shredded(), "B's volume was left alone");
+    fs::rename(&ta, &tb).unwrap();
+    fs::rename(&aside, &ta).unwrap();
+
+    let o = m.run(&["shred".as_ref(), m.cipher.as_os_str(), "--volume".as_ref(), "--yes".as_ref()]);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("2 tenant volume(s) shredded too"), "{o:?}");
+    for t in [&ta, &tb] {
+        let h = envelopefs::format::VolumeHeader::decode(&fs::read(t.join("envelopefs.conf")).unwrap()).unwrap();
+        assert!(h.is_shredded(), "{}", t.display());
+    }
+}

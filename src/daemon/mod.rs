@@ -203,9 +203,9 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     // With the control thread stopped, dropping the file system and then our reference drops
     // each volume, which zeroizes every key and closes (checkpoints) the store.
     drop(fs);
-    for (vol, lock) in served {
+    for (vol, held) in served {
         close(vol);
-        drop(lock);
+        drop(held);
     }
     close(vol);
     served_fuse?;
@@ -216,7 +216,7 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
 
 /// Stops the tenants' re-checks and returns their volumes, for closing once the file system
 /// (which holds them too) is dropped.
-fn close_tenants(served: Arc<Vec<tenants::Served>>) -> Vec<(Arc<Volume>, Flock<File>)> {
+fn close_tenants(served: Arc<Vec<tenants::Served>>) -> Vec<(Arc<Volume>, crate::tenant::Held)> {
     let mut served = served;
     let deadline = Instant::now() + Duration::from_secs(10);
     let list = loop {
@@ -233,7 +233,7 @@ fn close_tenants(served: Arc<Vec<tenants::Served>>) -> Vec<(Arc<Volume>, Flock<F
         .filter_map(|s| {
             drop(s.watcher);
             match s.tenant.state {
-                crate::tenant::TenantState::Open { vol, _lock, .. } => Some((vol, _lock)),
+                crate::tenant::TenantState::Open { vol, held, .. } => Some((vol, held)),
                 crate::tenant::TenantState::Closed(_) => None,
             }
         })
@@ -373,6 +373,7 @@ fn control_server(
     served: Arc<Vec<tenants::Served>>,
 ) -> Option<control::ControlServer> {
     let Ctl { vol, kms, fs, cached } = ctl;
+    let read_only = req.read_only;
     let (cipherdir, mountpoint) = (req.cipherdir.clone(), req.mountpoint.clone());
     let started = std::time::Instant::now();
     // One rotation or shred at a time (going dark waits for neither: a revoked KEK's
@@ -420,6 +421,9 @@ fn control_server(
     let own = std::fs::canonicalize(&req.cipherdir).unwrap_or_else(|_| req.cipherdir.clone());
     let dispatch = move |op: &str, request: &serde_json::Value| match op {
         "status" => status(&kms),
+        "shred-tenant" | "rotate-kek" if read_only && request["tenant"].is_string() => {
+            control::error_reply(&Error::InvalidArgument("the volume is mounted read-only".into()))
+        }
         "shred-tenant" => {
             let dir = Path::new(request["tenant"].as_str().unwrap_or_default());
             let done =
@@ -536,9 +540,17 @@ fn control_server(
                 Err(e) => return control::error_reply(&e),
             };
             vol.keys().drop_scratch();
+            // Its tenants are shredded with it: dark first, so they write nothing after.
+            for t in fs.tenant_volumes() {
+                tenants::darken(&t, "the volume was shredded", false);
+            }
             let days = request["delete_root_after"].as_u64().map(|d| d as u32);
             match Volume::shred_volume(vol.cipherdir(), &scratch_file, Some(kms.as_ref()), days) {
-                Ok(r) => serde_json::json!({ "root_destroyed": r.root_destroyed, "root_kept": r.root_kept }),
+                Ok(r) => serde_json::json!({
+                    "root_destroyed": r.root_destroyed,
+                    "root_kept": r.root_kept,
+                    "tenants": r.tenants,
+                }),
                 Err(e) => control::error_reply(&e),
             }
         }

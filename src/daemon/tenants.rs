@@ -49,7 +49,7 @@ pub(super) fn add_to(fs: &mut InodeFs, tenants: Vec<Tenant>) -> Vec<(usize, Tena
                 TenantState::Open { vol, .. } => Ok(vol.clone()),
                 TenantState::Closed(why) => Err(why.clone()),
             };
-            (fs.add_tenant(t.entry.dir_id, part), t)
+            (fs.add_tenant(t.entry.clone(), part), t)
         })
         .collect()
 }
@@ -176,14 +176,18 @@ pub(super) fn shred(
 ) -> Result<crate::tenant::TenantShred> {
     let entry = crate::tenant::named(outer, dir)?;
     let served = served.iter().find(|s| s.tenant.entry.id == entry.id);
+    // This daemon holds an open tenant's lock; a closed one's it must take (and fail if
+    // someone else holds it).
+    let mut locked = false;
     if let Some(s) = served {
         cached.drop_cached(&fs.inodes_of(s.part));
         if let TenantState::Open { vol, .. } = &s.tenant.state {
             darken(vol, "the tenant was shredded", false);
+            locked = true;
         }
         fs.forget_listings();
     }
-    let done = crate::tenant::shred(outer, dir, served.is_some())?;
+    let done = crate::tenant::shred(outer, dir, locked)?;
     let path = crate::tenant::volume_path(dir)?;
     let parent = path.parent().unwrap_or(Path::new(""));
     if let (Some(ino), Some(name)) = (fs.dir_inode(parent), path.file_name()) {

@@ -7,7 +7,8 @@
 //! Flags bits 0-1 say what the 8 binding bytes hold: 0 = nothing (zero; volumes made before
 //! entries were bound), 1 = a MAC binding the object to the one directory entry that names
 //! it, 2 = a MAC binding it to the volume only (a file with several hard links). Bit 2 says
-//! the object has extended attributes (a sealed set in the store), and is covered by the MAC.
+//! the object has extended attributes (a sealed set in the store), and is covered by the MAC;
+//! bit 3 says the directory is a tenant's root (`fs::tenants`), covered by the MAC too.
 //! The MAC itself is computed and checked in `fs::binding`.
 
 use super::codec::Reader;
@@ -50,15 +51,19 @@ pub struct ObjectHeader {
     pub binding: Binding,
     /// The object has extended attributes (flags bit 2; only in a bound header).
     pub xattrs: bool,
+    /// The directory is a tenant's root (flags bit 3; only in a directory's entry-bound header).
+    pub tenant: bool,
 }
 
 /// Flags bit 2: the object has a sealed set of extended attributes.
 const FLAG_XATTRS: u16 = 4;
+/// Flags bit 3: the directory is a tenant's root.
+const FLAG_TENANT: u16 = 8;
 
 impl ObjectHeader {
     /// An unbound header (the binding is added by the file system layer, which has the key).
     pub fn new(kind: ObjectKind, id: [u8; 16]) -> Self {
-        ObjectHeader { kind, id, binding: Binding::None, xattrs: false }
+        ObjectHeader { kind, id, binding: Binding::None, xattrs: false, tenant: false }
     }
 }
 
@@ -74,6 +79,7 @@ impl ObjectHeader {
             Binding::Shared(m) => (2, m),
         };
         let flags = if self.xattrs { flags | FLAG_XATTRS } else { flags };
+        let flags = if self.tenant { flags | FLAG_TENANT } else { flags };
         out[6..8].copy_from_slice(&flags.to_le_bytes());
         out[8..24].copy_from_slice(&self.id);
         out[24..].copy_from_slice(&mac);
@@ -100,7 +106,11 @@ impl ObjectHeader {
         let id = r.array("id")?;
         let mac = r.array::<8>("binding")?;
         let xattrs = flags & FLAG_XATTRS != 0;
-        let binding = match flags & !FLAG_XATTRS {
+        let tenant = flags & FLAG_TENANT != 0;
+        if tenant && (kind != ObjectKind::Directory || flags & 3 != 1) {
+            return Err(r.corrupt("only an entry-bound directory can be a tenant's root".into()));
+        }
+        let binding = match flags & !(FLAG_XATTRS | FLAG_TENANT) {
             0 if mac == [0; 8] && !xattrs => Binding::None,
             0 => return Err(r.corrupt("binding bytes or flags of an unbound header are not zero".into())),
             1 => Binding::Entry(mac),
@@ -108,7 +118,7 @@ impl ObjectHeader {
             _ => return Err(DecodeError::Unsupported(format!("object header flags {flags:#x}"))),
         };
         r.finish()?;
-        Ok(ObjectHeader { kind, id, binding, xattrs })
+        Ok(ObjectHeader { kind, id, binding, xattrs, tenant })
     }
 }
 
@@ -129,6 +139,11 @@ mod tests {
         }
         let mut bad = b;
         bad[6] = 4; // extended attributes claimed by an unbound header
+        assert!(matches!(ObjectHeader::decode(&bad), Err(DecodeError::Corrupt(_))));
+        let tenant = ObjectHeader { kind: ObjectKind::Directory, binding: Binding::Entry([5; 8]), tenant: true, ..h };
+        assert_eq!(ObjectHeader::decode(&tenant.encode()).unwrap(), tenant);
+        let mut bad = b;
+        bad[6] = 8 | 2; // a tenant's root that is a file shared by hard links
         assert!(matches!(ObjectHeader::decode(&bad), Err(DecodeError::Corrupt(_))));
         let mut bad = b;
         bad[6] = 3;

@@ -60,8 +60,9 @@ fn kind_code(kind: ObjectKind) -> u8 {
 }
 
 /// The message a binding MAC covers (`entry`: `None` for a file shared by hard links;
-/// `xattrs`: the header says the object has extended attributes).
-fn binding_msg(kind: ObjectKind, id: &[u8; 16], entry: Option<&Entry>, xattrs: bool) -> Vec<u8> {
+/// `xattrs`: the header says the object has extended attributes; `tenant`: that the
+/// directory is a tenant's root).
+fn binding_msg(kind: ObjectKind, id: &[u8; 16], entry: Option<&Entry>, xattrs: bool, tenant: bool) -> Vec<u8> {
     let mut msg = Vec::with_capacity(64);
     msg.push(kind_code(kind));
     msg.extend_from_slice(id);
@@ -76,6 +77,9 @@ fn binding_msg(kind: ObjectKind, id: &[u8; 16], entry: Option<&Entry>, xattrs: b
     }
     if xattrs {
         msg.push(b'X');
+    }
+    if tenant {
+        msg.push(b'T');
     }
     msg
 }
@@ -92,21 +96,22 @@ pub(super) fn link_context(entry: &Entry) -> [u8; 16] {
 
 /// The header of object (`kind`, `id`) named by `entry`, under `keys` (also at `init`).
 pub(super) fn bound_header_with(keys: &KeyRing, kind: ObjectKind, id: [u8; 16], entry: &Entry) -> ObjectHeader {
-    bind_with(&keys.names(), kind, id, Some(entry), false)
+    bind_with(&keys.names(), kind, id, Some(entry), false, false)
 }
 
 /// The header of object (`kind`, `id`) bound to `entry` (`None`: to the volume), with the
-/// extended-attributes flag `xattrs`.
+/// extended-attributes flag `xattrs` and the tenant's-root flag `tenant`.
 pub(super) fn bind_with(
     keys: &NameKeys,
     kind: ObjectKind,
     id: [u8; 16],
     entry: Option<&Entry>,
     xattrs: bool,
+    tenant: bool,
 ) -> ObjectHeader {
-    let mac = keys.entry_mac(&binding_msg(kind, &id, entry, xattrs));
+    let mac = keys.entry_mac(&binding_msg(kind, &id, entry, xattrs, tenant));
     let binding = if entry.is_some() { Binding::Entry(mac) } else { Binding::Shared(mac) };
-    ObjectHeader { kind, id, binding, xattrs }
+    ObjectHeader { kind, id, binding, xattrs, tenant }
 }
 
 /// Gives the symlink at `link` the owner and times of `old` (the link it replaces), never
@@ -127,11 +132,11 @@ pub(super) fn authentic_with(keys: &NameKeys, header: &ObjectHeader, entry: &Ent
     match &header.binding {
         Binding::None => false,
         Binding::Entry(mac) => {
-            eq(mac, keys.entry_mac(&binding_msg(header.kind, &header.id, Some(entry), header.xattrs)))
+            eq(mac, keys.entry_mac(&binding_msg(header.kind, &header.id, Some(entry), header.xattrs, header.tenant)))
         }
         Binding::Shared(mac) => {
             header.kind == ObjectKind::File
-                && eq(mac, keys.entry_mac(&binding_msg(header.kind, &header.id, None, header.xattrs)))
+                && eq(mac, keys.entry_mac(&binding_msg(header.kind, &header.id, None, header.xattrs, header.tenant)))
         }
     }
 }
@@ -279,7 +284,7 @@ impl Volume {
         path: &Path,
     ) -> Result<()> {
         self.rewrite_header(header_path, id, false, path, |old| {
-            Some(bind_with(&self.keys().names(), old.kind, old.id, (!shared).then_some(entry), old.xattrs))
+            Some(bind_with(&self.keys().names(), old.kind, old.id, (!shared).then_some(entry), old.xattrs, old.tenant))
         })
     }
 
@@ -300,7 +305,7 @@ impl Volume {
                 Binding::Shared(_) => true,
                 Binding::Entry(_) => false,
             };
-            Some(bind_with(&self.keys().names(), old.kind, old.id, (!shared).then_some(entry), on))
+            Some(bind_with(&self.keys().names(), old.kind, old.id, (!shared).then_some(entry), on, old.tenant))
         })
     }
 
@@ -632,13 +637,16 @@ mod tests {
         want.extend_from_slice(&[0x44; 16]);
         want.extend_from_slice(&[3, 0]);
         want.extend_from_slice(b"abc");
-        assert_eq!(binding_msg(ObjectKind::File, &[0x33; 16], Some(&entry), false), want);
+        assert_eq!(binding_msg(ObjectKind::File, &[0x33; 16], Some(&entry), false, false), want);
         want.push(b'X');
-        assert_eq!(binding_msg(ObjectKind::File, &[0x33; 16], Some(&entry), true), want);
+        assert_eq!(binding_msg(ObjectKind::File, &[0x33; 16], Some(&entry), true, false), want);
+        want[0] = b'D';
+        want.push(b'T');
+        assert_eq!(binding_msg(ObjectKind::Directory, &[0x33; 16], Some(&entry), true, true), want);
         let mut shared = vec![b'F'];
         shared.extend_from_slice(&[0x33; 16]);
         shared.push(2);
-        assert_eq!(binding_msg(ObjectKind::File, &[0x33; 16], None, false), shared);
+        assert_eq!(binding_msg(ObjectKind::File, &[0x33; 16], None, false, false), shared);
         assert_ne!(link_context(&entry), link_context(&Entry::new([0x44; 16], OsStr::new("abd"))));
         assert_ne!(link_context(&entry), link_context(&Entry::new([0x45; 16], OsStr::new("abc"))));
     }

@@ -24,6 +24,25 @@ impl Volume {
     /// given, and returns its attributes. It is built complete (id, owner, mode) under a
     /// hidden name and moved into place, which fails if `path` exists.
     pub fn mkdir_owned(&self, path: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<super::Attr> {
+        self.make_dir(path, mode, owner, None)
+    }
+
+    /// Makes the (empty) root directory of a tenant at `path`: directory id `id` (chosen
+    /// and listed by the caller first), its header flagged as a tenant's root.
+    pub fn mkdir_tenant_root(&self, path: &Path, id: [u8; 16]) -> Result<()> {
+        self.make_dir(path, 0o755, None, Some(id))?;
+        self.tenant_dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+        Ok(())
+    }
+
+    /// [`Self::mkdir_owned`]; `tenant`: the id of a tenant's root to make.
+    fn make_dir(
+        &self,
+        path: &Path,
+        mode: u32,
+        owner: Option<(u32, u32)>,
+        tenant: Option<[u8; 16]>,
+    ) -> Result<super::Attr> {
         let r = self.resolve(path)?;
         let backing = r.backing();
         self.remember_name(&r)?;
@@ -33,7 +52,17 @@ impl Volume {
         let built = (|| {
             let id_file = self.at(&tmp_path.join(DIRID_FILE), path)?;
             let entry = super::binding::Entry::new(r.parent_id, &r.encoded.backing);
-            let header = self.bound_header(crate::format::ObjectKind::Directory, random_array(), &entry);
+            let header = match tenant {
+                None => self.bound_header(crate::format::ObjectKind::Directory, random_array(), &entry),
+                Some(id) => super::binding::bind_with(
+                    &self.keys().names(),
+                    crate::format::ObjectKind::Directory,
+                    id,
+                    Some(&entry),
+                    false,
+                    true,
+                ),
+            };
             names::write_dir_id_at(&id_file, &header, path)?;
             if let Some((uid, gid)) = owner {
                 std::os::unix::fs::lchown(tmp.path(), Some(uid), Some(gid)).map_err(|e| Error::io(path, "chown", e))?;
@@ -170,7 +199,11 @@ impl Volume {
     fn read_dir_id(&self, dir: &Path) -> Result<[u8; 16]> {
         let read = || names::read_dir_header(&self.core.tree, dir);
         // Its parent is checked first (cached after), then its own binding to its entry.
-        Ok(self.checked_header(read()?, &self.entry_of(dir)?, dir, read)?.id)
+        let h = self.checked_header(read()?, &self.entry_of(dir)?, dir, read)?;
+        if h.tenant {
+            self.tenant_dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(h.id);
+        }
+        Ok(h.id)
     }
 
     /// Forgets cached directory ids at and below backing paths `dirs` (one scan).

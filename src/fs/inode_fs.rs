@@ -75,6 +75,8 @@ pub struct InodeFs {
     tenants: Vec<TenantPart>,
     /// Outer directory id of each tenant's root → its part.
     tenant_roots: HashMap<[u8; 16], usize>,
+    /// The volume's tenant list (every tenant, open or not).
+    tenant_list: Vec<super::TenantEntry>,
     root_backing_ino: u64,
     nodes: RwLock<HashMap<u64, Node>>,
     handles: Mutex<HashMap<u64, (Arc<FileHandle>, usize)>>,
@@ -106,6 +108,7 @@ impl InodeFs {
             vol,
             tenants: Vec::new(),
             tenant_roots: HashMap::new(),
+            tenant_list: Vec::new(),
             root_backing_ino: root.ino,
             nodes: RwLock::new(nodes),
             handles: Mutex::new(HashMap::new()),
@@ -118,9 +121,10 @@ impl InodeFs {
 
     /// Serves tenant `part` (its root: the outer directory `dir_id`) too; its part number
     /// is returned (before the file system is shared).
-    pub fn add_tenant(&mut self, dir_id: [u8; 16], part: TenantPart) -> usize {
+    pub fn add_tenant(&mut self, entry: super::TenantEntry, part: TenantPart) -> usize {
         self.tenants.push(part);
-        self.tenant_roots.insert(dir_id, self.tenants.len());
+        self.tenant_roots.insert(entry.dir_id, self.tenants.len());
+        self.tenant_list.push(entry);
         self.tenants.len()
     }
 
@@ -134,20 +138,27 @@ impl InodeFs {
         if k == 0 {
             return Ok((&self.vol, None));
         }
+        // Named by the tenant's label (its volume's own path is a descriptor's).
+        let revoked = |reason: String| Error::Revoked {
+            path: PathBuf::from(format!("tenant {}", self.tenant_list.get(k - 1).map_or("?", |t| t.label.as_str()))),
+            reason,
+        };
         match &self.tenants[k - 1] {
-            Ok(v) => {
-                let guard = v.op()?;
-                Ok((v, Some(guard)))
-            }
-            Err(why) => Err(Error::Revoked { path: PathBuf::from(format!("<tenant {k}>")), reason: why.clone() }),
+            Ok(v) => match v.op() {
+                Ok(guard) => Ok((v, Some(guard))),
+                Err(Error::Revoked { reason, .. }) => Err(revoked(reason)),
+                Err(e) => Err(e),
+            },
+            Err(why) => Err(revoked(why.clone())),
         }
     }
 
-    /// The volume of part `k` without a guard (inside a request that holds it).
-    fn vol_of(&self, k: usize) -> &Volume {
-        match self.tenants.get(k.wrapping_sub(1)) {
-            Some(Ok(v)) if k > 0 => v,
-            _ => &self.vol,
+    /// The volume of part `k` without a guard (inside a request that holds it); `None` for
+    /// a tenant not opened.
+    fn vol_of(&self, k: usize) -> Option<&Volume> {
+        match k {
+            0 => Some(&self.vol),
+            _ => self.tenants.get(k - 1)?.as_ref().ok().map(|v| &**v),
         }
     }
 
@@ -199,6 +210,8 @@ impl InodeFs {
     /// answers with EIO and a bad inode).
     fn path(&self, ino: u64) -> Result<(usize, PathBuf)> {
         let (k, path) = self.path_unchecked(ino)?;
+        // A dark tenant's inode: the tenant's errno, not a stale path's ENOENT.
+        drop(self.part(k)?);
         if ino == ROOT_INO || self.names(k, &path, ino) {
             return Ok((k, path));
         }
@@ -221,7 +234,7 @@ impl InodeFs {
 
     /// Whether `path` names inode `ino` now.
     fn names(&self, k: usize, path: &Path, ino: u64) -> bool {
-        let vol = self.vol_of(k);
+        let Some(vol) = self.vol_of(k) else { return false };
         let now = vol.backing_path(path).ok().and_then(|b| vol.lstat(&b).ok());
         now.is_some_and(|m| vol.is_inode(m.ino(), ino))
     }
@@ -272,18 +285,25 @@ impl InodeFs {
         Ok((k, dir.join(name)))
     }
 
-    /// The tenant whose root is the outer directory at `path`, if it is one.
-    fn tenant_root(&self, path: &Path) -> Option<usize> {
-        if self.tenant_roots.is_empty() {
-            return None;
-        }
-        self.vol.directory_id(path).ok().and_then(|id| self.tenant_roots.get(&id).copied())
+    /// The tenant whose root is the volume's directory at `path`, if it is one. Fails
+    /// closed: a directory whose id cannot be read, or whose own flag and the tenant list
+    /// disagree, is an error, never taken for a plain directory (files made in it would be
+    /// under the volume's KEK).
+    fn tenant_root(&self, path: &Path) -> Result<Option<usize>> {
+        let t = self.vol.tenant_root_at(path, &self.tenant_list)?;
+        Ok(t.and_then(|t| self.tenant_roots.get(&t.dir_id).copied()))
     }
 
     /// EBUSY for a tenant's root (part 0 path), which only `shred --tenant` removes.
     fn not_a_tenant_root(&self, k: usize, path: &Path) -> Result<()> {
-        let is_dir = || self.vol.stat(path).is_ok_and(|s| s.kind == EntryKind::Directory);
-        if k == 0 && !self.tenant_roots.is_empty() && is_dir() && self.tenant_root(path).is_some() {
+        if k != 0 {
+            return Ok(());
+        }
+        match self.vol.stat(path) {
+            Ok(s) if s.kind == EntryKind::Directory => {}
+            _ => return Ok(()), // not a directory (or not there): the operation says so itself
+        }
+        if self.tenant_root(path)?.is_some() {
             return Err(Error::io(
                 path,
                 "a tenant's root (shred --tenant removes it)",
@@ -294,12 +314,15 @@ impl InodeFs {
     }
 
     /// Attributes with the FUSE inode number, remembering `path` for it (one lookup).
-    fn remember(&self, k: usize, path: PathBuf, mut attr: Attr) -> Attr {
+    fn remember(&self, k: usize, path: PathBuf, mut attr: Attr) -> Result<Attr> {
         if k == 0 && attr.ino == self.root_backing_ino {
             attr.ino = ROOT_INO;
-            return attr;
+            return Ok(attr);
         }
-        let contents = (k == 0 && attr.kind == EntryKind::Directory).then(|| self.tenant_root(&path)).flatten();
+        let contents = match k == 0 && attr.kind == EntryKind::Directory {
+            true => self.tenant_root(&path)?,
+            false => None,
+        };
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
         let node = nodes.entry(attr.ino).or_insert_with(|| Node {
             part: k,
@@ -322,7 +345,7 @@ impl InodeFs {
                 links.push(old);
             }
         }
-        attr
+        Ok(attr)
     }
 
     fn fuse_ino(&self, attr: &mut Attr) {
@@ -355,7 +378,7 @@ impl InodeFs {
         let (k, path) = self.child(parent, name)?;
         let (vol, _guard) = self.part(k)?;
         let attr = vol.getattr(&path)?;
-        Ok(self.remember(k, path, attr))
+        self.remember(k, path, attr)
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
@@ -395,7 +418,7 @@ impl InodeFs {
         handles
             .iter()
             .filter_map(|(h, k)| h.attr().ok().map(|a| (a, *k)))
-            .find(|(a, k)| self.vol_of(*k).is_inode(a.ino, ino))
+            .find(|(a, k)| self.vol_of(*k).is_some_and(|v| v.is_inode(a.ino, ino)))
             .map(|(a, _)| a)
     }
 
@@ -477,7 +500,7 @@ impl InodeFs {
         let (k, path) = self.child(parent, name)?;
         let (vol, _guard) = self.part(k)?;
         let attr = vol.mkdir_owned(&path, mode, self.owner(caller))?;
-        Ok(self.remember(k, path, attr))
+        self.remember(k, path, attr)
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
@@ -558,8 +581,8 @@ impl InodeFs {
         let (k, path) = self.child(parent, name)?;
         let (vol, _guard) = self.part(k)?;
         let (h, attr) = vol.create_owned(&path, mode & 0o7777, self.owner(caller))?;
-        let attr = self.remember(k, path, attr);
-        Ok((attr, self.add_handle(h, k)))
+        let handle = self.add_handle(h, k);
+        Ok((self.remember(k, path, attr)?, handle))
     }
 
     fn add_handle(&self, h: FileHandle, k: usize) -> u64 {
@@ -623,12 +646,15 @@ impl InodeFs {
 
     /// Closes `fh`; the last handle of a file commits its metadata.
     pub fn release(&self, fh: u64) -> Result<()> {
-        let (_, _guard) = self.handle_op(fh)?;
-        let h = self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh).map(|(h, _)| h);
-        match h.map(Arc::try_unwrap) {
-            Some(Ok(h)) => h.close_deferred(),
+        let Some((h, k)) = self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh) else {
+            return Ok(());
+        };
+        // On a dark tenant the handle goes without a commit (its store takes none).
+        let (_, _guard) = self.part(k)?;
+        match Arc::try_unwrap(h) {
+            Ok(h) => h.close_deferred(),
             // A read or write on this handle is still in flight; it closes when that ends.
-            Some(Err(_)) | None => Ok(()),
+            Err(_) => Ok(()),
         }
     }
 
@@ -750,8 +776,10 @@ impl InodeFs {
         if attr.ino == ROOT_INO {
             return;
         }
+        // Not remembered if it cannot be told apart from a tenant's root: the kernel's later
+        // requests for it then find no inode (ENOENT), never a plain directory.
         if let Ok((k, path)) = self.child(parent, name) {
-            self.remember(k, path, attr.clone());
+            let _ = self.remember(k, path, attr.clone());
         }
     }
 

@@ -259,6 +259,7 @@ impl Volume {
         let vol = Volume {
             core,
             dir_ids: Default::default(),
+            tenant_dirs: Default::default(),
             file_ids: Default::default(),
             file_set_problem: Default::default(),
             cipherdir: cipherdir.to_path_buf(),

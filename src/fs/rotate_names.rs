@@ -278,7 +278,7 @@ impl Volume {
             return Ok(true);
         }
         self.rewrite_header(at.path(), &header.id, false, header_file, |old| {
-            Some(bind_with(k.new, old.kind, old.id, (!shared).then_some(new_entry), old.xattrs))
+            Some(bind_with(k.new, old.kind, old.id, (!shared).then_some(new_entry), old.xattrs, old.tenant))
         })?;
         Ok(true)
     }

@@ -20,6 +20,8 @@ pub struct ShredReport {
     pub root_destroyed: Option<String>,
     /// Why the root was left alone (shared, not made for this volume, KMS unreachable).
     pub root_kept: Option<String>,
+    /// Tenant volumes (`tenants/*`) shredded with it.
+    pub tenants: usize,
 }
 
 /// Removes the anchors of the volume `header` names — the one `root` keeps beside it, and this
@@ -84,6 +86,39 @@ fn remove_temp_copies(cipherdir: &Path) {
     }
 }
 
+/// Shreds every volume in `cipherdir/tenants/` (`fs::tenants`): each real directory
+/// there holding a volume header, reached through its descriptor (a symlink is never
+/// followed); how many.
+fn shred_tenants(cipherdir: &Path) -> Result<usize> {
+    use nix::fcntl::{open, openat, OFlag};
+    use nix::sys::stat::Mode;
+    use std::os::fd::AsRawFd;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let path = cipherdir.join(super::TENANTS_DIR);
+    let tenants = match open(&path, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) => return Ok(0),
+        Err(e) => return Err(Error::io(&path, "open", e.into())),
+    };
+    let names: Vec<std::ffi::OsString> = std::fs::read_dir(format!("/proc/self/fd/{}", tenants.as_raw_fd()))
+        .map_err(|e| Error::io(&path, "read directory", e))?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    let mut shredded = 0;
+    for name in names {
+        let Ok(dir) = openat(&tenants, name.as_os_str(), flags, Mode::empty()) else { continue };
+        let at = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        if !at.join(HEADER_FILE).exists() {
+            continue;
+        }
+        let scratch = std::env::temp_dir()
+            .join(format!(".evfs-no-scratch-{}", crate::format::hex(&crate::crypto::random_array::<8>())));
+        Volume::shred_volume(&at, &scratch, None, None).map_err(|e| e.renamed(&path.join(&name)))?;
+        shredded += 1;
+    }
+    Ok(shredded)
+}
+
 impl Volume {
     /// Shreds the volume in `cipherdir` (unmounted, or by its mount's daemon), and the
     /// runtime copy of its scratch key (`scratch_file`). Destroying the wrapped keys needs no
@@ -114,6 +149,9 @@ impl Volume {
         //     (`.NAME.tmp-<hex>`, and the fixed `NAME.tmp` of older versions). Regular files
         //     only; anything else planted there is left alone.
         remove_temp_copies(cipherdir);
+        // 1c. Every tenant's volume the same way (their roots are kept): each real directory
+        //     under `tenants/` with a header, found without the (sealed) list.
+        let tenants = shred_tenants(cipherdir)?;
         // 2. A pending KEK of an unfinished rotation lives in the store (rare: only then is the
         //    store rewritten, so a shred stays O(1)).
         let store = Store::open(&cipherdir.join(STORE_FILE))?;
@@ -128,7 +166,7 @@ impl Volume {
         // 3. The volume's anchors, beside the root and on this host (they name the volume and
         // count its changes), then the root, when it is this volume's own.
         let anchor = forget_own_anchors(root, &sealed);
-        let mut report = ShredReport { root_destroyed: None, root_kept: None };
+        let mut report = ShredReport { root_destroyed: None, root_kept: None, tenants };
         let uri = header.kms_uri.clone();
         let owned = store.meta(ROOT_OWNED)?.is_some_and(|o| o == uri.as_bytes());
         let own = kms::own_keystore(&uri, cipherdir).and_then(|ks| Some((std::fs::symlink_metadata(&ks).ok()?, ks)));

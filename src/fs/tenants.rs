@@ -8,7 +8,11 @@
 //! (purpose `Tenants`, context = the outer volume id). So nothing planted in CIPHERDIR makes
 //! a directory a tenant's, moves a tenant, or names its root; and the feature bit makes the
 //! row required, so a deleted row is an integrity error, not tenant directories that open
-//! as empty plain ones (whose new files would then be under the outer KEK).
+//! as empty plain ones (whose new files would then be under the outer KEK). The tenant's
+//! root directory says so itself, in its authenticated header (object header flag bit 3,
+//! made with the directory): a flagged directory the list does not name (a list, or a
+//! header without bit 11, put back from an older copy) and a listed one without the flag
+//! are integrity errors ([`Volume::tenant_root_at`]).
 //!
 //! Owns the list's encoding and its row; the nested volumes are `crate::tenant`'s.
 
@@ -90,10 +94,16 @@ impl Volume {
 
     /// The tenants, from the sealed row (none unless the header has feature `tenants`).
     pub fn tenants(&self) -> Result<Vec<TenantEntry>> {
+        let store = self.store().path().to_path_buf();
         if self.header().features & FEATURE_TENANTS == 0 {
+            if self.store().meta(TENANTS_ROW)?.is_some() {
+                return Err(Error::integrity(
+                    &store,
+                    "has a tenant list, but the volume header says the volume has no tenants (a header put back from before its first tenant?)",
+                ));
+            }
             return Ok(Vec::new());
         }
-        let store = self.store().path().to_path_buf();
         let row = self.store().meta(TENANTS_ROW)?.ok_or_else(|| {
             Error::integrity(&store, "the volume has tenants (header feature), but its tenant list is missing")
         })?;
@@ -123,18 +133,24 @@ impl Volume {
         Ok(())
     }
 
-    /// The tenant whose root is the directory at `path`, if it is one.
-    pub fn tenant_at(&self, path: &Path) -> Result<Option<TenantEntry>> {
-        if self.header().features & FEATURE_TENANTS == 0 {
-            return Ok(None);
+    /// The tenant (of `list`) whose root is the directory at `path`, if it is one: the
+    /// directory's own flag and the list must agree, else an integrity error naming `path`.
+    pub fn tenant_root_at<'a>(&self, path: &Path, list: &'a [TenantEntry]) -> Result<Option<&'a TenantEntry>> {
+        let id = self.open_dir(path, None)?.1;
+        let flagged = self.tenant_dirs.lock().unwrap_or_else(|p| p.into_inner()).contains(&id);
+        match (flagged, list.iter().find(|t| t.dir_id == id)) {
+            (true, Some(t)) => Ok(Some(t)),
+            (false, None) => Ok(None),
+            (true, None) => Err(Error::integrity(
+                path,
+                "is a tenant's root (its directory says so), but the volume's tenant list does not name it: \
+                 the list or the volume header was put back from an older copy",
+            )),
+            (false, Some(t)) => Err(Error::integrity(
+                path,
+                format!("is listed as tenant {}'s root, but its directory does not say so", t.label),
+            )),
         }
-        let id = self.directory_id(path)?;
-        Ok(self.tenants()?.into_iter().find(|t| t.dir_id == id))
-    }
-
-    /// The id of directory `path` (a plaintext path; cached), for telling tenant roots apart.
-    pub fn directory_id(&self, path: &Path) -> Result<[u8; 16]> {
-        self.open_dir(path, None).map(|(_, id)| id)
     }
 
     /// A KEK rotation's step for the list: re-sealed under the new name key (if it

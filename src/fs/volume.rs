@@ -219,6 +219,9 @@ pub struct Volume {
     pub(super) core: Arc<Core>,
     /// Backing directory path → directory id (see [`Volume::dir_id`]).
     pub(super) dir_ids: Mutex<super::dirs::DirIds>,
+    /// Ids of the directories read so far whose (authenticated) header says they are a
+    /// tenant's root (ids never change, so nothing here goes stale).
+    pub(super) tenant_dirs: Mutex<std::collections::HashSet<[u8; 16]>>,
     /// Backing inode → file id (see [`Volume::remember_file_id`]).
     pub(super) file_ids: Mutex<HashMap<u64, (FileId, PathBuf)>>,
     /// Why the set of files is not the one last committed, if it is not (`fs::file_set`).
