@@ -1079,6 +1079,18 @@ fn fsck(cipherdir: &Path, repair: bool, pass: &PassArgs) -> Result<()> {
     let _lock = envelopefs::daemon::lock_volume(cipherdir)?;
     let vol = Volume::open(cipherdir, &pass.source())?;
     let mut left = print_fsck(cipherdir, "", &vol.fsck(repair)?);
+    for f in envelopefs::tenant::check(&vol, repair)? {
+        println!("{}", f.what);
+        match f.repaired {
+            Some(done) if !done.starts_with("not repaired") => println!("  repaired: {done}"),
+            other => {
+                if let Some(why) = other {
+                    println!("  {why}");
+                }
+                left += 1;
+            }
+        }
+    }
     // Each tenant is a volume of its own, checked with its own keys.
     for entry in vol.tenants()? {
         let checked = envelopefs::tenant::open(&vol, &entry, &pass.source()).and_then(|t| t.vol.fsck(repair));

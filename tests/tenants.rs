@@ -498,6 +498,23 @@ fn shredding_the_volume_shreds_its_tenants_and_a_tenant_shred_checks_what_it_des
     fs::rename(&ta, &tb).unwrap();
     fs::rename(&aside, &ta).unwrap();
 
+    // fsck: a leftover volume nobody owns, and a listed tenant whose root directory is gone
+    // (as `tenant add` cut short between its list and its directory leaves them).
+    let leftover = tenants.join(".new-0011223344556677");
+    common::copy_tree(&tb, &leftover);
+    let mut hdr =
+        envelopefs::format::VolumeHeader::decode(&fs::read(leftover.join("envelopefs.conf")).unwrap()).unwrap();
+    hdr.volume_id = [0x77; 16];
+    fs::write(leftover.join("envelopefs.conf"), hdr.encode()).unwrap();
+    let o = m.run(&["fsck".as_ref(), m.cipher.as_os_str()]);
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(4), "{said}");
+    assert!(said.contains(".new-0011223344556677: a volume no tenant owns"), "{said}");
+    let o = m.run(&["fsck".as_ref(), m.cipher.as_os_str(), "--repair".as_ref()]);
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && said.contains("repaired: shredded and removed"), "{said}");
+    assert!(!leftover.exists());
+
     let o = m.run(&["shred".as_ref(), m.cipher.as_os_str(), "--volume".as_ref(), "--yes".as_ref()]);
     ok(&o);
     assert!(String::from_utf8_lossy(&o.stdout).contains("2 tenant volume(s) shredded too"), "{o:?}");

@@ -5,6 +5,7 @@
 //! into a tenant is `fs::InodeFs`'s; re-checking its root, the daemon's.
 
 mod admin;
+mod check;
 mod place;
 
 use std::fs::File;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use nix::fcntl::Flock;
 
 pub use admin::{add, shred, TenantShred};
+pub use check::{check, Finding};
 pub use place::Place;
 
 use crate::format::hex;

@@ -34,8 +34,13 @@ impl Place {
     /// Opens tenant `entry`'s directory in `outer`'s CIPHERDIR; `None` if it (or `tenants/`)
     /// is not there; an integrity error if either is something other than a directory.
     pub fn open(outer: &Volume, entry: &TenantEntry) -> Result<Option<Place>> {
+        Self::open_name(outer, &crate::format::hex(&entry.id))
+    }
+
+    /// [`Self::open`] of `tenants/NAME`.
+    pub fn open_name(outer: &Volume, name: &str) -> Result<Option<Place>> {
         let tenants_path = outer.cipherdir().join(TENANTS_DIR);
-        let name = crate::format::hex(&entry.id);
+        let name = name.to_string();
         let planted = |p: &Path| Error::integrity(p, "expected a directory, found something else (planted?)");
         let tenants = match open(&tenants_path, dir_flags(), Mode::empty()) {
             Ok(fd) => fd,
