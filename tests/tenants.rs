@@ -498,6 +498,16 @@ fn shredding_the_volume_shreds_its_tenants_and_a_tenant_shred_checks_what_it_des
     fs::rename(&ta, &tb).unwrap();
     fs::rename(&aside, &ta).unwrap();
 
+    // The volume's own KEK and name key rotated: the list is re-sealed, each tenant's root
+    // keeps its flag under the new key, and the tenants are served as before.
+    let mut m = m;
+    let o = m.run(&["rotate".as_ref(), m.cipher.as_os_str(), "--kek".as_ref()]);
+    ok(&o);
+    m.mount();
+    assert_eq!(fs::read(m.p("a/file")).unwrap(), b"tenant a");
+    assert_eq!(fs::read(m.p("b/file")).unwrap(), b"tenant b");
+    m.unmount();
+
     // fsck: a leftover volume nobody owns, and a listed tenant whose root directory is gone
     // (as `tenant add` cut short between its list and its directory leaves them).
     let leftover = tenants.join(".new-0011223344556677");
