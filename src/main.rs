@@ -150,9 +150,10 @@ enum Command {
     #[command(group(clap::ArgGroup::new("mode").required(true).args(["kek", "rekey", "root"])))]
     Rotate {
         cipherdir: PathBuf,
-        /// With --kek: rotate the KEK of the tenant whose root is DIR (a path inside the
-        /// volume) instead of the volume's. (--rekey finds the tenant of each path itself.)
-        #[arg(long, value_name = "DIR", requires = "kek")]
+        /// With --kek or --root: rotate that key of the tenant whose root is DIR (a path
+        /// inside the volume) instead of the volume's (--root: unmounted only). --rekey
+        /// finds the tenant of each path itself.
+        #[arg(long, value_name = "DIR", conflicts_with = "rekey")]
         tenant: Option<PathBuf>,
         /// Replace the root key: a new embedded keystore key, a new HSM key object (--to, or
         /// an automatic label), or a re-wrap under the KMS key's current material (or --to).
@@ -445,6 +446,24 @@ fn run(cmd: Command) -> Result<()> {
             rotate_tenant_kek(&cipherdir, &dir, &pass)
         }
         Command::Rotate { cipherdir, kek: true, pass, .. } => rotate_kek(&cipherdir, pass),
+        Command::Rotate { cipherdir, root: true, tenant: Some(dir), to, create_key, pass, .. } => {
+            let _lock = unmounted(&cipherdir)?;
+            let vol = Volume::open(&cipherdir, &pass.source())?;
+            let new = envelopefs::tenant::rotate_root(&vol, &dir, &pass.source(), to.as_deref(), create_key)?;
+            println!(
+                "Root key of tenant {} rotated to {}; its KEK was re-wrapped (no data or DEK changed).",
+                dir.display(),
+                new.kms_uri
+            );
+            if kms::check_root(&new.kms_uri, &cipherdir).is_err() {
+                println!(
+                    "Mounting needs the new root trusted: --trust-root '{}' (or {}).",
+                    new.kms_uri,
+                    kms::ROOTS_ENV
+                );
+            }
+            Ok(())
+        }
         Command::Rotate { cipherdir, root: true, to, create_key, pass, .. } => {
             let header = Volume::read_live_header(&cipherdir)?;
             // Beside a mount, the header lock alone serializes us with its daemon.
@@ -628,7 +647,7 @@ fn unmounted(cipherdir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
     let header = Volume::read_live_header(cipherdir)?;
     if daemon_of(cipherdir, &header).is_some() {
         return Err(Error::InvalidArgument(format!(
-            "{} is mounted: unmount it first (tenants are added offline for now)",
+            "{} is mounted: unmount it first (a tenant is added, and its root rotated, offline for now)",
             cipherdir.display()
         )));
     }

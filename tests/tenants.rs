@@ -485,7 +485,7 @@ fn libc_eio() -> i32 {
 #[test]
 fn shredding_the_volume_shreds_its_tenants_and_a_tenant_shred_checks_what_it_destroys() {
     let hsm = SoftHsm::new();
-    let (m, a, b) = with_two_tenants(&hsm);
+    let (mut m, a, b) = with_two_tenants(&hsm);
     let tenants = m.cipher.join("tenants");
     // A's place holding B's volume: `shred --tenant /a` refuses, and destroys nothing.
     let (ta, tb, aside) = (tenants.join(&a), tenants.join(&b), tenants.join("aside"));
@@ -498,9 +498,45 @@ fn shredding_the_volume_shreds_its_tenants_and_a_tenant_shred_checks_what_it_des
     fs::rename(&ta, &tb).unwrap();
     fs::rename(&aside, &ta).unwrap();
 
+    // A tenant's root rotated to another key object, unmounted; cut short before the list
+    // names the new root (the list put back as it was), the tenant is closed until the
+    // rotation is run again naming that root.
+    let row: Vec<u8> = meta_db(&m).query_row("SELECT value FROM meta WHERE key = 'tenants'", [], |r| r.get(0)).unwrap();
+    let a2 = hsm.uri("a2");
+    let rotate_a = |m: &MountFixture, to: &str, create: bool| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "rotate".as_ref(),
+            m.cipher.as_os_str(),
+            "--root".as_ref(),
+            "--tenant".as_ref(),
+            "a".as_ref(),
+            "--to".as_ref(),
+            to.as_ref(),
+        ];
+        if create {
+            args.push("--create-key".as_ref());
+        }
+        m.run(&args)
+    };
+    let o = rotate_a(&m, &a2, true);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("object=a2"), "{o:?}");
+    meta_db(&m).execute("UPDATE meta SET value = ?1 WHERE key = 'tenants'", [&row]).unwrap();
+    m.mount();
+    let v = status(&m);
+    assert!(tenant(&v, "/a")["reason"].as_str().unwrap().contains("but the tenant list names"), "{v:#}");
+    m.unmount();
+    let o = rotate_a(&m, &hsm.uri("elsewhere"), false);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("run it again with --to"), "{o:?}");
+    ok(&rotate_a(&m, &a2, false));
+    m.mount();
+    let v = status(&m);
+    assert_eq!(tenant(&v, "/a")["root"], a2.as_str(), "{v:#}");
+    assert_eq!(fs::read(m.p("a/file")).unwrap(), b"tenant a");
+    m.unmount();
+
     // The volume's own KEK and name key rotated: the list is re-sealed, each tenant's root
     // keeps its flag under the new key, and the tenants are served as before.
-    let mut m = m;
     let o = m.run(&["rotate".as_ref(), m.cipher.as_os_str(), "--kek".as_ref()]);
     ok(&o);
     m.mount();

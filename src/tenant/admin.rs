@@ -156,3 +156,56 @@ pub fn shred(outer: &Volume, dir: &Path, locked: bool) -> Result<TenantShred> {
     }
     Ok(TenantShred { id: entry.id, label: entry.label, root: entry.kms_uri, was_missing })
 }
+
+/// `rotate --root --tenant DIR [--to URI]` on the unmounted volume `outer`: the tenant's KEK
+/// is re-wrapped under a new root (as `rotate --root` does for a volume: `--to`, or a new
+/// key object of the same token, or the KMS key's current material), then the list names
+/// the new root. Cut short between the two, the tenant opens dark ("names the root X, but
+/// the tenant list names Y"), and running it again with `--to X` finishes it: the tenant's
+/// volume must then open under X (only the holder of its KEK made a header bound to X).
+pub fn rotate_root(
+    outer: &Volume,
+    dir: &Path,
+    secrets: &dyn Secrets,
+    to: Option<&str>,
+    create_key: bool,
+) -> Result<crate::format::VolumeHeader> {
+    let entry = named(outer, dir)?;
+    if let Some(to) = to {
+        check_tenant_root(to)?;
+    }
+    let shown = outer.tenant_dir(&entry.id);
+    let place =
+        Place::open(outer, &entry)?.ok_or_else(|| Error::integrity(&shown, "the tenant's volume is missing"))?;
+    let at = place.path().to_path_buf();
+    let _lock = crate::daemon::lock_volume(&at)?;
+    let header = Volume::read_live_header(&at).map_err(|e| e.renamed(&shown))?;
+    if header.volume_id != entry.id {
+        return Err(Error::integrity(&shown, format!("holds volume {}, not the tenant's", hex(&header.volume_id))));
+    }
+    let new = if header.kms_uri == entry.kms_uri {
+        let new = Volume::rotate_root_kms(&at, secrets, to, create_key, &crate::control::scratch_path(&entry.id))?;
+        check_tenant_root(&new.kms_uri)?;
+        new
+    } else if to == Some(header.kms_uri.as_str()) {
+        let kms = crate::kms::open(&header.kms_uri, &at, secrets)?;
+        Volume::open_with_kms(&at, header.clone(), &kms)?;
+        header
+    } else {
+        return Err(Error::integrity(
+            &shown,
+            format!(
+                "names the root {}, but the tenant list names {}: if a `rotate --root --tenant` was cut short, \
+                 run it again with --to '{}'",
+                header.kms_uri, entry.kms_uri, header.kms_uri
+            ),
+        ));
+    };
+    let list: Vec<TenantEntry> = outer
+        .tenants()?
+        .into_iter()
+        .map(|t| if t.id == entry.id { TenantEntry { kms_uri: new.kms_uri.clone(), ..t } } else { t })
+        .collect();
+    outer.put_tenants(&list)?;
+    Ok(new)
+}

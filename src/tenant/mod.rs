@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use nix::fcntl::Flock;
 
-pub use admin::{add, shred, TenantShred};
+pub use admin::{add, rotate_root, shred, TenantShred};
 pub use check::{check, Finding};
 pub use place::Place;
 
