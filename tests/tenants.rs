@@ -459,8 +459,11 @@ fn a_tenant_list_or_header_put_back_from_before_a_tenant_fails_closed() {
     // directory of the volume, and nothing can be made in it.
     meta_db(&m).execute("UPDATE meta SET value = ?1 WHERE key = 'tenants'", [&list_with_a]).unwrap();
     m.mount();
-    assert_eq!(errno_of(fs::metadata(m.p("b")), "a tenant's root the list forgot"), libc_eio());
+    let listed = fs::read_dir(m.p("b")).and_then(|mut d| d.next().transpose());
+    assert_eq!(errno_of(listed, "a listing of a tenant's root the list forgot"), libc_eio());
     assert_eq!(errno_of(fs::write(m.p("b/new"), b"x"), "a file made in it"), libc_eio());
+    assert_eq!(errno_of(fs::create_dir(m.p("b/d")), "a directory made in it"), libc_eio());
+    assert_eq!(errno_of(fs::remove_dir(m.p("b")), "its removal"), libc_eio());
     fs::write(m.p("a/ok"), b"a").unwrap();
     m.unmount();
 
@@ -472,7 +475,7 @@ fn a_tenant_list_or_header_put_back_from_before_a_tenant_fails_closed() {
     // ... and without the list too: each tenant's root still says what it is.
     meta_db(&m).execute("DELETE FROM meta WHERE key = 'tenants'", []).unwrap();
     m.mount();
-    assert_eq!(errno_of(fs::metadata(m.p("a")), "a tenant's root, no list"), libc_eio());
+    assert_eq!(errno_of(fs::metadata(m.p("a/file")), "a file of a tenant's root, no list"), libc_eio());
     assert_eq!(errno_of(fs::create_dir(m.p("a/sub")), "a directory made in it"), libc_eio());
 }
 

@@ -56,6 +56,9 @@ struct Node {
     path: PathBuf,
     /// For a tenant's root: the part its entries are in.
     contents: Option<usize>,
+    /// Whether `contents` was worked out (at the first use of the directory's entries,
+    /// which reads its id anyway).
+    checked: bool,
     /// Other names the kernel knows this file by (hard links; the most recent
     /// [`MAX_LINKS`]), tried when `path` no longer names it: removed, or another file renamed
     /// over it, while a dentry of another link still leads the kernel here.
@@ -103,7 +106,10 @@ impl InodeFs {
     pub fn new(vol: Arc<Volume>, read_only: bool, chown_new: bool) -> Result<Self> {
         let root = vol.getattr(Path::new(""))?;
         let mut nodes = HashMap::new();
-        nodes.insert(ROOT_INO, Node { part: 0, path: PathBuf::new(), contents: None, links: Vec::new(), lookups: 1 });
+        nodes.insert(
+            ROOT_INO,
+            Node { part: 0, path: PathBuf::new(), contents: None, checked: true, links: Vec::new(), lookups: 1 },
+        );
         Ok(InodeFs {
             vol,
             tenants: Vec::new(),
@@ -265,16 +271,32 @@ impl InodeFs {
     }
 
     /// Where the entries of directory `ino` are: its own place, or a tenant's root.
+    /// The first use of a directory of the volume's own works out whether it is a tenant's
+    /// root (its id, read here, is what reaching its entries needs anyway); failing closed.
     fn contents(&self, ino: u64) -> Result<(usize, PathBuf)> {
-        self.nodes
+        let (part, path, contents, checked) = self
+            .nodes
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&ino)
-            .map(|n| match n.contents {
-                Some(t) => (t, PathBuf::new()),
-                None => (n.part, n.path.clone()),
-            })
-            .ok_or_else(|| Error::NotFound(PathBuf::from(format!("<inode {ino}>"))))
+            .map(|n| (n.part, n.path.clone(), n.contents, n.checked))
+            .ok_or_else(|| Error::NotFound(PathBuf::from(format!("<inode {ino}>"))))?;
+        if let Some(t) = contents {
+            return Ok((t, PathBuf::new()));
+        }
+        if part != 0 || checked {
+            return Ok((part, path));
+        }
+        let t = self.tenant_root(&path)?;
+        if let Some(n) = self.nodes.write().unwrap_or_else(|p| p.into_inner()).get_mut(&ino) {
+            if n.path == path {
+                (n.contents, n.checked) = (t, true);
+            }
+        }
+        Ok(match t {
+            Some(t) => (t, PathBuf::new()),
+            None => (part, path),
+        })
     }
 
     /// The part and path of `name` in directory `parent`. The parent's path is not
@@ -314,26 +336,25 @@ impl InodeFs {
     }
 
     /// Attributes with the FUSE inode number, remembering `path` for it (one lookup).
-    fn remember(&self, k: usize, path: PathBuf, mut attr: Attr) -> Result<Attr> {
+    fn remember(&self, k: usize, path: PathBuf, mut attr: Attr) -> Attr {
         if k == 0 && attr.ino == self.root_backing_ino {
             attr.ino = ROOT_INO;
-            return Ok(attr);
+            return attr;
         }
-        let contents = match k == 0 && attr.kind == EntryKind::Directory {
-            true => self.tenant_root(&path)?,
-            false => None,
-        };
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
         let node = nodes.entry(attr.ino).or_insert_with(|| Node {
             part: k,
             path: PathBuf::new(),
             contents: None,
+            checked: false,
             links: Vec::new(),
             lookups: 0,
         });
         node.lookups += 1;
-        node.part = k;
-        node.contents = contents;
+        if node.part != k || node.path != path {
+            // Maybe another directory by the same inode number: worked out again.
+            (node.part, node.contents, node.checked) = (k, None, false);
+        }
         if node.path != path {
             let Node { path: kept, links, .. } = node;
             let old = std::mem::replace(kept, path);
@@ -345,7 +366,7 @@ impl InodeFs {
                 links.push(old);
             }
         }
-        Ok(attr)
+        attr
     }
 
     fn fuse_ino(&self, attr: &mut Attr) {
@@ -378,7 +399,7 @@ impl InodeFs {
         let (k, path) = self.child(parent, name)?;
         let (vol, _guard) = self.part(k)?;
         let attr = vol.getattr(&path)?;
-        self.remember(k, path, attr)
+        Ok(self.remember(k, path, attr))
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
@@ -500,7 +521,7 @@ impl InodeFs {
         let (k, path) = self.child(parent, name)?;
         let (vol, _guard) = self.part(k)?;
         let attr = vol.mkdir_owned(&path, mode, self.owner(caller))?;
-        self.remember(k, path, attr)
+        Ok(self.remember(k, path, attr))
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
@@ -582,7 +603,7 @@ impl InodeFs {
         let (vol, _guard) = self.part(k)?;
         let (h, attr) = vol.create_owned(&path, mode & 0o7777, self.owner(caller))?;
         let handle = self.add_handle(h, k);
-        Ok((self.remember(k, path, attr)?, handle))
+        Ok((self.remember(k, path, attr), handle))
     }
 
     fn add_handle(&self, h: FileHandle, k: usize) -> u64 {
@@ -776,10 +797,8 @@ impl InodeFs {
         if attr.ino == ROOT_INO {
             return;
         }
-        // Not remembered if it cannot be told apart from a tenant's root: the kernel's later
-        // requests for it then find no inode (ENOENT), never a plain directory.
         if let Ok((k, path)) = self.child(parent, name) {
-            let _ = self.remember(k, path, attr.clone());
+            self.remember(k, path, attr.clone());
         }
     }
 
