@@ -183,6 +183,52 @@ fn pkcs11_root_init_mount_rotate_and_shred() {
     copy_after_shred_does_not_open(&m, &hsm.dir.path().join("copy"));
 }
 
+/// `root.owned` (the HSM key was made for this volume, so shred and rotate may destroy it)
+/// is sealed under the volume's KEK: one planted in `meta.db`, bare or copied from the volume
+/// that did make the key, is not believed, and a key shared with another volume survives
+/// that volume's `rotate --root` and `shred --volume`.
+#[test]
+fn a_planted_root_owned_record_does_not_get_a_shared_hsm_key_destroyed() {
+    let hsm = SoftHsm::new();
+    let shared = hsm.uri("shared");
+    let mut owner = MountFixture::new_with(&["--kms", &shared, "--create-key"], hsm.env());
+    fs::write(owner.p("f"), b"the owner's").unwrap();
+    owner.unmount();
+    let mut other = MountFixture::new_with(&["--kms", &shared], hsm.env());
+    other.unmount();
+    let db = |m: &MountFixture| rusqlite::Connection::open(m.cipher.join("meta.db")).unwrap();
+    let sealed: Vec<u8> =
+        db(&owner).query_row("SELECT value FROM meta WHERE key = 'root.owned'", [], |r| r.get(0)).unwrap();
+    assert_ne!(sealed, shared.as_bytes(), "stored sealed, not bare");
+    for planted in [shared.as_bytes().to_vec(), sealed] {
+        db(&other).execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('root.owned', ?1)", [&planted]).unwrap();
+        let copy = other.tmp.path().join("copy");
+        let _ = fs::remove_dir_all(&copy);
+        copy_tree(&other.cipher, &copy);
+        let o = other.run(&["rotate".as_ref(), copy.as_os_str(), "--root".as_ref()]);
+        ok(&o);
+        let o = other.run(&["shred".as_ref(), copy.as_os_str(), "--volume".as_ref(), "--yes".as_ref()]);
+        ok(&o);
+        let o = other.run(&["shred".as_ref(), other.cipher.as_os_str(), "--volume".as_ref(), "--yes".as_ref()]);
+        ok(&o);
+        assert!(String::from_utf8_lossy(&o.stdout).contains("was not made for this volume"), "{o:?}");
+        // (the other volume, shredded, is made again for the next round)
+        fs::remove_dir_all(&other.cipher).unwrap();
+        ok(&other.run(&[
+            "init".as_ref(),
+            other.cipher.as_os_str(),
+            "--kms".as_ref(),
+            shared.as_ref(),
+            "--passfile".as_ref(),
+            other.passfile.as_os_str(),
+        ]));
+        // The shared key is there: the owner mounts and reads.
+        owner.mount();
+        assert_eq!(fs::read(owner.p("f")).unwrap(), b"the owner's");
+        owner.unmount();
+    }
+}
+
 #[test]
 fn pkcs11_wrong_pin_missing_token_and_module_are_clear_errors() {
     let hsm = SoftHsm::new();

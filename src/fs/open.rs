@@ -83,6 +83,7 @@ impl Volume {
                 | crate::format::FEATURE_FILE_SET
                 | crate::format::FEATURE_KEK_GENERATION
                 | crate::format::FEATURE_LINKS_BOUND
+                | crate::format::FEATURE_ROOT_OWNED_SEALED
                 | format_feature(opts)?,
             volume_id: random_array(),
             cipher: opts.cipher,
@@ -116,7 +117,8 @@ impl Volume {
             Change::PutMeta { key: super::file_set::FILE_SET, value: &empty_set },
         ])?;
         if let Some(uri) = created {
-            store.apply(&[Change::PutMeta { key: ROOT_OWNED, value: uri.as_bytes() }])?;
+            let sealed = super::records::seal_with(&keys, ROOT_OWNED, uri.as_bytes(), false);
+            store.apply(&[Change::PutMeta { key: ROOT_OWNED, value: &sealed }])?;
         }
         drop(store);
         let data = cipherdir.join(DATA_DIR);
@@ -294,6 +296,11 @@ impl Volume {
         }
         if vol.header().features & crate::format::FEATURE_RECORDS_SEALED == 0 {
             vol.seal_records_upgrade()?;
+        }
+        if vol.header().features & crate::format::FEATURE_ROOT_OWNED_SEALED == 0 {
+            vol.upgrade(crate::format::FEATURE_ROOT_OWNED_SEALED, "sealing the root-owned record", || {
+                vol.seal_bare_root_owned()
+            })?;
         }
         if vol.header().features & crate::format::FEATURE_FILES_RECORDED == 0 {
             vol.record_files_upgrade()?;

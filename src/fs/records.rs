@@ -13,13 +13,14 @@ use super::fsck::MOUNT_ACTIVE;
 use super::rotate::{PENDING_ID, PENDING_NAMES, PENDING_WRAPPED};
 use super::scratch::{SCRATCH_DIRS, SCRATCH_KEY};
 use super::volume::Volume;
+use super::volume::ROOT_OWNED;
 use crate::keys::KeyRing;
 use crate::store::{Change, Store};
 use crate::{Error, Result};
 
 /// The records sealed this way.
-pub(super) const SEALED: [&str; 6] =
-    [PENDING_ID, PENDING_WRAPPED, PENDING_NAMES, MOUNT_ACTIVE, SCRATCH_KEY, SCRATCH_DIRS];
+pub(super) const SEALED: [&str; 7] =
+    [PENDING_ID, PENDING_WRAPPED, PENDING_NAMES, MOUNT_ACTIVE, SCRATCH_KEY, SCRATCH_DIRS, ROOT_OWNED];
 const MAC_LEN: usize = 32;
 
 impl Volume {
@@ -82,6 +83,18 @@ impl Volume {
         Ok(out)
     }
 
+    /// A volume made before `root.owned` was sealed (header feature bit 12): seals its bare
+    /// record (trusted this once, as every upgrade trusts what it finds); one that
+    /// authenticates already is left as it is.
+    pub(super) fn seal_bare_root_owned(&self) -> Result<()> {
+        let Some(raw) = self.store().meta(ROOT_OWNED)? else { return Ok(()) };
+        if self.authentic(ROOT_OWNED, &raw).is_some() {
+            return Ok(());
+        }
+        let sealed = self.with_macs(ROOT_OWNED, &raw, false);
+        self.store().apply(&[Change::PutMeta { key: ROOT_OWNED, value: &sealed }])
+    }
+
     /// A volume made before sealed records: seals what is there (trusted this once). A row
     /// sealed already (an upgrade cut short before its header write) is left as it is.
     pub(super) fn seal_bare_records(&self) -> Result<()> {
@@ -101,7 +114,7 @@ impl Volume {
 
 /// `value || MAC(current KEK)`, and `|| MAC(pending KEK)` with `pending` while a rotation has
 /// one loaded.
-fn seal_with(keys: &KeyRing, name: &str, value: &[u8], pending: bool) -> Vec<u8> {
+pub(super) fn seal_with(keys: &KeyRing, name: &str, value: &[u8], pending: bool) -> Vec<u8> {
     let mut out = value.to_vec();
     out.extend_from_slice(&keys.record_mac(name, value));
     if let Some(m) = pending.then(|| keys.pending_record_mac(name, value)).flatten() {

@@ -66,7 +66,7 @@ impl Volume {
         } else {
             let _ = std::fs::remove_file(&next); // a run interrupted before the header: start over
             let new = LocalKeystore::create(&header.kms_uri, &next, &pass, kdf)?;
-            if !rewrap_kek(&current, &new, &mut header, &cipherdir.join(HEADER_FILE))? {
+            if rewrap_kek(&current, &new, &mut header, &cipherdir.join(HEADER_FILE))?.is_none() {
                 return Err(Error::integrity(cipherdir.join(HEADER_FILE), "wrapped KEK refused by the keystore"));
             }
             if let Some(rec) = rewrap_scratch(&current, &new, &header, scratch_file)? {
@@ -114,9 +114,9 @@ impl Volume {
         anchor.check_generation(&header, &cipherdir.join(super::HEADER_FILE))?;
         let to = kms::create(&new_uri, cipherdir, secrets, KdfParams::DEFAULT, create)?;
         let before = header.clone();
-        if !rewrap_kek(&from, &to, &mut header, &cipherdir.join(HEADER_FILE))? {
+        let Some(kek) = rewrap_kek(&from, &to, &mut header, &cipherdir.join(HEADER_FILE))? else {
             return Err(Error::integrity(cipherdir.join(HEADER_FILE), "wrapped KEK refused by the current root"));
-        }
+        };
         if let Some(rec) = rewrap_scratch(&from, &to, &before, scratch_file)? {
             durable::replace_file(scratch_file, &rec.encode(), 0o600)?;
         }
@@ -128,10 +128,15 @@ impl Volume {
                 tracing::warn!("the volume's anchor stays beside its old root {old_uri}: {e}");
             }
         }
-        // Retire the old root if it was this volume's own and is not the new one.
-        let owned_old = store.meta(ROOT_OWNED)?.is_some_and(|o| o == old_uri.as_bytes());
+        // Retire the old root if it was this volume's own (the record sealed under its KEK
+        // says so: a planted one is not believed) and is not the new one.
+        let vid = header.volume_id;
+        let owned_old = store.meta(ROOT_OWNED)?.is_some_and(|raw| {
+            crate::keys::open_record_under(&kek, &vid, ROOT_OWNED, &raw) == Some(old_uri.as_bytes())
+        });
         if create && !header.kms_uri.starts_with("local:") {
-            store.apply(&[Change::PutMeta { key: ROOT_OWNED, value: header.kms_uri.as_bytes() }])?;
+            let sealed = crate::keys::seal_record_under(&kek, &vid, ROOT_OWNED, header.kms_uri.as_bytes());
+            store.apply(&[Change::PutMeta { key: ROOT_OWNED, value: &sealed }])?;
         } else if owned_old && header.kms_uri != old_uri {
             store.apply(&[Change::DeleteMeta { key: ROOT_OWNED }])?;
         }

@@ -168,7 +168,12 @@ impl Volume {
         let anchor = forget_own_anchors(root, &sealed);
         let mut report = ShredReport { root_destroyed: None, root_kept: None, tenants };
         let uri = header.kms_uri.clone();
-        let owned = store.meta(ROOT_OWNED)?.is_some_and(|o| o == uri.as_bytes());
+        // Made for this volume: the record says so, sealed under the KEK the root still
+        // unwraps from the header as it was (a planted or copied record is not believed).
+        let owned = match (store.meta(ROOT_OWNED)?, root) {
+            (Some(raw), Some(k)) => crate::keys::record_vouched(k, &sealed, ROOT_OWNED, uri.as_bytes(), &raw),
+            _ => false,
+        };
         let own = kms::own_keystore(&uri, cipherdir).and_then(|ks| Some((std::fs::symlink_metadata(&ks).ok()?, ks)));
         match (own, uri.starts_with("local:")) {
             (Some((meta, ks)), _) if !meta.is_file() => {
@@ -180,6 +185,7 @@ impl Volume {
                 report.root_destroyed = Some(format!("keystore {} overwritten and removed", ks.display()));
             }
             (_, true) => report.root_kept = Some(format!("{uri} is shared with other volumes")),
+            _ if root.is_none() => report.root_kept = Some(format!("{uri}: not reachable, so not destroyed")),
             _ if !owned => report.root_kept = Some(format!("{uri} was not made for this volume")),
             _ => match root.map(|k| k.destroy_root(delete_after_days)) {
                 Some(Ok(Some(done))) => {

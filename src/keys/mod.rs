@@ -607,11 +607,16 @@ impl KeyRing {
 /// whose URI `header` then names), and the name key re-sealed for that header (the URI is
 /// bound into it), without leaving this module. Returns false, changing nothing, if `from`
 /// does not hold the root that wrapped it.
-pub fn rewrap_kek(from: &dyn Kms, to: &dyn Kms, header: &mut VolumeHeader, header_path: &Path) -> Result<bool> {
+pub fn rewrap_kek(
+    from: &dyn Kms,
+    to: &dyn Kms,
+    header: &mut VolumeHeader,
+    header_path: &Path,
+) -> Result<Option<Key256>> {
     let ctx = KmsContext::kek(header.volume_id, header.kek_generation);
     let kek = match from.unwrap(&header.wrapped_kek, &ctx) {
         Ok(k) => k,
-        Err(KmsError::Rejected(_)) => return Ok(false),
+        Err(KmsError::Rejected(_)) => return Ok(None),
         Err(e) => return Err(kms_error(from, e)),
     };
     let wrapper = KeyWrapper::new(&kek);
@@ -622,7 +627,41 @@ pub fn rewrap_kek(from: &dyn Kms, to: &dyn Kms, header: &mut VolumeHeader, heade
     header.kms_uri = to.uri().to_string();
     header.wrapped_kek = wrapped_kek;
     header.wrapped_name_key = wrapper.wrap(&name_key, &header.binding());
-    Ok(true)
+    Ok(Some(kek))
+}
+
+/// Steering record `name = value` sealed under `kek` as a key ring seals it
+/// (`value || KeyRing::record_mac`), for code that holds the KEK alone (a root rotation).
+pub fn seal_record_under(kek: &Key256, volume_id: &[u8; 16], name: &str, value: &[u8]) -> Vec<u8> {
+    let mut out = value.to_vec();
+    out.extend_from_slice(&record_mac_under(kek, volume_id, name, value));
+    out
+}
+
+/// The value of sealed record `raw` (`value || MAC`) if it authenticates under `kek`.
+pub fn open_record_under<'a>(kek: &Key256, volume_id: &[u8; 16], name: &str, raw: &'a [u8]) -> Option<&'a [u8]> {
+    let (value, mac) = raw.split_at_checked(raw.len().checked_sub(32)?)?;
+    let want = record_mac_under(kek, volume_id, name, value);
+    aws_lc_rs::constant_time::verify_slices_are_equal(&want, mac).is_ok().then_some(value)
+}
+
+/// Whether `raw` is record `name` = `value` sealed under the KEK of `header`, which `kms`
+/// unwraps (a KMS call; `false` if it cannot).
+pub fn record_vouched(kms: &dyn Kms, header: &VolumeHeader, name: &str, value: &[u8], raw: &[u8]) -> bool {
+    let ctx = KmsContext::kek(header.volume_id, header.kek_generation);
+    kms.unwrap(&header.wrapped_kek, &ctx)
+        .is_ok_and(|kek| open_record_under(&kek, &header.volume_id, name, raw) == Some(value))
+}
+
+fn record_mac_under(kek: &Key256, volume_id: &[u8; 16], name: &str, value: &[u8]) -> [u8; 32] {
+    let mut msg = b"EVFSREC1".to_vec();
+    msg.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    msg.extend_from_slice(name.as_bytes());
+    msg.extend_from_slice(value);
+    let tag = aws_lc_rs::hmac::sign(&record_key(kek, volume_id), &msg);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
 }
 
 /// Whether `kms` holds the root that wrapped the header's KEK.
