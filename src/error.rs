@@ -123,6 +123,7 @@ impl Error {
             Error::Io { op, source, .. } => Error::Io { path: p, op, source },
             Error::Integrity { reason, .. } => Error::Integrity { path: p, reason },
             Error::Corrupt { reason, .. } => Error::Corrupt { path: p, reason },
+            Error::Shredded(_) => Error::Shredded(p),
             other => other,
         }
     }

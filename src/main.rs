@@ -630,6 +630,9 @@ fn shred(
         if report.tenants > 0 {
             println!("Its {} tenant volume(s) shredded too (their roots are kept).", report.tenants);
         }
+        for failed in &report.tenants_failed {
+            println!("Not shredded: {failed}");
+        }
         return Ok(());
     }
     let kms = kms::open(&header.kms_uri, cipherdir, &pass.source())?;
@@ -794,6 +797,9 @@ fn shred_mounted(
         print_root_report(v["root_destroyed"].as_str().map(str::to_owned), v["root_kept"].as_str().map(str::to_owned));
         if let Some(n) = v["tenants"].as_u64().filter(|&n| n > 0) {
             println!("Its {n} tenant volume(s) shredded too (their roots are kept).");
+        }
+        for failed in v["tenants_failed"].as_array().into_iter().flatten().filter_map(|f| f.as_str()) {
+            println!("Not shredded: {failed}");
         }
         if let Err(e) = envelopefs::daemon::unmount(&mountpoint, std::time::Duration::from_secs(30)) {
             // Files are open: detach the mount now; the daemon (and its keys in memory) goes

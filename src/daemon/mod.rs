@@ -193,7 +193,13 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     let served = close_tenants(served);
     if let Some(why) = vol.dark() {
         let e = Error::Revoked { path: req.cipherdir.clone(), reason: why.to_string() };
-        drop((fs, vol, served));
+        drop((fs, vol));
+        // A tenant volume still held somewhere keeps reaching its files through its pinned
+        // descriptor: that is never closed under it (the process ends soon anyway).
+        for (tenant, held) in served {
+            drop(tenant);
+            std::mem::forget(held);
+        }
         tracing::info!("unmounted after going dark");
         return Err(e);
     }
@@ -204,8 +210,11 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     // each volume, which zeroizes every key and closes (checkpoints) the store.
     drop(fs);
     for (vol, held) in served {
-        close(vol);
-        drop(held);
+        if close(vol) {
+            drop(held);
+        } else {
+            std::mem::forget(held); // see above
+        }
     }
     close(vol);
     served_fuse?;
@@ -243,12 +252,15 @@ fn close_tenants(served: Arc<Vec<tenants::Served>>) -> Vec<(Arc<Volume>, crate::
 /// Drops the volume here, so that its last commit and the clearing of its mount marker
 /// happen before the daemon exits: waits (up to 10 s) for any other thread still holding it
 /// for a moment.
-fn close(vol: Arc<Volume>) {
+fn close(vol: Arc<Volume>) -> bool {
     let mut vol = vol;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match Arc::try_unwrap(vol) {
-            Ok(v) => return drop(v),
+            Ok(v) => {
+                drop(v);
+                return true;
+            }
             Err(again) if Instant::now() < deadline => {
                 vol = again;
                 std::thread::sleep(Duration::from_millis(10));
@@ -257,7 +269,7 @@ fn close(vol: Arc<Volume>) {
                 tracing::error!(
                     "the volume is still in use at exit: its last commit is left to the next mount's recovery"
                 );
-                return;
+                return false;
             }
         }
     }
@@ -542,7 +554,7 @@ fn control_server(
             vol.keys().drop_scratch();
             // Its tenants are shredded with it: dark first, so they write nothing after.
             for t in fs.tenant_volumes() {
-                tenants::darken(&t, "the volume was shredded", false);
+                tenants::darken(&t, "the volume was shredded", read_only);
             }
             let days = request["delete_root_after"].as_u64().map(|d| d as u32);
             match Volume::shred_volume(vol.cipherdir(), &scratch_file, Some(kms.as_ref()), days) {
@@ -550,6 +562,7 @@ fn control_server(
                     "root_destroyed": r.root_destroyed,
                     "root_kept": r.root_kept,
                     "tenants": r.tenants,
+                    "tenants_failed": r.tenants_failed,
                 }),
                 Err(e) => control::error_reply(&e),
             }

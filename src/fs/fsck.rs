@@ -304,7 +304,13 @@ impl Volume {
             .map_err(|e| Error::io(backing, "read directory", e))?
             .flatten()
             .all(|e| e.file_name() == DIRID_FILE);
-        if mode.repair && empty {
+        // A tenant's root is always empty here, and a new id would make it a plain directory
+        // (whose files would go under this volume's KEK): on a volume with tenants, left as it is.
+        let tenants = self.header().features & crate::format::FEATURE_TENANTS != 0;
+        if tenants && mode.repair && empty {
+            p.repaired = None;
+            p.detail.push_str(" (left as it is: on a volume with tenants it may be a tenant's root)");
+        } else if mode.repair && empty {
             // The bad id file itself goes (a planted symlink is removed, never followed).
             let _ = fs::remove_file(listed.path().join(DIRID_FILE));
             let header = self.bound_header(ObjectKind::Directory, crate::crypto::random_array(), entry);

@@ -287,7 +287,8 @@ impl InodeFs {
         if part != 0 || checked {
             return Ok((part, path));
         }
-        let t = self.tenant_root(&path)?;
+        // Only if `path` is still this inode (a rename meanwhile: worked out next time).
+        let t = self.tenant_root(&path, (ino != ROOT_INO).then_some(ino))?;
         if let Some(n) = self.nodes.write().unwrap_or_else(|p| p.into_inner()).get_mut(&ino) {
             if n.path == path {
                 (n.contents, n.checked) = (t, true);
@@ -311,8 +312,8 @@ impl InodeFs {
     /// closed: a directory whose id cannot be read, or whose own flag and the tenant list
     /// disagree, is an error, never taken for a plain directory (files made in it would be
     /// under the volume's KEK).
-    fn tenant_root(&self, path: &Path) -> Result<Option<usize>> {
-        let t = self.vol.tenant_root_at(path, &self.tenant_list)?;
+    fn tenant_root(&self, path: &Path, ino: Option<u64>) -> Result<Option<usize>> {
+        let t = self.vol.tenant_root_at(path, &self.tenant_list, ino)?;
         Ok(t.and_then(|t| self.tenant_roots.get(&t.dir_id).copied()))
     }
 
@@ -323,9 +324,11 @@ impl InodeFs {
         }
         match self.vol.stat(path) {
             Ok(s) if s.kind == EntryKind::Directory => {}
-            _ => return Ok(()), // not a directory (or not there): the operation says so itself
+            // Not a directory, or not there: the operation says so itself.
+            Ok(_) | Err(Error::NotFound(_) | Error::NotDir(_)) => return Ok(()),
+            Err(e) => return Err(e),
         }
-        if self.tenant_root(path)?.is_some() {
+        if self.tenant_root(path, None)?.is_some() {
             return Err(Error::io(
                 path,
                 "a tenant's root (shred --tenant removes it)",

@@ -45,6 +45,7 @@ pub use inode_fs::{Caller, InodeFs, SetAttr, ROOT_INO};
 pub use listing::{Listed, Listing};
 pub use meta::{Attr, RenameMode, SetTime, StatFs};
 pub use revoke::DarkReport;
+pub use root::next_root;
 pub use rotate::RotationStep;
 pub use rotate_names::NamesMoved;
 pub use scratch::{ScratchSetup, ScratchState};

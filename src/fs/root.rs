@@ -100,14 +100,8 @@ impl Volume {
             return Err(Error::InvalidArgument("a KEK rotation is unfinished: run `rotate --kek` first".into()));
         }
         let old_uri = header.kms_uri.clone();
-        let (new_uri, create) = match (to, KmsUri::parse(&old_uri)?) {
-            (Some(to), _) => (to.to_string(), create_key),
-            (None, KmsUri::Pkcs11 { module, token, object }) => {
-                let label = format!("{}-r{}", rotated_base(&object), hex(&random_array::<4>()));
-                (format!("pkcs11:module={};token={token};object={label}", module.display()), true)
-            }
-            (None, KmsUri::AwsKms(_)) => (old_uri.clone(), false),
-            (None, KmsUri::Local(_)) => return Self::rotate_root(cipherdir, secrets, scratch_file),
+        let Some((new_uri, create)) = next_root(&old_uri, to, create_key)? else {
+            return Self::rotate_root(cipherdir, secrets, scratch_file);
         };
         let from = kms::open(&old_uri, cipherdir, secrets)?;
         let anchor = crate::anchor::RootAnchor::read(&from, &header.volume_id)?;
@@ -154,6 +148,22 @@ impl Volume {
         }
         Ok(header)
     }
+}
+
+/// The root `rotate --root` moves a volume on root `old_uri` to, and whether to make it:
+/// `to` (made with `create_key`), or a new key object of the same token, or (AWS KMS) the
+/// same key re-wrapping under its current material; `None` for an embedded keystore (a new
+/// keystore, `Volume::rotate_root`).
+pub fn next_root(old_uri: &str, to: Option<&str>, create_key: bool) -> Result<Option<(String, bool)>> {
+    Ok(match (to, KmsUri::parse(old_uri)?) {
+        (Some(to), _) => Some((to.to_string(), create_key)),
+        (None, KmsUri::Pkcs11 { module, token, object }) => {
+            let label = format!("{}-r{}", rotated_base(&object), hex(&random_array::<4>()));
+            Some((format!("pkcs11:module={};token={token};object={label}", module.display()), true))
+        }
+        (None, KmsUri::AwsKms(_)) => Some((old_uri.to_string(), false)),
+        (None, KmsUri::Local(_)) => None,
+    })
 }
 
 /// `label` without the `-r` + 8 hex digits suffix an earlier root rotation gave it.

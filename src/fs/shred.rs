@@ -22,6 +22,8 @@ pub struct ShredReport {
     pub root_kept: Option<String>,
     /// Tenant volumes (`tenants/*`) shredded with it.
     pub tenants: usize,
+    /// Volumes under `tenants/` that could not be shredded, and why.
+    pub tenants_failed: Vec<String>,
 }
 
 /// Removes the anchors of the volume `header` names — the one `root` keeps beside it, and this
@@ -88,8 +90,9 @@ fn remove_temp_copies(cipherdir: &Path) {
 
 /// Shreds every volume in `cipherdir/tenants/` (`fs::tenants`): each real directory
 /// there holding a volume header, reached through its descriptor (a symlink is never
-/// followed); how many.
-fn shred_tenants(cipherdir: &Path) -> Result<usize> {
+/// followed), one level only (a tenant has no tenants); how many, and what could not be
+/// (each failure named, none stopping the others or the volume's own shred).
+fn shred_tenants(cipherdir: &Path) -> (usize, Vec<String>) {
     use nix::fcntl::{open, openat, OFlag};
     use nix::sys::stat::Mode;
     use std::os::fd::AsRawFd;
@@ -97,14 +100,14 @@ fn shred_tenants(cipherdir: &Path) -> Result<usize> {
     let path = cipherdir.join(super::TENANTS_DIR);
     let tenants = match open(&path, flags, Mode::empty()) {
         Ok(fd) => fd,
-        Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) => return Ok(0),
-        Err(e) => return Err(Error::io(&path, "open", e.into())),
+        Err(nix::errno::Errno::ENOENT) => return (0, Vec::new()),
+        Err(e) => return (0, vec![format!("{}: {e} (not a directory of tenants: left alone)", path.display())]),
     };
-    let names: Vec<std::ffi::OsString> = std::fs::read_dir(format!("/proc/self/fd/{}", tenants.as_raw_fd()))
-        .map_err(|e| Error::io(&path, "read directory", e))?
-        .filter_map(|e| e.ok().map(|e| e.file_name()))
-        .collect();
-    let mut shredded = 0;
+    let names: Vec<std::ffi::OsString> = match std::fs::read_dir(format!("/proc/self/fd/{}", tenants.as_raw_fd())) {
+        Ok(d) => d.filter_map(|e| e.ok().map(|e| e.file_name())).collect(),
+        Err(e) => return (0, vec![format!("{}: {e}", path.display())]),
+    };
+    let (mut shredded, mut failed) = (0, Vec::new());
     for name in names {
         let Ok(dir) = openat(&tenants, name.as_os_str(), flags, Mode::empty()) else { continue };
         let at = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
@@ -113,10 +116,12 @@ fn shred_tenants(cipherdir: &Path) -> Result<usize> {
         }
         let scratch = std::env::temp_dir()
             .join(format!(".evfs-no-scratch-{}", crate::format::hex(&crate::crypto::random_array::<8>())));
-        Volume::shred_volume(&at, &scratch, None, None).map_err(|e| e.renamed(&path.join(&name)))?;
-        shredded += 1;
+        match Volume::shred_one(&at, &scratch, None, None, false) {
+            Ok(_) => shredded += 1,
+            Err(e) => failed.push(format!("{}: {}", path.join(&name).display(), e.renamed(&path.join(&name)))),
+        }
     }
-    Ok(shredded)
+    (shredded, failed)
 }
 
 impl Volume {
@@ -129,6 +134,17 @@ impl Volume {
         scratch_file: &Path,
         root: Option<&dyn Kms>,
         delete_after_days: Option<u32>,
+    ) -> Result<ShredReport> {
+        Self::shred_one(cipherdir, scratch_file, root, delete_after_days, true)
+    }
+
+    /// [`Self::shred_volume`]; `with_tenants`: its tenants' volumes too.
+    fn shred_one(
+        cipherdir: &Path,
+        scratch_file: &Path,
+        root: Option<&dyn Kms>,
+        delete_after_days: Option<u32>,
+        with_tenants: bool,
     ) -> Result<ShredReport> {
         let _ = std::fs::remove_file(scratch_file);
         let _header_lock = durable::lock_header(cipherdir)?;
@@ -151,7 +167,7 @@ impl Volume {
         remove_temp_copies(cipherdir);
         // 1c. Every tenant's volume the same way (their roots are kept): each real directory
         //     under `tenants/` with a header, found without the (sealed) list.
-        let tenants = shred_tenants(cipherdir)?;
+        let (tenants, tenants_failed) = if with_tenants { shred_tenants(cipherdir) } else { (0, Vec::new()) };
         // 2. A pending KEK of an unfinished rotation lives in the store (rare: only then is the
         //    store rewritten, so a shred stays O(1)).
         let store = Store::open(&cipherdir.join(STORE_FILE))?;
@@ -166,7 +182,7 @@ impl Volume {
         // 3. The volume's anchors, beside the root and on this host (they name the volume and
         // count its changes), then the root, when it is this volume's own.
         let anchor = forget_own_anchors(root, &sealed);
-        let mut report = ShredReport { root_destroyed: None, root_kept: None, tenants };
+        let mut report = ShredReport { root_destroyed: None, root_kept: None, tenants, tenants_failed };
         let uri = header.kms_uri.clone();
         // Made for this volume: the record says so, sealed under the KEK the root still
         // unwraps from the header as it was (a planted or copied record is not believed).

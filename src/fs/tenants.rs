@@ -11,8 +11,8 @@
 //! as empty plain ones (whose new files would then be under the outer KEK). The tenant's
 //! root directory says so itself, in its authenticated header (object header flag bit 3,
 //! made with the directory): a flagged directory the list does not name (a list, or a
-//! header without bit 11, put back from an older copy) and a listed one without the flag
-//! are integrity errors ([`Volume::tenant_root_at`]).
+//! header without bit 11, put back from an older copy) is an integrity error
+//! ([`Volume::tenant_root_at`]).
 //!
 //! Owns the list's encoding and its row; the nested volumes are `crate::tenant`'s.
 
@@ -46,9 +46,12 @@ pub struct TenantEntry {
     pub kms_uri: String,
     /// The path the tenant was added at (the directory may have moved since): for people.
     pub label: String,
+    /// The root a `rotate --root --tenant` under way moves the tenant to (empty: none): its
+    /// header may name this one too, until the rotation is finished.
+    pub pending_uri: String,
 }
 
-/// `version || u16 count || (id || dir_id || var uri || var label)*`.
+/// `version || u16 count || (id || dir_id || var uri || var label || var pending uri)*`.
 pub fn encode(list: &[TenantEntry]) -> Vec<u8> {
     let mut out = vec![VERSION];
     out.extend_from_slice(&u16::try_from(list.len()).expect("bounded by MAX_TENANTS").to_le_bytes());
@@ -57,6 +60,7 @@ pub fn encode(list: &[TenantEntry]) -> Vec<u8> {
         out.extend_from_slice(&t.dir_id);
         put_var_bytes(&mut out, t.kms_uri.as_bytes());
         put_var_bytes(&mut out, t.label.as_bytes());
+        put_var_bytes(&mut out, t.pending_uri.as_bytes());
     }
     out
 }
@@ -80,7 +84,8 @@ pub fn decode(buf: &[u8]) -> std::result::Result<Vec<TenantEntry>, DecodeError> 
         let dir_id = r.array("dir id")?;
         let kms_uri = text(r.var_bytes("root", 1, MAX_URI)?, "root")?;
         let label = text(r.var_bytes("label", 0, MAX_LABEL)?, "label")?;
-        out.push(TenantEntry { id, dir_id, kms_uri, label });
+        let pending_uri = text(r.var_bytes("pending root", 0, MAX_URI)?, "pending root")?;
+        out.push(TenantEntry { id, dir_id, kms_uri, label, pending_uri });
     }
     r.finish()?;
     Ok(out)
@@ -96,7 +101,13 @@ impl Volume {
     pub fn tenants(&self) -> Result<Vec<TenantEntry>> {
         let store = self.store().path().to_path_buf();
         if self.header().features & FEATURE_TENANTS == 0 {
-            if self.store().meta(TENANTS_ROW)?.is_some() {
+            // An empty list may be there without the bit: the first `tenant add` writes it
+            // before setting the bit. A list naming tenants may not.
+            let listed = match self.store().meta(TENANTS_ROW)? {
+                Some(row) => self.open_list(&row).map(|l| !l.is_empty()).unwrap_or(true),
+                None => false,
+            };
+            if listed {
                 return Err(Error::integrity(
                     &store,
                     "has a tenant list, but the volume header says the volume has no tenants (a header put back from before its first tenant?)",
@@ -107,9 +118,15 @@ impl Volume {
         let row = self.store().meta(TENANTS_ROW)?.ok_or_else(|| {
             Error::integrity(&store, "the volume has tenants (header feature), but its tenant list is missing")
         })?;
+        self.open_list(&row)
+    }
+
+    /// The list sealed in `row`, under the name key (or the pending one while a rotation
+    /// moves it there).
+    fn open_list(&self, row: &[u8]) -> Result<Vec<TenantEntry>> {
+        let store = self.store().path().to_path_buf();
         let vid = self.header().volume_id;
-        let open = |k: &crate::keys::NameKeys| k.open_random(NamePurpose::Tenants, &vid, &row).ok();
-        // Under the pending name key while a rotation moves it there.
+        let open = |k: &crate::keys::NameKeys| k.open_random(NamePurpose::Tenants, &vid, row).ok();
         let plain = open(&self.keys().names())
             .or_else(|| self.keys().pending_names().and_then(|k| open(&k)))
             .ok_or_else(|| Error::integrity(&store, "the tenant list does not authenticate (edited or planted)"))?;
@@ -122,21 +139,33 @@ impl Volume {
             return Err(Error::InvalidArgument(format!("a volume holds at most {MAX_TENANTS} tenants")));
         }
         let vid = self.header().volume_id;
-        let sealed = self.keys().names().seal_random(NamePurpose::Tenants, &vid, &encode(list));
-        let put = || self.store().apply(&[Change::PutMeta { key: TENANTS_ROW, value: &sealed }]);
-        if self.header().features & FEATURE_TENANTS != 0 {
-            return put();
+        let seal = |l: &[TenantEntry]| self.keys().names().seal_random(NamePurpose::Tenants, &vid, &encode(l));
+        let put = |sealed: &[u8]| self.store().apply(&[Change::PutMeta { key: TENANTS_ROW, value: sealed }]);
+        if self.header().features & FEATURE_TENANTS == 0 {
+            // An empty list, then the bit, then the list: a crash in between leaves a volume
+            // that opens (an empty list without the bit is no tenant).
+            let empty = seal(&[]);
+            if !self.upgrade(FEATURE_TENANTS, "recording that the volume has tenants", || put(&empty))? {
+                return Err(Error::io(
+                    self.cipherdir(),
+                    "record the tenant list",
+                    std::io::Error::from_raw_os_error(30),
+                ));
+            }
         }
-        if !self.upgrade(FEATURE_TENANTS, "recording the volume's first tenant", put)? {
-            return Err(Error::io(self.cipherdir(), "record the tenant list", std::io::Error::from_raw_os_error(30)));
-        }
-        Ok(())
+        put(&seal(list))
     }
 
     /// The tenant (of `list`) whose root is the directory at `path`, if it is one: the
     /// directory's own flag and the list must agree, else an integrity error naming `path`.
-    pub fn tenant_root_at<'a>(&self, path: &Path, list: &'a [TenantEntry]) -> Result<Option<&'a TenantEntry>> {
-        let id = self.open_dir(path, None)?.1;
+    /// With `expect`, only if `path` is (still) that backing inode (else NotFound).
+    pub fn tenant_root_at<'a>(
+        &self,
+        path: &Path,
+        list: &'a [TenantEntry],
+        expect: Option<u64>,
+    ) -> Result<Option<&'a TenantEntry>> {
+        let id = self.open_dir(path, expect)?.1;
         let flagged = self.tenant_dirs.lock().unwrap_or_else(|p| p.into_inner()).contains(&id);
         match (flagged, list.iter().find(|t| t.dir_id == id)) {
             (true, Some(t)) => Ok(Some(t)),
@@ -173,16 +202,28 @@ mod tests {
     use super::*;
 
     fn entry(n: u8) -> TenantEntry {
-        TenantEntry { id: [n; 16], dir_id: [n + 1; 16], kms_uri: format!("aws-kms:key-{n}"), label: format!("t{n}") }
+        TenantEntry {
+            id: [n; 16],
+            dir_id: [n + 1; 16],
+            kms_uri: format!("aws-kms:key-{n}"),
+            label: format!("t{n}"),
+            pending_uri: if n == 7 { "aws-kms:next".into() } else { String::new() },
+        }
     }
 
     /// The vector in docs/FORMAT.md §6.
     #[test]
     fn tenant_list_vector() {
-        let t = TenantEntry { id: [1; 16], dir_id: [2; 16], kms_uri: "aws-kms:k".into(), label: "/t".into() };
+        let t = TenantEntry {
+            id: [1; 16],
+            dir_id: [2; 16],
+            kms_uri: "aws-kms:k".into(),
+            label: "/t".into(),
+            pending_uri: String::new(),
+        };
         assert_eq!(
             crate::format::hex(&encode(&[t])),
-            "010100010101010101010101010101010101010202020202020202020202020202020209006177732d6b6d733a6b02002f74"
+            "010100010101010101010101010101010101010202020202020202020202020202020209006177732d6b6d733a6b02002f740000"
         );
     }
 

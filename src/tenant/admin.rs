@@ -57,7 +57,23 @@ pub fn add(outer: &Volume, dir: &Path, uri: &str, create_key: bool, secrets: &dy
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(Error::io(&tenants, "create directory", e)),
     }
-    crate::confine::open_dir(&tenants)?; // a real directory, not a planted symlink
+    // A real directory, not a planted symlink, used from here on through its descriptor (a
+    // swap after this check redirects nothing).
+    let pinned = nix::fcntl::open(
+        &tenants,
+        nix::fcntl::OFlag::O_PATH
+            | nix::fcntl::OFlag::O_DIRECTORY
+            | nix::fcntl::OFlag::O_NOFOLLOW
+            | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| match e {
+        nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR => {
+            Error::integrity(&tenants, "expected a directory, found something else (planted?)")
+        }
+        e => Error::io(&tenants, "open", e.into()),
+    })?;
+    let tenants = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&pinned)));
     let new = tenants.join(format!(".new-{}", hex(&crate::crypto::random_array::<8>())));
     let opts = InitOptions {
         cipher: header.cipher,
@@ -74,6 +90,7 @@ pub fn add(outer: &Volume, dir: &Path, uri: &str, create_key: bool, secrets: &dy
         dir_id: crate::crypto::random_array(),
         kms_uri: made.kms_uri.clone(),
         label: format!("/{}", dir.display()),
+        pending_uri: String::new(),
     };
     let mut listed = false;
     let done = (|| {
@@ -115,7 +132,8 @@ pub struct TenantShred {
 /// is noise), the list stops naming it, its directory goes from the listing, and its
 /// volume's files are removed. Only the volume the list names is shredded: another volume
 /// put in its place is refused, untouched. A crash after the first step leaves a tenant that
-/// opens dark ("shredded"), and running the shred again finishes it.
+/// opens dark ("shredded"), and running the shred again finishes it; after its directory
+/// went, `fsck --repair` unlists it.
 ///
 /// `locked`: the caller holds the tenant volume's lock (the mount's daemon, which took the
 /// tenant dark first).
@@ -144,12 +162,16 @@ pub fn shred(outer: &Volume, dir: &Path, locked: bool) -> Result<TenantShred> {
             Err(e) => return Err(e),
         }
     }
-    let list: Vec<TenantEntry> = outer.tenants()?.into_iter().filter(|t| t.id != entry.id).collect();
-    outer.put_tenants(&list)?;
+    // The root directory goes before the list stops naming it: a crash in between leaves a
+    // listed tenant with no root and a shredded volume, which routes nowhere and which
+    // `fsck --repair` unlists (the other order would leave a flagged root no list names:
+    // EIO until repaired by hand).
     match outer.rmdir(&dir) {
         Ok(()) | Err(Error::NotFound(_)) => {}
         Err(e) => return Err(e),
     }
+    let list: Vec<TenantEntry> = outer.tenants()?.into_iter().filter(|t| t.id != entry.id).collect();
+    outer.put_tenants(&list)?;
     let was_missing = place.is_none();
     if let Some(place) = place {
         place.remove()?;
@@ -157,12 +179,12 @@ pub fn shred(outer: &Volume, dir: &Path, locked: bool) -> Result<TenantShred> {
     Ok(TenantShred { id: entry.id, label: entry.label, root: entry.kms_uri, was_missing })
 }
 
-/// `rotate --root --tenant DIR [--to URI]` on the unmounted volume `outer`: the tenant's KEK
-/// is re-wrapped under a new root (as `rotate --root` does for a volume: `--to`, or a new
-/// key object of the same token, or the KMS key's current material), then the list names
-/// the new root. Cut short between the two, the tenant opens dark ("names the root X, but
-/// the tenant list names Y"), and running it again with `--to X` finishes it: the tenant's
-/// volume must then open under X (only the holder of its KEK made a header bound to X).
+/// `rotate --root --tenant DIR [--to URI]` on the unmounted volume `outer`: the list first
+/// names the new root as pending, the tenant's KEK is re-wrapped under it (as `rotate
+/// --root` does for a volume: `--to`, or a new key object of the same token, or the KMS
+/// key's current material), then the list names it as the tenant's root. Cut short, the
+/// tenant opens under whichever of the two its header names (both are in the sealed list),
+/// and running it again finishes it.
 pub fn rotate_root(
     outer: &Volume,
     dir: &Path,
@@ -171,41 +193,26 @@ pub fn rotate_root(
     create_key: bool,
 ) -> Result<crate::format::VolumeHeader> {
     let entry = named(outer, dir)?;
-    if let Some(to) = to {
-        check_tenant_root(to)?;
-    }
     let shown = outer.tenant_dir(&entry.id);
     let place =
         Place::open(outer, &entry)?.ok_or_else(|| Error::integrity(&shown, "the tenant's volume is missing"))?;
     let at = place.path().to_path_buf();
     let _lock = crate::daemon::lock_volume(&at)?;
-    let header = Volume::read_live_header(&at).map_err(|e| e.renamed(&shown))?;
-    if header.volume_id != entry.id {
-        return Err(Error::integrity(&shown, format!("holds volume {}, not the tenant's", hex(&header.volume_id))));
-    }
-    let new = if header.kms_uri == entry.kms_uri {
-        let new = Volume::rotate_root_kms(&at, secrets, to, create_key, &crate::control::scratch_path(&entry.id))?;
-        check_tenant_root(&new.kms_uri)?;
-        new
-    } else if to == Some(header.kms_uri.as_str()) {
-        let kms = crate::kms::open(&header.kms_uri, &at, secrets)?;
-        Volume::open_with_kms(&at, header.clone(), &kms)?;
-        header
-    } else {
-        return Err(Error::integrity(
-            &shown,
-            format!(
-                "names the root {}, but the tenant list names {}: if a `rotate --root --tenant` was cut short, \
-                 run it again with --to '{}'",
-                header.kms_uri, entry.kms_uri, header.kms_uri
-            ),
-        ));
+    let header = super::checked_header(outer, &entry, &at)?;
+    let set = |f: &dyn Fn(TenantEntry) -> TenantEntry| -> Result<()> {
+        let list: Vec<TenantEntry> =
+            outer.tenants()?.into_iter().map(|t| if t.id == entry.id { f(t) } else { t }).collect();
+        outer.put_tenants(&list)
     };
-    let list: Vec<TenantEntry> = outer
-        .tenants()?
-        .into_iter()
-        .map(|t| if t.id == entry.id { TenantEntry { kms_uri: new.kms_uri.clone(), ..t } } else { t })
-        .collect();
-    outer.put_tenants(&list)?;
+    let new = if header.kms_uri == entry.pending_uri {
+        header // the header switched before a crash: only the list is left to finish
+    } else {
+        let (new_uri, create) = crate::fs::next_root(&header.kms_uri, to, create_key)?
+            .ok_or_else(|| Error::InvalidArgument("a tenant's root is never a keystore".into()))?;
+        check_tenant_root(&new_uri)?;
+        set(&|t| TenantEntry { pending_uri: new_uri.clone(), ..t })?;
+        Volume::rotate_root_kms(&at, secrets, Some(&new_uri), create, &crate::control::scratch_path(&entry.id))?
+    };
+    set(&|t| TenantEntry { kms_uri: new.kms_uri.clone(), pending_uri: String::new(), ..t })?;
     Ok(new)
 }

@@ -1,6 +1,11 @@
 //! `fsck`'s look at a volume's tenants as a whole (each tenant's own volume is checked by
 //! its own fsck): every tenant's root directory is where the list says, every flagged root
 //! is listed, and nothing under `tenants/` is a volume no tenant owns.
+//!
+//! What it finds in CIPHERDIR is not authenticated as a whole (a directory can be deleted or
+//! renamed there), so it never shreds or removes anything: the one repair is unlisting a
+//! tenant whose root directory is gone *and* whose volume is gone or shredded already (what
+//! a `shred --tenant` cut short leaves), which loses nothing.
 
 use std::path::PathBuf;
 
@@ -16,47 +21,55 @@ pub struct Finding {
     pub repaired: Option<String>,
 }
 
-/// Checks `outer`'s tenants; with `repair`, a listed tenant whose root directory is gone
-/// (`tenant add` cut short, or the directory removed behind the volume's back) is unlisted
-/// and its volume shredded and removed, and so is a volume under `tenants/` that no tenant
-/// owns (a leftover of `tenant add` or `shred --tenant`). A directory that says it is a
-/// tenant's root but is not listed is reported, never changed.
+/// Checks `outer`'s tenants (see the module doc for what `repair` may do).
 pub fn check(outer: &Volume, repair: bool) -> Result<Vec<Finding>> {
     let list = outer.tenants()?;
     let mut out = Vec::new();
-    // Every directory of the volume, for the roots.
+    // Every directory of the volume, for the roots (a tenant's root holds nothing of the
+    // volume's own). A walk that met errors proves no root missing.
     let mut found: Vec<[u8; 16]> = Vec::new();
+    let mut walk_clean = true;
     let mut stack = vec![PathBuf::new()];
     while let Some(dir) = stack.pop() {
-        for e in outer.readdir(&dir)?.into_iter().filter(|e| e.kind == EntryKind::Directory) {
+        let entries = match outer.readdir(&dir) {
+            Ok(e) => e,
+            Err(e) => {
+                walk_clean = false;
+                out.push(Finding { what: format!("/{}: {e}", dir.display()), repaired: None });
+                continue;
+            }
+        };
+        for e in entries.into_iter().filter(|e| e.kind == EntryKind::Directory) {
             let child = dir.join(&e.name);
-            match outer.tenant_root_at(&child, &list) {
-                Ok(Some(t)) => found.push(t.id), // a tenant's root: its entries are the tenant's
+            match outer.tenant_root_at(&child, &list, None) {
+                Ok(Some(t)) => found.push(t.id),
                 Ok(None) => stack.push(child),
-                Err(e) => out.push(Finding { what: format!("/{}: {e}", child.display()), repaired: None }),
+                Err(e) => {
+                    walk_clean = false;
+                    out.push(Finding { what: format!("/{}: {e}", child.display()), repaired: None });
+                }
             }
         }
     }
-    let mut keep: Vec<TenantEntry> = Vec::new();
-    for t in &list {
-        if found.contains(&t.id) {
-            keep.push(t.clone());
-            continue;
-        }
-        let what = format!("tenant {} ({}): listed, but its root directory is gone", t.label, hex(&t.id));
-        let repaired = match repair {
-            true => Some(drop_volume(outer, t).map_or_else(
-                |e| format!("not repaired: {e}"),
-                |()| "unlisted; its volume shredded and removed".into(),
-            )),
-            false => None,
+    let mut unlist: Vec<[u8; 16]> = Vec::new();
+    for t in list.iter().filter(|t| !found.contains(&t.id)) {
+        let what = format!("tenant {} ({}): listed, but its root directory was not found", t.label, hex(&t.id));
+        let gone = walk_clean && volume_gone(outer, t);
+        let repaired = match (repair, gone) {
+            (true, true) => {
+                unlist.push(t.id);
+                Some("unlisted (its volume was gone or shredded already)".to_string())
+            }
+            (true, false) => Some("not repaired: its volume still holds keys; nothing was changed".to_string()),
+            (false, _) => None,
         };
         out.push(Finding { what, repaired });
     }
-    if repair && keep.len() != list.len() {
+    if !unlist.is_empty() {
+        let keep: Vec<TenantEntry> = list.iter().filter(|t| !unlist.contains(&t.id)).cloned().collect();
         outer.put_tenants(&keep)?;
     }
-    // Volumes under tenants/ that no tenant owns.
+    // Volumes under tenants/ that no tenant owns: reported, for the operator to remove.
     let dir = outer.cipherdir().join(TENANTS_DIR);
     let names: Vec<String> = match std::fs::symlink_metadata(&dir) {
         Ok(m) if m.is_dir() => std::fs::read_dir(&dir)
@@ -64,57 +77,25 @@ pub fn check(outer: &Volume, repair: bool) -> Result<Vec<Finding>> {
             .unwrap_or_default(),
         _ => Vec::new(),
     };
-    for name in names {
-        if list.iter().any(|t| hex(&t.id) == name) {
-            continue;
-        }
-        out.push(unowned(outer, &list, &name, repair));
+    for name in names.into_iter().filter(|n| !list.iter().any(|t| hex(&t.id) == *n)) {
+        let what = format!(
+            "{TENANTS_DIR}/{name}: a volume no tenant owns (a leftover of `tenant add`, or put there); \
+             remove it by hand once you know what it is"
+        );
+        out.push(Finding { what, repaired: repair.then(|| "not repaired: left as it is".to_string()) });
     }
     Ok(out)
 }
 
-/// `tenants/NAME`, which no tenant owns: a leftover of `tenant add` (`.new-*`, or made and
-/// not listed) or of `shred --tenant`, removed by `repair` (shredded first) — unless it
-/// holds a listed tenant's volume (moved there behind the volume's back: left alone).
-fn unowned(outer: &Volume, list: &[TenantEntry], name: &str, repair: bool) -> Finding {
-    let what =
-        format!("{TENANTS_DIR}/{name}: a volume no tenant owns (a leftover of `tenant add` or `shred --tenant`)");
-    let place = match Place::open_name(outer, name) {
-        Ok(Some(p)) => p,
-        Ok(None) => return Finding { what, repaired: None },
-        Err(e) => return Finding { what: format!("{TENANTS_DIR}/{name}: {e}"), repaired: None },
-    };
-    let header = Volume::read_live_header(place.path());
-    if let Ok(h) = &header {
-        if let Some(t) = list.iter().find(|t| t.id == h.volume_id) {
-            let what = format!("{TENANTS_DIR}/{name}: holds tenant {}'s volume (moved there?)", t.label);
-            return Finding { what, repaired: Some("not repaired: left alone".into()) };
-        }
+/// Whether tenant `t`'s volume is missing, or its header says it was shredded.
+fn volume_gone(outer: &Volume, t: &TenantEntry) -> bool {
+    match Place::open(outer, t) {
+        Ok(None) => true,
+        Ok(Some(place)) => match Volume::read_live_header(place.path()) {
+            Ok(h) => h.is_shredded(),
+            Err(crate::Error::Shredded(_)) => true,
+            Err(_) => false,
+        },
+        Err(_) => false,
     }
-    if !repair {
-        return Finding { what, repaired: None };
-    }
-    let removed = (|| {
-        if let Ok(h) = &header {
-            let _lock = crate::daemon::lock_volume(place.path())?;
-            Volume::shred_volume(place.path(), &crate::control::scratch_path(&h.volume_id), None, None)?;
-        }
-        place.remove()
-    })();
-    let repaired = removed.map_or_else(|e| format!("not repaired: {e}"), |()| "shredded and removed".into());
-    Finding { what, repaired: Some(repaired) }
-}
-
-/// Shreds and removes tenant `t`'s volume (if it is there and is that tenant's).
-fn drop_volume(outer: &Volume, t: &TenantEntry) -> Result<()> {
-    let Some(place) = Place::open(outer, t)? else { return Ok(()) };
-    {
-        let _lock = crate::daemon::lock_volume(place.path())?;
-        let h = Volume::read_live_header(place.path())?;
-        if h.volume_id != t.id {
-            return Err(crate::Error::integrity(outer.tenant_dir(&t.id), "holds another volume: left alone"));
-        }
-        Volume::shred_volume(place.path(), &crate::control::scratch_path(&t.id), None, None)?;
-    }
-    place.remove()
 }

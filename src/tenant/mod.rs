@@ -135,8 +135,11 @@ pub fn open(outer: &Volume, entry: &TenantEntry, secrets: &dyn Secrets) -> Resul
     let place = Place::open(outer, entry)?
         .ok_or_else(|| Error::integrity(outer.tenant_dir(&entry.id), "the tenant's volume is missing"))?;
     let dir = place.path().to_path_buf();
-    let lock = crate::daemon::lock_volume(&dir)?;
+    let shown = outer.tenant_dir(&entry.id);
+    let lock = crate::daemon::lock_volume(&dir).map_err(|e| e.renamed(&shown))?;
     let header = checked_header(outer, entry, &dir)?;
+    // Trusted, and no module from inside the volume's CIPHERDIR (the tenant's own is inside it).
+    kms::check_root(&header.kms_uri, outer.cipherdir())?;
     let kms = kms::open(&header.kms_uri, &dir, secrets)?.for_tenant(&entry.label);
     let vol = Volume::open_with_kms(&dir, header, &kms)?;
     Ok(Opened { entry: entry.clone(), vol, kms, _held: Held { _lock: lock, _place: place } })
@@ -150,7 +153,8 @@ fn checked_header(outer: &Volume, entry: &TenantEntry, dir: &Path) -> Result<cra
     if header.volume_id != entry.id {
         return Err(Error::integrity(&shown, format!("holds volume {}, not the tenant's", hex(&header.volume_id))));
     }
-    if header.kms_uri != entry.kms_uri {
+    // The listed root, or the one a `rotate --root --tenant` cut short was moving it to.
+    if header.kms_uri != entry.kms_uri && (entry.pending_uri.is_empty() || header.kms_uri != entry.pending_uri) {
         return Err(Error::integrity(
             &shown,
             format!("names the root {}, but the tenant list names {}", header.kms_uri, entry.kms_uri),
@@ -174,7 +178,7 @@ pub fn route(outer: &Volume, path: &Path) -> Result<Option<(TenantEntry, PathBuf
             Ok(_) | Err(Error::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         }
-        if let Some(t) = outer.tenant_root_at(&prefix, &list)? {
+        if let Some(t) = outer.tenant_root_at(&prefix, &list, None)? {
             let rest: PathBuf = path.components().skip(i + 1).collect();
             return Ok(Some((t.clone(), rest)));
         }
@@ -212,14 +216,16 @@ pub fn check_scratch(outer: &Volume, dirs: &[PathBuf]) -> Result<()> {
         if let Some((t, _)) = route(outer, &rel)? {
             return clash(d, format!("inside tenant {}", t.label));
         }
-        if !matches!(outer.stat(&rel), Ok(s) if s.kind == EntryKind::Directory) {
-            continue; // made empty at mount: it holds nothing
+        match outer.stat(&rel) {
+            Ok(s) if s.kind == EntryKind::Directory => {}
+            Ok(_) | Err(Error::NotFound(_) | Error::NotDir(_)) => continue, // made at mount: holds nothing
+            Err(e) => return Err(e),
         }
         let mut stack = vec![rel];
         while let Some(p) = stack.pop() {
             for e in outer.readdir(&p)?.into_iter().filter(|e| e.kind == EntryKind::Directory) {
                 let child = p.join(&e.name);
-                if let Some(t) = outer.tenant_root_at(&child, &list)? {
+                if let Some(t) = outer.tenant_root_at(&child, &list, None)? {
                     return clash(d, format!("holds tenant {}", t.label));
                 }
                 stack.push(child);
