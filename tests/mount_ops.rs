@@ -76,6 +76,12 @@ fn attributes_ownership_times_and_truncate() {
     m.remount();
     let md = fs::metadata(m.p("f")).unwrap();
     assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777, md.len()), (1234, 5678, 0o640, 5000));
+    // The mount's root too (`tar -C MOUNT -xf` of a tarball holding "." chowns it): a chown
+    // there said EINVAL after doing it.
+    std::os::unix::fs::chown(&m.mnt, Some(1234), Some(5678)).unwrap();
+    fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o750)).unwrap();
+    let md = fs::metadata(&m.mnt).unwrap();
+    assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (1234, 5678, 0o750));
 }
 
 #[test]

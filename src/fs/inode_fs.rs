@@ -486,6 +486,9 @@ impl InodeFs {
 
     /// [`Self::drop_privs`] at `path`, if it is (still) inode `expect` when given.
     fn drop_privs_at(&self, vol: &Volume, path: &Path, expect: Option<u64>) -> Result<()> {
+        if path.as_os_str().is_empty() {
+            return Ok(()); // the root: a directory, which keeps its bits
+        }
         let backing = vol.backing_path(path)?;
         let meta = vol.lstat(&backing).map_err(|_| Error::NotFound(path.into()))?;
         if expect.is_some_and(|ino| !vol.is_inode(meta.ino(), ino)) {
