@@ -165,6 +165,10 @@ enum Command {
         /// With --root --to: generate the new root key there.
         #[arg(long, requires = "root")]
         create_key: bool,
+        /// With --root: destroy the old HSM key object if it was made for this volume (its
+        /// sealed record says so). Without it the old key is kept.
+        #[arg(long, requires = "root")]
+        destroy_old_root: bool,
         /// Replace the key-encryption key.
         #[arg(long)]
         kek: bool,
@@ -207,6 +211,11 @@ enum Command {
         /// deletion after DAYS (7..=30). The volume is unreadable at once either way.
         #[arg(long, value_name = "DAYS", requires = "volume", value_parser = clap::value_parser!(u32).range(7..=30))]
         delete_root_after: Option<u32>,
+        /// With --volume and an HSM root made for this volume (its sealed record says so):
+        /// destroy the key object too. Without it the key is kept: a key outside CIPHERDIR
+        /// is destroyed only when you ask.
+        #[arg(long, requires = "volume")]
+        destroy_root: bool,
         #[command(flatten)]
         pass: PassArgs,
     },
@@ -446,10 +455,18 @@ fn run(cmd: Command) -> Result<()> {
             rotate_tenant_kek(&cipherdir, &dir, &pass)
         }
         Command::Rotate { cipherdir, kek: true, pass, .. } => rotate_kek(&cipherdir, pass),
-        Command::Rotate { cipherdir, root: true, tenant: Some(dir), to, create_key, pass, .. } => {
+        Command::Rotate {
+            cipherdir, root: true, tenant: Some(dir), to, create_key, destroy_old_root, pass, ..
+        } => {
             let _lock = unmounted(&cipherdir)?;
             let vol = Volume::open(&cipherdir, &pass.source())?;
-            let new = envelopefs::tenant::rotate_root(&vol, &dir, &pass.source(), to.as_deref(), create_key)?;
+            let new = envelopefs::tenant::rotate_root(
+                &vol,
+                &dir,
+                &pass.source(),
+                to.as_deref(),
+                (create_key, destroy_old_root),
+            )?;
             println!(
                 "Root key of tenant {} rotated to {}; its KEK was re-wrapped (no data or DEK changed).",
                 dir.display(),
@@ -464,7 +481,7 @@ fn run(cmd: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Rotate { cipherdir, root: true, to, create_key, pass, .. } => {
+        Command::Rotate { cipherdir, root: true, to, create_key, destroy_old_root, pass, .. } => {
             let header = Volume::read_live_header(&cipherdir)?;
             // Beside a mount, the header lock alone serializes us with its daemon.
             let _lock = match daemon_of(&cipherdir, &header) {
@@ -475,7 +492,14 @@ fn run(cmd: Command) -> Result<()> {
             let is_local = header.kms_uri.starts_with("local:");
             let new = match to {
                 None if is_local => Volume::rotate_root(&cipherdir, &pass.source(), &scratch)?,
-                to => Volume::rotate_root_kms(&cipherdir, &pass.source(), to.as_deref(), create_key, &scratch)?,
+                to => Volume::rotate_root_kms(
+                    &cipherdir,
+                    &pass.source(),
+                    to.as_deref(),
+                    create_key,
+                    &scratch,
+                    destroy_old_root,
+                )?,
             };
             println!(
                 "Root key of {} rotated to {}; the KEK was re-wrapped (no data or DEK changed).",
@@ -530,8 +554,8 @@ fn run(cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Shred { cipherdir, tenant: Some(dir), yes, pass, .. } => shred_tenant(&cipherdir, &dir, yes, &pass),
-        Command::Shred { cipherdir, volume, file, yes, delete_root_after, pass, .. } => {
-            shred(&cipherdir, volume, &file, yes, delete_root_after, pass)
+        Command::Shred { cipherdir, volume, file, yes, delete_root_after, destroy_root, pass, .. } => {
+            shred(&cipherdir, volume, &file, yes, (destroy_root, delete_root_after), pass)
         }
         Command::Tenant { what: TenantCommand::Add { cipherdir, dir, kms, create_key, pass } } => {
             tenant_add(&cipherdir, &dir, &kms, create_key, &pass)
@@ -583,7 +607,7 @@ fn shred(
     volume: bool,
     files: &[PathBuf],
     yes: bool,
-    delete_root_after: Option<u32>,
+    (destroy_root, delete_root_after): (bool, Option<u32>),
     pass: PassArgs,
 ) -> Result<()> {
     use std::io::{BufRead, IsTerminal};
@@ -601,7 +625,7 @@ fn shred(
         }
     }
     if let Some(sock) = daemon_of(cipherdir, &header) {
-        return shred_mounted(cipherdir, &sock, volume, files, delete_root_after, pass);
+        return shred_mounted(cipherdir, &sock, volume, files, (destroy_root, delete_root_after), pass);
     }
     let lock = envelopefs::daemon::lock_volume(cipherdir)?;
     if volume {
@@ -619,8 +643,13 @@ fn shred(
                 }
             },
         };
-        let report =
-            Volume::shred_volume(cipherdir, &scratch, root.as_ref().map(|k| k as &dyn kms::Kms), delete_root_after)?;
+        let report = Volume::shred_volume(
+            cipherdir,
+            &scratch,
+            root.as_ref().map(|k| k as &dyn kms::Kms),
+            destroy_root,
+            delete_root_after,
+        )?;
         println!(
             "Volume {} shredded in {:.3?}: every wrapped KEK copy destroyed.",
             hex(&header.volume_id),
@@ -776,7 +805,7 @@ fn shred_mounted(
     sock: &Path,
     volume: bool,
     files: &[PathBuf],
-    delete_root_after: Option<u32>,
+    (destroy_root, delete_root_after): (bool, Option<u32>),
     pass: PassArgs,
 ) -> Result<()> {
     let no_answer = || Error::Fuse("the mount's daemon did not answer".into());
@@ -786,6 +815,7 @@ fn shred_mounted(
         let started = std::time::Instant::now();
         let mut req = control::request_for(cipherdir, "shred-volume");
         req["delete_root_after"] = delete_root_after.into();
+        req["destroy_root"] = destroy_root.into();
         let v = control::query(sock, &req).ok_or_else(no_answer)?;
         let v = control::reply_result(v)?;
         println!(

@@ -149,9 +149,11 @@ fn pkcs11_root_init_mount_rotate_and_shred() {
     assert!(stderr(&o).contains("already has a key"));
     assert!(!other.exists(), "a failed init leaves nothing");
 
-    // rotate --root: a new key object; the old one (made for this volume) is destroyed.
+    // rotate --root --destroy-old-root: a new key object; the old one (made for this volume,
+    // as its sealed record says, also after a KEK rotation re-sealed it) is destroyed.
     m.unmount();
-    ok(&m.run(&["rotate".as_ref(), m.cipher.as_os_str(), "--root".as_ref()]));
+    ok(&m.run(&["rotate".as_ref(), m.cipher.as_os_str(), "--kek".as_ref()]));
+    ok(&m.run(&["rotate".as_ref(), m.cipher.as_os_str(), "--root".as_ref(), "--destroy-old-root".as_ref()]));
     let new_uri = VolumeHeader::decode(&fs::read(m.cipher.join("envelopefs.conf")).unwrap()).unwrap().kms_uri;
     assert!(new_uri.starts_with(&format!("{uri}-r")), "{new_uri}");
     let o = m.run(&["init".as_ref(), other.as_os_str(), "--kms".as_ref(), uri.as_ref()]);
@@ -166,7 +168,13 @@ fn pkcs11_root_init_mount_rotate_and_shred() {
     let id = VolumeHeader::decode(&fs::read(m.cipher.join("envelopefs.conf")).unwrap()).unwrap().volume_id;
     let host_anchor = envelopefs::anchor::path(&id).unwrap();
     assert!(host_anchor.exists(), "this host anchors the volume");
-    let o = m.run(&["shred".as_ref(), m.cipher.as_os_str(), "--volume".as_ref(), "--yes".as_ref()]);
+    let o = m.run(&[
+        "shred".as_ref(),
+        m.cipher.as_os_str(),
+        "--volume".as_ref(),
+        "--yes".as_ref(),
+        "--destroy-root".as_ref(),
+    ]);
     ok(&o);
     m.disown();
     let said = String::from_utf8_lossy(&o.stdout);
@@ -205,13 +213,29 @@ fn a_planted_root_owned_record_does_not_get_a_shared_hsm_key_destroyed() {
         let copy = other.tmp.path().join("copy");
         let _ = fs::remove_dir_all(&copy);
         copy_tree(&other.cipher, &copy);
-        let o = other.run(&["rotate".as_ref(), copy.as_os_str(), "--root".as_ref()]);
+        // The operator asks for the root to go: still, only a root the sealed record vouches for.
+        let o = other.run(&["rotate".as_ref(), copy.as_os_str(), "--root".as_ref(), "--destroy-old-root".as_ref()]);
         ok(&o);
-        let o = other.run(&["shred".as_ref(), copy.as_os_str(), "--volume".as_ref(), "--yes".as_ref()]);
+        let o = other.run(&[
+            "shred".as_ref(),
+            copy.as_os_str(),
+            "--volume".as_ref(),
+            "--yes".as_ref(),
+            "--destroy-root".as_ref(),
+        ]);
         ok(&o);
-        let o = other.run(&["shred".as_ref(), other.cipher.as_os_str(), "--volume".as_ref(), "--yes".as_ref()]);
+        let o = other.run(&[
+            "shred".as_ref(),
+            other.cipher.as_os_str(),
+            "--volume".as_ref(),
+            "--yes".as_ref(),
+            "--destroy-root".as_ref(),
+        ]);
         ok(&o);
-        assert!(String::from_utf8_lossy(&o.stdout).contains("was not made for this volume"), "{o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("does not record (sealed) that it was made for it"),
+            "{o:?}"
+        );
         // (the other volume, shredded, is made again for the next round)
         fs::remove_dir_all(&other.cipher).unwrap();
         ok(&other.run(&[

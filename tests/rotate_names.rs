@@ -409,7 +409,7 @@ fn shredding_a_volume_mid_rotation_removes_the_pending_keys() {
         db.query_row("SELECT count(*) FROM meta WHERE key LIKE 'rotation.%'", [], |r| r.get(0)).unwrap()
     };
     assert_eq!(rows(), 3, "a rotation under way: its KEK, wrapped KEK and wrapped name key");
-    Volume::shred_volume(&dir, &tmp.path().join("no-scratch"), None, None).unwrap();
+    Volume::shred_volume(&dir, &tmp.path().join("no-scratch"), None, false, None).unwrap();
     assert_eq!(rows(), 0, "a pending key survived the shred");
     assert!(matches!(Volume::open(&dir, &pass()), Err(envelopefs::Error::Shredded(_))));
 }

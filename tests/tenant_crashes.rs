@@ -64,7 +64,7 @@ fn a_root_rotation_or_a_shred_of_a_tenant_cut_short_is_served_and_finished() {
         outer.put_tenants(&list).unwrap();
         let dir = outer.tenant_dir(&entry.id);
         let scratch = envelopefs::control::scratch_path(&entry.id);
-        Volume::rotate_root_kms(&dir, &secrets, Some(&a2), true, &scratch).unwrap();
+        Volume::rotate_root_kms(&dir, &secrets, Some(&a2), true, &scratch, false).unwrap();
     }
     m.mount();
     let v = status(&m);
@@ -84,7 +84,7 @@ fn a_root_rotation_or_a_shred_of_a_tenant_cut_short_is_served_and_finished() {
         let outer = Volume::open(&m.cipher, &secrets).unwrap();
         let entry = envelopefs::tenant::named(&outer, Path::new("b")).unwrap();
         let dir = outer.tenant_dir(&entry.id);
-        Volume::shred_volume(&dir, &envelopefs::control::scratch_path(&entry.id), None, None).unwrap();
+        Volume::shred_volume(&dir, &envelopefs::control::scratch_path(&entry.id), None, false, None).unwrap();
         outer.rmdir(Path::new("b")).unwrap();
     }
     m.mount();

@@ -632,9 +632,17 @@ fn shredding_the_volume_shreds_its_tenants_and_a_tenant_shred_checks_what_it_des
     assert!(leftover.join("envelopefs.conf").exists());
     fs::remove_dir_all(&leftover).unwrap();
 
+    // Junk planted under tenants/ is named, and stops neither the tenants nor the volume.
+    let junk = tenants.join("zz");
+    fs::create_dir(&junk).unwrap();
+    fs::write(junk.join("envelopefs.conf"), b"not a header").unwrap();
     let o = m.run(&["shred".as_ref(), m.cipher.as_os_str(), "--volume".as_ref(), "--yes".as_ref()]);
     ok(&o);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("2 tenant volume(s) shredded too"), "{o:?}");
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains("2 tenant volume(s) shredded too"), "{said}");
+    assert!(said.contains("Not shredded:") && said.contains("zz"), "{said}");
+    let h = envelopefs::format::VolumeHeader::decode(&fs::read(m.cipher.join("envelopefs.conf")).unwrap()).unwrap();
+    assert!(h.is_shredded(), "the volume itself is shredded");
     for t in [&ta, &tb] {
         let h = envelopefs::format::VolumeHeader::decode(&fs::read(t.join("envelopefs.conf")).unwrap()).unwrap();
         assert!(h.is_shredded(), "{}", t.display());

@@ -557,7 +557,8 @@ fn control_server(
                 tenants::darken(&t, "the volume was shredded", read_only);
             }
             let days = request["delete_root_after"].as_u64().map(|d| d as u32);
-            match Volume::shred_volume(vol.cipherdir(), &scratch_file, Some(kms.as_ref()), days) {
+            let destroy = request["destroy_root"].as_bool().unwrap_or(false);
+            match Volume::shred_volume(vol.cipherdir(), &scratch_file, Some(kms.as_ref()), destroy, days) {
                 Ok(r) => serde_json::json!({
                     "root_destroyed": r.root_destroyed,
                     "root_kept": r.root_kept,

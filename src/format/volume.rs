@@ -60,7 +60,7 @@ pub const FEATURE_TENANTS: u32 = 2048;
 /// Feature bit 12: the record `root.owned` (the HSM/KMS root was made for this volume, so
 /// `shred --volume` and `rotate --root` may destroy it) is sealed like the steering records;
 /// a bare or foreign one is ignored (the root is kept). Set at `init`, and when a volume
-/// made before it is first opened writable (its bare record sealed, trusted that once).
+/// made before it is first opened writable (its bare record is left bare: never believed).
 pub const FEATURE_ROOT_OWNED_SEALED: u32 = 4096;
 /// Feature bits this build understands; any other bit refuses to open.
 pub const FEATURES_KNOWN: u32 = FEATURE_SHREDDED

@@ -297,9 +297,12 @@ impl Volume {
         if vol.header().features & crate::format::FEATURE_RECORDS_SEALED == 0 {
             vol.seal_records_upgrade()?;
         }
+        // A bare `root.owned` (a volume made before bit 12) is never sealed now: nothing tells
+        // it from a planted one, so its root is not destroyed by a shred or a root rotation
+        // (the operator destroys it in the HSM or KMS).
         if vol.header().features & crate::format::FEATURE_ROOT_OWNED_SEALED == 0 {
-            vol.upgrade(crate::format::FEATURE_ROOT_OWNED_SEALED, "sealing the root-owned record", || {
-                vol.seal_bare_root_owned()
+            vol.upgrade(crate::format::FEATURE_ROOT_OWNED_SEALED, "root.owned records are sealed from now on", || {
+                Ok(())
             })?;
         }
         if vol.header().features & crate::format::FEATURE_FILES_RECORDED == 0 {

@@ -83,18 +83,6 @@ impl Volume {
         Ok(out)
     }
 
-    /// A volume made before `root.owned` was sealed (header feature bit 12): seals its bare
-    /// record (trusted this once, as every upgrade trusts what it finds); one that
-    /// authenticates already is left as it is.
-    pub(super) fn seal_bare_root_owned(&self) -> Result<()> {
-        let Some(raw) = self.store().meta(ROOT_OWNED)? else { return Ok(()) };
-        if self.authentic(ROOT_OWNED, &raw).is_some() {
-            return Ok(());
-        }
-        let sealed = self.with_macs(ROOT_OWNED, &raw, false);
-        self.store().apply(&[Change::PutMeta { key: ROOT_OWNED, value: &sealed }])
-    }
-
     /// A volume made before sealed records: seals what is there (trusted this once). A row
     /// sealed already (an upgrade cut short before its header write) is left as it is.
     pub(super) fn seal_bare_records(&self) -> Result<()> {

@@ -85,12 +85,16 @@ impl Volume {
     /// `to`: PKCS#11 generates a new key object beside the old one; AWS KMS re-wraps under
     /// the same key, so the KEK is under its current key material (after an on-demand
     /// rotation).
+    ///
+    /// The old root is destroyed only when the operator asks (`destroy_old`) and the volume's
+    /// sealed record says it was made for this volume.
     pub fn rotate_root_kms(
         cipherdir: &Path,
         secrets: &dyn Secrets,
         to: Option<&str>,
         create_key: bool,
         scratch_file: &Path,
+        destroy_old: bool,
     ) -> Result<VolumeHeader> {
         let _header_lock = durable::lock_header(cipherdir)?;
         let mut header = Self::read_live_header(cipherdir)?;
@@ -138,11 +142,14 @@ impl Volume {
             match (kms::own_keystore(&old_uri, cipherdir), old_uri.starts_with("local:")) {
                 (Some(ks), _) if std::fs::symlink_metadata(&ks).is_ok() => super::shred::overwrite_and_remove(&ks)?,
                 (_, true) => {}
-                _ if owned_old => {
+                _ if owned_old && destroy_old => {
                     if let Err(e) = from.destroy_root(None) {
                         tracing::warn!("the old root {old_uri} could not be destroyed: {e}");
                     }
                 }
+                _ if owned_old => tracing::warn!(
+                    "the old root {old_uri} (made for this volume) is kept: destroy it in the HSM, or pass --destroy-old-root"
+                ),
                 _ => {}
             }
         }

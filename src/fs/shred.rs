@@ -116,7 +116,7 @@ fn shred_tenants(cipherdir: &Path) -> (usize, Vec<String>) {
         }
         let scratch = std::env::temp_dir()
             .join(format!(".evfs-no-scratch-{}", crate::format::hex(&crate::crypto::random_array::<8>())));
-        match Volume::shred_one(&at, &scratch, None, None, false) {
+        match Volume::shred_one(&at, &scratch, None, false, None, false) {
             Ok(_) => shredded += 1,
             Err(e) => failed.push(format!("{}: {}", path.join(&name).display(), e.renamed(&path.join(&name)))),
         }
@@ -129,13 +129,19 @@ impl Volume {
     /// runtime copy of its scratch key (`scratch_file`). Destroying the wrapped keys needs no
     /// secret; an HSM/KMS root made for this volume is destroyed too when `root` (the open
     /// KMS) is given — for a cloud KMS only with `delete_after_days`, as a scheduled deletion.
+    ///
+    /// The root is destroyed only when the operator asks (`destroy_root`, or for a cloud KMS
+    /// `delete_after_days`) *and* the volume's sealed record says the root was made for it:
+    /// a key outside CIPHERDIR is never destroyed on what CIPHERDIR says alone.
     pub fn shred_volume(
         cipherdir: &Path,
         scratch_file: &Path,
         root: Option<&dyn Kms>,
+        destroy_root: bool,
         delete_after_days: Option<u32>,
     ) -> Result<ShredReport> {
-        Self::shred_one(cipherdir, scratch_file, root, delete_after_days, true)
+        let asked = destroy_root || delete_after_days.is_some();
+        Self::shred_one(cipherdir, scratch_file, root, asked, delete_after_days, true)
     }
 
     /// [`Self::shred_volume`]; `with_tenants`: its tenants' volumes too.
@@ -143,10 +149,15 @@ impl Volume {
         cipherdir: &Path,
         scratch_file: &Path,
         root: Option<&dyn Kms>,
+        destroy_root: bool,
         delete_after_days: Option<u32>,
         with_tenants: bool,
     ) -> Result<ShredReport> {
         let _ = std::fs::remove_file(scratch_file);
+        // 0. Every tenant's volume the same way (their roots are kept): each real directory
+        //    under `tenants/` with a header, found without the (sealed) list. First, so that a
+        //    crash before the volume's own header is shredded leaves a shred to run again.
+        let (tenants, tenants_failed) = if with_tenants { shred_tenants(cipherdir) } else { (0, Vec::new()) };
         let _header_lock = durable::lock_header(cipherdir)?;
         let mut header = Self::read_live_header(cipherdir)?;
         // As read, for the root to vouch for its volume id before that volume's anchor goes.
@@ -165,9 +176,6 @@ impl Volume {
         //     (`.NAME.tmp-<hex>`, and the fixed `NAME.tmp` of older versions). Regular files
         //     only; anything else planted there is left alone.
         remove_temp_copies(cipherdir);
-        // 1c. Every tenant's volume the same way (their roots are kept): each real directory
-        //     under `tenants/` with a header, found without the (sealed) list.
-        let (tenants, tenants_failed) = if with_tenants { shred_tenants(cipherdir) } else { (0, Vec::new()) };
         // 2. A pending KEK of an unfinished rotation lives in the store (rare: only then is the
         //    store rewritten, so a shred stays O(1)).
         let store = Store::open(&cipherdir.join(STORE_FILE))?;
@@ -202,7 +210,14 @@ impl Volume {
             }
             (_, true) => report.root_kept = Some(format!("{uri} is shared with other volumes")),
             _ if root.is_none() => report.root_kept = Some(format!("{uri}: not reachable, so not destroyed")),
-            _ if !owned => report.root_kept = Some(format!("{uri} was not made for this volume")),
+            _ if !owned => {
+                report.root_kept = Some(format!("{uri}: the volume does not record (sealed) that it was made for it"))
+            }
+            _ if !destroy_root => {
+                report.root_kept = Some(format!(
+                    "{uri} (made for this volume): pass --destroy-root (an HSM key) or --delete-root-after DAYS (a KMS key) to destroy it too"
+                ))
+            }
             _ => match root.map(|k| k.destroy_root(delete_after_days)) {
                 Some(Ok(Some(done))) => {
                     store.apply(&[Change::DeleteMeta { key: ROOT_OWNED }])?;

@@ -639,10 +639,18 @@ pub fn seal_record_under(kek: &Key256, volume_id: &[u8; 16], name: &str, value: 
 }
 
 /// The value of sealed record `raw` (`value || MAC`) if it authenticates under `kek`.
+/// Also `value || MAC || MAC` (a `rotate --kek` cut short after its header switch writes
+/// both the old KEK's and the new one's).
 pub fn open_record_under<'a>(kek: &Key256, volume_id: &[u8; 16], name: &str, raw: &'a [u8]) -> Option<&'a [u8]> {
+    let ok = |value: &[u8], mac: &[u8]| {
+        aws_lc_rs::constant_time::verify_slices_are_equal(&record_mac_under(kek, volume_id, name, value), mac).is_ok()
+    };
     let (value, mac) = raw.split_at_checked(raw.len().checked_sub(32)?)?;
-    let want = record_mac_under(kek, volume_id, name, value);
-    aws_lc_rs::constant_time::verify_slices_are_equal(&want, mac).is_ok().then_some(value)
+    if ok(value, mac) {
+        return Some(value);
+    }
+    let (value, first) = value.split_at_checked(value.len().checked_sub(32)?)?;
+    (ok(value, first) || ok(value, mac)).then_some(value)
 }
 
 /// Whether `raw` is record `name` = `value` sealed under the KEK of `header`, which `kms`

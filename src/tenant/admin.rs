@@ -140,6 +140,13 @@ pub struct TenantShred {
 pub fn shred(outer: &Volume, dir: &Path, locked: bool) -> Result<TenantShred> {
     let entry = named(outer, dir)?;
     let dir = volume_path(dir)?;
+    // Its root must be empty in the volume, or it could not go after the keys did.
+    if !outer.readdir(&dir)?.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "/{}: the tenant's root holds entries of the volume's own (not the tenant's): move them out first; nothing was shredded",
+            dir.display()
+        )));
+    }
     let place = Place::open(outer, &entry)?;
     if let Some(place) = &place {
         let at: PathBuf = place.path().to_path_buf();
@@ -153,11 +160,13 @@ pub fn shred(outer: &Volume, dir: &Path, locked: bool) -> Result<TenantShred> {
                     format!("holds volume {}, not the tenant's: nothing was shredded", hex(&h.volume_id)),
                 ))
             }
-            // Its id is what matters here: a shredded header, or one naming another root,
-            // is still this tenant's volume.
+            // Shredded already (a shred cut short): on to the rest.
+            Ok(h) if h.is_shredded() => {}
+            Err(Error::Shredded(_)) => {}
+            // Its id is what matters here: one naming another root is still this tenant's.
             Ok(_) => {
                 let scratch = crate::control::scratch_path(&entry.id);
-                Volume::shred_volume(&at, &scratch, None, None)?;
+                Volume::shred_volume(&at, &scratch, None, false, None)?;
             }
             Err(e) => return Err(e),
         }
@@ -190,7 +199,7 @@ pub fn rotate_root(
     dir: &Path,
     secrets: &dyn Secrets,
     to: Option<&str>,
-    create_key: bool,
+    (create_key, destroy_old): (bool, bool),
 ) -> Result<crate::format::VolumeHeader> {
     let entry = named(outer, dir)?;
     let shown = outer.tenant_dir(&entry.id);
@@ -204,14 +213,24 @@ pub fn rotate_root(
             outer.tenants()?.into_iter().map(|t| if t.id == entry.id { f(t) } else { t }).collect();
         outer.put_tenants(&list)
     };
-    let new = if header.kms_uri == entry.pending_uri {
+    // Trusted, and no module from inside the volume's CIPHERDIR.
+    crate::kms::check_root(&header.kms_uri, outer.cipherdir())?;
+    let switched = !entry.pending_uri.is_empty() && entry.pending_uri != entry.kms_uri;
+    let new = if switched && header.kms_uri == entry.pending_uri {
         header // the header switched before a crash: only the list is left to finish
     } else {
         let (new_uri, create) = crate::fs::next_root(&header.kms_uri, to, create_key)?
             .ok_or_else(|| Error::InvalidArgument("a tenant's root is never a keystore".into()))?;
         check_tenant_root(&new_uri)?;
-        set(&|t| TenantEntry { pending_uri: new_uri.clone(), ..t })?;
-        Volume::rotate_root_kms(&at, secrets, Some(&new_uri), create, &crate::control::scratch_path(&entry.id))?
+        if new_uri != header.kms_uri {
+            // No module from inside the volume's CIPHERDIR, even one named on the command line.
+            if let crate::kms::KmsUri::Pkcs11 { module, .. } = crate::kms::KmsUri::parse(&new_uri)? {
+                crate::kms::check_module(&module, outer.cipherdir(), &new_uri)?;
+            }
+            set(&|t| TenantEntry { pending_uri: new_uri.clone(), ..t })?;
+        }
+        let scratch = crate::control::scratch_path(&entry.id);
+        Volume::rotate_root_kms(&at, secrets, Some(&new_uri), create, &scratch, destroy_old)?
     };
     set(&|t| TenantEntry { kms_uri: new.kms_uri.clone(), pending_uri: String::new(), ..t })?;
     Ok(new)
