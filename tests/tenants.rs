@@ -152,6 +152,10 @@ fn a_tenant_goes_dark_alone_and_a_shredded_tenant_leaves_nothing_that_holds_its_
     assert_eq!(errno_of(fs::rename(m.p("empty"), m.p("team-b")), "rename over a tenant's root"), EBUSY);
     fs::rename(m.p("projects/team-a/a.bin"), m.p("projects/team-a/sub/a.bin")).unwrap();
     assert_eq!(fs::read(m.p("projects/team-a/sub/a.bin")).unwrap(), a, "renames inside a tenant work");
+    // The directory holding a tenant's root moves, the root with it.
+    fs::rename(m.p("projects"), m.p("projects2")).unwrap();
+    assert_eq!(fs::read(m.p("projects2/team-a/sub/a.bin")).unwrap(), a);
+    fs::rename(m.p("projects2"), m.p("projects")).unwrap();
 
     // Per tenant, while mounted: its KEK rotated, a file of it re-encrypted under fresh DEKs.
     let o = m.run(&["rotate".as_ref(), m.cipher.as_os_str(), "--kek".as_ref(), "--tenant".as_ref(), "team-b".as_ref()]);
@@ -375,16 +379,33 @@ fn a_planted_or_edited_tenant_list_or_tenant_volume_is_refused_and_nothing_is_wr
     fs::remove_file(&tenants).unwrap();
     fs::rename(&real, &tenants).unwrap();
 
-    // A tenant's root renamed (while mounted) stays the tenant's: it is its directory id
-    // the list names, not its name.
+    // A tenant's root stays where it is, like a mount point: not renamed, and nothing takes
+    // its place. Removed behind the volume's back, its place takes no new directory (whose
+    // files would go under the volume's KEK), and fsck names the tenant.
     m.mount();
-    fs::rename(m.p("b"), m.p("b-moved")).unwrap();
-    assert_eq!(fs::read(m.p("b-moved/file")).unwrap(), b"tenant b");
+    assert_eq!(errno_of(fs::rename(m.p("b"), m.p("b-moved")), "rename a tenant's root"), EBUSY);
     m.unmount();
+    let flagged = |d: &std::path::Path| {
+        fs::read(d.join(".dirid"))
+            .ok()
+            .and_then(|b| envelopefs::format::ObjectHeader::decode(&b).ok())
+            .is_some_and(|h| h.tenant)
+    };
+    let root = fs::read_dir(m.cipher.join("data")).unwrap().flatten().map(|e| e.path()).find(|p| flagged(p)).unwrap();
+    let aside = m.tmp.path().join("root-aside");
+    fs::rename(&root, &aside).unwrap();
     m.mount();
-    assert_eq!(fs::read(m.p("b-moved/file")).unwrap(), b"tenant b");
-    fs::rename(m.p("b-moved"), m.p("b")).unwrap();
+    let gone = if m.p("a").exists() { "b" } else { "a" };
+    assert!(!m.p(gone).exists());
+    assert_eq!(errno_of(fs::create_dir(m.p(gone)), "a directory where a tenant's root belongs"), libc_eio());
+    fs::create_dir(m.p("plain")).unwrap();
+    assert_eq!(errno_of(fs::rename(m.p("plain"), m.p(gone)), "a directory moved there"), EBUSY);
+    fs::remove_dir(m.p("plain")).unwrap();
     m.unmount();
+    let o = m.run(&["fsck".as_ref(), m.cipher.as_os_str()]);
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains(&format!("tenant /{gone}")) && said.contains("root directory was not found"), "{said}");
+    fs::rename(&aside, &root).unwrap();
 
     // A tenant's root whose directory id no longer reads (one byte of it flipped): its
     // entries are EIO, never a plain directory's; and `fsck --repair` does not give it a new

@@ -289,6 +289,7 @@ impl InodeFs {
         }
         // Only if `path` is still this inode (a rename meanwhile: worked out next time).
         let t = self.tenant_root(&path, (ino != ROOT_INO).then_some(ino))?;
+        self.root_in_its_place(&path, t)?;
         if let Some(n) = self.nodes.write().unwrap_or_else(|p| p.into_inner()).get_mut(&ino) {
             if n.path == path {
                 (n.contents, n.checked) = (t, true);
@@ -315,6 +316,24 @@ impl InodeFs {
     fn tenant_root(&self, path: &Path, ino: Option<u64>) -> Result<Option<usize>> {
         let t = self.vol.tenant_root_at(path, &self.tenant_list, ino)?;
         Ok(t.and_then(|t| self.tenant_roots.get(&t.dir_id).copied()))
+    }
+
+    /// An integrity error if `path` (of the volume) is where a tenant's root belongs but the
+    /// directory there is not it (`is`: the tenant whose root it is, if any): the root was
+    /// removed, or replaced by a plain directory, behind the volume's back; files made in
+    /// it would go under the volume's KEK.
+    fn root_in_its_place(&self, path: &Path, is: Option<usize>) -> Result<()> {
+        let Some(t) = self.vol.tenant_place_at(path, &self.tenant_list)? else { return Ok(()) };
+        if is.is_some_and(|k| self.tenant_list.get(k - 1).is_some_and(|e| e.id == t.id)) {
+            return Ok(());
+        }
+        Err(Error::integrity(
+            path,
+            format!(
+                "is where tenant {}'s root belongs, but is not it (removed or replaced behind the volume's back)",
+                t.label
+            ),
+        ))
     }
 
     /// EBUSY for a tenant's root (part 0 path), which only `shred --tenant` removes.
@@ -526,6 +545,10 @@ impl InodeFs {
         self.writable()?;
         let (k, path) = self.child(parent, name)?;
         let (vol, _guard) = self.part(k)?;
+        if k == 0 && vol.stat(&path).is_err() {
+            // Not there: a new directory may not stand where a missing tenant's root belongs.
+            self.root_in_its_place(&path, None)?;
+        }
         let attr = vol.mkdir_owned(&path, mode, self.owner(caller))?;
         Ok(self.remember(k, path, attr))
     }
@@ -562,8 +585,12 @@ impl InodeFs {
             return Err(Error::io(&from, "rename across a tenant's boundary", std::io::Error::from_raw_os_error(18)));
         }
         let (vol, _guard) = self.part(k)?;
-        if !matches!(mode, RenameMode::Exchange) {
-            self.not_a_tenant_root(k, &to)?;
+        // A tenant's root stays where it is (like a mount point; the list says where), and
+        // nothing takes its place.
+        self.not_a_tenant_root(k, &from)?;
+        self.not_a_tenant_root(k, &to)?;
+        if k == 0 && self.vol.tenant_place_at(&to, &self.tenant_list)?.is_some() {
+            return Err(Error::io(&to, "a tenant's root's place", std::io::Error::from_raw_os_error(16)));
         }
         vol.rename_with(&from, &to, mode)?;
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());

@@ -49,9 +49,15 @@ pub struct TenantEntry {
     /// The root a `rotate --root --tenant` under way moves the tenant to (empty: none): its
     /// header may name this one too, until the rotation is finished.
     pub pending_uri: String,
+    /// Where the root directory is: its parent's directory id and its (plaintext) name. A
+    /// tenant's root is never renamed, so this stays; a directory there that is not the
+    /// root (it was removed, or replaced, behind the volume's back) is an integrity error.
+    pub parent_id: [u8; 16],
+    pub name: Vec<u8>,
 }
 
-/// `version || u16 count || (id || dir_id || var uri || var label || var pending uri)*`.
+/// `version || u16 count || (id || dir_id || var uri || var label || var pending uri ||
+/// parent_id || var name)*`.
 pub fn encode(list: &[TenantEntry]) -> Vec<u8> {
     let mut out = vec![VERSION];
     out.extend_from_slice(&u16::try_from(list.len()).expect("bounded by MAX_TENANTS").to_le_bytes());
@@ -61,6 +67,8 @@ pub fn encode(list: &[TenantEntry]) -> Vec<u8> {
         put_var_bytes(&mut out, t.kms_uri.as_bytes());
         put_var_bytes(&mut out, t.label.as_bytes());
         put_var_bytes(&mut out, t.pending_uri.as_bytes());
+        out.extend_from_slice(&t.parent_id);
+        put_var_bytes(&mut out, &t.name);
     }
     out
 }
@@ -85,7 +93,9 @@ pub fn decode(buf: &[u8]) -> std::result::Result<Vec<TenantEntry>, DecodeError> 
         let kms_uri = text(r.var_bytes("root", 1, MAX_URI)?, "root")?;
         let label = text(r.var_bytes("label", 0, MAX_LABEL)?, "label")?;
         let pending_uri = text(r.var_bytes("pending root", 0, MAX_URI)?, "pending root")?;
-        out.push(TenantEntry { id, dir_id, kms_uri, label, pending_uri });
+        let parent_id = r.array("parent id")?;
+        let name = r.var_bytes("name", 1, 255)?.to_vec();
+        out.push(TenantEntry { id, dir_id, kms_uri, label, pending_uri, parent_id, name });
     }
     r.finish()?;
     Ok(out)
@@ -158,6 +168,23 @@ impl Volume {
 
     /// The tenant (of `list`) whose root is the directory at `path`, if it is one: the
     /// directory's own flag and the list must agree, else an integrity error naming `path`.
+    /// The id of directory `path` (a plaintext path of this volume).
+    pub fn dir_id_of(&self, path: &Path) -> Result<[u8; 16]> {
+        Ok(self.open_dir(path, None)?.1)
+    }
+
+    /// The tenant (of `list`) whose root's place is `path` (its parent's id and its name),
+    /// whatever is there now.
+    pub fn tenant_place_at<'a>(&self, path: &Path, list: &'a [TenantEntry]) -> Result<Option<&'a TenantEntry>> {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { return Ok(None) };
+        let name = std::os::unix::ffi::OsStrExt::as_bytes(name);
+        if list.is_empty() || !list.iter().any(|t| t.name == name) {
+            return Ok(None);
+        }
+        let pid = self.dir_id_of(parent)?;
+        Ok(list.iter().find(|t| t.parent_id == pid && t.name == name))
+    }
+
     /// With `expect`, only if `path` is (still) that backing inode (else NotFound).
     pub fn tenant_root_at<'a>(
         &self,
@@ -208,6 +235,8 @@ mod tests {
             kms_uri: format!("aws-kms:key-{n}"),
             label: format!("t{n}"),
             pending_uri: if n == 7 { "aws-kms:next".into() } else { String::new() },
+            parent_id: [n + 2; 16],
+            name: format!("t{n}").into_bytes(),
         }
     }
 
@@ -220,10 +249,13 @@ mod tests {
             kms_uri: "aws-kms:k".into(),
             label: "/t".into(),
             pending_uri: String::new(),
+            parent_id: [3; 16],
+            name: b"t".to_vec(),
         };
         assert_eq!(
             crate::format::hex(&encode(&[t])),
-            "010100010101010101010101010101010101010202020202020202020202020202020209006177732d6b6d733a6b02002f740000"
+            "010100010101010101010101010101010101010202020202020202020202020202020209006177732d6b6d733a6b02002f74\
+             000003030303030303030303030303030303010074"
         );
     }
 

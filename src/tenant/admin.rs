@@ -91,6 +91,8 @@ pub fn add(outer: &Volume, dir: &Path, uri: &str, create_key: bool, secrets: &dy
         kms_uri: made.kms_uri.clone(),
         label: format!("/{}", dir.display()),
         pending_uri: String::new(),
+        parent_id: outer.dir_id_of(&parent)?,
+        name: std::os::unix::ffi::OsStrExt::as_bytes(dir.file_name().unwrap_or_default()).to_vec(),
     };
     let mut listed = false;
     let done = (|| {

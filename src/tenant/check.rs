@@ -41,8 +41,18 @@ pub fn check(outer: &Volume, repair: bool) -> Result<Vec<Finding>> {
         };
         for e in entries.into_iter().filter(|e| e.kind == EntryKind::Directory) {
             let child = dir.join(&e.name);
+            let place = outer.tenant_place_at(&child, &list).ok().flatten();
             match outer.tenant_root_at(&child, &list, None) {
                 Ok(Some(t)) => found.push(t.id),
+                Ok(None) if place.is_some() => {
+                    let t = place.expect("checked");
+                    let what = format!(
+                        "/{}: is where tenant {}'s root belongs, but is a plain directory (its root removed or replaced behind the volume's back)",
+                        child.display(),
+                        t.label
+                    );
+                    out.push(Finding { what, repaired: None });
+                }
                 Ok(None) => stack.push(child),
                 Err(e) => {
                     walk_clean = false;
