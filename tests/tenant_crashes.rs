@@ -96,4 +96,45 @@ fn a_root_rotation_or_a_shred_of_a_tenant_cut_short_is_served_and_finished() {
     assert!(said.contains("tenant /b") && said.contains("unlisted"), "{said}");
     m.mount();
     assert_eq!(status(&m)["tenants"].as_array().unwrap().len(), 1);
+    m.unmount();
+
+    // `tenant add c` cut short after the list named it, before its root directory was made:
+    // its place takes no directory (it would be a plain one), `tenant add` there says what
+    // to do, and `shred --tenant` of the missing root clears it.
+    {
+        let outer = Volume::open(&m.cipher, &secrets).unwrap();
+        let mut list = outer.tenants().unwrap();
+        list.push(TenantEntry {
+            id: [0x5c; 16],
+            dir_id: [0x5d; 16],
+            kms_uri: hsm.uri("c"),
+            label: "/c".into(),
+            pending_uri: String::new(),
+            parent_id: outer.dir_id_of(Path::new("")).unwrap(),
+            name: b"c".to_vec(),
+        });
+        outer.put_tenants(&list).unwrap();
+    }
+    m.mount();
+    let e = fs::create_dir(m.p("c")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(5), "EIO where a missing root belongs: {e}");
+    m.unmount();
+    let add_c = |m: &MountFixture| {
+        m.run(&[
+            "tenant".as_ref(),
+            "add".as_ref(),
+            m.cipher.as_os_str(),
+            "c".as_ref(),
+            "--kms".as_ref(),
+            hsm.uri("c").as_ref(),
+            "--create-key".as_ref(),
+        ])
+    };
+    let o = add_c(&m);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--tenant /c` removes it first"), "{o:?}");
+    ok(&m.run(&["shred".as_ref(), m.cipher.as_os_str(), "--tenant".as_ref(), "c".as_ref(), "--yes".as_ref()]));
+    ok(&add_c(&m));
+    m.mount();
+    fs::write(m.p("c/file"), b"tenant c").unwrap();
+    assert_eq!(tenant(&status(&m), "/c")["state"], "open");
 }

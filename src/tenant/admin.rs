@@ -50,6 +50,15 @@ pub fn add(outer: &Volume, dir: &Path, uri: &str, create_key: bool, secrets: &dy
             dir.display()
         )));
     }
+    if let Some(t) = outer.tenant_place_at(&dir, &outer.tenants()?)? {
+        return Err(Error::InvalidArgument(format!(
+            "/{}: tenant {} is listed here, but its root directory is missing (a `tenant add` cut short, or \
+             removed behind the volume's back): `envelopefs shred CIPHERDIR --tenant /{}` removes it first",
+            dir.display(),
+            t.label,
+            dir.display()
+        )));
+    }
     let header = outer.header();
     let tenants = outer.cipherdir().join(TENANTS_DIR);
     match std::fs::DirBuilder::new().mode(0o700).create(&tenants) {
@@ -142,8 +151,13 @@ pub struct TenantShred {
 pub fn shred(outer: &Volume, dir: &Path, locked: bool) -> Result<TenantShred> {
     let entry = named(outer, dir)?;
     let dir = volume_path(dir)?;
-    // Its root must be empty in the volume, or it could not go after the keys did.
-    if !outer.readdir(&dir)?.is_empty() {
+    // Its root must be empty in the volume, or it could not go after the keys did (a root
+    // missing from its place holds nothing).
+    let entries = match outer.readdir(&dir) {
+        Err(Error::NotFound(_)) => Vec::new(),
+        other => other?,
+    };
+    if !entries.is_empty() {
         return Err(Error::InvalidArgument(format!(
             "/{}: the tenant's root holds entries of the volume's own (not the tenant's): move them out first; nothing was shredded",
             dir.display()

@@ -186,10 +186,22 @@ pub fn route(outer: &Volume, path: &Path) -> Result<Option<(TenantEntry, PathBuf
     Ok(None)
 }
 
-/// The tenant whose root is `dir` exactly (for commands that name a tenant).
+/// The tenant whose root is `dir` exactly (for commands that name a tenant), also when its
+/// root directory is missing from its place (a `tenant add` cut short, or the directory
+/// removed behind the volume's back).
 pub fn named(outer: &Volume, dir: &Path) -> Result<TenantEntry> {
     match route(outer, dir)? {
         Some((t, rest)) if rest.as_os_str().is_empty() => Ok(t),
+        None if matches!(outer.stat(&volume_path(dir)?), Err(Error::NotFound(_))) => {
+            let list = outer.tenants()?;
+            match outer.tenant_place_at(&volume_path(dir)?, &list) {
+                Ok(Some(t)) => Ok(t.clone()),
+                _ => Err(Error::InvalidArgument(format!(
+                    "{}: not a tenant's root (`envelopefs status` lists them)",
+                    dir.display()
+                ))),
+            }
+        }
         _ => Err(Error::InvalidArgument(format!(
             "{}: not a tenant's root (`envelopefs status` lists them)",
             dir.display()
