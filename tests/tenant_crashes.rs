@@ -131,7 +131,7 @@ fn a_root_rotation_or_a_shred_of_a_tenant_cut_short_is_served_and_finished() {
         ])
     };
     let o = add_c(&m);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--tenant /c` removes it first"), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--tenant /c` removes it"), "{o:?}");
     ok(&m.run(&["shred".as_ref(), m.cipher.as_os_str(), "--tenant".as_ref(), "c".as_ref(), "--yes".as_ref()]));
     ok(&add_c(&m));
     m.mount();

@@ -401,11 +401,23 @@ fn a_planted_or_edited_tenant_list_or_tenant_volume_is_refused_and_nothing_is_wr
     fs::create_dir(m.p("plain")).unwrap();
     assert_eq!(errno_of(fs::rename(m.p("plain"), m.p(gone)), "a directory moved there"), EBUSY);
     fs::remove_dir(m.p("plain")).unwrap();
+    assert_eq!(errno_of(fs::write(m.p(gone), b"x"), "a file made there"), libc_eio());
+    assert_eq!(errno_of(std::os::unix::fs::symlink("/tmp", m.p(gone)), "a symlink made there"), libc_eio());
     m.unmount();
+    // Its volume holds files: `shred --tenant` of the missing root refuses (CIPHERDIR removing
+    // a directory is no reason to destroy a tenant), and `fsck --repair` makes the root again
+    // at its place with its id (the sealed list vouches for both): the tenant is back.
+    let o = m.run(&["shred".as_ref(), m.cipher.as_os_str(), "--tenant".as_ref(), gone.as_ref(), "--yes".as_ref()]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("fsck --repair"), "{o:?}");
     let o = m.run(&["fsck".as_ref(), m.cipher.as_os_str()]);
     let said = String::from_utf8_lossy(&o.stdout);
     assert!(said.contains(&format!("tenant /{gone}")) && said.contains("root directory was not found"), "{said}");
-    fs::rename(&aside, &root).unwrap();
+    let o = m.run(&["fsck".as_ref(), m.cipher.as_os_str(), "--repair".as_ref()]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("its root made again"), "{o:?}");
+    m.mount();
+    assert_eq!(fs::read(m.p(&format!("{gone}/file"))).unwrap(), format!("tenant {gone}").as_bytes());
+    m.unmount();
+    fs::remove_dir_all(&aside).unwrap();
 
     // A tenant's root whose directory id no longer reads (one byte of it flipped): its
     // entries are EIO, never a plain directory's; and `fsck --repair` does not give it a new

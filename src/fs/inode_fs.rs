@@ -336,6 +336,15 @@ impl InodeFs {
         ))
     }
 
+    /// Refuses making anything (a directory, file, link, node) at `path` of the volume where
+    /// a missing tenant's root belongs (an existing root makes it EEXIST on its own).
+    fn free_place(&self, k: usize, vol: &Volume, path: &Path) -> Result<()> {
+        if k == 0 && !self.tenant_list.is_empty() && vol.stat(path).is_err() {
+            self.root_in_its_place(path, None)?;
+        }
+        Ok(())
+    }
+
     /// EBUSY for a tenant's root (part 0 path), which only `shred --tenant` removes.
     fn not_a_tenant_root(&self, k: usize, path: &Path) -> Result<()> {
         if k != 0 {
@@ -531,6 +540,7 @@ impl InodeFs {
         self.writable()?;
         let (k, path) = self.child(parent, name)?;
         let (vol, guard) = self.part(k)?;
+        self.free_place(k, vol, &path)?;
         if mode & 0o170000 == 0o100000 {
             vol.create(&path, mode & 0o7777)?.close()?;
         } else {
@@ -545,10 +555,7 @@ impl InodeFs {
         self.writable()?;
         let (k, path) = self.child(parent, name)?;
         let (vol, _guard) = self.part(k)?;
-        if k == 0 && vol.stat(&path).is_err() {
-            // Not there: a new directory may not stand where a missing tenant's root belongs.
-            self.root_in_its_place(&path, None)?;
-        }
+        self.free_place(k, vol, &path)?;
         let attr = vol.mkdir_owned(&path, mode, self.owner(caller))?;
         Ok(self.remember(k, path, attr))
     }
@@ -565,6 +572,19 @@ impl InodeFs {
         let (k, path) = self.child(parent, name)?;
         let (vol, _guard) = self.part(k)?;
         self.not_a_tenant_root(k, &path)?;
+        if k == 0 && !self.tenant_list.is_empty() {
+            // The parent of a tenant's root (missing, or it would not be empty) stays, so that
+            // `fsck --repair` can put the root back.
+            let id = vol.dir_id_of(&path)?;
+            if let Some(t) = self.tenant_list.iter().find(|t| t.parent_id == id) {
+                tracing::warn!(tenant = %t.label, "rmdir refused: the directory holds a tenant's root's place");
+                return Err(Error::io(
+                    &path,
+                    "rmdir the parent of a tenant's root",
+                    std::io::Error::from_raw_os_error(16),
+                ));
+            }
+        }
         vol.rmdir(&path)
     }
 
@@ -572,6 +592,7 @@ impl InodeFs {
         self.writable()?;
         let (k, path) = self.child(parent, name)?;
         let (vol, guard) = self.part(k)?;
+        self.free_place(k, vol, &path)?;
         vol.symlink(&path, target.as_os_str())?;
         self.own(vol, &path, caller)?;
         drop(guard);
@@ -589,8 +610,11 @@ impl InodeFs {
         // nothing takes its place.
         self.not_a_tenant_root(k, &from)?;
         self.not_a_tenant_root(k, &to)?;
-        if k == 0 && self.vol.tenant_place_at(&to, &self.tenant_list)?.is_some() {
-            return Err(Error::io(&to, "a tenant's root's place", std::io::Error::from_raw_os_error(16)));
+        for p in [&from, &to] {
+            // (`from` too: an exchange moves what is at `to` there.)
+            if k == 0 && self.vol.tenant_place_at(p, &self.tenant_list)?.is_some() {
+                return Err(Error::io(p, "a tenant's root's place", std::io::Error::from_raw_os_error(16)));
+            }
         }
         vol.rename_with(&from, &to, mode)?;
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
@@ -603,6 +627,8 @@ impl InodeFs {
                 };
                 if let Some(p) = moved {
                     *path = p;
+                    // Worked out again at its new place (see `contents`).
+                    node.checked = node.contents.is_some();
                 }
             }
         }
@@ -616,6 +642,7 @@ impl InodeFs {
             return Err(Error::io(&from, "link across a tenant's boundary", std::io::Error::from_raw_os_error(18)));
         }
         let (vol, guard) = self.part(k)?;
+        self.free_place(k, vol, &to)?;
         vol.link(&from, &to)?;
         drop(guard);
         self.lookup(new_parent, new_name)
@@ -634,6 +661,7 @@ impl InodeFs {
         self.writable()?;
         let (k, path) = self.child(parent, name)?;
         let (vol, _guard) = self.part(k)?;
+        self.free_place(k, vol, &path)?;
         let (h, attr) = vol.create_owned(&path, mode & 0o7777, self.owner(caller))?;
         let handle = self.add_handle(h, k);
         Ok((self.remember(k, path, attr), handle))

@@ -53,7 +53,8 @@ pub fn add(outer: &Volume, dir: &Path, uri: &str, create_key: bool, secrets: &dy
     if let Some(t) = outer.tenant_place_at(&dir, &outer.tenants()?)? {
         return Err(Error::InvalidArgument(format!(
             "/{}: tenant {} is listed here, but its root directory is missing (a `tenant add` cut short, or \
-             removed behind the volume's back): `envelopefs shred CIPHERDIR --tenant /{}` removes it first",
+             removed behind the volume's back): `envelopefs fsck --repair` puts it back; if it holds nothing, \
+             `envelopefs shred CIPHERDIR --tenant /{}` removes it",
             dir.display(),
             t.label,
             dir.display()
@@ -153,10 +154,21 @@ pub fn shred(outer: &Volume, dir: &Path, locked: bool) -> Result<TenantShred> {
     let dir = volume_path(dir)?;
     // Its root must be empty in the volume, or it could not go after the keys did (a root
     // missing from its place holds nothing).
-    let entries = match outer.readdir(&dir) {
-        Err(Error::NotFound(_)) => Vec::new(),
-        other => other?,
+    let (entries, missing) = match outer.readdir(&dir) {
+        Err(Error::NotFound(_)) => (Vec::new(), true),
+        other => (other?, false),
     };
+    // A root missing from its place (a `tenant add` cut short, or removed behind the
+    // volume's back) is no reason to destroy what the tenant holds: only an empty (or gone,
+    // or shredded) tenant volume is shredded so; `fsck --repair` puts the root back.
+    if missing && !super::check::holds_nothing(outer, &entry) {
+        return Err(Error::InvalidArgument(format!(
+            "/{}: tenant {}'s root is missing, and its volume holds files: `envelopefs fsck --repair` puts its root \
+             back (shred it after that if you mean to); nothing was shredded",
+            dir.display(),
+            entry.label
+        )));
+    }
     if !entries.is_empty() {
         return Err(Error::InvalidArgument(format!(
             "/{}: the tenant's root holds entries of the volume's own (not the tenant's): move them out first; nothing was shredded",

@@ -5,8 +5,10 @@
 //! What it finds in CIPHERDIR is not authenticated as a whole (a directory can be deleted or
 //! renamed there), so it never shreds or removes anything: the one repair is unlisting a
 //! tenant whose root directory is gone *and* whose volume is gone or shredded already (what
-//! a `shred --tenant` cut short leaves), which loses nothing.
+//! a `shred --tenant` cut short leaves), which loses nothing, and making a missing root again
+//! at its listed place with its listed id (the sealed list vouches for both).
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use super::Place;
@@ -28,9 +30,13 @@ pub fn check(outer: &Volume, repair: bool) -> Result<Vec<Finding>> {
     // Every directory of the volume, for the roots (a tenant's root holds nothing of the
     // volume's own). A walk that met errors proves no root missing.
     let mut found: Vec<[u8; 16]> = Vec::new();
+    let mut dirs: std::collections::HashMap<[u8; 16], PathBuf> = std::collections::HashMap::new();
     let mut walk_clean = true;
     let mut stack = vec![PathBuf::new()];
     while let Some(dir) = stack.pop() {
+        if let Ok(id) = outer.dir_id_of(&dir) {
+            dirs.insert(id, dir.clone());
+        }
         let entries = match outer.readdir(&dir) {
             Ok(e) => e,
             Err(e) => {
@@ -41,7 +47,14 @@ pub fn check(outer: &Volume, repair: bool) -> Result<Vec<Finding>> {
         };
         for e in entries.into_iter().filter(|e| e.kind == EntryKind::Directory) {
             let child = dir.join(&e.name);
-            let place = outer.tenant_place_at(&child, &list).ok().flatten();
+            let place = match outer.tenant_place_at(&child, &list) {
+                Ok(p) => p,
+                Err(e) => {
+                    walk_clean = false;
+                    out.push(Finding { what: format!("/{}: {e}", child.display()), repaired: None });
+                    continue;
+                }
+            };
             match outer.tenant_root_at(&child, &list, None) {
                 Ok(Some(t)) => found.push(t.id),
                 Ok(None) if place.is_some() => {
@@ -65,13 +78,26 @@ pub fn check(outer: &Volume, repair: bool) -> Result<Vec<Finding>> {
     for t in list.iter().filter(|t| !found.contains(&t.id)) {
         let what = format!("tenant {} ({}): listed, but its root directory was not found", t.label, hex(&t.id));
         let gone = walk_clean && volume_gone(outer, t);
-        let repaired = match (repair, gone) {
-            (true, true) => {
+        // Its place: its parent (found by id on the walk) and its name, with nothing there.
+        let place = dirs.get(&t.parent_id).map(|p| p.join(std::ffi::OsStr::from_bytes(&t.name)));
+        let free = place.as_ref().is_some_and(|p| matches!(outer.stat(p), Err(crate::Error::NotFound(_))));
+        let repaired = match (repair, gone, free) {
+            (true, true, _) => {
                 unlist.push(t.id);
                 Some("unlisted (its volume was gone or shredded already)".to_string())
             }
-            (true, false) => Some("not repaired: its volume still holds keys; nothing was changed".to_string()),
-            (false, _) => None,
+            // The sealed list vouches for its id and place: the root is made again there.
+            (true, false, true) => {
+                let p = place.expect("checked");
+                Some(match outer.mkdir_tenant_root(&p, t.dir_id) {
+                    Ok(()) => format!("its root made again at /{}", p.display()),
+                    Err(e) => format!("not repaired: {e}"),
+                })
+            }
+            (true, false, false) => {
+                Some("not repaired: its volume still holds keys and its place is taken or gone".to_string())
+            }
+            (false, ..) => None,
         };
         out.push(Finding { what, repaired });
     }
@@ -95,6 +121,17 @@ pub fn check(outer: &Volume, repair: bool) -> Result<Vec<Finding>> {
         out.push(Finding { what, repaired: repair.then(|| "not repaired: left as it is".to_string()) });
     }
     Ok(out)
+}
+
+/// Whether tenant `t`'s volume is gone or shredded, or holds no file (as a `tenant add`
+/// cut short leaves it): nothing a shred of it could lose.
+pub(super) fn holds_nothing(outer: &Volume, t: &TenantEntry) -> bool {
+    volume_gone(outer, t)
+        || Place::open(outer, t).ok().flatten().is_some_and(|place| {
+            crate::store::Store::open(&place.path().join(crate::fs::STORE_FILE))
+                .and_then(|s| s.counts())
+                .is_ok_and(|(files, _)| files == 0)
+        })
 }
 
 /// Whether tenant `t`'s volume is missing, or its header says it was shredded.
