@@ -321,13 +321,9 @@ mod tests {
         let mut h = crate::format::VolumeHeader {
             features: crate::format::FEATURE_KEK_GENERATION,
             volume_id: id,
-            cipher: crate::format::CipherKind::Aes256GcmSiv,
-            extent_shift: 20,
             kek_id: [1; 16],
             kek_generation: 2,
-            kms_uri: "local:keystore".into(),
-            wrapped_kek: vec![3; 60],
-            wrapped_name_key: vec![4; 60],
+            ..crate::format::sample_header()
         };
         let err = check_at(&p, &h, Path::new("envelopefs.conf")).unwrap_err().to_string();
         assert!(err.contains("generation 2") && err.contains("generation 3"), "{err}");

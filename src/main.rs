@@ -610,19 +610,10 @@ fn shred(
     (destroy_root, delete_root_after): (bool, Option<u32>),
     pass: PassArgs,
 ) -> Result<()> {
-    use std::io::{BufRead, IsTerminal};
     let header = Volume::read_live_header(cipherdir)?;
     if !yes {
-        if !std::io::stdin().is_terminal() {
-            return Err(Error::InvalidArgument("shred destroys keys for good: confirm with --yes".into()));
-        }
         let what = if volume { "the whole volume".to_string() } else { format!("{} file(s)", files.len()) };
-        eprint!("Destroy the keys of {what} in {}? Nothing can undo it. Type 'yes': ", cipherdir.display());
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer).map_err(|e| Error::io("", "read answer", e))?;
-        if answer.trim() != "yes" {
-            return Err(Error::InvalidArgument("not confirmed; nothing was changed".into()));
-        }
+        confirm_shred(&what, cipherdir)?;
     }
     if let Some(sock) = daemon_of(cipherdir, &header) {
         return shred_mounted(cipherdir, &sock, volume, files, (destroy_root, delete_root_after), pass);
@@ -686,14 +677,19 @@ fn unmounted(cipherdir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
     envelopefs::daemon::lock_volume(cipherdir)
 }
 
+/// Asks the mount's daemon to do `op` for the tenant whose root is `dir`; its answer.
+fn ask_about_tenant(cipherdir: &Path, sock: &Path, op: &str, dir: &Path) -> Result<serde_json::Value> {
+    let mut req = control::request_for(cipherdir, op);
+    req["tenant"] = dir.to_string_lossy().into_owned().into();
+    let v = control::query(sock, &req).ok_or_else(|| Error::Fuse("the mount's daemon did not answer".into()))?;
+    control::reply_result(v)
+}
+
 /// `rotate --kek --tenant DIR`: through the mount's daemon, or offline.
 fn rotate_tenant_kek(cipherdir: &Path, dir: &Path, pass: &PassArgs) -> Result<()> {
     let header = Volume::read_live_header(cipherdir)?;
     let (old, new, left) = if let Some(sock) = daemon_of(cipherdir, &header) {
-        let mut req = control::request_for(cipherdir, "rotate-kek");
-        req["tenant"] = dir.to_string_lossy().into_owned().into();
-        let v = control::query(&sock, &req).ok_or_else(|| Error::Fuse("the mount's daemon did not answer".into()))?;
-        let v = control::reply_result(v)?;
+        let v = ask_about_tenant(cipherdir, &sock, "rotate-kek", dir)?;
         let left: Vec<String> =
             v["left"].as_array().into_iter().flatten().filter_map(|l| l.as_str().map(String::from)).collect();
         (v["old_kek_id"].as_str().unwrap_or("?").to_string(), v["kek_id"].as_str().unwrap_or("?").to_string(), left)
@@ -736,29 +732,13 @@ fn tenant_add(cipherdir: &Path, dir: &Path, uri: &str, create_key: bool, pass: &
 }
 
 fn shred_tenant(cipherdir: &Path, dir: &Path, yes: bool, pass: &PassArgs) -> Result<()> {
-    use std::io::{BufRead, IsTerminal};
     if !yes {
-        if !std::io::stdin().is_terminal() {
-            return Err(Error::InvalidArgument("shred destroys keys for good: confirm with --yes".into()));
-        }
-        eprint!(
-            "Destroy the keys of tenant {} in {}? Nothing can undo it. Type 'yes': ",
-            dir.display(),
-            cipherdir.display()
-        );
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer).map_err(|e| Error::io("", "read answer", e))?;
-        if answer.trim() != "yes" {
-            return Err(Error::InvalidArgument("not confirmed; nothing was changed".into()));
-        }
+        confirm_shred(&format!("tenant {}", dir.display()), cipherdir)?;
     }
     let started = std::time::Instant::now();
     let header = Volume::read_live_header(cipherdir)?;
     let (id, label, root) = if let Some(sock) = daemon_of(cipherdir, &header) {
-        let mut req = control::request_for(cipherdir, "shred-tenant");
-        req["tenant"] = dir.to_string_lossy().into_owned().into();
-        let v = control::query(&sock, &req).ok_or_else(|| Error::Fuse("the mount's daemon did not answer".into()))?;
-        let v = control::reply_result(v)?;
+        let v = ask_about_tenant(cipherdir, &sock, "shred-tenant", dir)?;
         let s = |f: &str| v[f].as_str().unwrap_or("?").to_string();
         (s("id"), s("label"), s("root"))
     } else {
@@ -771,6 +751,21 @@ fn shred_tenant(cipherdir: &Path, dir: &Path, yes: bool, pass: &PassArgs) -> Res
         "Tenant {id} ({label}) shredded in {:.3?}: its wrapped KEK and name key are destroyed, its directory and files removed. Its root {root} is kept.",
         started.elapsed(),
     );
+    Ok(())
+}
+
+/// Asks on the terminal before `what` in `cipherdir` is shredded (no terminal: `--yes`).
+fn confirm_shred(what: &str, cipherdir: &Path) -> Result<()> {
+    use std::io::{BufRead, IsTerminal};
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::InvalidArgument("shred destroys keys for good: confirm with --yes".into()));
+    }
+    eprint!("Destroy the keys of {what} in {}? Nothing can undo it. Type 'yes': ", cipherdir.display());
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer).map_err(|e| Error::io("", "read answer", e))?;
+    if answer.trim() != "yes" {
+        return Err(Error::InvalidArgument("not confirmed; nothing was changed".into()));
+    }
     Ok(())
 }
 

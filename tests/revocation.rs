@@ -12,18 +12,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::kms::SoftHsm;
-use common::mount::{ok, MountFixture};
+use common::mount::{ok, status, MountFixture};
 use common::pattern;
 use serde_json::Value;
 
 /// "Key has been revoked".
 const EKEYREVOKED: i32 = 128;
-
-fn status(m: &MountFixture) -> Value {
-    let o = m.run(&["status".as_ref(), m.mnt.as_os_str(), "--json".as_ref()]);
-    ok(&o);
-    serde_json::from_slice(&o.stdout).unwrap()
-}
 
 /// Polls the mount's status (by its daemon's control socket, so also once the mount is
 /// detached: `cipherdir` names it) until `done` holds; at most 60 s.

@@ -9,20 +9,9 @@ use std::fs;
 use std::path::Path;
 
 use common::kms::SoftHsm;
-use common::mount::{ok, MountFixture};
+use common::mount::{ok, status, tenant, MountFixture};
 use envelopefs::fs::{TenantEntry, Volume};
 use envelopefs::secret::PassSource;
-use serde_json::Value;
-
-fn status(m: &MountFixture) -> Value {
-    let o = m.run(&["status".as_ref(), m.mnt.as_os_str(), "--json".as_ref()]);
-    ok(&o);
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
-fn tenant<'a>(v: &'a Value, label: &str) -> &'a Value {
-    v["tenants"].as_array().unwrap().iter().find(|t| t["label"] == label).unwrap_or_else(|| panic!("{label}: {v:#}"))
-}
 
 #[test]
 fn a_root_rotation_or_a_shred_of_a_tenant_cut_short_is_served_and_finished() {
@@ -33,16 +22,8 @@ fn a_root_rotation_or_a_shred_of_a_tenant_cut_short_is_served_and_finished() {
     let secrets = PassSource { pin_file: Some(hsm.pin_file()), ..PassSource::default() };
     let mut m = MountFixture::new_with(&["--kms", &hsm.uri("vol-root"), "--create-key"], hsm.env());
     m.unmount();
-    for (dir, key) in [("a", "a"), ("b", "b")] {
-        ok(&m.run(&[
-            "tenant".as_ref(),
-            "add".as_ref(),
-            m.cipher.as_os_str(),
-            dir.as_ref(),
-            "--kms".as_ref(),
-            hsm.uri(key).as_ref(),
-            "--create-key".as_ref(),
-        ]));
+    for dir in ["a", "b"] {
+        ok(&m.tenant_add(dir, &hsm.uri(dir)));
     }
     m.mount();
     fs::write(m.p("a/file"), b"tenant a").unwrap();
@@ -119,21 +100,10 @@ fn a_root_rotation_or_a_shred_of_a_tenant_cut_short_is_served_and_finished() {
     let e = fs::create_dir(m.p("c")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(5), "EIO where a missing root belongs: {e}");
     m.unmount();
-    let add_c = |m: &MountFixture| {
-        m.run(&[
-            "tenant".as_ref(),
-            "add".as_ref(),
-            m.cipher.as_os_str(),
-            "c".as_ref(),
-            "--kms".as_ref(),
-            hsm.uri("c").as_ref(),
-            "--create-key".as_ref(),
-        ])
-    };
-    let o = add_c(&m);
+    let o = m.tenant_add("c", &hsm.uri("c"));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--tenant /c` removes it"), "{o:?}");
     ok(&m.run(&["shred".as_ref(), m.cipher.as_os_str(), "--tenant".as_ref(), "c".as_ref(), "--yes".as_ref()]));
-    ok(&add_c(&m));
+    ok(&m.tenant_add("c", &hsm.uri("c")));
     m.mount();
     fs::write(m.p("c/file"), b"tenant c").unwrap();
     assert_eq!(tenant(&status(&m), "/c")["state"], "open");

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::kms::SoftHsm;
-use common::mount::{ok, MountFixture};
+use common::mount::{ok, status, tenant, MountFixture};
 use common::pattern;
 use serde_json::Value;
 
@@ -24,12 +24,6 @@ const EBUSY: i32 = 16;
 #[ignore = "a helper process, run by another test"]
 fn helper_destroy_key_object() {
     common::kms::destroy_key_object_from_env();
-}
-
-fn status(m: &MountFixture) -> Value {
-    let o = m.run(&["status".as_ref(), m.mnt.as_os_str(), "--json".as_ref()]);
-    ok(&o);
-    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 /// Polls `status` until `done` holds (commits are grouped: counts follow a moment later).
@@ -45,23 +39,9 @@ fn wait_for(m: &MountFixture, what: &str, done: impl Fn(&Value) -> bool) -> Valu
     }
 }
 
-fn tenant<'a>(v: &'a Value, label: &str) -> &'a Value {
-    v["tenants"].as_array().unwrap().iter().find(|t| t["label"] == label).unwrap_or_else(|| panic!("{label}: {v:#}"))
-}
-
 /// `tenant add`; returns what it said (which names the tenant's id first).
 fn add(m: &MountFixture, dir: &str, uri: &str) -> String {
-    let o = m.run(&[
-        "tenant".as_ref(),
-        "add".as_ref(),
-        m.cipher.as_os_str(),
-        dir.as_ref(),
-        "--kms".as_ref(),
-        uri.as_ref(),
-        "--create-key".as_ref(),
-        "--passfile".as_ref(),
-        m.passfile.as_os_str(),
-    ]);
+    let o = m.tenant_add(dir, uri);
     ok(&o);
     String::from_utf8(o.stdout).unwrap()
 }
@@ -83,34 +63,11 @@ fn a_tenant_goes_dark_alone_and_a_shredded_tenant_leaves_nothing_that_holds_its_
     let said = add(&m, "projects/team-a", &hsm.uri("team-a"));
     assert!(said.contains("/projects/team-a"), "{said}");
     add(&m, "team-b", &hsm.uri("team-b"));
-    let o = m.run(&[
-        "tenant".as_ref(),
-        "add".as_ref(),
-        m.cipher.as_os_str(),
-        "projects".as_ref(),
-        "--kms".as_ref(),
-        hsm.uri("t3").as_ref(),
-        "--create-key".as_ref(),
-    ]);
+    let o = m.tenant_add("projects", &hsm.uri("t3"));
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("already exists"), "{o:?}");
-    let o = m.run(&[
-        "tenant".as_ref(),
-        "add".as_ref(),
-        m.cipher.as_os_str(),
-        "team-b/inner".as_ref(),
-        "--kms".as_ref(),
-        hsm.uri("t4").as_ref(),
-        "--create-key".as_ref(),
-    ]);
+    let o = m.tenant_add("team-b/inner", &hsm.uri("t4"));
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("do not nest"), "{o:?}");
-    let o = m.run(&[
-        "tenant".as_ref(),
-        "add".as_ref(),
-        m.cipher.as_os_str(),
-        "team-c".as_ref(),
-        "--kms".as_ref(),
-        "local:keystore-c".as_ref(),
-    ]);
+    let o = m.tenant_add("team-c", "local:keystore-c");
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("HSM key"), "{o:?}");
 
     // Scratch is emptied at unmount: it may neither be, hold, nor lie inside a tenant.

@@ -339,7 +339,8 @@ impl InodeFs {
     /// Refuses making anything (a directory, file, link, node) at `path` of the volume where
     /// a missing tenant's root belongs (an existing root makes it EEXIST on its own).
     fn free_place(&self, k: usize, vol: &Volume, path: &Path) -> Result<()> {
-        if k == 0 && !self.tenant_list.is_empty() && vol.stat(path).is_err() {
+        // The list first (a name compare, mostly): a stat only for a listed place.
+        if k == 0 && self.vol.tenant_place_at(path, &self.tenant_list)?.is_some() && vol.stat(path).is_err() {
             self.root_in_its_place(path, None)?;
         }
         Ok(())

@@ -46,15 +46,6 @@ pub struct Held {
     _place: Place,
 }
 
-impl Tenant {
-    pub fn volume(&self) -> Option<&Arc<Volume>> {
-        match &self.state {
-            TenantState::Open { vol, .. } => Some(vol),
-            TenantState::Closed(_) => None,
-        }
-    }
-}
-
 /// A path inside the volume, as the operator gives it (`team-a`, `/projects/team-a`):
 /// plain names only.
 pub fn volume_path(dir: &Path) -> Result<PathBuf> {

@@ -88,6 +88,21 @@ impl MountFixture {
         self.run(&args)
     }
 
+    /// `tenant add CIPHERDIR DIR --kms URI --create-key` (the volume unmounted).
+    pub fn tenant_add(&self, dir: &str, uri: &str) -> Output {
+        self.run(&[
+            "tenant".as_ref(),
+            "add".as_ref(),
+            self.cipher.as_os_str(),
+            dir.as_ref(),
+            "--kms".as_ref(),
+            uri.as_ref(),
+            "--create-key".as_ref(),
+            "--passfile".as_ref(),
+            self.passfile.as_os_str(),
+        ])
+    }
+
     /// Runs the binary with this fixture's environment.
     pub fn run(&self, args: &[&std::ffi::OsStr]) -> Output {
         evfs_env(args, &self.env)
@@ -153,4 +168,16 @@ impl Drop for MountFixture {
             }
         }
     }
+}
+
+/// `status MOUNTPOINT --json` of the mounted fixture.
+pub fn status(m: &MountFixture) -> serde_json::Value {
+    let o = m.run(&["status".as_ref(), m.mnt.as_os_str(), "--json".as_ref()]);
+    ok(&o);
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// The tenant labelled `label` in a `status` report.
+pub fn tenant<'a>(v: &'a serde_json::Value, label: &str) -> &'a serde_json::Value {
+    v["tenants"].as_array().unwrap().iter().find(|t| t["label"] == label).unwrap_or_else(|| panic!("{label}: {v:#}"))
 }
