@@ -124,6 +124,7 @@ impl Error {
             Error::Integrity { reason, .. } => Error::Integrity { path: p, reason },
             Error::Corrupt { reason, .. } => Error::Corrupt { path: p, reason },
             Error::Shredded(_) => Error::Shredded(p),
+            Error::WrongPassphrase(_) => Error::WrongPassphrase(p),
             other => other,
         }
     }

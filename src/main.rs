@@ -11,6 +11,7 @@ use envelopefs::format::{hex, CipherKind, KdfParams};
 use envelopefs::fs::{InitOptions, RotationStep, Volume};
 use envelopefs::kms::{self, LocalKeystore};
 use envelopefs::secret::PassSource;
+use envelopefs::tenant::{TenantPassfile, TenantSecrets};
 use envelopefs::{Error, Result};
 use std::ffi::OsString;
 use std::os::fd::AsFd;
@@ -81,6 +82,12 @@ enum Command {
         /// Get the new passphrase from the first line COMMAND prints.
         #[arg(long, value_name = "COMMAND")]
         new_extpass: Option<String>,
+        /// Change the passphrase of the tenant whose root is DIR (its own embedded keystore;
+        /// the old one from --tenant-passfile or the terminal) instead of the volume's.
+        #[arg(long, value_name = "DIR")]
+        tenant: Option<PathBuf>,
+        #[command(flatten)]
+        tenant_pass: TenantPassArgs,
     },
     /// Mount CIPHERDIR's plaintext view on MOUNTPOINT. Returns once the mount is ready (the
     /// daemon keeps serving it), or fails with the reason.
@@ -130,6 +137,8 @@ enum Command {
         offline_grace: std::time::Duration,
         #[command(flatten)]
         pass: PassArgs,
+        #[command(flatten)]
+        tenant_pass: TenantPassArgs,
         /// Internal: run as the detached daemon child of `mount`.
         #[arg(long, hide = true)]
         daemon_child: bool,
@@ -177,6 +186,8 @@ enum Command {
         rekey: Vec<PathBuf>,
         #[command(flatten)]
         pass: PassArgs,
+        #[command(flatten)]
+        tenant_pass: TenantPassArgs,
     },
     /// Tenants: subtrees with their own KEK under their own root.
     Tenant {
@@ -231,6 +242,8 @@ enum Command {
         repair: bool,
         #[command(flatten)]
         pass: PassArgs,
+        #[command(flatten)]
+        tenant_pass: TenantPassArgs,
     },
     /// Convert a format-1 volume (aes-256-gcm-siv) to format 2 in place, unmounted: each
     /// block a whole page written whole or not at all, and an older copy of a block, a file or
@@ -256,23 +269,27 @@ enum Command {
 #[derive(Subcommand)]
 enum TenantCommand {
     /// Make DIR (a path inside the volume; new, its parent existing) the root of a tenant:
-    /// its files, names and attributes are under a KEK of its own, wrapped by the root URI
-    /// (an HSM key, pkcs11:..., or a KMS key, aws-kms:...), which the mount asks once and
-    /// re-checks; revoking or shredding it darkens that subtree only. The volume must be
-    /// unmounted. The outer volume's passphrase or PIN unlocks the volume; the tenant's
-    /// PKCS#11 PIN comes from the same source.
+    /// its files, names and attributes are under a KEK of its own, wrapped by a root of its
+    /// own, which the mount asks once (and re-checks, for an HSM or KMS key); revoking or
+    /// shredding it darkens that subtree only. The volume must be unmounted. The outer
+    /// volume's passphrase or PIN unlocks the volume; the tenant's PKCS#11 PIN comes from the
+    /// same source, a keystore tenant's new passphrase from --tenant-passfile DIR=FILE or the
+    /// terminal.
     Add {
         cipherdir: PathBuf,
         dir: PathBuf,
-        /// The tenant's root: 'pkcs11:module=PATH;token=LABEL;object=KEYLABEL' or
-        /// aws-kms:KEY_ID_OR_ARN.
-        #[arg(long, value_name = "URI")]
+        /// The tenant's root: local:keystore (an embedded keystore of its own, with a
+        /// passphrase of its own; the default), 'pkcs11:module=PATH;token=LABEL;object=KEYLABEL'
+        /// or aws-kms:KEY_ID_OR_ARN.
+        #[arg(long, value_name = "URI", default_value = "local:keystore")]
         kms: String,
         /// Generate the tenant's root key there.
         #[arg(long)]
         create_key: bool,
         #[command(flatten)]
         pass: PassArgs,
+        #[command(flatten)]
+        tenant_pass: TenantPassArgs,
     },
 }
 
@@ -290,6 +307,25 @@ struct PassArgs {
     /// else a terminal prompt).
     #[arg(long, value_name = "FILE")]
     pin_file: Option<PathBuf>,
+}
+
+/// Passphrases of tenants whose root is an embedded keystore of their own.
+#[derive(Args, Default)]
+struct TenantPassArgs {
+    /// The passphrase of the tenant whose root is DIR (as `status` lists it, or its id) and
+    /// whose root is an embedded keystore of its own: the first line of FILE. Repeatable.
+    /// Without it a command asks on the terminal, and a mount leaves that tenant locked (its
+    /// subtree gives EKEYREVOKED; the rest is served).
+    #[arg(long = "tenant-passfile", value_name = "DIR=FILE")]
+    tenant_passfile: Vec<TenantPassfile>,
+}
+
+impl TenantPassArgs {
+    /// The tenants' secrets for a command: their PINs from `pass`, a keystore tenant's
+    /// passphrase from its passfile or the terminal.
+    fn with<'a>(&'a self, pins: &'a PassSource) -> TenantSecrets<'a> {
+        TenantSecrets::new(pins, &self.tenant_passfile, true)
+    }
 }
 
 impl PassArgs {
@@ -406,7 +442,11 @@ fn run(cmd: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Passwd { cipherdir, pass, new_passfile, new_extpass } => {
+        Command::Passwd { cipherdir, pass, new_passfile, new_extpass, tenant: Some(dir), tenant_pass } => {
+            let new = PassSource { passfile: new_passfile, extpass: new_extpass, env_var: None, pin_file: None };
+            passwd_tenant(&cipherdir, &dir, &pass, &tenant_pass, &new)
+        }
+        Command::Passwd { cipherdir, pass, new_passfile, new_extpass, .. } => {
             let header = Volume::read_header(&cipherdir)?;
             let path = kms::local_keystore_path(&header.kms_uri, &cipherdir).map_err(|e| match e {
                 e @ Error::UntrustedRoot { .. } => e,
@@ -421,7 +461,7 @@ fn run(cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Status { cipherdir, json } => status(&cipherdir, json),
-        Command::Fsck { cipherdir, repair, pass } => fsck(&cipherdir, repair, &pass),
+        Command::Fsck { cipherdir, repair, pass, tenant_pass } => fsck(&cipherdir, repair, &pass, &tenant_pass),
         Command::Upgrade { cipherdir, pass } => upgrade(&cipherdir, &pass),
         Command::Mount {
             cipherdir,
@@ -436,6 +476,7 @@ fn run(cmd: Command) -> Result<()> {
             recheck_root,
             offline_grace,
             pass,
+            tenant_pass,
             daemon_child,
         } => {
             let mut pass = pass;
@@ -446,24 +487,41 @@ fn run(cmd: Command) -> Result<()> {
                 scratch.push(PathBuf::from("/"));
             }
             let recheck = envelopefs::revocation::Policy::new(recheck_root, offline_grace)?;
-            let mut req =
-                MountRequest { cipherdir, mountpoint, read_only, allow_other: false, threads, scratch, recheck };
+            let mut req = MountRequest {
+                cipherdir,
+                mountpoint,
+                read_only,
+                allow_other: false,
+                threads,
+                scratch,
+                recheck,
+                tenant_passfiles: tenant_pass.tenant_passfile,
+            };
             parse_mount_options(&options, &mut req, &mut pass)?;
             mount(req, foreground, daemon_child, pass)
         }
-        Command::Rotate { cipherdir, kek: true, tenant: Some(dir), pass, .. } => {
-            rotate_tenant_kek(&cipherdir, &dir, &pass)
+        Command::Rotate { cipherdir, kek: true, tenant: Some(dir), pass, tenant_pass, .. } => {
+            rotate_tenant_kek(&cipherdir, &dir, &pass, &tenant_pass)
         }
         Command::Rotate { cipherdir, kek: true, pass, .. } => rotate_kek(&cipherdir, pass),
         Command::Rotate {
-            cipherdir, root: true, tenant: Some(dir), to, create_key, destroy_old_root, pass, ..
+            cipherdir,
+            root: true,
+            tenant: Some(dir),
+            to,
+            create_key,
+            destroy_old_root,
+            pass,
+            tenant_pass,
+            ..
         } => {
             let _lock = unmounted(&cipherdir)?;
             let vol = Volume::open(&cipherdir, &pass.source())?;
+            let pins = pass.source();
             let new = envelopefs::tenant::rotate_root(
                 &vol,
                 &dir,
-                &pass.source(),
+                &tenant_pass.with(&pins),
                 to.as_deref(),
                 (create_key, destroy_old_root),
             )?;
@@ -516,7 +574,7 @@ fn run(cmd: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Rotate { cipherdir, rekey, pass, .. } => {
+        Command::Rotate { cipherdir, rekey, pass, tenant_pass, .. } => {
             let header = Volume::read_live_header(&cipherdir)?;
             if let Some(sock) = daemon_of(&cipherdir, &header) {
                 let paths: Vec<String> = rekey.iter().map(|p| p.to_string_lossy().into_owned()).collect();
@@ -543,7 +601,7 @@ fn run(cmd: Command) -> Result<()> {
                     None => vol.rekey(path)?,
                     Some((t, rest)) => {
                         if !tenants.iter().any(|o| o.entry.id == t.id) {
-                            tenants.push(envelopefs::tenant::open(&vol, &t, &pass.source())?);
+                            tenants.push(envelopefs::tenant::open(&vol, &t, &tenant_pass.with(&pass.source()))?);
                         }
                         let o = tenants.iter().find(|o| o.entry.id == t.id).expect("opened above");
                         o.vol.rekey(&rest)?
@@ -557,8 +615,8 @@ fn run(cmd: Command) -> Result<()> {
         Command::Shred { cipherdir, volume, file, yes, delete_root_after, destroy_root, pass, .. } => {
             shred(&cipherdir, volume, &file, yes, (destroy_root, delete_root_after), pass)
         }
-        Command::Tenant { what: TenantCommand::Add { cipherdir, dir, kms, create_key, pass } } => {
-            tenant_add(&cipherdir, &dir, &kms, create_key, &pass)
+        Command::Tenant { what: TenantCommand::Add { cipherdir, dir, kms, create_key, pass, tenant_pass } } => {
+            tenant_add(&cipherdir, &dir, (&kms, create_key), &pass, &tenant_pass)
         }
         Command::Umount { mountpoint, keep_scratch } => {
             if keep_scratch {
@@ -686,7 +744,7 @@ fn ask_about_tenant(cipherdir: &Path, sock: &Path, op: &str, dir: &Path) -> Resu
 }
 
 /// `rotate --kek --tenant DIR`: through the mount's daemon, or offline.
-fn rotate_tenant_kek(cipherdir: &Path, dir: &Path, pass: &PassArgs) -> Result<()> {
+fn rotate_tenant_kek(cipherdir: &Path, dir: &Path, pass: &PassArgs, tenant_pass: &TenantPassArgs) -> Result<()> {
     let header = Volume::read_live_header(cipherdir)?;
     let (old, new, left) = if let Some(sock) = daemon_of(cipherdir, &header) {
         let v = ask_about_tenant(cipherdir, &sock, "rotate-kek", dir)?;
@@ -697,7 +755,7 @@ fn rotate_tenant_kek(cipherdir: &Path, dir: &Path, pass: &PassArgs) -> Result<()
         let _lock = envelopefs::daemon::lock_volume(cipherdir)?;
         let vol = Volume::open(cipherdir, &pass.source())?;
         let entry = envelopefs::tenant::named(&vol, dir)?;
-        let t = envelopefs::tenant::open(&vol, &entry, &pass.source())?;
+        let t = envelopefs::tenant::open(&vol, &entry, &tenant_pass.with(&pass.source()))?;
         let old = hex(&t.vol.header().kek_id);
         let new = if t.vol.finished_rotation_at_open() {
             t.vol.header()
@@ -710,10 +768,38 @@ fn rotate_tenant_kek(cipherdir: &Path, dir: &Path, pass: &PassArgs) -> Result<()
     rotation_left(cipherdir, &left)
 }
 
-fn tenant_add(cipherdir: &Path, dir: &Path, uri: &str, create_key: bool, pass: &PassArgs) -> Result<()> {
+/// `passwd --tenant DIR`: re-seals the root key of tenant DIR's own keystore under a new
+/// passphrase (the volume unmounted).
+fn passwd_tenant(
+    cipherdir: &Path,
+    dir: &Path,
+    pass: &PassArgs,
+    tenant_pass: &TenantPassArgs,
+    new: &PassSource,
+) -> Result<()> {
     let _lock = unmounted(cipherdir)?;
     let vol = Volume::open(cipherdir, &pass.source())?;
-    let t = envelopefs::tenant::add(&vol, dir, uri, create_key, &pass.source())?;
+    let entry = envelopefs::tenant::named(&vol, dir)?;
+    let pins = pass.source();
+    let asked = TenantSecrets::new(&pins, &[], true);
+    let asked = asked.of_entry(&entry);
+    let new: &dyn envelopefs::secret::Secrets =
+        if new.passfile.is_some() || new.extpass.is_some() { new } else { &asked };
+    envelopefs::tenant::change_passphrase(&vol, &entry, &tenant_pass.with(&pins), new)?;
+    println!("Passphrase of tenant {} changed (its root key, KEK and data are unchanged).", entry.label);
+    Ok(())
+}
+
+fn tenant_add(
+    cipherdir: &Path,
+    dir: &Path,
+    (uri, create_key): (&str, bool),
+    pass: &PassArgs,
+    tenant_pass: &TenantPassArgs,
+) -> Result<()> {
+    let _lock = unmounted(cipherdir)?;
+    let vol = Volume::open(cipherdir, &pass.source())?;
+    let t = envelopefs::tenant::add(&vol, dir, uri, create_key, &tenant_pass.with(&pass.source()))?;
     println!(
         "Tenant {} added at {}: its files are under a KEK of its own, wrapped by {}.",
         hex(&t.id),
@@ -974,6 +1060,7 @@ fn parse_mount_options(options: &[String], req: &mut MountRequest, pass: &mut Pa
             None if opt == "rw" => req.read_only = false,
             None if opt == "allow_other" => req.allow_other = true,
             Some(("passfile", f)) => pass.passfile = Some(PathBuf::from(f)),
+            Some(("tenant_passfile", f)) => req.tenant_passfiles.push(f.parse()?),
             Some(("recheck_root", d)) => {
                 let d = envelopefs::revocation::parse_duration(d)?;
                 req.recheck = envelopefs::revocation::Policy::new(d, req.recheck.grace)?;
@@ -1037,6 +1124,9 @@ fn mount(req: MountRequest, foreground: bool, daemon_child: bool, pass: PassArgs
     }
     for dir in &req.scratch {
         args.extend(["--scratch".into(), dir.clone().into()]);
+    }
+    for p in &req.tenant_passfiles {
+        args.extend(["--tenant-passfile".into(), format!("/{}={}", p.dir.display(), p.file.display()).into()]);
     }
     let every = req.recheck.interval.unwrap_or_default();
     args.extend(["--recheck-root".into(), format!("{}ms", every.as_millis()).into()]);
@@ -1125,7 +1215,7 @@ fn upgrade(cipherdir: &Path, pass: &PassArgs) -> Result<()> {
     ))
 }
 
-fn fsck(cipherdir: &Path, repair: bool, pass: &PassArgs) -> Result<()> {
+fn fsck(cipherdir: &Path, repair: bool, pass: &PassArgs, tenant_pass: &TenantPassArgs) -> Result<()> {
     let _lock = envelopefs::daemon::lock_volume(cipherdir)?;
     let vol = Volume::open(cipherdir, &pass.source())?;
     let mut left = print_fsck(cipherdir, "", &vol.fsck(repair)?);
@@ -1142,8 +1232,9 @@ fn fsck(cipherdir: &Path, repair: bool, pass: &PassArgs) -> Result<()> {
         }
     }
     // Each tenant is a volume of its own, checked with its own keys.
+    let pins = pass.source();
     for entry in vol.tenants()? {
-        let checked = envelopefs::tenant::open(&vol, &entry, &pass.source()).and_then(|t| t.vol.fsck(repair));
+        let checked = envelopefs::tenant::open(&vol, &entry, &tenant_pass.with(&pins)).and_then(|t| t.vol.fsck(repair));
         match checked {
             Ok(report) => left += print_fsck(cipherdir, &format!("tenant {}: ", entry.label), &report),
             Err(e) => {

@@ -103,7 +103,7 @@ impl Secrets for PassSource {
 }
 
 /// The first line of `path` (without its line ending).
-fn from_file(path: &Path) -> Result<Passphrase> {
+pub fn from_file(path: &Path) -> Result<Passphrase> {
     let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| Error::Passphrase(format!("{}: {e}", path.display())))?);
     first_line(&bytes).map_err(|e| Error::Passphrase(format!("{}: {e}", path.display())))
 }
@@ -125,14 +125,17 @@ fn from_command(cmd: &str) -> Result<Passphrase> {
 }
 
 fn from_terminal(keystore: &Path, new: bool) -> Result<Passphrase> {
+    prompt(&keystore.display().to_string(), new, "--passfile FILE, --extpass CMD or ENVELOPEFS_PASSFILE")
+}
+
+/// Asks on the terminal for the passphrase of `what` (twice when `new`); without a terminal,
+/// says to use `sources` instead.
+pub fn prompt(what: &str, new: bool, sources: &str) -> Result<Passphrase> {
     let no_tty = |e: std::io::Error| {
-        Error::Passphrase(format!(
-            "no passphrase source: use --passfile FILE, --extpass CMD or ENVELOPEFS_PASSFILE, or run on a terminal ({e})"
-        ))
+        Error::Passphrase(format!("no passphrase source for {what}: use {sources}, or run on a terminal ({e})"))
     };
-    let prompt = if new { "New passphrase" } else { "Passphrase" };
-    let first =
-        Zeroizing::new(rpassword::prompt_password(format!("{prompt} for {}: ", keystore.display())).map_err(no_tty)?);
+    let asked = if new { "New passphrase" } else { "Passphrase" };
+    let first = Zeroizing::new(rpassword::prompt_password(format!("{asked} for {what}: ")).map_err(no_tty)?);
     if new {
         let again = Zeroizing::new(rpassword::prompt_password("Repeat passphrase: ").map_err(no_tty)?);
         if *first != *again {

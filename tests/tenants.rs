@@ -67,8 +67,8 @@ fn a_tenant_goes_dark_alone_and_a_shredded_tenant_leaves_nothing_that_holds_its_
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("already exists"), "{o:?}");
     let o = m.tenant_add("team-b/inner", &hsm.uri("t4"));
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("do not nest"), "{o:?}");
-    let o = m.tenant_add("team-c", "local:keystore-c");
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("HSM key"), "{o:?}");
+    let o = m.tenant_add("team-c", "local:/etc/shared-keystore");
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("tenant's own volume"), "{o:?}");
 
     // Scratch is emptied at unmount: it may neither be, hold, nor lie inside a tenant.
     for scratch in

@@ -43,6 +43,8 @@ pub struct MountRequest {
     pub scratch: Vec<PathBuf>,
     /// How often an HSM or KMS root is re-checked, and the offline grace.
     pub recheck: crate::revocation::Policy,
+    /// Passphrases of tenants whose root is an embedded keystore of their own.
+    pub tenant_passfiles: Vec<crate::tenant::TenantPassfile>,
 }
 
 /// Checks what can be checked before asking for a passphrase; returns the request with
@@ -116,7 +118,8 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     crate::tenant::check_scratch(&vol, &req.scratch)?;
     // Each tenant's root is asked once, now (a tenant that cannot be opened is dark; the
     // rest is served): a KMS that is down shows at mount, never on the data path.
-    let tenant_secrets = tenants::TenantSecrets { outer_uri: header.kms_uri.clone(), mount: secrets.as_ref() };
+    let pins = tenants::TenantPins { outer_uri: header.kms_uri.clone(), mount: secrets.as_ref() };
+    let tenant_secrets = crate::tenant::TenantSecrets::new(&pins, &req.tenant_passfiles, false);
     let opened = crate::tenant::open_all(&vol, &tenant_secrets, req.read_only)?;
     drop(secrets); // the passphrase is not kept for the life of the mount
     let scratch_file = control::scratch_path(&header.volume_id);

@@ -13,16 +13,17 @@ use crate::secret::{PassSource, Passphrase, Secrets};
 use crate::tenant::{Tenant, TenantState};
 use crate::{Error, Result};
 
-/// The secrets a tenant's root gets: the mount's PIN only for a token the volume's own root
-/// is on (a keystore passphrase never goes to a token); else `ENVELOPEFS_PIN_FILE`.
-pub(super) struct TenantSecrets<'a> {
+/// The PINs a tenant's root gets: the mount's PIN only for a token the volume's own root is
+/// on (a keystore passphrase never goes to a token); else `ENVELOPEFS_PIN_FILE`. (A keystore
+/// tenant's passphrase comes from its `--tenant-passfile`: `crate::tenant::TenantSecrets`.)
+pub(super) struct TenantPins<'a> {
     pub outer_uri: String,
     pub mount: &'a dyn Secrets,
 }
 
-impl Secrets for TenantSecrets<'_> {
+impl Secrets for TenantPins<'_> {
     fn passphrase(&self, keystore: &Path, _new: bool) -> Result<Passphrase> {
-        Err(Error::Passphrase(format!("{}: a tenant's root is never a keystore", keystore.display())))
+        Err(Error::Passphrase(format!("{}: not a PIN", keystore.display())))
     }
 
     fn pin(&self, token: &str) -> Result<Passphrase> {
@@ -68,6 +69,8 @@ pub(super) fn watch(
         .into_iter()
         .map(|(part, tenant)| {
             let watcher = match (&tenant.state, policy.interval) {
+                // An embedded keystore has nothing to re-check.
+                (TenantState::Open { .. }, _) if crate::tenant::is_keystore(&tenant.entry) => None,
                 (TenantState::Open { vol, kms, .. }, Some(_)) => {
                     let (v, k) = (Arc::downgrade(vol), kms.clone());
                     let check = move || {

@@ -96,7 +96,7 @@ impl Volume {
         scratch_file: &Path,
         destroy_old: bool,
     ) -> Result<VolumeHeader> {
-        let _header_lock = durable::lock_header(cipherdir)?;
+        let header_lock = durable::lock_header(cipherdir)?;
         let mut header = Self::read_live_header(cipherdir)?;
         crate::anchor::check(&header, &cipherdir.join(super::HEADER_FILE))?;
         let store = Store::open(&cipherdir.join(STORE_FILE))?;
@@ -105,6 +105,9 @@ impl Volume {
         }
         let old_uri = header.kms_uri.clone();
         let Some((new_uri, create)) = next_root(&old_uri, to, create_key)? else {
+            // It takes the header lock itself (a second flock from this process would wait
+            // for the first forever).
+            drop(header_lock);
             return Self::rotate_root(cipherdir, secrets, scratch_file);
         };
         let from = kms::open(&old_uri, cipherdir, secrets)?;

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 pub use audit::{set_timeout, timeout, Audited};
 pub use local::LocalKeystore;
 pub use pkcs11::Pkcs11Root;
-pub use trust::{check_module, check_root, ROOTS_ENV, ROOTS_FILE};
+pub use trust::{check_module, check_root, is_own_keystore, ROOTS_ENV, ROOTS_FILE};
 
 use crate::crypto::Key256;
 use crate::format::KdfParams;

@@ -3,10 +3,10 @@
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+use super::TenantSecrets;
 use super::{check_tenant_root, named, volume_path, Place};
 use crate::format::{hex, FEATURE_PAGES};
 use crate::fs::{EntryKind, InitOptions, TenantEntry, Volume, TENANTS_DIR};
-use crate::secret::Secrets;
 use crate::{Error, Result};
 
 /// Makes the new directory `dir` (a path inside the volume; its parent must exist, and it
@@ -18,7 +18,7 @@ use crate::{Error, Result};
 /// 2. the list names it, with the id its root directory will have (a listed directory that
 ///    does not exist is routed nowhere; `fsck` names it);
 /// 3. the directory is made, flagged in its header as a tenant's root.
-pub fn add(outer: &Volume, dir: &Path, uri: &str, create_key: bool, secrets: &dyn Secrets) -> Result<TenantEntry> {
+pub fn add(outer: &Volume, dir: &Path, uri: &str, create_key: bool, secrets: &TenantSecrets) -> Result<TenantEntry> {
     check_tenant_root(uri)?;
     let dir = volume_path(dir)?;
     let parent = dir.parent().unwrap_or(Path::new("")).to_path_buf();
@@ -93,13 +93,15 @@ pub fn add(outer: &Volume, dir: &Path, uri: &str, create_key: bool, secrets: &dy
         format: Some(if header.features & FEATURE_PAGES != 0 { 2 } else { 1 }),
         ..InitOptions::default()
     };
-    let made = Volume::init(&new, &opts, secrets)?;
+    let label = format!("/{}", dir.display());
+    // The id is not known yet: a passfile names a new tenant by its root.
+    let made = Volume::init(&new, &opts, &secrets.of(&label, &[0; 16]))?;
     let place = tenants.join(hex(&made.volume_id));
     let entry = TenantEntry {
         id: made.volume_id,
         dir_id: crate::crypto::random_array(),
         kms_uri: made.kms_uri.clone(),
-        label: format!("/{}", dir.display()),
+        label,
         pending_uri: String::new(),
         parent_id: outer.dir_id_of(&parent)?,
         name: std::os::unix::ffi::OsStrExt::as_bytes(dir.file_name().unwrap_or_default()).to_vec(),
@@ -225,7 +227,7 @@ pub fn shred(outer: &Volume, dir: &Path, locked: bool) -> Result<TenantShred> {
 pub fn rotate_root(
     outer: &Volume,
     dir: &Path,
-    secrets: &dyn Secrets,
+    secrets: &TenantSecrets,
     to: Option<&str>,
     (create_key, destroy_old): (bool, bool),
 ) -> Result<crate::format::VolumeHeader> {
@@ -247,8 +249,9 @@ pub fn rotate_root(
     let new = if switched && header.kms_uri == entry.pending_uri {
         header // the header switched before a crash: only the list is left to finish
     } else {
-        let (new_uri, create) = crate::fs::next_root(&header.kms_uri, to, create_key)?
-            .ok_or_else(|| Error::InvalidArgument("a tenant's root is never a keystore".into()))?;
+        // A keystore tenant without --to: a new root key in its own keystore.
+        let (new_uri, create) =
+            crate::fs::next_root(&header.kms_uri, to, create_key)?.unwrap_or((header.kms_uri.clone(), false));
         check_tenant_root(&new_uri)?;
         if new_uri != header.kms_uri {
             // No module from inside the volume's CIPHERDIR, even one named on the command line.
@@ -258,8 +261,33 @@ pub fn rotate_root(
             set(&|t| TenantEntry { pending_uri: new_uri.clone(), ..t })?;
         }
         let scratch = crate::control::scratch_path(&entry.id);
-        Volume::rotate_root_kms(&at, secrets, Some(&new_uri), create, &scratch, destroy_old)?
+        let on_keystore = matches!(crate::kms::KmsUri::parse(&header.kms_uri), Ok(crate::kms::KmsUri::Local(_)));
+        let to = (new_uri != header.kms_uri || !on_keystore).then_some(new_uri.as_str());
+        Volume::rotate_root_kms(&at, &secrets.of_entry(&entry), to, create, &scratch, destroy_old)?
     };
     set(&|t| TenantEntry { kms_uri: new.kms_uri.clone(), pending_uri: String::new(), ..t })?;
     Ok(new)
+}
+
+/// `passwd --tenant DIR`: re-seals the root key of tenant `entry`'s own keystore under the
+/// passphrase `new` gives (the old one from `secrets`); its KEK and data are unchanged.
+pub fn change_passphrase(
+    outer: &Volume,
+    entry: &TenantEntry,
+    secrets: &TenantSecrets,
+    new: &dyn crate::secret::Secrets,
+) -> Result<()> {
+    let shown = outer.tenant_dir(&entry.id);
+    let place = Place::open(outer, entry)?.ok_or_else(|| Error::integrity(&shown, "the tenant's volume is missing"))?;
+    let at = place.path().to_path_buf();
+    let _lock = crate::daemon::lock_volume(&at)?;
+    let header = super::checked_header(outer, entry, &at)?;
+    let ks = crate::kms::own_keystore(&header.kms_uri, &at).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "tenant {}: its root is {}, which has no passphrase (passwd is for an embedded keystore)",
+            entry.label, header.kms_uri
+        ))
+    })?;
+    crate::kms::LocalKeystore::change_passphrase(&ks, &secrets.of_entry(entry), new, crate::format::KdfParams::DEFAULT)
+        .map_err(|e| e.renamed(&shown.join(ks.file_name().unwrap_or_default())))
 }

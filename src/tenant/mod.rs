@@ -7,6 +7,7 @@
 mod admin;
 mod check;
 mod place;
+mod secrets;
 
 use std::fs::File;
 use std::path::{Component, Path, PathBuf};
@@ -14,14 +15,14 @@ use std::sync::Arc;
 
 use nix::fcntl::Flock;
 
-pub use admin::{add, rotate_root, shred, TenantShred};
+pub use admin::{add, change_passphrase, rotate_root, shred, TenantShred};
 pub use check::{check, Finding};
 pub use place::Place;
+pub use secrets::{OneTenant, TenantPassfile, TenantSecrets};
 
 use crate::format::hex;
 use crate::fs::{EntryKind, TenantEntry, Volume};
 use crate::kms::{self, Audited, KmsUri};
-use crate::secret::Secrets;
 use crate::{Error, Result};
 
 /// A tenant of a mounted volume.
@@ -68,22 +69,36 @@ pub fn volume_path(dir: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Only roots that need no passphrase of their own at mount: an HSM key or a KMS key.
+/// A tenant's root: an HSM key, a KMS key, or an embedded keystore of its own (`local:NAME`,
+/// inside the tenant's volume, with a passphrase of its own). A keystore elsewhere is
+/// refused: shredding the tenant could not destroy it, and other volumes may share it.
 fn check_tenant_root(uri: &str) -> Result<()> {
     match KmsUri::parse(uri)? {
         KmsUri::Pkcs11 { .. } | KmsUri::AwsKms(_) => Ok(()),
+        KmsUri::Local(p) if kms::is_own_keystore(&p) => Ok(()),
         KmsUri::Local(_) => Err(Error::InvalidArgument(format!(
-            "{uri}: a tenant's root is an HSM key (pkcs11:...) or a KMS key (aws-kms:...); an embedded keystore \
-             would need a passphrase of its own at every mount"
+            "{uri}: a tenant's embedded keystore lives in the tenant's own volume: use local:keystore (or an HSM \
+             key, pkcs11:..., or a KMS key, aws-kms:...)"
         ))),
     }
 }
 
+/// Whether tenant `entry`'s root is an embedded keystore (nothing to re-check; a passphrase
+/// of its own).
+pub fn is_keystore(entry: &TenantEntry) -> bool {
+    matches!(KmsUri::parse(&entry.kms_uri), Ok(KmsUri::Local(_)))
+}
+
 /// Opens every tenant of `outer` for a mount: a tenant that cannot be opened is `Closed`
-/// (its subtree dark), the rest of the volume is served. `secrets` gives PKCS#11 PINs.
-pub fn open_all(outer: &Volume, secrets: &dyn Secrets, read_only: bool) -> Result<Vec<Tenant>> {
+/// (its subtree dark; a keystore tenant without its passphrase is "locked"), the rest of
+/// the volume is served.
+pub fn open_all(outer: &Volume, secrets: &TenantSecrets, read_only: bool) -> Result<Vec<Tenant>> {
     let mut out = Vec::new();
-    for entry in outer.tenants()? {
+    let list = outer.tenants()?;
+    for p in secrets.unused(&list) {
+        tracing::warn!("--tenant-passfile /{}: no tenant of this volume has that root or id", p.dir.display());
+    }
+    for entry in list {
         let state = match open(outer, &entry, secrets).and_then(|t| ready(&entry, t, read_only)) {
             Ok(s) => s,
             Err(e) => {
@@ -121,8 +136,8 @@ pub struct Opened {
 
 /// Opens tenant `entry` of `outer`, checked against the list first: its directory must be
 /// a real one at the listed place, its header must carry the listed volume id and root,
-/// and that root must be an HSM or KMS key.
-pub fn open(outer: &Volume, entry: &TenantEntry, secrets: &dyn Secrets) -> Result<Opened> {
+/// and that root must be a tenant's ([`check_tenant_root`]).
+pub fn open(outer: &Volume, entry: &TenantEntry, secrets: &TenantSecrets) -> Result<Opened> {
     let place = Place::open(outer, entry)?
         .ok_or_else(|| Error::integrity(outer.tenant_dir(&entry.id), "the tenant's volume is missing"))?;
     let dir = place.path().to_path_buf();
@@ -131,7 +146,10 @@ pub fn open(outer: &Volume, entry: &TenantEntry, secrets: &dyn Secrets) -> Resul
     let header = checked_header(outer, entry, &dir)?;
     // Trusted, and no module from inside the volume's CIPHERDIR (the tenant's own is inside it).
     kms::check_root(&header.kms_uri, outer.cipherdir())?;
-    let kms = kms::open(&header.kms_uri, &dir, secrets)?.for_tenant(&entry.label);
+    // Its keystore (if it has one) named as the operator knows it, not by descriptor.
+    let kms = kms::open(&header.kms_uri, &dir, &secrets.of_entry(entry))
+        .map_err(|e| if is_keystore(entry) { e.renamed(&shown.join("keystore")) } else { e })?
+        .for_tenant(&entry.label);
     let vol = Volume::open_with_kms(&dir, header, &kms)?;
     Ok(Opened { entry: entry.clone(), vol, kms, _held: Held { _lock: lock, _place: place } })
 }
