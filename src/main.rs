@@ -799,7 +799,24 @@ fn tenant_add(
 ) -> Result<()> {
     let _lock = unmounted(cipherdir)?;
     let vol = Volume::open(cipherdir, &pass.source())?;
-    let t = envelopefs::tenant::add(&vol, dir, uri, create_key, &tenant_pass.with(&pass.source()))?;
+    let added = envelopefs::tenant::add(&vol, dir, uri, create_key, &tenant_pass.with(&pass.source()))?;
+    let t = &added.entry;
+    if let Some(c) = &added.converted {
+        println!(
+            "{}{}: {} files ({} bytes), {} directories and {} other entries copied under the tenant's keys{}; the \
+             old copies are removed with their DEKs.",
+            if c.resumed { "Finished the conversion cut short of " } else { "Converted " },
+            t.label,
+            c.files,
+            c.bytes,
+            c.dirs,
+            c.other,
+            if c.skipped > 0 { format!(" ({} already copied before)", c.skipped) } else { String::new() }
+        );
+        if c.source_gone {
+            println!("The directory being converted was gone: the tenant holds what had been copied before.");
+        }
+    }
     println!(
         "Tenant {} added at {}: its files are under a KEK of its own, wrapped by {}.",
         hex(&t.id),

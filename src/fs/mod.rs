@@ -31,6 +31,7 @@ mod rotate_names;
 mod scratch;
 mod shred;
 mod shred_files;
+mod tenant_conversion;
 mod tenants;
 mod trash;
 mod tree;
@@ -51,6 +52,7 @@ pub use rotate_names::NamesMoved;
 pub use scratch::{ScratchSetup, ScratchState};
 pub use shred::ShredReport;
 pub use shred_files::ShredFilesReport;
+pub use tenant_conversion::{Conversion, ConversionPhase};
 pub use tenants::{TenantEntry, TENANTS_DIR};
 pub use upgrade::UpgradeReport;
 pub use volume::{

@@ -12,6 +12,7 @@
 use super::fsck::MOUNT_ACTIVE;
 use super::rotate::{PENDING_ID, PENDING_NAMES, PENDING_WRAPPED};
 use super::scratch::{SCRATCH_DIRS, SCRATCH_KEY};
+use super::tenant_conversion::CONVERSION_ROW;
 use super::volume::Volume;
 use super::volume::ROOT_OWNED;
 use crate::keys::KeyRing;
@@ -19,8 +20,8 @@ use crate::store::{Change, Store};
 use crate::{Error, Result};
 
 /// The records sealed this way.
-pub(super) const SEALED: [&str; 7] =
-    [PENDING_ID, PENDING_WRAPPED, PENDING_NAMES, MOUNT_ACTIVE, SCRATCH_KEY, SCRATCH_DIRS, ROOT_OWNED];
+pub(super) const SEALED: [&str; 8] =
+    [PENDING_ID, PENDING_WRAPPED, PENDING_NAMES, MOUNT_ACTIVE, SCRATCH_KEY, SCRATCH_DIRS, ROOT_OWNED, CONVERSION_ROW];
 const MAC_LEN: usize = 32;
 
 impl Volume {

@@ -9,26 +9,66 @@ use crate::format::{hex, FEATURE_PAGES};
 use crate::fs::{EntryKind, InitOptions, TenantEntry, Volume, TENANTS_DIR};
 use crate::{Error, Result};
 
-/// Makes the new directory `dir` (a path inside the volume; its parent must exist, and it
-/// must not) the root of a new tenant whose root is `uri` (`create_key`: made there). The
-/// volume is not mounted (the caller holds its lock). In this order, so that a crash at any
-/// point leaves a volume that opens, and nothing unlisted can hold a tenant's files:
+/// What `tenant add` did.
+#[derive(Debug)]
+pub struct Added {
+    pub entry: TenantEntry,
+    /// For an existing directory made a tenant: what was copied into it.
+    pub converted: Option<super::convert::Converted>,
+}
+
+/// Makes directory `dir` (a path inside the volume) the root of a new tenant whose root is
+/// `uri` (`create_key`: made there). The volume is not mounted (the caller holds its lock).
+/// A new directory (its parent must exist) is made empty; an existing one is converted, its
+/// files copied into the tenant (`super::convert`); a conversion cut short is finished first.
+///
+/// A new directory, in this order, so that a crash at any point leaves a volume that opens,
+/// and nothing unlisted can hold a tenant's files:
 /// 1. the tenant's volume is made beside (`tenants/.new-*`, never opened) and moved to its
 ///    id's name;
 /// 2. the list names it, with the id its root directory will have (a listed directory that
 ///    does not exist is routed nowhere; `fsck` names it);
 /// 3. the directory is made, flagged in its header as a tenant's root.
-pub fn add(outer: &Volume, dir: &Path, uri: &str, create_key: bool, secrets: &TenantSecrets) -> Result<TenantEntry> {
-    check_tenant_root(uri)?;
+pub fn add(outer: &Volume, dir: &Path, uri: &str, create_key: bool, secrets: &TenantSecrets) -> Result<Added> {
     let dir = volume_path(dir)?;
-    let parent = dir.parent().unwrap_or(Path::new("")).to_path_buf();
-    if let Some((t, _)) = super::route(outer, &dir)? {
-        return Err(Error::InvalidArgument(format!(
-            "/{}: inside tenant {} ({}): tenants do not nest",
-            dir.display(),
-            hex(&t.id),
-            t.label
-        )));
+    if let Some(c) = outer.tenant_conversion()? {
+        return super::convert::resume(outer, &dir, c, secrets);
+    }
+    check_tenant_root(uri)?;
+    check_place(outer, &dir)?;
+    match outer.stat(&dir) {
+        Ok(s) if s.kind == EntryKind::Directory => {
+            return super::convert::begin(outer, &dir, (uri, create_key), secrets);
+        }
+        Ok(_) => return Err(Error::InvalidArgument(format!("/{}: exists and is not a directory", dir.display()))),
+        Err(Error::NotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let made = NewVolume::make(outer, &dir, uri, create_key, secrets)?;
+    let entry = made.place(outer, &dir)?;
+    made.list_or_remove(outer, &entry)?;
+    // Listed, with no directory if this fails: routed nowhere, and `fsck` names it.
+    outer.mkdir_tenant_root(&dir, entry.dir_id)?;
+    Ok(Added { entry, converted: None })
+}
+
+/// What must hold of a tenant's place `dir` before anything is made: not inside a tenant or
+/// a scratch directory, its parent a directory, no tenant listed there already.
+fn check_place(outer: &Volume, dir: &Path) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new(""));
+    match super::route(outer, dir)? {
+        Some((t, rest)) if rest.as_os_str().is_empty() => {
+            return Err(Error::InvalidArgument(format!("/{}: already the root of tenant {}", dir.display(), t.label)));
+        }
+        Some((t, _)) => {
+            return Err(Error::InvalidArgument(format!(
+                "/{}: inside tenant {} ({}): tenants do not nest",
+                dir.display(),
+                hex(&t.id),
+                t.label
+            )));
+        }
+        None => {}
     }
     for scratch in outer.recorded_scratch()?.dirs {
         if dir.starts_with(&scratch) {
@@ -39,96 +79,133 @@ pub fn add(outer: &Volume, dir: &Path, uri: &str, create_key: bool, secrets: &Te
             )));
         }
     }
-    match outer.stat(&parent) {
+    match outer.stat(parent) {
         Ok(s) if s.kind == EntryKind::Directory => {}
         Ok(_) => return Err(Error::InvalidArgument(format!("/{}: not a directory", parent.display()))),
         Err(e) => return Err(e),
     }
-    if outer.stat(&dir).is_ok() {
-        return Err(Error::InvalidArgument(format!(
-            "/{}: already exists; a tenant starts as a new, empty directory",
-            dir.display()
-        )));
-    }
-    if let Some(t) = outer.tenant_place_at(&dir, &outer.tenants()?)? {
-        return Err(Error::InvalidArgument(format!(
-            "/{}: tenant {} is listed here, but its root directory is missing (a `tenant add` cut short, or \
-             removed behind the volume's back): `envelopefs fsck --repair` puts it back; if it holds nothing, \
-             `envelopefs shred CIPHERDIR --tenant /{}` removes it",
-            dir.display(),
-            t.label,
-            dir.display()
-        )));
-    }
-    let header = outer.header();
-    let tenants = outer.cipherdir().join(TENANTS_DIR);
-    match std::fs::DirBuilder::new().mode(0o700).create(&tenants) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(Error::io(&tenants, "create directory", e)),
-    }
-    // A real directory, not a planted symlink, used from here on through its descriptor (a
-    // swap after this check redirects nothing).
-    let pinned = nix::fcntl::open(
-        &tenants,
-        nix::fcntl::OFlag::O_PATH
-            | nix::fcntl::OFlag::O_DIRECTORY
-            | nix::fcntl::OFlag::O_NOFOLLOW
-            | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| match e {
-        nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR => {
-            Error::integrity(&tenants, "expected a directory, found something else (planted?)")
+    if let Some(t) = outer.tenant_place_at(dir, &outer.tenants()?)? {
+        if outer.stat(dir).is_ok() {
+            return Err(Error::integrity(
+                format!("/{}", dir.display()),
+                format!("is at the place of tenant {}'s root, but is not that root: see `envelopefs fsck`", t.label),
+            ));
         }
-        e => Error::io(&tenants, "open", e.into()),
-    })?;
-    let tenants = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&pinned)));
-    let new = tenants.join(format!(".new-{}", hex(&crate::crypto::random_array::<8>())));
-    let opts = InitOptions {
-        cipher: header.cipher,
-        extent_shift: header.extent_shift,
-        kms_uri: Some(uri.to_string()),
-        create_key,
-        format: Some(if header.features & FEATURE_PAGES != 0 { 2 } else { 1 }),
-        ..InitOptions::default()
-    };
-    let label = format!("/{}", dir.display());
-    // The id is not known yet: a passfile names a new tenant by its root.
-    let made = Volume::init(&new, &opts, &secrets.of(&label, &[0; 16]))?;
-    let place = tenants.join(hex(&made.volume_id));
-    let entry = TenantEntry {
-        id: made.volume_id,
-        dir_id: crate::crypto::random_array(),
-        kms_uri: made.kms_uri.clone(),
-        label,
-        pending_uri: String::new(),
-        parent_id: outer.dir_id_of(&parent)?,
-        name: std::os::unix::ffi::OsStrExt::as_bytes(dir.file_name().unwrap_or_default()).to_vec(),
-    };
-    let mut listed = false;
-    let done = (|| {
-        std::fs::rename(&new, &place).map_err(|e| Error::io(&place, "move the tenant's volume into place", e))?;
-        crate::durable::sync_dir(&tenants)?;
-        let mut list = outer.tenants()?;
-        list.push(entry.clone());
-        outer.put_tenants(&list)?;
-        listed = true;
-        outer.mkdir_tenant_root(&dir, entry.dir_id)
-    })();
-    if let Err(e) = done {
-        if listed {
-            // Listed, with no directory: routed nowhere, and `fsck` names it.
+        {
+            return Err(Error::InvalidArgument(format!(
+                "/{}: tenant {} is listed here, but its root directory is missing (a `tenant add` cut short, or \
+                 removed behind the volume's back): `envelopefs fsck --repair` puts it back; if it holds nothing, \
+                 `envelopefs shred CIPHERDIR --tenant /{}` removes it",
+                dir.display(),
+                t.label,
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A tenant's volume being made: `tenants/.new-*`, reached through a descriptor of
+/// `tenants/` (a real directory, not a planted symlink: a swap after the check redirects
+/// nothing).
+pub(super) struct NewVolume {
+    _pinned: std::os::fd::OwnedFd,
+    tenants: PathBuf,
+    new: PathBuf,
+    pub header: crate::format::VolumeHeader,
+    create_key: bool,
+}
+
+impl NewVolume {
+    /// Makes the volume of a tenant whose root is `uri`, to be rooted at `dir`.
+    pub(super) fn make(
+        outer: &Volume,
+        dir: &Path,
+        uri: &str,
+        create_key: bool,
+        secrets: &TenantSecrets,
+    ) -> Result<NewVolume> {
+        let header = outer.header();
+        let tenants = outer.cipherdir().join(TENANTS_DIR);
+        match std::fs::DirBuilder::new().mode(0o700).create(&tenants) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io(&tenants, "create directory", e)),
+        }
+        let pinned = nix::fcntl::open(
+            &tenants,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_NOFOLLOW
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| match e {
+            nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR => {
+                Error::integrity(&tenants, "expected a directory, found something else (planted?)")
+            }
+            e => Error::io(&tenants, "open", e.into()),
+        })?;
+        let tenants = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&pinned)));
+        let new = tenants.join(format!(".new-{}", hex(&crate::crypto::random_array::<8>())));
+        let opts = InitOptions {
+            cipher: header.cipher,
+            extent_shift: header.extent_shift,
+            kms_uri: Some(uri.to_string()),
+            create_key,
+            format: Some(if header.features & FEATURE_PAGES != 0 { 2 } else { 1 }),
+            ..InitOptions::default()
+        };
+        // The id is not known yet: a passfile names a new tenant by its root.
+        let label = format!("/{}", dir.display());
+        let header = Volume::init(&new, &opts, &secrets.of(&label, &[0; 16]))?;
+        Ok(NewVolume { _pinned: pinned, tenants, new, header, create_key })
+    }
+
+    /// Moves the volume to its id's name; returns the list entry that will name it, rooted
+    /// at `dir`.
+    pub(super) fn place(&self, outer: &Volume, dir: &Path) -> Result<TenantEntry> {
+        let parent = dir.parent().unwrap_or(Path::new(""));
+        let entry = TenantEntry {
+            id: self.header.volume_id,
+            dir_id: crate::crypto::random_array(),
+            kms_uri: self.header.kms_uri.clone(),
+            label: format!("/{}", dir.display()),
+            pending_uri: String::new(),
+            parent_id: outer.dir_id_of(parent)?,
+            name: std::os::unix::ffi::OsStrExt::as_bytes(dir.file_name().unwrap_or_default()).to_vec(),
+        };
+        let place = self.tenants.join(hex(&entry.id));
+        let moved = std::fs::rename(&self.new, &place)
+            .map_err(|e| Error::io(&place, "move the tenant's volume into place", e))
+            .and_then(|()| crate::durable::sync_dir(&self.tenants));
+        if let Err(e) = moved {
+            self.remove(outer, &entry);
             return Err(e);
         }
-        let _ = std::fs::remove_dir_all(&new);
-        let _ = std::fs::remove_dir_all(&place);
-        if create_key {
-            tracing::warn!(root = %made.kms_uri, "the root key made for the tenant was not destroyed");
-        }
-        return Err(e);
+        Ok(entry)
     }
-    Ok(entry)
+
+    /// Lists `entry`; if that fails, the volume made for it goes (nothing names it).
+    pub(super) fn list_or_remove(&self, outer: &Volume, entry: &TenantEntry) -> Result<()> {
+        list(outer, entry).inspect_err(|_| self.remove(outer, entry))
+    }
+
+    /// Removes the volume made (before anything names it).
+    pub(super) fn remove(&self, _outer: &Volume, entry: &TenantEntry) {
+        let _ = std::fs::remove_dir_all(&self.new);
+        let _ = std::fs::remove_dir_all(self.tenants.join(hex(&entry.id)));
+        if self.create_key {
+            tracing::warn!(root = %self.header.kms_uri, "the root key made for the tenant was not destroyed");
+        }
+    }
+}
+
+/// Adds `entry` to the volume's tenant list.
+pub(super) fn list(outer: &Volume, entry: &TenantEntry) -> Result<()> {
+    let mut list = outer.tenants()?;
+    list.push(entry.clone());
+    outer.put_tenants(&list)
 }
 
 /// What `shred --tenant` did.
@@ -153,6 +230,13 @@ pub struct TenantShred {
 /// tenant dark first).
 pub fn shred(outer: &Volume, dir: &Path, locked: bool) -> Result<TenantShred> {
     let entry = named(outer, dir)?;
+    if outer.tenant_conversion()?.is_some_and(|c| c.entry.id == entry.id) {
+        return Err(Error::InvalidArgument(format!(
+            "{}: being made a tenant (cut short): finish it first with `envelopefs tenant add CIPHERDIR {}`; nothing \
+             was shredded",
+            entry.label, entry.label
+        )));
+    }
     let dir = volume_path(dir)?;
     // Its root must be empty in the volume, or it could not go after the keys did (a root
     // missing from its place holds nothing).

@@ -27,6 +27,21 @@ pub struct Finding {
 pub fn check(outer: &Volume, repair: bool) -> Result<Vec<Finding>> {
     let list = outer.tenants()?;
     let mut out = Vec::new();
+    if let Some(c) = outer.tenant_conversion()? {
+        let still = match c.phase {
+            crate::fs::ConversionPhase::Copying => {
+                format!(" (its files are still in {} beside it)", super::source_name(&c.entry.id).to_string_lossy())
+            }
+            crate::fs::ConversionPhase::Removing => String::new(),
+        };
+        out.push(Finding {
+            what: format!(
+                "{}: being made a tenant, cut short{still}: run `envelopefs tenant add CIPHERDIR {}` to finish it",
+                c.entry.label, c.entry.label
+            ),
+            repaired: None,
+        });
+    }
     // Every directory of the volume, for the roots (a tenant's root holds nothing of the
     // volume's own). A walk that met errors proves no root missing.
     let mut found: Vec<[u8; 16]> = Vec::new();

@@ -6,6 +6,7 @@
 
 mod admin;
 mod check;
+mod convert;
 mod place;
 mod secrets;
 
@@ -15,8 +16,9 @@ use std::sync::Arc;
 
 use nix::fcntl::Flock;
 
-pub use admin::{add, change_passphrase, rotate_root, shred, TenantShred};
+pub use admin::{add, change_passphrase, rotate_root, shred, Added, TenantShred};
 pub use check::{check, Finding};
+pub use convert::{source_name, Converted};
 pub use place::Place;
 pub use secrets::{OneTenant, TenantPassfile, TenantSecrets};
 
@@ -98,7 +100,21 @@ pub fn open_all(outer: &Volume, secrets: &TenantSecrets, read_only: bool) -> Res
     for p in secrets.unused(&list) {
         tracing::warn!("--tenant-passfile /{}: no tenant of this volume has that root or id", p.dir.display());
     }
+    // A tenant whose files are still being copied in is not served: its old directory, still
+    // the truth, is (`convert`).
+    let converting = outer.tenant_conversion()?.filter(|c| c.phase == crate::fs::ConversionPhase::Copying);
     for entry in list {
+        if let Some(c) = converting.as_ref().filter(|c| c.entry.id == entry.id) {
+            let why = format!(
+                "being made a tenant (cut short): its files are still in {} beside it until \
+                 `envelopefs tenant add CIPHERDIR {}` finishes",
+                source_name(&c.entry.id).to_string_lossy(),
+                entry.label
+            );
+            tracing::warn!(tenant = %hex(&entry.id), label = %entry.label, "{why}");
+            out.push(Tenant { entry, state: TenantState::Closed(why) });
+            continue;
+        }
         let state = match open(outer, &entry, secrets).and_then(|t| ready(&entry, t, read_only)) {
             Ok(s) => s,
             Err(e) => {

@@ -1,0 +1,373 @@
+//! Making an existing directory a tenant (`tenant add CIPHERDIR DIR` where DIR exists),
+//! resumably. A tenant's files live in a volume of their own, bound to its id, so they are
+//! copied into it (decrypted under the volume's keys, encrypted under the tenant's), not
+//! re-wrapped. In this order, each step recorded before it is taken, so that a run killed at
+//! any point leaves a volume that opens with every file readable, and running `tenant add`
+//! again finishes the job:
+//! 1. checks, before anything changes: DIR holds no tenant and no scratch directory, and no
+//!    file in it has a hard link outside it (a file cannot be on both sides of a boundary);
+//! 2. the tenant's volume is made and moved to its id's name, as for a new directory;
+//! 3. the record (`fs::Conversion`, sealed under the KEK) names the tenant's list entry and
+//!    DIR's directory id, phase *copying*;
+//! 4. DIR is renamed `.envelopefs-converting-<tenant id>` beside it: the *source*, still the
+//!    truth, still served by a mount under that name;
+//! 5. the tenant is listed and its root made at DIR's place; a mount does not serve it while
+//!    the record says *copying* (it is "closed": being converted);
+//! 6. every entry of the source is copied into the tenant: files (their holes kept),
+//!    directories, symlinks, nodes, hard links (within DIR), extended attributes, owners,
+//!    modes and times; a file's times are set last, after its data is synced, so a rerun
+//!    skips a file whose size and mtime match and copies again what differs, and removes
+//!    from the tenant what the source no longer has;
+//! 7. the record moves to phase *removing*: from here on the tenant is the truth;
+//! 8. the source is removed (its files, and their wrapped DEKs with them);
+//! 9. the record is cleared.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use super::admin::{list, Added, NewVolume};
+use super::{volume_path, TenantSecrets};
+use crate::format::hex;
+use crate::fs::{Attr, Conversion, ConversionPhase, EntryKind, SetTime, Volume, XattrMode};
+use crate::{Error, Result};
+
+/// Bytes copied per read.
+const CHUNK: usize = 1 << 20;
+
+/// The name the directory being converted has, beside its place, until it is removed.
+pub fn source_name(id: &[u8; 16]) -> OsString {
+    format!(".envelopefs-converting-{}", hex(id)).into()
+}
+
+/// What a conversion copied.
+#[derive(Debug, Default)]
+pub struct Converted {
+    pub files: u64,
+    pub bytes: u64,
+    pub dirs: u64,
+    /// Symlinks, device nodes, FIFOs and sockets.
+    pub other: u64,
+    /// Entries already copied by a run cut short, left as they were.
+    pub skipped: u64,
+    /// This run finished one cut short.
+    pub resumed: bool,
+    /// The source was gone when a rerun came to copy it (removed through a mount while the
+    /// conversion was cut short): the tenant holds what was copied before.
+    pub source_gone: bool,
+}
+
+/// Starts converting directory `dir` of `outer` (unmounted) into a tenant on root `uri`.
+pub(super) fn begin(
+    outer: &Volume,
+    dir: &Path,
+    (uri, create_key): (&str, bool),
+    secrets: &TenantSecrets,
+) -> Result<Added> {
+    check_tree(outer, dir)?;
+    let source_dir = outer.dir_id_of(dir)?;
+    let made = NewVolume::make(outer, dir, uri, create_key, secrets)?;
+    let entry = made.place(outer, dir)?;
+    let c = Conversion { entry: entry.clone(), source_dir, phase: ConversionPhase::Copying };
+    if let Err(e) = outer.put_tenant_conversion(Some(&c)) {
+        made.remove(outer, &entry);
+        return Err(e);
+    }
+    finish(outer, dir, c, secrets, false)
+}
+
+/// Finishes the conversion `c` that a run cut short left (`tenant add` of its directory).
+pub(super) fn resume(outer: &Volume, dir: &Path, c: Conversion, secrets: &TenantSecrets) -> Result<Added> {
+    if volume_path(Path::new(&c.entry.label))? != dir {
+        return Err(Error::InvalidArgument(format!(
+            "the conversion of {} into a tenant was cut short: finish it first with `envelopefs tenant add CIPHERDIR {}`",
+            c.entry.label, c.entry.label
+        )));
+    }
+    tracing::info!(tenant = %hex(&c.entry.id), label = %c.entry.label, "finishing a conversion cut short");
+    finish(outer, dir, c, secrets, true)
+}
+
+/// Steps 4 to 9, each skipped if a run before did it.
+fn finish(outer: &Volume, dir: &Path, mut c: Conversion, secrets: &TenantSecrets, resumed: bool) -> Result<Added> {
+    // Both volumes are written as a mount writes them: what a run killed before left is
+    // recovered first, and this run's marker makes the next mount recover what it leaves.
+    recover(outer, "the volume")?;
+    let parent = dir.parent().unwrap_or(Path::new(""));
+    let source = parent.join(source_name(&c.entry.id));
+    let shown = |p: &Path| PathBuf::from(format!("/{}", p.display()));
+    if !outer.tenants()?.iter().any(|t| t.id == c.entry.id) {
+        if dir_id_at(outer, dir)? == Some(c.source_dir) {
+            outer.rename(dir, &source)?;
+        } else if dir_id_at(outer, &source)? != Some(c.source_dir) {
+            return Err(Error::integrity(
+                shown(dir),
+                "the directory being made a tenant is neither here nor beside it under its converting name: \
+                 nothing was changed",
+            ));
+        }
+        list(outer, &c.entry)?;
+    }
+    if matches!(outer.stat(dir), Err(Error::NotFound(_))) {
+        outer.mkdir_tenant_root(dir, c.entry.dir_id)?;
+    }
+    let t = super::open(outer, &c.entry, secrets)?;
+    recover(&t.vol, &c.entry.label)?;
+    let mut report = Converted { resumed, ..Converted::default() };
+    if c.phase == ConversionPhase::Copying {
+        if dir_id_at(outer, &source)? == Some(c.source_dir) {
+            let mut links = HashMap::new();
+            copy_dir(outer, &source, &t.vol, Path::new(""), &mut links, &mut report)?;
+            copy_xattrs(outer, &source, outer, dir)?;
+            set_attrs(outer, dir, &outer.getattr(&source)?)?;
+        } else {
+            tracing::warn!(source = %shown(&source).display(), "the directory being converted is gone; the tenant keeps what was copied");
+            report.source_gone = true;
+        }
+        t.vol.sync_all()?;
+        c.phase = ConversionPhase::Removing;
+        outer.put_tenant_conversion(Some(&c))?;
+    }
+    if dir_id_at(outer, &source)? == Some(c.source_dir) {
+        remove_tree(outer, &source)?;
+    }
+    // The removed files' keys go now, not with a group commit that an offline command
+    // never reaches (a run killed before leaves them to the next mount's recovery).
+    outer.flush_pending()?;
+    outer.put_tenant_conversion(None)?;
+    Ok(Added { entry: c.entry, converted: Some(report) })
+}
+
+/// Recovers what an unclean end left in `v` and marks it in use until it is closed.
+fn recover(v: &Volume, what: &str) -> Result<()> {
+    if let Some(report) = v.begin_mount()? {
+        tracing::info!(problems = report.problems.len(), "{what}: recovered after a run cut short");
+    }
+    Ok(())
+}
+
+/// The id of the directory at `path`, if a directory is there.
+fn dir_id_at(outer: &Volume, path: &Path) -> Result<Option<[u8; 16]>> {
+    match outer.stat(path) {
+        Ok(s) if s.kind == EntryKind::Directory => Ok(Some(outer.dir_id_of(path)?)),
+        Ok(_) | Err(Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Step 1: `dir` holds no tenant's root and no scratch directory, and none of its files has
+/// a hard link outside it.
+fn check_tree(outer: &Volume, dir: &Path) -> Result<()> {
+    let refuse = |why: String| Err(Error::InvalidArgument(format!("/{}: {why}; nothing was changed", dir.display())));
+    for scratch in outer.recorded_scratch()?.dirs {
+        if scratch.starts_with(dir) {
+            return refuse(format!("holds the scratch directory /{} (destroyed at unmount)", scratch.display()));
+        }
+    }
+    let list = outer.tenants()?;
+    let mut inside: HashMap<u64, (PathBuf, u64, u64)> = HashMap::new(); // ino → (a path, links seen, nlink)
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in outer.readdir(&d)? {
+            let p = d.join(&e.name);
+            match e.kind {
+                EntryKind::Directory => {
+                    if let Some(t) = outer.tenant_root_at(&p, &list, None)? {
+                        return refuse(format!("holds tenant {}: tenants do not nest", t.label));
+                    }
+                    stack.push(p);
+                }
+                EntryKind::Symlink => {}
+                _ => {
+                    let nlink = outer.stat(&p)?.nlink;
+                    if nlink > 1 {
+                        inside.entry(e.ino).or_insert((p, 0, nlink)).1 += 1;
+                    }
+                }
+            }
+        }
+    }
+    if let Some((p, _, _)) = inside.values().find(|(_, seen, nlink)| seen < nlink) {
+        return refuse(format!(
+            "/{} has hard links outside it, and a file cannot be both in a tenant and outside it (copy it, or \
+             remove the other links)",
+            p.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Copies the entries of `outer`'s directory `src` into the tenant's directory `dst`
+/// (existing), and removes from `dst` what `src` does not have.
+fn copy_dir(
+    outer: &Volume,
+    src: &Path,
+    t: &Volume,
+    dst: &Path,
+    links: &mut HashMap<u64, PathBuf>,
+    report: &mut Converted,
+) -> Result<()> {
+    let entries = outer.readdir(src)?;
+    for old in t.readdir(dst)? {
+        if !entries.iter().any(|e| e.name == old.name) {
+            remove_any(t, &dst.join(&old.name))?;
+        }
+    }
+    for e in entries {
+        let (from, to) = (src.join(&e.name), dst.join(&e.name));
+        let a = outer.getattr(&from)?;
+        let have = match t.getattr(&to) {
+            Ok(h) if h.kind == a.kind => Some(h),
+            Ok(_) => {
+                remove_any(t, &to)?;
+                None
+            }
+            Err(Error::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        match a.kind {
+            EntryKind::Directory => {
+                if have.is_none() {
+                    t.mkdir(&to, 0o700)?;
+                }
+                copy_dir(outer, &from, t, &to, links, report)?;
+                copy_xattrs(outer, &from, t, &to)?;
+                set_attrs(t, &to, &a)?;
+                report.dirs += 1;
+            }
+            EntryKind::File if a.nlink > 1 && links.contains_key(&a.ino) => {
+                let first = &links[&a.ino];
+                let same = have.as_ref().is_some_and(|h| t.getattr(first).is_ok_and(|f| f.ino == h.ino));
+                if !same {
+                    if have.is_some() {
+                        t.unlink(&to)?;
+                    }
+                    t.link(first, &to)?;
+                    set_attrs(t, &to, &a)?; // a link may touch the file's times
+                }
+            }
+            EntryKind::File => {
+                if a.nlink > 1 {
+                    links.insert(a.ino, to.clone());
+                }
+                if have.as_ref().is_some_and(|h| h.size == a.size && h.mtime == a.mtime) {
+                    report.skipped += 1;
+                    continue;
+                }
+                if have.is_some() {
+                    t.unlink(&to)?;
+                }
+                report.bytes += copy_file(outer, &from, t, &to, a.size)?;
+                copy_xattrs(outer, &from, t, &to)?;
+                set_attrs(t, &to, &a)?;
+                report.files += 1;
+            }
+            EntryKind::Symlink => {
+                let target = outer.readlink(&from)?;
+                match have {
+                    Some(_) if t.readlink(&to)? == target => report.skipped += 1,
+                    h => {
+                        if h.is_some() {
+                            t.unlink(&to)?;
+                        }
+                        t.symlink(&to, &target)?;
+                        report.other += 1;
+                    }
+                }
+            }
+            kind => {
+                if have.is_none() {
+                    t.mknod(&to, node_type(kind) | u32::from(a.perm), u64::from(a.rdev))?;
+                }
+                set_attrs(t, &to, &a)?;
+                report.other += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies the data of file `from` (`size` bytes) into the new file `to`, holes kept as holes,
+/// and syncs it; returns the bytes copied.
+fn copy_file(outer: &Volume, from: &Path, t: &Volume, to: &Path, size: u64) -> Result<u64> {
+    let src = outer.open_file(from, false)?;
+    let dst = t.create(to, 0o600)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut copied = 0;
+    let mut at = 0;
+    while at < size {
+        // The next stretch of data; a file system that cannot tell holes copies it all.
+        let start = match src.seek_data(at) {
+            Ok(s) => s,
+            Err(Error::Io { source, .. }) if source.raw_os_error() == Some(6) => break, // ENXIO: holes to the end
+            Err(_) => at,
+        };
+        let end = src.seek_hole(start).unwrap_or(size).min(size);
+        let mut off = start;
+        while off < end {
+            let want = usize::try_from((end - off).min(CHUNK as u64)).unwrap_or(CHUNK);
+            let n = src.read_at(off, &mut buf[..want])?;
+            if n == 0 {
+                break;
+            }
+            dst.write_at(off, &buf[..n])?;
+            off += n as u64;
+            copied += n as u64;
+        }
+        at = end.max(start + 1);
+    }
+    dst.set_len(size)?;
+    dst.sync()?;
+    dst.close()?;
+    Ok(copied)
+}
+
+fn copy_xattrs(outer: &Volume, from: &Path, t: &Volume, to: &Path) -> Result<()> {
+    let names = outer.list_xattrs(from)?;
+    for old in t.list_xattrs(to)? {
+        if !names.contains(&old) {
+            t.remove_xattr(to, &old)?;
+        }
+    }
+    for name in names {
+        t.set_xattr(to, &name, &outer.get_xattr(from, &name)?, XattrMode::Set)?;
+    }
+    Ok(())
+}
+
+/// Owner, mode and times of `a` on `path` of volume `v` (times last).
+fn set_attrs(v: &Volume, path: &Path, a: &Attr) -> Result<()> {
+    v.chown(path, Some(a.uid), Some(a.gid))?;
+    v.chmod(path, u32::from(a.perm))?;
+    v.set_times(path, Some(SetTime::At(a.atime)), Some(SetTime::At(a.mtime)))
+}
+
+fn node_type(kind: EntryKind) -> u32 {
+    match kind {
+        EntryKind::Fifo => 0o010000,
+        EntryKind::CharDevice => 0o020000,
+        EntryKind::BlockDevice => 0o060000,
+        EntryKind::Socket => 0o140000,
+        _ => 0,
+    }
+}
+
+/// Removes `path` of volume `v`, a directory with everything in it.
+fn remove_any(v: &Volume, path: &Path) -> Result<()> {
+    match v.stat(path)?.kind {
+        EntryKind::Directory => remove_tree(v, path),
+        _ => v.unlink(path),
+    }
+}
+
+/// Removes directory `dir` of volume `v` and everything in it (files with their DEKs).
+fn remove_tree(v: &Volume, dir: &Path) -> Result<()> {
+    for e in v.readdir(dir)? {
+        let p = dir.join(&e.name);
+        match e.kind {
+            EntryKind::Directory => remove_tree(v, &p)?,
+            _ => v.unlink(&p)?,
+        }
+    }
+    v.rmdir(dir)
+}
