@@ -202,7 +202,7 @@ enum Command {
     /// the KEK so stray copies of their wrapped DEKs are useless.
     ///
     /// `--tenant DIR` destroys the tenant's KEK copies (O(1)), then removes its directory and
-    /// its files; the rest of the volume is untouched (unmounted volumes only, for now).
+    /// its files; the rest of the volume is untouched (mounted or not).
     #[command(group(clap::ArgGroup::new("what").required(true).args(["volume", "file", "tenant"])))]
     Shred {
         cipherdir: PathBuf,
@@ -268,10 +268,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum TenantCommand {
-    /// Make DIR (a path inside the volume; new, its parent existing) the root of a tenant:
-    /// its files, names and attributes are under a KEK of its own, wrapped by a root of its
-    /// own, which the mount asks once (and re-checks, for an HSM or KMS key); revoking or
-    /// shredding it darkens that subtree only. The volume must be unmounted. The outer
+    /// Make DIR (a path inside the volume) the root of a tenant: its files, names and
+    /// attributes are under a KEK of its own, wrapped by a root of its own, which the mount
+    /// asks once (and re-checks, for an HSM or KMS key); revoking or shredding it darkens
+    /// that subtree only. DIR new (its parent existing) starts empty; DIR existing is
+    /// converted: its files are copied under the tenant's keys and the old copies removed
+    /// (killed, it is finished by running the same command again). The volume must be
+    /// unmounted. The outer
     /// volume's passphrase or PIN unlocks the volume; the tenant's PKCS#11 PIN comes from the
     /// same source, a keystore tenant's new passphrase from --tenant-passfile DIR=FILE or the
     /// terminal.
@@ -286,6 +289,11 @@ enum TenantCommand {
         /// Generate the tenant's root key there.
         #[arg(long)]
         create_key: bool,
+        /// Undo the conversion of DIR (an existing directory) that was cut short while its
+        /// files were being copied: DIR gets its files back as they were, the half-made
+        /// tenant is shredded.
+        #[arg(long, conflicts_with = "create_key")]
+        abort: bool,
         #[command(flatten)]
         pass: PassArgs,
         #[command(flatten)]
@@ -615,7 +623,17 @@ fn run(cmd: Command) -> Result<()> {
         Command::Shred { cipherdir, volume, file, yes, delete_root_after, destroy_root, pass, .. } => {
             shred(&cipherdir, volume, &file, yes, (destroy_root, delete_root_after), pass)
         }
-        Command::Tenant { what: TenantCommand::Add { cipherdir, dir, kms, create_key, pass, tenant_pass } } => {
+        Command::Tenant { what: TenantCommand::Add { cipherdir, dir, abort: true, pass, .. } } => {
+            let _lock = unmounted(&cipherdir)?;
+            let vol = Volume::open(&cipherdir, &pass.source())?;
+            let t = envelopefs::tenant::abort_conversion(&vol, &dir)?;
+            println!(
+                "The conversion of {} was undone: its files are where they were; the half-made tenant is shredded.",
+                t.label
+            );
+            Ok(())
+        }
+        Command::Tenant { what: TenantCommand::Add { cipherdir, dir, kms, create_key, pass, tenant_pass, .. } } => {
             tenant_add(&cipherdir, &dir, (&kms, create_key), &pass, &tenant_pass)
         }
         Command::Umount { mountpoint, keep_scratch } => {
@@ -783,8 +801,13 @@ fn passwd_tenant(
     let pins = pass.source();
     let asked = TenantSecrets::new(&pins, &[], true);
     let asked = asked.of_entry(&entry);
-    let new: &dyn envelopefs::secret::Secrets =
-        if new.passfile.is_some() || new.extpass.is_some() { new } else { &asked };
+    let given = new.passfile.is_some() || new.extpass.is_some();
+    if !given && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return Err(Error::Passphrase(
+            "the tenant's new passphrase: use --new-passfile FILE or --new-extpass CMD, or run on a terminal".into(),
+        ));
+    }
+    let new: &dyn envelopefs::secret::Secrets = if given { new } else { &asked };
     envelopefs::tenant::change_passphrase(&vol, &entry, &tenant_pass.with(&pins), new)?;
     println!("Passphrase of tenant {} changed (its root key, KEK and data are unchanged).", entry.label);
     Ok(())
@@ -802,19 +825,24 @@ fn tenant_add(
     let added = envelopefs::tenant::add(&vol, dir, uri, create_key, &tenant_pass.with(&pass.source()))?;
     let t = &added.entry;
     if let Some(c) = &added.converted {
-        println!(
-            "{}{}: {} files ({} bytes), {} directories and {} other entries copied under the tenant's keys{}; the \
-             old copies are removed with their DEKs.",
-            if c.resumed { "Finished the conversion cut short of " } else { "Converted " },
-            t.label,
-            c.files,
-            c.bytes,
-            c.dirs,
-            c.other,
-            if c.skipped > 0 { format!(" ({} already copied before)", c.skipped) } else { String::new() }
-        );
         if c.source_gone {
-            println!("The directory being converted was gone: the tenant holds what had been copied before.");
+            println!(
+                "Finished the conversion cut short of {}, but the directory being converted was gone: the tenant \
+                 holds what had been copied before.",
+                t.label
+            );
+        } else {
+            println!(
+                "{}{}: {} files ({} bytes), {} directories and {} other entries copied under the tenant's keys{}; \
+                 the old copies are removed with their DEKs.",
+                if c.resumed { "Finished the conversion cut short of " } else { "Converted " },
+                t.label,
+                c.files,
+                c.bytes,
+                c.dirs,
+                c.other,
+                if c.skipped > 0 { format!(" ({} already copied before)", c.skipped) } else { String::new() }
+            );
         }
     }
     println!(

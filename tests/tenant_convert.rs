@@ -66,6 +66,16 @@ fn set_xattr(p: &Path, name: &str, value: &[u8]) {
     ok(&Command::new("python3").args(["-c", &code]).arg(p).output().unwrap());
 }
 
+fn meta(m: &MountFixture) -> rusqlite::Connection {
+    rusqlite::Connection::open(m.cipher.join("meta.db")).unwrap()
+}
+
+/// The volume's `tenant.convert` row, if any.
+fn convert_row(m: &MountFixture) -> Option<Vec<u8>> {
+    use rusqlite::OptionalExtension;
+    meta(m).query_row("SELECT value FROM meta WHERE key = 'tenant.convert'", [], |r| r.get(0)).optional().unwrap()
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -175,7 +185,7 @@ fn a_conversion_killed_at_any_point_leaves_every_file_readable_and_finishes_when
     fs::write(&tpass, "data's own\n").unwrap();
     let given = format!("/data={}", tpass.display());
     let mut expect = BTreeMap::new();
-    for i in 0..600u64 {
+    for i in 0..900u64 {
         let name = format!("d{}/f{i}", i % 8);
         fs::create_dir_all(m.p("data").join(format!("d{}", i % 8))).unwrap();
         let body = pattern(i, 1000 + (i as usize * 397) % 30_000);
@@ -186,6 +196,7 @@ fn a_conversion_killed_at_any_point_leaves_every_file_readable_and_finishes_when
 
     let args: Vec<std::ffi::OsString> = add_args(&m, "data", &given).iter().map(|s| s.to_os_string()).collect();
     let (mut kills, mut midway, mut seen_copying, mut delay) = (0, 0, false, Duration::from_millis(100));
+    let mut copying_row = None;
     let finished = loop {
         let mut child = Command::new(env!("CARGO_BIN_EXE_envelopefs"))
             .args(&args)
@@ -220,6 +231,7 @@ fn a_conversion_killed_at_any_point_leaves_every_file_readable_and_finishes_when
         if copying && !seen_copying {
             // fsck says what to do; the half-made tenant cannot be shredded from under it.
             seen_copying = true;
+            copying_row = Some(convert_row(&m).expect("a conversion under way has its record"));
             let mut fsck: Vec<&OsStr> =
                 vec!["fsck".as_ref(), m.cipher.as_os_str(), "--passfile".as_ref(), m.passfile.as_os_str()];
             fsck.extend([OsStr::new("--tenant-passfile"), OsStr::new(&given)]);
@@ -237,7 +249,7 @@ fn a_conversion_killed_at_any_point_leaves_every_file_readable_and_finishes_when
             ]);
             assert!(!o.status.success() && stderr(&o).contains("finish it first"), "{o:?}");
         }
-        delay += Duration::from_millis(70);
+        delay += Duration::from_millis(60);
         assert!(kills < 40, "the conversion never finished");
     };
     // A run killed after it had finished leaves nothing to do: the rerun says so.
@@ -252,6 +264,21 @@ fn a_conversion_killed_at_any_point_leaves_every_file_readable_and_finishes_when
     let names: Vec<String> =
         fs::read_dir(&m.mnt).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert_eq!(names, ["data"], "the old copy is gone");
+    fs::write(m.p("data/after"), b"written to the tenant").unwrap();
+    m.unmount();
+
+    // The record of a copy under way put back (it authenticates: it was the volume's): the
+    // tenant's own record says its copy was done, so a rerun copies nothing over it.
+    let row = copying_row.unwrap();
+    meta(&m).execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('tenant.convert', ?1)", [&row]).unwrap();
+    let o = m.run(&args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
+    ok(&o);
+    assert!(convert_row(&m).is_none(), "the rerun cleared it");
+    m.mount_with(&["--tenant-passfile", &given]);
+    assert_eq!(fs::read(m.p("data/after")).unwrap(), b"written to the tenant");
+    for (name, want) in &expect {
+        assert_eq!(&fs::read(m.p("data").join(name)).unwrap(), want, "{name}");
+    }
     m.unmount();
     // A run killed while it made the tenant's volume leaves it beside, never opened: fsck
     // names it and the operator removes it (docs/OPERATIONS.md, "Tenants").
@@ -267,4 +294,77 @@ fn a_conversion_killed_at_any_point_leaves_every_file_readable_and_finishes_when
     fsck.extend([OsStr::new("--tenant-passfile"), OsStr::new(&given)]);
     let o = m.run(&fsck);
     assert!(o.status.success(), "fsck after the conversion: {}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+}
+
+#[test]
+fn a_conversion_that_fails_keeps_every_file_and_can_be_undone() {
+    let mut m = MountFixture::new(&[]);
+    let tpass = m.tmp.path().join("p.pass");
+    fs::write(&tpass, "its own\n").unwrap();
+    let given = format!("/docs={}", tpass.display());
+    fs::create_dir(m.p("docs")).unwrap();
+    fs::write(m.p("docs/good"), b"good").unwrap();
+    let bad = pattern(9, 300_000);
+    fs::write(m.p("docs/bad.bin"), &bad).unwrap();
+    fs::create_dir(m.p("other")).unwrap();
+    m.unmount();
+    // bad.bin's data file, the largest in CIPHERDIR, gets a byte flipped: it reads as EIO.
+    let data = common::all_files(&m.cipher.join("data"));
+    let target = data.iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
+    let mut bytes = fs::read(target).unwrap();
+    bytes[150_000] ^= 1;
+    fs::write(target, bytes).unwrap();
+
+    let o = m.run(&add_args(&m, "docs", &given));
+    assert!(!o.status.success() && stderr(&o).contains("bad.bin"), "the failure names the file: {o:?}");
+    // Cut short while copying: the files are served beside, the tenant is closed, and
+    // nothing else may start or shred it meanwhile.
+    m.mount_with(&["--tenant-passfile", &given]);
+    let v = status(&m);
+    assert!(tenant(&v, "/docs")["reason"].as_str().unwrap().contains("being made a tenant"), "{v:#}");
+    let beside: Vec<PathBuf> = fs::read_dir(&m.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".envelopefs-converting-"))
+        .collect();
+    assert_eq!(beside.len(), 1, "{beside:?}");
+    assert_eq!(fs::read(beside[0].join("good")).unwrap(), b"good");
+    m.unmount();
+    let o = m.run(&add_args(&m, "other", &format!("/other={}", tpass.display())));
+    assert!(!o.status.success() && stderr(&o).contains("finish it first"), "{o:?}");
+    let o = m.run(&[
+        "shred".as_ref(),
+        m.cipher.as_os_str(),
+        "--tenant".as_ref(),
+        "docs".as_ref(),
+        "--yes".as_ref(),
+        "--passfile".as_ref(),
+        m.passfile.as_os_str(),
+    ]);
+    assert!(!o.status.success() && stderr(&o).contains("finish it first"), "{o:?}");
+    let mut rotate: Vec<&OsStr> = vec!["rotate".as_ref(), m.cipher.as_os_str(), "--root".as_ref(), "--tenant".as_ref()];
+    rotate.extend(["docs".as_ref(), "--passfile".as_ref(), m.passfile.as_os_str()]);
+    rotate.extend([OsStr::new("--tenant-passfile"), OsStr::new(&given)]);
+    let o = m.run(&rotate);
+    assert!(!o.status.success() && stderr(&o).contains("finish it first"), "{o:?}");
+
+    // Undone: DIR has its files back, the half-made tenant is gone, and `docs` is free to
+    // become a tenant again.
+    let mut abort = add_args(&m, "docs", &given);
+    abort.push("--abort".as_ref());
+    let o = m.run(&abort);
+    ok(&o);
+    assert!(convert_row(&m).is_none());
+    let left: Vec<_> = fs::read_dir(m.cipher.join("tenants")).unwrap().collect();
+    assert!(left.is_empty(), "the half-made tenant's volume is removed: {left:?}");
+    m.mount();
+    assert_eq!(fs::read(m.p("docs/good")).unwrap(), b"good");
+    let e = fs::read(m.p("docs/bad.bin")).expect_err("still the damaged file it was");
+    assert_eq!(e.raw_os_error(), Some(5), "{e}");
+    assert!(status(&m)["tenants"].as_array().is_none_or(|t| t.is_empty()));
+    fs::remove_file(m.p("docs/bad.bin")).unwrap();
+    m.unmount();
+    let o = m.run(&add_args(&m, "docs", &given));
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Converted /docs: 1 files"), "{o:?}");
 }

@@ -59,12 +59,12 @@ fn a_tenant_goes_dark_alone_and_a_shredded_tenant_leaves_nothing_that_holds_its_
     fs::create_dir(m.p("projects")).unwrap();
     m.unmount();
 
-    // A tenant is added offline, at a new directory; not over one that exists, not nested.
+    // A tenant is added offline, at a new directory; not over one that holds one, not nested.
     let said = add(&m, "projects/team-a", &hsm.uri("team-a"));
     assert!(said.contains("/projects/team-a"), "{said}");
     add(&m, "team-b", &hsm.uri("team-b"));
     let o = m.tenant_add("projects", &hsm.uri("t3"));
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("already exists"), "{o:?}");
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("holds tenant"), "{o:?}");
     let o = m.tenant_add("team-b/inner", &hsm.uri("t4"));
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("do not nest"), "{o:?}");
     let o = m.tenant_add("team-c", "local:/etc/shared-keystore");

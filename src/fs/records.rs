@@ -46,7 +46,7 @@ impl Volume {
         if let Some(value) = self.authentic(name, &raw) {
             return Ok(Some(value.to_vec()));
         }
-        if self.header().features & crate::format::FEATURE_RECORDS_SEALED == 0 {
+        if self.header().features & crate::format::FEATURE_RECORDS_SEALED == 0 && name != CONVERSION_ROW {
             return Ok(Some(raw)); // not upgraded yet (read-only storage): bare, as before
         }
         Err(Error::integrity(
@@ -88,7 +88,8 @@ impl Volume {
     /// sealed already (an upgrade cut short before its header write) is left as it is.
     pub(super) fn seal_bare_records(&self) -> Result<()> {
         let mut bare = Vec::new();
-        for name in SEALED {
+        // No build ever wrote `tenant.convert` bare: one found bare is planted, not sealed.
+        for name in SEALED.into_iter().filter(|n| *n != CONVERSION_ROW) {
             if let Some(v) = self.store().meta(name)? {
                 if self.authentic(name, &v).is_none() {
                     bare.push((name, v));

@@ -208,6 +208,18 @@ pub(super) fn list(outer: &Volume, entry: &TenantEntry) -> Result<()> {
     outer.put_tenants(&list)
 }
 
+/// Refuses to change tenant `entry` while it is being made from an existing directory.
+fn refuse_while_converting(outer: &Volume, entry: &TenantEntry, what: &str) -> Result<()> {
+    if outer.tenant_conversion()?.is_some_and(|c| c.entry.id == entry.id) {
+        return Err(Error::InvalidArgument(format!(
+            "{}: being made a tenant (cut short): finish it first with `envelopefs tenant add CIPHERDIR {}` (or undo \
+             it with --abort); nothing was {what}",
+            entry.label, entry.label
+        )));
+    }
+    Ok(())
+}
+
 /// What `shred --tenant` did.
 #[derive(Debug)]
 pub struct TenantShred {
@@ -230,13 +242,7 @@ pub struct TenantShred {
 /// tenant dark first).
 pub fn shred(outer: &Volume, dir: &Path, locked: bool) -> Result<TenantShred> {
     let entry = named(outer, dir)?;
-    if outer.tenant_conversion()?.is_some_and(|c| c.entry.id == entry.id) {
-        return Err(Error::InvalidArgument(format!(
-            "{}: being made a tenant (cut short): finish it first with `envelopefs tenant add CIPHERDIR {}`; nothing \
-             was shredded",
-            entry.label, entry.label
-        )));
-    }
+    refuse_while_converting(outer, &entry, "shredded")?;
     let dir = volume_path(dir)?;
     // Its root must be empty in the volume, or it could not go after the keys did (a root
     // missing from its place holds nothing).
@@ -316,6 +322,7 @@ pub fn rotate_root(
     (create_key, destroy_old): (bool, bool),
 ) -> Result<crate::format::VolumeHeader> {
     let entry = named(outer, dir)?;
+    refuse_while_converting(outer, &entry, "rotated")?;
     let shown = outer.tenant_dir(&entry.id);
     let place =
         Place::open(outer, &entry)?.ok_or_else(|| Error::integrity(&shown, "the tenant's volume is missing"))?;

@@ -27,7 +27,12 @@ pub struct Finding {
 pub fn check(outer: &Volume, repair: bool) -> Result<Vec<Finding>> {
     let list = outer.tenants()?;
     let mut out = Vec::new();
-    if let Some(c) = outer.tenant_conversion()? {
+    let conversion = outer.tenant_conversion().unwrap_or_else(|e| {
+        out.push(Finding { what: e.to_string(), repaired: None });
+        None
+    });
+    // (A tenant's own volume keeps the record of the conversion that made it: not its own.)
+    if let Some(c) = conversion.filter(|c| c.entry.id != outer.header().volume_id) {
         let still = match c.phase {
             crate::fs::ConversionPhase::Copying => {
                 format!(" (its files are still in {} beside it)", super::source_name(&c.entry.id).to_string_lossy())

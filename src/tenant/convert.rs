@@ -4,11 +4,13 @@
 //! re-wrapped. In this order, each step recorded before it is taken, so that a run killed at
 //! any point leaves a volume that opens with every file readable, and running `tenant add`
 //! again finishes the job:
-//! 1. checks, before anything changes: DIR holds no tenant and no scratch directory, and no
-//!    file in it has a hard link outside it (a file cannot be on both sides of a boundary);
-//! 2. the tenant's volume is made and moved to its id's name, as for a new directory;
+//! 1. checks, before anything changes: DIR holds no tenant (listed or found) and no scratch
+//!    directory, and no file in it has a hard link outside it (a file cannot be on both
+//!    sides of a boundary);
+//! 2. the tenant's volume is made and moved to its id's name;
 //! 3. the record (`fs::Conversion`, sealed under the KEK) names the tenant's list entry and
-//!    DIR's directory id, phase *copying*;
+//!    DIR's directory id, phase *copying*; the tenant's volume is opened (a wrong passphrase
+//!    or a root that cannot unwrap stops here, DIR untouched, record and volume removed);
 //! 4. DIR is renamed `.envelopefs-converting-<tenant id>` beside it: the *source*, still the
 //!    truth, still served by a mount under that name;
 //! 5. the tenant is listed and its root made at DIR's place; a mount does not serve it while
@@ -16,18 +18,26 @@
 //! 6. every entry of the source is copied into the tenant: files (their holes kept),
 //!    directories, symlinks, nodes, hard links (within DIR), extended attributes, owners,
 //!    modes and times; a file's times are set last, after its data is synced, so a rerun
-//!    skips a file whose size and mtime match and copies again what differs, and removes
-//!    from the tenant what the source no longer has;
-//! 7. the record moves to phase *removing*: from here on the tenant is the truth;
+//!    skips a file whose size, mtime and ctime say it is copied and copies again what
+//!    differs, and removes from the tenant what the source no longer has;
+//! 7. the tenant's own store records (sealed under its KEK) that copying is done, the
+//!    source is renamed `.envelopefs-removing-<tenant id>`, and the record moves to phase
+//!    *removing*: from here on the tenant is the truth, and no record put back from before
+//!    makes a rerun copy into it again;
 //! 8. the source is removed (its files, and their wrapped DEKs with them);
 //! 9. the record is cleared.
+//!
+//! `tenant add --abort DIR` undoes a conversion still copying, in an order that keeps every
+//! file readable too: the tenant's root goes, the list forgets it, the source gets DIR's
+//! name back, the tenant's volume is shredded, the record is cleared.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use super::admin::{list, Added, NewVolume};
 use super::{volume_path, TenantSecrets};
+use super::{Opened, Place};
 use crate::format::hex;
 use crate::fs::{Attr, Conversion, ConversionPhase, EntryKind, SetTime, Volume, XattrMode};
 use crate::{Error, Result};
@@ -35,9 +45,14 @@ use crate::{Error, Result};
 /// Bytes copied per read.
 const CHUNK: usize = 1 << 20;
 
-/// The name the directory being converted has, beside its place, until it is removed.
+/// The name the directory being converted has, beside its place, while it is copied.
 pub fn source_name(id: &[u8; 16]) -> OsString {
     format!(".envelopefs-converting-{}", hex(id)).into()
+}
+
+/// The name of what is left of it once copied, while it is removed.
+pub fn removing_name(id: &[u8; 16]) -> OsString {
+    format!(".envelopefs-removing-{}", hex(id)).into()
 }
 
 /// What a conversion copied.
@@ -64,7 +79,7 @@ pub(super) fn begin(
     (uri, create_key): (&str, bool),
     secrets: &TenantSecrets,
 ) -> Result<Added> {
-    check_tree(outer, dir)?;
+    check_tree(outer, dir, "nothing was changed")?;
     let source_dir = outer.dir_id_of(dir)?;
     let made = NewVolume::make(outer, dir, uri, create_key, secrets)?;
     let entry = made.place(outer, dir)?;
@@ -73,49 +88,103 @@ pub(super) fn begin(
         made.remove(outer, &entry);
         return Err(e);
     }
-    finish(outer, dir, c, secrets, false)
+    // Opened before DIR moves: a wrong passphrase, or a root that cannot unwrap what it
+    // wrapped, stops here with nothing left behind (killed here, a rerun opens it again).
+    let opened = match super::open(outer, &entry, secrets) {
+        Ok(t) => t,
+        Err(e) => {
+            if outer.put_tenant_conversion(None).is_ok() {
+                made.remove(outer, &entry);
+            }
+            return Err(e);
+        }
+    };
+    finish(outer, dir, c, secrets, Some(opened), false)
 }
 
 /// Finishes the conversion `c` that a run cut short left (`tenant add` of its directory).
 pub(super) fn resume(outer: &Volume, dir: &Path, c: Conversion, secrets: &TenantSecrets) -> Result<Added> {
+    same_dir(&c, dir)?;
+    tracing::info!(tenant = %hex(&c.entry.id), label = %c.entry.label, root = %c.entry.kms_uri,
+        "finishing a conversion cut short (onto the root it began with)");
+    finish(outer, dir, c, secrets, None, true)
+}
+
+/// `dir` is the directory conversion `c` is of, else an error saying which one is.
+fn same_dir(c: &Conversion, dir: &Path) -> Result<()> {
     if volume_path(Path::new(&c.entry.label))? != dir {
         return Err(Error::InvalidArgument(format!(
-            "the conversion of {} into a tenant was cut short: finish it first with `envelopefs tenant add CIPHERDIR {}`",
+            "the conversion of {} into a tenant was cut short: finish it first with `envelopefs tenant add CIPHERDIR {}` \
+             (or undo it with --abort)",
             c.entry.label, c.entry.label
         )));
     }
-    tracing::info!(tenant = %hex(&c.entry.id), label = %c.entry.label, "finishing a conversion cut short");
-    finish(outer, dir, c, secrets, true)
+    Ok(())
 }
 
 /// Steps 4 to 9, each skipped if a run before did it.
-fn finish(outer: &Volume, dir: &Path, mut c: Conversion, secrets: &TenantSecrets, resumed: bool) -> Result<Added> {
+fn finish(
+    outer: &Volume,
+    dir: &Path,
+    mut c: Conversion,
+    secrets: &TenantSecrets,
+    opened: Option<Opened>,
+    resumed: bool,
+) -> Result<Added> {
     // Both volumes are written as a mount writes them: what a run killed before left is
     // recovered first, and this run's marker makes the next mount recover what it leaves.
     recover(outer, "the volume")?;
     let parent = dir.parent().unwrap_or(Path::new(""));
-    let source = parent.join(source_name(&c.entry.id));
+    let (source, removing) = (parent.join(source_name(&c.entry.id)), parent.join(removing_name(&c.entry.id)));
     let shown = |p: &Path| PathBuf::from(format!("/{}", p.display()));
+    let taken = |p: &Path| {
+        Error::integrity(
+            shown(p),
+            "is not the directory being made a tenant, nor its root (made here while the conversion was cut short?): \
+             move it away, then run `tenant add` again",
+        )
+    };
     if !outer.tenants()?.iter().any(|t| t.id == c.entry.id) {
-        if dir_id_at(outer, dir)? == Some(c.source_dir) {
-            outer.rename(dir, &source)?;
-        } else if dir_id_at(outer, &source)? != Some(c.source_dir) {
-            return Err(Error::integrity(
-                shown(dir),
-                "the directory being made a tenant is neither here nor beside it under its converting name: \
-                 nothing was changed",
-            ));
+        match dir_id_at(outer, dir)? {
+            Some(id) if id == c.source_dir => outer.rename(dir, &source)?,
+            Some(_) => return Err(taken(dir)),
+            None if outer.stat(dir).is_ok() => return Err(taken(dir)),
+            None if c.phase == ConversionPhase::Copying && dir_id_at(outer, &source)? != Some(c.source_dir) => {
+                return Err(Error::integrity(
+                    shown(dir),
+                    "the directory being made a tenant is neither here nor beside it under its converting name: \
+                     nothing was changed (`tenant add --abort` forgets the conversion)",
+                ));
+            }
+            None => {}
         }
         list(outer, &c.entry)?;
     }
-    if matches!(outer.stat(dir), Err(Error::NotFound(_))) {
-        outer.mkdir_tenant_root(dir, c.entry.dir_id)?;
+    match outer.stat(dir) {
+        Err(Error::NotFound(_)) => outer.mkdir_tenant_root(dir, c.entry.dir_id)?,
+        Ok(_) if dir_id_at(outer, dir)? == Some(c.entry.dir_id) => {}
+        Ok(_) => return Err(taken(dir)),
+        Err(e) => return Err(e),
     }
-    let t = super::open(outer, &c.entry, secrets)?;
+    let t = match opened {
+        Some(t) => t,
+        None => super::open(outer, &c.entry, secrets)?,
+    };
     recover(&t.vol, &c.entry.label)?;
     let mut report = Converted { resumed, ..Converted::default() };
     if c.phase == ConversionPhase::Copying {
-        if dir_id_at(outer, &source)? == Some(c.source_dir) {
+        // A tenant that finished copying once is the truth: a record put back from before
+        // never has a rerun copy into it again.
+        let copied = t.vol.tenant_conversion()?.is_some_and(|m| m.entry.id == c.entry.id);
+        if copied {
+            tracing::warn!(tenant = %hex(&c.entry.id), "the tenant says its copy was done: not copying again");
+        } else if dir_id_at(outer, &source)? == Some(c.source_dir) {
+            // What a mount may have changed meanwhile must still fit in a tenant.
+            check_tree(
+                outer,
+                &source,
+                "change that through a mount (it is served there), then run `tenant add` again",
+            )?;
             let mut links = HashMap::new();
             copy_dir(outer, &source, &t.vol, Path::new(""), &mut links, &mut report)?;
             copy_xattrs(outer, &source, outer, dir)?;
@@ -126,16 +195,73 @@ fn finish(outer: &Volume, dir: &Path, mut c: Conversion, secrets: &TenantSecrets
         }
         t.vol.sync_all()?;
         c.phase = ConversionPhase::Removing;
+        if !copied {
+            t.vol.put_tenant_conversion(Some(&c))?;
+        }
+        if dir_id_at(outer, &source)? == Some(c.source_dir) {
+            outer.rename(&source, &removing)?;
+        }
         outer.put_tenant_conversion(Some(&c))?;
     }
-    if dir_id_at(outer, &source)? == Some(c.source_dir) {
-        remove_tree(outer, &source)?;
+    if dir_id_at(outer, &removing)? == Some(c.source_dir) {
+        remove_tree(outer, &removing)?;
     }
     // The removed files' keys go now, not with a group commit that an offline command
     // never reaches (a run killed before leaves them to the next mount's recovery).
     outer.flush_pending()?;
     outer.put_tenant_conversion(None)?;
     Ok(Added { entry: c.entry, converted: Some(report) })
+}
+
+/// `tenant add --abort DIR`: undoes the conversion of `dir` while it is still copying (see
+/// the module doc for the order); returns the tenant that was being made.
+pub fn abort(outer: &Volume, dir: &Path) -> Result<crate::fs::TenantEntry> {
+    let dir = volume_path(dir)?;
+    let c = outer.tenant_conversion()?.ok_or_else(|| {
+        Error::InvalidArgument(format!("/{}: no conversion into a tenant is under way", dir.display()))
+    })?;
+    same_dir(&c, &dir)?;
+    if c.phase == ConversionPhase::Removing {
+        return Err(Error::InvalidArgument(format!(
+            "{}: its files were all copied, and the tenant holds them now: run `envelopefs tenant add CIPHERDIR {}` \
+             to finish removing the old copy",
+            c.entry.label, c.entry.label
+        )));
+    }
+    recover(outer, "the volume")?;
+    let parent = dir.parent().unwrap_or(Path::new(""));
+    let source = parent.join(source_name(&c.entry.id));
+    if dir_id_at(outer, &dir)? == Some(c.entry.dir_id) {
+        outer.rmdir(&dir)?; // the root, empty in the volume
+    }
+    let list = outer.tenants()?;
+    if list.iter().any(|t| t.id == c.entry.id) {
+        outer.put_tenants(&list.into_iter().filter(|t| t.id != c.entry.id).collect::<Vec<_>>())?;
+    }
+    if dir_id_at(outer, &source)? == Some(c.source_dir) && matches!(outer.stat(&dir), Err(Error::NotFound(_))) {
+        outer.rename(&source, &dir)?;
+    }
+    if let Some(place) = Place::open(outer, &c.entry)? {
+        let at = place.path().to_path_buf();
+        let _lock = crate::daemon::lock_volume(&at)?;
+        match Volume::read_live_header(&at) {
+            Ok(h) if h.volume_id == c.entry.id && !h.is_shredded() => {
+                Volume::shred_volume(&at, &crate::control::scratch_path(&c.entry.id), None, false, None)?;
+            }
+            Ok(h) if h.volume_id != c.entry.id => {
+                return Err(Error::integrity(
+                    outer.tenant_dir(&c.entry.id),
+                    "holds another volume than the tenant's: left as it is",
+                ))
+            }
+            _ => {}
+        }
+        drop(_lock);
+        place.remove()?;
+    }
+    outer.flush_pending()?;
+    outer.put_tenant_conversion(None)?;
+    Ok(c.entry)
 }
 
 /// Recovers what an unclean end left in `v` and marks it in use until it is closed.
@@ -157,8 +283,8 @@ fn dir_id_at(outer: &Volume, path: &Path) -> Result<Option<[u8; 16]>> {
 
 /// Step 1: `dir` holds no tenant's root and no scratch directory, and none of its files has
 /// a hard link outside it.
-fn check_tree(outer: &Volume, dir: &Path) -> Result<()> {
-    let refuse = |why: String| Err(Error::InvalidArgument(format!("/{}: {why}; nothing was changed", dir.display())));
+fn check_tree(outer: &Volume, dir: &Path, after: &str) -> Result<()> {
+    let refuse = |why: String| Err(Error::InvalidArgument(format!("/{}: {why}; {after}", dir.display())));
     for scratch in outer.recorded_scratch()?.dirs {
         if scratch.starts_with(dir) {
             return refuse(format!("holds the scratch directory /{} (destroyed at unmount)", scratch.display()));
@@ -166,6 +292,7 @@ fn check_tree(outer: &Volume, dir: &Path) -> Result<()> {
     }
     let list = outer.tenants()?;
     let mut inside: HashMap<u64, (PathBuf, u64, u64)> = HashMap::new(); // ino → (a path, links seen, nlink)
+    let mut dirs = HashSet::from([outer.dir_id_of(dir)?]);
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in outer.readdir(&d)? {
@@ -175,6 +302,7 @@ fn check_tree(outer: &Volume, dir: &Path) -> Result<()> {
                     if let Some(t) = outer.tenant_root_at(&p, &list, None)? {
                         return refuse(format!("holds tenant {}: tenants do not nest", t.label));
                     }
+                    dirs.insert(outer.dir_id_of(&p)?);
                     stack.push(p);
                 }
                 EntryKind::Symlink => {}
@@ -186,6 +314,10 @@ fn check_tree(outer: &Volume, dir: &Path) -> Result<()> {
                 }
             }
         }
+    }
+    // A listed tenant whose root is missing would lose its place with its parent.
+    if let Some(t) = list.iter().find(|t| dirs.contains(&t.parent_id)) {
+        return refuse(format!("tenant {} is listed inside it (its root is missing: see `envelopefs fsck`)", t.label));
     }
     if let Some((p, _, _)) = inside.values().find(|(_, seen, nlink)| seen < nlink) {
         return refuse(format!(
@@ -208,8 +340,9 @@ fn copy_dir(
     report: &mut Converted,
 ) -> Result<()> {
     let entries = outer.readdir(src)?;
+    let names: HashSet<&OsString> = entries.iter().map(|e| &e.name).collect();
     for old in t.readdir(dst)? {
-        if !entries.iter().any(|e| e.name == old.name) {
+        if !names.contains(&old.name) {
             remove_any(t, &dst.join(&old.name))?;
         }
     }
@@ -227,8 +360,10 @@ fn copy_dir(
         };
         match a.kind {
             EntryKind::Directory => {
-                if have.is_none() {
-                    t.mkdir(&to, 0o700)?;
+                match have {
+                    None => t.mkdir(&to, 0o700)?,
+                    // Writable to its owner while it fills (a copy cut short set its mode).
+                    Some(_) => t.chmod(&to, 0o700)?,
                 }
                 copy_dir(outer, &from, t, &to, links, report)?;
                 copy_xattrs(outer, &from, t, &to)?;
@@ -250,7 +385,11 @@ fn copy_dir(
                 if a.nlink > 1 {
                     links.insert(a.ino, to.clone());
                 }
-                if have.as_ref().is_some_and(|h| h.size == a.size && h.mtime == a.mtime) {
+                // Copied by a run before, and not changed since (its ctime would say so);
+                // its attributes and xattrs again all the same (a chmod changes no mtime).
+                if have.as_ref().is_some_and(|h| h.size == a.size && h.mtime == a.mtime && a.ctime <= h.ctime) {
+                    copy_xattrs(outer, &from, t, &to)?;
+                    set_attrs(t, &to, &a)?;
                     report.skipped += 1;
                     continue;
                 }
@@ -362,6 +501,7 @@ fn remove_any(v: &Volume, path: &Path) -> Result<()> {
 
 /// Removes directory `dir` of volume `v` and everything in it (files with their DEKs).
 fn remove_tree(v: &Volume, dir: &Path) -> Result<()> {
+    v.chmod(dir, 0o700)?; // emptied by its owner, whatever its mode was
     for e in v.readdir(dir)? {
         let p = dir.join(&e.name);
         match e.kind {

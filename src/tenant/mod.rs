@@ -18,7 +18,7 @@ use nix::fcntl::Flock;
 
 pub use admin::{add, change_passphrase, rotate_root, shred, Added, TenantShred};
 pub use check::{check, Finding};
-pub use convert::{source_name, Converted};
+pub use convert::{abort as abort_conversion, removing_name, source_name, Converted};
 pub use place::Place;
 pub use secrets::{OneTenant, TenantPassfile, TenantSecrets};
 
@@ -102,9 +102,22 @@ pub fn open_all(outer: &Volume, secrets: &TenantSecrets, read_only: bool) -> Res
     }
     // A tenant whose files are still being copied in is not served: its old directory, still
     // the truth, is (`convert`).
-    let converting = outer.tenant_conversion()?.filter(|c| c.phase == crate::fs::ConversionPhase::Copying);
+    // A record that does not authenticate closes every tenant (any may be the one), and
+    // serves the rest.
+    let converting = match outer.tenant_conversion() {
+        Ok(c) => Ok(c.filter(|c| c.phase == crate::fs::ConversionPhase::Copying)),
+        Err(e) => {
+            tracing::error!("{e}: every tenant stays closed");
+            Err(e.to_string())
+        }
+    };
     for entry in list {
-        if let Some(c) = converting.as_ref().filter(|c| c.entry.id == entry.id) {
+        if let Err(why) = &converting {
+            out.push(Tenant { entry, state: TenantState::Closed(why.clone()) });
+            continue;
+        }
+        let converting = converting.as_ref().ok().and_then(Option::as_ref);
+        if let Some(c) = converting.filter(|c| c.entry.id == entry.id) {
             let why = format!(
                 "being made a tenant (cut short): its files are still in {} beside it until \
                  `envelopefs tenant add CIPHERDIR {}` finishes",
@@ -164,7 +177,10 @@ pub fn open(outer: &Volume, entry: &TenantEntry, secrets: &TenantSecrets) -> Res
     kms::check_root(&header.kms_uri, outer.cipherdir())?;
     // Its keystore (if it has one) named as the operator knows it, not by descriptor.
     let kms = kms::open(&header.kms_uri, &dir, &secrets.of_entry(entry))
-        .map_err(|e| if is_keystore(entry) { e.renamed(&shown.join("keystore")) } else { e })?
+        .map_err(|e| match kms::own_keystore(&header.kms_uri, &shown) {
+            Some(ks) => e.renamed(&ks),
+            None => e,
+        })?
         .for_tenant(&entry.label);
     let vol = Volume::open_with_kms(&dir, header, &kms)?;
     Ok(Opened { entry: entry.clone(), vol, kms, _held: Held { _lock: lock, _place: place } })
