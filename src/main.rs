@@ -623,10 +623,11 @@ fn run(cmd: Command) -> Result<()> {
         Command::Shred { cipherdir, volume, file, yes, delete_root_after, destroy_root, pass, .. } => {
             shred(&cipherdir, volume, &file, yes, (destroy_root, delete_root_after), pass)
         }
-        Command::Tenant { what: TenantCommand::Add { cipherdir, dir, abort: true, pass, .. } } => {
+        Command::Tenant { what: TenantCommand::Add { cipherdir, dir, abort: true, pass, tenant_pass, .. } } => {
             let _lock = unmounted(&cipherdir)?;
             let vol = Volume::open(&cipherdir, &pass.source())?;
-            let t = envelopefs::tenant::abort_conversion(&vol, &dir)?;
+            let pins = pass.source();
+            let t = envelopefs::tenant::abort_conversion(&vol, &dir, &tenant_pass.with(&pins))?;
             println!(
                 "The conversion of {} was undone: its files are where they were; the half-made tenant is shredded.",
                 t.label
@@ -825,7 +826,15 @@ fn tenant_add(
     let added = envelopefs::tenant::add(&vol, dir, uri, create_key, &tenant_pass.with(&pass.source()))?;
     let t = &added.entry;
     if let Some(c) = &added.converted {
-        if c.source_gone {
+        if c.left_beside {
+            println!(
+                "Finished the conversion of {}: the tenant's own record says its copy was done, so nothing was \
+                 copied over it (the volume's record was put back from before?); the directory {} beside it was left \
+                 as it is: look at it, then remove it.",
+                t.label,
+                envelopefs::tenant::source_name(&t.id).to_string_lossy()
+            );
+        } else if c.source_gone {
             println!(
                 "Finished the conversion cut short of {}, but the directory being converted was gone: the tenant \
                  holds what had been copied before.",

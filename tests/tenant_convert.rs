@@ -160,14 +160,23 @@ fn an_existing_directory_becomes_a_tenant_with_everything_in_it() {
     assert_eq!(fs::read(m.p("outer.txt")).unwrap(), b"stays in the volume");
 }
 
+/// `status` of the volume mounted for a moment.
+fn status_offline(m: &MountFixture, given: &str) -> serde_json::Value {
+    let o = m.try_mount(&["--tenant-passfile", given]);
+    ok(&o);
+    let v = serde_json::from_slice(&m.run(&["status".as_ref(), m.mnt.as_os_str(), "--json".as_ref()]).stdout).unwrap();
+    ok(&m.run(&["umount".as_ref(), m.mnt.as_os_str()]));
+    v
+}
+
 /// Every file of `expect` reads back whole, from the tenant or from the directory being
 /// converted (whichever holds it now).
 /// Returns whether the directory being converted was there (the run was killed in the midst).
 fn all_readable(m: &MountFixture, expect: &BTreeMap<String, Vec<u8>>) -> Result<bool, String> {
-    let source: Option<PathBuf> = fs::read_dir(&m.mnt)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(".envelopefs-converting-"));
+    let source: Option<PathBuf> = fs::read_dir(&m.mnt).unwrap().map(|e| e.unwrap().path()).find(|p| {
+        let n = p.file_name().unwrap().to_string_lossy().into_owned();
+        n.starts_with(".envelopefs-converting-") || n.starts_with(".envelopefs-removing-")
+    });
     for (name, want) in expect {
         let here = fs::read(m.p("data").join(name)).ok().filter(|b| b == want);
         let there = source.as_ref().and_then(|s| fs::read(s.join(name)).ok()).filter(|b| b == want);
@@ -196,7 +205,7 @@ fn a_conversion_killed_at_any_point_leaves_every_file_readable_and_finishes_when
 
     let args: Vec<std::ffi::OsString> = add_args(&m, "data", &given).iter().map(|s| s.to_os_string()).collect();
     let (mut kills, mut midway, mut seen_copying, mut delay) = (0, 0, false, Duration::from_millis(100));
-    let mut copying_row = None;
+    let (mut copying_row, mut source_backing) = (None, None);
     let finished = loop {
         let mut child = Command::new(env!("CARGO_BIN_EXE_envelopefs"))
             .args(&args)
@@ -232,6 +241,15 @@ fn a_conversion_killed_at_any_point_leaves_every_file_readable_and_finishes_when
             // fsck says what to do; the half-made tenant cannot be shredded from under it.
             seen_copying = true;
             copying_row = Some(convert_row(&m).expect("a conversion under way has its record"));
+            // And the source's backing directory as it is now (the largest under data/).
+            let backing = fs::read_dir(m.cipher.join("data"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.is_dir())
+                .max_by_key(|p| common::all_files(p).len())
+                .unwrap();
+            common::copy_tree(&backing, &m.tmp.path().join("snapshot"));
+            source_backing = Some(backing);
             let mut fsck: Vec<&OsStr> =
                 vec!["fsck".as_ref(), m.cipher.as_os_str(), "--passfile".as_ref(), m.passfile.as_os_str()];
             fsck.extend([OsStr::new("--tenant-passfile"), OsStr::new(&given)]);
@@ -267,24 +285,35 @@ fn a_conversion_killed_at_any_point_leaves_every_file_readable_and_finishes_when
     fs::write(m.p("data/after"), b"written to the tenant").unwrap();
     m.unmount();
 
-    // The record of a copy under way put back (it authenticates: it was the volume's): the
-    // tenant's own record says its copy was done, so a rerun copies nothing over it.
+    // The record of a copy under way put back (it authenticates: it was the volume's), with
+    // the source's directory as it was then: the tenant is no longer marked as being
+    // filled, so neither --abort nor a rerun copies over it or shreds it.
     let row = copying_row.unwrap();
     meta(&m).execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('tenant.convert', ?1)", [&row]).unwrap();
+    let backing = source_backing.unwrap();
+    assert!(!backing.exists(), "the source was removed");
+    common::copy_tree(&m.tmp.path().join("snapshot"), &backing);
+    let mut abort = args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>();
+    abort.push("--abort".as_ref());
+    let o = m.run(&abort);
+    assert!(!o.status.success() && stderr(&o).contains("its copy was done"), "{o:?}");
     let o = m.run(&args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
     ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("nothing was copied over it"), "{o:?}");
     assert!(convert_row(&m).is_none(), "the rerun cleared it");
+    fs::remove_dir_all(&backing).unwrap(); // what the operator does with it, having looked
     m.mount_with(&["--tenant-passfile", &given]);
     assert_eq!(fs::read(m.p("data/after")).unwrap(), b"written to the tenant");
     for (name, want) in &expect {
         assert_eq!(&fs::read(m.p("data").join(name)).unwrap(), want, "{name}");
     }
     m.unmount();
-    // A run killed while it made the tenant's volume leaves it beside, never opened: fsck
+    // A run killed while it made the tenant's volume leaves it beside, never listed: fsck
     // names it and the operator removes it (docs/OPERATIONS.md, "Tenants").
+    let own = tenant(&status_offline(&m, &given), "/data")["id"].as_str().unwrap().to_string();
     for e in fs::read_dir(m.cipher.join("tenants")).unwrap() {
         let p = e.unwrap().path();
-        if p.file_name().unwrap().to_string_lossy().starts_with(".new-") {
+        if p.file_name().unwrap().to_string_lossy() != own {
             fs::remove_dir_all(p).unwrap();
         }
     }

@@ -32,6 +32,7 @@ pub fn check(outer: &Volume, repair: bool) -> Result<Vec<Finding>> {
         None
     });
     // (A tenant's own volume keeps the record of the conversion that made it: not its own.)
+    let conversion_id = conversion.as_ref().map(|c| c.entry.id);
     if let Some(c) = conversion.filter(|c| c.entry.id != outer.header().volume_id) {
         let still = match c.phase {
             crate::fs::ConversionPhase::Copying => {
@@ -133,7 +134,9 @@ pub fn check(outer: &Volume, repair: bool) -> Result<Vec<Finding>> {
             .unwrap_or_default(),
         _ => Vec::new(),
     };
-    for name in names.into_iter().filter(|n| !list.iter().any(|t| hex(&t.id) == *n)) {
+    // (The tenant a conversion is making is not listed yet early on: its record owns it.)
+    let making = conversion_id.map(|id| hex(&id));
+    for name in names.into_iter().filter(|n| !list.iter().any(|t| hex(&t.id) == *n) && making.as_ref() != Some(n)) {
         let what = format!(
             "{TENANTS_DIR}/{name}: a volume no tenant owns (a leftover of `tenant add`, or put there); \
              remove it by hand once you know what it is"

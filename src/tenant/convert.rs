@@ -10,7 +10,8 @@
 //! 2. the tenant's volume is made and moved to its id's name;
 //! 3. the record (`fs::Conversion`, sealed under the KEK) names the tenant's list entry and
 //!    DIR's directory id, phase *copying*; the tenant's volume is opened (a wrong passphrase
-//!    or a root that cannot unwrap stops here, DIR untouched, record and volume removed);
+//!    or a root that cannot unwrap stops here, DIR untouched, record and volume removed) and
+//!    marked, in its own store, as being filled;
 //! 4. DIR is renamed `.envelopefs-converting-<tenant id>` beside it: the *source*, still the
 //!    truth, still served by a mount under that name;
 //! 5. the tenant is listed and its root made at DIR's place; a mount does not serve it while
@@ -20,10 +21,11 @@
 //!    modes and times; a file's times are set last, after its data is synced, so a rerun
 //!    skips a file whose size, mtime and ctime say it is copied and copies again what
 //!    differs, and removes from the tenant what the source no longer has;
-//! 7. the tenant's own store records (sealed under its KEK) that copying is done, the
-//!    source is renamed `.envelopefs-removing-<tenant id>`, and the record moves to phase
-//!    *removing*: from here on the tenant is the truth, and no record put back from before
-//!    makes a rerun copy into it again;
+//! 7. the source is renamed `.envelopefs-removing-<tenant id>` (nothing written to it from
+//!    then on is copied), the tenant's own mark that it is being filled (sealed under its
+//!    KEK, set when it was made) is cleared, and the record moves to phase *removing*: from
+//!    here on the tenant is the truth, and no record put back from before makes a rerun copy
+//!    into it again (nothing is copied into a tenant without its mark);
 //! 8. the source is removed (its files, and their wrapped DEKs with them);
 //! 9. the record is cleared.
 //!
@@ -67,6 +69,10 @@ pub struct Converted {
     pub skipped: u64,
     /// This run finished one cut short.
     pub resumed: bool,
+    /// The volume's record said copying, but the tenant's own said its copy was done (a
+    /// record put back from before): nothing was copied, and the directory being converted
+    /// was left beside the tenant, for the operator.
+    pub left_beside: bool,
     /// The source was gone when a rerun came to copy it (removed through a mount while the
     /// conversion was cut short): the tenant holds what was copied before.
     pub source_gone: bool,
@@ -99,23 +105,30 @@ pub(super) fn begin(
             return Err(e);
         }
     };
+    // The tenant's own mark that it is being filled: nothing is ever copied into a tenant
+    // without it (a deleted mark fails safe).
+    opened.vol.put_tenant_conversion(Some(&c))?;
     finish(outer, dir, c, secrets, Some(opened), false)
 }
 
 /// Finishes the conversion `c` that a run cut short left (`tenant add` of its directory).
 pub(super) fn resume(outer: &Volume, dir: &Path, c: Conversion, secrets: &TenantSecrets) -> Result<Added> {
-    same_dir(&c, dir)?;
+    same_dir(outer, &c, dir)?;
     tracing::info!(tenant = %hex(&c.entry.id), label = %c.entry.label, root = %c.entry.kms_uri,
         "finishing a conversion cut short (onto the root it began with)");
     finish(outer, dir, c, secrets, None, true)
 }
 
-/// `dir` is the directory conversion `c` is of, else an error saying which one is.
-fn same_dir(c: &Conversion, dir: &Path) -> Result<()> {
-    if volume_path(Path::new(&c.entry.label))? != dir {
+/// `dir` is the directory conversion `c` is of: its name, in the directory the conversion
+/// began in (found by its id: it may have moved since), else an error saying which it is.
+fn same_dir(outer: &Volume, c: &Conversion, dir: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let parent = dir.parent().unwrap_or(Path::new(""));
+    let named = dir.file_name().is_some_and(|n| n.as_bytes() == c.entry.name.as_slice());
+    if !(named && dir_id_at(outer, parent)? == Some(c.entry.parent_id)) {
         return Err(Error::InvalidArgument(format!(
-            "the conversion of {} into a tenant was cut short: finish it first with `envelopefs tenant add CIPHERDIR {}` \
-             (or undo it with --abort)",
+            "the conversion of {} into a tenant was cut short: finish it first with `envelopefs tenant add CIPHERDIR \
+             DIR` (or undo it with --abort), DIR being that directory's path now ({} unless its parent moved)",
             c.entry.label, c.entry.label
         )));
     }
@@ -134,6 +147,13 @@ fn finish(
     // Both volumes are written as a mount writes them: what a run killed before left is
     // recovered first, and this run's marker makes the next mount recover what it leaves.
     recover(outer, "the volume")?;
+    let t = match opened {
+        Some(t) => t,
+        None => super::open(outer, &c.entry, secrets)?,
+    };
+    recover(&t.vol, &c.entry.label)?;
+    let filling =
+        |t: &Opened| -> Result<bool> { Ok(t.vol.tenant_conversion()?.is_some_and(|m| m.entry.id == c.entry.id)) };
     let parent = dir.parent().unwrap_or(Path::new(""));
     let (source, removing) = (parent.join(source_name(&c.entry.id)), parent.join(removing_name(&c.entry.id)));
     let shown = |p: &Path| PathBuf::from(format!("/{}", p.display()));
@@ -146,7 +166,12 @@ fn finish(
     };
     if !outer.tenants()?.iter().any(|t| t.id == c.entry.id) {
         match dir_id_at(outer, dir)? {
-            Some(id) if id == c.source_dir => outer.rename(dir, &source)?,
+            Some(id) if id == c.source_dir => {
+                if c.phase == ConversionPhase::Copying && !filling(&t)? {
+                    t.vol.put_tenant_conversion(Some(&c))?; // (a run killed before it marked it)
+                }
+                outer.rename(dir, &source)?;
+            }
             Some(_) => return Err(taken(dir)),
             None if outer.stat(dir).is_ok() => return Err(taken(dir)),
             None if c.phase == ConversionPhase::Copying && dir_id_at(outer, &source)? != Some(c.source_dir) => {
@@ -166,19 +191,12 @@ fn finish(
         Ok(_) => return Err(taken(dir)),
         Err(e) => return Err(e),
     }
-    let t = match opened {
-        Some(t) => t,
-        None => super::open(outer, &c.entry, secrets)?,
-    };
-    recover(&t.vol, &c.entry.label)?;
     let mut report = Converted { resumed, ..Converted::default() };
     if c.phase == ConversionPhase::Copying {
-        // A tenant that finished copying once is the truth: a record put back from before
-        // never has a rerun copy into it again.
-        let copied = t.vol.tenant_conversion()?.is_some_and(|m| m.entry.id == c.entry.id);
-        if copied {
-            tracing::warn!(tenant = %hex(&c.entry.id), "the tenant says its copy was done: not copying again");
-        } else if dir_id_at(outer, &source)? == Some(c.source_dir) {
+        let at = |p: &Path| -> Result<bool> { Ok(dir_id_at(outer, p)? == Some(c.source_dir)) };
+        if at(&removing)? {
+            // Copied, and moved aside to be removed, by a run cut short before its record.
+        } else if at(&source)? && filling(&t)? {
             // What a mount may have changed meanwhile must still fit in a tenant.
             check_tree(
                 outer,
@@ -189,18 +207,26 @@ fn finish(
             copy_dir(outer, &source, &t.vol, Path::new(""), &mut links, &mut report)?;
             copy_xattrs(outer, &source, outer, dir)?;
             set_attrs(outer, dir, &outer.getattr(&source)?)?;
+            t.vol.sync_all()?;
+            // Moved aside first: from here on nothing written to it is copied, and it goes.
+            outer.rename(&source, &removing)?;
+        } else if at(&source)? {
+            // The tenant is not being filled (its copy was done), yet the volume's record says
+            // copying: a record put back from before. Nothing is copied over the tenant, and
+            // the directory stays where it is, for the operator.
+            tracing::warn!(tenant = %hex(&c.entry.id), source = %shown(&source).display(),
+                "the tenant's own record says its copy was done: nothing copied, the directory left as it is");
+            report.left_beside = true;
         } else {
             tracing::warn!(source = %shown(&source).display(), "the directory being converted is gone; the tenant keeps what was copied");
             report.source_gone = true;
         }
+        // The tenant is the truth from here.
+        if filling(&t)? {
+            t.vol.put_tenant_conversion(None)?;
+        }
         t.vol.sync_all()?;
         c.phase = ConversionPhase::Removing;
-        if !copied {
-            t.vol.put_tenant_conversion(Some(&c))?;
-        }
-        if dir_id_at(outer, &source)? == Some(c.source_dir) {
-            outer.rename(&source, &removing)?;
-        }
         outer.put_tenant_conversion(Some(&c))?;
     }
     if dir_id_at(outer, &removing)? == Some(c.source_dir) {
@@ -214,23 +240,49 @@ fn finish(
 }
 
 /// `tenant add --abort DIR`: undoes the conversion of `dir` while it is still copying (see
-/// the module doc for the order); returns the tenant that was being made.
-pub fn abort(outer: &Volume, dir: &Path) -> Result<crate::fs::TenantEntry> {
+/// the module doc for the order); returns the tenant that was being made. Only while there
+/// is something to give back (the source, at DIR or beside it) and the tenant, if it opens,
+/// is still being filled: a tenant whose copy was done holds the files.
+pub fn abort(outer: &Volume, dir: &Path, secrets: &TenantSecrets) -> Result<crate::fs::TenantEntry> {
     let dir = volume_path(dir)?;
     let c = outer.tenant_conversion()?.ok_or_else(|| {
         Error::InvalidArgument(format!("/{}: no conversion into a tenant is under way", dir.display()))
     })?;
-    same_dir(&c, &dir)?;
+    same_dir(outer, &c, &dir)?;
+    let label = &c.entry.label;
+    let refuse = |why: &str| Err(Error::InvalidArgument(format!("{label}: {why}; nothing was changed")));
     if c.phase == ConversionPhase::Removing {
-        return Err(Error::InvalidArgument(format!(
-            "{}: its files were all copied, and the tenant holds them now: run `envelopefs tenant add CIPHERDIR {}` \
-             to finish removing the old copy",
-            c.entry.label, c.entry.label
-        )));
+        return refuse(
+            "its files were all copied, and the tenant holds them now: run `envelopefs tenant add` again to finish \
+             removing the old copy",
+        );
     }
-    recover(outer, "the volume")?;
     let parent = dir.parent().unwrap_or(Path::new(""));
     let source = parent.join(source_name(&c.entry.id));
+    let back = dir_id_at(outer, &dir)? == Some(c.source_dir);
+    let beside = dir_id_at(outer, &source)? == Some(c.source_dir);
+    if !back && !beside {
+        return refuse(
+            "the directory being converted is neither at its place nor beside it: there is nothing to give back",
+        );
+    }
+    let free = matches!(outer.stat(&dir), Err(Error::NotFound(_))) || dir_id_at(outer, &dir)? == Some(c.entry.dir_id);
+    if !back && !free {
+        return refuse("something else is at its place now: move it away first");
+    }
+    match super::open(outer, &c.entry, secrets) {
+        Ok(t) if t.vol.tenant_conversion()?.is_none_or(|m| m.entry.id != c.entry.id) => {
+            return refuse(
+                "the tenant's own record says its copy was done, so it holds the files (the volume's record was put \
+                 back from before?): run `envelopefs fsck`",
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(tenant = %hex(&c.entry.id), "the half-made tenant does not open ({e}): undone unchecked")
+        }
+    }
+    recover(outer, "the volume")?;
     if dir_id_at(outer, &dir)? == Some(c.entry.dir_id) {
         outer.rmdir(&dir)?; // the root, empty in the volume
     }
@@ -238,25 +290,26 @@ pub fn abort(outer: &Volume, dir: &Path) -> Result<crate::fs::TenantEntry> {
     if list.iter().any(|t| t.id == c.entry.id) {
         outer.put_tenants(&list.into_iter().filter(|t| t.id != c.entry.id).collect::<Vec<_>>())?;
     }
-    if dir_id_at(outer, &source)? == Some(c.source_dir) && matches!(outer.stat(&dir), Err(Error::NotFound(_))) {
+    if !back {
         outer.rename(&source, &dir)?;
     }
     if let Some(place) = Place::open(outer, &c.entry)? {
         let at = place.path().to_path_buf();
-        let _lock = crate::daemon::lock_volume(&at)?;
+        let lock = crate::daemon::lock_volume(&at)?;
         match Volume::read_live_header(&at) {
-            Ok(h) if h.volume_id == c.entry.id && !h.is_shredded() => {
-                Volume::shred_volume(&at, &crate::control::scratch_path(&c.entry.id), None, false, None)?;
-            }
             Ok(h) if h.volume_id != c.entry.id => {
                 return Err(Error::integrity(
                     outer.tenant_dir(&c.entry.id),
                     "holds another volume than the tenant's: left as it is",
                 ))
             }
-            _ => {}
+            Ok(h) if !h.is_shredded() => {
+                Volume::shred_volume(&at, &crate::control::scratch_path(&c.entry.id), None, false, None)?;
+            }
+            Ok(_) | Err(Error::Shredded(_)) => {}
+            Err(e) => return Err(e),
         }
-        drop(_lock);
+        drop(lock);
         place.remove()?;
     }
     outer.flush_pending()?;
@@ -415,7 +468,10 @@ fn copy_dir(
                 }
             }
             kind => {
-                if have.is_none() {
+                if have.as_ref().is_some_and(|h| h.rdev != a.rdev) {
+                    t.unlink(&to)?;
+                }
+                if have.is_none_or(|h| h.rdev != a.rdev) {
                     t.mknod(&to, node_type(kind) | u32::from(a.perm), u64::from(a.rdev))?;
                 }
                 set_attrs(t, &to, &a)?;
