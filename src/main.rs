@@ -627,11 +627,19 @@ fn run(cmd: Command) -> Result<()> {
             let _lock = unmounted(&cipherdir)?;
             let vol = Volume::open(&cipherdir, &pass.source())?;
             let pins = pass.source();
-            let t = envelopefs::tenant::abort_conversion(&vol, &dir, &tenant_pass.with(&pins))?;
-            println!(
-                "The conversion of {} was undone: its files are where they were; the half-made tenant is shredded.",
-                t.label
-            );
+            let done = envelopefs::tenant::abort_conversion(&vol, &dir, &tenant_pass.with(&pins))?;
+            match &done.left {
+                None => println!(
+                    "The conversion of {} was undone: its files are back at its place; the half-made tenant is shredded.",
+                    done.entry.label
+                ),
+                Some(at) => println!(
+                    "The conversion of {} was undone: its files are back at its place. The half-made tenant did not \
+                     open, so its volume was left at {}: nothing lists it any more; remove it once you know what it is.",
+                    done.entry.label,
+                    at.display()
+                ),
+            }
             Ok(())
         }
         Command::Tenant { what: TenantCommand::Add { cipherdir, dir, kms, create_key, pass, tenant_pass, .. } } => {

@@ -377,12 +377,30 @@ fn a_conversion_that_fails_keeps_every_file_and_can_be_undone() {
     let o = m.run(&rotate);
     assert!(!o.status.success() && stderr(&o).contains("finish it first"), "{o:?}");
 
-    // Undone: DIR has its files back, the half-made tenant is gone, and `docs` is free to
-    // become a tenant again.
+    // Undone with a wrong passphrase for the tenant: it does not open, so its volume is left
+    // (unlisted) for the operator, and DIR has its files back.
+    let wrong = m.tmp.path().join("wrong.pass");
+    fs::write(&wrong, "not it\n").unwrap();
+    let wrong_given = format!("/docs={}", wrong.display());
+    let mut abort = add_args(&m, "docs", &wrong_given);
+    abort.push("--abort".as_ref());
+    let o = m.run(&abort);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("its volume was left at"), "{o:?}");
+    assert!(convert_row(&m).is_none());
+    let left: Vec<PathBuf> = fs::read_dir(m.cipher.join("tenants")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    fs::remove_dir_all(&left[0]).unwrap();
+
+    // Again, undone with its passphrase: the half-made tenant is shredded and removed, DIR
+    // has its files back, and `docs` is free to become a tenant again.
+    let o = m.run(&add_args(&m, "docs", &given));
+    assert!(!o.status.success() && stderr(&o).contains("bad.bin"), "{o:?}");
     let mut abort = add_args(&m, "docs", &given);
     abort.push("--abort".as_ref());
     let o = m.run(&abort);
     ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("the half-made tenant is shredded"), "{o:?}");
     assert!(convert_row(&m).is_none());
     let left: Vec<_> = fs::read_dir(m.cipher.join("tenants")).unwrap().collect();
     assert!(left.is_empty(), "the half-made tenant's volume is removed: {left:?}");

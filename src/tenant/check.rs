@@ -31,12 +31,17 @@ pub fn check(outer: &Volume, repair: bool) -> Result<Vec<Finding>> {
         out.push(Finding { what: e.to_string(), repaired: None });
         None
     });
-    // (A tenant's own volume keeps the record of the conversion that made it: not its own.)
+    // (A tenant's own volume marks itself with the record while it is being filled: not a
+    // conversion of its own.)
     let conversion_id = conversion.as_ref().map(|c| c.entry.id);
     if let Some(c) = conversion.filter(|c| c.entry.id != outer.header().volume_id) {
         let still = match c.phase {
             crate::fs::ConversionPhase::Copying => {
-                format!(" (its files are still in {} beside it)", super::source_name(&c.entry.id).to_string_lossy())
+                format!(
+                    " (its files are still beside it, in {} or {})",
+                    super::source_name(&c.entry.id).to_string_lossy(),
+                    super::removing_name(&c.entry.id).to_string_lossy()
+                )
             }
             crate::fs::ConversionPhase::Removing => String::new(),
         };

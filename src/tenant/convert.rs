@@ -90,24 +90,25 @@ pub(super) fn begin(
     let made = NewVolume::make(outer, dir, uri, create_key, secrets)?;
     let entry = made.place(outer, dir)?;
     let c = Conversion { entry: entry.clone(), source_dir, phase: ConversionPhase::Copying };
-    if let Err(e) = outer.put_tenant_conversion(Some(&c)) {
-        made.remove(outer, &entry);
-        return Err(e);
-    }
-    // Opened before DIR moves: a wrong passphrase, or a root that cannot unwrap what it
-    // wrapped, stops here with nothing left behind (killed here, a rerun opens it again).
-    let opened = match super::open(outer, &entry, secrets) {
+    // Opened before anything of the volume changes (a wrong passphrase, or a root that
+    // cannot unwrap what it wrapped, stops here with nothing left behind), and marked, in
+    // its own store, as being filled: nothing is ever copied into a tenant without that
+    // mark, and only this step sets it (a mark missing later means "done", or deleted: both
+    // read safe). Killed before the record below, the volume is left unlisted beside, and
+    // `fsck` names it.
+    let marked = super::open(outer, &entry, secrets).and_then(|t| t.vol.put_tenant_conversion(Some(&c)).map(|()| t));
+    let opened = match marked {
         Ok(t) => t,
         Err(e) => {
-            if outer.put_tenant_conversion(None).is_ok() {
-                made.remove(outer, &entry);
-            }
+            made.remove(outer, &entry);
             return Err(e);
         }
     };
-    // The tenant's own mark that it is being filled: nothing is ever copied into a tenant
-    // without it (a deleted mark fails safe).
-    opened.vol.put_tenant_conversion(Some(&c))?;
+    if let Err(e) = outer.put_tenant_conversion(Some(&c)) {
+        drop(opened);
+        made.remove(outer, &entry);
+        return Err(e);
+    }
     finish(outer, dir, c, secrets, Some(opened), false)
 }
 
@@ -166,12 +167,7 @@ fn finish(
     };
     if !outer.tenants()?.iter().any(|t| t.id == c.entry.id) {
         match dir_id_at(outer, dir)? {
-            Some(id) if id == c.source_dir => {
-                if c.phase == ConversionPhase::Copying && !filling(&t)? {
-                    t.vol.put_tenant_conversion(Some(&c))?; // (a run killed before it marked it)
-                }
-                outer.rename(dir, &source)?;
-            }
+            Some(id) if id == c.source_dir => outer.rename(dir, &source)?,
             Some(_) => return Err(taken(dir)),
             None if outer.stat(dir).is_ok() => return Err(taken(dir)),
             None if c.phase == ConversionPhase::Copying && dir_id_at(outer, &source)? != Some(c.source_dir) => {
@@ -243,7 +239,7 @@ fn finish(
 /// the module doc for the order); returns the tenant that was being made. Only while there
 /// is something to give back (the source, at DIR or beside it) and the tenant, if it opens,
 /// is still being filled: a tenant whose copy was done holds the files.
-pub fn abort(outer: &Volume, dir: &Path, secrets: &TenantSecrets) -> Result<crate::fs::TenantEntry> {
+pub fn abort(outer: &Volume, dir: &Path, secrets: &TenantSecrets) -> Result<Aborted> {
     let dir = volume_path(dir)?;
     let c = outer.tenant_conversion()?.ok_or_else(|| {
         Error::InvalidArgument(format!("/{}: no conversion into a tenant is under way", dir.display()))
@@ -270,16 +266,31 @@ pub fn abort(outer: &Volume, dir: &Path, secrets: &TenantSecrets) -> Result<crat
     if !back && !free {
         return refuse("something else is at its place now: move it away first");
     }
-    match super::open(outer, &c.entry, secrets) {
-        Ok(t) if t.vol.tenant_conversion()?.is_none_or(|m| m.entry.id != c.entry.id) => {
-            return refuse(
-                "the tenant's own record says its copy was done, so it holds the files (the volume's record was put \
-                 back from before?): run `envelopefs fsck`",
-            );
+    // The tenant's volume: shredded only if it opens and is still marked as being filled;
+    // one that does not open (a forgotten passphrase, a root that refuses, or tampering)
+    // is left where it is, for the operator; one already shredded goes.
+    let place = Place::open(outer, &c.entry)?;
+    let shredded = match place.as_ref().map(|p| Volume::read_live_header(p.path())) {
+        Some(Ok(h)) if h.volume_id != c.entry.id => {
+            return refuse("its volume under tenants/ holds another volume than the tenant's: see `envelopefs fsck`")
         }
-        Ok(_) => {}
-        Err(e) => {
-            tracing::warn!(tenant = %hex(&c.entry.id), "the half-made tenant does not open ({e}): undone unchecked")
+        Some(Ok(h)) => h.is_shredded(),
+        Some(Err(Error::Shredded(_))) => true,
+        Some(Err(_)) | None => false,
+    };
+    let mut shred_it = false;
+    if place.is_some() && !shredded {
+        match super::open(outer, &c.entry, secrets) {
+            Ok(t) if t.vol.tenant_conversion()?.is_none_or(|m| m.entry.id != c.entry.id) => {
+                return refuse(
+                    "the tenant's own record says its copy was done, so it holds the files (the volume's record was \
+                     put back from before?): run `envelopefs fsck`",
+                );
+            }
+            Ok(_) => shred_it = true,
+            Err(e) => {
+                tracing::warn!(tenant = %hex(&c.entry.id), "the half-made tenant does not open ({e}): its volume is left as it is")
+            }
         }
     }
     recover(outer, "the volume")?;
@@ -293,28 +304,31 @@ pub fn abort(outer: &Volume, dir: &Path, secrets: &TenantSecrets) -> Result<crat
     if !back {
         outer.rename(&source, &dir)?;
     }
-    if let Some(place) = Place::open(outer, &c.entry)? {
-        let at = place.path().to_path_buf();
-        let lock = crate::daemon::lock_volume(&at)?;
-        match Volume::read_live_header(&at) {
-            Ok(h) if h.volume_id != c.entry.id => {
-                return Err(Error::integrity(
-                    outer.tenant_dir(&c.entry.id),
-                    "holds another volume than the tenant's: left as it is",
-                ))
-            }
-            Ok(h) if !h.is_shredded() => {
-                Volume::shred_volume(&at, &crate::control::scratch_path(&c.entry.id), None, false, None)?;
-            }
-            Ok(_) | Err(Error::Shredded(_)) => {}
-            Err(e) => return Err(e),
+    let mut left = None;
+    if let Some(place) = place {
+        if shred_it {
+            let at = place.path().to_path_buf();
+            let _lock = crate::daemon::lock_volume(&at)?;
+            Volume::shred_volume(&at, &crate::control::scratch_path(&c.entry.id), None, false, None)?;
         }
-        drop(lock);
-        place.remove()?;
+        if shred_it || shredded {
+            place.remove()?;
+        } else {
+            left = Some(outer.tenant_dir(&c.entry.id));
+        }
     }
     outer.flush_pending()?;
     outer.put_tenant_conversion(None)?;
-    Ok(c.entry)
+    Ok(Aborted { entry: c.entry, left })
+}
+
+/// What `tenant add --abort` did.
+#[derive(Debug)]
+pub struct Aborted {
+    pub entry: crate::fs::TenantEntry,
+    /// The half-made tenant's volume, left where it is because it did not open: nothing
+    /// lists it any more; remove it once you know what it is.
+    pub left: Option<PathBuf>,
 }
 
 /// Recovers what an unclean end left in `v` and marks it in use until it is closed.

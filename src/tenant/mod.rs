@@ -18,7 +18,7 @@ use nix::fcntl::Flock;
 
 pub use admin::{add, change_passphrase, rotate_root, shred, Added, TenantShred};
 pub use check::{check, Finding};
-pub use convert::{abort as abort_conversion, removing_name, source_name, Converted};
+pub use convert::{abort as abort_conversion, removing_name, source_name, Aborted, Converted};
 pub use place::Place;
 pub use secrets::{OneTenant, TenantPassfile, TenantSecrets};
 
@@ -119,9 +119,10 @@ pub fn open_all(outer: &Volume, secrets: &TenantSecrets, read_only: bool) -> Res
         let converting = converting.as_ref().ok().and_then(Option::as_ref);
         if let Some(c) = converting.filter(|c| c.entry.id == entry.id) {
             let why = format!(
-                "being made a tenant (cut short): its files are still in {} beside it until \
+                "being made a tenant (cut short): its files are still beside it, in {} (or {}), until \
                  `envelopefs tenant add CIPHERDIR {}` finishes",
                 source_name(&c.entry.id).to_string_lossy(),
+                removing_name(&c.entry.id).to_string_lossy(),
                 entry.label
             );
             tracing::warn!(tenant = %hex(&entry.id), label = %entry.label, "{why}");
