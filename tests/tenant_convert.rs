@@ -194,7 +194,7 @@ fn a_conversion_killed_at_any_point_leaves_every_file_readable_and_finishes_when
     fs::write(&tpass, "data's own\n").unwrap();
     let given = format!("/data={}", tpass.display());
     let mut expect = BTreeMap::new();
-    for i in 0..900u64 {
+    for i in 0..1500u64 {
         let name = format!("d{}/f{i}", i % 8);
         fs::create_dir_all(m.p("data").join(format!("d{}", i % 8))).unwrap();
         let body = pattern(i, 1000 + (i as usize * 397) % 30_000);
@@ -267,7 +267,7 @@ fn a_conversion_killed_at_any_point_leaves_every_file_readable_and_finishes_when
             ]);
             assert!(!o.status.success() && stderr(&o).contains("finish it first"), "{o:?}");
         }
-        delay += Duration::from_millis(60);
+        delay += Duration::from_millis(40);
         assert!(kills < 40, "the conversion never finished");
     };
     // A run killed after it had finished leaves nothing to do: the rerun says so.

@@ -18,9 +18,9 @@
 //!    the record says *copying* (it is "closed": being converted);
 //! 6. every entry of the source is copied into the tenant: files (their holes kept),
 //!    directories, symlinks, nodes, hard links (within DIR), extended attributes, owners,
-//!    modes and times; a file's times are set last, after its data is synced, so a rerun
-//!    skips a file whose size, mtime and ctime say it is copied and copies again what
-//!    differs, and removes from the tenant what the source no longer has;
+//!    modes and times; a file's times are set last, after its data is synced (one syncfs per
+//!    directory), so a rerun skips a file whose size, mtime and ctime say it is copied and
+//!    copies again what differs, and removes from the tenant what the source no longer has;
 //! 7. the source is renamed `.envelopefs-removing-<tenant id>` (nothing written to it from
 //!    then on is copied), the tenant's own mark that it is being filled (sealed under its
 //!    KEK, set when it was made) is cleared, and the record moves to phase *removing*: from
@@ -408,6 +408,9 @@ fn copy_dir(
 ) -> Result<()> {
     let entries = outer.readdir(src)?;
     let names: HashSet<&OsString> = entries.iter().map(|e| &e.name).collect();
+    // Files of this directory copied, whose times (the mark that a copy is whole) wait for
+    // their data to reach the disk: one syncfs for them all, not an fsync each.
+    let mut written: Vec<(PathBuf, Attr)> = Vec::new();
     for old in t.readdir(dst)? {
         if !names.contains(&old.name) {
             remove_any(t, &dst.join(&old.name))?;
@@ -465,7 +468,7 @@ fn copy_dir(
                 }
                 report.bytes += copy_file(outer, &from, t, &to, a.size)?;
                 copy_xattrs(outer, &from, t, &to)?;
-                set_attrs(t, &to, &a)?;
+                written.push((to, a));
                 report.files += 1;
             }
             EntryKind::Symlink => {
@@ -493,11 +496,18 @@ fn copy_dir(
             }
         }
     }
+    if !written.is_empty() {
+        t.flush_pending()?;
+        t.sync_data_fs().map_err(|e| Error::io(dst, "sync", e))?;
+        for (to, a) in &written {
+            set_attrs(t, to, a)?;
+        }
+    }
     Ok(())
 }
 
-/// Copies the data of file `from` (`size` bytes) into the new file `to`, holes kept as holes,
-/// and syncs it; returns the bytes copied.
+/// Copies the data of file `from` (`size` bytes) into the new file `to`, holes kept as holes
+/// (not synced: the caller syncs many at once); returns the bytes copied.
 fn copy_file(outer: &Volume, from: &Path, t: &Volume, to: &Path, size: u64) -> Result<u64> {
     let src = outer.open_file(from, false)?;
     let dst = t.create(to, 0o600)?;
@@ -526,8 +536,7 @@ fn copy_file(outer: &Volume, from: &Path, t: &Volume, to: &Path, size: u64) -> R
         at = end.max(start + 1);
     }
     dst.set_len(size)?;
-    dst.sync()?;
-    dst.close()?;
+    dst.close_deferred()?; // committed with the others of its directory
     Ok(copied)
 }
 
