@@ -75,6 +75,8 @@ fn raise_readahead(mountpoint: &Path) {
 /// A mounted session, ready to serve; `unmounter` ends it from another thread.
 pub struct Mounted {
     session: fuser::Session<Adapter>,
+    /// The mount made by this process itself (as root), which it unmounts.
+    direct: Option<std::sync::Arc<crate::mount_sys::Mounted>>,
 }
 
 impl Mounted {
@@ -96,15 +98,27 @@ impl Mounted {
         }
         config.n_threads = Some(cfg.threads.max(1));
         config.clone_fd = true;
-        let session = fuser::Session::new(Adapter { fs }, mountpoint, &config)?;
+        // As root the daemon mounts itself, so the mount's type is `fuse.envelopefs`; others
+        // go through fusermount3, which gives the same type from the subtype option.
+        let (session, direct) = if nix::unistd::geteuid().is_root() {
+            let fd = crate::mount_sys::mount(mountpoint, &cfg.fsname, cfg.read_only, cfg.allow_other)?;
+            let direct = std::sync::Arc::new(crate::mount_sys::Mounted::new(mountpoint));
+            (fuser::Session::from_fd(Adapter { fs }, fd, config.acl, config.clone())?, Some(direct))
+        } else {
+            (fuser::Session::new(Adapter { fs }, mountpoint, &config)?, None)
+        };
         raise_readahead(mountpoint);
-        Ok(Mounted { session })
+        Ok(Mounted { session, direct })
     }
 
     /// A handle that unmounts the file system (from a signal thread).
     pub fn unmounter(&mut self) -> impl FnMut() -> std::io::Result<()> + Send + 'static {
         let mut u = self.session.unmount_callable();
-        move || u.unmount()
+        let direct = self.direct.clone();
+        move || match &direct {
+            Some(m) => m.unmount(),
+            None => u.unmount(),
+        }
     }
 
     /// A handle that drops what the kernel caches of this mount's files (from another
@@ -115,7 +129,12 @@ impl Mounted {
 
     /// Serves requests until the file system is unmounted.
     pub fn run(self) -> std::io::Result<()> {
-        self.session.run()
+        let Mounted { session, direct } = self;
+        let served = session.run();
+        if let Some(m) = direct {
+            m.detach_if_still_there(); // serving failed: no dead mount is left behind
+        }
+        served
     }
 }
 

@@ -23,6 +23,7 @@ pub mod fuse;
 pub mod keys;
 pub mod kms;
 pub mod logging;
+pub mod mount_sys;
 pub mod revocation;
 pub mod secret;
 pub mod store;

@@ -101,7 +101,8 @@ enum Command {
         #[arg(long)]
         read_only: bool,
         /// Mount options, comma-separated: ro, rw, allow_other, passfile=FILE,
-        /// recheck_root=DURATION, offline_grace=DURATION (the generic fstab options defaults,
+        /// recheck_root=DURATION, offline_grace=DURATION, idle=DURATION,
+        /// tenant_passfile=DIR=FILE (the generic fstab options defaults,
         /// auto, noauto, user, nouser, _netdev, nofail, x-* are accepted and ignored).
         #[arg(short = 'o', value_name = "OPTS")]
         options: Vec<String>,
@@ -135,6 +136,11 @@ enum Command {
         /// as for a revoked root.
         #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
         offline_grace: std::time::Duration,
+        /// Unmount by itself after DURATION without any request while no file is open (as
+        /// gocryptfs -idle): crypto-shredding's "unmount when done" without anyone
+        /// remembering to. Scratch is destroyed as at umount. Units: ms, s, m, h, d.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        idle: Option<std::time::Duration>,
         #[command(flatten)]
         pass: PassArgs,
         #[command(flatten)]
@@ -483,6 +489,7 @@ fn run(cmd: Command) -> Result<()> {
             accept_rollback,
             recheck_root,
             offline_grace,
+            idle,
             pass,
             tenant_pass,
             daemon_child,
@@ -504,6 +511,7 @@ fn run(cmd: Command) -> Result<()> {
                 scratch,
                 recheck,
                 tenant_passfiles: tenant_pass.tenant_passfile,
+                idle: idle.filter(|d| !d.is_zero()),
             };
             parse_mount_options(&options, &mut req, &mut pass)?;
             mount(req, foreground, daemon_child, pass)
@@ -1123,6 +1131,7 @@ fn parse_mount_options(options: &[String], req: &mut MountRequest, pass: &mut Pa
             None if opt == "allow_other" => req.allow_other = true,
             Some(("passfile", f)) => pass.passfile = Some(PathBuf::from(f)),
             Some(("tenant_passfile", f)) => req.tenant_passfiles.push(f.parse()?),
+            Some(("idle", d)) => req.idle = Some(envelopefs::revocation::parse_duration(d)?).filter(|d| !d.is_zero()),
             Some(("recheck_root", d)) => {
                 let d = envelopefs::revocation::parse_duration(d)?;
                 req.recheck = envelopefs::revocation::Policy::new(d, req.recheck.grace)?;
@@ -1186,6 +1195,9 @@ fn mount(req: MountRequest, foreground: bool, daemon_child: bool, pass: PassArgs
     }
     for dir in &req.scratch {
         args.extend(["--scratch".into(), dir.clone().into()]);
+    }
+    if let Some(idle) = req.idle {
+        args.extend(["--idle".into(), format!("{}ms", idle.as_millis()).into()]);
     }
     for p in &req.tenant_passfiles {
         args.extend(["--tenant-passfile".into(), format!("/{}={}", p.dir.display(), p.file.display()).into()]);

@@ -45,6 +45,8 @@ pub struct MountRequest {
     pub recheck: crate::revocation::Policy,
     /// Passphrases of tenants whose root is an embedded keystore of their own.
     pub tenant_passfiles: Vec<crate::tenant::TenantPassfile>,
+    /// `--idle`: unmount after this long without a request while no file is open.
+    pub idle: Option<Duration>,
 }
 
 /// Checks what can be checked before asking for a passphrase; returns the request with
@@ -162,6 +164,9 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
         monitor,
         served.clone(),
     );
+    if let Some(idle) = req.idle {
+        watch_idle(idle, fs.clone(), mounted.unmounter())?;
+    }
     let mut unmount = mounted.unmounter();
     // Not the volume itself: its last holder commits it at the end, which must be `serve`.
     let dark = vol.dark_reason();
@@ -285,6 +290,35 @@ fn close(vol: Arc<Volume>) -> bool {
 /// scratch (`Volume::go_dark`), the kernel's caches are dropped once more, and the mount is
 /// detached (`fusermount3 -u -z`: it goes once nothing holds it open, every request
 /// meanwhile failing with EKEYREVOKED; the session's own unmounter would refuse a busy mount).
+/// `mount --idle`: unmounts once no request came for `idle` and no file is open, as
+/// `umount` would (refused while a process works inside it: tried again later); the
+/// daemon then ends as after any unmount (scratch destroyed, everything committed).
+fn watch_idle(
+    idle: Duration,
+    fs: Arc<InodeFs>,
+    mut unmount: impl FnMut() -> std::io::Result<()> + Send + 'static,
+) -> Result<()> {
+    tracing::info!("unmounting after {} without a request (--idle)", crate::revocation::show_duration(idle));
+    let every = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    std::thread::Builder::new()
+        .name("idle".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            if fs.idle_for().is_some_and(|quiet| quiet >= idle) {
+                match unmount() {
+                    Ok(()) => {
+                        tracing::info!(target: "envelopefs::audit", event = "idle-unmount",
+                            "no request for {}: unmounted", crate::revocation::show_duration(idle));
+                        return;
+                    }
+                    Err(e) => tracing::info!("idle, but the unmount was refused ({e}); trying again later"),
+                }
+            }
+        })
+        .map_err(|e| Error::io("", "spawn idle thread", e))?;
+    Ok(())
+}
+
 fn watch_root(
     req: &MountRequest,
     header: &VolumeHeader,

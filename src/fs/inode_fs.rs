@@ -88,6 +88,9 @@ pub struct InodeFs {
     next_fh: AtomicU64,
     read_only: bool,
     chown_new: bool,
+    /// When the last request came, in milliseconds since `started` (for `mount --idle`).
+    last_request: AtomicU64,
+    started: std::time::Instant,
 }
 
 impl std::fmt::Debug for InodeFs {
@@ -99,7 +102,19 @@ impl std::fmt::Debug for InodeFs {
 impl InodeFs {
     /// Held by every request while it runs (see [`Volume::op`]).
     pub fn op(&self) -> Result<std::sync::RwLockReadGuard<'_, ()>> {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_request.store(now, Ordering::Relaxed);
         self.vol.op()
+    }
+
+    /// How long no request has come, if no file is open (`mount --idle`): an open file
+    /// keeps the mount busy however long it sits.
+    pub fn idle_for(&self) -> Option<std::time::Duration> {
+        if !self.handles.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            return None;
+        }
+        let last = std::time::Duration::from_millis(self.last_request.load(Ordering::Relaxed));
+        Some(self.started.elapsed().saturating_sub(last))
     }
 
     /// `chown_new`: give new entries the caller's uid/gid (when the daemon runs as root).
@@ -122,6 +137,8 @@ impl InodeFs {
             next_fh: AtomicU64::new(1),
             read_only,
             chown_new,
+            last_request: AtomicU64::new(0),
+            started: std::time::Instant::now(),
         })
     }
 
