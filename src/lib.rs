@@ -26,6 +26,7 @@ pub mod logging;
 pub mod mount_sys;
 pub mod revocation;
 pub mod secret;
+pub mod status_view;
 pub mod store;
 pub mod sys;
 pub mod tenant;

@@ -1226,30 +1226,7 @@ fn status(target: &Path, json: bool) -> Result<()> {
         println!("{v:#}");
         return Ok(());
     }
-    let Some(obj) = v.as_object() else { return Ok(()) };
-    for (k, val) in obj {
-        if k == "tenants" {
-            for t in val.as_array().into_iter().flatten() {
-                let s = |f: &str| t[f].as_str().unwrap_or("").to_string();
-                println!(
-                    "{:<16} {} {} (id {}, root {}{})",
-                    "tenant:",
-                    s("label"),
-                    s("state"),
-                    s("id"),
-                    s("root"),
-                    t["reason"].as_str().map(|r| format!("; {r}")).unwrap_or_default()
-                );
-            }
-            continue;
-        }
-        let shown = match val {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Object(_) => val.to_string(),
-            other => other.to_string(),
-        };
-        println!("{:<16} {shown}", format!("{}:", k.replace('_', " ")));
-    }
+    print!("{}", envelopefs::status_view::render(&v));
     Ok(())
 }
 

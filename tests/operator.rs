@@ -1,6 +1,7 @@
 //! What an operator sees of a mount (issue 20): its type is `fuse.envelopefs` in
-//! `/proc/mounts` (so `findmnt -t` and `umount -t` find it), and `mount --idle` unmounts a
-//! mount nobody uses, destroying its scratch as `umount` does, while an open file keeps it.
+//! `/proc/mounts` (so `findmnt -t` and `umount -t` find it), `status` reads as aligned text,
+//! and `mount --idle` unmounts a mount nobody uses, destroying its scratch as `umount` does,
+//! while an open file keeps it.
 
 mod common;
 
@@ -34,6 +35,19 @@ fn the_mount_type_is_fuse_envelopefs() {
         .output()
         .unwrap();
     assert!(o.status.success(), "findmnt -t fuse.envelopefs does not find it: {o:?}");
+
+    // `status` for people: aligned text, ages and rates in human units, no JSON.
+    fs::write(m.p("f"), b"x").unwrap();
+    fs::read(m.p("f")).unwrap();
+    let o = m.run(&["status".as_ref(), m.mnt.as_os_str()]);
+    ok(&o);
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(!text.contains('{') && !text.contains('"'), "{text}");
+    for want in
+        ["state      mounted on ", " s (daemon ", "hit rate ", " % (", "data       aes-256-gcm-siv, 1 MiB extents"]
+    {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
 }
 
 #[test]
