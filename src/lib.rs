@@ -24,6 +24,7 @@ pub mod keys;
 pub mod kms;
 pub mod logging;
 pub mod mount_sys;
+pub mod packaging;
 pub mod revocation;
 pub mod secret;
 pub mod status_view;

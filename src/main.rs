@@ -261,6 +261,26 @@ enum Command {
         #[command(flatten)]
         pass: PassArgs,
     },
+    /// Link mount(8)'s helpers (DIR/mount.fuse.envelopefs and DIR/mount.envelopefs) to this
+    /// binary, so that `mount -t fuse.envelopefs` and fstab lines of that type work.
+    InstallHelper {
+        /// Where the links go.
+        #[arg(long, value_name = "DIR", default_value = "/sbin")]
+        sbin: PathBuf,
+        /// What they point to (default: this binary).
+        #[arg(long, value_name = "PATH")]
+        target: Option<PathBuf>,
+    },
+    /// Write man pages and shell completions (packaging: scripts/build-deb.sh).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Directory for the man pages (section 1).
+        #[arg(long, value_name = "DIR")]
+        man: Option<PathBuf>,
+        /// Directory for the bash, zsh and fish completions.
+        #[arg(long, value_name = "DIR")]
+        completions: Option<PathBuf>,
+    },
     /// Show a volume's state (no passphrase needed): header, counts and, when mounted, the
     /// daemon's KMS calls, DEK cache and open files.
     Status {
@@ -423,7 +443,14 @@ fn setup(cli: &Cli) -> Result<()> {
 fn run(cmd: Command) -> Result<()> {
     // Commands that unwrap keys keep them out of swap and core dumps too (the mount daemon
     // does this itself, loudly).
-    if !matches!(cmd, Command::Status { .. } | Command::Umount { .. } | Command::Mount { .. }) {
+    if !matches!(
+        cmd,
+        Command::Status { .. }
+            | Command::Umount { .. }
+            | Command::Mount { .. }
+            | Command::InstallHelper { .. }
+            | Command::GenerateDocs { .. }
+    ) {
         let _ = envelopefs::sys::harden_process();
         envelopefs::sys::lock_memory(false);
     }
@@ -475,6 +502,34 @@ fn run(cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Status { cipherdir, json } => status(&cipherdir, json),
+        Command::InstallHelper { sbin, target } => {
+            let target = match target {
+                Some(t) => t,
+                None => std::env::current_exe()
+                    .and_then(|p| p.canonicalize())
+                    .map_err(|e| Error::io("", "find own executable", e))?,
+            };
+            let made = envelopefs::packaging::install_helper(&sbin, &target)?;
+            for link in &made {
+                println!("{} -> {}", link.display(), target.display());
+            }
+            if made.is_empty() {
+                println!("The helpers in {} already point to {}.", sbin.display(), target.display());
+            }
+            Ok(())
+        }
+        Command::GenerateDocs { man, completions } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            for path in man.map(|d| envelopefs::packaging::write_man_pages(&cmd, &d)).transpose()?.into_iter().flatten()
+            {
+                println!("{}", path.display());
+            }
+            let written = completions.map(|d| envelopefs::packaging::write_completions(&cmd, &d)).transpose()?;
+            for path in written.into_iter().flatten() {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
         Command::Fsck { cipherdir, repair, pass, tenant_pass } => fsck(&cipherdir, repair, &pass, &tenant_pass),
         Command::Upgrade { cipherdir, pass } => upgrade(&cipherdir, &pass),
         Command::Mount {
