@@ -50,7 +50,7 @@ fn the_debian_package_puts_everything_where_it_belongs_and_runs() {
     for helper in ["mount.fuse.envelopefs", "mount.envelopefs"] {
         assert_eq!(std::fs::read_link(root.join("usr/sbin").join(helper)).unwrap(), Path::new("/usr/bin/envelopefs"));
     }
-    let version = run(&mut Command::new(root.join("usr/bin/envelopefs")).arg("--version"));
+    let version = run(Command::new(root.join("usr/bin/envelopefs")).arg("--version"));
     assert_eq!(version.trim(), format!("envelopefs {}", env!("CARGO_PKG_VERSION")));
     let page = run(Command::new("zcat").arg(root.join("usr/share/man/man1/envelopefs-mount.1.gz")));
     let title = format!(".TH envelopefs-mount 1  \"envelopefs-mount {}\"", env!("CARGO_PKG_VERSION"));
