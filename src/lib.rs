@@ -25,6 +25,7 @@ pub mod kms;
 pub mod logging;
 pub mod mount_sys;
 pub mod packaging;
+pub mod progress;
 pub mod revocation;
 pub mod secret;
 pub mod status_view;

@@ -10,6 +10,7 @@ use envelopefs::daemon::MountRequest;
 use envelopefs::format::{hex, CipherKind, KdfParams};
 use envelopefs::fs::{InitOptions, RotationStep, Volume};
 use envelopefs::kms::{self, LocalKeystore};
+use envelopefs::progress::Progress;
 use envelopefs::secret::PassSource;
 use envelopefs::tenant::{TenantPassfile, TenantSecrets};
 use envelopefs::{Error, Result};
@@ -37,6 +38,13 @@ struct Cli {
     /// Append an audit record (JSON line) of every KMS call to FILE.
     #[arg(long, global = true, value_name = "FILE", env = "ENVELOPEFS_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
+    /// No progress display (long commands show one on a terminal by default).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Progress of long commands as JSON lines on stderr (op, stage, done, total,
+    /// per_second, seconds_left, finished), for scripts.
+    #[arg(long, global = true, conflicts_with = "quiet")]
+    progress_json: bool,
 }
 
 #[derive(Subcommand)]
@@ -419,6 +427,7 @@ fn setup(cli: &Cli) -> Result<()> {
         return Err(Error::InvalidArgument("--kms-timeout must be a positive number of seconds".into()));
     }
     kms::set_timeout(std::time::Duration::from_secs_f64(cli.kms_timeout));
+    envelopefs::progress::configure(cli.quiet, cli.progress_json);
     if !cli.trust_root.is_empty() {
         // Through the environment, so a mount's daemon trusts the same roots.
         let mut roots = std::env::var(kms::ROOTS_ENV).unwrap_or_default();
@@ -892,6 +901,13 @@ fn tenant_add(
     pass: &PassArgs,
     tenant_pass: &TenantPassArgs,
 ) -> Result<()> {
+    // Before any thread starts (the volume's own among them), so the signals wait for the
+    // thread that says how to resume.
+    envelopefs::progress::resumable_on_interrupt(&format!(
+        "run `envelopefs tenant add {} {}` again to finish (or add --abort to undo it)",
+        cipherdir.display(),
+        dir.display()
+    ));
     let _lock = unmounted(cipherdir)?;
     let vol = Volume::open(cipherdir, &pass.source())?;
     let added = envelopefs::tenant::add(&vol, dir, uri, create_key, &tenant_pass.with(&pass.source()))?;
@@ -1099,7 +1115,6 @@ fn unlink_beneath(mountpoint: &Path, rel: &Path) -> std::io::Result<()> {
 }
 
 fn rotate_kek(cipherdir: &Path, pass: PassArgs) -> Result<()> {
-    use std::io::IsTerminal;
     // A mounted volume rotates inside its daemon (which holds the keys), while in use.
     let header = Volume::read_live_header(cipherdir)?;
     if let Some(v) =
@@ -1115,6 +1130,11 @@ fn rotate_kek(cipherdir: &Path, pass: PassArgs) -> Result<()> {
             v["left"].as_array().into_iter().flatten().filter_map(|l| l.as_str().map(String::from)).collect();
         return rotation_left(cipherdir, &left);
     }
+    // Before any thread starts (the volume's own among them).
+    envelopefs::progress::resumable_on_interrupt(&format!(
+        "a rotation cut short is finished by running `envelopefs rotate {} --kek` again",
+        cipherdir.display()
+    ));
     let _lock = envelopefs::daemon::lock_volume(cipherdir)?;
     let header = Volume::read_live_header(cipherdir)?;
     let kms = kms::open(&header.kms_uri, cipherdir, &pass.source())?;
@@ -1128,23 +1148,19 @@ fn rotate_kek(cipherdir: &Path, pass: PassArgs) -> Result<()> {
         );
         return rotation_left(cipherdir, &vol.rotation_left());
     }
-    let tty = std::io::stderr().is_terminal();
+    let mut progress = Progress::new("rotate-kek");
     let mut last = None;
     let new = vol.rotate_kek(&kms, &mut |step, done, total| {
-        if tty {
-            if last.is_some_and(|s| s != step) {
-                eprintln!();
-            }
+        if last != Some(step) {
             last = Some(step);
             match step {
-                RotationStep::Deks => eprint!("\rre-wrapped {done}/{total} DEKs"),
-                RotationStep::Names => eprint!("\rmoved {done} names to the new name key"),
+                RotationStep::Deks => progress.stage("re-wrapping DEKs", Some(total)),
+                RotationStep::Names => progress.stage("moving names to the new name key", None),
             }
         }
+        progress.set(done);
     })?;
-    if tty && last.is_some() {
-        eprintln!();
-    }
+    progress.finish();
     println!("KEK and name key rotated: {old} -> {} (no data rewritten).", hex(&new.kek_id));
     rotation_left(cipherdir, &vol.rotation_left())
 }
@@ -1286,19 +1302,16 @@ fn status(target: &Path, json: bool) -> Result<()> {
 }
 
 fn upgrade(cipherdir: &Path, pass: &PassArgs) -> Result<()> {
+    envelopefs::progress::resumable_on_interrupt(&format!(
+        "every file converted so far stays converted; run `envelopefs upgrade {}` again to finish",
+        cipherdir.display()
+    ));
     let _lock = envelopefs::daemon::lock_volume(cipherdir)?;
     let vol = Volume::open(cipherdir, &pass.source())?;
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut n = 0u64;
-    let report = vol.upgrade_to_pages(&mut |path| {
-        n += 1;
-        if tty {
-            eprint!("\rconverted {n} files (last: {})\x1b[K", path.display());
-        }
-    })?;
-    if tty && n > 0 {
-        eprintln!();
-    }
+    let mut progress = Progress::new("upgrade");
+    progress.stage("converting files to format 2", None);
+    let report = vol.upgrade_to_pages(&mut |_| progress.inc())?;
+    progress.finish();
     println!(
         "{}: format 2; {} files converted now, {} already converted.",
         cipherdir.display(),
@@ -1324,7 +1337,7 @@ fn upgrade(cipherdir: &Path, pass: &PassArgs) -> Result<()> {
 fn fsck(cipherdir: &Path, repair: bool, pass: &PassArgs, tenant_pass: &TenantPassArgs) -> Result<()> {
     let _lock = envelopefs::daemon::lock_volume(cipherdir)?;
     let vol = Volume::open(cipherdir, &pass.source())?;
-    let mut left = print_fsck(cipherdir, "", &vol.fsck(repair)?);
+    let mut left = print_fsck(cipherdir, "", &checked(&vol, repair, "checking files")?);
     for f in envelopefs::tenant::check(&vol, repair)? {
         println!("{}", f.what);
         match f.repaired {
@@ -1340,7 +1353,9 @@ fn fsck(cipherdir: &Path, repair: bool, pass: &PassArgs, tenant_pass: &TenantPas
     // Each tenant is a volume of its own, checked with its own keys.
     let pins = pass.source();
     for entry in vol.tenants()? {
-        let checked = envelopefs::tenant::open(&vol, &entry, &tenant_pass.with(&pins)).and_then(|t| t.vol.fsck(repair));
+        let what = format!("checking tenant {}", entry.label);
+        let checked = envelopefs::tenant::open(&vol, &entry, &tenant_pass.with(&pins))
+            .and_then(|t| checked(&t.vol, repair, &what));
         match checked {
             Ok(report) => left += print_fsck(cipherdir, &format!("tenant {}: ", entry.label), &report),
             Err(e) => {
@@ -1353,6 +1368,27 @@ fn fsck(cipherdir: &Path, repair: bool, pass: &PassArgs, tenant_pass: &TenantPas
         0 => Ok(()),
         count => Err(Error::Unrepaired { path: cipherdir.to_path_buf(), count }),
     }
+}
+
+/// `fsck` of `vol` with its progress (files checked of those the store records).
+fn checked(vol: &Volume, repair: bool, what: &str) -> Result<envelopefs::fs::FsckReport> {
+    let total = vol.live_stats().ok().map(|s| s.files);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut progress = Progress::new("fsck");
+            progress.stage(what, total);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                progress.set(vol.files_checked());
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            progress.set(vol.files_checked());
+            progress.finish();
+        });
+        let report = vol.fsck(repair);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        report
+    })
 }
 
 /// Prints one volume's fsck report (`what` names a tenant); returns its unrepaired problems.

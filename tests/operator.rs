@@ -1,7 +1,8 @@
 //! What an operator sees of a mount (issue 20): its type is `fuse.envelopefs` in
 //! `/proc/mounts` (so `findmnt -t` and `umount -t` find it), `status` reads as aligned text,
-//! and `mount --idle` unmounts a mount nobody uses, destroying its scratch as `umount` does,
-//! while an open file keeps it.
+//! `mount --idle` unmounts a mount nobody uses, destroying its scratch as `umount` does,
+//! while an open file keeps it, and long commands show their progress on a terminal only (or
+//! as JSON lines when asked), and say how to resume when interrupted.
 
 mod common;
 
@@ -84,4 +85,93 @@ fn an_idle_mount_unmounts_itself_unless_a_file_is_open() {
     assert!(!m.p("tmp/x").exists(), "the scratch was destroyed at the idle unmount");
     ok(&m.run(&["umount".as_ref(), m.mnt.as_os_str()]));
     m.disown();
+}
+
+/// A volume with `files` files of 40 KiB in 4 KiB extents (ten DEKs each), unmounted.
+fn volume_with_files(files: usize) -> MountFixture {
+    let mut m = MountFixture::new(&["--extent-size", "4K"]);
+    fs::create_dir(m.p("d")).unwrap();
+    for i in 0..files {
+        fs::write(m.p(&format!("d/f{i}")), common::pattern(i as u64, 40 * 1024)).unwrap();
+    }
+    m.unmount();
+    m
+}
+
+#[test]
+fn progress_shows_on_a_terminal_only_or_as_json_and_an_interrupt_says_how_to_resume() {
+    let m = volume_with_files(300);
+    let c = m.cipher.to_str().unwrap().to_string();
+    let pass = m.passfile.to_str().unwrap().to_string();
+    let bin = env!("CARGO_BIN_EXE_envelopefs");
+
+    // Not a terminal: nothing on stderr.
+    let o = m.run(&["rotate".as_ref(), c.as_ref(), "--kek".as_ref(), "--passfile".as_ref(), pass.as_ref()]);
+    ok(&o);
+    assert!(o.stderr.is_empty(), "progress without a terminal: {:?}", String::from_utf8_lossy(&o.stderr));
+    // Under a pseudo-terminal (script(1)): a bar with done and to do.
+    let o = std::process::Command::new("script")
+        .args(["-qec", &format!("{bin} rotate {c} --kek --passfile {pass}"), "/dev/null"])
+        .env_remove("ENVELOPEFS_PASSFILE")
+        .output()
+        .unwrap();
+    ok(&o);
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(shown.contains("re-wrapping DEKs") && shown.contains("3,000/3,000"), "{shown}");
+    // --quiet: nothing, even on a terminal.
+    let o = std::process::Command::new("script")
+        .args(["-qec", &format!("{bin} rotate {c} --kek --passfile {pass} --quiet"), "/dev/null"])
+        .output()
+        .unwrap();
+    ok(&o);
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("re-wrapping"), "{o:?}");
+    // --progress-json: one object per line, the last of a stage finished and whole.
+    let o = m.run(&[
+        "rotate".as_ref(),
+        c.as_ref(),
+        "--kek".as_ref(),
+        "--passfile".as_ref(),
+        pass.as_ref(),
+        "--progress-json".as_ref(),
+    ]);
+    ok(&o);
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&o.stderr).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let last_deks = lines.iter().rfind(|v| v["stage"] == "re-wrapping DEKs").expect("a DEK stage");
+    assert_eq!((last_deks["done"].as_u64(), last_deks["total"].as_u64()), (Some(3000), Some(3000)), "{lines:?}");
+    assert_eq!(last_deks["finished"], true);
+    assert!(lines.iter().all(|v| v["op"] == "rotate-kek"));
+
+    // Ctrl-C in the midst of making a directory a tenant: it says how to go on, exit 130,
+    // and going on finishes it.
+    let tpass = m.tmp.path().join("t.pass");
+    fs::write(&tpass, "tenant\n").unwrap();
+    let given = format!("/d={}", tpass.display());
+    let args = ["tenant", "add", &c, "d", "--passfile", &pass, "--tenant-passfile", &given, "--progress-json"];
+    let mut child = std::process::Command::new(bin)
+        .args(args)
+        .env_remove("ENVELOPEFS_PASSFILE")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0, "no progress came");
+        if line.contains("\"copying entries") {
+            break;
+        }
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(rest.contains("interrupted: run `envelopefs tenant add") && rest.contains("--abort"), "{rest}");
+    let o = m.run(&args.iter().map(std::ffi::OsStr::new).collect::<Vec<_>>());
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Finished the conversion cut short of /d"), "{o:?}");
 }

@@ -123,6 +123,12 @@ struct Mode {
 }
 
 impl Volume {
+    /// Files an `fsck` of this volume has checked so far (for its progress, from another
+    /// thread).
+    pub fn files_checked(&self) -> u64 {
+        self.files_checked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Checks the whole volume; `repair` fixes what can be fixed without loss. The volume
     /// must not be in use by anyone else (the caller holds its lock).
     pub fn fsck(&self, repair: bool) -> Result<FsckReport> {
@@ -376,6 +382,7 @@ impl Volume {
         report: &mut FsckReport,
     ) -> Result<()> {
         report.files += 1;
+        self.files_checked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let in_lost_found = path.starts_with(Path::new("/").join(LOST_FOUND));
         let at = self.core.tree.at(backing).map_err(|e| Error::io(path, "open", e))?;
         let file = crate::confine::open_file(at.path(), false).map_err(|e| e.renamed(path))?;

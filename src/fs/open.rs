@@ -267,6 +267,7 @@ impl Volume {
             cipherdir: cipherdir.to_path_buf(),
             header: header.into(),
             mount_marker: Default::default(),
+            files_checked: Default::default(),
             inode_aliases: Default::default(),
             quiet: Default::default(),
             halted: Default::default(),

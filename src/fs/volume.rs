@@ -234,6 +234,8 @@ pub struct Volume {
     pub(super) inode_aliases: Mutex<HashMap<u64, u64>>,
     /// This is a read-write mount's volume: the unclean-shutdown marker is removed at drop.
     pub(super) mount_marker: std::sync::atomic::AtomicBool,
+    /// Files `fsck` has checked (its progress).
+    pub(super) files_checked: std::sync::atomic::AtomicU64,
     /// Held shared by every request through a mount, exclusively while a KEK rotation moves
     /// names (see [`Volume::op`]).
     pub(super) quiet: std::sync::RwLock<()>,

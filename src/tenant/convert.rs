@@ -42,6 +42,7 @@ use super::{volume_path, TenantSecrets};
 use super::{Opened, Place};
 use crate::format::hex;
 use crate::fs::{Attr, Conversion, ConversionPhase, EntryKind, SetTime, Volume, XattrMode};
+use crate::progress::Progress;
 use crate::{Error, Result};
 
 /// Bytes copied per read.
@@ -194,13 +195,16 @@ fn finish(
             // Copied, and moved aside to be removed, by a run cut short before its record.
         } else if at(&source)? && filling(&t)? {
             // What a mount may have changed meanwhile must still fit in a tenant.
-            check_tree(
+            let entries = check_tree(
                 outer,
                 &source,
                 "change that through a mount (it is served there), then run `tenant add` again",
             )?;
             let mut links = HashMap::new();
-            copy_dir(outer, &source, &t.vol, Path::new(""), &mut links, &mut report)?;
+            let mut progress = Progress::new("tenant-add");
+            progress.stage("copying entries under the tenant's keys", Some(entries));
+            copy_dir(outer, &source, &t.vol, Path::new(""), &mut links, (&mut report, &mut progress))?;
+            progress.finish();
             copy_xattrs(outer, &source, outer, dir)?;
             set_attrs(outer, dir, &outer.getattr(&source)?)?;
             t.vol.sync_all()?;
@@ -350,7 +354,7 @@ fn dir_id_at(outer: &Volume, path: &Path) -> Result<Option<[u8; 16]>> {
 
 /// Step 1: `dir` holds no tenant's root and no scratch directory, and none of its files has
 /// a hard link outside it.
-fn check_tree(outer: &Volume, dir: &Path, after: &str) -> Result<()> {
+fn check_tree(outer: &Volume, dir: &Path, after: &str) -> Result<u64> {
     let refuse = |why: String| Err(Error::InvalidArgument(format!("/{}: {why}; {after}", dir.display())));
     for scratch in outer.recorded_scratch()?.dirs {
         if scratch.starts_with(dir) {
@@ -360,10 +364,12 @@ fn check_tree(outer: &Volume, dir: &Path, after: &str) -> Result<()> {
     let list = outer.tenants()?;
     let mut inside: HashMap<u64, (PathBuf, u64, u64)> = HashMap::new(); // ino → (a path, links seen, nlink)
     let mut dirs = HashSet::from([outer.dir_id_of(dir)?]);
+    let mut entries = 0u64;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in outer.readdir(&d)? {
             let p = d.join(&e.name);
+            entries += 1;
             match e.kind {
                 EntryKind::Directory => {
                     if let Some(t) = outer.tenant_root_at(&p, &list, None)? {
@@ -393,7 +399,7 @@ fn check_tree(outer: &Volume, dir: &Path, after: &str) -> Result<()> {
             p.display()
         ));
     }
-    Ok(())
+    Ok(entries)
 }
 
 /// Copies the entries of `outer`'s directory `src` into the tenant's directory `dst`
@@ -404,7 +410,7 @@ fn copy_dir(
     t: &Volume,
     dst: &Path,
     links: &mut HashMap<u64, PathBuf>,
-    report: &mut Converted,
+    (report, progress): (&mut Converted, &mut Progress),
 ) -> Result<()> {
     let entries = outer.readdir(src)?;
     let names: HashSet<&OsString> = entries.iter().map(|e| &e.name).collect();
@@ -417,6 +423,7 @@ fn copy_dir(
         }
     }
     for e in entries {
+        progress.inc();
         let (from, to) = (src.join(&e.name), dst.join(&e.name));
         let a = outer.getattr(&from)?;
         let have = match t.getattr(&to) {
@@ -435,7 +442,7 @@ fn copy_dir(
                     // Writable to its owner while it fills (a copy cut short set its mode).
                     Some(_) => t.chmod(&to, 0o700)?,
                 }
-                copy_dir(outer, &from, t, &to, links, report)?;
+                copy_dir(outer, &from, t, &to, links, (&mut *report, &mut *progress))?;
                 copy_xattrs(outer, &from, t, &to)?;
                 set_attrs(t, &to, &a)?;
                 report.dirs += 1;
