@@ -200,6 +200,21 @@ fn mount_t_fuse_envelopefs_through_the_helper() {
     m.adopt();
     assert_eq!(fs::read(m.p("f")).unwrap(), b"via fstab");
     m.unmount();
+    // And a line of an fstab (util-linux's `mount --fstab FILE MOUNTPOINT`), whose type
+    // /proc/mounts then shows.
+    let fstab = m.tmp.path().join("fstab");
+    let line =
+        format!("{} {} fuse.envelopefs {opts} 0 0\n", m.cipher.display(), m.mnt.canonicalize().unwrap().display());
+    fs::write(&fstab, line).unwrap();
+    let o = Command::new("mount").arg("--fstab").arg(&fstab).arg(m.mnt.canonicalize().unwrap()).output().unwrap();
+    assert!(o.status.success(), "mount from an fstab line: {}", String::from_utf8_lossy(&o.stderr));
+    m.adopt();
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"via fstab");
+    let mnt = m.mnt.canonicalize().unwrap();
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info.lines().find(|l| l.split(' ').nth(4) == mnt.to_str()).unwrap();
+    assert!(line.contains(" - fuse.envelopefs "), "{line}");
+    m.unmount();
     drop(helper);
 }
 
