@@ -7,18 +7,19 @@
 # Without --binary it builds the release binary first. Prints the package's path. Needs
 # dpkg-deb (installed if missing).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-source scripts/lib/setup.sh
-
-BIN="" OUT=target/debian
+umask 022
+BIN="" OUT=""
 while [ $# -gt 0 ]; do
     case $1 in
-        --binary) BIN=$2; shift 2 ;;
-        --out) OUT=$2; shift 2 ;;
+        --binary) BIN=$(realpath "$2"); shift 2 ;;
+        --out) OUT=$(realpath -m "$2"); shift 2 ;;
         -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
-        *) say "unknown argument $1"; exit 2 ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
+cd "$(dirname "$0")/.."
+source scripts/lib/setup.sh
+OUT=${OUT:-$PWD/target/debian}
 ensure_apt dpkg-deb dpkg
 if [ -z "$BIN" ]; then
     ensure_rust
@@ -26,14 +27,16 @@ if [ -z "$BIN" ]; then
     cargo build --release --locked --quiet
     BIN=target/release/envelopefs
 fi
+# The version of this tree (Cargo.toml): --binary is expected to be built from it.
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 ARCH=$(dpkg --print-architecture)
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
+chmod 755 "$STAGE"
 
 install -D -m 0755 "$BIN" "$STAGE/usr/bin/envelopefs"
 # Line tables are for profiling this tree, not for an installed tool.
-if command -v strip >/dev/null 2>&1; then strip --strip-debug "$STAGE/usr/bin/envelopefs"; fi
+strip --strip-debug "$STAGE/usr/bin/envelopefs" 2>/dev/null || say "not stripped (no strip for this binary)"
 "$BIN" install-helper --sbin "$STAGE/usr/sbin" --target /usr/bin/envelopefs >/dev/null
 "$BIN" generate-docs --man "$STAGE/usr/share/man/man1" --completions "$STAGE/completions" >/dev/null
 gzip -9n "$STAGE"/usr/share/man/man1/*.1
