@@ -98,7 +98,10 @@ impl Drop for ControlServer {
 
 /// Starts answering requests on `path`: `handle(op, request)` returns the reply
 /// (`{"error": ...}` for operations it does not know).
-pub fn serve(path: &Path, handle: impl Fn(&str, &Value) -> Value + Send + 'static) -> Result<ControlServer> {
+pub fn serve(
+    path: &Path,
+    handle: impl Fn(&str, &Value, &mut dyn FnMut(Value)) -> Value + Send + 'static,
+) -> Result<ControlServer> {
     ensure_runtime_dir()?;
     if UnixStream::connect(path).is_ok() {
         // A live daemon answers there: another volume with the same id (a copied header).
@@ -131,7 +134,7 @@ const MAX_REQUEST: u64 = 1 << 20;
 
 /// Answers one connection: only from this user or root (the socket's mode says the same,
 /// but its directory may be shared), one line of at most [`MAX_REQUEST`] bytes within 5 s.
-fn answer(conn: UnixStream, handle: &impl Fn(&str, &Value) -> Value) -> std::io::Result<()> {
+fn answer(conn: UnixStream, handle: &impl Fn(&str, &Value, &mut dyn FnMut(Value)) -> Value) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     conn.set_write_timeout(Some(Duration::from_secs(5)))?;
     let peer = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials)?;
@@ -144,8 +147,14 @@ fn answer(conn: UnixStream, handle: &impl Fn(&str, &Value) -> Value) -> std::io:
     let mut line = String::new();
     std::io::Read::take(BufReader::new(&conn), MAX_REQUEST).read_line(&mut line)?;
     let request = serde_json::from_str::<Value>(&line).unwrap_or(Value::Null);
+    // A long operation's progress goes first, a line `{"progress": ...}` each (best effort:
+    // a client that went away stops nothing).
+    let mut progress = |v: Value| {
+        let mut w = &conn;
+        let _ = writeln!(w, "{}", json!({ "progress": v }));
+    };
     let reply = match request["op"].as_str() {
-        Some(op) => handle(op, &request),
+        Some(op) => handle(op, &request, &mut progress),
         None => json!({"error": "bad request"}),
     };
     writeln!(w, "{reply}")
@@ -154,14 +163,27 @@ fn answer(conn: UnixStream, handle: &impl Fn(&str, &Value) -> Value) -> std::io:
 /// Sends `request` (`{"op": ..., args}`) to the daemon behind `path`; `None` if no daemon
 /// answers there.
 pub fn query(path: &Path, request: &Value) -> Option<Value> {
+    query_with_progress(path, request, &mut |_| {})
+}
+
+/// [`query`], with each progress report of a long operation handed to `progress` as it
+/// comes.
+pub fn query_with_progress(path: &Path, request: &Value, progress: &mut dyn FnMut(&Value)) -> Option<Value> {
     let conn = UnixStream::connect(path).ok()?;
     // Long operations (a rotation) answer when done.
     conn.set_read_timeout(Some(Duration::from_secs(3600))).ok()?;
     let mut w = &conn;
     writeln!(w, "{request}").ok()?;
-    let mut line = String::new();
-    BufReader::new(&conn).read_line(&mut line).ok()?;
-    serde_json::from_str(&line).ok()
+    let mut lines = BufReader::new(&conn);
+    loop {
+        let mut line = String::new();
+        lines.read_line(&mut line).ok()?;
+        let v: Value = serde_json::from_str(&line).ok()?;
+        match v.get("progress") {
+            Some(p) => progress(p),
+            None => return Some(v),
+        }
+    }
 }
 
 /// The fields every status report has, mounted or not.

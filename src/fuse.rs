@@ -100,12 +100,24 @@ impl Mounted {
         config.clone_fd = true;
         // As root the daemon mounts itself, so the mount's type is `fuse.envelopefs`; others
         // go through fusermount3, which gives the same type from the subtype option.
-        let (session, direct) = if nix::unistd::geteuid().is_root() {
-            let fd = crate::mount_sys::mount(mountpoint, &cfg.fsname, cfg.read_only, cfg.allow_other)?;
-            let direct = std::sync::Arc::new(crate::mount_sys::Mounted::new(mountpoint));
-            (fuser::Session::from_fd(Adapter { fs }, fd, config.acl, config.clone())?, Some(direct))
-        } else {
-            (fuser::Session::new(Adapter { fs }, mountpoint, &config)?, None)
+        let direct = match nix::unistd::geteuid().is_root() {
+            true => match crate::mount_sys::mount(mountpoint, &cfg.fsname, cfg.read_only, cfg.allow_other) {
+                Ok(fd) => Some((fd, std::sync::Arc::new(crate::mount_sys::Mounted::new(mountpoint)))),
+                // Root without the right to mount here (a user namespace): fusermount3.
+                Err(e) if e.raw_os_error() == Some(nix::libc::EPERM) => None,
+                Err(e) => return Err(e),
+            },
+            false => None,
+        };
+        let (session, direct) = match direct {
+            Some((fd, m)) => match fuser::Session::from_fd(Adapter { fs }, fd, config.acl, config.clone()) {
+                Ok(session) => (session, Some(m)),
+                Err(e) => {
+                    m.detach_if_still_there(); // no dead mount left by a failed start
+                    return Err(e);
+                }
+            },
+            None => (fuser::Session::new(Adapter { fs }, mountpoint, &config)?, None),
         };
         raise_readahead(mountpoint);
         Ok(Mounted { session, direct })
@@ -118,6 +130,23 @@ impl Mounted {
         move || match &direct {
             Some(m) => m.unmount(),
             None => u.unmount(),
+        }
+    }
+
+    /// A handle that unmounts the file system only if nothing uses it (`mount --idle`): as
+    /// `umount` (root) or `fusermount3 -u` (others, never lazily), an error while busy.
+    pub fn idle_unmounter(&self, mountpoint: &Path) -> impl FnMut() -> std::io::Result<()> + Send + 'static {
+        let direct = self.direct.clone();
+        let path = mountpoint.to_path_buf();
+        move || match &direct {
+            Some(m) => m.unmount(),
+            None => {
+                let o = std::process::Command::new("fusermount3").arg("-u").arg(&path).output()?;
+                match o.status.success() {
+                    true => Ok(()),
+                    false => Err(std::io::Error::other(String::from_utf8_lossy(&o.stderr).trim().to_string())),
+                }
+            }
         }
     }
 

@@ -1117,9 +1117,25 @@ fn unlink_beneath(mountpoint: &Path, rel: &Path) -> std::io::Result<()> {
 fn rotate_kek(cipherdir: &Path, pass: PassArgs) -> Result<()> {
     // A mounted volume rotates inside its daemon (which holds the keys), while in use.
     let header = Volume::read_live_header(cipherdir)?;
-    if let Some(v) =
-        control::query(&control::socket_path(&header.volume_id), &control::request_for(cipherdir, "rotate-kek"))
-    {
+    let mut progress = Progress::new("rotate-kek");
+    let mut stage = String::new();
+    let asked = control::query_with_progress(
+        &control::socket_path(&header.volume_id),
+        &control::request_for(cipherdir, "rotate-kek"),
+        &mut |p| {
+            let now = p["stage"].as_str().unwrap_or_default();
+            if now != stage {
+                stage = now.to_string();
+                match now {
+                    "deks" => progress.stage("re-wrapping DEKs (in the mount's daemon)", p["total"].as_u64()),
+                    _ => progress.stage("moving names to the new name key (in the mount's daemon)", None),
+                }
+            }
+            progress.set(p["done"].as_u64().unwrap_or(0));
+        },
+    );
+    if let Some(v) = asked {
+        progress.finish();
         let v = control::reply_result(v)?;
         println!(
             "KEK and name key rotated while mounted: {} -> {} (no data rewritten).",

@@ -84,11 +84,9 @@ fn device_at(mountpoint: &Path) -> Option<String> {
         })
         .collect();
     let want = want.as_str();
-    info.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let ours = l.split_once(" - ").is_some_and(|(_, post)| post.starts_with(FS_TYPE));
-            (ours && f.get(4) == Some(&want)).then(|| f.get(2).map(|d| d.to_string())).flatten()
-        })
-        .next_back()
+    // The mount on top there (the last line for that path), if it is an envelopefs one: a
+    // mount stacked on ours hides it, and is never ours to unmount.
+    let top = info.lines().rfind(|l| l.split(' ').nth(4) == Some(want))?;
+    let ours = top.split_once(" - ").is_some_and(|(_, post)| post.starts_with(&format!("{FS_TYPE} ")));
+    ours.then(|| top.split(' ').nth(2).map(str::to_string)).flatten()
 }

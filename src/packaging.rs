@@ -14,6 +14,7 @@ pub const HELPERS: [&str; 2] = ["mount.fuse.envelopefs", "mount.envelopefs"];
 /// pointing there is left as it is, one pointing elsewhere is replaced; anything else by
 /// that name (a file of someone else's) is refused, untouched.
 pub fn install_helper(sbin: &Path, target: &Path) -> Result<Vec<PathBuf>> {
+    check_target(target)?;
     std::fs::create_dir_all(sbin).map_err(|e| Error::io(sbin, "create directory", e))?;
     let mut made = Vec::new();
     for name in HELPERS {
@@ -38,6 +39,30 @@ pub fn install_helper(sbin: &Path, target: &Path) -> Result<Vec<PathBuf>> {
         made.push(link);
     }
     Ok(made)
+}
+
+/// mount(8) runs the helper as root: a binary (or a directory on its way) that anyone but
+/// root can write would be a way to root. Checked where it is on this system; a target that
+/// is not there yet (a package being staged) is for its installer to place.
+fn check_target(target: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() || !target.exists() {
+        return Ok(());
+    }
+    let mut p = Some(target);
+    while let Some(at) = p {
+        let m = std::fs::metadata(at).map_err(|e| Error::io(at, "stat", e))?;
+        if m.uid() != 0 || m.mode() & 0o022 != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{}: {} can be changed by someone other than root, and mount(8) runs the helper as root: install \
+                 the binary where only root can write (sudo cargo install --root /usr/local ...)",
+                target.display(),
+                at.display()
+            )));
+        }
+        p = at.parent().filter(|q| !q.as_os_str().is_empty());
+    }
+    Ok(())
 }
 
 /// Writes a man page (section 1) for `cmd` and for each of its visible subcommands, nested

@@ -155,7 +155,7 @@ impl Drop for Progress {
 }
 
 /// From here on, Ctrl-C (SIGINT) or SIGTERM ends this command at once with `message` on
-/// stderr (how to resume it) and exit code 130. For commands that a crash at any point
+/// stderr (how to resume it), killed by that signal (a shell shows 130 or 143). For commands that a crash at any point
 /// leaves resumable: nothing of theirs needs to be unwound. The signals are blocked in this
 /// thread and so in every thread started after it, and one thread waits for them: call it
 /// before the work starts its threads.
@@ -173,12 +173,31 @@ pub fn resumable_on_interrupt(message: &str) {
     }
     let message = message.to_string();
     let waiting = std::thread::Builder::new().name("interrupt".into()).spawn(move || {
-        if signals.wait().is_ok() {
+        if let Ok(sig) = signals.wait() {
+            // A prompt cut short leaves the terminal as it found it (echo on).
+            if let Ok(mut t) = nix::sys::termios::tcgetattr(std::io::stdin()) {
+                t.local_flags |= nix::sys::termios::LocalFlags::ECHO;
+                let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &t);
+            }
             let _ = writeln!(std::io::stderr(), "\ninterrupted: {message}");
-            std::process::exit(130);
+            end_by(sig);
         }
     });
     if waiting.is_err() {
         let _ = signals.thread_unblock();
     }
+}
+
+/// Ends the process by `sig`, as if it had not been caught (a shell running a script then
+/// stops there, as after any Ctrl-C): its default action restored, unblocked, raised.
+#[allow(unsafe_code)]
+fn end_by(sig: nix::sys::signal::Signal) -> ! {
+    use nix::sys::signal::{SigHandler, SigSet};
+    // SAFETY: SIG_DFL installs no handler code; the process ends right after.
+    let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
+    let mut only = SigSet::empty();
+    only.add(sig);
+    let _ = only.thread_unblock();
+    let _ = nix::sys::signal::raise(sig);
+    std::process::exit(128 + sig as i32) // (not reached: the signal ends the process)
 }

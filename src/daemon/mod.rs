@@ -165,7 +165,7 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
         served.clone(),
     );
     if let Some(idle) = req.idle {
-        watch_idle(idle, fs.clone(), mounted.unmounter())?;
+        watch_idle(idle, fs.clone(), mounted.idle_unmounter(&req.mountpoint));
     }
     let mut unmount = mounted.unmounter();
     // Not the volume itself: its last holder commits it at the end, which must be `serve`.
@@ -283,27 +283,21 @@ fn close(vol: Arc<Volume>) -> bool {
     }
 }
 
-/// Starts re-checking the volume's root (`crate::revocation`), unless it is the embedded
-/// keystore (nothing outside the host to ask) or re-checks are off. Going dark: the kernel
-/// writes back what it holds dirty and drops its cached pages of every file (while the keys
-/// can still take the writes), the volume commits what it accepted and drops its keys and
-/// scratch (`Volume::go_dark`), the kernel's caches are dropped once more, and the mount is
-/// detached (`fusermount3 -u -z`: it goes once nothing holds it open, every request
-/// meanwhile failing with EKEYREVOKED; the session's own unmounter would refuse a busy mount).
 /// `mount --idle`: unmounts once no request came for `idle` and no file is open, as
 /// `umount` would (refused while a process works inside it: tried again later); the
-/// daemon then ends as after any unmount (scratch destroyed, everything committed).
-fn watch_idle(
-    idle: Duration,
-    fs: Arc<InodeFs>,
-    mut unmount: impl FnMut() -> std::io::Result<()> + Send + 'static,
-) -> Result<()> {
+/// daemon then ends as after any unmount (scratch destroyed, everything committed). A dark
+/// mount is the revocation's to end, not this.
+fn watch_idle(idle: Duration, fs: Arc<InodeFs>, mut unmount: impl FnMut() -> std::io::Result<()> + Send + 'static) {
     tracing::info!("unmounting after {} without a request (--idle)", crate::revocation::show_duration(idle));
     let every = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
-    std::thread::Builder::new()
-        .name("idle".into())
-        .spawn(move || loop {
+    let dark = fs.volume_arc().dark_reason();
+    let spawned = std::thread::Builder::new().name("idle".into()).spawn(move || {
+        let mut refused = false;
+        loop {
             std::thread::sleep(every);
+            if dark.get().is_some() {
+                return;
+            }
             if fs.idle_for().is_some_and(|quiet| quiet >= idle) {
                 match unmount() {
                     Ok(()) => {
@@ -311,14 +305,27 @@ fn watch_idle(
                             "no request for {}: unmounted", crate::revocation::show_duration(idle));
                         return;
                     }
-                    Err(e) => tracing::info!("idle, but the unmount was refused ({e}); trying again later"),
+                    Err(e) if !refused => {
+                        refused = true;
+                        tracing::info!("idle, but the unmount was refused ({e}); trying again while it stays idle");
+                    }
+                    Err(_) => {}
                 }
             }
-        })
-        .map_err(|e| Error::io("", "spawn idle thread", e))?;
-    Ok(())
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!("no idle unmount: {e}");
+    }
 }
 
+/// Starts re-checking the volume's root (`crate::revocation`), unless it is the embedded
+/// keystore (nothing outside the host to ask) or re-checks are off. Going dark: the kernel
+/// writes back what it holds dirty and drops its cached pages of every file (while the keys
+/// can still take the writes), the volume commits what it accepted and drops its keys and
+/// scratch (`Volume::go_dark`), the kernel's caches are dropped once more, and the mount is
+/// detached (`fusermount3 -u -z`: it goes once nothing holds it open, every request
+/// meanwhile failing with EKEYREVOKED; the session's own unmounter would refuse a busy mount).
 fn watch_root(
     req: &MountRequest,
     header: &VolumeHeader,
@@ -468,7 +475,7 @@ fn control_server(
     let scratch_file = control::scratch_path(&header.volume_id);
     let dark_vol = vol.clone();
     let own = std::fs::canonicalize(&req.cipherdir).unwrap_or_else(|_| req.cipherdir.clone());
-    let dispatch = move |op: &str, request: &serde_json::Value| match op {
+    let dispatch = move |op: &str, request: &serde_json::Value, emit: &mut dyn FnMut(serde_json::Value)| match op {
         "status" => status(&kms),
         "shred-tenant" | "rotate-kek" if read_only && request["tenant"].is_string() => {
             control::error_reply(&Error::InvalidArgument("the volume is mounted read-only".into()))
@@ -503,11 +510,21 @@ fn control_server(
             };
             let old = crate::format::hex(&vol.header().kek_id);
             let mut logged = 0;
+            let mut sent: Option<(crate::fs::RotationStep, Instant)> = None;
             let mut progress = |step, done: u64, total: u64| {
                 // The daemon's log shows a long rotation move on (about every 10%).
                 if done >= logged + total.max(10) / 10 || done == total {
                     logged = done;
                     tracing::info!(?step, done, total, "rotate --kek");
+                }
+                // The command that asked sees it too (its progress display).
+                if sent.is_none_or(|(s, at)| s != step || at.elapsed() >= Duration::from_millis(200) || done == total) {
+                    sent = Some((step, Instant::now()));
+                    let stage = match step {
+                        crate::fs::RotationStep::Deks => "deks",
+                        crate::fs::RotationStep::Names => "names",
+                    };
+                    emit(serde_json::json!({ "stage": stage, "done": done, "total": total }));
                 }
             };
             match vol.rotate_kek(kms.as_ref(), &mut progress) {
@@ -609,7 +626,7 @@ fn control_server(
     };
     // Every request names the volume it means: a header given this volume's id leads to
     // this socket, and must not make this daemon act on its behalf.
-    let handle = move |op: &str, request: &serde_json::Value| {
+    let handle = move |op: &str, request: &serde_json::Value, emit: &mut dyn FnMut(serde_json::Value)| {
         if !control::names_volume(request, &own) {
             return serde_json::json!({
                 "error": format!("this daemon serves {}, not the volume the request names", own.display()),
@@ -618,7 +635,7 @@ fn control_server(
         }
         match dark_vol.dark_error() {
             Some(e) if op != "status" => control::error_reply(&e),
-            _ => dispatch(op, request),
+            _ => dispatch(op, request, emit),
         }
     };
     match control::serve(&control::socket_path(&header.volume_id), handle) {
