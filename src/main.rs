@@ -660,9 +660,14 @@ fn run(cmd: Command) -> Result<()> {
                 let paths: Vec<String> = rekey.iter().map(|p| p.to_string_lossy().into_owned()).collect();
                 let mut req = control::request_for(&cipherdir, "rekey");
                 req["paths"] = paths.into();
+                let mut progress = Progress::new("rekey");
+                progress.stage("re-encrypting files (in the mount's daemon)", Some(rekey.len() as u64));
                 let v =
-                    control::query(&sock, &req).ok_or_else(|| Error::Fuse("the mount's daemon did not answer".into()));
+                    control::query_with_progress(&sock, &req, &mut |p| progress.set(p["done"].as_u64().unwrap_or(0)))
+                        .ok_or_else(|| Error::Fuse("the mount's daemon did not answer".into()));
                 let v = v?;
+                progress.set(v["done"].as_array().map_or(0, |d| d.len() as u64));
+                progress.finish();
                 for d in v["done"].as_array().into_iter().flatten() {
                     println!(
                         "{}: {} bytes re-encrypted under fresh DEKs.",
@@ -676,6 +681,8 @@ fn run(cmd: Command) -> Result<()> {
             let _lock = envelopefs::daemon::lock_volume(&cipherdir)?;
             let vol = Volume::open(&cipherdir, &pass.source())?;
             let mut tenants: Vec<envelopefs::tenant::Opened> = Vec::new();
+            let mut progress = Progress::new("rekey");
+            progress.stage("re-encrypting files", Some(rekey.len() as u64));
             for path in &rekey {
                 let bytes = match envelopefs::tenant::route(&vol, path)? {
                     None => vol.rekey(path)?,
@@ -687,8 +694,10 @@ fn run(cmd: Command) -> Result<()> {
                         o.vol.rekey(&rest)?
                     }
                 };
+                progress.inc();
                 println!("{}: {bytes} bytes re-encrypted under fresh DEKs.", path.display());
             }
+            progress.finish();
             Ok(())
         }
         Command::Shred { cipherdir, tenant: Some(dir), yes, pass, .. } => shred_tenant(&cipherdir, &dir, yes, &pass),

@@ -545,7 +545,8 @@ fn control_server(
                 Ok(guard) => guard,
                 Err(e) => return control::error_reply(&e),
             };
-            for p in paths.iter().filter_map(|p| p.as_str()) {
+            for (i, p) in paths.iter().filter_map(|p| p.as_str()).enumerate() {
+                emit(serde_json::json!({ "stage": "rekey", "done": i, "total": paths.len() }));
                 match tenants::rekey(&vol, &served_ops, Path::new(p)) {
                     Ok(bytes) => done.push(serde_json::json!({ "path": p, "bytes": bytes })),
                     Err(e) => {
