@@ -1266,6 +1266,7 @@ fn mount(req: MountRequest, foreground: bool, daemon_child: bool, pass: PassArgs
     if foreground {
         return envelopefs::daemon::serve(&req, Box::new(pass.source()), || {
             eprintln!("envelopefs: {} mounted on {}", req.cipherdir.display(), req.mountpoint.display());
+            envelopefs::sys::notify_ready(); // systemd's Type=notify (envelopefs@.service)
         });
     }
     // The one secret the root needs goes to the daemon through a pipe: the keystore's

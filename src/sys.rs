@@ -70,3 +70,23 @@ pub fn has_ipc_lock() -> bool {
 pub fn memory_locked() -> bool {
     LOCKED.load(Ordering::SeqCst)
 }
+
+/// Tells a service manager that started this process (`Type=notify`: `$NOTIFY_SOCKET`) that
+/// it is ready, the way sd_notify(3) does: a datagram `READY=1`. Nothing without one.
+pub fn notify_ready() {
+    let Some(to) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|sock| {
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(to.as_os_str());
+        match bytes.strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                sock.send_to_addr(b"READY=1", &addr)
+            }
+            None => sock.send_to(b"READY=1", &to),
+        }
+    });
+    if let Err(e) = sent {
+        tracing::warn!("could not tell the service manager the mount is ready: {e}");
+    }
+}

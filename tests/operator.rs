@@ -189,3 +189,31 @@ fn progress_shows_on_a_terminal_only_or_as_json_and_an_interrupt_says_how_to_res
     ok(&o);
     assert!(String::from_utf8_lossy(&o.stdout).contains("Finished the conversion cut short of /d"), "{o:?}");
 }
+
+/// A foreground mount started by a service manager (`Type=notify`) says when it is ready:
+/// the datagram `READY=1` on `$NOTIFY_SOCKET`, sent once the mount serves.
+#[test]
+fn a_foreground_mount_tells_its_service_manager_when_it_is_ready() {
+    let mut m = MountFixture::new(&[]);
+    m.unmount();
+    let sock_path = m.tmp.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_envelopefs"))
+        .args(["mount", "--foreground"])
+        .arg(&m.cipher)
+        .arg(&m.mnt)
+        .arg("--passfile")
+        .arg(&m.passfile)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).expect("READY=1 within 30 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(mount_line(&m.mnt).is_some(), "ready means mounted");
+    ok(&m.run(&["umount".as_ref(), m.mnt.as_os_str()]));
+    assert!(daemon.wait().unwrap().success());
+}
