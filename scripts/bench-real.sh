@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# A real workload on plain ext4 (or whatever the work directory is on), gocryptfs and
+# envelopefs (format 2, its default), in one run, interleaved (each step on every file
+# system before the next step, in reverse order every other round), caches dropped before
+# each step: unpack the Linux source tree that Debian ships (linux-source-6.1, ~80k
+# entries; decompressed once beforehand, so the steps measure the file systems, not xz),
+# `find`, `ls -lR`, md5sum of every file, `git init/add/commit` of its fs/ subtree and
+# `git status` there, a SQLite workload (20,000 rows in 20 transactions, an index, a
+# query), `rm -rf`. Prints a markdown table of the medians (seconds) with envelopefs's
+# ratio to gocryptfs and to ext4.
+#   sudo scripts/bench-real.sh [--rounds 1] [--dir /var/tmp]
+# Needs root (drops caches). Not part of CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/setup.sh
+ROUNDS=1 BASE=/var/tmp
+while [ $# -gt 0 ]; do
+    case $1 in
+        --rounds) ROUNDS=$2; shift 2 ;;
+        --dir) BASE=$2; shift 2 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) say "unknown argument $1"; exit 2 ;;
+    esac
+done
+[ "$(id -u)" -eq 0 ] || { say "run as root (dropping caches needs it)"; exit 1; }
+ensure_rust
+ensure_apt fusermount3 fuse3
+ensure_apt gocryptfs gocryptfs
+ensure_apt sqlite3 sqlite3
+ensure_apt git git
+ensure_apt xz xz-utils
+[ -e /usr/src/linux-source-6.1.tar.xz ] || ensure_apt_pkg linux-source-6.1
+cargo build --release --locked --quiet
+EVFS=$PWD/target/release/envelopefs
+
+WORK=$(mktemp -d -p "$BASE" evfs-real.XXXXXX)
+export ENVELOPEFS_RUNTIME_DIR=$WORK/run ENVELOPEFS_STATE_DIR=$WORK/state
+cleanup() {
+    for m in "$WORK"/mnt-*; do mountpoint -q "$m" 2>/dev/null && fusermount3 -u "$m" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+echo "bench passphrase" > "$WORK/pass"
+say "decompressing the Linux source tarball once"
+xz -dc /usr/src/linux-source-6.1.tar.xz > "$WORK/linux.tar"
+
+NAMES=(ext4 gocryptfs envelopefs)
+declare -A DIR
+mkdir -p "$WORK/plain" "$WORK/gcipher" "$WORK/mnt-gocryptfs" "$WORK/mnt-envelopefs"
+DIR[ext4]=$WORK/plain
+gocryptfs -q -init -extpass "cat $WORK/pass" "$WORK/gcipher" >/dev/null
+gocryptfs -q -nosyslog -extpass "cat $WORK/pass" "$WORK/gcipher" "$WORK/mnt-gocryptfs"
+DIR[gocryptfs]=$WORK/mnt-gocryptfs
+"$EVFS" init "$WORK/cipher" --passfile "$WORK/pass" >/dev/null
+"$EVFS" mount "$WORK/cipher" "$WORK/mnt-envelopefs" --passfile "$WORK/pass"
+DIR[envelopefs]=$WORK/mnt-envelopefs
+
+in_turn() { if [ $(($1 % 2)) -eq 1 ]; then printf '%s\n' "${NAMES[@]}"; else printf '%s\n' "${NAMES[@]}" | tac; fi; }
+RESULTS=$WORK/results.tsv
+: > "$RESULTS"
+# step NAME FS CMD...: caches dropped, CMD run in FS's directory, its wall time recorded.
+step() {
+    local job=$1 fs=$2; shift 2
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    local t0 t1; t0=$(date +%s.%N)
+    (cd "${DIR[$fs]}" && "$@") >/dev/null
+    t1=$(date +%s.%N)
+    printf '%s\t%s\t%s\n' "$job" "$fs" "$(echo "$t1 - $t0" | bc)" >> "$RESULTS"
+}
+SQL="CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT, v BLOB);"
+for tx in $(seq 20); do
+    SQL+="BEGIN;"
+    for i in $(seq 1000); do SQL+="INSERT INTO t(k, v) VALUES ('k$tx-$i', randomblob(200));"; done
+    SQL+="COMMIT;"
+done
+SQL+="CREATE INDEX tk ON t(k); SELECT count(*), sum(length(v)) FROM t WHERE k LIKE 'k1%';"
+echo "$SQL" > "$WORK/workload.sql"
+GIT=(git -c user.name=bench -c user.email=bench@localhost -c init.defaultBranch=main)
+
+for round in $(seq "$ROUNDS"); do
+    say "round $round of $ROUNDS"
+    for fs in $(in_turn "$round"); do step untar "$fs" sh -c "tar -xf '$WORK/linux.tar' && sync -f ."; done
+    for fs in $(in_turn "$round"); do step find "$fs" sh -c 'find . | wc -l'; done
+    for fs in $(in_turn "$round"); do step ls-lR "$fs" ls -lR .; done
+    for fs in $(in_turn "$round"); do step md5sum-all "$fs" sh -c 'find . -type f -print0 | xargs -0 md5sum'; done
+    for fs in $(in_turn "$round"); do
+        step git-add-commit "$fs" sh -c "cd linux-source-6.1/fs && ${GIT[*]} init -q && ${GIT[*]} add -A && ${GIT[*]} commit -qm tree"
+    done
+    for fs in $(in_turn "$round"); do step git-status "$fs" sh -c "cd linux-source-6.1/fs && ${GIT[*]} status --porcelain"; done
+    for fs in $(in_turn "$round"); do step sqlite "$fs" sh -c "rm -f bench.db && sqlite3 bench.db < '$WORK/workload.sql' && sync -f ."; done
+    for fs in $(in_turn "$round"); do step rm-rf "$fs" sh -c 'rm -rf linux-source-6.1 bench.db && sync -f .'; done
+done
+
+python3 - "$RESULTS" "$ROUNDS" <<'PY'
+import sys, statistics, collections
+rows = collections.defaultdict(list)
+order = []
+for line in open(sys.argv[1]):
+    job, fs, v = line.rstrip("\n").split("\t")
+    rows[(job, fs)].append(float(v))
+    if job not in order:
+        order.append(job)
+print("| step (seconds) | ext4 | gocryptfs | envelopefs | envelopefs / gocryptfs | envelopefs / ext4 |")
+print("|---|---|---|---|---|---|")
+for job in order:
+    m = {fs: statistics.median(rows[(job, fs)]) for fs in ("ext4", "gocryptfs", "envelopefs")}
+    print(f"| {job} | {m['ext4']:.2f} | {m['gocryptfs']:.2f} | {m['envelopefs']:.2f} | "
+          f"{m['envelopefs'] / m['gocryptfs']:.2f}× | {m['envelopefs'] / max(m['ext4'], 0.01):.1f}× |")
+print(f"\nMedians of {sys.argv[2]} round(s); lower is better. Each round's figures:\n")
+for job in order:
+    print(f"* {job}: " + "; ".join(f"{fs} " + " / ".join(f"{v:.2f}" for v in rows[(job, fs)])
+                                   for fs in ("ext4", "gocryptfs", "envelopefs")))
+PY
+echo "versions: $("$EVFS" --version); gocryptfs $(gocryptfs -version 2>/dev/null | head -1 | cut -d' ' -f2 | tr -d ';'); $(uname -r)"
