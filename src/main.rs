@@ -1173,7 +1173,6 @@ fn rotate_kek(cipherdir: &Path, pass: PassArgs) -> Result<()> {
         );
         return rotation_left(cipherdir, &vol.rotation_left());
     }
-    let mut progress = Progress::new("rotate-kek");
     let mut last = None;
     let new = vol.rotate_kek(&kms, &mut |step, done, total| {
         if last != Some(step) {

@@ -76,6 +76,31 @@ fn convert_row(m: &MountFixture) -> Option<Vec<u8>> {
     meta(m).query_row("SELECT value FROM meta WHERE key = 'tenant.convert'", [], |r| r.get(0)).optional().unwrap()
 }
 
+/// `fsck` of `m`'s volume, the tenant's passphrase given as `given`.
+fn fsck(m: &MountFixture, given: &str) -> Output {
+    m.run(&[
+        "fsck".as_ref(),
+        m.cipher.as_os_str(),
+        "--passfile".as_ref(),
+        m.passfile.as_os_str(),
+        "--tenant-passfile".as_ref(),
+        given.as_ref(),
+    ])
+}
+
+/// `shred --tenant DIR --yes` of `m`'s volume.
+fn shred_tenant(m: &MountFixture, dir: &str) -> Output {
+    m.run(&[
+        "shred".as_ref(),
+        m.cipher.as_os_str(),
+        "--tenant".as_ref(),
+        dir.as_ref(),
+        "--yes".as_ref(),
+        "--passfile".as_ref(),
+        m.passfile.as_os_str(),
+    ])
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -250,21 +275,10 @@ fn a_conversion_killed_at_any_point_leaves_every_file_readable_and_finishes_when
                 .unwrap();
             common::copy_tree(&backing, &m.tmp.path().join("snapshot"));
             source_backing = Some(backing);
-            let mut fsck: Vec<&OsStr> =
-                vec!["fsck".as_ref(), m.cipher.as_os_str(), "--passfile".as_ref(), m.passfile.as_os_str()];
-            fsck.extend([OsStr::new("--tenant-passfile"), OsStr::new(&given)]);
-            let o = m.run(&fsck);
+            let o = fsck(&m, &given);
             let said = String::from_utf8_lossy(&o.stdout);
             assert!(o.status.code() == Some(4) && said.contains("/data: being made a tenant, cut short"), "{said}");
-            let o = m.run(&[
-                "shred".as_ref(),
-                m.cipher.as_os_str(),
-                "--tenant".as_ref(),
-                "data".as_ref(),
-                "--yes".as_ref(),
-                "--passfile".as_ref(),
-                m.passfile.as_os_str(),
-            ]);
+            let o = shred_tenant(&m, "data");
             assert!(!o.status.success() && stderr(&o).contains("finish it first"), "{o:?}");
         }
         delay += Duration::from_millis(40);
@@ -318,10 +332,7 @@ fn a_conversion_killed_at_any_point_leaves_every_file_readable_and_finishes_when
         }
     }
     eprintln!("{kills} runs killed before one finished, {midway} in the midst of the conversion");
-    let mut fsck: Vec<&OsStr> =
-        vec!["fsck".as_ref(), m.cipher.as_os_str(), "--passfile".as_ref(), m.passfile.as_os_str()];
-    fsck.extend([OsStr::new("--tenant-passfile"), OsStr::new(&given)]);
-    let o = m.run(&fsck);
+    let o = fsck(&m, &given);
     assert!(o.status.success(), "fsck after the conversion: {}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
 }
 
@@ -361,15 +372,7 @@ fn a_conversion_that_fails_keeps_every_file_and_can_be_undone() {
     m.unmount();
     let o = m.run(&add_args(&m, "other", &format!("/other={}", tpass.display())));
     assert!(!o.status.success() && stderr(&o).contains("finish it first"), "{o:?}");
-    let o = m.run(&[
-        "shred".as_ref(),
-        m.cipher.as_os_str(),
-        "--tenant".as_ref(),
-        "docs".as_ref(),
-        "--yes".as_ref(),
-        "--passfile".as_ref(),
-        m.passfile.as_os_str(),
-    ]);
+    let o = shred_tenant(&m, "docs");
     assert!(!o.status.success() && stderr(&o).contains("finish it first"), "{o:?}");
     let mut rotate: Vec<&OsStr> = vec!["rotate".as_ref(), m.cipher.as_os_str(), "--root".as_ref(), "--tenant".as_ref()];
     rotate.extend(["docs".as_ref(), "--passfile".as_ref(), m.passfile.as_os_str()]);

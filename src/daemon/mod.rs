@@ -143,6 +143,9 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     let chown_new = nix::unistd::geteuid().is_root();
     let mut inode_fs = InodeFs::new(vol.clone(), req.read_only, chown_new)?;
     let parts = tenants::add_to(&mut inode_fs, opened);
+    if req.idle.is_some() {
+        inode_fs.track_idle();
+    }
     let fs = Arc::new(inode_fs);
     let cfg = MountConfig {
         read_only: req.read_only,

@@ -88,7 +88,9 @@ pub struct InodeFs {
     next_fh: AtomicU64,
     read_only: bool,
     chown_new: bool,
-    /// When the last request came, in milliseconds since `started` (for `mount --idle`).
+    /// When the last request came, in milliseconds since `started` (only kept for
+    /// `mount --idle`: no clock read per request otherwise).
+    idle_tracked: bool,
     last_request: AtomicU64,
     started: std::time::Instant,
 }
@@ -102,9 +104,17 @@ impl std::fmt::Debug for InodeFs {
 impl InodeFs {
     /// Held by every request while it runs (see [`Volume::op`]).
     pub fn op(&self) -> Result<std::sync::RwLockReadGuard<'_, ()>> {
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_request.store(now, Ordering::Relaxed);
+        if self.idle_tracked {
+            let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.last_request.store(now, Ordering::Relaxed);
+        }
         self.vol.op()
+    }
+
+    /// Keeps the time of the last request, for [`Self::idle_for`] (before the file system
+    /// is shared).
+    pub fn track_idle(&mut self) {
+        self.idle_tracked = true;
     }
 
     /// How long no request has come, if no file is open (`mount --idle`): an open file
@@ -137,6 +147,7 @@ impl InodeFs {
             next_fh: AtomicU64::new(1),
             read_only,
             chown_new,
+            idle_tracked: false,
             last_request: AtomicU64::new(0),
             started: std::time::Instant::now(),
         })
