@@ -30,7 +30,7 @@ const BRINGS_NAMES: u8 = 1;
 /// ...and names are moving to it (the tree is half under each name key).
 const NAMES_MOVING: u8 = 2;
 /// DEKs re-wrapped per transaction.
-const BATCH: usize = 512;
+const BATCH: usize = 4096;
 
 /// What a rotation's progress counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,11 +308,20 @@ impl Volume {
         // Scratch DEKs stay under the per-boot scratch key, mounted or not.
         let scratch = self.recorded_scratch()?.key_id;
         let mut done = 0u64;
+        // Passes in key order, each from where the last batch ended, until one from the first
+        // row finds nothing: a DEK a mount wrapped under the old KEK behind the pass meanwhile
+        // is taken by the next pass.
+        let mut after: Option<([u8; 16], u64)> = None;
         loop {
-            let batch = self.store().extents_not_under(&id, scratch.as_ref(), BATCH)?;
-            if batch.is_empty() {
-                break;
-            }
+            let batch =
+                self.store().extents_not_under(&id, scratch.as_ref(), after.as_ref().map(|(f, i)| (f, *i)), BATCH)?;
+            let Some(last) = batch.last() else {
+                if after.take().is_none() {
+                    break;
+                }
+                continue;
+            };
+            after = Some((last.file, last.index));
             let rewrapped: Vec<([u8; 16], Vec<u8>)> = batch
                 .par_iter()
                 .map(|d| self.keys().rewrap_dek(&d.file, d.index, &d.kek_id, &d.wrapped))

@@ -101,6 +101,11 @@ pub struct WrappedDek {
     pub wrapped: Vec<u8>,
 }
 
+/// [`Store::extents_not_under`]: ?1 and ?2 the KEK ids skipped, ?3 the limit, (?4, ?5) the
+/// key to walk on from.
+const EXTENTS_NOT_UNDER: &str = "SELECT file_id, idx, kek_id, wrapped FROM extents \
+    WHERE (file_id, idx) > (?4, ?5) AND kek_id != ?1 AND kek_id != ?2 ORDER BY file_id, idx LIMIT ?3";
+
 /// One change; a slice of them is applied atomically by [`Store::apply`].
 #[derive(Debug, Clone, Copy)]
 pub enum Change<'a> {
@@ -561,23 +566,28 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Up to `limit` extents whose DEK is wrapped neither under `kek_id` nor under `except`
-    /// (the scratch key, whose DEKs a KEK rotation leaves alone).
+    /// Up to `limit` extents after `after` in key order (file id, then index; `None`: from
+    /// the first) whose DEK is wrapped neither under `kek_id` nor under `except` (the scratch
+    /// key, whose DEKs a KEK rotation leaves alone). A caller that walks on from the last row
+    /// returned reads each row once; starting from the first every time made a rotation
+    /// quadratic in its DEKs.
     pub fn extents_not_under(
         &self,
         kek_id: &[u8; 16],
         except: Option<&[u8; 16]>,
+        after: Option<(&[u8; 16], u64)>,
         limit: usize,
     ) -> Result<Vec<WrappedDek>> {
         let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT file_id, idx, kek_id, wrapped FROM extents WHERE kek_id != ?1 AND kek_id != ?2 LIMIT ?3",
-            )
-            .map_err(|e| self.err(e))?;
+        let mut stmt = conn.prepare_cached(EXTENTS_NOT_UNDER).map_err(|e| self.err(e))?;
+        // Every file id is 16 bytes, so after the empty blob is from the first.
+        let (after_file, after_index): (&[u8], i64) = match after {
+            Some((f, i)) => (&f[..], i64::try_from(i).unwrap_or(i64::MAX)),
+            None => (&[], -1),
+        };
         let except = except.unwrap_or(kek_id);
         let rows = stmt
-            .query_map(params![&kek_id[..], &except[..], limit as i64], |r| {
+            .query_map(params![&kek_id[..], &except[..], limit as i64, after_file, after_index], |r| {
                 Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, Vec<u8>>(2)?, r.get(3)?))
             })
             .map_err(|e| self.err(e))?;
@@ -914,6 +924,45 @@ mod tests {
         s.apply(&[Change::DeleteFile { id: &id }]).unwrap();
         assert!(s.load(&id).unwrap().is_none());
         assert_eq!(s.counts().unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn extents_not_under_walks_on_from_a_key_and_reads_each_row_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(&dir.path().join("meta.db")).unwrap();
+        let (old, new, scratch) = ([1u8; 16], [2u8; 16], [3u8; 16]);
+        let files = [[7u8; 16], [5u8; 16], [6u8; 16]];
+        let mut changes = Vec::new();
+        for f in &files {
+            for index in 0..3 {
+                // File 6's extent 1 is under the new KEK already, file 7's extent 2 scratch.
+                let kek = match (f[0], index) {
+                    (6, 1) => &new,
+                    (7, 2) => &scratch,
+                    _ => &old,
+                };
+                changes.push(Change::PutExtent { file: f, index, kek_id: kek, wrapped: &[9; 60], written: &[0; 32] });
+            }
+        }
+        s.apply(&changes).unwrap();
+        let keys = |v: Vec<WrappedDek>| v.into_iter().map(|d| (d.file[0], d.index)).collect::<Vec<_>>();
+        let first = keys(s.extents_not_under(&new, Some(&scratch), None, 3).unwrap());
+        assert_eq!(first, [(5, 0), (5, 1), (5, 2)], "key order, from the first");
+        let next = keys(s.extents_not_under(&new, Some(&scratch), Some((&[5; 16], 2)), 3).unwrap());
+        assert_eq!(next, [(6, 0), (6, 2), (7, 0)], "on from the key, skipping the new KEK's");
+        let last = keys(s.extents_not_under(&new, Some(&scratch), Some((&[7; 16], 0)), 3).unwrap());
+        assert_eq!(last, [(7, 1)], "the scratch key's DEK is left alone");
+        assert!(s.extents_not_under(&new, Some(&scratch), Some((&[7; 16], 1)), 3).unwrap().is_empty());
+        // The walk is a range of the primary key, not a scan of the table for each batch.
+        let plan: String = s
+            .lock()
+            .query_row(
+                &format!("EXPLAIN QUERY PLAN {EXTENTS_NOT_UNDER}"),
+                params![&new[..], &scratch[..], 5, &[5u8; 16][..], 2],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("SEARCH extents USING PRIMARY KEY"), "{plan}");
     }
 
     #[test]
