@@ -505,6 +505,24 @@ impl InodeFs {
 
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Attr> {
         self.writable()?;
+        if set.size.is_none() {
+            // The common case (times, owner, mode): one lookup of the entry for all of it.
+            let changes = super::meta::AttrChanges {
+                mode: set.mode,
+                uid: set.uid,
+                gid: set.gid,
+                atime: set.atime,
+                mtime: set.mtime,
+                drop_privs: set.drop_privs,
+            };
+            let expect = (ino != ROOT_INO).then_some(ino);
+            let mut attr = self.at_inode(ino, |vol, p| vol.change_attrs(p, expect, &changes))?; // see `path`
+            match expect {
+                Some(ino) => attr.ino = ino, // re-keyed in place: the kernel's inode number stays
+                None => self.fuse_ino(&mut attr),
+            }
+            return Ok(attr);
+        }
         let (k, path) = self.path(ino)?;
         let (vol, guard) = self.part(k)?;
         let chown = set.uid.is_some() || set.gid.is_some();

@@ -97,6 +97,42 @@ fn errno(path: &Path, op: &'static str, e: nix::Error) -> Error {
     Error::io(path, op, std::io::Error::from_raw_os_error(e as i32))
 }
 
+/// chmod of the entry `at` reaches (`path` names it), never through a symlink planted in
+/// the backing tree.
+fn chmod_at(at: &super::tree::At, path: &Path, mode: u32) -> Result<()> {
+    at.chmod(mode).map_err(|e| match e {
+        nix::Error::ELOOP => Error::integrity(path, "expected a file or directory, found a symbolic link"),
+        e => errno(path, "chmod", e),
+    })
+}
+
+/// utimensat of the entry `at` reaches (`path` names it), not following a symlink.
+fn set_times_at(at: &super::tree::At, path: &Path, atime: Option<SetTime>, mtime: Option<SetTime>) -> Result<()> {
+    let spec = |t: Option<SetTime>| match t {
+        None => TimeSpec::UTIME_OMIT,
+        Some(SetTime::Now) => TimeSpec::UTIME_NOW,
+        Some(SetTime::At(t)) => {
+            let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+            TimeSpec::new(d.as_secs() as i64, i64::from(d.subsec_nanos()))
+        }
+    };
+    utimensat(at.dir(), at.name(), &spec(atime), &spec(mtime), UtimensatFlags::NoFollowSymlink)
+        .map_err(|e| errno(path, "utimensat", e))
+}
+
+/// The changes of one `setattr` other than a new size, for [`Volume::change_attrs`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttrChanges {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+    /// Clear setuid, and setgid where the group may execute, of a regular file (what the VFS
+    /// does when a caller without CAP_FSETID writes or truncates it; a chown does it anyway).
+    pub drop_privs: bool,
+}
+
 impl Volume {
     /// Attributes of `path` (`""` is the root).
     pub fn getattr(&self, path: &Path) -> Result<Attr> {
@@ -114,7 +150,12 @@ impl Volume {
     /// Attributes of the entry at `backing` (`path` names it in errors), if it is inode
     /// `expect` when given.
     pub(super) fn attr_of_backing(&self, backing: &Path, path: &Path, expect: Option<u64>) -> Result<Attr> {
-        let meta = self.lstat_of(backing, path)?;
+        self.attr_at(&self.at(backing, path)?, backing, path, expect)
+    }
+
+    /// [`Volume::attr_of_backing`] of the entry `at` reaches.
+    fn attr_at(&self, at: &super::tree::At, backing: &Path, path: &Path, expect: Option<u64>) -> Result<Attr> {
+        let meta = super::volume::lstat_at(at, path)?;
         if expect.is_some_and(|ino| !self.is_inode(meta.ino(), ino)) {
             return Err(Error::NotFound(path.into()));
         }
@@ -137,11 +178,7 @@ impl Volume {
     }
 
     pub fn chmod(&self, path: &Path, mode: u32) -> Result<()> {
-        // Never through a symlink planted in the backing tree.
-        self.at(&self.backing_or_root(path)?, path)?.chmod(mode).map_err(|e| match e {
-            nix::Error::ELOOP => Error::integrity(path, "expected a file or directory, found a symbolic link"),
-            e => errno(path, "chmod", e),
-        })
+        chmod_at(&self.at(&self.backing_or_root(path)?, path)?, path, mode)
     }
 
     /// chown/lchown; `None` leaves that id unchanged.
@@ -152,17 +189,47 @@ impl Volume {
 
     /// utimensat; `None` leaves that time unchanged.
     pub fn set_times(&self, path: &Path, atime: Option<SetTime>, mtime: Option<SetTime>) -> Result<()> {
-        let at = self.at(&self.backing_or_root(path)?, path)?;
-        let spec = |t: Option<SetTime>| match t {
-            None => TimeSpec::UTIME_OMIT,
-            Some(SetTime::Now) => TimeSpec::UTIME_NOW,
-            Some(SetTime::At(t)) => {
-                let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-                TimeSpec::new(d.as_secs() as i64, i64::from(d.subsec_nanos()))
-            }
+        set_times_at(&self.at(&self.backing_or_root(path)?, path)?, path, atime, mtime)
+    }
+
+    /// Applies `ch` to the entry at `path`, if it is (still) backing inode `expect` when given
+    /// (else NotFound, before anything changes), through one lookup of its backing entry
+    /// (not one per change and one more for the attributes: `tar` sets times, owner and mode
+    /// of every file it unpacks, each a request), and returns its attributes after.
+    pub fn change_attrs(&self, path: &Path, expect: Option<u64>, ch: &AttrChanges) -> Result<Attr> {
+        use nix::fcntl::AtFlags;
+        let backing = self.backing_or_root(path)?;
+        let at = self.at(&backing, path)?;
+        let stat = || {
+            nix::sys::stat::fstatat(at.dir(), at.name(), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| match e {
+                nix::Error::ENOENT => Error::NotFound(path.into()),
+                e => errno(path, "stat", e),
+            })
         };
-        utimensat(at.dir(), at.name(), &spec(atime), &spec(mtime), UtimensatFlags::NoFollowSymlink)
-            .map_err(|e| errno(path, "utimensat", e))
+        let mut st = stat()?;
+        if expect.is_some_and(|ino| !self.is_inode(st.st_ino, ino)) {
+            return Err(Error::NotFound(path.into()));
+        }
+        let chown = ch.uid.is_some() || ch.gid.is_some();
+        if chown {
+            at.chown(ch.uid, ch.gid).map_err(|e| errno(path, "chown", e))?;
+            st = stat()?;
+        }
+        // Before an explicit mode, which wins (as when the kernel turned these into a mode).
+        if (chown || ch.drop_privs) && st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG {
+            let perm = st.st_mode & 0o7777;
+            let kill = if perm & 0o010 != 0 { 0o6000 } else { 0o4000 };
+            if perm & kill != 0 {
+                chmod_at(&at, path, perm & !kill)?;
+            }
+        }
+        if let Some(mode) = ch.mode {
+            chmod_at(&at, path, mode)?;
+        }
+        if ch.atime.is_some() || ch.mtime.is_some() {
+            set_times_at(&at, path, ch.atime, ch.mtime)?;
+        }
+        self.attr_at(&at, &backing, path, expect)
     }
 
     /// Truncates or extends the file at `path`.

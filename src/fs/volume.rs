@@ -203,6 +203,14 @@ impl Core {
     }
 }
 
+/// lstat of the entry `at` reaches, with errors about `path` (absent is NotFound).
+pub(super) fn lstat_at(at: &super::tree::At, path: &Path) -> Result<fs::Metadata> {
+    fs::symlink_metadata(at.path()).map_err(|e| match e.raw_os_error() {
+        Some(2) => Error::NotFound(path.into()),
+        _ => Error::io(path, "stat", e),
+    })
+}
+
 /// An error of the tree seam about `path`: a symlink planted in the backing tree is an
 /// integrity error, anything else keeps its errno.
 pub(super) fn tree_error(path: &Path, e: std::io::Error) -> Error {
@@ -403,11 +411,7 @@ impl Volume {
     /// [`Volume::lstat`] with errors about `path`: absent is NotFound, a symlink planted on
     /// the way an integrity error, anything else keeps its errno.
     pub(super) fn lstat_of(&self, backing: &Path, path: &Path) -> Result<fs::Metadata> {
-        let at = self.at(backing, path)?;
-        fs::symlink_metadata(at.path()).map_err(|e| match e.raw_os_error() {
-            Some(2) => Error::NotFound(path.into()),
-            _ => Error::io(path, "stat", e),
-        })
+        lstat_at(&self.at(backing, path)?, path)
     }
 
     /// The metadata of the backing entry `backing` itself (through the tree seam).
