@@ -10,6 +10,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -17,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::crypto::{NameCipher, NamePurpose};
 use crate::format::{ObjectHeader, ObjectKind};
+use crate::keys::NameKeys;
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -29,6 +31,7 @@ const BACKING_NAME_MAX: usize = 255;
 const LONG_PREFIX: u8 = b'~';
 
 /// A plaintext name's form in the backing directory.
+#[derive(Clone)]
 pub(super) struct Encoded {
     pub backing: OsString,
     /// For hashed names: (hash, full ciphertext) to keep in the store.
@@ -52,6 +55,44 @@ pub(super) fn encode(names: &NameCipher, dir_id: &[u8; 16], name: &OsStr) -> Res
     let mut backing = vec![LONG_PREFIX];
     backing.extend_from_slice(URL_SAFE_NO_PAD.encode(&hash).as_bytes());
     Ok(Encoded { backing: OsString::from_vec(backing), long: Some((hash, sealed)) })
+}
+
+/// Names already encoded, under one name key: resolving a path encrypts every component of
+/// it, and the same directories are walked request after request. A new name key (a KEK
+/// rotation's switch) empties it; it holds the key only weakly (the key is dropped, and
+/// zeroized, when the volume lets it go; a weak reference keeps its address from being
+/// reused by the next key meanwhile).
+pub(super) struct EncodedNames(Mutex<(Weak<NameKeys>, lru::LruCache<([u8; 16], Vec<u8>), Encoded>)>);
+
+/// Names kept by [`EncodedNames`].
+const ENCODED_NAMES: usize = 4096;
+
+impl Default for EncodedNames {
+    fn default() -> Self {
+        let cap = std::num::NonZeroUsize::new(ENCODED_NAMES).expect("nonzero");
+        EncodedNames(Mutex::new((Weak::new(), lru::LruCache::new(cap))))
+    }
+}
+
+impl EncodedNames {
+    /// [`encode`] under `keys`, from the cache when it is there.
+    pub(super) fn encode(&self, keys: &Arc<NameKeys>, dir_id: &[u8; 16], name: &OsStr) -> Result<Encoded> {
+        let key = (*dir_id, name.as_bytes().to_vec());
+        let lock = || {
+            let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if !std::ptr::eq(g.0.as_ptr(), Arc::as_ptr(keys)) {
+                g.1.clear();
+                g.0 = Arc::downgrade(keys);
+            }
+            g
+        };
+        if let Some(e) = lock().1.get(&key) {
+            return Ok(e.clone());
+        }
+        let e = encode(keys, dir_id, name)?;
+        lock().1.put(key, e.clone());
+        Ok(e)
+    }
 }
 
 /// The plaintext name of backing entry `backing` in directory `dir_id`; `None` for entries
@@ -159,6 +200,25 @@ pub(super) fn write_dir_id(dir: &Path, header: &ObjectHeader) -> Result<()> {
 mod tests {
     use super::*;
     use crate::crypto::Key256;
+
+    #[test]
+    fn encoded_names_are_the_current_keys_names() {
+        let cache = EncodedNames::default();
+        let (a, b) = (
+            Arc::new(NameKeys::new(Key256::generate(), &[1; 16])),
+            Arc::new(NameKeys::new(Key256::generate(), &[1; 16])),
+        );
+        let (id, name) = ([5u8; 16], OsStr::new("kept.txt"));
+        let under = |k: &Arc<NameKeys>| encode(k, &id, name).unwrap().backing;
+        assert_eq!(cache.encode(&a, &id, name).unwrap().backing, under(&a));
+        assert_eq!(cache.encode(&a, &id, name).unwrap().backing, under(&a), "from the cache");
+        // A new name key (a rotation's switch): never a name under the old one.
+        assert_eq!(cache.encode(&b, &id, name).unwrap().backing, under(&b));
+        assert_ne!(under(&a), under(&b));
+        // The other directory, and bad names, as `encode` has them.
+        assert_eq!(cache.encode(&b, &[6; 16], name).unwrap().backing, encode(&b, &[6; 16], name).unwrap().backing);
+        assert!(cache.encode(&b, &id, OsStr::new("a/b")).is_err());
+    }
 
     #[test]
     fn short_and_long_names() {

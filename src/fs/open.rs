@@ -261,6 +261,7 @@ impl Volume {
         let vol = Volume {
             core,
             dir_ids: Default::default(),
+            encoded_names: Default::default(),
             tenant_dirs: Default::default(),
             file_ids: Default::default(),
             file_set_problem: Default::default(),

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use super::commit::Committer;
 use super::file::{FileHandle, FileState};
-use super::names::{self, Encoded};
+use super::names::Encoded;
 use crate::crypto::random_array;
 use crate::format::{CipherKind, KdfParams, Layout, ObjectHeader, ObjectKind, VolumeHeader, OBJECT_HEADER_LEN};
 use crate::keys::{FileId, KeyRing};
@@ -227,6 +227,8 @@ pub struct Volume {
     pub(super) core: Arc<Core>,
     /// Backing directory path → directory id (see [`Volume::dir_id`]).
     pub(super) dir_ids: Mutex<super::dirs::DirIds>,
+    /// Plaintext names to backing names, under the current name key.
+    pub(super) encoded_names: super::names::EncodedNames,
     /// Ids of the directories read so far whose (authenticated) header says they are a
     /// tenant's root (ids never change, so nothing here goes stale).
     pub(super) tenant_dirs: Mutex<std::collections::HashSet<[u8; 16]>>,
@@ -379,8 +381,9 @@ impl Volume {
         let (last, dirs) = parts.split_last().ok_or_else(|| Error::InvalidArgument("the root has no name".into()))?;
         let mut dir = self.core.data_dir.clone();
         let mut dir_id = self.core.root_id;
+        let keys = self.core.keys.names();
         for (i, d) in dirs.iter().enumerate() {
-            let enc = names::encode(&self.core.keys.names(), &dir_id, d)?;
+            let enc = self.encoded_names.encode(&keys, &dir_id, d)?;
             dir.push(&enc.backing);
             let so_far = || -> PathBuf { dirs[..=i].iter().collect() };
             let cached = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).get(&dir).ok();
@@ -396,7 +399,7 @@ impl Volume {
                 },
             };
         }
-        let encoded = names::encode(&self.core.keys.names(), &dir_id, last).map_err(|e| match e {
+        let encoded = self.encoded_names.encode(&keys, &dir_id, last).map_err(|e| match e {
             Error::NameTooLong(_) => Error::NameTooLong(path.to_path_buf()),
             other => other,
         })?;
