@@ -62,7 +62,10 @@ pub(super) fn encode(names: &NameCipher, dir_id: &[u8; 16], name: &OsStr) -> Res
 /// rotation's switch) empties it; it holds the key only weakly (the key is dropped, and
 /// zeroized, when the volume lets it go; a weak reference keeps its address from being
 /// reused by the next key meanwhile).
-pub(super) struct EncodedNames(Mutex<(Weak<NameKeys>, lru::LruCache<([u8; 16], Vec<u8>), Encoded>)>);
+pub(super) struct EncodedNames(Mutex<(Weak<NameKeys>, NameLru)>);
+
+/// (Directory id, plaintext name) → its backing name.
+type NameLru = lru::LruCache<([u8; 16], Vec<u8>), Encoded>;
 
 /// Names kept by [`EncodedNames`].
 const ENCODED_NAMES: usize = 4096;
