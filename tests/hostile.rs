@@ -519,3 +519,46 @@ fn every_command_against_every_fixed_name_planted_as_a_symlink_fifo_or_socket() 
         }
     }
 }
+
+#[test]
+fn a_file_swapped_in_under_a_name_during_chown_and_chmod_gets_neither() {
+    // Root's tar sets owner and then mode 4755 through the mount; whoever can write CIPHERDIR
+    // swaps a file of its own in under the entry's backing name, over and over. Whatever the
+    // daemon checked is what it changes: the planted file never becomes setuid.
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let m = MountFixture::new(&[]);
+    fs::write(m.p("f"), b"data").unwrap();
+    let backing = only_entry(&m.cipher);
+    let planted = backing.with_file_name("planted");
+    fs::write(&planted, b"#!/bin/sh\nid\n").unwrap();
+    fs::set_permissions(&planted, fs::Permissions::from_mode(0o755)).unwrap();
+    let planted_ino = fs::metadata(&planted).unwrap().ino();
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = std::thread::spawn({
+        let (stop, a, b) = (stop.clone(), backing.clone(), planted.clone());
+        move || {
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                renameat2(AT_FDCWD, &a, AT_FDCWD, &b, RenameFlags::RENAME_EXCHANGE).unwrap();
+                swaps += 1;
+            }
+            swaps
+        }
+    });
+    let (f, mut changed) = (m.p("f"), 0);
+    for _ in 0..2000 {
+        // Errors are expected (the entry is the planted file half of the time); what matters
+        // is where the changes land.
+        changed += std::os::unix::fs::chown(&f, Some(0), Some(0)).is_ok() as u32;
+        changed += fs::set_permissions(&f, fs::Permissions::from_mode(0o4755)).is_ok() as u32;
+        let _ = fs::set_permissions(&f, fs::Permissions::from_mode(0o644));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    let now = [&backing, &planted].map(|p| fs::symlink_metadata(p).unwrap());
+    let planted_now = now.iter().find(|s| s.ino() == planted_ino).expect("the planted file is still there");
+    assert_eq!(planted_now.mode() & 0o7777, 0o755, "a change meant for f landed on the planted file");
+    assert!(swaps > 100 && changed > 0, "the race ran ({swaps} swaps, {changed} changes went through)");
+}

@@ -569,10 +569,8 @@ impl InodeFs {
         if expect.is_some_and(|ino| !vol.is_inode(meta.ino(), ino)) {
             return Err(Error::NotFound(path.into()));
         }
-        let perm = meta.mode() & 0o7777;
-        let kill = if perm & 0o010 != 0 { 0o6000 } else { 0o4000 };
-        if meta.is_file() && perm & kill != 0 {
-            vol.chmod(path, perm & !kill)?;
+        if let Some(mode) = super::meta::without_privs(meta.mode()) {
+            vol.chmod(path, mode)?;
         }
         Ok(())
     }

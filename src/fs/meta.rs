@@ -97,27 +97,24 @@ fn errno(path: &Path, op: &'static str, e: nix::Error) -> Error {
     Error::io(path, op, std::io::Error::from_raw_os_error(e as i32))
 }
 
-/// chmod of the entry `at` reaches (`path` names it), never through a symlink planted in
-/// the backing tree.
-fn chmod_at(at: &super::tree::At, path: &Path, mode: u32) -> Result<()> {
-    at.chmod(mode).map_err(|e| match e {
-        nix::Error::ELOOP => Error::integrity(path, "expected a file or directory, found a symbolic link"),
-        e => errno(path, "chmod", e),
-    })
-}
-
-/// utimensat of the entry `at` reaches (`path` names it), not following a symlink.
-fn set_times_at(at: &super::tree::At, path: &Path, atime: Option<SetTime>, mtime: Option<SetTime>) -> Result<()> {
-    let spec = |t: Option<SetTime>| match t {
+fn time_spec(t: Option<SetTime>) -> TimeSpec {
+    match t {
         None => TimeSpec::UTIME_OMIT,
         Some(SetTime::Now) => TimeSpec::UTIME_NOW,
         Some(SetTime::At(t)) => {
             let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
             TimeSpec::new(d.as_secs() as i64, i64::from(d.subsec_nanos()))
         }
-    };
-    utimensat(at.dir(), at.name(), &spec(atime), &spec(mtime), UtimensatFlags::NoFollowSymlink)
-        .map_err(|e| errno(path, "utimensat", e))
+    }
+}
+
+/// The mode `st_mode` becomes when a regular file loses setuid, and setgid where its group
+/// may execute (what the VFS does when a caller without CAP_FSETID writes or truncates it, or
+/// anyone chowns it), if that changes it.
+pub(super) fn without_privs(st_mode: u32) -> Option<u32> {
+    let perm = st_mode & 0o7777;
+    let kill = if perm & 0o010 != 0 { 0o6000 } else { 0o4000 };
+    (st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG && perm & kill != 0).then_some(perm & !kill)
 }
 
 /// The changes of one `setattr` other than a new size, for [`Volume::change_attrs`].
@@ -178,7 +175,11 @@ impl Volume {
     }
 
     pub fn chmod(&self, path: &Path, mode: u32) -> Result<()> {
-        chmod_at(&self.at(&self.backing_or_root(path)?, path)?, path, mode)
+        // Never through a symlink planted in the backing tree.
+        self.at(&self.backing_or_root(path)?, path)?.chmod(mode).map_err(|e| match e {
+            nix::Error::ELOOP => Error::integrity(path, "expected a file or directory, found a symbolic link"),
+            e => errno(path, "chmod", e),
+        })
     }
 
     /// chown/lchown; `None` leaves that id unchanged.
@@ -189,45 +190,77 @@ impl Volume {
 
     /// utimensat; `None` leaves that time unchanged.
     pub fn set_times(&self, path: &Path, atime: Option<SetTime>, mtime: Option<SetTime>) -> Result<()> {
-        set_times_at(&self.at(&self.backing_or_root(path)?, path)?, path, atime, mtime)
+        let at = self.at(&self.backing_or_root(path)?, path)?;
+        utimensat(at.dir(), at.name(), &time_spec(atime), &time_spec(mtime), UtimensatFlags::NoFollowSymlink)
+            .map_err(|e| errno(path, "utimensat", e))
     }
 
     /// Applies `ch` to the entry at `path`, if it is (still) backing inode `expect` when given
     /// (else NotFound, before anything changes), through one lookup of its backing entry
     /// (not one per change and one more for the attributes: `tar` sets times, owner and mode
     /// of every file it unpacks, each a request), and returns its attributes after.
+    ///
+    /// The entry is pinned by an `O_PATH` descriptor, checked and changed through it: a
+    /// file swapped in under its name in the backing tree after the check (by whoever can
+    /// write CIPHERDIR) gets none of the changes — not the owner and setuid bits a root
+    /// `tar` sets.
     pub fn change_attrs(&self, path: &Path, expect: Option<u64>, ch: &AttrChanges) -> Result<Attr> {
-        use nix::fcntl::AtFlags;
+        use nix::fcntl::{AtFlags, OFlag};
+        use std::os::fd::AsRawFd;
         let backing = self.backing_or_root(path)?;
         let at = self.at(&backing, path)?;
-        let stat = || {
-            nix::sys::stat::fstatat(at.dir(), at.name(), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| match e {
-                nix::Error::ENOENT => Error::NotFound(path.into()),
-                e => errno(path, "stat", e),
-            })
-        };
+        let pinned = nix::fcntl::openat(
+            at.dir(),
+            at.name(),
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| match e {
+            nix::Error::ENOENT => Error::NotFound(path.into()),
+            e => errno(path, "open", e),
+        })?;
+        // The inode itself (a magic link: followed to exactly this inode, never further).
+        let itself = PathBuf::from(format!("/proc/self/fd/{}", pinned.as_raw_fd()));
+        let stat = || nix::sys::stat::fstat(&pinned).map_err(|e| errno(path, "stat", e));
         let mut st = stat()?;
         if expect.is_some_and(|ino| !self.is_inode(st.st_ino, ino)) {
             return Err(Error::NotFound(path.into()));
         }
+        let is_symlink = st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFLNK;
+        let chmod = |mode: u32| {
+            if is_symlink {
+                // The kernel never asks to chmod a symlink of ours (chmod follows links).
+                return Err(Error::integrity(path, "expected a file or directory, found a symbolic link"));
+            }
+            fs::set_permissions(&itself, std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777))
+                .map_err(|e| Error::io(path, "chmod", e))
+        };
         let chown = ch.uid.is_some() || ch.gid.is_some();
         if chown {
-            at.chown(ch.uid, ch.gid).map_err(|e| errno(path, "chown", e))?;
+            nix::unistd::fchownat(
+                &pinned,
+                "",
+                ch.uid.map(nix::unistd::Uid::from_raw),
+                ch.gid.map(nix::unistd::Gid::from_raw),
+                AtFlags::AT_EMPTY_PATH,
+            )
+            .map_err(|e| errno(path, "chown", e))?;
             st = stat()?;
         }
         // Before an explicit mode, which wins (as when the kernel turned these into a mode).
-        if (chown || ch.drop_privs) && st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG {
-            let perm = st.st_mode & 0o7777;
-            let kill = if perm & 0o010 != 0 { 0o6000 } else { 0o4000 };
-            if perm & kill != 0 {
-                chmod_at(&at, path, perm & !kill)?;
+        if chown || ch.drop_privs {
+            if let Some(mode) = without_privs(st.st_mode) {
+                chmod(mode)?;
             }
         }
         if let Some(mode) = ch.mode {
-            chmod_at(&at, path, mode)?;
+            chmod(mode)?;
         }
         if ch.atime.is_some() || ch.mtime.is_some() {
-            set_times_at(&at, path, ch.atime, ch.mtime)?;
+            // Followed, the magic link is the pinned inode itself (a symlink's own times).
+            let (a, m) = (time_spec(ch.atime), time_spec(ch.mtime));
+            utimensat(at.dir(), &itself, &a, &m, UtimensatFlags::FollowSymlink)
+                .map_err(|e| errno(path, "utimensat", e))?;
         }
         self.attr_at(&at, &backing, path, expect)
     }

@@ -78,6 +78,13 @@ impl Default for EncodedNames {
 }
 
 impl EncodedNames {
+    /// Forgets every name (a volume going dark keeps no decrypted name).
+    pub(super) fn clear(&self) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.1.clear();
+        g.0 = Weak::new();
+    }
+
     /// [`encode`] under `keys`, from the cache when it is there.
     pub(super) fn encode(&self, keys: &Arc<NameKeys>, dir_id: &[u8; 16], name: &OsStr) -> Result<Encoded> {
         let key = (*dir_id, name.as_bytes().to_vec());

@@ -50,6 +50,8 @@ impl Volume {
         self.core.store.refuse_writes(why);
         let _ = self.dark.set(why.to_string());
         self.core.keys.revoke();
+        // Decrypted names go with the keys (as listings do).
+        self.encoded_names.clear();
         Some(DarkReport { not_committed, scratch })
     }
 

@@ -264,6 +264,7 @@ impl Volume {
         self.names_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.dir_ids.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.file_ids.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.encoded_names.clear();
     }
 
     /// Whether the header on disk holds another wrapped KEK than when this volume was opened:
