@@ -80,6 +80,17 @@ impl Volume {
         Ok(added)
     }
 
+    /// [`Volume::add_links`] of the entry a file has and the one it is getting, in one
+    /// transaction (a commit is a WAL fsync: `git add` links every object it writes); only
+    /// the new entry's row is returned, to undo if the link fails (the existing entry's row
+    /// stays either way).
+    pub(super) fn add_links_for_new(&self, id: &[u8; 16], existing: &Entry, new: &Entry) -> Result<Vec<LeftRow>> {
+        let new_tag = self.link_tag(id, new);
+        let mut added = self.add_links(id, &[existing, new])?;
+        added.retain(|r| r.tag == new_tag);
+        Ok(added)
+    }
+
     /// An operation that [`Volume::add_links`] prepared failed: its new rows go (a row for a
     /// name the file never got would let it be linked there).
     pub(super) fn undo_links(&self, added: Vec<LeftRow>) -> Result<()> {

@@ -338,9 +338,9 @@ impl Volume {
             super::binding::Moving::File { id, .. } => {
                 let entry = self.entry_of(&from_backing)?;
                 let new_entry = self.entry_of(&self.resolve_new(new)?)?;
-                // Both names bound in the store before the header stops naming one of them.
-                self.add_links(&id, &[&entry])?;
-                added = self.add_links(&id, &[&new_entry])?;
+                // Both names bound in the store (one transaction) before the header stops
+                // naming one of them.
+                added = self.add_links_for_new(&id, &entry, &new_entry)?;
                 self.write_binding(from.path(), &id, &entry, true, existing)?;
             }
             _ => {}
