@@ -10,9 +10,12 @@
 #   mount  = `mount` until it serves, then `umount`.
 # Prints each round and the medians. Needs fuse3 and root; not part of CI (no timings in tests).
 set -euo pipefail
+[ $# -ge 2 ] || { sed -n '2,11p' "$0"; exit 2; }
+command -v bc >/dev/null || { echo "needs bc" >&2; exit 1; }
 OLD=$1; NEW=$2; DEKS=${3:-1000000}; ROUNDS=${4:-3}
 FILES=16
 w=$(mktemp -d /var/tmp/evfs-scale-XXXX)
+out=$w/rounds
 cleanup() { mountpoint -q "$w/mnt" && fusermount3 -u "$w/mnt"; rm -rf "$w"; }
 trap cleanup EXIT
 echo pw > "$w/pass"; mkdir "$w/mnt"
@@ -35,7 +38,6 @@ one() {
     "$bin" umount "$w/mnt"
     echo "$label rotate=$rotate fsck=$fsck mount=$mount"
 }
-out=$(mktemp)
 for r in $(seq "$ROUNDS"); do
     if [ $((r % 2)) = 1 ]; then one "$OLD" old; one "$NEW" new; else one "$NEW" new; one "$OLD" old; fi
 done | tee "$out"
@@ -52,4 +54,3 @@ for k in ["rotate", "fsck", "mount"]:
     o, n = statistics.median(d[("old", k)]), statistics.median(d[("new", k)])
     print(f"| {k} | {o:.3f} | {n:.3f} | {n / o:.2f} |")
 PY
-rm -f "$out"
