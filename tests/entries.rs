@@ -328,3 +328,44 @@ fn hard_linked_files_are_bound_to_each_of_their_names() {
     assert_eio(fs::read(m.p("b")), "cat b (a name whose link failed)");
     assert_eq!(fs::read(m.p("d/a3")).unwrap(), b"contents of a");
 }
+
+/// A removed name's row goes in the next group commit (`git` links every object it writes
+/// and unlinks the temporary name), while the volume is still mounted; a file linked back to
+/// that name meanwhile keeps the row.
+#[test]
+fn a_removed_names_row_goes_with_the_next_group_commit_unless_the_name_comes_back() {
+    let mut m = MountFixture::new(&[]);
+    let rows = |cipher: &Path| -> i64 {
+        let c = rusqlite::Connection::open(cipher.join("meta.db")).unwrap();
+        c.query_row("SELECT COUNT(*) FROM links", [], |r| r.get(0)).unwrap()
+    };
+    // Rows are written before a link returns and deleted a moment after an unlink: wait
+    // (bounded) until there are `n`.
+    let wait_for = |cipher: &Path, n: i64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while rows(cipher) != n && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        rows(cipher)
+    };
+    fs::write(m.p("a"), b"contents of a").unwrap();
+    fs::hard_link(m.p("a"), m.p("c")).unwrap();
+    assert_eq!(rows(&m.cipher), 2, "a and c bound before the link returned");
+    fs::remove_file(m.p("c")).unwrap();
+    assert_eq!(wait_for(&m.cipher, 1), 1, "c's row goes while mounted");
+    // Linked, unlinked and linked again at once: the row whose deletion was queued stays.
+    for _ in 0..20 {
+        fs::hard_link(m.p("a"), m.p("b")).unwrap();
+        fs::remove_file(m.p("b")).unwrap();
+        fs::hard_link(m.p("a"), m.p("b")).unwrap();
+        assert_eq!(fs::read(m.p("b")).unwrap(), b"contents of a");
+        fs::remove_file(m.p("b")).unwrap();
+    }
+    fs::hard_link(m.p("a"), m.p("b")).unwrap();
+    m.remount();
+    assert_eq!(fs::read(m.p("b")).unwrap(), b"contents of a", "b's row outlived the queued deletions");
+    assert_eq!(rows(&m.cipher), 2);
+    m.unmount();
+    let report = Volume::open(&m.cipher, &mount_pass()).unwrap().fsck(false).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+}

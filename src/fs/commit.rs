@@ -11,6 +11,11 @@
 //! files 8.0 s at 20 ms, 5.9 s at 100 ms).
 //! `fsync`, truncation and explicit `FileHandle::close` still commit at once; unmount and
 //! `Volume::flush_pending` flush whatever is queued.
+//!
+//! The `links` rows of names removed go the same way (a row outliving its name authorizes
+//! only that file at that name, as after a crash: `fs::links`); a row about to be needed
+//! again (the same file linked at the same name meanwhile) is taken off the queue first
+//! ([`Committer::keep_link`]).
 
 use std::os::fd::AsFd;
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -26,10 +31,17 @@ use crate::{Error, Result};
 /// close through the mount stays uncommitted, crashes aside).
 const GATHER: Duration = Duration::from_millis(100);
 
+/// A `links` row: (file id, tag).
+pub(super) type LinkRow = ([u8; 16], [u8; 16]);
+
 #[derive(Default)]
 struct Queue {
     files: Vec<Arc<FileState>>,
     deletes: Vec<FileId>,
+    /// Rows of removed names, to delete.
+    links: Vec<LinkRow>,
+    /// The rows the flush under way is deleting.
+    links_in_flight: Vec<LinkRow>,
     stop: bool,
 }
 
@@ -54,7 +66,7 @@ impl Committer {
             {
                 let (lock, cv) = &*queue;
                 let mut q = lock.lock().unwrap_or_else(|p| p.into_inner());
-                while q.files.is_empty() && q.deletes.is_empty() && !q.stop {
+                while q.files.is_empty() && q.deletes.is_empty() && q.links.is_empty() && !q.stop {
                     q = cv.wait(q).unwrap_or_else(|p| p.into_inner());
                 }
                 if q.stop {
@@ -88,6 +100,27 @@ impl Committer {
         self.queue.1.notify_one();
     }
 
+    /// Deletes `row` (its name is gone) in the next group commit.
+    pub(super) fn drop_link(&self, row: LinkRow) {
+        self.queue().links.push(row);
+        self.queue.1.notify_one();
+    }
+
+    /// `row` is needed again: a deletion of it queued is dropped, one under way is waited for
+    /// (the row is gone then). After this the store tells truly whether the row is there.
+    pub(super) fn keep_link(&self, row: &LinkRow) {
+        loop {
+            let mut q = self.queue();
+            q.links.retain(|r| r != row);
+            if !q.links_in_flight.contains(row) {
+                return;
+            }
+            drop(q);
+            // That flush ends (or fails, and queues the row again: the next turn drops it).
+            drop(self.flushing.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    }
+
     /// Stops the thread (after its current flush).
     pub(super) fn stop(&self) {
         self.queue().stop = true;
@@ -100,11 +133,13 @@ impl Committer {
     /// Commits everything queued now. On failure the work is queued again.
     pub(super) fn flush(&self, core: &Core) -> Result<()> {
         let _one = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
-        let (files, deletes) = {
+        let (files, deletes, links) = {
             let mut q = self.queue();
-            (std::mem::take(&mut q.files), std::mem::take(&mut q.deletes))
+            let links = std::mem::take(&mut q.links);
+            q.links_in_flight = links.clone();
+            (std::mem::take(&mut q.files), std::mem::take(&mut q.deletes), links)
         };
-        if files.is_empty() && deletes.is_empty() {
+        if files.is_empty() && deletes.is_empty() && links.is_empty() {
             return Ok(());
         }
         // Every file of the batch stays locked (in id order, so two flushes cannot deadlock)
@@ -136,8 +171,15 @@ impl Committer {
                 snap.changes(&held[*i].0.id, &mut changes);
             }
             changes.extend(deletes.iter().map(|id| Change::DeleteFile { id }));
+            changes.extend(links.iter().map(|(object, tag)| Change::DeleteLink { object, tag }));
             core.store.apply(&changes)
         })();
+        let mut q = self.queue();
+        q.links_in_flight.clear();
+        if result.is_err() {
+            q.links.extend(links);
+        }
+        drop(q);
         if let Err(e) = result {
             for (i, snap) in &snaps {
                 let (s, inner) = &mut held[*i];

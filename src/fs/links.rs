@@ -71,6 +71,7 @@ impl Volume {
         let mut added = Vec::new();
         for e in entries {
             let tag = self.link_tag(id, e);
+            self.core.committer.keep_link(&(*id, tag));
             if !self.store().has_link(id, &tag)? {
                 added.push(LeftRow { id: *id, tag });
             }
@@ -99,12 +100,14 @@ impl Volume {
         self.store().apply(&changes)
     }
 
-    /// Unbinds entry `entry` of file `id` (it is gone).
+    /// Unbinds entry `entry` of file `id` (it is gone), in the next group commit (`git`
+    /// unlinks a temporary name of every object it links into place: a commit each was a
+    /// WAL fsync each).
     pub(super) fn drop_link(&self, id: &[u8; 16], entry: &Entry) -> Result<()> {
-        if !self.links_bound() {
-            return Ok(());
+        if self.links_bound() {
+            self.core.committer.drop_link((*id, self.link_tag(id, entry)));
         }
-        self.store().apply(&[Change::DeleteLink { object: id, tag: &self.link_tag(id, entry) }])
+        Ok(())
     }
 
     /// Before `moving` is renamed from backing `from` to `to`: a shared file is bound at `to`.
