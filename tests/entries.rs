@@ -368,4 +368,18 @@ fn a_removed_names_row_goes_with_the_next_group_commit_unless_the_name_comes_bac
     m.unmount();
     let report = Volume::open(&m.cipher, &mount_pass()).unwrap().fsck(false).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
+    // A name removed and then linked again, where the link fails (a writer of CIPHERDIR holds
+    // the backing name): the row whose deletion the link took back goes with the failure, so
+    // the file planted there later is not the file's.
+    let fb = backing(&m.cipher, "b");
+    let vol = Volume::open(&m.cipher, &mount_pass()).unwrap();
+    vol.unlink(Path::new("b")).unwrap();
+    fs::write(&fb, b"planted").unwrap();
+    assert!(matches!(vol.link(Path::new("a"), Path::new("b")), Err(envelopefs::Error::Exists(_))));
+    drop(vol);
+    assert_eq!(rows(&m.cipher), 1, "only a's row is left");
+    fs::remove_file(&fb).unwrap();
+    fs::hard_link(backing(&m.cipher, "a"), &fb).unwrap();
+    m.mount();
+    assert_eio(fs::read(m.p("b")), "cat b (its link failed; the file planted there)");
 }

@@ -534,6 +534,7 @@ fn a_file_swapped_in_under_a_name_during_chown_and_chmod_gets_neither() {
     let planted = backing.with_file_name("planted");
     fs::write(&planted, b"#!/bin/sh\nid\n").unwrap();
     fs::set_permissions(&planted, fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&planted, Some(1234), Some(1234)).unwrap();
     let planted_ino = fs::metadata(&planted).unwrap().ino();
     let stop = Arc::new(AtomicBool::new(false));
     let swapper = std::thread::spawn({
@@ -551,7 +552,7 @@ fn a_file_swapped_in_under_a_name_during_chown_and_chmod_gets_neither() {
     for _ in 0..2000 {
         // Errors are expected (the entry is the planted file half of the time); what matters
         // is where the changes land.
-        changed += std::os::unix::fs::chown(&f, Some(0), Some(0)).is_ok() as u32;
+        changed += std::os::unix::fs::chown(&f, Some(0), Some(4321)).is_ok() as u32;
         changed += fs::set_permissions(&f, fs::Permissions::from_mode(0o4755)).is_ok() as u32;
         let _ = fs::set_permissions(&f, fs::Permissions::from_mode(0o644));
     }
@@ -559,6 +560,7 @@ fn a_file_swapped_in_under_a_name_during_chown_and_chmod_gets_neither() {
     let swaps = swapper.join().unwrap();
     let now = [&backing, &planted].map(|p| fs::symlink_metadata(p).unwrap());
     let planted_now = now.iter().find(|s| s.ino() == planted_ino).expect("the planted file is still there");
-    assert_eq!(planted_now.mode() & 0o7777, 0o755, "a change meant for f landed on the planted file");
+    assert_eq!(planted_now.mode() & 0o7777, 0o755, "a chmod meant for f landed on the planted file");
+    assert_eq!((planted_now.uid(), planted_now.gid()), (1234, 1234), "a chown meant for f landed on the planted file");
     assert!(swaps > 100 && changed > 0, "the race ran ({swaps} swaps, {changed} changes went through)");
 }

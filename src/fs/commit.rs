@@ -45,6 +45,15 @@ struct Queue {
     stop: bool,
 }
 
+/// Clears the rows of the flush under way when it ends.
+struct InFlight<'a>(&'a Committer);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.queue().links_in_flight.clear();
+    }
+}
+
 /// The queue and its background thread.
 pub(super) struct Committer {
     queue: Arc<(Mutex<Queue>, Condvar)>,
@@ -106,14 +115,19 @@ impl Committer {
         self.queue.1.notify_one();
     }
 
-    /// `row` is needed again: a deletion of it queued is dropped, one under way is waited for
-    /// (the row is gone then). After this the store tells truly whether the row is there.
-    pub(super) fn keep_link(&self, row: &LinkRow) {
+    /// `row` is needed again: a deletion of it queued is dropped (true: the row is there, for
+    /// a name that is gone), one under way is waited for (the row is gone then). After this
+    /// the store tells truly whether the row is there.
+    pub(super) fn keep_link(&self, row: &LinkRow) -> bool {
         loop {
             let mut q = self.queue();
+            let queued = q.links.len();
             q.links.retain(|r| r != row);
+            if q.links.len() != queued {
+                return true;
+            }
             if !q.links_in_flight.contains(row) {
-                return;
+                return false;
             }
             drop(q);
             // That flush ends (or fails, and queues the row again: the next turn drops it).
@@ -139,6 +153,8 @@ impl Committer {
             q.links_in_flight = links.clone();
             (std::mem::take(&mut q.files), std::mem::take(&mut q.deletes), links)
         };
+        // However the flush ends (a panic too), nobody waits on its rows after it.
+        let _in_flight = InFlight(self);
         if files.is_empty() && deletes.is_empty() && links.is_empty() {
             return Ok(());
         }

@@ -505,48 +505,31 @@ impl InodeFs {
 
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Attr> {
         self.writable()?;
-        if set.size.is_none() {
-            // The common case (times, owner, mode): one lookup of the entry for all of it.
-            let changes = super::meta::AttrChanges {
-                mode: set.mode,
-                uid: set.uid,
-                gid: set.gid,
-                atime: set.atime,
-                mtime: set.mtime,
-                drop_privs: set.drop_privs,
-            };
-            let expect = (ino != ROOT_INO).then_some(ino);
-            let mut attr = self.at_inode(ino, |vol, p| vol.change_attrs(p, expect, &changes))?; // see `path`
-            match expect {
-                Some(ino) => attr.ino = ino, // re-keyed in place: the kernel's inode number stays
-                None => self.fuse_ino(&mut attr),
-            }
-            return Ok(attr);
-        }
-        let (k, path) = self.path(ino)?;
-        let (vol, guard) = self.part(k)?;
-        let chown = set.uid.is_some() || set.gid.is_some();
-        if chown {
-            vol.chown(&path, set.uid, set.gid)?;
-        }
         if let Some(size) = set.size {
+            let (k, path) = self.path(ino)?;
+            let (vol, _guard) = self.part(k)?;
             match set.fh.and_then(|fh| self.handle(fh).ok()) {
                 Some((h, _)) => h.set_len(size)?,
                 None => vol.truncate_inode(&path, Some(ino), size)?,
             }
         }
-        // Before an explicit mode, which wins (as when the kernel turned these into a mode).
-        if chown || set.drop_privs {
-            self.drop_privs_at(vol, &path, None)?;
+        // Times, owner and mode (and setuid dropped, for a chown or a truncation by a user
+        // without CAP_FSETID), and the attributes after: one lookup of the entry, pinned.
+        let changes = super::meta::AttrChanges {
+            mode: set.mode,
+            uid: set.uid,
+            gid: set.gid,
+            atime: set.atime,
+            mtime: set.mtime,
+            drop_privs: set.drop_privs,
+        };
+        let expect = (ino != ROOT_INO).then_some(ino);
+        let mut attr = self.at_inode(ino, |vol, p| vol.change_attrs(p, expect, &changes))?; // see `path`
+        match expect {
+            Some(ino) => attr.ino = ino, // re-keyed in place: the kernel's inode number stays
+            None => self.fuse_ino(&mut attr),
         }
-        if let Some(mode) = set.mode {
-            vol.chmod(&path, mode)?;
-        }
-        if set.atime.is_some() || set.mtime.is_some() {
-            vol.set_times(&path, set.atime, set.mtime)?;
-        }
-        drop(guard);
-        self.getattr(ino)
+        Ok(attr)
     }
 
     /// Clears setuid, and setgid where the group may execute, of regular file `ino`: what the
@@ -556,23 +539,12 @@ impl InodeFs {
     /// rare; checking them here costs a stat, not two kernel round trips).
     pub fn drop_privs(&self, ino: u64) -> Result<()> {
         self.writable()?;
-        self.at_inode(ino, |vol, p| self.drop_privs_at(vol, p, Some(ino))) // see `path`
-    }
-
-    /// [`Self::drop_privs`] at `path`, if it is (still) inode `expect` when given.
-    fn drop_privs_at(&self, vol: &Volume, path: &Path, expect: Option<u64>) -> Result<()> {
-        if path.as_os_str().is_empty() {
-            return Ok(()); // the root: a directory, which keeps its bits
+        if ino == ROOT_INO {
+            return Ok(()); // a directory, which keeps its bits
         }
-        let backing = vol.backing_path(path)?;
-        let meta = vol.lstat(&backing).map_err(|_| Error::NotFound(path.into()))?;
-        if expect.is_some_and(|ino| !vol.is_inode(meta.ino(), ino)) {
-            return Err(Error::NotFound(path.into()));
-        }
-        if let Some(mode) = super::meta::without_privs(meta.mode()) {
-            vol.chmod(path, mode)?;
-        }
-        Ok(())
+        let changes = super::meta::AttrChanges { drop_privs: true, ..Default::default() };
+        self.at_inode(ino, |vol, p| vol.apply_attr_changes(p, Some(ino), &changes).map(drop))
+        // see `path`
     }
 
     pub fn readlink(&self, ino: u64) -> Result<OsString> {

@@ -6,9 +6,9 @@
 //! the store: a `links` row (file id, tag), where
 //! `tag = HMAC(entry key, "EVFSLNK2" || id || parent dir id || u16 len || backing name)[..16]`.
 //! A row is written before its entry is made (link, rename, exchange) and deleted after the
-//! entry is gone (unlink, renamed away, replaced), so a crash leaves at worst a row for an
-//! entry that is not there (which authorizes nothing anybody could use but this file at that
-//! name). A shared file reached by an entry without its row is an integrity error.
+//! entry is gone (unlink, renamed away, replaced; in the next group commit, `fs::commit`), so
+//! a crash leaves at worst a row for an entry that is not there (which authorizes nothing
+//! anybody could use but this file at that name). A shared file reached by an entry without its row is an integrity error.
 //! Volumes made before bit 9 record a row for every entry of every shared file at their first
 //! writable open (trusted that once).
 
@@ -68,16 +68,24 @@ impl Volume {
         if !self.links_bound() {
             return Ok(Vec::new());
         }
-        let mut added = Vec::new();
+        let (mut added, mut kept) = (Vec::new(), Vec::new());
         for e in entries {
             let tag = self.link_tag(id, e);
-            self.core.committer.keep_link(&(*id, tag));
-            if !self.store().has_link(id, &tag)? {
+            // A row whose name went a moment ago (its deletion queued, now taken back) counts
+            // as added: if the operation fails, it goes with the rest.
+            if self.core.committer.keep_link(&(*id, tag)) {
+                kept.push((*id, tag));
+                added.push(LeftRow { id: *id, tag });
+            } else if !self.store().has_link(id, &tag)? {
                 added.push(LeftRow { id: *id, tag });
             }
         }
         let changes: Vec<Change<'_>> = added.iter().map(|r| Change::PutLink { object: &r.id, tag: &r.tag }).collect();
-        self.store().apply(&changes)?;
+        if let Err(e) = self.store().apply(&changes) {
+            // Their names are still gone: their deletions are queued again.
+            kept.into_iter().for_each(|row| self.core.committer.drop_link(row));
+            return Err(e);
+        }
         Ok(added)
     }
 

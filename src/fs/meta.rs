@@ -111,7 +111,7 @@ fn time_spec(t: Option<SetTime>) -> TimeSpec {
 /// The mode `st_mode` becomes when a regular file loses setuid, and setgid where its group
 /// may execute (what the VFS does when a caller without CAP_FSETID writes or truncates it, or
 /// anyone chowns it), if that changes it.
-pub(super) fn without_privs(st_mode: u32) -> Option<u32> {
+fn without_privs(st_mode: u32) -> Option<u32> {
     let perm = st_mode & 0o7777;
     let kill = if perm & 0o010 != 0 { 0o6000 } else { 0o4000 };
     (st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG && perm & kill != 0).then_some(perm & !kill)
@@ -205,6 +205,18 @@ impl Volume {
     /// write CIPHERDIR) gets none of the changes — not the owner and setuid bits a root
     /// `tar` sets.
     pub fn change_attrs(&self, path: &Path, expect: Option<u64>, ch: &AttrChanges) -> Result<Attr> {
+        let (at, backing) = self.apply_attr_changes(path, expect, ch)?;
+        self.attr_at(&at, &backing, path, expect)
+    }
+
+    /// [`Volume::change_attrs`] without the attributes after: the entry (its parent and
+    /// name) and its backing path, for them.
+    pub(super) fn apply_attr_changes(
+        &self,
+        path: &Path,
+        expect: Option<u64>,
+        ch: &AttrChanges,
+    ) -> Result<(super::tree::At, PathBuf)> {
         use nix::fcntl::{AtFlags, OFlag};
         use std::os::fd::AsRawFd;
         let backing = self.backing_or_root(path)?;
@@ -262,7 +274,7 @@ impl Volume {
             utimensat(at.dir(), &itself, &a, &m, UtimensatFlags::FollowSymlink)
                 .map_err(|e| errno(path, "utimensat", e))?;
         }
-        self.attr_at(&at, &backing, path, expect)
+        Ok((at, backing))
     }
 
     /// Truncates or extends the file at `path`.
@@ -341,14 +353,18 @@ impl Volume {
                 // Both names bound in the store (one transaction) before the header stops
                 // naming one of them.
                 added = self.add_links_for_new(&id, &entry, &new_entry)?;
-                self.write_binding(from.path(), &id, &entry, true, existing)?;
+                if let Err(e) = self.write_binding(from.path(), &id, &entry, true, existing) {
+                    self.undo_links(added)?;
+                    return Err(e);
+                }
             }
             _ => {}
         }
-        let to = self.at(&self.resolve_new(new)?, new)?;
-        let linked = fs::hard_link(from.path(), to.path()).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => Error::Exists(new.into()),
-            _ => Error::io(new, "link", e),
+        let linked = self.resolve_new(new).and_then(|b| self.at(&b, new)).and_then(|to| {
+            fs::hard_link(from.path(), to.path()).map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Error::Exists(new.into()),
+                _ => Error::io(new, "link", e),
+            })
         });
         if linked.is_err() {
             // No row for a name the file did not get (the existing name's row stays: the
