@@ -525,6 +525,21 @@ fn entries_made_by_another_user_are_theirs() {
 }
 
 #[test]
+fn a_file_open_after_its_last_name_went_is_written_and_truncated_by_any_user() {
+    // A write by a caller without CAP_FSETID makes the daemon clear setuid/setgid first; a
+    // file with no name left has none to clear, and the write goes through, as on a local
+    // file system (it used to fail with ENOENT).
+    let m = mount_for_others(0o1777);
+    as_nobody(&m, "exec 3> f && rm f && echo written >&3 && exec 3>&- && test ! -e f");
+    // ftruncate too, by the user and by root.
+    let script = "import os; fd = os.open('g', os.O_RDWR | os.O_CREAT); os.write(fd, b'x' * 100); os.unlink('g'); \
+                  os.ftruncate(fd, 10); assert os.fstat(fd).st_size == 10, os.fstat(fd)";
+    as_nobody(&m, &format!("python3 -c \"{script}\""));
+    let out = std::process::Command::new("python3").args(["-c", script]).current_dir(&m.mnt).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn setuid_and_setgid_bits_go_as_on_a_local_file_system() {
     // A write or truncation by a user without CAP_FSETID clears setuid, and setgid where the
     // group may execute; a chown clears them whoever makes it; root's writes keep them.

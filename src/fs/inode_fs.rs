@@ -50,6 +50,11 @@ pub struct SetAttr {
     pub drop_privs: bool,
 }
 
+/// Whether `set` changes the owner or the times.
+fn chown_or_times(set: &SetAttr) -> bool {
+    set.uid.is_some() || set.gid.is_some() || set.atime.is_some() || set.mtime.is_some()
+}
+
 struct Node {
     /// The volume the inode is in, and its path there.
     part: usize,
@@ -506,11 +511,17 @@ impl InodeFs {
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Attr> {
         self.writable()?;
         if let Some(size) = set.size {
-            let (k, path) = self.path(ino)?;
-            let (vol, _guard) = self.part(k)?;
             match set.fh.and_then(|fh| self.handle(fh).ok()) {
-                Some((h, _)) => h.set_len(size)?,
-                None => vol.truncate_inode(&path, Some(ino), size)?,
+                // Through the open file: it may have no name left (ftruncate after unlink).
+                Some((h, k)) => {
+                    let (_vol, _guard) = self.part(k)?;
+                    h.set_len(size)?
+                }
+                None => {
+                    let (k, path) = self.path(ino)?;
+                    let (vol, _guard) = self.part(k)?;
+                    vol.truncate_inode(&path, Some(ino), size)?
+                }
             }
         }
         // Times, owner and mode (and setuid dropped, for a chown or a truncation by a user
@@ -524,7 +535,16 @@ impl InodeFs {
             drop_privs: set.drop_privs,
         };
         let expect = (ino != ROOT_INO).then_some(ino);
-        let mut attr = self.at_inode(ino, |vol, p| vol.change_attrs(p, expect, &changes))?; // see `path`
+        let only_size = set.mode.is_none() && !chown_or_times(set);
+        let mut attr = match self.at_inode(ino, |vol, p| vol.change_attrs(p, expect, &changes)) {
+            // Open with no name left, and nothing but the size changed: the open file's
+            // attributes (setuid or setgid that a truncation must clear: refused, as below).
+            Err(Error::NotFound(p)) if only_size => match self.open_attr(ino) {
+                Some(a) if !(set.drop_privs && super::meta::loses_privs(a.kind, a.perm.into())) => a,
+                _ => return Err(Error::NotFound(p)),
+            },
+            r => r?, // see `path`
+        };
         match expect {
             Some(ino) => attr.ino = ino, // re-keyed in place: the kernel's inode number stays
             None => self.fuse_ino(&mut attr),
@@ -536,15 +556,24 @@ impl InodeFs {
     /// VFS does when a file is written or truncated by a caller without CAP_FSETID, or chowned.
     /// The kernel leaves it to us (`FUSE_HANDLE_KILLPRIV_V2`), so that it need not ask for
     /// the mode and the `security.capability` attribute before every write (those bits are
-    /// rare; checking them here costs a stat, not two kernel round trips).
+    /// rare; checking them here costs an `O_PATH` open and a stat, not two kernel round
+    /// trips).
     pub fn drop_privs(&self, ino: u64) -> Result<()> {
         self.writable()?;
         if ino == ROOT_INO {
             return Ok(()); // a directory, which keeps its bits
         }
         let changes = super::meta::AttrChanges { drop_privs: true, ..Default::default() };
-        self.at_inode(ino, |vol, p| vol.apply_attr_changes(p, Some(ino), &changes).map(drop))
-        // see `path`
+        match self.at_inode(ino, |vol, p| vol.apply_attr_changes(p, Some(ino), &changes).map(drop)) {
+            // Written through a handle after its last name went (as a local file system
+            // allows): nothing to clear unless the handle shows setuid or setgid (then the
+            // write is refused: the bits cannot be cleared by name).
+            Err(Error::NotFound(p)) => match self.open_attr(ino) {
+                Some(a) if !super::meta::loses_privs(a.kind, a.perm.into()) => Ok(()),
+                _ => Err(Error::NotFound(p)),
+            },
+            r => r, // see `path`
+        }
     }
 
     pub fn readlink(&self, ino: u64) -> Result<OsString> {

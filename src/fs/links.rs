@@ -69,19 +69,23 @@ impl Volume {
             return Ok(Vec::new());
         }
         let (mut added, mut kept) = (Vec::new(), Vec::new());
-        for e in entries {
-            let tag = self.link_tag(id, e);
-            // A row whose name went a moment ago (its deletion queued, now taken back) counts
-            // as added: if the operation fails, it goes with the rest.
-            if self.core.committer.keep_link(&(*id, tag)) {
-                kept.push((*id, tag));
-                added.push(LeftRow { id: *id, tag });
-            } else if !self.store().has_link(id, &tag)? {
-                added.push(LeftRow { id: *id, tag });
+        let result = (|| {
+            for e in entries {
+                let tag = self.link_tag(id, e);
+                // A row whose name went a moment ago (its deletion queued, now taken back)
+                // counts as added: if the operation fails, it goes with the rest.
+                if self.core.committer.keep_link(&(*id, tag)) {
+                    kept.push((*id, tag));
+                    added.push(LeftRow { id: *id, tag });
+                } else if !self.store().has_link(id, &tag)? {
+                    added.push(LeftRow { id: *id, tag });
+                }
             }
-        }
-        let changes: Vec<Change<'_>> = added.iter().map(|r| Change::PutLink { object: &r.id, tag: &r.tag }).collect();
-        if let Err(e) = self.store().apply(&changes) {
+            let changes: Vec<Change<'_>> =
+                added.iter().map(|r| Change::PutLink { object: &r.id, tag: &r.tag }).collect();
+            self.store().apply(&changes)
+        })();
+        if let Err(e) = result {
             // Their names are still gone: their deletions are queued again.
             kept.into_iter().for_each(|row| self.core.committer.drop_link(row));
             return Err(e);
@@ -105,7 +109,12 @@ impl Volume {
     pub(super) fn undo_links(&self, added: Vec<LeftRow>) -> Result<()> {
         let changes: Vec<Change<'_>> =
             added.iter().map(|r| Change::DeleteLink { object: &r.id, tag: &r.tag }).collect();
-        self.store().apply(&changes)
+        let undone = self.store().apply(&changes);
+        if undone.is_err() {
+            // Tried again with the next group commit (and at unmount).
+            added.iter().for_each(|r| self.core.committer.drop_link((r.id, r.tag)));
+        }
+        undone
     }
 
     /// Unbinds entry `entry` of file `id` (it is gone), in the next group commit (`git`

@@ -108,6 +108,12 @@ fn time_spec(t: Option<SetTime>) -> TimeSpec {
     }
 }
 
+/// Whether an entry of kind `kind` with permission bits `perm` loses setuid or setgid on a
+/// write by a caller without CAP_FSETID (see [`without_privs`]).
+pub(super) fn loses_privs(kind: EntryKind, perm: u32) -> bool {
+    kind == EntryKind::File && without_privs(nix::libc::S_IFREG | (perm & 0o7777)).is_some()
+}
+
 /// The mode `st_mode` becomes when a regular file loses setuid, and setgid where its group
 /// may execute (what the VFS does when a caller without CAP_FSETID writes or truncates it, or
 /// anyone chowns it), if that changes it.
