@@ -11,6 +11,7 @@
 # Prints each round and the medians. Needs fuse3 and root; not part of CI (no timings in tests).
 set -euo pipefail
 [ $# -ge 2 ] || { sed -n '2,11p' "$0"; exit 2; }
+[ "$(id -u)" -eq 0 ] || { echo "run as root (dropping caches needs it)" >&2; exit 1; }
 command -v bc >/dev/null || { echo "needs bc" >&2; exit 1; }
 OLD=$1; NEW=$2; DEKS=${3:-1000000}; ROUNDS=${4:-3}
 FILES=16

@@ -31,9 +31,9 @@ for r in $(seq "$ROUNDS"); do
         drop; ls=$(t ls -lR "$w/mnt") # (t's sync finds nothing to write here)
         drop; rm=$(t rm -rf "${w:?}/mnt/"*)
         "$b" umount "$w/mnt"; rm -rf "$w"; w=
-        echo "$b untar=$untar ls-lR=$ls rm=$rm"
+        echo "$b untar=$untar ls-lR=$ls rm=$rm" | tee -a "$out"
     done
-done | tee "$out"
+done # (not piped: in a subshell, `w` would be out of the cleanup's sight)
 python3 - "$out" <<'PY'
 import statistics, sys
 d = {}

@@ -38,7 +38,7 @@ step() {
     a=$(cpu)
     perf record -q -a -e fuse:fuse_request_send -e fuse:fuse_request_end -o "$w/perf.data" -- "$@" >/dev/null
     b=$(cpu)
-    echo "## $name: daemon CPU $(( (b - a) * 10000 / entries )) µs per entry ($entries entries)"
+    echo "## $name: daemon CPU $(( (b - a) * 1000000 / $(getconf CLK_TCK) / entries )) µs per entry ($entries entries)"
     perf script -i "$w/perf.data" 2>/dev/null | python3 -c '
 import collections, re, sys
 send, lat = {}, collections.defaultdict(list)

@@ -12,7 +12,7 @@ use fuser::{
     ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
-use crate::fs::{Attr, Caller, EntryKind, InodeFs, RenameMode, SetAttr, SetTime, XattrMode};
+use crate::fs::{Attr, AttrChanges, Caller, EntryKind, InodeFs, RenameMode, SetAttr, SetTime, XattrMode};
 use crate::Error;
 
 /// How long the kernel may cache attributes and entries. Every change goes through this
@@ -339,14 +339,16 @@ impl Filesystem for Adapter {
         // caller without CAP_FSETID): root stands for the callers that have it.
         let truncated_by_user = size.is_some() && req.uid() != 0;
         let set = SetAttr {
-            mode,
-            uid,
-            gid,
             size,
-            atime: set_time(atime),
-            mtime: set_time(mtime),
+            changes: AttrChanges {
+                mode,
+                uid,
+                gid,
+                atime: set_time(atime),
+                mtime: set_time(mtime),
+                drop_privs: truncated_by_user,
+            },
             fh: fh.map(|f| f.0),
-            drop_privs: truncated_by_user,
         };
         match self.fs.setattr(ino.0, &set) {
             Ok(a) => reply.attr(&TTL, &attr(&a)),

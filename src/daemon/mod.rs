@@ -515,13 +515,16 @@ fn control_server(
             let mut logged = 0;
             let mut sent: Option<(crate::fs::RotationStep, Instant)> = None;
             let mut progress = |step, done: u64, total: u64| {
+                // Names count files only (the walk passes directories too, and its total grows
+                // with `done` past them): only the DEKs have a last step to show at once.
+                let last = step == crate::fs::RotationStep::Deks && done == total;
                 // The daemon's log shows a long rotation move on (about every 10%).
-                if done >= logged + total.max(10) / 10 || done == total {
+                if done >= logged + total.max(10) / 10 || last {
                     logged = done;
                     tracing::info!(?step, done, total, "rotate --kek");
                 }
                 // The command that asked sees it too (its progress display).
-                if sent.is_none_or(|(s, at)| s != step || at.elapsed() >= Duration::from_millis(200) || done == total) {
+                if sent.is_none_or(|(s, at)| s != step || at.elapsed() >= Duration::from_millis(200) || last) {
                     sent = Some((step, Instant::now()));
                     let stage = match step {
                         crate::fs::RotationStep::Deks => "deks",

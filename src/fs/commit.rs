@@ -17,7 +17,6 @@
 //! again (the same file linked at the same name meanwhile) is taken off the queue first
 //! ([`Committer::keep_link`]).
 
-use std::os::fd::AsFd;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
@@ -175,12 +174,7 @@ impl Committer {
         }
         let result = (|| {
             if !snaps.is_empty() {
-                core.storage
-                    .sync_point(super::SyncPoint::SyncFs)
-                    .map_err(|e| Error::io(core.data_dir(), "syncfs", e))?;
-                let dir = crate::confine::open_dir(core.data_dir())?;
-                nix::unistd::syncfs(dir.as_fd())
-                    .map_err(|e| Error::io(core.data_dir(), "syncfs", std::io::Error::from_raw_os_error(e as i32)))?;
+                core.sync_data_fs().map_err(|e| Error::io(core.data_dir(), "syncfs", e))?;
             }
             let mut changes: Vec<Change<'_>> = Vec::new();
             for (i, snap) in &snaps {

@@ -132,6 +132,7 @@ impl Volume {
     /// Checks the whole volume; `repair` fixes what can be fixed without loss. The volume
     /// must not be in use by anyone else (the caller holds its lock).
     pub fn fsck(&self, repair: bool) -> Result<FsckReport> {
+        self.files_checked.store(0, std::sync::atomic::Ordering::Relaxed); // this run's progress
         let mut report = self.check(Mode { repair, verify_blocks: true, in_scratch: false })?;
         if repair && report.unclean && report.is_clean() {
             self.store().apply(&[Change::DeleteMeta { key: MOUNT_ACTIVE }])?;

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::listing::{Listed, Listing, Listings};
-use super::meta::{Attr, RenameMode, SetTime, StatFs};
+use super::meta::{Attr, AttrChanges, RenameMode, StatFs};
 use super::volume::{EntryKind, Volume};
 use super::{FileHandle, XattrMode};
 use crate::{Error, Result};
@@ -37,22 +37,13 @@ pub struct Caller {
 /// Attribute changes of one `setattr` call.
 #[derive(Debug, Clone, Default)]
 pub struct SetAttr {
-    pub mode: Option<u32>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
     pub size: Option<u64>,
-    pub atime: Option<SetTime>,
-    pub mtime: Option<SetTime>,
+    /// Owner, mode and times; its `drop_privs`: clear setuid/setgid (see
+    /// [`InodeFs::drop_privs`]) as the size changes, the caller may not keep them (it lacks
+    /// CAP_FSETID). A chown clears them anyway.
+    pub changes: AttrChanges,
     /// The open file the change came through, if any.
     pub fh: Option<u64>,
-    /// Clear setuid/setgid (see [`InodeFs::drop_privs`]) as the size changes: the caller may
-    /// not keep them (it lacks CAP_FSETID). A chown clears them anyway.
-    pub drop_privs: bool,
-}
-
-/// Whether `set` changes the owner or the times.
-fn chown_or_times(set: &SetAttr) -> bool {
-    set.uid.is_some() || set.gid.is_some() || set.atime.is_some() || set.mtime.is_some()
 }
 
 struct Node {
@@ -455,7 +446,8 @@ impl InodeFs {
 
     fn own(&self, vol: &Volume, path: &Path, caller: Caller) -> Result<()> {
         if self.chown_new {
-            vol.chown(path, Some(caller.uid), Some(caller.gid))?;
+            let chown = AttrChanges { uid: Some(caller.uid), gid: Some(caller.gid), ..Default::default() };
+            vol.apply_attr_changes(path, None, &chown)?;
         }
         Ok(())
     }
@@ -526,23 +518,12 @@ impl InodeFs {
         }
         // Times, owner and mode (and setuid dropped, for a chown or a truncation by a user
         // without CAP_FSETID), and the attributes after: one lookup of the entry, pinned.
-        let changes = super::meta::AttrChanges {
-            mode: set.mode,
-            uid: set.uid,
-            gid: set.gid,
-            atime: set.atime,
-            mtime: set.mtime,
-            drop_privs: set.drop_privs,
-        };
         let expect = (ino != ROOT_INO).then_some(ino);
-        let only_size = set.mode.is_none() && !chown_or_times(set);
-        let mut attr = match self.at_inode(ino, |vol, p| vol.change_attrs(p, expect, &changes)) {
-            // Open with no name left, and nothing but the size changed: the open file's
-            // attributes (setuid or setgid that a truncation must clear: refused, as below).
-            Err(Error::NotFound(p)) if only_size => match self.open_attr(ino) {
-                Some(a) if !(set.drop_privs && super::meta::loses_privs(a.kind, a.perm.into())) => a,
-                _ => return Err(Error::NotFound(p)),
-            },
+        let mut attr = match self.at_inode(ino, |vol, p| vol.change_attrs(p, expect, &set.changes)) {
+            // Open with no name left, and nothing but the size changed.
+            Err(Error::NotFound(p)) if !set.changes.changes_entry() => {
+                self.nameless_attr(ino, set.changes.drop_privs).ok_or(Error::NotFound(p))?
+            }
             r => r?, // see `path`
         };
         match expect {
@@ -563,17 +544,19 @@ impl InodeFs {
         if ino == ROOT_INO {
             return Ok(()); // a directory, which keeps its bits
         }
-        let changes = super::meta::AttrChanges { drop_privs: true, ..Default::default() };
+        let changes = AttrChanges { drop_privs: true, ..Default::default() };
         match self.at_inode(ino, |vol, p| vol.apply_attr_changes(p, Some(ino), &changes).map(drop)) {
-            // Written through a handle after its last name went (as a local file system
-            // allows): nothing to clear unless the handle shows setuid or setgid (then the
-            // write is refused: the bits cannot be cleared by name).
-            Err(Error::NotFound(p)) => match self.open_attr(ino) {
-                Some(a) if !super::meta::loses_privs(a.kind, a.perm.into()) => Ok(()),
-                _ => Err(Error::NotFound(p)),
-            },
+            Err(Error::NotFound(p)) => self.nameless_attr(ino, true).map(drop).ok_or(Error::NotFound(p)),
             r => r, // see `path`
         }
+    }
+
+    /// The attributes of `ino`, open with no name left (written or truncated through a
+    /// handle after its last name went, as a local file system allows), if it is open — and,
+    /// when `drop_privs`, only if it has no setuid or setgid to clear (they cannot be cleared
+    /// by name: the request is refused).
+    fn nameless_attr(&self, ino: u64, drop_privs: bool) -> Option<Attr> {
+        self.open_attr(ino).filter(|a| !(drop_privs && super::meta::loses_privs(a.kind, a.perm.into())))
     }
 
     pub fn readlink(&self, ino: u64) -> Result<OsString> {

@@ -124,7 +124,7 @@ fn without_privs(st_mode: u32) -> Option<u32> {
 }
 
 /// The changes of one `setattr` other than a new size, for [`Volume::change_attrs`].
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AttrChanges {
     pub mode: Option<u32>,
     pub uid: Option<u32>,
@@ -134,6 +134,13 @@ pub struct AttrChanges {
     /// Clear setuid, and setgid where the group may execute, of a regular file (what the VFS
     /// does when a caller without CAP_FSETID writes or truncates it; a chown does it anyway).
     pub drop_privs: bool,
+}
+
+impl AttrChanges {
+    /// Whether it changes anything but the setuid and setgid bits.
+    pub fn changes_entry(&self) -> bool {
+        *self != AttrChanges { drop_privs: self.drop_privs, ..Default::default() }
+    }
 }
 
 impl Volume {
@@ -188,19 +195,6 @@ impl Volume {
         })
     }
 
-    /// chown/lchown; `None` leaves that id unchanged.
-    pub fn chown(&self, path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
-        let at = self.at(&self.backing_or_root(path)?, path)?;
-        at.chown(uid, gid).map_err(|e| errno(path, "chown", e))
-    }
-
-    /// utimensat; `None` leaves that time unchanged.
-    pub fn set_times(&self, path: &Path, atime: Option<SetTime>, mtime: Option<SetTime>) -> Result<()> {
-        let at = self.at(&self.backing_or_root(path)?, path)?;
-        utimensat(at.dir(), at.name(), &time_spec(atime), &time_spec(mtime), UtimensatFlags::NoFollowSymlink)
-            .map_err(|e| errno(path, "utimensat", e))
-    }
-
     /// Applies `ch` to the entry at `path`, if it is (still) backing inode `expect` when given
     /// (else NotFound, before anything changes), through one lookup of its backing entry
     /// (not one per change and one more for the attributes: `tar` sets times, owner and mode
@@ -224,7 +218,6 @@ impl Volume {
         ch: &AttrChanges,
     ) -> Result<(super::tree::At, PathBuf)> {
         use nix::fcntl::{AtFlags, OFlag};
-        use std::os::fd::AsRawFd;
         let backing = self.backing_or_root(path)?;
         let at = self.at(&backing, path)?;
         let pinned = nix::fcntl::openat(
@@ -238,7 +231,7 @@ impl Volume {
             e => errno(path, "open", e),
         })?;
         // The inode itself (a magic link: followed to exactly this inode, never further).
-        let itself = PathBuf::from(format!("/proc/self/fd/{}", pinned.as_raw_fd()));
+        let itself = super::tree::proc_path(&pinned, OsStr::new(""));
         let stat = || nix::sys::stat::fstat(&pinned).map_err(|e| errno(path, "stat", e));
         let mut st = stat()?;
         if expect.is_some_and(|ino| !self.is_inode(st.st_ino, ino)) {

@@ -102,10 +102,7 @@ impl Volume {
         let total = self.store().counts()?.0;
         self.move_tree(k, &mut moved, &mut long_in_use, &mut |done| progress(done, total.max(done)))?;
         // Renames and header writes durable before anything says they are done.
-        self.storage().sync_point(super::SyncPoint::SyncFs).map_err(|e| Error::io(self.data_dir(), "syncfs", e))?;
-        let dir = crate::confine::open_dir(self.data_dir())?;
-        nix::unistd::syncfs(std::os::fd::AsFd::as_fd(&dir))
-            .map_err(|e| Error::io(self.data_dir(), "syncfs", std::io::Error::from_raw_os_error(e as i32)))?;
+        self.sync_data_fs().map_err(|e| Error::io(self.data_dir(), "syncfs", e))?;
         self.drop_stale_long_names(k, &long_in_use, &mut moved)?;
         self.move_xattr_sets(k, &mut moved)?;
         self.move_record_macs(k, &mut moved)?;

@@ -209,7 +209,8 @@ impl Tree {
     }
 }
 
-fn proc_path(dir: &OwnedFd, name: &OsStr) -> PathBuf {
+/// `/proc/self/fd/N` (followed, exactly the file `dir` holds open), or `NAME` beneath it.
+pub(super) fn proc_path(dir: &OwnedFd, name: &OsStr) -> PathBuf {
     let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
     if !name.is_empty() {
         p.push(name);

@@ -135,6 +135,15 @@ pub(super) struct Core {
 }
 
 impl Core {
+    /// Everything written to the backing file system of the data directory reaches the disk
+    /// (syncfs, through the storage seam's sync point): one call for many files written and
+    /// closed without an fsync each.
+    pub(super) fn sync_data_fs(&self) -> std::io::Result<()> {
+        self.storage.sync_point(super::SyncPoint::SyncFs)?;
+        let dir = crate::confine::open_dir(self.data_dir()).map_err(std::io::Error::other)?;
+        nix::unistd::syncfs(std::os::fd::AsFd::as_fd(&dir)).map_err(std::io::Error::from)
+    }
+
     pub(super) fn files_recorded(&self) -> bool {
         self.files_recorded.load(std::sync::atomic::Ordering::Acquire)
     }
@@ -955,12 +964,9 @@ impl Volume {
 }
 
 impl Volume {
-    /// Everything written to the backing file system of the data directory reaches the disk
-    /// (syncfs): one call for many files written and closed without an fsync each.
+    /// See `Core::sync_data_fs`.
     pub fn sync_data_fs(&self) -> std::io::Result<()> {
-        self.core.storage.sync_point(super::SyncPoint::SyncFs)?;
-        let dir = crate::confine::open_dir(self.core.data_dir()).map_err(std::io::Error::other)?;
-        nix::unistd::syncfs(std::os::fd::AsFd::as_fd(&dir)).map_err(std::io::Error::from)
+        self.core.sync_data_fs()
     }
 }
 

@@ -41,7 +41,7 @@ use super::admin::{list, Added, NewVolume};
 use super::{volume_path, TenantSecrets};
 use super::{Opened, Place};
 use crate::format::hex;
-use crate::fs::{Attr, Conversion, ConversionPhase, EntryKind, SetTime, Volume, XattrMode};
+use crate::fs::{Attr, AttrChanges, Conversion, ConversionPhase, EntryKind, SetTime, Volume, XattrMode};
 use crate::progress::Progress;
 use crate::{Error, Result};
 
@@ -191,9 +191,10 @@ fn finish(
     let mut report = Converted { resumed, ..Converted::default() };
     if c.phase == ConversionPhase::Copying {
         let at = |p: &Path| -> Result<bool> { Ok(dir_id_at(outer, p)? == Some(c.source_dir)) };
+        let being_filled = filling(&t)?;
         if at(&removing)? {
             // Copied, and moved aside to be removed, by a run cut short before its record.
-        } else if at(&source)? && filling(&t)? {
+        } else if being_filled && at(&source)? {
             // What a mount may have changed meanwhile must still fit in a tenant.
             let entries = check_tree(
                 outer,
@@ -210,19 +211,19 @@ fn finish(
             t.vol.sync_all()?;
             // Moved aside first: from here on nothing written to it is copied, and it goes.
             outer.rename(&source, &removing)?;
-        } else if at(&source)? {
+        } else if being_filled || !at(&source)? {
+            tracing::warn!(source = %shown(&source).display(), "the directory being converted is gone; the tenant keeps what was copied");
+            report.source_gone = true;
+        } else {
             // The tenant is not being filled (its copy was done), yet the volume's record says
             // copying: a record put back from before. Nothing is copied over the tenant, and
             // the directory stays where it is, for the operator.
             tracing::warn!(tenant = %hex(&c.entry.id), source = %shown(&source).display(),
                 "the tenant's own record says its copy was done: nothing copied, the directory left as it is");
             report.left_beside = true;
-        } else {
-            tracing::warn!(source = %shown(&source).display(), "the directory being converted is gone; the tenant keeps what was copied");
-            report.source_gone = true;
         }
         // The tenant is the truth from here.
-        if filling(&t)? {
+        if being_filled {
             t.vol.put_tenant_conversion(None)?;
         }
         t.vol.sync_all()?;
@@ -560,11 +561,17 @@ fn copy_xattrs(outer: &Volume, from: &Path, t: &Volume, to: &Path) -> Result<()>
     Ok(())
 }
 
-/// Owner, mode and times of `a` on `path` of volume `v` (times last).
+/// Owner, mode and times of `a` on `path` of volume `v` (times last), in one lookup.
 fn set_attrs(v: &Volume, path: &Path, a: &Attr) -> Result<()> {
-    v.chown(path, Some(a.uid), Some(a.gid))?;
-    v.chmod(path, u32::from(a.perm))?;
-    v.set_times(path, Some(SetTime::At(a.atime)), Some(SetTime::At(a.mtime)))
+    let changes = AttrChanges {
+        mode: Some(u32::from(a.perm)),
+        uid: Some(a.uid),
+        gid: Some(a.gid),
+        atime: Some(SetTime::At(a.atime)),
+        mtime: Some(SetTime::At(a.mtime)),
+        drop_privs: false,
+    };
+    v.change_attrs(path, None, &changes).map(drop)
 }
 
 fn node_type(kind: EntryKind) -> u32 {
