@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::mount::{ok, status, tenant, MountFixture};
 use common::pattern;
+use envelopefs::fs::Volume;
 
 /// What a tree looks like through the mount: per path, kind, mode, size, mtime, content
 /// (or target) and the `user.` xattrs.
@@ -401,6 +402,34 @@ fn a_conversion_that_fails_keeps_every_file_and_can_be_undone() {
     assert!(!o.status.success() && stderr(&o).contains("bad.bin"), "{o:?}");
     let mut abort = add_args(&m, "docs", &given);
     abort.push("--abort".as_ref());
+    // A header planted over the tenant's saying "shredded" (nothing authenticates that
+    // flag: a shredded header's keys are noise) is not believed: the abort changes nothing,
+    // where it would otherwise have removed the tenant's volume without opening it.
+    let made: Vec<PathBuf> = fs::read_dir(m.cipher.join("tenants")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+    let conf = made[0].join("envelopefs.conf");
+    let live = fs::read(&conf).unwrap();
+    let mut h = Volume::read_header(&made[0]).unwrap();
+    h.features |= envelopefs::format::FEATURE_SHREDDED;
+    fs::write(&conf, h.encode()).unwrap();
+    let row = convert_row(&m);
+    let o = m.run(&abort);
+    assert!(!o.status.success() && stderr(&o).contains("no abort of this conversion shredded it"), "{o:?}");
+    assert_eq!(convert_row(&m), row, "nothing was changed");
+    assert!(made[0].join("meta.db").exists(), "the tenant's volume is still there");
+    // Only an abort that decided to shred (its record, sealed under the volume's KEK, says
+    // so) and was cut short afterwards takes the flag for its own work; a rerun of `tenant
+    // add` then refuses, and the abort run again finishes.
+    fs::write(&conf, &live).unwrap();
+    let pass = envelopefs::secret::Passphrase::new("mount test passphrase").unwrap();
+    let vol = Volume::open(&m.cipher, &pass).unwrap();
+    let mut c = vol.tenant_conversion().unwrap().unwrap();
+    c.phase = envelopefs::fs::ConversionPhase::Aborting;
+    vol.put_tenant_conversion(Some(&c)).unwrap();
+    drop(vol);
+    let o = m.run(&add_args(&m, "docs", &given));
+    assert!(!o.status.success() && stderr(&o).contains("an abort of this conversion was cut short"), "{o:?}");
+    fs::write(&conf, h.encode()).unwrap();
     let o = m.run(&abort);
     ok(&o);
     assert!(String::from_utf8_lossy(&o.stdout).contains("the half-made tenant is shredded"), "{o:?}");

@@ -21,6 +21,10 @@ pub enum ConversionPhase {
     Copying = 1,
     /// Everything is in the tenant; what is left of the source is being removed.
     Removing = 2,
+    /// `tenant add --abort` found the tenant still being filled and decided to shred it; the
+    /// source is being given back. Only in this phase is a tenant's header that says
+    /// "shredded" (which nothing authenticates) taken for this abort's own work.
+    Aborting = 3,
 }
 
 /// A directory being made a tenant.
@@ -52,6 +56,7 @@ impl Conversion {
         let phase = match phase {
             1 => ConversionPhase::Copying,
             2 => ConversionPhase::Removing,
+            3 => ConversionPhase::Aborting,
             _ => return None,
         };
         let [entry] = <[TenantEntry; 1]>::try_from(super::tenants::decode(rest).ok()?).ok()?;
@@ -112,6 +117,8 @@ mod tests {
         }
         let mut other = enc.clone();
         other[17] = 3;
+        assert_eq!(Conversion::decode(&other).map(|c| c.phase), Some(ConversionPhase::Aborting));
+        other[17] = 4;
         assert_eq!(Conversion::decode(&other), None);
     }
 }

@@ -35,19 +35,21 @@ pub fn check(outer: &Volume, repair: bool) -> Result<Vec<Finding>> {
     // conversion of its own.)
     let conversion_id = conversion.as_ref().map(|c| c.entry.id);
     if let Some(c) = conversion.filter(|c| c.entry.id != outer.header().volume_id) {
-        let still = match c.phase {
-            crate::fs::ConversionPhase::Copying => {
+        let (still, how) = match c.phase {
+            crate::fs::ConversionPhase::Copying => (
                 format!(
                     " (its files are still beside it, in {} or {})",
                     super::source_name(&c.entry.id).to_string_lossy(),
                     super::removing_name(&c.entry.id).to_string_lossy()
-                )
-            }
-            crate::fs::ConversionPhase::Removing => String::new(),
+                ),
+                "",
+            ),
+            crate::fs::ConversionPhase::Removing => (String::new(), ""),
+            crate::fs::ConversionPhase::Aborting => (" (an abort of it was cut short)".to_string(), " --abort"),
         };
         out.push(Finding {
             what: format!(
-                "{}: being made a tenant, cut short{still}: run `envelopefs tenant add CIPHERDIR {}` to finish it",
+                "{}: being made a tenant, cut short{still}: run `envelopefs tenant add CIPHERDIR {}{how}` to finish it",
                 c.entry.label, c.entry.label
             ),
             repaired: None,

@@ -116,6 +116,12 @@ pub(super) fn begin(
 /// Finishes the conversion `c` that a run cut short left (`tenant add` of its directory).
 pub(super) fn resume(outer: &Volume, dir: &Path, c: Conversion, secrets: &TenantSecrets) -> Result<Added> {
     same_dir(outer, &c, dir)?;
+    if c.phase == ConversionPhase::Aborting {
+        return Err(Error::InvalidArgument(format!(
+            "{}: an abort of this conversion was cut short: finish it with `envelopefs tenant add CIPHERDIR {} --abort`",
+            c.entry.label, c.entry.label
+        )));
+    }
     tracing::info!(tenant = %hex(&c.entry.id), label = %c.entry.label, root = %c.entry.kms_uri,
         "finishing a conversion cut short (onto the root it began with)");
     finish(outer, dir, c, secrets, None, true)
@@ -283,6 +289,15 @@ pub fn abort(outer: &Volume, dir: &Path, secrets: &TenantSecrets) -> Result<Abor
         Some(Err(Error::Shredded(_))) => true,
         Some(Err(_)) | None => false,
     };
+    // Nothing authenticates a shredded header (its keys are noise): it is believed only
+    // when this conversion's record says an abort decided to shred the tenant. Otherwise
+    // the flag may be planted over a tenant that holds the files.
+    if shredded && c.phase != ConversionPhase::Aborting {
+        return refuse(
+            "its volume's header says it was shredded, but no abort of this conversion shredded it (a header \
+             planted or put back?): see `envelopefs fsck`",
+        );
+    }
     let mut shred_it = false;
     if place.is_some() && !shredded {
         match super::open(outer, &c.entry, secrets) {
@@ -297,6 +312,11 @@ pub fn abort(outer: &Volume, dir: &Path, secrets: &TenantSecrets) -> Result<Abor
                 tracing::warn!(tenant = %hex(&c.entry.id), "the half-made tenant does not open ({e}): its volume is left as it is")
             }
         }
+    }
+    // Decided: a run cut short from here on finishes the abort, its shred included.
+    if shred_it && c.phase != ConversionPhase::Aborting {
+        let aborting = Conversion { phase: ConversionPhase::Aborting, ..c.clone() };
+        outer.put_tenant_conversion(Some(&aborting))?;
     }
     recover(outer, "the volume")?;
     if dir_id_at(outer, &dir)? == Some(c.entry.dir_id) {

@@ -100,12 +100,12 @@ pub fn open_all(outer: &Volume, secrets: &TenantSecrets, read_only: bool) -> Res
     for p in secrets.unused(&list) {
         tracing::warn!("--tenant-passfile /{}: no tenant of this volume has that root or id", p.dir.display());
     }
-    // A tenant whose files are still being copied in is not served: its old directory, still
-    // the truth, is (`convert`).
+    // A tenant whose files are still being copied in (or that an abort is shredding) is not
+    // served: its old directory, still the truth, is (`convert`).
     // A record that does not authenticate closes every tenant (any may be the one), and
     // serves the rest.
     let converting = match outer.tenant_conversion() {
-        Ok(c) => Ok(c.filter(|c| c.phase == crate::fs::ConversionPhase::Copying)),
+        Ok(c) => Ok(c.filter(|c| c.phase != crate::fs::ConversionPhase::Removing)),
         Err(e) => {
             tracing::error!("{e}: every tenant stays closed");
             Err(e.to_string())
