@@ -49,7 +49,13 @@ pub struct MountConfig {
     pub allow_other: bool,
     pub fsname: String,
     pub threads: usize,
+    /// Serve requests over io_uring rings, one per CPU (`crate::fuse_uring`), where the
+    /// kernel allows it; /dev/fuse otherwise.
+    pub io_uring: bool,
 }
+
+/// What the main session's INIT negotiated, for the io_uring sessions (set once, at INIT).
+type Negotiation = std::sync::Arc<std::sync::OnceLock<crate::fuse_uring::Negotiated>>;
 
 /// The kernel caps a FUSE mount's readahead at 128 KiB whatever `max_readahead` says; root
 /// may raise it per mount (`/sys/class/bdi/MAJOR:MINOR/read_ahead_kb`), so sequential reads
@@ -77,6 +83,31 @@ pub struct Mounted {
     session: fuser::Session<Adapter>,
     /// The mount made by this process itself (as root), which it unmounts.
     direct: Option<std::sync::Arc<crate::mount_sys::Mounted>>,
+    /// The io_uring rings serving requests beside /dev/fuse (`--io-uring`), and whether
+    /// they serve (else why not).
+    rings: Option<crate::fuse_uring::Rings>,
+    transport: Transport,
+}
+
+/// How requests reach the daemon, for `status`.
+#[derive(Clone)]
+pub enum Transport {
+    DevFuse,
+    /// `--io-uring` asked for, /dev/fuse serving: the reason.
+    DevFuseInstead(String),
+    IoUring(std::sync::Arc<crate::fuse_uring::Stats>),
+}
+
+impl Transport {
+    pub fn status_json(&self) -> serde_json::Value {
+        match self {
+            Transport::DevFuse => serde_json::json!({ "kind": "/dev/fuse" }),
+            Transport::DevFuseInstead(why) => serde_json::json!({ "kind": "/dev/fuse", "io_uring_refused": why }),
+            Transport::IoUring(s) => {
+                serde_json::json!({ "kind": "io_uring", "rings": s.rings(), "requests": s.requests() })
+            }
+        }
+    }
 }
 
 impl Mounted {
@@ -109,18 +140,44 @@ impl Mounted {
             },
             false => None,
         };
-        let (session, direct) = match direct {
-            Some((fd, m)) => match fuser::Session::from_fd(Adapter { fs }, fd, config.acl, config.clone()) {
-                Ok(session) => (session, Some(m)),
-                Err(e) => {
-                    m.detach_if_still_there(); // no dead mount left by a failed start
-                    return Err(e);
+        let negotiated: Negotiation = Default::default();
+        let main = Adapter { fs: fs.clone(), uring: cfg.io_uring.then(|| negotiated.clone()), ring_session: false };
+        let (session, direct, dev) = match direct {
+            Some((fd, m)) => {
+                // A second descriptor of the connection, for the rings' commands.
+                let dev = cfg.io_uring.then(|| fd.try_clone()).transpose()?;
+                match fuser::Session::from_fd(main, fd, config.acl, config.clone()) {
+                    Ok(session) => (session, Some(m), dev),
+                    Err(e) => {
+                        m.detach_if_still_there(); // no dead mount left by a failed start
+                        return Err(e);
+                    }
                 }
-            },
-            None => (fuser::Session::new(Adapter { fs }, mountpoint, &config)?, None),
+            }
+            None => (fuser::Session::new(main, mountpoint, &config)?, None, None),
         };
         raise_readahead(mountpoint);
-        Ok(Mounted { session, direct })
+        let (rings, transport) = match (cfg.io_uring, dev, negotiated.get()) {
+            (false, ..) => (None, Transport::DevFuse),
+            (true, None, _) => {
+                (None, refused("only a daemon that mounts as root (not through fusermount3) can".into()))
+            }
+            (true, Some(_), None) => (
+                None,
+                refused(
+                    "the kernel does not offer FUSE over io_uring (it needs Linux 6.14+ and, as root, `echo Y > \
+                     /sys/module/fuse/parameters/enable_uring`)"
+                        .into(),
+                ),
+            ),
+            (true, Some(dev), Some(&neg)) => start_rings(dev, neg, fs, &config, cfg.threads),
+        };
+        Ok(Mounted { session, direct, rings, transport })
+    }
+
+    /// How requests reach the daemon.
+    pub fn transport(&self) -> Transport {
+        self.transport.clone()
     }
 
     /// A handle that unmounts the file system (from a signal thread).
@@ -158,13 +215,57 @@ impl Mounted {
 
     /// Serves requests until the file system is unmounted.
     pub fn run(self) -> std::io::Result<()> {
-        let Mounted { session, direct } = self;
+        let Mounted { session, direct, rings, .. } = self;
         let served = session.run();
         if let Some(m) = direct {
             m.detach_if_still_there(); // serving failed: no dead mount is left behind
         }
+        // The connection is gone: the kernel has ended every ring entry.
+        if let Some(r) = rings {
+            r.join();
+        }
         served
     }
+}
+
+/// `--io-uring` refused: /dev/fuse serves, and the log says why.
+fn refused(why: String) -> Transport {
+    tracing::warn!("--io-uring: {why}; serving over /dev/fuse");
+    Transport::DevFuseInstead(why)
+}
+
+/// Starts a ring per CPU, each served by a fuser session of its own (`threads` spread over
+/// the CPUs, at least two each); /dev/fuse serves everything if that fails.
+fn start_rings(
+    dev: std::os::fd::OwnedFd,
+    neg: crate::fuse_uring::Negotiated,
+    fs: std::sync::Arc<InodeFs>,
+    config: &Config,
+    threads: usize,
+) -> (Option<crate::fuse_uring::Rings>, Transport) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut per_cpu = config.clone();
+    per_cpu.n_threads = Some(threads.div_ceil(cpus).max(2));
+    per_cpu.clone_fd = false; // one socket, read by all of the CPU's threads
+    let session = move |fd: std::os::fd::OwnedFd| -> std::io::Result<Box<dyn FnOnce() + Send>> {
+        let adapter = Adapter { fs: fs.clone(), uring: None, ring_session: true };
+        let session = fuser::Session::from_fd(adapter, fd, per_cpu.acl, per_cpu.clone())?;
+        let t = std::thread::Builder::new().name("uring-session".into()).spawn(move || {
+            let _ = session.run(); // ends when the ring closes its socket
+        })?;
+        Ok(Box::new(move || {
+            let _ = t.join();
+        }))
+    };
+    let (rings, started) = crate::fuse_uring::Rings::start(dev, neg, session);
+    let transport = match started {
+        Ok(()) => {
+            tracing::info!("serving requests over io_uring, a ring per CPU");
+            Transport::IoUring(rings.stats())
+        }
+        Err(e) => refused(e.to_string()),
+    };
+    (Some(rings), transport)
 }
 
 /// Drops the kernel's cached pages and attributes of inodes of one mount.
@@ -187,6 +288,11 @@ impl Invalidator {
 
 struct Adapter {
     fs: std::sync::Arc<InodeFs>,
+    /// The main session of an `--io-uring` mount: asks for io_uring at INIT and records what
+    /// INIT negotiated here.
+    uring: Option<Negotiation>,
+    /// A session serving one CPU's ring: the main session commits at unmount, not this one.
+    ring_session: bool,
 }
 
 /// The errno for `e`; an EIO (integrity, corruption, store or I/O trouble) is logged with
@@ -287,10 +393,27 @@ impl Filesystem for Adapter {
         let _ = config.add_capabilities(
             InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO | InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         );
+        if let Some(negotiated) = &self.uring {
+            let offered = config.capabilities();
+            if offered.contains(InitFlags::FUSE_OVER_IO_URING)
+                && config.add_capabilities(InitFlags::FUSE_OVER_IO_URING).is_ok()
+            {
+                let abi = config.kernel_abi();
+                let _ = negotiated.set(crate::fuse_uring::Negotiated {
+                    major: abi.0,
+                    minor: abi.1,
+                    flags: (offered | InitFlags::FUSE_INIT_EXT).bits(),
+                    max_payload: MAX_IO as usize + (64 << 10),
+                });
+            }
+        }
         Ok(())
     }
 
     fn destroy(&mut self) {
+        if self.ring_session {
+            return;
+        }
         if self.fs.volume().dark().is_some() {
             return; // committed when it went dark; its keys are gone
         }

@@ -16,6 +16,7 @@ const SHOWN: &[&str] = &[
     "pid",
     "mounted_seconds",
     "memory_locked",
+    "transport",
     "shredded",
     "cipher",
     "format_version",
@@ -116,6 +117,21 @@ pub fn render(v: &Value) -> String {
         "not mounted".to_string()
     };
     row("state", state);
+    match v["transport"]["kind"].as_str() {
+        Some("io_uring") => row(
+            "transport",
+            format!(
+                "io_uring, {} rings ({} requests served)",
+                num(&v["transport"]["rings"]),
+                num(&v["transport"]["requests"])
+            ),
+        ),
+        Some(kind) => match v["transport"]["io_uring_refused"].as_str() {
+            Some(why) => row("transport", format!("{kind} (--io-uring refused: {why})")),
+            None => row("transport", kind.to_string()),
+        },
+        None => {}
+    }
     row("data", format!("{}, {} extents (one DEK each)", text(&v["cipher"]), size(num(&v["extent_size"]))));
     let mut files = format!("{} ({} wrapped DEKs)", num(&v["files"]), num(&v["wrapped_deks"]));
     if let Some(open) = v["open_files"].as_u64() {
@@ -207,6 +223,7 @@ mod tests {
         let v = serde_json::json!({
             "cipherdir": "/srv/enc", "volume_id": "ab", "mounted": true, "mountpoint": "/srv/plain",
             "pid": 42, "mounted_seconds": 7300, "memory_locked": true, "shredded": false,
+            "transport": {"kind": "io_uring", "rings": 2, "requests": 7},
             "cipher": "aes-256-gcm-siv", "format_version": 1, "extent_size": 1048576, "files": 3,
             "wrapped_deks": 5, "open_files": 1, "kms_uri": "local:keystore", "root_check": {"state": "off"},
             "root_rotated_since_mount": false, "kek_id": "cd", "kek_generation": 2, "kek_age_seconds": 90_000,
@@ -227,6 +244,7 @@ mod tests {
         let flat = squeezed(&text.replace('\n', " | "));
         for want in [
             "state      mounted on /srv/plain for 2 h 1 min (daemon 42, memory locked)",
+            "transport  io_uring, 2 rings (7 requests served)",
             "data       aes-256-gcm-siv, 1 MiB extents",
             "files      3 (5 wrapped DEKs), 1 open",
             "KEK        cd, generation 2, made 1 d 1 h ago",

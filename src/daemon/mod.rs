@@ -39,6 +39,8 @@ pub struct MountRequest {
     pub read_only: bool,
     pub allow_other: bool,
     pub threads: usize,
+    /// `--io-uring`: serve requests over io_uring rings, one per CPU, where the kernel allows.
+    pub io_uring: bool,
     /// Scratch directories (paths inside the volume; `/` for `--ephemeral`).
     pub scratch: Vec<PathBuf>,
     /// How often an HSM or KMS root is re-checked, and the offline grace.
@@ -152,6 +154,7 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
         allow_other: req.allow_other,
         fsname: req.cipherdir.display().to_string(),
         threads: req.threads,
+        io_uring: req.io_uring,
     };
     let mut mounted = Mounted::new(fs.clone(), &req.mountpoint, &cfg).map_err(|e| fuse_error(&req.mountpoint, e))?;
     // Set once a dark mount is detached and its caches dropped: only then may SIGTERM end it.
@@ -162,7 +165,7 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
     let control = control_server(
         req,
         &header,
-        Ctl { vol: vol.clone(), kms, fs: fs.clone(), cached: mounted.invalidator() },
+        Ctl { vol: vol.clone(), kms, fs: fs.clone(), cached: mounted.invalidator(), transport: mounted.transport() },
         keep_scratch.clone(),
         monitor,
         served.clone(),
@@ -421,6 +424,7 @@ struct Ctl {
     kms: Arc<Audited>,
     fs: Arc<InodeFs>,
     cached: crate::fuse::Invalidator,
+    transport: crate::fuse::Transport,
 }
 
 fn control_server(
@@ -431,7 +435,7 @@ fn control_server(
     monitor: Option<Arc<crate::revocation::Monitor>>,
     served: Arc<Vec<tenants::Served>>,
 ) -> Option<control::ControlServer> {
-    let Ctl { vol, kms, fs, cached } = ctl;
+    let Ctl { vol, kms, fs, cached, transport } = ctl;
     let read_only = req.read_only;
     let (cipherdir, mountpoint) = (req.cipherdir.clone(), req.mountpoint.clone());
     let started = std::time::Instant::now();
@@ -452,6 +456,7 @@ fn control_server(
         v["pid"] = std::process::id().into();
         v["log"] = control::log_path(&status_vol.header().volume_id).display().to_string().into();
         v["memory_locked"] = crate::sys::memory_locked().into();
+        v["transport"] = transport.status_json();
         v["mounted_seconds"] = started.elapsed().as_secs().into();
         v["kms_calls"] = serde_json::json!({ "wrap": wraps, "unwrap": unwraps, "recheck": kms.rechecks() });
         v["root_check"] = match &monitor {
