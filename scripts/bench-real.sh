@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # A real workload on plain ext4 (or whatever the work directory is on), gocryptfs and
-# envelopefs (format 2, its default), in one run, interleaved (each step on every file
+# envelopefs (format 2, its default; and a second mount with --io-uring where the kernel has
+# FUSE over io_uring: its enable_uring is switched on for the run and put back), in one run,
+# interleaved (each step on every file
 # system before the next step, in reverse order every other round), caches dropped before
 # each step: unpack the Linux source tree that Debian ships (linux-source-6.1, ~80k
 # entries; decompressed once beforehand, so the steps measure the file systems, not xz),
 # `find`, `ls -lR`, md5sum of every file, `git init/add/commit` of its fs/ subtree and
 # `git status` there, a SQLite workload (20,000 rows in 20 transactions, an index, a
 # query), `rm -rf`. Prints a markdown table of the medians (seconds) with envelopefs's
-# ratio to gocryptfs and to ext4.
+# ratios to gocryptfs and to ext4.
 #   sudo scripts/bench-real.sh [--rounds 1] [--dir /var/tmp]
 # Needs root (drops caches). Not part of CI.
 set -euo pipefail
@@ -35,8 +37,11 @@ EVFS=$PWD/target/release/envelopefs
 
 WORK=$(mktemp -d -p "$BASE" evfs-real.XXXXXX)
 export ENVELOPEFS_RUNTIME_DIR=$WORK/run ENVELOPEFS_STATE_DIR=$WORK/state
+URING_KNOB=/sys/module/fuse/parameters/enable_uring
+URING_WAS=$(cat "$URING_KNOB" 2>/dev/null || true)
 cleanup() {
     for m in "$WORK"/mnt-*; do mountpoint -q "$m" 2>/dev/null && fusermount3 -u "$m" 2>/dev/null || true; done
+    [ -n "$URING_WAS" ] && echo "$URING_WAS" > "$URING_KNOB"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -54,6 +59,15 @@ DIR[gocryptfs]=$WORK/mnt-gocryptfs
 "$EVFS" init "$WORK/cipher" --passfile "$WORK/pass" >/dev/null
 "$EVFS" mount "$WORK/cipher" "$WORK/mnt-envelopefs" --passfile "$WORK/pass"
 DIR[envelopefs]=$WORK/mnt-envelopefs
+if [ -n "$URING_WAS" ]; then
+    echo Y > "$URING_KNOB"
+    mkdir -p "$WORK/mnt-uring"
+    "$EVFS" init "$WORK/cipher-uring" --passfile "$WORK/pass" >/dev/null
+    "$EVFS" mount "$WORK/cipher-uring" "$WORK/mnt-uring" --passfile "$WORK/pass" --io-uring
+    "$EVFS" status "$WORK/mnt-uring" --json | python3 -c 'import json, sys; sys.exit(json.load(sys.stdin)["transport"]["kind"] != "io_uring")' || { say "--io-uring did not take"; exit 1; }
+    DIR[uring]=$WORK/mnt-uring
+    NAMES+=(uring)
+fi
 
 in_turn() { if [ $(($1 % 2)) -eq 1 ]; then printf '%s\n' "${NAMES[@]}"; else printf '%s\n' "${NAMES[@]}" | tac; fi; }
 RESULTS=$WORK/results.tsv
@@ -91,24 +105,30 @@ for round in $(seq "$ROUNDS"); do
     for fs in $(in_turn "$round"); do step rm-rf "$fs" sh -c 'rm -rf linux-source-6.1 bench.db && sync -f .'; done
 done
 
-python3 - "$RESULTS" "$ROUNDS" <<'PY'
+python3 - "$RESULTS" "$ROUNDS" "${NAMES[@]}" <<'PY'
 import sys, statistics, collections
 rows = collections.defaultdict(list)
 order = []
+names = sys.argv[3:]
+label = {"uring": "envelopefs --io-uring"}
 for line in open(sys.argv[1]):
     job, fs, v = line.rstrip("\n").split("\t")
     rows[(job, fs)].append(float(v))
     if job not in order:
         order.append(job)
-print("| step (seconds) | ext4 | gocryptfs | envelopefs | envelopefs / gocryptfs | envelopefs / ext4 |")
-print("|---|---|---|---|---|---|")
+ours = [n for n in names if n not in ("ext4", "gocryptfs")]
+head = ["step (seconds)"] + [label.get(n, n) for n in names]
+head += [f"{label.get(n, n)} / gocryptfs" for n in ours] + [f"{label.get(n, n)} / ext4" for n in ours]
+print("| " + " | ".join(head) + " |")
+print("|" + "---|" * len(head))
 for job in order:
-    m = {fs: statistics.median(rows[(job, fs)]) for fs in ("ext4", "gocryptfs", "envelopefs")}
-    print(f"| {job} | {m['ext4']:.2f} | {m['gocryptfs']:.2f} | {m['envelopefs']:.2f} | "
-          f"{m['envelopefs'] / m['gocryptfs']:.2f}× | {m['envelopefs'] / max(m['ext4'], 0.01):.1f}× |")
+    m = {fs: statistics.median(rows[(job, fs)]) for fs in names}
+    cells = [job] + [f"{m[n]:.2f}" for n in names]
+    cells += [f"{m[n] / m['gocryptfs']:.2f}×" for n in ours] + [f"{m[n] / max(m['ext4'], 0.01):.1f}×" for n in ours]
+    print("| " + " | ".join(cells) + " |")
 print(f"\nMedians of {sys.argv[2]} round(s); lower is better. Each round's figures:\n")
 for job in order:
-    print(f"* {job}: " + "; ".join(f"{fs} " + " / ".join(f"{v:.2f}" for v in rows[(job, fs)])
-                                   for fs in ("ext4", "gocryptfs", "envelopefs")))
+    print(f"* {job}: " + "; ".join(f"{label.get(fs, fs)} " + " / ".join(f"{v:.2f}" for v in rows[(job, fs)])
+                                   for fs in names))
 PY
 echo "versions: $("$EVFS" --version); gocryptfs $(gocryptfs -version 2>/dev/null | head -1 | cut -d' ' -f2 | tr -d ';'); $(uname -r)"

@@ -87,6 +87,7 @@ pub struct Mounted {
     /// they serve (else why not).
     rings: Option<crate::fuse_uring::Rings>,
     transport: Transport,
+    fs: std::sync::Arc<InodeFs>,
 }
 
 /// How requests reach the daemon, for `status`.
@@ -104,7 +105,13 @@ impl Transport {
             Transport::DevFuse => serde_json::json!({ "kind": "/dev/fuse" }),
             Transport::DevFuseInstead(why) => serde_json::json!({ "kind": "/dev/fuse", "io_uring_refused": why }),
             Transport::IoUring(s) => {
-                serde_json::json!({ "kind": "io_uring", "rings": s.rings(), "requests": s.requests() })
+                let per_ring = s.per_ring();
+                serde_json::json!({
+                    "kind": "io_uring",
+                    "rings": per_ring.len(),
+                    "requests": per_ring.iter().sum::<u64>(),
+                    "requests_per_ring": per_ring,
+                })
             }
         }
     }
@@ -141,11 +148,26 @@ impl Mounted {
             false => None,
         };
         let negotiated: Negotiation = Default::default();
-        let main = Adapter { fs: fs.clone(), uring: cfg.io_uring.then(|| negotiated.clone()), ring_session: false };
+        let rings_commit = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Rings only where the daemon mounted itself, as root: they need its connection's
+        // descriptor, and root's rights to size the sockets and to leave SCHED_IDLE.
+        let uring = cfg.io_uring && direct.is_some();
+        let main = Adapter {
+            fs: fs.clone(),
+            uring: uring.then(|| negotiated.clone()),
+            ring_session: false,
+            rings_commit: rings_commit.clone(),
+        };
         let (session, direct, dev) = match direct {
             Some((fd, m)) => {
                 // A second descriptor of the connection, for the rings' commands.
-                let dev = cfg.io_uring.then(|| fd.try_clone()).transpose()?;
+                let dev = match uring.then(|| fd.try_clone()).transpose() {
+                    Ok(dev) => dev,
+                    Err(e) => {
+                        m.detach_if_still_there();
+                        return Err(e);
+                    }
+                };
                 match fuser::Session::from_fd(main, fd, config.acl, config.clone()) {
                     Ok(session) => (session, Some(m), dev),
                     Err(e) => {
@@ -159,9 +181,7 @@ impl Mounted {
         raise_readahead(mountpoint);
         let (rings, transport) = match (cfg.io_uring, dev, negotiated.get()) {
             (false, ..) => (None, Transport::DevFuse),
-            (true, None, _) => {
-                (None, refused("only a daemon that mounts as root (not through fusermount3) can".into()))
-            }
+            (true, None, _) => (None, refused("it needs the daemon to run as root".into())),
             (true, Some(_), None) => (
                 None,
                 refused(
@@ -170,9 +190,12 @@ impl Mounted {
                         .into(),
                 ),
             ),
-            (true, Some(dev), Some(&neg)) => start_rings(dev, neg, fs, &config, cfg.threads),
+            (true, Some(dev), Some(&neg)) => start_rings(dev, neg, fs.clone(), &config, cfg.threads),
         };
-        Ok(Mounted { session, direct, rings, transport })
+        // With rings, the main session's end is not the end of requests: the commit at
+        // unmount waits for the rings' threads (`run`).
+        rings_commit.store(rings.is_some(), std::sync::atomic::Ordering::SeqCst);
+        Ok(Mounted { session, direct, rings, transport, fs })
     }
 
     /// How requests reach the daemon.
@@ -215,7 +238,7 @@ impl Mounted {
 
     /// Serves requests until the file system is unmounted.
     pub fn run(self) -> std::io::Result<()> {
-        let Mounted { session, direct, rings, .. } = self;
+        let Mounted { session, direct, rings, fs, .. } = self;
         let served = session.run();
         if let Some(m) = direct {
             m.detach_if_still_there(); // serving failed: no dead mount is left behind
@@ -223,6 +246,7 @@ impl Mounted {
         // The connection is gone: the kernel has ended every ring entry.
         if let Some(r) = rings {
             r.join();
+            commit_at_unmount(&fs);
         }
         served
     }
@@ -235,7 +259,8 @@ fn refused(why: String) -> Transport {
 }
 
 /// Starts a ring per CPU, each served by a fuser session of its own (`threads` spread over
-/// the CPUs, at least two each); /dev/fuse serves everything if that fails.
+/// the CPUs, at least four each, so that a few slow requests of one CPU do not hold up the
+/// rest of its requests); /dev/fuse serves everything if that fails.
 fn start_rings(
     dev: std::os::fd::OwnedFd,
     neg: crate::fuse_uring::Negotiated,
@@ -245,10 +270,16 @@ fn start_rings(
 ) -> (Option<crate::fuse_uring::Rings>, Transport) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut per_cpu = config.clone();
-    per_cpu.n_threads = Some(threads.div_ceil(cpus).max(2));
+    per_cpu.n_threads = Some(threads.div_ceil(cpus).max(4));
     per_cpu.clone_fd = false; // one socket, read by all of the CPU's threads
+    let committing = fs.clone();
+    let fatal: crate::fuse_uring::Fatal = std::sync::Arc::new(move |why: String| {
+        tracing::error!("{why}: committing, then ending the daemon (the mount's callers get ENOTCONN)");
+        commit_at_unmount(&committing);
+        std::process::exit(1);
+    });
     let session = move |fd: std::os::fd::OwnedFd| -> std::io::Result<Box<dyn FnOnce() + Send>> {
-        let adapter = Adapter { fs: fs.clone(), uring: None, ring_session: true };
+        let adapter = Adapter { fs: fs.clone(), uring: None, ring_session: true, rings_commit: Default::default() };
         let session = fuser::Session::from_fd(adapter, fd, per_cpu.acl, per_cpu.clone())?;
         let t = std::thread::Builder::new().name("uring-session".into()).spawn(move || {
             let _ = session.run(); // ends when the ring closes its socket
@@ -257,7 +288,7 @@ fn start_rings(
             let _ = t.join();
         }))
     };
-    let (rings, started) = crate::fuse_uring::Rings::start(dev, neg, session);
+    let (rings, started) = crate::fuse_uring::Rings::start(dev, neg, session, fatal);
     let transport = match started {
         Ok(()) => {
             tracing::info!("serving requests over io_uring, a ring per CPU");
@@ -293,6 +324,19 @@ struct Adapter {
     uring: Option<Negotiation>,
     /// A session serving one CPU's ring: the main session commits at unmount, not this one.
     ring_session: bool,
+    /// The main session of a mount served by rings: `Mounted::run` commits at unmount, once
+    /// the rings' threads are done, not this session's end.
+    rings_commit: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The commit at unmount (nothing to commit, and no key, if the volume went dark).
+fn commit_at_unmount(fs: &InodeFs) {
+    if fs.volume().dark().is_some() {
+        return; // committed when it went dark; its keys are gone
+    }
+    if let Err(e) = fs.sync_all() {
+        tracing::error!("committing at unmount failed: {e}");
+    }
 }
 
 /// The errno for `e`; an EIO (integrity, corruption, store or I/O trouble) is logged with
@@ -411,14 +455,8 @@ impl Filesystem for Adapter {
     }
 
     fn destroy(&mut self) {
-        if self.ring_session {
-            return;
-        }
-        if self.fs.volume().dark().is_some() {
-            return; // committed when it went dark; its keys are gone
-        }
-        if let Err(e) = self.fs.sync_all() {
-            tracing::error!("committing at unmount failed: {e}");
+        if !self.ring_session && !self.rings_commit.load(std::sync::atomic::Ordering::SeqCst) {
+            commit_at_unmount(&self.fs);
         }
     }
 

@@ -22,6 +22,15 @@
 //! main session as before; so does everything until every CPU's ring is registered. When the
 //! connection ends the kernel completes the entries with an error, and the threads end.
 //!
+//! Failures: once every CPU has a registered entry the kernel sends everything over the
+//! rings and never goes back, so a ring that stopped serving would leave its CPU's callers
+//! waiting for ever. Nothing stops quietly: a CPU whose entries were all refused keeps the
+//! kernel on /dev/fuse (the mount falls back); any later failure of a ring (an entry the
+//! kernel ends with an error while the connection lives, its session gone, a panic) is fatal:
+//! `Fatal` commits and ends the daemon, as a crash would, and callers get ENOTCONN. Buffers
+//! the kernel was given stay allocated until the process ends (it may write a request into
+//! them until the connection is torn down).
+//!
 //! Unsafe code is allowed here (and only where marked `SAFETY`): the ring's SQEs point the
 //! kernel at buffers this module owns, and the FUSE command layout is written byte by byte.
 #![allow(unsafe_code)]
@@ -29,15 +38,20 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use nix::libc;
 
-/// Ring entries per CPU: how many requests of one CPU are served at once.
+/// Ring entries per online CPU: how many requests of one CPU are served at once (a CPU that
+/// is not online gets one: the kernel only needs a queue to have an entry).
 const DEPTH: usize = 8;
+/// How long a ring thread may stay at SCHED_IDLE (see `Queue::commit`) before the watchdog
+/// puts it back: the bound on what a busy CPU can make a request wait.
+const IDLE_BOUND: Duration = Duration::from_millis(2);
 /// `FUSE_IO_URING_CMD_REGISTER` / `FUSE_IO_URING_CMD_COMMIT_AND_FETCH` (uapi linux/fuse.h).
 const CMD_REGISTER: u32 = 1;
 const CMD_COMMIT_AND_FETCH: u32 = 2;
@@ -63,6 +77,10 @@ pub struct Negotiated {
     pub max_payload: usize,
 }
 
+/// What ends the daemon when a ring fails while the connection lives (see the module doc);
+/// it is given the reason and does not return.
+pub type Fatal = Arc<dyn Fn(String) + Send + Sync>;
+
 /// Requests served per ring, for `status`.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -70,14 +88,9 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// How many rings there are (one per possible CPU).
-    pub fn rings(&self) -> usize {
-        self.requests.len()
-    }
-
-    /// Requests answered over the rings so far.
-    pub fn requests(&self) -> u64 {
-        self.requests.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    /// Requests answered over each ring so far, by CPU.
+    pub fn per_ring(&self) -> Vec<u64> {
+        self.requests.iter().map(|n| n.load(Ordering::Relaxed)).collect()
     }
 }
 
@@ -85,40 +98,56 @@ impl Stats {
 pub struct Rings {
     threads: Vec<JoinHandle<()>>,
     stats: Arc<Stats>,
+    idle: Arc<Idle>,
+    watchdog: Option<JoinHandle<()>>,
 }
 
 impl Rings {
     /// Registers a ring per possible CPU on `dev` (a descriptor of the mount's /dev/fuse
     /// connection, after its INIT), each served by a session that `session` starts on the
-    /// socket it is given (and whose returned closure waits for it). The result says whether
-    /// every ring was registered: if one was not, the kernel never uses any and /dev/fuse
-    /// serves everything; the threads that did start end with the connection either way.
-    pub fn start<S>(dev: OwnedFd, neg: Negotiated, session: S) -> (Rings, io::Result<()>)
+    /// socket it is given (and whose returned closure waits for it). `Ok` once every CPU's
+    /// ring has entries registered; an error if one CPU has none, and the kernel then keeps
+    /// to /dev/fuse (the threads that did start end with the connection).
+    pub fn start<S>(dev: OwnedFd, neg: Negotiated, session: S, fatal: Fatal) -> (Rings, io::Result<()>)
     where
         S: Fn(OwnedFd) -> io::Result<Box<dyn FnOnce() + Send>> + Send + Sync + 'static,
     {
-        let cpus = match possible_cpus() {
-            Ok(c) => c,
-            Err(e) => return (Rings { threads: Vec::new(), stats: Default::default() }, Err(e)),
+        // Threads inherit their creator's pin: what a pinned handler would start first (the
+        // rayon pool the data path seals with) starts here, free to use every CPU.
+        crate::sys::remember_cpus();
+        rayon::broadcast(|_| ());
+        let idle = Arc::new(Idle::default());
+        let mut rings = Rings { threads: Vec::new(), stats: Default::default(), idle: idle.clone(), watchdog: None };
+        let (cpus, online) = match (cpu_list("possible"), cpu_list("online")) {
+            (Ok(p), Ok(o)) => (p, o),
+            (Err(e), _) | (_, Err(e)) => return (rings, Err(e)),
         };
         let stats = Arc::new(Stats { requests: cpus.iter().map(|_| AtomicU64::new(0)).collect() });
+        rings.stats = stats.clone();
         let (dev, session) = (Arc::new(dev), Arc::new(session));
-        let mut rings = Rings { threads: Vec::new(), stats: stats.clone() };
         let (tx, rx) = std::sync::mpsc::channel();
         for (i, &q) in cpus.iter().enumerate() {
-            let (dev, session, tx, stats) = (dev.clone(), session.clone(), tx.clone(), stats.clone());
+            let depth = if online.contains(&q) { DEPTH } else { 1 };
+            let (dev, session, tx, stats, fatal, idle) =
+                (dev.clone(), session.clone(), tx.clone(), stats.clone(), fatal.clone(), idle.clone());
             let spawned = std::thread::Builder::new().name(format!("uring-{q}")).spawn(move || {
-                match Queue::new(q, &dev, neg, &*session) {
-                    Ok(mut ring) => {
+                let ring = Queue::new(q, depth, &dev, neg, &*session, idle);
+                let mut ring = match ring {
+                    Ok(ring) => {
                         let _ = tx.send(Ok(()));
-                        if let Err(e) = ring.serve(&stats.requests[i]) {
-                            tracing::error!("io_uring ring of CPU {q}: {e}");
-                        }
-                        ring.finish();
+                        drop(tx);
+                        ring
                     }
                     Err(e) => {
                         let _ = tx.send(Err(io::Error::new(e.kind(), format!("the ring of CPU {q}: {e}"))));
+                        return;
                     }
+                };
+                let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ring.serve(&stats.requests[i])));
+                match served {
+                    Ok(Ok(())) => ring.finish(),
+                    Ok(Err(e)) => fatal(format!("the io_uring ring of CPU {q} failed: {e}")),
+                    Err(_) => fatal(format!("the io_uring ring of CPU {q} panicked")),
                 }
             });
             match spawned {
@@ -135,6 +164,14 @@ impl Rings {
                 Err(_) => result = result.and(Err(io::Error::other("an io_uring thread ended early"))),
             }
         }
+        if result.is_ok() {
+            let watching = idle.clone();
+            match std::thread::Builder::new().name("uring-idle".into()).spawn(move || watching.watch()) {
+                Ok(t) => rings.watchdog = Some(t),
+                // Without the watchdog the SCHED_IDLE commit is not bounded: not used.
+                Err(_) => idle.enabled.store(false, Ordering::Relaxed),
+            }
+        }
         (rings, result)
     }
 
@@ -147,16 +184,21 @@ impl Rings {
         for t in self.threads {
             let _ = t.join();
         }
+        self.idle.stop.store(true, Ordering::Relaxed);
+        self.idle.wake.notify_all();
+        if let Some(t) = self.watchdog {
+            let _ = t.join();
+        }
     }
 }
 
-/// The CPUs the kernel keeps a queue for (`num_possible_cpus`): every one must be registered
-/// before the kernel sends anything over the rings.
-fn possible_cpus() -> io::Result<Vec<usize>> {
-    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+/// The CPUs in `/sys/devices/system/cpu/{which}` (`possible`: the kernel keeps a queue for
+/// each, and every one must be registered before it sends anything over the rings).
+fn cpu_list(which: &str) -> io::Result<Vec<usize>> {
+    let s = std::fs::read_to_string(format!("/sys/devices/system/cpu/{which}"))?;
     let mut out = Vec::new();
-    for part in s.trim().split(',') {
-        let bad = || io::Error::other(format!("cannot read the possible CPUs ({s:?})"));
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        let bad = || io::Error::other(format!("cannot read the {which} CPUs ({s:?})"));
         match part.split_once('-') {
             Some((a, b)) => out.extend(a.parse::<usize>().map_err(|_| bad())?..=b.parse().map_err(|_| bad())?),
             None => out.push(part.parse().map_err(|_| bad())?),
@@ -165,11 +207,76 @@ fn possible_cpus() -> io::Result<Vec<usize>> {
     Ok(out)
 }
 
+/// The SCHED_IDLE commit (`Queue::commit`) and its watchdog: a ring thread still at
+/// SCHED_IDLE after [`IDLE_BOUND`] (its CPU busy with other work) is put back to normal by
+/// the watchdog, so a busy CPU delays its requests by that much at most.
+#[derive(Default)]
+struct Idle {
+    /// Off if the policy cannot be put back (no CAP_SYS_NICE) or the watchdog did not start.
+    enabled: AtomicBool,
+    /// Per ring thread: its tid, and the commit it is at SCHED_IDLE for (0: not).
+    slots: Mutex<Vec<(i32, Arc<AtomicU64>)>>,
+    commits: AtomicU64,
+    parked: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+    stop: AtomicBool,
+}
+
+impl Idle {
+    /// A slot for the calling ring thread.
+    fn slot(&self) -> Arc<AtomicU64> {
+        let slot = Arc::new(AtomicU64::new(0));
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).push((nix::unistd::gettid().as_raw(), slot.clone()));
+        self.enabled.store(true, Ordering::Relaxed);
+        slot
+    }
+
+    /// Every [`IDLE_BOUND`] while commits come (parked after a second without one): any ring
+    /// thread at SCHED_IDLE for the same commit as last time goes back to normal.
+    fn watch(&self) {
+        let mut seen: HashMap<i32, u64> = HashMap::new();
+        let (mut last, mut quiet) = (0, 0u32);
+        while !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(IDLE_BOUND);
+            for (tid, slot) in self.slots.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                let at = slot.load(Ordering::Relaxed);
+                if at != 0 && seen.get(tid) == Some(&at) {
+                    set_policy(*tid, libc::SCHED_OTHER);
+                }
+                seen.insert(*tid, at);
+            }
+            let now = self.commits.load(Ordering::Relaxed);
+            quiet = if now == last { quiet + 1 } else { 0 };
+            last = now;
+            if quiet > 500 {
+                let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+                self.parked.store(true, Ordering::SeqCst);
+                let _ = self.wake.wait_timeout_while(guard, Duration::from_secs(5), |_| {
+                    self.parked.load(Ordering::SeqCst) && !self.stop.load(Ordering::Relaxed)
+                });
+                quiet = 0;
+            }
+        }
+    }
+
+    /// A commit starts: the watchdog, if parked, watches again.
+    fn commit_starts(&self, slot: &AtomicU64) {
+        let n = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
+        slot.store(n, Ordering::Relaxed);
+        if self.parked.swap(false, Ordering::SeqCst) {
+            let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.wake.notify_all();
+        }
+    }
+}
+
 /// One ring entry: the buffers the kernel writes a request into and reads the reply from.
+/// Leaked once registered: the kernel holds their addresses until the connection ends.
 struct Entry {
-    header: Box<[u64; HEADER_LEN / 8]>,
+    header: [u64; HEADER_LEN / 8],
     payload: Vec<u8>,
-    iov: Box<[libc::iovec; 2]>,
+    iov: [libc::iovec; 2],
 }
 
 impl Entry {
@@ -185,22 +292,32 @@ struct Queue {
     q: usize,
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
     dev: RawFd,
-    entries: Vec<Entry>,
+    entries: Vec<&'static mut Entry>,
+    /// Entries registered (the others were refused).
+    live: usize,
     socket: OwnedFd,
-    reply: Vec<u8>,
+    /// Where the session's replies are received (leaked: a pending receive writes into it).
+    reply: &'static mut [u8],
     message: Vec<u8>,
     /// Request `unique` → entry, while its reply is awaited.
     waiting: HashMap<u64, usize>,
     session: Option<Box<dyn FnOnce() + Send>>,
     /// Completions seen while registering, served first.
     early: Vec<(u64, i32)>,
-    /// The session's socket ended: requests are answered EIO here.
-    gone: bool,
+    idle: Arc<Idle>,
+    idle_slot: Arc<AtomicU64>,
     _dev_keep: Arc<OwnedFd>,
 }
 
 impl Queue {
-    fn new<S>(q: usize, dev: &Arc<OwnedFd>, neg: Negotiated, session: &S) -> io::Result<Queue>
+    fn new<S>(
+        q: usize,
+        depth: usize,
+        dev: &Arc<OwnedFd>,
+        neg: Negotiated,
+        session: &S,
+        idle: Arc<Idle>,
+    ) -> io::Result<Queue>
     where
         S: Fn(OwnedFd) -> io::Result<Box<dyn FnOnce() + Send>> + ?Sized,
     {
@@ -214,29 +331,33 @@ impl Queue {
         // The session's handshake: an INIT as the kernel sent it, its reply dropped.
         send_all(ours.as_raw_fd(), &init_message(neg))?;
         let run = session(theirs)?; // its threads inherit this thread's CPU
-        let mut reply = vec![0u8; neg.max_payload + HEADER_LEN + 4096];
-        recv(ours.as_raw_fd(), &mut reply)?;
-        let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder().build((2 * DEPTH + 2) as u32)?;
+        let reply: &'static mut [u8] = Box::leak(vec![0u8; neg.max_payload + HEADER_LEN + 4096].into_boxed_slice());
+        recv(ours.as_raw_fd(), reply)?;
+        let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder().build((2 * depth + 2) as u32)?;
+        let idle_slot = idle.slot();
         let mut queue = Queue {
             q,
             ring,
             dev: dev.as_raw_fd(),
             entries: Vec::new(),
+            live: depth,
             socket: ours,
             reply,
             message: Vec::with_capacity(neg.max_payload + HEADER_LEN),
             waiting: HashMap::new(),
             session: Some(run),
             early: Vec::new(),
-            gone: false,
+            idle,
+            idle_slot,
             _dev_keep: dev.clone(),
         };
-        for i in 0..DEPTH {
-            let mut e = Entry {
-                header: Box::new([0u64; HEADER_LEN / 8]),
+        queue.arm_recv()?;
+        for i in 0..depth {
+            let e = Box::leak(Box::new(Entry {
+                header: [0u64; HEADER_LEN / 8],
                 payload: vec![0u8; neg.max_payload],
-                iov: Box::new([libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2]),
-            };
+                iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2],
+            }));
             e.iov[0] = libc::iovec { iov_base: e.header.as_mut_ptr().cast(), iov_len: HEADER_LEN };
             e.iov[1] = libc::iovec { iov_base: e.payload.as_mut_ptr().cast(), iov_len: e.payload.len() };
             let addr = e.iov.as_ptr() as u64;
@@ -247,19 +368,30 @@ impl Queue {
         // small) completes within the submit, with its error; one that succeeded completes
         // when a request arrives (kept for `serve`: the last CPU to register opens them all).
         queue.ring.submit()?;
-        queue.early = queue.ring.completion().map(|c| (c.user_data(), c.result())).collect();
-        if let Some((_, res)) = queue.early.iter().find(|(_, res)| *res < 0) {
-            return Err(io::Error::from_raw_os_error(-res));
+        let mut refused = None;
+        for (what, res) in queue.ring.completion().map(|c| (c.user_data(), c.result())).collect::<Vec<_>>() {
+            if what != RECV && res < 0 {
+                queue.live -= 1;
+                refused = Some(io::Error::from_raw_os_error(-res));
+            } else {
+                queue.early.push((what, res));
+            }
         }
-        queue.arm_recv()?;
+        match refused {
+            // None registered: the kernel never opens the rings, /dev/fuse serves.
+            Some(e) if queue.live == 0 => return Err(e),
+            Some(e) => {
+                tracing::warn!("io_uring ring of CPU {q}: {} of {depth} entries refused ({e})", depth - queue.live)
+            }
+            None => {}
+        }
         Ok(queue)
     }
 
     fn push(&mut self, sqe: squeue::Entry128) -> io::Result<()> {
         loop {
             // SAFETY: every buffer an SQE points to (entry headers, payloads, their iovecs,
-            // the reply buffer) is owned by `self` and outlives the ring, which is dropped
-            // (and so torn down) before them.
+            // the reply buffer) is leaked: it outlives whatever the kernel does with it.
             let pushed = unsafe { self.ring.submission().push(&sqe) };
             match pushed {
                 Ok(()) => return Ok(()),
@@ -271,20 +403,20 @@ impl Queue {
     }
 
     fn arm_recv(&mut self) -> io::Result<()> {
+        // MSG_TRUNC: the completion gives the reply's whole length, so one too long for the
+        // buffer is seen (and answered EIO) instead of cut short.
         let sqe =
             opcode::Recv::new(types::Fd(self.socket.as_raw_fd()), self.reply.as_mut_ptr(), self.reply.len() as u32)
+                .flags(libc::MSG_TRUNC)
                 .build()
                 .user_data(RECV);
-        self.push(entry128(sqe))
+        self.push(squeue::Entry128::from(sqe))
     }
 
-    /// Serves until the kernel ends the connection. Nothing is left unanswered: a request
-    /// that cannot reach the session (or whose session went away) is answered EIO, so that
-    /// no caller waits for ever on a ring nobody serves.
+    /// Serves until the kernel ends the connection; an error is fatal (see the module doc).
     fn serve(&mut self, served: &AtomicU64) -> io::Result<()> {
-        let mut live = DEPTH;
         let mut done = std::mem::take(&mut self.early);
-        while live > 0 {
+        while self.live > 0 {
             if done.is_empty() {
                 match self.ring.submit_and_wait(1) {
                     Ok(_) => {}
@@ -296,8 +428,9 @@ impl Queue {
             for (what, res) in std::mem::take(&mut done) {
                 if what == RECV {
                     if res <= 0 {
-                        self.session_gone(res)?;
-                        continue;
+                        let why =
+                            if res == 0 { "it closed".into() } else { io::Error::from_raw_os_error(-res).to_string() };
+                        return Err(io::Error::other(format!("its session's socket ended ({why})")));
                     }
                     if let Some(i) = self.take_reply(res as usize) {
                         self.commit(i)?;
@@ -305,80 +438,57 @@ impl Queue {
                     }
                     self.arm_recv()?;
                 } else if res < 0 {
-                    // ENOTCONN/ECANCELED: the connection ended; anything else ends the entry.
-                    if ![libc::ENOTCONN, libc::ECANCELED, libc::ENODEV].contains(&-res) {
-                        tracing::warn!(
-                            "io_uring ring of CPU {}: entry {what}: {}",
-                            self.q,
-                            io::Error::from_raw_os_error(-res)
-                        );
+                    // The connection ended: the kernel ends every entry so.
+                    if [libc::ENOTCONN, libc::ECANCELED, libc::ENODEV].contains(&-res) {
+                        self.live -= 1;
+                    } else {
+                        let e = io::Error::from_raw_os_error(-res);
+                        return Err(io::Error::other(format!("the kernel ended entry {what} with: {e}")));
                     }
-                    live -= 1;
                 } else {
-                    let i = what as usize;
-                    if let Err(e) = self.forward(i) {
-                        if !self.gone {
-                            tracing::error!("io_uring ring of CPU {}: {e}; the request gets EIO", self.q);
-                        }
-                        self.answer_error(i, libc::EIO)?;
-                    }
+                    self.forward(what as usize)?;
                 }
             }
         }
         Ok(())
     }
 
-    /// The session's socket ended (`res` 0, or an error): every request it held, and every
-    /// one from now on, is answered EIO.
-    fn session_gone(&mut self, res: i32) -> io::Result<()> {
-        if !self.gone {
-            let why = if res == 0 { "it closed".to_string() } else { io::Error::from_raw_os_error(-res).to_string() };
-            tracing::error!("io_uring ring of CPU {}: its session ended ({why}); requests here get EIO", self.q);
-            self.gone = true;
-        }
-        for (_, i) in std::mem::take(&mut self.waiting) {
-            self.answer_error(i, libc::EIO)?;
-        }
-        Ok(())
-    }
-
     /// Passes the request in entry `i` to the session, laid out as /dev/fuse has it: the
-    /// in-header, the op header, the payload (`len` in the in-header counts all three).
+    /// in-header, the op header, the payload (`len` in the in-header counts all three). A
+    /// request that does not fit that layout is answered EIO.
     fn forward(&mut self, i: usize) -> io::Result<()> {
-        if self.gone {
-            return Err(io::Error::other("no session"));
-        }
-        let e = &mut self.entries[i];
+        let e = &mut *self.entries[i];
         let room = e.payload.len();
         let h = e.header();
         let len = u32::from_ne_bytes(h[0..4].try_into().unwrap()) as usize;
         let unique = u64::from_ne_bytes(h[8..16].try_into().unwrap());
         let payload = u32::from_ne_bytes(h[ENT_IN_OUT + 16..ENT_IN_OUT + 20].try_into().unwrap()) as usize;
-        let op = len
-            .checked_sub(IN_HEADER_LEN + payload)
-            .filter(|&n| n <= OP_IN && payload <= room)
-            .ok_or_else(|| io::Error::other(format!("a request of {len} bytes with {payload} of payload")))?;
+        let Some(op) = len.checked_sub(IN_HEADER_LEN + payload).filter(|&n| n <= OP_IN && payload <= room) else {
+            tracing::error!("io_uring ring of CPU {}: a request of {len} bytes with {payload} of payload: EIO", self.q);
+            put_out_header(h, unique, libc::EIO);
+            return self.commit(i);
+        };
         self.message.clear();
         self.message.extend_from_slice(&h[..IN_HEADER_LEN]);
         self.message.extend_from_slice(&h[OP_IN..OP_IN + op]);
         self.message.extend_from_slice(&e.payload[..payload]);
-        send_all(self.socket.as_raw_fd(), &self.message)?;
         self.waiting.insert(unique, i);
-        Ok(())
+        send_all(self.socket.as_raw_fd(), &self.message)
     }
 
-    /// Moves the session's reply (`n` bytes in the reply buffer) into the entry whose
+    /// Moves the session's reply (`n` bytes, as the receive reported it) into the entry whose
     /// request it answers; that entry, or `None` for a reply to nothing waiting here.
     fn take_reply(&mut self, n: usize) -> Option<usize> {
-        let unique = (n >= OUT_HEADER_LEN).then(|| u64::from_ne_bytes(self.reply[8..16].try_into().unwrap()))?;
+        let got = n.min(self.reply.len());
+        let unique = (got >= OUT_HEADER_LEN).then(|| u64::from_ne_bytes(self.reply[8..16].try_into().unwrap()))?;
         let Some(i) = self.waiting.remove(&unique) else {
             tracing::warn!("io_uring ring of CPU {}: a reply to no request waiting ({unique})", self.q);
             return None;
         };
-        let e = &mut self.entries[i];
+        let e = &mut *self.entries[i];
         let body = n - OUT_HEADER_LEN;
-        if body > e.payload.len() {
-            tracing::error!("io_uring ring of CPU {}: a reply of {body} bytes, more than an entry holds", self.q);
+        if n > got || body > e.payload.len() {
+            tracing::error!("io_uring ring of CPU {}: a reply of {n} bytes, more than an entry holds: EIO", self.q);
             put_out_header(e.header(), unique, libc::EIO);
             return Some(i);
         }
@@ -389,32 +499,32 @@ impl Queue {
         Some(i)
     }
 
-    /// Answers the request in entry `i` with `errno` itself.
-    fn answer_error(&mut self, i: usize, errno: i32) -> io::Result<()> {
-        let h = self.entries[i].header();
-        let unique = u64::from_ne_bytes(h[8..16].try_into().unwrap());
-        put_out_header(h, unique, errno);
-        self.commit(i)
-    }
-
     /// Commits the reply in entry `i`, which then waits for its next request.
     fn commit(&mut self, i: usize) -> io::Result<()> {
         let h = self.entries[i].header();
         let commit_id = u64::from_ne_bytes(h[ENT_IN_OUT + 8..ENT_IN_OUT + 16].try_into().unwrap());
         self.push(command(self.dev, CMD_COMMIT_AND_FETCH, commit_id, self.q, None).user_data(i as u64))?;
+        if !self.idle.enabled.load(Ordering::Relaxed) {
+            return self.ring.submit().map(|_| ());
+        }
         // The commit wakes the caller, which slept on this CPU. Were this thread an ordinary
         // one, the scheduler would see the CPU busy and move the caller to an idle CPU (a
         // migration and a cross-CPU wake-up per request: round trips 2.5x slower here); a
         // CPU running only SCHED_IDLE threads counts as idle, so the caller stays and
         // preempts this thread at once. The yield first lets this CPU's session thread that
         // sent the reply reach its next read (asleep, it no longer keeps the CPU busy).
-        // Back to normal right after: serving requests at SCHED_IDLE would starve behind any
-        // busy process.
-        set_policy(libc::SCHED_IDLE);
-        // SAFETY: sched_yield takes no arguments and cannot fail in a way that matters.
+        // Back to normal right after; if other work keeps the CPU, the watchdog puts this
+        // thread back within IDLE_BOUND (serving at SCHED_IDLE would starve behind it).
+        self.idle.commit_starts(&self.idle_slot);
+        set_policy(0, libc::SCHED_IDLE);
+        // SAFETY: sched_yield takes no arguments.
         unsafe { libc::sched_yield() };
         let submitted = self.ring.submit();
-        set_policy(libc::SCHED_OTHER);
+        if !set_policy(0, libc::SCHED_OTHER) {
+            self.idle.enabled.store(false, Ordering::Relaxed);
+            tracing::warn!("io_uring: cannot leave SCHED_IDLE ({}); committing without it", io::Error::last_os_error());
+        }
+        self.idle_slot.store(0, Ordering::Relaxed);
         submitted.map(|_| ())
     }
 
@@ -435,11 +545,11 @@ fn put_out_header(h: &mut [u8], unique: u64, errno: i32) {
     h[ENT_IN_OUT + 16..ENT_IN_OUT + 20].copy_from_slice(&0u32.to_ne_bytes());
 }
 
-/// Sets this thread's scheduling policy (best effort: a failure only costs speed).
-fn set_policy(policy: libc::c_int) {
+/// Sets the scheduling policy of thread `tid` (0: the calling one); whether it took.
+fn set_policy(tid: i32, policy: libc::c_int) -> bool {
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid sched_param; pid 0 is the calling thread.
-    unsafe { libc::sched_setscheduler(0, policy, &param) };
+    // SAFETY: `param` is a valid sched_param for the call's duration.
+    unsafe { libc::sched_setscheduler(tid, policy, &param) == 0 }
 }
 
 /// A FUSE ring command SQE: `cmd_op` with `struct fuse_uring_cmd_req` in the command area;
@@ -464,18 +574,6 @@ fn with_len(sqe: squeue::Entry128, len: u32) -> squeue::Entry128 {
     raw[24..28].copy_from_slice(&len.to_ne_bytes());
     // SAFETY: as above, the same bytes back.
     unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
-}
-
-/// A 64-byte SQE as the 128-byte kind this ring takes (its second half zero).
-fn entry128(sqe: squeue::Entry) -> squeue::Entry128 {
-    let raw: [u8; 64] = {
-        // SAFETY: `Entry` is `#[repr(C)]` around the 64-byte `io_uring_sqe`.
-        unsafe { std::mem::transmute::<squeue::Entry, [u8; 64]>(sqe) }
-    };
-    let mut wide = [0u8; 128];
-    wide[..64].copy_from_slice(&raw);
-    // SAFETY: see `with_len`.
-    unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(wide) }
 }
 
 /// An INIT request as /dev/fuse carries it, with what the kernel offered the main session.
@@ -526,6 +624,7 @@ fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 fn send_all(fd: RawFd, msg: &[u8]) -> io::Result<()> {
+    let mut tries = 0;
     loop {
         // SAFETY: `msg` is valid for its length; the socket is a SOCK_SEQPACKET one, so the
         // message goes whole or not at all.
@@ -534,8 +633,15 @@ fn send_all(fd: RawFd, msg: &[u8]) -> io::Result<()> {
             return Ok(());
         }
         let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e);
+        match e.raw_os_error() {
+            Some(libc::EINTR) => {}
+            // A large message needs a large contiguous allocation in the kernel: wait for
+            // memory a while before giving up.
+            Some(libc::ENOBUFS | libc::ENOMEM) if tries < 1000 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            _ => return Err(e),
         }
     }
 }
@@ -577,7 +683,8 @@ mod tests {
     }
 
     #[test]
-    fn possible_cpus_are_read() {
-        assert!(!possible_cpus().unwrap().is_empty());
+    fn cpu_lists_are_read() {
+        let (possible, online) = (cpu_list("possible").unwrap(), cpu_list("online").unwrap());
+        assert!(!online.is_empty() && online.iter().all(|c| possible.contains(c)), "{possible:?} {online:?}");
     }
 }

@@ -1318,7 +1318,16 @@ fn mount(req: MountRequest, foreground: bool, daemon_child: bool, pass: PassArgs
     }
     let exe = std::env::current_exe().map_err(|e| Error::io("", "find own executable", e))?;
     control::ensure_runtime_dir()?;
-    envelopefs::daemon::spawn_daemon(&exe, &args, passphrase.as_ref(), &control::log_path(&header.volume_id))
+    envelopefs::daemon::spawn_daemon(&exe, &args, passphrase.as_ref(), &control::log_path(&header.volume_id))?;
+    if req.io_uring {
+        // Mounted either way; say so if the rings were refused (the daemon logs why too).
+        let asked = control::request_for(&req.cipherdir, "status");
+        let v = control::query(&control::socket_path(&header.volume_id), &asked).unwrap_or_default();
+        if let Some(why) = v["transport"]["io_uring_refused"].as_str() {
+            eprintln!("envelopefs: --io-uring: {why}; serving over /dev/fuse");
+        }
+    }
+    Ok(())
 }
 
 /// `status CIPHERDIR|MOUNTPOINT`: from the daemon when mounted, else from disk.

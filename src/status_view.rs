@@ -121,8 +121,9 @@ pub fn render(v: &Value) -> String {
         Some("io_uring") => row(
             "transport",
             format!(
-                "io_uring, {} rings ({} requests served)",
+                "io_uring, {} ring{} ({} requests served)",
                 num(&v["transport"]["rings"]),
+                if v["transport"]["rings"] == 1 { "" } else { "s" },
                 num(&v["transport"]["requests"])
             ),
         ),

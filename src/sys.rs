@@ -1,6 +1,7 @@
 //! Process hardening: no core dumps, not dumpable, and memory that holds keys locked out of
 //! swap, so key material cannot leave the process through a core file, a same-user ptrace
-//! attach or the swap device.
+//! attach or the swap device. Also the process's CPUs, for threads started by a thread
+//! pinned to one CPU (`fuse_uring`) to get them all back.
 //!
 //! Everything here goes through nix's safe wrappers; the crate keeps `#![deny(unsafe_code)]`
 //! (its one exception is `sync_file_range` in `fs/backend.rs`).
@@ -88,5 +89,22 @@ pub fn notify_ready() {
     });
     if let Err(e) = sent {
         tracing::warn!("could not tell the service manager the mount is ready: {e}");
+    }
+}
+
+static PROCESS_CPUS: std::sync::OnceLock<nix::sched::CpuSet> = std::sync::OnceLock::new();
+
+/// Remembers the CPUs this process may run on, before any of its threads pins itself.
+pub fn remember_cpus() {
+    let _ = PROCESS_CPUS.get_or_init(|| {
+        nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap_or_else(|_| nix::sched::CpuSet::new())
+    });
+}
+
+/// Gives the calling thread all of the process's CPUs back: a thread started from a pinned
+/// one (a request handler on an io_uring ring) inherits the pin otherwise.
+pub fn unpin_thread() {
+    if let Some(set) = PROCESS_CPUS.get() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), set);
     }
 }

@@ -105,7 +105,10 @@ impl Trash {
         }
         if thread.is_none() {
             let shared = self.queue.clone();
-            match std::thread::Builder::new().name("trash".into()).spawn(move || empty_loop(&shared, &dir)) {
+            match std::thread::Builder::new().name("trash".into()).spawn(move || {
+                crate::sys::unpin_thread();
+                empty_loop(&shared, &dir)
+            }) {
                 Ok(t) => *thread = Some(t),
                 Err(_) => return false,
             }

@@ -158,3 +158,26 @@ pub fn wait_for_deks(cipherdir: &Path, n: usize) -> Vec<Vec<u8>> {
     }
     wrapped_deks(cipherdir)
 }
+
+/// An installed tool (fsx from `~/.cargo/bin` or `PATH`; scripts/test.sh installs them).
+pub fn tool(name: &str) -> PathBuf {
+    let home_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin").join(name));
+    if let Some(p) = home_bin.filter(|p| p.exists()) {
+        return p;
+    }
+    let found =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).map(|d| d.join(name)).find(|p| p.exists());
+    found.unwrap_or_else(|| panic!("{name} is not installed (scripts/test.sh installs it)"))
+}
+
+/// Runs `cmd`, which must succeed; its standard output.
+pub fn run(cmd: &mut std::process::Command) -> String {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}

@@ -1,0 +1,247 @@
+//! `mount --io-uring`: FUSE requests served over a ring per CPU (src/fuse_uring.rs), and
+//! /dev/fuse when the kernel does not allow it. Needs root (the daemon mounts itself, and
+//! the fuse module's `enable_uring` is switched for the test and put back after).
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use common::mount::{status, MountFixture};
+use common::{pattern, run, tool};
+
+const KNOB: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Sets the kernel's `enable_uring` for the life of the guard, then puts it back.
+struct Knob(Option<String>);
+
+impl Knob {
+    fn set(on: bool) -> Knob {
+        let before = fs::read_to_string(KNOB).ok().map(|s| s.trim().to_string());
+        if before.is_some() {
+            fs::write(KNOB, if on { "Y" } else { "N" }).expect("setting enable_uring needs root");
+        }
+        Knob(before)
+    }
+}
+
+impl Drop for Knob {
+    fn drop(&mut self) {
+        if let Some(v) = &self.0 {
+            let _ = fs::write(KNOB, v);
+        }
+    }
+}
+
+/// Every kind of request a mount serves, each checked by what it does.
+fn workload(root: &Path) {
+    let d = root.join("dir");
+    fs::create_dir(&d).unwrap();
+    let big = pattern(1, 3 << 20);
+    let mut f = fs::File::create(d.join("big")).unwrap();
+    for chunk in big.chunks(300_000) {
+        f.write_all(chunk).unwrap();
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(fs::read(d.join("big")).unwrap(), big);
+    let f = fs::OpenOptions::new().read(true).write(true).open(d.join("big")).unwrap();
+    f.write_all_at(b"in the middle", 1_000_000).unwrap();
+    let mut got = [0u8; 13];
+    f.read_exact_at(&mut got, 1_000_000).unwrap();
+    assert_eq!(&got, b"in the middle");
+    f.set_len(2 << 20).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 2 << 20);
+    nix::fcntl::posix_fallocate(&f, 4 << 20, 4096).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), (4 << 20) + 4096);
+    // Data up to 2 MiB, then a hole.
+    assert_eq!(nix::unistd::lseek(&f, 0, nix::unistd::Whence::SeekData).unwrap(), 0);
+    let hole = nix::unistd::lseek(&f, 0, nix::unistd::Whence::SeekHole).unwrap();
+    assert_eq!(hole, 2 << 20);
+    drop(f);
+    for i in 0..300 {
+        fs::write(d.join(format!("small-{i:03}")), format!("file {i}")).unwrap();
+    }
+    let mut names: Vec<String> =
+        fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names.len(), 301);
+    assert_eq!(fs::read_to_string(d.join("small-123")).unwrap(), "file 123");
+    fs::set_permissions(d.join("small-001"), fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(fs::metadata(d.join("small-001")).unwrap().mode() & 0o777, 0o640);
+    std::os::unix::fs::chown(d.join("small-002"), Some(1234), Some(5678)).unwrap();
+    let m = fs::metadata(d.join("small-002")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1234, 5678));
+    let then = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    fs::File::options().write(true).open(d.join("small-003")).unwrap().set_modified(then).unwrap();
+    assert_eq!(fs::metadata(d.join("small-003")).unwrap().mtime(), 1_000_000_000);
+    std::os::unix::fs::symlink("small-004", d.join("link")).unwrap();
+    assert_eq!(fs::read_link(d.join("link")).unwrap(), Path::new("small-004"));
+    assert_eq!(fs::read_to_string(d.join("link")).unwrap(), "file 4");
+    fs::hard_link(d.join("small-005"), d.join("hard")).unwrap();
+    assert_eq!(fs::metadata(d.join("hard")).unwrap().nlink(), 2);
+    fs::rename(d.join("small-006"), d.join("small-007")).unwrap();
+    assert_eq!(fs::read_to_string(d.join("small-007")).unwrap(), "file 6");
+    fs::remove_file(d.join("small-008")).unwrap();
+    assert!(!d.join("small-008").exists());
+    nix::unistd::mkfifo(&d.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    assert!(fs::symlink_metadata(d.join("fifo")).unwrap().file_type().is_fifo());
+    xattr_roundtrip(&d.join("small-009"));
+    let mut src = fs::File::open(d.join("big")).unwrap();
+    let mut dst = fs::File::create(d.join("copy")).unwrap();
+    std::io::copy(&mut src, &mut dst).unwrap(); // copy_file_range where it can
+    dst.sync_all().unwrap();
+    drop(dst);
+    src.seek(SeekFrom::Start(0)).unwrap();
+    let mut a = Vec::new();
+    src.read_to_end(&mut a).unwrap();
+    assert_eq!(fs::read(d.join("copy")).unwrap(), a);
+    let e = d.join("empty");
+    fs::create_dir(&e).unwrap();
+    fs::remove_dir(&e).unwrap();
+    let st = nix::sys::statvfs::statvfs(root).unwrap();
+    assert!(st.blocks() > 0);
+}
+
+fn xattr_roundtrip(p: &Path) {
+    let name = std::ffi::CString::new("user.colour").unwrap();
+    let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let check = |r: isize| {
+        assert!(r >= 0, "{}", std::io::Error::last_os_error());
+        r as usize
+    };
+    let (mut buf, mut list) = ([0u8; 16], [0u8; 64]);
+    // SAFETY (test): NUL-terminated strings and buffers valid for their stated lengths.
+    unsafe {
+        check(nix::libc::setxattr(path.as_ptr(), name.as_ptr(), b"blue".as_ptr().cast(), 4, 0) as isize);
+        let n = check(nix::libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()));
+        assert_eq!(&buf[..n], b"blue");
+        let n = check(nix::libc::listxattr(path.as_ptr(), list.as_mut_ptr().cast(), list.len()));
+        assert!(common::contains(&list[..n], b"user.colour"));
+        check(nix::libc::removexattr(path.as_ptr(), name.as_ptr()) as isize);
+        assert_eq!(nix::libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()), -1);
+    }
+}
+
+/// Whether `p` has no `user.envelopefs-probe` xattr (one GETXATTR request, answered ENODATA).
+fn xattr_missing(p: &Path) -> bool {
+    let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let name = std::ffi::CString::new("user.envelopefs-probe").unwrap();
+    // SAFETY (test): NUL-terminated strings; a size of 0 asks for the length only.
+    let n = unsafe { nix::libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+    n == -1 && std::io::Error::last_os_error().raw_os_error() == Some(nix::libc::ENODATA)
+}
+
+/// The CPUs in /sys/devices/system/cpu/`which` (`0-1,4`).
+fn cpu_list(which: &str) -> Vec<usize> {
+    let s = fs::read_to_string(format!("/sys/devices/system/cpu/{which}")).unwrap();
+    let mut out = Vec::new();
+    for part in s.trim().split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => out.extend(a.parse::<usize>().unwrap()..=b.parse().unwrap()),
+            None => out.push(part.parse().unwrap()),
+        }
+    }
+    out
+}
+
+/// What a tree looks like: per path, kind, mode, size and content digest.
+fn manifest(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let what = if m.is_dir() {
+                stack.push(p.clone());
+                String::new()
+            } else if m.is_file() {
+                let data = fs::read(&p).unwrap();
+                format!("{:x}", data.iter().fold(0u64, |h, &b| h.wrapping_mul(1_099_511_628_211) ^ u64::from(b)))
+            } else {
+                String::new()
+            };
+            out.push(format!("{} {:o} {} {what}", p.strip_prefix(root).unwrap().display(), m.mode(), m.len()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_mount_over_io_uring_serves_every_request_and_falls_back_to_dev_fuse_without_it() {
+    assert!(nix::unistd::geteuid().is_root(), "io_uring mount tests need root (CI runs as root)");
+    let mut m = MountFixture::new(&[]);
+    m.unmount();
+    if !Path::new(KNOB).exists() {
+        // A kernel without FUSE over io_uring: the flag must still mount, over /dev/fuse.
+        m.mount_with(&["--io-uring"]);
+        let v = status(&m);
+        assert_eq!(v["transport"]["kind"], "/dev/fuse", "{v:#}");
+        eprintln!("this kernel has no FUSE over io_uring ({KNOB} is missing): only the fallback was tested");
+        return;
+    }
+
+    // Allowed by the kernel: requests go over the rings, one per CPU.
+    let knob = Knob::set(true);
+    m.mount_with(&["--io-uring"]);
+    let v = status(&m);
+    assert_eq!(v["transport"]["kind"], "io_uring", "{v:#}");
+    assert_eq!(v["transport"]["rings"].as_u64().unwrap() as usize, cpu_list("possible").len(), "{v:#}");
+    workload(&m.mnt);
+    let out = run(Command::new(tool("fsx")).args(["-N", "20000", "-S", "20261205"]).arg(m.p("fsx.file")));
+    assert!(out.contains("A-OK") || out.is_empty(), "{out}");
+    // Each CPU's requests go over that CPU's ring: a thread pinned to each online CPU in
+    // turn asks PROBES times for an xattr the file does not have (one request each).
+    const PROBES: u64 = 2000;
+    let possible = cpu_list("possible");
+    for cpu in cpu_list("online") {
+        let before = status(&m)["transport"]["requests_per_ring"].clone();
+        let file = m.p("dir/small-010");
+        std::thread::spawn(move || {
+            let mut set = nix::sched::CpuSet::new();
+            set.set(cpu).unwrap();
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+            for _ in 0..PROBES {
+                let e = nix::sys::stat::lstat(&file).map(|_| ());
+                assert!(e.is_ok());
+                assert!(xattr_missing(&file));
+            }
+        })
+        .join()
+        .unwrap();
+        let after = status(&m)["transport"]["requests_per_ring"].clone();
+        let ring = possible.iter().position(|&c| c == cpu).unwrap();
+        let served = after[ring].as_u64().unwrap() - before[ring].as_u64().unwrap();
+        assert!(served >= PROBES, "CPU {cpu}: {served} requests over its ring, not {PROBES}: {before} -> {after}");
+    }
+    let text = String::from_utf8(m.run(&["status".as_ref(), m.mnt.as_os_str()]).stdout).unwrap();
+    assert!(text.contains("io_uring"), "{text}");
+    let seen = manifest(&m.mnt);
+
+    // What it wrote reads the same over /dev/fuse.
+    m.unmount();
+    m.mount();
+    assert_eq!(status(&m)["transport"]["kind"], "/dev/fuse");
+    assert_eq!(manifest(&m.mnt), seen);
+
+    // Refused by the kernel: the mount serves over /dev/fuse and says why.
+    m.unmount();
+    drop(knob);
+    let _off = Knob::set(false);
+    let o = m.try_mount(&["--io-uring"]);
+    common::mount::ok(&o);
+    m.adopt();
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(said.contains("--io-uring:") && said.contains("enable_uring"), "the user is told: {said}");
+    let v = status(&m);
+    assert_eq!(v["transport"]["kind"], "/dev/fuse", "{v:#}");
+    assert!(v["transport"]["io_uring_refused"].as_str().unwrap().contains("enable_uring"), "{v:#}");
+    assert_eq!(manifest(&m.mnt), seen);
+    fs::write(m.p("after"), b"still served").unwrap();
+    assert_eq!(fs::read(m.p("after")).unwrap(), b"still served");
+}
