@@ -417,19 +417,34 @@ fn a_conversion_that_fails_keeps_every_file_and_can_be_undone() {
     assert!(!o.status.success() && stderr(&o).contains("no abort of this conversion shredded it"), "{o:?}");
     assert_eq!(convert_row(&m), row, "nothing was changed");
     assert!(made[0].join("meta.db").exists(), "the tenant's volume is still there");
-    // Only an abort that decided to shred (its record, sealed under the volume's KEK, says
-    // so) and was cut short afterwards takes the flag for its own work; a rerun of `tenant
-    // add` then refuses, and the abort run again finishes.
+    // The abort with the tenant's own header: it opens, is still being filled, so it is
+    // shredded and removed, and DIR has its files back.
     fs::write(&conf, &live).unwrap();
+    let o = m.run(&abort);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("the half-made tenant is shredded"), "{o:?}");
+    assert!(convert_row(&m).is_none());
+    let left: Vec<_> = fs::read_dir(m.cipher.join("tenants")).unwrap().collect();
+    assert!(left.is_empty(), "the half-made tenant's volume is removed: {left:?}");
+    // Only an abort that decided to shred (its record, sealed under the volume's KEK, says
+    // so) and was cut short afterwards takes the flag for its own work: a rerun of `tenant
+    // add` then refuses, and the abort run again finishes. (Cut short is made here by
+    // hand: the record put to "aborting" with the volume's keys, the header flagged, as the
+    // shred leaves it.)
+    let o = m.run(&add_args(&m, "docs", &given));
+    assert!(!o.status.success() && stderr(&o).contains("bad.bin"), "{o:?}");
+    let made: Vec<PathBuf> = fs::read_dir(m.cipher.join("tenants")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut h = Volume::read_header(&made[0]).unwrap();
+    h.features |= envelopefs::format::FEATURE_SHREDDED;
     let pass = envelopefs::secret::Passphrase::new("mount test passphrase").unwrap();
     let vol = Volume::open(&m.cipher, &pass).unwrap();
     let mut c = vol.tenant_conversion().unwrap().unwrap();
     c.phase = envelopefs::fs::ConversionPhase::Aborting;
     vol.put_tenant_conversion(Some(&c)).unwrap();
     drop(vol);
+    fs::write(made[0].join("envelopefs.conf"), h.encode()).unwrap();
     let o = m.run(&add_args(&m, "docs", &given));
     assert!(!o.status.success() && stderr(&o).contains("an abort of this conversion was cut short"), "{o:?}");
-    fs::write(&conf, h.encode()).unwrap();
     let o = m.run(&abort);
     ok(&o);
     assert!(String::from_utf8_lossy(&o.stdout).contains("the half-made tenant is shredded"), "{o:?}");

@@ -295,7 +295,8 @@ pub fn abort(outer: &Volume, dir: &Path, secrets: &TenantSecrets) -> Result<Abor
     if shredded && c.phase != ConversionPhase::Aborting {
         return refuse(
             "its volume's header says it was shredded, but no abort of this conversion shredded it (a header \
-             planted or put back?): see `envelopefs fsck`",
+             planted or put back?); if you know the half-made tenant holds nothing you need, remove its directory \
+             under tenants/ and run the abort again",
         );
     }
     let mut shred_it = false;

@@ -118,13 +118,21 @@ pub fn open_all(outer: &Volume, secrets: &TenantSecrets, read_only: bool) -> Res
         }
         let converting = converting.as_ref().ok().and_then(Option::as_ref);
         if let Some(c) = converting.filter(|c| c.entry.id == entry.id) {
-            let why = format!(
-                "being made a tenant (cut short): its files are still beside it, in {} (or {}), until \
-                 `envelopefs tenant add CIPHERDIR {}` finishes",
-                source_name(&c.entry.id).to_string_lossy(),
-                removing_name(&c.entry.id).to_string_lossy(),
-                entry.label
-            );
+            let why = match c.phase {
+                crate::fs::ConversionPhase::Aborting => format!(
+                    "being made a tenant, and the undoing of that was cut short: its files are still beside it, \
+                     in {}, until `envelopefs tenant add CIPHERDIR {} --abort` finishes",
+                    source_name(&c.entry.id).to_string_lossy(),
+                    entry.label
+                ),
+                _ => format!(
+                    "being made a tenant (cut short): its files are still beside it, in {} (or {}), until \
+                     `envelopefs tenant add CIPHERDIR {}` finishes",
+                    source_name(&c.entry.id).to_string_lossy(),
+                    removing_name(&c.entry.id).to_string_lossy(),
+                    entry.label
+                ),
+            };
             tracing::warn!(tenant = %hex(&entry.id), label = %entry.label, "{why}");
             out.push(Tenant { entry, state: TenantState::Closed(why) });
             continue;
