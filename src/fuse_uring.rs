@@ -280,6 +280,11 @@ struct Entry {
 }
 
 impl Entry {
+    fn header_ref(&self) -> &[u8] {
+        // SAFETY: as in `header`, shared.
+        unsafe { std::slice::from_raw_parts(self.header.as_ptr().cast::<u8>(), HEADER_LEN) }
+    }
+
     fn header(&mut self) -> &mut [u8] {
         // SAFETY: a [u64; 36] is 288 initialised bytes, aligned for u64; viewed as bytes
         // only while `self` is borrowed mutably.
@@ -296,9 +301,9 @@ struct Queue {
     /// Entries registered (the others were refused).
     live: usize,
     socket: OwnedFd,
-    /// Where the session's replies are received (leaked: a pending receive writes into it).
+    /// Where the header of the session's next reply is peeked at (leaked: a pending receive
+    /// writes into it).
     reply: &'static mut [u8],
-    message: Vec<u8>,
     /// Request `unique` → entry, while its reply is awaited.
     waiting: HashMap<u64, usize>,
     session: Option<Box<dyn FnOnce() + Send>>,
@@ -329,10 +334,10 @@ impl Queue {
         }
         let (ours, theirs) = socket_pair()?;
         // The session's handshake: an INIT as the kernel sent it, its reply dropped.
-        send_all(ours.as_raw_fd(), &init_message(neg))?;
+        send_all(ours.as_raw_fd(), &[&init_message(neg)])?;
         let run = session(theirs)?; // its threads inherit this thread's CPU
-        let reply: &'static mut [u8] = Box::leak(vec![0u8; neg.max_payload + HEADER_LEN + 4096].into_boxed_slice());
-        recv(ours.as_raw_fd(), reply)?;
+        recv(ours.as_raw_fd(), &mut vec![0u8; 4096])?;
+        let reply: &'static mut [u8] = Box::leak(vec![0u8; OUT_HEADER_LEN].into_boxed_slice());
         let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder().build((2 * depth + 2) as u32)?;
         let idle_slot = idle.slot();
         let mut queue = Queue {
@@ -343,7 +348,6 @@ impl Queue {
             live: depth,
             socket: ours,
             reply,
-            message: Vec::with_capacity(neg.max_payload + HEADER_LEN),
             waiting: HashMap::new(),
             session: Some(run),
             early: Vec::new(),
@@ -402,14 +406,14 @@ impl Queue {
         }
     }
 
+    /// Waits (in the ring) for the session's next reply: a peek at its header, which says
+    /// whose it is, and (MSG_TRUNC) its whole length; `take_reply` then reads it straight
+    /// into that entry's buffers.
     fn arm_recv(&mut self) -> io::Result<()> {
-        // MSG_TRUNC: the completion gives the reply's whole length, so one too long for the
-        // buffer is seen (and answered EIO) instead of cut short.
-        let sqe =
-            opcode::Recv::new(types::Fd(self.socket.as_raw_fd()), self.reply.as_mut_ptr(), self.reply.len() as u32)
-                .flags(libc::MSG_TRUNC)
-                .build()
-                .user_data(RECV);
+        let sqe = opcode::Recv::new(types::Fd(self.socket.as_raw_fd()), self.reply.as_mut_ptr(), OUT_HEADER_LEN as u32)
+            .flags(libc::MSG_PEEK | libc::MSG_TRUNC)
+            .build()
+            .user_data(RECV);
         self.push(squeue::Entry128::from(sqe))
     }
 
@@ -432,7 +436,7 @@ impl Queue {
                             if res == 0 { "it closed".into() } else { io::Error::from_raw_os_error(-res).to_string() };
                         return Err(io::Error::other(format!("its session's socket ended ({why})")));
                     }
-                    if let Some(i) = self.take_reply(res as usize) {
+                    if let Some(i) = self.take_reply(res as usize)? {
                         self.commit(i)?;
                         served.fetch_add(1, Ordering::Relaxed);
                     }
@@ -468,35 +472,42 @@ impl Queue {
             put_out_header(h, unique, libc::EIO);
             return self.commit(i);
         };
-        self.message.clear();
-        self.message.extend_from_slice(&h[..IN_HEADER_LEN]);
-        self.message.extend_from_slice(&h[OP_IN..OP_IN + op]);
-        self.message.extend_from_slice(&e.payload[..payload]);
         self.waiting.insert(unique, i);
-        send_all(self.socket.as_raw_fd(), &self.message)
+        let h = e.header_ref();
+        send_all(self.socket.as_raw_fd(), &[&h[..IN_HEADER_LEN], &h[OP_IN..OP_IN + op], &e.payload[..payload]])
     }
 
-    /// Moves the session's reply (`n` bytes, as the receive reported it) into the entry whose
-    /// request it answers; that entry, or `None` for a reply to nothing waiting here.
-    fn take_reply(&mut self, n: usize) -> Option<usize> {
-        let got = n.min(self.reply.len());
-        let unique = (got >= OUT_HEADER_LEN).then(|| u64::from_ne_bytes(self.reply[8..16].try_into().unwrap()))?;
-        let Some(i) = self.waiting.remove(&unique) else {
-            tracing::warn!("io_uring ring of CPU {}: a reply to no request waiting ({unique})", self.q);
-            return None;
+    /// Reads the session's next reply (`n` bytes long; its header peeked at) into the entry
+    /// whose request it answers, out header and payload where the kernel wants them; that
+    /// entry, or `None` for a reply to nothing waiting here (read and dropped).
+    fn take_reply(&mut self, n: usize) -> io::Result<Option<usize>> {
+        let fd = self.socket.as_raw_fd();
+        let waiting = match n >= OUT_HEADER_LEN {
+            true => self.waiting.remove(&u64::from_ne_bytes(self.reply[8..16].try_into().unwrap())),
+            false => None,
+        };
+        let Some(i) = waiting else {
+            tracing::warn!("io_uring ring of CPU {}: a reply to no request waiting: dropped", self.q);
+            recv_into(fd, &mut [&mut self.reply[..OUT_HEADER_LEN]])?;
+            return Ok(None);
         };
         let e = &mut *self.entries[i];
         let body = n - OUT_HEADER_LEN;
-        if n > got || body > e.payload.len() {
+        if body > e.payload.len() {
             tracing::error!("io_uring ring of CPU {}: a reply of {n} bytes, more than an entry holds: EIO", self.q);
+            recv_into(fd, &mut [&mut self.reply[..OUT_HEADER_LEN]])?;
+            let unique = u64::from_ne_bytes(self.reply[8..16].try_into().unwrap());
             put_out_header(e.header(), unique, libc::EIO);
-            return Some(i);
+            return Ok(Some(i));
         }
-        e.payload[..body].copy_from_slice(&self.reply[OUT_HEADER_LEN..n]);
-        let h = e.header();
-        h[..OUT_HEADER_LEN].copy_from_slice(&self.reply[..OUT_HEADER_LEN]);
-        h[ENT_IN_OUT + 16..ENT_IN_OUT + 20].copy_from_slice(&(body as u32).to_ne_bytes());
-        Some(i)
+        let (header, payload) = (&mut e.header, &mut e.payload);
+        // SAFETY: as in `Entry::header`; the two borrows are of different fields.
+        let h = unsafe { std::slice::from_raw_parts_mut(header.as_mut_ptr().cast::<u8>(), HEADER_LEN) };
+        let (out, rest) = h.split_at_mut(OUT_HEADER_LEN);
+        recv_into(fd, &mut [out, &mut payload[..body]])?;
+        rest[ENT_IN_OUT - OUT_HEADER_LEN + 16..ENT_IN_OUT - OUT_HEADER_LEN + 20]
+            .copy_from_slice(&(body as u32).to_ne_bytes());
+        Ok(Some(i))
     }
 
     /// Commits the reply in entry `i`, which then waits for its next request.
@@ -623,12 +634,21 @@ fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((a, b))
 }
 
-fn send_all(fd: RawFd, msg: &[u8]) -> io::Result<()> {
+/// Sends `parts` as one message (gathered by the kernel: no copy here first).
+fn send_all(fd: RawFd, parts: &[&[u8]]) -> io::Result<()> {
+    let mut iov: Vec<libc::iovec> =
+        parts.iter().map(|p| libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() }).collect();
     let mut tries = 0;
     loop {
-        // SAFETY: `msg` is valid for its length; the socket is a SOCK_SEQPACKET one, so the
-        // message goes whole or not at all.
-        let r = unsafe { libc::send(fd, msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL) };
+        // SAFETY: every iovec points into a slice of `parts`, alive and unchanged for the
+        // call (the kernel only reads them); a zeroed msghdr is a valid empty one before its
+        // iovec fields are set. SOCK_SEQPACKET: the message goes whole or not at all.
+        let r = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = iov.len() as _;
+            libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
+        };
         if r >= 0 {
             return Ok(());
         }
@@ -642,6 +662,30 @@ fn send_all(fd: RawFd, msg: &[u8]) -> io::Result<()> {
                 std::thread::sleep(Duration::from_millis(1));
             }
             _ => return Err(e),
+        }
+    }
+}
+
+/// Reads one message (already queued) into `parts`, in order; the rest of a longer one is
+/// dropped.
+fn recv_into(fd: RawFd, parts: &mut [&mut [u8]]) -> io::Result<usize> {
+    let mut iov: Vec<libc::iovec> =
+        parts.iter_mut().map(|p| libc::iovec { iov_base: p.as_mut_ptr().cast(), iov_len: p.len() }).collect();
+    loop {
+        // SAFETY: every iovec points into a slice of `parts`, borrowed mutably for the call;
+        // a zeroed msghdr is a valid empty one before its iovec fields are set.
+        let r = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = iov.len() as _;
+            libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT)
+        };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
         }
     }
 }
