@@ -15,14 +15,16 @@
 # envelopefs's KMS calls.
 #
 # Usage: scripts/bench-fio.sh [--size 1G] [--runtime 10] [--files 25000] [--dir DIR]
-#                              [--rounds 2] [--only seq,rand,small]
+#                              [--rounds 2] [--only seq,rand,small] [--io-uring]
 # Needs root (to drop caches). DIR (default /var/tmp) must be on a real disk, not tmpfs.
 # --only runs some job groups (for a quick comparison while working; quote full runs).
+# --io-uring adds evfs-uring: GCM-SIV format 2 mounted with --io-uring (the kernel's
+# enable_uring is switched on for the run and put back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/setup.sh
 
-SIZE=1G RUNTIME=10 FILES=25000 BASE=/var/tmp ONLY=seq,rand,small ROUNDS=2
+SIZE=1G RUNTIME=10 FILES=25000 BASE=/var/tmp ONLY=seq,rand,small ROUNDS=2 URING=
 while [ $# -gt 0 ]; do
     case $1 in
         --size) SIZE=$2; shift 2 ;;
@@ -31,7 +33,8 @@ while [ $# -gt 0 ]; do
         --dir) BASE=$2; shift 2 ;;
         --only) ONLY=$2; shift 2 ;;
         --rounds) ROUNDS=$2; shift 2 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        --io-uring) URING=1; shift ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) say "unknown argument $1"; exit 2 ;;
     esac
 done
@@ -49,10 +52,13 @@ EVFS=$PWD/target/release/envelopefs
 
 WORK=$(mktemp -d -p "$BASE" evfs-bench.XXXXXX)
 export ENVELOPEFS_RUNTIME_DIR=$WORK/run
+URING_KNOB=/sys/module/fuse/parameters/enable_uring
+URING_WAS=$(cat "$URING_KNOB" 2>/dev/null || true)
 cleanup() {
     for m in "$WORK"/mnt-*; do
         mountpoint -q "$m" 2>/dev/null && fusermount3 -u "$m" 2>/dev/null || true
     done
+    [ -z "$URING_WAS" ] || echo "$URING_WAS" > "$URING_KNOB" || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -72,12 +78,20 @@ gocryptfs -q -init -extpass "cat $WORK/pass" "$WORK/gcipher" >/dev/null
 gocryptfs -q -nosyslog -extpass "cat $WORK/pass" "$WORK/gcipher" "$WORK/mnt-gocryptfs"
 DIR[gocryptfs]=$WORK/mnt-gocryptfs
 PID[gocryptfs]=$(pgrep -n -f "gocryptfs.*$WORK/gcipher")
-for c in gcm-siv gcm-siv-f1 xts; do
+EVFS_KINDS=(gcm-siv gcm-siv-f1 xts)
+if [ -n "$URING" ]; then
+    [ -n "$URING_WAS" ] || { say "--io-uring: this kernel has no FUSE over io_uring ($URING_KNOB)"; exit 1; }
+    echo Y > "$URING_KNOB"
+    EVFS_KINDS+=(uring)
+    NAMES+=(evfs-uring)
+fi
+for c in "${EVFS_KINDS[@]}"; do
     mkdir -p "$WORK/mnt-evfs-$c"
-    format=()
+    format=() cipher=aes-256-${c%-f1} extra=()
     [ "$c" = gcm-siv-f1 ] && format=(--format 1)
-    "$EVFS" init "$WORK/cipher-$c" --cipher "aes-256-${c%-f1}" "${format[@]}" --passfile "$WORK/pass" >/dev/null
-    "$EVFS" mount "$WORK/cipher-$c" "$WORK/mnt-evfs-$c" --passfile "$WORK/pass"
+    [ "$c" = uring ] && cipher=aes-256-gcm-siv extra=(--io-uring)
+    "$EVFS" init "$WORK/cipher-$c" --cipher "$cipher" "${format[@]}" --passfile "$WORK/pass" >/dev/null
+    "$EVFS" mount "$WORK/cipher-$c" "$WORK/mnt-evfs-$c" --passfile "$WORK/pass" "${extra[@]}"
     DIR[evfs-$c]=$WORK/mnt-evfs-$c
     PID[evfs-$c]=$("$EVFS" status "$WORK/mnt-evfs-$c" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
 done
@@ -189,7 +203,7 @@ EOF
 # right after an rm pays for that rm: plain ext4 took 0.97 s in a first round and 9.64 s in
 # a second one that followed at once.
 settle() {
-    for c in gcm-siv xts; do
+    for c in "${EVFS_KINDS[@]}"; do
         for _ in $(seq 600); do [ -z "$(ls -A "$WORK/cipher-$c/trash" 2>/dev/null)" ] && break; sleep 0.5; done
     done
     say "waiting 65 s for ext4's recently freed inodes to age"
@@ -232,13 +246,19 @@ for r in rows.values():
         if fs != "unit":
             r[fs] = statistics.median(vs)
 fss = ["ext4", "gocryptfs", "evfs-gcm-siv", "evfs-gcm-siv-f1", "evfs-xts"]
-print("| job | unit | " + " | ".join(fss) + " | gcm-siv / gocryptfs | gcm-siv f2 / f1 | xts / gocryptfs |")
-print("|---|---|" + "---|" * len(fss) + "---|---|---|")
+uring = any("evfs-uring" in r for r in rows.values())
+if uring:
+    fss.append("evfs-uring")
+print("| job | unit | " + " | ".join(fss) + " | gcm-siv / gocryptfs | gcm-siv f2 / f1 | xts / gocryptfs |"
+      + (" uring / gocryptfs |" if uring else ""))
+print("|---|---|" + "---|" * len(fss) + "---|---|---|" + ("---|" if uring else ""))
 for job in order:
     r = rows[job]
     cells = [("%g" % r[f]) if f in r else "–" for f in fss]
     ratio = lambda a, b: "%.2f×" % (r[a] / r[b]) if r.get(b) and a in r else "–"
     ratios = [ratio("evfs-gcm-siv", "gocryptfs"), ratio("evfs-gcm-siv", "evfs-gcm-siv-f1"), ratio("evfs-xts", "gocryptfs")]
+    if uring:
+        ratios.append(ratio("evfs-uring", "gocryptfs"))
     print("| %s | %s | %s | %s |" % (job, r["unit"], " | ".join(cells), " | ".join(ratios)))
 print()
 print("Medians of %s rounds. Ratios: higher is better for MiB/s and IOPS, lower for s, CPU s" % sys.argv[2])

@@ -41,7 +41,7 @@ URING_KNOB=/sys/module/fuse/parameters/enable_uring
 URING_WAS=$(cat "$URING_KNOB" 2>/dev/null || true)
 cleanup() {
     for m in "$WORK"/mnt-*; do mountpoint -q "$m" 2>/dev/null && fusermount3 -u "$m" 2>/dev/null || true; done
-    [ -n "$URING_WAS" ] && echo "$URING_WAS" > "$URING_KNOB"
+    [ -z "$URING_WAS" ] || echo "$URING_WAS" > "$URING_KNOB" || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT

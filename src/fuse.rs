@@ -294,6 +294,11 @@ fn start_rings(
             tracing::info!("serving requests over io_uring, a ring per CPU");
             Transport::IoUring(rings.stats())
         }
+        // io_uring itself may be off (sysctl kernel.io_uring_disabled) or refused to this
+        // process (a seccomp or LSM policy).
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            refused(format!("{e} (is io_uring disabled here? see sysctl kernel.io_uring_disabled)"))
+        }
         Err(e) => refused(e.to_string()),
     };
     (Some(rings), transport)
