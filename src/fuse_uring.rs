@@ -185,7 +185,10 @@ impl Rings {
             let _ = t.join();
         }
         self.idle.stop.store(true, Ordering::Relaxed);
-        self.idle.wake.notify_all();
+        {
+            let _guard = self.idle.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.idle.wake.notify_all();
+        }
         if let Some(t) = self.watchdog {
             let _ = t.join();
         }
