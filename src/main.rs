@@ -114,7 +114,8 @@ enum Command {
         /// auto, noauto, user, nouser, _netdev, nofail, x-* are accepted and ignored).
         #[arg(short = 'o', value_name = "OPTS")]
         options: Vec<String>,
-        /// Worker threads serving requests.
+        /// Worker threads serving requests (with --io-uring: per CPU, this spread over the
+        /// CPUs, at least four each).
         #[arg(long, default_value_t = 4)]
         threads: usize,
         /// Serve requests over FUSE io_uring rings, one per CPU, so that a request is answered

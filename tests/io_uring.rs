@@ -177,12 +177,24 @@ fn a_mount_over_io_uring_serves_every_request_and_falls_back_to_dev_fuse_without
     assert!(nix::unistd::geteuid().is_root(), "io_uring mount tests need root (CI runs as root)");
     let mut m = MountFixture::new(&[]);
     m.unmount();
-    if !Path::new(KNOB).exists() {
-        // A kernel without FUSE over io_uring: the flag must still mount, over /dev/fuse.
-        m.mount_with(&["--io-uring"]);
+    // A kernel without FUSE over io_uring, or a sandbox that refuses io_uring itself (a
+    // seccomp policy): the flag must still mount, over /dev/fuse, and say why.
+    let no_uring = match io_uring::IoUring::<io_uring::squeue::Entry, io_uring::cqueue::Entry>::new(2) {
+        Err(e) => Some(format!("io_uring itself is refused here ({e})")),
+        Ok(_) if !Path::new(KNOB).exists() => {
+            Some(format!("this kernel has no FUSE over io_uring ({KNOB} is missing)"))
+        }
+        Ok(_) => None,
+    };
+    if let Some(why) = no_uring {
+        let o = m.try_mount(&["--io-uring"]);
+        common::mount::ok(&o);
+        m.adopt();
         let v = status(&m);
         assert_eq!(v["transport"]["kind"], "/dev/fuse", "{v:#}");
-        eprintln!("this kernel has no FUSE over io_uring ({KNOB} is missing): only the fallback was tested");
+        assert!(v["transport"]["io_uring_refused"].is_string(), "{v:#}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("--io-uring:"), "{o:?}");
+        eprintln!("{why}: only the fallback to /dev/fuse was tested");
         return;
     }
 
