@@ -150,8 +150,18 @@ impl Mounted {
         let negotiated: Negotiation = Default::default();
         let rings_commit = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         // Rings only where the daemon mounted itself, as root: they need its connection's
-        // descriptor, and root's rights to size the sockets and to leave SCHED_IDLE.
-        let uring = cfg.io_uring && direct.is_some();
+        // descriptor, and root's rights to size the sockets and to leave SCHED_IDLE. What
+        // they need is tried now: once INIT asks for io_uring, a failure holds every request.
+        let mut not_before_init = None;
+        let uring = cfg.io_uring
+            && direct.is_some()
+            && match crate::fuse_uring::preflight() {
+                Ok(()) => true,
+                Err(e) => {
+                    not_before_init = Some(e.to_string());
+                    false
+                }
+            };
         let main = Adapter {
             fs: fs.clone(),
             uring: uring.then(|| negotiated.clone()),
@@ -181,6 +191,7 @@ impl Mounted {
         raise_readahead(mountpoint);
         let (rings, transport) = match (cfg.io_uring, dev, negotiated.get()) {
             (false, ..) => (None, Transport::DevFuse),
+            (true, _, _) if not_before_init.is_some() => (None, refused(not_before_init.unwrap_or_default())),
             (true, None, _) => (None, refused("it needs the daemon to run as root".into())),
             (true, Some(_), None) => (
                 None,
@@ -190,7 +201,15 @@ impl Mounted {
                         .into(),
                 ),
             ),
-            (true, Some(dev), Some(&neg)) => start_rings(dev, neg, fs.clone(), &config, cfg.threads),
+            (true, Some(dev), Some(&neg)) => match start_rings(dev, neg, fs.clone(), &config, cfg.threads) {
+                Ok(r) => r,
+                Err(e) => {
+                    if let Some(m) = &direct {
+                        m.detach_if_still_there(); // no mount left that holds every request
+                    }
+                    return Err(e);
+                }
+            },
         };
         // With rings, the main session's end is not the end of requests: the commit at
         // unmount waits for the rings' threads (`run`).
@@ -267,15 +286,20 @@ fn start_rings(
     fs: std::sync::Arc<InodeFs>,
     config: &Config,
     threads: usize,
-) -> (Option<crate::fuse_uring::Rings>, Transport) {
+) -> std::io::Result<(Option<crate::fuse_uring::Rings>, Transport)> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // To send the connection back to /dev/fuse if the rings cannot start.
+    let spare = dev.try_clone()?;
     let mut per_cpu = config.clone();
     per_cpu.n_threads = Some(threads.div_ceil(cpus).max(4));
     per_cpu.clone_fd = false; // one socket, read by all of the CPU's threads
     let committing = fs.clone();
+    let once = std::sync::Arc::new(std::sync::Mutex::new(()));
     let fatal: crate::fuse_uring::Fatal = std::sync::Arc::new(move |why: String| {
+        // One ring's failure ends the daemon; another failing meanwhile waits for that.
+        let _only = once.lock();
         tracing::error!("{why}: committing, then ending the daemon (the mount's callers get ENOTCONN)");
-        commit_at_unmount(&committing);
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit_at_unmount(&committing)));
         std::process::exit(1);
     });
     let session = move |fd: std::os::fd::OwnedFd| -> std::io::Result<Box<dyn FnOnce() + Send>> {
@@ -294,14 +318,18 @@ fn start_rings(
             tracing::info!("serving requests over io_uring, a ring per CPU");
             Transport::IoUring(rings.stats())
         }
-        // io_uring itself may be off (sysctl kernel.io_uring_disabled) or refused to this
-        // process (a seccomp or LSM policy).
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            refused(format!("{e} (is io_uring disabled here? see sysctl kernel.io_uring_disabled)"))
+        Err(e) => {
+            // The kernel holds every request until the rings are all registered: unless it
+            // is told to go back to /dev/fuse, the mount hangs.
+            crate::fuse_uring::turn_off(&spare).map_err(|off| {
+                std::io::Error::other(format!(
+                    "--io-uring: {e}, and the connection cannot go back to /dev/fuse ({off})"
+                ))
+            })?;
+            refused(e.to_string())
         }
-        Err(e) => refused(e.to_string()),
     };
-    (Some(rings), transport)
+    Ok((Some(rings), transport))
 }
 
 /// Drops the kernel's cached pages and attributes of inodes of one mount.

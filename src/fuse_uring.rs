@@ -22,14 +22,18 @@
 //! main session as before; so does everything until every CPU's ring is registered. When the
 //! connection ends the kernel completes the entries with an error, and the threads end.
 //!
-//! Failures: once every CPU has a registered entry the kernel sends everything over the
-//! rings and never goes back, so a ring that stopped serving would leave its CPU's callers
-//! waiting for ever. Nothing stops quietly: a CPU whose entries were all refused keeps the
-//! kernel on /dev/fuse (the mount falls back); any later failure of a ring (an entry the
+//! Failures. Once INIT accepted io_uring, the kernel holds every request until every CPU's
+//! ring is registered, and once they are it sends everything over the rings and never goes
+//! back. So: what can be tried before INIT is ([`preflight`]: a ring, the socket pair, the
+//! scheduling switch), and the mount does not ask for io_uring if it fails; a set-up that
+//! fails after INIT is abandoned with a registration the kernel refuses ([`turn_off`]), which
+//! sends the connection back to /dev/fuse; and any later failure of a ring (an entry the
 //! kernel ends with an error while the connection lives, its session gone, a panic) is fatal:
 //! `Fatal` commits and ends the daemon, as a crash would, and callers get ENOTCONN. Buffers
 //! the kernel was given stay allocated until the process ends (it may write a request into
-//! them until the connection is torn down).
+//! them until the connection is torn down). One hang is left: a reply the fuser session
+//! cannot send (its 1 MiB message refused for want of contiguous kernel memory) is lost, and
+//! its caller waits (docs/OPERATIONS.md).
 //!
 //! Unsafe code is allowed here (and only where marked `SAFETY`): the ring's SQEs point the
 //! kernel at buffers this module owns, and the FUSE command layout is written byte by byte.
@@ -118,6 +122,10 @@ impl Rings {
         rayon::broadcast(|_| ());
         let idle = Arc::new(Idle::default());
         let mut rings = Rings { threads: Vec::new(), stats: Default::default(), idle: idle.clone(), watchdog: None };
+        // For the tests: a set-up that fails after INIT, as a thread that cannot start would.
+        if std::env::var_os("ENVELOPEFS_TEST_BREAK_IO_URING").is_some() {
+            return (rings, Err(io::Error::other("broken on purpose (ENVELOPEFS_TEST_BREAK_IO_URING)")));
+        }
         let (cpus, online) = match (cpu_list("possible"), cpu_list("online")) {
             (Ok(p), Ok(o)) => (p, o),
             (Err(e), _) | (_, Err(e)) => return (rings, Err(e)),
@@ -195,6 +203,43 @@ impl Rings {
     }
 }
 
+/// What a ring needs, tried before INIT asks the kernel for io_uring (after it, a failure
+/// would hold every request of the mount): the CPU lists, a ring of 128-byte SQEs (io_uring
+/// may be disabled, or refused by a seccomp policy), the sized socket pair (CAP_NET_ADMIN),
+/// and leaving SCHED_IDLE again (CAP_SYS_NICE), tried on a thread of its own.
+pub fn preflight() -> io::Result<()> {
+    cpu_list("possible")?;
+    cpu_list("online")?;
+    IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(4).map_err(|e| {
+        io::Error::new(e.kind(), format!("no io_uring here ({e}; see sysctl kernel.io_uring_disabled)"))
+    })?;
+    socket_pair().map_err(|e| io::Error::new(e.kind(), format!("cannot size its sockets ({e})")))?;
+    let back = std::thread::spawn(|| set_policy(0, libc::SCHED_IDLE) && set_policy(0, libc::SCHED_OTHER)).join();
+    if back.unwrap_or(false) {
+        Ok(())
+    } else {
+        Err(io::Error::other("cannot leave SCHED_IDLE once in it (no CAP_SYS_NICE)"))
+    }
+}
+
+/// Sends the connection of `dev` (after an INIT that accepted io_uring) back to /dev/fuse:
+/// a registration the kernel refuses (a queue that does not exist) turns io_uring off for
+/// it and releases the requests it held.
+pub fn turn_off(dev: &OwnedFd) -> io::Result<()> {
+    let mut ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(2)?;
+    let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2];
+    let sqe = command(dev.as_raw_fd(), CMD_REGISTER, 0, usize::from(u16::MAX), Some(iov.as_mut_ptr() as u64));
+    // SAFETY: the iovecs (empty) outlive the submission, which completes within
+    // `submit_and_wait` (a refused registration is answered at once).
+    unsafe { ring.submission().push(&sqe) }.map_err(|_| io::Error::other("the ring is full"))?;
+    ring.submit_and_wait(1)?;
+    let res = ring.completion().next().map(|c| c.result());
+    match res {
+        Some(res) if res < 0 => Ok(()),
+        other => Err(io::Error::other(format!("the kernel did not refuse it ({other:?})"))),
+    }
+}
+
 /// The CPUs in `/sys/devices/system/cpu/{which}` (`possible`: the kernel keeps a queue for
 /// each, and every one must be registered before it sends anything over the rings).
 fn cpu_list(which: &str) -> io::Result<Vec<usize>> {
@@ -255,9 +300,14 @@ impl Idle {
             if quiet > 500 {
                 let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
                 self.parked.store(true, Ordering::SeqCst);
+                // A commit that came after the count above (and so found `parked` still
+                // false) ends the wait too.
                 let _ = self.wake.wait_timeout_while(guard, Duration::from_secs(5), |_| {
-                    self.parked.load(Ordering::SeqCst) && !self.stop.load(Ordering::Relaxed)
+                    self.parked.load(Ordering::SeqCst)
+                        && !self.stop.load(Ordering::Relaxed)
+                        && self.commits.load(Ordering::SeqCst) == last
                 });
+                self.parked.store(false, Ordering::SeqCst);
                 quiet = 0;
             }
         }
@@ -265,7 +315,7 @@ impl Idle {
 
     /// A commit starts: the watchdog, if parked, watches again.
     fn commit_starts(&self, slot: &AtomicU64) {
-        let n = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
         slot.store(n, Ordering::Relaxed);
         if self.parked.swap(false, Ordering::SeqCst) {
             let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -384,15 +434,11 @@ impl Queue {
                 queue.early.push((what, res));
             }
         }
+        // A refused registration turns io_uring off for the connection: /dev/fuse serves.
         match refused {
-            // None registered: the kernel never opens the rings, /dev/fuse serves.
-            Some(e) if queue.live == 0 => return Err(e),
-            Some(e) => {
-                tracing::warn!("io_uring ring of CPU {q}: {} of {depth} entries refused ({e})", depth - queue.live)
-            }
-            None => {}
+            Some(e) => Err(io::Error::new(e.kind(), format!("the kernel refused its entries ({e})"))),
+            None => Ok(queue),
         }
-        Ok(queue)
     }
 
     fn push(&mut self, sqe: squeue::Entry128) -> io::Result<()> {

@@ -175,6 +175,8 @@ fn manifest(root: &Path) -> Vec<String> {
 #[test]
 fn a_mount_over_io_uring_serves_every_request_and_falls_back_to_dev_fuse_without_it() {
     assert!(nix::unistd::geteuid().is_root(), "io_uring mount tests need root (CI runs as root)");
+    // (Guards before the mount: on a panic the mount goes first, then the switches.)
+    let knob = Knob::set(true);
     let mut m = MountFixture::new(&[]);
     m.unmount();
     // A kernel without FUSE over io_uring, or a sandbox that refuses io_uring itself (a
@@ -187,19 +189,24 @@ fn a_mount_over_io_uring_serves_every_request_and_falls_back_to_dev_fuse_without
         Ok(_) => None,
     };
     if let Some(why) = no_uring {
-        let o = m.try_mount(&["--io-uring"]);
-        common::mount::ok(&o);
-        m.adopt();
-        let v = status(&m);
-        assert_eq!(v["transport"]["kind"], "/dev/fuse", "{v:#}");
-        assert!(v["transport"]["io_uring_refused"].is_string(), "{v:#}");
-        assert!(String::from_utf8_lossy(&o.stderr).contains("--io-uring:"), "{o:?}");
+        falls_back(&mut m, "--io-uring:");
         eprintln!("{why}: only the fallback to /dev/fuse was tested");
         return;
     }
 
-    // Allowed by the kernel: requests go over the rings, one per CPU.
-    let knob = Knob::set(true);
+    // What the rings need is tried before the kernel is asked for them: with io_uring
+    // switched off system-wide, the mount serves over /dev/fuse (it would hang if the
+    // kernel had been asked: it holds every request until the rings are registered).
+    if Path::new(SYSCTL).exists() {
+        let _off = Sysctl::set("2");
+        falls_back(&mut m, "io_uring_disabled");
+    }
+    // A set-up that fails after the kernel was asked sends the connection back to /dev/fuse.
+    m.env.push(("ENVELOPEFS_TEST_BREAK_IO_URING".into(), "1".into()));
+    falls_back(&mut m, "broken on purpose");
+    m.env.pop();
+
+    // Allowed: requests go over the rings, one per CPU.
     m.mount_with(&["--io-uring"]);
     let v = status(&m);
     assert_eq!(v["transport"]["kind"], "io_uring", "{v:#}");
@@ -245,15 +252,49 @@ fn a_mount_over_io_uring_serves_every_request_and_falls_back_to_dev_fuse_without
     m.unmount();
     drop(knob);
     let _off = Knob::set(false);
+    falls_back(&mut m, "enable_uring");
+    m.mount();
+    assert_eq!(manifest(&m.mnt), seen);
+}
+
+const SYSCTL: &str = "/proc/sys/kernel/io_uring_disabled";
+
+/// Sets `kernel.io_uring_disabled` for the life of the guard, then puts it back.
+struct Sysctl(String);
+
+impl Sysctl {
+    fn set(v: &str) -> Sysctl {
+        let before = fs::read_to_string(SYSCTL).unwrap().trim().to_string();
+        fs::write(SYSCTL, v).unwrap();
+        Sysctl(before)
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = fs::write(SYSCTL, &self.0);
+    }
+}
+
+/// Mounts `m` with --io-uring expecting /dev/fuse instead, the reason (containing `why`)
+/// told to the user and in `status`, and the mount serving (a write and a read, within 30 s:
+/// a mount that holds its requests fails here instead of hanging the test); unmounts it.
+fn falls_back(m: &mut MountFixture, why: &str) {
     let o = m.try_mount(&["--io-uring"]);
     common::mount::ok(&o);
     m.adopt();
     let said = String::from_utf8_lossy(&o.stderr);
-    assert!(said.contains("--io-uring:") && said.contains("enable_uring"), "the user is told: {said}");
-    let v = status(&m);
+    assert!(said.contains("--io-uring:") && said.contains(why), "the user is told: {said}");
+    let v = status(m);
     assert_eq!(v["transport"]["kind"], "/dev/fuse", "{v:#}");
-    assert!(v["transport"]["io_uring_refused"].as_str().unwrap().contains("enable_uring"), "{v:#}");
-    assert_eq!(manifest(&m.mnt), seen);
-    fs::write(m.p("after"), b"still served").unwrap();
-    assert_eq!(fs::read(m.p("after")).unwrap(), b"still served");
+    assert!(v["transport"]["io_uring_refused"].as_str().unwrap().contains(why), "{v:#}");
+    let file = m.p("served-over-dev-fuse");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        fs::write(&file, b"still served").unwrap();
+        tx.send(fs::read(&file).unwrap()).unwrap();
+    });
+    let got = rx.recv_timeout(std::time::Duration::from_secs(30));
+    assert_eq!(got.as_deref(), Ok(&b"still served"[..]), "the mount does not serve ({why})");
+    m.unmount();
 }
