@@ -15,24 +15,21 @@ use common::{pattern, run, tool};
 
 const KNOB: &str = "/sys/module/fuse/parameters/enable_uring";
 
-/// Sets the kernel's `enable_uring` for the life of the guard, then puts it back.
-struct Knob(Option<String>);
+/// Sets the kernel's `enable_uring` for the life of the guard, then puts it back; `None` if
+/// it is not there or cannot be set (a read-only /sys) and is not already so.
+struct Knob(String);
 
 impl Knob {
-    fn set(on: bool) -> Knob {
-        let before = fs::read_to_string(KNOB).ok().map(|s| s.trim().to_string());
-        if before.is_some() {
-            fs::write(KNOB, if on { "Y" } else { "N" }).expect("setting enable_uring needs root");
-        }
-        Knob(before)
+    fn set(on: bool) -> Option<Knob> {
+        let before = fs::read_to_string(KNOB).ok()?.trim().to_string();
+        let want = if on { "Y" } else { "N" };
+        (before == want || fs::write(KNOB, want).is_ok()).then_some(Knob(before))
     }
 }
 
 impl Drop for Knob {
     fn drop(&mut self) {
-        if let Some(v) = &self.0 {
-            let _ = fs::write(KNOB, v);
-        }
+        let _ = fs::write(KNOB, &self.0);
     }
 }
 
@@ -186,6 +183,7 @@ fn a_mount_over_io_uring_serves_every_request_and_falls_back_to_dev_fuse_without
         Ok(_) if !Path::new(KNOB).exists() => {
             Some(format!("this kernel has no FUSE over io_uring ({KNOB} is missing)"))
         }
+        Ok(_) if knob.is_none() => Some(format!("{KNOB} is off and cannot be switched on here")),
         Ok(_) => None,
     };
     if let Some(why) = no_uring {
@@ -197,9 +195,9 @@ fn a_mount_over_io_uring_serves_every_request_and_falls_back_to_dev_fuse_without
     // What the rings need is tried before the kernel is asked for them: with io_uring
     // switched off system-wide, the mount serves over /dev/fuse (it would hang if the
     // kernel had been asked: it holds every request until the rings are registered).
-    if Path::new(SYSCTL).exists() {
-        let _off = Sysctl::set("2");
-        falls_back(&mut m, "io_uring_disabled");
+    match Sysctl::set("2") {
+        Some(_off) => falls_back(&mut m, "io_uring_disabled"),
+        None => eprintln!("{SYSCTL} cannot be set here: io_uring switched off system-wide was not tried"),
     }
     // A set-up that fails after the kernel was asked sends the connection back to /dev/fuse.
     m.env.push(("ENVELOPEFS_TEST_BREAK_IO_URING".into(), "1".into()));
@@ -251,22 +249,25 @@ fn a_mount_over_io_uring_serves_every_request_and_falls_back_to_dev_fuse_without
     // Refused by the kernel: the mount serves over /dev/fuse and says why.
     m.unmount();
     drop(knob);
-    let _off = Knob::set(false);
-    falls_back(&mut m, "enable_uring");
+    match Knob::set(false) {
+        Some(_off) => falls_back(&mut m, "enable_uring"),
+        None => eprintln!("{KNOB} cannot be switched off here: that refusal was not tried"),
+    }
     m.mount();
     assert_eq!(manifest(&m.mnt), seen);
 }
 
 const SYSCTL: &str = "/proc/sys/kernel/io_uring_disabled";
 
-/// Sets `kernel.io_uring_disabled` for the life of the guard, then puts it back.
+/// Sets `kernel.io_uring_disabled` for the life of the guard, then puts it back; `None` if
+/// it is not there or cannot be set (a read-only /proc/sys).
 struct Sysctl(String);
 
 impl Sysctl {
-    fn set(v: &str) -> Sysctl {
-        let before = fs::read_to_string(SYSCTL).unwrap().trim().to_string();
-        fs::write(SYSCTL, v).unwrap();
-        Sysctl(before)
+    fn set(v: &str) -> Option<Sysctl> {
+        let before = fs::read_to_string(SYSCTL).ok()?.trim().to_string();
+        fs::write(SYSCTL, v).ok()?;
+        Some(Sysctl(before))
     }
 }
 
