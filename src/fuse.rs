@@ -192,7 +192,10 @@ impl Mounted {
         let (rings, transport) = match (cfg.io_uring, dev, negotiated.get()) {
             (false, ..) => (None, Transport::DevFuse),
             (true, _, _) if not_before_init.is_some() => (None, refused(not_before_init.unwrap_or_default())),
-            (true, None, _) => (None, refused("it needs the daemon to run as root".into())),
+            (true, None, _) => (
+                None,
+                refused("it needs the daemon to make the mount itself, as root (here fusermount3 made it)".into()),
+            ),
             (true, Some(_), None) => (
                 None,
                 refused(

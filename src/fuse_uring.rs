@@ -174,10 +174,10 @@ impl Rings {
         }
         if result.is_ok() {
             let watching = idle.clone();
-            match std::thread::Builder::new().name("uring-idle".into()).spawn(move || watching.watch()) {
-                Ok(t) => rings.watchdog = Some(t),
-                // Without the watchdog the SCHED_IDLE commit is not bounded: not used.
-                Err(_) => idle.enabled.store(false, Ordering::Relaxed),
+            // Without the watchdog the SCHED_IDLE commit is not bounded: not used.
+            if let Ok(t) = std::thread::Builder::new().name("uring-idle".into()).spawn(move || watching.watch()) {
+                rings.watchdog = Some(t);
+                idle.enabled.store(!idle.foreign.load(Ordering::Relaxed), Ordering::Relaxed);
             }
         }
         (rings, result)
@@ -260,8 +260,10 @@ fn cpu_list(which: &str) -> io::Result<Vec<usize>> {
 /// the watchdog, so a busy CPU delays its requests by that much at most.
 #[derive(Default)]
 struct Idle {
-    /// Off if the policy cannot be put back (no CAP_SYS_NICE) or the watchdog did not start.
+    /// On once the watchdog runs; off if the policy cannot be put back (no CAP_SYS_NICE).
     enabled: AtomicBool,
+    /// The daemon runs under another policy than SCHED_OTHER: the trick is not used.
+    foreign: AtomicBool,
     /// Per ring thread: its tid, and the commit it is at SCHED_IDLE for (0: not).
     slots: Mutex<Vec<(i32, Arc<AtomicU64>)>>,
     commits: AtomicU64,
@@ -276,7 +278,11 @@ impl Idle {
     fn slot(&self) -> Arc<AtomicU64> {
         let slot = Arc::new(AtomicU64::new(0));
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).push((nix::unistd::gettid().as_raw(), slot.clone()));
-        self.enabled.store(true, Ordering::Relaxed);
+        // SAFETY: no arguments but the calling thread (0).
+        if unsafe { libc::sched_getscheduler(0) } != libc::SCHED_OTHER {
+            // Started under another policy (`chrt`): the trick would end it at SCHED_OTHER.
+            self.foreign.store(true, Ordering::Relaxed);
+        }
         slot
     }
 
