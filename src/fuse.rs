@@ -165,8 +165,7 @@ impl Mounted {
         let main = Adapter {
             fs: fs.clone(),
             uring: uring.then(|| negotiated.clone()),
-            ring_session: false,
-            rings_commit: rings_commit.clone(),
+            commit_elsewhere: rings_commit.clone(),
         };
         let (session, direct, dev) = match direct {
             Some((fd, m)) => {
@@ -306,7 +305,8 @@ fn start_rings(
         std::process::exit(1);
     });
     let session = move |fd: std::os::fd::OwnedFd| -> std::io::Result<Box<dyn FnOnce() + Send>> {
-        let adapter = Adapter { fs: fs.clone(), uring: None, ring_session: true, rings_commit: Default::default() };
+        let commit_elsewhere = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let adapter = Adapter { fs: fs.clone(), uring: None, commit_elsewhere };
         let session = fuser::Session::from_fd(adapter, fd, per_cpu.acl, per_cpu.clone())?;
         let t = std::thread::Builder::new().name("uring-session".into()).spawn(move || {
             let _ = session.run(); // ends when the ring closes its socket
@@ -358,11 +358,10 @@ struct Adapter {
     /// The main session of an `--io-uring` mount: asks for io_uring at INIT and records what
     /// INIT negotiated here.
     uring: Option<Negotiation>,
-    /// A session serving one CPU's ring: the main session commits at unmount, not this one.
-    ring_session: bool,
-    /// The main session of a mount served by rings: `Mounted::run` commits at unmount, once
-    /// the rings' threads are done, not this session's end.
-    rings_commit: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Whether the commit at unmount is someone else's: a session serving one CPU's ring
+    /// (always), or the main session of a mount served by rings (`Mounted::run` commits once
+    /// the rings' threads are done, not at this session's end).
+    commit_elsewhere: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The commit at unmount (nothing to commit, and no key, if the volume went dark).
@@ -491,7 +490,7 @@ impl Filesystem for Adapter {
     }
 
     fn destroy(&mut self) {
-        if !self.ring_session && !self.rings_commit.load(std::sync::atomic::Ordering::SeqCst) {
+        if !self.commit_elsewhere.load(std::sync::atomic::Ordering::SeqCst) {
             commit_at_unmount(&self.fs);
         }
     }

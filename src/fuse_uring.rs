@@ -242,7 +242,7 @@ pub fn turn_off(dev: &OwnedFd) -> io::Result<()> {
 
 /// The CPUs in `/sys/devices/system/cpu/{which}` (`possible`: the kernel keeps a queue for
 /// each, and every one must be registered before it sends anything over the rings).
-fn cpu_list(which: &str) -> io::Result<Vec<usize>> {
+pub fn cpu_list(which: &str) -> io::Result<Vec<usize>> {
     let s = std::fs::read_to_string(format!("/sys/devices/system/cpu/{which}"))?;
     let mut out = Vec::new();
     for part in s.trim().split(',').filter(|p| !p.is_empty()) {
@@ -333,22 +333,9 @@ impl Idle {
 /// One ring entry: the buffers the kernel writes a request into and reads the reply from.
 /// Leaked once registered: the kernel holds their addresses until the connection ends.
 struct Entry {
-    header: [u64; HEADER_LEN / 8],
+    header: [u8; HEADER_LEN],
     payload: Vec<u8>,
     iov: [libc::iovec; 2],
-}
-
-impl Entry {
-    fn header_ref(&self) -> &[u8] {
-        // SAFETY: as in `header`, shared.
-        unsafe { std::slice::from_raw_parts(self.header.as_ptr().cast::<u8>(), HEADER_LEN) }
-    }
-
-    fn header(&mut self) -> &mut [u8] {
-        // SAFETY: a [u64; 36] is 288 initialised bytes, aligned for u64; viewed as bytes
-        // only while `self` is borrowed mutably.
-        unsafe { std::slice::from_raw_parts_mut(self.header.as_mut_ptr().cast::<u8>(), HEADER_LEN) }
-    }
 }
 
 /// One CPU's ring and the socket to its session.
@@ -417,7 +404,7 @@ impl Queue {
         queue.arm_recv()?;
         for i in 0..depth {
             let e = Box::leak(Box::new(Entry {
-                header: [0u64; HEADER_LEN / 8],
+                header: [0u8; HEADER_LEN],
                 payload: vec![0u8; neg.max_payload],
                 iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2],
             }));
@@ -518,7 +505,7 @@ impl Queue {
     fn forward(&mut self, i: usize) -> io::Result<()> {
         let e = &mut *self.entries[i];
         let room = e.payload.len();
-        let h = e.header();
+        let h = &mut e.header;
         let len = u32::from_ne_bytes(h[0..4].try_into().unwrap()) as usize;
         let unique = u64::from_ne_bytes(h[8..16].try_into().unwrap());
         let payload = u32::from_ne_bytes(h[ENT_IN_OUT + 16..ENT_IN_OUT + 20].try_into().unwrap()) as usize;
@@ -528,7 +515,7 @@ impl Queue {
             return self.commit(i);
         };
         self.waiting.insert(unique, i);
-        let h = e.header_ref();
+        let h = &e.header;
         send_all(self.socket.as_raw_fd(), &[&h[..IN_HEADER_LEN], &h[OP_IN..OP_IN + op], &e.payload[..payload]])
     }
 
@@ -552,14 +539,11 @@ impl Queue {
             tracing::error!("io_uring ring of CPU {}: a reply of {n} bytes, more than an entry holds: EIO", self.q);
             recv_into(fd, &mut [&mut self.reply[..OUT_HEADER_LEN]])?;
             let unique = u64::from_ne_bytes(self.reply[8..16].try_into().unwrap());
-            put_out_header(e.header(), unique, libc::EIO);
+            put_out_header(&mut e.header, unique, libc::EIO);
             return Ok(Some(i));
         }
-        let (header, payload) = (&mut e.header, &mut e.payload);
-        // SAFETY: as in `Entry::header`; the two borrows are of different fields.
-        let h = unsafe { std::slice::from_raw_parts_mut(header.as_mut_ptr().cast::<u8>(), HEADER_LEN) };
-        let (out, rest) = h.split_at_mut(OUT_HEADER_LEN);
-        recv_into(fd, &mut [out, &mut payload[..body]])?;
+        let (out, rest) = e.header.split_at_mut(OUT_HEADER_LEN);
+        recv_into(fd, &mut [out, &mut e.payload[..body]])?;
         rest[ENT_IN_OUT - OUT_HEADER_LEN + 16..ENT_IN_OUT - OUT_HEADER_LEN + 20]
             .copy_from_slice(&(body as u32).to_ne_bytes());
         Ok(Some(i))
@@ -567,7 +551,7 @@ impl Queue {
 
     /// Commits the reply in entry `i`, which then waits for its next request.
     fn commit(&mut self, i: usize) -> io::Result<()> {
-        let h = self.entries[i].header();
+        let h = &self.entries[i].header;
         let commit_id = u64::from_ne_bytes(h[ENT_IN_OUT + 8..ENT_IN_OUT + 16].try_into().unwrap());
         self.push(command(self.dev, CMD_COMMIT_AND_FETCH, commit_id, self.q, None).user_data(i as u64))?;
         if !self.idle.enabled.load(Ordering::Relaxed) {
@@ -690,9 +674,8 @@ fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Sends `parts` as one message (gathered by the kernel: no copy here first).
-fn send_all(fd: RawFd, parts: &[&[u8]]) -> io::Result<()> {
-    let mut iov: Vec<libc::iovec> =
-        parts.iter().map(|p| libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() }).collect();
+fn send_all<const N: usize>(fd: RawFd, parts: &[&[u8]; N]) -> io::Result<()> {
+    let mut iov = parts.map(|p| libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() });
     let mut tries = 0;
     loop {
         // SAFETY: every iovec points into a slice of `parts`, alive and unchanged for the
@@ -723,9 +706,8 @@ fn send_all(fd: RawFd, parts: &[&[u8]]) -> io::Result<()> {
 
 /// Reads one message (already queued) into `parts`, in order; the rest of a longer one is
 /// dropped.
-fn recv_into(fd: RawFd, parts: &mut [&mut [u8]]) -> io::Result<usize> {
-    let mut iov: Vec<libc::iovec> =
-        parts.iter_mut().map(|p| libc::iovec { iov_base: p.as_mut_ptr().cast(), iov_len: p.len() }).collect();
+fn recv_into<const N: usize>(fd: RawFd, parts: &mut [&mut [u8]; N]) -> io::Result<usize> {
+    let mut iov = parts.each_mut().map(|p| libc::iovec { iov_base: p.as_mut_ptr().cast(), iov_len: p.len() });
     loop {
         // SAFETY: every iovec points into a slice of `parts`, borrowed mutably for the call;
         // a zeroed msghdr is a valid empty one before its iovec fields are set.

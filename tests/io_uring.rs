@@ -132,17 +132,9 @@ fn xattr_missing(p: &Path) -> bool {
     n == -1 && std::io::Error::last_os_error().raw_os_error() == Some(nix::libc::ENODATA)
 }
 
-/// The CPUs in /sys/devices/system/cpu/`which` (`0-1,4`).
+/// The CPUs in /sys/devices/system/cpu/`which`, as the rings count them.
 fn cpu_list(which: &str) -> Vec<usize> {
-    let s = fs::read_to_string(format!("/sys/devices/system/cpu/{which}")).unwrap();
-    let mut out = Vec::new();
-    for part in s.trim().split(',') {
-        match part.split_once('-') {
-            Some((a, b)) => out.extend(a.parse::<usize>().unwrap()..=b.parse().unwrap()),
-            None => out.push(part.parse().unwrap()),
-        }
-    }
-    out
+    envelopefs::fuse_uring::cpu_list(which).unwrap()
 }
 
 /// What a tree looks like: per path, kind, mode, size and content digest.

@@ -3,19 +3,12 @@
 //! every file is where it belongs, the mount helper links point at the installed binary,
 //! and that binary runs.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
-fn run(cmd: &mut Command) -> String {
-    let o = cmd.output().unwrap();
-    assert!(
-        o.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
+use common::run;
 
 #[test]
 fn the_debian_package_puts_everything_where_it_belongs_and_runs() {

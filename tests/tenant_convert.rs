@@ -102,6 +102,17 @@ fn shred_tenant(m: &MountFixture, dir: &str) -> Output {
     ])
 }
 
+/// Runs `abort` (`tenant add ... --abort`), which must succeed, shred the half-made tenant
+/// and remove its volume, and forget the conversion.
+fn aborted_and_shredded(m: &MountFixture, abort: &[&OsStr]) {
+    let o = m.run(abort);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("the half-made tenant is shredded"), "{o:?}");
+    assert!(convert_row(m).is_none());
+    let left: Vec<_> = fs::read_dir(m.cipher.join("tenants")).unwrap().collect();
+    assert!(left.is_empty(), "the half-made tenant's volume is removed: {left:?}");
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -420,12 +431,7 @@ fn a_conversion_that_fails_keeps_every_file_and_can_be_undone() {
     // The abort with the tenant's own header: it opens, is still being filled, so it is
     // shredded and removed, and DIR has its files back.
     fs::write(&conf, &live).unwrap();
-    let o = m.run(&abort);
-    ok(&o);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("the half-made tenant is shredded"), "{o:?}");
-    assert!(convert_row(&m).is_none());
-    let left: Vec<_> = fs::read_dir(m.cipher.join("tenants")).unwrap().collect();
-    assert!(left.is_empty(), "the half-made tenant's volume is removed: {left:?}");
+    aborted_and_shredded(&m, &abort);
     // Only an abort that decided to shred (its record, sealed under the volume's KEK, says
     // so) and was cut short afterwards takes the flag for its own work: a rerun of `tenant
     // add` then refuses, and the abort run again finishes. (Cut short is made here by
@@ -445,12 +451,7 @@ fn a_conversion_that_fails_keeps_every_file_and_can_be_undone() {
     fs::write(made[0].join("envelopefs.conf"), h.encode()).unwrap();
     let o = m.run(&add_args(&m, "docs", &given));
     assert!(!o.status.success() && stderr(&o).contains("an abort of this conversion was cut short"), "{o:?}");
-    let o = m.run(&abort);
-    ok(&o);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("the half-made tenant is shredded"), "{o:?}");
-    assert!(convert_row(&m).is_none());
-    let left: Vec<_> = fs::read_dir(m.cipher.join("tenants")).unwrap().collect();
-    assert!(left.is_empty(), "the half-made tenant's volume is removed: {left:?}");
+    aborted_and_shredded(&m, &abort);
     m.mount();
     assert_eq!(fs::read(m.p("docs/good")).unwrap(), b"good");
     let e = fs::read(m.p("docs/bad.bin")).expect_err("still the damaged file it was");
