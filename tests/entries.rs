@@ -209,6 +209,59 @@ fn a_rename_cut_by_a_crash_is_bound_by_recovery_and_only_then() {
     assert_eio(fs::read(m.p("g-moved")), "cat g-moved");
 }
 
+/// A link's rows are committed lazily (no WAL fsync of their own), and the header rewrite
+/// that binds the file to the volume is not synced either: a crash can keep the new name and
+/// lose both. Recovery after that crash binds every name again, whichever of a file's names
+/// its walk meets first; the same loss on a cleanly unmounted volume is refused.
+#[test]
+fn a_link_whose_rows_and_header_a_crash_lost_is_bound_by_recovery_and_only_then() {
+    let mut m = MountFixture::new(&[]);
+    fs::create_dir(m.p("d")).unwrap();
+    for (name, data) in [("x", "data of x"), ("d/y", "data of y"), ("t", "data of t"), ("z", "data of z")] {
+        fs::write(m.p(name), data).unwrap();
+    }
+    m.unmount();
+    let (bx, by) = (backing(&m.cipher, "x"), backing(&m.cipher, "d/y"));
+    let (hx, hy) = (fs::read(&bx).unwrap()[..32].to_vec(), fs::read(&by).unwrap()[..32].to_vec());
+    let put_header = |path: &Path, h: &[u8]| {
+        use std::os::unix::fs::FileExt;
+        fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(h, 0).unwrap();
+    };
+    let lose_rows = |cipher: &Path| {
+        let c = rusqlite::Connection::open(cipher.join("meta.db")).unwrap();
+        assert!(c.execute("DELETE FROM links", []).unwrap() > 0, "the links made rows");
+    };
+    m.mount();
+    fs::hard_link(m.p("x"), m.p("d/x2")).unwrap(); // the header's name first in the walk...
+    fs::hard_link(m.p("d/y"), m.p("y2")).unwrap(); // ... or the new one
+    fs::hard_link(m.p("t"), m.p("u")).unwrap(); // git's way: the first name goes
+    fs::remove_file(m.p("t")).unwrap();
+    m.crash();
+    // What a power cut may leave: the names, but neither their rows nor the header rewrites.
+    lose_rows(&m.cipher);
+    put_header(&bx, &hx);
+    put_header(&by, &hy);
+    m.mount();
+    for (name, data) in
+        [("x", "data of x"), ("d/x2", "data of x"), ("d/y", "data of y"), ("y2", "data of y"), ("u", "data of t")]
+    {
+        assert_eq!(fs::read(m.p(name)).unwrap(), data.as_bytes(), "{name}");
+    }
+    fs::write(m.p("d/x2"), b"written through one name").unwrap();
+    assert_eq!(fs::read(m.p("x")).unwrap(), b"written through one name", "still one file");
+    m.unmount();
+    let report = Volume::open(&m.cipher, &mount_pass()).unwrap().fsck(false).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    // The same loss on a cleanly unmounted volume is someone else's doing: refused.
+    m.mount();
+    fs::hard_link(m.p("z"), m.p("z2")).unwrap();
+    m.unmount();
+    lose_rows(&m.cipher);
+    m.mount();
+    assert_eio(fs::read(m.p("z2")), "cat z2 (its row deleted after a clean unmount)");
+    assert_eio(fs::read(m.p("z")), "cat z");
+}
+
 #[test]
 fn a_volume_made_before_entries_were_bound_is_bound_in_place() {
     use base64::Engine;

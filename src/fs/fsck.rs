@@ -21,7 +21,7 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::binding::Entry;
@@ -279,7 +279,7 @@ impl Volume {
                     Ok(h) => {
                         if let Err(e) = self.check_binding(&h, &entry, &path) {
                             let id_file = backing.join(DIRID_FILE);
-                            let p = self.misbound(&id_file, &h, &entry, &path, e, mode, report.unclean)?;
+                            let p = self.misbound(&id_file, &h, &entry, &path, e, mode, report.unclean, 1)?;
                             report.problems.push(p);
                         } else {
                             let id_file = backing.join(DIRID_FILE);
@@ -347,8 +347,12 @@ impl Volume {
         Ok(())
     }
 
-    /// An object not bound to the entry it was found at: only a crash cut short (a rename
-    /// whose header rewrite never happened) is repaired, by binding it there.
+    /// An object not bound to the entry it was found at (`nlink`: its backing link count):
+    /// only a crash cut short is repaired, by binding it there. A rename whose header rewrite
+    /// never happened: its header is bound to this entry. A link whose lazily committed row
+    /// (`fs::links`) or header rewrite the crash lost: a file with several names gets a row
+    /// for this one (and a header bound to the volume); one left with a single name, a header
+    /// bound to it.
     #[allow(clippy::too_many_arguments)]
     fn misbound(
         &self,
@@ -359,18 +363,48 @@ impl Volume {
         e: Error,
         mode: Mode,
         unclean: bool,
+        nlink: u64,
     ) -> Result<Problem> {
         let mut p = bad_entry(path, e.to_string());
         p.crash_leftover = unclean;
-        // A file with several names gets the row of a new name before the name exists, so no
-        // crash leaves one without it: such a mismatch is never repaired.
-        let shared = matches!(header.binding, crate::format::Binding::Shared(_));
-        if mode.repair && unclean && !shared {
+        if mode.repair && unclean {
             let at = self.core.tree.at(header_file).map_err(|e| Error::io(path, "open", e))?;
-            self.write_binding(at.path(), &header.id, entry, false, path)?;
-            p.repaired = Some("bound to this entry (a rename the crash cut short)".into());
+            if nlink > 1 {
+                self.bind_shared_name(at.path(), &header.id, entry, path)?;
+                p.repaired = Some("bound to this name (a hard link the crash cut short)".into());
+            } else {
+                self.write_binding(at.path(), &header.id, entry, false, path)?;
+                p.repaired = Some("bound to this entry (a rename or link the crash cut short)".into());
+            }
         }
         Ok(p)
+    }
+
+    /// A file of several names whose header is bound to one of them, found at that one:
+    /// only a crash leaves this (a link writes the volume binding before it makes the name),
+    /// and after an authenticated one it is repaired so that every name of the file reads,
+    /// whichever the walk finds first: bound to the volume, with a row for this name.
+    fn one_name_header(
+        &self,
+        header_file: &Path,
+        id: &[u8; 16],
+        entry: &Entry,
+        path: &Path,
+        mode: Mode,
+    ) -> Result<Problem> {
+        let mut p = bad_entry(path, "a file with several names whose header binds one of them".into());
+        p.crash_leftover = true;
+        if mode.repair {
+            self.bind_shared_name(header_file, id, entry, path)?;
+            p.repaired = Some("bound to the volume, with a row for this name (a hard link the crash cut short)".into());
+        }
+        Ok(p)
+    }
+
+    /// Binds file `id` (header at `header_file`) to the volume and entry `entry` by a row.
+    fn bind_shared_name(&self, header_file: &Path, id: &[u8; 16], entry: &Entry, path: &Path) -> Result<()> {
+        self.write_binding(header_file, id, entry, true, path)?;
+        self.add_links(id, &[entry]).map(drop)
     }
 
     fn check_file(
@@ -387,11 +421,15 @@ impl Volume {
         let in_lost_found = path.starts_with(Path::new("/").join(LOST_FOUND));
         let at = self.core.tree.at(backing).map_err(|e| Error::io(path, "open", e))?;
         let file = crate::confine::open_file(at.path(), false).map_err(|e| e.renamed(path))?;
-        let len = file.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
+        let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
+        let (len, nlink) = (meta.len(), meta.nlink());
         let id = match super::volume::read_header(&file, at.path(), path) {
             Ok(h) => {
+                let one_name = matches!(h.binding, crate::format::Binding::Entry(_)) && self.links_bound();
                 if let Err(e) = self.check_binding(&h, entry, path) {
-                    report.problems.push(self.misbound(backing, &h, entry, path, e, mode, report.unclean)?);
+                    report.problems.push(self.misbound(backing, &h, entry, path, e, mode, report.unclean, nlink)?);
+                } else if one_name && nlink > 1 && report.unclean {
+                    report.problems.push(self.one_name_header(at.path(), &h.id, entry, path, mode)?);
                 } else if !mode.in_scratch {
                     self.xattr_problem(&h, backing, entry, path, mode, report)?;
                 }

@@ -6,9 +6,17 @@
 //! the store: a `links` row (file id, tag), where
 //! `tag = HMAC(entry key, "EVFSLNK2" || id || parent dir id || u16 len || backing name)[..16]`.
 //! A row is written before its entry is made (link, rename, exchange) and deleted after the
-//! entry is gone (unlink, renamed away, replaced; in the next group commit, `fs::commit`), so
-//! a crash leaves at worst a row for an entry that is not there (which authorizes nothing
-//! anybody could use but this file at that name). A shared file reached by an entry without its row is an integrity error.
+//! entry is gone (unlink, renamed away, replaced; in the next group commit, `fs::commit`).
+//! A shared file reached by an entry without its row is an integrity error.
+//!
+//! The rows of a new entry are committed lazily (`Store::apply_lazy`: no WAL fsync; the next
+//! durable commit, at the latest the one at unmount, takes them with it): `git add` links
+//! every object it writes, and a WAL fsync per link was most of a link's time. So a crash
+//! can keep a new entry (the backing file system made it durable) and lose its row; recovery
+//! after an authenticated unclean shutdown binds such an entry where it is found, as it
+//! binds a renamed one (`Volume::misbound` in `fs::fsck`). A crash leaves otherwise at worst
+//! a row for an entry that is not there (which authorizes nothing anybody could use but this
+//! file at that name).
 //! Volumes made before bit 9 record a row for every entry of every shared file at their first
 //! writable open (trusted that once).
 
@@ -83,7 +91,7 @@ impl Volume {
             }
             let changes: Vec<Change<'_>> =
                 added.iter().map(|r| Change::PutLink { object: &r.id, tag: &r.tag }).collect();
-            self.store().apply(&changes)
+            self.store().apply_lazy(&changes)
         })();
         if let Err(e) = result {
             // Their names are still gone: their deletions are queued again.
@@ -94,7 +102,7 @@ impl Volume {
     }
 
     /// [`Volume::add_links`] of the entry a file has and the one it is getting, in one
-    /// transaction (a commit is a WAL fsync: `git add` links every object it writes); only
+    /// transaction (`git add` links every object it writes); only
     /// the new entry's row is returned, to undo if the link fails (the existing entry's row
     /// stays either way).
     pub(super) fn add_links_for_new(&self, id: &[u8; 16], existing: &Entry, new: &Entry) -> Result<Vec<LeftRow>> {

@@ -207,6 +207,45 @@ pub struct Store {
 /// A long-name row: (directory id, hash, full ciphertext).
 pub type LongName = ([u8; 16], Vec<u8>, Vec<u8>);
 
+/// The store's connection with `synchronous=NORMAL` for one lazy transaction
+/// ([`Store::apply_lazy`]), `FULL` again when dropped, however the transaction ended.
+struct Synchronous<'a> {
+    conn: MutexGuard<'a, Connection>,
+    lazy: bool,
+}
+
+impl<'a> Synchronous<'a> {
+    fn set(conn: MutexGuard<'a, Connection>, durable: bool) -> rusqlite::Result<Self> {
+        if !durable {
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
+        Ok(Synchronous { conn, lazy: !durable })
+    }
+}
+
+impl std::ops::Deref for Synchronous<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Synchronous<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
+impl Drop for Synchronous<'_> {
+    fn drop(&mut self) {
+        if self.lazy {
+            if let Err(e) = self.conn.pragma_update(None, "synchronous", "FULL") {
+                tracing::error!("store: synchronous=FULL not restored after a lazy commit: {e}");
+            }
+        }
+    }
+}
+
 /// See [`Store::set_before_commit`].
 pub type CommitHook = Box<dyn Fn() -> std::io::Result<()> + Send + Sync>;
 
@@ -659,12 +698,25 @@ impl Store {
 
     /// Applies `changes` in one durable transaction.
     pub fn apply(&self, changes: &[Change<'_>]) -> Result<()> {
+        self.apply_as(changes, true)
+    }
+
+    /// Applies `changes` in one transaction that is atomic and ordered but not yet durable
+    /// (`synchronous=NORMAL` for it: no WAL fsync): the next durable commit makes it durable
+    /// with itself, and a crash before then loses it whole. Only for changes that recovery
+    /// after an unclean shutdown can make again from what the backing tree holds (the
+    /// `links` rows of new names, `fs::links`).
+    pub fn apply_lazy(&self, changes: &[Change<'_>]) -> Result<()> {
+        self.apply_as(changes, false)
+    }
+
+    fn apply_as(&self, changes: &[Change<'_>], durable: bool) -> Result<()> {
         if changes.is_empty() {
             return Ok(());
         }
         self.writable()?;
-        let mut conn = self.lock();
         let err = |e| self.err(e);
+        let mut conn = Synchronous::set(self.lock(), durable).map_err(err)?;
         let tx = conn.transaction().map_err(err)?;
         let mut set_delta = [0u8; 16];
         let hook_slot = self.file_set.lock().unwrap_or_else(|p| p.into_inner());
@@ -767,7 +819,8 @@ impl Store {
             .map_err(err)?;
             next_digest = Some((h, (next, changes)));
         }
-        if let Some(hook) = self.before_commit.get() {
+        // A lazy commit is no sync point: nothing of it is promised to survive a power cut.
+        if let (Some(hook), true) = (self.before_commit.get(), durable) {
             hook().map_err(|e| Error::io(&self.path, "commit", e))?;
         }
         match tx.commit() {
@@ -900,6 +953,21 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lazy_commit_is_seen_at_once_and_leaves_the_connection_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let s = Store::create(&path).unwrap();
+        s.apply_lazy(&[Change::PutLink { object: &[1; 16], tag: &[2; 16] }]).unwrap();
+        assert!(s.has_link(&[1; 16], &[2; 16]).unwrap());
+        let level: i64 = s.lock().query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!(level, 2, "FULL again for the commits after it");
+        s.apply(&[Change::PutLink { object: &[1; 16], tag: &[3; 16] }]).unwrap();
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        assert!(s.has_link(&[1; 16], &[2; 16]).unwrap() && s.has_link(&[1; 16], &[3; 16]).unwrap());
+    }
 
     #[test]
     fn apply_load_and_delete() {
