@@ -223,7 +223,16 @@ impl Volume {
             Binding::Shared(_) => {
                 authentic_with(&self.keys().names(), header, entry) && self.link_authentic(&header.id, entry)?
             }
-            Binding::Entry(_) => authentic_with(&self.keys().names(), header, entry),
+            // Or a file a link made shared whose rows are in but whose header rewrite a crash
+            // lost, its new name given a row by recovery (`fs::fsck`): bound by that row.
+            Binding::Entry(_) => {
+                authentic_with(&self.keys().names(), header, entry)
+                    || (header.kind == ObjectKind::File
+                        && self.links_bound()
+                        && self
+                            .store()
+                            .has_link(&header.id, &super::links::tag_with(&self.keys().names(), &header.id, entry))?)
+            }
         })
     }
 

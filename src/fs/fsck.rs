@@ -135,6 +135,10 @@ impl Volume {
         self.files_checked.store(0, std::sync::atomic::Ordering::Relaxed); // this run's progress
         let mut report = self.check(Mode { repair, verify_blocks: true, in_scratch: false })?;
         if repair && report.unclean && report.is_clean() {
+            // What the repairs rewrote in place (headers) is durable before the marker that
+            // let them run goes: a power cut after it must not bring back a misbound header
+            // on a volume that looks cleanly unmounted.
+            self.sync_data_fs().map_err(|e| Error::io(self.data_dir(), "syncfs", e))?;
             self.store().apply(&[Change::DeleteMeta { key: MOUNT_ACTIVE }])?;
             report.unclean = false;
         }
@@ -348,10 +352,11 @@ impl Volume {
     }
 
     /// An object not bound to the entry it was found at (`nlink`: its backing link count):
-    /// only a crash cut short is repaired, by binding it there. A rename whose header rewrite
-    /// never happened: its header is bound to this entry. A link whose lazily committed row
-    /// (`fs::links`) or header rewrite the crash lost: a file with several names gets a row
-    /// for this one (and a header bound to the volume); one left with a single name, a header
+    /// only a crash cut short is repaired. A rename whose header rewrite never happened: its
+    /// header is bound to this entry. A link whose lazily committed rows (`fs::links`) the
+    /// crash lost, and maybe its header rewrite too: a file with several names gets a row for
+    /// this one (its header is left as it is: a header bound to its other name still reads
+    /// there, whichever name the walk meets first); one left with a single name, a header
     /// bound to it.
     #[allow(clippy::too_many_arguments)]
     fn misbound(
@@ -368,43 +373,16 @@ impl Volume {
         let mut p = bad_entry(path, e.to_string());
         p.crash_leftover = unclean;
         if mode.repair && unclean {
-            let at = self.core.tree.at(header_file).map_err(|e| Error::io(path, "open", e))?;
-            if nlink > 1 {
-                self.bind_shared_name(at.path(), &header.id, entry, path)?;
-                p.repaired = Some("bound to this name (a hard link the crash cut short)".into());
+            if nlink > 1 && header.kind == ObjectKind::File && self.links_bound() {
+                self.add_links(&header.id, &[entry])?;
+                p.repaired = Some("bound to this name by a row (a hard link the crash cut short)".into());
             } else {
+                let at = self.core.tree.at(header_file).map_err(|e| Error::io(path, "open", e))?;
                 self.write_binding(at.path(), &header.id, entry, false, path)?;
                 p.repaired = Some("bound to this entry (a rename or link the crash cut short)".into());
             }
         }
         Ok(p)
-    }
-
-    /// A file of several names whose header is bound to one of them, found at that one:
-    /// only a crash leaves this (a link writes the volume binding before it makes the name),
-    /// and after an authenticated one it is repaired so that every name of the file reads,
-    /// whichever the walk finds first: bound to the volume, with a row for this name.
-    fn one_name_header(
-        &self,
-        header_file: &Path,
-        id: &[u8; 16],
-        entry: &Entry,
-        path: &Path,
-        mode: Mode,
-    ) -> Result<Problem> {
-        let mut p = bad_entry(path, "a file with several names whose header binds one of them".into());
-        p.crash_leftover = true;
-        if mode.repair {
-            self.bind_shared_name(header_file, id, entry, path)?;
-            p.repaired = Some("bound to the volume, with a row for this name (a hard link the crash cut short)".into());
-        }
-        Ok(p)
-    }
-
-    /// Binds file `id` (header at `header_file`) to the volume and entry `entry` by a row.
-    fn bind_shared_name(&self, header_file: &Path, id: &[u8; 16], entry: &Entry, path: &Path) -> Result<()> {
-        self.write_binding(header_file, id, entry, true, path)?;
-        self.add_links(id, &[entry]).map(drop)
     }
 
     fn check_file(
@@ -425,11 +403,8 @@ impl Volume {
         let (len, nlink) = (meta.len(), meta.nlink());
         let id = match super::volume::read_header(&file, at.path(), path) {
             Ok(h) => {
-                let one_name = matches!(h.binding, crate::format::Binding::Entry(_)) && self.links_bound();
                 if let Err(e) = self.check_binding(&h, entry, path) {
                     report.problems.push(self.misbound(backing, &h, entry, path, e, mode, report.unclean, nlink)?);
-                } else if one_name && nlink > 1 && report.unclean {
-                    report.problems.push(self.one_name_header(at.path(), &h.id, entry, path, mode)?);
                 } else if !mode.in_scratch {
                     self.xattr_problem(&h, backing, entry, path, mode, report)?;
                 }

@@ -216,9 +216,9 @@ struct Synchronous<'a> {
 
 impl<'a> Synchronous<'a> {
     fn set(conn: MutexGuard<'a, Connection>, durable: bool) -> rusqlite::Result<Self> {
-        if !durable {
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
-        }
+        // Set for a durable commit too (a pragma costs microseconds, the commit an fsync): a
+        // restore that failed after a lazy one never leaves later commits lazy.
+        conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
         Ok(Synchronous { conn, lazy: !durable })
     }
 }
@@ -240,7 +240,7 @@ impl Drop for Synchronous<'_> {
     fn drop(&mut self) {
         if self.lazy {
             if let Err(e) = self.conn.pragma_update(None, "synchronous", "FULL") {
-                tracing::error!("store: synchronous=FULL not restored after a lazy commit: {e}");
+                tracing::error!("store: synchronous=FULL not restored after a lazy commit (set again before the next durable one): {e}");
             }
         }
     }
