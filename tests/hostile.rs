@@ -258,7 +258,10 @@ fn a_fifo_planted_where_a_data_file_belongs_is_an_error_not_a_hang() {
     let mnt = m.mnt.clone();
     bounded("open, rename and unlink of a planted FIFO", move || {
         // The entry shows as what the backing tree holds (a FIFO): opened by the kernel as
-        // a pipe, never by the daemon; renaming and removing it must not open it either.
+        // a pipe, never by the daemon; listing it (the daemon reads ahead the headers of the
+        // data files it lists), renaming and removing it must not open it either.
+        let listed: Vec<_> = fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().metadata().unwrap().file_type()).collect();
+        assert!(listed.iter().any(std::os::unix::fs::FileTypeExt::is_fifo), "{listed:?}");
         let _ = fs::symlink_metadata(mnt.join("f")).unwrap();
         fs::rename(mnt.join("f"), mnt.join("g")).unwrap();
         fs::remove_file(mnt.join("g")).unwrap();

@@ -525,6 +525,11 @@ impl Volume {
         cache.insert(ino, (id, backing));
     }
 
+    /// Whether an id is cached for backing inode `ino` (at any entry).
+    pub(super) fn file_id_known(&self, ino: u64) -> bool {
+        self.file_ids.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&ino)
+    }
+
     /// The cached id of backing inode `ino`, if it was checked at `backing`.
     fn cached_file_id(&self, ino: u64, backing: &Path) -> Option<FileId> {
         let cache = self.file_ids.lock().unwrap_or_else(|p| p.into_inner());
