@@ -179,6 +179,7 @@ impl Volume {
     /// `expect`, only if `path` is (still) that backing inode (else NotFound).
     pub fn list(&self, path: &Path, expect: Option<u64>) -> Result<(PathBuf, Vec<(DirEntry, OsString)>)> {
         let (dir, dir_id) = self.open_dir(path, expect)?;
+        self.core.store.warm(); // each listed file's size is a row
         let entries = self.entries_in(&dir, &dir_id, path)?;
         Ok((dir, entries))
     }

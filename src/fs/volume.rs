@@ -747,7 +747,10 @@ impl Volume {
                 let scratch = self.is_scratch(&plain);
                 let state = Arc::new(match fresh {
                     true => FileState::new_empty(self.core.clone(), id, file, plain, scratch),
-                    false => FileState::load(self.core.clone(), id, file, plain, scratch)?,
+                    false => {
+                        self.core.store.warm(); // its rows are read now
+                        FileState::load(self.core.clone(), id, file, plain, scratch)?
+                    }
                 });
                 table.insert(id, (state.clone(), 1));
                 state

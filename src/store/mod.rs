@@ -14,6 +14,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use crate::{Error, Result};
 
 mod sizes;
+mod warm;
 use sizes::SizeChange;
 
 /// `PRAGMA application_id`: "EVFS".
@@ -200,6 +201,7 @@ pub struct Store {
     /// Keeps the digest of the set of file records (see [`FileSetHook`]).
     file_set: Mutex<Option<FileSetHook>>,
     sizes: sizes::Sizes,
+    warmer: warm::Warmer,
     /// Set when the volume's root was revoked while mounted: every later write is refused.
     refused: std::sync::OnceLock<String>,
 }
@@ -414,6 +416,7 @@ impl Store {
             before_commit: std::sync::OnceLock::new(),
             file_set: Mutex::new(None),
             sizes: sizes::Sizes::default(),
+            warmer: warm::Warmer::default(),
             refused: std::sync::OnceLock::new(),
         };
         {
@@ -843,6 +846,12 @@ impl Store {
                 Err(err(e))
             }
         }
+    }
+
+    /// Asks the kernel to keep this store's database file in the page cache (rate-limited;
+    /// see [`warm`]): called where many rows are about to be read, one per file.
+    pub fn warm(&self) {
+        self.warmer.warm(&self.path);
     }
 
     /// The id of every file with a record (for `fsck`).
