@@ -4,7 +4,8 @@
 //! pinned to one CPU (`fuse_uring`) to get them all back.
 //!
 //! Everything here goes through nix's safe wrappers; the crate keeps `#![deny(unsafe_code)]`
-//! (its one exception is `sync_file_range` in `fs/backend.rs`).
+//! (its exceptions, each with a `SAFETY:` comment, are `sync_file_range` and `preadv2` in
+//! `fs/backend.rs`, the rings of `fuse_uring.rs` and a signal reset in `progress.rs`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -51,6 +51,23 @@ impl Storage for OsStorage {
     }
 }
 
+/// Whether the page of `file` at `offset` is in the page cache: a one-byte read that may
+/// not wait for the disk (`preadv2(RWF_NOWAIT)`) succeeds. An error other than "would wait"
+/// (a kernel or file system without the flag) says cached: nothing is done about it.
+#[allow(unsafe_code)]
+pub(super) fn cached_at(file: &std::fs::File, offset: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(offset) = i64::try_from(offset) else { return true };
+    let mut byte = 0u8;
+    let iov = nix::libc::iovec { iov_base: (&mut byte as *mut u8).cast(), iov_len: 1 };
+    // SAFETY: preadv2(2) writes at most `iov_len` (1) bytes to `iov_base`, which points to
+    // `byte`, alive and exclusively borrowed for the call; `iov` is one valid iovec (count
+    // 1); the descriptor is `file`'s, open for the duration of the call (`file` is borrowed).
+    // nix does not wrap preadv2.
+    let r = unsafe { nix::libc::preadv2(file.as_raw_fd(), &iov, 1, offset, nix::libc::RWF_NOWAIT) };
+    r >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(nix::libc::EAGAIN)
+}
+
 pub trait DataFile: Send + Sync {
     fn size(&self) -> io::Result<u64>;
     /// Reads into `buf` from `offset` until `buf` is full or end of file; returns the bytes

@@ -21,6 +21,7 @@ mod listing;
 mod meta;
 mod names;
 mod open;
+mod open_ahead;
 mod presence;
 mod records;
 mod rekey;

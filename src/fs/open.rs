@@ -235,6 +235,7 @@ impl Volume {
         let root_id = names::read_dir_id(&tree, &data_dir)?;
         let slot = header.cipher.slot_size();
         let core = Core {
+            open_ahead: Default::default(),
             keys,
             store,
             layout: Layout::new(slot, header.extent_shift),

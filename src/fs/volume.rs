@@ -100,6 +100,8 @@ pub(super) type OpenTable<'a> = std::sync::MutexGuard<'a, HashMap<FileId, (Arc<F
 
 /// Parts shared by the volume and its open files.
 pub(super) struct Core {
+    /// Directories whose files are being read ahead (`fs::open_ahead`).
+    pub(super) open_ahead: super::open_ahead::OpenAhead,
     pub(super) keys: KeyRing,
     pub(super) store: Store,
     pub(super) layout: Layout,
@@ -498,6 +500,7 @@ impl Volume {
                 if file.metadata().map(|m| m.ino()).ok() != Some(ino) {
                     return Err(Error::NotFound(path.into()));
                 }
+                self.open_ahead(&file, backing, 0);
                 let id = self.checked_file_id(&file, backing, at.path(), path)?;
                 self.remember_file_id(ino, id, backing.to_path_buf());
                 id
@@ -714,6 +717,8 @@ impl Volume {
             return Err(Error::IsDir(path.into()));
         }
         let entry = super::binding::Entry::new(r.parent_id, &r.encoded.backing);
+        // Its first data page (after the header's, or in it for a small format-1 file).
+        self.open_ahead(&file, &backing, if meta.len() > 4096 { 4096 } else { 0 });
         let id = self.bound_file_id(&file, &entry, at.path(), path)?;
         let named = || names_inode(at.path(), meta.dev(), meta.ino());
         let file = self.core.storage.data_file(file, &backing);

@@ -1,0 +1,88 @@
+//! Open-ahead (`fs::open_ahead`): the first cold read of a file of a directory asks for the
+//! first pages of the directory's other files too, all at once, so that reading a cold tree
+//! file by file (`md5sum`, `grep -r`, `git add`) does not wait on one random read per file.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::mount::{ok, MountFixture};
+use common::*;
+
+const FILES: u64 = 20;
+
+/// Bytes of `path` in the page cache (util-linux's fincore).
+fn resident(path: &Path) -> u64 {
+    let out =
+        run(std::process::Command::new(tool("fincore")).args(["--noheadings", "--bytes", "--output", "RES"]).arg(path));
+    out.trim().parse().unwrap_or_else(|_| panic!("fincore said {out:?}"))
+}
+
+fn evict(path: &Path) {
+    let f = fs::File::open(path).unwrap();
+    nix::fcntl::posix_fadvise(&f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
+}
+
+#[test]
+fn the_first_cold_read_in_a_directory_reads_its_other_files_ahead() {
+    // On a disk: a tmpfs (where the tests' volumes usually are) has no page cache to miss.
+    let Some(base) = [env!("CARGO_TARGET_TMPDIR"), "/var/tmp"]
+        .into_iter()
+        .find(|d| Path::new(d).is_dir() && !envelopefs::confine::in_memory(Path::new(d)))
+    else {
+        eprintln!("skipped: no directory on a disk to try (target dir and /var/tmp are in memory)");
+        return;
+    };
+    let disk = tempfile::Builder::new().prefix("evfs-open-ahead-").tempdir_in(base).unwrap();
+    let tmp = scratch();
+    let (cipher, mnt, pass) = (disk.path().join("c"), tmp.path().join("mnt"), tmp.path().join("pass"));
+    fs::create_dir(&mnt).unwrap();
+    fs::write(&pass, "mount test passphrase\n").unwrap();
+    ok(&common::mount::evfs(&["init".as_ref(), cipher.as_os_str(), "--passfile".as_ref(), pass.as_os_str()]));
+    let mut m = MountFixture::adopt_existing(cipher, mnt, pass);
+    m.mount();
+    fs::create_dir(m.p("d")).unwrap();
+    fs::create_dir(m.p("other")).unwrap();
+    for i in 0..FILES {
+        fs::write(m.p(&format!("d/f{i:02}")), pattern(i, 10_000)).unwrap();
+    }
+    fs::write(m.p("other/g"), pattern(99, 10_000)).unwrap();
+    m.unmount();
+    let data_files = |dir: &Path| -> Vec<PathBuf> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file() && !p.ends_with(".dirid"))
+            .collect()
+    };
+    // d's backing directory: the one holding the twenty data files.
+    let all = all_files(&m.cipher.join("data"));
+    let dir =
+        all.iter().filter_map(|p| p.parent()).find(|d| data_files(d).len() == FILES as usize).unwrap().to_path_buf();
+    let files = data_files(&dir);
+    let g = all.iter().find(|p| p.parent() != Some(dir.as_path()) && !p.ends_with(".dirid")).unwrap().clone();
+    // Planted beside them by a writer of CIPHERDIR: a FIFO (opening it would block) and a
+    // symlink to a file outside (never followed).
+    nix::unistd::mkfifo(&dir.join("planted-fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let outside = disk.path().join("outside");
+    fs::write(&outside, vec![1u8; 10_000]).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("planted-link")).unwrap();
+    nix::unistd::sync();
+    all.iter().chain([&outside]).filter(|p| p.is_file()).for_each(|p| evict(p));
+    assert!(files.iter().chain([&g, &outside]).all(|f| resident(f) == 0), "the files left the page cache");
+    m.mount();
+    // One file of d read: the others' first pages are asked for (the reads do not wait).
+    assert_eq!(fs::read(m.p("d/f07")).unwrap(), pattern(7, 10_000));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let cached = || files.iter().filter(|f| resident(f) > 0).count();
+    while cached() < files.len() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(cached(), files.len(), "every file of d read ahead");
+    assert_eq!(resident(&g), 0, "another directory's files are not read ahead");
+    assert_eq!(resident(&outside), 0, "the planted symlink was not followed");
+    for i in 0..FILES {
+        assert_eq!(fs::read(m.p(&format!("d/f{i:02}"))).unwrap(), pattern(i, 10_000), "f{i:02}");
+    }
+}
