@@ -747,7 +747,7 @@ impl Filesystem for Adapter {
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let _op = op!(self, reply);
-        let l = match self.fs.readdir_from(ino.0, offset) {
+        let l = match self.fs.readdirplus_from(ino.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno(&e)),
         };

@@ -258,8 +258,9 @@ fn a_fifo_planted_where_a_data_file_belongs_is_an_error_not_a_hang() {
     let mnt = m.mnt.clone();
     bounded("open, rename and unlink of a planted FIFO", move || {
         // The entry shows as what the backing tree holds (a FIFO): opened by the kernel as
-        // a pipe, never by the daemon; listing it (the daemon reads ahead the headers of the
-        // data files it lists), renaming and removing it must not open it either.
+        // a pipe, never by the daemon; listing it with attributes, renaming and removing it
+        // must not open it either (tests/open_ahead.rs plants one where the daemon reads
+        // ahead, on a disk).
         let listed: Vec<_> = fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().metadata().unwrap().file_type()).collect();
         assert!(listed.iter().any(std::os::unix::fs::FileTypeExt::is_fifo), "{listed:?}");
         let _ = fs::symlink_metadata(mnt.join("f")).unwrap();

@@ -5,6 +5,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use common::mount::{ok, MountFixture};
@@ -62,16 +63,26 @@ fn the_first_cold_read_in_a_directory_reads_its_other_files_ahead() {
         all.iter().filter_map(|p| p.parent()).find(|d| data_files(d).len() == FILES as usize).unwrap().to_path_buf();
     let files = data_files(&dir);
     let g = all.iter().find(|p| p.parent() != Some(dir.as_path()) && !p.ends_with(".dirid")).unwrap().clone();
+    m.mount();
+    // The files' ids come first (ls -l), as before md5sum or git add: their headers are
+    // read. Then the cache is dropped again.
+    let sizes = fs::read_dir(m.p("d")).unwrap().map(|e| e.unwrap().metadata().unwrap().len());
+    assert_eq!(sizes.sum::<u64>(), FILES * 10_000);
     // Planted beside them by a writer of CIPHERDIR: a FIFO (opening it would block) and a
-    // symlink to a file outside (never followed).
-    nix::unistd::mkfifo(&dir.join("planted-fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    // symlink to a file outside (never followed). A writer waits for a reader of the FIFO:
+    // if the daemon opened it, the wait would end.
+    let fifo = dir.join("planted-fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let writer = std::thread::spawn({
+        let fifo = fifo.clone();
+        move || drop(fs::OpenOptions::new().write(true).open(fifo))
+    });
     let outside = disk.path().join("outside");
     fs::write(&outside, vec![1u8; 10_000]).unwrap();
     std::os::unix::fs::symlink(&outside, dir.join("planted-link")).unwrap();
     nix::unistd::sync();
     all.iter().chain([&outside]).filter(|p| p.is_file()).for_each(|p| evict(p));
     assert!(files.iter().chain([&g, &outside]).all(|f| resident(f) == 0), "the files left the page cache");
-    m.mount();
     // One file of d read: the others' first pages are asked for (the reads do not wait).
     assert_eq!(fs::read(m.p("d/f07")).unwrap(), pattern(7, 10_000));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -82,6 +93,9 @@ fn the_first_cold_read_in_a_directory_reads_its_other_files_ahead() {
     assert_eq!(cached(), files.len(), "every file of d read ahead");
     assert_eq!(resident(&g), 0, "another directory's files are not read ahead");
     assert_eq!(resident(&outside), 0, "the planted symlink was not followed");
+    assert!(!writer.is_finished(), "the planted FIFO was opened");
+    drop(fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(&fifo).unwrap());
+    writer.join().unwrap();
     for i in 0..FILES {
         assert_eq!(fs::read(m.p(&format!("d/f{i:02}"))).unwrap(), pattern(i, 10_000), "f{i:02}");
     }

@@ -793,6 +793,20 @@ impl InodeFs {
         }
     }
 
+    /// [`Self::readdir_from`] for a readdirplus: a listing made afresh also asks for the
+    /// headers of its files whose ids are not cached (`Volume::prefetch_headers`), whose
+    /// attributes the reply carries.
+    pub fn readdirplus_from(&self, ino: u64, offset: u64) -> Result<Arc<Listing>> {
+        let l = self.readdir_from(ino, offset)?;
+        if offset == 0 {
+            if let Ok((vol, _guard)) = self.part(l.part) {
+                let files = l.entries.iter().filter(|e| e.kind == EntryKind::File);
+                vol.prefetch_headers(&l.backing, files.map(|e| (e.ino, e.backing.as_os_str())));
+            }
+        }
+        Ok(l)
+    }
+
     /// The listing of directory `ino` for a read at `offset`: made afresh at offset 0, the
     /// one made then for the reads after it (see [`super::listing`]).
     pub fn readdir_from(&self, ino: u64, offset: u64) -> Result<Arc<Listing>> {

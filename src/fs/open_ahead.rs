@@ -1,4 +1,4 @@
-//! Open-ahead: when a file is opened whose header is not in the page cache, the headers and
+//! Open-ahead: when a file is opened whose first data page is not in the page cache, the
 //! first pages of the next files of its backing directory are asked for too, all at once.
 //!
 //! A file's open reads its header, and after the page cache dropped the tree that read went
@@ -9,13 +9,14 @@
 //! device's queue, and the files' later opens and first reads find their pages cached.
 //!
 //! A cold open is told by a one-byte read that may not wait for the disk (`RWF_NOWAIT`) of
-//! the first page it needs (an open: its first data page, which a listing's read-ahead of
-//! headers does not bring; a `stat` of a file whose id is not cached: its header): a warm
-//! tree costs one more read per open and nothing else. Each
-//! directory is read ahead in [`BATCH`]es of files, in backing order, the next batch at the
-//! next cold open there (one whose file the last batch did not reach, or has not read yet);
-//! a directory is listed again after [`FRESH`]. Files are opened as every data file is (no
-//! symlink followed, no device or FIFO opened), and one that does not open is skipped.
+//! its first data page (which a readdirplus's read-ahead of headers does not bring): a warm
+//! tree costs one more read per open and nothing else (a page still being read in counts as
+//! cold too: at worst a batch early). Each directory of at most [`MAX_ENTRIES`] entries is
+//! read ahead in [`BATCH`]es of files, in backing order, the next batch at the next cold
+//! open there (one whose file the last batch did not reach, or has not read yet); a
+//! directory is listed again after [`FRESH`]. Nothing is read ahead on a file system in
+//! memory. Files are opened as every data file is (no symlink followed, no device or FIFO
+//! opened), and one that does not open is skipped.
 
 use std::ffi::OsString;
 use std::num::NonZeroUsize;
@@ -31,8 +32,9 @@ use super::volume::Volume;
 const BATCH: usize = 64;
 /// Bytes asked for from the start of each: its header and first data pages.
 const AHEAD: i64 = 64 << 10;
-/// The most files of one directory that are read ahead (its first, in backing order).
-const MAX_NAMES: usize = 1 << 14;
+/// A directory with more entries than this is not read ahead (a cold open there may be one
+/// of few: a photo library, a mail folder, `.git/objects` read at random).
+const MAX_ENTRIES: usize = 1024;
 /// How long a directory's list of files is used.
 const FRESH: Duration = Duration::from_secs(30);
 /// Directories whose progress is kept.
@@ -76,19 +78,24 @@ impl Volume {
     /// page at `probe` (the header's, or the first data page's when the caller is about to
     /// read data) is not cached, reads ahead the next files of its directory.
     pub(super) fn open_ahead(&self, file: &std::fs::File, backing: &Path, probe: u64) {
-        if super::backend::cached_at(file, probe) {
+        if self.core.in_memory || super::backend::cached_at(file, probe) {
             return;
         }
         let Some(dir) = backing.parent() else { return };
         let Ok(listed) = self.core.tree.dir(dir) else { return };
         let batch = self.core.open_ahead.next_batch(dir, || {
             let Ok(entries) = std::fs::read_dir(listed.path()) else { return Vec::new() };
+            // Bounded before anything else: a planted directory of millions of entries is
+            // read no further than this.
+            let entries: Vec<_> = entries.take(MAX_ENTRIES + 1).flatten().collect();
+            if entries.len() > MAX_ENTRIES {
+                return Vec::new();
+            }
             entries
-                .flatten()
+                .into_iter()
                 .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
                 .map(|e| e.file_name())
                 .filter(|n| !std::os::unix::ffi::OsStrExt::as_bytes(n.as_os_str()).starts_with(b"."))
-                .take(MAX_NAMES)
                 .collect()
         });
         use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};

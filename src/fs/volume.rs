@@ -102,6 +102,8 @@ pub(super) type OpenTable<'a> = std::sync::MutexGuard<'a, HashMap<FileId, (Arc<F
 pub(super) struct Core {
     /// Directories whose files are being read ahead (`fs::open_ahead`).
     pub(super) open_ahead: super::open_ahead::OpenAhead,
+    /// The backing tree is on a file system in memory (tmpfs): nothing to read ahead.
+    pub(super) in_memory: bool,
     pub(super) keys: KeyRing,
     pub(super) store: Store,
     pub(super) layout: Layout,
@@ -500,7 +502,6 @@ impl Volume {
                 if file.metadata().map(|m| m.ino()).ok() != Some(ino) {
                     return Err(Error::NotFound(path.into()));
                 }
-                self.open_ahead(&file, backing, 0);
                 let id = self.checked_file_id(&file, backing, at.path(), path)?;
                 self.remember_file_id(ino, id, backing.to_path_buf());
                 id
@@ -737,6 +738,9 @@ impl Volume {
         opened: Option<&dyn Fn() -> bool>,
     ) -> Result<FileHandle> {
         let fresh = opened.is_none();
+        if !fresh {
+            self.core.store.warm(); // its rows may be read now (not under the table's lock)
+        }
         let mut table = self.core.open_table();
         let state = match table.get_mut(&id) {
             Some((state, count)) => {
@@ -752,10 +756,7 @@ impl Volume {
                 let scratch = self.is_scratch(&plain);
                 let state = Arc::new(match fresh {
                     true => FileState::new_empty(self.core.clone(), id, file, plain, scratch),
-                    false => {
-                        self.core.store.warm(); // its rows are read now
-                        FileState::load(self.core.clone(), id, file, plain, scratch)?
-                    }
+                    false => FileState::load(self.core.clone(), id, file, plain, scratch)?,
                 });
                 table.insert(id, (state.clone(), 1));
                 state

@@ -416,7 +416,8 @@ impl Store {
             before_commit: std::sync::OnceLock::new(),
             file_set: Mutex::new(None),
             sizes: sizes::Sizes::default(),
-            warmer: warm::Warmer::default(),
+            // The file SQLite just opened (checked by `check_files`), opened once, now.
+            warmer: warm::Warmer::new(path),
             refused: std::sync::OnceLock::new(),
         };
         {
@@ -851,7 +852,7 @@ impl Store {
     /// Asks the kernel to keep this store's database file in the page cache (rate-limited;
     /// see [`warm`]): called where many rows are about to be read, one per file.
     pub fn warm(&self) {
-        self.warmer.warm(&self.path);
+        self.warmer.warm();
     }
 
     /// The id of every file with a record (for `fsck`).

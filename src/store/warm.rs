@@ -8,7 +8,8 @@
 //! its own: opening each file of a tree took a quarter longer than with the store cached
 //! (measured with the fuse tracepoints, `md5sum` of 5,695 files). Asking for the whole file
 //! reads it back in one sequential sweep. A store larger than [`LIMIT`] is left to SQLite's
-//! own reads; a cached one costs some 30 µs a call.
+//! own reads (and memory pressure, which would evict it again, is not fought beyond one
+//! sweep a second); a cached one costs some 30 µs a call.
 
 use std::fs::File;
 use std::path::Path;
@@ -17,16 +18,16 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The largest store read back whole.
-const LIMIT: u64 = 256 << 20;
+const LIMIT: u64 = 128 << 20;
 /// The part of the file asked for at a time.
 const STEP: i64 = 1 << 20;
 /// At most one request per this.
 const EVERY: Duration = Duration::from_secs(1);
 
-#[derive(Default)]
 pub(super) struct Warmer {
-    /// The database file, opened (as any untrusted file: no symlink, no device) on first use.
-    file: OnceLock<Option<File>>,
+    /// The database file, opened as any untrusted file (no symlink, no device) with the
+    /// store; `None` if that failed (nothing is then asked for).
+    file: Option<File>,
     /// Milliseconds from [`epoch`] of the last request, plus one (0: never).
     last: AtomicU64,
 }
@@ -37,9 +38,14 @@ fn epoch() -> Instant {
 }
 
 impl Warmer {
-    /// Asks the kernel to read the database file at `path` into the page cache, unless that
-    /// was asked less than [`EVERY`] ago. Returns whether it asked.
-    pub(super) fn warm(&self, path: &Path) -> bool {
+    pub(super) fn new(path: &Path) -> Self {
+        Warmer { file: crate::confine::open_file(path, false).ok(), last: AtomicU64::new(0) }
+    }
+
+    /// Asks the kernel to read the database file into the page cache, unless that was asked
+    /// less than [`EVERY`] ago. Returns whether it asked.
+    pub(super) fn warm(&self) -> bool {
+        let Some(f) = &self.file else { return false };
         let now = epoch().elapsed().as_millis() as u64 + 1;
         let last = self.last.load(Ordering::Relaxed);
         if last != 0 && now < last + EVERY.as_millis() as u64 {
@@ -48,7 +54,6 @@ impl Warmer {
         if self.last.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
             return false; // another thread asks
         }
-        let Some(f) = self.file.get_or_init(|| crate::confine::open_file(path, false).ok()) else { return false };
         let len = match f.metadata() {
             Ok(m) if m.len() <= LIMIT => m.len() as i64,
             _ => return false,
@@ -71,13 +76,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("meta.db");
         std::fs::write(&path, vec![0u8; 8192]).unwrap();
-        let w = Warmer::default();
-        assert!(w.warm(&path), "the first call asks");
-        assert!(!w.warm(&path), "a second within the second does not");
+        let w = Warmer::new(&path);
+        assert!(w.warm(), "the first call asks");
+        assert!(!w.warm(), "a second within the second does not");
         w.last.store(0, Ordering::Relaxed); // as if never asked
-        assert!(w.warm(&path));
+        assert!(w.warm());
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&path, &link).unwrap();
-        assert!(!Warmer::default().warm(&link), "a symlink is not followed");
+        assert!(!Warmer::new(&link).warm(), "a symlink is not followed");
     }
 }
