@@ -148,7 +148,7 @@ impl Mounted {
             false => None,
         };
         let negotiated: Negotiation = Default::default();
-        let rings_commit = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let commit_elsewhere = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         // Rings only where the daemon mounted itself, as root: they need its connection's
         // descriptor, and root's rights to size the sockets and to leave SCHED_IDLE. What
         // they need is tried now: once INIT asks for io_uring, a failure holds every request.
@@ -165,7 +165,7 @@ impl Mounted {
         let main = Adapter {
             fs: fs.clone(),
             uring: uring.then(|| negotiated.clone()),
-            commit_elsewhere: rings_commit.clone(),
+            commit_elsewhere: commit_elsewhere.clone(),
         };
         let (session, direct, dev) = match direct {
             Some((fd, m)) => {
@@ -188,14 +188,14 @@ impl Mounted {
             None => (fuser::Session::new(main, mountpoint, &config)?, None, None),
         };
         raise_readahead(mountpoint);
-        let (rings, transport) = match (cfg.io_uring, dev, negotiated.get()) {
+        let (rings, transport) = match (cfg.io_uring, dev, negotiated.get(), not_before_init) {
             (false, ..) => (None, Transport::DevFuse),
-            (true, _, _) if not_before_init.is_some() => (None, refused(not_before_init.unwrap_or_default())),
-            (true, None, _) => (
+            (true, _, _, Some(why)) => (None, refused(why)),
+            (true, None, _, None) => (
                 None,
                 refused("it needs the daemon to make the mount itself, as root (here fusermount3 made it)".into()),
             ),
-            (true, Some(_), None) => (
+            (true, Some(_), None, None) => (
                 None,
                 refused(
                     "the kernel does not offer FUSE over io_uring (it needs Linux 6.14+ and, as root, `echo Y > \
@@ -203,7 +203,7 @@ impl Mounted {
                         .into(),
                 ),
             ),
-            (true, Some(dev), Some(&neg)) => match start_rings(dev, neg, fs.clone(), &config, cfg.threads) {
+            (true, Some(dev), Some(&neg), None) => match start_rings(dev, neg, fs.clone(), &config, cfg.threads) {
                 Ok(r) => r,
                 Err(e) => {
                     if let Some(m) = &direct {
@@ -215,7 +215,7 @@ impl Mounted {
         };
         // With rings, the main session's end is not the end of requests: the commit at
         // unmount waits for the rings' threads (`run`).
-        rings_commit.store(rings.is_some(), std::sync::atomic::Ordering::SeqCst);
+        commit_elsewhere.store(rings.is_some(), std::sync::atomic::Ordering::SeqCst);
         Ok(Mounted { session, direct, rings, transport, fs })
     }
 

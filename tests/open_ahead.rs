@@ -28,14 +28,7 @@ fn evict(path: &Path) {
 #[test]
 fn the_first_cold_read_in_a_directory_reads_its_other_files_ahead() {
     // On a disk: a tmpfs (where the tests' volumes usually are) has no page cache to miss.
-    let Some(base) = [env!("CARGO_TARGET_TMPDIR"), "/var/tmp"]
-        .into_iter()
-        .find(|d| Path::new(d).is_dir() && !envelopefs::confine::in_memory(Path::new(d)))
-    else {
-        eprintln!("skipped: no directory on a disk to try (target dir and /var/tmp are in memory)");
-        return;
-    };
-    let disk = tempfile::Builder::new().prefix("evfs-open-ahead-").tempdir_in(base).unwrap();
+    let Some(disk) = disk_scratch("evfs-open-ahead-") else { return };
     let tmp = scratch();
     let (cipher, mnt, pass) = (disk.path().join("c"), tmp.path().join("mnt"), tmp.path().join("pass"));
     fs::create_dir(&mnt).unwrap();

@@ -223,14 +223,7 @@ fn kek_rotation_leaves_scratch_keys_alone() {
 fn the_scratch_key_never_goes_to_a_disk_directory() {
     // A runtime directory on a disk (this project's target directory, not a tmpfs): a
     // mount with scratch refuses, naming the directory and the cause; without scratch it runs.
-    let Some(base) = [env!("CARGO_TARGET_TMPDIR"), "/var/tmp"]
-        .into_iter()
-        .find(|d| Path::new(d).is_dir() && !envelopefs::confine::in_memory(Path::new(d)))
-    else {
-        eprintln!("skipped: no directory on a disk to try (target dir and /var/tmp are in memory)");
-        return;
-    };
-    let disk = tempfile::Builder::new().prefix("evfs-runtime-").tempdir_in(base).unwrap();
+    let Some(disk) = common::disk_scratch("evfs-runtime-") else { return };
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(disk.path(), fs::Permissions::from_mode(0o700)).unwrap();
     let env = vec![("ENVELOPEFS_RUNTIME_DIR".to_string(), disk.path().as_os_str().to_os_string())];

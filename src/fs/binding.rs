@@ -227,11 +227,7 @@ impl Volume {
             // lost, its new name given a row by recovery (`fs::fsck`): bound by that row.
             Binding::Entry(_) => {
                 authentic_with(&self.keys().names(), header, entry)
-                    || (header.kind == ObjectKind::File
-                        && self.links_bound()
-                        && self
-                            .store()
-                            .has_link(&header.id, &super::links::tag_with(&self.keys().names(), &header.id, entry))?)
+                    || (header.kind == ObjectKind::File && self.bound_by_row(&header.id, entry)?)
             }
         })
     }
@@ -564,7 +560,7 @@ impl Volume {
             for e in std::fs::read_dir(listed.path()).map_err(|e| Error::io(&dir, "read directory", e))? {
                 let e = e.map_err(|e| Error::io(&dir, "read directory", e))?;
                 let name = e.file_name();
-                if name.as_bytes().first() == Some(&b'.') {
+                if !names::is_name(&name) {
                     continue;
                 }
                 let backing = dir.join(&name);

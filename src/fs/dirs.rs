@@ -153,32 +153,6 @@ impl Volume {
         Ok(out)
     }
 
-    /// Asks the kernel to read, all at once, the header of every data file of backing
-    /// directory `dir` named by `files` (backing inode, backing name) whose id is not cached
-    /// (`POSIX_FADV_WILLNEED`, which does not wait): a readdirplus works out each entry's
-    /// attributes, and a file's size needs its id, from its header; after a fresh mount that
-    /// was one random disk read per file, one after the other (a cold `find` of a Linux
-    /// tree: about 10 s). Each file is opened as every data file is (no symlink followed, no
-    /// device or FIFO opened); one that does not open is skipped, left to whatever reads it
-    /// to report. Nothing is asked for on a file system in memory.
-    pub fn prefetch_headers<'a>(&self, dir: &Path, files: impl Iterator<Item = (u64, &'a OsStr)>) {
-        use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
-        if self.core.in_memory {
-            return;
-        }
-        let mut cold = files.filter(|(ino, _)| !self.file_id_known(*ino)).peekable();
-        if cold.peek().is_none() {
-            return;
-        }
-        let Ok(listed) = self.core.tree.dir(dir) else { return };
-        for (_, backing) in cold {
-            if let Ok(f) = crate::confine::open_file(&listed.path().join(backing), false) {
-                let len = crate::format::OBJECT_HEADER_LEN as i64;
-                let _ = posix_fadvise(&f, 0, len, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
-            }
-        }
-    }
-
     /// The entries of directory `path` (sorted by name), each with its backing name, and its
     /// backing directory: what a listing keeps to work out attributes entry by entry. With
     /// `expect`, only if `path` is (still) that backing inode (else NotFound).

@@ -66,7 +66,12 @@ impl Volume {
 
     /// Whether shared file `id` may be reached by `entry` (always, on a volume not upgraded).
     pub(super) fn link_authentic(&self, id: &[u8; 16], entry: &Entry) -> Result<bool> {
-        Ok(!self.links_bound() || self.store().has_link(id, &self.link_tag(id, entry))?)
+        Ok(!self.links_bound() || self.bound_by_row(id, entry)?)
+    }
+
+    /// Whether a `links` row binds file `id` to `entry` (never on a volume not upgraded).
+    pub(super) fn bound_by_row(&self, id: &[u8; 16], entry: &Entry) -> Result<bool> {
+        Ok(self.links_bound() && self.store().has_link(id, &self.link_tag(id, entry))?)
     }
 
     /// Binds entries `entries` of file `id` (a link is about to be made, or a shared file is

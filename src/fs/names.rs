@@ -105,8 +105,14 @@ impl EncodedNames {
     }
 }
 
+/// Whether backing entry `backing` stands for a name (a '.' entry is the volume's own: the
+/// `.dirid` file, temporary files).
+pub(super) fn is_name(backing: &OsStr) -> bool {
+    backing.as_bytes().first() != Some(&b'.')
+}
+
 /// The plaintext name of backing entry `backing` in directory `dir_id`; `None` for entries
-/// that are not names (the `.dirid` file, temporary files).
+/// that are not names ([`is_name`]).
 pub(super) fn decode(
     names: &NameCipher,
     store: &Store,
@@ -114,7 +120,7 @@ pub(super) fn decode(
     backing: &OsStr,
     dir: &Path,
 ) -> Result<Option<OsString>> {
-    if backing.as_bytes().first() == Some(&b'.') {
+    if !is_name(backing) {
         return Ok(None);
     }
     let sealed = sealed_name(store, dir_id, backing, dir)?;

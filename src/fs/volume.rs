@@ -718,8 +718,7 @@ impl Volume {
             return Err(Error::IsDir(path.into()));
         }
         let entry = super::binding::Entry::new(r.parent_id, &r.encoded.backing);
-        // Its first data page (after the header's, or in it for a small format-1 file).
-        self.open_ahead(&file, &backing, if meta.len() > 4096 { 4096 } else { 0 });
+        self.open_ahead(&file, &backing, meta.len());
         let id = self.bound_file_id(&file, &entry, at.path(), path)?;
         let named = || names_inode(at.path(), meta.dev(), meta.ino());
         let file = self.core.storage.data_file(file, &backing);

@@ -12,6 +12,19 @@ use tempfile::TempDir;
 pub mod kms;
 pub mod mount;
 
+/// A private temp dir on a disk (this build's target directory, or /var/tmp), for what a
+/// tmpfs cannot show (a page cache to miss, a directory that is not in memory); `None`, and
+/// the test's skip said, when both are in memory.
+pub fn disk_scratch(prefix: &str) -> Option<TempDir> {
+    let base = [env!("CARGO_TARGET_TMPDIR"), "/var/tmp"]
+        .into_iter()
+        .find(|d| Path::new(d).is_dir() && !envelopefs::confine::in_memory(Path::new(d)));
+    if base.is_none() {
+        eprintln!("skipped: no directory on a disk to try (target dir and /var/tmp are in memory)");
+    }
+    Some(tempfile::Builder::new().prefix(prefix).tempdir_in(base?).unwrap())
+}
+
 /// Cheap Argon2 parameters: the KDF is tested on its own; here it would only cost time.
 pub const FAST_KDF: KdfParams = KdfParams { m_cost_kib: 64, t_cost: 1, p_cost: 1 };
 pub const PASS: &str = "test passphrase";
