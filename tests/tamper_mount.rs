@@ -182,3 +182,36 @@ fn xts_volumes_still_authenticate_keys_and_records() {
     assert_eq!(fs::read(m.p("fine")).unwrap(), pattern(3, LEN));
     let _ = slot(true);
 }
+
+/// A read that starts a long group of extents (format 2, code 4: extent 15 of 1 MiB extents
+/// starts a group of 16) hints the kernel through a mapping of the data file
+/// (`DataFile::stream_from`). A data file cut right there, from outside, must be an EIO for
+/// the blocks it lost, not a SIGBUS that ends the daemon: the blocks before the cut read
+/// back, and the mount goes on serving.
+#[test]
+fn a_data_file_cut_where_a_group_of_extents_starts_reads_eio_and_the_daemon_lives() {
+    const MIB: usize = 1 << 20;
+    let mut m = MountFixture::new(&[]);
+    let data = pattern(7, 20 * MIB);
+    common::write_synced(&m.p("cut"), &data);
+    write_files(&m, &["fine"]);
+    m.unmount();
+    let vol = volume(&m);
+    let backing = vol.backing_path(Path::new("cut")).unwrap();
+    drop(vol);
+    // Groups of 1, 2, 4 and 8 extents, each a slot-0 run and then a slot-1 area as long:
+    // extent 15's slot 0 is at page 1 + 256 * (15 + 15).
+    let group_start = (1 + 256 * 30) * 4096;
+    assert!(fs::metadata(&backing).unwrap().len() > group_start, "the layout this test plants into");
+    OpenOptions::new().write(true).open(&backing).unwrap().set_len(group_start).unwrap();
+
+    m.mount();
+    let f = fs::File::open(m.p("cut")).unwrap();
+    let mut head = vec![0u8; 15 * MIB];
+    f.read_exact_at(&mut head, 0).unwrap();
+    assert!(head == data[..15 * MIB], "the blocks before the cut read back");
+    let mut buf = vec![0u8; MIB];
+    let err = f.read_exact_at(&mut buf, 15 * MIB as u64).expect_err("the cut blocks must not read");
+    assert_eq!(err.raw_os_error(), Some(5), "{err}");
+    assert_eq!(fs::read(m.p("fine")).unwrap(), pattern(0, LEN), "the daemon still serves");
+}

@@ -63,7 +63,7 @@ impl Placement {
     }
 
     /// The first extent of `e`'s group and the group's size in extents.
-    fn group(self, e: u64) -> (u64, u64) {
+    pub fn group(self, e: u64) -> (u64, u64) {
         match self {
             Placement::Pairs => (e, 1),
             Placement::Groups if e < MAX_GROUP - 1 => {

@@ -100,6 +100,11 @@ pub trait DataFile: Send + Sync {
     fn no_readahead(&self) -> io::Result<()> {
         Ok(())
     }
+    /// A sequential read starts at `offset`, after a jump over pages it will not read (a
+    /// hint: the default does nothing).
+    fn stream_from(&self, _offset: u64) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl DataFile for File {
@@ -158,6 +163,10 @@ impl DataFile for File {
         posix_fadvise(self, 0, 0, PosixFadviseAdvice::POSIX_FADV_RANDOM).map_err(io::Error::from)
     }
 
+    fn stream_from(&self, offset: u64) -> io::Result<()> {
+        stream_from(self, offset)
+    }
+
     fn will_need(&self, offset: u64, len: u64) -> io::Result<()> {
         use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
         let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
@@ -173,5 +182,34 @@ impl DataFile for File {
         };
         let mode = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
         fallocate(self, mode, offset, len).map_err(io::Error::from)
+    }
+}
+
+/// Starts the kernel's readahead at `offset` as a stream of 2 MiB folios: the page is
+/// faulted in through a one-page mapping marked `MADV_HUGEPAGE`, and a fault in such a
+/// mapping reads ahead from the 2 MiB boundary below it in folios of that size, with the
+/// readahead state (of this open file, the same as `pread`'s) set to go on in them. A `pread`
+/// that misses starts from 4 KiB folios instead, and the kernel grows them only step by step.
+/// Waits for the first folio, as the read that follows would. Without transparent huge
+/// pages it reads as a `pread` would, or (`MADV_HUGEPAGE` refused) nothing.
+#[allow(unsafe_code)]
+fn stream_from(file: &File, offset: u64) -> io::Result<()> {
+    use nix::sys::mman::{madvise, mmap, munmap, MapFlags, MmapAdvise, ProtFlags};
+    use std::num::NonZeroUsize;
+    let (Ok(at), Some(len)) = (i64::try_from(offset), NonZeroUsize::new(4096)) else {
+        return Ok(());
+    };
+    // SAFETY: maps one page of this open file, read-only and shared, at an address the
+    // kernel picks (so nothing else of this process is replaced), and never reads through
+    // it: the page is faulted in by the kernel (MADV_POPULATE_READ, Linux 5.14+; a page past
+    // the end of the file, say truncated from outside, is an EFAULT from it, not a SIGBUS),
+    // and the mapping is removed before returning, on every path. No reference into it
+    // escapes this block.
+    unsafe {
+        let addr = mmap(None, len, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, file, at)?;
+        let r = madvise(addr, len.get(), MmapAdvise::MADV_HUGEPAGE)
+            .and_then(|()| madvise(addr, len.get(), MmapAdvise::MADV_POPULATE_READ));
+        let unmapped = munmap(addr, len.get());
+        r.and(unmapped).map_err(io::Error::from)
     }
 }

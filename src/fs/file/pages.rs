@@ -20,6 +20,31 @@ use crate::{Error, Result};
 /// of `TASK_BLOCKS` (as `blocks.rs`).
 const PARALLEL_MIN_BLOCKS: usize = 64;
 const TASK_BLOCKS: usize = 8;
+/// A code-4 group's run longer than this starts a stream of its own; a shorter one is asked
+/// for whole before its turn (`group_ahead`). The kernel's readahead window on the disks
+/// measured (8 MiB), and what one `POSIX_FADV_WILLNEED` reads at most.
+const GROUP_AHEAD: u64 = 8 << 20;
+
+/// What a read that starts extent `e` of a code-4 file of `extents` extents hints the kernel.
+#[derive(Debug, PartialEq, Eq)]
+struct GroupHints {
+    /// `e` starts a group whose run is longer than [`GROUP_AHEAD`]: a stream starts here.
+    stream: Option<u64>,
+    /// `e` ends its group, and the next one's run is short: its first extent and the
+    /// extents of it the file has, to be read whole.
+    whole: Option<(u64, u64)>,
+}
+
+fn group_hints(e: u64, extents: u64, extent_bytes: u64) -> GroupHints {
+    let groups = Placement::Groups;
+    let long = |size: u64| size.saturating_mul(extent_bytes) > GROUP_AHEAD;
+    let (first, size) = groups.group(e);
+    let stream = (e == first && e > 0 && long(size)).then_some(e);
+    let next = first.saturating_add(size);
+    let whole = (next - 1 == e && next < extents && !long(groups.group(next).1))
+        .then(|| (next, (extents - next).min(groups.group(next).1)));
+    GroupHints { stream, whole }
+}
 
 /// Consecutive runs of `pages` (`None`: skip), as (first index, first page, length).
 fn runs(pages: &[Option<u64>]) -> Vec<(usize, u64, usize)> {
@@ -46,8 +71,10 @@ impl FileState {
     pub(super) fn load_pages(&self, inner: &Inner, first: u64, plain: &mut [u8]) -> Result<()> {
         let layout = self.core.layout;
         let n = plain.len() / BLOCK_SIZE;
-        if self.pages == Some(Placement::Pairs) {
-            self.read_ahead(inner, first, n as u64);
+        match self.pages {
+            Some(Placement::Pairs) => self.read_ahead(inner, first, n as u64),
+            Some(Placement::Groups) => self.group_ahead(inner, first, n as u64),
+            None => {}
         }
         let ciphers = self.ciphers_for_read(inner, first, n)?;
         let mut where_: Vec<Option<(u64, Seal)>> = Vec::with_capacity(n);
@@ -141,6 +168,36 @@ impl FileState {
             }
             if let Err(err) = self.data.will_need((t.base() + skip) * PAGE, (bpe - skip) * PAGE) {
                 tracing::debug!(file = %self.name().display(), "read-ahead: {err}");
+            }
+        }
+    }
+
+    /// A code-4 file keeps the kernel's readahead, which follows a group's slot-0 run and
+    /// restarts at the next group's, after the slot-1 holes: from a miss, so from 4 KiB folios
+    /// again, and a request of order-0 folios carries at most a disk's segment limit of them
+    /// (254 here: 1016 KiB against 4 MiB). So a read that starts an extent hints the kernel
+    /// as [`group_hints`] says: the start of a run longer than [`GROUP_AHEAD`] as the start of
+    /// a stream (`DataFile::stream_from`, which sets the readahead going in 2 MiB folios),
+    /// and a short run ahead of its turn, whole (`POSIX_FADV_WILLNEED`).
+    fn group_ahead(&self, inner: &Inner, first: u64, n: u64) {
+        let bpe = self.core.layout.blocks_per_extent();
+        let starts = first.div_ceil(bpe) * bpe;
+        if starts >= first + n {
+            return;
+        }
+        let extents = inner.size.div_ceil(bpe * PAGE);
+        let hints = group_hints(starts / bpe, extents, bpe * PAGE);
+        let base = |e: u64| self.table(inner, e).map(|t| t.base() * PAGE);
+        if let Some(at) = hints.stream.and_then(base) {
+            if let Err(err) = self.data.stream_from(at) {
+                tracing::debug!(file = %self.name().display(), "read-ahead of a group: {err}");
+            }
+        }
+        if let Some((e, count)) = hints.whole {
+            if let Some(at) = base(e) {
+                if let Err(err) = self.data.will_need(at, count * bpe * PAGE) {
+                    tracing::debug!(file = %self.name().display(), "read-ahead of a group: {err}");
+                }
             }
         }
     }
@@ -251,6 +308,29 @@ impl FileState {
 
 #[cfg(test)]
 mod tests {
+    use super::{group_hints, GroupHints};
+
+    #[test]
+    fn a_long_groups_start_streams_and_a_short_group_is_read_whole_before_its_turn() {
+        const MIB: u64 = 1 << 20;
+        let none = GroupHints { stream: None, whole: None };
+        // 1 MiB extents: groups 0 | 1 2 | 3..=6 | 7..=14 (8 MiB) | 15..=30 (16 MiB) | 31..
+        assert_eq!(group_hints(0, 40, MIB), GroupHints { stream: None, whole: Some((1, 2)) });
+        assert_eq!(group_hints(1, 40, MIB), none, "not the group's last extent");
+        assert_eq!(group_hints(6, 40, MIB), GroupHints { stream: None, whole: Some((7, 8)) });
+        assert_eq!(group_hints(14, 40, MIB), none, "the next group's run is long: it streams");
+        assert_eq!(group_hints(15, 40, MIB), GroupHints { stream: Some(15), whole: None });
+        assert_eq!(group_hints(31, 40, MIB), GroupHints { stream: Some(31), whole: None });
+        // Only the extents the file has are asked for, and none past its end.
+        assert_eq!(group_hints(2, 5, MIB), GroupHints { stream: None, whole: Some((3, 2)) });
+        assert_eq!(group_hints(2, 3, MIB), none);
+        // 16 MiB extents: every group but the first streams, even the one of extent 1.
+        assert_eq!(group_hints(1, 4, 16 * MIB), GroupHints { stream: Some(1), whole: None });
+        assert_eq!(group_hints(0, 4, 16 * MIB), none, "the file's start is the kernel's own stream");
+        // An index read from a forged row does not overflow.
+        let _ = group_hints(u64::MAX, u64::MAX, u64::MAX);
+    }
+
     #[test]
     fn runs_join_consecutive_pages_only() {
         let r = super::runs(&[Some(1), Some(2), None, Some(4), Some(9), Some(10)]);
