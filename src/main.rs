@@ -689,6 +689,7 @@ fn run(cmd: Command) -> Result<()> {
             }
             let _lock = envelopefs::daemon::lock_volume(&cipherdir)?;
             let vol = Volume::open(&cipherdir, &pass.source())?;
+            vol.begin_writing("rotate --rekey")?;
             let mut tenants: Vec<envelopefs::tenant::Opened> = Vec::new();
             let mut progress = Progress::new("rekey");
             progress.stage("re-encrypting files", Some(rekey.len() as u64));
@@ -832,6 +833,7 @@ fn shred(
     }
     let kms = kms::open(&header.kms_uri, cipherdir, &pass.source())?;
     let vol = Volume::open_with_kms(cipherdir, header, &kms)?;
+    vol.begin_writing("shred")?;
     let r = vol.shred_files(files, &kms)?;
     let left = vol.rotation_left();
     drop(vol);
@@ -873,6 +875,7 @@ fn rotate_tenant_kek(cipherdir: &Path, dir: &Path, pass: &PassArgs, tenant_pass:
         let vol = Volume::open(cipherdir, &pass.source())?;
         let entry = envelopefs::tenant::named(&vol, dir)?;
         let t = envelopefs::tenant::open(&vol, &entry, &tenant_pass.with(&pass.source()))?;
+        t.vol.begin_writing("rotate")?;
         let old = hex(&t.vol.header().kek_id);
         let new = if t.vol.finished_rotation_at_open() {
             t.vol.header()
@@ -989,6 +992,7 @@ fn shred_tenant(cipherdir: &Path, dir: &Path, yes: bool, pass: &PassArgs) -> Res
     } else {
         let _lock = envelopefs::daemon::lock_volume(cipherdir)?;
         let vol = Volume::open(cipherdir, &pass.source())?;
+        vol.begin_writing("tenant shred")?;
         let t = envelopefs::tenant::shred(&vol, dir, false)?;
         (hex(&t.id), t.label, t.root)
     };
@@ -1174,6 +1178,7 @@ fn rotate_kek(cipherdir: &Path, pass: PassArgs) -> Result<()> {
     let kms = kms::open(&header.kms_uri, cipherdir, &pass.source())?;
     let old = hex(&header.kek_id);
     let vol = Volume::open_with_kms(cipherdir, header, &kms)?;
+    vol.begin_writing("rotate")?;
     if vol.finished_rotation_at_open() {
         // The open finished a rotation a crash had cut short: that is the rotation asked for.
         println!(
@@ -1355,6 +1360,7 @@ fn upgrade(cipherdir: &Path, pass: &PassArgs) -> Result<()> {
     ));
     let _lock = envelopefs::daemon::lock_volume(cipherdir)?;
     let vol = Volume::open(cipherdir, &pass.source())?;
+    vol.begin_writing("upgrade")?;
     let mut progress = Progress::new("upgrade");
     progress.stage("converting files to format 2", None);
     let report = vol.upgrade_to_pages(&mut |_| progress.inc())?;

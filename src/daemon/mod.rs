@@ -133,13 +133,7 @@ pub fn serve(req: &MountRequest, secrets: Box<dyn Secrets>, ready: impl FnOnce()
         tracing::info!(entries = setup.stale_removed, "removed stale scratch of an earlier boot");
     }
     if !req.read_only {
-        if let Some(report) = vol.begin_mount()? {
-            for p in &report.problems {
-                tracing::warn!(path = %p.path.display(), "recovery after an unclean shutdown: {}: {}; {}",
-                    p.kind.name(), p.detail, p.repaired.as_deref().unwrap_or("left as it is"));
-            }
-            tracing::info!(problems = report.problems.len(), "recovered after an unclean shutdown");
-        }
+        vol.begin_writing("mount")?;
     }
     let keep_scratch = Arc::new(AtomicBool::new(req.read_only));
     let chown_new = nix::unistd::geteuid().is_root();

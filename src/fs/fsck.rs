@@ -165,6 +165,23 @@ impl Volume {
         Ok(report)
     }
 
+    /// [`Volume::begin_mount`] for any writer, the recovery's findings logged: a read-write
+    /// mount, and every offline command that changes the volume (`rotate`, `rotate
+    /// --rekey`, `shred` of files, `upgrade`, a tenant's conversion). Such a command used to
+    /// skip the recovery, so a hard link a power cut left without its row (its rows are
+    /// committed lazily) was "left as found" by a rotation, an integrity error, where a mount
+    /// would have bound it.
+    pub fn begin_writing(&self, what: &str) -> Result<()> {
+        if let Some(report) = self.begin_mount()? {
+            for p in &report.problems {
+                tracing::warn!(path = %p.path.display(), "{what}: recovery after an unclean shutdown: {}: {}; {}",
+                    p.kind.name(), p.detail, p.repaired.as_deref().unwrap_or("left as it is"));
+            }
+            tracing::info!(problems = report.problems.len(), "{what}: recovered after an unclean shutdown");
+        }
+        Ok(())
+    }
+
     fn check(&self, mode: Mode) -> Result<FsckReport> {
         let store = self.store();
         // Only an authentic marker lets repairs treat leftovers as a crash's (cut, remove).

@@ -32,7 +32,7 @@ use super::binding::{authentic_with, bind_with, keep_owner_and_times, open_targe
 use super::names::{self, DIRID_FILE};
 use super::volume::Volume;
 use crate::crypto::NamePurpose;
-use crate::format::{Binding, ObjectHeader, OBJECT_HEADER_LEN};
+use crate::format::{Binding, ObjectHeader, ObjectKind, OBJECT_HEADER_LEN};
 use crate::keys::NameKeys;
 use crate::store::Change;
 use crate::{Error, Result};
@@ -265,7 +265,12 @@ impl Volume {
         let Ok(header) = ObjectHeader::decode(&buf[..got]) else { return Ok(false) };
         let done = authentic_with(k.new, &header, new_entry);
         if !done && !authentic_with(k.old, &header, old_entry) {
-            return Ok(false);
+            // A file whose header is still bound to another of its names, reached at a name
+            // a row binds (a link whose header rewrite a crash lost, given its row by
+            // recovery; as `binding.rs` accepts it): the row moves, and the header with the
+            // name it is bound to.
+            let by_row = header.kind == ObjectKind::File && matches!(header.binding, Binding::Entry(_));
+            return Ok(by_row && self.links_bound() && self.move_link_row(k, &header.id, old_entry, new_entry)?);
         }
         let shared = matches!(header.binding, Binding::Shared(_));
         if shared && self.links_bound() && !self.move_link_row(k, &header.id, old_entry, new_entry)? {

@@ -154,12 +154,12 @@ fn finish(
 ) -> Result<Added> {
     // Both volumes are written as a mount writes them: what a run killed before left is
     // recovered first, and this run's marker makes the next mount recover what it leaves.
-    recover(outer, "the volume")?;
+    outer.begin_writing("the volume")?;
     let t = match opened {
         Some(t) => t,
         None => super::open(outer, &c.entry, secrets)?,
     };
-    recover(&t.vol, &c.entry.label)?;
+    t.vol.begin_writing(&c.entry.label)?;
     let filling =
         |t: &Opened| -> Result<bool> { Ok(t.vol.tenant_conversion()?.is_some_and(|m| m.entry.id == c.entry.id)) };
     let parent = dir.parent().unwrap_or(Path::new(""));
@@ -319,7 +319,7 @@ pub fn abort(outer: &Volume, dir: &Path, secrets: &TenantSecrets) -> Result<Abor
         let aborting = Conversion { phase: ConversionPhase::Aborting, ..c.clone() };
         outer.put_tenant_conversion(Some(&aborting))?;
     }
-    recover(outer, "the volume")?;
+    outer.begin_writing("the volume")?;
     if dir_id_at(outer, &dir)? == Some(c.entry.dir_id) {
         outer.rmdir(&dir)?; // the root, empty in the volume
     }
@@ -355,14 +355,6 @@ pub struct Aborted {
     /// The half-made tenant's volume, left where it is because it did not open: nothing
     /// lists it any more; remove it once you know what it is.
     pub left: Option<PathBuf>,
-}
-
-/// Recovers what an unclean end left in `v` and marks it in use until it is closed.
-fn recover(v: &Volume, what: &str) -> Result<()> {
-    if let Some(report) = v.begin_mount()? {
-        tracing::info!(problems = report.problems.len(), "{what}: recovered after a run cut short");
-    }
-    Ok(())
 }
 
 /// The id of the directory at `path`, if a directory is there.

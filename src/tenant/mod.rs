@@ -155,9 +155,7 @@ pub fn open_all(outer: &Volume, secrets: &TenantSecrets, read_only: bool) -> Res
 fn ready(entry: &TenantEntry, t: Opened, read_only: bool) -> Result<TenantState> {
     t.vol.files_removed()?;
     if !read_only {
-        if let Some(report) = t.vol.begin_mount()? {
-            tracing::info!(tenant = %hex(&entry.id), problems = report.problems.len(), "tenant recovered after an unclean shutdown");
-        }
+        t.vol.begin_writing(&format!("tenant {}", hex(&entry.id)))?;
     }
     tracing::info!(tenant = %hex(&entry.id), label = %entry.label, root = %entry.kms_uri, "tenant opened");
     Ok(TenantState::Open { vol: Arc::new(t.vol), kms: Arc::new(t.kms), held: t._held })
