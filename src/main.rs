@@ -689,7 +689,6 @@ fn run(cmd: Command) -> Result<()> {
             }
             let _lock = envelopefs::daemon::lock_volume(&cipherdir)?;
             let vol = Volume::open(&cipherdir, &pass.source())?;
-            vol.begin_writing("rotate --rekey")?;
             let mut tenants: Vec<envelopefs::tenant::Opened> = Vec::new();
             let mut progress = Progress::new("rekey");
             progress.stage("re-encrypting files", Some(rekey.len() as u64));
@@ -833,7 +832,6 @@ fn shred(
     }
     let kms = kms::open(&header.kms_uri, cipherdir, &pass.source())?;
     let vol = Volume::open_with_kms(cipherdir, header, &kms)?;
-    vol.begin_writing("shred")?;
     let r = vol.shred_files(files, &kms)?;
     let left = vol.rotation_left();
     drop(vol);
@@ -875,11 +873,11 @@ fn rotate_tenant_kek(cipherdir: &Path, dir: &Path, pass: &PassArgs, tenant_pass:
         let vol = Volume::open(cipherdir, &pass.source())?;
         let entry = envelopefs::tenant::named(&vol, dir)?;
         let t = envelopefs::tenant::open(&vol, &entry, &tenant_pass.with(&pass.source()))?;
-        t.vol.begin_writing("rotate")?;
         let old = hex(&t.vol.header().kek_id);
         let new = if t.vol.finished_rotation_at_open() {
             t.vol.header()
         } else {
+            refuse_before_recovery(&t.vol, dir)?;
             t.vol.rotate_kek(&t.kms, &mut |_, _, _| {})?
         };
         (old, hex(&new.kek_id), t.vol.rotation_left())
@@ -992,7 +990,6 @@ fn shred_tenant(cipherdir: &Path, dir: &Path, yes: bool, pass: &PassArgs) -> Res
     } else {
         let _lock = envelopefs::daemon::lock_volume(cipherdir)?;
         let vol = Volume::open(cipherdir, &pass.source())?;
-        vol.begin_writing("tenant shred")?;
         let t = envelopefs::tenant::shred(&vol, dir, false)?;
         (hex(&t.id), t.label, t.root)
     };
@@ -1136,6 +1133,20 @@ fn unlink_beneath(mountpoint: &Path, rel: &Path) -> std::io::Result<()> {
     nix::unistd::unlinkat(&dir, last.as_os_str(), nix::unistd::UnlinkatFlags::NoRemoveDir).map_err(Into::into)
 }
 
+/// A KEK rotation walks every name: on a volume whose last mount (or command) did not end,
+/// the leftovers a mount's recovery binds (a hard link whose row a power cut lost) would be
+/// left as found, an integrity error. It is not run there; the recovery is not run by it
+/// either (it accepts a set of files the crash cut, which a rotation must never launder).
+fn refuse_before_recovery(vol: &Volume, shown: &Path) -> Result<()> {
+    if !vol.needs_recovery() {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "{}: was not unmounted cleanly: mount it once (its recovery runs first) or run `envelopefs fsck --repair`, then rotate",
+        shown.display()
+    )))
+}
+
 fn rotate_kek(cipherdir: &Path, pass: PassArgs) -> Result<()> {
     // A mounted volume rotates inside its daemon (which holds the keys), while in use.
     let header = Volume::read_live_header(cipherdir)?;
@@ -1178,7 +1189,6 @@ fn rotate_kek(cipherdir: &Path, pass: PassArgs) -> Result<()> {
     let kms = kms::open(&header.kms_uri, cipherdir, &pass.source())?;
     let old = hex(&header.kek_id);
     let vol = Volume::open_with_kms(cipherdir, header, &kms)?;
-    vol.begin_writing("rotate")?;
     if vol.finished_rotation_at_open() {
         // The open finished a rotation a crash had cut short: that is the rotation asked for.
         println!(
@@ -1187,6 +1197,7 @@ fn rotate_kek(cipherdir: &Path, pass: PassArgs) -> Result<()> {
         );
         return rotation_left(cipherdir, &vol.rotation_left());
     }
+    refuse_before_recovery(&vol, cipherdir)?;
     let mut last = None;
     let new = vol.rotate_kek(&kms, &mut |step, done, total| {
         if last != Some(step) {
@@ -1360,7 +1371,6 @@ fn upgrade(cipherdir: &Path, pass: &PassArgs) -> Result<()> {
     ));
     let _lock = envelopefs::daemon::lock_volume(cipherdir)?;
     let vol = Volume::open(cipherdir, &pass.source())?;
-    vol.begin_writing("upgrade")?;
     let mut progress = Progress::new("upgrade");
     progress.stage("converting files to format 2", None);
     let report = vol.upgrade_to_pages(&mut |_| progress.inc())?;

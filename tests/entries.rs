@@ -437,11 +437,13 @@ fn a_removed_names_row_goes_with_the_next_group_commit_unless_the_name_comes_bac
     assert_eio(fs::read(m.p("b")), "cat b (its link failed; the file planted there)");
 }
 
-/// The same loss as above, but an offline command comes first: `rotate --kek` of the volume a
-/// power cut left with a link's name and neither its row nor its header rewrite recovers it
-/// first, as a mount does (it used to leave the link "as found", an integrity error).
+/// The same loss as above, met by `rotate --kek` run offline right after the crash: refused
+/// (the recovery a mount runs has not run; it used to finish with the link "left as found",
+/// an integrity error), nothing changed. After the mount's recovery, which leaves the header
+/// bound to the first name and a row for the link (a state that lasts), every rotation,
+/// mounted or not, moves that row, and both names read.
 #[test]
-fn a_link_a_crash_left_without_its_row_survives_an_offline_rotation_and_every_later_one() {
+fn a_link_a_crash_left_without_its_row_is_rotated_after_recovery_and_refused_before_it() {
     let mut m = MountFixture::new(&[]);
     fs::write(m.p("x"), "data of x").unwrap();
     m.unmount();
@@ -457,37 +459,33 @@ fn a_link_a_crash_left_without_its_row_survives_an_offline_rotation_and_every_la
         use std::os::unix::fs::FileExt;
         fs::OpenOptions::new().write(true).open(&bx).unwrap().write_all_at(&hx, 0).unwrap();
     }
-    let o = m.run(&[
-        "rotate".as_ref(),
-        "--kek".as_ref(),
-        m.cipher.as_os_str(),
-        "--passfile".as_ref(),
-        m.passfile.as_os_str(),
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "the rotation recovers first, as a mount does: {err}");
-    assert!(!err.contains("left as found"), "{err}");
-    m.mount();
-    for (name, data) in [("x", "data of x"), ("x2", "data of x")] {
-        assert_eq!(fs::read(m.p(name)).unwrap(), data.as_bytes(), "{name} (rotate said: {err})");
-    }
-    // Recovery leaves the header bound to the first name and a row for the link: a state
-    // that lasts, and that every later rotation, mounted or not, moves whole.
     let rotate = |m: &MountFixture| {
-        let o = m.run(&[
+        m.run(&[
             "rotate".as_ref(),
             "--kek".as_ref(),
             m.cipher.as_os_str(),
             "--passfile".as_ref(),
             m.passfile.as_os_str(),
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        ])
     };
-    rotate(&m);
-    m.unmount();
-    rotate(&m);
+    let kek = |m: &MountFixture| Volume::open(&m.cipher, &mount_pass()).unwrap().header().kek_id;
+    let before = kek(&m);
+    let o = rotate(&m);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "refused before the recovery: {err}");
+    assert!(err.contains("was not unmounted cleanly") && err.contains("mount it once"), "{err}");
+    assert_eq!(kek(&m), before, "nothing rotated");
     m.mount();
     for name in ["x", "x2"] {
-        assert_eq!(fs::read(m.p(name)).unwrap(), b"data of x", "{name} after two more rotations");
+        assert_eq!(fs::read(m.p(name)).unwrap(), b"data of x", "{name} after the recovery");
+    }
+    let o = rotate(&m);
+    assert!(o.status.success(), "mounted: {}", String::from_utf8_lossy(&o.stderr));
+    m.unmount();
+    let o = rotate(&m);
+    assert!(o.status.success(), "offline: {}", String::from_utf8_lossy(&o.stderr));
+    m.mount();
+    for name in ["x", "x2"] {
+        assert_eq!(fs::read(m.p(name)).unwrap(), b"data of x", "{name} after two rotations");
     }
 }

@@ -185,14 +185,21 @@ fn xts_volumes_still_authenticate_keys_and_records() {
 
 /// A read that starts a long group of extents (format 2, code 4: extent 15 of 1 MiB extents
 /// starts a group of 16) hints the kernel through a mapping of the data file
-/// (`DataFile::stream_from`). A data file cut right there, from outside, must be an EIO for
-/// the blocks it lost, not a SIGBUS that ends the daemon: the blocks before the cut read
-/// back, and the mount goes on serving.
+/// (`DataFile::stream_from`, on a disk: not on tmpfs). A data file cut right there, from
+/// outside, must be an EIO for the blocks it lost, not a SIGBUS that ends the daemon: the
+/// blocks before the cut read back, and the mount goes on serving.
 #[test]
 fn a_data_file_cut_where_a_group_of_extents_starts_reads_eio_and_the_daemon_lives() {
     const MIB: usize = 1 << 20;
-    let mut m = MountFixture::new(&[]);
-    let data = pattern(7, 20 * MIB);
+    let Some(disk) = common::disk_scratch("evfs-cut-") else { return };
+    let tmp = common::scratch();
+    let (cipher, mnt, pass) = (disk.path().join("c"), tmp.path().join("mnt"), tmp.path().join("pass"));
+    fs::create_dir(&mnt).unwrap();
+    fs::write(&pass, "mount test passphrase\n").unwrap();
+    ok(&common::mount::evfs(&["init".as_ref(), cipher.as_os_str(), "--passfile".as_ref(), pass.as_os_str()]));
+    let mut m = MountFixture::adopt_existing(cipher, mnt, pass);
+    m.mount();
+    let data = pattern(7, 30 * MIB); // 15 extents of the group: a stream (more than 8 MiB)
     common::write_synced(&m.p("cut"), &data);
     write_files(&m, &["fine"]);
     m.unmount();

@@ -191,12 +191,14 @@ impl DataFile for File {
 /// readahead state (of this open file, the same as `pread`'s) set to go on in them. A `pread`
 /// that misses starts from 4 KiB folios instead, and the kernel grows them only step by step.
 /// Waits for the first folio, as the read that follows would. Without transparent huge
-/// pages it reads as a `pread` would, or (`MADV_HUGEPAGE` refused) nothing.
+/// pages the fault reads as a `pread` would.
 #[allow(unsafe_code)]
 fn stream_from(file: &File, offset: u64) -> io::Result<()> {
     use nix::sys::mman::{madvise, mmap, munmap, MapFlags, MmapAdvise, ProtFlags};
     use std::num::NonZeroUsize;
-    let (Ok(at), Some(len)) = (i64::try_from(offset), NonZeroUsize::new(4096)) else {
+    // The page holding `offset`, in this system's pages (4 KiB, or 16 or 64 KiB elsewhere).
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
+    let (Ok(at), Some(len)) = (i64::try_from(offset - offset % page), NonZeroUsize::new(page as usize)) else {
         return Ok(());
     };
     // SAFETY: maps one page of this open file, read-only and shared, at an address the
@@ -207,8 +209,9 @@ fn stream_from(file: &File, offset: u64) -> io::Result<()> {
     // escapes this block.
     unsafe {
         let addr = mmap(None, len, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, file, at)?;
-        let r = madvise(addr, len.get(), MmapAdvise::MADV_HUGEPAGE)
-            .and_then(|()| madvise(addr, len.get(), MmapAdvise::MADV_POPULATE_READ));
+        // Refused without transparent huge pages: the page is faulted in all the same.
+        let _ = madvise(addr, len.get(), MmapAdvise::MADV_HUGEPAGE);
+        let r = madvise(addr, len.get(), MmapAdvise::MADV_POPULATE_READ);
         let unmapped = munmap(addr, len.get());
         r.and(unmapped).map_err(io::Error::from)
     }

@@ -165,12 +165,14 @@ impl Volume {
         Ok(report)
     }
 
-    /// [`Volume::begin_mount`] for any writer, the recovery's findings logged: a read-write
-    /// mount, and every offline command that changes the volume (`rotate`, `rotate
-    /// --rekey`, `shred` of files, `upgrade`, a tenant's conversion). Such a command used to
-    /// skip the recovery, so a hard link a power cut left without its row (its rows are
-    /// committed lazily) was "left as found" by a rotation, an integrity error, where a mount
-    /// would have bound it.
+    /// Whether an authentic unclean-shutdown marker is there: what the volume's last writer
+    /// left was not recovered yet (the next read-write mount, or `fsck --repair`, does it).
+    pub fn needs_recovery(&self) -> bool {
+        matches!(self.record(MOUNT_ACTIVE), Ok(Some(_)))
+    }
+
+    /// [`Volume::begin_mount`], the recovery's findings logged: what a read-write mount, a
+    /// tenant opened read-write and a tenant's conversion do first.
     pub fn begin_writing(&self, what: &str) -> Result<()> {
         if let Some(report) = self.begin_mount()? {
             for p in &report.problems {

@@ -130,7 +130,7 @@ impl Volume {
     ) -> Result<()> {
         let root = self.data_dir().to_path_buf();
         let root_entry = Entry::root();
-        if !self.rebind(k, &root.join(DIRID_FILE), &root_entry, &root_entry)? {
+        if !self.rebind(k, &root.join(DIRID_FILE), &root_entry, &root_entry, false)? {
             moved.left.push(root.join(DIRID_FILE).display().to_string());
         }
         let mut stack = vec![(root, self.core.root_id)];
@@ -197,7 +197,8 @@ impl Volume {
         let t = meta.file_type();
         let header_file = |p: &Path| if t.is_dir() { p.join(DIRID_FILE) } else { p.to_path_buf() };
         let mut rebind = |p: &Path| -> Result<()> {
-            if (t.is_dir() || t.is_file()) && !self.rebind(k, &header_file(p), &old_entry, &new_entry)? {
+            let linked = t.is_file() && meta.nlink() > 1;
+            if (t.is_dir() || t.is_file()) && !self.rebind(k, &header_file(p), &old_entry, &new_entry, linked)? {
                 left.push(format!("{} (its binding)", p.display()));
             }
             Ok(())
@@ -256,7 +257,14 @@ impl Volume {
     /// Re-binds the object whose header is at `header_file` (a data file or `.dirid`) from
     /// `old_entry` under the old keys to `new_entry` under the new ones. True if it is bound
     /// there now (or was already); false, writing nothing, if it was bound to neither.
-    fn rebind(&self, k: &NameMove<'_>, header_file: &Path, old_entry: &Entry, new_entry: &Entry) -> Result<bool> {
+    fn rebind(
+        &self,
+        k: &NameMove<'_>,
+        header_file: &Path,
+        old_entry: &Entry,
+        new_entry: &Entry,
+        linked: bool,
+    ) -> Result<bool> {
         let at = self.at(header_file, header_file)?;
         let f = crate::confine::open_file(at.path(), false)?;
         let mut buf = [0u8; OBJECT_HEADER_LEN];
@@ -268,8 +276,10 @@ impl Volume {
             // A file whose header is still bound to another of its names, reached at a name
             // a row binds (a link whose header rewrite a crash lost, given its row by
             // recovery; as `binding.rs` accepts it): the row moves, and the header with the
-            // name it is bound to.
-            let by_row = header.kind == ObjectKind::File && matches!(header.binding, Binding::Entry(_));
+            // name it is bound to. Only a regular file with another link: a copy of a header
+            // put at a name a stale row still binds (the row of a name that went, its
+            // deletion cut by a crash) is no link of anything, and its row dies with the key.
+            let by_row = header.kind == ObjectKind::File && matches!(header.binding, Binding::Entry(_)) && linked;
             return Ok(by_row && self.links_bound() && self.move_link_row(k, &header.id, old_entry, new_entry)?);
         }
         let shared = matches!(header.binding, Binding::Shared(_));

@@ -20,9 +20,11 @@ use crate::{Error, Result};
 /// of `TASK_BLOCKS` (as `blocks.rs`).
 const PARALLEL_MIN_BLOCKS: usize = 64;
 const TASK_BLOCKS: usize = 8;
-/// A code-4 group's run longer than this starts a stream of its own; a shorter one is asked
-/// for whole before its turn (`group_ahead`). The kernel's readahead window on the disks
-/// measured (8 MiB), and what one `POSIX_FADV_WILLNEED` reads at most.
+/// A code-4 group's run (the extents of it the file has) longer than this starts a stream of
+/// its own; a shorter one is asked for whole before its turn (`group_ahead`). The kernel's
+/// readahead window on the disk measured (8 MiB), which also caps what one
+/// `POSIX_FADV_WILLNEED` reads there (on a disk of 128 KiB windows the rest of a short run is
+/// read when it is reached, as without the hint).
 const GROUP_AHEAD: u64 = 8 << 20;
 
 /// What a read that starts extent `e` of a code-4 file of `extents` extents hints the kernel.
@@ -37,12 +39,14 @@ struct GroupHints {
 
 fn group_hints(e: u64, extents: u64, extent_bytes: u64) -> GroupHints {
     let groups = Placement::Groups;
-    let long = |size: u64| size.saturating_mul(extent_bytes) > GROUP_AHEAD;
+    // The extents of the group from `first` (of `size`) that the file has.
+    let run = |first: u64, size: u64| extents.saturating_sub(first).min(size);
+    let long = |n: u64| n.saturating_mul(extent_bytes) > GROUP_AHEAD;
     let (first, size) = groups.group(e);
-    let stream = (e == first && e > 0 && long(size)).then_some(e);
+    let stream = (e == first && e > 0 && long(run(first, size))).then_some(e);
     let next = first.saturating_add(size);
-    let whole = (next - 1 == e && next < extents && !long(groups.group(next).1))
-        .then(|| (next, (extents - next).min(groups.group(next).1)));
+    let have = run(next, groups.group(next).1);
+    let whole = (next - 1 == e && have > 0 && !long(have)).then_some((next, have));
     GroupHints { stream, whole }
 }
 
@@ -188,12 +192,15 @@ impl FileState {
         let extents = inner.size.div_ceil(bpe * PAGE);
         let hints = group_hints(starts / bpe, extents, bpe * PAGE);
         let base = |e: u64| self.table(inner, e).map(|t| t.base() * PAGE);
-        if let Some(at) = hints.stream.and_then(base) {
+        // Not where the kernel's own readahead is moot (tmpfs: a fault there on a hole would
+        // even allocate a page), and not at a hole: a stream starts at written data.
+        let written = |e: u64| self.table(inner, e).is_some_and(|t| t.written().get(0));
+        if let Some(at) = hints.stream.filter(|&e| !self.core.in_memory && written(e)).and_then(base) {
             if let Err(err) = self.data.stream_from(at) {
                 tracing::debug!(file = %self.name().display(), "read-ahead of a group: {err}");
             }
         }
-        if let Some((e, count)) = hints.whole {
+        if let Some((e, count)) = hints.whole.filter(|_| !self.core.in_memory) {
             if let Some(at) = base(e) {
                 if let Err(err) = self.data.will_need(at, count * bpe * PAGE) {
                     tracing::debug!(file = %self.name().display(), "read-ahead of a group: {err}");
@@ -314,21 +321,26 @@ mod tests {
     fn a_long_groups_start_streams_and_a_short_group_is_read_whole_before_its_turn() {
         const MIB: u64 = 1 << 20;
         let none = GroupHints { stream: None, whole: None };
-        // 1 MiB extents: groups 0 | 1 2 | 3..=6 | 7..=14 (8 MiB) | 15..=30 (16 MiB) | 31..
+        // 1 MiB extents: groups 0 | 1 2 | 3..=6 | 7..=14 (8 MiB) | 15..=30 (16 MiB) | 31..=62
         assert_eq!(group_hints(0, 40, MIB), GroupHints { stream: None, whole: Some((1, 2)) });
         assert_eq!(group_hints(1, 40, MIB), none, "not the group's last extent");
         assert_eq!(group_hints(6, 40, MIB), GroupHints { stream: None, whole: Some((7, 8)) });
         assert_eq!(group_hints(14, 40, MIB), none, "the next group's run is long: it streams");
         assert_eq!(group_hints(15, 40, MIB), GroupHints { stream: Some(15), whole: None });
+        assert_eq!(group_hints(30, 40, MIB), GroupHints { stream: None, whole: None }, "9 extents of 31..=62: long");
         assert_eq!(group_hints(31, 40, MIB), GroupHints { stream: Some(31), whole: None });
-        // Only the extents the file has are asked for, and none past its end.
+        // What the file has decides, not what the group could hold: 5 extents of 15..=30 are
+        // read whole before their turn, and do not start a stream of their own.
+        assert_eq!(group_hints(14, 20, MIB), GroupHints { stream: None, whole: Some((15, 5)) });
+        assert_eq!(group_hints(15, 20, MIB), none);
         assert_eq!(group_hints(2, 5, MIB), GroupHints { stream: None, whole: Some((3, 2)) });
-        assert_eq!(group_hints(2, 3, MIB), none);
+        assert_eq!(group_hints(2, 3, MIB), none, "nothing past the end of the file");
         // 16 MiB extents: every group but the first streams, even the one of extent 1.
         assert_eq!(group_hints(1, 4, 16 * MIB), GroupHints { stream: Some(1), whole: None });
         assert_eq!(group_hints(0, 4, 16 * MIB), none, "the file's start is the kernel's own stream");
-        // An index read from a forged row does not overflow.
+        // Indices and sizes at the limits do not overflow.
         let _ = group_hints(u64::MAX, u64::MAX, u64::MAX);
+        let _ = group_hints(u64::MAX - 1, 0, 0);
     }
 
     #[test]
