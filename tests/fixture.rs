@@ -13,18 +13,6 @@ use sha2::{Digest, Sha256};
 
 const FIXTURE_PASSPHRASE: &str = "envelopefs fixture v1";
 
-/// Every test here opens copies of the fixtures, whose volume ids are fixed, and the v2 test
-/// writes to its copy (the host's anchor moves on): this binary keeps its anchors in a state
-/// directory of its own, so a second run never finds the fixture older than its anchor.
-fn own_state_dir() {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = scratch().keep();
-        std::env::set_var("ENVELOPEFS_STATE_DIR", &d);
-        d
-    });
-}
-
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -176,7 +164,7 @@ fn read_all(f: &envelopefs::fs::FileHandle) -> Vec<u8> {
 }
 
 fn check_fixture(name: &str) {
-    own_state_dir();
+    common::own_state_dir();
     let tmp = scratch();
     let dir = tmp.path().join(name);
     copy_tree(&fixtures().join(name), &dir);

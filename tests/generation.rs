@@ -12,26 +12,13 @@ use common::*;
 use envelopefs::format::{CipherKind, VolumeHeader, FEATURE_KEK_GENERATION};
 use envelopefs::fs::Volume;
 
-/// This test binary's own host state directory (anchors), for every test in it.
-fn state_dir() -> PathBuf {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    // Its own, not scripts/test.sh's: a fixture's volume id is the same in every test binary,
-    // and the anchor this binary gives it must not refuse the fixture elsewhere.
-    DIR.get_or_init(|| {
-        let d = scratch().keep();
-        std::env::set_var("ENVELOPEFS_STATE_DIR", &d);
-        d
-    })
-    .clone()
-}
-
 fn kms(dir: &Path) -> envelopefs::kms::Audited {
     let header = Volume::read_header(dir).unwrap();
     envelopefs::kms::open(&header.kms_uri, dir, &pass()).unwrap()
 }
 
 fn with_file() -> (tempfile::TempDir, PathBuf) {
-    state_dir();
+    common::own_state_dir();
     let (tmp, dir, vol) = new_volume(CipherKind::Aes256GcmSiv, 16);
     let f = vol.create(Path::new("secret"), 0o600).unwrap();
     f.write_at(0, b"the first version").unwrap();
@@ -49,7 +36,7 @@ fn each_rotation_moves_the_kek_to_the_next_generation() {
         assert_eq!(Volume::read_header(&dir).unwrap().kek_generation, want);
     }
     let anchor = envelopefs::anchor::path(&h.volume_id).unwrap();
-    assert!(anchor.starts_with(state_dir()));
+    assert!(anchor.starts_with(common::own_state_dir()));
     let text = fs::read_to_string(anchor).unwrap();
     assert!(text.starts_with("kek-generation 3\n"), "{text}");
 }
@@ -116,7 +103,7 @@ fn write_pass(dir: &Path) -> PathBuf {
 /// rotation goes to generation 2, is anchored, and the volume as it was is refused after it.
 #[test]
 fn the_first_rotation_of_an_older_volume_is_anchored_too() {
-    state_dir();
+    common::own_state_dir();
     let tmp = scratch();
     let dir = tmp.path().join("vol");
     copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1-gcm-siv"), &dir);

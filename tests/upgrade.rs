@@ -27,12 +27,7 @@ fn fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
 /// purpose (in this test binary only, with a state directory of its own, so that the
 /// anchors it leaves never refuse the fixture in another test binary).
 fn same_volume_again() {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = scratch().keep();
-        std::env::set_var("ENVELOPEFS_STATE_DIR", &d);
-        d
-    });
+    common::own_state_dir();
     envelopefs::anchor::accept_rollback();
 }
 

@@ -33,6 +33,25 @@ pub fn pass() -> Passphrase {
     Passphrase::new(PASS).unwrap()
 }
 
+/// This test binary's own host state directory (anchors), made once and set as
+/// `ENVELOPEFS_STATE_DIR` for every test in it: a fixture's volume id is the same in every
+/// test binary, and an anchor one binary leaves must not refuse the fixture in another. Made
+/// inside the state directory `scripts/test.sh` gives the run (which it removes at the end),
+/// so nothing is left behind; a temp dir of its own, kept, when run without it.
+#[allow(dead_code)] // not every test binary has a state of its own
+pub fn own_state_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = match std::env::var_os("ENVELOPEFS_STATE_DIR") {
+            Some(run) => tempfile::Builder::new().prefix("binary-").tempdir_in(run).unwrap().keep(),
+            None => scratch().keep(),
+        };
+        std::env::set_var("ENVELOPEFS_STATE_DIR", &d);
+        d
+    })
+    .clone()
+}
+
 /// A private temp dir, on tmpfs when available (fsync there is cheap, which keeps sweeps
 /// that commit thousands of times fast).
 pub fn scratch() -> TempDir {
