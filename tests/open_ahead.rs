@@ -8,7 +8,7 @@ use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use common::mount::{ok, MountFixture};
+use common::mount::MountFixture;
 use common::*;
 
 const FILES: u64 = 20;
@@ -28,14 +28,7 @@ fn evict(path: &Path) {
 #[test]
 fn the_first_cold_read_in_a_directory_reads_its_other_files_ahead() {
     // On a disk: a tmpfs (where the tests' volumes usually are) has no page cache to miss.
-    let Some(disk) = disk_scratch("evfs-open-ahead-") else { return };
-    let tmp = scratch();
-    let (cipher, mnt, pass) = (disk.path().join("c"), tmp.path().join("mnt"), tmp.path().join("pass"));
-    fs::create_dir(&mnt).unwrap();
-    fs::write(&pass, "mount test passphrase\n").unwrap();
-    ok(&common::mount::evfs(&["init".as_ref(), cipher.as_os_str(), "--passfile".as_ref(), pass.as_os_str()]));
-    let mut m = MountFixture::adopt_existing(cipher, mnt, pass);
-    m.mount();
+    let Some(mut m) = MountFixture::on_disk("evfs-open-ahead-") else { return };
     fs::create_dir(m.p("d")).unwrap();
     fs::create_dir(m.p("other")).unwrap();
     for i in 0..FILES {
@@ -70,7 +63,7 @@ fn the_first_cold_read_in_a_directory_reads_its_other_files_ahead() {
         let fifo = fifo.clone();
         move || drop(fs::OpenOptions::new().write(true).open(fifo))
     });
-    let outside = disk.path().join("outside");
+    let outside = m.cipher.with_file_name("outside"); // on the same disk
     fs::write(&outside, vec![1u8; 10_000]).unwrap();
     std::os::unix::fs::symlink(&outside, dir.join("planted-link")).unwrap();
     nix::unistd::sync();

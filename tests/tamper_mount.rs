@@ -191,14 +191,7 @@ fn xts_volumes_still_authenticate_keys_and_records() {
 #[test]
 fn a_data_file_cut_where_a_group_of_extents_starts_reads_eio_and_the_daemon_lives() {
     const MIB: usize = 1 << 20;
-    let Some(disk) = common::disk_scratch("evfs-cut-") else { return };
-    let tmp = common::scratch();
-    let (cipher, mnt, pass) = (disk.path().join("c"), tmp.path().join("mnt"), tmp.path().join("pass"));
-    fs::create_dir(&mnt).unwrap();
-    fs::write(&pass, "mount test passphrase\n").unwrap();
-    ok(&common::mount::evfs(&["init".as_ref(), cipher.as_os_str(), "--passfile".as_ref(), pass.as_os_str()]));
-    let mut m = MountFixture::adopt_existing(cipher, mnt, pass);
-    m.mount();
+    let Some(mut m) = MountFixture::on_disk("evfs-cut-") else { return };
     let data = pattern(7, 30 * MIB); // 15 extents of the group: a stream (more than 8 MiB)
     common::write_synced(&m.p("cut"), &data);
     write_files(&m, &["fine"]);

@@ -31,6 +31,9 @@ pub struct MountFixture {
     /// Environment of every command the fixture runs.
     pub env: Vec<(String, std::ffi::OsString)>,
     mounted: bool,
+    /// The disk directory CIPHERDIR is in ([`MountFixture::on_disk`]), removed after Drop
+    /// has unmounted.
+    _disk: Option<TempDir>,
 }
 
 impl MountFixture {
@@ -41,16 +44,36 @@ impl MountFixture {
 
     /// A new volume whose commands all run with `env`.
     pub fn new_with(init_args: &[&str], env: Vec<(String, std::ffi::OsString)>) -> Self {
-        assert!(Path::new("/dev/fuse").exists(), "mount tests need /dev/fuse (CI provides it)");
         let tmp = super::scratch();
-        let (cipher, mnt, passfile) = (tmp.path().join("cipher"), tmp.path().join("mnt"), tmp.path().join("pass"));
+        let cipher = tmp.path().join("cipher");
+        Self::init(tmp, cipher, None, init_args, env)
+    }
+
+    /// A new volume (default `init`) whose CIPHERDIR is on a disk, not tmpfs, mounted: for
+    /// what needs a page cache to miss. `None` (the test has nothing to run) where no
+    /// directory on a disk is found.
+    pub fn on_disk(prefix: &str) -> Option<Self> {
+        let disk = super::disk_scratch(prefix)?;
+        let cipher = disk.path().join("c");
+        Some(Self::init(super::scratch(), cipher, Some(disk), &[], Vec::new()))
+    }
+
+    fn init(
+        tmp: TempDir,
+        cipher: PathBuf,
+        disk: Option<TempDir>,
+        init_args: &[&str],
+        env: Vec<(String, std::ffi::OsString)>,
+    ) -> Self {
+        assert!(Path::new("/dev/fuse").exists(), "mount tests need /dev/fuse (CI provides it)");
+        let (mnt, passfile) = (tmp.path().join("mnt"), tmp.path().join("pass"));
         std::fs::create_dir(&mnt).unwrap();
         std::fs::write(&passfile, "mount test passphrase\n").unwrap();
         let mut args: Vec<&std::ffi::OsStr> =
             vec!["init".as_ref(), cipher.as_os_str(), "--passfile".as_ref(), passfile.as_os_str()];
         args.extend(init_args.iter().map(std::ffi::OsStr::new));
         ok(&evfs_env(&args, &env));
-        let mut m = MountFixture { tmp, cipher, mnt, passfile, env, mounted: false };
+        let mut m = MountFixture { tmp, cipher, mnt, passfile, env, mounted: false, _disk: disk };
         m.mount();
         m
     }
@@ -58,7 +81,7 @@ impl MountFixture {
     /// A fixture for a volume made elsewhere (on a file system of the test's own); not
     /// mounted yet.
     pub fn adopt_existing(cipher: PathBuf, mnt: PathBuf, passfile: PathBuf) -> Self {
-        MountFixture { tmp: super::scratch(), cipher, mnt, passfile, env: Vec::new(), mounted: false }
+        MountFixture { tmp: super::scratch(), cipher, mnt, passfile, env: Vec::new(), mounted: false, _disk: None }
     }
 
     pub fn mount(&mut self) {

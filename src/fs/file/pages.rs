@@ -184,28 +184,21 @@ impl FileState {
     /// a stream (`DataFile::stream_from`, which sets the readahead going in 2 MiB folios),
     /// and a short run ahead of its turn, whole (`POSIX_FADV_WILLNEED`).
     fn group_ahead(&self, inner: &Inner, first: u64, n: u64) {
+        // Not where there is no readahead to help (tmpfs: a fault there on a hole would even
+        // allocate a page).
         let bpe = self.core.layout.blocks_per_extent();
         let starts = first.div_ceil(bpe) * bpe;
-        if starts >= first + n {
+        if self.core.in_memory || starts >= first + n {
             return;
         }
-        let extents = inner.size.div_ceil(bpe * PAGE);
-        let hints = group_hints(starts / bpe, extents, bpe * PAGE);
-        let base = |e: u64| self.table(inner, e).map(|t| t.base() * PAGE);
-        // Not where the kernel's own readahead is moot (tmpfs: a fault there on a hole would
-        // even allocate a page), and not at a hole: a stream starts at written data.
-        let written = |e: u64| self.table(inner, e).is_some_and(|t| t.written().get(0));
-        if let Some(at) = hints.stream.filter(|&e| !self.core.in_memory && written(e)).and_then(base) {
-            if let Err(err) = self.data.stream_from(at) {
-                tracing::debug!(file = %self.name().display(), "read-ahead of a group: {err}");
-            }
-        }
-        if let Some((e, count)) = hints.whole.filter(|_| !self.core.in_memory) {
-            if let Some(at) = base(e) {
-                if let Err(err) = self.data.will_need(at, count * bpe * PAGE) {
-                    tracing::debug!(file = %self.name().display(), "read-ahead of a group: {err}");
-                }
-            }
+        let hints = group_hints(starts / bpe, inner.size.div_ceil(bpe * PAGE), bpe * PAGE);
+        // A stream starts at written data, not at a hole.
+        let stream = hints.stream.and_then(|e| self.table(inner, e)).filter(|t| t.written().get(0));
+        let r = stream.map(|t| self.data.stream_from(t.base() * PAGE));
+        let whole = hints.whole.and_then(|(e, count)| Some((self.table(inner, e)?, count)));
+        let w = whole.map(|(t, count)| self.data.will_need(t.base() * PAGE, count * bpe * PAGE));
+        for err in [r, w].into_iter().flatten().filter_map(|r| r.err()) {
+            tracing::debug!(file = %self.name().display(), "read-ahead of a group: {err}");
         }
     }
 
