@@ -14,8 +14,10 @@ TAR=$(realpath "$1"); ROUNDS=$2; shift 2
 [ "$(id -u)" -eq 0 ] || { echo "run as root (dropping caches needs it)" >&2; exit 1; }
 command -v bc >/dev/null || { echo "needs bc" >&2; exit 1; }
 out=$(mktemp) w=$(mktemp -d /var/tmp/evfs-cold-XXXX)
-cleanup() { mountpoint -q "$w/mnt" && fusermount3 -u "$w/mnt"; rm -rf "$w" "$out"; }
+source "$(dirname "$0")/lib/setup.sh"
+cleanup() { mountpoint -q "$w/mnt" && fusermount3 -u "$w/mnt"; steady_memory_end; rm -rf "$w" "$out"; }
 trap cleanup EXIT
+steady_memory
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 t() { local s; s=$(date +%s.%N); "$@" >/dev/null; echo "$(date +%s.%N) - $s" | bc; }
 echo pw > "$w/pass"; mkdir "$w/mnt"

@@ -59,9 +59,11 @@ cleanup() {
         mountpoint -q "$m" 2>/dev/null && fusermount3 -u "$m" 2>/dev/null || true
     done
     [ -z "$URING_WAS" ] || echo "$URING_WAS" > "$URING_KNOB" || true
+    steady_memory_end
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+steady_memory
 echo "bench passphrase" > "$WORK/pass"
 
 # The file systems: name, directory to benchmark in, daemon pid (none for ext4).

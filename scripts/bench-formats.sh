@@ -37,9 +37,11 @@ NAMES=()
 declare -A RESULT
 cleanup() {
     for n in "${NAMES[@]}"; do mountpoint -q "$WORK/m-$n" && fusermount3 -u "$WORK/m-$n" || true; done
+    steady_memory_end
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+steady_memory
 echo "bench passphrase" > "$WORK/pass"
 for spec in "$@"; do
     IFS=: read -r name format bin extent ra <<<"$spec"

@@ -42,9 +42,11 @@ URING_WAS=$(cat "$URING_KNOB" 2>/dev/null || true)
 cleanup() {
     for m in "$WORK"/mnt-*; do mountpoint -q "$m" 2>/dev/null && fusermount3 -u "$m" 2>/dev/null || true; done
     [ -z "$URING_WAS" ] || echo "$URING_WAS" > "$URING_KNOB" || true
+    steady_memory_end
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+steady_memory
 echo "bench passphrase" > "$WORK/pass"
 say "decompressing the Linux source tarball once"
 xz -dc /usr/src/linux-source-6.1.tar.xz > "$WORK/linux.tar"

@@ -37,9 +37,11 @@ WORK=$(mktemp -d -p /var/tmp evfs-seq.XXXXXX)
 export ENVELOPEFS_RUNTIME_DIR=$WORK/run ENVELOPEFS_STATE_DIR=$WORK/state
 cleanup() {
     for f in 1 2; do mountpoint -q "$WORK/m$f" 2>/dev/null && fusermount3 -u "$WORK/m$f" || true; done
+    steady_memory_end
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+steady_memory
 echo "bench passphrase" > "$WORK/pass"
 declare -A PID
 for f in 1 2; do

@@ -13,12 +13,15 @@ set -euo pipefail
 TAR=$(realpath "$1"); ROUNDS=$2; shift 2
 [ "$(id -u)" -eq 0 ] || { echo "run as root (dropping caches needs it)" >&2; exit 1; }
 command -v bc >/dev/null || { echo "needs bc" >&2; exit 1; }
+source "$(dirname "$0")/lib/setup.sh"
 out=$(mktemp) w=
 cleanup() {
     if [ -n "$w" ]; then mountpoint -q "$w/mnt" && fusermount3 -u "$w/mnt"; rm -rf "$w"; fi
+    steady_memory_end
     rm -f "$out"
 }
 trap cleanup EXIT
+steady_memory
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 t() { local s; s=$(date +%s.%N); "$@" >/dev/null; sync; echo "$(date +%s.%N) - $s" | bc; }
 for r in $(seq "$ROUNDS"); do

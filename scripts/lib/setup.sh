@@ -62,3 +62,38 @@ ensure_apt_pkg() {
     say "installing $1"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
 }
+
+# steady_memory: for benchmarks that drop caches. On a VM whose balloon driver reports free
+# pages to the host (virtio free page reporting, /sys/module/page_reporting), the page cache
+# that `drop_caches` frees is handed back to the host, and the next cold read that lands on
+# those pages faults on the host for each one: it copies at a fraction of its speed, in some
+# rounds and not others, for every file system alike (plain ext4 `dd`: 0.8-1.0 against
+# 1.8 GB/s in 2 rounds of 12; docs/BENCHMARKS.md, 2026-12-06). This stops the reporting for
+# the run (an order above the largest there is) and touches STEADY_MEMORY_GIB (default 6)
+# of memory once, so that the pages the run reuses are backed again. Call steady_memory_end
+# from the script's exit trap: it puts the reporting back. STEADY_MEMORY=0 leaves it all.
+STEADY_MEMORY_KNOB=/sys/module/page_reporting/parameters/page_reporting_order
+STEADY_MEMORY_WAS=""
+steady_memory() {
+    [ "${STEADY_MEMORY:-1}" = 0 ] && return 0
+    [ -w "$STEADY_MEMORY_KNOB" ] || return 0
+    STEADY_MEMORY_WAS=$(cat "$STEADY_MEMORY_KNOB")
+    # /proc/buddyinfo: "Node 0, zone NAME" and one count per order.
+    echo "$(awk 'NR == 1 { print NF - 4 }' /proc/buddyinfo)" > "$STEADY_MEMORY_KNOB"
+    local gib=${STEADY_MEMORY_GIB:-6} avail
+    avail=$(awk '/^MemAvailable:/ { print int($2 / 1048576) - 2 }' /proc/meminfo)
+    [ "$avail" -lt "$gib" ] && gib=$avail
+    [ "$gib" -gt 0 ] || return 0
+    say "free page reporting off for the run; touching $gib GiB once"
+    python3 -c '
+import mmap, sys
+n = int(sys.argv[1]) << 30
+m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+for i in range(0, n, 4096):
+    m[i] = 1
+' "$gib"
+}
+steady_memory_end() {
+    [ -n "$STEADY_MEMORY_WAS" ] && echo "$STEADY_MEMORY_WAS" > "$STEADY_MEMORY_KNOB"
+    STEADY_MEMORY_WAS=""
+}
