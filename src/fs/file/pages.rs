@@ -75,11 +75,14 @@ impl FileState {
     pub(super) fn load_pages(&self, inner: &Inner, first: u64, plain: &mut [u8]) -> Result<()> {
         let layout = self.core.layout;
         let n = plain.len() / BLOCK_SIZE;
-        match self.pages {
-            Some(Placement::Pairs) => self.read_ahead(inner, first, n as u64),
+        let next_group = match self.pages {
+            Some(Placement::Pairs) => {
+                self.read_ahead(inner, first, n as u64);
+                None
+            }
             Some(Placement::Groups) => self.group_ahead(inner, first, n as u64),
-            None => {}
-        }
+            None => None,
+        };
         let ciphers = self.ciphers_for_read(inner, first, n)?;
         let mut where_: Vec<Option<(u64, Seal)>> = Vec::with_capacity(n);
         for (i, c) in ciphers.iter().enumerate() {
@@ -94,6 +97,14 @@ impl FileState {
         }
         let result = self.read_and_open(&ciphers, &where_, &pages, first, &mut buf[..n * BLOCK_SIZE], plain);
         SLOTS.with(|b| *b.borrow_mut() = buf);
+        // After this read's own: asked before, the next group's pages went to the disk
+        // ahead of the pages the reader waits for (a cold first read of a format-2 file took
+        // 1.8-2.0 ms against format 1's 0.1-0.2).
+        if let Some((offset, len)) = next_group {
+            if let Err(e) = self.data.will_need(offset, len) {
+                tracing::debug!(file = %self.name().display(), "read-ahead of a group: {e}");
+            }
+        }
         result
     }
 
@@ -182,24 +193,25 @@ impl FileState {
     /// (254 here: 1016 KiB against 4 MiB). So a read that starts an extent hints the kernel
     /// as [`group_hints`] says: the start of a run longer than [`GROUP_AHEAD`] as the start of
     /// a stream (`DataFile::stream_from`, which sets the readahead going in 2 MiB folios),
-    /// and a short run ahead of its turn, whole (`POSIX_FADV_WILLNEED`).
-    fn group_ahead(&self, inner: &Inner, first: u64, n: u64) {
+    /// and a short run ahead of its turn, whole (`POSIX_FADV_WILLNEED`). The stream starts
+    /// here; the short run is returned (byte offset and length), for the caller to ask for
+    /// once its own read is done.
+    fn group_ahead(&self, inner: &Inner, first: u64, n: u64) -> Option<(u64, u64)> {
         // Not where there is no readahead to help (tmpfs: a fault there on a hole would even
         // allocate a page).
         let bpe = self.core.layout.blocks_per_extent();
         let starts = first.div_ceil(bpe) * bpe;
         if self.core.in_memory || starts >= first + n {
-            return;
+            return None;
         }
         let hints = group_hints(starts / bpe, inner.size.div_ceil(bpe * PAGE), bpe * PAGE);
         // A stream starts at written data, not at a hole.
         let stream = hints.stream.and_then(|e| self.table(inner, e)).filter(|t| t.written().get(0));
-        let r = stream.map(|t| self.data.stream_from(t.base() * PAGE));
-        let whole = hints.whole.and_then(|(e, count)| Some((self.table(inner, e)?, count)));
-        let w = whole.map(|(t, count)| self.data.will_need(t.base() * PAGE, count * bpe * PAGE));
-        for err in [r, w].into_iter().flatten().filter_map(|r| r.err()) {
-            tracing::debug!(file = %self.name().display(), "read-ahead of a group: {err}");
+        if let Some(Err(e)) = stream.map(|t| self.data.stream_from(t.base() * PAGE)) {
+            tracing::debug!(file = %self.name().display(), "read-ahead of a group: {e}");
         }
+        let (e, count) = hints.whole?;
+        self.table(inner, e).map(|t| (t.base() * PAGE, count * bpe * PAGE))
     }
 
     /// Seals `plain` (whole blocks from `first`, every one with its cipher in `keys`) into
