@@ -126,3 +126,36 @@ fn rotate_rekey_while_mounted_refuses_open_files() {
     assert_eq!(after.len(), 7);
     assert!(before.is_disjoint(&after), "every wrapped DEK was replaced");
 }
+
+/// A closed file's state stays loaded for a reopen (`Core::linger`); a rekey forgets the old
+/// one with its record, so the old data file put back at its name is refused as it would be
+/// after a remount, never read through the state kept from before.
+#[test]
+fn a_rekeyed_files_old_data_file_put_back_is_refused_by_the_volume_that_rekeyed_it() {
+    for cipher in CIPHERS {
+        let (_tmp, _dir, vol) = new_volume(cipher, 16);
+        let data = pattern(3, 150_000);
+        let f = vol.create(Path::new("secret"), 0o600).unwrap();
+        f.write_at(0, &data).unwrap();
+        f.close().unwrap();
+        let h = vol.open_file(Path::new("secret"), false).unwrap(); // read once: its state is kept
+        let mut back = vec![0u8; data.len()];
+        h.read_at(0, &mut back).unwrap();
+        drop(h);
+        assert!(vol.live_stats().unwrap().closed_kept >= 1, "{cipher:?}: the closed file's state is kept");
+        let backing = vol.backing_path(Path::new("secret")).unwrap();
+        let old = fs::read(&backing).unwrap();
+
+        vol.rekey(Path::new("secret")).unwrap();
+        fs::write(&backing, &old).unwrap(); // the old data file copied back over the new one
+
+        match vol.open_file(Path::new("secret"), false) {
+            Err(e) => assert!(e.to_string().contains("record"), "{cipher:?}: {e}"),
+            Ok(h) => {
+                let mut back = vec![0u8; data.len()];
+                let read = h.read_at(0, &mut back);
+                panic!("{cipher:?}: the rekeyed file's old data file opened (read: {:?})", read.map(|_| back == data));
+            }
+        }
+    }
+}

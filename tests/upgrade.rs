@@ -247,3 +247,35 @@ fn upgrade_refuses_a_tampered_set_and_format_2_refuses_the_old_unversioned_one()
     let err = vol.files_removed().unwrap_err().to_string();
     assert!(err.contains("not the set last committed"), "{err}");
 }
+
+/// A file with two names is converted once: the state its first name's conversion leaves
+/// is format 1's while its record is format 2's now, so it is not kept for the second name
+/// (`Core::linger`), which opens the converted record.
+#[test]
+fn a_file_with_two_links_is_converted_once_and_reads_back_at_both_names() {
+    same_volume_again();
+    let (_tmp, dir, vol) = new_volume_format(envelopefs::format::CipherKind::Aes256GcmSiv, 16, 1);
+    let data = pattern(5, 300_000);
+    let f = vol.create(Path::new("a"), 0o644).unwrap();
+    f.write_at(0, &data).unwrap();
+    f.close().unwrap();
+    vol.link(Path::new("a"), Path::new("b")).unwrap();
+    let read = |vol: &Volume, name: &str| {
+        let h = vol.open_file(Path::new(name), false).unwrap();
+        let mut back = vec![0u8; data.len()];
+        assert_eq!(h.read_at(0, &mut back).unwrap(), data.len());
+        back
+    };
+    assert!(read(&vol, "a") == data && read(&vol, "b") == data);
+
+    let report = vol.upgrade_to_pages(&mut |_| {}).unwrap();
+    assert!(report.left.is_empty(), "{:?}", report.left);
+    assert_eq!((report.converted, report.already), (1, 1), "one file, two names");
+    for name in ["a", "b"] {
+        assert!(read(&vol, name) == data, "{name} reads back after the upgrade, in the same volume");
+    }
+    drop(vol);
+    let vol = reopen(&dir);
+    assert!(read(&vol, "a") == data && read(&vol, "b") == data, "and after reopening it");
+    assert!(vol.fsck(false).unwrap().is_clean());
+}

@@ -262,6 +262,18 @@ impl FileState {
         self.read_inner().unlinked
     }
 
+    /// Whether this file's state may stay loaded after its last close (`Core::linger`): it
+    /// has a name, nothing to commit, and is not scratch (whose keys go with the boot).
+    pub(super) fn may_linger(&self) -> bool {
+        let inner = self.read_inner();
+        !inner.unlinked && !inner.meta_dirty && !self.scratch
+    }
+
+    /// How many extents this file's state holds (what keeping it loaded costs).
+    pub(super) fn extent_count(&self) -> usize {
+        self.read_inner().extents.len()
+    }
+
     fn name(&self) -> PathBuf {
         self.name.read().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -244,6 +244,7 @@ impl Volume {
             data_dir,
             root_id,
             open: Mutex::new(HashMap::new()),
+            lingering: Mutex::new(std::collections::VecDeque::new()),
             scratch_dirs: Default::default(),
             committer: Committer::new(),
             storage,

@@ -104,6 +104,8 @@ impl Volume {
             }
         };
         durable::sync_dir(at.path().parent().unwrap_or(dir))?;
+        // The old state may linger from the close above: its record is gone now.
+        self.core.forget_closed(&old_id);
         self.store().apply(&[Change::DeleteFile { id: &old_id }])?;
         self.keys().forget(&old_id, 0);
         Ok(size)

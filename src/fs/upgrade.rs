@@ -66,8 +66,12 @@ impl Volume {
                     EntryKind::Directory if scratch.contains(&path) => {}
                     EntryKind::Directory => dirs.push(path),
                     EntryKind::File => match self.open_file(&path, true).and_then(|f| {
-                        let converted = f.state.convert_to_pages();
-                        f.close().and(converted)
+                        let (id, converted) = (f.file_id(), f.state.convert_to_pages());
+                        let closed = f.close();
+                        // Its state is format 1's, its record format 2's now: a later open
+                        // (another link of it) loads the record, never the state.
+                        self.core.forget_closed(&id);
+                        closed.and(converted)
                     }) {
                         Ok(true) => {
                             report.converted += 1;

@@ -29,6 +29,12 @@ pub const DATA_DIR: &str = "data";
 pub(super) const DIR_ID_CACHE: usize = 65_536;
 /// File ids cached before the cache starts over.
 const FILE_ID_CACHE: usize = 262_144;
+/// Closed files whose state is kept for a reopen (`Core::linger`), at most; each keeps its
+/// data file open.
+const LINGER_FILES: usize = 64;
+/// Extents those states hold together, at most (a format-2 extent's table is up to 7.2 KiB:
+/// some 60 MiB at 1 MiB extents).
+const LINGER_EXTENTS: usize = 8_192;
 
 /// Options for `init`.
 #[derive(Debug, Clone)]
@@ -78,6 +84,8 @@ pub struct LiveStats {
     pub files: u64,
     pub wrapped_deks: u64,
     pub open_files: usize,
+    /// Closed files whose state is kept for a reopen (`Core::linger`).
+    pub closed_kept: usize,
     pub cache: crate::keys::CacheStats,
 }
 
@@ -110,8 +118,13 @@ pub(super) struct Core {
     pub(super) cipher_code: u8,
     pub(super) data_dir: PathBuf,
     pub(super) root_id: [u8; 16],
-    /// Open files by id, with their handle count.
+    /// Open files by id, with their handle count. A count of 0 is a file closed with its
+    /// commit queued (parked) or one closed lately whose state is kept for a reopen
+    /// (lingering, below).
     pub(super) open: Mutex<HashMap<FileId, (Arc<FileState>, usize)>>,
+    /// The lingering files, the longest closed first (see `Core::linger`; locked only with
+    /// `open` locked first).
+    pub(super) lingering: Mutex<std::collections::VecDeque<FileId>>,
     /// Scratch directories of this mount (relative paths; `""` is the whole volume).
     pub(super) scratch_dirs: std::sync::RwLock<Vec<PathBuf>>,
     pub(super) committer: Committer,
@@ -182,9 +195,74 @@ impl Core {
             Some(_) => {}
             None => return Ok(()),
         }
-        // The table stays locked until the commit is done, so a reopen reads the new rows.
-        table.remove(&state.id);
-        state.release()
+        // The table stays locked until the commit is done, so a reopen finds the new state.
+        let released = state.release();
+        match table.get_mut(&state.id) {
+            Some((_, count)) if released.is_ok() && state.may_linger() => {
+                *count = 0;
+                self.linger(&mut table, state);
+            }
+            _ => {
+                table.remove(&state.id);
+            }
+        }
+        released
+    }
+
+    /// Keeps the state of `state`, just closed and committed, in the table with no handle, so
+    /// that a reopen finds it loaded instead of reading and authenticating its record again
+    /// (a format-2 file's record holds every block's seal: 3.6 MiB and some 8 ms cold for
+    /// 512 MiB, docs/BENCHMARKS.md). As the kernel keeps a closed file's inode. Every change
+    /// to a file goes through its state while it is in the table (as for an open file: a
+    /// rotation re-wraps it, an unlink or a rename over it removes it, `rekey` forgets it);
+    /// the longest-closed leave past [`LINGER_FILES`] files or [`LINGER_EXTENTS`] extents,
+    /// and all of them when the volume is dropped. `table` is the locked table.
+    fn linger(&self, table: &mut HashMap<FileId, (Arc<FileState>, usize)>, state: &Arc<FileState>) {
+        let mut order = self.lingering.lock().unwrap_or_else(|p| p.into_inner());
+        order.retain(|id| id != &state.id);
+        if state.extent_count() > LINGER_EXTENTS {
+            table.remove(&state.id); // alone past the bound: it would only push the others out
+            return;
+        }
+        order.push_back(state.id);
+        let kept = |table: &HashMap<FileId, (Arc<FileState>, usize)>, id: &FileId| match table.get(id) {
+            Some((s, 0)) => s.extent_count(),
+            _ => 0,
+        };
+        let mut extents: usize = order.iter().map(|id| kept(table, id)).sum();
+        while order.len() > LINGER_FILES || extents > LINGER_EXTENTS {
+            let Some(oldest) = order.pop_front() else { break };
+            if matches!(table.get(&oldest), Some((s, 0)) if s.may_linger()) {
+                extents -= kept(table, &oldest);
+                table.remove(&oldest);
+            }
+        }
+    }
+
+    /// A reopen of a lingering file: it is open again, no longer lingering.
+    fn unlinger(&self, id: &FileId) {
+        self.lingering.lock().unwrap_or_else(|p| p.into_inner()).retain(|x| x != id);
+    }
+
+    /// Forgets the state of file `id` if it lingers (its record was removed behind it:
+    /// `rekey`). An open file's state stays (its handles hold it).
+    pub(super) fn forget_closed(&self, id: &FileId) {
+        let mut table = self.open_table();
+        if matches!(table.get(id), Some((s, 0)) if s.may_linger()) {
+            table.remove(id);
+            self.unlinger(id);
+        }
+    }
+
+    /// Lets go of every lingering state (they hold this core, and with it the keys).
+    fn forget_all_closed(&self) {
+        let mut table = self.open_table();
+        let order = std::mem::take(&mut *self.lingering.lock().unwrap_or_else(|p| p.into_inner()));
+        for id in order {
+            if matches!(table.get(&id), Some((s, 0)) if s.may_linger()) {
+                table.remove(&id);
+            }
+        }
     }
 
     /// A file with no name and no handle: its space goes back now, its keys (by id, which
@@ -200,7 +278,10 @@ impl Core {
         let mut table = self.open_table();
         for s in files {
             if matches!(table.get(&s.id), Some((st, 0)) if Arc::ptr_eq(st, s)) && !s.needs_commit() {
-                table.remove(&s.id);
+                match s.may_linger() {
+                    true => self.linger(&mut table, s),
+                    false => drop(table.remove(&s.id)),
+                }
             }
         }
     }
@@ -332,7 +413,8 @@ impl Volume {
             kek_since: kek_since(&self.core.store)?,
             files,
             wrapped_deks,
-            open_files: self.core.open_table().len(),
+            open_files: self.core.open_table().values().filter(|(_, handles)| *handles > 0).count(),
+            closed_kept: self.core.lingering.lock().unwrap_or_else(|p| p.into_inner()).len(),
             cache: self.core.keys.cache_stats(),
         })
     }
@@ -743,6 +825,9 @@ impl Volume {
         let mut table = self.core.open_table();
         let state = match table.get_mut(&id) {
             Some((state, count)) => {
+                if *count == 0 {
+                    self.core.unlinger(&id);
+                }
                 *count += 1;
                 state.clone()
             }
@@ -831,6 +916,7 @@ impl Volume {
                 state.mark_unlinked();
                 if parked {
                     table.remove(id);
+                    self.core.unlinger(id);
                     drop(table);
                     self.core.forget_unlinked(&state);
                 }
@@ -985,6 +1071,15 @@ impl Volume {
 
 impl Drop for Volume {
     fn drop(&mut self) {
+        self.close_out();
+        // Lingering states hold the core, and with it the keys: they go with the volume.
+        self.core.forget_all_closed();
+    }
+}
+
+impl Volume {
+    /// What dropping the volume commits and marks.
+    fn close_out(&self) {
         self.core.committer.stop();
         self.core.trash.stop();
         if self.dark.get().is_some() {
