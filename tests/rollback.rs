@@ -207,3 +207,33 @@ fn a_copy_from_before_the_upgrade_is_refused_naming_the_anchor_until_accepted() 
     m.mount(); // accepted: the anchor no longer counts changes of this volume
     assert_eq!(fs::read(m.p("f")).unwrap(), b"written at format 1");
 }
+
+/// A closed file's state stays loaded for a reopen (`fs::linger`), holding the data file it
+/// was loaded from. An older copy of that data file renamed over it in the backing tree is
+/// another file: the reopen loads it afresh, and the block rewritten since reads as an
+/// integrity error, not as what the kept state's own descriptor would still read.
+#[test]
+fn an_older_data_file_renamed_over_a_closed_file_kept_loaded_is_not_read_through_the_kept_state() {
+    let (_tmp, _dir, vol) = common::new_volume(envelopefs::format::CipherKind::Aes256GcmSiv, 16);
+    let name = Path::new("f");
+    let f = vol.create(name, 0o644).unwrap();
+    f.write_at(0, &pattern(1, 40 * 4096)).unwrap();
+    f.close().unwrap();
+    let data = vol.backing_path(name).unwrap();
+    let old = fs::read(&data).unwrap();
+    let f = vol.open_file(name, true).unwrap();
+    f.write_at(4096, &pattern(2, 4096)).unwrap(); // block 1, to its other page
+    f.close().unwrap();
+    assert!(vol.live_stats().unwrap().closed_kept >= 1, "the closed file's state is kept");
+
+    let aside = data.with_file_name("older-copy");
+    fs::write(&aside, &old).unwrap();
+    fs::rename(&aside, &data).unwrap();
+
+    let f = vol.open_file(name, false).unwrap();
+    let mut block = vec![0u8; 4096];
+    match f.read_at(4096, &mut block) {
+        Err(e) => assert!(e.to_string().contains("authenticat"), "{e}"),
+        Ok(_) => panic!("block 1 read through the state kept from before the older copy came"),
+    }
+}

@@ -142,35 +142,36 @@ fn large_parallel_write_and_read_across_extents() {
     }
 }
 
-/// A closed file's state is kept for a reopen (`Core::linger`), within bounds: at most 64
-/// files, and a file of more extents than the bound allows all of them is not kept, nor does
-/// it push the others out. Kept or not, every file reads back, and none counts as open.
+/// A closed file's state is kept for a reopen (`fs::linger`), 64 files at most (the bytes
+/// bound: `fs::linger::tests`). Kept or not, every file reads back and none counts as open;
+/// a kept file unlinked leaves nothing kept and its keys go.
 #[test]
 fn closed_files_are_kept_for_a_reopen_within_bounds() {
     let (_tmp, dir, vol) = new_volume(CipherKind::Aes256GcmSiv, 12); // 4 KiB extents
-    let read = |vol: &envelopefs::fs::Volume, name: &str, len: usize| {
+    let read = |vol: &envelopefs::fs::Volume, name: &str| {
         let h = vol.open_file(Path::new(name), false).unwrap();
-        let mut back = vec![0u8; len];
-        assert_eq!(h.read_at(0, &mut back).unwrap(), len, "{name}");
+        let mut back = vec![0u8; 9_000];
+        assert_eq!(h.read_at(0, &mut back).unwrap(), 9_000, "{name}");
         back
     };
+    let mut ids = Vec::new();
     for i in 0..70u64 {
         let f = vol.create(Path::new(&format!("f{i}")), 0o644).unwrap();
         f.write_at(0, &pattern(i, 9_000)).unwrap();
+        ids.push(f.file_id());
         f.close().unwrap();
     }
     let stats = vol.live_stats().unwrap();
     assert_eq!((stats.open_files, stats.closed_kept), (0, 64));
     for i in [0u64, 5, 69] {
-        assert!(read(&vol, &format!("f{i}"), 9_000) == pattern(i, 9_000), "f{i}");
+        assert!(read(&vol, &format!("f{i}")) == pattern(i, 9_000), "f{i}");
     }
-    let big = pattern(99, 8_193 * 4096);
-    let f = vol.create(Path::new("big"), 0o644).unwrap();
-    f.write_at(0, &big).unwrap();
-    f.close().unwrap();
-    assert_eq!(vol.live_stats().unwrap().closed_kept, 64, "8,193 extents alone: not kept");
-    assert!(read(&vol, "big", big.len()) == big);
+    assert_eq!(vol.live_stats().unwrap().closed_kept, 64);
+    vol.unlink(Path::new("f69")).unwrap();
+    vol.flush_pending().unwrap();
+    assert_eq!(vol.live_stats().unwrap().closed_kept, 63, "an unlinked file is not kept");
+    assert!(vol.store().load(&ids[69]).unwrap().is_none(), "its keys went with its last name");
     drop(vol);
     let vol = reopen(&dir);
-    assert!(read(&vol, "big", big.len()) == big && read(&vol, "f7", 9_000) == pattern(7, 9_000));
+    assert!(read(&vol, "f7") == pattern(7, 9_000) && read(&vol, "f0") == pattern(0, 9_000));
 }

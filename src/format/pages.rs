@@ -129,6 +129,12 @@ pub struct BlockTable {
 }
 
 impl BlockTable {
+    /// About the bytes this table holds in memory.
+    pub fn heap_bytes(&self) -> usize {
+        let bits = self.written.as_bytes().len();
+        self.seals.len() + 5 * bits + self.durable_seals.len() * std::mem::size_of::<(usize, Seal)>()
+    }
+
     /// An empty table whose area starts at page `base`, slot 1 `stride` pages after slot 0.
     pub fn new(base: u64, blocks: u64, stride: u64) -> Self {
         BlockTable {

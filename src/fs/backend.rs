@@ -82,6 +82,10 @@ pub trait DataFile: Send + Sync {
     fn metadata(&self) -> io::Result<std::fs::Metadata> {
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
+    /// Whether this data file was opened for writing (the default, a test backend: no).
+    fn writable(&self) -> bool {
+        false
+    }
     /// Starts writing `len` bytes at `offset` back to the disk, without waiting for it or
     /// making anything durable (a hint: the default does nothing).
     fn start_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
@@ -114,6 +118,11 @@ impl DataFile for File {
 
     fn metadata(&self) -> io::Result<std::fs::Metadata> {
         File::metadata(self)
+    }
+
+    fn writable(&self) -> bool {
+        nix::fcntl::fcntl(self, nix::fcntl::FcntlArg::F_GETFL)
+            .is_ok_and(|f| f & nix::libc::O_ACCMODE != nix::libc::O_RDONLY)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {

@@ -2,7 +2,8 @@
 //! files' keys) is committed in batches, not one store transaction and two fsyncs per file.
 //!
 //! A closed file with pending metadata stays in the open-file table ("parked", no handles) so
-//! a reopen sees its in-memory state. A background thread takes every parked file and queued
+//! a reopen sees its in-memory state; once committed it may stay there, kept for a reopen
+//! (`fs::linger`). A background thread takes every parked file and queued
 //! deletion about 100 ms after the first arrives and flushes them together: snapshot each
 //! file's metadata, `syncfs` the backing file system once (so every block the snapshots refer
 //! to is durable — the ordering invariant of `file.rs`), then one store transaction. Each

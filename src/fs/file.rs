@@ -269,9 +269,28 @@ impl FileState {
         !inner.unlinked && !inner.meta_dirty && !self.scratch
     }
 
-    /// How many extents this file's state holds (what keeping it loaded costs).
-    pub(super) fn extent_count(&self) -> usize {
-        self.read_inner().extents.len()
+    /// About what this file's state holds in memory (what keeping it loaded costs).
+    pub(super) fn kept_bytes(&self) -> usize {
+        let inner = self.read_inner();
+        let blocks = |b: &Blocks| match b {
+            Blocks::Slots(w) => w.as_bytes().len(),
+            Blocks::Pages(t) => t.heap_bytes(),
+        };
+        inner.extents.values().map(|x| 64 + x.wrapped.len() + blocks(&x.blocks)).sum()
+    }
+
+    /// Whether this state, kept since its last close, may serve an open that opened `fresh`:
+    /// only through the same data file (not one put at its name since, whose record must be
+    /// checked), and for a writer only if it holds that file writable. A backend that cannot
+    /// tell says no (the state is loaded again).
+    pub(super) fn may_serve(&self, fresh: &dyn DataFile) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self.data.metadata(), fresh.metadata()) {
+            (Ok(kept), Ok(new)) => {
+                (kept.dev(), kept.ino()) == (new.dev(), new.ino()) && (self.data.writable() || !fresh.writable())
+            }
+            _ => false,
+        }
     }
 
     fn name(&self) -> PathBuf {

@@ -16,6 +16,7 @@ mod file;
 mod file_set;
 mod fsck;
 mod inode_fs;
+mod linger;
 mod links;
 mod listing;
 mod meta;

@@ -244,7 +244,7 @@ impl Volume {
             data_dir,
             root_id,
             open: Mutex::new(HashMap::new()),
-            lingering: Mutex::new(std::collections::VecDeque::new()),
+            lingering: Default::default(),
             scratch_dirs: Default::default(),
             committer: Committer::new(),
             storage,

@@ -98,14 +98,16 @@ impl Volume {
         let size = match swapped {
             Ok(size) => size,
             Err(e) => {
+                // The copy goes with the state its close kept (`fs::linger`).
+                self.core.forget_closed(&new_id);
                 let _ = fs::remove_file(tmp_at.path());
                 let _ = self.store().apply(&[Change::DeleteFile { id: &new_id }]);
                 return Err(e);
             }
         };
-        durable::sync_dir(at.path().parent().unwrap_or(dir))?;
-        // The old state may linger from the close above: its record is gone now.
+        // The old state, kept by its close above, goes before its record does.
         self.core.forget_closed(&old_id);
+        durable::sync_dir(at.path().parent().unwrap_or(dir))?;
         self.store().apply(&[Change::DeleteFile { id: &old_id }])?;
         self.keys().forget(&old_id, 0);
         Ok(size)

@@ -29,12 +29,6 @@ pub const DATA_DIR: &str = "data";
 pub(super) const DIR_ID_CACHE: usize = 65_536;
 /// File ids cached before the cache starts over.
 const FILE_ID_CACHE: usize = 262_144;
-/// Closed files whose state is kept for a reopen (`Core::linger`), at most; each keeps its
-/// data file open.
-const LINGER_FILES: usize = 64;
-/// Extents those states hold together, at most (a format-2 extent's table is up to 7.2 KiB:
-/// some 60 MiB at 1 MiB extents).
-const LINGER_EXTENTS: usize = 8_192;
 
 /// Options for `init`.
 #[derive(Debug, Clone)]
@@ -120,11 +114,10 @@ pub(super) struct Core {
     pub(super) root_id: [u8; 16],
     /// Open files by id, with their handle count. A count of 0 is a file closed with its
     /// commit queued (parked) or one closed lately whose state is kept for a reopen
-    /// (lingering, below).
+    /// (`lingering`).
     pub(super) open: Mutex<HashMap<FileId, (Arc<FileState>, usize)>>,
-    /// The lingering files, the longest closed first (see `Core::linger`; locked only with
-    /// `open` locked first).
-    pub(super) lingering: Mutex<std::collections::VecDeque<FileId>>,
+    /// Which of the files with no handle are closed ones kept loaded (`fs::linger`).
+    pub(super) lingering: super::linger::Lingering,
     /// Scratch directories of this mount (relative paths; `""` is the whole volume).
     pub(super) scratch_dirs: std::sync::RwLock<Vec<PathBuf>>,
     pub(super) committer: Committer,
@@ -198,7 +191,7 @@ impl Core {
         // The table stays locked until the commit is done, so a reopen finds the new state.
         let released = state.release();
         match table.get_mut(&state.id) {
-            Some((_, count)) if released.is_ok() && state.may_linger() => {
+            Some((_, count)) if released.is_ok() => {
                 *count = 0;
                 self.linger(&mut table, state);
             }
@@ -209,60 +202,17 @@ impl Core {
         released
     }
 
-    /// Keeps the state of `state`, just closed and committed, in the table with no handle, so
-    /// that a reopen finds it loaded instead of reading and authenticating its record again
-    /// (a format-2 file's record holds every block's seal: 3.6 MiB and some 8 ms cold for
-    /// 512 MiB, docs/BENCHMARKS.md). As the kernel keeps a closed file's inode. Every change
-    /// to a file goes through its state while it is in the table (as for an open file: a
-    /// rotation re-wraps it, an unlink or a rename over it removes it, `rekey` forgets it);
-    /// the longest-closed leave past [`LINGER_FILES`] files or [`LINGER_EXTENTS`] extents,
-    /// and all of them when the volume is dropped. `table` is the locked table.
-    fn linger(&self, table: &mut HashMap<FileId, (Arc<FileState>, usize)>, state: &Arc<FileState>) {
-        let mut order = self.lingering.lock().unwrap_or_else(|p| p.into_inner());
-        order.retain(|id| id != &state.id);
-        if state.extent_count() > LINGER_EXTENTS {
-            table.remove(&state.id); // alone past the bound: it would only push the others out
-            return;
-        }
-        order.push_back(state.id);
-        let kept = |table: &HashMap<FileId, (Arc<FileState>, usize)>, id: &FileId| match table.get(id) {
-            Some((s, 0)) => s.extent_count(),
-            _ => 0,
-        };
-        let mut extents: usize = order.iter().map(|id| kept(table, id)).sum();
-        while order.len() > LINGER_FILES || extents > LINGER_EXTENTS {
-            let Some(oldest) = order.pop_front() else { break };
-            if matches!(table.get(&oldest), Some((s, 0)) if s.may_linger()) {
-                extents -= kept(table, &oldest);
-                table.remove(&oldest);
-            }
-        }
+    /// Keeps `state`, closed with nothing to commit and in the locked `table` with no
+    /// handle, for a reopen (`fs::linger`).
+    fn linger(&self, table: &mut super::linger::Table, state: &Arc<FileState>) {
+        self.lingering.keep(table, state);
     }
 
-    /// A reopen of a lingering file: it is open again, no longer lingering.
-    fn unlinger(&self, id: &FileId) {
-        self.lingering.lock().unwrap_or_else(|p| p.into_inner()).retain(|x| x != id);
-    }
-
-    /// Forgets the state of file `id` if it lingers (its record was removed behind it:
-    /// `rekey`). An open file's state stays (its handles hold it).
+    /// Forgets the state of file `id` if it is kept closed (its record was changed or
+    /// removed behind it: `rekey`, `upgrade`).
     pub(super) fn forget_closed(&self, id: &FileId) {
         let mut table = self.open_table();
-        if matches!(table.get(id), Some((s, 0)) if s.may_linger()) {
-            table.remove(id);
-            self.unlinger(id);
-        }
-    }
-
-    /// Lets go of every lingering state (they hold this core, and with it the keys).
-    fn forget_all_closed(&self) {
-        let mut table = self.open_table();
-        let order = std::mem::take(&mut *self.lingering.lock().unwrap_or_else(|p| p.into_inner()));
-        for id in order {
-            if matches!(table.get(&id), Some((s, 0)) if s.may_linger()) {
-                table.remove(&id);
-            }
-        }
+        self.lingering.forget(&mut table, id);
     }
 
     /// A file with no name and no handle: its space goes back now, its keys (by id, which
@@ -273,15 +223,13 @@ impl Core {
         self.committer.delete(state.id);
     }
 
-    /// After a group commit: parked files that are clean and still unopened leave the table.
+    /// After a group commit: parked files that are clean and still unopened are kept closed
+    /// (`fs::linger`) or leave the table.
     pub(super) fn unpark(&self, files: &[Arc<FileState>]) {
         let mut table = self.open_table();
         for s in files {
             if matches!(table.get(&s.id), Some((st, 0)) if Arc::ptr_eq(st, s)) && !s.needs_commit() {
-                match s.may_linger() {
-                    true => self.linger(&mut table, s),
-                    false => drop(table.remove(&s.id)),
-                }
+                self.linger(&mut table, s);
             }
         }
     }
@@ -413,8 +361,8 @@ impl Volume {
             kek_since: kek_since(&self.core.store)?,
             files,
             wrapped_deks,
-            open_files: self.core.open_table().values().filter(|(_, handles)| *handles > 0).count(),
-            closed_kept: self.core.lingering.lock().unwrap_or_else(|p| p.into_inner()).len(),
+            open_files: self.core.open_table().len().saturating_sub(self.core.lingering.len()),
+            closed_kept: self.core.lingering.len(),
             cache: self.core.keys.cache_stats(),
         })
     }
@@ -823,10 +771,14 @@ impl Volume {
             self.core.store.warm(); // its rows may be read now (not under the table's lock)
         }
         let mut table = self.core.open_table();
+        // A kept state serves only the data file it was loaded from (`fs::linger`).
+        if matches!(table.get(&id), Some((s, 0)) if s.may_linger() && !s.may_serve(&*file)) {
+            self.core.lingering.forget(&mut table, &id);
+        }
         let state = match table.get_mut(&id) {
             Some((state, count)) => {
                 if *count == 0 {
-                    self.core.unlinger(&id);
+                    self.core.lingering.reopened(&id);
                 }
                 *count += 1;
                 state.clone()
@@ -916,7 +868,7 @@ impl Volume {
                 state.mark_unlinked();
                 if parked {
                     table.remove(id);
-                    self.core.unlinger(id);
+                    self.core.lingering.reopened(id);
                     drop(table);
                     self.core.forget_unlinked(&state);
                 }
@@ -1072,8 +1024,8 @@ impl Volume {
 impl Drop for Volume {
     fn drop(&mut self) {
         self.close_out();
-        // Lingering states hold the core, and with it the keys: they go with the volume.
-        self.core.forget_all_closed();
+        // Kept states hold the core, and with it the keys: they go with the volume.
+        self.core.lingering.close(&mut self.core.open_table());
     }
 }
 
