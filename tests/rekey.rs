@@ -127,7 +127,7 @@ fn rotate_rekey_while_mounted_refuses_open_files() {
     assert!(before.is_disjoint(&after), "every wrapped DEK was replaced");
 }
 
-/// A closed file's state stays loaded for a reopen (`Core::linger`); a rekey forgets the old
+/// A closed file's state stays loaded for a reopen (`fs::linger`); a rekey forgets the old
 /// one with its record, so the old data file put back at its name is refused as it would be
 /// after a remount, never read through the state kept from before.
 #[test]

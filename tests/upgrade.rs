@@ -250,7 +250,7 @@ fn upgrade_refuses_a_tampered_set_and_format_2_refuses_the_old_unversioned_one()
 
 /// A file with two names is converted once: the state its first name's conversion leaves
 /// is format 1's while its record is format 2's now, so it is not kept for the second name
-/// (`Core::linger`), which opens the converted record.
+/// (`fs::linger`), which opens the converted record.
 #[test]
 fn a_file_with_two_links_is_converted_once_and_reads_back_at_both_names() {
     same_volume_again();

@@ -307,6 +307,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_tables_heap_bytes_grow_with_its_seals() {
+        let mut t = Placement::Groups.new_table(1, 0, 256);
+        let empty = t.heap_bytes();
+        for i in 0..256 {
+            t.record(i, &[1; SEAL_LEN]);
+        }
+        assert!(t.heap_bytes() >= empty + 256 * SEAL_LEN, "{} against {empty}", t.heap_bytes());
+    }
+
+    #[test]
     fn rewrites_never_touch_the_durable_page() {
         let b = 4u64;
         let mut t = Placement::Pairs.new_table(1, 1, b);

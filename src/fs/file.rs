@@ -262,7 +262,7 @@ impl FileState {
         self.read_inner().unlinked
     }
 
-    /// Whether this file's state may stay loaded after its last close (`Core::linger`): it
+    /// Whether this file's state may stay loaded after its last close (`fs::linger`): it
     /// has a name, nothing to commit, and is not scratch (whose keys go with the boot).
     pub(super) fn may_linger(&self) -> bool {
         let inner = self.read_inner();
@@ -279,15 +279,16 @@ impl FileState {
         inner.extents.values().map(|x| 64 + x.wrapped.len() + blocks(&x.blocks)).sum()
     }
 
-    /// Whether this state, kept since its last close, may serve an open that opened `fresh`:
-    /// only through the same data file (not one put at its name since, whose record must be
-    /// checked), and for a writer only if it holds that file writable. A backend that cannot
-    /// tell says no (the state is loaded again).
-    pub(super) fn may_serve(&self, fresh: &dyn DataFile) -> bool {
+    /// Whether this state, kept since its last close, may serve an open that opened `fresh`
+    /// (`writer`: to write): only through the same data file (not one put at its name since,
+    /// whose record must be checked), and a writer only if it holds that file writable. A
+    /// backend that cannot tell which file it holds (no `metadata`) says no: the state is
+    /// loaded again.
+    pub(super) fn may_serve(&self, fresh: &dyn DataFile, writer: bool) -> bool {
         use std::os::unix::fs::MetadataExt;
         match (self.data.metadata(), fresh.metadata()) {
             (Ok(kept), Ok(new)) => {
-                (kept.dev(), kept.ino()) == (new.dev(), new.ino()) && (self.data.writable() || !fresh.writable())
+                (kept.dev(), kept.ino()) == (new.dev(), new.ino()) && (!writer || self.data.writable())
             }
             _ => false,
         }

@@ -8,7 +8,8 @@
 //! over it removes it, and what changes a record without it forgets it (`rekey`,
 //! `upgrade`). It serves a reopen only through the data file it was loaded from, and a
 //! writer only if it holds that file writable ([`FileState::may_serve`]): a data file put at
-//! its name in the backing tree is loaded afresh, its record checked. Rows changed behind
+//! its name in the backing tree is loaded afresh, its record checked. (A parked file, its
+//! commit still queued, is an open file's state, served as before.) Rows changed behind
 //! the volume's back are found at the state's next load, as an open file's are. States go
 //! oldest first past [`FILES`] files or [`BYTES`] of tables, and all of them when the
 //! volume is dropped; nothing is kept after that (they hold the volume's core, and through
@@ -40,7 +41,7 @@ pub(super) struct Lingering {
 }
 
 /// Whether file `id` is kept in `table` (no handle, nothing to commit).
-fn kept(table: &Table, id: &FileId) -> bool {
+pub(super) fn kept(table: &Table, id: &FileId) -> bool {
     matches!(table.get(id), Some((s, 0)) if s.may_linger())
 }
 
@@ -61,7 +62,7 @@ impl Lingering {
         self.order.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How many files are kept.
+    /// How many files are kept (ask with the table locked, for a count that matches it).
     pub(super) fn len(&self) -> usize {
         self.order().len()
     }
@@ -71,8 +72,12 @@ impl Lingering {
     pub(super) fn keep(&self, table: &mut Table, state: &Arc<FileState>) {
         let mut order = self.order();
         order.retain(|(id, _)| id != &state.id);
+        if !state.may_linger() || self.closed.load(Ordering::Acquire) {
+            table.remove(&state.id);
+            return;
+        }
         let bytes = state.kept_bytes();
-        if !state.may_linger() || bytes > BYTES || self.closed.load(Ordering::Acquire) {
+        if bytes > BYTES {
             table.remove(&state.id);
             return;
         }

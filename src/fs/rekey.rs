@@ -94,7 +94,7 @@ impl Volume {
             }
             Ok(size)
         });
-        old.close()?;
+        let closed = old.close();
         let size = match swapped {
             Ok(size) => size,
             Err(e) => {
@@ -102,11 +102,12 @@ impl Volume {
                 self.core.forget_closed(&new_id);
                 let _ = fs::remove_file(tmp_at.path());
                 let _ = self.store().apply(&[Change::DeleteFile { id: &new_id }]);
-                return Err(e);
+                return closed.and(Err(e));
             }
         };
         // The old state, kept by its close above, goes before its record does.
         self.core.forget_closed(&old_id);
+        closed?;
         durable::sync_dir(at.path().parent().unwrap_or(dir))?;
         self.store().apply(&[Change::DeleteFile { id: &old_id }])?;
         self.keys().forget(&old_id, 0);

@@ -78,7 +78,7 @@ pub struct LiveStats {
     pub files: u64,
     pub wrapped_deks: u64,
     pub open_files: usize,
-    /// Closed files whose state is kept for a reopen (`Core::linger`).
+    /// Closed files whose state is kept for a reopen (`fs::linger`).
     pub closed_kept: usize,
     pub cache: crate::keys::CacheStats,
 }
@@ -98,7 +98,7 @@ pub(super) fn kek_since(store: &Store) -> Result<Option<u64>> {
 }
 
 /// The locked table of open files (by id, with their handle counts).
-pub(super) type OpenTable<'a> = std::sync::MutexGuard<'a, HashMap<FileId, (Arc<FileState>, usize)>>;
+pub(super) type OpenTable<'a> = std::sync::MutexGuard<'a, super::linger::Table>;
 
 /// Parts shared by the volume and its open files.
 pub(super) struct Core {
@@ -115,7 +115,7 @@ pub(super) struct Core {
     /// Open files by id, with their handle count. A count of 0 is a file closed with its
     /// commit queued (parked) or one closed lately whose state is kept for a reopen
     /// (`lingering`).
-    pub(super) open: Mutex<HashMap<FileId, (Arc<FileState>, usize)>>,
+    pub(super) open: Mutex<super::linger::Table>,
     /// Which of the files with no handle are closed ones kept loaded (`fs::linger`).
     pub(super) lingering: super::linger::Lingering,
     /// Scratch directories of this mount (relative paths; `""` is the whole volume).
@@ -193,19 +193,13 @@ impl Core {
         match table.get_mut(&state.id) {
             Some((_, count)) if released.is_ok() => {
                 *count = 0;
-                self.linger(&mut table, state);
+                self.lingering.keep(&mut table, state);
             }
             _ => {
                 table.remove(&state.id);
             }
         }
         released
-    }
-
-    /// Keeps `state`, closed with nothing to commit and in the locked `table` with no
-    /// handle, for a reopen (`fs::linger`).
-    fn linger(&self, table: &mut super::linger::Table, state: &Arc<FileState>) {
-        self.lingering.keep(table, state);
     }
 
     /// Forgets the state of file `id` if it is kept closed (its record was changed or
@@ -229,7 +223,7 @@ impl Core {
         let mut table = self.open_table();
         for s in files {
             if matches!(table.get(&s.id), Some((st, 0)) if Arc::ptr_eq(st, s)) && !s.needs_commit() {
-                self.linger(&mut table, s);
+                self.lingering.keep(&mut table, s);
             }
         }
     }
@@ -357,12 +351,16 @@ impl Volume {
     /// Counters for `status` (safe to call while the volume is in use).
     pub fn live_stats(&self) -> Result<LiveStats> {
         let (files, wrapped_deks) = self.core.store.counts()?;
+        let (in_table, closed_kept) = {
+            let table = self.core.open_table();
+            (table.len(), self.core.lingering.len())
+        };
         Ok(LiveStats {
             kek_since: kek_since(&self.core.store)?,
             files,
             wrapped_deks,
-            open_files: self.core.open_table().len().saturating_sub(self.core.lingering.len()),
-            closed_kept: self.core.lingering.len(),
+            open_files: in_table.saturating_sub(closed_kept),
+            closed_kept,
             cache: self.core.keys.cache_stats(),
         })
     }
@@ -772,7 +770,7 @@ impl Volume {
         }
         let mut table = self.core.open_table();
         // A kept state serves only the data file it was loaded from (`fs::linger`).
-        if matches!(table.get(&id), Some((s, 0)) if s.may_linger() && !s.may_serve(&*file)) {
+        if super::linger::kept(&table, &id) && table.get(&id).is_some_and(|(s, _)| !s.may_serve(&*file, writable)) {
             self.core.lingering.forget(&mut table, &id);
         }
         let state = match table.get_mut(&id) {
