@@ -79,7 +79,7 @@ steady_memory() {
     [ -w "$STEADY_MEMORY_KNOB" ] || return 0
     STEADY_MEMORY_WAS=$(cat "$STEADY_MEMORY_KNOB")
     # /proc/buddyinfo: "Node 0, zone NAME" and one count per order.
-    echo "$(awk 'NR == 1 { print NF - 4 }' /proc/buddyinfo)" > "$STEADY_MEMORY_KNOB"
+    awk 'NR == 1 { print NF - 4 }' /proc/buddyinfo > "$STEADY_MEMORY_KNOB"
     local gib=${STEADY_MEMORY_GIB:-6} avail
     avail=$(awk '/^MemAvailable:/ { print int($2 / 1048576) - 2 }' /proc/meminfo)
     [ "$avail" -lt "$gib" ] && gib=$avail

@@ -132,6 +132,7 @@ impl BlockTable {
     /// About the bytes this table holds in memory.
     pub fn heap_bytes(&self) -> usize {
         let bits = self.written.as_bytes().len();
+        // Five bitmaps: written, slot, and the durable written, slot and touched.
         self.seals.len() + 5 * bits + self.durable_seals.len() * std::mem::size_of::<(usize, Seal)>()
     }
 

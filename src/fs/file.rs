@@ -276,6 +276,7 @@ impl FileState {
             Blocks::Slots(w) => w.as_bytes().len(),
             Blocks::Pages(t) => t.heap_bytes(),
         };
+        // 64: an extent's own fields and its place in the map, about.
         inner.extents.values().map(|x| 64 + x.wrapped.len() + blocks(&x.blocks)).sum()
     }
 

@@ -1,5 +1,5 @@
-//! Closed files kept loaded for a reopen. A file's state is built from its store record,
-//! which a format-2 file's is large: every block's seal, 3.6 MiB for 512 MiB, read and
+//! Closed files kept loaded for a reopen. A file's state is built from its store record, and
+//! a format-2 file's record is large: every block's seal, 3.6 MiB for 512 MiB, read and
 //! authenticated in some 8 ms cold and 2.5 warm at every open (docs/BENCHMARKS.md). So the
 //! last [`FILES`] files closed clean stay in the open-file table with no handle, as the
 //! kernel keeps a closed file's inode, and a reopen takes the state as it is.
@@ -40,9 +40,9 @@ pub(super) struct Lingering {
     closed: AtomicBool,
 }
 
-/// Whether file `id` is kept in `table` (no handle, nothing to commit).
-pub(super) fn kept(table: &Table, id: &FileId) -> bool {
-    matches!(table.get(id), Some((s, 0)) if s.may_linger())
+/// File `id`'s state if it is kept in `table` (no handle, nothing to commit).
+pub(super) fn kept<'a>(table: &'a Table, id: &FileId) -> Option<&'a Arc<FileState>> {
+    table.get(id).filter(|(s, handles)| *handles == 0 && s.may_linger()).map(|(s, _)| s)
 }
 
 /// How many of `order`'s oldest must go so that at most `files` files of at most `bytes`
@@ -84,7 +84,7 @@ impl Lingering {
         order.push_back((state.id, bytes));
         let over = excess(&order, FILES, BYTES);
         for (oldest, _) in order.drain(..over) {
-            if kept(table, &oldest) {
+            if kept(table, &oldest).is_some() {
                 table.remove(&oldest);
             }
         }
@@ -97,7 +97,7 @@ impl Lingering {
 
     /// Forgets file `id`'s state if it is kept (an open file's stays: its handles hold it).
     pub(super) fn forget(&self, table: &mut Table, id: &FileId) {
-        if kept(table, id) {
+        if kept(table, id).is_some() {
             table.remove(id);
         }
         self.reopened(id);
@@ -107,7 +107,7 @@ impl Lingering {
     pub(super) fn close(&self, table: &mut Table) {
         self.closed.store(true, Ordering::Release);
         for (id, _) in std::mem::take(&mut *self.order()) {
-            if kept(table, &id) {
+            if kept(table, &id).is_some() {
                 table.remove(&id);
             }
         }

@@ -770,7 +770,7 @@ impl Volume {
         }
         let mut table = self.core.open_table();
         // A kept state serves only the data file it was loaded from (`fs::linger`).
-        if super::linger::kept(&table, &id) && table.get(&id).is_some_and(|(s, _)| !s.may_serve(&*file, writable)) {
+        if super::linger::kept(&table, &id).is_some_and(|s| !s.may_serve(&*file, writable)) {
             self.core.lingering.forget(&mut table, &id);
         }
         let state = match table.get_mut(&id) {
