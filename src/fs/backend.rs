@@ -109,6 +109,12 @@ pub trait DataFile: Send + Sync {
     fn stream_from(&self, _offset: u64) -> io::Result<()> {
         Ok(())
     }
+    /// `len` bytes from `offset` will be read as a stream soon, after the run being read
+    /// now: read them into the page cache as [`stream_from`] would, in the background (a
+    /// hint: the default does nothing).
+    fn prefetch(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl DataFile for File {
@@ -173,7 +179,11 @@ impl DataFile for File {
     }
 
     fn stream_from(&self, offset: u64) -> io::Result<()> {
-        stream_from(self, offset)
+        populate(self, offset, 1)
+    }
+
+    fn prefetch(&self, offset: u64, len: u64) -> io::Result<()> {
+        prefetch(self, offset, len)
     }
 
     fn will_need(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -194,34 +204,114 @@ impl DataFile for File {
     }
 }
 
-/// Starts the kernel's readahead at `offset` as a stream of 2 MiB folios: the page is
-/// faulted in through a one-page mapping marked `MADV_HUGEPAGE`, and a fault in such a
-/// mapping reads ahead from the 2 MiB boundary below it in folios of that size, with the
-/// readahead state (of this open file, the same as `pread`'s) set to go on in them. A `pread`
-/// that misses starts from 4 KiB folios instead, and the kernel grows them only step by step.
-/// Waits for the first folio, as the read that follows would. Without transparent huge
-/// pages the fault reads as a `pread` would.
+/// Reads `len` bytes (at least one page) from `offset` into the page cache and starts the
+/// kernel's readahead there as a stream of 2 MiB folios: the pages are faulted in through a
+/// mapping marked `MADV_HUGEPAGE`, and a fault in such a mapping reads ahead from the 2 MiB
+/// boundary below it in folios of that size, with the readahead state (of this open file,
+/// the same as `pread`'s) set to go on in them. A `pread` that misses starts from 4 KiB
+/// folios instead, and the kernel grows them only step by step. Waits for the pages, as the
+/// read that follows would. Without transparent huge pages the faults read as a `pread`
+/// would.
 #[allow(unsafe_code)]
-fn stream_from(file: &File, offset: u64) -> io::Result<()> {
+fn populate(file: &File, offset: u64, len: u64) -> io::Result<()> {
     use nix::sys::mman::{madvise, mmap, munmap, MapFlags, MmapAdvise, ProtFlags};
     use std::num::NonZeroUsize;
-    // The page holding `offset`, in this system's pages (4 KiB, or 16 or 64 KiB elsewhere).
+    // The pages holding `offset..offset + len`, in this system's pages (4 KiB, or 16 or 64
+    // KiB elsewhere).
     let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
-    let (Ok(at), Some(len)) = (i64::try_from(offset - offset % page), NonZeroUsize::new(page as usize)) else {
+    let start = offset - offset % page;
+    let span = offset.saturating_add(len.max(1)).div_ceil(page).saturating_mul(page) - start;
+    let (Ok(at), Some(len)) = (i64::try_from(start), usize::try_from(span).ok().and_then(NonZeroUsize::new)) else {
         return Ok(());
     };
-    // SAFETY: maps one page of this open file, read-only and shared, at an address the
-    // kernel picks (so nothing else of this process is replaced), and never reads through
-    // it: the page is faulted in by the kernel (MADV_POPULATE_READ, Linux 5.14+; a page past
-    // the end of the file, say truncated from outside, is an EFAULT from it, not a SIGBUS),
-    // and the mapping is removed before returning, on every path. No reference into it
-    // escapes this block.
+    // SAFETY: maps pages of this open file, read-only and shared, at an address the kernel
+    // picks (so nothing else of this process is replaced), and never reads through it: the
+    // pages are faulted in by the kernel (MADV_POPULATE_READ, Linux 5.14+; a page past the
+    // end of the file, say truncated from outside, is an EFAULT from it, not a SIGBUS), and
+    // the mapping is removed before returning, on every path. No reference into it escapes
+    // this block.
     unsafe {
         let addr = mmap(None, len, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, file, at)?;
-        // Refused without transparent huge pages: the page is faulted in all the same.
+        // Refused without transparent huge pages: the pages are faulted in all the same.
         let _ = madvise(addr, len.get(), MmapAdvise::MADV_HUGEPAGE);
         let r = madvise(addr, len.get(), MmapAdvise::MADV_POPULATE_READ);
         let unmapped = munmap(addr, len.get());
         r.and(unmapped).map_err(io::Error::from)
+    }
+}
+
+/// Prefetches at once in flight, in the whole process: each reads up to a few MiB ahead of
+/// a sequential reader, so a few are all that helps, and a reader jumping about cannot
+/// start more.
+const PREFETCHES: usize = 2;
+
+/// [`populate`] on a thread of its own, through a duplicate of the descriptor (the same
+/// open file, so its readahead state goes on from there): returns at once. Dropped, not
+/// queued, while [`PREFETCHES`] are in flight.
+fn prefetch(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+    let done = || IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+    if IN_FLIGHT.fetch_add(1, Ordering::AcqRel) >= PREFETCHES {
+        done();
+        return Ok(());
+    }
+    let spawned = file.try_clone().and_then(|file| {
+        std::thread::Builder::new().name("prefetch".into()).spawn(move || {
+            if let Err(e) = populate(&file, offset, len) {
+                tracing::debug!("prefetch: {e}");
+            }
+            done();
+        })
+    });
+    spawned.map(drop).inspect_err(|_| {
+        done();
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{cached_at, DataFile};
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    const MIB: u64 = 1 << 20;
+
+    /// Waits (up to a minute: this is not a timing test) for `offset`'s page to be cached.
+    fn cached_soon(file: &std::fs::File, offset: u64) -> bool {
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            if cached_at(file, offset) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[test]
+    fn a_prefetch_reads_its_range_in_the_background_and_one_past_the_end_harms_nothing() {
+        // On the disk the crate is on (a tmpfs would keep every page cached).
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let path = dir.path().join("data");
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(&vec![7u8; 8 * MIB as usize]).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        let file = std::fs::File::open(&path).unwrap();
+        nix::fcntl::posix_fadvise(&file, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
+        if cached_at(&file, 6 * MIB) {
+            eprintln!("skipped: this file system keeps its pages cached");
+            return;
+        }
+        // Past the end of the file (a data file cut short behind the daemon's back): the
+        // pages there are an error of the background thread, not a SIGBUS of the process.
+        file.prefetch(4 * MIB, 64 * MIB).unwrap();
+        assert!(cached_soon(&file, 6 * MIB), "the prefetched range was not read");
+        assert!(!cached_at(&file, MIB), "before the range was read too");
+        // The process is still here, and the file reads back whole.
+        let mut back = vec![0u8; 8 * MIB as usize];
+        assert_eq!(file.read_at(&mut back, 0).unwrap(), back.len());
+        assert!(back.iter().all(|&b| b == 7));
     }
 }

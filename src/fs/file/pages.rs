@@ -26,28 +26,68 @@ const TASK_BLOCKS: usize = 8;
 /// `POSIX_FADV_WILLNEED` reads there (on a disk of 128 KiB windows the rest of a short run is
 /// read when it is reached, as without the hint).
 const GROUP_AHEAD: u64 = 8 << 20;
+/// How much of a long group's run is read ahead of a sequential reader (in the background,
+/// `DataFile::prefetch`), starting this far before the end of the group before it: the
+/// stream there restarts from nothing, and without this the reader waited at each group's
+/// start and again while the readahead window grew.
+const PREFETCH: u64 = 16 << 20;
 
-/// What a read that starts extent `e` of a code-4 file of `extents` extents hints the kernel.
-#[derive(Debug, PartialEq, Eq)]
+/// What a read in which extents `lo..hi` start, of a code-4 file of `extents` extents,
+/// hints the kernel. A read holds several extents' starts when extents are smaller than it,
+/// and then may cross several groups' ends: the last hint of each kind is the one the reader
+/// goes on with.
+#[derive(Debug, Default, PartialEq, Eq)]
 struct GroupHints {
-    /// `e` starts a group whose run is longer than [`GROUP_AHEAD`]: a stream starts here.
+    /// A group whose run is longer than [`GROUP_AHEAD`] starts in the read: a stream starts
+    /// at its first extent.
     stream: Option<u64>,
-    /// `e` ends its group, and the next one's run is short: its first extent and the
+    /// A group ends in the read, and the next one's run is short: its first extent and the
     /// extents of it the file has, to be read whole.
     whole: Option<(u64, u64)>,
+    /// The read is [`PREFETCH`] before the end of a group (or starts the group, if shorter),
+    /// and the next one's run is long: its first extent and the extents of it to read ahead.
+    prefetch: Option<(u64, u64)>,
 }
 
-fn group_hints(e: u64, extents: u64, extent_bytes: u64) -> GroupHints {
+fn group_hints(lo: u64, hi: u64, extents: u64, extent_bytes: u64) -> GroupHints {
     let groups = Placement::Groups;
     // The extents of the group from `first` (of `size`) that the file has.
     let run = |first: u64, size: u64| extents.saturating_sub(first).min(size);
     let long = |n: u64| n.saturating_mul(extent_bytes) > GROUP_AHEAD;
-    let (first, size) = groups.group(e);
-    let stream = (e == first && e > 0 && long(run(first, size))).then_some(e);
-    let next = first.saturating_add(size);
-    let have = run(next, groups.group(next).1);
-    let whole = (next - 1 == e && have > 0 && !long(have)).then_some((next, have));
-    GroupHints { stream, whole }
+    let lead = PREFETCH.div_ceil(extent_bytes.max(1));
+    let starts = |e: u64| lo <= e && e < hi;
+    let mut hints = GroupHints::default();
+    // Every group the read's extents fall in: one pass per group, so at most one per extent
+    // starting in the read (a read is at most 1 MiB: 256 of the smallest extents, in 9
+    // groups).
+    let mut first = groups.group(lo).0;
+    while first < hi {
+        let size = groups.group(first).1;
+        if first > 0 && starts(first) && long(run(first, size)) {
+            hints.stream = Some(first);
+        }
+        let Some(next) = first.checked_add(size) else { break };
+        let have = run(next, groups.group(next).1);
+        if starts(next - 1) && have > 0 && !long(have) {
+            hints.whole = Some((next, have));
+        }
+        if starts(first.max(next.saturating_sub(lead))) && long(have) {
+            hints.prefetch = Some((next, have.min(lead)));
+        }
+        first = next;
+    }
+    hints
+}
+
+/// What a read asks of the kernel once it is done (byte offset and length in the data file):
+/// asked before, those pages went to the disk ahead of the ones the reader waits for (a cold
+/// first read of a format-2 file took 1.8-2.0 ms against format 1's 0.1-0.2).
+#[derive(Default)]
+struct Ahead {
+    /// Read whole (`DataFile::will_need`).
+    whole: Option<(u64, u64)>,
+    /// Read as a stream in the background (`DataFile::prefetch`).
+    prefetch: Option<(u64, u64)>,
 }
 
 /// Consecutive runs of `pages` (`None`: skip), as (first index, first page, length).
@@ -75,13 +115,13 @@ impl FileState {
     pub(super) fn load_pages(&self, inner: &Inner, first: u64, plain: &mut [u8]) -> Result<()> {
         let layout = self.core.layout;
         let n = plain.len() / BLOCK_SIZE;
-        let next_group = match self.pages {
+        let ahead = match self.pages {
             Some(Placement::Pairs) => {
                 self.read_ahead(inner, first, n as u64);
-                None
+                Ahead::default()
             }
             Some(Placement::Groups) => self.group_ahead(inner, first, n as u64),
-            None => None,
+            None => Ahead::default(),
         };
         let ciphers = self.ciphers_for_read(inner, first, n)?;
         let mut where_: Vec<Option<(u64, Seal)>> = Vec::with_capacity(n);
@@ -97,13 +137,11 @@ impl FileState {
         }
         let result = self.read_and_open(&ciphers, &where_, &pages, first, &mut buf[..n * BLOCK_SIZE], plain);
         SLOTS.with(|b| *b.borrow_mut() = buf);
-        // After this read's own: asked before, the next group's pages went to the disk
-        // ahead of the pages the reader waits for (a cold first read of a format-2 file took
-        // 1.8-2.0 ms against format 1's 0.1-0.2).
-        if let Some((offset, len)) = next_group {
-            if let Err(e) = self.data.will_need(offset, len) {
-                tracing::debug!(file = %self.name().display(), "read-ahead of a group: {e}");
-            }
+        if let Some(Err(e)) = ahead.whole.map(|(offset, len)| self.data.will_need(offset, len)) {
+            tracing::debug!(file = %self.name().display(), "read-ahead of a group: {e}");
+        }
+        if let Some(Err(e)) = ahead.prefetch.map(|(offset, len)| self.data.prefetch(offset, len)) {
+            tracing::debug!(file = %self.name().display(), "prefetch of a group: {e}");
         }
         result
     }
@@ -190,28 +228,33 @@ impl FileState {
     /// A code-4 file keeps the kernel's readahead, which follows a group's slot-0 run and
     /// restarts at the next group's, after the slot-1 holes: from a miss, so from 4 KiB folios
     /// again, and a request of order-0 folios carries at most a disk's segment limit of them
-    /// (254 here: 1016 KiB against 4 MiB). So a read that starts an extent hints the kernel
+    /// (254 here: 1016 KiB against 4 MiB). So a read in which extents start hints the kernel
     /// as [`group_hints`] says: the start of a run longer than [`GROUP_AHEAD`] as the start of
-    /// a stream (`DataFile::stream_from`, which sets the readahead going in 2 MiB folios),
-    /// and a short run ahead of its turn, whole (`POSIX_FADV_WILLNEED`). The stream starts
-    /// here; the short run is returned (byte offset and length), for the caller to ask for
-    /// once its own read is done.
-    fn group_ahead(&self, inner: &Inner, first: u64, n: u64) -> Option<(u64, u64)> {
+    /// a stream (`DataFile::stream_from`, which sets the readahead going in 2 MiB folios);
+    /// a short run ahead of its turn, whole (`POSIX_FADV_WILLNEED`); and the first
+    /// [`PREFETCH`] of a long run, as a stream, on a thread of its own before the reader gets
+    /// there (`DataFile::prefetch`), so that the stream's start and its readahead window's
+    /// growth are not waited for. The stream starts here; the other two are returned, for
+    /// the caller to ask for once its own read is done.
+    fn group_ahead(&self, inner: &Inner, first: u64, n: u64) -> Ahead {
         // Not where there is no readahead to help (tmpfs: a fault there on a hole would even
         // allocate a page).
         let bpe = self.core.layout.blocks_per_extent();
-        let starts = first.div_ceil(bpe) * bpe;
-        if self.core.in_memory || starts >= first + n {
-            return None;
+        let (lo, hi) = (first.div_ceil(bpe), (first + n).div_ceil(bpe));
+        if self.core.in_memory || lo >= hi {
+            return Ahead::default();
         }
-        let hints = group_hints(starts / bpe, inner.size.div_ceil(bpe * PAGE), bpe * PAGE);
-        // A stream starts at written data, not at a hole.
-        let stream = hints.stream.and_then(|e| self.table(inner, e)).filter(|t| t.written().get(0));
-        if let Some(Err(e)) = stream.map(|t| self.data.stream_from(t.base() * PAGE)) {
+        let hints = group_hints(lo, hi, inner.size.div_ceil(bpe * PAGE), bpe * PAGE);
+        // Streams start at written data, not at a hole.
+        let written = |e: u64| self.table(inner, e).filter(|t| t.written().get(0));
+        if let Some(Err(e)) = hints.stream.and_then(written).map(|t| self.data.stream_from(t.base() * PAGE)) {
             tracing::debug!(file = %self.name().display(), "read-ahead of a group: {e}");
         }
-        let (e, count) = hints.whole?;
-        self.table(inner, e).map(|t| (t.base() * PAGE, count * bpe * PAGE))
+        let bytes = |t: &BlockTable, count: u64| (t.base() * PAGE, count * bpe * PAGE);
+        Ahead {
+            whole: hints.whole.and_then(|(e, count)| self.table(inner, e).map(|t| bytes(t, count))),
+            prefetch: hints.prefetch.and_then(|(e, count)| written(e).map(|t| bytes(t, count))),
+        }
     }
 
     /// Seals `plain` (whole blocks from `first`, every one with its cipher in `keys`) into
@@ -325,27 +368,49 @@ mod tests {
     #[test]
     fn a_long_groups_start_streams_and_a_short_group_is_read_whole_before_its_turn() {
         const MIB: u64 = 1 << 20;
-        let none = GroupHints { stream: None, whole: None };
+        // A read in which extent `e` starts.
+        let at = |e: u64, extents: u64, bytes: u64| group_hints(e, e + 1, extents, bytes);
+        let hint = |stream, whole, prefetch| GroupHints { stream, whole, prefetch };
+        let none = GroupHints::default();
         // 1 MiB extents: groups 0 | 1 2 | 3..=6 | 7..=14 (8 MiB) | 15..=30 (16 MiB) | 31..=62
-        assert_eq!(group_hints(0, 40, MIB), GroupHints { stream: None, whole: Some((1, 2)) });
-        assert_eq!(group_hints(1, 40, MIB), none, "not the group's last extent");
-        assert_eq!(group_hints(6, 40, MIB), GroupHints { stream: None, whole: Some((7, 8)) });
-        assert_eq!(group_hints(14, 40, MIB), none, "the next group's run is long: it streams");
-        assert_eq!(group_hints(15, 40, MIB), GroupHints { stream: Some(15), whole: None });
-        assert_eq!(group_hints(30, 40, MIB), GroupHints { stream: None, whole: None }, "9 extents of 31..=62: long");
-        assert_eq!(group_hints(31, 40, MIB), GroupHints { stream: Some(31), whole: None });
+        assert_eq!(at(0, 40, MIB), hint(None, Some((1, 2)), None));
+        assert_eq!(at(1, 40, MIB), none, "not the group's last extent");
+        assert_eq!(at(6, 40, MIB), hint(None, Some((7, 8)), None));
+        // 16 MiB before the end of a group, or at its start if it is shorter, the next long
+        // run's first 16 MiB are read ahead.
+        assert_eq!(at(7, 40, MIB), hint(None, None, Some((15, 16))), "group 15..=30 is long");
+        assert_eq!(at(14, 40, MIB), none, "the next group's run is long: it streams");
+        assert_eq!(at(15, 40, MIB), hint(Some(15), None, Some((31, 9))), "9 extents of 31..=62: long");
+        assert_eq!(at(30, 40, MIB), none);
+        assert_eq!(at(31, 40, MIB), hint(Some(31), None, None), "nothing after the file's end");
+        assert_eq!(at(47, 100, MIB), hint(None, None, Some((63, 16))), "16 before 63");
+        assert_eq!(at(31, 100, MIB), hint(Some(31), None, None), "63 is read ahead from 47");
         // What the file has decides, not what the group could hold: 5 extents of 15..=30 are
         // read whole before their turn, and do not start a stream of their own.
-        assert_eq!(group_hints(14, 20, MIB), GroupHints { stream: None, whole: Some((15, 5)) });
-        assert_eq!(group_hints(15, 20, MIB), none);
-        assert_eq!(group_hints(2, 5, MIB), GroupHints { stream: None, whole: Some((3, 2)) });
-        assert_eq!(group_hints(2, 3, MIB), none, "nothing past the end of the file");
-        // 16 MiB extents: every group but the first streams, even the one of extent 1.
-        assert_eq!(group_hints(1, 4, 16 * MIB), GroupHints { stream: Some(1), whole: None });
-        assert_eq!(group_hints(0, 4, 16 * MIB), none, "the file's start is the kernel's own stream");
+        assert_eq!(at(14, 20, MIB), hint(None, Some((15, 5)), None));
+        assert_eq!(at(7, 20, MIB), none);
+        assert_eq!(at(15, 20, MIB), none);
+        assert_eq!(at(2, 5, MIB), hint(None, Some((3, 2)), None));
+        assert_eq!(at(2, 3, MIB), none, "nothing past the end of the file");
+        // 16 MiB extents: every group but the first streams, even the one of extent 1, and
+        // each is read ahead from the last extent of the one before.
+        assert_eq!(at(1, 4, 16 * MIB), hint(Some(1), None, None));
+        assert_eq!(at(2, 4, 16 * MIB), hint(None, None, Some((3, 1))));
+        assert_eq!(at(0, 4, 16 * MIB), hint(None, None, Some((1, 1))), "the file's start is the kernel's own stream");
+        // 64 KiB extents, a 1 MiB read holding 16 of their starts: the end of group 127..=254
+        // (8 MiB) and the start of 255..=510 (16 MiB, long) fall in the read of 240..256.
+        let k64 = 64 << 10;
+        assert_eq!(group_hints(240, 256, 2000, k64), hint(Some(255), None, Some((511, 256))));
+        assert_eq!(
+            group_hints(112, 128, 2000, k64),
+            hint(None, Some((127, 128)), Some((255, 256))),
+            "63..=126 ends, 127..=254 (8 MiB) starts"
+        );
+        assert_eq!(group_hints(96, 112, 2000, k64), none);
         // Indices and sizes at the limits do not overflow.
-        let _ = group_hints(u64::MAX, u64::MAX, u64::MAX);
-        let _ = group_hints(u64::MAX - 1, 0, 0);
+        let _ = at(u64::MAX - 1, u64::MAX, u64::MAX);
+        let _ = group_hints(u64::MAX - 1, u64::MAX, 0, 0);
+        let _ = group_hints(u64::MAX - 4096, u64::MAX, u64::MAX, 1 << 24);
     }
 
     #[test]
