@@ -5,7 +5,7 @@
 //!
 //! Everything here goes through nix's safe wrappers; the crate keeps `#![deny(unsafe_code)]`
 //! (its exceptions, each with a `SAFETY:` comment, are `sync_file_range`, `preadv2` and a
-//! one-page mapping for a readahead hint in `fs/backend.rs`, the rings of `fuse_uring.rs`
+//! mapping for a readahead hint in `fs/backend.rs`, the rings of `fuse_uring.rs`
 //! and a signal reset in `progress.rs`).
 
 use std::sync::atomic::{AtomicBool, Ordering};

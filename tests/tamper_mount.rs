@@ -184,10 +184,11 @@ fn xts_volumes_still_authenticate_keys_and_records() {
 }
 
 /// A read that starts a long group of extents (format 2, code 4: extent 15 of 1 MiB extents
-/// starts a group of 16) hints the kernel through a mapping of the data file
-/// (`DataFile::stream_from`, on a disk: not on tmpfs). A data file cut right there, from
-/// outside, must be an EIO for the blocks it lost, not a SIGBUS that ends the daemon: the
-/// blocks before the cut read back, and the mount goes on serving.
+/// starts a group of 16), and a sequential one before it (extent 7, which starts the group
+/// before), hint the kernel through a mapping of the data file (`DataFile::stream_from`, and
+/// `DataFile::prefetch` on a thread of its own; on a disk: not on tmpfs). A data file cut
+/// right there, from outside, must be an EIO for the blocks it lost, not a SIGBUS that ends
+/// the daemon: the blocks before the cut read back, and the mount goes on serving.
 #[test]
 fn a_data_file_cut_where_a_group_of_extents_starts_reads_eio_and_the_daemon_lives() {
     const MIB: usize = 1 << 20;

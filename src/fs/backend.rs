@@ -212,10 +212,31 @@ impl DataFile for File {
 /// folios instead, and the kernel grows them only step by step. Waits for the pages, as the
 /// read that follows would. Without transparent huge pages the faults read as a `pread`
 /// would.
+/// Whether this kernel's `MADV_POPULATE_READ` gives up on a read error: before Linux 6.9
+/// (commit 631426ba1d45) it retried an EIO of the file for ever, so a failing disk, or a
+/// file system planted in CIPHERDIR that fails its reads, would hold the thread. Without it,
+/// [`populate`] does nothing (a hint left out).
+fn populate_gives_up() -> bool {
+    static GIVES_UP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *GIVES_UP.get_or_init(|| nix::sys::utsname::uname().is_ok_and(|u| release_gives_up(&u.release().to_string_lossy())))
+}
+
+/// Whether a kernel of `release` (`uname -r`) is 6.9 or later; one that cannot be read is not.
+fn release_gives_up(release: &str) -> bool {
+    let mut n = release.split(|c: char| !c.is_ascii_digit()).map(|x| x.parse::<u32>().ok());
+    match (n.next().flatten(), n.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (6, 9),
+        _ => false,
+    }
+}
+
 #[allow(unsafe_code)]
 fn populate(file: &File, offset: u64, len: u64) -> io::Result<()> {
     use nix::sys::mman::{madvise, mmap, munmap, MapFlags, MmapAdvise, ProtFlags};
     use std::num::NonZeroUsize;
+    if !populate_gives_up() {
+        return Ok(());
+    }
     // The pages holding `offset..offset + len`, in this system's pages (4 KiB, or 16 or 64
     // KiB elsewhere).
     let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
@@ -240,39 +261,56 @@ fn populate(file: &File, offset: u64, len: u64) -> io::Result<()> {
     }
 }
 
-/// Prefetches at once in flight, in the whole process: each reads up to a few MiB ahead of
-/// a sequential reader, so a few are all that helps, and a reader jumping about cannot
-/// start more.
+/// Prefetches at once in flight, in the whole process: each reads up to 16 MiB ahead of a
+/// sequential reader, so a few are all that helps, and readers jumping about cannot start
+/// more.
 const PREFETCHES: usize = 2;
+static PREFETCHING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One of the [`PREFETCHES`] slots, given back when dropped (a thread that panics too).
+struct PrefetchSlot;
+
+impl PrefetchSlot {
+    fn take() -> Option<PrefetchSlot> {
+        use std::sync::atomic::Ordering;
+        let taken =
+            PREFETCHING.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < PREFETCHES).then_some(n + 1));
+        taken.ok().map(|_| PrefetchSlot)
+    }
+}
+
+impl Drop for PrefetchSlot {
+    fn drop(&mut self) {
+        PREFETCHING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
 
 /// [`populate`] on a thread of its own, through a duplicate of the descriptor (the same
-/// open file, so its readahead state goes on from there): returns at once. Dropped, not
-/// queued, while [`PREFETCHES`] are in flight.
+/// open file, so its readahead state goes on from there): returns at once. Left out when
+/// the range's first and last pages are cached already, and while [`PREFETCHES`] are in
+/// flight (dropped, not queued).
 fn prefetch(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
-    let done = || IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
-    if IN_FLIGHT.fetch_add(1, Ordering::AcqRel) >= PREFETCHES {
-        done();
+    if len == 0 || (cached_at(file, offset) && cached_at(file, offset.saturating_add(len - 1))) {
         return Ok(());
     }
-    let spawned = file.try_clone().and_then(|file| {
-        std::thread::Builder::new().name("prefetch".into()).spawn(move || {
-            if let Err(e) = populate(&file, offset, len) {
-                tracing::debug!("prefetch: {e}");
-            }
-            done();
-        })
-    });
-    spawned.map(drop).inspect_err(|_| {
-        done();
-    })
+    let Some(slot) = PrefetchSlot::take() else { return Ok(()) };
+    let file = file.try_clone()?;
+    std::thread::Builder::new().name("prefetch".into()).spawn(move || {
+        // Started by a request thread of a ring, it would share that thread's one CPU.
+        crate::sys::unpin_thread();
+        if let Err(e) = populate(&file, offset, len) {
+            tracing::debug!("prefetch: {e}");
+        }
+        drop(slot);
+    })?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::{cached_at, DataFile};
     use std::io::Write;
+    use std::path::Path;
     use std::time::{Duration, Instant};
 
     const MIB: u64 = 1 << 20;
@@ -290,27 +328,46 @@ mod tests {
     }
 
     #[test]
+    fn populate_is_used_only_on_kernels_whose_populate_gives_up_on_a_read_error() {
+        use super::release_gives_up as ok;
+        assert!(ok("6.9.0") && ok("6.18.44-fc-v1300") && ok("7.0.1") && ok("6.10"));
+        assert!(!ok("6.8.12-generic") && !ok("5.15.0") && !ok("4.19"));
+        assert!(!ok("") && !ok("linux") && !ok("6") && !ok("6.x"), "unreadable: not used");
+    }
+
+    #[test]
     fn a_prefetch_reads_its_range_in_the_background_and_one_past_the_end_harms_nothing() {
-        // On the disk the crate is on (a tmpfs would keep every page cached).
-        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        // On a disk (a tmpfs would keep every page cached): /var/tmp where there is one.
+        let base = Path::new("/var/tmp");
+        let dir = if base.is_dir() { tempfile::tempdir_in(base) } else { tempfile::tempdir() }.unwrap();
         let path = dir.path().join("data");
         let mut f = std::fs::File::create(&path).unwrap();
-        f.write_all(&vec![7u8; 8 * MIB as usize]).unwrap();
+        f.write_all(&vec![7u8; 16 * MIB as usize]).unwrap();
         f.sync_all().unwrap();
         drop(f);
         let file = std::fs::File::open(&path).unwrap();
-        nix::fcntl::posix_fadvise(&file, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
-        if cached_at(&file, 6 * MIB) {
-            eprintln!("skipped: this file system keeps its pages cached");
+        let evict =
+            || nix::fcntl::posix_fadvise(&file, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
+        evict();
+        if cached_at(&file, 6 * MIB) || !super::populate_gives_up() {
+            eprintln!("skipped: this file system keeps its pages cached, or the kernel is before 6.9");
             return;
+        }
+        // More prefetches one after the other than may be in flight at once: each slot comes
+        // back when its thread is done.
+        for i in 0..2 * super::PREFETCHES as u64 {
+            evict();
+            let at = (i % 3) * 4 * MIB;
+            file.prefetch(at, 4 * MIB).unwrap();
+            assert!(cached_soon(&file, at + 4 * MIB - 1), "prefetch {i} was not read");
         }
         // Past the end of the file (a data file cut short behind the daemon's back): the
         // pages there are an error of the background thread, not a SIGBUS of the process.
-        file.prefetch(4 * MIB, 64 * MIB).unwrap();
-        assert!(cached_soon(&file, 6 * MIB), "the prefetched range was not read");
-        assert!(!cached_at(&file, MIB), "before the range was read too");
+        evict();
+        file.prefetch(12 * MIB, 64 * MIB).unwrap();
+        assert!(cached_soon(&file, 14 * MIB), "the prefetched range was not read");
         // The process is still here, and the file reads back whole.
-        let mut back = vec![0u8; 8 * MIB as usize];
+        let mut back = vec![0u8; 16 * MIB as usize];
         assert_eq!(file.read_at(&mut back, 0).unwrap(), back.len());
         assert!(back.iter().all(|&b| b == 7));
     }

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::backend::DataFile;
@@ -127,6 +127,9 @@ pub(super) struct FileState {
     data_dirty: AtomicBool,
     /// A format-2 file, its extents placed as its record's cipher code says (3 or 4).
     pages: Option<Placement>,
+    /// The block after the last one read (a code-4 file's prefetch is for sequential
+    /// readers only: `pages::group_ahead`).
+    read_end: AtomicU64,
 }
 
 impl FileState {
@@ -218,6 +221,7 @@ impl FileState {
             inner: RwLock::new(inner),
             data_dirty: AtomicBool::new(false),
             pages,
+            read_end: AtomicU64::new(0),
         }
     }
 

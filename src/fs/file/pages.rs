@@ -31,6 +31,10 @@ const GROUP_AHEAD: u64 = 8 << 20;
 /// stream there restarts from nothing, and without this the reader waited at each group's
 /// start and again while the readahead window grew.
 const PREFETCH: u64 = 16 << 20;
+/// A read that starts at most this many blocks from where the file's last read ended is a
+/// sequential reader's (the kernel sends a reader's requests to several threads at once, so
+/// they may come a little out of order).
+const SEQUENTIAL_SLACK: u64 = 256;
 
 /// What a read in which extents `lo..hi` start, of a code-4 file of `extents` extents,
 /// hints the kernel. A read holds several extents' starts when extents are smaller than it,
@@ -58,8 +62,8 @@ fn group_hints(lo: u64, hi: u64, extents: u64, extent_bytes: u64) -> GroupHints 
     let starts = |e: u64| lo <= e && e < hi;
     let mut hints = GroupHints::default();
     // Every group the read's extents fall in: one pass per group, so at most one per extent
-    // starting in the read (a read is at most 1 MiB: 256 of the smallest extents, in 9
-    // groups).
+    // starting in the read (a request of the mount is at most 1 MiB: 256 of the smallest
+    // extents, in 9 groups).
     let mut first = groups.group(lo).0;
     while first < hi {
         let size = groups.group(first).1;
@@ -231,10 +235,10 @@ impl FileState {
     /// (254 here: 1016 KiB against 4 MiB). So a read in which extents start hints the kernel
     /// as [`group_hints`] says: the start of a run longer than [`GROUP_AHEAD`] as the start of
     /// a stream (`DataFile::stream_from`, which sets the readahead going in 2 MiB folios);
-    /// a short run ahead of its turn, whole (`POSIX_FADV_WILLNEED`); and the first
-    /// [`PREFETCH`] of a long run, as a stream, on a thread of its own before the reader gets
-    /// there (`DataFile::prefetch`), so that the stream's start and its readahead window's
-    /// growth are not waited for. The stream starts here; the other two are returned, for
+    /// a short run ahead of its turn, whole (`POSIX_FADV_WILLNEED`); and, for a sequential
+    /// reader, the first [`PREFETCH`] of a long run, as a stream, on a thread of its own
+    /// before the reader gets there (`DataFile::prefetch`), so that the stream's start and
+    /// its readahead window's growth are not waited for. The stream starts here; the other two are returned, for
     /// the caller to ask for once its own read is done.
     fn group_ahead(&self, inner: &Inner, first: u64, n: u64) -> Ahead {
         // Not where there is no readahead to help (tmpfs: a fault there on a hole would even
@@ -244,16 +248,18 @@ impl FileState {
         if self.core.in_memory || lo >= hi {
             return Ahead::default();
         }
+        let sequential = self.read_end.swap(first + n, Ordering::Relaxed).abs_diff(first) <= SEQUENTIAL_SLACK;
         let hints = group_hints(lo, hi, inner.size.div_ceil(bpe * PAGE), bpe * PAGE);
-        // Streams start at written data, not at a hole.
-        let written = |e: u64| self.table(inner, e).filter(|t| t.written().get(0));
+        // Streams start at data written once (in slot 0), not at a hole or a page of the
+        // slot not read.
+        let written = |e: u64| self.table(inner, e).filter(|t| t.written().get(0) && t.page(0) == t.base());
         if let Some(Err(e)) = hints.stream.and_then(written).map(|t| self.data.stream_from(t.base() * PAGE)) {
             tracing::debug!(file = %self.name().display(), "read-ahead of a group: {e}");
         }
         let bytes = |t: &BlockTable, count: u64| (t.base() * PAGE, count * bpe * PAGE);
         Ahead {
             whole: hints.whole.and_then(|(e, count)| self.table(inner, e).map(|t| bytes(t, count))),
-            prefetch: hints.prefetch.and_then(|(e, count)| written(e).map(|t| bytes(t, count))),
+            prefetch: hints.prefetch.filter(|_| sequential).and_then(|(e, count)| written(e).map(|t| bytes(t, count))),
         }
     }
 
