@@ -315,14 +315,18 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    /// Waits (up to a minute: this is not a timing test) for `offset`'s page to be cached.
-    fn cached_soon(file: &std::fs::File, offset: u64) -> bool {
+    /// Prefetches `len` bytes at `offset` and waits (up to a minute: this is not a timing
+    /// test) for the page at `probe` to be cached. The prefetch is asked again while it is not:
+    /// another test's reads may hold both slots at the moment of asking (a prefetch is dropped
+    /// then), but a slot that never came back would fail this.
+    fn prefetched(file: &std::fs::File, offset: u64, len: u64, probe: u64) -> bool {
         let until = Instant::now() + Duration::from_secs(60);
         while Instant::now() < until {
-            if cached_at(file, offset) {
+            file.prefetch(offset, len).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+            if cached_at(file, probe) {
                 return true;
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
         false
     }
@@ -358,14 +362,12 @@ mod tests {
         for i in 0..2 * super::PREFETCHES as u64 {
             evict();
             let at = (i % 3) * 4 * MIB;
-            file.prefetch(at, 4 * MIB).unwrap();
-            assert!(cached_soon(&file, at + 4 * MIB - 1), "prefetch {i} was not read");
+            assert!(prefetched(&file, at, 4 * MIB, at + 4 * MIB - 1), "prefetch {i} was not read");
         }
         // Past the end of the file (a data file cut short behind the daemon's back): the
         // pages there are an error of the background thread, not a SIGBUS of the process.
         evict();
-        file.prefetch(12 * MIB, 64 * MIB).unwrap();
-        assert!(cached_soon(&file, 14 * MIB), "the prefetched range was not read");
+        assert!(prefetched(&file, 12 * MIB, 64 * MIB, 14 * MIB), "the prefetched range was not read");
         // The process is still here, and the file reads back whole.
         let mut back = vec![0u8; 16 * MIB as usize];
         assert_eq!(file.read_at(&mut back, 0).unwrap(), back.len());
