@@ -12,6 +12,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A point where something becomes durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +111,7 @@ pub trait DataFile: Send + Sync {
         Ok(())
     }
     /// `len` bytes from `offset` will be read as a stream soon, after the run being read
-    /// now: read them into the page cache as [`stream_from`] would, in the background (a
+    /// now: read them into the page cache as [`DataFile::stream_from`] would, in the background (a
     /// hint: the default does nothing).
     fn prefetch(&self, _offset: u64, _len: u64) -> io::Result<()> {
         Ok(())
@@ -204,14 +205,6 @@ impl DataFile for File {
     }
 }
 
-/// Reads `len` bytes (at least one page) from `offset` into the page cache and starts the
-/// kernel's readahead there as a stream of 2 MiB folios: the pages are faulted in through a
-/// mapping marked `MADV_HUGEPAGE`, and a fault in such a mapping reads ahead from the 2 MiB
-/// boundary below it in folios of that size, with the readahead state (of this open file,
-/// the same as `pread`'s) set to go on in them. A `pread` that misses starts from 4 KiB
-/// folios instead, and the kernel grows them only step by step. Waits for the pages, as the
-/// read that follows would. Without transparent huge pages the faults read as a `pread`
-/// would.
 /// Whether this kernel's `MADV_POPULATE_READ` gives up on a read error: before Linux 6.9
 /// (commit 631426ba1d45) it retried an EIO of the file for ever, so a failing disk, or a
 /// file system planted in CIPHERDIR that fails its reads, would hold the thread. Without it,
@@ -230,6 +223,14 @@ fn release_gives_up(release: &str) -> bool {
     }
 }
 
+/// Reads `len` bytes (at least one page) from `offset` into the page cache and starts the
+/// kernel's readahead there as a stream of 2 MiB folios: the pages are faulted in through a
+/// mapping marked `MADV_HUGEPAGE`, and a fault in such a mapping reads ahead from the 2 MiB
+/// boundary below it in folios of that size, with the readahead state (of this open file,
+/// the same as `pread`'s) set to go on in them. A `pread` that misses starts from 4 KiB
+/// folios instead, and the kernel grows them only step by step. Waits for the pages, as the
+/// read that follows would. Without transparent huge pages the faults read as a `pread`
+/// would.
 #[allow(unsafe_code)]
 fn populate(file: &File, offset: u64, len: u64) -> io::Result<()> {
     use nix::sys::mman::{madvise, mmap, munmap, MapFlags, MmapAdvise, ProtFlags};
@@ -265,14 +266,13 @@ fn populate(file: &File, offset: u64, len: u64) -> io::Result<()> {
 /// sequential reader, so a few are all that helps, and readers jumping about cannot start
 /// more.
 const PREFETCHES: usize = 2;
-static PREFETCHING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PREFETCHING: AtomicUsize = AtomicUsize::new(0);
 
 /// One of the [`PREFETCHES`] slots, given back when dropped (a thread that panics too).
 struct PrefetchSlot;
 
 impl PrefetchSlot {
     fn take() -> Option<PrefetchSlot> {
-        use std::sync::atomic::Ordering;
         let taken =
             PREFETCHING.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < PREFETCHES).then_some(n + 1));
         taken.ok().map(|_| PrefetchSlot)
@@ -281,7 +281,7 @@ impl PrefetchSlot {
 
 impl Drop for PrefetchSlot {
     fn drop(&mut self) {
-        PREFETCHING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        PREFETCHING.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -62,8 +62,7 @@ fn group_hints(lo: u64, hi: u64, extents: u64, extent_bytes: u64) -> GroupHints 
     let starts = |e: u64| lo <= e && e < hi;
     let mut hints = GroupHints::default();
     // Every group the read's extents fall in: one pass per group, so at most one per extent
-    // starting in the read (a request of the mount is at most 1 MiB: 256 of the smallest
-    // extents, in 9 groups).
+    // that starts in the read.
     let mut first = groups.group(lo).0;
     while first < hi {
         let size = groups.group(first).1;
@@ -238,8 +237,8 @@ impl FileState {
     /// a short run ahead of its turn, whole (`POSIX_FADV_WILLNEED`); and, for a sequential
     /// reader, the first [`PREFETCH`] of a long run, as a stream, on a thread of its own
     /// before the reader gets there (`DataFile::prefetch`), so that the stream's start and
-    /// its readahead window's growth are not waited for. The stream starts here; the other two are returned, for
-    /// the caller to ask for once its own read is done.
+    /// its readahead window's growth are not waited for. The stream starts here; the other
+    /// two are returned, for the caller to ask for once its own read is done.
     fn group_ahead(&self, inner: &Inner, first: u64, n: u64) -> Ahead {
         // Not where there is no readahead to help (tmpfs: a fault there on a hole would even
         // allocate a page).
