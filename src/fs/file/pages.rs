@@ -244,10 +244,12 @@ impl FileState {
         // allocate a page).
         let bpe = self.core.layout.blocks_per_extent();
         let (lo, hi) = (first.div_ceil(bpe), (first + n).div_ceil(bpe));
+        // Every read moves the end, not only one in which an extent starts: with extents
+        // larger than a read, the last end would be an extent behind, and no read sequential.
+        let sequential = self.read_end.swap(first + n, Ordering::Relaxed).abs_diff(first) <= SEQUENTIAL_SLACK;
         if self.core.in_memory || lo >= hi {
             return Ahead::default();
         }
-        let sequential = self.read_end.swap(first + n, Ordering::Relaxed).abs_diff(first) <= SEQUENTIAL_SLACK;
         let hints = group_hints(lo, hi, inner.size.div_ceil(bpe * PAGE), bpe * PAGE);
         // Streams start at data written once (in slot 0), not at a hole or a page of the
         // slot not read.
