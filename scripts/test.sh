@@ -38,6 +38,22 @@ ENVELOPEFS_STATE_DIR=$(mktemp -d /tmp/envelopefs-state-XXXXXX)
 export ENVELOPEFS_STATE_DIR
 trap 'rm -rf "$ENVELOPEFS_STATE_DIR"' EXIT
 cargo test --all-features --locked --no-fail-fast 2>&1 | tee /tmp/envelopefs-test.log
+# The mount suites again, every mount served over io_uring rings (`mount --io-uring`: the
+# ring threads answer most requests themselves, src/fuse_native.rs), where the kernel has
+# them; the fuse module's enable_uring is switched on for this and put back.
+knob=/sys/module/fuse/parameters/enable_uring
+if [ -w "$knob" ] && was=$(cat "$knob") && echo Y > "$knob" 2>/dev/null; then
+    say "the mount suites again over io_uring"
+    ENVELOPEFS_TEST_MOUNT_ARGS=--io-uring ENVELOPEFS_TEST_EXPECT_TRANSPORT=io_uring \
+        cargo test --all-features --locked --no-fail-fast --test mount_ops --test entries --test rollback --test open_ahead --test absence --test bad_input \
+        --test xattr_sets --test tamper_mount --test write_behind --test hostile --test mount_tools --test shred \
+        --test rotate --test revocation --test tenants 2>&1 |
+        tee -a /tmp/envelopefs-test.log || rc=$?
+    echo "$was" > "$knob"
+    [ "${rc:-0}" = 0 ] || { say "the mount suites failed over io_uring"; exit "$rc"; }
+else
+    say "warning: no FUSE over io_uring here ($knob): the mount suites ran over /dev/fuse only"
+fi
 # The benches must at least build (they are not run here: no timings in CI).
 cargo bench --no-run --locked >/dev/null 2>&1 || { say "benches do not build"; exit 1; }
 passed=$(grep -Eo '[0-9]+ passed' /tmp/envelopefs-test.log | awk '{s+=$1} END {print s+0}')

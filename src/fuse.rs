@@ -1,5 +1,7 @@
 //! The thin fuser adapter: converts arguments and replies, one match per operation. The only
-//! importer of `fuser`; all semantics live in `fs::InodeFs`.
+//! importer of `fuser`; all semantics live in `fs::InodeFs`. What a conversion decides (the
+//! open flags, a SETATTR's changes, a RENAME's mode, which entries a READDIRPLUS lists) is a
+//! function here that `fuse_native` (the requests a ring thread answers itself) shares.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -20,7 +22,7 @@ use crate::Error;
 /// backing directory behind our back (not supported while mounted). With one second, a tree
 /// walk slower than that (`rm -rf` of 10,000 files) revalidated every directory on its path
 /// with a LOOKUP: ten seconds cut its requests by a quarter.
-const TTL: Duration = Duration::from_secs(10);
+pub(crate) const TTL: Duration = Duration::from_secs(10);
 /// Largest read/write request asked of the kernel.
 const MAX_IO: u32 = 1 << 20;
 
@@ -34,7 +36,7 @@ const MAX_IO: u32 = 1 << 20;
 /// its writes inside the file run in parallel: the kernel otherwise serialises them on the
 /// inode lock, while here whole-block overwrites run under a shared lock and anything else
 /// takes the file's own lock.
-fn open_flags(flags: i32) -> FopenFlags {
+pub(crate) fn open_flags(flags: i32) -> FopenFlags {
     if flags & nix::libc::O_DIRECT != 0 {
         FopenFlags::FOPEN_NOFLUSH | FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
     } else {
@@ -111,6 +113,7 @@ impl Transport {
                     "rings": per_ring.len(),
                     "requests": per_ring.iter().sum::<u64>(),
                     "requests_per_ring": per_ring,
+                    "answered_in_ring": s.answered_in_ring(),
                 })
             }
         }
@@ -279,9 +282,12 @@ fn refused(why: String) -> Transport {
     Transport::DevFuseInstead(why)
 }
 
-/// Starts a ring per CPU, each served by a fuser session of its own (`threads` spread over
-/// the CPUs, at least four each, so that a few slow requests of one CPU do not hold up the
-/// rest of its requests); /dev/fuse serves everything if that fails.
+/// Starts a ring per CPU, each served by worker threads (`threads` spread over the CPUs, at
+/// least four each, so that a few slow requests of one CPU do not hold up the rest of its
+/// requests), each answering what `fuse_native` knows itself and passing the rest to a fuser
+/// session of its own; /dev/fuse serves everything if that fails.
+/// `ENVELOPEFS_RING_PASS_ON=1` passes every request on to the sessions (for comparisons, and
+/// the tests of both paths).
 fn start_rings(
     dev: std::os::fd::OwnedFd,
     neg: crate::fuse_uring::Negotiated,
@@ -292,9 +298,13 @@ fn start_rings(
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     // To send the connection back to /dev/fuse if the rings cannot start.
     let spare = dev.try_clone()?;
-    let mut per_cpu = config.clone();
-    per_cpu.n_threads = Some(threads.div_ceil(cpus).max(4));
-    per_cpu.clone_fd = false; // one socket, read by all of the CPU's threads
+    let workers = threads.div_ceil(cpus).max(4);
+    let mut per_worker = config.clone();
+    per_worker.n_threads = Some(1); // a worker waits for its session's one reply at a time
+    per_worker.clone_fd = false;
+    let pass_on = std::env::var_os("ENVELOPEFS_RING_PASS_ON").is_some_and(|v| v == "1");
+    let owner_only = (config.acl != SessionACL::All).then(|| nix::unistd::geteuid().as_raw());
+    let native = (!pass_on).then(|| std::sync::Arc::new(crate::fuse_native::Native::new(fs.clone(), owner_only)));
     let committing = fs.clone();
     let once = std::sync::Arc::new(std::sync::Mutex::new(()));
     let fatal: crate::fuse_uring::Fatal = std::sync::Arc::new(move |why: String| {
@@ -307,7 +317,7 @@ fn start_rings(
     let session = move |fd: std::os::fd::OwnedFd| -> std::io::Result<Box<dyn FnOnce() + Send>> {
         let commit_elsewhere = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let adapter = Adapter { fs: fs.clone(), uring: None, commit_elsewhere };
-        let session = fuser::Session::from_fd(adapter, fd, per_cpu.acl, per_cpu.clone())?;
+        let session = fuser::Session::from_fd(adapter, fd, per_worker.acl, per_worker.clone())?;
         let t = std::thread::Builder::new().name("uring-session".into()).spawn(move || {
             let _ = session.run(); // ends when the ring closes its socket
         })?;
@@ -315,7 +325,7 @@ fn start_rings(
             let _ = t.join();
         }))
     };
-    let (rings, started) = crate::fuse_uring::Rings::start(dev, neg, session, fatal);
+    let (rings, started) = crate::fuse_uring::Rings::start(dev, neg, workers, session, native, fatal);
     let transport = match started {
         Ok(()) => {
             tracing::info!("serving requests over io_uring, a ring per CPU");
@@ -377,11 +387,85 @@ fn commit_at_unmount(fs: &InodeFs) {
 /// The errno for `e`; an EIO (integrity, corruption, store or I/O trouble) is logged with
 /// its file and cause, since the caller only sees "Input/output error".
 fn errno(e: &Error) -> Errno {
+    Errno::from_i32(errno_code(e))
+}
+
+/// As [`errno`], the number.
+pub(crate) fn errno_code(e: &Error) -> i32 {
     let n = e.errno();
-    if n == i32::from(Errno::EIO) {
+    if n == nix::libc::EIO {
         tracing::error!("{e}");
     }
-    Errno::from_i32(n)
+    n
+}
+
+/// What a SETATTR of `caller_uid` asks for. fuser does not pass on FATTR_KILL_SUIDGID (the
+/// kernel sets it on a truncation by a caller without CAP_FSETID): root stands for the
+/// callers that have it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn set_attr(
+    caller_uid: u32,
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    atime: Option<SetTime>,
+    mtime: Option<SetTime>,
+    fh: Option<u64>,
+) -> SetAttr {
+    let truncated_by_user = size.is_some() && caller_uid != 0;
+    SetAttr { size, changes: AttrChanges { mode, uid, gid, atime, mtime, drop_privs: truncated_by_user }, fh }
+}
+
+/// The mode of a RENAME with `flags`; `None`: flags this file system does not know (EINVAL).
+pub(crate) fn rename_mode(flags: u32) -> Option<RenameMode> {
+    let flags = RenameFlags::from_bits_retain(flags);
+    if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+        Some(RenameMode::Exchange)
+    } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+        Some(RenameMode::NoReplace)
+    } else if flags.is_empty() {
+        Some(RenameMode::Replace)
+    } else {
+        None
+    }
+}
+
+/// A READDIRPLUS of directory `ino` from `offset`: each entry's next offset, name and
+/// attributes go to `add` until it says the reply is full. An entry removed meanwhile is
+/// skipped; one whose attributes fail ends the reply if entries went before it (the next
+/// read starts at it and reports the error: an empty reply would end the listing).
+pub(crate) fn readdirplus(
+    fs: &InodeFs,
+    ino: u64,
+    offset: u64,
+    mut add: impl FnMut(u64, &OsStr, &Attr) -> bool,
+) -> crate::Result<()> {
+    let l = fs.readdirplus_from(ino, offset)?;
+    let mut sent = false;
+    let mut dir_attr = None; // "." and ".." both carry the directory's attributes
+    for (i, e) in l.entries.iter().enumerate().skip(offset as usize) {
+        let got = match &dir_attr {
+            Some(a) if e.backing.is_empty() => Ok(Some(Attr::clone(a))),
+            _ => fs.listed_attr(&l, i),
+        };
+        let a = match got {
+            Ok(Some(a)) => a,
+            Ok(None) => continue,
+            Err(_) if sent => break,
+            Err(err) => return Err(err),
+        };
+        if add((i + 1) as u64, &e.name, &a) {
+            break;
+        }
+        sent = true;
+        if e.backing.is_empty() {
+            dir_attr = Some(a);
+        } else {
+            fs.note_lookup(ino, &e.name, &a);
+        }
+    }
+    Ok(())
 }
 
 fn file_type(k: EntryKind) -> FileType {
@@ -531,21 +615,7 @@ impl Filesystem for Adapter {
         reply: ReplyAttr,
     ) {
         let _op = op!(self, reply);
-        // fuser does not pass on FATTR_KILL_SUIDGID (the kernel sets it on a truncation by a
-        // caller without CAP_FSETID): root stands for the callers that have it.
-        let truncated_by_user = size.is_some() && req.uid() != 0;
-        let set = SetAttr {
-            size,
-            changes: AttrChanges {
-                mode,
-                uid,
-                gid,
-                atime: set_time(atime),
-                mtime: set_time(mtime),
-                drop_privs: truncated_by_user,
-            },
-            fh: fh.map(|f| f.0),
-        };
+        let set = set_attr(req.uid(), mode, uid, gid, size, set_time(atime), set_time(mtime), fh.map(|f| f.0));
         match self.fs.setattr(ino.0, &set) {
             Ok(a) => reply.attr(&TTL, &attr(&a)),
             Err(e) => reply.error(errno(&e)),
@@ -596,15 +666,7 @@ impl Filesystem for Adapter {
         reply: ReplyEmpty,
     ) {
         let _op = op!(self, reply);
-        let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
-            RenameMode::Exchange
-        } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
-            RenameMode::NoReplace
-        } else if flags.is_empty() {
-            RenameMode::Replace
-        } else {
-            return reply.error(Errno::EINVAL);
-        };
+        let Some(mode) = rename_mode(flags.bits()) else { return reply.error(Errno::EINVAL) };
         empty(reply, self.fs.rename(parent.0, name, newparent.0, newname, mode));
     }
 
@@ -747,36 +809,13 @@ impl Filesystem for Adapter {
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let _op = op!(self, reply);
-        let l = match self.fs.readdirplus_from(ino.0, offset) {
-            Ok(l) => l,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        let mut sent = false;
-        let mut dir_attr = None; // "." and ".." both carry the directory's attributes
-        for (i, e) in l.entries.iter().enumerate().skip(offset as usize) {
-            let got = match &dir_attr {
-                Some(a) if e.backing.is_empty() => Ok(Some(Attr::clone(a))),
-                _ => self.fs.listed_attr(&l, i),
-            };
-            let a = match got {
-                Ok(Some(a)) => a,
-                Ok(None) => continue, // removed meanwhile
-                // Reported by the next read, which starts at this entry (an empty reply
-                // would end the listing).
-                Err(_) if sent => break,
-                Err(err) => return reply.error(errno(&err)),
-            };
-            if reply.add(INodeNo(a.ino), (i + 1) as u64, &e.name, &TTL, &attr(&a), Generation(0)) {
-                break;
-            }
-            sent = true;
-            if e.backing.is_empty() {
-                dir_attr = Some(a);
-            } else {
-                self.fs.note_lookup(ino.0, &e.name, &a);
-            }
+        let listed = readdirplus(&self.fs, ino.0, offset, |off, name, a| {
+            reply.add(INodeNo(a.ino), off, name, &TTL, &attr(a), Generation(0))
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
         }
-        reply.ok();
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {

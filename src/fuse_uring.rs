@@ -8,15 +8,19 @@
 //! the ring of the CPU it was made on, so here every CPU has its own ring, served by threads
 //! pinned to that CPU: caller and daemon hand over without crossing CPUs.
 //!
-//! What this module owns, per CPU `q` (all of it pinned to `q`):
-//! - a ring whose `DEPTH` entries (a 288-byte header and a payload buffer each) are
-//!   registered with the kernel (`FUSE_IO_URING_CMD_REGISTER`), each completing when the
-//!   kernel puts a request into it;
-//! - a fuser session of that CPU, reached through a `SOCK_SEQPACKET` socket pair: each request
-//!   is passed on in /dev/fuse's byte layout and its reply comes back the same way, so one
-//!   protocol decoder (fuser's) and one adapter (`fuse::Adapter`) serve both transports;
-//! - the reply, split back into the entry's header and payload, committed with
-//!   `FUSE_IO_URING_CMD_COMMIT_AND_FETCH`, which also waits for the entry's next request.
+//! What this module owns, per CPU `q` (all of it pinned to `q`), for each of the CPU's
+//! worker threads (`--threads` spread over the CPUs, at least four each):
+//! - one ring entry (a 288-byte header and a payload buffer), registered with the kernel
+//!   (`FUSE_IO_URING_CMD_REGISTER`) through the thread's own io_uring; it completes when the
+//!   kernel puts a request into it. A thread busy with a slow request holds up nothing else:
+//!   the kernel gives the CPU's next request to a free entry;
+//! - the answer: a request `fuse_native` knows (the metadata and I/O requests of everyday
+//!   work) is answered on the thread itself, straight from the entry into the entry; any
+//!   other is passed to a fuser session of the thread's own, through a `SOCK_SEQPACKET`
+//!   socket pair, in /dev/fuse's byte layout, and its reply comes back the same way (one
+//!   protocol decoder, fuser's, and one adapter, `fuse::Adapter`, for everything else);
+//! - the reply, committed with `FUSE_IO_URING_CMD_COMMIT_AND_FETCH`, which also waits for
+//!   the entry's next request.
 //!
 //! FORGET, INTERRUPT and notifications still travel over /dev/fuse, served by the mount's
 //! main session as before; so does everything until every CPU's ring is registered. When the
@@ -50,10 +54,9 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use nix::libc;
 
-/// Ring entries per online CPU: how many requests of one CPU are served at once (a CPU that
-/// is not online gets one: the kernel only needs a queue to have an entry).
-const DEPTH: usize = 8;
-/// How long a ring thread may stay at SCHED_IDLE (see `Queue::commit`) before the watchdog
+use crate::fuse_native::{Answered, Head, Native};
+
+/// How long a ring thread may stay at SCHED_IDLE (see `Worker::commit`) before the watchdog
 /// puts it back: the bound on what a busy CPU can make a request wait.
 const IDLE_BOUND: Duration = Duration::from_millis(2);
 /// `FUSE_IO_URING_CMD_REGISTER` / `FUSE_IO_URING_CMD_COMMIT_AND_FETCH` (uapi linux/fuse.h).
@@ -65,11 +68,8 @@ const OP_IN: usize = 128;
 const ENT_IN_OUT: usize = 256;
 const IN_HEADER_LEN: usize = 40;
 const OUT_HEADER_LEN: usize = 16;
-/// The user data of the completion of a reply read from the session's socket.
-const RECV: u64 = u64::MAX;
-/// Socket buffers: every entry's request and reply in flight at once fit (no deadlock of a
-/// full socket in each direction).
-const SOCKET_BUF: usize = 32 << 20;
+/// Socket buffers: a request and its reply of the largest size fit.
+const SOCKET_BUF: usize = 4 << 20;
 
 /// What the main session learnt at INIT, for the sessions of each CPU to start from.
 #[derive(Debug, Clone, Copy)]
@@ -89,12 +89,19 @@ pub type Fatal = Arc<dyn Fn(String) + Send + Sync>;
 #[derive(Debug, Default)]
 pub struct Stats {
     requests: Vec<AtomicU64>,
+    native: AtomicU64,
 }
 
 impl Stats {
     /// Requests answered over each ring so far, by CPU.
     pub fn per_ring(&self) -> Vec<u64> {
         self.requests.iter().map(|n| n.load(Ordering::Relaxed)).collect()
+    }
+
+    /// Of them, the requests a ring thread answered itself (`fuse_native`), without its
+    /// fuser session.
+    pub fn answered_in_ring(&self) -> u64 {
+        self.native.load(Ordering::Relaxed)
     }
 }
 
@@ -112,7 +119,14 @@ impl Rings {
     /// socket it is given (and whose returned closure waits for it). `Ok` once every CPU's
     /// ring has entries registered; an error if one CPU has none, and the kernel then keeps
     /// to /dev/fuse (the threads that did start end with the connection).
-    pub fn start<S>(dev: OwnedFd, neg: Negotiated, session: S, fatal: Fatal) -> (Rings, io::Result<()>)
+    pub fn start<S>(
+        dev: OwnedFd,
+        neg: Negotiated,
+        workers: usize,
+        session: S,
+        native: Option<Arc<Native>>,
+        fatal: Fatal,
+    ) -> (Rings, io::Result<()>)
     where
         S: Fn(OwnedFd) -> io::Result<Box<dyn FnOnce() + Send>> + Send + Sync + 'static,
     {
@@ -130,37 +144,46 @@ impl Rings {
             (Ok(p), Ok(o)) => (p, o),
             (Err(e), _) | (_, Err(e)) => return (rings, Err(e)),
         };
-        let stats = Arc::new(Stats { requests: cpus.iter().map(|_| AtomicU64::new(0)).collect() });
+        let stats =
+            Arc::new(Stats { requests: cpus.iter().map(|_| AtomicU64::new(0)).collect(), native: AtomicU64::new(0) });
         rings.stats = stats.clone();
         let (dev, session) = (Arc::new(dev), Arc::new(session));
         let (tx, rx) = std::sync::mpsc::channel();
         for (i, &q) in cpus.iter().enumerate() {
-            let depth = if online.contains(&q) { DEPTH } else { 1 };
-            let (dev, session, tx, stats, fatal, idle) =
-                (dev.clone(), session.clone(), tx.clone(), stats.clone(), fatal.clone(), idle.clone());
-            let spawned = std::thread::Builder::new().name(format!("uring-{q}")).spawn(move || {
-                let ring = Queue::new(q, depth, &dev, neg, &*session, idle);
-                let mut ring = match ring {
-                    Ok(ring) => {
-                        let _ = tx.send(Ok(()));
-                        drop(tx);
-                        ring
+            let threads = if online.contains(&q) { workers.max(1) } else { 1 };
+            for _ in 0..threads {
+                let (dev, session, tx, stats, fatal, idle, native) = (
+                    dev.clone(),
+                    session.clone(),
+                    tx.clone(),
+                    stats.clone(),
+                    fatal.clone(),
+                    idle.clone(),
+                    native.clone(),
+                );
+                let spawned = std::thread::Builder::new().name(format!("uring-{q}")).spawn(move || {
+                    let mut worker = match Worker::new(q, &dev, neg, &*session, native, idle) {
+                        Ok(worker) => {
+                            let _ = tx.send(Ok(()));
+                            drop(tx);
+                            worker
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(io::Error::new(e.kind(), format!("the ring of CPU {q}: {e}"))));
+                            return;
+                        }
+                    };
+                    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.serve(&stats, i)));
+                    match served {
+                        Ok(Ok(())) => worker.finish(),
+                        Ok(Err(e)) => fatal(format!("the io_uring ring of CPU {q} failed: {e}")),
+                        Err(_) => fatal(format!("the io_uring ring of CPU {q} panicked")),
                     }
-                    Err(e) => {
-                        let _ = tx.send(Err(io::Error::new(e.kind(), format!("the ring of CPU {q}: {e}"))));
-                        return;
-                    }
-                };
-                let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ring.serve(&stats.requests[i])));
-                match served {
-                    Ok(Ok(())) => ring.finish(),
-                    Ok(Err(e)) => fatal(format!("the io_uring ring of CPU {q} failed: {e}")),
-                    Err(_) => fatal(format!("the io_uring ring of CPU {q} panicked")),
+                });
+                match spawned {
+                    Ok(t) => rings.threads.push(t),
+                    Err(e) => return (rings, Err(e)),
                 }
-            });
-            match spawned {
-                Ok(t) => rings.threads.push(t),
-                Err(e) => return (rings, Err(e)),
             }
         }
         drop(tx);
@@ -255,7 +278,7 @@ pub fn cpu_list(which: &str) -> io::Result<Vec<usize>> {
     Ok(out)
 }
 
-/// The SCHED_IDLE commit (`Queue::commit`) and its watchdog: a ring thread still at
+/// The SCHED_IDLE commit (`Worker::commit`) and its watchdog: a ring thread still at
 /// SCHED_IDLE after [`IDLE_BOUND`] (its CPU busy with other work) is put back to normal by
 /// the watchdog, so a busy CPU delays its requests by that much at most.
 #[derive(Default)]
@@ -338,41 +361,41 @@ struct Entry {
     iov: [libc::iovec; 2],
 }
 
-/// One CPU's ring and the socket to its session.
-struct Queue {
+/// One thread of a CPU's ring: an entry of its own, registered through an io_uring of its
+/// own, and the socket to its own fuser session. A request the kernel puts in the entry is
+/// answered on this thread (by `native`, or by the session while this thread waits), so a
+/// slow request holds up only its own entry: the kernel hands the next request of the CPU to
+/// another thread's entry.
+struct Worker {
     q: usize,
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
     dev: RawFd,
-    entries: Vec<&'static mut Entry>,
-    /// Entries registered (the others were refused).
-    live: usize,
+    entry: &'static mut Entry,
     socket: OwnedFd,
-    /// Where the header of the session's next reply is peeked at (leaked: a pending receive
-    /// writes into it).
-    reply: &'static mut [u8],
-    /// Request `unique` → entry, while its reply is awaited.
-    waiting: HashMap<u64, usize>,
+    /// Where the header of the session's reply is peeked at.
+    reply: [u8; OUT_HEADER_LEN],
     session: Option<Box<dyn FnOnce() + Send>>,
-    /// Completions seen while registering, served first.
-    early: Vec<(u64, i32)>,
+    native: Option<Arc<Native>>,
+    /// The registration's completion if it came with the submission (a request waiting).
+    early: Option<i32>,
     idle: Arc<Idle>,
     idle_slot: Arc<AtomicU64>,
     _dev_keep: Arc<OwnedFd>,
 }
 
-impl Queue {
+impl Worker {
     fn new<S>(
         q: usize,
-        depth: usize,
         dev: &Arc<OwnedFd>,
         neg: Negotiated,
         session: &S,
+        native: Option<Arc<Native>>,
         idle: Arc<Idle>,
-    ) -> io::Result<Queue>
+    ) -> io::Result<Worker>
     where
         S: Fn(OwnedFd) -> io::Result<Box<dyn FnOnce() + Send>> + ?Sized,
     {
-        // Pinned, with the session's threads (they inherit it); a CPU that is not online
+        // Pinned, with the session's thread (it inherits it); a CPU that is not online
         // cannot be pinned to, and its ring is served from anywhere.
         let mut cpu = nix::sched::CpuSet::new();
         if cpu.set(q).and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpu)).is_err() {
@@ -381,179 +404,160 @@ impl Queue {
         let (ours, theirs) = socket_pair()?;
         // The session's handshake: an INIT as the kernel sent it, its reply dropped.
         send_all(ours.as_raw_fd(), &[&init_message(neg)])?;
-        let run = session(theirs)?; // its threads inherit this thread's CPU
-        recv(ours.as_raw_fd(), &mut vec![0u8; 4096])?;
-        let reply: &'static mut [u8] = Box::leak(vec![0u8; OUT_HEADER_LEN].into_boxed_slice());
-        let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder().build((2 * depth + 2) as u32)?;
+        let run = session(theirs)?; // its thread inherits this thread's CPU
+        recv(ours.as_raw_fd(), &mut vec![0u8; 4096], 0)?;
+        let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(4)?;
         let idle_slot = idle.slot();
-        let mut queue = Queue {
+        let e = Box::leak(Box::new(Entry {
+            header: [0u8; HEADER_LEN],
+            payload: vec![0u8; neg.max_payload],
+            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2],
+        }));
+        e.iov[0] = libc::iovec { iov_base: e.header.as_mut_ptr().cast(), iov_len: HEADER_LEN };
+        e.iov[1] = libc::iovec { iov_base: e.payload.as_mut_ptr().cast(), iov_len: e.payload.len() };
+        let addr = e.iov.as_ptr() as u64;
+        let mut worker = Worker {
             q,
             ring,
             dev: dev.as_raw_fd(),
-            entries: Vec::new(),
-            live: depth,
+            entry: e,
             socket: ours,
-            reply,
-            waiting: HashMap::new(),
+            reply: [0u8; OUT_HEADER_LEN],
             session: Some(run),
-            early: Vec::new(),
+            native,
+            early: None,
             idle,
             idle_slot,
             _dev_keep: dev.clone(),
         };
-        queue.arm_recv()?;
-        for i in 0..depth {
-            let e = Box::leak(Box::new(Entry {
-                header: [0u8; HEADER_LEN],
-                payload: vec![0u8; neg.max_payload],
-                iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2],
-            }));
-            e.iov[0] = libc::iovec { iov_base: e.header.as_mut_ptr().cast(), iov_len: HEADER_LEN };
-            e.iov[1] = libc::iovec { iov_base: e.payload.as_mut_ptr().cast(), iov_len: e.payload.len() };
-            let addr = e.iov.as_ptr() as u64;
-            queue.entries.push(e);
-            queue.push(command(queue.dev, CMD_REGISTER, 0, q, Some(addr)).user_data(i as u64))?;
-        }
+        worker.push(command(worker.dev, CMD_REGISTER, 0, q, Some(addr)))?;
         // A registration the kernel refuses (no io_uring on this connection, a buffer too
         // small) completes within the submit, with its error; one that succeeded completes
-        // when a request arrives (kept for `serve`: the last CPU to register opens them all).
-        queue.ring.submit()?;
-        let mut refused = None;
-        for (what, res) in queue.ring.completion().map(|c| (c.user_data(), c.result())).collect::<Vec<_>>() {
-            if what != RECV && res < 0 {
-                queue.live -= 1;
-                refused = Some(io::Error::from_raw_os_error(-res));
-            } else {
-                queue.early.push((what, res));
+        // when a request arrives (kept for `serve`: the last thread to register opens them all).
+        worker.ring.submit()?;
+        let first = worker.ring.completion().next().map(|c| c.result());
+        match first {
+            // A refused registration turns io_uring off for the connection: /dev/fuse serves.
+            Some(res) if res < 0 => {
+                let e = io::Error::from_raw_os_error(-res);
+                Err(io::Error::new(e.kind(), format!("the kernel refused its entry ({e})")))
             }
-        }
-        // A refused registration turns io_uring off for the connection: /dev/fuse serves.
-        match refused {
-            Some(e) => Err(io::Error::new(e.kind(), format!("the kernel refused its entries ({e})"))),
-            None => Ok(queue),
+            early => {
+                worker.early = early;
+                Ok(worker)
+            }
         }
     }
 
     fn push(&mut self, sqe: squeue::Entry128) -> io::Result<()> {
-        loop {
-            // SAFETY: every buffer an SQE points to (entry headers, payloads, their iovecs,
-            // the reply buffer) is leaked: it outlives whatever the kernel does with it.
-            let pushed = unsafe { self.ring.submission().push(&sqe) };
-            match pushed {
-                Ok(()) => return Ok(()),
-                Err(_) => {
-                    self.ring.submit()?;
-                }
-            }
-        }
+        // SAFETY: every buffer an SQE points to (the entry's header, payload and their
+        // iovecs) is leaked: it outlives whatever the kernel does with it.
+        let pushed = unsafe { self.ring.submission().push(&sqe) };
+        pushed.map_err(|_| io::Error::other("its submission queue is full"))
     }
 
-    /// Waits (in the ring) for the session's next reply: a peek at its header, which says
-    /// whose it is, and (MSG_TRUNC) its whole length; `take_reply` then reads it straight
-    /// into that entry's buffers.
-    fn arm_recv(&mut self) -> io::Result<()> {
-        let sqe = opcode::Recv::new(types::Fd(self.socket.as_raw_fd()), self.reply.as_mut_ptr(), OUT_HEADER_LEN as u32)
-            .flags(libc::MSG_PEEK | libc::MSG_TRUNC)
-            .build()
-            .user_data(RECV);
-        self.push(squeue::Entry128::from(sqe))
+    /// The result of the next completion: the entry's next request (or the error that ends it).
+    fn next(&mut self) -> io::Result<i32> {
+        loop {
+            if let Some(c) = self.ring.completion().next() {
+                return Ok(c.result());
+            }
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Serves until the kernel ends the connection; an error is fatal (see the module doc).
-    fn serve(&mut self, served: &AtomicU64) -> io::Result<()> {
-        let mut done = std::mem::take(&mut self.early);
-        while self.live > 0 {
-            if done.is_empty() {
-                match self.ring.submit_and_wait(1) {
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                    Err(e) => return Err(e),
+    fn serve(&mut self, stats: &Stats, i: usize) -> io::Result<()> {
+        let mut res = match self.early.take() {
+            Some(res) => res,
+            None => self.next()?,
+        };
+        loop {
+            if res < 0 {
+                // The connection ended: the kernel ends every entry so.
+                if [libc::ENOTCONN, libc::ECANCELED, libc::ENODEV].contains(&-res) {
+                    return Ok(());
                 }
-                done = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+                let e = io::Error::from_raw_os_error(-res);
+                return Err(io::Error::other(format!("the kernel ended its entry with: {e}")));
             }
-            for (what, res) in std::mem::take(&mut done) {
-                if what == RECV {
-                    if res <= 0 {
-                        let why =
-                            if res == 0 { "it closed".into() } else { io::Error::from_raw_os_error(-res).to_string() };
-                        return Err(io::Error::other(format!("its session's socket ended ({why})")));
-                    }
-                    if let Some(i) = self.take_reply(res as usize)? {
-                        self.commit(i)?;
-                        served.fetch_add(1, Ordering::Relaxed);
-                    }
-                    self.arm_recv()?;
-                } else if res < 0 {
-                    // The connection ended: the kernel ends every entry so.
-                    if [libc::ENOTCONN, libc::ECANCELED, libc::ENODEV].contains(&-res) {
-                        self.live -= 1;
-                    } else {
-                        let e = io::Error::from_raw_os_error(-res);
-                        return Err(io::Error::other(format!("the kernel ended entry {what} with: {e}")));
-                    }
-                } else {
-                    self.forward(what as usize)?;
-                }
+            if self.answer()? {
+                stats.native.fetch_add(1, Ordering::Relaxed);
+            }
+            stats.requests[i].fetch_add(1, Ordering::Relaxed);
+            self.commit()?;
+            res = self.next()?;
+        }
+    }
+
+    /// Puts the reply to the entry's request into it: from `native` if it answers the
+    /// request (then `true`), else from the session. A request that does not fit the
+    /// entry's layout is answered EIO.
+    fn answer(&mut self) -> io::Result<bool> {
+        let Entry { header, payload, .. } = &mut *self.entry;
+        let len = u32::from_ne_bytes(header[0..4].try_into().unwrap()) as usize;
+        let head = Head::parse(&header[..IN_HEADER_LEN]);
+        let carried = u32::from_ne_bytes(header[ENT_IN_OUT + 16..ENT_IN_OUT + 20].try_into().unwrap()) as usize;
+        let room = payload.len();
+        let Some(op) = len.checked_sub(IN_HEADER_LEN + carried).filter(|&n| n <= OP_IN && carried <= room) else {
+            tracing::error!("io_uring ring of CPU {}: a request of {len} bytes with {carried} of payload: EIO", self.q);
+            put_reply(header, head.unique, Err(libc::EIO));
+            return Ok(false);
+        };
+        if let Some(native) = &self.native {
+            if let Some(answered) = native.answer(&head, &header[OP_IN..OP_IN + op], payload, carried) {
+                put_reply(header, head.unique, answered);
+                return Ok(true);
             }
         }
-        Ok(())
+        self.forward(head.unique, op, carried)?;
+        Ok(false)
     }
 
-    /// Passes the request in entry `i` to the session, laid out as /dev/fuse has it: the
-    /// in-header, the op header, the payload (`len` in the in-header counts all three). A
-    /// request that does not fit that layout is answered EIO.
-    fn forward(&mut self, i: usize) -> io::Result<()> {
-        let e = &mut *self.entries[i];
-        let room = e.payload.len();
-        let h = &mut e.header;
-        let len = u32::from_ne_bytes(h[0..4].try_into().unwrap()) as usize;
-        let unique = u64::from_ne_bytes(h[8..16].try_into().unwrap());
-        let payload = u32::from_ne_bytes(h[ENT_IN_OUT + 16..ENT_IN_OUT + 20].try_into().unwrap()) as usize;
-        let Some(op) = len.checked_sub(IN_HEADER_LEN + payload).filter(|&n| n <= OP_IN && payload <= room) else {
-            tracing::error!("io_uring ring of CPU {}: a request of {len} bytes with {payload} of payload: EIO", self.q);
-            put_out_header(h, unique, libc::EIO);
-            return self.commit(i);
-        };
-        self.waiting.insert(unique, i);
-        let h = &e.header;
-        send_all(self.socket.as_raw_fd(), &[&h[..IN_HEADER_LEN], &h[OP_IN..OP_IN + op], &e.payload[..payload]])
-    }
-
-    /// Reads the session's next reply (`n` bytes long; its header peeked at) into the entry
-    /// whose request it answers, out header and payload where the kernel wants them; that
-    /// entry, or `None` for a reply to nothing waiting here (read and dropped).
-    fn take_reply(&mut self, n: usize) -> io::Result<Option<usize>> {
+    /// Passes the entry's request to the session, laid out as /dev/fuse has it (the
+    /// in-header, the op header, the payload: `len` in the in-header counts all three), and
+    /// reads its reply into the entry.
+    fn forward(&mut self, unique: u64, op: usize, carried: usize) -> io::Result<()> {
         let fd = self.socket.as_raw_fd();
-        let waiting = match n >= OUT_HEADER_LEN {
-            true => self.waiting.remove(&u64::from_ne_bytes(self.reply[8..16].try_into().unwrap())),
-            false => None,
-        };
-        let Some(i) = waiting else {
-            tracing::warn!("io_uring ring of CPU {}: a reply to no request waiting: dropped", self.q);
-            recv_into(fd, &mut [&mut self.reply[..OUT_HEADER_LEN]])?;
-            return Ok(None);
-        };
-        let e = &mut *self.entries[i];
-        let body = n - OUT_HEADER_LEN;
-        if body > e.payload.len() {
-            tracing::error!("io_uring ring of CPU {}: a reply of {n} bytes, more than an entry holds: EIO", self.q);
-            recv_into(fd, &mut [&mut self.reply[..OUT_HEADER_LEN]])?;
-            let unique = u64::from_ne_bytes(self.reply[8..16].try_into().unwrap());
-            put_out_header(&mut e.header, unique, libc::EIO);
-            return Ok(Some(i));
+        let e = &mut *self.entry;
+        let h = &e.header;
+        send_all(fd, &[&h[..IN_HEADER_LEN], &h[OP_IN..OP_IN + op], &e.payload[..carried]])?;
+        loop {
+            // The reply's header, peeked at, says whose it is, and (MSG_TRUNC) its length.
+            let n = recv(fd, &mut self.reply, libc::MSG_PEEK | libc::MSG_TRUNC)?;
+            if n == 0 {
+                return Err(io::Error::other("its session's socket ended (it closed)"));
+            }
+            let answers = n >= OUT_HEADER_LEN && u64::from_ne_bytes(self.reply[8..16].try_into().unwrap()) == unique;
+            if !answers {
+                tracing::warn!("io_uring ring of CPU {}: a reply to no request waiting: dropped", self.q);
+                recv_into(fd, &mut [&mut self.reply[..]])?;
+                continue;
+            }
+            let body = n - OUT_HEADER_LEN;
+            if body > e.payload.len() {
+                tracing::error!("io_uring ring of CPU {}: a reply of {n} bytes, more than an entry holds: EIO", self.q);
+                recv_into(fd, &mut [&mut self.reply[..]])?;
+                put_reply(&mut e.header, unique, Err(libc::EIO));
+                return Ok(());
+            }
+            let (out, rest) = e.header.split_at_mut(OUT_HEADER_LEN);
+            recv_into(fd, &mut [out, &mut e.payload[..body]])?;
+            rest[ENT_IN_OUT - OUT_HEADER_LEN + 16..ENT_IN_OUT - OUT_HEADER_LEN + 20]
+                .copy_from_slice(&(body as u32).to_ne_bytes());
+            return Ok(());
         }
-        let (out, rest) = e.header.split_at_mut(OUT_HEADER_LEN);
-        recv_into(fd, &mut [out, &mut e.payload[..body]])?;
-        rest[ENT_IN_OUT - OUT_HEADER_LEN + 16..ENT_IN_OUT - OUT_HEADER_LEN + 20]
-            .copy_from_slice(&(body as u32).to_ne_bytes());
-        Ok(Some(i))
     }
 
-    /// Commits the reply in entry `i`, which then waits for its next request.
-    fn commit(&mut self, i: usize) -> io::Result<()> {
-        let h = &self.entries[i].header;
+    /// Commits the reply in the entry, which then waits for its next request.
+    fn commit(&mut self) -> io::Result<()> {
+        let h = &self.entry.header;
         let commit_id = u64::from_ne_bytes(h[ENT_IN_OUT + 8..ENT_IN_OUT + 16].try_into().unwrap());
-        self.push(command(self.dev, CMD_COMMIT_AND_FETCH, commit_id, self.q, None).user_data(i as u64))?;
+        self.push(command(self.dev, CMD_COMMIT_AND_FETCH, commit_id, self.q, None))?;
         if !self.idle.enabled.load(Ordering::Relaxed) {
             return self.ring.submit().map(|_| ());
         }
@@ -561,8 +565,8 @@ impl Queue {
         // one, the scheduler would see the CPU busy and move the caller to an idle CPU (a
         // migration and a cross-CPU wake-up per request: round trips 2.5x slower here); a
         // CPU running only SCHED_IDLE threads counts as idle, so the caller stays and
-        // preempts this thread at once. The yield first lets this CPU's session thread that
-        // sent the reply reach its next read (asleep, it no longer keeps the CPU busy).
+        // preempts this thread at once. The yield first lets a session thread that sent the
+        // reply reach its next read (asleep, it no longer keeps the CPU busy).
         // Back to normal right after; if other work keeps the CPU, the watchdog puts this
         // thread back within IDLE_BOUND (serving at SCHED_IDLE would starve behind it).
         self.idle.commit_starts(&self.idle_slot);
@@ -578,7 +582,7 @@ impl Queue {
         submitted.map(|_| ())
     }
 
-    /// Ends the session of this CPU (its socket closes) and waits for it.
+    /// Ends the session of this thread (its socket closes) and waits for it.
     fn finish(&mut self) {
         let _ = nix::sys::socket::shutdown(self.socket.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         if let Some(run) = self.session.take() {
@@ -587,12 +591,17 @@ impl Queue {
     }
 }
 
-/// A `fuse_out_header` answering `unique` with `errno` and no payload, into entry header `h`.
-fn put_out_header(h: &mut [u8], unique: u64, errno: i32) {
-    h[0..4].copy_from_slice(&(OUT_HEADER_LEN as u32).to_ne_bytes());
-    h[4..8].copy_from_slice(&(-errno).to_ne_bytes());
+/// A reply into entry header `h`: the `fuse_out_header` answering `unique` and the length of
+/// the body already in the payload, or an errno and no body.
+fn put_reply(h: &mut [u8], unique: u64, answered: Answered) {
+    let (error, body) = match answered {
+        Ok(n) => (0, n),
+        Err(errno) => (-errno, 0),
+    };
+    h[0..4].copy_from_slice(&((OUT_HEADER_LEN + body) as u32).to_ne_bytes());
+    h[4..8].copy_from_slice(&error.to_ne_bytes());
     h[8..16].copy_from_slice(&unique.to_ne_bytes());
-    h[ENT_IN_OUT + 16..ENT_IN_OUT + 20].copy_from_slice(&0u32.to_ne_bytes());
+    h[ENT_IN_OUT + 16..ENT_IN_OUT + 20].copy_from_slice(&(body as u32).to_ne_bytes());
 }
 
 /// Sets the scheduling policy of thread `tid` (0: the calling one); whether it took.
@@ -727,10 +736,12 @@ fn recv_into<const N: usize>(fd: RawFd, parts: &mut [&mut [u8]; N]) -> io::Resul
     }
 }
 
-fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+/// Waits for a message and reads it into `buf` (with `MSG_PEEK | MSG_TRUNC`: copies its start,
+/// leaves it queued and returns its whole length).
+fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
     loop {
         // SAFETY: `buf` is valid and writable for its length.
-        let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
         if r >= 0 {
             return Ok(r as usize);
         }

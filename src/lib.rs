@@ -7,7 +7,8 @@
 //! - [`store`]: the sidecar metadata store; sees wrapped keys only.
 //! - [`fs`]: filesystem semantics on top of keys, format and storage; no FUSE.
 //! - [`secret`]: where passphrases come from (file, command, terminal).
-//! - [`fuse`], [`fuse_uring`]: the FUSE transports (/dev/fuse through fuser; io_uring rings per CPU).
+//! - [`fuse`], [`fuse_uring`], [`fuse_native`]: the FUSE transports (/dev/fuse through fuser;
+//!   io_uring rings per CPU, whose threads answer everyday requests themselves).
 //! - [`revocation`]: when a mount whose root is revoked (or unreachable too long) goes dark.
 #![deny(unsafe_code)]
 
@@ -21,6 +22,7 @@ pub mod error;
 pub mod format;
 pub mod fs;
 pub mod fuse;
+pub mod fuse_native;
 pub mod fuse_uring;
 pub mod keys;
 pub mod kms;

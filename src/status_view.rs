@@ -121,10 +121,11 @@ pub fn render(v: &Value) -> String {
         Some("io_uring") => row(
             "transport",
             format!(
-                "io_uring, {} ring{} ({} requests served)",
+                "io_uring, {} ring{} ({} requests served, {} of them in the ring threads)",
                 num(&v["transport"]["rings"]),
                 if v["transport"]["rings"] == 1 { "" } else { "s" },
-                num(&v["transport"]["requests"])
+                num(&v["transport"]["requests"]),
+                num(&v["transport"]["answered_in_ring"])
             ),
         ),
         Some(kind) => match v["transport"]["io_uring_refused"].as_str() {
@@ -224,7 +225,7 @@ mod tests {
         let v = serde_json::json!({
             "cipherdir": "/srv/enc", "volume_id": "ab", "mounted": true, "mountpoint": "/srv/plain",
             "pid": 42, "mounted_seconds": 7300, "memory_locked": true, "shredded": false,
-            "transport": {"kind": "io_uring", "rings": 2, "requests": 7},
+            "transport": {"kind": "io_uring", "rings": 2, "requests": 7, "answered_in_ring": 5},
             "cipher": "aes-256-gcm-siv", "format_version": 1, "extent_size": 1048576, "files": 3,
             "wrapped_deks": 5, "open_files": 1, "kms_uri": "local:keystore", "root_check": {"state": "off"},
             "root_rotated_since_mount": false, "kek_id": "cd", "kek_generation": 2, "kek_age_seconds": 90_000,
@@ -245,7 +246,7 @@ mod tests {
         let flat = squeezed(&text.replace('\n', " | "));
         for want in [
             "state      mounted on /srv/plain for 2 h 1 min (daemon 42, memory locked)",
-            "transport  io_uring, 2 rings (7 requests served)",
+            "transport  io_uring, 2 rings (7 requests served, 5 of them in the ring threads)",
             "data       aes-256-gcm-siv, 1 MiB extents",
             "files      3 (5 wrapped DEKs), 1 open",
             "KEK        cd, generation 2, made 1 d 1 h ago",

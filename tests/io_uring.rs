@@ -230,6 +230,23 @@ fn a_mount_over_io_uring_serves_every_request_and_falls_back_to_dev_fuse_without
     }
     let text = String::from_utf8(m.run(&["status".as_ref(), m.mnt.as_os_str()]).stdout).unwrap();
     assert!(text.contains("io_uring"), "{text}");
+    // The ring threads answered what they know themselves (src/fuse_native.rs): all but a
+    // few of the requests (the rest went to their fuser sessions).
+    let t = &status(&m)["transport"];
+    let (native, all) = (t["answered_in_ring"].as_u64().unwrap(), t["requests"].as_u64().unwrap());
+    assert!(native > all * 9 / 10 && native < all, "{t:#}");
+
+    // Everything passed on to the sessions (the path every other request takes) serves the
+    // same requests alike.
+    m.unmount();
+    m.env.push(("ENVELOPEFS_RING_PASS_ON".into(), "1".into()));
+    m.mount_with(&["--io-uring"]);
+    m.env.pop();
+    fs::create_dir(m.p("passed-on")).unwrap();
+    workload(&m.p("passed-on"));
+    let t = &status(&m)["transport"];
+    assert_eq!(t["kind"], "io_uring", "{t:#}");
+    assert!(t["requests"].as_u64().unwrap() > 1000 && t["answered_in_ring"] == 0, "{t:#}");
     let seen = manifest(&m.mnt);
 
     // What it wrote reads the same over /dev/fuse.

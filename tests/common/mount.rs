@@ -92,6 +92,12 @@ impl MountFixture {
     pub fn mount_with(&mut self, extra: &[&str]) {
         ok(&self.try_mount(extra));
         self.mounted = true;
+        // scripts/test.sh runs the mount suites again over the io_uring rings: each mount
+        // must then really serve over them.
+        if let Ok(kind) = std::env::var("ENVELOPEFS_TEST_EXPECT_TRANSPORT") {
+            let v = status(self);
+            assert_eq!(v["transport"]["kind"], kind.as_str(), "{v:#}");
+        }
     }
 
     /// Marks the volume as mounted by the test itself, so Drop unmounts it.
@@ -108,6 +114,9 @@ impl MountFixture {
             self.passfile.as_os_str(),
         ];
         args.extend(extra.iter().map(std::ffi::OsStr::new));
+        // Arguments every mount adds (scripts/test.sh: `--io-uring` for a second pass).
+        let every = std::env::var("ENVELOPEFS_TEST_MOUNT_ARGS").unwrap_or_default();
+        args.extend(every.split_whitespace().map(std::ffi::OsStr::new));
         self.run(&args)
     }
 
