@@ -40,6 +40,11 @@ export ENVELOPEFS_RUNTIME_DIR=$WORK/run ENVELOPEFS_STATE_DIR=$WORK/state
 URING_KNOB=/sys/module/fuse/parameters/enable_uring
 URING_WAS=$(cat "$URING_KNOB" 2>/dev/null || true)
 cleanup() {
+    # envelopefs's umount waits for its daemon to commit and exit (it writes the volume's
+    # anchor last: removed under it, the work directory would not go).
+    for m in "$WORK"/mnt-envelopefs "$WORK"/mnt-uring; do
+        mountpoint -q "$m" 2>/dev/null && "$EVFS" umount "$m" >/dev/null 2>&1 || true
+    done
     for m in "$WORK"/mnt-*; do mountpoint -q "$m" 2>/dev/null && fusermount3 -u "$m" 2>/dev/null || true; done
     [ -z "$URING_WAS" ] || echo "$URING_WAS" > "$URING_KNOB" || true
     steady_memory_end

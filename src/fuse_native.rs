@@ -1,6 +1,7 @@
 //! The requests a ring thread answers itself (`mount --io-uring`): the ones a tree is
-//! unpacked, listed, read and removed with (LOOKUP, GETATTR, SETATTR, GETXATTR, CREATE,
-//! MKDIR, OPEN, READ, WRITE, FLUSH, RELEASE, FSYNC, UNLINK, RMDIR, RENAME2, LINK, READDIRPLUS).
+//! unpacked, listed, read, committed to git and removed with (LOOKUP, GETATTR, SETATTR,
+//! GETXATTR, CREATE, MKDIR, SYMLINK, READLINK, OPEN, READ, WRITE, FLUSH, RELEASE, FSYNC,
+//! UNLINK, RMDIR, RENAME, RENAME2, LINK, READDIRPLUS).
 //!
 //! Why: passed on to a fuser session, a request costs a message through a socket to another
 //! thread and its reply one back: two context switches and two copies, about as much as the
@@ -28,9 +29,12 @@ use crate::fuse::{errno_code, open_flags, readdirplus, rename_mode, set_attr, TT
 const LOOKUP: u32 = 1;
 const GETATTR: u32 = 3;
 const SETATTR: u32 = 4;
+const READLINK: u32 = 5;
+const SYMLINK: u32 = 6;
 const MKDIR: u32 = 9;
 const UNLINK: u32 = 10;
 const RMDIR: u32 = 11;
+const RENAME: u32 = 12;
 const LINK: u32 = 13;
 const OPEN: u32 = 14;
 const READ: u32 = 15;
@@ -111,10 +115,10 @@ impl Native {
             return None;
         }
         let want = match h.opcode {
-            LOOKUP | UNLINK | RMDIR => 0,
+            LOOKUP | UNLINK | RMDIR | SYMLINK | READLINK => 0,
             GETATTR | CREATE | FSYNC | RENAME2 => 16,
             SETATTR => 88,
-            MKDIR | OPEN | LINK | GETXATTR => 8,
+            MKDIR | OPEN | LINK | GETXATTR | RENAME => 8,
             READ | WRITE | READDIRPLUS => 40,
             RELEASE | FLUSH => 24,
             _ => return None,
@@ -199,11 +203,22 @@ impl Native {
                 let [name] = names(&buf[..len])?;
                 fs.rmdir(ino, name).map(|()| 0)
             }
-            RENAME2 => {
+            RENAME | RENAME2 => {
                 let [from, to] = names(&buf[..len])?;
-                let Some(mode) = rename_mode(u32_at(op, 8)) else { return Some(Err(libc::EINVAL)) };
+                let flags = if h.opcode == RENAME2 { u32_at(op, 8) } else { 0 };
+                let Some(mode) = rename_mode(flags) else { return Some(Err(libc::EINVAL)) };
                 fs.rename(ino, from, u64_at(op, 0), to, mode).map(|()| 0)
             }
+            SYMLINK => {
+                let [name, target] = names(&buf[..len])?;
+                let target = std::path::Path::new(target);
+                fs.symlink(ino, name, target, Caller { uid: h.uid, gid: h.gid }).map(|a| put_entry(buf, &a))
+            }
+            READLINK => match fs.readlink(ino) {
+                Ok(t) if t.len() <= buf.len() => Ok(put(buf, 0, &[t.as_bytes()])),
+                Ok(_) => return Some(Err(libc::ENAMETOOLONG)),
+                Err(e) => Err(e),
+            },
             LINK => {
                 let [name] = names(&buf[..len])?;
                 fs.link(u64_at(op, 0), ino, name).map(|a| put_entry(buf, &a))
