@@ -43,6 +43,7 @@ cargo test --all-features --locked --no-fail-fast 2>&1 | tee /tmp/envelopefs-tes
 # them; the fuse module's enable_uring is switched on for this and put back.
 knob=/sys/module/fuse/parameters/enable_uring
 if [ -w "$knob" ] && was=$(cat "$knob") && echo Y > "$knob" 2>/dev/null; then
+    trap 'echo "$was" > "$knob"; rm -rf "$ENVELOPEFS_STATE_DIR"' EXIT
     say "the mount suites again over io_uring"
     ENVELOPEFS_TEST_MOUNT_ARGS=--io-uring ENVELOPEFS_TEST_EXPECT_TRANSPORT=io_uring \
         cargo test --all-features --locked --no-fail-fast --test mount_ops --test entries --test rollback --test open_ahead --test absence --test bad_input \

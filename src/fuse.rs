@@ -283,8 +283,8 @@ fn refused(why: String) -> Transport {
 }
 
 /// Starts a ring per CPU, each served by worker threads (`threads` spread over the CPUs, at
-/// least four each, so that a few slow requests of one CPU do not hold up the rest of its
-/// requests), each answering what `fuse_native` knows itself and passing the rest to a fuser
+/// least eight each, so that a few slow requests of one CPU do not hold up the rest of its
+/// requests: the kernel never moves a request to another CPU's ring), each answering what `fuse_native` knows itself and passing the rest to a fuser
 /// session of its own; /dev/fuse serves everything if that fails.
 /// `ENVELOPEFS_RING_PASS_ON=1` passes every request on to the sessions (for comparisons, and
 /// the tests of both paths).
@@ -298,7 +298,7 @@ fn start_rings(
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     // To send the connection back to /dev/fuse if the rings cannot start.
     let spare = dev.try_clone()?;
-    let workers = threads.div_ceil(cpus).max(4);
+    let workers = threads.div_ceil(cpus).max(8);
     let mut per_worker = config.clone();
     per_worker.n_threads = Some(1); // a worker waits for its session's one reply at a time
     per_worker.clone_fd = false;
@@ -502,9 +502,21 @@ fn attr(a: &Attr) -> FileAttr {
 
 fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     t.map(|t| match t {
-        TimeOrNow::SpecificTime(t) => SetTime::At(t),
+        TimeOrNow::SpecificTime(t) => SetTime::At(as_sent(t)),
         TimeOrNow::Now => SetTime::Now,
     })
+}
+
+/// The time the kernel sent, from fuser's reading of it: fuser 0.18 takes a time before the
+/// epoch with nanoseconds as that many nanoseconds earlier instead of later (the kernel's
+/// -2 s + 500,000,000 ns, 1.5 s before the epoch, comes as 2.5 s before it).
+fn as_sent(t: SystemTime) -> SystemTime {
+    match SystemTime::UNIX_EPOCH.duration_since(t) {
+        Ok(d) if d.subsec_nanos() != 0 => {
+            SystemTime::UNIX_EPOCH - Duration::from_secs(d.as_secs()) + Duration::from_nanos(d.subsec_nanos().into())
+        }
+        _ => t,
+    }
 }
 
 fn caller(req: &Request) -> Caller {
@@ -873,6 +885,21 @@ impl Filesystem for Adapter {
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_before_the_epoch_is_read_as_the_kernel_sent_it() {
+        let epoch = SystemTime::UNIX_EPOCH;
+        // fuser's reading of the kernel's (-2 s, 500,000,000 ns): 1.5 s before the epoch.
+        assert_eq!(as_sent(epoch - Duration::new(2, 500_000_000)), epoch - Duration::from_millis(1_500));
+        for t in [epoch - Duration::from_secs(3), epoch, epoch + Duration::new(5, 7)] {
+            assert_eq!(as_sent(t), t);
         }
     }
 }

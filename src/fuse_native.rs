@@ -14,7 +14,10 @@
 //! else: a request it does not answer, one whose fixed argument is not the size it expects
 //! (another protocol version), one carrying extension headers, and one fuser's access check
 //! would look at (another user than the daemon's on a mount without `allow_other`) are passed
-//! on to fuser unchanged, which answers them as over /dev/fuse.
+//! on to fuser unchanged, which answers them as over /dev/fuse. One of its own that is
+//! malformed (a name without its NUL, a WRITE whose size is not its payload's) is answered
+//! EIO: fuser would end its session on it. A reply larger than the entry's buffer (which the
+//! kernel's request sizes rule out) is an error too, not a truncated reply.
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
@@ -126,21 +129,34 @@ impl Native {
         if op.len() != want {
             return None;
         }
+        if matches!(h.opcode, READ | WRITE) && u64_at(op, 8) > i64::MAX as u64 {
+            return Some(Err(libc::EINVAL)); // an offset beyond off_t, refused as fuser does
+        }
         let _op = match self.fs.op() {
             Ok(guard) => guard,
             Err(e) => return Some(Err(errno_code(&e))),
         };
         let fs = &*self.fs;
         let ino = h.nodeid;
+        // The payload's names; a request without them is answered EIO (passed on, it would
+        // end the fuser session, and with it the daemon).
+        macro_rules! names {
+            () => {
+                match names(&buf[..len]) {
+                    Some(names) => names,
+                    None => return Some(Err(libc::EIO)),
+                }
+            };
+        }
         let got: Result<usize, crate::Error> = match h.opcode {
             LOOKUP => {
-                let [name] = names(&buf[..len])?;
+                let [name] = names!();
                 fs.lookup(ino, name).map(|a| put_entry(buf, &a))
             }
             GETATTR => fs.getattr(ino).map(|a| put_attr_out(buf, &a)),
             SETATTR => fs.setattr(ino, &set_attr_in(h.uid, op)).map(|a| put_attr_out(buf, &a)),
             GETXATTR => {
-                let [name] = names(&buf[..len])?;
+                let [name] = names!();
                 let size = u32_at(op, 0) as usize;
                 match fs.get_xattr(ino, name) {
                     Ok(v) if size == 0 => Ok(put(buf, 0, &[&(v.len() as u32).to_ne_bytes(), &[0; 4]])),
@@ -150,12 +166,12 @@ impl Native {
                 }
             }
             MKDIR => {
-                let [name] = names(&buf[..len])?;
+                let [name] = names!();
                 let mode = u32_at(op, 0) & !u32_at(op, 4);
                 fs.mkdir(ino, name, mode, Caller { uid: h.uid, gid: h.gid }).map(|a| put_entry(buf, &a))
             }
             CREATE => {
-                let [name] = names(&buf[..len])?;
+                let [name] = names!();
                 let (flags, mode) = (u32_at(op, 0), u32_at(op, 4) & !u32_at(op, 8));
                 fs.create(ino, name, mode, Caller { uid: h.uid, gid: h.gid }).map(|(a, fh)| {
                     let n = put_entry(buf, &a);
@@ -164,14 +180,12 @@ impl Native {
             }
             OPEN => {
                 let flags = u32_at(op, 0);
-                let write = flags as i32 & libc::O_ACCMODE != libc::O_RDONLY;
+                // As fuser reads it: O_ACCMODE itself (3) is no write access.
+                let write = matches!(flags as i32 & libc::O_ACCMODE, libc::O_WRONLY | libc::O_RDWR);
                 fs.open(ino, write).map(|fh| put_open(buf, fh, flags))
             }
             READ => {
                 let (fh, offset, size) = (u64_at(op, 0), u64_at(op, 8), u32_at(op, 16));
-                if offset > i64::MAX as u64 {
-                    return Some(Err(libc::EINVAL));
-                }
                 return Some(fs.read_with(fh, offset, size, |r| match r {
                     Ok(data) if data.len() <= buf.len() => Ok(put(buf, 0, &[data])),
                     Ok(_) => Err(libc::EIO),
@@ -180,11 +194,8 @@ impl Native {
             }
             WRITE => {
                 let (fh, offset, size, flags) = (u64_at(op, 0), u64_at(op, 8), u32_at(op, 16), u32_at(op, 20));
-                if offset > i64::MAX as u64 {
-                    return Some(Err(libc::EINVAL));
-                }
                 if size as usize != len {
-                    return None;
+                    return Some(Err(libc::EIO)); // (fuser would panic on it)
                 }
                 // A writer without CAP_FSETID: setuid/setgid go first.
                 let ready = if flags & WRITE_KILL_SUIDGID != 0 { fs.drop_privs(ino) } else { Ok(()) };
@@ -196,21 +207,21 @@ impl Native {
             RELEASE => fs.release(u64_at(op, 0)).map(|()| 0),
             FSYNC => fs.fsync(u64_at(op, 0)).map(|()| 0),
             UNLINK => {
-                let [name] = names(&buf[..len])?;
+                let [name] = names!();
                 fs.unlink(ino, name).map(|()| 0)
             }
             RMDIR => {
-                let [name] = names(&buf[..len])?;
+                let [name] = names!();
                 fs.rmdir(ino, name).map(|()| 0)
             }
             RENAME | RENAME2 => {
-                let [from, to] = names(&buf[..len])?;
+                let [from, to] = names!();
                 let flags = if h.opcode == RENAME2 { u32_at(op, 8) } else { 0 };
                 let Some(mode) = rename_mode(flags) else { return Some(Err(libc::EINVAL)) };
                 fs.rename(ino, from, u64_at(op, 0), to, mode).map(|()| 0)
             }
             SYMLINK => {
-                let [name, target] = names(&buf[..len])?;
+                let [name, target] = names!();
                 let target = std::path::Path::new(target);
                 fs.symlink(ino, name, target, Caller { uid: h.uid, gid: h.gid }).map(|a| put_entry(buf, &a))
             }
@@ -220,7 +231,7 @@ impl Native {
                 Err(e) => Err(e),
             },
             LINK => {
-                let [name] = names(&buf[..len])?;
+                let [name] = names!();
                 fs.link(u64_at(op, 0), ino, name).map(|a| put_entry(buf, &a))
             }
             READDIRPLUS => {
@@ -264,8 +275,7 @@ fn set_attr_in(uid: u32, op: &[u8]) -> crate::fs::SetAttr {
     )
 }
 
-/// The first `N` NUL-terminated names of a request's payload (`None`: not there, and the
-/// request is passed on).
+/// The first `N` NUL-terminated names of a request's payload (`None`: not there).
 fn names<const N: usize>(payload: &[u8]) -> Option<[&OsStr; N]> {
     let mut rest = payload;
     let mut out = [OsStr::new(""); N];

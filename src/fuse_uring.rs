@@ -9,11 +9,12 @@
 //! pinned to that CPU: caller and daemon hand over without crossing CPUs.
 //!
 //! What this module owns, per CPU `q` (all of it pinned to `q`), for each of the CPU's
-//! worker threads (`--threads` spread over the CPUs, at least four each):
+//! worker threads (`--threads` spread over the CPUs, at least eight each):
 //! - one ring entry (a 288-byte header and a payload buffer), registered with the kernel
 //!   (`FUSE_IO_URING_CMD_REGISTER`) through the thread's own io_uring; it completes when the
-//!   kernel puts a request into it. A thread busy with a slow request holds up nothing else:
-//!   the kernel gives the CPU's next request to a free entry;
+//!   kernel puts a request into it. A thread busy with a slow request holds up only its own
+//!   entry: the kernel gives the CPU's next request to a free one (and queues it while the
+//!   CPU has none: it never moves a request to another CPU's ring);
 //! - the answer: a request `fuse_native` knows (the metadata and I/O requests of everyday
 //!   work) is answered on the thread itself, straight from the entry into the entry; any
 //!   other is passed to a fuser session of the thread's own, through a `SOCK_SEQPACKET`
@@ -36,8 +37,10 @@
 //! `Fatal` commits and ends the daemon, as a crash would, and callers get ENOTCONN. Buffers
 //! the kernel was given stay allocated until the process ends (it may write a request into
 //! them until the connection is torn down). One hang is left: a reply the fuser session
-//! cannot send (its 1 MiB message refused for want of contiguous kernel memory) is lost, and
-//! its caller waits (docs/OPERATIONS.md).
+//! cannot send (a large message refused for want of contiguous kernel memory) is lost, and
+//! its caller waits, and so does the worker that passed the request on (one entry of its CPU
+//! fewer); only requests passed on take that path, and their replies are small (a READ is
+//! passed on only for another user on a mount without `allow_other`; docs/OPERATIONS.md).
 //!
 //! Unsafe code is allowed here (and only where marked `SAFETY`): the ring's SQEs point the
 //! kernel at buffers this module owns, and the FUSE command layout is written byte by byte.
@@ -56,8 +59,9 @@ use nix::libc;
 
 use crate::fuse_native::{Answered, Head, Native};
 
-/// How long a ring thread may stay at SCHED_IDLE (see `Worker::commit`) before the watchdog
-/// puts it back: the bound on what a busy CPU can make a request wait.
+/// How often the watchdog looks at the ring threads at SCHED_IDLE (see `Worker::commit`): one
+/// seen there twice in a row is put back, so a busy CPU can make a request wait one to two
+/// of these.
 const IDLE_BOUND: Duration = Duration::from_millis(2);
 /// `FUSE_IO_URING_CMD_REGISTER` / `FUSE_IO_URING_CMD_COMMIT_AND_FETCH` (uapi linux/fuse.h).
 const CMD_REGISTER: u32 = 1;
@@ -115,10 +119,12 @@ pub struct Rings {
 
 impl Rings {
     /// Registers a ring per possible CPU on `dev` (a descriptor of the mount's /dev/fuse
-    /// connection, after its INIT), each served by a session that `session` starts on the
-    /// socket it is given (and whose returned closure waits for it). `Ok` once every CPU's
-    /// ring has entries registered; an error if one CPU has none, and the kernel then keeps
-    /// to /dev/fuse (the threads that did start end with the connection).
+    /// connection, after its INIT): `workers` threads for each online CPU (one for another),
+    /// each with an entry, answering with `native` what it knows and passing the rest to a
+    /// session that `session` starts on the socket it is given (and whose returned closure
+    /// waits for it). `Ok` once every CPU's ring has an entry registered; an error if one CPU
+    /// has none, and the kernel then keeps to /dev/fuse (the threads that did start end with
+    /// the connection).
     pub fn start<S>(
         dev: OwnedFd,
         neg: Negotiated,
@@ -164,12 +170,12 @@ impl Rings {
                 let spawned = std::thread::Builder::new().name(format!("uring-{q}")).spawn(move || {
                     let mut worker = match Worker::new(q, &dev, neg, &*session, native, idle) {
                         Ok(worker) => {
-                            let _ = tx.send(Ok(()));
+                            let _ = tx.send((i, Ok(())));
                             drop(tx);
                             worker
                         }
                         Err(e) => {
-                            let _ = tx.send(Err(io::Error::new(e.kind(), format!("the ring of CPU {q}: {e}"))));
+                            let _ = tx.send((i, Err(io::Error::new(e.kind(), format!("the ring of CPU {q}: {e}")))));
                             return;
                         }
                     };
@@ -187,14 +193,25 @@ impl Rings {
             }
         }
         drop(tx);
-        let mut result = Ok(());
+        // Once every CPU has an entry the kernel serves the mount over the rings for good:
+        // a worker that failed after that is one entry fewer (logged), not a failure.
+        let mut registered = vec![0usize; cpus.len()];
+        let mut failed = None;
         for _ in 0..rings.threads.len() {
             match rx.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => result = result.and(Err(e)),
-                Err(_) => result = result.and(Err(io::Error::other("an io_uring thread ended early"))),
+                Ok((i, Ok(()))) => registered[i] += 1,
+                Ok((_, Err(e))) => failed = Some(e),
+                Err(_) => failed = Some(io::Error::other("an io_uring thread ended early")),
             }
         }
+        let result = match (registered.iter().all(|&n| n > 0), failed) {
+            (true, Some(e)) => {
+                tracing::warn!("io_uring: a worker did not start ({e}); its CPU's others serve");
+                Ok(())
+            }
+            (true, None) => Ok(()),
+            (false, e) => Err(e.unwrap_or_else(|| io::Error::other("a CPU's ring has no entry"))),
+        };
         if result.is_ok() {
             let watching = idle.clone();
             // Without the watchdog the SCHED_IDLE commit is not bounded: not used.
@@ -279,8 +296,9 @@ pub fn cpu_list(which: &str) -> io::Result<Vec<usize>> {
 }
 
 /// The SCHED_IDLE commit (`Worker::commit`) and its watchdog: a ring thread still at
-/// SCHED_IDLE after [`IDLE_BOUND`] (its CPU busy with other work) is put back to normal by
-/// the watchdog, so a busy CPU delays its requests by that much at most.
+/// SCHED_IDLE for the same commit at two of the watchdog's looks, [`IDLE_BOUND`] apart (its
+/// CPU busy with other work), is put back to normal, so a busy CPU delays its requests by
+/// one to two of them at most.
 #[derive(Default)]
 struct Idle {
     /// On once the watchdog runs; off if the policy cannot be put back (no CAP_SYS_NICE).
@@ -568,7 +586,7 @@ impl Worker {
         // preempts this thread at once. The yield first lets a session thread that sent the
         // reply reach its next read (asleep, it no longer keeps the CPU busy).
         // Back to normal right after; if other work keeps the CPU, the watchdog puts this
-        // thread back within IDLE_BOUND (serving at SCHED_IDLE would starve behind it).
+        // thread back within two IDLE_BOUNDs (serving at SCHED_IDLE would starve behind it).
         self.idle.commit_starts(&self.idle_slot);
         set_policy(0, libc::SCHED_IDLE);
         // SAFETY: sched_yield takes no arguments.

@@ -580,6 +580,27 @@ fn setuid_and_setgid_bits_go_as_on_a_local_file_system() {
 }
 
 #[test]
+fn times_before_1970_keep_their_nanoseconds() {
+    // 1.5 s before the epoch travels as -2 s + 500,000,000 ns; it is kept as set, now and
+    // after a remount (fuser's reading of such times is put right in fuse.rs; the io_uring
+    // ring threads read them themselves).
+    let mut m = MountFixture::new(&[]);
+    fs::write(m.p("old"), b"x").unwrap();
+    let script = "import os, sys; os.utime(sys.argv[1], ns=(-1_500_000_000, -2_250_000_000)); \
+                  s = os.stat(sys.argv[1]); print(s.st_atime_ns, s.st_mtime_ns)";
+    for round in 0..2 {
+        if round == 0 {
+            let o = std::process::Command::new("python3").args(["-c", script]).arg(m.p("old")).output().unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "-1500000000 -2250000000");
+        }
+        let md = fs::metadata(m.p("old")).unwrap();
+        assert_eq!((md.atime(), md.atime_nsec(), md.mtime(), md.mtime_nsec()), (-2, 500_000_000, -3, 750_000_000));
+        m.remount();
+    }
+}
+
+#[test]
 fn read_only_mount_refuses_writes() {
     let mut m = MountFixture::new(&[]);
     fs::write(m.p("f"), b"before").unwrap();

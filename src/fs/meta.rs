@@ -101,10 +101,19 @@ fn time_spec(t: Option<SetTime>) -> TimeSpec {
     match t {
         None => TimeSpec::UTIME_OMIT,
         Some(SetTime::Now) => TimeSpec::UTIME_NOW,
-        Some(SetTime::At(t)) => {
-            let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-            TimeSpec::new(d.as_secs() as i64, i64::from(d.subsec_nanos()))
-        }
+        Some(SetTime::At(t)) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => TimeSpec::new(d.as_secs() as i64, i64::from(d.subsec_nanos())),
+            // Before the epoch (it used to become the epoch itself): whole seconds down, the
+            // nanoseconds after them.
+            Err(before) => {
+                let d = before.duration();
+                let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+                match i64::from(d.subsec_nanos()) {
+                    0 => TimeSpec::new(-secs, 0),
+                    n => TimeSpec::new(-secs - 1, 1_000_000_000 - n),
+                }
+            }
+        },
     }
 }
 
