@@ -431,6 +431,23 @@ pub(crate) fn rename_mode(flags: u32) -> Option<RenameMode> {
     }
 }
 
+/// A READDIR of directory `ino` from `offset`: each entry's inode, next offset, kind and name
+/// go to `add` until it says the reply is full.
+pub(crate) fn readdir(
+    fs: &InodeFs,
+    ino: u64,
+    offset: u64,
+    mut add: impl FnMut(u64, u64, EntryKind, &OsStr) -> bool,
+) -> crate::Result<()> {
+    let l = fs.readdir_from(ino, offset)?;
+    for (i, e) in l.entries.iter().enumerate().skip(offset as usize) {
+        if add(e.ino, (i + 1) as u64, e.kind, &e.name) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// A READDIRPLUS of directory `ino` from `offset`: each entry's next offset, name and
 /// attributes go to `add` until it says the reply is full. An entry removed meanwhile is
 /// skipped; one whose attributes fail ends the reply if entries went before it (the next
@@ -442,12 +459,17 @@ pub(crate) fn readdirplus(
     mut add: impl FnMut(u64, &OsStr, &Attr) -> bool,
 ) -> crate::Result<()> {
     let l = fs.readdirplus_from(ino, offset)?;
+    let mut listed = None; // the backing directory, opened at the first entry that needs it
     let mut sent = false;
     let mut dir_attr = None; // "." and ".." both carry the directory's attributes
     for (i, e) in l.entries.iter().enumerate().skip(offset as usize) {
         let got = match &dir_attr {
             Some(a) if e.backing.is_empty() => Ok(Some(Attr::clone(a))),
-            _ => fs.listed_attr(&l, i),
+            _ if e.backing.is_empty() => fs.getattr(e.ino).map(Some),
+            _ => match &listed {
+                Some(d) => fs.listed_attr(&l, d, i),
+                None => fs.listed_dir(&l).and_then(|d| fs.listed_attr(&l, listed.insert(d), i)),
+            },
         };
         let a = match got {
             Ok(Some(a)) => a,
@@ -769,15 +791,11 @@ impl Filesystem for Adapter {
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let _op = op!(self, reply);
-        match self.fs.readdir_from(ino.0, offset) {
-            Ok(l) => {
-                for (i, e) in l.entries.iter().enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &e.name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let listed = readdir(&self.fs, ino.0, offset, |ino, next, kind, name| {
+            reply.add(INodeNo(ino), next, file_type(kind), name)
+        });
+        match listed {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }

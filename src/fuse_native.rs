@@ -1,7 +1,7 @@
 //! The requests a ring thread answers itself (`mount --io-uring`): the ones a tree is
 //! unpacked, listed, read, committed to git and removed with (LOOKUP, GETATTR, SETATTR,
 //! GETXATTR, CREATE, MKDIR, SYMLINK, READLINK, OPEN, READ, WRITE, FLUSH, RELEASE, FSYNC,
-//! UNLINK, RMDIR, RENAME, RENAME2, LINK, READDIRPLUS).
+//! UNLINK, RMDIR, RENAME, RENAME2, LINK, READDIR, READDIRPLUS).
 //!
 //! Why: passed on to a fuser session, a request costs a message through a socket to another
 //! thread and its reply one back: two context switches and two copies, about as much as the
@@ -26,7 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use nix::libc;
 
 use crate::fs::{Attr, Caller, EntryKind, InodeFs, SetTime};
-use crate::fuse::{errno_code, open_flags, readdirplus, rename_mode, set_attr, TTL};
+use crate::fuse::{errno_code, open_flags, readdir, readdirplus, rename_mode, set_attr, TTL};
 
 // Opcodes (enum fuse_opcode).
 const LOOKUP: u32 = 1;
@@ -43,6 +43,7 @@ const OPEN: u32 = 14;
 const READ: u32 = 15;
 const WRITE: u32 = 16;
 const RELEASE: u32 = 18;
+const READDIR: u32 = 28;
 const FSYNC: u32 = 20;
 const GETXATTR: u32 = 22;
 const FLUSH: u32 = 25;
@@ -122,7 +123,7 @@ impl Native {
             GETATTR | CREATE | FSYNC | RENAME2 => 16,
             SETATTR => 88,
             MKDIR | OPEN | LINK | GETXATTR | RENAME => 8,
-            READ | WRITE | READDIRPLUS => 40,
+            READ | WRITE | READDIR | READDIRPLUS => 40,
             RELEASE | FLUSH => 24,
             _ => return None,
         };
@@ -234,6 +235,20 @@ impl Native {
                 let [name] = names!();
                 fs.link(u64_at(op, 0), ino, name).map(|a| put_entry(buf, &a))
             }
+            READDIR => {
+                let (offset, size) = (u64_at(op, 8), (u32_at(op, 16) as usize).min(buf.len()));
+                let mut at = 0;
+                readdir(fs, ino, offset, |ino, next, kind, name| {
+                    match put_dirent(&mut buf[at..size], ino, next, kind, name) {
+                        Some(n) => {
+                            at += n;
+                            false
+                        }
+                        None => true,
+                    }
+                })
+                .map(|()| at)
+            }
             READDIRPLUS => {
                 let (offset, size) = (u64_at(op, 8), (u32_at(op, 16) as usize).min(buf.len()));
                 let mut at = 0;
@@ -332,7 +347,12 @@ fn put(buf: &mut [u8], at: usize, parts: &[&[u8]]) -> usize {
 
 /// `st_mode` of `a`: its type's bits and its permissions.
 fn mode(a: &Attr) -> u32 {
-    let kind = match a.kind {
+    type_bits(a.kind) | u32::from(a.perm)
+}
+
+/// The `S_IFMT` bits of `kind`.
+fn type_bits(kind: EntryKind) -> u32 {
+    match kind {
         EntryKind::Fifo => libc::S_IFIFO,
         EntryKind::CharDevice => libc::S_IFCHR,
         EntryKind::BlockDevice => libc::S_IFBLK,
@@ -340,8 +360,7 @@ fn mode(a: &Attr) -> u32 {
         EntryKind::File => libc::S_IFREG,
         EntryKind::Symlink => libc::S_IFLNK,
         EntryKind::Socket => libc::S_IFSOCK,
-    };
-    kind | u32::from(a.perm)
+    }
 }
 
 /// `struct fuse_attr` (88 bytes).
@@ -383,20 +402,29 @@ fn put_open(buf: &mut [u8], fh: u64, flags: u32) -> usize {
 /// One `struct fuse_direntplus` (entry, dirent, name, zeros to 8 bytes) into `buf`; its
 /// length, or `None` if it does not fit.
 fn put_direntplus(buf: &mut [u8], next: u64, name: &OsStr, a: &Attr) -> Option<usize> {
+    if ENTRY_OUT > buf.len() {
+        return None;
+    }
+    let n = put_dirent(&mut buf[ENTRY_OUT..], a.ino, next, a.kind, name)?;
+    put(buf, 0, &[&entry_bytes(a)]);
+    Some(ENTRY_OUT + n)
+}
+
+/// One `struct fuse_dirent` (inode, next offset, name length, type, name, zeros to 8 bytes)
+/// into `buf`; its length, or `None` if it does not fit.
+fn put_dirent(buf: &mut [u8], ino: u64, next: u64, kind: EntryKind, name: &OsStr) -> Option<usize> {
     let name = name.as_bytes();
-    let len = (ENTRY_OUT + DIRENT + name.len()).next_multiple_of(8);
+    let len = (DIRENT + name.len()).next_multiple_of(8);
     if len > buf.len() {
         return None;
     }
-    let dirent = [
-        &a.ino.to_ne_bytes()[..],
+    let head = [
+        &ino.to_ne_bytes()[..],
         &next.to_ne_bytes(),
         &(name.len() as u32).to_ne_bytes(),
-        &(mode(a) >> 12).to_ne_bytes(),
+        &(type_bits(kind) >> 12).to_ne_bytes(),
     ];
-    let mut n = put(buf, 0, &[&entry_bytes(a)]);
-    n += put(buf, n, &dirent);
-    n += put(buf, n, &[name]);
+    let n = put(buf, 0, &head) + put(buf, DIRENT, &[name]);
     buf[n..len].fill(0);
     Some(len)
 }
@@ -457,6 +485,13 @@ mod tests {
         assert_eq!(&d[24..32], b"abc\0\0\0\0\0");
         assert_eq!(buf[160], 0xff);
         assert_eq!(put_direntplus(&mut buf[..159], 7, OsStr::new("abc"), &attr()), None);
+        let mut plain = [0xffu8; 40];
+        assert_eq!(put_dirent(&mut plain, 5, 8, EntryKind::Directory, OsStr::new("sub")), Some(32));
+        assert_eq!((u64_at(&plain, 0), u64_at(&plain, 8), u32_at(&plain, 16)), (5, 8, 3));
+        assert_eq!(u32_at(&plain, 20), libc::DT_DIR as u32);
+        assert_eq!(&plain[24..32], b"sub\0\0\0\0\0");
+        assert_eq!(plain[32], 0xff);
+        assert_eq!(put_dirent(&mut plain[..31], 5, 8, EntryKind::Directory, OsStr::new("sub")), None);
     }
 
     #[test]

@@ -86,3 +86,30 @@ fn the_first_cold_read_in_a_directory_reads_its_other_files_ahead() {
         assert_eq!(fs::read(m.p(&format!("d/f{i:02}"))).unwrap(), pattern(i, 10_000), "f{i:02}");
     }
 }
+
+#[test]
+fn the_store_is_read_back_for_a_listing_only_when_a_size_is_not_cached() {
+    // A listing's sizes are rows of the store; one not cached would be a random read of it,
+    // so the whole database is asked for at once then. A listing whose sizes are all cached
+    // (a tree just unpacked, listed again) asks for none of it: 34 MB for the Linux tree.
+    let Some(mut m) = MountFixture::on_disk("evfs-store-warm-") else { return };
+    fs::create_dir(m.p("d")).unwrap();
+    for i in 0..FILES {
+        fs::write(m.p(&format!("d/f{i:02}")), pattern(i, 1_000)).unwrap();
+    }
+    let store = m.cipher.join("meta.db");
+    let list = |m: &MountFixture| {
+        let n = fs::read_dir(m.p("d")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum::<u64>();
+        assert_eq!(n, FILES * 1_000);
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // past the once-a-second bound
+    evict(&store);
+    list(&m);
+    assert_eq!(resident(&store), 0, "sizes cached: nothing of the store read");
+    m.unmount();
+    m.mount();
+    evict(&store);
+    list(&m);
+    let len = fs::metadata(&store).unwrap().len();
+    assert!(resident(&store) * 2 >= len, "sizes not cached: the store read back ({} of {len})", resident(&store));
+}

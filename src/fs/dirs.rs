@@ -15,6 +15,13 @@ use crate::crypto::random_array;
 use crate::store::Change;
 use crate::{Error, Result};
 
+/// A listed backing directory, opened once for its entries' attributes within one request
+/// ([`Volume::listed_dir`]); dropped with the request.
+pub struct ListedDir {
+    at: super::tree::At,
+    dir: PathBuf,
+}
+
 impl Volume {
     pub fn mkdir(&self, path: &Path, mode: u32) -> Result<()> {
         self.mkdir_owned(path, mode, None).map(|_| ())
@@ -158,23 +165,31 @@ impl Volume {
     /// `expect`, only if `path` is (still) that backing inode (else NotFound).
     pub fn list(&self, path: &Path, expect: Option<u64>) -> Result<(PathBuf, Vec<(DirEntry, OsString)>)> {
         let (dir, dir_id) = self.open_dir(path, expect)?;
-        self.core.store.warm(); // each listed file's size is a row
         let entries = self.entries_in(&dir, &dir_id, path)?;
         Ok((dir, entries))
     }
 
-    /// Attributes of entry `name` of directory `path`, listed by [`Volume::list`] from
-    /// backing directory `dir` as `backing` (no path is resolved again).
-    pub fn listed_attr(&self, dir: &Path, path: &Path, name: &OsStr, backing: &OsStr) -> Result<super::Attr> {
-        self.attr_of_backing(&dir.join(backing), &path.join(name), None)
+    /// Backing directory `dir` (of directory `path`, listed by [`Volume::list`]) opened
+    /// beneath the data directory once, for the attributes of its entries that one request
+    /// sends ([`Volume::listed_attr`]): each entry is then reached through this descriptor,
+    /// not by resolving the directory's path again.
+    pub fn listed_dir(&self, dir: &Path, path: &Path) -> Result<ListedDir> {
+        let at = self.core.tree.parent_of_entries(dir).map_err(|e| super::volume::tree_error(path, e))?;
+        Ok(ListedDir { at, dir: dir.to_path_buf() })
+    }
+
+    /// Attributes of entry `name` of directory `path`, listed as `backing` in `listed`.
+    pub fn listed_attr(&self, listed: &ListedDir, path: &Path, name: &OsStr, backing: &OsStr) -> Result<super::Attr> {
+        self.attr_at(&listed.at.entry(backing), &listed.dir.join(backing), &path.join(name), None)
     }
 
     /// The entries of directory `path` with their attributes.
     pub fn readdir_plus(&self, path: &Path) -> Result<Vec<(DirEntry, super::Attr)>> {
         let (dir, entries) = self.list(path, None)?;
+        let listed = self.listed_dir(&dir, path)?;
         let mut out = Vec::new();
         for (e, backing) in entries {
-            match self.listed_attr(&dir, path, &e.name, &backing) {
+            match self.listed_attr(&listed, path, &e.name, &backing) {
                 Ok(a) => out.push((e, a)),
                 Err(Error::NotFound(_)) => {} // removed meanwhile
                 Err(err) => return Err(err),

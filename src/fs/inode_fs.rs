@@ -841,7 +841,14 @@ impl InodeFs {
     /// The attributes of entry `i` of listing `l` (readdirplus), worked out now; `None` if
     /// it is gone. The kernel counts a lookup for every entry it receives with attributes:
     /// call [`Self::note_lookup`] for each one sent.
-    pub fn listed_attr(&self, l: &Listing, i: usize) -> Result<Option<Attr>> {
+    /// The backing directory of listing `l`, opened once for the attributes of the entries
+    /// one READDIRPLUS sends ([`Self::listed_attr`]).
+    pub fn listed_dir(&self, l: &Listing) -> Result<super::ListedDir> {
+        let (vol, _guard) = self.part(l.part)?;
+        vol.listed_dir(&l.backing, &l.path)
+    }
+
+    pub fn listed_attr(&self, l: &Listing, listed: &super::ListedDir, i: usize) -> Result<Option<Attr>> {
         let e = &l.entries[i];
         if e.backing.is_empty() {
             // "." and "..": the directory's own attributes (a tenant's root's are its outer
@@ -849,7 +856,7 @@ impl InodeFs {
             return self.getattr(e.ino).map(Some);
         }
         let (vol, _guard) = self.part(l.part)?;
-        match vol.listed_attr(&l.backing, &l.path, &e.name, &e.backing) {
+        match vol.listed_attr(listed, &l.path, &e.name, &e.backing) {
             Ok(mut a) => {
                 if l.part == 0 {
                     self.fuse_ino(&mut a);

@@ -173,7 +173,13 @@ impl Volume {
     }
 
     /// [`Volume::attr_of_backing`] of the entry `at` reaches.
-    fn attr_at(&self, at: &super::tree::At, backing: &Path, path: &Path, expect: Option<u64>) -> Result<Attr> {
+    pub(super) fn attr_at(
+        &self,
+        at: &super::tree::At,
+        backing: &Path,
+        path: &Path,
+        expect: Option<u64>,
+    ) -> Result<Attr> {
         let meta = super::volume::lstat_at(at, path)?;
         if expect.is_some_and(|ino| !self.is_inode(meta.ino(), ino)) {
             return Err(Error::NotFound(path.into()));

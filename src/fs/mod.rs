@@ -42,6 +42,7 @@ mod volume;
 mod xattr;
 
 pub use backend::{DataFile, OsStorage, Storage, SyncPoint};
+pub use dirs::ListedDir;
 pub use file::FileHandle;
 pub use fsck::{FsckReport, Problem, ProblemKind, LOST_FOUND};
 pub use inode_fs::{Caller, InodeFs, SetAttr, ROOT_INO};

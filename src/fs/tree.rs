@@ -18,6 +18,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
@@ -31,7 +32,7 @@ pub(super) struct Tree {
 
 /// One backing entry, reached through its (checked) parent directory.
 pub(super) struct At {
-    dir: OwnedFd,
+    dir: Arc<OwnedFd>,
     name: OsString,
     path: PathBuf,
 }
@@ -49,6 +50,12 @@ impl At {
 
     pub(super) fn name(&self) -> &OsStr {
         &self.name
+    }
+
+    /// Entry `name` of this directory (an `At` of [`Tree::dir`]), through the same
+    /// descriptor: no lookup, no system call (entries of one listing, one request).
+    pub(super) fn entry(&self, name: &OsStr) -> At {
+        At { dir: self.dir.clone(), name: name.to_os_string(), path: proc_path(&self.dir, name) }
     }
 
     /// chown of the entry itself, never through a symlink; `None` leaves that id unchanged.
@@ -133,7 +140,7 @@ impl Tree {
             _ => (self.dup_root()?, OsString::from(".")),
         };
         let path = proc_path(&dir, &name);
-        Ok(At { dir, name, path })
+        Ok(At { dir: Arc::new(dir), name, path })
     }
 
     /// The directory at `backing` itself, opened for listing (its descriptor's path is
@@ -144,7 +151,15 @@ impl Tree {
         let dir = self.open_dir_rel(&rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)?;
         let name = OsString::from(".");
         let path = proc_path(&dir, OsStr::new(""));
-        Ok(At { dir, name, path })
+        Ok(At { dir: Arc::new(dir), name, path })
+    }
+
+    /// The directory at `backing` itself, as a parent for [`At::entry`] (not for listing).
+    pub(super) fn parent_of_entries(&self, backing: &Path) -> io::Result<At> {
+        let rel = self.relative(backing)?;
+        let dir = self.open_dir_rel(&rel, dir_flags())?;
+        let path = proc_path(&dir, OsStr::new(""));
+        Ok(At { dir: Arc::new(dir), name: OsString::from("."), path })
     }
 
     fn relative(&self, backing: &Path) -> io::Result<PathBuf> {

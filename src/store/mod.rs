@@ -539,6 +539,10 @@ impl Store {
             Ok(size) => return Ok(Some(size)),
             Err(generation) => generation,
         };
+        // A size not cached is a row read at random: the sizes of a listing's other files
+        // will be too, so the database is read back in one sweep (at most once a second).
+        // Not before: a listing whose sizes are all cached reads nothing of it.
+        self.warmer.warm();
         let size = self
             .read_lock()
             .prepare_cached("SELECT size FROM files WHERE id = ?1")
