@@ -503,11 +503,12 @@ impl Worker {
                 let e = io::Error::from_raw_os_error(-res);
                 return Err(io::Error::other(format!("the kernel ended its entry with: {e}")));
             }
-            if self.answer()? {
+            let native = self.answer()?;
+            if native {
                 stats.native.fetch_add(1, Ordering::Relaxed);
             }
             stats.requests[i].fetch_add(1, Ordering::Relaxed);
-            self.commit()?;
+            self.commit(!native)?;
             res = self.next()?;
         }
     }
@@ -571,8 +572,9 @@ impl Worker {
         }
     }
 
-    /// Commits the reply in the entry, which then waits for its next request.
-    fn commit(&mut self) -> io::Result<()> {
+    /// Commits the reply in the entry, which then waits for its next request; `passed_on`:
+    /// the reply came from the session (whose thread may still be on its way to sleep).
+    fn commit(&mut self, passed_on: bool) -> io::Result<()> {
         let h = &self.entry.header;
         let commit_id = u64::from_ne_bytes(h[ENT_IN_OUT + 8..ENT_IN_OUT + 16].try_into().unwrap());
         self.push(command(self.dev, CMD_COMMIT_AND_FETCH, commit_id, self.q, None))?;
@@ -583,14 +585,16 @@ impl Worker {
         // one, the scheduler would see the CPU busy and move the caller to an idle CPU (a
         // migration and a cross-CPU wake-up per request: round trips 2.5x slower here); a
         // CPU running only SCHED_IDLE threads counts as idle, so the caller stays and
-        // preempts this thread at once. The yield first lets a session thread that sent the
-        // reply reach its next read (asleep, it no longer keeps the CPU busy).
+        // preempts this thread at once. For a reply of the session, the yield first lets its
+        // thread reach its next read (asleep, it no longer keeps the CPU busy).
         // Back to normal right after; if other work keeps the CPU, the watchdog puts this
         // thread back within two IDLE_BOUNDs (serving at SCHED_IDLE would starve behind it).
         self.idle.commit_starts(&self.idle_slot);
         set_policy(0, libc::SCHED_IDLE);
-        // SAFETY: sched_yield takes no arguments.
-        unsafe { libc::sched_yield() };
+        if passed_on {
+            // SAFETY: sched_yield takes no arguments.
+            unsafe { libc::sched_yield() };
+        }
         let submitted = self.ring.submit();
         if !set_policy(0, libc::SCHED_OTHER) {
             self.idle.enabled.store(false, Ordering::Relaxed);
