@@ -10,17 +10,20 @@
 # `git status` there, a SQLite workload (20,000 rows in 20 transactions, an index, a
 # query), `rm -rf`. Prints a markdown table of the medians (seconds) with envelopefs's
 # ratios to gocryptfs and to ext4.
-#   sudo scripts/bench-real.sh [--rounds 1] [--dir /var/tmp]
-# Needs root (drops caches). Not part of CI.
+#   sudo scripts/bench-real.sh [--rounds 1] [--dir /var/tmp] [--baseline BINARY]
+# --baseline adds a column for another envelopefs binary (an earlier build, mounted as the
+# --io-uring column is, where there is one), so a change is measured before and after in
+# one run. Needs root (drops caches). Not part of CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/setup.sh
-ROUNDS=1 BASE=/var/tmp
+ROUNDS=1 BASE=/var/tmp BASELINE=
 while [ $# -gt 0 ]; do
     case $1 in
         --rounds) ROUNDS=$2; shift 2 ;;
         --dir) BASE=$2; shift 2 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        --baseline) BASELINE=$(realpath "$2"); shift 2 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) say "unknown argument $1"; exit 2 ;;
     esac
 done
@@ -45,6 +48,8 @@ cleanup() {
     for m in "$WORK"/mnt-envelopefs "$WORK"/mnt-uring; do
         mountpoint -q "$m" 2>/dev/null && "$EVFS" umount "$m" >/dev/null 2>&1 || true
     done
+    m=$WORK/mnt-baseline
+    mountpoint -q "$m" 2>/dev/null && "$BASELINE" umount "$m" >/dev/null 2>&1 || true
     for m in "$WORK"/mnt-*; do mountpoint -q "$m" 2>/dev/null && fusermount3 -u "$m" 2>/dev/null || true; done
     [ -z "$URING_WAS" ] || echo "$URING_WAS" > "$URING_KNOB" || true
     steady_memory_end
@@ -74,6 +79,13 @@ if [ -n "$URING_WAS" ]; then
     "$EVFS" status "$WORK/mnt-uring" --json | python3 -c 'import json, sys; sys.exit(json.load(sys.stdin)["transport"]["kind"] != "io_uring")' || { say "--io-uring did not take"; exit 1; }
     DIR[uring]=$WORK/mnt-uring
     NAMES+=(uring)
+fi
+if [ -n "$BASELINE" ]; then
+    mkdir -p "$WORK/mnt-baseline"
+    "$BASELINE" init "$WORK/cipher-baseline" --passfile "$WORK/pass" >/dev/null
+    "$BASELINE" mount "$WORK/cipher-baseline" "$WORK/mnt-baseline" --passfile "$WORK/pass" ${URING_WAS:+--io-uring}
+    DIR[baseline]=$WORK/mnt-baseline
+    NAMES+=(baseline)
 fi
 
 in_turn() { if [ $(($1 % 2)) -eq 1 ]; then printf '%s\n' "${NAMES[@]}"; else printf '%s\n' "${NAMES[@]}" | tac; fi; }
@@ -112,12 +124,12 @@ for round in $(seq "$ROUNDS"); do
     for fs in $(in_turn "$round"); do step rm-rf "$fs" sh -c 'rm -rf linux-source-6.1 bench.db && sync -f .'; done
 done
 
-python3 - "$RESULTS" "$ROUNDS" "${NAMES[@]}" <<'PY'
-import sys, statistics, collections
+BASELINE_LABEL="baseline${URING_WAS:+ --io-uring}" python3 - "$RESULTS" "$ROUNDS" "${NAMES[@]}" <<'PY'
+import os, sys, statistics, collections
 rows = collections.defaultdict(list)
 order = []
 names = sys.argv[3:]
-label = {"uring": "envelopefs --io-uring"}
+label = {"uring": "envelopefs --io-uring", "baseline": os.environ["BASELINE_LABEL"]}
 for line in open(sys.argv[1]):
     job, fs, v = line.rstrip("\n").split("\t")
     rows[(job, fs)].append(float(v))
@@ -138,4 +150,4 @@ for job in order:
     print(f"* {job}: " + "; ".join(f"{label.get(fs, fs)} " + " / ".join(f"{v:.2f}" for v in rows[(job, fs)])
                                    for fs in names))
 PY
-echo "versions: $("$EVFS" --version); gocryptfs $(gocryptfs -version 2>/dev/null | head -1 | cut -d' ' -f2 | tr -d ';'); $(uname -r)"
+echo "versions: $("$EVFS" --version)${BASELINE:+ (baseline: $BASELINE)}; gocryptfs $(gocryptfs -version 2>/dev/null | head -1 | cut -d' ' -f2 | tr -d ';'); $(uname -r)"

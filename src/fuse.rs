@@ -468,7 +468,11 @@ pub(crate) fn readdirplus(
             _ if e.backing.is_empty() => fs.getattr(e.ino).map(Some),
             _ => match &listed {
                 Some(d) => fs.listed_attr(&l, d, i),
-                None => fs.listed_dir(&l).and_then(|d| fs.listed_attr(&l, listed.insert(d), i)),
+                None => match fs.listed_dir(&l) {
+                    Ok(d) => fs.listed_attr(&l, listed.insert(d), i),
+                    Err(crate::Error::NotFound(_)) => break, // the directory is gone, and its entries
+                    Err(e) => Err(e),
+                },
             },
         };
         let a = match got {

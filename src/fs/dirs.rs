@@ -186,7 +186,11 @@ impl Volume {
     /// The entries of directory `path` with their attributes.
     pub fn readdir_plus(&self, path: &Path) -> Result<Vec<(DirEntry, super::Attr)>> {
         let (dir, entries) = self.list(path, None)?;
-        let listed = self.listed_dir(&dir, path)?;
+        let listed = match self.listed_dir(&dir, path) {
+            Ok(listed) => listed,
+            Err(Error::NotFound(_)) => return Ok(Vec::new()), // gone meanwhile, with its entries
+            Err(e) => return Err(e),
+        };
         let mut out = Vec::new();
         for (e, backing) in entries {
             match self.listed_attr(&listed, path, &e.name, &backing) {

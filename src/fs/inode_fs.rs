@@ -838,9 +838,6 @@ impl InodeFs {
         Ok(l)
     }
 
-    /// The attributes of entry `i` of listing `l` (readdirplus), worked out now; `None` if
-    /// it is gone. The kernel counts a lookup for every entry it receives with attributes:
-    /// call [`Self::note_lookup`] for each one sent.
     /// The backing directory of listing `l`, opened once for the attributes of the entries
     /// one READDIRPLUS sends ([`Self::listed_attr`]).
     pub fn listed_dir(&self, l: &Listing) -> Result<super::ListedDir> {
@@ -848,6 +845,9 @@ impl InodeFs {
         vol.listed_dir(&l.backing, &l.path)
     }
 
+    /// The attributes of entry `i` of listing `l` (readdirplus; `listed` its directory),
+    /// worked out now; `None` if it is gone. The kernel counts a lookup for every entry it
+    /// receives with attributes: call [`Self::note_lookup`] for each one sent.
     pub fn listed_attr(&self, l: &Listing, listed: &super::ListedDir, i: usize) -> Result<Option<Attr>> {
         let e = &l.entries[i];
         if e.backing.is_empty() {

@@ -55,6 +55,10 @@ impl At {
     /// Entry `name` of this directory (an `At` of [`Tree::dir`]), through the same
     /// descriptor: no lookup, no system call (entries of one listing, one request).
     pub(super) fn entry(&self, name: &OsStr) -> At {
+        debug_assert_eq!(self.name, ".", "entries of a directory's own `At` only");
+        debug_assert!(
+            matches!(Path::new(name).components().collect::<Vec<_>>()[..], [Component::Normal(n)] if n == name)
+        );
         At { dir: self.dir.clone(), name: name.to_os_string(), path: proc_path(&self.dir, name) }
     }
 

@@ -597,6 +597,7 @@ impl Store {
 
     /// The full encrypted name behind a hashed long name.
     pub fn long_name(&self, dir: &[u8; 16], hash: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.warmer.warm(); // a row at random, as a size not cached (see `file_size`)
         self.read_lock()
             .query_row("SELECT name FROM long_names WHERE dir_id = ?1 AND hash = ?2", params![&dir[..], hash], |r| {
                 r.get(0)

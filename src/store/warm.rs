@@ -1,6 +1,7 @@
 //! Keeps the store's database file in the page cache while the volume is in use: a rate-
-//! limited `POSIX_FADV_WILLNEED` of the whole file (asked when a directory is listed or a
-//! file's state is loaded, at most once a second).
+//! limited `POSIX_FADV_WILLNEED` of the whole file (asked when a file's state is loaded, or
+//! a size or long name is not cached and its row is about to be read, at most once a
+//! second; not for a listing whose sizes are all cached).
 //!
 //! Each file's rows sit on a page of their own somewhere in the database (file ids are
 //! random), so once the page cache has dropped the store (memory pressure, `drop_caches`),
