@@ -5,8 +5,8 @@
 # (default: the fs/ and include/ subtrees of Debian's linux-source-6.1, ~8,400 entries),
 # `ls -lR` it, `stat` every entry. For each step: the daemon's CPU (user + system, from
 # /proc) per entry, and, from the kernel's fuse:fuse_request_send/end tracepoints, how many
-# requests of each kind it sent and their mean and median latency. Needs root and perf; not
-# part of CI.
+# requests of each kind it sent and their mean and median latency. MOUNT_ARGS (say
+# `--io-uring`) are passed to the mount. Needs root and perf; not part of CI.
 set -euo pipefail
 [ $# -ge 1 ] || { sed -n '2,8p' "$0"; exit 2; }
 BIN=$(realpath "$1"); TAR=${2:-}
@@ -26,7 +26,7 @@ fi
 entries=$(tar tf "$TAR" | wc -l)
 echo pw > "$w/pass"; mkdir "$w/mnt"
 "$BIN" init "$w/c" --passfile "$w/pass" >/dev/null
-"$BIN" mount "$w/c" "$w/mnt" --passfile "$w/pass"
+"$BIN" mount "$w/c" "$w/mnt" --passfile "$w/pass" ${MOUNT_ARGS:-}
 pid=$(pgrep -f -n "$(basename "$BIN") mount $w/c") || { echo "no daemon found" >&2; exit 1; }
 # The tracepoints name a connection by the mount's device number: only this mount's count.
 conn=$(stat -c %d "$w/mnt")
