@@ -43,10 +43,10 @@ const OPEN: u32 = 14;
 const READ: u32 = 15;
 const WRITE: u32 = 16;
 const RELEASE: u32 = 18;
-const READDIR: u32 = 28;
 const FSYNC: u32 = 20;
 const GETXATTR: u32 = 22;
 const FLUSH: u32 = 25;
+const READDIR: u32 = 28;
 const CREATE: u32 = 35;
 const READDIRPLUS: u32 = 44;
 const RENAME2: u32 = 45;
@@ -514,7 +514,7 @@ mod tests {
     }
 
     #[test]
-    fn names_are_read_up_to_their_nul_and_a_missing_one_passes_the_request_on() {
+    fn names_are_read_up_to_their_nul_and_a_missing_one_is_none() {
         assert_eq!(names::<2>(b"old\0new\0"), Some([OsStr::new("old"), OsStr::new("new")]));
         assert_eq!(names::<2>(b"old\0new"), None);
         assert_eq!(names::<1>(b""), None);
