@@ -284,8 +284,9 @@ fn refused(why: String) -> Transport {
 
 /// Starts a ring per CPU, each served by worker threads (`threads` spread over the CPUs, at
 /// least eight each, so that a few slow requests of one CPU do not hold up the rest of its
-/// requests: the kernel never moves a request to another CPU's ring), each answering what `fuse_native` knows itself and passing the rest to a fuser
-/// session of its own; /dev/fuse serves everything if that fails.
+/// requests: the kernel never moves a request to another CPU's ring), each answering what
+/// `fuse_native` knows itself and passing the rest to a fuser session of its own; /dev/fuse
+/// serves everything if that fails.
 /// `ENVELOPEFS_RING_PASS_ON=1` passes every request on to the sessions (for comparisons, and
 /// the tests of both paths).
 fn start_rings(

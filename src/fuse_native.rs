@@ -10,7 +10,8 @@
 //! writes the reply into the same entry.
 //!
 //! What this module owns: the byte layout of those requests' arguments and replies (uapi
-//! `linux/fuse.h`, protocol 7.31 and later; integers in the machine's order). It knows nothing
+//! `linux/fuse.h` as the kernels with FUSE over io_uring, 6.14 and later, lay them out;
+//! integers in the machine's order). It knows nothing
 //! else: a request it does not answer, one whose fixed argument is not the size it expects
 //! (another protocol version), one carrying extension headers, and one fuser's access check
 //! would look at (another user than the daemon's on a mount without `allow_other`) are passed
@@ -21,11 +22,11 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use nix::libc;
 
-use crate::fs::{Attr, Caller, EntryKind, InodeFs, SetTime};
+use crate::fs::{epoch_parts, Attr, Caller, EntryKind, InodeFs, SetTime};
 use crate::fuse::{errno_code, open_flags, readdir, readdirplus, rename_mode, set_attr, TTL};
 
 // Opcodes (enum fuse_opcode).
@@ -310,29 +311,9 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_ne_bytes(b[at..at + 8].try_into().unwrap())
 }
 
-/// Seconds and nanoseconds since the epoch (before it if negative) as a time.
+/// A time as the kernel sends it (`nsecs` beyond a second taken as its last nanosecond).
 fn time_at(secs: i64, nsecs: u32) -> SystemTime {
-    let nsecs = std::time::Duration::from_nanos(u64::from(nsecs.min(999_999_999)));
-    match secs >= 0 {
-        true => UNIX_EPOCH + std::time::Duration::from_secs(secs as u64) + nsecs,
-        false => UNIX_EPOCH - std::time::Duration::from_secs(secs.unsigned_abs()) + nsecs,
-    }
-}
-
-/// A time as the kernel wants it: seconds since the epoch (negative before it) and the
-/// nanoseconds after them.
-fn wire_time(t: SystemTime) -> (i64, u32) {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => (i64::try_from(d.as_secs()).unwrap_or(i64::MAX), d.subsec_nanos()),
-        Err(before) => {
-            let d = before.duration();
-            let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-            match d.subsec_nanos() {
-                0 => (-secs, 0),
-                n => (-secs - 1, 1_000_000_000 - n),
-            }
-        }
-    }
+    crate::fs::time(secs, i64::from(nsecs.min(999_999_999)))
 }
 
 /// Writes `parts` one after the other at `buf[at..]`; the bytes written.
@@ -366,7 +347,7 @@ fn type_bits(kind: EntryKind) -> u32 {
 /// `struct fuse_attr` (88 bytes).
 fn attr_bytes(a: &Attr) -> [u8; 88] {
     let mut b = [0u8; 88];
-    let (at, mt, ct) = (wire_time(a.atime), wire_time(a.mtime), wire_time(a.ctime));
+    let (at, mt, ct) = (epoch_parts(a.atime), epoch_parts(a.mtime), epoch_parts(a.ctime));
     put(&mut b, 0, &[&a.ino.to_ne_bytes(), &a.size.to_ne_bytes(), &a.blocks.to_ne_bytes()]);
     put(&mut b, 24, &[&at.0.to_ne_bytes(), &mt.0.to_ne_bytes(), &ct.0.to_ne_bytes()]);
     put(&mut b, 48, &[&at.1.to_ne_bytes(), &mt.1.to_ne_bytes(), &ct.1.to_ne_bytes()]);
@@ -432,6 +413,7 @@ fn put_dirent(buf: &mut [u8], ino: u64, next: u64, kind: EntryKind, name: &OsStr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn attr() -> Attr {
         Attr {
@@ -523,7 +505,7 @@ mod tests {
     #[test]
     fn wire_times_round_trip_on_both_sides_of_the_epoch() {
         for t in [attr().atime, attr().mtime, UNIX_EPOCH, UNIX_EPOCH - std::time::Duration::from_secs(3)] {
-            let (s, n) = wire_time(t);
+            let (s, n) = epoch_parts(t);
             assert_eq!(time_at(s, n), t);
         }
     }

@@ -85,7 +85,9 @@ pub(super) fn kind_of(t: fs::FileType) -> EntryKind {
     }
 }
 
-pub(super) fn time(secs: i64, nsecs: i64) -> SystemTime {
+/// The time `secs` seconds and `nsecs` nanoseconds after the epoch (`secs` negative: before
+/// it), as `stat` and the FUSE protocol give times.
+pub fn time(secs: i64, nsecs: i64) -> SystemTime {
     if secs >= 0 {
         UNIX_EPOCH + Duration::new(secs as u64, nsecs as u32)
     } else {
@@ -101,19 +103,26 @@ fn time_spec(t: Option<SetTime>) -> TimeSpec {
     match t {
         None => TimeSpec::UTIME_OMIT,
         Some(SetTime::Now) => TimeSpec::UTIME_NOW,
-        Some(SetTime::At(t)) => match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => TimeSpec::new(d.as_secs() as i64, i64::from(d.subsec_nanos())),
-            // Before the epoch (it used to become the epoch itself): whole seconds down, the
-            // nanoseconds after them.
-            Err(before) => {
-                let d = before.duration();
-                let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-                match i64::from(d.subsec_nanos()) {
-                    0 => TimeSpec::new(-secs, 0),
-                    n => TimeSpec::new(-secs - 1, 1_000_000_000 - n),
-                }
+        Some(SetTime::At(t)) => {
+            let (secs, nsecs) = epoch_parts(t);
+            TimeSpec::new(secs, i64::from(nsecs))
+        }
+    }
+}
+
+/// [`time`]'s inverse: whole seconds since the epoch (rounded down, negative before it) and
+/// the nanoseconds after them. (A time before the epoch used to be set as the epoch itself.)
+pub fn epoch_parts(t: SystemTime) -> (i64, u32) {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (i64::try_from(d.as_secs()).unwrap_or(i64::MAX), d.subsec_nanos()),
+        Err(before) => {
+            let d = before.duration();
+            let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            match d.subsec_nanos() {
+                0 => (-secs, 0),
+                n => (-secs - 1, 1_000_000_000 - n),
             }
-        },
+        }
     }
 }
 

@@ -47,7 +47,7 @@ pub use file::FileHandle;
 pub use fsck::{FsckReport, Problem, ProblemKind, LOST_FOUND};
 pub use inode_fs::{Caller, InodeFs, SetAttr, ROOT_INO};
 pub use listing::{Listed, Listing};
-pub use meta::{Attr, AttrChanges, RenameMode, SetTime, StatFs};
+pub use meta::{epoch_parts, time, Attr, AttrChanges, RenameMode, SetTime, StatFs};
 pub use revoke::DarkReport;
 pub use root::next_root;
 pub use rotate::RotationStep;
