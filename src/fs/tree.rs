@@ -52,8 +52,8 @@ impl At {
         &self.name
     }
 
-    /// Entry `name` of this directory (an `At` of [`Tree::dir`]), through the same
-    /// descriptor: no lookup, no system call (entries of one listing, one request).
+    /// Entry `name` of this directory (an `At` of [`Tree::parent_of_entries`]), through the
+    /// same descriptor: no lookup, no system call (entries of one listing, one request).
     pub(super) fn entry(&self, name: &OsStr) -> At {
         debug_assert_eq!(self.name, ".", "entries of a directory's own `At` only");
         debug_assert!(
