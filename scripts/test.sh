@@ -46,7 +46,7 @@ if [ -w "$knob" ] && was=$(cat "$knob") && echo Y > "$knob" 2>/dev/null; then
     trap 'echo "$was" > "$knob"; rm -rf "$ENVELOPEFS_STATE_DIR"' EXIT
     say "the mount suites again over io_uring"
     ENVELOPEFS_TEST_MOUNT_ARGS=--io-uring ENVELOPEFS_TEST_EXPECT_TRANSPORT=io_uring \
-        cargo test --all-features --locked --no-fail-fast --test mount_ops --test entries --test rollback --test open_ahead --test absence --test bad_input \
+        cargo test --all-features --locked --no-fail-fast --test mount_ops --test entries --test rollback --test open_ahead --test walk_ahead --test absence --test bad_input \
         --test xattr_sets --test tamper_mount --test write_behind --test hostile --test mount_tools --test shred \
         --test rotate --test revocation --test tenants 2>&1 |
         tee -a /tmp/envelopefs-test.log || rc=$?

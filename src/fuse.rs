@@ -440,7 +440,7 @@ pub(crate) fn readdir(
     offset: u64,
     mut add: impl FnMut(u64, u64, EntryKind, &OsStr) -> bool,
 ) -> crate::Result<()> {
-    let l = fs.readdir_from(ino, offset)?;
+    let (l, _) = fs.readdir_from(ino, offset)?;
     for (i, e) in l.entries.iter().enumerate().skip(offset as usize) {
         if add(e.ino, (i + 1) as u64, e.kind, &e.name) {
             break;
@@ -459,8 +459,9 @@ pub(crate) fn readdirplus(
     offset: u64,
     mut add: impl FnMut(u64, &OsStr, &Attr) -> bool,
 ) -> crate::Result<()> {
-    let l = fs.readdirplus_from(ino, offset)?;
-    let mut listed = None; // the backing directory, opened at the first entry that needs it
+    // The backing directory: the listing's own for its first reply, else opened at the
+    // first entry that needs it.
+    let (l, mut listed) = fs.readdirplus_from(ino, offset)?;
     let mut sent = false;
     let mut dir_attr = None; // "." and ".." both carry the directory's attributes
     for (i, e) in l.entries.iter().enumerate().skip(offset as usize) {

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use super::meta::{attr_from, kind_of};
+use super::meta::attr_from;
 use super::names::{self, DIRID_FILE};
 use super::volume::{DirEntry, Volume, DIR_ID_CACHE};
 use crate::crypto::random_array;
@@ -20,6 +20,33 @@ use crate::{Error, Result};
 pub struct ListedDir {
     at: super::tree::At,
     dir: PathBuf,
+}
+
+impl ListedDir {
+    /// The backing directory's path.
+    pub fn backing(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The backing directory itself (an `At` for [`super::tree::At::entry`]).
+    pub(super) fn at(&self) -> &super::tree::At {
+        &self.at
+    }
+}
+
+/// An entry's kind from its directory entry's type.
+fn kind_of_type(t: nix::dir::Type) -> super::EntryKind {
+    use super::EntryKind;
+    use nix::dir::Type;
+    match t {
+        Type::File => EntryKind::File,
+        Type::Directory => EntryKind::Directory,
+        Type::Symlink => EntryKind::Symlink,
+        Type::Fifo => EntryKind::Fifo,
+        Type::Socket => EntryKind::Socket,
+        Type::CharacterDevice => EntryKind::CharDevice,
+        Type::BlockDevice => EntryKind::BlockDevice,
+    }
 }
 
 impl Volume {
@@ -124,8 +151,7 @@ impl Volume {
 
     /// The entries of directory `path` (`""` or `"/"` is the root), names decrypted.
     pub fn readdir(&self, path: &Path) -> Result<Vec<DirEntry>> {
-        let (dir, dir_id) = self.open_dir(path, None)?;
-        Ok(self.entries_in(&dir, &dir_id, path)?.into_iter().map(|(e, _)| e).collect())
+        Ok(self.list(path, None)?.1.into_iter().map(|(e, _)| e).collect())
     }
 
     /// The backing directory of `path` and its id, if it is (still) backing inode `expect`
@@ -135,38 +161,73 @@ impl Volume {
             return Ok((self.core.data_dir.clone(), self.core.root_id));
         }
         let b = self.resolve(path)?.backing();
-        let id = match self.lstat_of(&b, path)? {
-            m if expect.is_some_and(|ino| !self.is_inode(m.ino(), ino)) => return Err(Error::NotFound(path.into())),
-            m if m.is_dir() => self.dir_id(&b)?,
-            _ => return Err(Error::NotDir(path.into())),
-        };
+        let id = self.checked_dir_id(&b, self.lstat_of(&b, path)?, path, expect)?;
         Ok((b, id))
     }
 
-    /// The entries of backing directory `dir` (sorted by name), each with its backing name.
-    fn entries_in(&self, dir: &Path, dir_id: &[u8; 16], path: &Path) -> Result<Vec<(DirEntry, OsString)>> {
+    /// The id of backing directory `b` (of `path`), whose `lstat` is `st`, if it is a
+    /// directory and (still) backing inode `expect` when given.
+    fn checked_dir_id(&self, b: &Path, st: super::meta::Stat, path: &Path, expect: Option<u64>) -> Result<[u8; 16]> {
+        if expect.is_some_and(|ino| !self.is_inode(st.ino, ino)) {
+            return Err(Error::NotFound(path.into()));
+        }
+        if st.kind() != super::EntryKind::Directory {
+            return Err(Error::NotDir(path.into()));
+        }
+        self.dir_id(b)
+    }
+
+    /// [`Volume::open_dir`], the directory opened for reading: one descriptor for its
+    /// check, its entries and their attributes (the first reply of a listing).
+    fn open_listed(&self, path: &Path, expect: Option<u64>) -> Result<(ListedDir, [u8; 16])> {
+        let b = if Self::is_root(path) { self.core.data_dir.clone() } else { self.resolve(path)?.backing() };
+        let at = self.core.tree.dir(&b).map_err(|e| super::volume::tree_error(path, e))?;
+        let id = if Self::is_root(path) {
+            self.core.root_id
+        } else {
+            let st = nix::sys::stat::fstat(at.dir()).map_err(|e| Error::io(path, "stat", e.into()))?;
+            self.checked_dir_id(&b, (&st).into(), path, expect)?
+        };
+        Ok((ListedDir { at, dir: b }, id))
+    }
+
+    /// The entries of the backing directory `listed` (sorted by name), each with its
+    /// backing name. Read through a duplicate of its descriptor: no path is looked up again.
+    fn entries_in(&self, listed: &ListedDir, dir_id: &[u8; 16], path: &Path) -> Result<Vec<(DirEntry, OsString)>> {
+        use std::os::unix::ffi::OsStrExt;
+        let read_err = |e: nix::Error| Error::io(path, "read directory", e.into());
+        let fd = listed.at.dir().try_clone_to_owned().map_err(|e| Error::io(path, "read directory", e))?;
+        let mut dir = nix::dir::Dir::from_fd(fd).map_err(read_err)?;
         let mut out = Vec::new();
-        let listed = self.core.tree.dir(dir).map_err(|e| super::volume::tree_error(path, e))?;
-        for entry in fs::read_dir(listed.path()).map_err(|e| Error::io(path, "read directory", e))? {
-            let entry = entry.map_err(|e| Error::io(path, "read directory", e))?;
-            let backing = entry.file_name();
-            let Some(name) = names::decode(&self.core.keys.names(), &self.core.store, dir_id, &backing, dir)? else {
+        for entry in dir.iter() {
+            let entry = entry.map_err(read_err)?;
+            let backing = OsStr::from_bytes(entry.file_name().to_bytes());
+            if backing == "." || backing == ".." {
+                continue;
+            }
+            let Some(name) = names::decode(&self.core.keys.names(), &self.core.store, dir_id, backing, &listed.dir)?
+            else {
                 continue;
             };
-            let kind = entry.file_type().map(kind_of).map_err(|e| Error::io(path, "read directory", e))?;
-            out.push((DirEntry { name, kind, ino: std::os::unix::fs::DirEntryExt::ino(&entry) }, backing));
+            let kind = match entry.file_type() {
+                Some(t) => kind_of_type(t),
+                // A file system that does not say (DT_UNKNOWN): looked at, never followed.
+                None => super::volume::lstat_at(&listed.at.entry(backing), &path.join(&name))?.kind(),
+            };
+            out.push((DirEntry { name, kind, ino: entry.ino() }, backing.to_os_string()));
         }
         out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         Ok(out)
     }
 
     /// The entries of directory `path` (sorted by name), each with its backing name, and its
-    /// backing directory: what a listing keeps to work out attributes entry by entry. With
-    /// `expect`, only if `path` is (still) that backing inode (else NotFound).
-    pub fn list(&self, path: &Path, expect: Option<u64>) -> Result<(PathBuf, Vec<(DirEntry, OsString)>)> {
-        let (dir, dir_id) = self.open_dir(path, expect)?;
-        let entries = self.entries_in(&dir, &dir_id, path)?;
-        Ok((dir, entries))
+    /// backing directory, opened: what a listing keeps to work out attributes entry by entry
+    /// (the descriptor serves the first reply's). With `expect`, only if `path` is (still)
+    /// that backing inode (else NotFound).
+    pub fn list(&self, path: &Path, expect: Option<u64>) -> Result<(ListedDir, Vec<(DirEntry, OsString)>)> {
+        let (listed, dir_id) = self.open_listed(path, expect)?;
+        let entries = self.entries_in(&listed, &dir_id, path)?;
+        Ok((listed, entries))
     }
 
     /// Backing directory `dir` (of directory `path`, listed by [`Volume::list`]) opened
@@ -185,12 +246,7 @@ impl Volume {
 
     /// The entries of directory `path` with their attributes.
     pub fn readdir_plus(&self, path: &Path) -> Result<Vec<(DirEntry, super::Attr)>> {
-        let (dir, entries) = self.list(path, None)?;
-        let listed = match self.listed_dir(&dir, path) {
-            Ok(listed) => listed,
-            Err(Error::NotFound(_)) => return Ok(Vec::new()), // gone meanwhile, with its entries
-            Err(e) => return Err(e),
-        };
+        let (listed, entries) = self.list(path, None)?;
         let mut out = Vec::new();
         for (e, backing) in entries {
             match self.listed_attr(&listed, path, &e.name, &backing) {

@@ -796,27 +796,28 @@ impl InodeFs {
     /// [`Self::readdir_from`] for a readdirplus: a listing made afresh also asks for the
     /// headers of its files whose ids are not cached (`Volume::prefetch_headers`), whose
     /// attributes the reply carries.
-    pub fn readdirplus_from(&self, ino: u64, offset: u64) -> Result<Arc<Listing>> {
-        let l = self.readdir_from(ino, offset)?;
-        if offset == 0 {
+    pub fn readdirplus_from(&self, ino: u64, offset: u64) -> Result<(Arc<Listing>, Option<super::ListedDir>)> {
+        let (l, listed) = self.readdir_from(ino, offset)?;
+        if let Some(dir) = &listed {
             if let Ok((vol, _guard)) = self.part(l.part) {
                 let files = l.entries.iter().filter(|e| e.kind == EntryKind::File);
-                vol.prefetch_headers(&l.backing, files.map(|e| (e.ino, e.backing.as_os_str())));
+                vol.prefetch_headers(dir, files.map(|e| (e.ino, e.backing.as_os_str())));
             }
         }
-        Ok(l)
+        Ok((l, listed))
     }
 
-    /// The listing of directory `ino` for a read at `offset`: made afresh at offset 0, the
+    /// The listing of directory `ino` for a read at `offset`: made afresh at offset 0 (with
+    /// its backing directory, opened for the entries' attributes of this first reply), the
     /// one made then for the reads after it (see [`super::listing`]).
-    pub fn readdir_from(&self, ino: u64, offset: u64) -> Result<Arc<Listing>> {
+    pub fn readdir_from(&self, ino: u64, offset: u64) -> Result<(Arc<Listing>, Option<super::ListedDir>)> {
         let (k, path) = self.contents(ino)?;
         let (vol, _guard) = self.part(k)?;
         if let Some(l) = self.listings.continued(ino, offset) {
             // Unless the directory was renamed meanwhile, or a KEK rotation renamed every
             // backing entry: its entries are then listed again where they are now.
             if l.generation == vol.names_generation() && l.part == k && l.path == path {
-                return Ok(l);
+                return Ok((l, None));
             }
         }
         let generation = vol.names_generation();
@@ -824,7 +825,7 @@ impl InodeFs {
         // is its volume's root, not the inode the kernel knows it by.
         let tenant_root =
             self.nodes.read().unwrap_or_else(|p| p.into_inner()).get(&ino).is_some_and(|n| n.contents.is_some());
-        let (backing, listed) = vol.list(&path, (ino != ROOT_INO && !tenant_root).then_some(ino))?;
+        let (dir, listed) = vol.list(&path, (ino != ROOT_INO && !tenant_root).then_some(ino))?;
         let dot = |name: &str| Listed { name: name.into(), kind: EntryKind::Directory, ino, backing: OsString::new() };
         let mut entries = vec![dot("."), dot("..")];
         entries.extend(listed.into_iter().map(|(e, backing)| Listed {
@@ -833,9 +834,11 @@ impl InodeFs {
             kind: e.kind,
             backing,
         }));
-        let l = Arc::new(Listing { part: k, path, backing, entries, generation });
+        let subdirs = entries.iter().filter(|e| e.kind == EntryKind::Directory && !e.backing.is_empty());
+        vol.walk_ahead(&dir, subdirs.map(|e| e.backing.as_os_str()));
+        let l = Arc::new(Listing { part: k, path, backing: dir.backing().to_path_buf(), entries, generation });
         self.listings.keep(ino, l.clone());
-        Ok(l)
+        Ok((l, Some(dir)))
     }
 
     /// The backing directory of listing `l`, opened once for the attributes of the entries

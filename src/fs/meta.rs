@@ -3,7 +3,7 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -67,21 +67,73 @@ pub struct StatFs {
 /// Maximum plaintext symlink target (its encoding must fit in PATH_MAX).
 const SYMLINK_MAX: usize = 3000;
 
-pub(super) fn kind_of(t: fs::FileType) -> EntryKind {
-    if t.is_file() {
-        EntryKind::File
-    } else if t.is_dir() {
-        EntryKind::Directory
-    } else if t.is_symlink() {
-        EntryKind::Symlink
-    } else if t.is_fifo() {
-        EntryKind::Fifo
-    } else if t.is_socket() {
-        EntryKind::Socket
-    } else if t.is_char_device() {
-        EntryKind::CharDevice
-    } else {
-        EntryKind::BlockDevice
+/// The kind of an entry from its `st_mode`.
+pub(super) fn kind_of_mode(mode: u32) -> EntryKind {
+    match mode & libc_s_ifmt() {
+        m if m == SFlag::S_IFREG.bits() => EntryKind::File,
+        m if m == SFlag::S_IFDIR.bits() => EntryKind::Directory,
+        m if m == SFlag::S_IFLNK.bits() => EntryKind::Symlink,
+        m if m == SFlag::S_IFIFO.bits() => EntryKind::Fifo,
+        m if m == SFlag::S_IFSOCK.bits() => EntryKind::Socket,
+        m if m == SFlag::S_IFCHR.bits() => EntryKind::CharDevice,
+        _ => EntryKind::BlockDevice,
+    }
+}
+
+/// What a backing entry's attributes are made of: its `lstat`, taken through its parent's
+/// descriptor (`fstatat`, [`super::volume::lstat_at`]) or from a `std::fs::Metadata`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Stat {
+    pub ino: u64,
+    pub mode: u32,
+    nlink: u64,
+    uid: u32,
+    gid: u32,
+    rdev: u64,
+    blocks: u64,
+    atime: (i64, i64),
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stat {
+    pub(super) fn kind(&self) -> EntryKind {
+        kind_of_mode(self.mode)
+    }
+}
+
+impl From<&fs::Metadata> for Stat {
+    fn from(m: &fs::Metadata) -> Stat {
+        Stat {
+            ino: m.ino(),
+            mode: m.mode(),
+            nlink: m.nlink(),
+            uid: m.uid(),
+            gid: m.gid(),
+            rdev: m.rdev(),
+            blocks: m.blocks(),
+            atime: (m.atime(), m.atime_nsec()),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+impl From<&nix::sys::stat::FileStat> for Stat {
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    fn from(s: &nix::sys::stat::FileStat) -> Stat {
+        Stat {
+            ino: s.st_ino as u64,
+            mode: s.st_mode as u32,
+            nlink: s.st_nlink as u64,
+            uid: s.st_uid,
+            gid: s.st_gid,
+            rdev: s.st_rdev as u64,
+            blocks: s.st_blocks as u64,
+            atime: (s.st_atime as i64, s.st_atime_nsec as i64),
+            mtime: (s.st_mtime as i64, s.st_mtime_nsec as i64),
+            ctime: (s.st_ctime as i64, s.st_ctime_nsec as i64),
+        }
     }
 }
 
@@ -190,17 +242,17 @@ impl Volume {
         expect: Option<u64>,
     ) -> Result<Attr> {
         let meta = super::volume::lstat_at(at, path)?;
-        if expect.is_some_and(|ino| !self.is_inode(meta.ino(), ino)) {
+        if expect.is_some_and(|ino| !self.is_inode(meta.ino, ino)) {
             return Err(Error::NotFound(path.into()));
         }
-        let kind = kind_of(meta.file_type());
+        let kind = meta.kind();
         let size = match kind {
-            EntryKind::File => self.size_of_backing(backing, meta.ino(), path)?,
+            EntryKind::File => self.size_of_backing(backing, meta.ino, path)?,
             EntryKind::Symlink => self.readlink_at(backing, path)?.len() as u64,
             EntryKind::Directory => 4096,
             _ => 0,
         };
-        Ok(attr_from(&meta, kind, size))
+        Ok(attr_from(meta, kind, size))
     }
 
     pub(super) fn backing_or_root(&self, path: &Path) -> Result<PathBuf> {
@@ -495,20 +547,22 @@ fn libc_s_ifmt() -> u32 {
     SFlag::S_IFMT.bits()
 }
 
-/// Attributes from the backing entry's metadata, with the plaintext `size`.
-pub(super) fn attr_from(meta: &fs::Metadata, kind: EntryKind, size: u64) -> Attr {
+/// Attributes from the backing entry's metadata (a [`Stat`] or `std::fs::Metadata`), with
+/// the plaintext `size`.
+pub(super) fn attr_from(meta: impl Into<Stat>, kind: EntryKind, size: u64) -> Attr {
+    let st: Stat = meta.into();
     Attr {
-        ino: meta.ino(),
+        ino: st.ino,
         kind,
         size,
-        blocks: meta.blocks(),
-        atime: time(meta.atime(), meta.atime_nsec()),
-        mtime: time(meta.mtime(), meta.mtime_nsec()),
-        ctime: time(meta.ctime(), meta.ctime_nsec()),
-        perm: (meta.mode() & 0o7777) as u16,
-        nlink: meta.nlink() as u32,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        rdev: meta.rdev() as u32,
+        blocks: st.blocks,
+        atime: time(st.atime.0, st.atime.1),
+        mtime: time(st.mtime.0, st.mtime.1),
+        ctime: time(st.ctime.0, st.ctime.1),
+        perm: (st.mode & 0o7777) as u16,
+        nlink: st.nlink as u32,
+        uid: st.uid,
+        gid: st.gid,
+        rdev: st.rdev as u32,
     }
 }

@@ -39,6 +39,7 @@ mod trash;
 mod tree;
 mod upgrade;
 mod volume;
+mod walk_ahead;
 mod xattr;
 
 pub use backend::{DataFile, OsStorage, Storage, SyncPoint};

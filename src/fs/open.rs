@@ -236,6 +236,7 @@ impl Volume {
         let slot = header.cipher.slot_size();
         let core = Core {
             open_ahead: Default::default(),
+            walk_ahead: Default::default(),
             in_memory: crate::confine::in_memory(&data_dir),
             keys,
             store,

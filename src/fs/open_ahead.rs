@@ -83,10 +83,10 @@ impl OpenAhead {
 }
 
 impl Volume {
-    /// Asks for the header of every data file of backing directory `dir` named by `files`
+    /// Asks for the header of every data file of backing directory `dir` (just listed) named by `files`
     /// (backing inode, backing name) whose id is not cached: a readdirplus's reply carries
     /// each entry's attributes, and a file's size needs its id.
-    pub fn prefetch_headers<'a>(&self, dir: &Path, files: impl Iterator<Item = (u64, &'a OsStr)>) {
+    pub fn prefetch_headers<'a>(&self, dir: &super::ListedDir, files: impl Iterator<Item = (u64, &'a OsStr)>) {
         if self.core.in_memory {
             return;
         }
@@ -94,9 +94,7 @@ impl Volume {
         if cold.peek().is_none() {
             return;
         }
-        if let Ok(listed) = self.core.tree.dir(dir) {
-            will_need(&listed, cold, crate::format::OBJECT_HEADER_LEN as i64);
-        }
+        will_need(dir.at(), cold, crate::format::OBJECT_HEADER_LEN as i64);
     }
 
     /// Called with data file `file` (`len` bytes), just opened at `backing`, before it is

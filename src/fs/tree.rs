@@ -52,6 +52,11 @@ impl At {
         &self.name
     }
 
+    /// The parent's descriptor, shared (to be kept past this `At`).
+    pub(super) fn shared_dir(&self) -> &Arc<OwnedFd> {
+        &self.dir
+    }
+
     /// Entry `name` of this directory (an `At` of [`Tree::parent_of_entries`]), through the
     /// same descriptor: no lookup, no system call (entries of one listing, one request).
     pub(super) fn entry(&self, name: &OsStr) -> At {

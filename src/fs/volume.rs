@@ -104,6 +104,8 @@ pub(super) type OpenTable<'a> = std::sync::MutexGuard<'a, super::linger::Table>;
 pub(super) struct Core {
     /// Directories whose files are being read ahead (`fs::open_ahead`).
     pub(super) open_ahead: super::open_ahead::OpenAhead,
+    /// Directories a walk lists next, read ahead (`fs::walk_ahead`).
+    pub(super) walk_ahead: super::walk_ahead::WalkAhead,
     /// The backing tree is on a file system in memory (tmpfs): nothing to read ahead.
     pub(super) in_memory: bool,
     pub(super) keys: KeyRing,
@@ -240,11 +242,13 @@ impl Core {
 }
 
 /// lstat of the entry `at` reaches, with errors about `path` (absent is NotFound).
-pub(super) fn lstat_at(at: &super::tree::At, path: &Path) -> Result<fs::Metadata> {
-    fs::symlink_metadata(at.path()).map_err(|e| match e.raw_os_error() {
-        Some(2) => Error::NotFound(path.into()),
-        _ => Error::io(path, "stat", e),
-    })
+pub(super) fn lstat_at(at: &super::tree::At, path: &Path) -> Result<super::meta::Stat> {
+    // Through the parent's descriptor: no walk of `/proc/self/fd/N` per entry.
+    match nix::sys::stat::fstatat(at.dir(), at.name(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok((&st).into()),
+        Err(nix::errno::Errno::ENOENT) => Err(Error::NotFound(path.into())),
+        Err(e) => Err(Error::io(path, "stat", e.into())),
+    }
 }
 
 /// An error of the tree seam about `path`: a symlink planted in the backing tree is an
@@ -454,7 +458,7 @@ impl Volume {
 
     /// [`Volume::lstat`] with errors about `path`: absent is NotFound, a symlink planted on
     /// the way an integrity error, anything else keeps its errno.
-    pub(super) fn lstat_of(&self, backing: &Path, path: &Path) -> Result<fs::Metadata> {
+    pub(super) fn lstat_of(&self, backing: &Path, path: &Path) -> Result<super::meta::Stat> {
         lstat_at(&self.at(backing, path)?, path)
     }
 

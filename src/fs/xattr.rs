@@ -119,7 +119,7 @@ impl Volume {
         let backing = self.backing_or_root(path)?;
         // The kind from one lstat (not getattr, which would read the header and the size too).
         let entry = self.entry_of(&backing)?;
-        let (header, header_file) = match super::meta::kind_of(self.lstat_of(&backing, path)?.file_type()) {
+        let (header, header_file) = match self.lstat_of(&backing, path)?.kind() {
             EntryKind::File => {
                 let at = self.at(&backing, path)?;
                 let f = super::volume::open_data(at.path(), false).map_err(|e| Error::io(path, "open", e))?;

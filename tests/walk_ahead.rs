@@ -1,0 +1,88 @@
+//! Walk-ahead (`fs::walk_ahead`): a directory listed while a walk is going on (its parent
+//! was listed just before) has its subdirectories read ahead, their `.dirid` included while
+//! their ids are not cached; what a writer of CIPHERDIR plants there is not opened.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::mount::MountFixture;
+use common::*;
+
+/// Bytes of `path` in the page cache (util-linux's fincore).
+fn resident(path: &Path) -> u64 {
+    let out =
+        run(std::process::Command::new(tool("fincore")).args(["--noheadings", "--bytes", "--output", "RES"]).arg(path));
+    out.trim().parse().unwrap_or_else(|_| panic!("fincore said {out:?}"))
+}
+
+fn evict(path: &Path) {
+    let f = fs::File::open(path).unwrap();
+    nix::fcntl::posix_fadvise(&f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
+}
+
+/// The backing subdirectories of backing directory `dir`.
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> =
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir() && !p.is_symlink()).collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn listing_a_directory_in_a_walk_reads_its_subdirectories_ahead_and_opens_nothing_planted() {
+    // On a disk: a tmpfs (where the tests' volumes usually are) has no page cache to miss.
+    let Some(mut m) = MountFixture::on_disk("evfs-walk-ahead-") else { return };
+    for d in ["a/s0", "a/s1", "a/s2", "a/s3", "a/s4", "a/s5", "b/t0", "b/t1"] {
+        fs::create_dir_all(m.p(d)).unwrap();
+        fs::write(m.p(&format!("{d}/f")), b"x").unwrap();
+    }
+    m.unmount();
+    let data = m.cipher.join("data");
+    let top = subdirs(&data);
+    let a = top.iter().find(|d| subdirs(d).len() == 6).unwrap().clone();
+    let b = top.iter().find(|d| subdirs(d).len() == 2).unwrap().clone();
+    let (a_subs, b_subs) = (subdirs(&a), subdirs(&b));
+    // Planted by a writer of CIPHERDIR in two of a's subdirectories: a symlink to a file
+    // outside as one's `.dirid` (never followed), a FIFO as the other's (opening it would
+    // block; a writer waits for a reader: if the daemon opened it, the wait would end).
+    let outside = m.cipher.with_file_name("outside"); // on the same disk
+    fs::write(&outside, vec![1u8; 10_000]).unwrap();
+    fs::remove_file(a_subs[1].join(".dirid")).unwrap();
+    std::os::unix::fs::symlink(&outside, a_subs[1].join(".dirid")).unwrap();
+    let fifo = a_subs[2].join(".dirid");
+    fs::remove_file(&fifo).unwrap();
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let writer = std::thread::spawn({
+        let fifo = fifo.clone();
+        move || drop(fs::OpenOptions::new().write(true).open(fifo))
+    });
+    let ids = |subs: &[PathBuf]| -> Vec<PathBuf> { subs.iter().map(|d| d.join(".dirid")).collect() };
+    let good: Vec<PathBuf> = ids(&a_subs).into_iter().filter(|p| p.is_file() && !p.is_symlink()).collect();
+    assert_eq!(good.len(), 4);
+    // A fresh daemon: no directory id cached.
+    m.mount();
+    nix::unistd::sync();
+    all_files(&data).iter().chain([&outside]).filter(|p| p.is_file() && !p.is_symlink()).for_each(|p| evict(p));
+    assert!(good.iter().chain(&ids(&b_subs)).chain([&outside]).all(|f| resident(f) == 0), "evicted");
+    // A walk: the root listed, then a.
+    assert_eq!(fs::read_dir(m.p("")).unwrap().count(), 2);
+    assert_eq!(fs::read_dir(m.p("a")).unwrap().count(), 6);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let cached = || good.iter().filter(|f| resident(f) > 0).count();
+    while cached() < good.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(cached(), good.len(), "the ids of a's subdirectories were read ahead");
+    assert!(ids(&b_subs).iter().all(|f| resident(f) == 0), "b was not listed: its subdirectories are not read ahead");
+    assert_eq!(resident(&outside), 0, "the planted symlink was not followed");
+    assert!(!writer.is_finished(), "the planted FIFO was opened");
+    drop(fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(&fifo).unwrap());
+    writer.join().unwrap();
+    // What was read ahead is read as before; the two planted subdirectories are refused.
+    let readable = (0..6).filter(|i| fs::read(m.p(&format!("a/s{i}/f"))).is_ok_and(|c| c == b"x")).count();
+    assert_eq!(readable, 4);
+}
