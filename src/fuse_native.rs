@@ -48,8 +48,15 @@ const FSYNC: u32 = 20;
 const GETXATTR: u32 = 22;
 const FLUSH: u32 = 25;
 const READDIR: u32 = 28;
+const RELEASEDIR: u32 = 29;
 const CREATE: u32 = 35;
 const READDIRPLUS: u32 = 44;
+
+/// Whether the kernel sends request `opcode` in the background: nobody sleeps on its reply
+/// (a file's last close does not wait for its RELEASE).
+pub(crate) fn in_background(opcode: u32) -> bool {
+    matches!(opcode, RELEASE | RELEASEDIR)
+}
 const RENAME2: u32 = 45;
 
 // `fuse_setattr_in.valid` bits.

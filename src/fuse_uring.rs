@@ -503,12 +503,13 @@ impl Worker {
                 let e = io::Error::from_raw_os_error(-res);
                 return Err(io::Error::other(format!("the kernel ended its entry with: {e}")));
             }
+            let op = u32::from_ne_bytes(self.entry.header[4..8].try_into().unwrap());
             let native = self.answer()?;
             if native {
                 stats.native.fetch_add(1, Ordering::Relaxed);
             }
             stats.requests[i].fetch_add(1, Ordering::Relaxed);
-            self.commit(!native)?;
+            self.commit(!native, !crate::fuse_native::in_background(op))?;
             res = self.next()?;
         }
     }
@@ -573,12 +574,14 @@ impl Worker {
     }
 
     /// Commits the reply in the entry, which then waits for its next request; `passed_on`:
-    /// the reply came from the session (whose thread may still be on its way to sleep).
-    fn commit(&mut self, passed_on: bool) -> io::Result<()> {
+    /// the reply came from the session (whose thread may still be on its way to sleep);
+    /// `waited_on`: a caller sleeps on it (not a request of the background, a RELEASE).
+    fn commit(&mut self, passed_on: bool, waited_on: bool) -> io::Result<()> {
         let h = &self.entry.header;
         let commit_id = u64::from_ne_bytes(h[ENT_IN_OUT + 8..ENT_IN_OUT + 16].try_into().unwrap());
         self.push(command(self.dev, CMD_COMMIT_AND_FETCH, commit_id, self.q, None))?;
-        if !self.idle.enabled.load(Ordering::Relaxed) {
+        // Nobody to hand the CPU to: the SCHED_IDLE dance below would only cost two switches.
+        if !waited_on || !self.idle.enabled.load(Ordering::Relaxed) {
             return self.ring.submit().map(|_| ());
         }
         // The commit wakes the caller, which slept on this CPU. Were this thread an ordinary

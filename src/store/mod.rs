@@ -569,11 +569,16 @@ impl Store {
     pub fn load(&self, id: &[u8; 16]) -> Result<Option<(FileRecord, Vec<ExtentRecord>)>> {
         let conn = self.read_lock();
         let err = |e| self.err(e);
+        // Cached statements: every open of a file not kept loaded comes here (parsing the
+        // query each time was a tenth of an open's work).
         let rec = conn
-            .query_row("SELECT size, cipher, mac FROM files WHERE id = ?1", [&id[..]], |r| {
-                Ok(FileRecord { size: r.get::<_, i64>(0)? as u64, cipher: r.get(1)?, mac: r.get(2)? })
+            .prepare_cached("SELECT size, cipher, mac FROM files WHERE id = ?1")
+            .and_then(|mut s| {
+                s.query_row([&id[..]], |r| {
+                    Ok(FileRecord { size: r.get::<_, i64>(0)? as u64, cipher: r.get(1)?, mac: r.get(2)? })
+                })
+                .optional()
             })
-            .optional()
             .map_err(err)?;
         let Some(rec) = rec else { return Ok(None) };
         let mut stmt = conn
@@ -599,10 +604,8 @@ impl Store {
     pub fn long_name(&self, dir: &[u8; 16], hash: &[u8]) -> Result<Option<Vec<u8>>> {
         self.warmer.warm(); // a row at random, as a size not cached (see `file_size`)
         self.read_lock()
-            .query_row("SELECT name FROM long_names WHERE dir_id = ?1 AND hash = ?2", params![&dir[..], hash], |r| {
-                r.get(0)
-            })
-            .optional()
+            .prepare_cached("SELECT name FROM long_names WHERE dir_id = ?1 AND hash = ?2")
+            .and_then(|mut s| s.query_row(params![&dir[..], hash], |r| r.get(0)).optional())
             .map_err(|e| self.err(e))
     }
 
@@ -660,10 +663,8 @@ impl Store {
     /// The encrypted value of extended attribute `name` (encrypted) of `object`.
     pub fn xattr(&self, object: &[u8; 16], name: &[u8]) -> Result<Option<Vec<u8>>> {
         self.lock()
-            .query_row("SELECT value FROM xattrs WHERE object_id = ?1 AND name = ?2", params![&object[..], name], |r| {
-                r.get(0)
-            })
-            .optional()
+            .prepare_cached("SELECT value FROM xattrs WHERE object_id = ?1 AND name = ?2")
+            .and_then(|mut s| s.query_row(params![&object[..], name], |r| r.get(0)).optional())
             .map_err(|e| self.err(e))
     }
 
