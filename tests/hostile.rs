@@ -370,6 +370,31 @@ fn a_directory_inside_the_tree_replaced_by_a_symlink_is_refused_not_followed() {
     fs::write(m.p("still"), b"served").unwrap();
 }
 
+#[test]
+fn a_directory_swapped_for_a_file_or_a_symlink_while_open_is_gone_for_its_reader() {
+    let m = MountFixture::new(&[]);
+    fs::create_dir(m.p("d")).unwrap();
+    fs::write(m.p("d/f"), b"inside").unwrap();
+    let backing = only_entry(&m.cipher);
+    let aside = m.tmp.path().join("aside");
+    for planted in ["a file", "a symlink"] {
+        // Opened (the kernel asks for nothing yet), then swapped by a writer of CIPHERDIR
+        // before the first read of its entries.
+        let mut listing = fs::read_dir(m.p("d")).unwrap();
+        fs::rename(&backing, &aside).unwrap();
+        match planted {
+            "a file" => fs::write(&backing, b"planted").unwrap(),
+            _ => symlink(&aside, &backing).unwrap(),
+        }
+        // ENOENT, as for a directory removed while open, which the C library reads as the
+        // end of the listing (POSIX); not ENOTDIR or EIO, and nothing of what was planted.
+        assert!(listing.next().is_none(), "{planted}: the directory is gone for its reader");
+        fs::remove_file(&backing).unwrap();
+        fs::rename(&aside, &backing).unwrap();
+    }
+    assert_eq!(fs::read(m.p("d/f")).unwrap(), b"inside");
+}
+
 /// Whether `dir` and everything above it is root-owned and writable by nobody else.
 fn root_owned_chain(dir: &Path) -> bool {
     dir.ancestors().all(|p| fs::metadata(p).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0))

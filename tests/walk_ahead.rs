@@ -9,7 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::mount::MountFixture;
+use common::mount::{status, MountFixture};
 use common::*;
 
 /// Bytes of `path` in the page cache (util-linux's fincore).
@@ -32,23 +32,41 @@ fn subdirs(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Waits until every walk-ahead thread of daemon `pid` waits for work (on its condition
+/// variable, not on a disk or an open), three looks in a row.
+fn walk_ahead_idle(pid: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut quiet = 0;
+    while quiet < 3 {
+        assert!(Instant::now() < deadline, "the walk-ahead threads did not settle");
+        let tasks = fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten();
+        let walkers: Vec<String> = tasks
+            .filter(|t| fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "walk-ahead"))
+            .map(|t| fs::read_to_string(t.path().join("wchan")).unwrap_or_default())
+            .collect();
+        quiet = if walkers.iter().all(|w| w.contains("futex")) { quiet + 1 } else { 0 };
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn listing_a_directory_in_a_walk_reads_its_subdirectories_ahead_and_opens_nothing_planted() {
     // On a disk: a tmpfs (where the tests' volumes usually are) has no page cache to miss.
     let Some(mut m) = MountFixture::on_disk("evfs-walk-ahead-") else { return };
-    for d in ["a/s0", "a/s1", "a/s2", "a/s3", "a/s4", "a/s5", "b/t0", "b/t1"] {
+    for d in ["a/s0", "a/s1", "a/s2", "a/s3", "a/s4", "a/s5", "a/s6", "b/t0", "b/t1"] {
         fs::create_dir_all(m.p(d)).unwrap();
         fs::write(m.p(&format!("{d}/f")), b"x").unwrap();
     }
     m.unmount();
     let data = m.cipher.join("data");
     let top = subdirs(&data);
-    let a = top.iter().find(|d| subdirs(d).len() == 6).unwrap().clone();
+    let a = top.iter().find(|d| subdirs(d).len() == 7).unwrap().clone();
     let b = top.iter().find(|d| subdirs(d).len() == 2).unwrap().clone();
     let (a_subs, b_subs) = (subdirs(&a), subdirs(&b));
-    // Planted by a writer of CIPHERDIR in two of a's subdirectories: a symlink to a file
-    // outside as one's `.dirid` (never followed), a FIFO as the other's (opening it would
-    // block; a writer waits for a reader: if the daemon opened it, the wait would end).
+    // Planted by a writer of CIPHERDIR in three of a's subdirectories: a symlink to a file
+    // outside as one's `.dirid` (never followed), a FIFO as another's (opening it would
+    // block; a writer waits for a reader: if the daemon opened it, the wait would end), and
+    // a symlink to a directory outside in place of the third (with a `.dirid` of its own).
     let outside = m.cipher.with_file_name("outside"); // on the same disk
     fs::write(&outside, vec![1u8; 10_000]).unwrap();
     fs::remove_file(a_subs[1].join(".dirid")).unwrap();
@@ -60,29 +78,45 @@ fn listing_a_directory_in_a_walk_reads_its_subdirectories_ahead_and_opens_nothin
         let fifo = fifo.clone();
         move || drop(fs::OpenOptions::new().write(true).open(fifo))
     });
+    let outside_dir = m.cipher.with_file_name("outside-dir");
+    fs::rename(&a_subs[3], &outside_dir).unwrap();
+    std::os::unix::fs::symlink(&outside_dir, &a_subs[3]).unwrap();
     let ids = |subs: &[PathBuf]| -> Vec<PathBuf> { subs.iter().map(|d| d.join(".dirid")).collect() };
-    let good: Vec<PathBuf> = ids(&a_subs).into_iter().filter(|p| p.is_file() && !p.is_symlink()).collect();
+    let regular = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
+    let good: Vec<PathBuf> =
+        ids(&a_subs).into_iter().filter(|p| !p.parent().unwrap().is_symlink() && regular(p)).collect();
     assert_eq!(good.len(), 4);
+    let evict_all = || {
+        nix::unistd::sync();
+        all_files(&data)
+            .iter()
+            .chain([&outside, &outside_dir.join(".dirid")])
+            .filter(|p| p.is_file() && !p.is_symlink())
+            .for_each(|p| evict(p));
+        let (b_ids, outside_id) = (ids(&b_subs), outside_dir.join(".dirid"));
+        assert!(good.iter().chain(&b_ids).chain([&outside, &outside_id]).all(|f| resident(f) == 0), "evicted");
+    };
     // A fresh daemon: no directory id cached.
     m.mount();
-    nix::unistd::sync();
-    all_files(&data).iter().chain([&outside]).filter(|p| p.is_file() && !p.is_symlink()).for_each(|p| evict(p));
-    assert!(good.iter().chain(&ids(&b_subs)).chain([&outside]).all(|f| resident(f) == 0), "evicted");
+    let pid = status(&m)["pid"].as_u64().unwrap();
+    evict_all();
+    // b listed alone (its parent was not): no walk, nothing read ahead. (A directory is
+    // listed once: the kernel keeps what it read, so b stays out of what follows.)
+    assert_eq!(fs::read_dir(m.p("b")).unwrap().count(), 2);
+    walk_ahead_idle(pid);
+    assert!(ids(&b_subs).iter().all(|f| resident(f) == 0), "a listing outside a walk reads nothing ahead");
     // A walk: the root listed, then a.
     assert_eq!(fs::read_dir(m.p("")).unwrap().count(), 2);
-    assert_eq!(fs::read_dir(m.p("a")).unwrap().count(), 6);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let cached = || good.iter().filter(|f| resident(f) > 0).count();
-    while cached() < good.len() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(cached(), good.len(), "the ids of a's subdirectories were read ahead");
-    assert!(ids(&b_subs).iter().all(|f| resident(f) == 0), "b was not listed: its subdirectories are not read ahead");
-    assert_eq!(resident(&outside), 0, "the planted symlink was not followed");
+    assert_eq!(fs::read_dir(m.p("a")).unwrap().count(), 7);
+    walk_ahead_idle(pid);
+    assert_eq!(good.iter().filter(|f| resident(f) > 0).count(), good.len(), "a's subdirectories' ids read ahead");
+    assert!(ids(&b_subs).iter().all(|f| resident(f) == 0), "b's subdirectories are still not read ahead");
+    assert_eq!(resident(&outside), 0, "the planted `.dirid` symlink was not followed");
+    assert_eq!(resident(&outside_dir.join(".dirid")), 0, "the symlink planted for a subdirectory was not followed");
     assert!(!writer.is_finished(), "the planted FIFO was opened");
     drop(fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(&fifo).unwrap());
     writer.join().unwrap();
-    // What was read ahead is read as before; the two planted subdirectories are refused.
-    let readable = (0..6).filter(|i| fs::read(m.p(&format!("a/s{i}/f"))).is_ok_and(|c| c == b"x")).count();
+    // What was read ahead is read as before; the three planted subdirectories are refused.
+    let readable = (0..7).filter(|i| fs::read(m.p(&format!("a/s{i}/f"))).is_ok_and(|c| c == b"x")).count();
     assert_eq!(readable, 4);
 }

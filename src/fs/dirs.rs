@@ -181,7 +181,19 @@ impl Volume {
     /// check, its entries and their attributes (the first reply of a listing).
     fn open_listed(&self, path: &Path, expect: Option<u64>) -> Result<(ListedDir, [u8; 16])> {
         let b = if Self::is_root(path) { self.core.data_dir.clone() } else { self.resolve(path)?.backing() };
-        let at = self.core.tree.dir(&b).map_err(|e| super::volume::tree_error(path, e))?;
+        let at = match self.core.tree.dir(&b).map_err(|e| super::volume::tree_error(path, e)) {
+            Ok(at) => at,
+            // Something else there now (a file, a symlink): for a kernel asking for inode
+            // `expect`, that directory is gone, as with a directory of another inode.
+            Err(e @ (Error::NotDir(_) | Error::Integrity { .. })) if expect.is_some() => {
+                return Err(match self.lstat_of(&b, path) {
+                    Ok(st) if !expect.is_some_and(|ino| self.is_inode(st.ino, ino)) => Error::NotFound(path.into()),
+                    Err(Error::NotFound(_)) => Error::NotFound(path.into()),
+                    _ => e,
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let id = if Self::is_root(path) {
             self.core.root_id
         } else {
@@ -212,7 +224,11 @@ impl Volume {
             let kind = match entry.file_type() {
                 Some(t) => kind_of_type(t),
                 // A file system that does not say (DT_UNKNOWN): looked at, never followed.
-                None => super::volume::lstat_at(&listed.at.entry(backing), &path.join(&name))?.kind(),
+                None => match super::volume::lstat_at(&listed.at.entry(backing), &path.join(&name)) {
+                    Ok(st) => st.kind(),
+                    Err(Error::NotFound(_)) => continue, // removed meanwhile
+                    Err(e) => return Err(e),
+                },
             };
             out.push((DirEntry { name, kind, ino: entry.ino() }, backing.to_os_string()));
         }

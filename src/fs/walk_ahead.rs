@@ -6,12 +6,15 @@
 //! the disk one at a time while the device could serve many at once.
 //!
 //! When a directory is listed while a walk is going on (its parent was listed within
-//! [`FRESH`]), its subdirectories are what the walk lists next: [`WORKERS`] threads read
-//! each of them ahead — its entries and their inodes, and its `.dirid` unless the
-//! directory's id is cached — so that their listings find them in memory. Work is taken
-//! newest first (a walk goes depth first: the subdirectories of the directory listed last
-//! come next), at most [`QUEUE`] waiting (the oldest are dropped), at most [`MAX_ENTRIES`]
-//! entries of one directory.
+//! [`FRESH`]), its subdirectories are what the walk lists next: [`WORKERS`] threads (one
+//! pool for every volume of the daemon) read each of them ahead — its entries and their
+//! inodes, and its `.dirid` unless the directory's id is cached — so that their listings
+//! find them in memory. Work is taken from the newest listing first (a walk goes depth
+//! first: the subdirectories of the directory listed last come next), in listing order.
+//! At most [`BATCHES`] listings wait (each keeps its directory open; the oldest is dropped),
+//! none longer than [`FRESH`], at most [`MAX_SUBDIRS`] subdirectories of one listing and
+//! [`MAX_ENTRIES`] entries of one subdirectory. A subdirectory is opened `O_NOATIME`: its
+//! access time is not changed by a read nobody asked for.
 //!
 //! Nothing read here is trusted or kept: a subdirectory is opened `O_DIRECTORY |
 //! O_NOFOLLOW` beneath the listed directory's descriptor (a symlink or anything else planted
@@ -34,125 +37,120 @@ use nix::sys::stat::{fstatat, Mode};
 
 use super::names::DIRID_FILE;
 
-/// Threads reading ahead (most of their time is spent waiting on the disk).
+/// Threads reading ahead, for every volume of the daemon (most of their time is spent
+/// waiting on the disk).
 const WORKERS: usize = 4;
-/// Subdirectories waiting to be read ahead.
-const QUEUE: usize = 1024;
+/// Listings whose subdirectories wait to be read ahead (each keeps its directory open):
+/// the oldest goes when one more comes.
+const BATCHES: usize = 16;
+/// Subdirectories of one listing read ahead.
+const MAX_SUBDIRS: usize = 1024;
 /// Entries of one directory `lstat`ed ahead.
 const MAX_ENTRIES: usize = 4096;
-/// A directory listed this recently makes a listing of one of its subdirectories a walk.
+/// A directory listed this recently makes a listing of one of its subdirectories a walk;
+/// subdirectories waiting longer than this are dropped.
 const FRESH: Duration = Duration::from_secs(10);
-/// Directories whose listing time is kept.
+/// Directories whose listing time is kept (per volume).
 const RECENT: usize = 256;
 
-/// A subdirectory to read ahead: `name` in the directory open as `parent`.
+/// The subdirectories of one listing still to read ahead: `names` in the directory open
+/// as `parent`, each with whether its `.dirid` is to be read too (its id is not cached),
+/// the next one last.
+struct Batch {
+    parent: Arc<OwnedFd>,
+    names: Vec<(OsString, bool)>,
+    listed: Instant,
+}
+
+/// A subdirectory to read ahead.
 struct Job {
     parent: Arc<OwnedFd>,
     name: OsString,
-    /// Its `.dirid` too (its id is not cached).
     dir_id: bool,
 }
 
 #[derive(Default)]
-struct Queue {
-    jobs: VecDeque<Job>,
-    closed: bool,
-}
-
-#[derive(Default)]
 struct Shared {
-    queue: Mutex<Queue>,
+    batches: Mutex<VecDeque<Batch>>,
     ready: Condvar,
 }
 
-/// The directories listed lately and the threads that read ahead (started at first use).
-pub(super) struct WalkAhead {
-    recent: Mutex<LruCache<PathBuf, Instant>>,
-    shared: Arc<Shared>,
-    started: OnceLock<()>,
-}
-
-impl Default for WalkAhead {
-    fn default() -> Self {
-        WalkAhead {
-            recent: Mutex::new(LruCache::new(NonZeroUsize::new(RECENT).expect("non-zero"))),
-            shared: Arc::default(),
-            started: OnceLock::new(),
-        }
-    }
-}
-
-impl Drop for WalkAhead {
-    fn drop(&mut self) {
-        let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-        q.closed = true;
-        q.jobs.clear();
-        self.shared.ready.notify_all();
-    }
-}
-
-impl WalkAhead {
-    /// Backing directory `dir` (open as `parent`) was just listed, with subdirectories
-    /// `subdirs` (backing name, and whether its id must be read) in listing order: if a walk
-    /// is going on, they are read ahead.
-    pub(super) fn listed(&self, dir: &Path, parent: &Arc<OwnedFd>, subdirs: impl Iterator<Item = (OsString, bool)>) {
-        let walking = {
-            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-            let walking = dir.parent().and_then(|p| recent.get(p)).is_some_and(|t| t.elapsed() < FRESH);
-            recent.put(dir.to_path_buf(), Instant::now());
-            walking
-        };
-        if !walking {
-            return;
-        }
-        let jobs: Vec<Job> =
-            subdirs.map(|(name, dir_id)| Job { parent: parent.clone(), name, dir_id }).take(QUEUE).collect();
-        if jobs.is_empty() {
-            return;
-        }
-        self.start();
-        let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-        // Taken from the back: the first subdirectory goes last, to be read first.
-        for job in jobs.into_iter().rev() {
-            if q.jobs.len() == QUEUE {
-                q.jobs.pop_front();
-            }
-            q.jobs.push_back(job);
-        }
-        self.shared.ready.notify_all();
-    }
-
-    fn start(&self) {
-        self.started.get_or_init(|| {
-            for _ in 0..WORKERS {
-                let shared = self.shared.clone();
+/// The threads reading ahead and their work, shared by every volume; `None` if no thread
+/// could be started.
+fn pool() -> Option<&'static Shared> {
+    static POOL: OnceLock<Option<&'static Shared>> = OnceLock::new();
+    *POOL.get_or_init(|| {
+        let shared: &'static Shared = Box::leak(Box::default());
+        let started = (0..WORKERS)
+            .filter(|_| {
                 let spawned =
                     std::thread::Builder::new().name("walk-ahead".into()).stack_size(256 << 10).spawn(move || {
                         // Started by a request thread of a ring, it would share that thread's CPU.
                         crate::sys::unpin_thread();
-                        while let Some(job) = next(&shared) {
-                            read_ahead(&job);
+                        loop {
+                            read_ahead(&next(shared));
                         }
                     });
-                if let Err(e) = spawned {
-                    tracing::debug!("walk-ahead: {e}");
-                }
-            }
-        });
+                spawned.map_err(|e| tracing::debug!("walk-ahead: {e}")).is_ok()
+            })
+            .count();
+        (started > 0).then_some(shared)
+    })
+}
+
+/// The directories of one volume listed lately.
+pub(super) struct WalkAhead {
+    recent: Mutex<LruCache<PathBuf, Instant>>,
+}
+
+impl Default for WalkAhead {
+    fn default() -> Self {
+        WalkAhead { recent: Mutex::new(LruCache::new(NonZeroUsize::new(RECENT).expect("non-zero"))) }
     }
 }
 
-/// The newest job, waiting for one; `None` once closed.
-fn next(shared: &Shared) -> Option<Job> {
-    let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+impl WalkAhead {
+    /// Backing directory `dir` was just listed: whether a walk is going on (its parent was
+    /// listed within [`FRESH`]).
+    fn listed(&self, dir: &Path) -> bool {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let walking = dir.parent().and_then(|p| recent.get(p)).is_some_and(|t| t.elapsed() < FRESH);
+        recent.put(dir.to_path_buf(), Instant::now());
+        walking
+    }
+}
+
+/// Queues subdirectories `names` (backing name, and whether its id must be read; in listing
+/// order) of the directory open as `parent` to be read ahead.
+fn queue(parent: &Arc<OwnedFd>, mut names: Vec<(OsString, bool)>) {
+    let Some(shared) = pool().filter(|_| !names.is_empty()) else { return };
+    names.reverse(); // taken from the back: the first subdirectory is read first
+    let mut batches = shared.batches.lock().unwrap_or_else(|p| p.into_inner());
+    if batches.len() == BATCHES {
+        batches.pop_front();
+    }
+    batches.push_back(Batch { parent: parent.clone(), names, listed: Instant::now() });
+    shared.ready.notify_all();
+}
+
+/// The next subdirectory of the newest listing (a walk goes depth first: the subdirectories
+/// of the directory listed last come next), waiting for one. Listings older than [`FRESH`]
+/// are dropped (the walk went by).
+fn next(shared: &Shared) -> Job {
+    let mut batches = shared.batches.lock().unwrap_or_else(|p| p.into_inner());
     loop {
-        if q.closed {
-            return None;
+        while batches.front().is_some_and(|b| b.listed.elapsed() >= FRESH) {
+            batches.pop_front();
         }
-        if let Some(job) = q.jobs.pop_back() {
-            return Some(job);
+        if let Some(batch) = batches.back_mut() {
+            let (name, dir_id) = batch.names.pop().expect("batches are never kept empty");
+            let parent = batch.parent.clone();
+            if batch.names.is_empty() {
+                batches.pop_back();
+            }
+            return Job { parent, name, dir_id };
         }
-        q = shared.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+        batches = shared.ready.wait(batches).unwrap_or_else(|p| p.into_inner());
     }
 }
 
@@ -160,7 +158,12 @@ fn next(shared: &Shared) -> Option<Job> {
 /// Errors end it quietly (the listing that follows reports what it meets).
 fn read_ahead(job: &Job) {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-    let Ok(fd) = openat(job.parent.as_fd(), job.name.as_os_str(), flags, Mode::empty()) else { return };
+    // Not its access time: nobody listed it yet (O_NOATIME needs its owner or CAP_FOWNER).
+    let opened = match openat(job.parent.as_fd(), job.name.as_os_str(), flags | OFlag::O_NOATIME, Mode::empty()) {
+        Err(nix::errno::Errno::EPERM) => openat(job.parent.as_fd(), job.name.as_os_str(), flags, Mode::empty()),
+        other => other,
+    };
+    let Ok(fd) = opened else { return };
     let Ok(mut dir) = nix::dir::Dir::from_fd(fd) else { return };
     let names: Vec<CString> = dir
         .iter()
@@ -196,11 +199,13 @@ impl super::volume::Volume {
             return;
         }
         let dir = listed.backing();
-        let ids = &self.dir_ids;
-        let subdirs = subdirs.map(|name| {
-            let cached = ids.lock().unwrap_or_else(|p| p.into_inner()).get(&dir.join(name)).is_ok();
-            (name.to_os_string(), !cached)
-        });
-        self.core.walk_ahead.listed(dir, listed.at().shared_dir(), subdirs);
+        if !self.core.walk_ahead.listed(dir) {
+            return;
+        }
+        let ids = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner());
+        let subdirs: Vec<(OsString, bool)> =
+            subdirs.take(MAX_SUBDIRS).map(|name| (name.to_os_string(), ids.get(&dir.join(name)).is_err())).collect();
+        drop(ids);
+        queue(listed.at().shared_dir(), subdirs);
     }
 }
