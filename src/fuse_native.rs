@@ -51,13 +51,14 @@ const READDIR: u32 = 28;
 const RELEASEDIR: u32 = 29;
 const CREATE: u32 = 35;
 const READDIRPLUS: u32 = 44;
+const RENAME2: u32 = 45;
 
-/// Whether the kernel sends request `opcode` in the background: nobody sleeps on its reply
-/// (a file's last close does not wait for its RELEASE).
+/// Whether the kernel sends request `opcode` in the background, so that nobody is usually
+/// asleep on its reply on this CPU (a file's last close does not wait for its RELEASE; the
+/// rare synchronous release, after a failed create, only waits longer for it).
 pub(crate) fn in_background(opcode: u32) -> bool {
     matches!(opcode, RELEASE | RELEASEDIR)
 }
-const RENAME2: u32 = 45;
 
 // `fuse_setattr_in.valid` bits.
 const FATTR_MODE: u32 = 1 << 0;

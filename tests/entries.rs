@@ -40,8 +40,8 @@ fn assert_eio(r: std::io::Result<impl std::fmt::Debug>, what: &str) {
 
 #[test]
 fn another_files_bytes_copied_in_place_while_mounted_read_eio_not_its_contents() {
-    // On either cipher: GCM-SIV's blocks authenticate only under a's id (the open may take
-    // the id it checked at a's stat); XTS's do not, and its header is checked at the open.
+    // On either cipher: the header is checked again at the open, whatever the stat before
+    // kept (XTS's blocks are not authenticated: the header is what refuses the copy there).
     for init in [&[][..], &["--cipher", "aes-256-xts"][..]] {
         let mut m = MountFixture::new(init);
         fs::write(m.p("a"), b"contents of a").unwrap();

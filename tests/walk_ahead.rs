@@ -40,11 +40,16 @@ fn walk_ahead_idle(pid: u64) {
     while quiet < 3 {
         assert!(Instant::now() < deadline, "the walk-ahead threads did not settle");
         let tasks = fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten();
-        let walkers: Vec<String> = tasks
+        // Asleep in futex(2): its wait symbol, or (without kernel symbols) its system call.
+        let waiting = |t: &Path| {
+            fs::read_to_string(t.join("wchan")).is_ok_and(|w| w.contains("futex"))
+                || fs::read_to_string(t.join("syscall"))
+                    .is_ok_and(|c| c.split_whitespace().next() == Some(&nix::libc::SYS_futex.to_string()))
+        };
+        let busy = tasks
             .filter(|t| fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "walk-ahead"))
-            .map(|t| fs::read_to_string(t.path().join("wchan")).unwrap_or_default())
-            .collect();
-        quiet = if walkers.iter().all(|w| w.contains("futex")) { quiet + 1 } else { 0 };
+            .any(|t| !waiting(&t.path()));
+        quiet = if busy { 0 } else { quiet + 1 };
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -108,8 +113,14 @@ fn listing_a_directory_in_a_walk_reads_its_subdirectories_ahead_and_opens_nothin
     // A walk: the root listed, then a.
     assert_eq!(fs::read_dir(m.p("")).unwrap().count(), 2);
     assert_eq!(fs::read_dir(m.p("a")).unwrap().count(), 7);
+    // The reads were asked for (WILLNEED does not wait for them): they land.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let cached = || good.iter().filter(|f| resident(f) > 0).count();
+    while cached() < good.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(cached(), good.len(), "a's subdirectories' ids read ahead");
     walk_ahead_idle(pid);
-    assert_eq!(good.iter().filter(|f| resident(f) > 0).count(), good.len(), "a's subdirectories' ids read ahead");
     assert!(ids(&b_subs).iter().all(|f| resident(f) == 0), "b's subdirectories are still not read ahead");
     assert_eq!(resident(&outside), 0, "the planted `.dirid` symlink was not followed");
     assert_eq!(resident(&outside_dir.join(".dirid")), 0, "the symlink planted for a subdirectory was not followed");

@@ -751,18 +751,7 @@ impl Volume {
         }
         let entry = super::binding::Entry::new(r.parent_id, &r.encoded.backing);
         self.open_ahead(&file, &backing, meta.len());
-        // On an authenticated volume, the id of an inode checked at this very backing entry
-        // (by a stat, an earlier open, its creation) is not read and checked again: the
-        // header was a cold read of its own per file in a tree read file by file (`md5sum`,
-        // `git add`), and nothing it says now could be trusted more. Its blocks authenticate
-        // only under that id's keys (other contents copied in read EIO), and a file moved in
-        // under the name is another inode, checked. (XTS blocks are not authenticated: there
-        // the header is what turns such a copy into EIO at open.)
-        let authenticated = self.core.cipher_code == crate::format::CipherKind::Aes256GcmSiv.code();
-        let id = match self.cached_file_id(meta.ino(), &backing).filter(|_| authenticated) {
-            Some(id) => id,
-            None => self.bound_file_id(&file, &entry, at.path(), path)?,
-        };
+        let id = self.bound_file_id(&file, &entry, at.path(), path)?;
         let named = || names_inode(at.path(), meta.dev(), meta.ino());
         let file = self.core.storage.data_file(file, &backing);
         self.attach(id, file, r.plain, writable, Some(&named))

@@ -28,7 +28,7 @@ use std::ffi::{CString, OsStr, OsString};
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
@@ -60,6 +60,8 @@ struct Batch {
     parent: Arc<OwnedFd>,
     names: Vec<(OsString, bool)>,
     listed: Instant,
+    /// Gone with the volume: its directories are not read ahead after it is dropped.
+    volume: Weak<()>,
 }
 
 /// A subdirectory to read ahead.
@@ -101,11 +103,16 @@ fn pool() -> Option<&'static Shared> {
 /// The directories of one volume listed lately.
 pub(super) struct WalkAhead {
     recent: Mutex<LruCache<PathBuf, Instant>>,
+    /// Lives as long as the volume (its batches hold a weak reference).
+    alive: Arc<()>,
 }
 
 impl Default for WalkAhead {
     fn default() -> Self {
-        WalkAhead { recent: Mutex::new(LruCache::new(NonZeroUsize::new(RECENT).expect("non-zero"))) }
+        WalkAhead {
+            recent: Mutex::new(LruCache::new(NonZeroUsize::new(RECENT).expect("non-zero"))),
+            alive: Arc::new(()),
+        }
     }
 }
 
@@ -121,15 +128,19 @@ impl WalkAhead {
 }
 
 /// Queues subdirectories `names` (backing name, and whether its id must be read; in listing
-/// order) of the directory open as `parent` to be read ahead.
-fn queue(parent: &Arc<OwnedFd>, mut names: Vec<(OsString, bool)>) {
-    let Some(shared) = pool().filter(|_| !names.is_empty()) else { return };
+/// order) of the directory open as `parent`, of the volume whose token is `volume`, to be
+/// read ahead.
+fn queue(parent: &Arc<OwnedFd>, mut names: Vec<(OsString, bool)>, volume: &Arc<()>) {
+    if names.is_empty() {
+        return;
+    }
+    let Some(shared) = pool() else { return };
     names.reverse(); // taken from the back: the first subdirectory is read first
     let mut batches = shared.batches.lock().unwrap_or_else(|p| p.into_inner());
     if batches.len() == BATCHES {
         batches.pop_front();
     }
-    batches.push_back(Batch { parent: parent.clone(), names, listed: Instant::now() });
+    batches.push_back(Batch { parent: parent.clone(), names, listed: Instant::now(), volume: Arc::downgrade(volume) });
     shared.ready.notify_all();
 }
 
@@ -142,6 +153,7 @@ fn next(shared: &Shared) -> Job {
         while batches.front().is_some_and(|b| b.listed.elapsed() >= FRESH) {
             batches.pop_front();
         }
+        batches.retain(|b| b.volume.strong_count() > 0);
         if let Some(batch) = batches.back_mut() {
             let (name, dir_id) = batch.names.pop().expect("batches are never kept empty");
             let parent = batch.parent.clone();
@@ -206,6 +218,6 @@ impl super::volume::Volume {
         let subdirs: Vec<(OsString, bool)> =
             subdirs.take(MAX_SUBDIRS).map(|name| (name.to_os_string(), ids.get(&dir.join(name)).is_err())).collect();
         drop(ids);
-        queue(listed.at().shared_dir(), subdirs);
+        queue(listed.at().shared_dir(), subdirs, &self.core.walk_ahead.alive);
     }
 }

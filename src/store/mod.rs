@@ -17,6 +17,10 @@ mod sizes;
 mod warm;
 use sizes::SizeChange;
 
+/// Prepared statements kept per connection: more than the store's distinct cached queries
+/// (about twenty), so that none is parsed again while the other is used (rusqlite keeps 16).
+const STATEMENTS: usize = 32;
+
 /// `PRAGMA application_id`: "EVFS".
 const APPLICATION_ID: i64 = 0x4556_4653;
 /// `PRAGMA user_version`: the schema version this build writes. Older versions are
@@ -409,6 +413,7 @@ impl Store {
         check_files(path)?;
         let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .map_err(|e| Error::Store { path: path.to_path_buf(), reason: e.to_string() })?;
+        conn.set_prepared_statement_cache_capacity(STATEMENTS);
         let store = Store {
             reader: std::sync::OnceLock::new(),
             conn: Mutex::new(conn),
@@ -920,7 +925,10 @@ impl Store {
         let reader = self.reader.get_or_init(|| {
             Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
                 .ok()
-                .map(Mutex::new)
+                .map(|c| {
+                    c.set_prepared_statement_cache_capacity(STATEMENTS);
+                    Mutex::new(c)
+                })
         });
         match reader {
             Some(r) => r.lock().unwrap_or_else(|p| p.into_inner()),
