@@ -12,9 +12,9 @@
 //! find them in memory. Work is taken from the newest listing first (a walk goes depth
 //! first: the subdirectories of the directory listed last come next), in listing order.
 //! At most [`BATCHES`] listings wait (each keeps its directory open; the oldest is dropped),
-//! none longer than [`FRESH`], at most [`MAX_SUBDIRS`] subdirectories of one listing and
-//! [`MAX_ENTRIES`] entries of one subdirectory. A subdirectory is opened `O_NOATIME`: its
-//! access time is not changed by a read nobody asked for.
+//! none longer than [`FRESH`] nor past its volume, at most [`MAX_SUBDIRS`] subdirectories
+//! of one listing and [`MAX_ENTRIES`] entries of one subdirectory. A subdirectory is opened
+//! `O_NOATIME`: its access time is not changed by a read nobody asked for.
 //!
 //! Nothing read here is trusted or kept: a subdirectory is opened `O_DIRECTORY |
 //! O_NOFOLLOW` beneath the listed directory's descriptor (a symlink or anything else planted
