@@ -7,7 +7,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 
 use common::mount::MountFixture;
-use common::{all_files, contains, pattern};
+use common::{all_files, contains, pattern, resident};
 use nix::errno::Errno;
 
 fn errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
@@ -356,17 +356,6 @@ fn parallel_o_direct_writes_to_one_file() {
         let at = (b * 4096) as usize;
         assert!(all[at..at + 4096] == pattern(b * 100 + round, 4096)[..], "block {b}");
     }
-}
-
-/// Bytes of `path` resident in the kernel's page cache (util-linux `fincore`).
-fn resident(path: &std::path::Path) -> u64 {
-    let out = std::process::Command::new("fincore")
-        .args(["--bytes", "--noheadings", "--raw", "--output", "RES"])
-        .arg(path)
-        .output()
-        .expect("run fincore (util-linux-extra)");
-    assert!(out.status.success(), "fincore: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
 }
 
 #[test]

@@ -13,18 +13,6 @@ use common::*;
 
 const FILES: u64 = 20;
 
-/// Bytes of `path` in the page cache (util-linux's fincore).
-fn resident(path: &Path) -> u64 {
-    let out =
-        run(std::process::Command::new(tool("fincore")).args(["--noheadings", "--bytes", "--output", "RES"]).arg(path));
-    out.trim().parse().unwrap_or_else(|_| panic!("fincore said {out:?}"))
-}
-
-fn evict(path: &Path) {
-    let f = fs::File::open(path).unwrap();
-    nix::fcntl::posix_fadvise(&f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
-}
-
 #[test]
 fn the_first_cold_read_in_a_directory_reads_its_other_files_ahead() {
     // On a disk: a tmpfs (where the tests' volumes usually are) has no page cache to miss.

@@ -12,18 +12,6 @@ use std::time::{Duration, Instant};
 use common::mount::{status, MountFixture};
 use common::*;
 
-/// Bytes of `path` in the page cache (util-linux's fincore).
-fn resident(path: &Path) -> u64 {
-    let out =
-        run(std::process::Command::new(tool("fincore")).args(["--noheadings", "--bytes", "--output", "RES"]).arg(path));
-    out.trim().parse().unwrap_or_else(|_| panic!("fincore said {out:?}"))
-}
-
-fn evict(path: &Path) {
-    let f = fs::File::open(path).unwrap();
-    nix::fcntl::posix_fadvise(&f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
-}
-
 /// The backing subdirectories of backing directory `dir`.
 fn subdirs(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> =

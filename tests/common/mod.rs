@@ -213,3 +213,16 @@ pub fn run(cmd: &mut std::process::Command) -> String {
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// Bytes of `path` in the page cache (util-linux's `fincore`).
+pub fn resident(path: &Path) -> u64 {
+    let out =
+        run(std::process::Command::new(tool("fincore")).args(["--noheadings", "--bytes", "--output", "RES"]).arg(path));
+    out.trim().parse().unwrap_or_else(|_| panic!("fincore said {out:?}"))
+}
+
+/// Drops `path`'s pages from the page cache.
+pub fn evict(path: &Path) {
+    let f = std::fs::File::open(path).unwrap();
+    nix::fcntl::posix_fadvise(&f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
+}
