@@ -503,24 +503,23 @@ impl Worker {
                 let e = io::Error::from_raw_os_error(-res);
                 return Err(io::Error::other(format!("the kernel ended its entry with: {e}")));
             }
-            let op = u32::from_ne_bytes(self.entry.header[4..8].try_into().unwrap());
-            let native = self.answer()?;
+            let head = Head::parse(&self.entry.header[..IN_HEADER_LEN]);
+            let native = self.answer(&head)?;
             if native {
                 stats.native.fetch_add(1, Ordering::Relaxed);
             }
             stats.requests[i].fetch_add(1, Ordering::Relaxed);
-            self.commit(!native, !crate::fuse_native::in_background(op))?;
+            self.commit(!native, !crate::fuse_native::in_background(head.opcode))?;
             res = self.next()?;
         }
     }
 
-    /// Puts the reply to the entry's request into it: from `native` if it answers the
-    /// request (then `true`), else from the session. A request that does not fit the
-    /// entry's layout is answered EIO.
-    fn answer(&mut self) -> io::Result<bool> {
+    /// Puts the reply to the entry's request (whose in-header is `head`) into it: from
+    /// `native` if it answers the request (then `true`), else from the session. A request
+    /// that does not fit the entry's layout is answered EIO.
+    fn answer(&mut self, head: &Head) -> io::Result<bool> {
         let Entry { header, payload, .. } = &mut *self.entry;
         let len = u32::from_ne_bytes(header[0..4].try_into().unwrap()) as usize;
-        let head = Head::parse(&header[..IN_HEADER_LEN]);
         let carried = u32::from_ne_bytes(header[ENT_IN_OUT + 16..ENT_IN_OUT + 20].try_into().unwrap()) as usize;
         let room = payload.len();
         let Some(op) = len.checked_sub(IN_HEADER_LEN + carried).filter(|&n| n <= OP_IN && carried <= room) else {
@@ -529,7 +528,7 @@ impl Worker {
             return Ok(false);
         };
         if let Some(native) = &self.native {
-            if let Some(answered) = native.answer(&head, &header[OP_IN..OP_IN + op], payload, carried) {
+            if let Some(answered) = native.answer(head, &header[OP_IN..OP_IN + op], payload, carried) {
                 put_reply(header, head.unique, answered);
                 return Ok(true);
             }

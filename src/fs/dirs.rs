@@ -15,8 +15,9 @@ use crate::crypto::random_array;
 use crate::store::Change;
 use crate::{Error, Result};
 
-/// A listed backing directory, opened once for its entries' attributes within one request
-/// ([`Volume::listed_dir`]); dropped with the request.
+/// A listed backing directory, opened once for its entries and their attributes within one
+/// request ([`Volume::list`] for the first reply, [`Volume::listed_dir`] for the next ones);
+/// dropped with the request.
 pub struct ListedDir {
     at: super::tree::At,
     dir: PathBuf,
@@ -31,21 +32,6 @@ impl ListedDir {
     /// The backing directory itself (an `At` for [`super::tree::At::entry`]).
     pub(super) fn at(&self) -> &super::tree::At {
         &self.at
-    }
-}
-
-/// An entry's kind from its directory entry's type.
-fn kind_of_type(t: nix::dir::Type) -> super::EntryKind {
-    use super::EntryKind;
-    use nix::dir::Type;
-    match t {
-        Type::File => EntryKind::File,
-        Type::Directory => EntryKind::Directory,
-        Type::Symlink => EntryKind::Symlink,
-        Type::Fifo => EntryKind::Fifo,
-        Type::Socket => EntryKind::Socket,
-        Type::CharacterDevice => EntryKind::CharDevice,
-        Type::BlockDevice => EntryKind::BlockDevice,
     }
 }
 
@@ -180,21 +166,22 @@ impl Volume {
     /// [`Volume::open_dir`], the directory opened for reading: one descriptor for its
     /// check, its entries and their attributes (the first reply of a listing).
     fn open_listed(&self, path: &Path, expect: Option<u64>) -> Result<(ListedDir, [u8; 16])> {
-        let b = if Self::is_root(path) { self.core.data_dir.clone() } else { self.resolve(path)?.backing() };
-        let at = match self.core.tree.dir(&b).map_err(|e| super::volume::tree_error(path, e)) {
-            Ok(at) => at,
+        let root = Self::is_root(path);
+        let b = if root { self.core.data_dir.clone() } else { self.resolve(path)?.backing() };
+        let at = match (self.core.tree.dir(&b).map_err(|e| super::volume::tree_error(path, e)), expect) {
+            (Ok(at), _) => at,
             // Something else there now (a file, a symlink): for a kernel asking for inode
-            // `expect`, that directory is gone, as with a directory of another inode.
-            Err(e @ (Error::NotDir(_) | Error::Integrity { .. })) if expect.is_some() => {
+            // `ino`, that directory is gone, as with a directory of another inode.
+            (Err(e @ (Error::NotDir(_) | Error::Integrity { .. })), Some(ino)) => {
                 return Err(match self.lstat_of(&b, path) {
-                    Ok(st) if !expect.is_some_and(|ino| self.is_inode(st.ino, ino)) => Error::NotFound(path.into()),
-                    Err(Error::NotFound(_)) => Error::NotFound(path.into()),
-                    _ => e,
+                    Ok(st) if self.is_inode(st.ino, ino) => e,
+                    Ok(_) | Err(Error::NotFound(_)) => Error::NotFound(path.into()),
+                    Err(_) => e,
                 });
             }
-            Err(e) => return Err(e),
+            (Err(e), _) => return Err(e),
         };
-        let id = if Self::is_root(path) {
+        let id = if root {
             self.core.root_id
         } else {
             let st = nix::sys::stat::fstat(at.dir()).map_err(|e| Error::io(path, "stat", e.into()))?;
@@ -222,7 +209,7 @@ impl Volume {
                 continue;
             };
             let kind = match entry.file_type() {
-                Some(t) => kind_of_type(t),
+                Some(t) => super::meta::kind_of_type(t),
                 // A file system that does not say (DT_UNKNOWN): looked at, never followed.
                 None => match super::volume::lstat_at(&listed.at.entry(backing), &path.join(&name)) {
                     Ok(st) => st.kind(),

@@ -80,6 +80,20 @@ pub(super) fn kind_of_mode(mode: u32) -> EntryKind {
     }
 }
 
+/// An entry's kind from its directory entry's type.
+pub(super) fn kind_of_type(t: nix::dir::Type) -> EntryKind {
+    use nix::dir::Type;
+    match t {
+        Type::File => EntryKind::File,
+        Type::Directory => EntryKind::Directory,
+        Type::Symlink => EntryKind::Symlink,
+        Type::Fifo => EntryKind::Fifo,
+        Type::Socket => EntryKind::Socket,
+        Type::CharacterDevice => EntryKind::CharDevice,
+        Type::BlockDevice => EntryKind::BlockDevice,
+    }
+}
+
 /// What a backing entry's attributes are made of: its `lstat`, taken through its parent's
 /// descriptor (`fstatat`, [`super::volume::lstat_at`]) or from a `std::fs::Metadata`.
 #[derive(Clone, Copy, Debug)]

@@ -83,9 +83,9 @@ impl OpenAhead {
 }
 
 impl Volume {
-    /// Asks for the header of every data file of backing directory `dir` (just listed) named by `files`
-    /// (backing inode, backing name) whose id is not cached: a readdirplus's reply carries
-    /// each entry's attributes, and a file's size needs its id.
+    /// Asks for the header of every data file of backing directory `dir` (just listed) named
+    /// by `files` (backing inode, backing name) whose id is not cached: a readdirplus's reply
+    /// carries each entry's attributes, and a file's size needs its id.
     pub fn prefetch_headers<'a>(&self, dir: &super::ListedDir, files: impl Iterator<Item = (u64, &'a OsStr)>) {
         if self.core.in_memory {
             return;
