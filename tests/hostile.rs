@@ -313,6 +313,12 @@ fn shred_file_refuses_what_it_cannot_destroy_and_verifies_what_it_did() {
     assert!(m.p("a").exists() && m.p("b").exists() && m.p("open").exists(), "nothing deleted");
     drop(held);
     let store = envelopefs::store::Store::open(&m.cipher.join("meta.db")).unwrap();
+    // The close's RELEASE goes in the background and the record with the next group commit:
+    // waited for, not raced.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while store.counts().unwrap().0 < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_eq!(store.counts().unwrap().0, 2, "two files (a = b, and open) with records");
     let o = shred(&m, &["a", "b", "open"]);
     ok(&o);
