@@ -7,13 +7,15 @@
 //! with `O_EXCL|O_NOFOLLOW`. The data tree under `CIPHERDIR/data` is reached through
 //! `fs/tree.rs`, which uses the same checks. Knows no key, format or FUSE.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::Read;
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::fcntl::{fcntl, AtFlags, FcntlArg, OFlag};
+use nix::sys::stat::FileStat;
 
 use crate::{Error, Result};
 
@@ -45,6 +47,19 @@ pub fn kind_name(meta: &Metadata) -> &'static str {
         "a directory"
     } else {
         "a regular file"
+    }
+}
+
+/// [`kind_name`] of an `st_mode`.
+fn kind_name_of_mode(mode: u32) -> &'static str {
+    use nix::sys::stat::SFlag;
+    match SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits()) {
+        SFlag::S_IFLNK => "a symbolic link",
+        SFlag::S_IFIFO => "a FIFO",
+        SFlag::S_IFSOCK => "a socket",
+        SFlag::S_IFBLK | SFlag::S_IFCHR => "a device node",
+        SFlag::S_IFDIR => "a directory",
+        _ => "a regular file",
     }
 }
 
@@ -94,6 +109,52 @@ pub fn open_file(path: &Path, write: bool) -> Result<File> {
     Ok(file)
 }
 
+/// [`open_file`] of entry `name` of the directory open as `dir` (the data tree's
+/// descriptors, `fs/tree.rs`), with the same checks made by `fstatat` and `openat` on the
+/// descriptor: a path through `/proc/self/fd` costs the kernel a walk of /proc for the look
+/// and another for the open, on every open of a data file. Returns the file and its `fstat`.
+/// `shown` names it in errors.
+pub fn open_file_at(dir: BorrowedFd<'_>, name: &OsStr, write: bool, shown: &Path) -> Result<(File, FileStat)> {
+    use nix::sys::stat::{fstat, fstatat};
+    let stat_err = |e: nix::Error| Error::io(shown, "stat", e.into());
+    // Look first: a device node is never opened (opening one can act), nor a FIFO or socket.
+    match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => expect_file_mode(st.st_mode, shown)?,
+        Err(nix::Error::ENOENT) => {} // the open says so
+        Err(e) => return Err(stat_err(e)),
+    }
+    let access = if write { OFlag::O_RDWR } else { OFlag::O_RDONLY };
+    let flags = access | OFlag::from_bits_truncate(untrusted_flags());
+    let fd = nix::fcntl::openat(dir, name, flags, nix::sys::stat::Mode::empty())
+        .map_err(|e| open_error(shown, "open", e.into()))?;
+    let file = File::from(fd);
+    let st = fstat(&file).map_err(stat_err)?;
+    expect_file_mode(st.st_mode, shown)?;
+    // Of the status flags F_SETFL sets, only O_NONBLOCK was asked for: all cleared at once.
+    fcntl(&file, FcntlArg::F_SETFL(OFlag::empty())).map_err(|e| Error::io(shown, "fcntl", e.into()))?;
+    Ok((file, st))
+}
+
+/// [`open_file_at`] that keeps `std::io::Error`, as [`open_file_io`] does.
+pub fn open_file_at_io(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    write: bool,
+    shown: &Path,
+) -> std::io::Result<(File, FileStat)> {
+    open_file_at(dir, name, write, shown).map_err(io_of)
+}
+
+/// [`expect_file`] of an `st_mode`.
+fn expect_file_mode(mode: u32, path: &Path) -> Result<()> {
+    use nix::sys::stat::SFlag;
+    match SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits()) {
+        SFlag::S_IFREG => Ok(()),
+        SFlag::S_IFDIR => Err(Error::IsDir(path.to_path_buf())),
+        _ => Err(Error::integrity(path, format!("expected a regular file, found {}", kind_name_of_mode(mode)))),
+    }
+}
+
 /// A regular file: a directory is `IsDir`, anything else an integrity error.
 fn expect_file(meta: &Metadata, path: &Path) -> Result<()> {
     if meta.is_dir() {
@@ -105,11 +166,15 @@ fn expect_file(meta: &Metadata, path: &Path) -> Result<()> {
 /// [`open_file`] that keeps `std::io::Error` (for callers that map `NotFound` themselves);
 /// a directory is `EISDIR`, another wrong type `InvalidData`.
 pub fn open_file_io(path: &Path, write: bool) -> std::io::Result<File> {
-    open_file(path, write).map_err(|e| match e {
+    open_file(path, write).map_err(io_of)
+}
+
+fn io_of(e: Error) -> std::io::Error {
+    match e {
         Error::Io { source, .. } => source,
         Error::IsDir(_) => std::io::Error::from_raw_os_error(21),
         other => std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
-    })
+    }
 }
 
 /// Opens the directory `path` itself (not through a symlink).
@@ -231,6 +296,35 @@ mod tests {
         assert!(matches!(open_dir(&dir.path().join("link")).unwrap_err(), Error::Integrity { .. }));
         assert_eq!(read_file(&target, 100).unwrap(), b"secret");
         assert!(matches!(read_file(&target, 3).unwrap_err(), Error::Corrupt { .. }));
+    }
+
+    #[test]
+    fn open_file_at_refuses_what_open_file_refuses_and_opens_blocking() {
+        use std::os::fd::AsFd;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("target"), b"secret").unwrap();
+        symlink(dir.path().join("target"), dir.path().join("link")).unwrap();
+        nix::unistd::mkfifo(&dir.path().join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let d = File::open(dir.path()).unwrap();
+        let at = |name: &str, write| open_file_at(d.as_fd(), OsStr::new(name), write, Path::new(name));
+        for name in ["link", "fifo"] {
+            let err = at(name, false).unwrap_err();
+            assert!(
+                matches!(&err, Error::Integrity { reason, .. } if reason.contains("expected a regular file")),
+                "{name}: {err}"
+            );
+        }
+        assert!(matches!(at("sub", false).unwrap_err(), Error::IsDir(_)));
+        assert!(matches!(at("gone", false).unwrap_err(), Error::Io { .. }));
+        assert_eq!(at("gone", false).map_err(io_of).unwrap_err().kind(), std::io::ErrorKind::NotFound);
+        let (mut f, st) = at("target", true).unwrap();
+        assert_eq!(st.st_size, 6);
+        let flags = OFlag::from_bits_truncate(fcntl(&f, FcntlArg::F_GETFL).unwrap());
+        assert!(!flags.contains(OFlag::O_NONBLOCK) && flags.contains(OFlag::O_RDWR), "{flags:?}");
+        let mut got = String::new();
+        f.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "secret");
     }
 
     #[test]

@@ -380,7 +380,7 @@ impl Volume {
                 Err(e) => Err(e),
             }
         } else if t.is_file() {
-            let f = super::volume::open_data(at.path(), false).map_err(|e| Error::io(path, "open", e))?;
+            let f = super::volume::open_data(&at, false).map_err(|e| Error::io(path, "open", e))?;
             match super::volume::read_header(&f, at.path(), path) {
                 Ok(h) => {
                     if check {

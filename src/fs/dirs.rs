@@ -198,16 +198,17 @@ impl Volume {
         let fd = listed.at.dir().try_clone_to_owned().map_err(|e| Error::io(path, "read directory", e))?;
         let mut dir = nix::dir::Dir::from_fd(fd).map_err(read_err)?;
         let mut out = Vec::new();
+        let keys = self.core.keys.names();
         for entry in dir.iter() {
             let entry = entry.map_err(read_err)?;
             let backing = OsStr::from_bytes(entry.file_name().to_bytes());
             if backing == "." || backing == ".." {
                 continue;
             }
-            let Some(name) = names::decode(&self.core.keys.names(), &self.core.store, dir_id, backing, &listed.dir)?
-            else {
+            let Some(name) = names::decode(&keys, &self.core.store, dir_id, backing, &listed.dir)? else {
                 continue;
             };
+            self.encoded_names.learn(&keys, dir_id, &name, backing);
             let kind = match entry.file_type() {
                 Some(t) => super::meta::kind_of_type(t),
                 // A file system that does not say (DT_UNKNOWN): looked at, never followed.

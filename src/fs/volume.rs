@@ -530,8 +530,8 @@ impl Volume {
                 // A name that meanwhile holds another file (one being created, say, with no
                 // header yet) is not the entry that was stat'ed: that one is gone.
                 let at = self.at(backing, path)?;
-                let file = open_data(at.path(), false).map_err(|_| Error::NotFound(path.into()))?;
-                if file.metadata().map(|m| m.ino()).ok() != Some(ino) {
+                let (file, st) = open_data_stat(&at, false).map_err(|_| Error::NotFound(path.into()))?;
+                if st.st_ino != ino {
                     return Err(Error::NotFound(path.into()));
                 }
                 let id = self.checked_file_id(&file, backing, at.path(), path)?;
@@ -576,7 +576,7 @@ impl Volume {
     /// to that entry.
     pub(super) fn file_id_of(&self, backing: &Path, path: &Path) -> Result<FileId> {
         let at = self.at(backing, path)?;
-        let file = open_data(at.path(), false).map_err(|e| Error::io(path, "open", e))?;
+        let file = open_data(&at, false).map_err(|e| Error::io(path, "open", e))?;
         self.checked_file_id(&file, backing, at.path(), path)
     }
 
@@ -731,28 +731,25 @@ impl Volume {
         let at = self.at(&backing, path)?;
         // Read-write even for a reader when we may: the open file's state (and its data
         // file) is shared by every handle, and a writer may come while a reader holds it.
-        let rw = open_data(at.path(), true);
+        let rw = open_data_stat(&at, true);
         let opened = match rw {
-            Err(e) if !writable && matches!(e.raw_os_error(), Some(1 | 13 | 30)) => open_data(at.path(), false),
+            Err(e) if !writable && matches!(e.raw_os_error(), Some(1 | 13 | 30)) => open_data_stat(&at, false),
             other => other,
         };
-        let file = opened.map_err(|e| match e.kind() {
+        // (A directory is EISDIR: `open_data` checked the type of what it opened.)
+        let (file, meta) = opened.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::NotFound(path.into()),
             _ if e.raw_os_error() == Some(21) => Error::IsDir(path.into()),
             std::io::ErrorKind::InvalidData => Error::integrity(path, e.to_string()),
             _ => Error::io(path, "open", e),
         })?;
-        let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
-        if ino.is_some_and(|ino| !self.is_inode(meta.ino(), ino)) {
+        if ino.is_some_and(|ino| !self.is_inode(meta.st_ino, ino)) {
             return Err(Error::NotFound(path.into()));
         }
-        if meta.is_dir() {
-            return Err(Error::IsDir(path.into()));
-        }
         let entry = super::binding::Entry::new(r.parent_id, &r.encoded.backing);
-        self.open_ahead(&file, &backing, meta.len());
+        self.open_ahead(&file, &backing, meta.st_size as u64);
         let id = self.bound_file_id(&file, &entry, at.path(), path)?;
-        let named = || names_inode(at.path(), meta.dev(), meta.ino());
+        let named = || names_inode_at(&at, meta.st_dev, meta.st_ino);
         let file = self.core.storage.data_file(file, &backing);
         self.attach(id, file, r.plain, writable, Some(&named))
     }
@@ -816,7 +813,7 @@ impl Volume {
             Some(match self.cached_file_id(meta.ino(), &backing) {
                 Some(id) => id,
                 None => {
-                    let f = open_data(at.path(), false).map_err(|e| Error::io(path, "open", e))?;
+                    let f = open_data(&at, false).map_err(|e| Error::io(path, "open", e))?;
                     match self.checked_file_id(&f, &backing, at.path(), path) {
                         Ok(id) => id,
                         // Not the object this name is bound to (swapped in the backing tree):
@@ -915,7 +912,7 @@ impl Volume {
         let _in_flight = self.in_flight(&moving, &bf, &bt)?;
         // A file with other names loses the row of the name it replaces.
         let replaced_link = match fs::symlink_metadata(at.path()) {
-            Ok(m) if m.is_file() && m.nlink() > 1 && self.links_bound() => open_data(at.path(), false)
+            Ok(m) if m.is_file() && m.nlink() > 1 && self.links_bound() => open_data(&at, false)
                 .inspect(|_| {
                     self.file_ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&m.ino());
                 })
@@ -929,7 +926,7 @@ impl Volume {
         // The keys of a replaced file go with it, if it is the object its name is bound to.
         let replaced = match fs::symlink_metadata(at.path()) {
             Ok(m) if m.is_file() && m.nlink() == 1 => {
-                let f = open_data(at.path(), false).map_err(|e| Error::io(to, "open", e))?;
+                let f = open_data(&at, false).map_err(|e| Error::io(to, "open", e))?;
                 match self.checked_file_id(&f, &bt, at.path(), to) {
                     Ok(id) => Some((m.ino(), id)),
                     Err(Error::Integrity { reason, .. }) => {
@@ -974,7 +971,7 @@ impl Volume {
         }
         bound?;
         // Only a regular file has a name to update (opening a FIFO here would block).
-        if let Ok(f) = open_data(at.path(), false) {
+        if let Ok(f) = open_data(&at, false) {
             if let Ok(id) = read_file_id(&f, at.path(), to) {
                 if let Some((state, _)) = self.core.open_table().get(&id) {
                     state.set_name(to.to_path_buf());
@@ -1067,8 +1064,16 @@ impl Volume {
 /// Opens data file `backing` (a path made safe by the tree seam: `At::path`; read-write
 /// with `write`) without following a symlink or blocking: a FIFO, socket, device or symlink
 /// there is `InvalidData` (an integrity error to callers), a directory `EISDIR`.
-pub(super) fn open_data(backing: &Path, write: bool) -> std::io::Result<fs::File> {
-    crate::confine::open_file_io(backing, write)
+pub(super) fn open_data(at: &super::tree::At, write: bool) -> std::io::Result<fs::File> {
+    open_data_stat(at, write).map(|(f, _)| f)
+}
+
+/// [`open_data`], and the `fstat` of what it opened.
+pub(super) fn open_data_stat(
+    at: &super::tree::At,
+    write: bool,
+) -> std::io::Result<(fs::File, nix::sys::stat::FileStat)> {
+    crate::confine::open_file_at_io(at.dir(), at.name(), write, at.path())
 }
 
 /// The file id in a data file's object header (its binding unchecked).
@@ -1101,4 +1106,10 @@ pub(super) fn still_named(file: &fs::File, backing: &Path) -> bool {
 /// Whether `backing` names inode `ino` of device `dev`.
 fn names_inode(backing: &Path, dev: u64, ino: u64) -> bool {
     fs::symlink_metadata(backing).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+}
+
+/// [`names_inode`] of the entry `at` reaches, looked at through its directory's descriptor.
+fn names_inode_at(at: &super::tree::At, dev: u64, ino: u64) -> bool {
+    nix::sys::stat::fstatat(at.dir(), at.name(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
 }

@@ -122,7 +122,7 @@ impl Volume {
         let (header, header_file) = match self.lstat_of(&backing, path)?.kind() {
             EntryKind::File => {
                 let at = self.at(&backing, path)?;
-                let f = super::volume::open_data(at.path(), false).map_err(|e| Error::io(path, "open", e))?;
+                let f = super::volume::open_data(&at, false).map_err(|e| Error::io(path, "open", e))?;
                 (self.bound_file_header(&f, &entry, at.path(), path)?, backing.clone())
             }
             EntryKind::Directory => {
