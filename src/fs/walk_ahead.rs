@@ -16,6 +16,10 @@
 //! of one listing and [`MAX_ENTRIES`] entries of one subdirectory. A subdirectory is opened
 //! `O_NOATIME`: its access time is not changed by a read nobody asked for.
 //!
+//! The same threads take the batches of files an open reads ahead (`fs::open_ahead`): each
+//! file is opened as every data file is (`confine::open_file_at`) and its first pages asked
+//! for; a batch is the newest work when it comes, so it goes first.
+//!
 //! Nothing read here is trusted or kept: a subdirectory is opened `O_DIRECTORY |
 //! O_NOFOLLOW` beneath the listed directory's descriptor (a symlink or anything else planted
 //! there is not opened), entries are only `lstat`ed, and `.dirid` is opened only if it is a
@@ -53,22 +57,32 @@ const FRESH: Duration = Duration::from_secs(10);
 /// Directories whose listing time is kept (per volume).
 const RECENT: usize = 256;
 
-/// The subdirectories of one listing still to read ahead: `names` in the directory open
-/// as `parent`, each with whether its `.dirid` is to be read too (its id is not cached),
-/// the next one last.
+/// What is read ahead of one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ahead {
+    /// A subdirectory: its entries and their inodes, and its `.dirid` if `dir_id` (its id
+    /// is not cached).
+    Dir { dir_id: bool },
+    /// A data file (an open-ahead batch, `fs::open_ahead`): its first `len` bytes.
+    File { len: i64 },
+}
+
+/// The entries of one directory still to read ahead (a listing's subdirectories, or a
+/// batch of files of an open's directory): `names` in the directory open as `parent`, the
+/// next one last.
 struct Batch {
     parent: Arc<OwnedFd>,
-    names: Vec<(OsString, bool)>,
+    names: Vec<(OsString, Ahead)>,
     listed: Instant,
     /// Gone with the volume: its directories are not read ahead after it is dropped.
     volume: Weak<()>,
 }
 
-/// A subdirectory to read ahead.
+/// An entry to read ahead.
 struct Job {
     parent: Arc<OwnedFd>,
     name: OsString,
-    dir_id: bool,
+    ahead: Ahead,
 }
 
 #[derive(Default)]
@@ -90,7 +104,11 @@ fn pool() -> Option<&'static Shared> {
                         // Started by a request thread of a ring, it would share that thread's CPU.
                         crate::sys::unpin_thread();
                         loop {
-                            read_ahead(&next(shared));
+                            let job = next(shared);
+                            match job.ahead {
+                                Ahead::Dir { dir_id } => read_ahead(&job, dir_id),
+                                Ahead::File { len } => will_need_file(&job, len),
+                            }
                         }
                     });
                 spawned.map_err(|e| tracing::debug!("walk-ahead: {e}")).is_ok()
@@ -117,6 +135,18 @@ impl Default for WalkAhead {
 }
 
 impl WalkAhead {
+    /// Queues data files `names` of this volume's directory open as `parent` (in the order
+    /// they are expected to be opened) to have their first `len` bytes read ahead; false if
+    /// no thread reads ahead (the caller then asks itself).
+    pub(super) fn queue_files(&self, parent: &Arc<OwnedFd>, names: &[OsString], len: i64) -> bool {
+        if pool().is_none() {
+            return false;
+        }
+        let names = names.iter().map(|n| (n.clone(), Ahead::File { len })).collect();
+        queue(parent, names, &self.alive);
+        true
+    }
+
     /// Backing directory `dir` was just listed: whether a walk is going on (its parent was
     /// listed within [`FRESH`]).
     fn listed(&self, dir: &Path) -> bool {
@@ -127,10 +157,10 @@ impl WalkAhead {
     }
 }
 
-/// Queues subdirectories `names` (backing name, and whether its id must be read; in listing
-/// order) of the directory open as `parent`, of the volume whose token is `volume`, to be
+/// Queues entries `names` (backing name, and what to read of it; in the order to read
+/// them) of the directory open as `parent`, of the volume whose token is `volume`, to be
 /// read ahead.
-fn queue(parent: &Arc<OwnedFd>, mut names: Vec<(OsString, bool)>, volume: &Arc<()>) {
+fn queue(parent: &Arc<OwnedFd>, mut names: Vec<(OsString, Ahead)>, volume: &Arc<()>) {
     if names.is_empty() {
         return;
     }
@@ -155,20 +185,20 @@ fn next(shared: &Shared) -> Job {
         }
         batches.retain(|b| b.volume.strong_count() > 0);
         if let Some(batch) = batches.back_mut() {
-            let (name, dir_id) = batch.names.pop().expect("batches are never kept empty");
+            let (name, ahead) = batch.names.pop().expect("batches are never kept empty");
             let parent = batch.parent.clone();
             if batch.names.is_empty() {
                 batches.pop_back();
             }
-            return Job { parent, name, dir_id };
+            return Job { parent, name, ahead };
         }
         batches = shared.ready.wait(batches).unwrap_or_else(|p| p.into_inner());
     }
 }
 
-/// Reads subdirectory `job` ahead: its entries, their inodes, and its `.dirid` if asked.
+/// Reads subdirectory `job` ahead: its entries, their inodes, and its `.dirid` if `dir_id`.
 /// Errors end it quietly (the listing that follows reports what it meets).
-fn read_ahead(job: &Job) {
+fn read_ahead(job: &Job, dir_id: bool) {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
     // Not its access time: nobody listed it yet (O_NOATIME needs its owner or CAP_FOWNER).
     let opened = match openat(job.parent.as_fd(), job.name.as_os_str(), flags | OFlag::O_NOATIME, Mode::empty()) {
@@ -187,8 +217,19 @@ fn read_ahead(job: &Job) {
     for name in &names {
         let _ = fstatat(&dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW);
     }
-    if job.dir_id {
+    if dir_id {
         will_need_dir_id(&dir);
+    }
+}
+
+/// Asks for the first `len` bytes of data file `job` to be read, opened as every data file
+/// is (`confine::open_file_at`: no symlink followed, no FIFO or device opened). One that
+/// does not open is skipped, left to whatever reads it to report.
+fn will_need_file(job: &Job, len: i64) {
+    use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+    let shown = Path::new(&job.name);
+    if let Ok((f, _)) = crate::confine::open_file_at(job.parent.as_fd(), &job.name, false, shown) {
+        let _ = posix_fadvise(&f, 0, len, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
     }
 }
 
@@ -215,8 +256,10 @@ impl super::volume::Volume {
             return;
         }
         let ids = self.dir_ids.lock().unwrap_or_else(|p| p.into_inner());
-        let subdirs: Vec<(OsString, bool)> =
-            subdirs.take(MAX_SUBDIRS).map(|name| (name.to_os_string(), ids.get(&dir.join(name)).is_err())).collect();
+        let subdirs: Vec<(OsString, Ahead)> = subdirs
+            .take(MAX_SUBDIRS)
+            .map(|name| (name.to_os_string(), Ahead::Dir { dir_id: ids.get(&dir.join(name)).is_err() }))
+            .collect();
         drop(ids);
         queue(listed.at().shared_dir(), subdirs, &self.core.walk_ahead.alive);
     }
