@@ -208,7 +208,6 @@ impl Volume {
             let Some(name) = names::decode(&keys, &self.core.store, dir_id, backing, &listed.dir)? else {
                 continue;
             };
-            self.encoded_names.learn(&keys, dir_id, &name, backing);
             let kind = match entry.file_type() {
                 Some(t) => super::meta::kind_of_type(t),
                 // A file system that does not say (DT_UNKNOWN): looked at, never followed.

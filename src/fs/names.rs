@@ -68,7 +68,7 @@ pub(super) struct EncodedNames(Mutex<(Weak<NameKeys>, NameLru)>);
 type NameLru = lru::LruCache<([u8; 16], Vec<u8>), Encoded>;
 
 /// Names kept by [`EncodedNames`].
-const ENCODED_NAMES: usize = 16_384;
+const ENCODED_NAMES: usize = 4096;
 
 impl Default for EncodedNames {
     fn default() -> Self {
@@ -102,22 +102,6 @@ impl EncodedNames {
         let e = encode(keys, dir_id, name)?;
         lock().1.put(key, e.clone());
         Ok(e)
-    }
-
-    /// Keeps what a listing found: backing name `backing` in directory `dir_id` decrypted
-    /// (authenticated) to `name` under `keys`. Name encryption is deterministic (GCM-SIV
-    /// under a fixed nonce, its tag a function of the name) and the base64 canonical, so
-    /// that is what [`encode`] gives for `name`: an open of a file just listed (`find |
-    /// xargs md5sum`) encrypts none of its path. Hashed long names are left to `encode`.
-    pub(super) fn learn(&self, keys: &Arc<NameKeys>, dir_id: &[u8; 16], name: &OsStr, backing: &OsStr) {
-        if backing.as_bytes().first() == Some(&LONG_PREFIX) || !is_name(backing) {
-            return;
-        }
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if std::ptr::eq(g.0.as_ptr(), Arc::as_ptr(keys)) {
-            let e = Encoded { backing: backing.to_os_string(), long: None };
-            g.1.put((*dir_id, name.as_bytes().to_vec()), e);
-        }
     }
 }
 
@@ -250,38 +234,6 @@ mod tests {
         // The other directory, and bad names, as `encode` has them.
         assert_eq!(cache.encode(&b, &[6; 16], name).unwrap().backing, encode(&b, &[6; 16], name).unwrap().backing);
         assert!(cache.encode(&b, &id, OsStr::new("a/b")).is_err());
-    }
-
-    #[test]
-    fn a_listed_name_is_learned_only_as_encode_has_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::create(&dir.path().join("m.db")).unwrap();
-        let (a, b) = (
-            Arc::new(NameKeys::new(Key256::generate(), &[1; 16])),
-            Arc::new(NameKeys::new(Key256::generate(), &[1; 16])),
-        );
-        let (id, name) = ([5u8; 16], OsStr::new("listed.c"));
-        let good = encode(&a, &id, name).unwrap().backing;
-        // What `learn` relies on: no other backing name decodes to this name (a changed
-        // byte, or a non-canonical base64 spelling of the same bytes, does not authenticate).
-        let text = good.as_bytes().to_vec();
-        for i in 0..text.len() {
-            let mut t = text.clone();
-            t[i] = if t[i] == b'A' { b'B' } else { b'A' };
-            let other = OsString::from_vec(t);
-            assert!(decode(&a, &store, &id, &other, dir.path()).map_or(true, |n| n.as_deref() != Some(name)), "{i}");
-        }
-        let cache = EncodedNames::default();
-        cache.encode(&a, &[9; 16], OsStr::new("x")).unwrap(); // the cache is under `a` now
-        cache.learn(&a, &id, name, &good);
-        assert_eq!(cache.0.lock().unwrap().1.len(), 2, "learned");
-        assert_eq!(cache.encode(&a, &id, name).unwrap().backing, good);
-        // Under another key (a rotation racing the listing), a long name, a '.' entry: not kept.
-        cache.learn(&b, &id, OsStr::new("other"), &encode(&b, &id, OsStr::new("other")).unwrap().backing);
-        let long = encode(&a, &id, OsStr::new(&"z".repeat(250))).unwrap();
-        cache.learn(&a, &id, OsStr::new(&"z".repeat(250)), &long.backing);
-        cache.learn(&a, &id, OsStr::new("dot"), OsStr::new(".dirid"));
-        assert_eq!(cache.0.lock().unwrap().1.len(), 2);
     }
 
     #[test]
