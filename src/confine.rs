@@ -59,7 +59,8 @@ fn kind_name_of_mode(mode: u32) -> &'static str {
         SFlag::S_IFSOCK => "a socket",
         SFlag::S_IFBLK | SFlag::S_IFCHR => "a device node",
         SFlag::S_IFDIR => "a directory",
-        _ => "a regular file",
+        SFlag::S_IFREG => "a regular file",
+        _ => "a file of unknown type",
     }
 }
 

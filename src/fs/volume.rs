@@ -1061,9 +1061,10 @@ impl Volume {
     }
 }
 
-/// Opens data file `backing` (a path made safe by the tree seam: `At::path`; read-write
-/// with `write`) without following a symlink or blocking: a FIFO, socket, device or symlink
-/// there is `InvalidData` (an integrity error to callers), a directory `EISDIR`.
+/// Opens the data file `at` reaches (read-write with `write`) through its directory's
+/// descriptor (`confine::open_file_at`), without following a symlink or blocking: a FIFO,
+/// socket, device or symlink there is `InvalidData` (an integrity error to callers), a
+/// directory `EISDIR`.
 pub(super) fn open_data(at: &super::tree::At, write: bool) -> std::io::Result<fs::File> {
     open_data_stat(at, write).map(|(f, _)| f)
 }

@@ -11,8 +11,9 @@
 //! inodes, and its `.dirid` unless the directory's id is cached — so that their listings
 //! find them in memory. Work is taken from the newest listing first (a walk goes depth
 //! first: the subdirectories of the directory listed last come next), in listing order.
-//! At most [`BATCHES`] listings wait (each keeps its directory open; the oldest is dropped),
-//! none longer than [`FRESH`] nor past its volume, at most [`MAX_SUBDIRS`] subdirectories
+//! At most [`BATCHES`] batches wait (each keeps its directory open; the oldest listing is
+//! dropped, a batch of files only for another), none longer than [`FRESH`] nor past its
+//! volume, at most [`MAX_SUBDIRS`] subdirectories
 //! of one listing and [`MAX_ENTRIES`] entries of one subdirectory. A subdirectory is opened
 //! `O_NOATIME`: its access time is not changed by a read nobody asked for.
 //!
@@ -44,8 +45,9 @@ use super::names::DIRID_FILE;
 /// Threads reading ahead, for every volume of the daemon (most of their time is spent
 /// waiting on the disk).
 const WORKERS: usize = 4;
-/// Listings whose subdirectories wait to be read ahead (each keeps its directory open):
-/// the oldest goes when one more comes.
+/// Batches waiting to be read ahead (each keeps its directory open): the oldest listing goes
+/// when one more comes (a batch of files, only for another: the open that asked for it has
+/// moved its directory's cursor on, so a batch dropped would never be asked for again).
 const BATCHES: usize = 16;
 /// Subdirectories of one listing read ahead.
 const MAX_SUBDIRS: usize = 1024;
@@ -168,15 +170,29 @@ fn queue(parent: &Arc<OwnedFd>, mut names: Vec<(OsString, Ahead)>, volume: &Arc<
     names.reverse(); // taken from the back: the first subdirectory is read first
     let mut batches = shared.batches.lock().unwrap_or_else(|p| p.into_inner());
     if batches.len() == BATCHES {
-        batches.pop_front();
+        let drop = to_drop(batches.iter().map(|b| files_batch(&b.names)), files_batch(&names));
+        batches.remove(drop);
     }
     batches.push_back(Batch { parent: parent.clone(), names, listed: Instant::now(), volume: Arc::downgrade(volume) });
     shared.ready.notify_all();
 }
 
-/// The next subdirectory of the newest listing (a walk goes depth first: the subdirectories
-/// of the directory listed last come next), waiting for one. Listings older than [`FRESH`]
-/// are dropped (the walk went by).
+/// Which of the waiting batches (oldest first; whether each is a batch of files) goes to
+/// make room for one more (`files`: a batch of files): the oldest listing, or, when only
+/// batches of files wait or a batch of files comes, the oldest batch.
+fn to_drop(waiting: impl Iterator<Item = bool>, files: bool) -> usize {
+    let mut waiting = waiting;
+    waiting.position(|is_files| files || !is_files).unwrap_or(0)
+}
+
+/// Whether `names` is a batch of files (open-ahead), not a listing's subdirectories.
+fn files_batch(names: &[(OsString, Ahead)]) -> bool {
+    names.first().is_some_and(|(_, a)| matches!(a, Ahead::File { .. }))
+}
+
+/// The next entry of the newest batch (a walk goes depth first: the subdirectories of the
+/// directory listed last come next; a batch of files is the open's that just asked),
+/// waiting for one. Batches older than [`FRESH`] are dropped (the walk went by).
 fn next(shared: &Shared) -> Job {
     let mut batches = shared.batches.lock().unwrap_or_else(|p| p.into_inner());
     loop {
@@ -262,5 +278,20 @@ impl super::volume::Volume {
             .collect();
         drop(ids);
         queue(listed.at().shared_dir(), subdirs, &self.core.walk_ahead.alive);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_of_files_gives_way_only_to_another() {
+        // Oldest first: files, listing, files, listing.
+        let waiting = [true, false, true, false];
+        assert_eq!(to_drop(waiting.into_iter(), false), 1, "a listing comes: the oldest listing goes");
+        assert_eq!(to_drop(waiting.into_iter(), true), 0, "files come: the oldest batch goes");
+        assert_eq!(to_drop([true, true].into_iter(), false), 0, "only files wait: the oldest goes");
+        assert_eq!(to_drop([false, true].into_iter(), false), 0);
     }
 }

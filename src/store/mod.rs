@@ -198,7 +198,7 @@ const LOAD: &str = "SELECT f.size, f.cipher, f.mac, e.idx, e.kek_id, e.wrapped, 
 
 pub struct Store {
     /// A second, read-only connection for the frequent lookups (`stat`, names, xattrs,
-    /// opening a file), so they do not queue behind a commit's fsync (WAL lets readers run
+    /// opening a file), so they do not queue behind a commit's sync (WAL lets readers run
     /// beside the writer and see every committed transaction). Declared first: dropped
     /// before the writer, whose close then checkpoints the WAL.
     reader: std::sync::OnceLock<Option<Mutex<Connection>>>,
