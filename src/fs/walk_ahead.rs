@@ -13,9 +13,9 @@
 //! first: the subdirectories of the directory listed last come next), in listing order.
 //! At most [`BATCHES`] batches wait (each keeps its directory open; the oldest listing is
 //! dropped, a batch of files only for another), none longer than [`FRESH`] nor past its
-//! volume, at most [`MAX_SUBDIRS`] subdirectories
-//! of one listing and [`MAX_ENTRIES`] entries of one subdirectory. A subdirectory is opened
-//! `O_NOATIME`: its access time is not changed by a read nobody asked for.
+//! volume, at most [`MAX_SUBDIRS`] subdirectories of one listing and [`MAX_ENTRIES`]
+//! entries of one subdirectory. A subdirectory is opened `O_NOATIME`: its access time is
+//! not changed by a read nobody asked for.
 //!
 //! The same threads take the batches of files an open reads ahead (`fs::open_ahead`): each
 //! file is opened as every data file is (`confine::open_file_at`) and its first pages asked
@@ -180,8 +180,7 @@ fn queue(parent: &Arc<OwnedFd>, mut names: Vec<(OsString, Ahead)>, volume: &Arc<
 /// Which of the waiting batches (oldest first; whether each is a batch of files) goes to
 /// make room for one more (`files`: a batch of files): the oldest listing, or, when only
 /// batches of files wait or a batch of files comes, the oldest batch.
-fn to_drop(waiting: impl Iterator<Item = bool>, files: bool) -> usize {
-    let mut waiting = waiting;
+fn to_drop(mut waiting: impl Iterator<Item = bool>, files: bool) -> usize {
     waiting.position(|is_files| files || !is_files).unwrap_or(0)
 }
 
