@@ -24,7 +24,7 @@
 //!
 //! The cold open lists the directory (the first time) and takes the next batch; the batch's
 //! files are opened and asked for by the read-ahead threads of `fs::walk_ahead`, not by the
-//! open (opening and asking for 64 files cost an open some 400 µs), or by the open itself if
+//! open (64 opens and requests on the open's own time), or by the open itself if
 //! no such thread could be started. Nothing is read ahead on a file system in memory. Files
 //! are opened as every data file is (no symlink followed, no device or FIFO opened), and one
 //! that does not open is skipped, left to whatever reads it to report.
@@ -126,8 +126,8 @@ impl Volume {
                 .map(|e| e.file_name())
                 .collect()
         });
-        // Asked by the read-ahead threads: opening and asking for 64 files took this open
-        // some 400 µs, one open per directory of a tree read through (`md5sum`).
+        // Asked by the read-ahead threads: 64 opens and requests were this open's own time,
+        // once per directory of a tree read through (`md5sum`).
         if !self.core.walk_ahead.queue_files(listed.shared_dir(), &batch, AHEAD) {
             will_need(&listed, batch.iter().map(OsString::as_os_str), AHEAD);
         }
