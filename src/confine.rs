@@ -11,7 +11,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::Read;
 use std::os::fd::BorrowedFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{fcntl, AtFlags, FcntlArg, OFlag};
@@ -34,20 +34,7 @@ pub(crate) fn untrusted_flags() -> i32 {
 
 /// The name of a file type, for errors.
 pub fn kind_name(meta: &Metadata) -> &'static str {
-    let t = meta.file_type();
-    if t.is_symlink() {
-        "a symbolic link"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_block_device() || t.is_char_device() {
-        "a device node"
-    } else if t.is_dir() {
-        "a directory"
-    } else {
-        "a regular file"
-    }
+    kind_name_of_mode(meta.mode())
 }
 
 /// [`kind_name`] of an `st_mode`.
@@ -95,26 +82,14 @@ fn open_error(path: &Path, op: &'static str, e: std::io::Error) -> Error {
 /// symlink, FIFO, socket, device or directory with an integrity error. The returned file
 /// blocks as usual.
 pub fn open_file(path: &Path, write: bool) -> Result<File> {
-    // Look first: a device node is never opened (opening one can act), nor a FIFO or socket.
-    if let Some(meta) = lstat(path)? {
-        expect_file(&meta, path)?;
-    }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(write)
-        .custom_flags(untrusted_flags())
-        .open(path)
-        .map_err(|e| open_error(path, "open", e))?;
-    expect_file(&file.metadata().map_err(|e| Error::io(path, "stat", e))?, path)?;
-    clear_nonblock(&file, path)?;
-    Ok(file)
+    open_file_at(nix::fcntl::AT_FDCWD, path.as_os_str(), write, path).map(|(f, _)| f)
 }
 
 /// [`open_file`] of entry `name` of the directory open as `dir` (the data tree's
-/// descriptors, `fs/tree.rs`), with the same checks made by `fstatat` and `openat` on the
-/// descriptor: a path through `/proc/self/fd` costs the kernel a walk of /proc for the look
-/// and another for the open, on every open of a data file. Returns the file and its `fstat`.
-/// `shown` names it in errors.
+/// descriptors, `fs/tree.rs`; `AT_FDCWD` for a path): looked at with `fstatat` and opened
+/// with `openat` on the descriptor, not through a path by `/proc/self/fd`, which costs the
+/// kernel a walk of /proc for the look and another for the open. Returns the file and its
+/// `fstat`. `shown` names it in errors.
 pub fn open_file_at(dir: BorrowedFd<'_>, name: &OsStr, write: bool, shown: &Path) -> Result<(File, FileStat)> {
     use nix::sys::stat::{fstat, fstatat};
     let stat_err = |e: nix::Error| Error::io(shown, "stat", e.into());
@@ -146,7 +121,8 @@ pub fn open_file_at_io(
     open_file_at(dir, name, write, shown).map_err(io_of)
 }
 
-/// [`expect_file`] of an `st_mode`.
+/// A regular file, by its `st_mode`: a directory is `IsDir`, anything else an integrity
+/// error.
 fn expect_file_mode(mode: u32, path: &Path) -> Result<()> {
     use nix::sys::stat::SFlag;
     match SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits()) {
@@ -154,14 +130,6 @@ fn expect_file_mode(mode: u32, path: &Path) -> Result<()> {
         SFlag::S_IFDIR => Err(Error::IsDir(path.to_path_buf())),
         _ => Err(Error::integrity(path, format!("expected a regular file, found {}", kind_name_of_mode(mode)))),
     }
-}
-
-/// A regular file: a directory is `IsDir`, anything else an integrity error.
-fn expect_file(meta: &Metadata, path: &Path) -> Result<()> {
-    if meta.is_dir() {
-        return Err(Error::IsDir(path.to_path_buf()));
-    }
-    check_kind(meta, Expect::File, path)
 }
 
 /// [`open_file`] that keeps `std::io::Error` (for callers that map `NotFound` themselves);
@@ -233,13 +201,6 @@ pub fn create_temp(target: &Path, mode: u32) -> Result<(File, PathBuf)> {
         .open(&tmp)
         .map_err(|e| Error::io(&tmp, "create", e))?;
     Ok((file, tmp))
-}
-
-fn clear_nonblock(file: &File, path: &Path) -> Result<()> {
-    let flags = fcntl(file, FcntlArg::F_GETFL).map_err(|e| Error::io(path, "fcntl", e.into()))?;
-    let flags = OFlag::from_bits_truncate(flags) & !OFlag::O_NONBLOCK;
-    fcntl(file, FcntlArg::F_SETFL(flags)).map_err(|e| Error::io(path, "fcntl", e.into()))?;
-    Ok(())
 }
 
 /// Whether `dir` is on a tmpfs or ramfs (memory only, gone at reboot).

@@ -128,7 +128,7 @@ impl Volume {
         });
         // Asked by the read-ahead threads: 64 opens and requests were this open's own time,
         // once per directory of a tree read through (`md5sum`).
-        if !self.core.walk_ahead.queue_files(listed.shared_dir(), &batch, AHEAD) {
+        if let Err(batch) = self.core.walk_ahead.queue_files(listed.shared_dir(), batch, AHEAD) {
             will_need(&listed, batch.iter().map(OsString::as_os_str), AHEAD);
         }
     }
@@ -137,11 +137,17 @@ impl Volume {
 /// Asks the kernel for the first `len` bytes of each of the data files `names` of directory
 /// `listed` (`POSIX_FADV_WILLNEED`, which does not wait).
 fn will_need<'a>(listed: &super::tree::At, names: impl Iterator<Item = &'a OsStr>, len: i64) {
+    names.for_each(|name| will_need_at(listed.dir(), name, len));
+}
+
+/// Asks the kernel for the first `len` bytes of file `name` of the directory open as `dir`
+/// (`POSIX_FADV_WILLNEED`), opened as every backing file is (`confine::open_file_at`: no
+/// symlink followed, no FIFO or device opened). One that does not open is skipped, left to
+/// whatever reads it to report.
+pub(super) fn will_need_at(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr, len: i64) {
     use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
-    for name in names {
-        if let Ok((f, _)) = crate::confine::open_file_at(listed.dir(), name, false, Path::new(name)) {
-            let _ = posix_fadvise(&f, 0, len, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
-        }
+    if let Ok((f, _)) = crate::confine::open_file_at(dir, name, false, Path::new(name)) {
+        let _ = posix_fadvise(&f, 0, len, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
     }
 }
 

@@ -41,6 +41,7 @@ use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::sys::stat::{fstatat, Mode};
 
 use super::names::DIRID_FILE;
+use super::open_ahead::will_need_at;
 
 /// Threads reading ahead, for every volume of the daemon (most of their time is spent
 /// waiting on the disk).
@@ -109,7 +110,7 @@ fn pool() -> Option<&'static Shared> {
                             let job = next(shared);
                             match job.ahead {
                                 Ahead::Dir { dir_id } => read_ahead(&job, dir_id),
-                                Ahead::File { len } => will_need_file(&job, len),
+                                Ahead::File { len } => will_need_at(job.parent.as_fd(), &job.name, len),
                             }
                         }
                     });
@@ -138,15 +139,19 @@ impl Default for WalkAhead {
 
 impl WalkAhead {
     /// Queues data files `names` of this volume's directory open as `parent` (in the order
-    /// they are expected to be opened) to have their first `len` bytes read ahead; false if
-    /// no thread reads ahead (the caller then asks itself).
-    pub(super) fn queue_files(&self, parent: &Arc<OwnedFd>, names: &[OsString], len: i64) -> bool {
+    /// they are expected to be opened) to have their first `len` bytes read ahead; gives
+    /// them back if no thread reads ahead (the caller then asks itself).
+    pub(super) fn queue_files(
+        &self,
+        parent: &Arc<OwnedFd>,
+        names: Vec<OsString>,
+        len: i64,
+    ) -> std::result::Result<(), Vec<OsString>> {
         if pool().is_none() {
-            return false;
+            return Err(names);
         }
-        let names = names.iter().map(|n| (n.clone(), Ahead::File { len })).collect();
-        queue(parent, names, &self.alive);
-        true
+        queue(parent, names.into_iter().map(|n| (n, Ahead::File { len })).collect(), &self.alive);
+        Ok(())
     }
 
     /// Backing directory `dir` was just listed: whether a walk is going on (its parent was
@@ -233,29 +238,7 @@ fn read_ahead(job: &Job, dir_id: bool) {
         let _ = fstatat(&dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW);
     }
     if dir_id {
-        will_need_dir_id(&dir);
-    }
-}
-
-/// Asks for the first `len` bytes of data file `job` to be read, opened as every data file
-/// is (`confine::open_file_at`: no symlink followed, no FIFO or device opened). One that
-/// does not open is skipped, left to whatever reads it to report.
-fn will_need_file(job: &Job, len: i64) {
-    use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
-    let shown = Path::new(&job.name);
-    if let Ok((f, _)) = crate::confine::open_file_at(job.parent.as_fd(), &job.name, false, shown) {
-        let _ = posix_fadvise(&f, 0, len, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
-    }
-}
-
-/// Asks for directory `dir`'s `.dirid` to be read, opened as every backing file is
-/// (`confine::open_file`: no symlink followed, no FIFO or device opened).
-fn will_need_dir_id(dir: &nix::dir::Dir) {
-    use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
-    use std::os::fd::AsRawFd;
-    let path = PathBuf::from(format!("/proc/self/fd/{}/{DIRID_FILE}", dir.as_raw_fd()));
-    if let Ok(f) = crate::confine::open_file(&path, false) {
-        let _ = posix_fadvise(&f, 0, crate::format::OBJECT_HEADER_LEN as i64, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
+        will_need_at(dir.as_fd(), OsStr::new(DIRID_FILE), crate::format::OBJECT_HEADER_LEN as i64);
     }
 }
 
