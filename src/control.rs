@@ -194,6 +194,7 @@ pub fn base_status(cipherdir: &Path, h: &VolumeHeader, files: u64, wrapped_deks:
         "cipherdir": cipherdir.display().to_string(),
         "mounted": false,
         "format_version": 1,
+        "volume_format": if h.features & crate::format::FEATURE_PAGES != 0 { 2 } else { 1 },
         "volume_id": hex(&h.volume_id),
         "cipher": h.cipher.name(),
         "extent_size": h.extent_size(),

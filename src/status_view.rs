@@ -20,6 +20,7 @@ const SHOWN: &[&str] = &[
     "shredded",
     "cipher",
     "format_version",
+    "volume_format",
     "extent_size",
     "files",
     "wrapped_deks",
@@ -134,7 +135,8 @@ pub fn render(v: &Value) -> String {
         },
         None => {}
     }
-    row("data", format!("{}, {} extents (one DEK each)", text(&v["cipher"]), size(num(&v["extent_size"]))));
+    let format = v["volume_format"].as_u64().map(|f| format!("format {f}, ")).unwrap_or_default();
+    row("data", format!("{format}{}, {} extents (one DEK each)", text(&v["cipher"]), size(num(&v["extent_size"]))));
     let mut files = format!("{} ({} wrapped DEKs)", num(&v["files"]), num(&v["wrapped_deks"]));
     if let Some(open) = v["open_files"].as_u64() {
         let _ = write!(files, ", {open} open");
@@ -226,7 +228,7 @@ mod tests {
             "cipherdir": "/srv/enc", "volume_id": "ab", "mounted": true, "mountpoint": "/srv/plain",
             "pid": 42, "mounted_seconds": 7300, "memory_locked": true, "shredded": false,
             "transport": {"kind": "io_uring", "rings": 2, "requests": 7, "answered_in_ring": 5},
-            "cipher": "aes-256-gcm-siv", "format_version": 1, "extent_size": 1048576, "files": 3,
+            "cipher": "aes-256-gcm-siv", "format_version": 1, "volume_format": 2, "extent_size": 1048576, "files": 3,
             "wrapped_deks": 5, "open_files": 1, "kms_uri": "local:keystore", "root_check": {"state": "off"},
             "root_rotated_since_mount": false, "kek_id": "cd", "kek_generation": 2, "kek_age_seconds": 90_000,
             "kms_calls": {"wrap": 0, "unwrap": 1, "recheck": 0},
@@ -247,7 +249,7 @@ mod tests {
         for want in [
             "state      mounted on /srv/plain for 2 h 1 min (daemon 42, memory locked)",
             "transport  io_uring, 2 rings (7 requests served, 5 of them in the ring threads)",
-            "data       aes-256-gcm-siv, 1 MiB extents",
+            "data       format 2, aes-256-gcm-siv, 1 MiB extents",
             "files      3 (5 wrapped DEKs), 1 open",
             "KEK        cd, generation 2, made 1 d 1 h ago",
             "DEK cache  2 entries, hit rate 75.0 % (3 hits, 1 misses)",

@@ -45,6 +45,7 @@ fn init_status_passwd_and_their_errors() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["cipher"], "aes-256-gcm-siv");
     assert_eq!(v["extent_size"], 65536);
+    assert_eq!(v["volume_format"], 2, "a new GCM-SIV volume is format 2");
     assert_eq!(v["kms_uri"], "local:keystore");
     assert!(v["kek_age_seconds"].as_u64().is_some_and(|a| a < 3600), "{v}");
 

@@ -73,10 +73,23 @@ fn the_format_1_fixture_upgrades_in_place_and_reads_back() {
     let env = [("ENVELOPEFS_STATE_DIR".to_string(), dir.parent().unwrap().join("state").into_os_string())];
     let up =
         || mount::evfs_env(&["upgrade".as_ref(), dir.as_os_str(), "--passfile".as_ref(), passfile.as_os_str()], &env);
+    // `status` says which format the volume is, before and after (the text and the JSON).
+    let status = |args: &[&str]| {
+        let mut all: Vec<&std::ffi::OsStr> = vec!["status".as_ref(), dir.as_os_str()];
+        all.extend(args.iter().map(std::ffi::OsStr::new));
+        let o = mount::evfs_env(&all, &env);
+        mount::ok(&o);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let format = || serde_json::from_str::<serde_json::Value>(&status(&["--json"])).unwrap()["volume_format"].clone();
+    assert_eq!(format(), 1);
+    assert!(status(&[]).contains("format 1, aes-256-gcm-siv"), "{}", status(&[]));
     let o = up();
     mount::ok(&o);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("5 files converted now, 0 already"), "{out}");
+    assert_eq!(format(), 2, "status after the upgrade");
+    assert!(status(&[]).contains("format 2, aes-256-gcm-siv"), "{}", status(&[]));
     let vol = Volume::open(&dir, &pass()).unwrap();
     assert_ne!(vol.header().features & envelopefs::format::FEATURE_PAGES, 0);
     assert_eq!(check(&vol, "after the upgrade"), 5, "every file is format 2");
