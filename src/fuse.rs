@@ -65,14 +65,7 @@ type Negotiation = std::sync::Arc<std::sync::OnceLock<crate::fuse_uring::Negotia
 fn raise_readahead(mountpoint: &Path) {
     // The device number comes from mountinfo: a stat of the mountpoint would wait for the
     // FUSE handshake, which this thread has not served yet.
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
-    let Some(want) = mountpoint.to_str() else { return };
-    let mut dev = info.lines().filter_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        let fuse = l.split_once(" - ").is_some_and(|(_, post)| post.starts_with("fuse"));
-        (fuse && f.get(4) == Some(&want)).then(|| f.get(2).map(|d| d.to_string())).flatten()
-    });
-    if let Some(dev) = dev.next_back() {
+    if let Some(dev) = crate::mountinfo::fuse_at(mountpoint).map(|m| m.dev) {
         let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
         if let Err(e) = std::fs::write(&knob, format!("{}", MAX_IO / 1024)) {
             tracing::debug!("cannot raise readahead ({knob}: {e})");

@@ -28,6 +28,7 @@ pub mod keys;
 pub mod kms;
 pub mod logging;
 pub mod mount_sys;
+pub mod mountinfo;
 pub mod packaging;
 pub mod progress;
 pub mod revocation;

@@ -71,22 +71,8 @@ impl Mounted {
     }
 }
 
-/// The device number (`MAJOR:MINOR`) of the envelopefs mount on top at `mountpoint`.
+/// The device number (`MAJOR:MINOR`) of the envelopefs mount on top at `mountpoint`: a
+/// mount stacked on ours hides it, and is never ours to unmount.
 fn device_at(mountpoint: &Path) -> Option<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    // mountinfo escapes space, tab, newline and backslash as octal.
-    let want: String = mountpoint
-        .to_str()?
-        .chars()
-        .map(|c| match c {
-            ' ' | '\t' | '\n' | '\\' => format!("\\{:03o}", c as u32),
-            c => c.to_string(),
-        })
-        .collect();
-    let want = want.as_str();
-    // The mount on top there (the last line for that path), if it is an envelopefs one: a
-    // mount stacked on ours hides it, and is never ours to unmount.
-    let top = info.lines().rfind(|l| l.split(' ').nth(4) == Some(want))?;
-    let ours = top.split_once(" - ").is_some_and(|(_, post)| post.starts_with(&format!("{FS_TYPE} ")));
-    ours.then(|| top.split(' ').nth(2).map(str::to_string)).flatten()
+    crate::mountinfo::fuse_at(mountpoint).filter(|m| m.fstype == FS_TYPE).map(|m| m.dev)
 }

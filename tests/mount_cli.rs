@@ -272,3 +272,32 @@ fn status_of_a_mounted_volume_shows_one_kms_unwrap_however_much_io() {
     assert_eq!(v["mounted"], false);
     assert_eq!(v["wrapped_deks"], 64);
 }
+
+#[test]
+fn a_mountpoint_and_cipherdir_with_spaces_tabs_and_backslashes_mount_report_and_unmount() {
+    // The mount table escapes these characters (`\040`, `\011`, `\134`): the daemon finds its
+    // mount there to raise its readahead, `status` and `umount` find the volume through it.
+    use std::os::unix::fs::MetadataExt;
+    let tmp = common::scratch();
+    let (cipher, mnt, pass) = (tmp.path().join("c dir\\x"), tmp.path().join("m n\tt\\b"), tmp.path().join("pass"));
+    fs::create_dir(&mnt).unwrap();
+    fs::write(&pass, "mount test passphrase\n").unwrap();
+    common::mount::ok(&evfs(&["init".as_ref(), cipher.as_os_str(), "--passfile".as_ref(), pass.as_os_str()]));
+    let mut m = MountFixture::adopt_existing(cipher, mnt, pass);
+    m.mount();
+    fs::write(m.p("f"), b"through a mountpoint with a space").unwrap();
+    let v = common::mount::status(&m);
+    assert_eq!(v["mounted"], true, "{v:#}");
+    assert_eq!(Path::new(v["mountpoint"].as_str().unwrap()), m.mnt.canonicalize().unwrap(), "{v:#}");
+    if nix::unistd::geteuid().is_root() {
+        let dev = fs::metadata(&m.mnt).unwrap().dev();
+        let knob =
+            format!("/sys/class/bdi/{}:{}/read_ahead_kb", nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+        assert_eq!(fs::read_to_string(&knob).unwrap().trim(), "1024", "{knob}: the readahead is raised");
+    }
+    m.unmount();
+    let dev = |p: &Path| fs::metadata(p).unwrap().dev();
+    assert_eq!(dev(&m.mnt), dev(tmp.path()), "unmounted: the mountpoint is its parent's file system again");
+    m.mount();
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"through a mountpoint with a space");
+}

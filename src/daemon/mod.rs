@@ -727,21 +727,10 @@ pub fn spawn_daemon(exe: &Path, args: &[OsString], pass: Option<&Passphrase>, lo
     }
 }
 
-/// The source of the FUSE mount at `mountpoint` (for envelopefs: CIPHERDIR), if there is one.
+/// The source of the FUSE mount on top at `mountpoint` (for envelopefs: CIPHERDIR), if
+/// there is one.
 pub fn mount_source(mountpoint: &Path) -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = mountpoint.to_str()?;
-    info.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        let mnt = unescape(pre.split(' ').nth(4)?);
-        let mut post = post.split(' ');
-        let (fstype, source) = (post.next()?, post.next()?);
-        (mnt == want && fstype.starts_with("fuse")).then(|| PathBuf::from(unescape(source)))
-    })
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    crate::mountinfo::fuse_at(mountpoint).map(|m| m.source)
 }
 
 /// Detaches `mountpoint` now (`fusermount3 -u -z`); its daemon exits when the last open
