@@ -35,7 +35,7 @@ pub fn fuse_at(mountpoint: &Path) -> Option<Mount> {
 
 /// The last mount at `mountpoint` in `table` (mountinfo's text).
 fn top_at(table: &str, mountpoint: &Path) -> Option<Mount> {
-    table.lines().filter_map(parse).filter(|m| m.mountpoint == mountpoint).last()
+    table.lines().rev().filter_map(parse).find(|m| m.mountpoint == mountpoint)
 }
 
 /// One mountinfo line: `ID PARENT MAJOR:MINOR ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - TYPE
