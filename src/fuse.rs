@@ -237,13 +237,7 @@ impl Mounted {
         let path = mountpoint.to_path_buf();
         move || match &direct {
             Some(m) => m.unmount(),
-            None => {
-                let o = std::process::Command::new("fusermount3").arg("-u").arg(&path).output()?;
-                match o.status.success() {
-                    true => Ok(()),
-                    false => Err(std::io::Error::other(String::from_utf8_lossy(&o.stderr).trim().to_string())),
-                }
-            }
+            None => crate::mount_sys::fusermount_unmount(&path, false)?.map_err(std::io::Error::other),
         }
     }
 

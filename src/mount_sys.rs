@@ -3,7 +3,8 @@
 //! `fuse`, so `findmnt -t fuse.envelopefs`, `umount -t fuse.envelopefs` and monitoring that
 //! filters by type would not find a mount made as root; through `fusermount3` the subtype
 //! option gives the same type.) Owns the `/dev/fuse` descriptor until the session takes it,
-//! and the unmount of what it mounted.
+//! the unmount of what it mounted, and the one call of `fusermount3 -u` for mounts made
+//! through it.
 
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -14,6 +15,18 @@ use nix::mount::{MntFlags, MsFlags};
 
 /// The file system type a mount shows in `/proc/mounts`.
 pub const FS_TYPE: &str = "fuse.envelopefs";
+
+/// `fusermount3 -u` (`-z`: `lazy`, detached now) of `mountpoint`: `Ok(Err(why))` with its
+/// message if it refused (busy, not a mount of this user's), `Err` if it cannot be run.
+pub fn fusermount_unmount(mountpoint: &Path, lazy: bool) -> std::io::Result<Result<(), String>> {
+    let mut c = std::process::Command::new("fusermount3");
+    c.arg(if lazy { "-uz" } else { "-u" }).arg(mountpoint).stdin(std::process::Stdio::null());
+    let out = c.output()?;
+    Ok(match out.status.success() {
+        true => Ok(()),
+        false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+    })
+}
 
 /// Mounts a FUSE file system on `mountpoint` named `fsname`; returns the `/dev/fuse`
 /// descriptor to serve it through.

@@ -44,9 +44,13 @@ fn the_mount_type_is_fuse_envelopefs() {
     ok(&o);
     let text = String::from_utf8(o.stdout).unwrap();
     assert!(!text.contains('{') && !text.contains('"'), "{text}");
-    for want in
-        ["state      mounted on ", " s (daemon ", "hit rate ", " % (", "data       aes-256-gcm-siv, 1 MiB extents"]
-    {
+    for want in [
+        "state      mounted on ",
+        " s (daemon ",
+        "hit rate ",
+        " % (",
+        "data       format 2, aes-256-gcm-siv, 1 MiB extents",
+    ] {
         assert!(text.contains(want), "{want:?} not in:\n{text}");
     }
 }

@@ -736,17 +736,13 @@ pub fn mount_source(mountpoint: &Path) -> Option<PathBuf> {
 /// Detaches `mountpoint` now (`fusermount3 -u -z`); its daemon exits when the last open
 /// file on it is closed.
 pub fn unmount_lazy(mountpoint: &Path) -> Result<()> {
-    let out = Command::new("fusermount3")
-        .args(["-u", "-z"])
-        .arg(mountpoint)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::Fuse(format!("cannot run fusermount3 (is fuse3 installed?): {e}")))?;
-    if !out.status.success() {
-        let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(Error::Mountpoint { path: mountpoint.into(), reason: msg });
-    }
-    Ok(())
+    fusermount(mountpoint, true)?.map_err(|reason| Error::Mountpoint { path: mountpoint.into(), reason })
+}
+
+/// `fusermount3 -u`, its refusal's message as the error.
+fn fusermount(mountpoint: &Path, lazy: bool) -> Result<std::result::Result<(), String>> {
+    crate::mount_sys::fusermount_unmount(mountpoint, lazy)
+        .map_err(|e| Error::Fuse(format!("cannot run fusermount3 (is fuse3 installed?): {e}")))
 }
 
 /// Unmounts `mountpoint` and waits (up to `wait`) for its daemon to commit and exit.
@@ -755,14 +751,7 @@ pub fn unmount(mountpoint: &Path, wait: Duration) -> Result<()> {
     let source = mount_source(&mnt)
         .filter(|src| src.join(crate::fs::HEADER_FILE).exists())
         .ok_or_else(|| Error::NotMounted(mnt.clone()))?;
-    let out = Command::new("fusermount3")
-        .arg("-u")
-        .arg(&mnt)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::Fuse(format!("cannot run fusermount3 (is fuse3 installed?): {e}")))?;
-    if !out.status.success() {
-        let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if let Err(msg) = fusermount(&mnt, false)? {
         let reason = if msg.contains("busy") { format!("mountpoint is busy (files are open): {msg}") } else { msg };
         return Err(Error::Mountpoint { path: mnt, reason });
     }
