@@ -510,20 +510,27 @@ fn as_nobody(m: &MountFixture, script: &str) {
 
 #[test]
 fn entries_made_by_another_user_are_theirs() {
-    // The daemon runs as root here; files and directories a user makes through an
-    // allow_other mount are that user's, with the modes the user asked for, now and after a
-    // remount.
+    // The daemon runs as root here; files, directories, symlinks, FIFOs and nodes a user
+    // makes through an allow_other mount are that user's, with the modes the user asked for,
+    // now and after a remount. A hard link to a symlink (a copy, its target being sealed for
+    // its one name) has the owner of the link it copies, whoever makes it.
     let mut m = mount_for_others(0o1777);
     as_nobody(&m, "echo hi > f && mkdir d && mkdir d/e && echo x > d/e/g && ln -s f s && umask 0 && : > u && mkdir ud");
+    as_nobody(&m, "umask 0 && mkfifo p && python3 -c \"import os, stat; os.mknod('n', 0o640 | stat.S_IFREG)\"");
+    fs::hard_link(m.p("s"), m.p("hs")).unwrap(); // linkat without AT_SYMLINK_FOLLOW: the link itself
     for round in 0..2 {
-        for p in ["f", "d", "d/e", "d/e/g", "s"] {
+        for p in ["f", "d", "d/e", "d/e/g", "s", "p", "n", "hs"] {
             let md = fs::symlink_metadata(m.p(p)).unwrap();
             assert_eq!((md.uid(), md.gid()), (65534, 65534), "{p} (round {round})");
         }
         assert_eq!(fs::read(m.p("d/e/g")).unwrap(), b"x\n");
+        assert_eq!(fs::read_link(m.p("hs")).unwrap(), std::path::Path::new("f"));
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(&fs::symlink_metadata(m.p("p")).unwrap().file_type()));
+        assert_eq!(fs::read(m.p("n")).unwrap(), b"", "a regular file made by mknod");
         // The caller's umask (0) decides the mode, not the daemon's.
-        assert_eq!(fs::metadata(m.p("u")).unwrap().mode() & 0o7777, 0o666);
-        assert_eq!(fs::metadata(m.p("ud")).unwrap().mode() & 0o7777, 0o777);
+        for (p, mode) in [("u", 0o666), ("ud", 0o777), ("p", 0o666), ("n", 0o640)] {
+            assert_eq!(fs::symlink_metadata(m.p(p)).unwrap().mode() & 0o7777, mode, "{p} (round {round})");
+        }
         m.remount();
     }
 }

@@ -444,14 +444,6 @@ impl InodeFs {
         self.chown_new.then_some((caller.uid, caller.gid))
     }
 
-    fn own(&self, vol: &Volume, path: &Path, caller: Caller) -> Result<()> {
-        if self.chown_new {
-            let chown = AttrChanges { uid: Some(caller.uid), gid: Some(caller.gid), ..Default::default() };
-            vol.apply_attr_changes(path, None, &chown)?;
-        }
-        Ok(())
-    }
-
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
         let (k, path) = self.child(parent, name)?;
         let (vol, _guard) = self.part(k)?;
@@ -570,12 +562,12 @@ impl InodeFs {
         let (k, path) = self.child(parent, name)?;
         let (vol, guard) = self.part(k)?;
         self.free_place(k, vol, &path)?;
+        // Each made whole (owner too) before it takes its name: no chown by a name.
         if mode & 0o170000 == 0o100000 {
-            vol.create(&path, mode & 0o7777)?.close()?;
+            vol.create_owned(&path, mode & 0o7777, self.owner(caller))?.0.close()?;
         } else {
-            vol.mknod(&path, mode, rdev)?;
+            vol.mknod_owned(&path, mode, rdev, self.owner(caller))?;
         }
-        self.own(vol, &path, caller)?;
         drop(guard);
         self.lookup(parent, name)
     }
@@ -622,8 +614,7 @@ impl InodeFs {
         let (k, path) = self.child(parent, name)?;
         let (vol, guard) = self.part(k)?;
         self.free_place(k, vol, &path)?;
-        vol.symlink(&path, target.as_os_str())?;
-        self.own(vol, &path, caller)?;
+        vol.symlink_owned(&path, target.as_os_str(), self.owner(caller))?;
         drop(guard);
         self.lookup(parent, name)
     }

@@ -382,6 +382,21 @@ impl Volume {
     /// Creates a symlink whose target is stored encrypted (random nonce: equal targets do not
     /// look equal).
     pub fn symlink(&self, path: &Path, target: &OsStr) -> Result<()> {
+        self.symlink_with(path, target, |_| Ok(()))
+    }
+
+    /// [`Volume::symlink`], owned by `owner` (uid, gid) if given.
+    pub fn symlink_owned(&self, path: &Path, target: &OsStr, owner: Option<(u32, u32)>) -> Result<()> {
+        self.symlink_with(path, target, |at| own(at, owner))
+    }
+
+    /// [`Volume::symlink`], `finish`ed (owner, times) before it takes its name.
+    pub(super) fn symlink_with(
+        &self,
+        path: &Path,
+        target: &OsStr,
+        finish: impl FnOnce(&super::tree::At) -> std::io::Result<()>,
+    ) -> Result<()> {
         use std::os::unix::ffi::OsStrExt;
         if target.len() > SYMLINK_MAX {
             return Err(Error::NameTooLong(path.into()));
@@ -389,11 +404,32 @@ impl Volume {
         let r = self.resolve(path)?;
         self.remember_name(&r)?;
         let entry = super::binding::Entry::new(r.parent_id, &r.encoded.backing);
-        let at = self.at(&r.backing(), path)?;
-        std::os::unix::fs::symlink(self.seal_target(&entry, target.as_bytes()), at.path()).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => Error::Exists(path.into()),
-            _ => Error::io(path, "symlink", e),
-        })
+        let sealed = self.seal_target(&entry, target.as_bytes());
+        self.make_entry(&r.backing(), path, "symlink", |tmp| std::os::unix::fs::symlink(&sealed, tmp.path()), finish)
+    }
+
+    /// Makes an entry with `make` at a hidden name beside `backing`, `finish`es it there and
+    /// moves it to `backing` (Exists, naming `path`, if something is there), as a directory
+    /// is made (`make_dir`): no name ever shows it half-made, and nothing is changed by a
+    /// name that someone else could have put another entry at meanwhile. Nothing is left
+    /// behind if a step fails.
+    fn make_entry(
+        &self,
+        backing: &Path,
+        path: &Path,
+        what: &'static str,
+        make: impl FnOnce(&super::tree::At) -> std::io::Result<()>,
+        finish: impl FnOnce(&super::tree::At) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let tmp = self.at(&super::names::temp_sibling(backing), path)?;
+        make(&tmp).map_err(|e| Error::io(path, what, e))?;
+        let placed = finish(&tmp)
+            .map_err(|e| Error::io(path, what, e))
+            .and_then(|()| super::names::place(&tmp, &self.at(backing, path)?, path));
+        if placed.is_err() {
+            let _ = nix::unistd::unlinkat(tmp.dir(), tmp.name(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+        }
+        placed
     }
 
     pub fn readlink(&self, path: &Path) -> Result<std::ffi::OsString> {
@@ -412,12 +448,19 @@ impl Volume {
 
     /// Creates a FIFO, socket or device node.
     pub fn mknod(&self, path: &Path, mode: u32, rdev: u64) -> Result<()> {
+        self.mknod_owned(path, mode, rdev, None)
+    }
+
+    /// [`Volume::mknod`], owned by `owner` (uid, gid) if given.
+    pub fn mknod_owned(&self, path: &Path, mode: u32, rdev: u64, owner: Option<(u32, u32)>) -> Result<()> {
         let kind = SFlag::from_bits_truncate(mode & libc_s_ifmt());
-        let at = self.at(&self.resolve_new(path)?, path)?;
-        mknodat(at.dir(), at.name(), kind, Mode::from_bits_truncate(mode & 0o7777), rdev).map_err(|e| match e {
-            nix::Error::EEXIST => Error::Exists(path.into()),
-            e => errno(path, "mknod", e),
-        })
+        let perm = Mode::from_bits_truncate(mode & 0o7777);
+        let make = |tmp: &super::tree::At| {
+            mknodat(tmp.dir(), tmp.name(), kind, perm, rdev).map_err(std::io::Error::from)?;
+            // Exactly `mode`: the daemon's umask may have cleared bits the caller's did not.
+            tmp.chmod(mode & 0o7777).map_err(std::io::Error::from)
+        };
+        self.make_entry(&self.resolve_new(path)?, path, "mknod", make, |at| own(at, owner))
     }
 
     /// A new hard link `new` to the file at `existing` (they share the file id and keys).
@@ -431,9 +474,12 @@ impl Volume {
         let mut added = Vec::new();
         match self.moving(&from_backing, existing)? {
             // A symlink's target is sealed for its one entry: the new link is a copy.
+            // (With the owner and times of the link it copies, as a second name of it would.)
             super::binding::Moving::Symlink(target) => {
                 use std::os::unix::ffi::OsStrExt;
-                return self.symlink(new, std::ffi::OsStr::from_bytes(&target));
+                let old = fs::symlink_metadata(from.path()).map_err(|_| Error::NotFound(existing.into()))?;
+                let keep = |at: &super::tree::At| super::binding::keep_owner_and_times(at, &old);
+                return self.symlink_with(new, std::ffi::OsStr::from_bytes(&target), keep);
             }
             // A file with two names cannot be bound to one of them: bound to the volume.
             super::binding::Moving::File { id, .. } => {
@@ -578,5 +624,13 @@ pub(super) fn attr_from(meta: impl Into<Stat>, kind: EntryKind, size: u64) -> At
         uid: st.uid,
         gid: st.gid,
         rdev: st.rdev as u32,
+    }
+}
+
+/// Gives the new entry `at` its `owner` (uid, gid), if there is one, never following it.
+fn own(at: &super::tree::At, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    match owner {
+        Some((uid, gid)) => at.chown(Some(uid), Some(gid)).map_err(Into::into),
+        None => Ok(()),
     }
 }
