@@ -114,16 +114,10 @@ pub(super) fn bind_with(
     ObjectHeader { kind, id, binding, xattrs, tenant }
 }
 
-/// Gives the symlink at `link` the owner and times of `old` (the link it replaces), never
-/// following it.
+/// Gives the symlink just made at `link` (a hidden name: pinned and checked first,
+/// `made::Made`) the owner and times of `old` (the link it replaces or copies).
 pub(super) fn keep_owner_and_times(link: &super::tree::At, old: &std::fs::Metadata) -> std::io::Result<()> {
-    use nix::sys::stat::{utimensat, UtimensatFlags};
-    use nix::sys::time::TimeSpec;
-    link.chown(Some(old.uid()), Some(old.gid()))?;
-    let at = TimeSpec::new(old.atime(), old.atime_nsec());
-    let mt = TimeSpec::new(old.mtime(), old.mtime_nsec());
-    utimensat(link.dir(), link.name(), &at, &mt, UtimensatFlags::NoFollowSymlink)?;
-    Ok(())
+    super::made::Made::pin(link, nix::sys::stat::SFlag::S_IFLNK)?.keep_owner_and_times(old)
 }
 
 /// Whether `header` (bound, under `keys`) belongs at `entry` (or to the volume, if shared).

@@ -84,12 +84,16 @@ impl Volume {
                 ),
             };
             names::write_dir_id_at(&id_file, &header, path)?;
+            // Pinned and checked to be the directory just made (`made::Made`): no change goes
+            // by its hidden name.
+            let made = super::made::Made::pin(&tmp, nix::sys::stat::SFlag::S_IFDIR)
+                .map_err(|e| Error::io(path, "mkdir", e))?;
             if let Some((uid, gid)) = owner {
-                std::os::unix::fs::lchown(tmp.path(), Some(uid), Some(gid)).map_err(|e| Error::io(path, "chown", e))?;
+                made.chown(Some(uid), Some(gid)).map_err(|e| Error::io(path, "chown", e))?;
             }
             // Exactly `mode`: the daemon's umask may have cleared bits, and u+wx were added
             // to write the id.
-            tmp.chmod(mode).map_err(|e| Error::io(path, "chmod", e.into()))?;
+            made.chmod(mode).map_err(|e| Error::io(path, "chmod", e))?;
             let meta = fs::symlink_metadata(tmp.path()).map_err(|e| Error::io(path, "stat", e))?;
             names::place(&tmp, &self.at(&backing, path)?, path)?;
             Ok(attr_from(&meta, super::EntryKind::Directory, 4096))

@@ -11,6 +11,7 @@ use nix::fcntl::RenameFlags;
 use nix::sys::stat::{mknodat, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 
+use super::made::Made;
 use super::volume::{EntryKind, Volume};
 use crate::{Error, Result};
 
@@ -387,7 +388,7 @@ impl Volume {
 
     /// [`Volume::symlink`], owned by `owner` (uid, gid) if given.
     pub fn symlink_owned(&self, path: &Path, target: &OsStr, owner: Option<(u32, u32)>) -> Result<()> {
-        self.symlink_with(path, target, |at| own(at, owner))
+        self.symlink_with(path, target, |made| made.chown(owner.map(|o| o.0), owner.map(|o| o.1)))
     }
 
     /// [`Volume::symlink`], `finish`ed (owner, times) before it takes its name.
@@ -395,7 +396,7 @@ impl Volume {
         &self,
         path: &Path,
         target: &OsStr,
-        finish: impl FnOnce(&super::tree::At) -> std::io::Result<()>,
+        finish: impl FnOnce(&Made) -> std::io::Result<()>,
     ) -> Result<()> {
         use std::os::unix::ffi::OsStrExt;
         if target.len() > SYMLINK_MAX {
@@ -405,25 +406,27 @@ impl Volume {
         self.remember_name(&r)?;
         let entry = super::binding::Entry::new(r.parent_id, &r.encoded.backing);
         let sealed = self.seal_target(&entry, target.as_bytes());
-        self.make_entry(&r.backing(), path, "symlink", |tmp| std::os::unix::fs::symlink(&sealed, tmp.path()), finish)
+        let make = |tmp: &super::tree::At| std::os::unix::fs::symlink(&sealed, tmp.path());
+        self.make_entry(&r.backing(), path, "symlink", (make, SFlag::S_IFLNK), finish)
     }
 
-    /// Makes an entry with `make` at a hidden name beside `backing`, `finish`es it there and
-    /// moves it to `backing` (Exists, naming `path`, if something is there), as a directory
-    /// is made (`make_dir`): no name ever shows it half-made, and nothing is changed by a
-    /// name that someone else could have put another entry at meanwhile. Nothing is left
-    /// behind if a step fails.
+    /// Makes an entry of `kind` with `make` at a hidden name beside `backing`, `finish`es it
+    /// there (pinned and checked to be the one made, `made::Made`) and moves it to `backing`
+    /// (Exists, naming `path`, if something is there), as a directory is made (`make_dir`):
+    /// no name ever shows it half-made, and no change goes by a name that someone else could
+    /// have put another entry at meanwhile. Nothing is left behind if a step fails.
     fn make_entry(
         &self,
         backing: &Path,
         path: &Path,
         what: &'static str,
-        make: impl FnOnce(&super::tree::At) -> std::io::Result<()>,
-        finish: impl FnOnce(&super::tree::At) -> std::io::Result<()>,
+        (make, kind): (impl FnOnce(&super::tree::At) -> std::io::Result<()>, SFlag),
+        finish: impl FnOnce(&Made) -> std::io::Result<()>,
     ) -> Result<()> {
         let tmp = self.at(&super::names::temp_sibling(backing), path)?;
         make(&tmp).map_err(|e| Error::io(path, what, e))?;
-        let placed = finish(&tmp)
+        let placed = Made::pin(&tmp, kind)
+            .and_then(|made| finish(&made))
             .map_err(|e| Error::io(path, what, e))
             .and_then(|()| super::names::place(&tmp, &self.at(backing, path)?, path));
         if placed.is_err() {
@@ -454,13 +457,16 @@ impl Volume {
     /// [`Volume::mknod`], owned by `owner` (uid, gid) if given.
     pub fn mknod_owned(&self, path: &Path, mode: u32, rdev: u64, owner: Option<(u32, u32)>) -> Result<()> {
         let kind = SFlag::from_bits_truncate(mode & libc_s_ifmt());
-        let perm = Mode::from_bits_truncate(mode & 0o7777);
         let make = |tmp: &super::tree::At| {
-            mknodat(tmp.dir(), tmp.name(), kind, perm, rdev).map_err(std::io::Error::from)?;
-            // Exactly `mode`: the daemon's umask may have cleared bits the caller's did not.
-            tmp.chmod(mode & 0o7777).map_err(std::io::Error::from)
+            mknodat(tmp.dir(), tmp.name(), kind, Mode::from_bits_truncate(mode & 0o7777), rdev).map_err(Into::into)
         };
-        self.make_entry(&self.resolve_new(path)?, path, "mknod", make, |at| own(at, owner))
+        let finish = |made: &Made| {
+            made.chown(owner.map(|o| o.0), owner.map(|o| o.1))?;
+            // Exactly `mode` (after the chown, which clears setuid): the daemon's umask may
+            // have cleared bits the caller's did not.
+            made.chmod(mode)
+        };
+        self.make_entry(&self.resolve_new(path)?, path, "mknod", (make, kind), finish)
     }
 
     /// A new hard link `new` to the file at `existing` (they share the file id and keys).
@@ -477,8 +483,8 @@ impl Volume {
             // (With the owner and times of the link it copies, as a second name of it would.)
             super::binding::Moving::Symlink(target) => {
                 use std::os::unix::ffi::OsStrExt;
-                let old = fs::symlink_metadata(from.path()).map_err(|_| Error::NotFound(existing.into()))?;
-                let keep = |at: &super::tree::At| super::binding::keep_owner_and_times(at, &old);
+                let old = fs::symlink_metadata(from.path()).map_err(|e| Error::io(existing, "stat", e))?;
+                let keep = |made: &Made| made.keep_owner_and_times(&old);
                 return self.symlink_with(new, std::ffi::OsStr::from_bytes(&target), keep);
             }
             // A file with two names cannot be bound to one of them: bound to the volume.
@@ -624,13 +630,5 @@ pub(super) fn attr_from(meta: impl Into<Stat>, kind: EntryKind, size: u64) -> At
         uid: st.uid,
         gid: st.gid,
         rdev: st.rdev as u32,
-    }
-}
-
-/// Gives the new entry `at` its `owner` (uid, gid), if there is one, never following it.
-fn own(at: &super::tree::At, owner: Option<(u32, u32)>) -> std::io::Result<()> {
-    match owner {
-        Some((uid, gid)) => at.chown(Some(uid), Some(gid)).map_err(Into::into),
-        None => Ok(()),
     }
 }

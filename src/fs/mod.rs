@@ -19,6 +19,7 @@ mod inode_fs;
 mod linger;
 mod links;
 mod listing;
+mod made;
 mod meta;
 mod names;
 mod open;
