@@ -228,6 +228,9 @@ impl AttrChanges {
     }
 }
 
+/// What is done to a new entry, pinned, before it takes its name (owner, mode, times).
+type Finish<'a> = dyn Fn(&Made) -> std::io::Result<()> + 'a;
+
 impl Volume {
     /// Attributes of `path` (`""` is the root).
     pub fn getattr(&self, path: &Path) -> Result<Attr> {
@@ -383,21 +386,18 @@ impl Volume {
     /// Creates a symlink whose target is stored encrypted (random nonce: equal targets do not
     /// look equal).
     pub fn symlink(&self, path: &Path, target: &OsStr) -> Result<()> {
-        self.symlink_with(path, target, |_| Ok(()))
+        self.symlink_with(path, target, None)
     }
 
     /// [`Volume::symlink`], owned by `owner` (uid, gid) if given.
     pub fn symlink_owned(&self, path: &Path, target: &OsStr, owner: Option<(u32, u32)>) -> Result<()> {
-        self.symlink_with(path, target, |made| made.chown(owner.map(|o| o.0), owner.map(|o| o.1)))
+        let chown = owner.map(|(uid, gid)| move |made: &Made| made.chown(Some(uid), Some(gid)));
+        self.symlink_with(path, target, chown.as_ref().map(|f| f as &Finish<'_>))
     }
 
-    /// [`Volume::symlink`], `finish`ed (owner, times) before it takes its name.
-    pub(super) fn symlink_with(
-        &self,
-        path: &Path,
-        target: &OsStr,
-        finish: impl FnOnce(&Made) -> std::io::Result<()>,
-    ) -> Result<()> {
+    /// [`Volume::symlink`], `finish`ed (owner, times) before it takes its name, if there is
+    /// anything to finish; else made at its name at once (a symlink is made whole).
+    pub(super) fn symlink_with(&self, path: &Path, target: &OsStr, finish: Option<&Finish>) -> Result<()> {
         use std::os::unix::ffi::OsStrExt;
         if target.len() > SYMLINK_MAX {
             return Err(Error::NameTooLong(path.into()));
@@ -406,8 +406,14 @@ impl Volume {
         self.remember_name(&r)?;
         let entry = super::binding::Entry::new(r.parent_id, &r.encoded.backing);
         let sealed = self.seal_target(&entry, target.as_bytes());
-        let make = |tmp: &super::tree::At| std::os::unix::fs::symlink(&sealed, tmp.path());
-        self.make_entry(&r.backing(), path, "symlink", (make, SFlag::S_IFLNK), finish)
+        let make = |at: &super::tree::At| std::os::unix::fs::symlink(&sealed, at.path());
+        match finish {
+            Some(finish) => self.make_entry(&r.backing(), path, "symlink", (make, SFlag::S_IFLNK), finish),
+            None => make(&self.at(&r.backing(), path)?).map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Error::Exists(path.into()),
+                _ => Error::io(path, "symlink", e),
+            }),
+        }
     }
 
     /// Makes an entry of `kind` with `make` at a hidden name beside `backing`, `finish`es it
@@ -485,7 +491,7 @@ impl Volume {
                 use std::os::unix::ffi::OsStrExt;
                 let old = fs::symlink_metadata(from.path()).map_err(|e| Error::io(existing, "stat", e))?;
                 let keep = |made: &Made| made.keep_owner_and_times(&old);
-                return self.symlink_with(new, std::ffi::OsStr::from_bytes(&target), keep);
+                return self.symlink_with(new, std::ffi::OsStr::from_bytes(&target), Some(&keep));
             }
             // A file with two names cannot be bound to one of them: bound to the volume.
             super::binding::Moving::File { id, .. } => {
