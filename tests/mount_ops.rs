@@ -548,6 +548,15 @@ fn a_file_open_after_its_last_name_went_is_written_and_truncated_by_any_user() {
     as_nobody(&m, &format!("python3 -c \"{script}\""));
     let out = std::process::Command::new("python3").args(["-c", script]).current_dir(&m.mnt).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A setuid and setgid file: the user's write clears both through the open file (its
+    // name is gone) and goes through, as on a local file system (it used to be refused).
+    let script = "import os\n\
+                  def nameless(name):\n    fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644); os.fchmod(fd, 0o6777); os.unlink(name); return fd\n\
+                  def mode(fd): return oct(os.fstat(fd).st_mode & 0o7777)\n\
+                  fd = nameless('s'); os.write(fd, b'written'); assert mode(fd) == '0o777', mode(fd)\n\
+                  os.lseek(fd, 0, 0); assert os.read(fd, 9) == b'written'\n\
+                  fd = nameless('t'); os.ftruncate(fd, 3); assert mode(fd) == '0o777', mode(fd); assert os.fstat(fd).st_size == 3";
+    as_nobody(&m, &format!("python3 -c \"{script}\""));
 }
 
 #[test]

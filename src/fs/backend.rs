@@ -83,6 +83,11 @@ pub trait DataFile: Send + Sync {
     fn metadata(&self) -> io::Result<std::fs::Metadata> {
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
+    /// Sets the open data file's permission bits (fchmod): how a file whose last name is
+    /// gone loses setuid. The default (a test backend without a file) says unsupported.
+    fn set_permissions(&self, _mode: u32) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
     /// Whether this data file was opened for writing (the default, a test backend: no).
     fn writable(&self) -> bool {
         false
@@ -125,6 +130,11 @@ impl DataFile for File {
 
     fn metadata(&self) -> io::Result<std::fs::Metadata> {
         File::metadata(self)
+    }
+
+    fn set_permissions(&self, mode: u32) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        File::set_permissions(self, std::fs::Permissions::from_mode(mode & 0o7777))
     }
 
     fn writable(&self) -> bool {

@@ -1011,6 +1011,21 @@ impl FileHandle {
         Ok(a)
     }
 
+    /// Clears setuid, and setgid where its group may execute, through the open data file (a
+    /// file whose last name is gone has nothing else that reaches it), if it has them; its
+    /// attributes after.
+    pub fn drop_privs(&self) -> Result<super::Attr> {
+        let a = self.attr()?;
+        match super::meta::without_privs(nix::libc::S_IFREG | u32::from(a.perm)) {
+            Some(mode) => {
+                let name = self.state.name.read().unwrap_or_else(|p| p.into_inner()).clone();
+                self.state.data.set_permissions(mode).map_err(|e| Error::io(&name, "chmod", e))?;
+                self.attr()
+            }
+            None => Ok(a),
+        }
+    }
+
     pub fn file_id(&self) -> FileId {
         self.state.id
     }

@@ -483,13 +483,17 @@ impl InodeFs {
 
     /// The attributes of inode `ino` from one of its open handles, if it has one.
     fn open_attr(&self, ino: u64) -> Option<Attr> {
+        self.open_handle(ino).map(|(_, a)| a)
+    }
+
+    /// One open handle of inode `ino`, with its attributes, if it has one.
+    fn open_handle(&self, ino: u64) -> Option<(Arc<FileHandle>, Attr)> {
         let handles: Vec<(Arc<FileHandle>, usize)> =
             self.handles.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
-        handles
-            .iter()
-            .filter_map(|(h, k)| h.attr().ok().map(|a| (a, *k)))
-            .find(|(a, k)| self.vol_of(*k).is_some_and(|v| v.is_inode(a.ino, ino)))
-            .map(|(a, _)| a)
+        handles.into_iter().find_map(|(h, k)| {
+            let a = h.attr().ok()?;
+            self.vol_of(k).is_some_and(|v| v.is_inode(a.ino, ino)).then_some((h, a))
+        })
     }
 
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Attr> {
@@ -544,11 +548,14 @@ impl InodeFs {
     }
 
     /// The attributes of `ino`, open with no name left (written or truncated through a
-    /// handle after its last name went, as a local file system allows), if it is open — and,
-    /// when `drop_privs`, only if it has no setuid or setgid to clear (they cannot be cleared
-    /// by name: the request is refused).
+    /// handle after its last name went, as a local file system allows), if it is open — with,
+    /// when `drop_privs`, setuid and setgid cleared through that handle (no name reaches it).
     fn nameless_attr(&self, ino: u64, drop_privs: bool) -> Option<Attr> {
-        self.open_attr(ino).filter(|a| !(drop_privs && super::meta::loses_privs(a.kind, a.perm.into())))
+        let (h, a) = self.open_handle(ino)?;
+        match drop_privs {
+            true => h.drop_privs().ok(),
+            false => Some(a),
+        }
     }
 
     pub fn readlink(&self, ino: u64) -> Result<OsString> {

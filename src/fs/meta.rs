@@ -193,16 +193,10 @@ pub fn epoch_parts(t: SystemTime) -> (i64, u32) {
     }
 }
 
-/// Whether an entry of kind `kind` with permission bits `perm` loses setuid or setgid on a
-/// write by a caller without CAP_FSETID (see [`without_privs`]).
-pub(super) fn loses_privs(kind: EntryKind, perm: u32) -> bool {
-    kind == EntryKind::File && without_privs(nix::libc::S_IFREG | (perm & 0o7777)).is_some()
-}
-
 /// The mode `st_mode` becomes when a regular file loses setuid, and setgid where its group
 /// may execute (what the VFS does when a caller without CAP_FSETID writes or truncates it, or
 /// anyone chowns it), if that changes it.
-fn without_privs(st_mode: u32) -> Option<u32> {
+pub(super) fn without_privs(st_mode: u32) -> Option<u32> {
     let perm = st_mode & 0o7777;
     let kill = if perm & 0o010 != 0 { 0o6000 } else { 0o4000 };
     (st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG && perm & kill != 0).then_some(perm & !kill)
