@@ -744,7 +744,7 @@ impl Filesystem for Adapter {
         let _op = op!(self, reply);
         // A writer without CAP_FSETID: setuid/setgid go first (FUSE_HANDLE_KILLPRIV_V2).
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        let ready = if kill { self.fs.drop_privs(ino.0) } else { Ok(()) };
+        let ready = if kill { self.fs.drop_privs(ino.0, Some(fh.0)) } else { Ok(()) };
         match ready.and_then(|()| self.fs.write(fh.0, offset, data)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),

@@ -208,7 +208,7 @@ impl Native {
                     return Some(Err(libc::EIO)); // (fuser would panic on it)
                 }
                 // A writer without CAP_FSETID: setuid/setgid go first.
-                let ready = if flags & WRITE_KILL_SUIDGID != 0 { fs.drop_privs(ino) } else { Ok(()) };
+                let ready = if flags & WRITE_KILL_SUIDGID != 0 { fs.drop_privs(ino, Some(fh)) } else { Ok(()) };
                 ready
                     .and_then(|()| fs.write(fh, offset, &buf[..len]))
                     .map(|n| put(buf, 0, &[&n.to_ne_bytes(), &[0; 4]]))

@@ -599,3 +599,45 @@ fn a_file_swapped_in_under_a_name_during_chown_and_chmod_gets_neither() {
     assert_eq!((planted_now.uid(), planted_now.gid()), (1234, 1234), "a chown meant for f landed on the planted file");
     assert!(swaps > 100 && changed > 0, "the race ran ({swaps} swaps, {changed} changes went through)");
 }
+
+#[test]
+fn a_tree_renamed_to_a_hidden_name_is_reported_not_deleted_by_fsck_repair() {
+    // `.evfs-new-*` is where the daemon makes directories, symlinks and nodes before they
+    // take their names; `fsck --repair` (and a recovery) removes what a crash left there. A
+    // writer of CIPHERDIR can rename any directory tree to such a name: it is reported and
+    // kept, never removed recursively by a repair running as root. What a mkdir leaves (a
+    // directory holding its `.dirid`) and a leftover FIFO are removed.
+    let mut m = MountFixture::new(&[]);
+    fs::create_dir(m.p("kept")).unwrap();
+    fs::write(m.p("kept/file"), b"not the repair's to delete").unwrap();
+    fs::create_dir(m.p("made")).unwrap();
+    m.unmount();
+    let data = m.cipher.join("data");
+    let backing_of = |plain_dir: &str| {
+        // The one backing directory holding `plain_dir`'s entries: the one with a `.dirid` and
+        // that many entries besides.
+        let want = usize::from(plain_dir == "kept");
+        fs::read_dir(&data)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.is_dir() && fs::read_dir(p).unwrap().count() == want + 1)
+            .unwrap()
+    };
+    let planted_tree = data.join(".evfs-new-00000000000000aa");
+    fs::rename(backing_of("kept"), &planted_tree).unwrap();
+    let half_made = data.join(".evfs-new-00000000000000bb");
+    fs::rename(backing_of("made"), &half_made).unwrap();
+    let fifo = data.join(".evfs-new-00000000000000cc");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let o = m.run(&[
+        "fsck".as_ref(),
+        m.cipher.as_os_str(),
+        "--passfile".as_ref(),
+        m.passfile.as_os_str(),
+        "--repair".as_ref(),
+    ]);
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("it holds entries no mkdir of the daemon put there"), "{out}");
+    assert_eq!(fs::read_dir(&planted_tree).unwrap().count(), 2, "the planted tree is kept whole: {out}");
+    assert!(!half_made.exists() && !fifo.exists(), "what a mkdir or a node left is removed: {out}");
+}

@@ -551,8 +551,9 @@ fn a_file_open_after_its_last_name_went_is_written_and_truncated_by_any_user() {
     // A setuid and setgid file: the user's write clears both through the open file (its
     // name is gone) and goes through, as on a local file system (it used to be refused).
     let script = "import os\n\
-                  def nameless(name):\n    fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644); os.fchmod(fd, 0o6777); os.unlink(name); return fd\n\
                   def mode(fd): return oct(os.fstat(fd).st_mode & 0o7777)\n\
+                  def nameless(name):\n    fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644); os.fchmod(fd, 0o6777); os.unlink(name)\n    \
+                  assert mode(fd) == '0o6777', mode(fd); return fd\n\
                   fd = nameless('s'); os.write(fd, b'written'); assert mode(fd) == '0o777', mode(fd)\n\
                   os.lseek(fd, 0, 0); assert os.read(fd, 9) == b'written'\n\
                   fd = nameless('t'); os.ftruncate(fd, 3); assert mode(fd) == '0o777', mode(fd); assert os.fstat(fd).st_size == 3";

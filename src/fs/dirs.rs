@@ -69,8 +69,11 @@ impl Volume {
         let tmp_path = names::temp_sibling(&backing);
         let tmp = self.at(&tmp_path, path)?;
         fs::DirBuilder::new().mode(mode | 0o300).create(tmp.path()).map_err(|e| Error::io(path, "mkdir", e))?;
+        // Pinned and checked to be the (empty) directory just made (`made::Made`): its id is
+        // written beneath it and no change goes by its hidden name.
+        let made =
+            super::made::Made::pin(&tmp, nix::sys::stat::SFlag::S_IFDIR).map_err(|e| Error::io(path, "mkdir", e))?;
         let built = (|| {
-            let id_file = self.at(&tmp_path.join(DIRID_FILE), path)?;
             let entry = super::binding::Entry::new(r.parent_id, &r.encoded.backing);
             let header = match tenant {
                 None => self.bound_header(crate::format::ObjectKind::Directory, random_array(), &entry),
@@ -83,23 +86,19 @@ impl Volume {
                     true,
                 ),
             };
-            names::write_dir_id_at(&id_file, &header, path)?;
-            // Pinned and checked to be the directory just made (`made::Made`): no change goes
-            // by its hidden name.
-            let made = super::made::Made::pin(&tmp, nix::sys::stat::SFlag::S_IFDIR)
-                .map_err(|e| Error::io(path, "mkdir", e))?;
+            made.write_file(DIRID_FILE, &header.encode()).map_err(|e| Error::io(path, "write directory id", e))?;
             if let Some((uid, gid)) = owner {
                 made.chown(Some(uid), Some(gid)).map_err(|e| Error::io(path, "chown", e))?;
             }
             // Exactly `mode`: the daemon's umask may have cleared bits, and u+wx were added
             // to write the id.
             made.chmod(mode).map_err(|e| Error::io(path, "chmod", e))?;
-            let meta = fs::symlink_metadata(tmp.path()).map_err(|e| Error::io(path, "stat", e))?;
+            let meta = made.metadata().map_err(|e| Error::io(path, "stat", e))?;
             names::place(&tmp, &self.at(&backing, path)?, path)?;
             Ok(attr_from(&meta, super::EntryKind::Directory, 4096))
         })();
         if built.is_err() {
-            let _ = fs::remove_dir_all(tmp.path());
+            made.remove_dir(&tmp, &[DIRID_FILE]);
         }
         built
     }

@@ -278,9 +278,20 @@ impl Volume {
                 p.crash_leftover = true;
                 if mode.repair {
                     let at = self.core.tree.at(&backing).map_err(|e| Error::io(&backing, "open", e))?;
-                    let gone = if t.is_dir() { fs::remove_dir_all(at.path()) } else { fs::remove_file(at.path()) };
-                    gone.map_err(|e| Error::io(&backing, "remove", e))?;
-                    p.repaired = Some("removed".into());
+                    // A directory only as `mkdir` leaves it (its id at most): never recursively.
+                    let gone = match t.is_dir() {
+                        true => super::made::remove_half_made_dir(&at, names::DIRID_FILE),
+                        false => fs::remove_file(at.path()),
+                    };
+                    match gone {
+                        Ok(()) => p.repaired = Some("removed".into()),
+                        // Not one this daemon left: reported, kept, and no crash leftover.
+                        Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                            p.detail = format!("a directory at a hidden name: {e}");
+                            p.crash_leftover = false;
+                        }
+                        Err(e) => return Err(Error::io(&backing, "remove", e)),
+                    }
                 }
                 report.problems.push(p);
                 continue;

@@ -518,7 +518,7 @@ impl InodeFs {
         let mut attr = match self.at_inode(ino, |vol, p| vol.change_attrs(p, expect, &set.changes)) {
             // Open with no name left, and nothing but the size changed.
             Err(Error::NotFound(p)) if !set.changes.changes_entry() => {
-                self.nameless_attr(ino, set.changes.drop_privs).ok_or(Error::NotFound(p))?
+                self.nameless_attr(ino, set.fh, set.changes.drop_privs).ok_or(Error::NotFound(p))??
             }
             r => r?, // see `path`
         };
@@ -535,27 +535,29 @@ impl InodeFs {
     /// the mode and the `security.capability` attribute before every write (those bits are
     /// rare; checking them here costs an `O_PATH` open and a stat, not two kernel round
     /// trips).
-    pub fn drop_privs(&self, ino: u64) -> Result<()> {
+    /// `fh`: the open file the write or truncation comes through, if the kernel said.
+    pub fn drop_privs(&self, ino: u64, fh: Option<u64>) -> Result<()> {
         self.writable()?;
         if ino == ROOT_INO {
             return Ok(()); // a directory, which keeps its bits
         }
         let changes = AttrChanges { drop_privs: true, ..Default::default() };
         match self.at_inode(ino, |vol, p| vol.apply_attr_changes(p, Some(ino), &changes).map(drop)) {
-            Err(Error::NotFound(p)) => self.nameless_attr(ino, true).map(drop).ok_or(Error::NotFound(p)),
+            Err(Error::NotFound(p)) => self.nameless_attr(ino, fh, true).ok_or(Error::NotFound(p))?.map(drop),
             r => r, // see `path`
         }
     }
 
     /// The attributes of `ino`, open with no name left (written or truncated through a
     /// handle after its last name went, as a local file system allows), if it is open — with,
-    /// when `drop_privs`, setuid and setgid cleared through that handle (no name reaches it).
-    fn nameless_attr(&self, ino: u64, drop_privs: bool) -> Option<Attr> {
-        let (h, a) = self.open_handle(ino)?;
-        match drop_privs {
-            true => h.drop_privs().ok(),
-            false => Some(a),
-        }
+    /// when `drop_privs`, setuid and setgid cleared through the handle (no name reaches it):
+    /// `fh` if given, else one found by its inode number.
+    fn nameless_attr(&self, ino: u64, fh: Option<u64>, drop_privs: bool) -> Option<Result<Attr>> {
+        let h = match fh.and_then(|fh| self.handle(fh).ok()) {
+            Some((h, _)) => h,
+            None => self.open_handle(ino)?.0,
+        };
+        Some(if drop_privs { h.drop_privs() } else { h.attr() })
     }
 
     pub fn readlink(&self, ino: u64) -> Result<OsString> {

@@ -461,7 +461,9 @@ impl Volume {
             mknodat(tmp.dir(), tmp.name(), kind, Mode::from_bits_truncate(mode & 0o7777), rdev).map_err(Into::into)
         };
         let finish = |made: &Made| {
-            made.chown(owner.map(|o| o.0), owner.map(|o| o.1))?;
+            if let Some((uid, gid)) = owner {
+                made.chown(Some(uid), Some(gid))?;
+            }
             // Exactly `mode` (after the chown, which clears setuid): the daemon's umask may
             // have cleared bits the caller's did not.
             made.chmod(mode)

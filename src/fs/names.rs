@@ -189,14 +189,6 @@ pub(super) fn place(tmp: &super::tree::At, backing: &super::tree::At, plain: &Pa
     }
 }
 
-/// Writes a fresh `.dirid` holding `header` at `at` (the id file's place in a new, empty
-/// backing directory).
-pub(super) fn write_dir_id_at(at: &super::tree::At, header: &ObjectHeader, plain: &Path) -> Result<()> {
-    let header = header.encode();
-    let mut f = at.create(0o600).map_err(|e| Error::io(plain, "create directory id", e))?;
-    std::io::Write::write_all(&mut f, &header).map_err(|e| Error::io(plain, "write directory id", e))
-}
-
 /// Writes a fresh `.dirid` holding `header` into the (new, empty) backing directory `dir` (a
 /// path the caller made safe: `Tree::dir`'s, or the data directory at `init`).
 pub(super) fn write_dir_id(dir: &Path, header: &ObjectHeader) -> Result<()> {

@@ -95,12 +95,6 @@ impl At {
             other => other,
         }
     }
-
-    /// Creates the regular file `name` in this entry's directory — `O_CREAT|O_EXCL|O_NOFOLLOW`.
-    pub(super) fn create(&self, mode: u32) -> io::Result<std::fs::File> {
-        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        Ok(std::fs::File::from(openat(self.dir(), self.name(), flags, Mode::from_bits_truncate(mode))?))
-    }
 }
 
 /// Set once `openat2` turned out to be missing or refused: walk instead.
