@@ -98,7 +98,7 @@ impl Volume {
             Ok(attr_from(&meta, super::EntryKind::Directory, 4096))
         })();
         if built.is_err() {
-            made.remove_dir(&tmp, &[DIRID_FILE]);
+            let _ = made.remove(&tmp, &[DIRID_FILE]);
         }
         built
     }

@@ -6,8 +6,8 @@
 //! name, that would get the caller's owner. So the entry is opened `O_PATH|O_NOFOLLOW` and
 //! checked through the descriptor (the kind made; no other name; a directory: empty), and
 //! every change goes to exactly that inode, a directory's `.dirid` is written beneath it,
-//! and one that fails is removed through it, never recursively: anything else found at the
-//! hidden name is refused and left as it is. (Its owner is not checked: on NFS with root
+//! and one that fails is removed only while it is still the entry at its hidden name, never
+//! recursively: anything else found there is refused and left as it is. (Its owner is not checked: on NFS with root
 //! squashed, or vfat, the daemon's new entries are not its own.)
 
 use std::ffi::OsStr;
@@ -70,19 +70,10 @@ impl Made {
         std::fs::metadata(&self.itself)
     }
 
-    /// Removes the pinned directory, which failed to be made, from `at` (its hidden name):
-    /// the files named in `ours` beneath it first, then the directory if it is still at
-    /// `at` and empty. Never recursive: what someone else put there stays.
-    pub(super) fn remove_dir(&self, at: &At, ours: &[&str]) {
-        for name in ours {
-            let _ = nix::unistd::unlinkat(&self.fd, *name, nix::unistd::UnlinkatFlags::NoRemoveDir);
-        }
-        let still = nix::sys::stat::fstatat(at.dir(), at.name(), AtFlags::AT_SYMLINK_NOFOLLOW).is_ok_and(|st| {
-            nix::sys::stat::fstat(&self.fd).is_ok_and(|me| (me.st_dev, me.st_ino) == (st.st_dev, st.st_ino))
-        });
-        if still {
-            let _ = nix::unistd::unlinkat(at.dir(), at.name(), nix::unistd::UnlinkatFlags::RemoveDir);
-        }
+    /// Removes the pinned entry, which failed to be made, from `at` (its hidden name): see
+    /// [`remove_pinned`].
+    pub(super) fn remove(&self, at: &At, ours: &[&str]) -> io::Result<()> {
+        remove_pinned(&self.fd, at, ours)
     }
 
     /// chown of the pinned inode; `None` leaves that id as it is.
@@ -132,25 +123,45 @@ fn holds_only(dir: &OwnedFd, allowed: &[&str]) -> io::Result<bool> {
 /// else in it was not put there by the daemon: it is left as it is, never removed
 /// recursively, and the error says so.
 pub(super) fn remove_half_made_dir(at: &At, dirid: &str) -> io::Result<()> {
-    let not_ours = || {
-        io::Error::new(
-            io::ErrorKind::DirectoryNotEmpty,
-            "it holds entries no mkdir of the daemon put there (left as it is)",
-        )
-    };
     let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = nix::fcntl::openat(at.dir(), at.name(), flags, Mode::empty())?;
     if !holds_only(&fd, &[dirid])? {
         return Err(not_ours());
     }
-    match nix::unistd::unlinkat(&fd, dirid, nix::unistd::UnlinkatFlags::NoRemoveDir) {
-        Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => return Err(e.into()),
+    remove_pinned(&fd, at, &[dirid])
+}
+
+/// Removes the entry pinned as `pinned` from `at`: the files named in `ours` beneath it
+/// first (a directory's), then the entry itself if it is still the one at `at` (a
+/// directory only if that left it empty). Never recursive: what someone else put there
+/// stays, and a directory left holding it is the error.
+fn remove_pinned(pinned: &OwnedFd, at: &At, ours: &[&str]) -> io::Result<()> {
+    use nix::unistd::{unlinkat, UnlinkatFlags};
+    let me = nix::sys::stat::fstat(pinned)?;
+    let is_dir = me.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFDIR.bits();
+    for name in ours.iter().filter(|_| is_dir) {
+        match unlinkat(pinned, *name, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
-    nix::unistd::unlinkat(at.dir(), at.name(), nix::unistd::UnlinkatFlags::RemoveDir).map_err(|e| match e {
+    let there = nix::sys::stat::fstatat(at.dir(), at.name(), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    if (there.st_dev, there.st_ino) != (me.st_dev, me.st_ino) {
+        return Ok(()); // another entry is there now: not ours to remove
+    }
+    let how = if is_dir { UnlinkatFlags::RemoveDir } else { UnlinkatFlags::NoRemoveDir };
+    unlinkat(at.dir(), at.name(), how).map_err(|e| match e {
         nix::errno::Errno::ENOTEMPTY | nix::errno::Errno::EEXIST => not_ours(),
         e => e.into(),
     })
+}
+
+/// A directory at a hidden name holding what the daemon did not put there.
+fn not_ours() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::DirectoryNotEmpty,
+        "it holds entries no mkdir of the daemon put there (left as it is)",
+    )
 }
 
 #[cfg(test)]
@@ -215,7 +226,7 @@ mod tests {
         assert_eq!(made.metadata().unwrap().ino(), std::fs::metadata(tmp.path().join("new")).unwrap().ino());
         // Someone else's file put in it meanwhile: the directory stays, with that file.
         std::fs::write(tmp.path().join("new/theirs"), b"").unwrap();
-        made.remove_dir(&at("new"), &[".dirid"]);
+        assert_eq!(made.remove(&at("new"), &[".dirid"]).unwrap_err().kind(), io::ErrorKind::DirectoryNotEmpty);
         let left: Vec<_> = std::fs::read_dir(tmp.path().join("new")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, ["theirs"]);
         std::fs::write(tmp.path().join("half/.dirid"), b"id").unwrap();

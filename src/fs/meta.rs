@@ -385,8 +385,10 @@ impl Volume {
 
     /// [`Volume::symlink`], owned by `owner` (uid, gid) if given.
     pub fn symlink_owned(&self, path: &Path, target: &OsStr, owner: Option<(u32, u32)>) -> Result<()> {
-        let chown = owner.map(|(uid, gid)| move |made: &Made| made.chown(Some(uid), Some(gid)));
-        self.symlink_with(path, target, chown.as_ref().map(|f| f as &Finish<'_>))
+        match owner {
+            Some((uid, gid)) => self.symlink_with(path, target, Some(&|made: &Made| made.chown(Some(uid), Some(gid)))),
+            None => self.symlink_with(path, target, None),
+        }
     }
 
     /// [`Volume::symlink`], `finish`ed (owner, times) before it takes its name, if there is
@@ -414,7 +416,8 @@ impl Volume {
     /// there (pinned and checked to be the one made, `made::Made`) and moves it to `backing`
     /// (Exists, naming `path`, if something is there), as a directory is made (`make_dir`):
     /// no name ever shows it half-made, and no change goes by a name that someone else could
-    /// have put another entry at meanwhile. Nothing is left behind if a step fails.
+    /// have put another entry at meanwhile. If a step after the pin fails, the entry made
+    /// is removed (only it).
     fn make_entry(
         &self,
         backing: &Path,
@@ -425,12 +428,13 @@ impl Volume {
     ) -> Result<()> {
         let tmp = self.at(&super::names::temp_sibling(backing), path)?;
         make(&tmp).map_err(|e| Error::io(path, what, e))?;
-        let placed = Made::pin(&tmp, kind)
-            .and_then(|made| finish(&made))
+        // Something else at the hidden name is not the daemon's to remove: left, reported.
+        let made = Made::pin(&tmp, kind).map_err(|e| Error::io(path, what, e))?;
+        let placed = finish(&made)
             .map_err(|e| Error::io(path, what, e))
             .and_then(|()| super::names::place(&tmp, &self.at(backing, path)?, path));
         if placed.is_err() {
-            let _ = nix::unistd::unlinkat(tmp.dir(), tmp.name(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+            let _ = made.remove(&tmp, &[]);
         }
         placed
     }
